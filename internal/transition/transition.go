@@ -1,0 +1,190 @@
+// Package transition holds the ledger's state transitions as pure functions
+// of (current record, parameters, now). Stores that keep records as values
+// (memstore, pebblestore) load the record under a per-key lock, call one of
+// these, and persist what it returns; the SQL and Lua stores express the
+// same rules in their own language and storetest checks they agree.
+package transition
+
+import (
+	"fmt"
+	"time"
+
+	"github.com/idemkit/idem"
+)
+
+// Live reports whether rec still counts: it is absent to Begin when nil,
+// released, or completed with its dedup window over.
+func Live(rec *idem.Record, now time.Time) bool {
+	if rec == nil {
+		return false
+	}
+	switch rec.State {
+	case idem.StateCompleted:
+		return now.Before(rec.Expires)
+	case idem.StatePending:
+		return true
+	}
+	return false
+}
+
+// Sweepable reports whether Sweep may remove rec at now. A pending record
+// with a live lease is never sweepable, whatever its RetainUntil says.
+func Sweepable(rec *idem.Record, now time.Time) bool {
+	if rec.State == idem.StatePending && now.Before(rec.LeaseUntil) {
+		return false
+	}
+	return !now.Before(rec.RetainUntil)
+}
+
+// Begin decides a Begin. next is the record to store, nil when nothing
+// changes. token returns a fresh fencing token greater than its argument.
+func Begin(cur *idem.Record, p *idem.BeginParams, now time.Time, token func(after int64) int64) (res *idem.BeginResult, next *idem.Record) {
+	if Live(cur, now) {
+		if cur.Fingerprint != p.Fingerprint {
+			return &idem.BeginResult{Decision: idem.Mismatch}, nil
+		}
+		if cur.State == idem.StateCompleted {
+			return &idem.BeginResult{Decision: idem.Replay, Record: Clone(cur)}, nil
+		}
+		if now.Before(cur.LeaseUntil) {
+			return &idem.BeginResult{Decision: idem.InFlight, Record: Clone(cur), RetryAfter: cur.LeaseUntil.Sub(now)}, nil
+		}
+		// Pending with an expired lease: take over, keeping the checkpoint.
+		next = Clone(cur)
+		next.Token = token(cur.Token)
+		next.Attempts++
+		setLease(next, now, p)
+		return &idem.BeginResult{Decision: idem.Acquired, Record: Clone(next), Takeover: true}, next
+	}
+	next = &idem.Record{
+		Scope:       p.Scope,
+		Key:         p.Key,
+		Fingerprint: p.Fingerprint,
+		State:       idem.StatePending,
+		Attempts:    1,
+		Created:     now,
+	}
+	var after int64
+	if cur != nil {
+		after = cur.Token
+		if cur.State == idem.StateReleased {
+			// Only the attempt count survives a release.
+			next.Attempts = cur.Attempts + 1
+			next.Created = cur.Created
+		}
+	}
+	next.Token = token(after)
+	setLease(next, now, p)
+	return &idem.BeginResult{Decision: idem.Acquired, Record: Clone(next)}, next
+}
+
+func setLease(r *idem.Record, now time.Time, p *idem.BeginParams) {
+	r.Window = p.Window
+	r.Retention = p.Retention
+	r.LeaseUntil = now.Add(p.Lease)
+	r.Expires = time.Time{}
+	r.RetainUntil = r.LeaseUntil.Add(p.Window)
+}
+
+// owned checks that token is the current owner of cur. An owner whose lease
+// ran out but that nobody took over is still the owner: the fencing token,
+// not the clock, decides, so a paused owner that wakes late loses nothing
+// unless a successor exists.
+func owned(cur *idem.Record, token int64) error {
+	switch {
+	case cur == nil:
+		return fmt.Errorf("%w: no record for the key", idem.ErrLeaseLost)
+	case cur.Token != token:
+		return fmt.Errorf("%w: token %d is not current", idem.ErrLeaseLost, token)
+	case cur.State == idem.StateCompleted:
+		return fmt.Errorf("%w: token %d", idem.ErrCompleted, token)
+	case cur.State != idem.StatePending:
+		return fmt.Errorf("%w: token %d was released", idem.ErrLeaseLost, token)
+	}
+	return nil
+}
+
+// Complete stores the outcome when p.Token is the live owner.
+func Complete(cur *idem.Record, p *idem.CompleteParams, now time.Time) (*idem.Record, error) {
+	if err := owned(cur, p.Token); err != nil {
+		return nil, err
+	}
+	next := Clone(cur)
+	next.State = idem.StateCompleted
+	next.Completed = now
+	next.Expires = now.Add(cur.Window)
+	next.RetainUntil = now.Add(max(cur.Window, cur.Retention))
+	next.Checkpoint = nil
+	out := cloneOutcome(&p.Outcome)
+	next.Outcome = out
+	return next, nil
+}
+
+// Release gives the key back after a retryable failure.
+func Release(cur *idem.Record, p *idem.ReleaseParams, now time.Time) (*idem.Record, error) {
+	if err := owned(cur, p.Token); err != nil {
+		return nil, err
+	}
+	return &idem.Record{
+		Scope:       cur.Scope,
+		Key:         cur.Key,
+		State:       idem.StateReleased,
+		Token:       cur.Token,
+		Attempts:    cur.Attempts,
+		Created:     cur.Created,
+		LeaseUntil:  now,
+		Expires:     now,
+		RetainUntil: now.Add(cur.Window),
+		Window:      cur.Window,
+		Retention:   cur.Retention,
+	}, nil
+}
+
+// Extend moves the lease end to now + p.Lease.
+func Extend(cur *idem.Record, p *idem.ExtendParams, now time.Time) (*idem.Record, error) {
+	if err := owned(cur, p.Token); err != nil {
+		return nil, err
+	}
+	next := Clone(cur)
+	next.LeaseUntil = now.Add(p.Lease)
+	next.RetainUntil = next.LeaseUntil.Add(cur.Window)
+	return next, nil
+}
+
+// Checkpoint records a recovery point.
+func Checkpoint(cur *idem.Record, p *idem.CheckpointParams, now time.Time) (*idem.Record, error) {
+	if err := owned(cur, p.Token); err != nil {
+		return nil, err
+	}
+	next := Clone(cur)
+	next.Checkpoint = &idem.Checkpoint{Point: p.Point, Data: append([]byte{}, p.Data...)}
+	return next, nil
+}
+
+// Clone returns a deep copy of r, so callers never share byte slices with a
+// store.
+func Clone(r *idem.Record) *idem.Record {
+	if r == nil {
+		return nil
+	}
+	c := *r
+	if r.Checkpoint != nil {
+		c.Checkpoint = &idem.Checkpoint{Point: r.Checkpoint.Point, Data: append([]byte{}, r.Checkpoint.Data...)}
+	}
+	c.Outcome = cloneOutcome(r.Outcome)
+	return &c
+}
+
+func cloneOutcome(o *idem.Outcome) *idem.Outcome {
+	if o == nil {
+		return nil
+	}
+	c := &idem.Outcome{Data: append([]byte{}, o.Data...)}
+	if o.Meta != nil {
+		c.Meta = make(map[string]string, len(o.Meta))
+		for k, v := range o.Meta {
+			c.Meta[k] = v
+		}
+	}
+	return c
+}
