@@ -1,0 +1,2 @@
+// Command idem serves, inspects and exercises an idem ledger.
+package main

@@ -1,0 +1,2 @@
+// Package pebblestore is the embedded, durable idem.Store on Pebble.
+package pebblestore
