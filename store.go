@@ -209,3 +209,9 @@ type Store interface {
 type Lister interface {
 	List(ctx context.Context, p *ListParams) (*ListResult, error)
 }
+
+// Sizer is the optional capability to tell how many records a store holds,
+// for the ledger-size metric. The count may be approximate.
+type Sizer interface {
+	Size(ctx context.Context) (int64, error)
+}

@@ -36,6 +36,7 @@ type recordKey struct{ scope, key string }
 var (
 	_ idem.Store  = (*Store)(nil)
 	_ idem.Lister = (*Store)(nil)
+	_ idem.Sizer  = (*Store)(nil)
 )
 
 // New returns an empty Store.
@@ -224,11 +225,13 @@ func (s *Store) List(ctx context.Context, p *idem.ListParams) (*idem.ListResult,
 	return res, nil
 }
 
-// Len returns the number of records, for tests and metrics.
-func (s *Store) Len() int {
-	s.mu.Lock()
+// Size implements idem.Sizer.
+func (s *Store) Size(ctx context.Context) (int64, error) {
+	if err := s.lock(ctx); err != nil {
+		return 0, err
+	}
 	defer s.mu.Unlock()
-	return len(s.records)
+	return int64(len(s.records)), nil
 }
 
 // Close implements idem.Store. Later calls fail with idem.ErrClosed.

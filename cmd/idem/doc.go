@@ -1,2 +1,0 @@
-// Command idem serves, inspects and exercises an idem ledger.
-package main

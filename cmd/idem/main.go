@@ -1,0 +1,54 @@
+// Command idem serves, inspects and exercises an idem ledger.
+//
+//	idem serve    the ledger over HTTP/JSON (embedded store by default)
+//	idem keys     list, show and delete records
+//	idem version  print the version
+//
+// Run `idem <command> --help` for a command's flags.
+package main
+
+import (
+	"fmt"
+	"io"
+	"os"
+)
+
+var version = "dev"
+
+const usage = `idem makes distributed work safe to repeat.
+
+Usage: idem <command> [flags]
+
+Commands:
+  serve     run the ledger over HTTP/JSON (embedded store in ./idem-data by default)
+  keys      list, show and delete records (ls | show | delete)
+  version   print the version
+
+Run "idem <command> --help" for the flags of a command.
+`
+
+func main() {
+	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+}
+
+// run dispatches a command line. Exit codes: 0 success, 1 failure, 2 usage.
+func run(args []string, stdout, stderr io.Writer) int {
+	if len(args) == 0 {
+		fmt.Fprint(stderr, usage)
+		return 2
+	}
+	switch args[0] {
+	case "serve":
+		return runServe(args[1:], stdout, stderr)
+	case "keys":
+		return runKeys(args[1:], stdout, stderr)
+	case "version", "--version":
+		fmt.Fprintln(stdout, "idem", version)
+		return 0
+	case "help", "-h", "--help":
+		fmt.Fprint(stdout, usage)
+		return 0
+	}
+	fmt.Fprintf(stderr, "idem: unknown command %q\n\n%s", args[0], usage)
+	return 2
+}
