@@ -1,25 +1,680 @@
 package pebblestore
 
 import (
+	"context"
+	"encoding/base64"
+	"encoding/binary"
 	"errors"
+	"fmt"
+	"hash/maphash"
+	"io/fs"
+	"log/slog"
+	"os"
+	"sync"
+	"sync/atomic"
+	"time"
 
+	"github.com/cockroachdb/pebble/v2"
+	"github.com/cockroachdb/pebble/v2/vfs"
 	"github.com/idemkit/idem"
+	"github.com/idemkit/idem/internal/transition"
 )
 
 // ErrLocked: the directory is held by another process (a running idem
 // serve).
 var ErrLocked = errors.New("pebblestore: directory is in use by another process")
 
+// DefaultSweepInterval is how often the background sweeper runs when
+// Config.SweepInterval is zero.
+const DefaultSweepInterval = time.Minute
+
+const (
+	// tokenBlock is how many tokens one synced write of the high-water mark
+	// reserves.
+	tokenBlock = 1024
+	// stripes is the number of per-key locks; keys share one by hash.
+	stripes = 1024
+	// sweepChunk bounds the records one Sweep batch removes (and the key
+	// locks it holds at once).
+	sweepChunk = 128
+)
+
 // Config configures a Store. A nil *Config means defaults.
 type Config struct {
-	// Clock judges leases and windows. Default: idem.SystemClock.
+	// Clock judges leases and windows, and paces the background sweeper.
+	// Default: idem.SystemClock.
 	Clock idem.Clock
+	// SweepInterval is how often the background sweeper removes expired
+	// records. Zero means DefaultSweepInterval; a negative value disables
+	// the sweeper (call Sweep yourself).
+	SweepInterval time.Duration
+	// Logger receives failures of the background sweeper and Pebble's own
+	// messages (informational ones at debug level). Pebble's messages may
+	// quote stored keys, so pass a logger only where keys may be seen.
+	// Default: nothing is logged.
+	Logger *slog.Logger
 }
 
-// Store is the embedded idem.Store. (Stub: being written.)
-type Store struct{ idem.Store }
+// Store is the embedded, durable idem.Store, idem.Lister and idem.Sizer.
+// It is safe for concurrent use; only one Store (in one process) may have a
+// directory open at a time.
+type Store struct {
+	db     *pebble.DB
+	lock   *pebble.Lock
+	dir    string
+	clock  idem.Clock
+	logger *slog.Logger
+	seed   maphash.Seed
 
-// Open opens (creating if needed) the store in dir.
+	keyLocks [stripes]sync.Mutex
+
+	// closeMu is held shared by every operation and exclusively by Close,
+	// so Pebble is never used after it is closed.
+	closeMu sync.RWMutex
+	closed  bool
+
+	tokenMu   sync.Mutex
+	token     int64 // the last token handed out
+	tokenMark int64 // the persisted high-water mark: no token above it was handed out
+
+	size atomic.Int64
+
+	sweepMu      sync.Mutex
+	sweepVisited atomic.Int64 // index entries Sweep looked at, for tests
+
+	stopOnce    sync.Once
+	stop        chan struct{}
+	sweeperDone chan struct{}
+}
+
+var (
+	_ idem.Store  = (*Store)(nil)
+	_ idem.Lister = (*Store)(nil)
+	_ idem.Sizer  = (*Store)(nil)
+)
+
+// Open opens (creating if needed) the store in dir. It fails with an error
+// wrapping ErrLocked when another process has the directory open.
 func Open(dir string, cfg *Config) (*Store, error) {
-	return nil, errors.New("pebblestore: not yet implemented")
+	var c Config
+	if cfg != nil {
+		c = *cfg
+	}
+	if c.Clock == nil {
+		c.Clock = idem.SystemClock{}
+	}
+	if c.SweepInterval == 0 {
+		c.SweepInterval = DefaultSweepInterval
+	}
+	if dir == "" {
+		return nil, fmt.Errorf("%w: pebblestore: the directory is empty; name one, like ./idem-data", idem.ErrInvalid)
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, fmt.Errorf("pebblestore: open %s: %w", dir, err)
+	}
+	lock, err := pebble.LockDirectory(dir, vfs.Default)
+	if err != nil {
+		var pe *fs.PathError
+		if errors.As(err, &pe) { // the lock file could not be created
+			return nil, fmt.Errorf("pebblestore: open %s: %w", dir, err)
+		}
+		return nil, fmt.Errorf("%w: %s: %v", ErrLocked, dir, err)
+	}
+	s := &Store{
+		lock:        lock,
+		dir:         dir,
+		clock:       c.Clock,
+		logger:      c.Logger,
+		seed:        maphash.MakeSeed(),
+		stop:        make(chan struct{}),
+		sweeperDone: make(chan struct{}),
+	}
+	opts := &pebble.Options{Lock: lock, Logger: pebbleLogger{c.Logger}}
+	s.db, err = pebble.Open(dir, opts)
+	if err != nil {
+		_ = lock.Close()
+		return nil, fmt.Errorf("pebblestore: open %s: %w", dir, err)
+	}
+	if err := s.load(); err != nil {
+		_ = s.db.Close()
+		_ = lock.Close()
+		return nil, fmt.Errorf("pebblestore: open %s: %w", dir, err)
+	}
+	if c.SweepInterval > 0 {
+		go s.sweeper(c.SweepInterval)
+	} else {
+		close(s.sweeperDone)
+	}
+	return s, nil
+}
+
+// load reads the token high-water mark and counts the records.
+func (s *Store) load() error {
+	v, closer, err := s.db.Get([]byte(keyTokenMark))
+	switch {
+	case errors.Is(err, pebble.ErrNotFound):
+	case err != nil:
+		return err
+	default:
+		if len(v) != 8 {
+			closer.Close()
+			return fmt.Errorf("%w: token mark of %d bytes", errCorrupt, len(v))
+		}
+		s.token = int64(binary.BigEndian.Uint64(v))
+		s.tokenMark = s.token
+		closer.Close()
+	}
+	it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: []byte(prefixRecord), UpperBound: upperBound([]byte(prefixRecord))})
+	if err != nil {
+		return err
+	}
+	var n int64
+	for it.First(); it.Valid(); it.Next() {
+		n++
+	}
+	if err := it.Close(); err != nil {
+		return err
+	}
+	s.size.Store(n)
+	return nil
+}
+
+// upperBound returns the smallest key greater than every key with prefix.
+func upperBound(prefix []byte) []byte {
+	b := append([]byte{}, prefix...)
+	for i := len(b) - 1; i >= 0; i-- {
+		if b[i] != 0xff {
+			b[i]++
+			return b[:i+1]
+		}
+	}
+	return nil // no bound: the prefix is all 0xff
+}
+
+func (s *Store) sweeper(interval time.Duration) {
+	defer close(s.sweeperDone)
+	for {
+		select {
+		case <-s.stop:
+			return
+		case <-s.clock.After(interval):
+		}
+		if _, err := s.Sweep(context.Background(), &idem.SweepParams{}); err != nil && !errors.Is(err, idem.ErrClosed) {
+			if s.logger != nil {
+				s.logger.Error("pebblestore: background sweep failed", "dir", s.dir, "err", err)
+			}
+		}
+	}
+}
+
+// Close stops the background sweeper, waits for running operations and
+// closes Pebble; the directory can then be opened again without recovery.
+// Later calls of any method fail with idem.ErrClosed.
+func (s *Store) Close() error {
+	s.stopOnce.Do(func() { close(s.stop) })
+	<-s.sweeperDone
+	s.closeMu.Lock()
+	defer s.closeMu.Unlock()
+	if s.closed {
+		return nil
+	}
+	s.closed = true
+	err := s.db.Close()
+	if lerr := s.lock.Close(); err == nil {
+		err = lerr
+	}
+	if err != nil {
+		return fmt.Errorf("pebblestore: close %s: %w", s.dir, err)
+	}
+	return nil
+}
+
+// enter starts an operation: it fails once the store is closed or ctx is
+// done. The caller must call s.closeMu.RUnlock when it returns nil.
+func (s *Store) enter(ctx context.Context) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	s.closeMu.RLock()
+	if s.closed {
+		s.closeMu.RUnlock()
+		return idem.ErrClosed
+	}
+	return nil
+}
+
+// keyLock returns the lock that serialises the operations on (scope, key).
+func (s *Store) keyLock(scope, key string) *sync.Mutex {
+	var h maphash.Hash
+	h.SetSeed(s.seed)
+	h.WriteString(scope)
+	h.WriteByte(0)
+	h.WriteString(key)
+	return &s.keyLocks[h.Sum64()%stripes]
+}
+
+func (s *Store) keyLockOfRef(ref []byte) *sync.Mutex {
+	scope, key := parseRef(ref)
+	return s.keyLock(scope, key)
+}
+
+// nextToken hands out a token greater than after and than every token
+// handed out before, also before a restart: when the reserved block runs
+// out it first syncs a new high-water mark.
+func (s *Store) nextToken(after int64) (int64, error) {
+	s.tokenMu.Lock()
+	defer s.tokenMu.Unlock()
+	t := max(s.token, after) + 1
+	if t > s.tokenMark {
+		mark := t + tokenBlock - 1
+		if err := s.db.Set([]byte(keyTokenMark), binary.BigEndian.AppendUint64(nil, uint64(mark)), pebble.Sync); err != nil {
+			return 0, fmt.Errorf("pebblestore: reserve tokens: %w", err)
+		}
+		s.tokenMark = mark
+	}
+	s.token = t
+	return t, nil
+}
+
+// get reads the record stored under ref (nil when there is none).
+func (s *Store) get(ref []byte) (*idem.Record, error) {
+	v, closer, err := s.db.Get(append([]byte(prefixRecord), ref...))
+	if errors.Is(err, pebble.ErrNotFound) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	defer closer.Close()
+	return decodeRecord(v)
+}
+
+// put writes next over cur (nil when new) in one synced batch, moving the
+// expiry-index entry when the retention time changed.
+func (s *Store) put(ref []byte, cur, next *idem.Record) error {
+	b := s.db.NewBatch()
+	defer b.Close()
+	if err := b.Set(append([]byte(prefixRecord), ref...), encodeRecord(nil, next), nil); err != nil {
+		return err
+	}
+	if cur == nil || !cur.RetainUntil.Equal(next.RetainUntil) {
+		if cur != nil {
+			if err := b.Delete(indexKey(cur.RetainUntil, ref), nil); err != nil {
+				return err
+			}
+		}
+		if err := b.Set(indexKey(next.RetainUntil, ref), nil, nil); err != nil {
+			return err
+		}
+	}
+	return b.Commit(pebble.Sync)
+}
+
+// utc returns r with its times in UTC and without monotonic readings, as
+// records read back from disk have them.
+func utc(r *idem.Record) *idem.Record {
+	if r == nil {
+		return nil
+	}
+	for _, t := range []*time.Time{&r.LeaseUntil, &r.Created, &r.Completed, &r.Expires, &r.RetainUntil} {
+		*t = t.UTC()
+	}
+	return r
+}
+
+// Begin implements idem.Store. A replay or in-flight answer reads only;
+// an acquisition writes the record in one synced batch.
+func (s *Store) Begin(ctx context.Context, p *idem.BeginParams) (*idem.BeginResult, error) {
+	if err := p.Validate(); err != nil {
+		return nil, err
+	}
+	if err := s.enter(ctx); err != nil {
+		return nil, err
+	}
+	defer s.closeMu.RUnlock()
+	mu := s.keyLock(p.Scope, p.Key)
+	mu.Lock()
+	defer mu.Unlock()
+	ref := recordRef(p.Scope, p.Key)
+	cur, err := s.get(ref)
+	if err != nil {
+		return nil, fmt.Errorf("pebblestore: begin: %w", err)
+	}
+	var tokenErr error
+	res, next := transition.Begin(cur, p, s.clock.Now(), func(after int64) int64 {
+		t, err := s.nextToken(after)
+		if err != nil {
+			tokenErr = err
+		}
+		return t
+	})
+	if tokenErr != nil {
+		return nil, tokenErr
+	}
+	if next != nil {
+		if err := s.put(ref, cur, next); err != nil {
+			return nil, fmt.Errorf("pebblestore: begin: %w", err)
+		}
+		if cur == nil {
+			s.size.Add(1)
+		}
+	}
+	utc(res.Record)
+	return res, nil
+}
+
+// update applies a transition to one owned record under its key lock.
+func (s *Store) update(ctx context.Context, op, scope, key string, f func(cur *idem.Record, now time.Time) (*idem.Record, error)) (*idem.Record, error) {
+	if err := s.enter(ctx); err != nil {
+		return nil, err
+	}
+	defer s.closeMu.RUnlock()
+	mu := s.keyLock(scope, key)
+	mu.Lock()
+	defer mu.Unlock()
+	ref := recordRef(scope, key)
+	cur, err := s.get(ref)
+	if err != nil {
+		return nil, fmt.Errorf("pebblestore: %s: %w", op, err)
+	}
+	next, err := f(cur, s.clock.Now())
+	if err != nil {
+		return nil, err
+	}
+	if err := s.put(ref, cur, next); err != nil {
+		return nil, fmt.Errorf("pebblestore: %s: %w", op, err)
+	}
+	return utc(transition.Clone(next)), nil
+}
+
+// Complete implements idem.Store.
+func (s *Store) Complete(ctx context.Context, p *idem.CompleteParams) (*idem.Record, error) {
+	if err := p.Validate(); err != nil {
+		return nil, err
+	}
+	return s.update(ctx, "complete", p.Scope, p.Key, func(cur *idem.Record, now time.Time) (*idem.Record, error) {
+		return transition.Complete(cur, p, now)
+	})
+}
+
+// Release implements idem.Store.
+func (s *Store) Release(ctx context.Context, p *idem.ReleaseParams) error {
+	if err := p.Validate(); err != nil {
+		return err
+	}
+	_, err := s.update(ctx, "release", p.Scope, p.Key, func(cur *idem.Record, now time.Time) (*idem.Record, error) {
+		return transition.Release(cur, p, now)
+	})
+	return err
+}
+
+// Extend implements idem.Store.
+func (s *Store) Extend(ctx context.Context, p *idem.ExtendParams) (*idem.Record, error) {
+	if err := p.Validate(); err != nil {
+		return nil, err
+	}
+	return s.update(ctx, "extend", p.Scope, p.Key, func(cur *idem.Record, now time.Time) (*idem.Record, error) {
+		return transition.Extend(cur, p, now)
+	})
+}
+
+// Checkpoint implements idem.Store.
+func (s *Store) Checkpoint(ctx context.Context, p *idem.CheckpointParams) error {
+	if err := p.Validate(); err != nil {
+		return err
+	}
+	_, err := s.update(ctx, "checkpoint", p.Scope, p.Key, func(cur *idem.Record, now time.Time) (*idem.Record, error) {
+		return transition.Checkpoint(cur, p, now)
+	})
+	return err
+}
+
+// Get implements idem.Store. It reads under the key lock, so it never sees
+// a write that is applied but not yet synced.
+func (s *Store) Get(ctx context.Context, p *idem.KeyParams) (*idem.Record, error) {
+	if err := p.Validate(); err != nil {
+		return nil, err
+	}
+	if err := s.enter(ctx); err != nil {
+		return nil, err
+	}
+	defer s.closeMu.RUnlock()
+	mu := s.keyLock(p.Scope, p.Key)
+	mu.Lock()
+	defer mu.Unlock()
+	rec, err := s.get(recordRef(p.Scope, p.Key))
+	if err != nil {
+		return nil, fmt.Errorf("pebblestore: get: %w", err)
+	}
+	if rec == nil {
+		return nil, fmt.Errorf("%w: scope %q", idem.ErrNotFound, p.Scope)
+	}
+	return rec, nil
+}
+
+// Delete implements idem.Store. Tokens of the key keep increasing after a
+// delete: they are store-wide.
+func (s *Store) Delete(ctx context.Context, p *idem.KeyParams) error {
+	if err := p.Validate(); err != nil {
+		return err
+	}
+	if err := s.enter(ctx); err != nil {
+		return err
+	}
+	defer s.closeMu.RUnlock()
+	mu := s.keyLock(p.Scope, p.Key)
+	mu.Lock()
+	defer mu.Unlock()
+	ref := recordRef(p.Scope, p.Key)
+	cur, err := s.get(ref)
+	if err != nil {
+		return fmt.Errorf("pebblestore: delete: %w", err)
+	}
+	if cur == nil {
+		return fmt.Errorf("%w: scope %q", idem.ErrNotFound, p.Scope)
+	}
+	b := s.db.NewBatch()
+	defer b.Close()
+	if err := b.Delete(append([]byte(prefixRecord), ref...), nil); err != nil {
+		return fmt.Errorf("pebblestore: delete: %w", err)
+	}
+	if err := b.Delete(indexKey(cur.RetainUntil, ref), nil); err != nil {
+		return fmt.Errorf("pebblestore: delete: %w", err)
+	}
+	if err := b.Commit(pebble.Sync); err != nil {
+		return fmt.Errorf("pebblestore: delete: %w", err)
+	}
+	s.size.Add(-1)
+	return nil
+}
+
+// Sweep implements idem.Store. It walks the expiry index from its start up
+// to now, so its cost is proportional to what has expired, not to the size
+// of the store; each record is checked again under its key lock before it
+// is removed, together with its index entry, in synced batches.
+func (s *Store) Sweep(ctx context.Context, p *idem.SweepParams) (*idem.SweepResult, error) {
+	if err := p.Validate(); err != nil {
+		return nil, err
+	}
+	if err := s.enter(ctx); err != nil {
+		return nil, err
+	}
+	defer s.closeMu.RUnlock()
+	s.sweepMu.Lock() // one sweep at a time: it holds several key locks at once
+	defer s.sweepMu.Unlock()
+	now := s.clock.Now()
+	upper := append([]byte(prefixIndex), appendTime(nil, now.Add(time.Nanosecond))...)
+	it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: []byte(prefixIndex), UpperBound: upper})
+	if err != nil {
+		return nil, fmt.Errorf("pebblestore: sweep: %w", err)
+	}
+	defer it.Close()
+	res := &idem.SweepResult{}
+	var chunk [][]byte
+	for ok := it.First(); ; {
+		chunk = chunk[:0]
+		want := sweepChunk
+		if p.Limit > 0 {
+			want = min(want, p.Limit-res.Deleted)
+		}
+		for ; ok && len(chunk) < want; ok = it.Next() {
+			chunk = append(chunk, append([]byte{}, it.Key()...))
+		}
+		if len(chunk) == 0 {
+			break
+		}
+		n, err := s.sweepChunk(chunk, now)
+		res.Deleted += n
+		if err != nil {
+			return res, fmt.Errorf("pebblestore: sweep: %w", err)
+		}
+		if p.Limit > 0 && res.Deleted >= p.Limit {
+			break
+		}
+		if err := ctx.Err(); err != nil {
+			return res, err
+		}
+	}
+	if err := it.Error(); err != nil {
+		return res, fmt.Errorf("pebblestore: sweep: %w", err)
+	}
+	return res, nil
+}
+
+// sweepChunk removes the sweepable records named by the index entries in
+// one synced batch, holding their key locks until it is committed. Entries
+// whose record is gone or has moved on are removed too.
+func (s *Store) sweepChunk(entries [][]byte, now time.Time) (int, error) {
+	held := make(map[*sync.Mutex]bool, len(entries))
+	defer func() {
+		for mu := range held {
+			mu.Unlock()
+		}
+	}()
+	b := s.db.NewBatch()
+	defer b.Close()
+	deleted := 0
+	for _, k := range entries {
+		s.sweepVisited.Add(1)
+		at, ref, err := parseIndexKey(k)
+		if err != nil {
+			return 0, err
+		}
+		mu := s.keyLockOfRef(ref)
+		if !held[mu] {
+			mu.Lock()
+			held[mu] = true
+		}
+		rec, err := s.get(ref)
+		if err != nil {
+			return 0, err
+		}
+		switch {
+		case rec == nil || !rec.RetainUntil.Equal(at):
+			if err := b.Delete(k, nil); err != nil {
+				return 0, err
+			}
+		case transition.Sweepable(rec, now):
+			if err := b.Delete(append([]byte(prefixRecord), ref...), nil); err != nil {
+				return 0, err
+			}
+			if err := b.Delete(k, nil); err != nil {
+				return 0, err
+			}
+			deleted++
+		}
+	}
+	if b.Empty() {
+		return 0, nil
+	}
+	if err := b.Commit(pebble.Sync); err != nil {
+		return 0, err
+	}
+	s.size.Add(-int64(deleted))
+	return deleted, nil
+}
+
+// List implements idem.Lister: the records of one scope in key order. The
+// cursor is opaque to callers (the last key of the page, base64url).
+// Records are read without key locks, so a page may show a write that is
+// still being synced.
+func (s *Store) List(ctx context.Context, p *idem.ListParams) (*idem.ListResult, error) {
+	if err := p.Validate(); err != nil {
+		return nil, err
+	}
+	prefix := scopePrefix(p.Scope)
+	lower := prefix
+	if p.Cursor != "" {
+		after, err := base64.RawURLEncoding.DecodeString(p.Cursor)
+		if err != nil || len(after) == 0 || len(after) > idem.MaxKeyLen {
+			return nil, fmt.Errorf("%w: cursor %q is not one this store returned", idem.ErrInvalid, p.Cursor)
+		}
+		lower = append(append(append([]byte{}, prefix...), after...), 0)
+	}
+	if err := s.enter(ctx); err != nil {
+		return nil, err
+	}
+	defer s.closeMu.RUnlock()
+	it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: lower, UpperBound: upperBound(prefix)})
+	if err != nil {
+		return nil, fmt.Errorf("pebblestore: list: %w", err)
+	}
+	defer it.Close()
+	res := &idem.ListResult{}
+	for it.First(); it.Valid(); it.Next() {
+		v, err := it.ValueAndErr()
+		if err != nil {
+			return nil, fmt.Errorf("pebblestore: list: %w", err)
+		}
+		rec, err := decodeRecord(v)
+		if err != nil {
+			return nil, fmt.Errorf("pebblestore: list: %w", err)
+		}
+		if p.State != "" && rec.State != p.State {
+			continue
+		}
+		if len(res.Records) == p.Limit {
+			res.NextCursor = base64.RawURLEncoding.EncodeToString([]byte(res.Records[len(res.Records)-1].Key))
+			break
+		}
+		res.Records = append(res.Records, rec)
+	}
+	if err := it.Error(); err != nil {
+		return nil, fmt.Errorf("pebblestore: list: %w", err)
+	}
+	return res, nil
+}
+
+// Size implements idem.Sizer. The count is kept in memory: Open counts the
+// records once, and every write that adds or removes one adjusts it.
+func (s *Store) Size(ctx context.Context) (int64, error) {
+	if err := s.enter(ctx); err != nil {
+		return 0, err
+	}
+	defer s.closeMu.RUnlock()
+	return s.size.Load(), nil
+}
+
+// pebbleLogger passes Pebble's messages to a slog.Logger, or drops them.
+type pebbleLogger struct{ l *slog.Logger }
+
+func (p pebbleLogger) Infof(format string, args ...any) {
+	if p.l != nil {
+		p.l.Debug("pebble: " + fmt.Sprintf(format, args...))
+	}
+}
+
+func (p pebbleLogger) Errorf(format string, args ...any) {
+	if p.l != nil {
+		p.l.Error("pebble: " + fmt.Sprintf(format, args...))
+	}
+}
+
+// Fatalf must not return: Pebble calls it on unrecoverable corruption.
+func (p pebbleLogger) Fatalf(format string, args ...any) {
+	msg := "pebble: " + fmt.Sprintf(format, args...)
+	if p.l != nil {
+		p.l.Error(msg)
+	}
+	panic(msg)
 }
