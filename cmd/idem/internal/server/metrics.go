@@ -1,0 +1,255 @@
+package server
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"math"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/idemkit/idem"
+)
+
+// Outcomes of an operation in idem_operations_total. A Begin counts under
+// its decision; the other operations under what became of them.
+const (
+	outcomeCompleted        = "completed"         // complete stored the outcome
+	outcomeReleased         = "released"          // release gave the key back
+	outcomeExtended         = "extended"          // extend moved the lease
+	outcomeCheckpointed     = "checkpointed"      // checkpoint was saved
+	outcomeLeaseLost        = "lease_lost"        // the token was stale
+	outcomeAlreadyCompleted = "already_completed" // the key held an outcome already
+	outcomeError            = "error"             // the store failed
+)
+
+var opOutcomes = map[idem.Op][]string{
+	idem.OpBegin:      {string(idem.Acquired), string(idem.Replay), string(idem.InFlight), string(idem.Mismatch), outcomeError},
+	idem.OpComplete:   {outcomeCompleted, outcomeLeaseLost, outcomeAlreadyCompleted, outcomeError},
+	idem.OpRelease:    {outcomeReleased, outcomeLeaseLost, outcomeAlreadyCompleted, outcomeError},
+	idem.OpExtend:     {outcomeExtended, outcomeLeaseLost, outcomeAlreadyCompleted, outcomeError},
+	idem.OpCheckpoint: {outcomeCheckpointed, outcomeLeaseLost, outcomeAlreadyCompleted, outcomeError},
+}
+
+var successOutcome = map[idem.Op]string{
+	idem.OpComplete:   outcomeCompleted,
+	idem.OpRelease:    outcomeReleased,
+	idem.OpExtend:     outcomeExtended,
+	idem.OpCheckpoint: outcomeCheckpointed,
+}
+
+// Bucket upper bounds in seconds. Time to idempotence spans a fast call
+// (milliseconds) to a workflow step retried over hours.
+var (
+	ttiBuckets     = []float64{0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800, 3600, 21600, 86400}
+	requestBuckets = []float64{0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5}
+)
+
+// histogram is a Prometheus histogram with fixed buckets, safe for
+// concurrent use without a lock.
+type histogram struct {
+	bounds []float64
+	counts []atomic.Uint64 // per bucket, not cumulative; the last is +Inf
+	sum    atomic.Uint64   // float64 bits
+}
+
+func newHistogram(bounds []float64) *histogram {
+	return &histogram{bounds: bounds, counts: make([]atomic.Uint64, len(bounds)+1)}
+}
+
+func (h *histogram) observe(v float64) {
+	i, _ := slices.BinarySearch(h.bounds, v) // first bound >= v: le is inclusive
+	h.counts[i].Add(1)
+	for {
+		old := h.sum.Load()
+		if h.sum.CompareAndSwap(old, math.Float64bits(math.Float64frombits(old)+v)) {
+			return
+		}
+	}
+}
+
+// write writes the bucket, sum and count lines; labels (may be empty) come
+// first in each label set, like `route="begin"`.
+func (h *histogram) write(w io.Writer, name, labels string) {
+	sep := ""
+	if labels != "" {
+		sep = ","
+	}
+	var cum uint64
+	for i, b := range h.bounds {
+		cum += h.counts[i].Load()
+		fmt.Fprintf(w, "%s_bucket{%s%sle=%q} %d\n", name, labels, sep, formatFloat(b), cum)
+	}
+	cum += h.counts[len(h.bounds)].Load()
+	fmt.Fprintf(w, "%s_bucket{%s%sle=\"+Inf\"} %d\n", name, labels, sep, cum)
+	braced := ""
+	if labels != "" {
+		braced = "{" + labels + "}"
+	}
+	fmt.Fprintf(w, "%s_sum%s %s\n", name, braced, formatFloat(math.Float64frombits(h.sum.Load())))
+	fmt.Fprintf(w, "%s_count%s %d\n", name, braced, cum)
+}
+
+func formatFloat(f float64) string { return strconv.FormatFloat(f, 'g', -1, 64) }
+
+// labelValue escapes a label value for the text format.
+func labelValue(s string) string {
+	r := strings.NewReplacer(`\`, `\\`, `"`, `\"`, "\n", `\n`)
+	return `"` + r.Replace(s) + `"`
+}
+
+type opOutcome struct {
+	op      idem.Op
+	outcome string
+}
+
+// metrics is the server's idem.Observer and the source of GET /metrics.
+type metrics struct {
+	ops       map[opOutcome]*atomic.Uint64 // fixed set, filled in newMetrics
+	takeovers atomic.Uint64
+	tti       *histogram
+
+	mu       sync.Mutex
+	requests map[string]*histogram // by route
+	statuses map[routeStatus]*atomic.Uint64
+}
+
+type routeStatus struct {
+	route  string
+	status int
+}
+
+var _ idem.Observer = (*metrics)(nil)
+
+func newMetrics() *metrics {
+	m := &metrics{
+		ops:      map[opOutcome]*atomic.Uint64{},
+		tti:      newHistogram(ttiBuckets),
+		requests: map[string]*histogram{},
+		statuses: map[routeStatus]*atomic.Uint64{},
+	}
+	for op, outcomes := range opOutcomes {
+		for _, o := range outcomes {
+			m.ops[opOutcome{op, o}] = new(atomic.Uint64)
+		}
+	}
+	return m
+}
+
+// Observe counts one ledger operation.
+func (m *metrics) Observe(_ context.Context, ev *idem.Event) {
+	outcome := outcomeError
+	switch {
+	case ev.Err == nil && ev.Op == idem.OpBegin:
+		outcome = string(ev.Decision)
+	case ev.Err == nil:
+		outcome = successOutcome[ev.Op]
+	case errors.Is(ev.Err, idem.ErrLeaseLost):
+		outcome = outcomeLeaseLost
+	case errors.Is(ev.Err, idem.ErrCompleted):
+		outcome = outcomeAlreadyCompleted
+	}
+	if c, ok := m.ops[opOutcome{ev.Op, outcome}]; ok {
+		c.Add(1)
+	}
+	if ev.Takeover {
+		m.takeovers.Add(1)
+	}
+	if ev.Op == idem.OpComplete && ev.Err == nil {
+		m.tti.observe(ev.TimeToIdempotence.Seconds())
+	}
+}
+
+// request records one HTTP request.
+func (m *metrics) request(route string, status int, d time.Duration) {
+	m.mu.Lock()
+	h, ok := m.requests[route]
+	if !ok {
+		h = newHistogram(requestBuckets)
+		m.requests[route] = h
+	}
+	c, ok := m.statuses[routeStatus{route, status}]
+	if !ok {
+		c = new(atomic.Uint64)
+		m.statuses[routeStatus{route, status}] = c
+	}
+	m.mu.Unlock()
+	h.observe(d.Seconds())
+	c.Add(1)
+}
+
+// write writes every series in the Prometheus text format (version 0.0.4).
+// size is the ledger size, or negative when the store cannot tell.
+func (m *metrics) write(out io.Writer, size int64) error {
+	w := bufio.NewWriter(out)
+
+	fmt.Fprintln(w, "# HELP idem_operations_total Ledger operations by op and outcome.")
+	fmt.Fprintln(w, "# TYPE idem_operations_total counter")
+	keys := make([]opOutcome, 0, len(m.ops))
+	for k := range m.ops {
+		keys = append(keys, k)
+	}
+	slices.SortFunc(keys, func(a, b opOutcome) int {
+		return strings.Compare(string(a.op)+"\x00"+a.outcome, string(b.op)+"\x00"+b.outcome)
+	})
+	for _, k := range keys {
+		fmt.Fprintf(w, "idem_operations_total{op=%s,outcome=%s} %d\n", labelValue(string(k.op)), labelValue(k.outcome), m.ops[k].Load())
+	}
+
+	fmt.Fprintln(w, "# HELP idem_lease_takeovers_total Begins that took over an expired lease.")
+	fmt.Fprintln(w, "# TYPE idem_lease_takeovers_total counter")
+	fmt.Fprintf(w, "idem_lease_takeovers_total %d\n", m.takeovers.Load())
+
+	fmt.Fprintln(w, "# HELP idem_time_to_idempotence_seconds Time from a key's first attempt to its stored outcome.")
+	fmt.Fprintln(w, "# TYPE idem_time_to_idempotence_seconds histogram")
+	m.tti.write(w, "idem_time_to_idempotence_seconds", "")
+
+	if size >= 0 {
+		fmt.Fprintln(w, "# HELP idem_ledger_records Records held by the store (may be approximate).")
+		fmt.Fprintln(w, "# TYPE idem_ledger_records gauge")
+		fmt.Fprintf(w, "idem_ledger_records %d\n", size)
+	}
+
+	m.mu.Lock()
+	routes := make([]string, 0, len(m.requests))
+	for r := range m.requests {
+		routes = append(routes, r)
+	}
+	statuses := make([]routeStatus, 0, len(m.statuses))
+	for s := range m.statuses {
+		statuses = append(statuses, s)
+	}
+	m.mu.Unlock()
+	slices.Sort(routes)
+	slices.SortFunc(statuses, func(a, b routeStatus) int {
+		if c := strings.Compare(a.route, b.route); c != 0 {
+			return c
+		}
+		return a.status - b.status
+	})
+
+	fmt.Fprintln(w, "# HELP idem_http_requests_total HTTP requests by route and status code.")
+	fmt.Fprintln(w, "# TYPE idem_http_requests_total counter")
+	for _, s := range statuses {
+		m.mu.Lock()
+		c := m.statuses[s]
+		m.mu.Unlock()
+		fmt.Fprintf(w, "idem_http_requests_total{route=%s,code=\"%d\"} %d\n", labelValue(s.route), s.status, c.Load())
+	}
+
+	fmt.Fprintln(w, "# HELP idem_request_duration_seconds HTTP request durations by route.")
+	fmt.Fprintln(w, "# TYPE idem_request_duration_seconds histogram")
+	for _, r := range routes {
+		m.mu.Lock()
+		h := m.requests[r]
+		m.mu.Unlock()
+		h.write(w, "idem_request_duration_seconds", "route="+labelValue(r))
+	}
+	return w.Flush()
+}

@@ -1,0 +1,816 @@
+package server
+
+import (
+	"context"
+	"crypto/sha256"
+	"crypto/subtle"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"math"
+	"mime"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/idemkit/idem"
+)
+
+// DefaultMaxBody is the default limit of a request body.
+const DefaultMaxBody = 4 << 20
+
+// MaxDuration bounds every duration a client sends (lease_ms, window_ms,
+// retention_ms): a century, so that every time the ledger computes stays
+// within the years RFC 3339 can write.
+const MaxDuration = 100 * 365 * 24 * time.Hour
+
+// Config configures a Server. A nil *Config is refused: a server needs
+// tokens.
+type Config struct {
+	// Tokens maps each bearer token to the scopes it may use; AllScopes
+	// ("*") grants every scope. At least one token is required.
+	Tokens map[string][]string
+	// MaxBody is the largest request body accepted, in bytes (413 above).
+	// Default DefaultMaxBody (4 MiB).
+	MaxBody int64
+	// DefaultLease and DefaultWindow apply to a begin that leaves lease_ms
+	// or window_ms out. Defaults idem.DefaultLease (30 s) and
+	// idem.DefaultWindow (24 h).
+	DefaultLease  time.Duration
+	DefaultWindow time.Duration
+	// Logger receives one line per request (route, scope, status,
+	// duration): successes at debug level, client errors at info, server
+	// errors at error. Default: nothing is logged.
+	Logger *slog.Logger
+	// Observer, when set, receives an idem.Event for every ledger
+	// operation, besides the server's own metrics.
+	Observer idem.Observer
+}
+
+// Server is the http.Handler of the idem API (docs/api.md).
+type Server struct {
+	store   idem.Store
+	tokens  []tokenEntry
+	maxBody int64
+	lease   time.Duration
+	window  time.Duration
+	log     *slog.Logger
+	obs     idem.Observer
+	metrics *metrics
+}
+
+type tokenEntry struct {
+	digest [sha256.Size]byte
+	scopes map[string]bool
+	all    bool
+}
+
+// New returns the handler of the API over store. The caller keeps owning
+// the store (and closes it after the HTTP server has drained).
+func New(store idem.Store, cfg *Config) (*Server, error) {
+	if store == nil {
+		return nil, fmt.Errorf("%w: server: store is nil", idem.ErrInvalid)
+	}
+	if cfg == nil || len(cfg.Tokens) == 0 {
+		return nil, fmt.Errorf("%w: server: Config.Tokens is empty; every request would be refused (bind a token to a scope)", idem.ErrInvalid)
+	}
+	s := &Server{
+		store:   store,
+		maxBody: cfg.MaxBody,
+		lease:   cfg.DefaultLease,
+		window:  cfg.DefaultWindow,
+		log:     cfg.Logger,
+		obs:     cfg.Observer,
+		metrics: newMetrics(),
+	}
+	if s.maxBody == 0 {
+		s.maxBody = DefaultMaxBody
+	}
+	if s.lease == 0 {
+		s.lease = idem.DefaultLease
+	}
+	if s.window == 0 {
+		s.window = idem.DefaultWindow
+	}
+	if s.log == nil {
+		s.log = slog.New(slog.DiscardHandler)
+	}
+	switch {
+	case s.maxBody < 0:
+		return nil, fmt.Errorf("%w: server: Config.MaxBody must be positive (or 0 for 4 MiB), got %d", idem.ErrInvalid, s.maxBody)
+	case s.lease < 0 || s.lease > MaxDuration:
+		return nil, fmt.Errorf("%w: server: Config.DefaultLease must be positive (or 0 for 30s), got %s", idem.ErrInvalid, s.lease)
+	case s.window < 0 || s.window > MaxDuration:
+		return nil, fmt.Errorf("%w: server: Config.DefaultWindow must be positive (or 0 for 24h), got %s", idem.ErrInvalid, s.window)
+	}
+	for token, scopes := range cfg.Tokens {
+		if err := checkToken(token); err != nil || token == "" {
+			return nil, fmt.Errorf("%w: server: a token in Config.Tokens is unusable: must be printable ASCII without spaces", idem.ErrInvalid)
+		}
+		e := tokenEntry{digest: sha256.Sum256([]byte(token)), scopes: map[string]bool{}}
+		for _, sc := range scopes {
+			if sc == AllScopes {
+				e.all = true
+			}
+			e.scopes[sc] = true
+		}
+		if len(scopes) == 0 {
+			return nil, fmt.Errorf("%w: server: a token in Config.Tokens has no scopes", idem.ErrInvalid)
+		}
+		s.tokens = append(s.tokens, e)
+	}
+	return s, nil
+}
+
+// request is what one request carries through the handler, for the log
+// line and the metrics.
+type request struct {
+	route string
+	scope string
+	token *tokenEntry
+	err   error // cause of a 5xx
+}
+
+// statusWriter remembers the status written.
+type statusWriter struct {
+	http.ResponseWriter
+	status int
+}
+
+func (w *statusWriter) WriteHeader(code int) {
+	if w.status == 0 {
+		w.status = code
+	}
+	w.ResponseWriter.WriteHeader(code)
+}
+
+func (w *statusWriter) Write(b []byte) (int, error) {
+	if w.status == 0 {
+		w.status = http.StatusOK
+	}
+	return w.ResponseWriter.Write(b)
+}
+
+type route struct {
+	name    string
+	methods []string
+	handle  func(s *Server, w http.ResponseWriter, r *http.Request, req *request) *problem
+	public  bool // no token needed
+}
+
+var routes = map[string]*route{
+	"/healthz":        {name: "healthz", methods: []string{http.MethodGet}, handle: (*Server).healthz, public: true},
+	"/metrics":        {name: "metrics", methods: []string{http.MethodGet}, handle: (*Server).serveMetrics},
+	"/v1/begin":       {name: "begin", methods: []string{http.MethodPost}, handle: (*Server).begin},
+	"/v1/complete":    {name: "complete", methods: []string{http.MethodPost}, handle: (*Server).complete},
+	"/v1/release":     {name: "release", methods: []string{http.MethodPost}, handle: (*Server).release},
+	"/v1/extend":      {name: "extend", methods: []string{http.MethodPost}, handle: (*Server).extend},
+	"/v1/checkpoint":  {name: "checkpoint", methods: []string{http.MethodPost}, handle: (*Server).checkpoint},
+	"/v1/sweep":       {name: "sweep", methods: []string{http.MethodPost}, handle: (*Server).sweep},
+	"/v1/keys":        {name: "keys_list", methods: []string{http.MethodGet}, handle: (*Server).list},
+	keysPrefix + "{}": {name: "keys", methods: []string{http.MethodGet, http.MethodDelete}, handle: (*Server).keyRecord},
+}
+
+const keysPrefix = "/v1/keys/"
+
+var notFoundRoute = &route{name: "unknown", public: true, handle: func(*Server, http.ResponseWriter, *http.Request, *request) *problem {
+	return newProblem(http.StatusNotFound, ProblemNotFound, "no such route; see docs/api.md")
+}}
+
+func lookupRoute(r *http.Request) *route {
+	path := r.URL.EscapedPath()
+	if rt, ok := routes[path]; ok {
+		return rt
+	}
+	if rest, ok := strings.CutPrefix(path, keysPrefix); ok && !strings.Contains(rest, "/") {
+		return routes[keysPrefix+"{}"]
+	}
+	return notFoundRoute
+}
+
+// ServeHTTP implements http.Handler.
+func (s *Server) ServeHTTP(rw http.ResponseWriter, r *http.Request) {
+	start := time.Now()
+	w := &statusWriter{ResponseWriter: rw}
+	rt := lookupRoute(r)
+	req := &request{route: rt.name}
+	defer func() {
+		if v := recover(); v != nil {
+			if v == http.ErrAbortHandler {
+				panic(v)
+			}
+			req.err = fmt.Errorf("panic: %v", v)
+			if w.status == 0 {
+				writeProblem(w, newProblem(http.StatusInternalServerError, ProblemInternal, "the server failed; this is a bug"))
+			}
+		}
+		s.finish(r.Context(), req, w.status, time.Since(start))
+	}()
+	if p := s.dispatch(w, r, rt, req); p != nil {
+		if p.err != nil {
+			req.err = p.err
+		}
+		writeProblem(w, p)
+	}
+}
+
+func (s *Server) dispatch(w http.ResponseWriter, r *http.Request, rt *route, req *request) *problem {
+	if rt.methods != nil && !containsString(rt.methods, r.Method) {
+		w.Header().Set("Allow", strings.Join(rt.methods, ", "))
+		return newProblem(http.StatusMethodNotAllowed, ProblemMethodNotAllowed, "use "+strings.Join(rt.methods, " or "))
+	}
+	if !rt.public {
+		tok := s.authenticate(r)
+		if tok == nil {
+			w.Header().Set("WWW-Authenticate", `Bearer realm="idem"`)
+			return newProblem(http.StatusUnauthorized, ProblemUnauthorized, "send Authorization: Bearer TOKEN with a token from the server's tokens file")
+		}
+		req.token = tok
+	}
+	return rt.handle(s, w, r, req)
+}
+
+func containsString(list []string, s string) bool {
+	for _, v := range list {
+		if v == s {
+			return true
+		}
+	}
+	return false
+}
+
+func (s *Server) finish(ctx context.Context, req *request, status int, d time.Duration) {
+	if status == 0 {
+		status = http.StatusOK
+	}
+	s.metrics.request(req.route, status, d)
+	level := slog.LevelDebug
+	switch {
+	case status >= 500:
+		level = slog.LevelError
+	case status >= 400:
+		level = slog.LevelInfo
+	}
+	if !s.log.Enabled(ctx, level) {
+		return
+	}
+	attrs := []slog.Attr{slog.String("route", req.route), slog.Int("status", status), slog.Duration("duration", d)}
+	if req.scope != "" {
+		attrs = append(attrs, slog.String("scope", req.scope))
+	}
+	if req.err != nil {
+		attrs = append(attrs, slog.String("error", req.err.Error()))
+	}
+	s.log.LogAttrs(ctx, level, "request", attrs...)
+}
+
+// authenticate returns the entry of the request's bearer token, nil if it
+// has none or an unknown one. Digests are compared in constant time, and
+// every entry is compared, so timing says nothing about the token.
+func (s *Server) authenticate(r *http.Request) *tokenEntry {
+	scheme, token, ok := strings.Cut(r.Header.Get("Authorization"), " ")
+	if !ok || !strings.EqualFold(scheme, "Bearer") || token == "" {
+		return nil
+	}
+	digest := sha256.Sum256([]byte(token))
+	var found *tokenEntry
+	for i := range s.tokens {
+		if subtle.ConstantTimeCompare(digest[:], s.tokens[i].digest[:]) == 1 {
+			found = &s.tokens[i]
+		}
+	}
+	return found
+}
+
+// authorize checks that the request's token is bound to scope.
+func authorize(req *request, scope string) *problem {
+	req.scope = scope
+	if req.token.all || req.token.scopes[scope] {
+		return nil
+	}
+	return newProblem(http.StatusForbidden, ProblemForbidden, "the token is not bound to this scope")
+}
+
+// decode reads the body as exactly one JSON value into v, strictly.
+func (s *Server) decode(w http.ResponseWriter, r *http.Request, v any) *problem {
+	mt, _, err := mime.ParseMediaType(r.Header.Get("Content-Type"))
+	if err != nil || mt != "application/json" {
+		return newProblem(http.StatusUnsupportedMediaType, ProblemUnsupportedMediaType, "send the body as Content-Type: application/json")
+	}
+	if r.ContentLength > s.maxBody {
+		return tooLarge(s.maxBody)
+	}
+	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, s.maxBody))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		return decodeProblem(err, s.maxBody)
+	}
+	var extra json.RawMessage
+	switch err := dec.Decode(&extra); {
+	case err == io.EOF:
+		return nil
+	case err == nil:
+		return newProblem(http.StatusBadRequest, ProblemInvalidRequest, "the body holds more than one JSON value")
+	default:
+		return decodeProblem(err, s.maxBody)
+	}
+}
+
+func tooLarge(limit int64) *problem {
+	return newProblem(http.StatusRequestEntityTooLarge, ProblemBodyTooLarge, fmt.Sprintf("the body is over the limit of %d bytes", limit))
+}
+
+func decodeProblem(err error, limit int64) *problem {
+	var tooBig *http.MaxBytesError
+	switch {
+	case errors.As(err, &tooBig):
+		return tooLarge(limit)
+	case errors.Is(err, io.EOF):
+		return newProblem(http.StatusBadRequest, ProblemInvalidRequest, "the body is empty; send a JSON object")
+	case errors.Is(err, io.ErrUnexpectedEOF):
+		return newProblem(http.StatusBadRequest, ProblemInvalidRequest, "the body ends inside a JSON value")
+	}
+	var syntax *json.SyntaxError
+	var typ *json.UnmarshalTypeError
+	switch {
+	case errors.As(err, &syntax):
+		return newProblem(http.StatusBadRequest, ProblemInvalidRequest, fmt.Sprintf("malformed JSON at byte %d: %v", syntax.Offset, err))
+	case errors.As(err, &typ):
+		return newProblem(http.StatusBadRequest, ProblemInvalidRequest, fmt.Sprintf("field %q must be a JSON %s", typ.Field, jsonKind(typ.Type.Kind().String())))
+	}
+	// Unknown fields, bad base64 and the like: encoding/json's message names
+	// the field, not the value.
+	return newProblem(http.StatusBadRequest, ProblemInvalidRequest, strings.TrimPrefix(err.Error(), "json: "))
+}
+
+func jsonKind(goKind string) string {
+	switch {
+	case strings.HasPrefix(goKind, "int"), strings.HasPrefix(goKind, "uint"):
+		return "integer"
+	case goKind == "string":
+		return "string"
+	case goKind == "slice":
+		return "string (base64) or array"
+	case goKind == "map", goKind == "struct", goKind == "ptr":
+		return "object"
+	case goKind == "bool":
+		return "boolean"
+	}
+	return "value of another type"
+}
+
+// millis converts a duration field; nil means def.
+func millis(field string, v *int64, def time.Duration) (time.Duration, *problem) {
+	if v == nil {
+		return def, nil
+	}
+	switch {
+	case *v < 0:
+		return 0, newProblem(http.StatusBadRequest, ProblemInvalidRequest, field+" must not be negative")
+	case *v > MaxDuration.Milliseconds():
+		return 0, newProblem(http.StatusBadRequest, ProblemInvalidRequest, fmt.Sprintf("%s must be at most %d (a century)", field, MaxDuration.Milliseconds()))
+	}
+	return time.Duration(*v) * time.Millisecond, nil
+}
+
+// invalid turns a Validate error into a problem.
+func invalid(err error) *problem {
+	if err == nil {
+		return nil
+	}
+	return newProblem(http.StatusBadRequest, ProblemInvalidRequest, strings.TrimPrefix(err.Error(), idem.ErrInvalid.Error()+": "))
+}
+
+func (s *Server) observe(ctx context.Context, ev *idem.Event) {
+	s.metrics.Observe(ctx, ev)
+	if s.obs != nil {
+		s.obs.Observe(ctx, ev)
+	}
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) *problem {
+	body, err := json.Marshal(v)
+	if err != nil {
+		return &problem{status: http.StatusInternalServerError, name: ProblemInternal, detail: "the server could not encode its answer", err: err}
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	_, _ = w.Write(append(body, '\n'))
+	return nil
+}
+
+func (s *Server) healthz(w http.ResponseWriter, _ *http.Request, _ *request) *problem {
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	_, _ = io.WriteString(w, "ok\n")
+	return nil
+}
+
+func (s *Server) serveMetrics(w http.ResponseWriter, r *http.Request, _ *request) *problem {
+	size := int64(-1)
+	if sizer, ok := s.store.(idem.Sizer); ok {
+		ctx, cancel := context.WithTimeout(r.Context(), 5*time.Second)
+		n, err := sizer.Size(ctx)
+		cancel()
+		if err == nil {
+			size = n
+		}
+	}
+	w.Header().Set("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
+	_ = s.metrics.write(w, size)
+	return nil
+}
+
+// Wire types of docs/api.md.
+
+type beginRequest struct {
+	Scope       string `json:"scope"`
+	Key         string `json:"key"`
+	Fingerprint string `json:"fingerprint"`
+	LeaseMS     *int64 `json:"lease_ms"`
+	WindowMS    *int64 `json:"window_ms"`
+	RetentionMS *int64 `json:"retention_ms"`
+}
+
+type beginResponse struct {
+	Decision idem.Decision `json:"decision"`
+	// acquired
+	Token      int64            `json:"token,omitempty"`
+	Attempt    int              `json:"attempt,omitempty"`
+	LeaseUntil string           `json:"lease_until,omitempty"`
+	Takeover   *bool            `json:"takeover,omitempty"`
+	Checkpoint *json.RawMessage `json:"checkpoint,omitempty"`
+	// replay
+	Outcome     *idem.Outcome `json:"outcome,omitempty"`
+	CompletedAt string        `json:"completed_at,omitempty"`
+	ExpiresAt   string        `json:"expires_at,omitempty"`
+	// in_flight
+	RetryAfterMS *int64 `json:"retry_after_ms,omitempty"`
+}
+
+type completeRequest struct {
+	Scope   string       `json:"scope"`
+	Key     string       `json:"key"`
+	Token   int64        `json:"token"`
+	Outcome idem.Outcome `json:"outcome"`
+}
+
+type completeResponse struct {
+	CompletedAt string `json:"completed_at"`
+	ExpiresAt   string `json:"expires_at"`
+	Created     string `json:"created"`
+}
+
+type tokenRequest struct {
+	Scope string `json:"scope"`
+	Key   string `json:"key"`
+	Token int64  `json:"token"`
+}
+
+type extendRequest struct {
+	Scope   string `json:"scope"`
+	Key     string `json:"key"`
+	Token   int64  `json:"token"`
+	LeaseMS *int64 `json:"lease_ms"`
+}
+
+type extendResponse struct {
+	LeaseUntil string `json:"lease_until"`
+}
+
+type checkpointRequest struct {
+	Scope string `json:"scope"`
+	Key   string `json:"key"`
+	Token int64  `json:"token"`
+	Point string `json:"point"`
+	Data  []byte `json:"data"`
+}
+
+type sweepRequest struct {
+	Limit int `json:"limit"`
+}
+
+type sweepResponse struct {
+	Deleted int `json:"deleted"`
+}
+
+type recordJSON struct {
+	Scope       string           `json:"scope"`
+	Key         string           `json:"key"`
+	Fingerprint string           `json:"fingerprint"`
+	State       idem.State       `json:"state"`
+	Token       int64            `json:"token"`
+	Attempts    int              `json:"attempts"`
+	LeaseUntil  string           `json:"lease_until,omitempty"`
+	Checkpoint  *idem.Checkpoint `json:"checkpoint"`
+	Outcome     *idem.Outcome    `json:"outcome"`
+	Created     string           `json:"created,omitempty"`
+	Completed   string           `json:"completed,omitempty"`
+	Expires     string           `json:"expires,omitempty"`
+	RetainUntil string           `json:"retain_until,omitempty"`
+	WindowMS    int64            `json:"window_ms"`
+	RetentionMS int64            `json:"retention_ms"`
+}
+
+type listResponse struct {
+	Records    []*recordJSON `json:"records"`
+	NextCursor string        `json:"next_cursor"`
+}
+
+// timeString writes t as RFC 3339 with nanoseconds in UTC; "" when unset.
+func timeString(t time.Time) string {
+	if t.IsZero() {
+		return ""
+	}
+	return t.UTC().Format(time.RFC3339Nano)
+}
+
+// outcomeJSON makes data always a string ("" rather than null for empty).
+func outcomeJSON(o *idem.Outcome) *idem.Outcome {
+	if o == nil {
+		return nil
+	}
+	c := *o
+	if c.Data == nil {
+		c.Data = []byte{}
+	}
+	return &c
+}
+
+func checkpointJSON(c *idem.Checkpoint) *idem.Checkpoint {
+	if c == nil {
+		return nil
+	}
+	cp := *c
+	if cp.Data == nil {
+		cp.Data = []byte{}
+	}
+	return &cp
+}
+
+func toRecordJSON(r *idem.Record) *recordJSON {
+	return &recordJSON{
+		Scope: r.Scope, Key: r.Key, Fingerprint: r.Fingerprint, State: r.State,
+		Token: r.Token, Attempts: r.Attempts,
+		LeaseUntil:  timeString(r.LeaseUntil),
+		Checkpoint:  checkpointJSON(r.Checkpoint),
+		Outcome:     outcomeJSON(r.Outcome),
+		Created:     timeString(r.Created),
+		Completed:   timeString(r.Completed),
+		Expires:     timeString(r.Expires),
+		RetainUntil: timeString(r.RetainUntil),
+		WindowMS:    r.Window.Milliseconds(),
+		RetentionMS: r.Retention.Milliseconds(),
+	}
+}
+
+func (s *Server) begin(w http.ResponseWriter, r *http.Request, req *request) *problem {
+	var in beginRequest
+	if p := s.decode(w, r, &in); p != nil {
+		return p
+	}
+	lease, p := millis("lease_ms", in.LeaseMS, s.lease)
+	if p != nil {
+		return p
+	}
+	window, p := millis("window_ms", in.WindowMS, s.window)
+	if p != nil {
+		return p
+	}
+	retention, p := millis("retention_ms", in.RetentionMS, 0)
+	if p != nil {
+		return p
+	}
+	params := &idem.BeginParams{Scope: in.Scope, Key: in.Key, Fingerprint: in.Fingerprint, Lease: lease, Window: window, Retention: retention}
+	if p := invalid(params.Validate()); p != nil {
+		return p
+	}
+	if p := authorize(req, in.Scope); p != nil {
+		return p
+	}
+	start := time.Now()
+	res, err := s.store.Begin(r.Context(), params)
+	ev := &idem.Event{Op: idem.OpBegin, Scope: in.Scope, Duration: time.Since(start), Err: err}
+	if err == nil {
+		ev.Decision, ev.Takeover = res.Decision, res.Takeover
+		if res.Decision == idem.Acquired && res.Record != nil {
+			ev.Attempt = res.Record.Attempts
+		}
+	}
+	s.observe(r.Context(), ev)
+	if err != nil {
+		return problemFor(err)
+	}
+	out := beginResponse{Decision: res.Decision}
+	switch res.Decision {
+	case idem.Acquired:
+		rec := res.Record
+		takeover := res.Takeover
+		cp, err := json.Marshal(checkpointJSON(rec.Checkpoint))
+		if err != nil {
+			return problemFor(err)
+		}
+		raw := json.RawMessage(cp)
+		out.Token, out.Attempt, out.LeaseUntil = rec.Token, rec.Attempts, timeString(rec.LeaseUntil)
+		out.Takeover, out.Checkpoint = &takeover, &raw
+	case idem.Replay:
+		rec := res.Record
+		out.Outcome = outcomeJSON(rec.Outcome)
+		if out.Outcome == nil {
+			out.Outcome = &idem.Outcome{Data: []byte{}}
+		}
+		out.CompletedAt, out.ExpiresAt = timeString(rec.Completed), timeString(rec.Expires)
+	case idem.InFlight:
+		ms := int64(math.Ceil(float64(res.RetryAfter) / float64(time.Millisecond)))
+		out.RetryAfterMS = &ms
+		w.Header().Set("Retry-After", strconv.FormatInt(int64(math.Ceil(res.RetryAfter.Seconds())), 10))
+	case idem.Mismatch:
+		return newProblem(http.StatusUnprocessableEntity, ProblemFingerprintMismatch, "the key was used for a request with another fingerprint; use a new key")
+	default:
+		return &problem{status: http.StatusServiceUnavailable, name: ProblemUnavailable, detail: "the store failed; try again",
+			err: fmt.Errorf("store answered unknown decision %q", res.Decision)}
+	}
+	return writeJSON(w, http.StatusOK, out)
+}
+
+func (s *Server) complete(w http.ResponseWriter, r *http.Request, req *request) *problem {
+	var in completeRequest
+	if p := s.decode(w, r, &in); p != nil {
+		return p
+	}
+	params := &idem.CompleteParams{Scope: in.Scope, Key: in.Key, Token: in.Token, Outcome: in.Outcome}
+	if p := invalid(params.Validate()); p != nil {
+		return p
+	}
+	if p := authorize(req, in.Scope); p != nil {
+		return p
+	}
+	start := time.Now()
+	rec, err := s.store.Complete(r.Context(), params)
+	ev := &idem.Event{Op: idem.OpComplete, Scope: in.Scope, Duration: time.Since(start), Err: err}
+	if err == nil {
+		ev.TimeToIdempotence = rec.Completed.Sub(rec.Created)
+	}
+	s.observe(r.Context(), ev)
+	if err != nil {
+		return problemFor(err)
+	}
+	return writeJSON(w, http.StatusOK, completeResponse{
+		CompletedAt: timeString(rec.Completed), ExpiresAt: timeString(rec.Expires), Created: timeString(rec.Created),
+	})
+}
+
+func (s *Server) release(w http.ResponseWriter, r *http.Request, req *request) *problem {
+	var in tokenRequest
+	if p := s.decode(w, r, &in); p != nil {
+		return p
+	}
+	params := &idem.ReleaseParams{Scope: in.Scope, Key: in.Key, Token: in.Token}
+	if p := invalid(params.Validate()); p != nil {
+		return p
+	}
+	if p := authorize(req, in.Scope); p != nil {
+		return p
+	}
+	start := time.Now()
+	err := s.store.Release(r.Context(), params)
+	s.observe(r.Context(), &idem.Event{Op: idem.OpRelease, Scope: in.Scope, Duration: time.Since(start), Err: err})
+	if err != nil {
+		return problemFor(err)
+	}
+	return writeJSON(w, http.StatusOK, struct{}{})
+}
+
+func (s *Server) extend(w http.ResponseWriter, r *http.Request, req *request) *problem {
+	var in extendRequest
+	if p := s.decode(w, r, &in); p != nil {
+		return p
+	}
+	lease, p := millis("lease_ms", in.LeaseMS, s.lease)
+	if p != nil {
+		return p
+	}
+	params := &idem.ExtendParams{Scope: in.Scope, Key: in.Key, Token: in.Token, Lease: lease}
+	if p := invalid(params.Validate()); p != nil {
+		return p
+	}
+	if p := authorize(req, in.Scope); p != nil {
+		return p
+	}
+	start := time.Now()
+	rec, err := s.store.Extend(r.Context(), params)
+	s.observe(r.Context(), &idem.Event{Op: idem.OpExtend, Scope: in.Scope, Duration: time.Since(start), Err: err})
+	if err != nil {
+		return problemFor(err)
+	}
+	return writeJSON(w, http.StatusOK, extendResponse{LeaseUntil: timeString(rec.LeaseUntil)})
+}
+
+func (s *Server) checkpoint(w http.ResponseWriter, r *http.Request, req *request) *problem {
+	var in checkpointRequest
+	if p := s.decode(w, r, &in); p != nil {
+		return p
+	}
+	params := &idem.CheckpointParams{Scope: in.Scope, Key: in.Key, Token: in.Token, Point: in.Point, Data: in.Data}
+	if p := invalid(params.Validate()); p != nil {
+		return p
+	}
+	if p := authorize(req, in.Scope); p != nil {
+		return p
+	}
+	start := time.Now()
+	err := s.store.Checkpoint(r.Context(), params)
+	s.observe(r.Context(), &idem.Event{Op: idem.OpCheckpoint, Scope: in.Scope, Duration: time.Since(start), Err: err})
+	if err != nil {
+		return problemFor(err)
+	}
+	return writeJSON(w, http.StatusOK, struct{}{})
+}
+
+func (s *Server) sweep(w http.ResponseWriter, r *http.Request, req *request) *problem {
+	var in sweepRequest
+	if p := s.decode(w, r, &in); p != nil {
+		return p
+	}
+	params := &idem.SweepParams{Limit: in.Limit}
+	if p := invalid(params.Validate()); p != nil {
+		return p
+	}
+	if !req.token.all {
+		return newProblem(http.StatusForbidden, ProblemForbidden, "sweep spans every scope: it needs a token bound to "+AllScopes)
+	}
+	res, err := s.store.Sweep(r.Context(), params)
+	if err != nil {
+		return problemFor(err)
+	}
+	return writeJSON(w, http.StatusOK, sweepResponse{Deleted: res.Deleted})
+}
+
+// keyRecord serves GET and DELETE /v1/keys/{key}?scope=S.
+func (s *Server) keyRecord(w http.ResponseWriter, r *http.Request, req *request) *problem {
+	key, err := url.PathUnescape(strings.TrimPrefix(r.URL.EscapedPath(), keysPrefix))
+	if err != nil {
+		return newProblem(http.StatusBadRequest, ProblemInvalidRequest, "the key in the path is not valid percent-encoding")
+	}
+	q, err := url.ParseQuery(r.URL.RawQuery)
+	if err != nil {
+		return newProblem(http.StatusBadRequest, ProblemInvalidRequest, "the query string is malformed")
+	}
+	params := &idem.KeyParams{Scope: q.Get("scope"), Key: key}
+	if p := invalid(params.Validate()); p != nil {
+		return p
+	}
+	if p := authorize(req, params.Scope); p != nil {
+		return p
+	}
+	if r.Method == http.MethodDelete {
+		if err := s.store.Delete(r.Context(), params); err != nil {
+			return problemFor(err)
+		}
+		w.WriteHeader(http.StatusNoContent)
+		return nil
+	}
+	rec, err := s.store.Get(r.Context(), params)
+	if err != nil {
+		return problemFor(err)
+	}
+	return writeJSON(w, http.StatusOK, toRecordJSON(rec))
+}
+
+// list serves GET /v1/keys?scope=S&state=&limit=&cursor=.
+func (s *Server) list(w http.ResponseWriter, r *http.Request, req *request) *problem {
+	q, err := url.ParseQuery(r.URL.RawQuery)
+	if err != nil {
+		return newProblem(http.StatusBadRequest, ProblemInvalidRequest, "the query string is malformed")
+	}
+	params := &idem.ListParams{Scope: q.Get("scope"), State: idem.State(q.Get("state")), Cursor: q.Get("cursor")}
+	if v := q.Get("limit"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil {
+			return newProblem(http.StatusBadRequest, ProblemInvalidRequest, "limit must be an integer")
+		}
+		params.Limit = n
+	}
+	if p := invalid(params.Validate()); p != nil {
+		return p
+	}
+	if p := authorize(req, params.Scope); p != nil {
+		return p
+	}
+	lister, ok := s.store.(idem.Lister)
+	if !ok {
+		return problemFor(fmt.Errorf("list: %w", idem.ErrNotImplemented))
+	}
+	res, err := lister.List(r.Context(), params)
+	if err != nil {
+		return problemFor(err)
+	}
+	out := listResponse{Records: make([]*recordJSON, 0, len(res.Records)), NextCursor: res.NextCursor}
+	for _, rec := range res.Records {
+		out.Records = append(out.Records, toRecordJSON(rec))
+	}
+	return writeJSON(w, http.StatusOK, out)
+}
