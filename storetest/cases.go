@@ -135,7 +135,7 @@ func testConcurrentBegin(t *testing.T, e *env) {
 
 func testTakeover(t *testing.T, e *env) {
 	const scope = "takeover"
-	p := &idem.BeginParams{Scope: scope, Key: "job", Fingerprint: "fp", Lease: 2 * e.unit, Window: 100 * e.unit}
+	p := &idem.BeginParams{Scope: scope, Key: "job", Fingerprint: "fp", Lease: 5 * e.unit, Window: 100 * e.unit}
 	old := e.acquire(p)
 	cp := &idem.CheckpointParams{Scope: scope, Key: p.Key, Token: old.Token, Point: "charged", Data: []byte{0, 1, 2, 255}}
 	if err := e.store.Checkpoint(e.ctx, cp); err != nil {

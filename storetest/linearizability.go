@@ -1,6 +1,7 @@
 package storetest
 
 import (
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"os"
@@ -80,91 +81,106 @@ func describeOp(op modelOp, res modelResult) string {
 // operations on a few keys, with leases and windows far longer than the
 // run, and checks each history with porcupine against the model.
 func testLinearizability(t *testing.T, e *env) {
+	for round := range e.opts.LinearizabilityRounds {
+		if err := checkLinearizable(e, fmt.Sprintf("linearizability-%d", round), uint64(round+1), ""); err != nil {
+			t.Fatalf("round %d: %v", round, err)
+		}
+	}
+}
+
+// checkLinearizable runs one round in scope, seeded by seed, and returns an
+// error unless porcupine finds the history linearizable. The error names a
+// visualization of the history written to vizDir (default os.TempDir()).
+func checkLinearizable(e *env, scope string, seed uint64, vizDir string) error {
 	const (
 		clients = 8
 		opsEach = 50
 		nkeys   = 3
 	)
-	for round := range e.opts.LinearizabilityRounds {
-		seed := uint64(round + 1)
-		scope := fmt.Sprintf("linearizability-%d", round)
-		base := time.Now()
-		var (
-			mu      sync.Mutex
-			history []porcupine.Operation
-			seen    []int64 // tokens any client saw, for stale ones
-		)
-		var wg sync.WaitGroup
-		for c := range clients {
-			wg.Go(func() {
-				rng := rand.New(rand.NewPCG(seed, uint64(c)))
-				mine := map[string]int64{} // the last token this client acquired per key
-				for i := range opsEach {
-					op := modelOp{Key: fmt.Sprintf("k%d", rng.IntN(nkeys)), Lease: time.Hour, Window: time.Hour}
-					switch n := rng.IntN(100); {
-					case n < 35:
-						op.Kind = opBegin
-						op.Fingerprint = []string{"fa", "fb"}[rng.IntN(2)]
-					case n < 55:
-						op.Kind = opComplete
-						op.Data = fmt.Sprintf("c%d-op%d", c, i)
-						op.MetaMap = map[string]string{"client": fmt.Sprint(c)}
-						op.Meta = encodeMeta(op.MetaMap)
-					case n < 65:
-						op.Kind = opRelease
-					case n < 73:
-						op.Kind = opCheckpoint
-						op.Point = fmt.Sprintf("c%d-p%d", c, i)
-						op.Data = op.Point
-					case n < 77:
-						op.Kind = opExtend
-					case n < 97:
-						op.Kind = opGet
-					default:
-						op.Kind = opDelete
-					}
-					op.Token = mine[op.Key]
-					if op.Token == 0 || rng.IntN(4) == 0 {
-						mu.Lock()
-						if len(seen) > 0 {
-							op.Token = seen[rng.IntN(len(seen))]
-						} else {
-							op.Token = 1 + rng.Int64N(8)
-						}
-						mu.Unlock()
-					}
-					call := time.Since(base).Nanoseconds()
-					res, err := apply(e, scope, op, base)
-					ret := time.Since(base).Nanoseconds()
-					if err != nil {
-						t.Errorf("%s: %v", describeOp(op, res), err)
-					}
-					if op.Kind == opBegin && res.Decision == idem.Acquired {
-						mine[op.Key] = res.Token
-					}
+	base := time.Now()
+	var (
+		mu      sync.Mutex
+		history []porcupine.Operation
+		seen    []int64 // tokens any client saw, for stale ones
+		failure error
+		wg      sync.WaitGroup
+	)
+	for c := range clients {
+		wg.Go(func() {
+			rng := rand.New(rand.NewPCG(seed, uint64(c)))
+			mine := map[string]int64{} // the last token this client acquired per key
+			for i := range opsEach {
+				op := modelOp{Key: fmt.Sprintf("k%d", rng.IntN(nkeys)), Lease: time.Hour, Window: time.Hour}
+				switch n := rng.IntN(100); {
+				case n < 35:
+					op.Kind = opBegin
+					op.Fingerprint = []string{"fa", "fb"}[rng.IntN(2)]
+				case n < 55:
+					op.Kind = opComplete
+					op.Data = fmt.Sprintf("c%d-op%d", c, i)
+					op.MetaMap = map[string]string{"client": fmt.Sprint(c)}
+					op.Meta = encodeMeta(op.MetaMap)
+				case n < 65:
+					op.Kind = opRelease
+				case n < 73:
+					op.Kind = opCheckpoint
+					op.Point = fmt.Sprintf("c%d-p%d", c, i)
+					op.Data = op.Point
+				case n < 77:
+					op.Kind = opExtend
+				case n < 97:
+					op.Kind = opGet
+				default:
+					op.Kind = opDelete
+				}
+				op.Token = mine[op.Key]
+				if op.Token == 0 || rng.IntN(4) == 0 {
 					mu.Lock()
-					if res.Token > 0 {
-						seen = append(seen, res.Token)
+					if len(seen) > 0 {
+						op.Token = seen[rng.IntN(len(seen))]
+					} else {
+						op.Token = 1 + rng.Int64N(8)
 					}
-					history = append(history, porcupine.Operation{ClientId: c, Input: op, Call: call, Output: res, Return: ret})
 					mu.Unlock()
 				}
-			})
-		}
-		wg.Wait()
-		result, info := porcupine.CheckOperationsVerbose(porcupineModel, history, 20*time.Second)
-		if result != porcupine.Ok {
-			path := "(could not write the visualization)"
-			if f, err := os.CreateTemp("", "storetest-linearizability-*.html"); err == nil {
-				f.Close()
-				if porcupine.VisualizePath(porcupineModel, info, f.Name()) == nil {
-					path = f.Name()
+				call := time.Since(base).Nanoseconds()
+				res, err := apply(e, scope, op, base)
+				ret := time.Since(base).Nanoseconds()
+				if err != nil {
+					mu.Lock()
+					failure = errors.Join(failure, fmt.Errorf("%s: %w", describeOp(op, res), err))
+					mu.Unlock()
 				}
+				if op.Kind == opBegin && res.Decision == idem.Acquired {
+					mine[op.Key] = res.Token
+				}
+				mu.Lock()
+				if res.Token > 0 {
+					seen = append(seen, res.Token)
+				}
+				history = append(history, porcupine.Operation{ClientId: c, Input: op, Call: call, Output: res, Return: ret})
+				mu.Unlock()
 			}
-			t.Fatalf("round %d (seed %d): history of %d operations is %s, not linearizable against the model; visualization: %s",
-				round, seed, len(history), result, path)
-		}
+		})
 	}
+	wg.Wait()
+	if failure != nil {
+		return fmt.Errorf("unexpected errors: %w", failure)
+	}
+	result, info := porcupine.CheckOperationsVerbose(porcupineModel, history, 20*time.Second)
+	if result != porcupine.Ok {
+		// Unknown (the checker timed out) fails too: nothing was proved.
+		path := "(could not write the visualization)"
+		if f, err := os.CreateTemp(vizDir, "storetest-linearizability-*.html"); err == nil {
+			f.Close()
+			if porcupine.VisualizePath(porcupineModel, info, f.Name()) == nil {
+				path = f.Name()
+			}
+		}
+		return fmt.Errorf("seed %d: history of %d operations is %s, not linearizable against the model; visualization: %s",
+			seed, len(history), result, path)
+	}
+	return nil
 }
 
 // apply runs op on the store and reduces the answer for the model. err is

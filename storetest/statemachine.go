@@ -15,9 +15,15 @@ import (
 // operation (and, on a ManualClock, clock moves) and compares each answer
 // with the model. Every rapid iteration works in a scope of its own; Sweep
 // is store-wide, so only the own scope's effects are compared.
-func testStateMachine(t *testing.T, e *env) {
+func testStateMachine(t *testing.T, e *env) { checkStateMachine(t, e) }
+
+func checkStateMachine(t rapid.TB, e *env) { rapid.Check(t, stateMachine(e)) }
+
+// stateMachine is the rapid property: one random sequence of operations in
+// a fresh scope of e's store.
+func stateMachine(e *env) func(*rapid.T) {
 	var iteration atomic.Int64
-	rapid.Check(t, func(rt *rapid.T) {
+	return func(rt *rapid.T) {
 		m := &machine{
 			e:      e,
 			t:      rt,
@@ -40,7 +46,7 @@ func testStateMachine(t *testing.T, e *env) {
 			actions["Advance"] = m.advance
 		}
 		rt.Repeat(actions)
-	})
+	}
 }
 
 type machine struct {
