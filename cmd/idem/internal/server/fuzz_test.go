@@ -1,0 +1,104 @@
+package server_test
+
+import (
+	"encoding/json"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+
+	"github.com/idemkit/idem"
+	"github.com/idemkit/idem/cmd/idem/internal/server"
+	"github.com/idemkit/idem/memstore"
+)
+
+var fuzzPaths = []string{"/v1/begin", "/v1/complete", "/v1/release", "/v1/extend", "/v1/checkpoint", "/v1/sweep"}
+
+// FuzzHandler sends arbitrary bodies to every POST endpoint: the answer is
+// never a 5xx and always JSON or problem+json. The store is shared across
+// inputs so that later inputs meet records earlier ones made.
+func FuzzHandler(f *testing.F) {
+	for i, body := range []string{
+		`{"scope":"a","key":"k","fingerprint":"f","lease_ms":1000,"window_ms":60000,"retention_ms":0}`,
+		`{"scope":"a","key":"k","token":1,"outcome":{"data":"AAE=","meta":{"s":"200"}}}`,
+		`{"scope":"a","key":"k","token":1}`,
+		`{"scope":"a","key":"k","token":1,"lease_ms":500}`,
+		`{"scope":"a","key":"k","token":1,"point":"p","data":"AA=="}`,
+		`{"limit":3}`,
+	} {
+		f.Add(uint8(i), "application/json", []byte(body))
+	}
+	f.Add(uint8(0), "application/json", []byte(`{"scope":"a","key":"k","lease_ms":-1}`))
+	f.Add(uint8(1), "application/json", []byte(`{"scope":"a","key":"k","token":1,"outcome":{"data":"!"}}`))
+	f.Add(uint8(0), "text/plain", []byte(`{}`))
+	f.Add(uint8(2), "application/json", []byte(`{"scope":"a","key":"k","token":1}{}`))
+	f.Add(uint8(3), "application/json", []byte(`{"scope":"a","key":"k","token":9223372036854775807,"lease_ms":3153600000000}`))
+	f.Add(uint8(0), "application/json", []byte("{\"scope\":\"a\",\"key\":\"\xff\"}"))
+
+	store := memstore.New(nil)
+	f.Cleanup(func() { _ = store.Close() })
+	srv, err := server.New(store, &server.Config{Tokens: map[string][]string{"t": {"*"}}, MaxBody: 4096})
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Fuzz(func(t *testing.T, route uint8, contentType string, body []byte) {
+		req := httptest.NewRequest(http.MethodPost, fuzzPaths[int(route)%len(fuzzPaths)], strings.NewReader(string(body)))
+		req.Header.Set("Content-Type", contentType)
+		req.Header.Set("Authorization", "Bearer t")
+		rec := httptest.NewRecorder()
+		srv.ServeHTTP(rec, req)
+		if rec.Code >= 500 {
+			t.Fatalf("status %d for %q: %s", rec.Code, body, rec.Body)
+		}
+		ct := rec.Header().Get("Content-Type")
+		if ct != "application/json" && ct != "application/problem+json" {
+			t.Fatalf("Content-Type %q for %q", ct, body)
+		}
+		if !json.Valid(rec.Body.Bytes()) {
+			t.Fatalf("answer is not JSON: %q", rec.Body)
+		}
+		if ct == "application/problem+json" {
+			var p server.Problem
+			if err := json.Unmarshal(rec.Body.Bytes(), &p); err != nil || p.Status != rec.Code || !strings.HasPrefix(p.Type, server.ProblemBase) {
+				t.Fatalf("bad problem %q (%v)", rec.Body, err)
+			}
+		}
+	})
+}
+
+// FuzzParseTokens: any input parses or fails with ErrInvalid, never
+// panics; what parses holds usable tokens and scopes.
+func FuzzParseTokens(f *testing.F) {
+	f.Add("# operators\nsecret-1 *\n\nsecret-2 billing,orders\n")
+	f.Add("tok a,,b\n")
+	f.Add("tok\n")
+	f.Add("tok a b\n")
+	f.Add("t a\nt b\n")
+	f.Add("t\xff a\n")
+	f.Add("t \xff\n")
+	f.Add("\ttok\tscope  \r\n")
+	f.Fuzz(func(t *testing.T, in string) {
+		tokens, err := server.ParseTokens(strings.NewReader(in))
+		if err != nil {
+			if !strings.Contains(err.Error(), idem.ErrInvalid.Error()) || !strings.Contains(err.Error(), "line ") {
+				t.Fatalf("error %q lacks ErrInvalid or the line", err)
+			}
+			return
+		}
+		for tok, scopes := range tokens {
+			if tok == "" || strings.ContainsAny(tok, " \t\r\n") || len(scopes) == 0 {
+				t.Fatalf("unusable entry %q -> %q", tok, scopes)
+			}
+			for _, s := range scopes {
+				if s == "" || len(s) > idem.MaxScopeLen || strings.Contains(s, ",") {
+					t.Fatalf("bad scope %q", s)
+				}
+			}
+		}
+		if len(tokens) > 0 {
+			if _, err := server.New(memstore.New(nil), &server.Config{Tokens: tokens}); err != nil {
+				t.Fatalf("parsed tokens refused by New: %v", err)
+			}
+		}
+	})
+}
