@@ -18,7 +18,7 @@ func TestMetricsCountAKnownSequence(t *testing.T) {
 	begin := func(key, fp string) *response {
 		return b.call(t, "POST", "/v1/begin", tokA, fmt.Sprintf(`{"scope":"a","key":%q,"fingerprint":%q}`, key, fp))
 	}
-	k1 := b.acquire(t, "a", "k1")      // begin acquired
+	k1 := b.acquire(t, "a", "k1")        // begin acquired
 	ok(t, begin("k1", "f"), &inFlight{}) // begin in_flight
 	isProblem(t, begin("k1", "other"), 422, server.ProblemFingerprintMismatch)
 	isProblem(t, begin("", "f"), 400, server.ProblemInvalidRequest) // never reaches the ledger
