@@ -1,11 +1,298 @@
 package main
 
 import (
+	"context"
+	"crypto/rand"
+	"encoding/base64"
+	"errors"
+	"flag"
 	"fmt"
 	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/idemkit/idem"
+	"github.com/idemkit/idem/cmd/idem/internal/server"
+	"github.com/idemkit/idem/memstore"
 )
 
+const serveUsage = `Usage: idem serve [flags]
+
+Runs the ledger over HTTP/JSON (the API is docs/api.md). With no flags it
+keeps the ledger in the embedded store in ./idem-data, listens on
+127.0.0.1:7070, makes one random token for the scope "default" and prints it
+once.
+
+Flags:
+  --listen ADDR          where to listen; port 0 picks a free port
+                         (default 127.0.0.1:7070)
+  --store URL            mem: (nothing kept after exit) or file:DIR, the
+                         embedded durable store (default file:./idem-data)
+  --tokens FILE          who may call the API: one "TOKEN SCOPE[,SCOPE...]"
+                         per line; blank lines and # comments are allowed.
+                         The scope * binds a token to every scope (for
+                         operators, sweeps and conformance tests). Without
+                         --tokens serve makes one token for scope "default"
+                         and listens on loopback addresses only.
+  --max-body BYTES       largest request body; larger ones get 413
+                         (default 4194304, 4 MiB)
+  --lease DURATION       lease of a begin without lease_ms (default 30s)
+  --window DURATION      dedup window of a begin without window_ms
+                         (default 24h)
+  --drain DURATION       on SIGTERM or SIGINT, how long in-flight requests
+                         may finish before the store is closed (default 10s)
+  --sweep-interval DURATION
+                         how often expired records are removed from a mem:
+                         store (file: sweeps itself) (default 1m)
+  --log-level LEVEL      debug (every request), info (client errors), warn
+                         or error (default info); logs never hold keys,
+                         tokens or bodies
+
+Example:
+  printf 'ops-%s *\nbilling-%s billing\n' $(openssl rand -hex 16) $(openssl rand -hex 16) > tokens
+  idem serve --listen :7070 --store file:/var/lib/idem --tokens tokens
+  curl -H "Authorization: Bearer billing-..." -H 'Content-Type: application/json' \
+       -d '{"scope":"billing","key":"order-42","fingerprint":"v1"}' localhost:7070/v1/begin
+`
+
+// defaultScope is the scope of the token serve makes without --tokens.
+const defaultScope = "default"
+
+type serveOptions struct {
+	listen, store, tokens, logLevel string
+	maxBody                         int64
+	lease, window, drain, sweep     time.Duration
+}
+
 func runServe(args []string, stdout, stderr io.Writer) int {
-	fmt.Fprintln(stderr, "idem serve: not yet implemented")
-	return 1
+	opts, code := parseServeFlags(args, stdout, stderr)
+	if code >= 0 {
+		return code
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := serve(ctx, opts, stdout, stderr); err != nil {
+		fmt.Fprintf(stderr, "idem serve: %v\n", err)
+		return 1
+	}
+	return 0
+}
+
+// parseServeFlags returns the options, or an exit code >= 0 when serve
+// should stop here (help, usage error).
+func parseServeFlags(args []string, stdout, stderr io.Writer) (*serveOptions, int) {
+	fs := flag.NewFlagSet("idem serve", flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	o := &serveOptions{}
+	fs.StringVar(&o.listen, "listen", "127.0.0.1:7070", "")
+	fs.StringVar(&o.store, "store", defaultStore, "")
+	fs.StringVar(&o.tokens, "tokens", "", "")
+	fs.Int64Var(&o.maxBody, "max-body", server.DefaultMaxBody, "")
+	fs.DurationVar(&o.lease, "lease", idem.DefaultLease, "")
+	fs.DurationVar(&o.window, "window", idem.DefaultWindow, "")
+	fs.DurationVar(&o.drain, "drain", 10*time.Second, "")
+	fs.DurationVar(&o.sweep, "sweep-interval", time.Minute, "")
+	fs.StringVar(&o.logLevel, "log-level", "info", "")
+	err := fs.Parse(args)
+	switch {
+	case errors.Is(err, flag.ErrHelp):
+		_, _ = io.WriteString(stdout, serveUsage)
+		return nil, 0
+	case err != nil:
+		fmt.Fprintf(stderr, "idem serve: %v\n\n%s", err, serveUsage)
+		return nil, 2
+	case fs.NArg() > 0:
+		fmt.Fprintf(stderr, "idem serve: unexpected argument %q\n\n%s", fs.Arg(0), serveUsage)
+		return nil, 2
+	}
+	var bad string
+	switch {
+	case o.maxBody <= 0:
+		bad = fmt.Sprintf("--max-body must be positive, got %d", o.maxBody)
+	case o.lease <= 0 || o.lease > server.MaxDuration:
+		bad = fmt.Sprintf("--lease must be positive and at most a century, got %s", o.lease)
+	case o.window <= 0 || o.window > server.MaxDuration:
+		bad = fmt.Sprintf("--window must be positive and at most a century, got %s", o.window)
+	case o.drain <= 0:
+		bad = fmt.Sprintf("--drain must be positive, got %s", o.drain)
+	case o.sweep <= 0:
+		bad = fmt.Sprintf("--sweep-interval must be positive, got %s", o.sweep)
+	}
+	if bad != "" {
+		fmt.Fprintf(stderr, "idem serve: %s\n", bad)
+		return nil, 2
+	}
+	return o, -1
+}
+
+// serve runs until ctx ends, then drains and closes the store.
+func serve(ctx context.Context, o *serveOptions, stdout, stderr io.Writer) error {
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(o.logLevel)); err != nil {
+		return fmt.Errorf("--log-level %q: want debug, info, warn or error", o.logLevel)
+	}
+	logger := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
+
+	tokens, generated, err := serveTokens(o)
+	if err != nil {
+		return err
+	}
+
+	store, where, err := openStore(o.store)
+	if err != nil {
+		return fmt.Errorf("--store %s: %w", o.store, err)
+	}
+	closeStore := func() error {
+		if err := store.Close(); err != nil {
+			return fmt.Errorf("closing the store: %w", err)
+		}
+		return nil
+	}
+
+	handler, err := server.New(store, &server.Config{
+		Tokens: tokens, MaxBody: o.maxBody, DefaultLease: o.lease, DefaultWindow: o.window, Logger: logger,
+	})
+	if err != nil {
+		return errors.Join(err, closeStore())
+	}
+	ln, err := net.Listen("tcp", o.listen)
+	if err != nil {
+		return errors.Join(fmt.Errorf("--listen %s: %w", o.listen, err), closeStore())
+	}
+
+	fmt.Fprintf(stdout, "idem serve: listening on http://%s\n", ln.Addr())
+	fmt.Fprintf(stdout, "idem serve: store %s, data in %s\n", o.store, dataLocation(o.store, where))
+	if generated != "" {
+		fmt.Fprintf(stdout, "idem serve: token for scope %q (shown once, kept nowhere): %s\n", defaultScope, generated)
+	}
+
+	srv := &http.Server{
+		Handler:           handler,
+		ReadHeaderTimeout: 10 * time.Second,
+		ReadTimeout:       time.Minute,
+		IdleTimeout:       2 * time.Minute,
+		ErrorLog:          slog.NewLogLogger(logger.Handler(), slog.LevelWarn),
+	}
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(ln) }()
+
+	sweepDone := make(chan struct{})
+	sweepCtx, stopSweep := context.WithCancel(ctx)
+	if _, ok := store.(*memstore.Store); ok {
+		go sweepPeriodically(sweepCtx, store, o.sweep, logger, sweepDone)
+	} else {
+		close(sweepDone) // file: sweeps itself
+	}
+
+	var serveErr error
+	select {
+	case <-ctx.Done():
+		fmt.Fprintln(stdout, "idem serve: stopping: draining in-flight requests")
+	case serveErr = <-served:
+	}
+	stopSweep()
+	<-sweepDone
+
+	drainCtx, cancel := context.WithTimeout(context.Background(), o.drain)
+	defer cancel()
+	if err := srv.Shutdown(drainCtx); err != nil {
+		// Requests still running after the bound are cut off; the store
+		// answers them ErrClosed (503) once it closes.
+		_ = srv.Close()
+		serveErr = errors.Join(serveErr, fmt.Errorf("draining requests: %w", err))
+	}
+	if errors.Is(serveErr, http.ErrServerClosed) {
+		serveErr = nil
+	}
+	if err := closeStore(); err != nil {
+		return errors.Join(serveErr, err)
+	}
+	if serveErr == nil {
+		fmt.Fprintln(stdout, "idem serve: stopped; the store is closed")
+	}
+	return serveErr
+}
+
+// serveTokens reads --tokens, or makes one token for the default scope when
+// there is none, which is allowed on loopback addresses only: that token is
+// printed on the terminal and nowhere else.
+func serveTokens(o *serveOptions) (tokens map[string][]string, generated string, err error) {
+	if o.tokens != "" {
+		f, err := os.Open(o.tokens)
+		if err != nil {
+			return nil, "", fmt.Errorf("--tokens: %w", err)
+		}
+		defer f.Close()
+		tokens, err := server.ParseTokens(f)
+		if err != nil {
+			return nil, "", fmt.Errorf("--tokens %s: %w", o.tokens, err)
+		}
+		if len(tokens) == 0 {
+			return nil, "", fmt.Errorf("--tokens %s holds no tokens: add lines like `TOKEN SCOPE[,SCOPE...]`", o.tokens)
+		}
+		return tokens, "", nil
+	}
+	if err := loopbackOnly(o.listen); err != nil {
+		return nil, "", err
+	}
+	b := make([]byte, 32)
+	if _, err := rand.Read(b); err != nil {
+		return nil, "", fmt.Errorf("making a token: %w", err)
+	}
+	generated = base64.RawURLEncoding.EncodeToString(b)
+	return map[string][]string{generated: {defaultScope}}, generated, nil
+}
+
+func loopbackOnly(listen string) error {
+	host, _, err := net.SplitHostPort(listen)
+	if err != nil {
+		return fmt.Errorf("--listen %q: %w", listen, err)
+	}
+	if ip := net.ParseIP(host); host == "localhost" || (ip != nil && ip.IsLoopback()) {
+		return nil
+	}
+	where := host
+	if where == "" {
+		where = "every interface"
+	}
+	return fmt.Errorf("--listen %s would accept connections from other machines (%s), "+
+		"but without --tokens the only token is one made up now and printed here, "+
+		"so serve listens on loopback addresses only (like 127.0.0.1:7070); "+
+		"to serve other machines, pass --tokens FILE with lines `TOKEN SCOPE[,SCOPE...]`", listen, where)
+}
+
+// dataLocation says where the data of a store lives, for people.
+func dataLocation(url, where string) string {
+	if !strings.HasPrefix(url, "file:") {
+		return where
+	}
+	if abs, err := filepath.Abs(where); err == nil && abs != where {
+		return where + " (" + abs + ")"
+	}
+	return where
+}
+
+// sweepPeriodically removes expired records from a store that does not
+// sweep itself.
+func sweepPeriodically(ctx context.Context, store idem.Store, every time.Duration, log *slog.Logger, done chan<- struct{}) {
+	defer close(done)
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		if _, err := store.Sweep(ctx, &idem.SweepParams{}); err != nil && ctx.Err() == nil {
+			log.Warn("sweep failed", "error", err)
+		}
+	}
 }
