@@ -27,7 +27,7 @@ func TestConformance(t *testing.T) {
 // server: memstore on the system clock, the suite waiting for real leases.
 func TestConformanceRealClock(t *testing.T) {
 	t.Parallel()
-	storetest.Run(t, newStore, &storetest.Options{RealClock: true})
+	storetest.Run(t, newStore, &storetest.Options{RealClock: true, ScopePrefix: "real/"})
 }
 
 func BenchmarkCycles(b *testing.B) {

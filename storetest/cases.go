@@ -14,7 +14,7 @@ import (
 )
 
 func testLifecycle(t *testing.T, e *env) {
-	p := &idem.BeginParams{Scope: "lifecycle", Key: "order-1", Fingerprint: "fp-a", Lease: 10 * e.unit, Window: 100 * e.unit}
+	p := &idem.BeginParams{Scope: e.scope("lifecycle"), Key: "order-1", Fingerprint: "fp-a", Lease: 10 * e.unit, Window: 100 * e.unit}
 	res := e.begin(p)
 	if res.Decision != idem.Acquired || res.Record == nil {
 		t.Fatalf("first Begin: %s %+v, want acquired with a record", res.Decision, res.Record)
@@ -65,7 +65,7 @@ func testLifecycle(t *testing.T, e *env) {
 }
 
 func testFingerprintBeforeInFlight(t *testing.T, e *env) {
-	const scope = "fingerprint"
+	scope := e.scope("fingerprint")
 	pending := &idem.BeginParams{Scope: scope, Key: "pending", Fingerprint: "fp-a", Lease: 100 * e.unit, Window: 100 * e.unit}
 	e.acquire(pending)
 	other := *pending
@@ -97,7 +97,7 @@ func testFingerprintBeforeInFlight(t *testing.T, e *env) {
 
 func testConcurrentBegin(t *testing.T, e *env) {
 	const n = 64
-	p := &idem.BeginParams{Scope: "concurrent", Key: "hot", Fingerprint: "fp", Lease: 100 * e.unit, Window: 100 * e.unit}
+	p := &idem.BeginParams{Scope: e.scope("concurrent"), Key: "hot", Fingerprint: "fp", Lease: 100 * e.unit, Window: 100 * e.unit}
 	results := make([]*idem.BeginResult, n)
 	errs := make([]error, n)
 	startGate := make(chan struct{})
@@ -134,7 +134,7 @@ func testConcurrentBegin(t *testing.T, e *env) {
 }
 
 func testTakeover(t *testing.T, e *env) {
-	const scope = "takeover"
+	scope := e.scope("takeover")
 	p := &idem.BeginParams{Scope: scope, Key: "job", Fingerprint: "fp", Lease: 5 * e.unit, Window: 100 * e.unit}
 	old := e.acquire(p)
 	cp := &idem.CheckpointParams{Scope: scope, Key: p.Key, Token: old.Token, Point: "charged", Data: []byte{0, 1, 2, 255}}
@@ -181,7 +181,7 @@ func testTakeover(t *testing.T, e *env) {
 }
 
 func testExpiredOwnerCompletes(t *testing.T, e *env) {
-	const scope = "expired-owner"
+	scope := e.scope("expired-owner")
 	p := &idem.BeginParams{Scope: scope, Key: "slow", Fingerprint: "fp", Lease: e.unit, Window: 100 * e.unit}
 	rec := e.acquire(p)
 	e.pass(2 * e.unit)
@@ -194,7 +194,7 @@ func testExpiredOwnerCompletes(t *testing.T, e *env) {
 }
 
 func testCompleteTwice(t *testing.T, e *env) {
-	const scope = "complete-twice"
+	scope := e.scope("complete-twice")
 	p := &idem.BeginParams{Scope: scope, Key: "k", Fingerprint: "fp", Lease: 10 * e.unit, Window: 100 * e.unit}
 	rec := e.acquire(p)
 	first := idem.Outcome{Data: []byte("first"), Meta: map[string]string{"n": "1"}}
@@ -218,7 +218,7 @@ func testCompleteTwice(t *testing.T, e *env) {
 }
 
 func testRelease(t *testing.T, e *env) {
-	const scope = "release"
+	scope := e.scope("release")
 	p := &idem.BeginParams{Scope: scope, Key: "k", Fingerprint: "fp-a", Lease: 100 * e.unit, Window: 100 * e.unit}
 	old := e.acquire(p)
 	if err := e.store.Checkpoint(e.ctx, &idem.CheckpointParams{Scope: scope, Key: p.Key, Token: old.Token, Point: "half"}); err != nil {
@@ -263,7 +263,7 @@ func testRelease(t *testing.T, e *env) {
 }
 
 func testExtendAndCheckpoint(t *testing.T, e *env) {
-	const scope = "extend"
+	scope := e.scope("extend")
 	p := &idem.BeginParams{Scope: scope, Key: "k", Fingerprint: "fp", Lease: 4 * e.unit, Window: 100 * e.unit}
 	rec := e.acquire(p)
 	e.pass(2 * e.unit)
@@ -300,7 +300,7 @@ func testExtendAndCheckpoint(t *testing.T, e *env) {
 }
 
 func testWindow(t *testing.T, e *env) {
-	const scope = "window"
+	scope := e.scope("window")
 	window, retention := 2*e.unit, 10*e.unit
 	params := func(key, fp string) *idem.BeginParams {
 		return &idem.BeginParams{Scope: scope, Key: key, Fingerprint: fp, Lease: 100 * e.unit, Window: window, Retention: retention}
@@ -344,7 +344,7 @@ func testWindow(t *testing.T, e *env) {
 }
 
 func testSweep(t *testing.T, e *env) {
-	const scope = "sweep"
+	scope := e.scope("sweep")
 	tiny := time.Nanosecond
 	// Pending with a live lease and a tiny window: never swept.
 	live := e.acquire(&idem.BeginParams{Scope: scope, Key: "live", Fingerprint: "fp", Lease: 1000 * e.unit, Window: tiny})
@@ -402,7 +402,7 @@ func (e *env) sweep(limit int) int {
 }
 
 func testTokensAcrossDelete(t *testing.T, e *env) {
-	const scope = "tokens"
+	scope := e.scope("tokens")
 	p := &idem.BeginParams{Scope: scope, Key: "k", Fingerprint: "fp", Lease: 100 * e.unit, Window: 100 * e.unit}
 	var last int64
 	for i := range 4 {
@@ -428,7 +428,7 @@ func testTokensAcrossDelete(t *testing.T, e *env) {
 }
 
 func testLargeOutcome(t *testing.T, e *env) {
-	const scope = "large"
+	scope := e.scope("large")
 	data := make([]byte, 1<<20)
 	rng := rand.New(rand.NewPCG(1, 2))
 	for i := range data {
@@ -467,8 +467,8 @@ func testLargeOutcome(t *testing.T, e *env) {
 }
 
 func testScopes(t *testing.T, e *env) {
-	p1 := &idem.BeginParams{Scope: "tenant-1", Key: "shared", Fingerprint: "fp-1", Lease: 100 * e.unit, Window: 100 * e.unit}
-	p2 := &idem.BeginParams{Scope: "tenant-2", Key: "shared", Fingerprint: "fp-2", Lease: 100 * e.unit, Window: 100 * e.unit}
+	p1 := &idem.BeginParams{Scope: e.scope("tenant-1"), Key: "shared", Fingerprint: "fp-1", Lease: 100 * e.unit, Window: 100 * e.unit}
+	p2 := &idem.BeginParams{Scope: e.scope("tenant-2"), Key: "shared", Fingerprint: "fp-2", Lease: 100 * e.unit, Window: 100 * e.unit}
 	r1 := e.acquire(p1)
 	r2 := e.acquire(p2) // another fingerprint, but another scope: no mismatch
 	out := idem.Outcome{Data: []byte("tenant-1's secret")}
@@ -500,7 +500,7 @@ func testScopes(t *testing.T, e *env) {
 }
 
 func testLookupAndList(t *testing.T, e *env) {
-	const scope = "list"
+	scope := e.scope("list")
 	_, err := e.store.Get(e.ctx, &idem.KeyParams{Scope: scope, Key: "missing"})
 	wantErr(t, "Get of a missing key", err, idem.ErrNotFound)
 	err = e.store.Delete(e.ctx, &idem.KeyParams{Scope: scope, Key: "missing"})
@@ -524,7 +524,7 @@ func testLookupAndList(t *testing.T, e *env) {
 			states[key] = idem.StateReleased
 		}
 	}
-	e.acquire(&idem.BeginParams{Scope: "list-other", Key: "key-00b", Fingerprint: "fp", Lease: e.unit, Window: e.unit})
+	e.acquire(&idem.BeginParams{Scope: e.scope("list-other"), Key: "key-00b", Fingerprint: "fp", Lease: e.unit, Window: e.unit})
 	if sz, ok := e.store.(idem.Sizer); ok {
 		if n, err := sz.Size(e.ctx); err != nil || n != 8 {
 			t.Errorf("Size: %d, %v; want 8", n, err)
@@ -560,7 +560,7 @@ func testLookupAndList(t *testing.T, e *env) {
 			}
 		}
 	}
-	res, err := l.List(e.ctx, &idem.ListParams{Scope: "list-empty"})
+	res, err := l.List(e.ctx, &idem.ListParams{Scope: e.scope("list-empty")})
 	if err != nil || len(res.Records) != 0 || res.NextCursor != "" {
 		t.Errorf("List of an empty scope: %+v, %v; want no records, no cursor", res, err)
 	}
@@ -600,7 +600,7 @@ func listKeys(t *testing.T, e *env, l idem.Lister, p *idem.ListParams) []string 
 }
 
 func testInvalidParams(t *testing.T, e *env) {
-	const scope = "invalid"
+	scope := e.scope("invalid")
 	long := strings.Repeat("k", idem.MaxKeyLen+1)
 	ok := &idem.BeginParams{Scope: scope, Key: "held", Fingerprint: "fp", Lease: 100 * e.unit, Window: 100 * e.unit}
 	rec := e.acquire(ok)
@@ -671,7 +671,7 @@ func testInvalidParams(t *testing.T, e *env) {
 func second[T any](_ T, err error) error { return err }
 
 func testClose(t *testing.T, e *env) {
-	p := &idem.BeginParams{Scope: "close", Key: "k", Fingerprint: "fp", Lease: e.unit, Window: e.unit}
+	p := &idem.BeginParams{Scope: e.scope("close"), Key: "k", Fingerprint: "fp", Lease: e.unit, Window: e.unit}
 	rec := e.acquire(p)
 	if err := e.store.Close(); err != nil {
 		t.Fatalf("Close: %v", err)

@@ -20,7 +20,7 @@
 // leases by its own clock (a database, a remote server) sets
 // Options.RealClock: the suite then uses short real leases (multiples of
 // Options.TimeUnit, 200ms by default) and waits for them by polling the
-// store, taking a probe key in the scope "storetest-probe" and deleting it
+// store, taking a probe key in the scope "storetest-probe" (after Options.ScopePrefix) and deleting it
 // afterwards. Every case runs in both modes; only the state machine's clock
 // moves need the ManualClock.
 //

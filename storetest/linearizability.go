@@ -82,7 +82,7 @@ func describeOp(op modelOp, res modelResult) string {
 // run, and checks each history with porcupine against the model.
 func testLinearizability(t *testing.T, e *env) {
 	for round := range e.opts.LinearizabilityRounds {
-		if err := checkLinearizable(e, fmt.Sprintf("linearizability-%d", round), uint64(round+1), ""); err != nil {
+		if err := checkLinearizable(e, e.scope(fmt.Sprintf("linearizability-%d", round)), uint64(round+1), ""); err != nil {
 			t.Fatalf("round %d: %v", round, err)
 		}
 	}

@@ -27,7 +27,7 @@ func stateMachine(e *env) func(*rapid.T) {
 		m := &machine{
 			e:      e,
 			t:      rt,
-			scope:  fmt.Sprintf("machine-%d", iteration.Add(1)),
+			scope:  e.scope(fmt.Sprintf("machine-%d", iteration.Add(1))),
 			keys:   []string{"k0", "k1", "k2"},
 			states: map[string]keyState{},
 			tokens: map[string][]int64{},

@@ -32,6 +32,11 @@ type Options struct {
 	// mode.
 	TimeUnit time.Duration
 
+	// ScopePrefix is put before every scope the suite uses, for stores
+	// that share a server or database with other runs, or whose access is
+	// bound to scopes by prefix.
+	ScopePrefix string
+
 	// LinearizabilityRounds is how many seeded rounds of concurrent clients
 	// the linearizability case checks. Default 4.
 	LinearizabilityRounds int
@@ -122,6 +127,9 @@ func newEnv(t *testing.T, newStore NewStore, o Options) *env {
 	return e
 }
 
+// scope names one of the case's scopes.
+func (e *env) scope(name string) string { return e.opts.ScopePrefix + name }
+
 // pass lets at least d pass on the store's clock. On a ManualClock it moves
 // the clock by exactly d. On the real clock it takes a probe key (in a scope
 // of its own) with a lease of d and polls Begin until the store itself
@@ -133,7 +141,7 @@ func (e *env) pass(d time.Duration) {
 		e.manual.Advance(d)
 		return
 	}
-	p := &idem.BeginParams{Scope: "storetest-probe", Key: fmt.Sprintf("probe-%d", e.probes.Add(1)),
+	p := &idem.BeginParams{Scope: e.scope("storetest-probe"), Key: fmt.Sprintf("probe-%d", e.probes.Add(1)),
 		Fingerprint: "probe", Lease: d, Window: time.Hour}
 	if res := e.begin(p); res.Decision != idem.Acquired {
 		e.t.Fatalf("probe %s: %s, want acquired", p.Key, res.Decision)
