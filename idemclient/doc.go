@@ -1,0 +1,44 @@
+// Package idemclient is a Go client of the `idem serve` HTTP API
+// (docs/api.md) that is an idem.Store and an idem.Lister, so a service can
+// use a remote ledger server the way it would use an embedded store:
+//
+//	store, err := idemclient.New("http://ledger.internal:7070", token, nil)
+//	if err != nil { ... }
+//	ledger, err := idem.New(store, nil)
+//
+// Leases and windows are judged by the server's clock, never the caller's.
+// Durations travel as whole milliseconds, rounded up.
+//
+// # Errors
+//
+// Every error answer of the server is a *ProblemError that keeps the
+// server's title and detail and wraps a sentinel to branch on with
+// errors.Is: idem.ErrInvalid (invalid-request, body-too-large),
+// idem.ErrLeaseLost, idem.ErrCompleted, idem.ErrNotFound,
+// idem.ErrNotImplemented, ErrUnauthorized (401), ErrForbidden (403),
+// ErrUnavailable (503, or 502/504 from a proxy). A fingerprint-mismatch
+// answer to Begin is the idem.Mismatch decision, not an error. Anything the
+// API does not define (an unknown decision or problem type, a missing
+// field, an HTML page from a proxy, a redirect, a bare 404) wraps
+// ErrProtocol: the URL points at something else, or the server is broken
+// or newer than this client. Transport failures (refused connections,
+// timeouts) are returned as the net/http error, wrapped.
+//
+// After Close every call fails with idem.ErrClosed.
+//
+// # What Begin returns
+//
+// The API answers Begin with what a caller needs, not the whole record, so
+// BeginResult.Record holds, besides scope, key and fingerprint: for
+// Acquired the token, attempt count, lease end and inherited checkpoint;
+// for Replay the outcome and its completion and expiry times; for InFlight
+// only the state (the delay is BeginResult.RetryAfter). Get returns the
+// whole record.
+//
+// # Decoding
+//
+// Answers are decoded strictly enough to notice a broken server: required
+// fields must be present, times must be RFC 3339, records returned by Get
+// and List must be of the scope (and key or state) asked for. Unknown
+// fields are accepted, so a newer server may add some.
+package idemclient
