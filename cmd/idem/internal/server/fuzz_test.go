@@ -4,8 +4,10 @@ import (
 	"encoding/json"
 	"net/http"
 	"net/http/httptest"
+	"net/url"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/idemkit/idem"
 	"github.com/idemkit/idem/cmd/idem/internal/server"
@@ -99,6 +101,58 @@ func FuzzParseTokens(f *testing.F) {
 			if _, err := server.New(memstore.New(nil), &server.Config{Tokens: tokens}); err != nil {
 				t.Fatalf("parsed tokens refused by New: %v", err)
 			}
+		}
+	})
+}
+
+// FuzzKeysRequest sends arbitrary key paths and query strings to the
+// record and listing endpoints: never a 5xx, always JSON, problem+json or
+// an empty 204.
+func FuzzKeysRequest(f *testing.F) {
+	f.Add(true, "DELETE", "k", "scope=a")
+	f.Add(false, "GET", "", "scope=a&state=pending&limit=2&cursor=k1")
+	f.Add(true, "GET", "a%2Fb", "scope=a")
+	f.Add(true, "GET", "%ff", "scope=%ff")
+	f.Add(false, "GET", "", "scope=a&limit=-1")
+	f.Add(false, "GET", "", "scope=a;b&limit=1e3")
+
+	store := memstore.New(nil)
+	f.Cleanup(func() { _ = store.Close() })
+	srv, err := server.New(store, &server.Config{Tokens: map[string][]string{"t": {"*"}}})
+	if err != nil {
+		f.Fatal(err)
+	}
+	ctx := f.Context()
+	for _, k := range []string{"k", "k1", "k2", "a/b"} {
+		res, err := store.Begin(ctx, &idem.BeginParams{Scope: "a", Key: k, Lease: time.Minute, Window: time.Hour})
+		if err != nil {
+			f.Fatal(err)
+		}
+		if _, err := store.Complete(ctx, &idem.CompleteParams{Scope: "a", Key: k, Token: res.Record.Token}); err != nil {
+			f.Fatal(err)
+		}
+	}
+	f.Fuzz(func(t *testing.T, record bool, method, key, query string) {
+		path := "/v1/keys"
+		if record {
+			path += "/" + key
+		}
+		u, err := url.ParseRequestURI(path + "?" + query)
+		if err != nil {
+			return // net/http refuses it before any handler runs
+		}
+		req := &http.Request{Method: method, URL: u, Header: http.Header{"Authorization": {"Bearer t"}}, Body: http.NoBody}
+		req = req.WithContext(t.Context())
+		rec := httptest.NewRecorder()
+		srv.ServeHTTP(rec, req)
+		if rec.Code >= 500 {
+			t.Fatalf("status %d for %s %s: %s", rec.Code, method, u, rec.Body)
+		}
+		if rec.Code == http.StatusNoContent {
+			return
+		}
+		if ct := rec.Header().Get("Content-Type"); (ct != "application/json" && ct != "application/problem+json") || !json.Valid(rec.Body.Bytes()) {
+			t.Fatalf("%s %s: %q %q", method, u, ct, rec.Body)
 		}
 	})
 }
