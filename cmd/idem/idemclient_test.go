@@ -1,0 +1,143 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/idemkit/idem"
+	"github.com/idemkit/idem/idemclient"
+	"github.com/idemkit/idem/storetest"
+)
+
+// The tokens of the idemclient tests: one bound to every scope (the suite
+// makes up scopes and sweeps), one bound to "billing" only.
+const (
+	opsToken     = "conformance-ops-0123456789"
+	billingToken = "conformance-billing-0123456789"
+)
+
+// startMemServe starts `idem serve` on a fresh mem: store, with the
+// background sweeper slowed down so that only the test's Sweeps remove
+// records (testSweep counts them). It returns the base URL.
+func startMemServe(t *testing.T) string {
+	t.Helper()
+	dir := t.TempDir()
+	tokens := filepath.Join(dir, "tokens")
+	if err := os.WriteFile(tokens, []byte(opsToken+" *\n"+billingToken+" billing\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	p := startServe(t, dir, "--listen", "127.0.0.1:0", "--store", "mem:", "--tokens", tokens,
+		"--sweep-interval", "24h", "--log-level", "error")
+	return "http://" + p.addr
+}
+
+func newRemote(t *testing.T, base, token string) *idemclient.Client {
+	t.Helper()
+	c, err := idemclient.New(base, token, nil)
+	if err != nil {
+		t.Fatalf("idemclient.New: %v", err)
+	}
+	t.Cleanup(func() { _ = c.Close() })
+	return c
+}
+
+// TestIdemclientConformance runs the store suite through idemclient against
+// the real `idem serve` process. Every case gets a server process of its
+// own: Sweep spans the whole store, and testSweep counts what it removes.
+func TestIdemclientConformance(t *testing.T) {
+	t.Parallel()
+	storetest.Run(t, func(t *testing.T, _ idem.Clock) idem.Store {
+		return newRemote(t, startMemServe(t), opsToken)
+	}, &storetest.Options{RealClock: true})
+}
+
+// TestIdemclientAgainstServe checks the error mapping and the key encoding
+// against the real server, not a fake of it.
+func TestIdemclientAgainstServe(t *testing.T) {
+	t.Parallel()
+	base := startMemServe(t)
+	ctx := context.Background()
+	ops, billing := newRemote(t, base, opsToken), newRemote(t, base, billingToken)
+	stranger := newRemote(t, base, "no-such-token")
+	begin := func(scope, key, fp string) *idem.BeginParams {
+		return &idem.BeginParams{Scope: scope, Key: key, Fingerprint: fp, Lease: time.Minute, Window: time.Hour}
+	}
+
+	if _, err := stranger.Begin(ctx, begin("billing", "k", "f")); !errors.Is(err, idemclient.ErrUnauthorized) {
+		t.Errorf("unknown token: %v, want ErrUnauthorized", err)
+	}
+	if _, err := billing.Begin(ctx, begin("shipping", "k", "f")); !errors.Is(err, idemclient.ErrForbidden) {
+		t.Errorf("token of another scope: %v, want ErrForbidden", err)
+	}
+	if _, err := billing.Sweep(ctx, &idem.SweepParams{}); !errors.Is(err, idemclient.ErrForbidden) {
+		t.Errorf("Sweep with a token not bound to *: %v, want ErrForbidden", err)
+	}
+	if _, err := ops.Sweep(ctx, &idem.SweepParams{}); err != nil {
+		t.Errorf("Sweep with the * token: %v", err)
+	}
+	var pe *idemclient.ProblemError
+	if _, err := billing.Get(ctx, &idem.KeyParams{Scope: "billing", Key: "missing"}); !errors.Is(err, idem.ErrNotFound) || !errors.As(err, &pe) || pe.Status != 404 || pe.Name != "not-found" {
+		t.Errorf("Get of a missing key: %v, want a 404 not-found problem", err)
+	}
+
+	// Keys that need escaping reach the server as themselves.
+	for _, key := range []string{"a/b", "100%", "sp ace", "q?x=1#f", ".", "..", "日本", "a%2Fb"} {
+		res, err := billing.Begin(ctx, begin("billing", key, "f"))
+		if err != nil || res.Decision != idem.Acquired {
+			t.Fatalf("Begin(%q): %+v, %v", key, res, err)
+		}
+		if _, err := billing.Complete(ctx, &idem.CompleteParams{Scope: "billing", Key: key, Token: res.Record.Token, Outcome: idem.Outcome{Data: []byte(key)}}); err != nil {
+			t.Fatalf("Complete(%q): %v", key, err)
+		}
+		rec, err := billing.Get(ctx, &idem.KeyParams{Scope: "billing", Key: key})
+		if err != nil || rec.Key != key || string(rec.Outcome.Data) != key {
+			t.Errorf("Get(%q): %+v, %v", key, rec, err)
+		}
+		if res, err := billing.Begin(ctx, begin("billing", key, "other")); err != nil || res.Decision != idem.Mismatch {
+			t.Errorf("Begin(%q) with another fingerprint: %+v, %v; want mismatch", key, res, err)
+		}
+		if err := billing.Delete(ctx, &idem.KeyParams{Scope: "billing", Key: key}); err != nil {
+			t.Errorf("Delete(%q): %v", key, err)
+		}
+	}
+	// The server's limit on bodies is ErrInvalid, with its words.
+	res, err := billing.Begin(ctx, begin("billing", "big", "f"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = billing.Complete(ctx, &idem.CompleteParams{Scope: "billing", Key: "big", Token: res.Record.Token, Outcome: idem.Outcome{Data: make([]byte, 5<<20)}})
+	if !errors.Is(err, idem.ErrInvalid) || !errors.As(err, &pe) || pe.Name != "body-too-large" {
+		t.Errorf("a 5 MiB outcome: %v, want a body-too-large ErrInvalid", err)
+	}
+}
+
+// TestIdemclientLedger runs the ledger's Do through a remote server: the
+// second call replays the first one's outcome.
+func TestIdemclientLedger(t *testing.T) {
+	t.Parallel()
+	ledger, err := idem.New(newRemote(t, startMemServe(t), billingToken), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	runs := 0
+	fn := func(ctx context.Context, c *idem.Claim) (idem.Outcome, error) {
+		runs++
+		return idem.Outcome{Data: []byte("charged"), Meta: map[string]string{"status": "201"}}, nil
+	}
+	for i := range 3 {
+		res, err := ledger.Do(context.Background(), "billing", "order-7", "amount=500", fn)
+		if err != nil || string(res.Outcome.Data) != "charged" || res.Replayed != (i > 0) {
+			t.Fatalf("Do %d: %+v, %v", i, res, err)
+		}
+	}
+	if _, err := ledger.Do(context.Background(), "billing", "order-7", "amount=900", fn); !errors.Is(err, idem.ErrFingerprintMismatch) {
+		t.Errorf("Do with another fingerprint: %v, want ErrFingerprintMismatch", err)
+	}
+	if runs != 1 {
+		t.Errorf("the function ran %d times, want 1", runs)
+	}
+}
