@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/cockroachdb/pebble/v2"
+	"github.com/cockroachdb/pebble/v2/bloom"
 	"github.com/cockroachdb/pebble/v2/vfs"
 	"github.com/idemkit/idem"
 	"github.com/idemkit/idem/internal/transition"
@@ -53,6 +54,8 @@ type Config struct {
 	// quote stored keys, so pass a logger only where keys may be seen.
 	// Default: nothing is logged.
 	Logger *slog.Logger
+
+	fs vfs.FS // tests count syncs through it
 }
 
 // Store is the embedded, durable idem.Store, idem.Lister and idem.Sizer.
@@ -129,7 +132,11 @@ func Open(dir string, cfg *Config) (*Store, error) {
 		stop:        make(chan struct{}),
 		sweeperDone: make(chan struct{}),
 	}
-	opts := &pebble.Options{Lock: lock, Logger: pebbleLogger{c.Logger}}
+	opts := pebbleOptions(c.Logger)
+	opts.Lock = lock
+	if c.fs != nil {
+		opts.FS = c.fs
+	}
 	s.db, err = pebble.Open(dir, opts)
 	if err != nil {
 		_ = lock.Close()
@@ -146,6 +153,15 @@ func Open(dir string, cfg *Config) (*Store, error) {
 		close(s.sweeperDone)
 	}
 	return s, nil
+}
+
+// pebbleOptions are the Pebble settings of every store. Bloom filters let
+// the Get of a fresh key (the first Begin of every operation) skip the
+// tables that cannot hold it instead of reading their index blocks.
+func pebbleOptions(logger *slog.Logger) *pebble.Options {
+	opts := &pebble.Options{Logger: pebbleLogger{logger}, MemTableSize: 32 << 20}
+	opts.Levels[0].FilterPolicy = bloom.FilterPolicy(10) // later levels inherit it
+	return opts
 }
 
 // load reads the token high-water mark and counts the records.
@@ -276,34 +292,44 @@ func (s *Store) nextToken(after int64) (int64, error) {
 	return t, nil
 }
 
-// get reads the record stored under ref (nil when there is none).
-func (s *Store) get(ref []byte) (*idem.Record, error) {
+// get reads the record stored under ref and the time of its index entry
+// (nil when there is none).
+func (s *Store) get(ref []byte) (*idem.Record, time.Time, error) {
 	v, closer, err := s.db.Get(append([]byte(prefixRecord), ref...))
 	if errors.Is(err, pebble.ErrNotFound) {
-		return nil, nil
+		return nil, time.Time{}, nil
 	}
 	if err != nil {
-		return nil, err
+		return nil, time.Time{}, err
 	}
 	defer closer.Close()
 	return decodeRecord(v)
 }
 
-// put writes next over cur (nil when new) in one synced batch, moving the
-// expiry-index entry when the retention time changed.
-func (s *Store) put(ref []byte, cur, next *idem.Record) error {
+// put writes next over cur (nil when new) in one synced batch. Every record
+// has one expiry-index entry, at a time no later than its RetainUntil: a
+// lower bound, so the entry need not move each time RetainUntil does. When
+// a Begin hands out a new lease with window w at now, every RetainUntil
+// that ownership can reach (by Extend, Complete or Release) is at least
+// now + w, so the entry goes there (or stays where it is when that is
+// earlier) and the other transitions leave it alone; Complete writes the
+// record only. Sweep moves an entry that comes due before its record.
+func (s *Store) put(ref []byte, cur *idem.Record, curAt time.Time, next *idem.Record, nextAt time.Time) error {
+	if next.RetainUntil.Before(nextAt) { // never later than RetainUntil
+		nextAt = next.RetainUntil
+	}
 	b := s.db.NewBatch()
 	defer b.Close()
-	if err := b.Set(append([]byte(prefixRecord), ref...), encodeRecord(nil, next), nil); err != nil {
+	if err := b.Set(append([]byte(prefixRecord), ref...), encodeRecord(nil, next, nextAt), nil); err != nil {
 		return err
 	}
-	if cur == nil || !cur.RetainUntil.Equal(next.RetainUntil) {
+	if cur == nil || !curAt.Equal(nextAt) {
 		if cur != nil {
-			if err := b.Delete(indexKey(cur.RetainUntil, ref), nil); err != nil {
+			if err := b.Delete(indexKey(curAt, ref), nil); err != nil {
 				return err
 			}
 		}
-		if err := b.Set(indexKey(next.RetainUntil, ref), nil, nil); err != nil {
+		if err := b.Set(indexKey(nextAt, ref), nil, nil); err != nil {
 			return err
 		}
 	}
@@ -336,12 +362,13 @@ func (s *Store) Begin(ctx context.Context, p *idem.BeginParams) (*idem.BeginResu
 	mu.Lock()
 	defer mu.Unlock()
 	ref := recordRef(p.Scope, p.Key)
-	cur, err := s.get(ref)
+	cur, curAt, err := s.get(ref)
 	if err != nil {
 		return nil, fmt.Errorf("pebblestore: begin: %w", err)
 	}
+	now := s.clock.Now()
 	var tokenErr error
-	res, next := transition.Begin(cur, p, s.clock.Now(), func(after int64) int64 {
+	res, next := transition.Begin(cur, p, now, func(after int64) int64 {
 		t, err := s.nextToken(after)
 		if err != nil {
 			tokenErr = err
@@ -352,7 +379,11 @@ func (s *Store) Begin(ctx context.Context, p *idem.BeginParams) (*idem.BeginResu
 		return nil, tokenErr
 	}
 	if next != nil {
-		if err := s.put(ref, cur, next); err != nil {
+		at := now.Add(p.Window) // no RetainUntil of this ownership is earlier
+		if cur != nil && curAt.Before(at) {
+			at = curAt
+		}
+		if err := s.put(ref, cur, curAt, next, at); err != nil {
 			return nil, fmt.Errorf("pebblestore: begin: %w", err)
 		}
 		if cur == nil {
@@ -373,7 +404,7 @@ func (s *Store) update(ctx context.Context, op, scope, key string, f func(cur *i
 	mu.Lock()
 	defer mu.Unlock()
 	ref := recordRef(scope, key)
-	cur, err := s.get(ref)
+	cur, curAt, err := s.get(ref)
 	if err != nil {
 		return nil, fmt.Errorf("pebblestore: %s: %w", op, err)
 	}
@@ -381,10 +412,10 @@ func (s *Store) update(ctx context.Context, op, scope, key string, f func(cur *i
 	if err != nil {
 		return nil, err
 	}
-	if err := s.put(ref, cur, next); err != nil {
+	if err := s.put(ref, cur, curAt, next, curAt); err != nil {
 		return nil, fmt.Errorf("pebblestore: %s: %w", op, err)
 	}
-	return utc(transition.Clone(next)), nil
+	return utc(next), nil // next is the transition's own copy
 }
 
 // Complete implements idem.Store.
@@ -442,7 +473,7 @@ func (s *Store) Get(ctx context.Context, p *idem.KeyParams) (*idem.Record, error
 	mu := s.keyLock(p.Scope, p.Key)
 	mu.Lock()
 	defer mu.Unlock()
-	rec, err := s.get(recordRef(p.Scope, p.Key))
+	rec, _, err := s.get(recordRef(p.Scope, p.Key))
 	if err != nil {
 		return nil, fmt.Errorf("pebblestore: get: %w", err)
 	}
@@ -466,7 +497,7 @@ func (s *Store) Delete(ctx context.Context, p *idem.KeyParams) error {
 	mu.Lock()
 	defer mu.Unlock()
 	ref := recordRef(p.Scope, p.Key)
-	cur, err := s.get(ref)
+	cur, curAt, err := s.get(ref)
 	if err != nil {
 		return fmt.Errorf("pebblestore: delete: %w", err)
 	}
@@ -478,7 +509,7 @@ func (s *Store) Delete(ctx context.Context, p *idem.KeyParams) error {
 	if err := b.Delete(append([]byte(prefixRecord), ref...), nil); err != nil {
 		return fmt.Errorf("pebblestore: delete: %w", err)
 	}
-	if err := b.Delete(indexKey(cur.RetainUntil, ref), nil); err != nil {
+	if err := b.Delete(indexKey(curAt, ref), nil); err != nil {
 		return fmt.Errorf("pebblestore: delete: %w", err)
 	}
 	if err := b.Commit(pebble.Sync); err != nil {
@@ -489,9 +520,11 @@ func (s *Store) Delete(ctx context.Context, p *idem.KeyParams) error {
 }
 
 // Sweep implements idem.Store. It walks the expiry index from its start up
-// to now, so its cost is proportional to what has expired, not to the size
-// of the store; each record is checked again under its key lock before it
-// is removed, together with its index entry, in synced batches.
+// to now, so its cost is proportional to what has expired (plus entries
+// that came due before their record, each moved once to the record's
+// RetainUntil), not to the size of the store; each record is checked again
+// under its key lock before it is removed, together with its index entry,
+// in synced batches.
 func (s *Store) Sweep(ctx context.Context, p *idem.SweepParams) (*idem.SweepResult, error) {
 	if err := p.Validate(); err != nil {
 		return nil, err
@@ -542,8 +575,9 @@ func (s *Store) Sweep(ctx context.Context, p *idem.SweepParams) (*idem.SweepResu
 }
 
 // sweepChunk removes the sweepable records named by the index entries in
-// one synced batch, holding their key locks until it is committed. Entries
-// whose record is gone or has moved on are removed too.
+// one synced batch, holding their key locks until it is committed. An
+// entry that came due before its record moves to the record's RetainUntil;
+// one whose record is gone or points elsewhere is removed.
 func (s *Store) sweepChunk(entries [][]byte, now time.Time) (int, error) {
 	held := make(map[*sync.Mutex]bool, len(entries))
 	defer func() {
@@ -565,12 +599,12 @@ func (s *Store) sweepChunk(entries [][]byte, now time.Time) (int, error) {
 			mu.Lock()
 			held[mu] = true
 		}
-		rec, err := s.get(ref)
+		rec, recAt, err := s.get(ref)
 		if err != nil {
 			return 0, err
 		}
 		switch {
-		case rec == nil || !rec.RetainUntil.Equal(at):
+		case rec == nil || !recAt.Equal(at):
 			if err := b.Delete(k, nil); err != nil {
 				return 0, err
 			}
@@ -582,6 +616,20 @@ func (s *Store) sweepChunk(entries [][]byte, now time.Time) (int, error) {
 				return 0, err
 			}
 			deleted++
+		default: // due later (or a pending record whose lease is live)
+			next := rec.RetainUntil
+			if !next.After(now) { // only a live lease keeps it: look again when it ends
+				next = rec.LeaseUntil
+			}
+			if err := b.Set(append([]byte(prefixRecord), ref...), encodeRecord(nil, rec, next), nil); err != nil {
+				return 0, err
+			}
+			if err := b.Delete(k, nil); err != nil {
+				return 0, err
+			}
+			if err := b.Set(indexKey(next, ref), nil, nil); err != nil {
+				return 0, err
+			}
 		}
 	}
 	if b.Empty() {
@@ -626,7 +674,7 @@ func (s *Store) List(ctx context.Context, p *idem.ListParams) (*idem.ListResult,
 		if err != nil {
 			return nil, fmt.Errorf("pebblestore: list: %w", err)
 		}
-		rec, err := decodeRecord(v)
+		rec, _, err := decodeRecord(v)
 		if err != nil {
 			return nil, fmt.Errorf("pebblestore: list: %w", err)
 		}

@@ -140,8 +140,8 @@ func (b *bundle) countKeys(prefix string) int {
 	return n
 }
 
-// checkIndex asserts that every record has exactly one index entry, at its
-// RetainUntil.
+// checkIndex asserts that every record has exactly one index entry, at the
+// time the record names and no later than its RetainUntil.
 func (b *bundle) checkIndex() {
 	b.t.Helper()
 	records, entries := b.countKeys(prefixRecord), b.countKeys(prefixIndex)
@@ -158,11 +158,21 @@ func (b *bundle) checkIndex() {
 		if err != nil {
 			b.t.Fatal(err)
 		}
-		rec, err := b.store.get(ref)
-		if err != nil || rec == nil || !rec.RetainUntil.Equal(at) {
-			b.t.Fatalf("index entry at %v for %q: record %+v, %v", at, ref, rec, err)
+		rec, recAt, err := b.store.get(ref)
+		if err != nil || rec == nil || !recAt.Equal(at) || rec.RetainUntil.Before(at) {
+			b.t.Fatalf("index entry at %v for %q: record %+v at %v, %v", at, ref, rec, recAt, err)
 		}
 	}
+}
+
+// indexTime returns the time of the index entry of key.
+func (b *bundle) indexTime(key string) time.Time {
+	b.t.Helper()
+	_, at, err := b.store.get(recordRef("s", key))
+	if err != nil {
+		b.t.Fatal(err)
+	}
+	return at
 }
 
 func TestReopenReplaysByteExact(t *testing.T) {
@@ -235,24 +245,52 @@ func TestReopenReplaysByteExact(t *testing.T) {
 func TestTokensIncreaseAcrossBlocksAndReopens(t *testing.T) {
 	t.Parallel()
 	b := setup(t, nil)
-	var last int64
+	const writers = 16
+	seen := map[int64]bool{}
+	var before int64 // the highest token before the last reopen
 	for round := range 3 {
-		for i := range tokenBlock + 10 {
-			key := fmt.Sprintf("k%d", i%7) // reuse keys: release and take again
-			rec := b.acquire(key, time.Minute, time.Hour)
-			if rec.Token <= last {
-				t.Fatalf("round %d: token %d after %d", round, rec.Token, last)
-			}
-			last = rec.Token
-			if err := b.store.Release(b.ctx, &idem.ReleaseParams{Scope: "s", Key: key, Token: rec.Token}); err != nil {
-				t.Fatal(err)
-			}
-			if i%100 == 0 {
-				if err := b.store.Delete(b.ctx, &idem.KeyParams{Scope: "s", Key: key}); err != nil {
-					t.Fatal(err)
+		// Enough acquisitions to cross a reserved block, on keys that are
+		// released, deleted and taken again.
+		tokens := make([][]int64, writers)
+		var wg sync.WaitGroup
+		for w := range writers {
+			wg.Go(func() {
+				for i := range tokenBlock/writers + 10 {
+					key := fmt.Sprintf("w%d-k%d", w, i%3)
+					res, err := b.store.Begin(b.ctx, &idem.BeginParams{Scope: "s", Key: key, Lease: time.Minute, Window: time.Hour})
+					if err != nil || res.Decision != idem.Acquired {
+						t.Errorf("begin %s: %+v, %v", key, res, err)
+						return
+					}
+					tokens[w] = append(tokens[w], res.Record.Token)
+					if err := b.store.Release(b.ctx, &idem.ReleaseParams{Scope: "s", Key: key, Token: res.Record.Token}); err != nil {
+						t.Error(err)
+						return
+					}
+					if i%50 == 0 {
+						if err := b.store.Delete(b.ctx, &idem.KeyParams{Scope: "s", Key: key}); err != nil {
+							t.Error(err)
+							return
+						}
+					}
 				}
+			})
+		}
+		wg.Wait()
+		var highest int64
+		for w, ts := range tokens {
+			for i, tok := range ts {
+				if seen[tok] {
+					t.Fatalf("round %d: token %d handed out twice", round, tok)
+				}
+				seen[tok] = true
+				if tok <= before || (i > 0 && tok <= ts[i-1]) {
+					t.Fatalf("round %d, writer %d: token %d after %d (before reopen: %d)", round, w, tok, ts[max(i-1, 0)], before)
+				}
+				highest = max(highest, tok)
 			}
 		}
+		before = highest
 		b.reopen()
 	}
 	b.checkIndex()
@@ -392,17 +430,33 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 	}
 }
 
-func TestIndexFollowsRetention(t *testing.T) {
+// TestIndexEntryIsALowerBound: a Begin puts the index entry at now +
+// window, which no later RetainUntil of that lease undercuts, so Extend,
+// Checkpoint, Complete and Release leave it alone; a takeover with a
+// shorter window moves it earlier; Delete removes it.
+func TestIndexEntryIsALowerBound(t *testing.T) {
 	t.Parallel()
 	b := setup(t, nil)
 	rec := b.acquire("k", time.Minute, time.Hour)
+	want := start.Add(time.Hour)
+	if at := b.indexTime("k"); !at.Equal(want) {
+		t.Fatalf("index entry at %v, want %v", at, want)
+	}
 	if _, err := b.store.Extend(b.ctx, &idem.ExtendParams{Scope: "s", Key: "k", Token: rec.Token, Lease: 5 * time.Minute}); err != nil {
 		t.Fatal(err)
 	}
+	if err := b.store.Checkpoint(b.ctx, &idem.CheckpointParams{Scope: "s", Key: "k", Token: rec.Token, Point: "p"}); err != nil {
+		t.Fatal(err)
+	}
+	if at := b.indexTime("k"); !at.Equal(want) {
+		t.Fatalf("index entry moved to %v by Extend or Checkpoint", at)
+	}
 	b.checkIndex()
 	b.clock.Advance(10 * time.Minute)
-	taken := b.acquire("k", time.Minute, 2*time.Hour) // takeover
-	b.checkIndex()
+	taken := b.acquire("k", time.Minute, 30*time.Minute) // takeover, shorter window
+	if at, want := b.indexTime("k"), start.Add(40*time.Minute); !at.Equal(want) {
+		t.Fatalf("index entry after takeover at %v, want %v", at, want)
+	}
 	if _, err := b.store.Complete(b.ctx, &idem.CompleteParams{Scope: "s", Key: "k", Token: taken.Token}); err != nil {
 		t.Fatal(err)
 	}
@@ -410,9 +464,45 @@ func TestIndexFollowsRetention(t *testing.T) {
 	if err := b.store.Delete(b.ctx, &idem.KeyParams{Scope: "s", Key: "k"}); err != nil {
 		t.Fatal(err)
 	}
-	b.checkIndex()
 	if n := b.countKeys(prefixIndex); n != 0 {
 		t.Fatalf("%d index entries after Delete", n)
+	}
+}
+
+// TestSweepMovesEarlyEntries: a record kept past its window (Retention) has
+// its entry come due first; Sweep moves it once to RetainUntil and removes
+// the record when that passes.
+func TestSweepMovesEarlyEntries(t *testing.T) {
+	t.Parallel()
+	b := setup(t, nil)
+	res, err := b.store.Begin(b.ctx, &idem.BeginParams{Scope: "s", Key: "k", Lease: time.Minute, Window: time.Hour, Retention: 10 * time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	done, err := b.store.Complete(b.ctx, &idem.CompleteParams{Scope: "s", Key: "k", Token: res.Record.Token})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b.clock.Advance(2 * time.Hour)
+	for range 2 {
+		sw, err := b.store.Sweep(b.ctx, &idem.SweepParams{})
+		if err != nil || sw.Deleted != 0 {
+			t.Fatalf("Sweep before RetainUntil: %+v, %v", sw, err)
+		}
+	}
+	if visited := b.store.sweepVisited.Load(); visited != 1 {
+		t.Fatalf("visited %d entries, want the early one once", visited)
+	}
+	if at := b.indexTime("k"); !at.Equal(done.RetainUntil) {
+		t.Fatalf("entry moved to %v, want RetainUntil %v", at, done.RetainUntil)
+	}
+	b.checkIndex()
+	b.clock.Set(done.RetainUntil)
+	if sw, err := b.store.Sweep(b.ctx, &idem.SweepParams{}); err != nil || sw.Deleted != 1 {
+		t.Fatalf("Sweep at RetainUntil: %+v, %v", sw, err)
+	}
+	if n := b.countKeys(prefixIndex) + b.countKeys(prefixRecord); n != 0 {
+		t.Fatalf("%d keys left", n)
 	}
 }
 

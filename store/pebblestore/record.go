@@ -31,18 +31,22 @@ const (
 	flagCompleted
 	flagExpires
 	flagRetainUntil
+	flagIndexAt
 	flagsKnown = 1<<iota - 1
 )
 
-// encodeRecord appends the binary encoding of r to dst:
+// encodeRecord appends the binary encoding of r to dst. indexAt is the time
+// of the record's expiry-index entry (see put), kept with the record so the
+// entry can be found again; it is not part of idem.Record.
 //
 //	version(1) state(1) flags(uvarint)
 //	scope key fingerprint              (uvarint length + bytes each)
 //	token(varint) attempts(uvarint) window(varint ns) retention(varint ns)
-//	for each non-zero time, in flag order: seconds(varint) nanos(uvarint)
+//	for each non-zero time, in flag order (lease-until, created, completed,
+//	expires, retain-until, index-at): seconds(varint) nanos(uvarint)
 //	checkpoint: point, data            (when flagCheckpoint)
 //	outcome: data, n(uvarint), n x (k, v) sorted by k   (when flagOutcome)
-func encodeRecord(dst []byte, r *idem.Record) []byte {
+func encodeRecord(dst []byte, r *idem.Record, indexAt time.Time) []byte {
 	var state byte
 	switch r.State {
 	case idem.StatePending:
@@ -52,7 +56,7 @@ func encodeRecord(dst []byte, r *idem.Record) []byte {
 	case idem.StateReleased:
 		state = stateCodeReleased
 	}
-	times := [...]time.Time{r.LeaseUntil, r.Created, r.Completed, r.Expires, r.RetainUntil}
+	times := [...]time.Time{r.LeaseUntil, r.Created, r.Completed, r.Expires, r.RetainUntil, indexAt}
 	var flags uint64
 	if r.Checkpoint != nil {
 		flags |= flagCheckpoint
@@ -171,15 +175,15 @@ func (d *decoder) time(what string) time.Time {
 	return time.Unix(sec, int64(nsec)).UTC()
 }
 
-// decodeRecord parses what encodeRecord wrote. Times come back in UTC
-// without a monotonic reading. Corrupt input gives an error wrapping
-// errCorrupt, never a panic.
-func decodeRecord(b []byte) (*idem.Record, error) {
+// decodeRecord parses what encodeRecord wrote: the record and the time of
+// its index entry. Times come back in UTC without a monotonic reading.
+// Corrupt input gives an error wrapping errCorrupt, never a panic.
+func decodeRecord(b []byte) (*idem.Record, time.Time, error) {
 	if len(b) < 2 {
-		return nil, fmt.Errorf("%w: %d bytes", errCorrupt, len(b))
+		return nil, time.Time{}, fmt.Errorf("%w: %d bytes", errCorrupt, len(b))
 	}
 	if b[0] != recordVersion {
-		return nil, fmt.Errorf("%w: unknown version %d", errCorrupt, b[0])
+		return nil, time.Time{}, fmt.Errorf("%w: unknown version %d", errCorrupt, b[0])
 	}
 	r := &idem.Record{}
 	switch b[1] {
@@ -190,7 +194,7 @@ func decodeRecord(b []byte) (*idem.Record, error) {
 	case stateCodeReleased:
 		r.State = idem.StateReleased
 	default:
-		return nil, fmt.Errorf("%w: unknown state %d", errCorrupt, b[1])
+		return nil, time.Time{}, fmt.Errorf("%w: unknown state %d", errCorrupt, b[1])
 	}
 	d := &decoder{b: b[2:]}
 	flags := d.uvarint("flags")
@@ -208,7 +212,8 @@ func decodeRecord(b []byte) (*idem.Record, error) {
 	r.Attempts = int(attempts)
 	r.Window = time.Duration(d.varint("window"))
 	r.Retention = time.Duration(d.varint("retention"))
-	times := [...]*time.Time{&r.LeaseUntil, &r.Created, &r.Completed, &r.Expires, &r.RetainUntil}
+	var indexAt time.Time
+	times := [...]*time.Time{&r.LeaseUntil, &r.Created, &r.Completed, &r.Expires, &r.RetainUntil, &indexAt}
 	for i, t := range times {
 		if flags&(flagLeaseUntil<<i) != 0 {
 			*t = d.time("time")
@@ -232,10 +237,10 @@ func decodeRecord(b []byte) (*idem.Record, error) {
 		}
 	}
 	if d.err != nil {
-		return nil, d.err
+		return nil, time.Time{}, d.err
 	}
 	if len(d.b) != 0 {
-		return nil, fmt.Errorf("%w: %d trailing bytes", errCorrupt, len(d.b))
+		return nil, time.Time{}, fmt.Errorf("%w: %d trailing bytes", errCorrupt, len(d.b))
 	}
-	return r, nil
+	return r, indexAt, nil
 }

@@ -32,28 +32,32 @@ func sampleRecords() []*idem.Record {
 func TestRecordRoundTrip(t *testing.T) {
 	t.Parallel()
 	for _, r := range sampleRecords() {
-		b := encodeRecord(nil, r)
+		at := r.RetainUntil.Add(-time.Minute)
+		b := encodeRecord(nil, r, at)
 		if b[0] != recordVersion {
 			t.Fatalf("first byte %d, want version %d", b[0], recordVersion)
 		}
-		got, err := decodeRecord(b)
+		got, gotAt, err := decodeRecord(b)
 		if err != nil {
 			t.Fatalf("decode %s: %v", r.Key, err)
+		}
+		if !gotAt.Equal(at) {
+			t.Fatalf("index time of %s: %v, want %v", r.Key, gotAt, at)
 		}
 		if !reflect.DeepEqual(got, r) {
 			t.Fatalf("round trip of %s:\n got %+v\nwant %+v", r.Key, got, r)
 		}
 		// The encoding is deterministic (meta keys sorted), and every
 		// truncation is an error, never a panic or a shorter record.
-		if again := encodeRecord(nil, got); !bytes.Equal(again, b) {
+		if again := encodeRecord(nil, got, gotAt); !bytes.Equal(again, b) {
 			t.Fatalf("re-encoding %s differs", r.Key)
 		}
 		for n := range len(b) {
-			if _, err := decodeRecord(b[:n]); !errors.Is(err, errCorrupt) {
+			if _, _, err := decodeRecord(b[:n]); !errors.Is(err, errCorrupt) {
 				t.Fatalf("decode of %d of %d bytes: err %v, want errCorrupt", n, len(b), err)
 			}
 		}
-		if _, err := decodeRecord(append(b, 0)); !errors.Is(err, errCorrupt) {
+		if _, _, err := decodeRecord(append(b, 0)); !errors.Is(err, errCorrupt) {
 			t.Fatalf("trailing byte: err %v, want errCorrupt", err)
 		}
 	}
@@ -61,9 +65,9 @@ func TestRecordRoundTrip(t *testing.T) {
 
 func TestRecordRejectsUnknownVersion(t *testing.T) {
 	t.Parallel()
-	b := encodeRecord(nil, sampleRecords()[0])
+	b := encodeRecord(nil, sampleRecords()[0], time.Time{})
 	b[0] = recordVersion + 1
-	if _, err := decodeRecord(b); !errors.Is(err, errCorrupt) {
+	if _, _, err := decodeRecord(b); !errors.Is(err, errCorrupt) {
 		t.Fatalf("err %v, want errCorrupt", err)
 	}
 }
@@ -72,23 +76,23 @@ func TestRecordRejectsUnknownVersion(t *testing.T) {
 // decodes re-encodes to a record that decodes the same.
 func FuzzDecodeRecord(f *testing.F) {
 	for _, r := range sampleRecords() {
-		f.Add(encodeRecord(nil, r))
+		f.Add(encodeRecord(nil, r, r.RetainUntil))
 	}
 	f.Add([]byte{})
 	f.Add([]byte{recordVersion, stateCodePending, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01})
 	f.Fuzz(func(t *testing.T, b []byte) {
-		r, err := decodeRecord(b)
+		r, at, err := decodeRecord(b)
 		if err != nil {
 			if !errors.Is(err, errCorrupt) {
 				t.Fatalf("err %v does not wrap errCorrupt", err)
 			}
 			return
 		}
-		again, err := decodeRecord(encodeRecord(nil, r))
+		again, againAt, err := decodeRecord(encodeRecord(nil, r, at))
 		if err != nil {
 			t.Fatalf("re-decode: %v", err)
 		}
-		if !reflect.DeepEqual(again, r) {
+		if !reflect.DeepEqual(again, r) || !againAt.Equal(at) {
 			t.Fatalf("re-decode differs:\n got %+v\nwant %+v", again, r)
 		}
 	})
