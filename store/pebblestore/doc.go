@@ -48,15 +48,22 @@
 //	m/token                                       the token high-water mark
 //
 // The records of a scope are contiguous and in key order, which List walks
-// with an opaque cursor. The retain-until time is encoded so that byte order
-// is time order; when a record's RetainUntil changes, its old index entry is
-// deleted and the new one written in the same batch as the record.
+// with an opaque cursor. The index time is encoded so that byte order is
+// time order. Each record has exactly one index entry, written in the same
+// batch as the record, at a time no later than its RetainUntil (a lower
+// bound, kept in the record so the entry can be found): a Begin that hands
+// out a lease with window w at now puts it at now + w (or leaves it where
+// it is when that is earlier), and since every RetainUntil that lease can
+// reach by Extend, Complete or Release is at least now + w, those write the
+// record alone. So a Begin+Complete cycle writes three keys, not five.
 //
 // # Sweeping
 //
 // Sweep walks the expiry index from its start up to now (by the store's
 // clock), so its cost is proportional to what has expired, not to the size
-// of the store. Each record is checked again under its key lock (a pending
+// of the store; an entry that comes due before its record (a completed
+// record kept for a Retention longer than its window, a lease extended
+// past it) is moved once to the record's RetainUntil. Each record is checked again under its key lock (a pending
 // record with a live lease is never removed) and removed together with its
 // index entry, in synced batches of up to 128 records; SweepParams.Limit
 // bounds one call. A background sweeper runs every Config.SweepInterval (a
