@@ -10,7 +10,6 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"time"
 
@@ -110,29 +109,32 @@ type opOutcome struct {
 }
 
 // metrics is the server's idem.Observer and the source of GET /metrics.
+// Every series is created up front, so recording takes no lock.
 type metrics struct {
-	ops       map[opOutcome]*atomic.Uint64 // fixed set, filled in newMetrics
+	ops       map[opOutcome]*atomic.Uint64
 	takeovers atomic.Uint64
 	tti       *histogram
-
-	mu       sync.Mutex
-	requests map[string]*histogram // by route
-	statuses map[routeStatus]*atomic.Uint64
+	routes    map[string]*routeMetrics // by route name; fixed
+	names     []string                 // route names, sorted
 }
 
-type routeStatus struct {
-	route  string
-	status int
+// routeMetrics are the HTTP series of one route.
+type routeMetrics struct {
+	duration *histogram
+	codes    [600]atomic.Uint64 // by status code
 }
 
 var _ idem.Observer = (*metrics)(nil)
 
-func newMetrics() *metrics {
+func newMetrics(routeNames []string) *metrics {
 	m := &metrics{
-		ops:      map[opOutcome]*atomic.Uint64{},
-		tti:      newHistogram(ttiBuckets),
-		requests: map[string]*histogram{},
-		statuses: map[routeStatus]*atomic.Uint64{},
+		ops:    map[opOutcome]*atomic.Uint64{},
+		tti:    newHistogram(ttiBuckets),
+		routes: map[string]*routeMetrics{},
+		names:  slices.Sorted(slices.Values(routeNames)),
+	}
+	for _, name := range routeNames {
+		m.routes[name] = &routeMetrics{duration: newHistogram(requestBuckets)}
 	}
 	for op, outcomes := range opOutcomes {
 		for _, o := range outcomes {
@@ -168,20 +170,14 @@ func (m *metrics) Observe(_ context.Context, ev *idem.Event) {
 
 // request records one HTTP request.
 func (m *metrics) request(route string, status int, d time.Duration) {
-	m.mu.Lock()
-	h, ok := m.requests[route]
+	r, ok := m.routes[route]
 	if !ok {
-		h = newHistogram(requestBuckets)
-		m.requests[route] = h
+		return
 	}
-	c, ok := m.statuses[routeStatus{route, status}]
-	if !ok {
-		c = new(atomic.Uint64)
-		m.statuses[routeStatus{route, status}] = c
+	r.duration.observe(d.Seconds())
+	if status >= 0 && status < len(r.codes) {
+		r.codes[status].Add(1)
 	}
-	m.mu.Unlock()
-	h.observe(d.Seconds())
-	c.Add(1)
 }
 
 // write writes every series in the Prometheus text format (version 0.0.4).
@@ -216,40 +212,22 @@ func (m *metrics) write(out io.Writer, size int64) error {
 		fmt.Fprintf(w, "idem_ledger_records %d\n", size)
 	}
 
-	m.mu.Lock()
-	routes := make([]string, 0, len(m.requests))
-	for r := range m.requests {
-		routes = append(routes, r)
-	}
-	statuses := make([]routeStatus, 0, len(m.statuses))
-	for s := range m.statuses {
-		statuses = append(statuses, s)
-	}
-	m.mu.Unlock()
-	slices.Sort(routes)
-	slices.SortFunc(statuses, func(a, b routeStatus) int {
-		if c := strings.Compare(a.route, b.route); c != 0 {
-			return c
-		}
-		return a.status - b.status
-	})
-
+	names := m.names
 	fmt.Fprintln(w, "# HELP idem_http_requests_total HTTP requests by route and status code.")
 	fmt.Fprintln(w, "# TYPE idem_http_requests_total counter")
-	for _, s := range statuses {
-		m.mu.Lock()
-		c := m.statuses[s]
-		m.mu.Unlock()
-		fmt.Fprintf(w, "idem_http_requests_total{route=%s,code=\"%d\"} %d\n", labelValue(s.route), s.status, c.Load())
+	for _, name := range names {
+		r := m.routes[name]
+		for code := range r.codes {
+			if n := r.codes[code].Load(); n > 0 {
+				fmt.Fprintf(w, "idem_http_requests_total{route=%s,code=\"%d\"} %d\n", labelValue(name), code, n)
+			}
+		}
 	}
 
 	fmt.Fprintln(w, "# HELP idem_request_duration_seconds HTTP request durations by route.")
 	fmt.Fprintln(w, "# TYPE idem_request_duration_seconds histogram")
-	for _, r := range routes {
-		m.mu.Lock()
-		h := m.requests[r]
-		m.mu.Unlock()
-		h.write(w, "idem_request_duration_seconds", "route="+labelValue(r))
+	for _, name := range names {
+		m.routes[name].duration.write(w, "idem_request_duration_seconds", "route="+labelValue(name))
 	}
 	return w.Flush()
 }

@@ -85,7 +85,7 @@ func New(store idem.Store, cfg *Config) (*Server, error) {
 		window:  cfg.DefaultWindow,
 		log:     cfg.Logger,
 		obs:     cfg.Observer,
-		metrics: newMetrics(),
+		metrics: newMetrics(routeNames()),
 	}
 	if s.maxBody == 0 {
 		s.maxBody = DefaultMaxBody
@@ -813,4 +813,13 @@ func (s *Server) list(w http.ResponseWriter, r *http.Request, req *request) *pro
 		out.Records = append(out.Records, toRecordJSON(rec))
 	}
 	return writeJSON(w, http.StatusOK, out)
+}
+
+// routeNames lists the route label values.
+func routeNames() []string {
+	names := []string{notFoundRoute.name}
+	for _, rt := range routes {
+		names = append(names, rt.name)
+	}
+	return names
 }
