@@ -163,7 +163,7 @@ type route struct {
 }
 
 var routes = map[string]*route{
-	"/healthz":        {name: "healthz", methods: []string{http.MethodGet}, handle: (*Server).healthz, public: true},
+	"/healthz":        {name: "healthz", methods: []string{http.MethodGet, http.MethodHead}, handle: (*Server).healthz, public: true},
 	"/metrics":        {name: "metrics", methods: []string{http.MethodGet}, handle: (*Server).serveMetrics},
 	"/v1/begin":       {name: "begin", methods: []string{http.MethodPost}, handle: (*Server).begin},
 	"/v1/complete":    {name: "complete", methods: []string{http.MethodPost}, handle: (*Server).complete},

@@ -388,6 +388,10 @@ func TestHealthz(t *testing.T) {
 	if r.status != 200 || string(r.body) != "ok\n" {
 		t.Fatalf("healthz: %d %q", r.status, r.body)
 	}
+	if r := b.call(t, "HEAD", "/healthz", "", ""); r.status != 200 {
+		t.Fatalf("HEAD healthz: %d", r.status)
+	}
+	isProblem(t, b.call(t, "POST", "/healthz", "", ""), 405, server.ProblemMethodNotAllowed)
 }
 
 func TestProblems(t *testing.T) {
