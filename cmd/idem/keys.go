@@ -1,11 +1,384 @@
 package main
 
 import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
 	"fmt"
 	"io"
+	"os"
+	"os/signal"
+	"sort"
+	"strconv"
+	"strings"
+	"text/tabwriter"
+	"time"
+	"unicode"
+
+	"github.com/idemkit/idem"
+	"github.com/idemkit/idem/idemclient"
+	"github.com/idemkit/idem/store/pebblestore"
 )
 
+const keysUsage = `Usage: idem keys <ls | show KEY | delete KEY> [flags]
+
+Lists, shows and deletes ledger records. It reads the store directly
+(--store), or goes through a running idem serve (--server and --token).
+
+Subcommands:
+  ls            the records of a scope in key order: a table of key, state,
+                attempts, token, created and expires (outcome bodies are
+                never printed in the table)
+  show KEY      one record: every field, the outcome's size and metadata
+  delete KEY    remove one record; a later begin of the key runs again
+
+Flags (before or after the subcommand's KEY):
+  --store URL     file:DIR (the embedded store of idem serve) or mem:
+                  (default file:./idem-data). While an idem serve holds the
+                  directory, use --server instead.
+  --server URL    go through the API of a running idem serve, like
+                  http://127.0.0.1:7070 (then --store is not used)
+  --token T       the bearer token for --server (default $IDEM_TOKEN); it
+                  must be bound to --scope
+  --scope S       the scope of the records (default "default")
+  --json          print JSON for scripts instead of text for people:
+                  ls writes one record object per line (JSON Lines, an
+                  empty output for no records), show writes one object.
+                  The objects are the records of the API (docs/api.md),
+                  outcome data included as base64.
+  --state STATE   ls only: pending, completed or released (default all)
+  --limit N       ls only: print at most N records (default 100; 0 for all)
+  --cursor C      ls only: continue after a previous ls that said "more"
+
+Exit codes: 0 done, 1 failure (a missing key is a failure), 2 usage.
+
+Examples:
+  idem keys ls --scope billing
+  idem keys ls --scope billing --state pending --json | jq -r .key
+  idem keys show order-42 --scope billing
+  idem keys delete order-42 --scope billing
+  idem keys ls --server http://127.0.0.1:7070 --token "$TOKEN" --scope billing
+`
+
+type keysOptions struct {
+	store, server, token, scope, state, cursor string
+	asJSON                                     bool
+	limit                                      int
+	storeSet, tokenSet                         bool
+}
+
 func runKeys(args []string, stdout, stderr io.Writer) int {
-	fmt.Fprintln(stderr, "idem keys: not yet implemented")
-	return 1
+	if len(args) == 0 {
+		fmt.Fprint(stderr, keysUsage)
+		return 2
+	}
+	sub, args := args[0], args[1:]
+	switch sub {
+	case "-h", "--help", "-help", "help":
+		fmt.Fprint(stdout, keysUsage)
+		return 0
+	case "ls", "show", "delete":
+	default:
+		fmt.Fprintf(stderr, "idem keys: unknown subcommand %q\n\n%s", sub, keysUsage)
+		return 2
+	}
+	o, positional, code := parseKeysFlags(sub, args, stdout, stderr)
+	if code >= 0 {
+		return code
+	}
+	usageErr := func(format string, a ...any) int {
+		fmt.Fprintf(stderr, "idem keys %s: %s\n\nRun \"idem keys --help\" for the flags.\n", sub, fmt.Sprintf(format, a...))
+		return 2
+	}
+	var key string
+	switch {
+	case sub == "ls" && len(positional) > 0:
+		return usageErr("unexpected argument %q (ls takes no key)", positional[0])
+	case sub != "ls" && len(positional) != 1:
+		return usageErr("want exactly one KEY, got %d arguments", len(positional))
+	case sub != "ls":
+		key = positional[0]
+	}
+	switch {
+	case o.state != "" && !idem.State(o.state).Valid():
+		return usageErr("--state %q: want pending, completed or released", o.state)
+	case o.limit < 0:
+		return usageErr("--limit must not be negative, got %d", o.limit)
+	case o.server != "" && o.storeSet:
+		return usageErr("pass --store or --server, not both")
+	case o.server != "" && o.token == "":
+		return usageErr("--server needs --token (or $IDEM_TOKEN), a token bound to scope %q", o.scope)
+	case o.server == "" && o.tokenSet:
+		return usageErr("--token is for --server; the store is read directly")
+	}
+
+	store, closeStore, err := keysStore(o)
+	if err != nil {
+		fmt.Fprintf(stderr, "idem keys: %v\n", err)
+		return 1
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
+	defer stop()
+	switch sub {
+	case "ls":
+		err = keysList(ctx, store, o, stdout, stderr)
+	case "show":
+		err = keysShow(ctx, store, o, key, stdout)
+	case "delete":
+		err = store.Delete(ctx, &idem.KeyParams{Scope: o.scope, Key: key})
+		if err == nil {
+			fmt.Fprintf(stdout, "deleted %s from scope %s\n", printable(key), printable(o.scope))
+		}
+	}
+	err = errors.Join(err, closeStore())
+	if err != nil {
+		fmt.Fprintf(stderr, "idem keys %s: %s\n", sub, explain(err, o, key))
+		return 1
+	}
+	return 0
+}
+
+// parseKeysFlags parses flags placed before and after the positional
+// arguments ("show KEY --json" and "show --json KEY" both work; "--" ends
+// the flags, for keys that start with "-").
+func parseKeysFlags(sub string, args []string, stdout, stderr io.Writer) (*keysOptions, []string, int) {
+	fs := flag.NewFlagSet("idem keys "+sub, flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	o := &keysOptions{}
+	fs.StringVar(&o.store, "store", defaultStore, "")
+	fs.StringVar(&o.server, "server", "", "")
+	fs.StringVar(&o.token, "token", os.Getenv("IDEM_TOKEN"), "")
+	fs.StringVar(&o.scope, "scope", "default", "")
+	fs.BoolVar(&o.asJSON, "json", false, "")
+	fs.StringVar(&o.state, "state", "", "")
+	fs.IntVar(&o.limit, "limit", 100, "")
+	fs.StringVar(&o.cursor, "cursor", "", "")
+	var positional []string
+	for {
+		err := fs.Parse(args)
+		switch {
+		case errors.Is(err, flag.ErrHelp):
+			fmt.Fprint(stdout, keysUsage)
+			return nil, nil, 0
+		case err != nil:
+			fmt.Fprintf(stderr, "idem keys %s: %v\n\nRun \"idem keys --help\" for the flags.\n", sub, err)
+			return nil, nil, 2
+		}
+		rest := fs.Args()
+		if len(rest) == 0 {
+			break
+		}
+		if consumed := len(args) - len(rest); consumed > 0 && args[consumed-1] == "--" {
+			positional = append(positional, rest...)
+			break
+		}
+		positional = append(positional, rest[0])
+		args = rest[1:]
+	}
+	fs.Visit(func(f *flag.Flag) {
+		switch f.Name {
+		case "store":
+			o.storeSet = true
+		case "token":
+			o.tokenSet = true
+		}
+	})
+	return o, positional, -1
+}
+
+// keysStore opens the store the flags name.
+func keysStore(o *keysOptions) (idem.Store, func() error, error) {
+	if o.server != "" {
+		c, err := idemclient.New(o.server, o.token, &idemclient.Config{UserAgent: "idem-keys/" + version})
+		if err != nil {
+			return nil, nil, fmt.Errorf("--server: %w", err)
+		}
+		return c, c.Close, nil
+	}
+	if dir, ok := strings.CutPrefix(o.store, "file:"); ok {
+		// Reading must not create an empty store where none was.
+		dir = strings.TrimPrefix(dir, "//")
+		if fi, err := os.Stat(dir); dir != "" && (err != nil || !fi.IsDir()) {
+			return nil, nil, fmt.Errorf("no store at %s (pass --store file:DIR, the directory idem serve keeps its data in)", dir)
+		}
+	}
+	s, _, err := openStore(o.store)
+	if errors.Is(err, pebblestore.ErrLocked) {
+		dir := strings.TrimPrefix(strings.TrimPrefix(o.store, "file:"), "//")
+		return nil, nil, fmt.Errorf("the store %s is in use by a running idem serve; pass --server URL --token T to go through its API", dir)
+	}
+	if err != nil {
+		return nil, nil, fmt.Errorf("--store %s: %w", o.store, err)
+	}
+	return s, s.Close, nil
+}
+
+// explain turns an error into a sentence for people.
+func explain(err error, o *keysOptions, key string) string {
+	switch {
+	case errors.Is(err, idem.ErrNotFound) && key != "":
+		return fmt.Sprintf("no record for key %s in scope %s", printable(key), printable(o.scope))
+	case errors.Is(err, idemclient.ErrUnauthorized):
+		return fmt.Sprintf("the server refused the token (check --token against its tokens file): %v", err)
+	case errors.Is(err, idemclient.ErrForbidden):
+		return fmt.Sprintf("the token is not bound to scope %s: %v", printable(o.scope), err)
+	}
+	return err.Error()
+}
+
+func keysList(ctx context.Context, store idem.Store, o *keysOptions, stdout, stderr io.Writer) error {
+	lister, ok := store.(idem.Lister)
+	if !ok {
+		return fmt.Errorf("this store cannot list records: %w", idem.ErrNotImplemented)
+	}
+	var tw *tabwriter.Writer
+	if !o.asJSON {
+		tw = tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
+		fmt.Fprintln(tw, "KEY\tSTATE\tATTEMPTS\tTOKEN\tCREATED\tEXPIRES")
+	}
+	enc := json.NewEncoder(stdout)
+	printed, cursor := 0, o.cursor
+	for {
+		page := idem.MaxListSize
+		if o.limit > 0 {
+			page = min(page, o.limit-printed)
+		}
+		res, err := lister.List(ctx, &idem.ListParams{Scope: o.scope, State: idem.State(o.state), Limit: page, Cursor: cursor})
+		if err != nil {
+			return err
+		}
+		for _, r := range res.Records {
+			if o.asJSON {
+				if err := enc.Encode(recordView(r)); err != nil {
+					return err
+				}
+			} else {
+				fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%s\t%s\n", printable(r.Key), r.State, r.Attempts, r.Token, tableTime(r.Created), tableTime(r.Expires))
+			}
+		}
+		printed += len(res.Records)
+		cursor = res.NextCursor
+		if cursor == "" || (o.limit > 0 && printed >= o.limit) {
+			break
+		}
+	}
+	if tw != nil {
+		if err := tw.Flush(); err != nil {
+			return err
+		}
+	}
+	if cursor != "" {
+		fmt.Fprintf(stderr, "idem keys ls: more records; pass --limit 0 for all, or --cursor %s for the next ones\n", cursor)
+	}
+	return nil
+}
+
+func keysShow(ctx context.Context, store idem.Store, o *keysOptions, key string, stdout io.Writer) error {
+	r, err := store.Get(ctx, &idem.KeyParams{Scope: o.scope, Key: key})
+	if err != nil {
+		return err
+	}
+	if o.asJSON {
+		return json.NewEncoder(stdout).Encode(recordView(r))
+	}
+	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
+	row := func(name, value string) { fmt.Fprintf(tw, "%s\t%s\n", name, value) }
+	row("scope", printable(r.Scope))
+	row("key", printable(r.Key))
+	row("fingerprint", printable(r.Fingerprint))
+	row("state", string(r.State))
+	row("token", strconv.FormatInt(r.Token, 10))
+	row("attempts", strconv.Itoa(r.Attempts))
+	if r.State == idem.StatePending {
+		row("lease until", tableTime(r.LeaseUntil))
+	}
+	if r.Checkpoint != nil {
+		row("checkpoint", fmt.Sprintf("%s (%d bytes)", printable(r.Checkpoint.Point), len(r.Checkpoint.Data)))
+	}
+	if r.Outcome != nil {
+		row("outcome", fmt.Sprintf("%d bytes (--json shows them)", len(r.Outcome.Data)))
+		names := make([]string, 0, len(r.Outcome.Meta))
+		for k := range r.Outcome.Meta {
+			names = append(names, k)
+		}
+		sort.Strings(names)
+		for _, k := range names {
+			row("  "+printable(k), printable(r.Outcome.Meta[k]))
+		}
+	}
+	row("created", tableTime(r.Created))
+	if !r.Completed.IsZero() {
+		row("completed", tableTime(r.Completed))
+		row("expires", tableTime(r.Expires))
+	}
+	row("retain until", tableTime(r.RetainUntil))
+	row("window", r.Window.String())
+	if r.Retention > 0 {
+		row("retention", r.Retention.String())
+	}
+	return tw.Flush()
+}
+
+// recordJSON is a record as --json prints it: the record object of the
+// API (docs/api.md).
+type recordJSON struct {
+	Scope       string           `json:"scope"`
+	Key         string           `json:"key"`
+	Fingerprint string           `json:"fingerprint"`
+	State       idem.State       `json:"state"`
+	Token       int64            `json:"token"`
+	Attempts    int              `json:"attempts"`
+	LeaseUntil  string           `json:"lease_until,omitempty"`
+	Checkpoint  *idem.Checkpoint `json:"checkpoint"`
+	Outcome     *idem.Outcome    `json:"outcome"`
+	Created     string           `json:"created,omitempty"`
+	Completed   string           `json:"completed,omitempty"`
+	Expires     string           `json:"expires,omitempty"`
+	RetainUntil string           `json:"retain_until,omitempty"`
+	WindowMS    int64            `json:"window_ms"`
+	RetentionMS int64            `json:"retention_ms"`
+}
+
+func recordView(r *idem.Record) *recordJSON {
+	v := &recordJSON{
+		Scope: r.Scope, Key: r.Key, Fingerprint: r.Fingerprint, State: r.State, Token: r.Token, Attempts: r.Attempts,
+		LeaseUntil: jsonTime(r.LeaseUntil), Checkpoint: r.Checkpoint, Outcome: r.Outcome,
+		Created: jsonTime(r.Created), Completed: jsonTime(r.Completed), Expires: jsonTime(r.Expires),
+		RetainUntil: jsonTime(r.RetainUntil), WindowMS: r.Window.Milliseconds(), RetentionMS: r.Retention.Milliseconds(),
+	}
+	if v.Outcome != nil && v.Outcome.Data == nil {
+		v.Outcome = &idem.Outcome{Data: []byte{}, Meta: v.Outcome.Meta}
+	}
+	if v.Checkpoint != nil && v.Checkpoint.Data == nil {
+		v.Checkpoint = &idem.Checkpoint{Point: v.Checkpoint.Point, Data: []byte{}}
+	}
+	return v
+}
+
+func jsonTime(t time.Time) string {
+	if t.IsZero() {
+		return ""
+	}
+	return t.UTC().Format(time.RFC3339Nano)
+}
+
+// tableTime is a time for people: UTC to the second, "-" when unset.
+func tableTime(t time.Time) string {
+	if t.IsZero() {
+		return "-"
+	}
+	return t.UTC().Format("2006-01-02 15:04:05Z")
+}
+
+// printable returns s as is when it is printable without tabs or line
+// breaks, else quoted, so that no key breaks the table or the terminal.
+func printable(s string) string {
+	if s == "" {
+		return `""`
+	}
+	if strings.IndexFunc(s, func(r rune) bool { return !unicode.IsPrint(r) || r == '"' }) >= 0 {
+		return strconv.Quote(s)
+	}
+	return s
 }
