@@ -437,9 +437,15 @@ func (l *Ledger) List(ctx context.Context, p *ListParams) (*ListResult, error) {
 
 // Sweep removes records past their retention.
 func (l *Ledger) Sweep(ctx context.Context, limit int) (int, error) {
+	start := time.Now()
 	res, err := l.store.Sweep(ctx, &SweepParams{Limit: limit})
+	ev := &Event{Op: OpSweep, Duration: time.Since(start), Err: err}
+	if err == nil {
+		ev.Deleted = res.Deleted
+	}
+	l.observe(ctx, ev)
 	if err != nil {
-		return 0, err
+		return 0, fmt.Errorf("sweep: %w", err)
 	}
 	return res.Deleted, nil
 }

@@ -14,6 +14,7 @@ const (
 	OpRelease    Op = "release"
 	OpExtend     Op = "extend"
 	OpCheckpoint Op = "checkpoint"
+	OpSweep      Op = "sweep"
 )
 
 // Event describes one ledger operation for an Observer. It never carries
@@ -32,6 +33,8 @@ type Event struct {
 	// TimeToIdempotence is set on a successful OpComplete: from the key's
 	// first attempt to its stored outcome.
 	TimeToIdempotence time.Duration
+	// Deleted is set for OpSweep: how many expired records were removed.
+	Deleted int
 	// Err is the call's error, if any (ErrLeaseLost, ErrCompleted, ...).
 	Err error
 }

@@ -15,7 +15,11 @@ import (
 // Main runs the tests, then waits up to five seconds for goroutines started
 // by idem code to end, and fails the binary naming the ones that do not.
 // Use it as: func TestMain(m *testing.M) { leakcheck.Main(m) }.
-func Main(m *testing.M) {
+func Main(m *testing.M) { os.Exit(Run(m)) }
+
+// Run is Main for a TestMain that has cleanup of its own to do before it
+// exits: it returns the exit code instead of exiting.
+func Run(m *testing.M) int {
 	code := m.Run()
 	if code == 0 {
 		if leaked := wait(5 * time.Second); leaked != "" {
@@ -23,7 +27,7 @@ func Main(m *testing.M) {
 			code = 1
 		}
 	}
-	os.Exit(code)
+	return code
 }
 
 func wait(d time.Duration) string {
