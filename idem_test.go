@@ -409,6 +409,19 @@ func TestBadInput(t *testing.T) {
 	if _, err := b.ledger.Begin(ctx, "s", "k", "fp", idem.WithLease(-time.Second)); !errors.Is(err, idem.ErrInvalid) {
 		t.Errorf("negative lease: %v, want ErrInvalid", err)
 	}
+	if _, err := b.ledger.Begin(ctx, "s", "k", "\xfe\xff"); !errors.Is(err, idem.ErrInvalid) {
+		t.Errorf("non-UTF-8 fingerprint: %v, want ErrInvalid", err)
+	}
+	claim, err := b.ledger.Begin(ctx, "s", "meta", "fp")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := claim.Complete(ctx, idem.Outcome{Meta: map[string]string{"h": "\xff"}}); !errors.Is(err, idem.ErrInvalid) {
+		t.Errorf("non-UTF-8 meta: %v, want ErrInvalid", err)
+	}
+	if err := b.ledger.Delete(ctx, "s", "meta"); err != nil {
+		t.Fatal(err)
+	}
 	if n, _ := b.store.Size(ctx); n != 0 {
 		t.Errorf("bad input stored %d records", n)
 	}

@@ -211,7 +211,8 @@ type Lister interface {
 }
 
 // Sizer is the optional capability to tell how many records a store holds,
-// for the ledger-size metric. The count may be approximate.
+// for the ledger-size metric. The count is exact on an idle store; under
+// concurrent writes it may lag them.
 type Sizer interface {
 	Size(ctx context.Context) (int64, error)
 }

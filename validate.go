@@ -48,6 +48,11 @@ func (p *BeginParams) Validate() error {
 	if len(p.Fingerprint) > MaxFingerprint {
 		return invalidf("fingerprint is %d bytes, over the limit of %d", len(p.Fingerprint), MaxFingerprint)
 	}
+	if !utf8.ValidString(p.Fingerprint) {
+		// Stores keep fingerprints as text (JSON, PostgreSQL): a non-UTF-8
+		// one would not compare equal after a round trip.
+		return invalidf("fingerprint is not valid UTF-8 (send a hex or base64 digest)")
+	}
 	if err := validatePositive("lease", p.Lease); err != nil {
 		return err
 	}
@@ -65,7 +70,15 @@ func (p *CompleteParams) Validate() error {
 	if err := ValidateKey(p.Scope, p.Key); err != nil {
 		return err
 	}
-	return validateToken(p.Token)
+	if err := validateToken(p.Token); err != nil {
+		return err
+	}
+	for k, v := range p.Outcome.Meta {
+		if !utf8.ValidString(k) || !utf8.ValidString(v) {
+			return invalidf("outcome meta %q is not valid UTF-8: meta is text, put bytes in Data", k)
+		}
+	}
+	return nil
 }
 
 // Validate checks the parameters; stores call it before doing anything.
