@@ -288,6 +288,7 @@ func TestBrokenAnswers(t *testing.T) {
 		`{"decision":"replay","outcome":{"data":""},"expires_at":"2030-01-02T03:04:05Z"}`,
 		`{"decision":"in_flight"}`,
 		`{"decision":"in_flight","retry_after_ms":-5}`,
+		`{"decision":"in_flight","retry_after_ms":0}`,
 		`{"decision":"in_flight","retry_after_ms":"5"}`,
 		`{"decision":"in_flight","retry_after_ms":9223372036854775807}`,
 		`{"decision":"in_flight","retry_after_ms":5} {}`,

@@ -45,7 +45,7 @@ func FuzzDecodeBegin(f *testing.F) {
 				t.Fatalf("replay with %+v", rec)
 			}
 		case idem.InFlight:
-			if res.RetryAfter < 0 {
+			if res.RetryAfter <= 0 {
 				t.Fatalf("in flight with retry after %s", res.RetryAfter)
 			}
 		default:

@@ -264,6 +264,9 @@ func decodeBegin(p *idem.BeginParams, body []byte) (*idem.BeginResult, error) {
 		if err != nil {
 			return nil, err
 		}
+		if d == 0 { // the server rounds up: a live lease has at least 1 ms
+			return nil, protocolf(op, "in flight with retry_after_ms 0")
+		}
 		rec.State, res.RetryAfter = idem.StatePending, d
 	default:
 		return nil, protocolf(op, "unknown decision %q", snippet([]byte(*r.Decision)))
