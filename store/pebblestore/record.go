@@ -69,6 +69,16 @@ func encodeRecord(dst []byte, r *idem.Record, indexAt time.Time) []byte {
 			flags |= flagLeaseUntil << i
 		}
 	}
+	if dst == nil {
+		n := 64 + len(r.Scope) + len(r.Key) + len(r.Fingerprint)
+		if r.Checkpoint != nil {
+			n += len(r.Checkpoint.Point) + len(r.Checkpoint.Data)
+		}
+		if r.Outcome != nil {
+			n += len(r.Outcome.Data) + 16*len(r.Outcome.Meta)
+		}
+		dst = make([]byte, 0, n)
+	}
 	dst = append(dst, recordVersion, state)
 	dst = binary.AppendUvarint(dst, flags)
 	dst = appendString(dst, r.Scope)
@@ -91,6 +101,12 @@ func encodeRecord(dst []byte, r *idem.Record, indexAt time.Time) []byte {
 	if r.Outcome != nil {
 		dst = appendString(dst, string(r.Outcome.Data))
 		dst = binary.AppendUvarint(dst, uint64(len(r.Outcome.Meta)))
+		if len(r.Outcome.Meta) == 1 { // the common case needs no sorting
+			for k, v := range r.Outcome.Meta {
+				dst = appendString(appendString(dst, k), v)
+			}
+			return dst
+		}
 		keys := make([]string, 0, len(r.Outcome.Meta))
 		for k := range r.Outcome.Meta {
 			keys = append(keys, k)
