@@ -7,6 +7,7 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
+	"sync"
 	"time"
 )
 
@@ -144,6 +145,7 @@ func (l *Ledger) observe(ctx context.Context, ev *Event) {
 // Claim is the answer of Begin: either a replay of a stored outcome, or
 // ownership of the key, which the caller ends with Complete or Release.
 type Claim struct {
+	mu       sync.Mutex // guards rec: Do's heartbeat extends while fn reads
 	l        *Ledger
 	scope    string
 	key      string // as stored
@@ -173,13 +175,25 @@ func (c *Claim) Token() int64 { return c.rec.Token }
 func (c *Claim) Attempt() int { return c.rec.Attempts }
 
 // Checkpoint is the recovery point a predecessor saved, nil if none.
-func (c *Claim) Checkpoint() *Checkpoint { return c.rec.Checkpoint }
+func (c *Claim) Checkpoint() *Checkpoint {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.rec.Checkpoint
+}
 
-// Record is the record as Begin saw it.
-func (c *Claim) Record() *Record { return c.rec }
+// Record is a copy of the record as this claim last saw it.
+func (c *Claim) Record() Record {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return *c.rec
+}
 
 // LeaseUntil is the end of the current lease by the store's clock.
-func (c *Claim) LeaseUntil() time.Time { return c.rec.LeaseUntil }
+func (c *Claim) LeaseUntil() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.rec.LeaseUntil
+}
 
 // Complete stores the outcome. It returns ErrLeaseLost if another owner took
 // over, ErrCompleted if the key already completed.
@@ -189,7 +203,9 @@ func (c *Claim) Complete(ctx context.Context, out Outcome) error {
 	ev := &Event{Op: OpComplete, Scope: c.scope, Duration: time.Since(start), Err: err}
 	if err == nil {
 		ev.TimeToIdempotence = rec.Completed.Sub(rec.Created)
-		c.rec = rec
+		c.mu.Lock()
+		c.rec.State, c.rec.Completed, c.rec.Expires, c.rec.RetainUntil = rec.State, rec.Completed, rec.Expires, rec.RetainUntil
+		c.mu.Unlock()
 	}
 	c.l.observe(ctx, ev)
 	if err != nil {
@@ -217,7 +233,10 @@ func (c *Claim) Extend(ctx context.Context, d time.Duration) error {
 	if err != nil {
 		return fmt.Errorf("extend: %w", err)
 	}
-	c.rec = rec
+	// Only the lease moves; a remote store may answer with nothing else.
+	c.mu.Lock()
+	c.rec.LeaseUntil = rec.LeaseUntil
+	c.mu.Unlock()
 	return nil
 }
 
@@ -230,7 +249,9 @@ func (c *Claim) SetCheckpoint(ctx context.Context, point string, data []byte) er
 	if err != nil {
 		return fmt.Errorf("checkpoint: %w", err)
 	}
+	c.mu.Lock()
 	c.rec.Checkpoint = &Checkpoint{Point: point, Data: append([]byte{}, data...)}
+	c.mu.Unlock()
 	return nil
 }
 

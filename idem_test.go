@@ -226,11 +226,15 @@ func TestDoHeartbeatExtendsLease(t *testing.T) {
 	t.Parallel()
 	b := setup(t, &idem.Config{Lease: 30 * time.Second})
 	ctx := context.Background()
-	release := make(chan struct{})
+	ask := make(chan struct{})
+	leases := make(chan time.Time)
 	done := make(chan error, 1)
 	go func() {
-		_, err := b.ledger.Do(ctx, "s", "k", "fp", func(context.Context, *idem.Claim) (idem.Outcome, error) {
-			<-release
+		_, err := b.ledger.Do(ctx, "s", "k", "fp", func(_ context.Context, c *idem.Claim) (idem.Outcome, error) {
+			// The claim's view of the lease follows the heartbeats.
+			for range ask {
+				leases <- c.LeaseUntil()
+			}
 			return outcome("ok"), nil
 		})
 		done <- err
@@ -240,13 +244,28 @@ func TestDoHeartbeatExtendsLease(t *testing.T) {
 		waitWaiters(t, b.clock, 1)
 		b.sclock.Advance(10 * time.Second)
 		b.clock.Advance(10 * time.Second)
-		waitExtended(t, b, b.sclock.Now().Add(30*time.Second))
+		want := b.sclock.Now().Add(30 * time.Second)
+		waitExtended(t, b, want)
+		// The store has the new lease; the claim learns it when Extend
+		// returns, a moment later.
+		deadline := time.Now().Add(5 * time.Second)
+		for {
+			ask <- struct{}{}
+			got := <-leases
+			if got.Equal(want) {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("Claim.LeaseUntil = %s, want %s", got, want)
+			}
+			time.Sleep(time.Millisecond)
+		}
 	}
 	_, err := b.ledger.Begin(ctx, "s", "k", "fp")
 	if !errors.Is(err, idem.ErrInFlight) {
 		t.Fatalf("90s after start: %v, want still in flight", err)
 	}
-	close(release)
+	close(ask)
 	if err := <-done; err != nil {
 		t.Fatal(err)
 	}
