@@ -87,6 +87,7 @@ type Store struct {
 
 	stopOnce    sync.Once
 	stop        chan struct{}
+	stopSweep   context.CancelFunc // cuts a running background sweep short
 	sweeperDone chan struct{}
 }
 
@@ -148,7 +149,9 @@ func Open(dir string, cfg *Config) (*Store, error) {
 		return nil, fmt.Errorf("pebblestore: open %s: %w", dir, err)
 	}
 	if c.SweepInterval > 0 {
-		go s.sweeper(c.SweepInterval)
+		var ctx context.Context
+		ctx, s.stopSweep = context.WithCancel(context.Background())
+		go s.sweeper(ctx, c.SweepInterval)
 	} else {
 		close(s.sweeperDone)
 	}
@@ -207,7 +210,7 @@ func upperBound(prefix []byte) []byte {
 	return nil // no bound: the prefix is all 0xff
 }
 
-func (s *Store) sweeper(interval time.Duration) {
+func (s *Store) sweeper(ctx context.Context, interval time.Duration) {
 	defer close(s.sweeperDone)
 	for {
 		select {
@@ -215,7 +218,7 @@ func (s *Store) sweeper(interval time.Duration) {
 			return
 		case <-s.clock.After(interval):
 		}
-		if _, err := s.Sweep(context.Background(), &idem.SweepParams{}); err != nil && !errors.Is(err, idem.ErrClosed) {
+		if _, err := s.Sweep(ctx, &idem.SweepParams{}); err != nil && ctx.Err() == nil {
 			if s.logger != nil {
 				s.logger.Error("pebblestore: background sweep failed", "dir", s.dir, "err", err)
 			}
@@ -227,7 +230,12 @@ func (s *Store) sweeper(interval time.Duration) {
 // closes Pebble; the directory can then be opened again without recovery.
 // Later calls of any method fail with idem.ErrClosed.
 func (s *Store) Close() error {
-	s.stopOnce.Do(func() { close(s.stop) })
+	s.stopOnce.Do(func() {
+		close(s.stop)
+		if s.stopSweep != nil {
+			s.stopSweep()
+		}
+	})
 	<-s.sweeperDone
 	s.closeMu.Lock()
 	defer s.closeMu.Unlock()
