@@ -19,6 +19,7 @@ const (
 	ProblemUnauthorized         = "unauthorized"
 	ProblemForbidden            = "forbidden"
 	ProblemNotFound             = "not-found"
+	ProblemNoSuchRoute          = "no-such-route"
 	ProblemMethodNotAllowed     = "method-not-allowed"
 	ProblemLeaseLost            = "lease-lost"
 	ProblemCompleted            = "completed"
@@ -34,7 +35,8 @@ var problemTitles = map[string]string{
 	ProblemInvalidRequest:       "The request is invalid",
 	ProblemUnauthorized:         "A valid bearer token is required",
 	ProblemForbidden:            "The token is not bound to this scope",
-	ProblemNotFound:             "Not found",
+	ProblemNotFound:             "No record for the key",
+	ProblemNoSuchRoute:          "No such route",
 	ProblemMethodNotAllowed:     "Method not allowed",
 	ProblemLeaseLost:            "The token no longer owns the key",
 	ProblemCompleted:            "The key already holds an outcome",

@@ -178,7 +178,7 @@ var routes = map[string]*route{
 const keysPrefix = "/v1/keys/"
 
 var notFoundRoute = &route{name: "unknown", public: true, handle: func(*Server, http.ResponseWriter, *http.Request, *request) *problem {
-	return newProblem(http.StatusNotFound, ProblemNotFound, "no such route; see docs/api.md")
+	return newProblem(http.StatusNotFound, ProblemNoSuchRoute, "no such route; see docs/api.md")
 }}
 
 func lookupRoute(r *http.Request) *route {

@@ -454,8 +454,8 @@ func TestProblems(t *testing.T) {
 		{"list other scope", "GET", "/v1/keys?scope=b", tokA, "", "", 403, server.ProblemForbidden},
 
 		{"get missing", "GET", "/v1/keys/nope?scope=a", tokA, "", "", 404, server.ProblemNotFound},
-		{"unknown route", "GET", "/v2/begin", tokA, "", "", 404, server.ProblemNotFound},
-		{"nested key path", "GET", "/v1/keys/a/b?scope=a", tokA, "", "", 404, server.ProblemNotFound},
+		{"unknown route", "GET", "/v2/begin", tokA, "", "", 404, server.ProblemNoSuchRoute},
+		{"nested key path", "GET", "/v1/keys/a/b?scope=a", tokA, "", "", 404, server.ProblemNoSuchRoute},
 		{"GET begin", "GET", "/v1/begin", tokA, "", "", 405, server.ProblemMethodNotAllowed},
 		{"PUT key", "PUT", "/v1/keys/k?scope=a", tokA, "", "", 405, server.ProblemMethodNotAllowed},
 
