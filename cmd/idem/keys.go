@@ -203,7 +203,7 @@ func keysStore(o *keysOptions) (idem.Store, func() error, error) {
 			return nil, nil, fmt.Errorf("no store at %s (pass --store file:DIR, the directory idem serve keeps its data in)", dir)
 		}
 	}
-	s, _, err := openStore(o.store)
+	s, _, err := openStore(o.store, inspecting)
 	if errors.Is(err, pebblestore.ErrLocked) {
 		dir := strings.TrimPrefix(strings.TrimPrefix(o.store, "file:"), "//")
 		return nil, nil, fmt.Errorf("the store %s is in use by a running idem serve; pass --server URL --token T to go through its API", dir)

@@ -145,7 +145,7 @@ func serve(ctx context.Context, o *serveOptions, stdout, stderr io.Writer) error
 		return err
 	}
 
-	store, where, err := openStore(o.store)
+	store, where, err := openStore(o.store, serving)
 	if err != nil {
 		return fmt.Errorf("--store %s: %w", o.store, err)
 	}

@@ -12,9 +12,20 @@ import (
 // defaultStore is where the embedded store lives when no --store is given.
 const defaultStore = "file:./idem-data"
 
+// storeUse says what a command opens a store for.
+type storeUse int
+
+const (
+	// serving: the store is the server's ledger and sweeps itself.
+	serving storeUse = iota
+	// inspecting: a short look by an operator tool (idem keys); nothing
+	// runs in the background.
+	inspecting
+)
+
 // openStore opens a store named by URL: mem:, file:PATH. It returns a
 // description of where the data lives for people.
-func openStore(url string) (idem.Store, string, error) {
+func openStore(url string, use storeUse) (idem.Store, string, error) {
 	scheme, rest, ok := strings.Cut(url, ":")
 	if !ok {
 		return nil, "", fmt.Errorf("store %q: want mem: or file:PATH", url)
@@ -27,7 +38,11 @@ func openStore(url string) (idem.Store, string, error) {
 		if dir == "" {
 			return nil, "", fmt.Errorf("store %q: file: needs a directory, like file:./idem-data", url)
 		}
-		s, err := pebblestore.Open(dir, nil)
+		cfg := &pebblestore.Config{}
+		if use == inspecting {
+			cfg.SweepInterval = -1
+		}
+		s, err := pebblestore.Open(dir, cfg)
 		if err != nil {
 			return nil, "", err
 		}
