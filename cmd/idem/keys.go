@@ -17,6 +17,7 @@ import (
 	"unicode"
 
 	"github.com/idemkit/idem"
+	"github.com/idemkit/idem/cmd/idem/internal/server"
 	"github.com/idemkit/idem/idemclient"
 	"github.com/idemkit/idem/store/pebblestore"
 )
@@ -250,7 +251,7 @@ func keysList(ctx context.Context, store idem.Store, o *keysOptions, stdout, std
 		}
 		for _, r := range res.Records {
 			if o.asJSON {
-				if err := enc.Encode(recordView(r)); err != nil {
+				if err := enc.Encode(server.EncodeRecord(r)); err != nil {
 					return err
 				}
 			} else {
@@ -280,7 +281,7 @@ func keysShow(ctx context.Context, store idem.Store, o *keysOptions, key string,
 		return err
 	}
 	if o.asJSON {
-		return json.NewEncoder(stdout).Encode(recordView(r))
+		return json.NewEncoder(stdout).Encode(server.EncodeRecord(r))
 	}
 	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
 	row := func(name, value string) { fmt.Fprintf(tw, "%s\t%s\n", name, value) }
@@ -318,49 +319,6 @@ func keysShow(ctx context.Context, store idem.Store, o *keysOptions, key string,
 		row("retention", r.Retention.String())
 	}
 	return tw.Flush()
-}
-
-// recordJSON is a record as --json prints it: the record object of the
-// API (docs/api.md).
-type recordJSON struct {
-	Scope       string           `json:"scope"`
-	Key         string           `json:"key"`
-	Fingerprint string           `json:"fingerprint"`
-	State       idem.State       `json:"state"`
-	Token       int64            `json:"token"`
-	Attempts    int              `json:"attempts"`
-	LeaseUntil  string           `json:"lease_until,omitempty"`
-	Checkpoint  *idem.Checkpoint `json:"checkpoint"`
-	Outcome     *idem.Outcome    `json:"outcome"`
-	Created     string           `json:"created,omitempty"`
-	Completed   string           `json:"completed,omitempty"`
-	Expires     string           `json:"expires,omitempty"`
-	RetainUntil string           `json:"retain_until,omitempty"`
-	WindowMS    int64            `json:"window_ms"`
-	RetentionMS int64            `json:"retention_ms"`
-}
-
-func recordView(r *idem.Record) *recordJSON {
-	v := &recordJSON{
-		Scope: r.Scope, Key: r.Key, Fingerprint: r.Fingerprint, State: r.State, Token: r.Token, Attempts: r.Attempts,
-		LeaseUntil: jsonTime(r.LeaseUntil), Checkpoint: r.Checkpoint, Outcome: r.Outcome,
-		Created: jsonTime(r.Created), Completed: jsonTime(r.Completed), Expires: jsonTime(r.Expires),
-		RetainUntil: jsonTime(r.RetainUntil), WindowMS: r.Window.Milliseconds(), RetentionMS: r.Retention.Milliseconds(),
-	}
-	if v.Outcome != nil && v.Outcome.Data == nil {
-		v.Outcome = &idem.Outcome{Data: []byte{}, Meta: v.Outcome.Meta}
-	}
-	if v.Checkpoint != nil && v.Checkpoint.Data == nil {
-		v.Checkpoint = &idem.Checkpoint{Point: v.Checkpoint.Point, Data: []byte{}}
-	}
-	return v
-}
-
-func jsonTime(t time.Time) string {
-	if t.IsZero() {
-		return ""
-	}
-	return t.UTC().Format(time.RFC3339Nano)
 }
 
 // tableTime is a time for people: UTC to the second, "-" when unset.

@@ -497,7 +497,9 @@ type sweepResponse struct {
 	Deleted int `json:"deleted"`
 }
 
-type recordJSON struct {
+// RecordJSON is the record object of the API (docs/api.md); idem keys
+// --json prints the same.
+type RecordJSON struct {
 	Scope       string           `json:"scope"`
 	Key         string           `json:"key"`
 	Fingerprint string           `json:"fingerprint"`
@@ -516,7 +518,7 @@ type recordJSON struct {
 }
 
 type listResponse struct {
-	Records    []*recordJSON `json:"records"`
+	Records    []*RecordJSON `json:"records"`
 	NextCursor string        `json:"next_cursor"`
 }
 
@@ -551,8 +553,9 @@ func checkpointJSON(c *idem.Checkpoint) *idem.Checkpoint {
 	return &cp
 }
 
-func toRecordJSON(r *idem.Record) *recordJSON {
-	return &recordJSON{
+// EncodeRecord returns r as the API shows it.
+func EncodeRecord(r *idem.Record) *RecordJSON {
+	return &RecordJSON{
 		Scope: r.Scope, Key: r.Key, Fingerprint: r.Fingerprint, State: r.State,
 		Token: r.Token, Attempts: r.Attempts,
 		LeaseUntil:  timeString(r.LeaseUntil),
@@ -777,7 +780,7 @@ func (s *Server) keyRecord(w http.ResponseWriter, r *http.Request, req *request)
 	if err != nil {
 		return problemFor(err)
 	}
-	return writeJSON(w, http.StatusOK, toRecordJSON(rec))
+	return writeJSON(w, http.StatusOK, EncodeRecord(rec))
 }
 
 // list serves GET /v1/keys?scope=S&state=&limit=&cursor=.
@@ -808,9 +811,9 @@ func (s *Server) list(w http.ResponseWriter, r *http.Request, req *request) *pro
 	if err != nil {
 		return problemFor(err)
 	}
-	out := listResponse{Records: make([]*recordJSON, 0, len(res.Records)), NextCursor: res.NextCursor}
+	out := listResponse{Records: make([]*RecordJSON, 0, len(res.Records)), NextCursor: res.NextCursor}
 	for _, rec := range res.Records {
-		out.Records = append(out.Records, toRecordJSON(rec))
+		out.Records = append(out.Records, EncodeRecord(rec))
 	}
 	return writeJSON(w, http.StatusOK, out)
 }
