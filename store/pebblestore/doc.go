@@ -30,7 +30,16 @@
 // new version is synced; the rules of each operation are the pure
 // transitions of the ledger, so the store behaves exactly as the reference
 // model. Get also reads under the key lock, so it never returns a write that
-// is not yet durable. The directory itself is locked: a second Open,
+// is not yet durable.
+//
+// Each stripe also keeps, in memory, the pending records of its keys that
+// this process wrote and synced (a few per stripe, small ones only). Every
+// write of a record happens under its stripe lock, so an entry is exactly
+// the value on disk: the owner's Complete, Release, Extend or Checkpoint
+// decode it instead of reading Pebble, and a Begin+Complete cycle reads
+// Pebble once. A record that leaves pending, is deleted or is touched by
+// Sweep leaves the stripe; a miss (after a reopen, or an entry dropped to
+// bound the memory) reads Pebble. The directory itself is locked: a second Open,
 // from this process or another one, fails with an error wrapping ErrLocked
 // that names the directory.
 //

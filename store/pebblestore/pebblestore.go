@@ -69,7 +69,9 @@ type Store struct {
 	logger *slog.Logger
 	seed   maphash.Seed
 
-	keyLocks [stripes]sync.Mutex
+	stripes [stripes]stripe // per-key locks and pending records
+
+	recordReads atomic.Int64 // records read from Pebble, for tests
 
 	// closeMu is held shared by every operation and exclusively by Close,
 	// so Pebble is never used after it is closed.
@@ -243,6 +245,9 @@ func (s *Store) Close() error {
 		return nil
 	}
 	s.closed = true
+	for i := range s.stripes { // no operation runs: closeMu is held
+		s.stripes[i].pending = nil
+	}
 	err := s.db.Close()
 	if lerr := s.lock.Close(); err == nil {
 		err = lerr
@@ -267,21 +272,6 @@ func (s *Store) enter(ctx context.Context) error {
 	return nil
 }
 
-// keyLock returns the lock that serialises the operations on (scope, key).
-func (s *Store) keyLock(scope, key string) *sync.Mutex {
-	var h maphash.Hash
-	h.SetSeed(s.seed)
-	h.WriteString(scope)
-	h.WriteByte(0)
-	h.WriteString(key)
-	return &s.keyLocks[h.Sum64()%stripes]
-}
-
-func (s *Store) keyLockOfRef(ref []byte) *sync.Mutex {
-	scope, key := parseRef(ref)
-	return s.keyLock(scope, key)
-}
-
 // nextToken hands out a token greater than after and than every token
 // handed out before, also before a restart: when the reserved block runs
 // out it first syncs a new high-water mark.
@@ -303,6 +293,7 @@ func (s *Store) nextToken(after int64) (int64, error) {
 // get reads the record stored under ref and the time of its index entry
 // (nil when there is none).
 func (s *Store) get(ref []byte) (*idem.Record, time.Time, error) {
+	s.recordReads.Add(1)
 	v, closer, err := s.db.Get(append([]byte(prefixRecord), ref...))
 	if errors.Is(err, pebble.ErrNotFound) {
 		return nil, time.Time{}, nil
@@ -322,13 +313,18 @@ func (s *Store) get(ref []byte) (*idem.Record, time.Time, error) {
 // now + w, so the entry goes there (or stays where it is when that is
 // earlier) and the other transitions leave it alone; Complete writes the
 // record only. Sweep moves an entry that comes due before its record.
-func (s *Store) put(ref []byte, cur *idem.Record, curAt time.Time, next *idem.Record, nextAt time.Time) error {
+//
+// The caller holds st.mu. Once the batch is synced, a pending next is kept
+// in st, so the owner's next operation need not read Pebble.
+func (s *Store) put(st *stripe, ref []byte, cur *idem.Record, curAt time.Time, next *idem.Record, nextAt time.Time) error {
 	if next.RetainUntil.Before(nextAt) { // never later than RetainUntil
 		nextAt = next.RetainUntil
 	}
+	st.forget(ref) // also when the commit fails: what Pebble holds is then unknown
 	b := s.db.NewBatch()
 	defer b.Close()
-	if err := b.Set(append([]byte(prefixRecord), ref...), encodeRecord(nil, next, nextAt), nil); err != nil {
+	v := encodeRecord(nil, next, nextAt)
+	if err := b.Set(append([]byte(prefixRecord), ref...), v, nil); err != nil {
 		return err
 	}
 	if cur == nil || !curAt.Equal(nextAt) {
@@ -341,7 +337,11 @@ func (s *Store) put(ref []byte, cur *idem.Record, curAt time.Time, next *idem.Re
 			return err
 		}
 	}
-	return b.Commit(pebble.Sync)
+	if err := b.Commit(pebble.Sync); err != nil {
+		return err
+	}
+	st.remember(ref, next, v) // the batch copied v
+	return nil
 }
 
 // utc returns r with its times in UTC and without monotonic readings, as
@@ -366,11 +366,11 @@ func (s *Store) Begin(ctx context.Context, p *idem.BeginParams) (*idem.BeginResu
 		return nil, err
 	}
 	defer s.closeMu.RUnlock()
-	mu := s.keyLock(p.Scope, p.Key)
-	mu.Lock()
-	defer mu.Unlock()
 	ref := recordRef(p.Scope, p.Key)
-	cur, curAt, err := s.get(ref)
+	st := s.stripeOf(ref)
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	cur, curAt, err := st.load(s, ref)
 	if err != nil {
 		return nil, fmt.Errorf("pebblestore: begin: %w", err)
 	}
@@ -391,7 +391,7 @@ func (s *Store) Begin(ctx context.Context, p *idem.BeginParams) (*idem.BeginResu
 		if cur != nil && curAt.Before(at) {
 			at = curAt
 		}
-		if err := s.put(ref, cur, curAt, next, at); err != nil {
+		if err := s.put(st, ref, cur, curAt, next, at); err != nil {
 			return nil, fmt.Errorf("pebblestore: begin: %w", err)
 		}
 		if cur == nil {
@@ -408,11 +408,11 @@ func (s *Store) update(ctx context.Context, op, scope, key string, f func(cur *i
 		return nil, err
 	}
 	defer s.closeMu.RUnlock()
-	mu := s.keyLock(scope, key)
-	mu.Lock()
-	defer mu.Unlock()
 	ref := recordRef(scope, key)
-	cur, curAt, err := s.get(ref)
+	st := s.stripeOf(ref)
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	cur, curAt, err := st.load(s, ref)
 	if err != nil {
 		return nil, fmt.Errorf("pebblestore: %s: %w", op, err)
 	}
@@ -420,7 +420,7 @@ func (s *Store) update(ctx context.Context, op, scope, key string, f func(cur *i
 	if err != nil {
 		return nil, err
 	}
-	if err := s.put(ref, cur, curAt, next, curAt); err != nil {
+	if err := s.put(st, ref, cur, curAt, next, curAt); err != nil {
 		return nil, fmt.Errorf("pebblestore: %s: %w", op, err)
 	}
 	return utc(next), nil // next is the transition's own copy
@@ -478,10 +478,11 @@ func (s *Store) Get(ctx context.Context, p *idem.KeyParams) (*idem.Record, error
 		return nil, err
 	}
 	defer s.closeMu.RUnlock()
-	mu := s.keyLock(p.Scope, p.Key)
-	mu.Lock()
-	defer mu.Unlock()
-	rec, _, err := s.get(recordRef(p.Scope, p.Key))
+	ref := recordRef(p.Scope, p.Key)
+	st := s.stripeOf(ref)
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	rec, _, err := st.load(s, ref)
 	if err != nil {
 		return nil, fmt.Errorf("pebblestore: get: %w", err)
 	}
@@ -501,17 +502,18 @@ func (s *Store) Delete(ctx context.Context, p *idem.KeyParams) error {
 		return err
 	}
 	defer s.closeMu.RUnlock()
-	mu := s.keyLock(p.Scope, p.Key)
-	mu.Lock()
-	defer mu.Unlock()
 	ref := recordRef(p.Scope, p.Key)
-	cur, curAt, err := s.get(ref)
+	st := s.stripeOf(ref)
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	cur, curAt, err := st.load(s, ref)
 	if err != nil {
 		return fmt.Errorf("pebblestore: delete: %w", err)
 	}
 	if cur == nil {
 		return fmt.Errorf("%w: scope %q", idem.ErrNotFound, p.Scope)
 	}
+	st.forget(ref)
 	b := s.db.NewBatch()
 	defer b.Close()
 	if err := b.Delete(append([]byte(prefixRecord), ref...), nil); err != nil {
@@ -587,10 +589,10 @@ func (s *Store) Sweep(ctx context.Context, p *idem.SweepParams) (*idem.SweepResu
 // entry that came due before its record moves to the record's RetainUntil;
 // one whose record is gone or points elsewhere is removed.
 func (s *Store) sweepChunk(entries [][]byte, now time.Time) (int, error) {
-	held := make(map[*sync.Mutex]bool, len(entries))
+	held := make(map[*stripe]bool, len(entries))
 	defer func() {
-		for mu := range held {
-			mu.Unlock()
+		for st := range held {
+			st.mu.Unlock()
 		}
 	}()
 	b := s.db.NewBatch()
@@ -602,12 +604,12 @@ func (s *Store) sweepChunk(entries [][]byte, now time.Time) (int, error) {
 		if err != nil {
 			return 0, err
 		}
-		mu := s.keyLockOfRef(ref)
-		if !held[mu] {
-			mu.Lock()
-			held[mu] = true
+		st := s.stripeOf(ref)
+		if !held[st] {
+			st.mu.Lock()
+			held[st] = true
 		}
-		rec, recAt, err := s.get(ref)
+		rec, recAt, err := st.load(s, ref)
 		if err != nil {
 			return 0, err
 		}
@@ -617,6 +619,7 @@ func (s *Store) sweepChunk(entries [][]byte, now time.Time) (int, error) {
 				return 0, err
 			}
 		case transition.Sweepable(rec, now):
+			st.forget(ref)
 			if err := b.Delete(append([]byte(prefixRecord), ref...), nil); err != nil {
 				return 0, err
 			}
@@ -629,6 +632,7 @@ func (s *Store) sweepChunk(entries [][]byte, now time.Time) (int, error) {
 			if !next.After(now) { // only a live lease keeps it: look again when it ends
 				next = rec.LeaseUntil
 			}
+			st.forget(ref)
 			if err := b.Set(append([]byte(prefixRecord), ref...), encodeRecord(nil, rec, next), nil); err != nil {
 				return 0, err
 			}
