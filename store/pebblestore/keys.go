@@ -33,8 +33,14 @@ func recordRef(scope, key string) []byte {
 	return append(b, key...)
 }
 
+// recordKey is the Pebble key of the record of (scope, key); its ref is
+// what follows prefixRecord.
 func recordKey(scope, key string) []byte {
-	return append([]byte(prefixRecord), recordRef(scope, key)...)
+	b := make([]byte, 0, len(prefixRecord)+1+len(scope)+len(key))
+	b = append(b, prefixRecord...)
+	b = append(b, byte(len(scope)))
+	b = append(b, scope...)
+	return append(b, key...)
 }
 
 // scopePrefix is the common prefix of the record keys of scope.
@@ -46,6 +52,15 @@ func scopePrefix(scope string) []byte {
 func appendTime(dst []byte, t time.Time) []byte {
 	dst = binary.BigEndian.AppendUint64(dst, uint64(t.Unix())^(1<<63))
 	return binary.BigEndian.AppendUint32(dst, uint32(t.Nanosecond()))
+}
+
+// putIndexKey fills dst, of len(prefixIndex)+timeLen+len(ref) bytes, with
+// indexKey(retainUntil, ref), for a batch's deferred Set.
+func putIndexKey(dst []byte, retainUntil time.Time, ref []byte) {
+	n := copy(dst, prefixIndex)
+	binary.BigEndian.PutUint64(dst[n:], uint64(retainUntil.Unix())^(1<<63))
+	binary.BigEndian.PutUint32(dst[n+8:], uint32(retainUntil.Nanosecond()))
+	copy(dst[n+timeLen:], ref)
 }
 
 // indexKey is the expiry-index entry of the record named by ref that may be

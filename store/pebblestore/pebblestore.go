@@ -293,8 +293,13 @@ func (s *Store) nextToken(after int64) (int64, error) {
 // get reads the record stored under ref and the time of its index entry
 // (nil when there is none).
 func (s *Store) get(ref []byte) (*idem.Record, time.Time, error) {
+	return s.read(append([]byte(prefixRecord), ref...))
+}
+
+// read is get by the record's Pebble key.
+func (s *Store) read(rkey []byte) (*idem.Record, time.Time, error) {
 	s.recordReads.Add(1)
-	v, closer, err := s.db.Get(append([]byte(prefixRecord), ref...))
+	v, closer, err := s.db.Get(rkey)
 	if errors.Is(err, pebble.ErrNotFound) {
 		return nil, time.Time{}, nil
 	}
@@ -316,15 +321,16 @@ func (s *Store) get(ref []byte) (*idem.Record, time.Time, error) {
 //
 // The caller holds st.mu. Once the batch is synced, a pending next is kept
 // in st, so the owner's next operation need not read Pebble.
-func (s *Store) put(st *stripe, ref []byte, cur *idem.Record, curAt time.Time, next *idem.Record, nextAt time.Time) error {
+func (s *Store) put(st *stripe, rkey []byte, cur *idem.Record, curAt time.Time, next *idem.Record, nextAt time.Time) error {
 	if next.RetainUntil.Before(nextAt) { // never later than RetainUntil
 		nextAt = next.RetainUntil
 	}
+	ref := rkey[len(prefixRecord):]
 	st.forget(ref) // also when the commit fails: what Pebble holds is then unknown
 	b := s.db.NewBatch()
 	defer b.Close()
 	v := encodeRecord(nil, next, nextAt)
-	if err := b.Set(append([]byte(prefixRecord), ref...), v, nil); err != nil {
+	if err := b.Set(rkey, v, nil); err != nil {
 		return err
 	}
 	if cur == nil || !curAt.Equal(nextAt) {
@@ -333,7 +339,9 @@ func (s *Store) put(st *stripe, ref []byte, cur *idem.Record, curAt time.Time, n
 				return err
 			}
 		}
-		if err := b.Set(indexKey(nextAt, ref), nil, nil); err != nil {
+		op := b.SetDeferred(len(prefixIndex)+timeLen+len(ref), 0)
+		putIndexKey(op.Key, nextAt, ref)
+		if err := op.Finish(); err != nil {
 			return err
 		}
 	}
@@ -366,11 +374,12 @@ func (s *Store) Begin(ctx context.Context, p *idem.BeginParams) (*idem.BeginResu
 		return nil, err
 	}
 	defer s.closeMu.RUnlock()
-	ref := recordRef(p.Scope, p.Key)
+	rkey := recordKey(p.Scope, p.Key)
+	ref := rkey[len(prefixRecord):]
 	st := s.stripeOf(ref)
 	st.mu.Lock()
 	defer st.mu.Unlock()
-	cur, curAt, err := st.load(s, ref)
+	cur, curAt, err := st.load(s, rkey)
 	if err != nil {
 		return nil, fmt.Errorf("pebblestore: begin: %w", err)
 	}
@@ -391,7 +400,7 @@ func (s *Store) Begin(ctx context.Context, p *idem.BeginParams) (*idem.BeginResu
 		if cur != nil && curAt.Before(at) {
 			at = curAt
 		}
-		if err := s.put(st, ref, cur, curAt, next, at); err != nil {
+		if err := s.put(st, rkey, cur, curAt, next, at); err != nil {
 			return nil, fmt.Errorf("pebblestore: begin: %w", err)
 		}
 		if cur == nil {
@@ -408,11 +417,11 @@ func (s *Store) update(ctx context.Context, op, scope, key string, f func(cur *i
 		return nil, err
 	}
 	defer s.closeMu.RUnlock()
-	ref := recordRef(scope, key)
-	st := s.stripeOf(ref)
+	rkey := recordKey(scope, key)
+	st := s.stripeOf(rkey[len(prefixRecord):])
 	st.mu.Lock()
 	defer st.mu.Unlock()
-	cur, curAt, err := st.load(s, ref)
+	cur, curAt, err := st.load(s, rkey)
 	if err != nil {
 		return nil, fmt.Errorf("pebblestore: %s: %w", op, err)
 	}
@@ -420,7 +429,7 @@ func (s *Store) update(ctx context.Context, op, scope, key string, f func(cur *i
 	if err != nil {
 		return nil, err
 	}
-	if err := s.put(st, ref, cur, curAt, next, curAt); err != nil {
+	if err := s.put(st, rkey, cur, curAt, next, curAt); err != nil {
 		return nil, fmt.Errorf("pebblestore: %s: %w", op, err)
 	}
 	return utc(next), nil // next is the transition's own copy
@@ -478,11 +487,11 @@ func (s *Store) Get(ctx context.Context, p *idem.KeyParams) (*idem.Record, error
 		return nil, err
 	}
 	defer s.closeMu.RUnlock()
-	ref := recordRef(p.Scope, p.Key)
-	st := s.stripeOf(ref)
+	rkey := recordKey(p.Scope, p.Key)
+	st := s.stripeOf(rkey[len(prefixRecord):])
 	st.mu.Lock()
 	defer st.mu.Unlock()
-	rec, _, err := st.load(s, ref)
+	rec, _, err := st.load(s, rkey)
 	if err != nil {
 		return nil, fmt.Errorf("pebblestore: get: %w", err)
 	}
@@ -502,11 +511,12 @@ func (s *Store) Delete(ctx context.Context, p *idem.KeyParams) error {
 		return err
 	}
 	defer s.closeMu.RUnlock()
-	ref := recordRef(p.Scope, p.Key)
+	rkey := recordKey(p.Scope, p.Key)
+	ref := rkey[len(prefixRecord):]
 	st := s.stripeOf(ref)
 	st.mu.Lock()
 	defer st.mu.Unlock()
-	cur, curAt, err := st.load(s, ref)
+	cur, curAt, err := st.load(s, rkey)
 	if err != nil {
 		return fmt.Errorf("pebblestore: delete: %w", err)
 	}
@@ -516,7 +526,7 @@ func (s *Store) Delete(ctx context.Context, p *idem.KeyParams) error {
 	st.forget(ref)
 	b := s.db.NewBatch()
 	defer b.Close()
-	if err := b.Delete(append([]byte(prefixRecord), ref...), nil); err != nil {
+	if err := b.Delete(rkey, nil); err != nil {
 		return fmt.Errorf("pebblestore: delete: %w", err)
 	}
 	if err := b.Delete(indexKey(curAt, ref), nil); err != nil {
@@ -609,7 +619,8 @@ func (s *Store) sweepChunk(entries [][]byte, now time.Time) (int, error) {
 			st.mu.Lock()
 			held[st] = true
 		}
-		rec, recAt, err := st.load(s, ref)
+		rkey := append([]byte(prefixRecord), ref...)
+		rec, recAt, err := st.load(s, rkey)
 		if err != nil {
 			return 0, err
 		}
@@ -620,7 +631,7 @@ func (s *Store) sweepChunk(entries [][]byte, now time.Time) (int, error) {
 			}
 		case transition.Sweepable(rec, now):
 			st.forget(ref)
-			if err := b.Delete(append([]byte(prefixRecord), ref...), nil); err != nil {
+			if err := b.Delete(rkey, nil); err != nil {
 				return 0, err
 			}
 			if err := b.Delete(k, nil); err != nil {
@@ -633,7 +644,7 @@ func (s *Store) sweepChunk(entries [][]byte, now time.Time) (int, error) {
 				next = rec.LeaseUntil
 			}
 			st.forget(ref)
-			if err := b.Set(append([]byte(prefixRecord), ref...), encodeRecord(nil, rec, next), nil); err != nil {
+			if err := b.Set(rkey, encodeRecord(nil, rec, next), nil); err != nil {
 				return 0, err
 			}
 			if err := b.Delete(k, nil); err != nil {

@@ -122,6 +122,14 @@ func TestIndexKeyOrderIsTimeOrder(t *testing.T) {
 		if err != nil || !got.Equal(at) || !bytes.Equal(gotRef, ref) {
 			t.Fatalf("parse index key of %v: %v %q %v", at, got, gotRef, err)
 		}
+		filled := make([]byte, len(prefixIndex)+timeLen+len(ref))
+		putIndexKey(filled, at, ref)
+		if want := indexKey(at, ref); !bytes.Equal(filled, want) {
+			t.Fatalf("putIndexKey at %v: %x, indexKey %x", at, filled, want)
+		}
+	}
+	if k, want := recordKey("scope", "key"), append([]byte(prefixRecord), recordRef("scope", "key")...); !bytes.Equal(k, want) {
+		t.Fatalf("recordKey %q, want %q", k, want)
 	}
 }
 

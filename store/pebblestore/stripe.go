@@ -37,14 +37,14 @@ func (s *Store) stripeOf(ref []byte) *stripe {
 	return &s.stripes[maphash.Bytes(s.seed, ref)%stripes]
 }
 
-// load reads the record named by ref and the time of its index entry: from
-// the stripe's pending records when it is there, else from Pebble. The
-// caller holds st.mu.
-func (st *stripe) load(s *Store, ref []byte) (*idem.Record, time.Time, error) {
-	if v, ok := st.pending[string(ref)]; ok {
+// load reads the record stored under rkey (a recordKey) and the time of its
+// index entry: from the stripe's pending records when it is there, else
+// from Pebble. The caller holds st.mu.
+func (st *stripe) load(s *Store, rkey []byte) (*idem.Record, time.Time, error) {
+	if v, ok := st.pending[string(rkey[len(prefixRecord):])]; ok {
 		return decodeRecord(v) // decodeRecord copies: the entry stays intact
 	}
-	return s.get(ref)
+	return s.read(rkey)
 }
 
 // forget drops the entry of ref, before its record is written or deleted.
