@@ -1,0 +1,6 @@
+// Package pgstore is the PostgreSQL store.
+package pgstore
+
+import (
+	_ "github.com/jackc/pgx/v5/pgxpool"
+)

@@ -1,0 +1,158 @@
+package pgstore
+
+import (
+	"context"
+	"embed"
+	"fmt"
+	"io/fs"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+
+	"github.com/idemkit/idem"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+)
+
+//go:embed migrations/*.sql
+var migrationFiles embed.FS
+
+// migration is one numbered file of migrations/.
+type migration struct {
+	version int
+	name    string
+	sql     string
+}
+
+// migrations returns the embedded migrations in version order.
+func migrations() ([]migration, error) {
+	entries, err := fs.ReadDir(migrationFiles, "migrations")
+	if err != nil {
+		return nil, err
+	}
+	var ms []migration
+	for _, e := range entries {
+		m, err := parseMigrationName(e.Name())
+		if err != nil {
+			return nil, err
+		}
+		body, err := migrationFiles.ReadFile("migrations/" + e.Name())
+		if err != nil {
+			return nil, err
+		}
+		m.sql = string(body)
+		ms = append(ms, m)
+	}
+	slices.SortFunc(ms, func(a, b migration) int { return a.version - b.version })
+	for i, m := range ms {
+		if m.version != i+1 {
+			return nil, fmt.Errorf("pgstore: migration %s: versions must run 1, 2, 3... without gaps", m.name)
+		}
+	}
+	return ms, nil
+}
+
+var migrationName = regexp.MustCompile(`^([0-9]{4})_([a-z0-9_]+)\.sql$`)
+
+// parseMigrationName reads "0001_records.sql" as version 1.
+func parseMigrationName(name string) (migration, error) {
+	m := migrationName.FindStringSubmatch(name)
+	if m == nil {
+		return migration{}, fmt.Errorf("%w: migration file %q is not named NNNN_name.sql", idem.ErrInvalid, name)
+	}
+	v, _ := strconv.Atoi(m[1])
+	if v == 0 {
+		return migration{}, fmt.Errorf("%w: migration file %q: versions start at 0001", idem.ErrInvalid, name)
+	}
+	return migration{version: v, name: strings.TrimSuffix(name, ".sql")}, nil
+}
+
+// LatestVersion is the schema version this build of pgstore writes and
+// expects.
+func LatestVersion() int {
+	ms, err := migrations()
+	if err != nil || len(ms) == 0 {
+		return 0
+	}
+	return ms[len(ms)-1].version
+}
+
+var schemaName = regexp.MustCompile(`^[a-z_][a-z0-9_]{0,62}$`)
+
+// validSchema checks a schema name: lower-case letters, digits and
+// underscores, at most 63 bytes, so it needs no quoting in any tool an
+// operator uses and cannot smuggle SQL.
+func validSchema(schema string) error {
+	if !schemaName.MatchString(schema) || strings.HasPrefix(schema, "pg_") {
+		return fmt.Errorf("%w: schema %q: use 1 to 63 lower-case letters, digits and underscores, starting with a letter or underscore, not pg_", idem.ErrInvalid, schema)
+	}
+	return nil
+}
+
+// migrationLockKey is the advisory lock every Migrate of one schema takes,
+// so concurrent starters apply each migration once.
+func migrationLockKey(schema string) string { return "idem.pgstore.migrate." + schema }
+
+// Migrate creates schema if needed and applies the embedded migrations it
+// lacks, in one transaction under an advisory lock, so any number of
+// processes may call it at once. Applied versions are kept in
+// schema.migrations. It fails without changing anything when the schema
+// is at a version newer than this build knows.
+func Migrate(ctx context.Context, pool *pgxpool.Pool, schema string) error {
+	if err := validSchema(schema); err != nil {
+		return err
+	}
+	ms, err := migrations()
+	if err != nil {
+		return err
+	}
+	tx, err := pool.Begin(ctx)
+	if err != nil {
+		return wrapErr("migrate", err)
+	}
+	defer tx.Rollback(context.WithoutCancel(ctx))
+	q := pgx.Identifier{schema}.Sanitize()
+	steps := []string{
+		`SELECT pg_advisory_xact_lock(hashtextextended('` + migrationLockKey(schema) + `', 0))`,
+		`CREATE SCHEMA IF NOT EXISTS ` + q,
+		`CREATE TABLE IF NOT EXISTS ` + q + `.migrations (
+			version integer PRIMARY KEY,
+			name text NOT NULL,
+			applied timestamptz NOT NULL DEFAULT now())`,
+	}
+	for _, s := range steps {
+		if _, err := tx.Exec(ctx, s); err != nil {
+			return wrapErr("migrate "+schema, err)
+		}
+	}
+	var current int
+	if err := tx.QueryRow(ctx, `SELECT coalesce(max(version), 0) FROM `+q+`.migrations`).Scan(&current); err != nil {
+		return wrapErr("migrate "+schema, err)
+	}
+	if latest := ms[len(ms)-1].version; current > latest {
+		return fmt.Errorf("pgstore: schema %q is at version %d, newer than this build's %d: upgrade idem", schema, current, latest)
+	}
+	for _, m := range ms[current:] {
+		if _, err := tx.Exec(ctx, strings.ReplaceAll(m.sql, "{{schema}}", q)); err != nil {
+			return wrapErr(fmt.Sprintf("migrate %s: %s", schema, m.name), err)
+		}
+		if _, err := tx.Exec(ctx, `INSERT INTO `+q+`.migrations (version, name) VALUES ($1, $2)`, m.version, m.name); err != nil {
+			return wrapErr("migrate "+schema, err)
+		}
+	}
+	return wrapErr("migrate "+schema, tx.Commit(ctx))
+}
+
+// schemaVersion reads the version schema is at; 0 when it was never
+// migrated.
+func schemaVersion(ctx context.Context, db querier, schema string) (int, error) {
+	var exists bool
+	err := db.QueryRow(ctx, `SELECT to_regclass($1) IS NOT NULL`, pgx.Identifier{schema, "migrations"}.Sanitize()).Scan(&exists)
+	if err != nil || !exists {
+		return 0, wrapErr("read schema version", err)
+	}
+	var v int
+	err = db.QueryRow(ctx, `SELECT coalesce(max(version), 0) FROM `+pgx.Identifier{schema}.Sanitize()+`.migrations`).Scan(&v)
+	return v, wrapErr("read schema version", err)
+}

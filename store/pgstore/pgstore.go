@@ -1,0 +1,461 @@
+package pgstore
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"sync/atomic"
+	"time"
+
+	"github.com/idemkit/idem"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgxpool"
+)
+
+// DefaultSchema is the schema the ledger lives in when Config.Schema is
+// empty.
+const DefaultSchema = "idem"
+
+// sweepBatch is how many records one DELETE of Sweep removes: short
+// transactions that never hold many row locks, whatever the backlog.
+const sweepBatch = 10000
+
+// Config configures a Store. A nil *Config means the defaults.
+type Config struct {
+	// Schema is the PostgreSQL schema that holds the ledger's tables.
+	// Default "idem". Lower-case letters, digits and underscores.
+	Schema string
+	// Migrate applies the embedded migrations when the store starts (as
+	// `idem migrate` does). Without it the store refuses to start on a
+	// schema that is not at this build's version.
+	Migrate bool
+}
+
+// Store is an idem.Store on PostgreSQL. Leases are judged by the
+// database's clock. It is safe for concurrent use.
+type Store struct {
+	pool   *pgxpool.Pool
+	owned  bool // Open made the pool; Close closes it
+	schema string
+	closed atomic.Bool
+	q      statements
+}
+
+var (
+	_ idem.Store  = (*Store)(nil)
+	_ idem.Lister = (*Store)(nil)
+	_ idem.Sizer  = (*Store)(nil)
+)
+
+// querier is what a *pgxpool.Pool and a pgx.Tx have in common: the store
+// runs the same statements on either.
+type querier interface {
+	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
+	Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error)
+	Exec(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error)
+}
+
+// Open connects to the database at url (postgres://user@host:port/db?...)
+// with a pool of its own, which Close closes.
+func Open(ctx context.Context, url string, cfg *Config) (*Store, error) {
+	pcfg, err := pgxpool.ParseConfig(url)
+	if err != nil {
+		return nil, fmt.Errorf("%w: pgstore: the store URL does not parse (want postgres://user@host:5432/db): %v", idem.ErrInvalid, err)
+	}
+	pool, err := pgxpool.NewWithConfig(ctx, pcfg)
+	if err != nil {
+		return nil, wrapErr("open", err)
+	}
+	if err := pool.Ping(ctx); err != nil {
+		pool.Close()
+		return nil, wrapErr("open "+pcfg.ConnConfig.Host, err)
+	}
+	s, err := New(pool, cfg)
+	if err != nil {
+		pool.Close()
+		return nil, err
+	}
+	s.owned = true
+	return s, nil
+}
+
+// New returns a store on the caller's pool, which stays the caller's to
+// close. With cfg.Migrate it applies the migrations first; without, it
+// checks that the schema is at this build's version.
+func New(pool *pgxpool.Pool, cfg *Config) (*Store, error) {
+	if pool == nil {
+		return nil, fmt.Errorf("%w: pgstore: nil pool (use pgstore.Open for a URL)", idem.ErrInvalid)
+	}
+	var c Config
+	if cfg != nil {
+		c = *cfg
+	}
+	if c.Schema == "" {
+		c.Schema = DefaultSchema
+	}
+	if err := validSchema(c.Schema); err != nil {
+		return nil, err
+	}
+	ctx := context.Background()
+	if c.Migrate {
+		if err := Migrate(ctx, pool, c.Schema); err != nil {
+			return nil, err
+		}
+	} else {
+		v, err := schemaVersion(ctx, pool, c.Schema)
+		if err != nil {
+			return nil, err
+		}
+		if want := LatestVersion(); v != want {
+			return nil, fmt.Errorf("pgstore: schema %q is at version %d, this build needs %d: run `idem migrate --store URL` or set Config.Migrate", c.Schema, v, want)
+		}
+	}
+	return &Store{pool: pool, schema: c.Schema, q: newStatements(pgx.Identifier{c.Schema}.Sanitize())}, nil
+}
+
+// Schema returns the schema the store's tables live in.
+func (s *Store) Schema() string { return s.schema }
+
+// Pool returns the pool the store runs on.
+func (s *Store) Pool() *pgxpool.Pool { return s.pool }
+
+func (s *Store) check() error {
+	if s.closed.Load() {
+		return fmt.Errorf("%w: pgstore", idem.ErrClosed)
+	}
+	return nil
+}
+
+// Close marks the store closed; it closes the pool only when Open made it.
+func (s *Store) Close() error {
+	if s.closed.Swap(true) {
+		return nil
+	}
+	if s.owned {
+		s.pool.Close()
+	}
+	return nil
+}
+
+// Begin implements idem.Store in one statement; see BeginTx.
+func (s *Store) Begin(ctx context.Context, p *idem.BeginParams) (*idem.BeginResult, error) {
+	return s.BeginTx(ctx, nil, p)
+}
+
+// BeginTx is Begin run on the caller's transaction, so the claim commits or
+// rolls back with the caller's business writes. An acquired key stays
+// locked (other Begins of it wait) until the transaction ends; a rolled
+// back transaction leaves the key as it was. A nil tx runs on the pool.
+// Use READ COMMITTED (the default): under REPEATABLE READ or SERIALIZABLE
+// a concurrent Begin of the same key fails with a serialization error.
+func (s *Store) BeginTx(ctx context.Context, tx pgx.Tx, p *idem.BeginParams) (*idem.BeginResult, error) {
+	if err := p.Validate(); err != nil {
+		return nil, err
+	}
+	if err := s.check(); err != nil {
+		return nil, err
+	}
+	db := s.db(tx)
+	// Almost always one round. Another only when a concurrent writer
+	// changed the key between this statement's snapshot and its insert,
+	// and a third when it changed again before the re-read.
+	for range 8 {
+		var r row
+		var written bool
+		var now time.Time
+		err := db.QueryRow(ctx, s.q.begin, p.Scope, p.Key, p.Fingerprint, micros(p.Lease), micros(p.Window), micros(p.Retention)).
+			Scan(append([]any{&written, &now}, r.dest()...)...)
+		found := true
+		if errors.Is(err, pgx.ErrNoRows) {
+			found = false
+		} else if err != nil {
+			return nil, wrapErr("begin", err)
+		}
+		if written {
+			rec := r.record()
+			return &idem.BeginResult{Decision: idem.Acquired, Record: rec, Takeover: r.takeover}, nil
+		}
+		if found {
+			if res := decide(r.record(), p.Fingerprint, now); res != nil {
+				return res, nil
+			}
+		}
+		// The insert met a row this statement's snapshot could not see
+		// (committed by a concurrent Begin after the snapshot): read it
+		// with a fresh snapshot.
+		r = row{}
+		err = db.QueryRow(ctx, s.q.get+`, clock_timestamp()`+s.q.getFrom, p.Scope, p.Key).Scan(append(r.dest(), &now)...)
+		if err != nil && !errors.Is(err, pgx.ErrNoRows) {
+			return nil, wrapErr("begin", err)
+		}
+		if err == nil {
+			if res := decide(r.record(), p.Fingerprint, now); res != nil {
+				return res, nil
+			}
+		}
+	}
+	return nil, fmt.Errorf("pgstore: begin %s/%s: the key kept changing hands; try again", p.Scope, p.Key)
+}
+
+// decide answers a Begin that wrote nothing from the record it read at
+// now, by the rules of internal/transition.Begin; nil means the key is
+// free to acquire after all.
+func decide(rec *idem.Record, fingerprint string, now time.Time) *idem.BeginResult {
+	live := rec.State == idem.StatePending || (rec.State == idem.StateCompleted && now.Before(rec.Expires))
+	switch {
+	case !live:
+		return nil
+	case rec.Fingerprint != fingerprint:
+		return &idem.BeginResult{Decision: idem.Mismatch}
+	case rec.State == idem.StateCompleted:
+		return &idem.BeginResult{Decision: idem.Replay, Record: rec}
+	case now.Before(rec.LeaseUntil):
+		return &idem.BeginResult{Decision: idem.InFlight, Record: rec, RetryAfter: rec.LeaseUntil.Sub(now)}
+	}
+	return nil
+}
+
+// Complete implements idem.Store; see CompleteTx.
+func (s *Store) Complete(ctx context.Context, p *idem.CompleteParams) (*idem.Record, error) {
+	return s.CompleteTx(ctx, nil, p)
+}
+
+// CompleteTx is Complete run on the caller's transaction: the outcome is
+// stored iff the transaction commits. One conditional UPDATE on the token.
+func (s *Store) CompleteTx(ctx context.Context, tx pgx.Tx, p *idem.CompleteParams) (*idem.Record, error) {
+	if err := p.Validate(); err != nil {
+		return nil, err
+	}
+	if err := s.check(); err != nil {
+		return nil, err
+	}
+	data := p.Outcome.Data
+	if data == nil {
+		data = []byte{}
+	}
+	var meta []byte
+	if p.Outcome.Meta != nil {
+		var err error
+		if meta, err = json.Marshal(p.Outcome.Meta); err != nil {
+			return nil, fmt.Errorf("%w: outcome meta: %v", idem.ErrInvalid, err)
+		}
+	}
+	rec, err := s.ownerUpdate(ctx, s.db(tx), "complete", s.q.complete, p.Scope, p.Key, p.Token, data, meta)
+	if err != nil {
+		return nil, err
+	}
+	rec.Outcome = &idem.Outcome{Data: append([]byte{}, data...)}
+	if p.Outcome.Meta != nil {
+		rec.Outcome.Meta = make(map[string]string, len(p.Outcome.Meta))
+		for k, v := range p.Outcome.Meta {
+			rec.Outcome.Meta[k] = v
+		}
+	}
+	return rec, nil
+}
+
+// Release implements idem.Store; see ReleaseTx.
+func (s *Store) Release(ctx context.Context, p *idem.ReleaseParams) error {
+	return s.ReleaseTx(ctx, nil, p)
+}
+
+// ReleaseTx is Release run on the caller's transaction.
+func (s *Store) ReleaseTx(ctx context.Context, tx pgx.Tx, p *idem.ReleaseParams) error {
+	if err := p.Validate(); err != nil {
+		return err
+	}
+	if err := s.check(); err != nil {
+		return err
+	}
+	_, err := s.ownerUpdate(ctx, s.db(tx), "release", s.q.release, p.Scope, p.Key, p.Token)
+	return err
+}
+
+// Extend implements idem.Store.
+func (s *Store) Extend(ctx context.Context, p *idem.ExtendParams) (*idem.Record, error) {
+	if err := p.Validate(); err != nil {
+		return nil, err
+	}
+	if err := s.check(); err != nil {
+		return nil, err
+	}
+	return s.ownerUpdate(ctx, s.pool, "extend", s.q.extend, p.Scope, p.Key, p.Token, micros(p.Lease))
+}
+
+// Checkpoint implements idem.Store.
+func (s *Store) Checkpoint(ctx context.Context, p *idem.CheckpointParams) error {
+	if err := p.Validate(); err != nil {
+		return err
+	}
+	if err := s.check(); err != nil {
+		return err
+	}
+	data := p.Data
+	if data == nil {
+		data = []byte{}
+	}
+	_, err := s.ownerUpdate(ctx, s.pool, "checkpoint", s.q.checkpoint, p.Scope, p.Key, p.Token, p.Point, data)
+	return err
+}
+
+// ownerUpdate runs one of the conditional updates on the owner's token. The
+// statement returns the updated row, or, when the token is not the
+// pending owner's, the row as it stands, which says why.
+func (s *Store) ownerUpdate(ctx context.Context, db querier, op, sql, scope, key string, token int64, args ...any) (*idem.Record, error) {
+	var r row
+	var updated bool
+	err := db.QueryRow(ctx, sql, append([]any{scope, key, token}, args...)...).Scan(append([]any{&updated}, r.dest()...)...)
+	switch {
+	case errors.Is(err, pgx.ErrNoRows):
+		return nil, fmt.Errorf("%w: %s: no record for the key", idem.ErrLeaseLost, op)
+	case err != nil:
+		return nil, wrapErr(op, err)
+	case updated:
+		return r.record(), nil
+	case r.token == token && r.state == string(idem.StatePending):
+		// The snapshot still shows the token as the pending owner, so the
+		// row changed after it (a concurrent Complete or Release of the
+		// same token won): read the row as it is now to say why.
+		r = row{}
+		err = db.QueryRow(ctx, s.q.get+s.q.getFrom, scope, key).Scan(r.dest()...)
+		if errors.Is(err, pgx.ErrNoRows) {
+			return nil, fmt.Errorf("%w: %s: no record for the key", idem.ErrLeaseLost, op)
+		} else if err != nil {
+			return nil, wrapErr(op, err)
+		}
+	}
+	switch {
+	case r.token != token:
+		return nil, fmt.Errorf("%w: %s: token %d is not current", idem.ErrLeaseLost, op, token)
+	case r.state == string(idem.StateCompleted):
+		return nil, fmt.Errorf("%w: %s: token %d", idem.ErrCompleted, op, token)
+	}
+	return nil, fmt.Errorf("%w: %s: token %d was released", idem.ErrLeaseLost, op, token)
+}
+
+// Get implements idem.Store.
+func (s *Store) Get(ctx context.Context, p *idem.KeyParams) (*idem.Record, error) {
+	if err := p.Validate(); err != nil {
+		return nil, err
+	}
+	if err := s.check(); err != nil {
+		return nil, err
+	}
+	var r row
+	err := s.pool.QueryRow(ctx, s.q.get+s.q.getFrom, p.Scope, p.Key).Scan(r.dest()...)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return nil, fmt.Errorf("%w: scope %q", idem.ErrNotFound, p.Scope)
+	}
+	if err != nil {
+		return nil, wrapErr("get", err)
+	}
+	return r.record(), nil
+}
+
+// Delete implements idem.Store.
+func (s *Store) Delete(ctx context.Context, p *idem.KeyParams) error {
+	if err := p.Validate(); err != nil {
+		return err
+	}
+	if err := s.check(); err != nil {
+		return err
+	}
+	tag, err := s.pool.Exec(ctx, s.q.delete, p.Scope, p.Key)
+	if err != nil {
+		return wrapErr("delete", err)
+	}
+	if tag.RowsAffected() == 0 {
+		return fmt.Errorf("%w: scope %q", idem.ErrNotFound, p.Scope)
+	}
+	return nil
+}
+
+// Sweep implements idem.Store: batches of at most 10000 records, each its
+// own short DELETE walking the retain_until index from its oldest end.
+func (s *Store) Sweep(ctx context.Context, p *idem.SweepParams) (*idem.SweepResult, error) {
+	if err := p.Validate(); err != nil {
+		return nil, err
+	}
+	if err := s.check(); err != nil {
+		return nil, err
+	}
+	res := &idem.SweepResult{}
+	for {
+		batch := sweepBatch
+		if p.Limit > 0 {
+			batch = min(batch, p.Limit-res.Deleted)
+		}
+		if batch <= 0 {
+			return res, nil
+		}
+		tag, err := s.pool.Exec(ctx, s.q.sweep, batch)
+		if err != nil {
+			return res, wrapErr("sweep", err)
+		}
+		res.Deleted += int(tag.RowsAffected())
+		if int(tag.RowsAffected()) < batch {
+			return res, nil
+		}
+	}
+}
+
+// List implements idem.Lister. The cursor is the last key of the page.
+func (s *Store) List(ctx context.Context, p *idem.ListParams) (*idem.ListResult, error) {
+	if err := p.Validate(); err != nil {
+		return nil, err
+	}
+	if err := s.check(); err != nil {
+		return nil, err
+	}
+	rows, err := s.pool.Query(ctx, s.q.list, p.Scope, p.Cursor, string(p.State), p.Limit+1)
+	if err != nil {
+		return nil, wrapErr("list", err)
+	}
+	defer rows.Close()
+	res := &idem.ListResult{}
+	for rows.Next() {
+		var r row
+		if err := rows.Scan(r.dest()...); err != nil {
+			return nil, wrapErr("list", err)
+		}
+		if len(res.Records) == p.Limit {
+			res.NextCursor = res.Records[len(res.Records)-1].Key
+			break
+		}
+		res.Records = append(res.Records, r.record())
+	}
+	if err := rows.Err(); err != nil {
+		return nil, wrapErr("list", err)
+	}
+	return res, nil
+}
+
+// Size implements idem.Sizer with an exact count, a scan of the primary
+// key: cheap for millions of records, seconds at a hundred million.
+func (s *Store) Size(ctx context.Context) (int64, error) {
+	if err := s.check(); err != nil {
+		return 0, err
+	}
+	var n int64
+	err := s.pool.QueryRow(ctx, s.q.size).Scan(&n)
+	return n, wrapErr("size", err)
+}
+
+func (s *Store) db(tx pgx.Tx) querier {
+	if tx != nil {
+		return tx
+	}
+	return s.pool
+}
+
+// micros is d in whole microseconds, rounded up so that a positive lease
+// never becomes zero.
+func micros(d time.Duration) int64 {
+	us := int64(d / time.Microsecond)
+	if d%time.Microsecond > 0 {
+		us++
+	}
+	return us
+}

@@ -1,0 +1,183 @@
+package pgstore
+
+import (
+	"encoding/json"
+	"strings"
+	"time"
+
+	"github.com/idemkit/idem"
+)
+
+// columns are the record's columns in the order row.dest scans them.
+const columns = `scope, key, fingerprint, state, token, attempts, lease_until, checkpoint_point, checkpoint_data,
+	outcome_data, outcome_meta, created, completed, expires, retain_until, window_us, retention_us, takeover`
+
+// statements are the store's SQL with its schema filled in. Each is one
+// round trip.
+type statements struct {
+	begin, get, getFrom, complete, release, extend, checkpoint, delete, sweep, list, size string
+}
+
+// us turns a microsecond count into an interval.
+const us = ` * interval '1 microsecond'`
+
+// beginSQL decides a Begin in one statement.
+//
+//   - cur reads the key in the statement's snapshot; now is read once.
+//   - ins inserts a fresh pending row only when cur does not hold the key
+//     (held: a pending row with another fingerprint or a live lease, or a
+//     completed row within its window). So a replay, an in-flight answer and
+//     a mismatch write nothing: no row lock, no transaction id, no WAL.
+//   - When the key has a row after all (released, expired, a lease run out,
+//     or one committed by a concurrent Begin after the snapshot), ON
+//     CONFLICT sees its latest version and takes it over only when the
+//     rules allow, judged again on that version.
+//   - The final SELECT returns the written row, or else cur. When ins met a
+//     row cur could not see, what comes back is stale or nothing, and Go
+//     reads the row again with a fresh snapshot (the rare second round
+//     trip).
+const beginSQL = `WITH now AS MATERIALIZED (SELECT clock_timestamp() AS t),
+cur AS MATERIALIZED (SELECT * FROM {s}.records WHERE scope = $1 AND key = $2),
+ins AS (
+	INSERT INTO {s}.records AS r (scope, key, fingerprint, state, token, attempts, lease_until, created,
+		retain_until, window_us, retention_us, takeover)
+	SELECT $1, $2, $3, 'pending', nextval('{s}.tokens'), 1, now.t + $4::bigint` + us + `, now.t,
+		now.t + ($4::bigint + $5::bigint)` + us + `, $5::bigint, $6::bigint, false
+	FROM now
+	WHERE NOT EXISTS (SELECT 1 FROM cur WHERE
+		(cur.state = 'pending' AND (cur.fingerprint <> $3 OR cur.lease_until > now.t))
+		OR (cur.state = 'completed' AND cur.expires > now.t))
+	ON CONFLICT (scope, key) DO UPDATE SET
+		fingerprint = EXCLUDED.fingerprint,
+		state = 'pending',
+		token = EXCLUDED.token,
+		attempts = CASE WHEN r.state = 'completed' THEN 1 ELSE r.attempts + 1 END,
+		created = CASE WHEN r.state = 'completed' THEN EXCLUDED.created ELSE r.created END,
+		checkpoint_point = CASE WHEN r.state = 'pending' THEN r.checkpoint_point END,
+		checkpoint_data = CASE WHEN r.state = 'pending' THEN r.checkpoint_data END,
+		outcome_data = NULL, outcome_meta = NULL, completed = NULL, expires = NULL,
+		lease_until = EXCLUDED.lease_until, retain_until = EXCLUDED.retain_until,
+		window_us = EXCLUDED.window_us, retention_us = EXCLUDED.retention_us,
+		takeover = (r.state = 'pending')
+	WHERE r.state = 'released'
+		OR (r.state = 'completed' AND r.expires <= EXCLUDED.created)
+		OR (r.state = 'pending' AND r.lease_until <= EXCLUDED.created AND r.fingerprint = EXCLUDED.fingerprint)
+	RETURNING ` + columns + `
+)
+SELECT true, (SELECT t FROM now), ` + columns + ` FROM ins
+UNION ALL
+SELECT false, (SELECT t FROM now), scope, key, fingerprint, state, token, attempts, lease_until, checkpoint_point,
+	checkpoint_data, CASE WHEN fingerprint = $3 THEN outcome_data END, CASE WHEN fingerprint = $3 THEN outcome_meta END,
+	created, completed, expires, retain_until, window_us, retention_us, takeover
+FROM cur WHERE NOT EXISTS (SELECT 1 FROM ins)`
+
+// ownedSQL is a conditional update on the owner's token: set applies only
+// to the pending row holding $3. Otherwise the row is returned as it
+// stands (without its outcome) so the caller can say why.
+func ownedSQL(set string) string {
+	return `WITH now AS MATERIALIZED (SELECT clock_timestamp() AS t),
+u AS (
+	UPDATE {s}.records r SET ` + set + `
+	FROM now WHERE r.scope = $1 AND r.key = $2 AND r.token = $3 AND r.state = 'pending'
+	RETURNING r.scope, r.key, r.fingerprint, r.state, r.token, r.attempts, r.lease_until, r.checkpoint_point,
+		r.checkpoint_data, NULL::bytea, NULL::json, r.created, r.completed, r.expires, r.retain_until,
+		r.window_us, r.retention_us, r.takeover
+)
+SELECT true, * FROM u
+UNION ALL
+SELECT false, scope, key, fingerprint, state, token, attempts, lease_until, NULL, NULL, NULL, NULL,
+	created, completed, expires, retain_until, window_us, retention_us, takeover
+FROM {s}.records WHERE scope = $1 AND key = $2 AND NOT EXISTS (SELECT 1 FROM u)`
+}
+
+func newStatements(schema string) statements {
+	q := statements{
+		begin:   beginSQL,
+		get:     `SELECT ` + columns,
+		getFrom: ` FROM {s}.records WHERE scope = $1 AND key = $2`,
+		complete: ownedSQL(`state = 'completed', completed = now.t, expires = now.t + r.window_us` + us + `,
+		retain_until = now.t + greatest(r.window_us, r.retention_us)` + us + `,
+		checkpoint_point = NULL, checkpoint_data = NULL, outcome_data = $4, outcome_meta = $5`),
+		release: ownedSQL(`state = 'released', fingerprint = '', lease_until = now.t, expires = now.t,
+		retain_until = now.t + r.window_us` + us + `, checkpoint_point = NULL, checkpoint_data = NULL, takeover = false`),
+		extend: ownedSQL(`lease_until = now.t + $4::bigint` + us + `,
+		retain_until = now.t + ($4::bigint + r.window_us)` + us),
+		checkpoint: ownedSQL(`checkpoint_point = $4, checkpoint_data = $5`),
+		delete:     `DELETE FROM {s}.records WHERE scope = $1 AND key = $2`,
+		// A pending row is sweepable only with its lease over; its
+		// retain_until (lease end + window) already says so, the second
+		// condition keeps the rule explicit.
+		sweep: `WITH now AS MATERIALIZED (SELECT clock_timestamp() AS t),
+doomed AS (
+	SELECT scope, key FROM {s}.records, now
+	WHERE retain_until <= now.t AND NOT (state = 'pending' AND lease_until > now.t)
+	ORDER BY retain_until LIMIT $1
+	FOR UPDATE OF records SKIP LOCKED
+)
+DELETE FROM {s}.records r USING doomed d WHERE r.scope = d.scope AND r.key = d.key`,
+		list: `SELECT ` + columns + ` FROM {s}.records
+WHERE scope = $1 AND key > $2 AND ($3 = '' OR state = $3) ORDER BY key LIMIT $4`,
+		size: `SELECT count(*) FROM {s}.records`,
+	}
+	for _, p := range []*string{&q.begin, &q.getFrom, &q.complete, &q.release, &q.extend, &q.checkpoint, &q.delete, &q.sweep, &q.list, &q.size} {
+		*p = strings.ReplaceAll(*p, "{s}", schema)
+	}
+	return q
+}
+
+// row is a record as the statements return it.
+type row struct {
+	scope, key, fingerprint, state string
+	token                          int64
+	attempts                       int32
+	leaseUntil, created, retain    time.Time
+	completed, expires             *time.Time
+	point                          *string
+	checkpoint, data, meta         []byte
+	window, retention              int64
+	takeover                       bool
+}
+
+func (r *row) dest() []any {
+	return []any{&r.scope, &r.key, &r.fingerprint, &r.state, &r.token, &r.attempts, &r.leaseUntil, &r.point,
+		&r.checkpoint, &r.data, &r.meta, &r.created, &r.completed, &r.expires, &r.retain, &r.window, &r.retention, &r.takeover}
+}
+
+func (r *row) record() *idem.Record {
+	rec := &idem.Record{
+		Scope: r.scope, Key: r.key, Fingerprint: r.fingerprint, State: idem.State(r.state),
+		Token: r.token, Attempts: int(r.attempts), LeaseUntil: r.leaseUntil, Created: r.created,
+		RetainUntil: r.retain, Window: time.Duration(r.window) * time.Microsecond,
+		Retention: time.Duration(r.retention) * time.Microsecond,
+	}
+	if r.completed != nil {
+		rec.Completed = *r.completed
+	}
+	if r.expires != nil {
+		rec.Expires = *r.expires
+	}
+	if r.point != nil {
+		rec.Checkpoint = &idem.Checkpoint{Point: *r.point, Data: r.checkpoint}
+		if rec.Checkpoint.Data == nil {
+			rec.Checkpoint.Data = []byte{}
+		}
+	}
+	if rec.State == idem.StateCompleted && r.data != nil {
+		rec.Outcome = &idem.Outcome{Data: r.data, Meta: decodeMeta(r.meta)}
+	}
+	return rec
+}
+
+// decodeMeta reads outcome metadata as the store wrote it (a JSON object
+// of strings). What it cannot read it drops rather than fail a replay:
+// only a hand-edited row can hold it.
+func decodeMeta(b []byte) map[string]string {
+	if len(b) == 0 {
+		return nil
+	}
+	var m map[string]string
+	if json.Unmarshal(b, &m) != nil {
+		return nil
+	}
+	return m
+}
