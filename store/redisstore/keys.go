@@ -1,0 +1,81 @@
+package redisstore
+
+import (
+	"fmt"
+	"hash/fnv"
+	"strings"
+)
+
+// shards is how many hash tags the records of one prefix are spread over.
+// A scope lives in one shard, chosen by a hash of the scope; it is part of
+// the layout, so changing it would lose records (see the package doc).
+const shards = 64
+
+// keys are the Redis keys one script touches for one record. They share the
+// hash tag of the record's shard, so they map to one cluster slot.
+type keys struct {
+	record string // hash: the record
+	list   string // sorted set: the scope's keys, score 0, for List
+	expiry string // sorted set: the shard's records by RetainUntil (µs), for Sweep and Size
+	token  string // counter: the shard's last fencing token; never expires
+	member string // the record's member in the expiry set: escaped scope, ':', key
+}
+
+// escapeScope makes a scope safe inside a key: it holds no ':' (which ends
+// the scope part) and no braces (which would move the hash tag). '%' is
+// escaped too, so the encoding is injective.
+var scopeEscaper = strings.NewReplacer("%", "%25", ":", "%3A", "{", "%7B", "}", "%7D")
+
+func escapeScope(scope string) string { return scopeEscaper.Replace(scope) }
+
+// shardOf picks the shard of a scope.
+func shardOf(scope string) int {
+	h := fnv.New32a()
+	h.Write([]byte(scope))
+	return int(h.Sum32() % shards)
+}
+
+// tag is the common beginning of every key of one shard: PREFIX:{hh}:
+func tag(prefix string, shard int) string { return fmt.Sprintf("%s:{%02x}:", prefix, shard) }
+
+// keysOf returns the keys of the record (scope, key). Layout:
+//
+//	PREFIX:{hh}:r:SCOPE:KEY   the record (a hash)
+//	PREFIX:{hh}:l:SCOPE       the scope's list index
+//	PREFIX:{hh}:x             the shard's expiry index
+//	PREFIX:{hh}:t             the shard's token counter
+//
+// SCOPE is the escaped scope (no ':', '{' or '}'); KEY is the raw key, the
+// rest of the string.
+func keysOf(prefix, scope, key string) keys {
+	t := tag(prefix, shardOf(scope))
+	esc := escapeScope(scope)
+	member := esc + ":" + key
+	return keys{
+		record: t + "r:" + member,
+		list:   t + "l:" + esc,
+		expiry: t + "x",
+		token:  t + "t",
+		member: member,
+	}
+}
+
+// keysOfMember returns the keys of the record an expiry-index member of
+// shard names, and its raw key.
+func keysOfMember(prefix string, shard int, member string) (keys, string, error) {
+	esc, key, ok := strings.Cut(member, ":")
+	if !ok || esc == "" || key == "" {
+		return keys{}, "", fmt.Errorf("redisstore: malformed expiry index member %q in shard %d", member, shard)
+	}
+	t := tag(prefix, shard)
+	return keys{
+		record: t + "r:" + member,
+		list:   t + "l:" + esc,
+		expiry: t + "x",
+		token:  t + "t",
+		member: member,
+	}, key, nil
+}
+
+// expiryKey is the expiry index of a shard.
+func expiryKey(prefix string, shard int) string { return tag(prefix, shard) + "x" }

@@ -1,0 +1,9 @@
+package redisstore
+
+import (
+	"testing"
+
+	"github.com/idemkit/idem/internal/leakcheck"
+)
+
+func TestMain(m *testing.M) { leakcheck.Main(m) }

@@ -1,0 +1,682 @@
+package redisstore
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/idemkit/idem"
+)
+
+// ErrNotDurable: a write took effect on the Redis primary, but the
+// acknowledgement Config asks for (WAIT, WAITAOF) did not come: the change
+// may be lost if the primary fails before it reaches a replica or its
+// append-only file. The method returns its usual result beside the error.
+var ErrNotDurable = errors.New("redisstore: write not confirmed durable")
+
+// DefaultPrefix begins every key of a store whose Config.Prefix is empty.
+const DefaultPrefix = "idem"
+
+// DefaultWaitTimeout bounds WAIT and WAITAOF when waiting is on and
+// Config.WaitTimeout is zero.
+const DefaultWaitTimeout = time.Second
+
+// Config configures a Store. A nil *Config means defaults.
+type Config struct {
+	// Prefix begins every key the store writes, so several ledgers (or a
+	// ledger and other data) can share a server. Default "idem". It must not
+	// contain '{' or '}' (they would move the cluster hash tag).
+	Prefix string
+
+	// WaitReplicas, when positive, makes every write wait (WAIT) until that
+	// many replicas acknowledged it, for at most WaitTimeout; when fewer do,
+	// the method returns an error wrapping ErrNotDurable.
+	WaitReplicas int
+
+	// WaitAOF makes every write wait (WAITAOF 1 WaitReplicas) until the
+	// primary, and WaitReplicas replicas, fsynced it to their append-only
+	// file. It needs Redis 7.2 or later with appendonly yes; Open fails on
+	// an older server with an error wrapping idem.ErrNotImplemented.
+	WaitAOF bool
+
+	// WaitTimeout bounds each wait. Default DefaultWaitTimeout when
+	// WaitReplicas or WaitAOF asks for a wait. Set on its own (with
+	// WaitReplicas 0), it sends WAIT 0, which confirms nothing: it only
+	// exercises the path.
+	WaitTimeout time.Duration
+}
+
+// Store is an idem.Store, idem.Lister and idem.Sizer on Redis. It is safe
+// for concurrent use. See the package doc for the layout and durability.
+type Store struct {
+	client redis.UniversalClient
+	owned  bool // Close closes the client
+	prefix string
+	wait   bool
+	cfg    Config
+	closed atomic.Bool
+}
+
+var (
+	_ idem.Store  = (*Store)(nil)
+	_ idem.Lister = (*Store)(nil)
+	_ idem.Sizer  = (*Store)(nil)
+)
+
+// New returns a Store on client, which the caller keeps and closes. Writes
+// are acknowledged as Redis acknowledges them unless cfg asks for WAIT or
+// WAITAOF (not on a *redis.ClusterClient, whose pipelines may send the wait
+// to another node than the write).
+func New(client redis.UniversalClient, cfg *Config) (*Store, error) {
+	if client == nil {
+		return nil, fmt.Errorf("%w: redisstore.New: client is nil", idem.ErrInvalid)
+	}
+	s := &Store{client: client}
+	if cfg != nil {
+		s.cfg = *cfg
+	}
+	c := &s.cfg
+	if c.Prefix == "" {
+		c.Prefix = DefaultPrefix
+	}
+	switch {
+	case strings.ContainsAny(c.Prefix, "{}"):
+		return nil, fmt.Errorf("%w: redisstore: Config.Prefix %q contains a brace; braces would move the cluster hash tag, choose a prefix without them", idem.ErrInvalid, c.Prefix)
+	case c.WaitReplicas < 0:
+		return nil, fmt.Errorf("%w: redisstore: Config.WaitReplicas is %d; use 0 (no replicas to wait for) or more", idem.ErrInvalid, c.WaitReplicas)
+	case c.WaitTimeout < 0:
+		return nil, fmt.Errorf("%w: redisstore: Config.WaitTimeout is %s; use 0 (the default, %s) or more", idem.ErrInvalid, c.WaitTimeout, DefaultWaitTimeout)
+	}
+	s.prefix = c.Prefix
+	s.wait = c.WaitReplicas > 0 || c.WaitAOF || c.WaitTimeout > 0
+	if s.wait && c.WaitTimeout == 0 {
+		c.WaitTimeout = DefaultWaitTimeout
+	}
+	if rc, ok := client.(*redis.Client); ok && s.wait {
+		if rt := rc.Options().ReadTimeout; rt > 0 && c.WaitTimeout >= rt {
+			return nil, fmt.Errorf("%w: redisstore: Config.WaitTimeout %s is not below the client's ReadTimeout %s: the client would give up on WAIT first; lower the one or raise the other", idem.ErrInvalid, c.WaitTimeout, rt)
+		}
+	}
+	if _, isCluster := client.(*redis.ClusterClient); isCluster && s.wait {
+		return nil, fmt.Errorf("%w: redisstore: WaitReplicas, WaitAOF and WaitTimeout need the wait on the write's own connection, which a cluster client does not promise; use a client per primary or drop the wait", idem.ErrInvalid)
+	}
+	return s, nil
+}
+
+// Open connects to the Redis server at url (redis://, rediss:// or unix://,
+// as redis.ParseURL reads them), checks that it answers, and returns a Store
+// that owns the client: Close closes it. With cfg.WaitAOF it also checks
+// that the server has WAITAOF.
+func Open(ctx context.Context, url string, cfg *Config) (*Store, error) {
+	opts, err := redis.ParseURL(url)
+	if err != nil {
+		return nil, fmt.Errorf("%w: redisstore: %v", idem.ErrInvalid, err)
+	}
+	client := redis.NewClient(opts)
+	s, err := New(client, cfg)
+	if err != nil {
+		client.Close()
+		return nil, err
+	}
+	s.owned = true
+	if err := client.Ping(ctx).Err(); err != nil {
+		client.Close()
+		return nil, fmt.Errorf("redisstore: connect to %s: %w", opts.Addr, err)
+	}
+	if s.cfg.WaitAOF {
+		if err := client.WaitAOF(ctx, 0, 0, 0).Err(); err != nil {
+			client.Close()
+			return nil, waitAOFError(err)
+		}
+	}
+	return s, nil
+}
+
+func waitAOFError(err error) error {
+	if strings.Contains(strings.ToLower(err.Error()), "unknown command") {
+		return fmt.Errorf("%w: redisstore: Config.WaitAOF needs the WAITAOF command (Redis 7.2 or later); the server answered: %v", idem.ErrNotImplemented, err)
+	}
+	return fmt.Errorf("redisstore: WAITAOF: %w", err)
+}
+
+// Close implements idem.Store: later calls fail with idem.ErrClosed. It
+// closes the client only when Open made it.
+func (s *Store) Close() error {
+	if s.closed.Swap(true) || !s.owned {
+		return nil
+	}
+	return s.client.Close()
+}
+
+// check fails once the store is closed.
+func (s *Store) check() error {
+	if s.closed.Load() {
+		return idem.ErrClosed
+	}
+	return nil
+}
+
+// redisErr wraps an error of the client with what the store was doing.
+func (s *Store) redisErr(op string, err error) error {
+	switch {
+	case errors.Is(err, redis.ErrClosed) || s.closed.Load():
+		return fmt.Errorf("redisstore: %s: %w", op, idem.ErrClosed)
+	case errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded):
+		return fmt.Errorf("redisstore: %s: %w", op, err)
+	}
+	return fmt.Errorf("redisstore: %s: redis: %w", op, err)
+}
+
+// run runs a script. Without waiting it is one EVALSHA (EVAL when the
+// server lost the script: after a restart or SCRIPT FLUSH). With waiting
+// the script and the wait go in one pipeline on one connection, and
+// waitErr says whether the wait confirmed the write.
+func (s *Store) run(ctx context.Context, script *redis.Script, keys []string, args ...any) (reply any, waitErr error, err error) {
+	if !s.wait {
+		reply, err = script.Run(ctx, s.client, keys, args...).Result()
+		return reply, nil, err
+	}
+	for attempt := 0; ; attempt++ {
+		pipe := s.client.Pipeline()
+		evalCmd := script.EvalSha(ctx, pipe, keys, args...)
+		waitCmd := s.queueWait(ctx, pipe)
+		_, _ = pipe.Exec(ctx)
+		reply, err = evalCmd.Result()
+		if err != nil && redis.HasErrorPrefix(err, "NOSCRIPT") && attempt == 0 {
+			// The script did not run: load it and send both again.
+			if err := script.Load(ctx, s.client).Err(); err != nil {
+				return nil, nil, err
+			}
+			continue
+		}
+		if err != nil {
+			return nil, nil, err
+		}
+		return reply, s.waitResult(waitCmd), nil
+	}
+}
+
+// queueWait adds WAIT or WAITAOF to a pipeline, after the write it is to
+// confirm: both go on the pipeline's one connection.
+func (s *Store) queueWait(ctx context.Context, pipe redis.Pipeliner) *redis.Cmd {
+	c := &s.cfg
+	ms := c.WaitTimeout.Milliseconds()
+	if c.WaitAOF {
+		return pipe.Do(ctx, "WAITAOF", 1, c.WaitReplicas, ms)
+	}
+	return pipe.Do(ctx, "WAIT", c.WaitReplicas, ms)
+}
+
+// waitResult turns the answer of WAIT or WAITAOF into nil or an error
+// wrapping ErrNotDurable.
+func (s *Store) waitResult(cmd *redis.Cmd) error {
+	c := &s.cfg
+	if c.WaitAOF {
+		acks, err := cmd.Int64Slice()
+		if err != nil {
+			return fmt.Errorf("%w: the write is on the primary, but %w", ErrNotDurable, waitAOFError(err))
+		}
+		if len(acks) != 2 || acks[0] < 1 || acks[1] < int64(c.WaitReplicas) {
+			return fmt.Errorf("%w: the write is on the primary, but WAITAOF within %s confirmed %v (local, replicas) of (1, %d) append-only fsyncs; a crash may lose it",
+				ErrNotDurable, c.WaitTimeout, acks, c.WaitReplicas)
+		}
+		return nil
+	}
+	n, err := cmd.Int64()
+	if err != nil {
+		return fmt.Errorf("%w: the write is on the primary, but WAIT failed: %v", ErrNotDurable, err)
+	}
+	if n < int64(c.WaitReplicas) {
+		return fmt.Errorf("%w: the write is on the primary, but only %d of %d replicas acknowledged it within %s; a failover may lose it",
+			ErrNotDurable, n, c.WaitReplicas, c.WaitTimeout)
+	}
+	return nil
+}
+
+// code reads the code a script replied with, and the rest of the reply.
+func code(reply any) (string, []any, error) {
+	arr, ok := reply.([]any)
+	if !ok || len(arr) == 0 {
+		return "", nil, fmt.Errorf("redisstore: unexpected script reply %T", reply)
+	}
+	c, ok := arr[0].(string)
+	if !ok {
+		return "", nil, fmt.Errorf("redisstore: unexpected script reply code %T", arr[0])
+	}
+	return c, arr[1:], nil
+}
+
+// ownerErr maps a failure code of an owner's operation to a sentinel.
+func ownerErr(c string, token int64) error {
+	switch c {
+	case "gone":
+		return fmt.Errorf("%w: no record for the key", idem.ErrLeaseLost)
+	case "stale":
+		return fmt.Errorf("%w: token %d is not current", idem.ErrLeaseLost, token)
+	case "completed":
+		return fmt.Errorf("%w: token %d", idem.ErrCompleted, token)
+	case "released":
+		return fmt.Errorf("%w: token %d was released", idem.ErrLeaseLost, token)
+	}
+	return fmt.Errorf("redisstore: unexpected script reply code %q", c)
+}
+
+// nowOf reads the server time (µs) a script replied with.
+func nowOf(rest []any) (time.Time, error) {
+	if len(rest) == 0 {
+		return time.Time{}, errors.New("redisstore: script reply without a time")
+	}
+	s, _ := rest[0].(string)
+	n, err := strconv.ParseInt(s, 10, 64)
+	if err != nil {
+		return time.Time{}, fmt.Errorf("redisstore: script reply time %q", s)
+	}
+	return time.UnixMicro(n).UTC(), nil
+}
+
+// Begin implements idem.Store.
+func (s *Store) Begin(ctx context.Context, p *idem.BeginParams) (*idem.BeginResult, error) {
+	if err := p.Validate(); err != nil {
+		return nil, err
+	}
+	if err := s.check(); err != nil {
+		return nil, err
+	}
+	k := keysOf(s.prefix, p.Scope, p.Key)
+	reply, waitErr, err := s.run(ctx, beginScript, []string{k.record, k.list, k.expiry, k.token},
+		k.member, p.Key, p.Fingerprint, micros(p.Lease), micros(p.Window), micros(p.Retention))
+	if err != nil {
+		return nil, s.redisErr("begin", err)
+	}
+	c, rest, err := code(reply)
+	if err != nil {
+		return nil, err
+	}
+	now, err := nowOf(rest)
+	if err != nil {
+		return nil, err
+	}
+	if c == "mismatch" {
+		return &idem.BeginResult{Decision: idem.Mismatch}, nil
+	}
+	rec, err := decodeRecord(p.Scope, p.Key, rest[1:])
+	if err != nil {
+		return nil, err
+	}
+	if rec == nil {
+		return nil, fmt.Errorf("redisstore: begin: the script returned no record")
+	}
+	res := &idem.BeginResult{Record: rec}
+	switch c {
+	case "replay":
+		res.Decision = idem.Replay
+	case "in_flight":
+		res.Decision = idem.InFlight
+		res.RetryAfter = rec.LeaseUntil.Sub(now)
+	case "acquired", "takeover":
+		res.Decision = idem.Acquired
+		res.Takeover = c == "takeover"
+		if waitErr != nil {
+			return res, fmt.Errorf("redisstore: begin acquired token %d: %w", rec.Token, waitErr)
+		}
+	default:
+		return nil, fmt.Errorf("redisstore: begin: unexpected script reply code %q", c)
+	}
+	return res, nil
+}
+
+// owner runs the script of an owner's operation and decodes the record it
+// returns (when it returns one).
+func (s *Store) owner(ctx context.Context, op string, script *redis.Script, keys []string, token int64, scope, key string, args ...any) (*idem.Record, error) {
+	if err := s.check(); err != nil {
+		return nil, err
+	}
+	reply, waitErr, err := s.run(ctx, script, keys, args...)
+	if err != nil {
+		return nil, s.redisErr(op, err)
+	}
+	c, rest, err := code(reply)
+	if err != nil {
+		return nil, err
+	}
+	if c != "ok" {
+		return nil, ownerErr(c, token)
+	}
+	var rec *idem.Record
+	if len(rest) > 1 {
+		if rec, err = decodeRecord(scope, key, rest[1:]); err != nil {
+			return nil, err
+		}
+	}
+	if waitErr != nil {
+		return rec, fmt.Errorf("redisstore: %s: %w", op, waitErr)
+	}
+	return rec, nil
+}
+
+// Complete implements idem.Store.
+func (s *Store) Complete(ctx context.Context, p *idem.CompleteParams) (*idem.Record, error) {
+	if err := p.Validate(); err != nil {
+		return nil, err
+	}
+	k := keysOf(s.prefix, p.Scope, p.Key)
+	rec, err := s.owner(ctx, "complete", completeScript, []string{k.record, k.expiry}, p.Token, p.Scope, p.Key,
+		k.member, p.Token, p.Outcome.Data, encodeMeta(p.Outcome.Meta))
+	if rec != nil {
+		rec.Outcome = &idem.Outcome{Data: append([]byte{}, p.Outcome.Data...)}
+		if len(p.Outcome.Meta) > 0 {
+			rec.Outcome.Meta = make(map[string]string, len(p.Outcome.Meta))
+			for k, v := range p.Outcome.Meta {
+				rec.Outcome.Meta[k] = v
+			}
+		}
+	}
+	return rec, err
+}
+
+// Release implements idem.Store.
+func (s *Store) Release(ctx context.Context, p *idem.ReleaseParams) error {
+	if err := p.Validate(); err != nil {
+		return err
+	}
+	k := keysOf(s.prefix, p.Scope, p.Key)
+	_, err := s.owner(ctx, "release", releaseScript, []string{k.record, k.expiry}, p.Token, p.Scope, p.Key, k.member, p.Token)
+	return err
+}
+
+// Extend implements idem.Store.
+func (s *Store) Extend(ctx context.Context, p *idem.ExtendParams) (*idem.Record, error) {
+	if err := p.Validate(); err != nil {
+		return nil, err
+	}
+	k := keysOf(s.prefix, p.Scope, p.Key)
+	return s.owner(ctx, "extend", extendScript, []string{k.record, k.expiry}, p.Token, p.Scope, p.Key, k.member, p.Token, micros(p.Lease))
+}
+
+// Checkpoint implements idem.Store.
+func (s *Store) Checkpoint(ctx context.Context, p *idem.CheckpointParams) error {
+	if err := p.Validate(); err != nil {
+		return err
+	}
+	k := keysOf(s.prefix, p.Scope, p.Key)
+	_, err := s.owner(ctx, "checkpoint", checkpointScript, []string{k.record}, p.Token, p.Scope, p.Key, p.Token, p.Point, p.Data)
+	return err
+}
+
+// Get implements idem.Store. A record past its RetainUntil may already be
+// gone (Redis expired it) before Sweep runs.
+func (s *Store) Get(ctx context.Context, p *idem.KeyParams) (*idem.Record, error) {
+	if err := p.Validate(); err != nil {
+		return nil, err
+	}
+	if err := s.check(); err != nil {
+		return nil, err
+	}
+	k := keysOf(s.prefix, p.Scope, p.Key)
+	vals, err := s.client.HMGet(ctx, k.record, recordFields...).Result()
+	if err != nil {
+		return nil, s.redisErr("get", err)
+	}
+	rec, err := decodeRecord(p.Scope, p.Key, vals)
+	if err != nil {
+		return nil, err
+	}
+	if rec == nil {
+		return nil, fmt.Errorf("%w: scope %q", idem.ErrNotFound, p.Scope)
+	}
+	return rec, nil
+}
+
+// Delete implements idem.Store.
+func (s *Store) Delete(ctx context.Context, p *idem.KeyParams) error {
+	if err := p.Validate(); err != nil {
+		return err
+	}
+	if err := s.check(); err != nil {
+		return err
+	}
+	k := keysOf(s.prefix, p.Scope, p.Key)
+	reply, waitErr, err := s.run(ctx, deleteScript, []string{k.record, k.list, k.expiry}, k.member, p.Key)
+	if err != nil {
+		return s.redisErr("delete", err)
+	}
+	c, _, err := code(reply)
+	switch {
+	case err != nil:
+		return err
+	case c == "gone":
+		return fmt.Errorf("%w: scope %q", idem.ErrNotFound, p.Scope)
+	case waitErr != nil:
+		return fmt.Errorf("redisstore: delete: %w", waitErr)
+	}
+	return nil
+}
+
+// sweepBatch is how many due entries one round of Sweep reads and removes
+// (one ZRANGEBYSCORE, then one pipeline of per-record scripts).
+const sweepBatch = 1000
+
+// Sweep implements idem.Store. It walks the expiry index of each shard up
+// to the server's time and removes each due record with a script of its
+// own, which checks it again (a live lease is never removed). Records Redis
+// already expired count as removed when their index entries go.
+func (s *Store) Sweep(ctx context.Context, p *idem.SweepParams) (*idem.SweepResult, error) {
+	if err := p.Validate(); err != nil {
+		return nil, err
+	}
+	if err := s.check(); err != nil {
+		return nil, err
+	}
+	now, err := s.client.Time(ctx).Result()
+	if err != nil {
+		return nil, s.redisErr("sweep", err)
+	}
+	max := strconv.FormatInt(now.UnixMicro(), 10)
+	// Which shards have anything due: one pipeline of ZCOUNTs.
+	pipe := s.client.Pipeline()
+	counts := make([]*redis.IntCmd, shards)
+	for i := range shards {
+		counts[i] = pipe.ZCount(ctx, expiryKey(s.prefix, i), "-inf", max)
+	}
+	if _, err := pipe.Exec(ctx); err != nil {
+		return nil, s.redisErr("sweep", err)
+	}
+	res := &idem.SweepResult{}
+	var waitErr error
+	for i := range shards {
+		if counts[i].Val() == 0 {
+			continue
+		}
+		for {
+			batch := int64(sweepBatch)
+			if p.Limit > 0 {
+				batch = min(batch, int64(p.Limit-res.Deleted))
+			}
+			if batch == 0 {
+				return res, waitErr
+			}
+			n, more, werr, err := s.sweepShard(ctx, i, max, batch)
+			res.Deleted += n
+			if err != nil {
+				return res, err
+			}
+			if werr != nil && waitErr == nil {
+				waitErr = fmt.Errorf("redisstore: sweep: %w", werr)
+			}
+			if !more || n == 0 {
+				break
+			}
+		}
+	}
+	return res, waitErr
+}
+
+// sweepShard removes up to batch due records of one shard. more says the
+// batch was full, so more may be due.
+func (s *Store) sweepShard(ctx context.Context, shard int, max string, batch int64) (n int, more bool, waitErr, err error) {
+	members, err := s.client.ZRangeArgs(ctx, redis.ZRangeArgs{Key: expiryKey(s.prefix, shard), Start: "-inf", Stop: max,
+		ByScore: true, Count: batch}).Result()
+	if err != nil {
+		return 0, false, nil, s.redisErr("sweep", err)
+	}
+	if len(members) == 0 {
+		return 0, false, nil, nil
+	}
+	pipe := s.client.Pipeline()
+	cmds := make([]*redis.Cmd, 0, len(members))
+	for _, m := range members {
+		k, key, err := keysOfMember(s.prefix, shard, m)
+		if err != nil {
+			return 0, false, nil, err
+		}
+		cmds = append(cmds, sweepScript.EvalSha(ctx, pipe, []string{k.record, k.list, k.expiry}, m, key))
+	}
+	var waitCmd *redis.Cmd
+	if s.wait {
+		waitCmd = s.queueWait(ctx, pipe)
+	}
+	_, _ = pipe.Exec(ctx)
+	for i, c := range cmds {
+		v, err := c.Int64()
+		if err != nil && redis.HasErrorPrefix(err, "NOSCRIPT") {
+			// The server lost the script: run this one (and load it) again.
+			k, key, _ := keysOfMember(s.prefix, shard, members[i])
+			v, err = sweepScript.Run(ctx, s.client, []string{k.record, k.list, k.expiry}, members[i], key).Int64()
+		}
+		if err != nil {
+			return n, false, nil, s.redisErr("sweep", err)
+		}
+		n += int(v)
+	}
+	if s.wait && n > 0 {
+		waitErr = s.waitResult(waitCmd)
+	}
+	return n, int64(len(members)) == batch, waitErr, nil
+}
+
+// List implements idem.Lister: the records of a scope in key order, read
+// from the scope's index; the cursor is the last key of the previous page.
+// Entries whose record Redis expired are skipped and dropped from the index.
+func (s *Store) List(ctx context.Context, p *idem.ListParams) (*idem.ListResult, error) {
+	if err := p.Validate(); err != nil {
+		return nil, err
+	}
+	if err := s.check(); err != nil {
+		return nil, err
+	}
+	idx := keysOf(s.prefix, p.Scope, "-")
+	res := &idem.ListResult{}
+	cursor := p.Cursor
+	batch := int64(p.Limit + 1)
+	if p.State != "" {
+		batch = max(batch, 100)
+	}
+	// Collect one more match than the limit, to know whether a next page
+	// exists.
+	var found []*idem.Record
+	for len(found) <= p.Limit {
+		min := "-"
+		if cursor != "" {
+			min = "(" + cursor
+		}
+		keys, err := s.client.ZRangeArgs(ctx, redis.ZRangeArgs{Key: idx.list, Start: min, Stop: "+", ByLex: true, Count: batch}).Result()
+		if err != nil {
+			return nil, s.redisErr("list", err)
+		}
+		if len(keys) == 0 {
+			break
+		}
+		pipe := s.client.Pipeline()
+		cmds := make([]*redis.SliceCmd, len(keys))
+		for i, key := range keys {
+			cmds[i] = pipe.HMGet(ctx, keysOf(s.prefix, p.Scope, key).record, recordFields...)
+		}
+		if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
+			return nil, s.redisErr("list", err)
+		}
+		var gone []string
+		for i, key := range keys {
+			rec, err := decodeRecord(p.Scope, key, cmds[i].Val())
+			if err != nil {
+				return nil, err
+			}
+			if rec == nil {
+				gone = append(gone, key)
+				continue
+			}
+			if p.State == "" || rec.State == p.State {
+				found = append(found, rec)
+				if len(found) > p.Limit {
+					break
+				}
+			}
+		}
+		if err := s.drop(ctx, p.Scope, gone); err != nil {
+			return nil, err
+		}
+		cursor = keys[len(keys)-1]
+		if int64(len(keys)) < batch {
+			break
+		}
+	}
+	if len(found) > p.Limit {
+		found = found[:p.Limit]
+		res.NextCursor = found[len(found)-1].Key
+	}
+	res.Records = found
+	return res, nil
+}
+
+// drop removes list entries whose record is gone, each checked again by a
+// script so an entry a concurrent Begin has just renewed stays.
+func (s *Store) drop(ctx context.Context, scope string, gone []string) error {
+	if len(gone) == 0 {
+		return nil
+	}
+	for attempt := 0; ; attempt++ {
+		pipe := s.client.Pipeline()
+		for _, key := range gone {
+			k := keysOf(s.prefix, scope, key)
+			dropScript.EvalSha(ctx, pipe, []string{k.record, k.list}, key)
+		}
+		_, err := pipe.Exec(ctx)
+		if err != nil && redis.HasErrorPrefix(err, "NOSCRIPT") && attempt == 0 {
+			// The server lost the script: load it and try again.
+			if err := dropScript.Load(ctx, s.client).Err(); err != nil {
+				return s.redisErr("list", err)
+			}
+			continue
+		}
+		if err != nil {
+			return s.redisErr("list", err)
+		}
+		return nil
+	}
+}
+
+// Size implements idem.Sizer: the entries of the expiry indexes, one per
+// record. A record Redis has expired counts until Sweep removes its entry.
+func (s *Store) Size(ctx context.Context) (int64, error) {
+	if err := s.check(); err != nil {
+		return 0, err
+	}
+	pipe := s.client.Pipeline()
+	cmds := make([]*redis.IntCmd, shards)
+	for i := range shards {
+		cmds[i] = pipe.ZCard(ctx, expiryKey(s.prefix, i))
+	}
+	if _, err := pipe.Exec(ctx); err != nil {
+		return 0, s.redisErr("size", err)
+	}
+	var n int64
+	for _, c := range cmds {
+		n += c.Val()
+	}
+	return n, nil
+}

@@ -1,0 +1,382 @@
+package redisstore
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/idemkit/idem"
+	"github.com/idemkit/idem/internal/servicetest"
+	"github.com/idemkit/idem/storetest"
+)
+
+var prefixes atomic.Int64
+
+// bundle is what a test of this package needs: a client on the real Redis
+// and a store with a key prefix of its own, whose keys are removed when the
+// test ends.
+type bundle struct {
+	t      testing.TB
+	ctx    context.Context
+	client *redis.Client
+	store  *Store
+	prefix string
+}
+
+// uniquePrefix names a fresh key space for one store.
+func uniquePrefix() string {
+	return fmt.Sprintf("idemtest-%d-%d", time.Now().UnixNano(), prefixes.Add(1))
+}
+
+func setup(t testing.TB, cfg *Config) *bundle {
+	t.Helper()
+	url := servicetest.Redis.Need(t)
+	opts, err := redis.ParseURL(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := &bundle{t: t, ctx: context.Background(), client: redis.NewClient(opts), prefix: uniquePrefix()}
+	t.Cleanup(func() {
+		b.cleanup()
+		b.client.Close()
+	})
+	c := Config{}
+	if cfg != nil {
+		c = *cfg
+	}
+	c.Prefix = b.prefix
+	if b.store, err = New(b.client, &c); err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// cleanup removes every key of the bundle's prefix.
+func (b *bundle) cleanup() {
+	b.t.Helper()
+	iter := b.client.Scan(b.ctx, 0, b.prefix+":*", 1000).Iterator()
+	var batch []string
+	for iter.Next(b.ctx) {
+		batch = append(batch, iter.Val())
+		if len(batch) == 1000 {
+			b.client.Unlink(b.ctx, batch...)
+			batch = batch[:0]
+		}
+	}
+	if err := iter.Err(); err != nil {
+		b.t.Errorf("cleanup of %s: %v", b.prefix, err)
+	}
+	if len(batch) > 0 {
+		b.client.Unlink(b.ctx, batch...)
+	}
+}
+
+// keyCount counts the keys of the bundle's prefix.
+func (b *bundle) keyCount() int {
+	b.t.Helper()
+	n := 0
+	iter := b.client.Scan(b.ctx, 0, b.prefix+":*", 1000).Iterator()
+	for iter.Next(b.ctx) {
+		n++
+	}
+	if err := iter.Err(); err != nil {
+		b.t.Fatal(err)
+	}
+	return n
+}
+
+func TestConformance(t *testing.T) {
+	t.Parallel()
+	storetest.Run(t, func(t *testing.T, _ idem.Clock) idem.Store {
+		return setup(t, nil).store
+	}, &storetest.Options{RealClock: true})
+}
+
+func (b *bundle) acquire(scope, key string, lease, window time.Duration) *idem.Record {
+	b.t.Helper()
+	res, err := b.store.Begin(b.ctx, &idem.BeginParams{Scope: scope, Key: key, Fingerprint: "f", Lease: lease, Window: window})
+	if err != nil {
+		b.t.Fatalf("Begin(%s/%s): %v", scope, key, err)
+	}
+	if res.Decision != idem.Acquired {
+		b.t.Fatalf("Begin(%s/%s): %s, want acquired", scope, key, res.Decision)
+	}
+	return res.Record
+}
+
+// TestScriptFlush: after SCRIPT FLUSH (a restart, a failover to a server
+// that never saw the scripts) every operation loads its script again.
+func TestScriptFlush(t *testing.T) {
+	for _, wait := range []bool{false, true} {
+		t.Run(fmt.Sprintf("wait=%v", wait), func(t *testing.T) {
+			cfg := &Config{}
+			if wait {
+				cfg.WaitTimeout = 100 * time.Millisecond // WAIT 0: the pipeline path
+			}
+			b := setup(t, cfg)
+			flush := func() {
+				t.Helper()
+				if err := b.client.ScriptFlush(b.ctx).Err(); err != nil {
+					t.Fatal(err)
+				}
+			}
+			flush()
+			rec := b.acquire("s", "k", time.Hour, time.Hour)
+			flush()
+			if err := b.store.Checkpoint(b.ctx, &idem.CheckpointParams{Scope: "s", Key: "k", Token: rec.Token, Point: "p"}); err != nil {
+				t.Fatalf("Checkpoint after SCRIPT FLUSH: %v", err)
+			}
+			flush()
+			if _, err := b.store.Extend(b.ctx, &idem.ExtendParams{Scope: "s", Key: "k", Token: rec.Token, Lease: time.Hour}); err != nil {
+				t.Fatalf("Extend after SCRIPT FLUSH: %v", err)
+			}
+			flush()
+			if _, err := b.store.Complete(b.ctx, &idem.CompleteParams{Scope: "s", Key: "k", Token: rec.Token, Outcome: idem.Outcome{Data: []byte("done")}}); err != nil {
+				t.Fatalf("Complete after SCRIPT FLUSH: %v", err)
+			}
+			flush()
+			res, err := b.store.Begin(b.ctx, &idem.BeginParams{Scope: "s", Key: "k", Fingerprint: "f", Lease: time.Hour, Window: time.Hour})
+			if err != nil || res.Decision != idem.Replay || string(res.Record.Outcome.Data) != "done" {
+				t.Fatalf("Begin after SCRIPT FLUSH: %+v, %v; want a replay of done", res, err)
+			}
+			rel := b.acquire("s", "r", time.Hour, time.Hour)
+			flush()
+			if err := b.store.Release(b.ctx, &idem.ReleaseParams{Scope: "s", Key: "r", Token: rel.Token}); err != nil {
+				t.Fatalf("Release after SCRIPT FLUSH: %v", err)
+			}
+			flush()
+			if err := b.store.Delete(b.ctx, &idem.KeyParams{Scope: "s", Key: "r"}); err != nil {
+				t.Fatalf("Delete after SCRIPT FLUSH: %v", err)
+			}
+			b.acquire("s", "due", time.Millisecond, time.Millisecond)
+			waitUntilDue(t, b, 1)
+			flush()
+			if res, err := b.store.Sweep(b.ctx, &idem.SweepParams{}); err != nil || res.Deleted != 1 {
+				t.Fatalf("Sweep after SCRIPT FLUSH: %+v, %v; want 1 removed", res, err)
+			}
+		})
+	}
+}
+
+// waitUntilDue polls the server's clock until n records of the store are
+// due in its expiry index.
+func waitUntilDue(t *testing.T, b *bundle, n int64) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		now, err := b.client.Time(b.ctx).Result()
+		if err != nil {
+			t.Fatal(err)
+		}
+		var due int64
+		for i := range shards {
+			due += b.client.ZCount(b.ctx, expiryKey(b.prefix, i), "-inf", fmt.Sprint(now.UnixMicro())).Val()
+		}
+		if due >= n {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("waited too long for %d records to come due (%d are)", n, due)
+		}
+		<-time.After(5 * time.Millisecond)
+	}
+}
+
+// TestTTLAndList: every record carries a Redis expiry at its RetainUntil,
+// the expiry index agrees, and List skips (and drops from its index) a
+// record Redis expired before Sweep came, which Sweep then counts.
+func TestTTLAndList(t *testing.T) {
+	t.Parallel()
+	b := setup(t, nil)
+	ctx := b.ctx
+	check := func(key string) {
+		t.Helper()
+		rec, err := b.store.Get(ctx, &idem.KeyParams{Scope: "s", Key: key})
+		if err != nil {
+			t.Fatal(err)
+		}
+		k := keysOf(b.prefix, "s", key)
+		at, err := b.client.PExpireTime(ctx, k.record).Result()
+		if err != nil {
+			t.Fatal(err)
+		}
+		wantMs := (rec.RetainUntil.UnixMicro() + 999) / 1000
+		if at.Milliseconds() != wantMs {
+			t.Errorf("%s (%s): Redis expiry at %d ms, want RetainUntil %s rounded up = %d ms", key, rec.State, at.Milliseconds(), rec.RetainUntil, wantMs)
+		}
+		score, err := b.client.ZScore(ctx, k.expiry, k.member).Result()
+		if err != nil || int64(score) != rec.RetainUntil.UnixMicro() {
+			t.Errorf("%s: expiry index score %v (%v), want %d", key, score, err, rec.RetainUntil.UnixMicro())
+		}
+	}
+	rec := b.acquire("s", "a", time.Hour, 2*time.Hour)
+	check("a")
+	if _, err := b.store.Extend(ctx, &idem.ExtendParams{Scope: "s", Key: "a", Token: rec.Token, Lease: 3 * time.Hour}); err != nil {
+		t.Fatal(err)
+	}
+	check("a")
+	if _, err := b.store.Complete(ctx, &idem.CompleteParams{Scope: "s", Key: "a", Token: rec.Token}); err != nil {
+		t.Fatal(err)
+	}
+	check("a")
+	rel := b.acquire("s", "b", time.Hour, time.Hour)
+	if err := b.store.Release(ctx, &idem.ReleaseParams{Scope: "s", Key: "b", Token: rel.Token}); err != nil {
+		t.Fatal(err)
+	}
+	check("b")
+
+	// A record Redis expires by itself: List no longer shows it, Size still
+	// counts it until Sweep removes its index entry and counts it.
+	b.acquire("s", "c", time.Millisecond, time.Millisecond)
+	k := keysOf(b.prefix, "s", "c")
+	deadline := time.Now().Add(10 * time.Second)
+	for b.client.Exists(ctx, k.record).Val() == 1 {
+		if time.Now().After(deadline) {
+			t.Fatal("Redis did not expire the record")
+		}
+		<-time.After(5 * time.Millisecond)
+	}
+	res, err := b.store.List(ctx, &idem.ListParams{Scope: "s"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var keys []string
+	for _, r := range res.Records {
+		keys = append(keys, r.Key)
+	}
+	if fmt.Sprint(keys) != "[a b]" {
+		t.Errorf("List: %v, want [a b]", keys)
+	}
+	if n := b.client.ZCard(ctx, k.list).Val(); n != 2 {
+		t.Errorf("list index after List: %d entries, want 2 (the expired one dropped)", n)
+	}
+	if n, err := b.store.Size(ctx); err != nil || n != 3 {
+		t.Errorf("Size before Sweep: %d, %v; want 3", n, err)
+	}
+	if sw, err := b.store.Sweep(ctx, &idem.SweepParams{}); err != nil || sw.Deleted != 1 {
+		t.Errorf("Sweep: %+v, %v; want 1 removed (the record Redis expired)", sw, err)
+	}
+	if n, err := b.store.Size(ctx); err != nil || n != 2 {
+		t.Errorf("Size after Sweep: %d, %v; want 2", n, err)
+	}
+	// Deleting everything leaves only the shard's token counter.
+	for _, key := range []string{"a", "b"} {
+		if err := b.store.Delete(ctx, &idem.KeyParams{Scope: "s", Key: key}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := b.keyCount(); n != 1 {
+		t.Errorf("%d keys left after deleting every record, want 1 (the token counter)", n)
+	}
+}
+
+// TestWait: WAIT 0 passes; asking for a replica this server does not have
+// returns the result with an error wrapping ErrNotDurable, and the write is
+// on the server; WAITAOF on Redis 7.0 fails clearly.
+func TestWait(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	t.Run("zero replicas", func(t *testing.T) {
+		t.Parallel()
+		b := setup(t, &Config{WaitTimeout: 100 * time.Millisecond})
+		rec := b.acquire("s", "k", time.Hour, time.Hour)
+		if _, err := b.store.Complete(ctx, &idem.CompleteParams{Scope: "s", Key: "k", Token: rec.Token, Outcome: idem.Outcome{Data: []byte("x")}}); err != nil {
+			t.Fatalf("Complete with WAIT 0: %v", err)
+		}
+	})
+	t.Run("one replica missing", func(t *testing.T) {
+		t.Parallel()
+		b := setup(t, &Config{WaitReplicas: 1, WaitTimeout: 50 * time.Millisecond})
+		if n := b.client.Info(ctx, "replication").Val(); !strings.Contains(n, "connected_slaves:0\r\n") {
+			t.Skipf("the server has replicas: %s", n)
+		}
+		res, err := b.store.Begin(ctx, &idem.BeginParams{Scope: "s", Key: "k", Fingerprint: "f", Lease: time.Hour, Window: time.Hour})
+		if !errors.Is(err, ErrNotDurable) || res == nil || res.Decision != idem.Acquired {
+			t.Fatalf("Begin: %+v, %v; want acquired with an error wrapping ErrNotDurable", res, err)
+		}
+		t.Logf("the error reads: %v", err)
+		rec, err := b.store.Complete(ctx, &idem.CompleteParams{Scope: "s", Key: "k", Token: res.Record.Token, Outcome: idem.Outcome{Data: []byte("x")}})
+		if !errors.Is(err, ErrNotDurable) || rec == nil || rec.State != idem.StateCompleted {
+			t.Fatalf("Complete: %+v, %v; want the completed record with an error wrapping ErrNotDurable", rec, err)
+		}
+		got, err := b.store.Get(ctx, &idem.KeyParams{Scope: "s", Key: "k"})
+		if err != nil || got.State != idem.StateCompleted || string(got.Outcome.Data) != "x" {
+			t.Errorf("Get: %+v, %v; want the write on the primary", got, err)
+		}
+		// A replay writes nothing, so it waits for nothing.
+		if res, err := b.store.Begin(ctx, &idem.BeginParams{Scope: "s", Key: "k", Fingerprint: "f", Lease: time.Hour, Window: time.Hour}); err != nil || res.Decision != idem.Replay {
+			t.Errorf("replay: %+v, %v", res, err)
+		}
+	})
+	t.Run("WAITAOF", func(t *testing.T) {
+		t.Parallel()
+		url := servicetest.Redis.Need(t)
+		b := setup(t, nil)
+		if b.client.Do(ctx, "COMMAND", "INFO", "WAITAOF").String() != "COMMAND INFO WAITAOF: [<nil>]" {
+			t.Skip("the server has WAITAOF (Redis 7.2+): nothing to check")
+		}
+		_, err := Open(ctx, url, &Config{Prefix: b.prefix, WaitAOF: true})
+		if !errors.Is(err, idem.ErrNotImplemented) {
+			t.Fatalf("Open with WaitAOF on a server without it: %v, want an error wrapping idem.ErrNotImplemented", err)
+		}
+		t.Logf("Open says: %v", err)
+		s, err := New(b.client, &Config{Prefix: b.prefix, WaitAOF: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		res, err := s.Begin(ctx, &idem.BeginParams{Scope: "s", Key: "k", Fingerprint: "f", Lease: time.Hour, Window: time.Hour})
+		if !errors.Is(err, ErrNotDurable) || !errors.Is(err, idem.ErrNotImplemented) || res == nil {
+			t.Fatalf("Begin with WaitAOF: %+v, %v; want the result and an error wrapping ErrNotDurable and idem.ErrNotImplemented", res, err)
+		}
+	})
+	t.Run("config", func(t *testing.T) {
+		t.Parallel()
+		client := redis.NewClient(&redis.Options{Addr: "127.0.0.1:1", ReadTimeout: time.Second})
+		defer client.Close()
+		for _, cfg := range []Config{{Prefix: "a{b"}, {Prefix: "a}"}, {WaitReplicas: -1}, {WaitTimeout: -1},
+			{WaitReplicas: 1, WaitTimeout: 2 * time.Second}} {
+			if _, err := New(client, &cfg); !errors.Is(err, idem.ErrInvalid) {
+				t.Errorf("New(%+v): %v, want an error wrapping idem.ErrInvalid", cfg, err)
+			}
+		}
+		cluster := redis.NewClusterClient(&redis.ClusterOptions{Addrs: []string{"127.0.0.1:1"}})
+		defer cluster.Close()
+		if _, err := New(cluster, &Config{WaitReplicas: 1}); !errors.Is(err, idem.ErrInvalid) {
+			t.Errorf("New(cluster, WaitReplicas 1): %v, want an error wrapping idem.ErrInvalid", err)
+		}
+		if _, err := New(nil, nil); !errors.Is(err, idem.ErrInvalid) {
+			t.Errorf("New(nil): %v, want an error wrapping idem.ErrInvalid", err)
+		}
+	})
+}
+
+// TestConnectionError: a server that does not answer gives an error that
+// says what the store was doing, not a panic or a bare network error.
+func TestConnectionError(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	if _, err := Open(ctx, "redis://127.0.0.1:1/0", nil); err == nil {
+		t.Fatal("Open of a closed port succeeded")
+	} else {
+		t.Logf("Open: %v", err)
+	}
+	if _, err := Open(ctx, "http://x", nil); !errors.Is(err, idem.ErrInvalid) {
+		t.Errorf("Open of a non-Redis URL: %v, want an error wrapping idem.ErrInvalid", err)
+	}
+	client := redis.NewClient(&redis.Options{Addr: "127.0.0.1:1", MaxRetries: -1, DialTimeout: 100 * time.Millisecond, DialerRetries: 1})
+	defer client.Close()
+	s, err := New(client, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = s.Begin(ctx, &idem.BeginParams{Scope: "s", Key: "k", Fingerprint: "f", Lease: time.Second, Window: time.Second})
+	if err == nil || !strings.Contains(err.Error(), "redisstore: begin") {
+		t.Errorf("Begin against a closed port: %v, want an error naming redisstore: begin", err)
+	}
+}

@@ -1,0 +1,181 @@
+package redisstore
+
+import "github.com/redis/go-redis/v9"
+
+// The Lua scripts. Each operation on a record is one script, so it is
+// atomic on the server; every key a script touches is passed in KEYS and
+// shares the record's hash tag. Time comes from the server (TIME, in
+// microseconds); Redis 7 replicates a script's effects, not the script, so
+// reading the clock in a writing script is allowed. Numbers are written
+// with '%.0f' because Lua's tostring would round them (%.14g).
+//
+// Replies are tables whose first element is a code: "ok", "acquired",
+// "takeover", "replay", "in_flight", "mismatch", or a failure: "gone" (no
+// record), "stale" (another token), "completed", "released". Records come
+// back as the values of recordFields, in that order (false for an absent
+// field).
+
+// recordFields are the hash fields of a record, in the order the scripts
+// return them. The last two (outcome data and meta) are only returned where
+// the caller needs them.
+var recordFields = []string{"s", "f", "t", "a", "lu", "cr", "co", "ex", "ru", "w", "re", "cp", "cd", "od", "om"}
+
+const luaPrelude = `
+local function now_us()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000000 + tonumber(t[2])
+end
+local function num(x) return string.format('%.0f', x) end
+local FIELDS = {'s','f','t','a','lu','cr','co','ex','ru','w','re','cp','cd','od','om'}
+local SMALL = {'s','f','t','a','lu','cr','co','ex','ru','w','re','cp','cd'}
+local function reply(code, now, key, fields)
+  local r = redis.call('HMGET', key, unpack(fields))
+  table.insert(r, 1, num(now))
+  table.insert(r, 1, code)
+  return r
+end
+-- retain: the record expires (Redis TTL) and is due in the expiry index at
+-- ru, in microseconds; Redis keeps the TTL in milliseconds, rounded up.
+local function retain(rec, expiry, member, ru)
+  redis.call('PEXPIREAT', rec, num(math.ceil(ru / 1000)))
+  redis.call('ZADD', expiry, num(ru), member)
+end
+-- owned checks that token is the current owner; nil when it is.
+local function owned(cur, token)
+  if not cur[1] then return 'gone' end
+  if cur[2] ~= token then return 'stale' end
+  if cur[1] == 'c' then return 'completed' end
+  if cur[1] ~= 'p' then return 'released' end
+  return nil
+end
+`
+
+// KEYS: record, list, expiry, token. ARGV: member, key, fingerprint,
+// lease µs, window µs, retention µs.
+var beginScript = redis.NewScript(luaPrelude + `
+local now = now_us()
+local cur = redis.call('HMGET', KEYS[1], 's', 'f', 't', 'a', 'lu', 'ex', 'cr')
+local st = cur[1]
+local live = st == 'p' or (st == 'c' and now < tonumber(cur[6]))
+if live then
+  if cur[2] ~= ARGV[3] then return {'mismatch', num(now)} end
+  if st == 'c' then return reply('replay', now, KEYS[1], FIELDS) end
+  if now < tonumber(cur[5]) then return reply('in_flight', now, KEYS[1], SMALL) end
+end
+local tok = redis.call('INCR', KEYS[4])
+local prev = tonumber(cur[3])
+if prev and tok <= prev then
+  -- The counter was lost (deleted by hand, evicted): never hand out a
+  -- token twice.
+  tok = prev + 1
+  redis.call('SET', KEYS[4], num(tok))
+end
+local lu = now + tonumber(ARGV[4])
+local ru = lu + tonumber(ARGV[5])
+local code = 'acquired'
+if live then
+  -- Pending with an expired lease: take over, keeping the checkpoint.
+  code = 'takeover'
+  redis.call('HSET', KEYS[1], 't', num(tok), 'a', num(tonumber(cur[4]) + 1), 'lu', num(lu), 'ru', num(ru), 'w', ARGV[5], 're', ARGV[6])
+else
+  local attempts, created = 1, now
+  if st == 'r' then
+    -- Only the attempt count (and creation time) survive a release.
+    attempts = tonumber(cur[4]) + 1
+    created = tonumber(cur[7])
+  end
+  redis.call('DEL', KEYS[1])
+  redis.call('HSET', KEYS[1], 's', 'p', 'f', ARGV[3], 't', num(tok), 'a', num(attempts), 'lu', num(lu), 'cr', num(created), 'ru', num(ru), 'w', ARGV[5], 're', ARGV[6])
+  redis.call('ZADD', KEYS[2], 0, ARGV[2])
+end
+retain(KEYS[1], KEYS[3], ARGV[1], ru)
+return reply(code, now, KEYS[1], SMALL)
+`)
+
+// KEYS: record, expiry. ARGV: member, token, data, meta.
+var completeScript = redis.NewScript(luaPrelude + `
+local cur = redis.call('HMGET', KEYS[1], 's', 't', 'w', 're')
+local e = owned(cur, ARGV[2])
+if e then return {e} end
+local now = now_us()
+local w, re = tonumber(cur[3]), tonumber(cur[4])
+local ru = now + math.max(w, re)
+redis.call('HDEL', KEYS[1], 'cp', 'cd', 'om')
+redis.call('HSET', KEYS[1], 's', 'c', 'co', num(now), 'ex', num(now + w), 'ru', num(ru), 'od', ARGV[3])
+if ARGV[4] ~= '' then redis.call('HSET', KEYS[1], 'om', ARGV[4]) end
+retain(KEYS[1], KEYS[2], ARGV[1], ru)
+return reply('ok', now, KEYS[1], SMALL)
+`)
+
+// KEYS: record, expiry. ARGV: member, token.
+var releaseScript = redis.NewScript(luaPrelude + `
+local cur = redis.call('HMGET', KEYS[1], 's', 't', 'a', 'cr', 'w', 're')
+local e = owned(cur, ARGV[2])
+if e then return {e} end
+local now = now_us()
+local ru = now + tonumber(cur[5])
+redis.call('DEL', KEYS[1])
+redis.call('HSET', KEYS[1], 's', 'r', 't', cur[2], 'a', cur[3], 'cr', cur[4], 'lu', num(now), 'ex', num(now), 'ru', num(ru), 'w', cur[5], 're', cur[6])
+retain(KEYS[1], KEYS[2], ARGV[1], ru)
+return {'ok'}
+`)
+
+// KEYS: record, expiry. ARGV: member, token, lease µs.
+var extendScript = redis.NewScript(luaPrelude + `
+local cur = redis.call('HMGET', KEYS[1], 's', 't', 'w')
+local e = owned(cur, ARGV[2])
+if e then return {e} end
+local now = now_us()
+local lu = now + tonumber(ARGV[3])
+local ru = lu + tonumber(cur[3])
+redis.call('HSET', KEYS[1], 'lu', num(lu), 'ru', num(ru))
+retain(KEYS[1], KEYS[2], ARGV[1], ru)
+return reply('ok', now, KEYS[1], SMALL)
+`)
+
+// KEYS: record. ARGV: token, point, data.
+var checkpointScript = redis.NewScript(luaPrelude + `
+local cur = redis.call('HMGET', KEYS[1], 's', 't')
+local e = owned(cur, ARGV[1])
+if e then return {e} end
+redis.call('HSET', KEYS[1], 'cp', ARGV[2], 'cd', ARGV[3])
+return {'ok'}
+`)
+
+// KEYS: record, list, expiry. ARGV: member, key. The index entries go even
+// when Redis has already expired the record.
+var deleteScript = redis.NewScript(`
+local n = redis.call('DEL', KEYS[1])
+redis.call('ZREM', KEYS[2], ARGV[2])
+redis.call('ZREM', KEYS[3], ARGV[1])
+if n == 0 then return {'gone'} end
+return {'ok'}
+`)
+
+// sweepScript removes one record that is due, with its index entries, and
+// returns 1; or 0 when it is not due (a live lease, a later RetainUntil: the
+// entry is put at the record's RetainUntil) or another sweep took it. A
+// record Redis already expired counts as removed when its entry goes.
+// KEYS: record, list, expiry. ARGV: member, key.
+var sweepScript = redis.NewScript(luaPrelude + `
+local now = now_us()
+local cur = redis.call('HMGET', KEYS[1], 's', 'lu', 'ru')
+if cur[1] then
+  local ru = tonumber(cur[3])
+  if now < ru or (cur[1] == 'p' and now < tonumber(cur[2])) then
+    redis.call('ZADD', KEYS[3], num(ru), ARGV[1])
+    return 0
+  end
+  redis.call('DEL', KEYS[1])
+end
+redis.call('ZREM', KEYS[2], ARGV[2])
+return redis.call('ZREM', KEYS[3], ARGV[1])
+`)
+
+// dropScript removes a list entry whose record Redis has expired (List does
+// it lazily); the expiry entry stays for Sweep to count. KEYS: record, list.
+// ARGV: key.
+var dropScript = redis.NewScript(`
+if redis.call('EXISTS', KEYS[1]) == 0 then return redis.call('ZREM', KEYS[2], ARGV[1]) end
+return 0
+`)
