@@ -1,6 +1,7 @@
 package pebblestore
 
 import (
+	"bytes"
 	"hash/maphash"
 	"sync"
 	"time"
@@ -26,9 +27,29 @@ const (
 // operations that follow Begin (Complete, Release, Extend, Checkpoint)
 // decode it instead of reading Pebble. Only values that are synced enter,
 // and every write of a record first removes its entry.
+//
+// A stripe holds few keys at a time (a handful of owners share it), so the
+// entries are a short slice searched in order: cheaper than a map, and the
+// ref needs no copy.
 type stripe struct {
 	mu      sync.Mutex
-	pending map[string][]byte // ref -> encoded record, as synced; guarded by mu
+	pending []pendingRecord // guarded by mu
+}
+
+// pendingRecord is the encoded record stored under ref, as synced. Both
+// slices belong to the stripe.
+type pendingRecord struct {
+	ref, value []byte
+}
+
+// find returns the index of ref's entry, or -1.
+func (st *stripe) find(ref []byte) int {
+	for i := range st.pending {
+		if bytes.Equal(st.pending[i].ref, ref) {
+			return i
+		}
+	}
+	return -1
 }
 
 // stripeOf returns the stripe that serialises the operations on the record
@@ -41,8 +62,8 @@ func (s *Store) stripeOf(ref []byte) *stripe {
 // index entry: from the stripe's pending records when it is there, else
 // from Pebble. The caller holds st.mu.
 func (st *stripe) load(s *Store, rkey []byte) (*idem.Record, time.Time, error) {
-	if v, ok := st.pending[string(rkey[len(prefixRecord):])]; ok {
-		return decodeRecord(v) // decodeRecord copies: the entry stays intact
+	if i := st.find(rkey[len(prefixRecord):]); i >= 0 {
+		return decodeRecord(st.pending[i].value) // decodeRecord copies: the entry stays intact
 	}
 	return s.read(rkey)
 }
@@ -50,23 +71,25 @@ func (st *stripe) load(s *Store, rkey []byte) (*idem.Record, time.Time, error) {
 // forget drops the entry of ref, before its record is written or deleted.
 // The caller holds st.mu.
 func (st *stripe) forget(ref []byte) {
-	delete(st.pending, string(ref))
+	if i := st.find(ref); i >= 0 {
+		last := len(st.pending) - 1
+		st.pending[i] = st.pending[last]
+		st.pending[last] = pendingRecord{}
+		st.pending = st.pending[:last]
+	}
 }
 
 // remember keeps v, the encoding of rec just synced under ref, when rec is
-// pending and v is small. The caller holds st.mu and owns v.
+// pending and v is small; ref has no entry (put forgot it). The caller
+// holds st.mu and owns ref and v, which nobody changes afterwards.
 func (st *stripe) remember(ref []byte, rec *idem.Record, v []byte) {
 	if rec.State != idem.StatePending || len(v) > pendingMaxValue {
 		return
 	}
-	if st.pending == nil {
-		st.pending = make(map[string][]byte, pendingPerStripe)
-	}
+	e := pendingRecord{ref: ref, value: v}
 	if len(st.pending) >= pendingPerStripe {
-		for k := range st.pending {
-			delete(st.pending, k)
-			break
-		}
+		st.pending[0] = e // full: an arbitrary entry makes room
+		return
 	}
-	st.pending[string(ref)] = v
+	st.pending = append(st.pending, e)
 }
