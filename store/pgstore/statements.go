@@ -15,6 +15,7 @@ const columns = `scope, key, fingerprint, state, token, attempts, lease_until, c
 // statements are the store's SQL with its schema filled in. Each is one
 // round trip.
 type statements struct {
+	schema                                                                                string // quoted
 	begin, get, getFrom, complete, release, extend, checkpoint, delete, sweep, list, size string
 }
 
@@ -92,6 +93,7 @@ FROM {s}.records WHERE scope = $1 AND key = $2 AND NOT EXISTS (SELECT 1 FROM u)`
 
 func newStatements(schema string) statements {
 	q := statements{
+		schema:  schema,
 		begin:   beginSQL,
 		get:     `SELECT ` + columns,
 		getFrom: ` FROM {s}.records WHERE scope = $1 AND key = $2`,

@@ -1,0 +1,205 @@
+package pgstore
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/idemkit/idem"
+	"github.com/jackc/pgx/v5"
+)
+
+func TestMigrateIdempotent(t *testing.T) {
+	t.Parallel()
+	pool := sharedPool(t)
+	schema := freshSchema(t, pool)
+	ctx := context.Background()
+	for range 3 {
+		if err := Migrate(ctx, pool, schema); err != nil {
+			t.Fatal(err)
+		}
+	}
+	rows, err := pool.Query(ctx, `SELECT version, name FROM `+pgx.Identifier{schema}.Sanitize()+`.migrations ORDER BY version`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for rows.Next() {
+		var v int
+		var name string
+		if err := rows.Scan(&v, &name); err != nil {
+			t.Fatal(err)
+		}
+		got = append(got, name)
+	}
+	if rows.Err() != nil {
+		t.Fatal(rows.Err())
+	}
+	if strings.Join(got, ",") != "0001_records" || LatestVersion() != 1 {
+		t.Errorf("migrations table after 3 Migrates: %v (latest %d), want [0001_records] once", got, LatestVersion())
+	}
+}
+
+func TestMigrateConcurrent(t *testing.T) {
+	t.Parallel()
+	pool := sharedPool(t)
+	schema := freshSchema(t, pool)
+	var wg sync.WaitGroup
+	errs := make([]error, 6)
+	gate := make(chan struct{})
+	for i := range errs {
+		wg.Go(func() {
+			<-gate
+			errs[i] = Migrate(context.Background(), pool, schema)
+		})
+	}
+	close(gate)
+	wg.Wait()
+	for i, err := range errs {
+		if err != nil {
+			t.Errorf("Migrate %d of %d at once: %v", i, len(errs), err)
+		}
+	}
+	if v, err := schemaVersion(context.Background(), pool, schema); err != nil || v != LatestVersion() {
+		t.Errorf("version after concurrent Migrates: %d, %v; want %d", v, err, LatestVersion())
+	}
+}
+
+func TestNewRefusesAnUnmigratedSchema(t *testing.T) {
+	t.Parallel()
+	pool := sharedPool(t)
+	schema := freshSchema(t, pool)
+	_, err := New(pool, &Config{Schema: schema})
+	if err == nil || !strings.Contains(err.Error(), "idem migrate") {
+		t.Fatalf("New on an unmigrated schema: %v, want an error that says to run idem migrate", err)
+	}
+	ctx := context.Background()
+	if err := Migrate(ctx, pool, schema); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := New(pool, &Config{Schema: schema}); err != nil {
+		t.Fatalf("New after Migrate: %v", err)
+	}
+	// A schema migrated by a newer build is refused, by both.
+	if _, err := pool.Exec(ctx, `INSERT INTO `+pgx.Identifier{schema}.Sanitize()+`.migrations (version, name) VALUES (999, 'future')`); err != nil {
+		t.Fatal(err)
+	}
+	if err := Migrate(ctx, pool, schema); err == nil || !strings.Contains(err.Error(), "newer") {
+		t.Errorf("Migrate of a newer schema: %v, want a refusal", err)
+	}
+	if _, err := New(pool, &Config{Schema: schema}); err == nil {
+		t.Error("New on a newer schema: no error")
+	}
+}
+
+func TestSchemaNames(t *testing.T) {
+	t.Parallel()
+	for _, bad := range []string{"Idem", "1x", "a-b", `x"; DROP TABLE y; --`, "pg_catalog", strings.Repeat("a", 64), "é"} {
+		if _, err := New(nil, &Config{Schema: bad}); !errors.Is(err, idem.ErrInvalid) {
+			t.Errorf("schema %q: %v, want ErrInvalid", bad, err)
+		}
+		if err := validSchema(bad); !errors.Is(err, idem.ErrInvalid) {
+			t.Errorf("validSchema(%q): %v, want ErrInvalid", bad, err)
+		}
+	}
+	for _, good := range []string{"idem", "_x", "tenant_42", strings.Repeat("a", 63)} {
+		if err := validSchema(good); err != nil {
+			t.Errorf("validSchema(%q): %v", good, err)
+		}
+	}
+}
+
+func TestSchemaIsolation(t *testing.T) {
+	t.Parallel()
+	a, b := newStore(t), newStore(t)
+	ctx := context.Background()
+	p := &idem.BeginParams{Scope: "s", Key: "k", Fingerprint: "fa", Lease: time.Minute, Window: time.Hour}
+	ra, err := a.Begin(ctx, p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.Complete(ctx, &idem.CompleteParams{Scope: "s", Key: "k", Token: ra.Record.Token, Outcome: idem.Outcome{Data: []byte("a")}}); err != nil {
+		t.Fatal(err)
+	}
+	q := *p
+	q.Fingerprint = "fb"
+	rb, err := b.Begin(ctx, &q)
+	if err != nil || rb.Decision != idem.Acquired {
+		t.Fatalf("the same key in another schema: %v %v, want acquired", rb, err)
+	}
+	if n, err := b.Size(ctx); err != nil || n != 1 {
+		t.Errorf("Size of b: %d %v, want 1", n, err)
+	}
+	if err := b.Delete(ctx, &idem.KeyParams{Scope: "s", Key: "k"}); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := a.Get(ctx, &idem.KeyParams{Scope: "s", Key: "k"}); err != nil || got.State != idem.StateCompleted {
+		t.Errorf("a after a Delete in b: %+v %v, want its completed record", got, err)
+	}
+}
+
+func TestMigrationNames(t *testing.T) {
+	t.Parallel()
+	for _, bad := range []string{"1_x.sql", "0000_x.sql", "0001_X.sql", "0001_x.txt", "0001x.sql"} {
+		if _, err := parseMigrationName(bad); !errors.Is(err, idem.ErrInvalid) {
+			t.Errorf("parseMigrationName(%q): %v, want ErrInvalid", bad, err)
+		}
+	}
+	if m, err := parseMigrationName("0012_add_index.sql"); err != nil || m.version != 12 || m.name != "0012_add_index" {
+		t.Errorf("parseMigrationName: %+v %v", m, err)
+	}
+}
+
+func FuzzMigrationName(f *testing.F) {
+	for _, s := range []string{"0001_records.sql", "x", "9999_a.sql", "0001_.sql"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, name string) {
+		m, err := parseMigrationName(name)
+		if err != nil {
+			if !errors.Is(err, idem.ErrInvalid) {
+				t.Fatalf("%q: %v does not wrap ErrInvalid", name, err)
+			}
+			return
+		}
+		if m.version < 1 || m.version > 9999 || m.name+".sql" != name {
+			t.Fatalf("%q: accepted as %+v", name, m)
+		}
+	})
+}
+
+func FuzzSchemaName(f *testing.F) {
+	for _, s := range []string{"idem", "Idem", `a"b`, "pg_x", ""} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, schema string) {
+		err := validSchema(schema)
+		if err != nil {
+			if !errors.Is(err, idem.ErrInvalid) {
+				t.Fatalf("%q: %v does not wrap ErrInvalid", schema, err)
+			}
+			return
+		}
+		// An accepted name needs no quoting: it cannot change the SQL.
+		if q := (pgx.Identifier{schema}).Sanitize(); q != `"`+schema+`"` {
+			t.Fatalf("%q accepted but quotes as %s", schema, q)
+		}
+		for _, r := range schema {
+			if !(r == '_' || (r >= 'a' && r <= 'z') || (r >= '0' && r <= '9')) {
+				t.Fatalf("%q accepted with %q", schema, r)
+			}
+		}
+	})
+}
+
+func FuzzDecodeMeta(f *testing.F) {
+	for _, s := range []string{`{"status":"200"}`, `{"a":1}`, `null`, `[`, `{"\u0000":"x"}`} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, b []byte) {
+		_ = decodeMeta(b) // never panics; unreadable meta is dropped
+	})
+}

@@ -1,0 +1,105 @@
+package pgstore
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/idemkit/idem"
+	"github.com/idemkit/idem/internal/servicetest"
+)
+
+func TestOpenBadURL(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	_, err := Open(ctx, "postgres://user:secret@host:notaport/db", nil)
+	if !errors.Is(err, idem.ErrInvalid) || strings.Contains(err.Error(), "secret") {
+		t.Errorf("Open of an unparsable URL: %v, want ErrInvalid without the password", err)
+	}
+	// A port nobody listens on: refused at once.
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	_, err = Open(ctx, "postgres://postgres@127.0.0.1:1/test?sslmode=disable&connect_timeout=5", nil)
+	if !errors.Is(err, ErrUnavailable) || !strings.HasPrefix(err.Error(), "pgstore: database unavailable: ") {
+		t.Errorf("Open of a dead address: %v, want \"pgstore: database unavailable: ...\"", err)
+	}
+}
+
+func TestOpenOwnsItsPool(t *testing.T) {
+	t.Parallel()
+	url := servicetest.Postgres.Need(t)
+	pool := sharedPool(t)
+	schema := freshSchema(t, pool)
+	ctx := context.Background()
+	s, err := Open(ctx, url, &Config{Schema: schema, Migrate: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Begin(ctx, &idem.BeginParams{Scope: "s", Key: "k", Fingerprint: "f", Lease: time.Minute, Window: time.Hour}); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Pool().Ping(ctx); err == nil {
+		t.Error("the pool Open made still answers after Close")
+	}
+	// New on a caller's pool leaves it open.
+	s2, err := New(pool, &Config{Schema: schema})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s2.Close()
+	if err := pool.Ping(ctx); err != nil {
+		t.Errorf("the caller's pool after Close: %v", err)
+	}
+}
+
+func TestNULIsInvalid(t *testing.T) {
+	t.Parallel()
+	s := newStore(t)
+	_, err := s.Begin(context.Background(), &idem.BeginParams{Scope: "s", Key: "a\x00b", Fingerprint: "f", Lease: time.Minute, Window: time.Hour})
+	wantErr(t, "Begin with a NUL in the key", err, idem.ErrInvalid)
+}
+
+// insertExpired adds n completed records whose retention ended an hour
+// ago, in one statement.
+func insertExpired(t testing.TB, s *Store, scope string, n int) {
+	t.Helper()
+	_, err := s.Pool().Exec(context.Background(), fmt.Sprintf(`INSERT INTO %s.records
+	(scope, key, fingerprint, state, token, attempts, lease_until, outcome_data, created, completed, expires, retain_until, window_us, retention_us)
+	SELECT $1, 'k' || i, 'f', 'completed', nextval('%[1]s.tokens'), 1, now() - interval '2 hours', '\x7b7d', now() - interval '2 hours',
+		now() - interval '2 hours', now() - interval '1 hour', now() - interval '1 hour', 3600000000, 0
+	FROM generate_series(1, $2::int) AS i`, s.q.schema), scope, n)
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestSweepBatches(t *testing.T) {
+	t.Parallel()
+	s := newStore(t)
+	ctx := context.Background()
+	insertExpired(t, s, "old", 2*sweepBatch+5)
+	// A pending row whose retain_until passed but whose lease is live (a
+	// hand-made row: the store never writes one) is kept anyway.
+	if _, err := s.Pool().Exec(ctx, `INSERT INTO `+s.q.schema+`.records
+	(scope, key, fingerprint, state, token, attempts, lease_until, created, retain_until, window_us, retention_us)
+	VALUES ('live', 'k', 'f', 'pending', nextval('`+s.q.schema+`.tokens'), 1, now() + interval '1 hour', now(), now() - interval '1 hour', 1, 0)`); err != nil {
+		t.Fatal(err)
+	}
+	res, err := s.Sweep(ctx, &idem.SweepParams{Limit: 7})
+	if err != nil || res.Deleted != 7 {
+		t.Fatalf("Sweep(7): %+v %v, want 7", res, err)
+	}
+	res, err = s.Sweep(ctx, &idem.SweepParams{})
+	if err != nil || res.Deleted != 2*sweepBatch+5-7 {
+		t.Fatalf("Sweep(0): %+v %v, want the other %d in batches", res, err, 2*sweepBatch+5-7)
+	}
+	if n, err := s.Size(ctx); err != nil || n != 1 {
+		t.Errorf("Size after Sweep: %d %v, want 1 (the live pending row)", n, err)
+	}
+}
