@@ -1,0 +1,119 @@
+package redisstore
+
+import (
+	"strings"
+	"testing"
+)
+
+// crc16 is the CRC16-CCITT (XMODEM) Redis Cluster hashes keys with.
+func crc16(s string) uint16 {
+	var crc uint16
+	for i := 0; i < len(s); i++ {
+		crc ^= uint16(s[i]) << 8
+		for range 8 {
+			if crc&0x8000 != 0 {
+				crc = crc<<1 ^ 0x1021
+			} else {
+				crc <<= 1
+			}
+		}
+	}
+	return crc
+}
+
+// slot is the cluster slot of a key, with Redis's hash-tag rule: when the
+// key has a '{' followed later by a '}' with something between them, only
+// that something is hashed.
+func slot(key string) int {
+	if i := strings.IndexByte(key, '{'); i >= 0 {
+		if j := strings.IndexByte(key[i+1:], '}'); j > 0 {
+			key = key[i+1 : i+1+j]
+		}
+	}
+	return int(crc16(key)) % 16384
+}
+
+func TestSlotFunction(t *testing.T) {
+	t.Parallel()
+	// Values from the Redis Cluster specification and CLUSTER KEYSLOT.
+	if got := crc16("123456789"); got != 0x31C3 {
+		t.Errorf("crc16(123456789) = %#x, want 0x31c3", got)
+	}
+	for key, want := range map[string]int{"foo": 12182, "bar": 5061, "{user1000}.following": 3443, "somekey": 11058, "{foo}x": 12182, "{}foo": int(crc16("{}foo")) % 16384} {
+		if got := slot(key); got != want {
+			t.Errorf("slot(%q) = %d, want %d", key, got, want)
+		}
+	}
+}
+
+// sameSlot fails unless every key one script can touch for (scope, key)
+// maps to one cluster slot, and the keys Sweep rebuilds from the expiry
+// member are the same.
+func sameSlot(t *testing.T, prefix, scope, key string) {
+	t.Helper()
+	k := keysOf(prefix, scope, key)
+	want := slot(k.record)
+	for _, other := range []string{k.list, k.expiry, k.token} {
+		if got := slot(other); got != want {
+			t.Fatalf("scope %q key %q: %q in slot %d, record %q in slot %d", scope, key, other, got, k.record, want)
+		}
+	}
+	m, raw, err := keysOfMember(prefix, shardOf(scope), k.member)
+	if err != nil || m != k || raw != key {
+		t.Fatalf("scope %q key %q: keysOfMember = %+v %q %v, want %+v %q", scope, key, m, raw, err, k, key)
+	}
+}
+
+func TestOneSlotPerRecord(t *testing.T) {
+	t.Parallel()
+	scopes := []string{"tenant-1", "a:b", "{x}", "}{", "%7D", "with space", "日本", "\x00", strings.Repeat("}", 255)}
+	keysToTry := []string{"k", ":", "{", "}", "{a}", "a}b{c", "%", "x", strings.Repeat("{", 255)}
+	slots := map[int]bool{}
+	for _, s := range scopes {
+		for _, k := range keysToTry {
+			sameSlot(t, "idem", s, k)
+			sameSlot(t, "other:prefix", s, k)
+		}
+		slots[slot(keysOf("idem", s, "k").record)] = true
+	}
+	// Scopes spread over shards (and so over slots).
+	if len(slots) < 3 {
+		t.Errorf("%d scopes landed in %d slots", len(scopes), len(slots))
+	}
+	// Every shard is its own slot.
+	seen := map[int]int{}
+	for i := range shards {
+		s := slot(expiryKey("idem", i))
+		if j, dup := seen[s]; dup {
+			t.Errorf("shards %d and %d share slot %d", j, i, s)
+		}
+		seen[s] = i
+	}
+}
+
+// FuzzKeyEncoding: distinct (scope, key) pairs never share a record key or
+// an expiry member, distinct scopes never share a list index, and every key
+// of a record stays in one slot.
+func FuzzKeyEncoding(f *testing.F) {
+	f.Add("a", "b:c", "a:b", "c")
+	f.Add("a%3Ab", "k", "a:b", "k")
+	f.Add("{", "}", "%7B", "}")
+	f.Add("s", "k", "s", "k")
+	f.Fuzz(func(t *testing.T, s1, k1, s2, k2 string) {
+		if s1 == "" || k1 == "" || s2 == "" || k2 == "" {
+			return
+		}
+		a, b := keysOf("idem", s1, k1), keysOf("idem", s2, k2)
+		same := s1 == s2 && k1 == k2
+		if (a.record == b.record) != same || (a.member == b.member) != same {
+			t.Fatalf("(%q,%q) and (%q,%q): records %q %q members %q %q", s1, k1, s2, k2, a.record, b.record, a.member, b.member)
+		}
+		if (a.list == b.list) != (s1 == s2) {
+			t.Fatalf("scopes %q and %q: list keys %q and %q", s1, s2, a.list, b.list)
+		}
+		if slot(a.record) != slot(keysOf("idem", s1, "other").record) {
+			t.Fatalf("scope %q: keys in two slots", s1)
+		}
+		sameSlot(t, "idem", s1, k1)
+	})
+}
