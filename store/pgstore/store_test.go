@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -102,4 +104,42 @@ func TestSweepBatches(t *testing.T) {
 	if n, err := s.Size(ctx); err != nil || n != 1 {
 		t.Errorf("Size after Sweep: %d %v, want 1 (the live pending row)", n, err)
 	}
+}
+
+// TestSweepLarge measures Sweep of IDEM_PG_SWEEP_ROWS expired records
+// (e.g. 1000000) beside 10% live ones; it is skipped without the variable.
+func TestSweepLarge(t *testing.T) {
+	n, _ := strconv.Atoi(os.Getenv("IDEM_PG_SWEEP_ROWS"))
+	if n <= 0 {
+		t.Skip("set IDEM_PG_SWEEP_ROWS=1000000 to measure Sweep of that many expired records")
+	}
+	s := newStore(t)
+	ctx := context.Background()
+	start := time.Now()
+	insertExpired(t, s, "old", n)
+	live := n / 10
+	if _, err := s.Pool().Exec(ctx, `INSERT INTO `+s.q.schema+`.records
+	(scope, key, fingerprint, state, token, attempts, lease_until, outcome_data, created, completed, expires, retain_until, window_us, retention_us)
+	SELECT 'live', 'k' || i, 'f', 'completed', nextval('`+s.q.schema+`.tokens'), 1, now(), '\x7b7d', now(), now(),
+		now() + interval '1 day', now() + interval '1 day', 86400000000, 0
+	FROM generate_series(1, $1::int) AS i`, live); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Pool().Exec(ctx, `VACUUM ANALYZE `+s.q.schema+`.records`); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("inserted %d expired and %d live records in %s", n, live, time.Since(start).Round(time.Millisecond))
+	start = time.Now()
+	res, err := s.Sweep(ctx, &idem.SweepParams{})
+	took := time.Since(start)
+	if err != nil || res.Deleted != n {
+		t.Fatalf("Sweep: %+v %v, want %d deleted", res, err, n)
+	}
+	t.Logf("Sweep deleted %d records in %s (%.0f records/s, batches of %d)", n, took.Round(time.Millisecond), float64(n)/took.Seconds(), sweepBatch)
+	start = time.Now()
+	res, err = s.Sweep(ctx, &idem.SweepParams{})
+	if err != nil || res.Deleted != 0 {
+		t.Fatalf("second Sweep: %+v %v", res, err)
+	}
+	t.Logf("a Sweep with nothing due took %s", time.Since(start).Round(time.Microsecond))
 }

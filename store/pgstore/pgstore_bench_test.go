@@ -1,0 +1,153 @@
+package pgstore
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/idemkit/idem"
+	"github.com/idemkit/idem/storetest"
+)
+
+// Both sides of each ratio run on the shared pool (16 connections), driven
+// by storetest.ParallelN.
+var benchCallers = []int{1, 16, 64}
+
+// latencies records how long each operation took, for p50 and p99.
+type latencies struct {
+	n  atomic.Int64
+	ds []time.Duration
+}
+
+func newLatencies(b *testing.B) *latencies { return &latencies{ds: make([]time.Duration, b.N)} }
+
+// time runs op and records its duration.
+func (l *latencies) time(op func() error) error {
+	start := time.Now()
+	err := op()
+	if i := l.n.Add(1) - 1; i < int64(len(l.ds)) {
+		l.ds[i] = time.Since(start)
+	}
+	return err
+}
+
+func (l *latencies) report(b *testing.B) {
+	ds := l.ds[:min(int(l.n.Load()), len(l.ds))]
+	if len(ds) == 0 {
+		return
+	}
+	slices.Sort(ds)
+	b.ReportMetric(float64(ds[len(ds)/2].Microseconds()), "p50-µs")
+	b.ReportMetric(float64(ds[len(ds)*99/100].Microseconds()), "p99-µs")
+}
+
+// BenchmarkCycles: Begin+Complete on fresh keys, two round trips.
+func BenchmarkCycles(b *testing.B) {
+	s := newStore(b)
+	for _, callers := range benchCallers {
+		b.Run(fmt.Sprintf("callers=%d", callers), func(b *testing.B) {
+			lat := newLatencies(b)
+			ctx := context.Background()
+			prefix := fmt.Sprintf("bench-%d-%d", callers, time.Now().UnixNano())
+			var next atomic.Int64
+			outcome := idem.Outcome{Data: []byte(`{"status":"ok"}`), Meta: map[string]string{"status": "200"}}
+			storetest.ParallelN(b, callers, func() error {
+				return lat.time(func() error {
+					key := fmt.Sprintf("%s-%d", prefix, next.Add(1))
+					res, err := s.Begin(ctx, &idem.BeginParams{Scope: "bench", Key: key, Fingerprint: "f",
+						Lease: idem.DefaultLease, Window: idem.DefaultWindow})
+					if err != nil {
+						return err
+					}
+					if res.Decision != idem.Acquired {
+						return fmt.Errorf("begin %s: %s", key, res.Decision)
+					}
+					_, err = s.Complete(ctx, &idem.CompleteParams{Scope: "bench", Key: key, Token: res.Record.Token, Outcome: outcome})
+					return err
+				})
+			})
+			lat.report(b)
+		})
+	}
+}
+
+// BenchmarkRawStatements is the baseline: the bare two statements a cycle
+// cannot do without, through pgx on the same pool and the same table:
+// INSERT … ON CONFLICT DO NOTHING of a pending row, then UPDATE … WHERE
+// token = … storing the outcome.
+func BenchmarkRawStatements(b *testing.B) {
+	s := newStore(b)
+	insert := `INSERT INTO ` + s.q.schema + `.records (scope, key, fingerprint, state, token, attempts, lease_until,
+		created, retain_until, window_us, retention_us)
+	VALUES ('bench', $1, 'f', 'pending', $2, 1, now() + interval '30 seconds', now(), now() + interval '24 hours 30 seconds', 86400000000, 0)
+	ON CONFLICT DO NOTHING`
+	update := `UPDATE ` + s.q.schema + `.records SET state = 'completed', outcome_data = $3, outcome_meta = $4, completed = now(),
+		expires = now() + interval '24 hours', retain_until = now() + interval '24 hours'
+	WHERE scope = 'bench' AND key = $1 AND token = $2`
+	var token atomic.Int64
+	for _, callers := range benchCallers {
+		b.Run(fmt.Sprintf("callers=%d", callers), func(b *testing.B) {
+			lat := newLatencies(b)
+			ctx := context.Background()
+			prefix := fmt.Sprintf("raw-%d-%d", callers, time.Now().UnixNano())
+			storetest.ParallelN(b, callers, func() error {
+				return lat.time(func() error {
+					tok := token.Add(1)
+					key := fmt.Sprintf("%s-%d", prefix, tok)
+					if _, err := s.Pool().Exec(ctx, insert, key, tok); err != nil {
+						return err
+					}
+					tag, err := s.Pool().Exec(ctx, update, key, tok, []byte(`{"status":"ok"}`), []byte(`{"status":"200"}`))
+					if err == nil && tag.RowsAffected() != 1 {
+						err = fmt.Errorf("update %s: %d rows", key, tag.RowsAffected())
+					}
+					return err
+				})
+			})
+			lat.report(b)
+		})
+	}
+}
+
+// BenchmarkReplay: Begin of a completed key, one read-only round trip.
+// wal-B/op is the cluster's WAL growth over the run per replay: 0 unless
+// something else writes to the cluster meanwhile.
+func BenchmarkReplay(b *testing.B) {
+	s := newStore(b)
+	ctx := context.Background()
+	p := &idem.BeginParams{Scope: "bench", Key: "done", Fingerprint: "f", Lease: time.Minute, Window: time.Hour}
+	res, err := s.Begin(ctx, p)
+	if err != nil {
+		b.Fatal(err)
+	}
+	if _, err := s.Complete(ctx, &idem.CompleteParams{Scope: "bench", Key: "done", Token: res.Record.Token, Outcome: idem.Outcome{Data: []byte("x")}}); err != nil {
+		b.Fatal(err)
+	}
+	for _, callers := range []int{1, 16} {
+		b.Run(fmt.Sprintf("callers=%d", callers), func(b *testing.B) {
+			lat := newLatencies(b)
+			var walBefore, walAfter int64
+			lsn := `SELECT pg_current_wal_lsn() - '0/0'::pg_lsn`
+			if err := s.Pool().QueryRow(ctx, lsn).Scan(&walBefore); err != nil {
+				b.Fatal(err)
+			}
+			storetest.ParallelN(b, callers, func() error {
+				return lat.time(func() error {
+					res, err := s.Begin(ctx, p)
+					if err == nil && res.Decision != idem.Replay {
+						err = fmt.Errorf("begin: %s, want replay", res.Decision)
+					}
+					return err
+				})
+			})
+			if err := s.Pool().QueryRow(ctx, lsn).Scan(&walAfter); err != nil {
+				b.Fatal(err)
+			}
+			lat.report(b)
+			b.ReportMetric(float64(walAfter-walBefore)/float64(b.N), "wal-B/op")
+		})
+	}
+}
