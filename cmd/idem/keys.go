@@ -35,7 +35,8 @@ Subcommands:
   delete KEY    remove one record; a later begin of the key runs again
 
 Flags (before or after the subcommand's KEY):
-  --store URL     file:DIR (the embedded store of idem serve) or mem:
+  --store URL     file:DIR (the embedded store of idem serve), postgres://…
+                  or redis://… (see idem serve --help)
                   (default file:./idem-data). While an idem serve holds the
                   directory, use --server instead.
   --server URL    go through the API of a running idem serve, like
@@ -114,7 +115,7 @@ func runKeys(args []string, stdout, stderr io.Writer) int {
 		return usageErr("--token is for --server; the store is read directly")
 	}
 
-	store, closeStore, err := keysStore(o)
+	store, closeStore, err := keysStore(context.Background(), o)
 	if err != nil {
 		fmt.Fprintf(stderr, "idem keys: %v\n", err)
 		return 1
@@ -189,7 +190,7 @@ func parseKeysFlags(sub string, args []string, stdout, stderr io.Writer) (*keysO
 }
 
 // keysStore opens the store the flags name.
-func keysStore(o *keysOptions) (idem.Store, func() error, error) {
+func keysStore(ctx context.Context, o *keysOptions) (idem.Store, func() error, error) {
 	if o.server != "" {
 		c, err := idemclient.New(o.server, o.token, &idemclient.Config{UserAgent: "idem-keys/" + version})
 		if err != nil {
@@ -204,7 +205,7 @@ func keysStore(o *keysOptions) (idem.Store, func() error, error) {
 			return nil, nil, fmt.Errorf("no store at %s (pass --store file:DIR, the directory idem serve keeps its data in)", dir)
 		}
 	}
-	s, _, err := openStore(o.store, inspecting)
+	s, _, err := openStore(ctx, o.store, inspecting)
 	if errors.Is(err, pebblestore.ErrLocked) {
 		dir := strings.TrimPrefix(strings.TrimPrefix(o.store, "file:"), "//")
 		return nil, nil, fmt.Errorf("the store %s is in use by a running idem serve; pass --server URL --token T to go through its API", dir)

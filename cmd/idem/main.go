@@ -2,6 +2,7 @@
 //
 //	idem serve    the ledger over HTTP/JSON (embedded store by default)
 //	idem keys     list, show and delete records
+//	idem migrate  bring a PostgreSQL store's schema up to date
 //	idem version  print the version
 //
 // Run `idem <command> --help` for a command's flags.
@@ -22,6 +23,7 @@ Usage: idem <command> [flags]
 Commands:
   serve     run the ledger over HTTP/JSON (embedded store in ./idem-data by default)
   keys      list, show and delete records (ls | show | delete)
+  migrate   bring a PostgreSQL store's schema up to date
   version   print the version
 
 Run "idem <command> --help" for the flags of a command.
@@ -42,6 +44,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return runServe(args[1:], stdout, stderr)
 	case "keys":
 		return runKeys(args[1:], stdout, stderr)
+	case "migrate":
+		return runMigrate(args[1:], stdout, stderr)
 	case "version", "--version":
 		fmt.Fprintln(stdout, "idem", version)
 		return 0

@@ -20,7 +20,7 @@ import (
 
 	"github.com/idemkit/idem"
 	"github.com/idemkit/idem/cmd/idem/internal/server"
-	"github.com/idemkit/idem/memstore"
+	"github.com/idemkit/idem/store/pebblestore"
 )
 
 const serveUsage = `Usage: idem serve [flags]
@@ -33,8 +33,10 @@ once.
 Flags:
   --listen ADDR          where to listen; port 0 picks a free port
                          (default 127.0.0.1:7070)
-  --store URL            mem: (nothing kept after exit) or file:DIR, the
-                         embedded durable store (default file:./idem-data)
+  --store URL            where the ledger lives (default file:./idem-data):
+                            ` + storeURLHelp + `
+  --migrate              apply the PostgreSQL schema migrations at start
+                         (as idem migrate does)
   --tokens FILE          who may call the API: one "TOKEN SCOPE[,SCOPE...]"
                          per line; blank lines and # comments are allowed.
                          The scope * binds a token to every scope (for
@@ -49,8 +51,9 @@ Flags:
   --drain DURATION       on SIGTERM or SIGINT, how long in-flight requests
                          may finish before the store is closed (default 10s)
   --sweep-interval DURATION
-                         how often expired records are removed from a mem:
-                         store (file: sweeps itself) (default 1m)
+                         how often expired records are removed from a mem:,
+                         postgres:// or redis:// store (file: sweeps itself)
+                         (default 1m)
   --log-level LEVEL      debug (every request), info (client errors), warn
                          or error (default info); logs never hold keys,
                          tokens or bodies
@@ -67,6 +70,7 @@ const defaultScope = "default"
 
 type serveOptions struct {
 	listen, store, tokens, logLevel string
+	migrate                         bool
 	maxBody                         int64
 	lease, window, drain, sweep     time.Duration
 }
@@ -94,6 +98,7 @@ func parseServeFlags(args []string, stdout, stderr io.Writer) (*serveOptions, in
 	fs.StringVar(&o.listen, "listen", "127.0.0.1:7070", "")
 	fs.StringVar(&o.store, "store", defaultStore, "")
 	fs.StringVar(&o.tokens, "tokens", "", "")
+	fs.BoolVar(&o.migrate, "migrate", false, "")
 	fs.Int64Var(&o.maxBody, "max-body", server.DefaultMaxBody, "")
 	fs.DurationVar(&o.lease, "lease", idem.DefaultLease, "")
 	fs.DurationVar(&o.window, "window", idem.DefaultWindow, "")
@@ -145,7 +150,11 @@ func serve(ctx context.Context, o *serveOptions, stdout, stderr io.Writer) error
 		return err
 	}
 
-	store, where, err := openStore(o.store, serving)
+	use := serving
+	if o.migrate {
+		use = migrating
+	}
+	store, where, err := openStore(ctx, o.store, use)
 	if err != nil {
 		return fmt.Errorf("--store %s: %w", o.store, err)
 	}
@@ -185,10 +194,10 @@ func serve(ctx context.Context, o *serveOptions, stdout, stderr io.Writer) error
 
 	sweepDone := make(chan struct{})
 	sweepCtx, stopSweep := context.WithCancel(ctx)
-	if _, ok := store.(*memstore.Store); ok {
-		go sweepPeriodically(sweepCtx, store, o.sweep, logger, sweepDone)
-	} else {
+	if _, ok := store.(*pebblestore.Store); ok {
 		close(sweepDone) // file: sweeps itself
+	} else {
+		go sweepPeriodically(sweepCtx, store, o.sweep, logger, sweepDone)
 	}
 
 	var serveErr error

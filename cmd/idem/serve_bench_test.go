@@ -71,7 +71,7 @@ func BenchmarkServeCycles(b *testing.B) {
 
 func openBenchStore(b *testing.B) idem.Store {
 	b.Helper()
-	store, _, err := openStore("file:"+b.TempDir(), serving)
+	store, _, err := openStore(context.Background(), "file:"+b.TempDir(), serving)
 	if err != nil {
 		b.Fatal(err)
 	}
