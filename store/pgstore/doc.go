@@ -1,6 +1,111 @@
-// Package pgstore is the PostgreSQL store.
+// Package pgstore is the PostgreSQL store of idem: the ledger many
+// application servers share, and the one a service can use inside its own
+// transaction, so its business writes and its recorded outcome commit or
+// roll back together.
+//
+//	store, err := pgstore.Open(ctx, "postgres://app@db:5432/shop", &pgstore.Config{Migrate: true})
+//	ledger, err := idem.New(store, nil)
+//
+// New takes a *pgxpool.Pool the caller already has (and leaves it open on
+// Close); Open makes a pool of its own from a URL and closes it.
+//
+// # Schema
+//
+// The tables live in one schema (Config.Schema, default "idem"):
+// records, one row per (scope, key) with the primary key (scope, key); the
+// sequence tokens, from which every fencing token comes, so tokens of a key
+// increase also across Delete and Sweep; and migrations, the versions
+// applied. The migrations are numbered .sql files embedded in the module.
+// Migrate (what `idem migrate --store URL` runs) applies the missing ones
+// in one transaction under an advisory lock, so any number of processes
+// may start at once; with Config.Migrate the store runs it at start,
+// without it the store refuses a schema not at its version. Keys are text
+// COLLATE "C" (List pages in byte order); text cannot hold a NUL byte, so
+// such a key is rejected with idem.ErrInvalid.
+//
+// Leases are judged by the database's clock (clock_timestamp(), not now(),
+// which would be the transaction's start), never the application's. Times
+// are kept to the microsecond and durations in whole microseconds,
+// rounded up.
+//
+// # One round trip per operation
+//
+// Begin is one statement: it reads the key, inserts a pending row only
+// when the key is free (absent, released, past its window, or a lease run
+// out), and with ON CONFLICT … DO UPDATE … WHERE takes over a row only
+// when the rules still allow on the row's latest version. A replay, an
+// in-flight answer and a mismatch write nothing: no row lock, no
+// transaction id, no WAL, no commit to flush. Under READ COMMITTED the
+// statement's own read cannot see a row a concurrent Begin committed after
+// the statement started; in that rare race Begin reads the row again (a
+// second round trip). Complete, Release, Extend and Checkpoint are each
+// one conditional UPDATE on the token, which returns the current row when
+// the token is not the owner's, to tell idem.ErrLeaseLost from
+// idem.ErrCompleted.
+//
+// # Transactional use
+//
+// BeginTx, CompleteTx and ReleaseTx run on the caller's pgx.Tx:
+//
+//	tx, _ := pool.Begin(ctx)
+//	defer tx.Rollback(ctx)
+//	res, err := store.BeginTx(ctx, tx, &idem.BeginParams{Scope: "payments", Key: key, Fingerprint: fp,
+//		Lease: time.Minute, Window: 24 * time.Hour})
+//	if err != nil || res.Decision != idem.Acquired {
+//		return res, err // a replay carries the committed outcome
+//	}
+//	tx.Exec(ctx, `INSERT INTO payments (order_id, amount) VALUES ($1, $2)`, orderID, amount)
+//	store.CompleteTx(ctx, tx, &idem.CompleteParams{Scope: "payments", Key: key, Token: res.Record.Token, Outcome: out})
+//	return res, tx.Commit(ctx)
+//
+// A rollback leaves the key as it was before; a commit stores the payment
+// and the outcome together, and every duplicate replays it. While the
+// transaction is open the key's row is locked: a duplicate Begin waits for
+// the commit and then replays. Use READ COMMITTED (PostgreSQL's default):
+// under REPEATABLE READ or SERIALIZABLE a concurrent duplicate fails with
+// a serialization error instead of waiting.
+//
+// # Durability
+//
+// A Complete that returned nil is durable as far as the database's commit
+// is: with synchronous_commit = on (the default) it survives a crash or a
+// restart of PostgreSQL. With synchronous_commit = off the last few hundred
+// milliseconds of completions may be lost in a crash, and their keys run
+// again; with replicas, synchronous_commit = remote_apply (and
+// synchronous_standby_names) keeps them through a failover. When the
+// database goes away, operations fail with an error wrapping
+// ErrUnavailable ("pgstore: database unavailable: …"); one in flight may or
+// may not have committed, which the next Begin of the key tells.
+//
+// # Sweep
+//
+// Sweep deletes records whose retain_until has passed, walking the
+// retain_until index from its oldest end in DELETE batches of 10000 (each
+// its own short transaction, FOR UPDATE SKIP LOCKED so it never waits for
+// a Begin). On this machine one million expired records went in about 6
+// seconds. Time partitions would make expiry a DROP, but PostgreSQL needs
+// the partition key in the primary key, and a record's retain_until
+// changes at Complete, Release and Extend, so every such change would move
+// the row between partitions and (scope, key) could no longer be unique
+// across them: the index is the layout that keeps lookups one probe.
+// Autovacuum should keep up with the deleted rows; after a large Sweep an
+// empty one walks the dead index entries once (0.1 s after a million).
+//
+// # CockroachDB
+//
+// The SQL keeps to what CockroachDB also speaks (no ctid, no
+// hashtext(), no PostgreSQL-only types), but it is not tested there, and
+// some things differ:
+//   - CockroachDB runs SERIALIZABLE by default, so concurrent Begins of
+//     one key may fail with a retryable serialization error (40001) rather
+//     than wait; use READ COMMITTED (23.2 and later) or retry.
+//   - Advisory locks are not enforced: run `idem migrate` from one
+//     process before starting the others.
+//   - COLLATE "C" needs 23.1 or later; CockroachDB's default string order
+//     is bytewise already, so the migration may drop it there.
+//   - outcome metadata is a json column, which CockroachDB stores as
+//     JSONB: a NUL in a meta string may be refused.
+//   - "writes nothing" for replays is a PostgreSQL property (no xid);
+//     CockroachDB's reads are also write-free, but its commit costs
+//     differ.
 package pgstore
-
-import (
-	_ "github.com/jackc/pgx/v5/pgxpool"
-)

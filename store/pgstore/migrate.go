@@ -4,6 +4,7 @@ import (
 	"context"
 	"embed"
 	"fmt"
+	"hash/fnv"
 	"io/fs"
 	"regexp"
 	"slices"
@@ -91,8 +92,13 @@ func validSchema(schema string) error {
 }
 
 // migrationLockKey is the advisory lock every Migrate of one schema takes,
-// so concurrent starters apply each migration once.
-func migrationLockKey(schema string) string { return "idem.pgstore.migrate." + schema }
+// so concurrent starters apply each migration once. It is computed here
+// rather than with hashtext() so the SQL runs on CockroachDB too.
+func migrationLockKey(schema string) int64 {
+	h := fnv.New64a()
+	h.Write([]byte("idem.pgstore.migrate." + schema))
+	return int64(h.Sum64())
+}
 
 // Migrate creates schema if needed and applies the embedded migrations it
 // lacks, in one transaction under an advisory lock, so any number of
@@ -113,8 +119,10 @@ func Migrate(ctx context.Context, pool *pgxpool.Pool, schema string) error {
 	}
 	defer tx.Rollback(context.WithoutCancel(ctx))
 	q := pgx.Identifier{schema}.Sanitize()
+	if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock($1)`, migrationLockKey(schema)); err != nil {
+		return wrapErr("migrate "+schema, err)
+	}
 	steps := []string{
-		`SELECT pg_advisory_xact_lock(hashtextextended('` + migrationLockKey(schema) + `', 0))`,
 		`CREATE SCHEMA IF NOT EXISTS ` + q,
 		`CREATE TABLE IF NOT EXISTS ` + q + `.migrations (
 			version integer PRIMARY KEY,
