@@ -34,11 +34,10 @@ local function reply(code, now, key, fields)
   table.insert(r, 1, code)
   return r
 end
--- retain: the record expires (Redis TTL) and is due in the expiry index at
--- ru, in microseconds; Redis keeps the TTL in milliseconds, rounded up.
-local function retain(rec, expiry, member, ru)
+-- expire sets the record's Redis TTL at ru (µs), rounded up to the
+-- millisecond Redis keeps.
+local function expire(rec, ru)
   redis.call('PEXPIREAT', rec, num(math.ceil(ru / 1000)))
-  redis.call('ZADD', expiry, num(ru), member)
 end
 -- owned checks that token is the current owner; nil when it is.
 local function owned(cur, token)
@@ -72,64 +71,79 @@ if prev and tok <= prev then
 end
 local lu = now + tonumber(ARGV[4])
 local ru = lu + tonumber(ARGV[5])
-local code = 'acquired'
+-- The expiry entry is a lower bound of RetainUntil: every RetainUntil this
+-- lease can reach (Extend, Complete, Release) is at least now + window, so
+-- only Begin writes the entry; Sweep moves an entry that comes due early.
+local low = now + tonumber(ARGV[5])
 if live then
   -- Pending with an expired lease: take over, keeping the checkpoint.
-  code = 'takeover'
   redis.call('HSET', KEYS[1], 't', num(tok), 'a', num(tonumber(cur[4]) + 1), 'lu', num(lu), 'ru', num(ru), 'w', ARGV[5], 're', ARGV[6])
-else
-  local attempts, created = 1, now
+  expire(KEYS[1], ru)
+  redis.call('ZADD', KEYS[3], 'LT', num(low), ARGV[1])
+  return reply('takeover', now, KEYS[1], SMALL)
+end
+local attempts, created = 1, now
+if st then
+  -- A released record, or a completed one past its window: only the
+  -- attempt count (and creation time) survive a release.
   if st == 'r' then
-    -- Only the attempt count (and creation time) survive a release.
     attempts = tonumber(cur[4]) + 1
     created = tonumber(cur[7])
   end
   redis.call('DEL', KEYS[1])
-  redis.call('HSET', KEYS[1], 's', 'p', 'f', ARGV[3], 't', num(tok), 'a', num(attempts), 'lu', num(lu), 'cr', num(created), 'ru', num(ru), 'w', ARGV[5], 're', ARGV[6])
+else
+  -- A record that exists has its list entry already.
   redis.call('ZADD', KEYS[2], 0, ARGV[2])
 end
-retain(KEYS[1], KEYS[3], ARGV[1], ru)
-return reply(code, now, KEYS[1], SMALL)
+local t, a, l, c, r = num(tok), num(attempts), num(lu), num(created), num(ru)
+redis.call('HSET', KEYS[1], 's', 'p', 'f', ARGV[3], 't', t, 'a', a, 'lu', l, 'cr', c, 'ru', r, 'w', ARGV[5], 're', ARGV[6])
+expire(KEYS[1], ru)
+redis.call('ZADD', KEYS[3], 'LT', num(low), ARGV[1])
+return {'acquired', num(now), 'p', ARGV[3], t, a, l, c, false, false, r, ARGV[5], ARGV[6], false, false}
 `)
 
-// KEYS: record, expiry. ARGV: member, token, data, meta.
+// KEYS: record. ARGV: token, data, meta.
 var completeScript = redis.NewScript(luaPrelude + `
-local cur = redis.call('HMGET', KEYS[1], 's', 't', 'w', 're')
-local e = owned(cur, ARGV[2])
+local cur = redis.call('HMGET', KEYS[1], 's', 't', 'w', 're', 'f', 'a', 'lu', 'cr', 'cp')
+local e = owned(cur, ARGV[1])
 if e then return {e} end
 local now = now_us()
 local w, re = tonumber(cur[3]), tonumber(cur[4])
 local ru = now + math.max(w, re)
-redis.call('HDEL', KEYS[1], 'cp', 'cd', 'om')
-redis.call('HSET', KEYS[1], 's', 'c', 'co', num(now), 'ex', num(now + w), 'ru', num(ru), 'od', ARGV[3])
-if ARGV[4] ~= '' then redis.call('HSET', KEYS[1], 'om', ARGV[4]) end
-retain(KEYS[1], KEYS[2], ARGV[1], ru)
-return reply('ok', now, KEYS[1], SMALL)
+if cur[9] then redis.call('HDEL', KEYS[1], 'cp', 'cd') end
+local co, ex, r = num(now), num(now + w), num(ru)
+if ARGV[3] ~= '' then
+  redis.call('HSET', KEYS[1], 's', 'c', 'co', co, 'ex', ex, 'ru', r, 'od', ARGV[2], 'om', ARGV[3])
+else
+  redis.call('HSET', KEYS[1], 's', 'c', 'co', co, 'ex', ex, 'ru', r, 'od', ARGV[2])
+end
+expire(KEYS[1], ru)
+return {'ok', co, 'c', cur[5], cur[2], cur[6], cur[7], cur[8], co, ex, r, cur[3], cur[4], false, false}
 `)
 
-// KEYS: record, expiry. ARGV: member, token.
+// KEYS: record. ARGV: token.
 var releaseScript = redis.NewScript(luaPrelude + `
 local cur = redis.call('HMGET', KEYS[1], 's', 't', 'a', 'cr', 'w', 're')
-local e = owned(cur, ARGV[2])
+local e = owned(cur, ARGV[1])
 if e then return {e} end
 local now = now_us()
 local ru = now + tonumber(cur[5])
 redis.call('DEL', KEYS[1])
 redis.call('HSET', KEYS[1], 's', 'r', 't', cur[2], 'a', cur[3], 'cr', cur[4], 'lu', num(now), 'ex', num(now), 'ru', num(ru), 'w', cur[5], 're', cur[6])
-retain(KEYS[1], KEYS[2], ARGV[1], ru)
+expire(KEYS[1], ru)
 return {'ok'}
 `)
 
-// KEYS: record, expiry. ARGV: member, token, lease µs.
+// KEYS: record. ARGV: token, lease µs.
 var extendScript = redis.NewScript(luaPrelude + `
 local cur = redis.call('HMGET', KEYS[1], 's', 't', 'w')
-local e = owned(cur, ARGV[2])
+local e = owned(cur, ARGV[1])
 if e then return {e} end
 local now = now_us()
-local lu = now + tonumber(ARGV[3])
+local lu = now + tonumber(ARGV[2])
 local ru = lu + tonumber(cur[3])
 redis.call('HSET', KEYS[1], 'lu', num(lu), 'ru', num(ru))
-retain(KEYS[1], KEYS[2], ARGV[1], ru)
+expire(KEYS[1], ru)
 return reply('ok', now, KEYS[1], SMALL)
 `)
 

@@ -1,0 +1,132 @@
+package redisstore
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"strconv"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/idemkit/idem"
+	"github.com/idemkit/idem/storetest"
+)
+
+var benchCallers = []int{1, 16, 64}
+
+// BenchmarkCycles: Begin+Complete cycles on fresh keys, each cycle two
+// scripts (two round trips).
+func BenchmarkCycles(b *testing.B) {
+	for _, callers := range benchCallers {
+		b.Run(fmt.Sprintf("callers=%d", callers), func(b *testing.B) {
+			s := setup(b, nil)
+			storetest.BenchCycles(b, s.store, callers)
+		})
+	}
+}
+
+// BenchmarkRawSetNX is the baseline, on the same kind of client and pool: a
+// bare SET NX of a pending-sized value, then a SET of a completed-sized
+// value, on a fresh key: two round trips, as a cycle.
+func BenchmarkRawSetNX(b *testing.B) {
+	pending := "p:f:1:1:1764205407000000:1764205407000000"
+	completed := `c:{"status":"ok"}:status=200`
+	for _, callers := range benchCallers {
+		b.Run(fmt.Sprintf("callers=%d", callers), func(b *testing.B) {
+			s := setup(b, nil)
+			ctx := context.Background()
+			var next atomic.Int64
+			storetest.ParallelN(b, callers, func() error {
+				key := fmt.Sprintf("%s:raw:%d", s.prefix, next.Add(1))
+				ok, err := s.client.SetNX(ctx, key, pending, time.Hour).Result()
+				if err != nil {
+					return err
+				}
+				if !ok {
+					return fmt.Errorf("SET NX %s: key exists", key)
+				}
+				return s.client.Set(ctx, key, completed, time.Hour).Err()
+			})
+		})
+	}
+}
+
+// BenchmarkSweep loads IDEM_REDIS_SWEEP_RECORDS (default 100000) records
+// that come due 2ms later (Begin with a 1ms lease and window, in pipelines
+// of 1000), waits until all are due, and times one Sweep of all of them.
+// Redis expires many of the hashes by itself meanwhile; Sweep then trims
+// their index entries. present reports how many hashes were still there.
+func BenchmarkSweep(b *testing.B) {
+	n := 100000
+	if v := os.Getenv("IDEM_REDIS_SWEEP_RECORDS"); v != "" {
+		var err error
+		if n, err = strconv.Atoi(v); err != nil || n <= 0 {
+			b.Fatalf("IDEM_REDIS_SWEEP_RECORDS=%q: want a positive count", v)
+		}
+	}
+	b.Run(fmt.Sprintf("records=%d", n), func(b *testing.B) {
+		s := setup(b, nil)
+		ctx := context.Background()
+		var swept, present, elapsed float64
+		for i := range b.N {
+			b.StopTimer()
+			loadDue(b, s, fmt.Sprintf("round-%d", i), n)
+			present += float64(s.keyCount())
+			b.StartTimer()
+			begin := time.Now()
+			res, err := s.store.Sweep(ctx, &idem.SweepParams{})
+			elapsed += time.Since(begin).Seconds()
+			if err != nil {
+				b.Fatal(err)
+			}
+			if res.Deleted != n {
+				b.Fatalf("Sweep removed %d records, want %d", res.Deleted, n)
+			}
+			swept += float64(res.Deleted)
+		}
+		b.ReportMetric(swept/elapsed, "records/s")
+		b.ReportMetric(elapsed/float64(b.N), "s/sweep")
+		b.ReportMetric(present/float64(b.N), "present")
+	})
+}
+
+// loadDue writes n pending records over 1000 scopes with a 1ms lease and
+// window, through the Begin script in pipelines, and waits until the
+// server's clock has passed their RetainUntil.
+func loadDue(b *testing.B, s *bundle, round string, n int) {
+	b.Helper()
+	ctx := context.Background()
+	const batch = 1000
+	for lo := 0; lo < n; lo += batch {
+		pipe := s.client.Pipeline()
+		for i := lo; i < min(lo+batch, n); i++ {
+			scope := fmt.Sprintf("%s-scope-%d", round, i%1000)
+			key := fmt.Sprintf("key-%d", i)
+			k := keysOf(s.prefix, scope, key)
+			beginScript.EvalSha(ctx, pipe, []string{k.record, k.list, k.expiry, k.token}, k.member, key, "f", 1000, 1000, 0)
+		}
+		if _, err := pipe.Exec(ctx); err != nil {
+			if err := beginScript.Load(ctx, s.client).Err(); err != nil {
+				b.Fatal(err)
+			}
+			lo -= batch // the server lost the script; send the batch again
+			continue
+		}
+	}
+	// Every record loaded is due 2ms after the server's time now.
+	loaded, err := s.client.Time(ctx).Result()
+	if err != nil {
+		b.Fatal(err)
+	}
+	for {
+		now, err := s.client.Time(ctx).Result()
+		if err != nil {
+			b.Fatal(err)
+		}
+		if now.Sub(loaded) > 3*time.Millisecond {
+			return
+		}
+		<-time.After(time.Millisecond)
+	}
+}
