@@ -377,3 +377,41 @@ func TestConnectionError(t *testing.T) {
 		t.Errorf("Begin against a closed port: %v, want an error naming redisstore: begin", err)
 	}
 }
+
+// TestTokens: a token is above the shard counter, the server's clock (µs)
+// and the key's last token, so it increases across Delete also when the
+// counter is lost or runs ahead of the clock.
+func TestTokens(t *testing.T) {
+	t.Parallel()
+	b := setup(t, nil)
+	k := keysOf(b.prefix, "s", "k")
+	first := b.acquire("s", "k", time.Hour, time.Hour)
+	now, err := b.client.Time(b.ctx).Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if first.Token > now.UnixMicro() || first.Token < now.Add(-time.Minute).UnixMicro() {
+		t.Errorf("first token %d, want the server's time in µs (%d)", first.Token, now.UnixMicro())
+	}
+	del := func() {
+		t.Helper()
+		if err := b.store.Delete(b.ctx, &idem.KeyParams{Scope: "s", Key: "k"}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	del()
+	b.client.Del(b.ctx, k.token) // the counter is lost
+	second := b.acquire("s", "k", time.Hour, time.Hour)
+	if second.Token <= first.Token {
+		t.Errorf("token after Delete and a lost counter: %d, want above %d", second.Token, first.Token)
+	}
+	del()
+	ahead := now.Add(time.Hour).UnixMicro() // a clock that stepped back an hour
+	b.client.Set(b.ctx, k.token, ahead, 0)
+	if third := b.acquire("s", "k", time.Hour, time.Hour); third.Token != ahead+1 {
+		t.Errorf("token with the counter ahead of the clock: %d, want %d", third.Token, ahead+1)
+	}
+	if got := b.client.Get(b.ctx, k.token).Val(); got != fmt.Sprint(ahead+1) {
+		t.Errorf("counter %s, want %d", got, ahead+1)
+	}
+}

@@ -61,14 +61,16 @@ if live then
   if st == 'c' then return reply('replay', now, KEYS[1], FIELDS) end
   if now < tonumber(cur[5]) then return reply('in_flight', now, KEYS[1], SMALL) end
 end
-local tok = redis.call('INCR', KEYS[4])
+-- The token is max(shard counter + 1, server time in µs, record token + 1),
+-- and the counter keeps it: tokens of a key increase across Delete and
+-- expiry (the counter outlives records), across a lost counter (the clock),
+-- and across a clock that steps back (the counter). Usually one call.
+local old = tonumber(redis.call('SET', KEYS[4], num(now), 'GET'))
+local tok = now
+if old and old >= tok then tok = old + 1 end
 local prev = tonumber(cur[3])
-if prev and tok <= prev then
-  -- The counter was lost (deleted by hand, evicted): never hand out a
-  -- token twice.
-  tok = prev + 1
-  redis.call('SET', KEYS[4], num(tok))
-end
+if prev and prev >= tok then tok = prev + 1 end
+if tok ~= now then redis.call('SET', KEYS[4], num(tok)) end
 local lu = now + tonumber(ARGV[4])
 local ru = lu + tonumber(ARGV[5])
 -- The expiry entry is a lower bound of RetainUntil: every RetainUntil this

@@ -1,0 +1,119 @@
+// Package redisstore is the idem.Store on Redis (go-redis v9): a
+// low-latency ledger shared by many application servers. It also
+// implements idem.Lister and idem.Sizer.
+//
+//	s, err := redisstore.Open(ctx, "redis://127.0.0.1:6379/0", nil)
+//	ledger, err := idem.New(s, nil)
+//
+// New wraps a redis.UniversalClient the caller owns (a single server, a
+// Sentinel failover client or a cluster client); Open makes and owns a
+// client from a redis:// URL.
+//
+// # Atomicity and time
+//
+// Every operation on a record is one Lua script, sent with EVALSHA (and
+// loaded again with EVAL when the server answers NOSCRIPT, after a restart,
+// a failover or SCRIPT FLUSH), so each is atomic and linearizable per key.
+// The scripts express the rules of the ledger's transitions and answer with
+// a structured reply (a code and the record's fields), which the store maps
+// to results and sentinel errors. Leases and windows are judged by the
+// server's clock: each script reads TIME (Redis 7 replicates a script's
+// effects, not the script, so reading the clock is allowed). Times are kept
+// in microseconds; durations are rounded up to a whole microsecond.
+//
+// # Layout and cluster slots
+//
+// The records of one Config.Prefix are spread over 64 shards by a hash of
+// the scope; each shard's keys carry the hash tag {hh} of the shard, so
+// every key one script touches is in one cluster slot:
+//
+//	PREFIX:{hh}:r:SCOPE:KEY   the record, a hash (fields in record.go)
+//	PREFIX:{hh}:l:SCOPE       the scope's keys in a sorted set (score 0), for List
+//	PREFIX:{hh}:x             the shard's records by RetainUntil (µs), for Sweep and Size
+//	PREFIX:{hh}:t             the shard's token counter
+//
+// SCOPE is the scope with '%', ':', '{' and '}' escaped as %XX, so no scope
+// can move the hash tag or run into the key; KEY is the raw key (any bytes),
+// the rest of the name. Distinct (scope, key) pairs never share a name.
+//
+// The trade-off: a scope lives in one shard, so List of a scope reads one
+// sorted set and the index is updated in the same script as the record
+// (cluster-safe, exact), but one scope's traffic lands on one slot: a single
+// very hot tenant is bounded by one Redis node. Sharding by scope hash
+// instead of by the scope itself keeps the number of expiry indexes fixed,
+// so Sweep and Size visit 64 keys, not every scope. The shard count is part
+// of the layout and cannot change for a prefix that holds records.
+//
+// # Tokens
+//
+// A fencing token is max(shard counter + 1, server time in µs, the key's
+// previous token + 1), and the shard counter keeps it. The counter outlives
+// records, so a key's tokens increase across Delete and expiry; the clock
+// keeps them increasing when the counter itself is lost (a restart without
+// persistence, a failover that dropped it); the counter keeps them
+// increasing when the clock steps back. Tokens are therefore large (about
+// 1.8e15 in 2026), still exact in a float64 and in JavaScript.
+//
+// # Expiry
+//
+// Every write of a record sets its Redis expiry (PEXPIREAT) at its
+// RetainUntil, rounded up to the millisecond, so Redis removes records by
+// itself even when nobody sweeps. The expiry index holds one entry per
+// record, written by Begin only, as a lower bound of RetainUntil (Begin at
+// now with window w puts it at now + w; every RetainUntil the lease can
+// reach by Extend, Complete or Release is later), so Complete is one
+// record write. Sweep walks each shard's index up to the server's time and
+// removes each due record with a script of its own that checks it again: a
+// pending record with a live lease is never removed, an entry that came due
+// early is moved to the record's RetainUntil, and an entry whose record Redis
+// already expired is removed and counted, so SweepResult.Deleted counts
+// every record that left the ledger. List skips, and drops from the scope's
+// index, keys whose record Redis has expired; Size counts index entries, so
+// it includes those until Sweep runs. Consequences: Get may report
+// idem.ErrNotFound for a record past its RetainUntil before Sweep runs, and
+// a pending record whose lease ended more than its window ago is gone, so
+// the next Begin starts at attempt 1 without the checkpoint.
+//
+// # Durability
+//
+// Redis acknowledges a write when it is in memory. What a crash can lose
+// depends on the server's persistence settings, not on this package:
+//
+//   - appendonly no (no AOF; RDB snapshots or nothing, as on the test
+//     machine): a restart loses every write since the last snapshot, or
+//     everything.
+//   - appendonly yes, appendfsync everysec (the usual setting): the write
+//     reaches the kernel before the reply, so a crash of the Redis process
+//     loses nothing; a crash of the machine or a power loss can lose about
+//     the last second (up to two) of acknowledged writes.
+//   - appendonly yes, appendfsync always: the AOF is fsynced before the
+//     reply; an acknowledged write survives a machine crash.
+//   - appendonly yes, appendfsync no: the kernel flushes when it likes
+//     (about 30 seconds on Linux).
+//
+// Replication is asynchronous: a failover to a replica can lose writes the
+// primary acknowledged, whatever the fsync setting.
+//
+// For the ledger a lost write means: a lost Complete lets a later Begin with
+// the same key acquire again, so the work runs twice (the second invariant
+// of DESIGN.md holds only for writes that survive); a lost Begin lets a
+// second caller acquire while the first still works, and its token may be
+// lower than the first one's if the clock stepped back too. Use
+// appendfsync always (or WaitAOF) where a duplicate costs more than latency.
+//
+// Config.WaitReplicas and Config.WaitAOF make every write wait, on the same
+// connection, for WAIT numreplicas (replicas acknowledged it) or WAITAOF 1
+// numreplicas (the primary's and the replicas' AOF fsynced it; Redis 7.2 or
+// later with appendonly yes; Open fails on an older server with an error
+// wrapping idem.ErrNotImplemented), for at most Config.WaitTimeout. When the
+// wait falls short, the method returns its usual result and an error
+// wrapping ErrNotDurable: the write happened on the primary and is visible
+// to every caller, but is not confirmed durable; the caller may go on (its
+// token is valid) or treat the operation as failed, knowing a retry finds
+// the write in place (Complete then answers idem.ErrCompleted). Begin that
+// replays or finds the key in flight writes nothing and waits for nothing.
+// WAIT narrows the window of loss but does not make Redis a consistent
+// system: a failover may still promote a replica that did not acknowledge.
+// The wait options are refused on a *redis.ClusterClient, whose pipelines
+// do not promise to send the wait on the write's connection.
+package redisstore
