@@ -20,26 +20,40 @@ import "github.com/redis/go-redis/v9"
 // the caller needs them.
 var recordFields = []string{"s", "f", "t", "a", "lu", "cr", "co", "ex", "ru", "w", "re", "cp", "cd", "od", "om"}
 
-const luaPrelude = `
+// Lua helpers, put before the scripts that use them (a script pays for
+// every function it defines, on every call).
+const (
+	luaNow = `
 local function now_us()
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000000 + tonumber(t[2])
 end
 local function num(x) return string.format('%.0f', x) end
-local FIELDS = {'s','f','t','a','lu','cr','co','ex','ru','w','re','cp','cd','od','om'}
-local SMALL = {'s','f','t','a','lu','cr','co','ex','ru','w','re','cp','cd'}
-local function reply(code, now, key, fields)
-  local r = redis.call('HMGET', key, unpack(fields))
+`
+	// reply returns code, now and the record's fields; all of them (with
+	// the outcome) when full.
+	luaReply = `
+local function reply(code, now, key, full)
+  local r
+  if full then
+    r = redis.call('HMGET', key, 's','f','t','a','lu','cr','co','ex','ru','w','re','cp','cd','od','om')
+  else
+    r = redis.call('HMGET', key, 's','f','t','a','lu','cr','co','ex','ru','w','re','cp','cd')
+  end
   table.insert(r, 1, num(now))
   table.insert(r, 1, code)
   return r
 end
--- expire sets the record's Redis TTL at ru (µs), rounded up to the
--- millisecond Redis keeps.
+`
+	// expire sets the record's Redis TTL at ru (µs), rounded up to the
+	// millisecond Redis keeps.
+	luaExpire = `
 local function expire(rec, ru)
   redis.call('PEXPIREAT', rec, num(math.ceil(ru / 1000)))
 end
--- owned checks that token is the current owner; nil when it is.
+`
+	// owned checks that token is the current owner; nil when it is.
+	luaOwned = `
 local function owned(cur, token)
   if not cur[1] then return 'gone' end
   if cur[2] ~= token then return 'stale' end
@@ -48,18 +62,19 @@ local function owned(cur, token)
   return nil
 end
 `
+)
 
 // KEYS: record, list, expiry, token. ARGV: member, key, fingerprint,
 // lease µs, window µs, retention µs.
-var beginScript = redis.NewScript(luaPrelude + `
+var beginScript = redis.NewScript(luaNow + luaReply + luaExpire + `
 local now = now_us()
 local cur = redis.call('HMGET', KEYS[1], 's', 'f', 't', 'a', 'lu', 'ex', 'cr')
 local st = cur[1]
 local live = st == 'p' or (st == 'c' and now < tonumber(cur[6]))
 if live then
   if cur[2] ~= ARGV[3] then return {'mismatch', num(now)} end
-  if st == 'c' then return reply('replay', now, KEYS[1], FIELDS) end
-  if now < tonumber(cur[5]) then return reply('in_flight', now, KEYS[1], SMALL) end
+  if st == 'c' then return reply('replay', now, KEYS[1], true) end
+  if now < tonumber(cur[5]) then return reply('in_flight', now, KEYS[1], false) end
 end
 -- The token is max(shard counter + 1, server time in µs, record token + 1),
 -- and the counter keeps it: tokens of a key increase across Delete and
@@ -82,7 +97,7 @@ if live then
   redis.call('HSET', KEYS[1], 't', num(tok), 'a', num(tonumber(cur[4]) + 1), 'lu', num(lu), 'ru', num(ru), 'w', ARGV[5], 're', ARGV[6])
   expire(KEYS[1], ru)
   redis.call('ZADD', KEYS[3], 'LT', num(low), ARGV[1])
-  return reply('takeover', now, KEYS[1], SMALL)
+  return reply('takeover', now, KEYS[1], false)
 end
 local attempts, created = 1, now
 if st then
@@ -105,7 +120,7 @@ return {'acquired', num(now), 'p', ARGV[3], t, a, l, c, false, false, r, ARGV[5]
 `)
 
 // KEYS: record. ARGV: token, data, meta.
-var completeScript = redis.NewScript(luaPrelude + `
+var completeScript = redis.NewScript(luaNow + luaExpire + luaOwned + `
 local cur = redis.call('HMGET', KEYS[1], 's', 't', 'w', 're', 'f', 'a', 'lu', 'cr', 'cp')
 local e = owned(cur, ARGV[1])
 if e then return {e} end
@@ -124,7 +139,7 @@ return {'ok', co, 'c', cur[5], cur[2], cur[6], cur[7], cur[8], co, ex, r, cur[3]
 `)
 
 // KEYS: record. ARGV: token.
-var releaseScript = redis.NewScript(luaPrelude + `
+var releaseScript = redis.NewScript(luaNow + luaExpire + luaOwned + `
 local cur = redis.call('HMGET', KEYS[1], 's', 't', 'a', 'cr', 'w', 're')
 local e = owned(cur, ARGV[1])
 if e then return {e} end
@@ -137,7 +152,7 @@ return {'ok'}
 `)
 
 // KEYS: record. ARGV: token, lease µs.
-var extendScript = redis.NewScript(luaPrelude + `
+var extendScript = redis.NewScript(luaNow + luaReply + luaExpire + luaOwned + `
 local cur = redis.call('HMGET', KEYS[1], 's', 't', 'w')
 local e = owned(cur, ARGV[1])
 if e then return {e} end
@@ -146,11 +161,11 @@ local lu = now + tonumber(ARGV[2])
 local ru = lu + tonumber(cur[3])
 redis.call('HSET', KEYS[1], 'lu', num(lu), 'ru', num(ru))
 expire(KEYS[1], ru)
-return reply('ok', now, KEYS[1], SMALL)
+return reply('ok', now, KEYS[1], false)
 `)
 
 // KEYS: record. ARGV: token, point, data.
-var checkpointScript = redis.NewScript(luaPrelude + `
+var checkpointScript = redis.NewScript(luaOwned + `
 local cur = redis.call('HMGET', KEYS[1], 's', 't')
 local e = owned(cur, ARGV[1])
 if e then return {e} end
@@ -173,7 +188,7 @@ return {'ok'}
 // entry is put at the record's RetainUntil) or another sweep took it. A
 // record Redis already expired counts as removed when its entry goes.
 // KEYS: record, list, expiry. ARGV: member, key.
-var sweepScript = redis.NewScript(luaPrelude + `
+var sweepScript = redis.NewScript(luaNow + `
 local now = now_us()
 local cur = redis.call('HMGET', KEYS[1], 's', 'lu', 'ru')
 if cur[1] then
