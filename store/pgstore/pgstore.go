@@ -300,31 +300,38 @@ func (s *Store) Checkpoint(ctx context.Context, p *idem.CheckpointParams) error 
 	return err
 }
 
-// ownerUpdate runs one of the conditional updates on the owner's token.
-// When it changes nothing, a second statement reads the row as it is now
-// to tell why: this costs a round trip only on the failure path.
+// ownerUpdate runs one of the conditional updates on the owner's token. The
+// statement returns the updated row, or, when the token is not the
+// pending owner's, the row as it stands, which says why.
 func (s *Store) ownerUpdate(ctx context.Context, db querier, op, sql, scope, key string, token int64, args ...any) (*idem.Record, error) {
 	var r row
-	err := db.QueryRow(ctx, sql, append([]any{scope, key, token}, args...)...).Scan(r.dest()...)
-	if err == nil {
-		return r.record(), nil
-	}
-	if !errors.Is(err, pgx.ErrNoRows) {
-		return nil, wrapErr(op, err)
-	}
-	err = db.QueryRow(ctx, s.q.get+s.q.getFrom, scope, key).Scan(r.dest()...)
+	var updated bool
+	err := db.QueryRow(ctx, sql, append([]any{scope, key, token}, args...)...).Scan(append([]any{&updated}, r.dest()...)...)
 	switch {
 	case errors.Is(err, pgx.ErrNoRows):
 		return nil, fmt.Errorf("%w: %s: no record for the key", idem.ErrLeaseLost, op)
 	case err != nil:
 		return nil, wrapErr(op, err)
+	case updated:
+		return r.record(), nil
+	case r.token == token && r.state == string(idem.StatePending):
+		// The snapshot still shows the token as the pending owner, so the
+		// row changed after it (a concurrent Complete or Release of the
+		// same token won): read the row as it is now to say why.
+		r = row{}
+		err = db.QueryRow(ctx, s.q.get+s.q.getFrom, scope, key).Scan(r.dest()...)
+		if errors.Is(err, pgx.ErrNoRows) {
+			return nil, fmt.Errorf("%w: %s: no record for the key", idem.ErrLeaseLost, op)
+		} else if err != nil {
+			return nil, wrapErr(op, err)
+		}
+	}
+	switch {
 	case r.token != token:
 		return nil, fmt.Errorf("%w: %s: token %d is not current", idem.ErrLeaseLost, op, token)
 	case r.state == string(idem.StateCompleted):
 		return nil, fmt.Errorf("%w: %s: token %d", idem.ErrCompleted, op, token)
 	}
-	// Released, or (in a race) still pending with this token after a
-	// concurrent update the statement waited for: either way not ours now.
 	return nil, fmt.Errorf("%w: %s: token %d was released", idem.ErrLeaseLost, op, token)
 }
 

@@ -73,16 +73,22 @@ SELECT false, (SELECT t FROM now), scope, key, fingerprint, state, token, attemp
 FROM cur WHERE NOT EXISTS (SELECT 1 FROM ins)`
 
 // ownedSQL is a conditional update on the owner's token: set applies only
-// to the pending row holding $3, and the updated row comes back (without
-// its outcome, which the caller has). No row means the token is not the
-// pending owner's; the caller reads the row to say why.
+// to the pending row holding $3. Otherwise the row is returned as it
+// stands (without its outcome) so the caller can say why.
 func ownedSQL(set string) string {
-	return `UPDATE {s}.records r SET ` + set + `
-FROM (SELECT clock_timestamp() AS t) now
-WHERE r.scope = $1 AND r.key = $2 AND r.token = $3 AND r.state = 'pending'
-RETURNING r.scope, r.key, r.fingerprint, r.state, r.token, r.attempts, r.lease_until, r.checkpoint_point,
-	r.checkpoint_data, NULL::bytea, NULL::json, r.created, r.completed, r.expires, r.retain_until,
-	r.window_us, r.retention_us, r.takeover`
+	return `WITH now AS MATERIALIZED (SELECT clock_timestamp() AS t),
+u AS (
+	UPDATE {s}.records r SET ` + set + `
+	FROM now WHERE r.scope = $1 AND r.key = $2 AND r.token = $3 AND r.state = 'pending'
+	RETURNING r.scope, r.key, r.fingerprint, r.state, r.token, r.attempts, r.lease_until, r.checkpoint_point,
+		r.checkpoint_data, NULL::bytea, NULL::json, r.created, r.completed, r.expires, r.retain_until,
+		r.window_us, r.retention_us, r.takeover
+)
+SELECT true, * FROM u
+UNION ALL
+SELECT false, scope, key, fingerprint, state, token, attempts, lease_until, NULL, NULL, NULL, NULL,
+	created, completed, expires, retain_until, window_us, retention_us, takeover
+FROM {s}.records WHERE scope = $1 AND key = $2 AND NOT EXISTS (SELECT 1 FROM u)`
 }
 
 func newStatements(schema string) statements {
