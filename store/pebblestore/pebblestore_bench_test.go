@@ -80,10 +80,10 @@ func BenchmarkRawPebble(b *testing.B) {
 }
 
 // cpuMeter reports the CPU time the whole process (Pebble's background
-// work included) spent per cycle. On a machine shared with other work,
-// cycles/s depends on what else runs, while CPU time per cycle mostly does
-// not: at many callers, where group commit makes a cycle CPU-bound, it is
-// the steadier way to compare a store with its baseline.
+// work included) spent per cycle: at many callers, where group commit makes
+// a cycle CPU-bound, it says where throughput goes. It is not immune to a
+// busy machine either (contention inflates it), so compare it, like
+// cycles/s, only between runs made side by side.
 type cpuMeter struct {
 	start time.Duration
 	ok    bool
