@@ -63,8 +63,9 @@
 // now with window w puts it at now + w; every RetainUntil the lease can
 // reach by Extend, Complete or Release is later), so Complete is one
 // record write. Sweep walks each shard's index up to the server's time and
-// removes each due record with a script of its own that checks it again: a
-// pending record with a live lease is never removed, an entry that came due
+// removes the due records in batches of 500, each batch one script (every
+// key declared, one slot; it holds the server a few milliseconds) that checks
+// each record again: a pending record with a live lease is never removed, an entry that came due
 // early is moved to the record's RetainUntil, and an entry whose record Redis
 // already expired is removed and counted, so SweepResult.Deleted counts
 // every record that left the ledger. List skips, and drops from the scope's

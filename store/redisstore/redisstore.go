@@ -458,14 +458,15 @@ func (s *Store) Delete(ctx context.Context, p *idem.KeyParams) error {
 	return nil
 }
 
-// sweepBatch is how many due entries one round of Sweep reads and removes
-// (one ZRANGEBYSCORE, then one pipeline of per-record scripts).
-const sweepBatch = 1000
+// sweepBatch is how many due entries one round of Sweep reads and removes:
+// one ZRANGEBYSCORE, then one script for the batch.
+const sweepBatch = 500
 
 // Sweep implements idem.Store. It walks the expiry index of each shard up
-// to the server's time and removes each due record with a script of its
-// own, which checks it again (a live lease is never removed). Records Redis
-// already expired count as removed when their index entries go.
+// to the server's time and removes the due records in batches of 500, each
+// batch one script that checks every record again (a live lease is never
+// removed). Records Redis already expired count as removed when their index
+// entries go.
 func (s *Store) Sweep(ctx context.Context, p *idem.SweepParams) (*idem.SweepResult, error) {
 	if err := p.Validate(); err != nil {
 		return nil, err
@@ -531,34 +532,28 @@ func (s *Store) sweepShard(ctx context.Context, shard int, max string, batch int
 	if len(members) == 0 {
 		return 0, false, nil, nil
 	}
-	pipe := s.client.Pipeline()
-	cmds := make([]*redis.Cmd, 0, len(members))
+	keys := make([]string, 1, 1+2*len(members))
+	keys[0] = expiryKey(s.prefix, shard)
+	args := make([]any, 0, 2*len(members))
 	for _, m := range members {
 		k, key, err := keysOfMember(s.prefix, shard, m)
 		if err != nil {
 			return 0, false, nil, err
 		}
-		cmds = append(cmds, sweepScript.EvalSha(ctx, pipe, []string{k.record, k.list, k.expiry}, m, key))
+		keys = append(keys, k.record, k.list)
+		args = append(args, m, key)
 	}
-	var waitCmd *redis.Cmd
-	if s.wait {
-		waitCmd = s.queueWait(ctx, pipe)
+	reply, waitErr, err := s.run(ctx, sweepScript, keys, args...)
+	if err != nil {
+		return 0, false, nil, s.redisErr("sweep", err)
 	}
-	_, _ = pipe.Exec(ctx)
-	for i, c := range cmds {
-		v, err := c.Int64()
-		if err != nil && redis.HasErrorPrefix(err, "NOSCRIPT") {
-			// The server lost the script: run this one (and load it) again.
-			k, key, _ := keysOfMember(s.prefix, shard, members[i])
-			v, err = sweepScript.Run(ctx, s.client, []string{k.record, k.list, k.expiry}, members[i], key).Int64()
-		}
-		if err != nil {
-			return n, false, nil, s.redisErr("sweep", err)
-		}
-		n += int(v)
+	removed, ok := reply.(int64)
+	if !ok {
+		return 0, false, nil, fmt.Errorf("redisstore: sweep: unexpected script reply %T", reply)
 	}
-	if s.wait && n > 0 {
-		waitErr = s.waitResult(waitCmd)
+	n = int(removed)
+	if n == 0 {
+		waitErr = nil // nothing was written that needs confirming
 	}
 	return n, int64(len(members)) == batch, waitErr, nil
 }

@@ -183,24 +183,37 @@ if n == 0 then return {'gone'} end
 return {'ok'}
 `)
 
-// sweepScript removes one record that is due, with its index entries, and
-// returns 1; or 0 when it is not due (a live lease, a later RetainUntil: the
-// entry is put at the record's RetainUntil) or another sweep took it. A
-// record Redis already expired counts as removed when its entry goes.
-// KEYS: record, list, expiry. ARGV: member, key.
+// sweepScript removes the due records of one batch of one shard, with
+// their index entries, and returns how many it removed. A record that is not
+// due (a live lease, a later RetainUntil than its entry said) stays and its
+// entry is moved to its RetainUntil; an entry whose record Redis already
+// expired is removed and counted; an entry another sweep took is not. All
+// keys are declared and share the shard's hash tag.
+// KEYS: expiry, then record and list key of each entry. ARGV: member and
+// key of each entry.
 var sweepScript = redis.NewScript(luaNow + `
 local now = now_us()
-local cur = redis.call('HMGET', KEYS[1], 's', 'lu', 'ru')
-if cur[1] then
-  local ru = tonumber(cur[3])
-  if now < ru or (cur[1] == 'p' and now < tonumber(cur[2])) then
-    redis.call('ZADD', KEYS[3], num(ru), ARGV[1])
-    return 0
+local n = 0
+for i = 1, #ARGV / 2 do
+  local rec, list = KEYS[2 * i], KEYS[2 * i + 1]
+  local member, key = ARGV[2 * i - 1], ARGV[2 * i]
+  local cur = redis.call('HMGET', rec, 's', 'lu', 'ru')
+  local due = true
+  if cur[1] then
+    local ru = tonumber(cur[3])
+    if now < ru or (cur[1] == 'p' and now < tonumber(cur[2])) then
+      redis.call('ZADD', KEYS[1], num(ru), member)
+      due = false
+    else
+      redis.call('DEL', rec)
+    end
   end
-  redis.call('DEL', KEYS[1])
+  if due then
+    redis.call('ZREM', list, key)
+    n = n + redis.call('ZREM', KEYS[1], member)
+  end
 end
-redis.call('ZREM', KEYS[2], ARGV[2])
-return redis.call('ZREM', KEYS[3], ARGV[1])
+return n
 `)
 
 // dropScript removes a list entry whose record Redis has expired (List does
