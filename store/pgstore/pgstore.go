@@ -14,6 +14,9 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 )
 
+// stateDeleted marks a tombstone row: Delete's, invisible to every reader.
+const stateDeleted = "deleted"
+
 // DefaultSchema is the schema the ledger lives in when Config.Schema is
 // empty.
 const DefaultSchema = "idem"
@@ -327,6 +330,8 @@ func (s *Store) ownerUpdate(ctx context.Context, db querier, op, sql, scope, key
 		}
 	}
 	switch {
+	case r.state == stateDeleted:
+		return nil, fmt.Errorf("%w: %s: no record for the key", idem.ErrLeaseLost, op)
 	case r.token != token:
 		return nil, fmt.Errorf("%w: %s: token %d is not current", idem.ErrLeaseLost, op, token)
 	case r.state == string(idem.StateCompleted):
@@ -390,12 +395,12 @@ func (s *Store) Sweep(ctx context.Context, p *idem.SweepParams) (*idem.SweepResu
 		if batch <= 0 {
 			return res, nil
 		}
-		tag, err := s.pool.Exec(ctx, s.q.sweep, batch)
-		if err != nil {
+		var removed, records int
+		if err := s.pool.QueryRow(ctx, s.q.sweep, batch).Scan(&removed, &records); err != nil {
 			return res, wrapErr("sweep", err)
 		}
-		res.Deleted += int(tag.RowsAffected())
-		if int(tag.RowsAffected()) < batch {
+		res.Deleted += records // tombstones of deleted records are not counted again
+		if removed < batch {
 			return res, nil
 		}
 	}

@@ -19,6 +19,10 @@ type statements struct {
 	begin, get, getFrom, complete, release, extend, checkpoint, delete, sweep, list, size string
 }
 
+// tombstoneGrace is how long a deleted record's tombstone stays: longer
+// than any Begin statement waits for a row.
+const tombstoneGrace = "1 hour"
+
 // us turns a microsecond count into an interval.
 const us = ` * interval '1 microsecond'`
 
@@ -51,16 +55,19 @@ ins AS (
 	ON CONFLICT (scope, key) DO UPDATE SET
 		fingerprint = EXCLUDED.fingerprint,
 		state = 'pending',
-		token = EXCLUDED.token,
-		attempts = CASE WHEN r.state = 'completed' THEN 1 ELSE r.attempts + 1 END,
-		created = CASE WHEN r.state = 'completed' THEN EXCLUDED.created ELSE r.created END,
+		-- drawn now, holding the row: EXCLUDED.token was drawn before
+		-- the statement waited for the row, perhaps before tokens a
+		-- concurrent writer issued for the key.
+		token = nextval('{s}.tokens'),
+		attempts = CASE WHEN r.state IN ('completed', 'deleted') THEN 1 ELSE r.attempts + 1 END,
+		created = CASE WHEN r.state IN ('completed', 'deleted') THEN EXCLUDED.created ELSE r.created END,
 		checkpoint_point = CASE WHEN r.state = 'pending' THEN r.checkpoint_point END,
 		checkpoint_data = CASE WHEN r.state = 'pending' THEN r.checkpoint_data END,
 		outcome_data = NULL, outcome_meta = NULL, completed = NULL, expires = NULL,
 		lease_until = EXCLUDED.lease_until, retain_until = EXCLUDED.retain_until,
 		window_us = EXCLUDED.window_us, retention_us = EXCLUDED.retention_us,
 		takeover = (r.state = 'pending')
-	WHERE r.state = 'released'
+	WHERE r.state IN ('released', 'deleted')
 		OR (r.state = 'completed' AND r.expires <= EXCLUDED.created)
 		OR (r.state = 'pending' AND r.lease_until <= EXCLUDED.created AND r.fingerprint = EXCLUDED.fingerprint)
 	RETURNING ` + columns + `
@@ -96,7 +103,7 @@ func newStatements(schema string) statements {
 		schema:  schema,
 		begin:   beginSQL,
 		get:     `SELECT ` + columns,
-		getFrom: ` FROM {s}.records WHERE scope = $1 AND key = $2`,
+		getFrom: ` FROM {s}.records WHERE scope = $1 AND key = $2 AND state <> 'deleted'`,
 		complete: ownedSQL(`state = 'completed', completed = now.t, expires = now.t + r.window_us` + us + `,
 		retain_until = now.t + greatest(r.window_us, r.retention_us)` + us + `,
 		checkpoint_point = NULL, checkpoint_data = NULL, outcome_data = $4, outcome_meta = $5`),
@@ -105,7 +112,15 @@ func newStatements(schema string) statements {
 		extend: ownedSQL(`lease_until = now.t + $4::bigint` + us + `,
 		retain_until = now.t + ($4::bigint + r.window_us)` + us),
 		checkpoint: ownedSQL(`checkpoint_point = $4, checkpoint_data = $5`),
-		delete:     `DELETE FROM {s}.records WHERE scope = $1 AND key = $2`,
+		// Delete leaves a tombstone that Sweep removes after
+		// tombstoneGrace, so a Begin of the key that drew its token
+		// before the delete and waited meanwhile conflicts with it and
+		// draws a fresh token, instead of inserting one lower than
+		// tokens the deleted row had.
+		delete: `UPDATE {s}.records SET state = 'deleted', fingerprint = '', checkpoint_point = NULL, checkpoint_data = NULL,
+	outcome_data = NULL, outcome_meta = NULL, lease_until = clock_timestamp(), expires = clock_timestamp(),
+	retain_until = clock_timestamp() + interval '` + tombstoneGrace + `', takeover = false
+WHERE scope = $1 AND key = $2 AND state <> 'deleted'`,
 		// A pending row is sweepable only with its lease over; its
 		// retain_until (lease end + window) already says so, the second
 		// condition keeps the rule explicit.
@@ -115,11 +130,12 @@ doomed AS (
 	WHERE retain_until <= now.t AND NOT (state = 'pending' AND lease_until > now.t)
 	ORDER BY retain_until LIMIT $1
 	FOR UPDATE OF records SKIP LOCKED
-)
-DELETE FROM {s}.records r USING doomed d WHERE r.scope = d.scope AND r.key = d.key`,
+),
+del AS (DELETE FROM {s}.records r USING doomed d WHERE r.scope = d.scope AND r.key = d.key RETURNING r.state)
+SELECT count(*), count(*) FILTER (WHERE state <> 'deleted') FROM del`,
 		list: `SELECT ` + columns + ` FROM {s}.records
-WHERE scope = $1 AND key > $2 AND ($3 = '' OR state = $3) ORDER BY key LIMIT $4`,
-		size: `SELECT count(*) FROM {s}.records`,
+WHERE scope = $1 AND key > $2 AND ($3 = '' OR state = $3) AND state <> 'deleted' ORDER BY key LIMIT $4`,
+		size: `SELECT count(*) FROM {s}.records WHERE state <> 'deleted'`,
 	}
 	for _, p := range []*string{&q.begin, &q.getFrom, &q.complete, &q.release, &q.extend, &q.checkpoint, &q.delete, &q.sweep, &q.list, &q.size} {
 		*p = strings.ReplaceAll(*p, "{s}", schema)

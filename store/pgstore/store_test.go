@@ -143,3 +143,50 @@ func TestSweepLarge(t *testing.T) {
 	}
 	t.Logf("a Sweep with nothing due took %s", time.Since(start).Round(time.Microsecond))
 }
+
+// Delete leaves a tombstone no reader sees, so that a Begin that drew its
+// token before the delete conflicts with it and draws a greater one; Sweep
+// removes it after the grace period without counting it as a record.
+func TestDeleteTombstone(t *testing.T) {
+	t.Parallel()
+	s := newStore(t)
+	ctx := context.Background()
+	p := &idem.BeginParams{Scope: "s", Key: "k", Fingerprint: "f", Lease: time.Minute, Window: time.Hour}
+	first, err := s.Begin(ctx, p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Delete(ctx, &idem.KeyParams{Scope: "s", Key: "k"}); err != nil {
+		t.Fatal(err)
+	}
+	wantErr(t, "second Delete", s.Delete(ctx, &idem.KeyParams{Scope: "s", Key: "k"}), idem.ErrNotFound)
+	_, err = s.Get(ctx, &idem.KeyParams{Scope: "s", Key: "k"})
+	wantErr(t, "Get of a deleted key", err, idem.ErrNotFound)
+	if n, err := s.Size(ctx); err != nil || n != 0 {
+		t.Errorf("Size after Delete: %d %v, want 0", n, err)
+	}
+	if l, err := s.List(ctx, &idem.ListParams{Scope: "s"}); err != nil || len(l.Records) != 0 {
+		t.Errorf("List after Delete: %+v %v, want nothing", l, err)
+	}
+	var state string
+	if err := s.Pool().QueryRow(ctx, `SELECT state FROM `+s.q.schema+`.records`).Scan(&state); err != nil || state != stateDeleted {
+		t.Fatalf("the stored row: %q %v, want a tombstone", state, err)
+	}
+	if res, err := s.Sweep(ctx, &idem.SweepParams{}); err != nil || res.Deleted != 0 {
+		t.Errorf("Sweep within the grace period: %+v %v, want nothing", res, err)
+	}
+	if _, err := s.Pool().Exec(ctx, `UPDATE `+s.q.schema+`.records SET retain_until = now() - interval '1 second'`); err != nil {
+		t.Fatal(err)
+	}
+	if res, err := s.Sweep(ctx, &idem.SweepParams{}); err != nil || res.Deleted != 0 {
+		t.Errorf("Sweep of an old tombstone: %+v %v, want 0 records counted", res, err)
+	}
+	var rows int
+	if err := s.Pool().QueryRow(ctx, `SELECT count(*) FROM `+s.q.schema+`.records`).Scan(&rows); err != nil || rows != 0 {
+		t.Errorf("rows after the tombstone's Sweep: %d %v, want 0", rows, err)
+	}
+	again, err := s.Begin(ctx, p)
+	if err != nil || again.Decision != idem.Acquired || again.Record.Token <= first.Record.Token || again.Record.Attempts != 1 {
+		t.Errorf("Begin after Delete: %+v %v, want acquired with a greater token, attempt 1", again, err)
+	}
+}

@@ -8,7 +8,8 @@ CREATE TABLE {{schema}}.records (
     scope            text COLLATE "C" NOT NULL,
     key              text COLLATE "C" NOT NULL,
     fingerprint      text NOT NULL,
-    state            text NOT NULL CHECK (state IN ('pending', 'completed', 'released')),
+    -- 'deleted' is a tombstone Delete leaves for a while (see doc.go)
+    state            text NOT NULL CHECK (state IN ('pending', 'completed', 'released', 'deleted')),
     token            bigint NOT NULL,
     attempts         integer NOT NULL,
     lease_until      timestamptz NOT NULL,
