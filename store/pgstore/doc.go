@@ -15,7 +15,16 @@
 // records, one row per (scope, key) with the primary key (scope, key); the
 // sequence tokens, from which every fencing token comes, so tokens of a key
 // increase also across Delete and Sweep; and migrations, the versions
-// applied. The migrations are numbered .sql files embedded in the module.
+// applied.
+//
+// A Begin's INSERT draws its token before it may wait for a concurrent
+// writer of the key; a takeover draws a fresh one while holding the row.
+// So that a waiting INSERT can never land after a Delete with a token
+// lower than ones the deleted row had, Delete leaves a tombstone row
+// (state 'deleted', seen by no reader) that Sweep removes an hour later;
+// a waiting Begin meets it and takes the fresh-token path. Sweep itself
+// removes expired records outright, which is safe as long as windows are
+// longer than a Begin statement can wait (set statement_timeout). The migrations are numbered .sql files embedded in the module.
 // Migrate (what `idem migrate --store URL` runs) applies the missing ones
 // in one transaction under an advisory lock, so any number of processes
 // may start at once; with Config.Migrate the store runs it at start,
