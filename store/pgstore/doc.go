@@ -24,7 +24,9 @@
 // (state 'deleted', seen by no reader) that Sweep removes an hour later;
 // a waiting Begin meets it and takes the fresh-token path. Sweep itself
 // removes expired records outright, which is safe as long as windows are
-// longer than a Begin statement can wait (set statement_timeout). The migrations are numbered .sql files embedded in the module.
+// longer than a Begin statement can wait (set statement_timeout).
+//
+// The migrations are numbered .sql files embedded in the module.
 // Migrate (what `idem migrate --store URL` runs) applies the missing ones
 // in one transaction under an advisory lock, so any number of processes
 // may start at once; with Config.Migrate the store runs it at start,
