@@ -156,14 +156,3 @@ func decodeRecord(scope, key string, vals []any) (*idem.Record, error) {
 	}
 	return r, nil
 }
-
-// fieldsOf turns an HGETALL answer into the values of recordFields.
-func fieldsOf(m map[string]string) []any {
-	vals := make([]any, len(recordFields))
-	for i, f := range recordFields {
-		if v, ok := m[f]; ok {
-			vals[i] = v
-		}
-	}
-	return vals
-}
