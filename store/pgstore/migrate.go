@@ -164,3 +164,22 @@ func schemaVersion(ctx context.Context, db querier, schema string) (int, error) 
 	err = db.QueryRow(ctx, `SELECT coalesce(max(version), 0) FROM `+pgx.Identifier{schema}.Sanitize()+`.migrations`).Scan(&v)
 	return v, wrapErr("read schema version", err)
 }
+
+// MigrateURL is Migrate on a pool of its own for the database at url, for
+// `idem migrate --store URL`; an empty schema means DefaultSchema.
+func MigrateURL(ctx context.Context, url, schema string) error {
+	if schema == "" {
+		schema = DefaultSchema
+	}
+	pcfg, err := pgxpool.ParseConfig(url)
+	if err != nil {
+		return fmt.Errorf("%w: pgstore: the store URL does not parse (want postgres://user@host:5432/db): %v", idem.ErrInvalid, err)
+	}
+	pcfg.MaxConns = 1
+	pool, err := pgxpool.NewWithConfig(ctx, pcfg)
+	if err != nil {
+		return wrapErr("migrate", err)
+	}
+	defer pool.Close()
+	return Migrate(ctx, pool, schema)
+}

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/idemkit/idem"
+	"github.com/idemkit/idem/internal/servicetest"
 	"github.com/jackc/pgx/v5"
 )
 
@@ -202,4 +203,24 @@ func FuzzDecodeMeta(f *testing.F) {
 	f.Fuzz(func(t *testing.T, b []byte) {
 		_ = decodeMeta(b) // never panics; unreadable meta is dropped
 	})
+}
+
+func TestMigrateURL(t *testing.T) {
+	t.Parallel()
+	url := servicetest.Postgres.Need(t)
+	pool := sharedPool(t)
+	schema := freshSchema(t, pool)
+	ctx := context.Background()
+	if err := MigrateURL(ctx, url, schema); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := New(pool, &Config{Schema: schema}); err != nil {
+		t.Errorf("New after MigrateURL: %v", err)
+	}
+	if err := MigrateURL(ctx, "postgres://127.0.0.1:1/x?connect_timeout=5", schema); !errors.Is(err, ErrUnavailable) {
+		t.Errorf("MigrateURL of a dead address: %v, want ErrUnavailable", err)
+	}
+	if err := MigrateURL(ctx, "postgres://h:port/x", schema); !errors.Is(err, idem.ErrInvalid) {
+		t.Errorf("MigrateURL of a bad URL: %v, want ErrInvalid", err)
+	}
 }
