@@ -12,6 +12,7 @@ import (
 
 	"github.com/idemkit/idem"
 	"github.com/idemkit/idem/internal/servicetest"
+	"github.com/jackc/pgx/v5/pgxpool"
 )
 
 func TestOpenBadURL(t *testing.T) {
@@ -189,4 +190,22 @@ func TestDeleteTombstone(t *testing.T) {
 	if err != nil || again.Decision != idem.Acquired || again.Record.Token <= first.Record.Token || again.Record.Attempts != 1 {
 		t.Errorf("Begin after Delete: %+v %v, want acquired with a greater token, attempt 1", again, err)
 	}
+}
+
+func TestCallerClosedPool(t *testing.T) {
+	t.Parallel()
+	url := servicetest.Postgres.Need(t)
+	ctx := context.Background()
+	pool, err := pgxpool.New(ctx, url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	schema := freshSchema(t, sharedPool(t))
+	s, err := New(pool, &Config{Schema: schema, Migrate: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	pool.Close()
+	_, err = s.Get(ctx, &idem.KeyParams{Scope: "s", Key: "k"})
+	wantErr(t, "Get on a pool the caller closed", err, idem.ErrClosed)
 }
