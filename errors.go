@@ -36,6 +36,11 @@ var (
 	// ErrNotImplemented: the store lacks an optional capability.
 	ErrNotImplemented = errors.New("idem: not implemented by this store")
 
+	// ErrUnavailable: the store did not answer (a database restarting, a
+	// refused connection). An operation that failed this way may or may not
+	// have taken effect; retrying with the same key is always safe.
+	ErrUnavailable = errors.New("idem: store unavailable")
+
 	// ErrClosed: the store or ledger was closed.
 	ErrClosed = errors.New("idem: closed")
 

@@ -27,7 +27,7 @@ var (
 	// (503), or a proxy in front of it answered 502/504. Nothing is known
 	// about whether the operation took effect; retrying with the same
 	// parameters is safe for every operation of the ledger.
-	ErrUnavailable = errors.New("idemclient: server unavailable")
+	ErrUnavailable = fmt.Errorf("idemclient: server unavailable: %w", idem.ErrUnavailable)
 
 	// ErrProtocol: the answer is not one the API defines (an unknown
 	// decision, a missing field, an HTML error page from a proxy, a

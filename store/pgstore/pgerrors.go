@@ -18,7 +18,7 @@ import (
 // fails with it may or may not have taken effect: Begin again with the same
 // key to find out. Errors wrapping it read "pgstore: database unavailable:
 // ...".
-var ErrUnavailable = errors.New("pgstore: database unavailable")
+var ErrUnavailable = fmt.Errorf("pgstore: database unavailable: %w", idem.ErrUnavailable)
 
 // wrapErr maps a pgx error to one that wraps the sentinel a caller
 // branches on, with op as context. It returns nil for nil.

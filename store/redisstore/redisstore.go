@@ -127,7 +127,7 @@ func Open(ctx context.Context, url string, cfg *Config) (*Store, error) {
 	s.owned = true
 	if err := client.Ping(ctx).Err(); err != nil {
 		client.Close()
-		return nil, fmt.Errorf("redisstore: connect to %s: %w", opts.Addr, err)
+		return nil, fmt.Errorf("redisstore: connect to %s: %w: %w", opts.Addr, idem.ErrUnavailable, err)
 	}
 	if s.cfg.WaitAOF {
 		if err := client.WaitAOF(ctx, 0, 0, 0).Err(); err != nil {
@@ -170,7 +170,12 @@ func (s *Store) redisErr(op string, err error) error {
 	case errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded):
 		return fmt.Errorf("redisstore: %s: %w", op, err)
 	}
-	return fmt.Errorf("redisstore: %s: redis: %w", op, err)
+	var redisErr redis.Error
+	if errors.As(err, &redisErr) {
+		return fmt.Errorf("redisstore: %s: redis: %w", op, err)
+	}
+	// Not an answer from Redis: the connection failed.
+	return fmt.Errorf("redisstore: %s: %w: %w", op, idem.ErrUnavailable, err)
 }
 
 // run runs a script. Without waiting it is one EVALSHA (EVAL when the

@@ -86,7 +86,7 @@ func problemFor(err error) *problem {
 		p.status, p.name = http.StatusUnprocessableEntity, ProblemFingerprintMismatch
 	case errors.Is(err, idem.ErrNotImplemented):
 		p.status, p.name = http.StatusNotImplemented, ProblemNotImplemented
-	case errors.Is(err, idem.ErrClosed), errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
+	case errors.Is(err, idem.ErrClosed), errors.Is(err, idem.ErrUnavailable), errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
 		p.status, p.name = http.StatusServiceUnavailable, ProblemUnavailable
 	default:
 		// The store's own failure: its message may name internals, so the
