@@ -5,34 +5,62 @@ import (
 	"fmt"
 	"maps"
 	"slices"
-	"strconv"
 	"time"
 
 	"github.com/idemkit/idem"
 )
 
-// Record hash fields (see recordFields):
+// A record is one Redis string, so a script reads it with one GET and
+// writes it, with its expiry, with one SET … PXAT. Format version 1, every
+// integer little-endian (Lua: struct.pack('<Bc1Bi8i8i8i8i8i8i8i8i8')):
 //
-//	s   state: p pending, c completed, r released
-//	f   fingerprint
-//	t   token
-//	a   attempts
-//	lu  lease until, µs since the epoch
-//	cr  created, µs
-//	co  completed, µs
-//	ex  expires, µs
-//	ru  retain until, µs (also the record's Redis expiry, in ms rounded up)
-//	w   window, µs
-//	re  retention, µs
-//	cp  checkpoint point (absent: no checkpoint)
-//	cd  checkpoint data
-//	od  outcome data
-//	om  outcome meta (encodeMeta; absent: none)
+//	offset  size  field
+//	0       1     format version, 1
+//	1       1     state: 'p' pending, 'c' completed, 'r' released
+//	2       1     flags: bit 0 set when a checkpoint is stored
+//	3       8     token
+//	11      8     attempts
+//	19      8     lease until, µs since the epoch (0: none)
+//	27      8     created, µs
+//	35      8     completed, µs
+//	43      8     expires, µs
+//	51      8     retain until, µs (also the key's Redis expiry, in ms rounded up)
+//	59      8     window, µs
+//	67      8     retention, µs
+//	75            five sections, each a uint32 length and that many bytes:
+//	              fingerprint, checkpoint point, checkpoint data, outcome
+//	              data, outcome meta (encodeMeta)
+//
+// The header has a fixed size, so a script unpacks only the numbers it
+// judges, compares the fingerprint section as bytes, and keeps the sections
+// it does not change as one substring.
+const (
+	recordVersion  = 1
+	headerLen      = 75
+	flagCheckpoint = 1
+	// minRecordLen is a header and five empty sections.
+	minRecordLen = headerLen + 5*4
+)
 
 // micros turns a positive duration into whole microseconds, rounding up so
 // that a lease is never shorter than asked.
 func micros(d time.Duration) int64 {
 	return int64((d + time.Microsecond - 1) / time.Microsecond)
+}
+
+// appendSection appends a length-prefixed section.
+func appendSection(b []byte, s string) []byte {
+	b = binary.LittleEndian.AppendUint32(b, uint32(len(s)))
+	return append(b, s...)
+}
+
+// section is one length-prefixed section, as a script argument.
+func section(s string) string { return string(appendSection(nil, s)) }
+
+// tokenBytes is a token as the record holds it, for the scripts to compare
+// bytes instead of numbers.
+func tokenBytes(token int64) string {
+	return string(binary.LittleEndian.AppendUint64(nil, uint64(token)))
 }
 
 // encodeMeta writes meta as (uvarint length, bytes) pairs for each key and
@@ -81,78 +109,203 @@ func decodeMeta(s string) (map[string]string, error) {
 	return meta, nil
 }
 
-// decodeRecord builds a record from the values of recordFields (a prefix of
-// them: the outcome fields may be left out, as Complete and Begin do when
-// the caller has no use for them). A nil state means no record.
-func decodeRecord(scope, key string, vals []any) (*idem.Record, error) {
-	if len(vals) < 13 || len(vals) > len(recordFields) {
-		return nil, fmt.Errorf("%w: redisstore: record reply has %d fields", idem.ErrInvalid, len(vals))
+// outcomeSections are the sections Complete appends after the fingerprint:
+// no checkpoint, then the outcome.
+func outcomeSections(o *idem.Outcome) string {
+	meta := encodeMeta(o.Meta)
+	b := make([]byte, 0, 16+len(o.Data)+len(meta))
+	b = appendSection(b, "")
+	b = appendSection(b, "")
+	b = appendSection(b, string(o.Data))
+	return string(appendSection(b, meta))
+}
+
+// checkpointSections are the sections Checkpoint puts after the
+// fingerprint: the checkpoint, then no outcome.
+func checkpointSections(point string, data []byte) string {
+	b := make([]byte, 0, 16+len(point)+len(data))
+	b = appendSection(b, point)
+	b = appendSection(b, string(data))
+	b = appendSection(b, "")
+	return string(appendSection(b, ""))
+}
+
+// emptySections are the four sections after the fingerprint of a record
+// that has neither a checkpoint nor an outcome.
+const emptySections = "\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00"
+
+// encodeRecord writes r in the format above. The scripts write records
+// themselves; Go encodes them only for tests.
+func encodeRecord(r *idem.Record) string {
+	var st byte
+	switch r.State {
+	case idem.StatePending:
+		st = 'p'
+	case idem.StateCompleted:
+		st = 'c'
+	case idem.StateReleased:
+		st = 'r'
 	}
-	str := func(i int) (string, bool) {
-		s, ok := vals[i].(string)
-		return s, ok
+	var flags byte
+	if r.Checkpoint != nil {
+		flags |= flagCheckpoint
 	}
-	var err error
-	num := func(i int) int64 {
-		s, ok := str(i)
-		if !ok || err != nil {
+	b := []byte{recordVersion, st, flags}
+	us := func(t time.Time) int64 {
+		if t.IsZero() {
 			return 0
 		}
-		n, perr := strconv.ParseInt(s, 10, 64)
-		if perr != nil {
-			err = fmt.Errorf("%w: redisstore: record field %s is %q, not an integer", idem.ErrInvalid, recordFields[i], s)
-		}
-		return n
+		return t.UnixMicro()
 	}
-	at := func(i int) time.Time {
-		if n := num(i); n != 0 {
+	for _, n := range []int64{r.Token, int64(r.Attempts), us(r.LeaseUntil), us(r.Created), us(r.Completed), us(r.Expires),
+		us(r.RetainUntil), int64(r.Window / time.Microsecond), int64(r.Retention / time.Microsecond)} {
+		b = binary.LittleEndian.AppendUint64(b, uint64(n))
+	}
+	b = appendSection(b, r.Fingerprint)
+	var cp idem.Checkpoint
+	if r.Checkpoint != nil {
+		cp = *r.Checkpoint
+	}
+	b = appendSection(b, cp.Point)
+	b = appendSection(b, string(cp.Data))
+	var out idem.Outcome
+	if r.Outcome != nil {
+		out = *r.Outcome
+	}
+	b = appendSection(b, string(out.Data))
+	return string(appendSection(b, encodeMeta(out.Meta)))
+}
+
+func corrupt(format string, args ...any) error {
+	return fmt.Errorf("%w: redisstore: stored record: "+format, append([]any{idem.ErrInvalid}, args...)...)
+}
+
+// recordReader reads a record's bytes, failing on anything the format does
+// not allow.
+type recordReader struct {
+	b   string
+	err error
+}
+
+func (r *recordReader) int64() int64 {
+	if r.err != nil || len(r.b) < 8 {
+		r.fail("truncated header")
+		return 0
+	}
+	n := int64(binary.LittleEndian.Uint64([]byte(r.b[:8])))
+	r.b = r.b[8:]
+	return n
+}
+
+func (r *recordReader) section(name string) string {
+	if r.err != nil {
+		return ""
+	}
+	if len(r.b) < 4 {
+		r.fail("no %s section", name)
+		return ""
+	}
+	n := binary.LittleEndian.Uint32([]byte(r.b[:4]))
+	if uint64(n) > uint64(len(r.b)-4) {
+		r.fail("%s section of %d bytes, %d left", name, n, len(r.b)-4)
+		return ""
+	}
+	s := r.b[4 : 4+n]
+	r.b = r.b[4+n:]
+	return s
+}
+
+func (r *recordReader) fail(format string, args ...any) {
+	if r.err == nil {
+		r.err = corrupt(format, args...)
+	}
+}
+
+// decodeHead reads the header and fingerprint of a record (what the
+// Complete script returns), leaving the reader at the checkpoint section.
+func decodeHead(scope, key, b string) (*idem.Record, *recordReader, error) {
+	if len(b) < headerLen+4 {
+		return nil, nil, corrupt("%d bytes, shorter than a header", len(b))
+	}
+	if b[0] != recordVersion {
+		return nil, nil, corrupt("format version %d, want %d", b[0], recordVersion)
+	}
+	rec := &idem.Record{Scope: scope, Key: key}
+	switch b[1] {
+	case 'p':
+		rec.State = idem.StatePending
+	case 'c':
+		rec.State = idem.StateCompleted
+	case 'r':
+		rec.State = idem.StateReleased
+	default:
+		return nil, nil, corrupt("state %q", b[1])
+	}
+	flags := b[2]
+	if flags&^flagCheckpoint != 0 {
+		return nil, nil, corrupt("flags %#x", flags)
+	}
+	r := &recordReader{b: b[3:]}
+	at := func() time.Time {
+		if n := r.int64(); n != 0 {
 			return time.UnixMicro(n).UTC()
 		}
 		return time.Time{}
 	}
-	st, ok := str(0)
-	if !ok {
-		return nil, nil
+	rec.Token = r.int64()
+	attempts := r.int64()
+	rec.LeaseUntil = at()
+	rec.Created = at()
+	rec.Completed = at()
+	rec.Expires = at()
+	rec.RetainUntil = at()
+	window, retention := r.int64(), r.int64()
+	rec.Fingerprint = r.section("fingerprint")
+	switch {
+	case r.err != nil:
+		return nil, nil, r.err
+	case rec.Token <= 0:
+		return nil, nil, corrupt("token %d", rec.Token)
+	case attempts < 0 || attempts > 1<<31:
+		return nil, nil, corrupt("attempts %d", attempts)
+	case window < 0 || window > int64(1<<63-1)/1000 || retention < 0 || retention > int64(1<<63-1)/1000:
+		return nil, nil, corrupt("window %d µs, retention %d µs", window, retention)
 	}
-	r := &idem.Record{Scope: scope, Key: key}
-	switch st {
-	case "p":
-		r.State = idem.StatePending
-	case "c":
-		r.State = idem.StateCompleted
-	case "r":
-		r.State = idem.StateReleased
-	default:
-		return nil, fmt.Errorf("%w: redisstore: record state %q", idem.ErrInvalid, st)
+	rec.Attempts = int(attempts)
+	rec.Window = time.Duration(window) * time.Microsecond
+	rec.Retention = time.Duration(retention) * time.Microsecond
+	if flags&flagCheckpoint != 0 {
+		rec.Checkpoint = &idem.Checkpoint{}
 	}
-	r.Fingerprint, _ = str(1)
-	r.Token = num(2)
-	r.Attempts = int(num(3))
-	r.LeaseUntil = at(4)
-	r.Created = at(5)
-	r.Completed = at(6)
-	r.Expires = at(7)
-	r.RetainUntil = at(8)
-	r.Window = time.Duration(num(9)) * time.Microsecond
-	r.Retention = time.Duration(num(10)) * time.Microsecond
-	if p, ok := str(11); ok {
-		d, _ := str(12)
-		r.Checkpoint = &idem.Checkpoint{Point: p, Data: []byte(d)}
-	}
-	if r.State == idem.StateCompleted && len(vals) == len(recordFields) {
-		d, _ := str(13)
-		r.Outcome = &idem.Outcome{Data: []byte(d)}
-		if m, ok := str(14); ok {
-			if r.Outcome.Meta, err = decodeMeta(m); err != nil {
-				return nil, err
-			}
-		}
-	}
+	return rec, r, nil
+}
+
+// decodeRecord reads a whole stored record.
+func decodeRecord(scope, key, b string) (*idem.Record, error) {
+	rec, r, err := decodeHead(scope, key, b)
 	if err != nil {
 		return nil, err
 	}
-	if r.Token <= 0 {
-		return nil, fmt.Errorf("%w: redisstore: record token %d", idem.ErrInvalid, r.Token)
+	point, cpData := r.section("checkpoint point"), r.section("checkpoint data")
+	data, meta := r.section("outcome data"), r.section("outcome meta")
+	switch {
+	case r.err != nil:
+		return nil, r.err
+	case r.b != "":
+		return nil, corrupt("%d bytes after the last section", len(r.b))
+	case rec.Checkpoint == nil && (point != "" || cpData != ""):
+		return nil, corrupt("checkpoint without its flag")
+	case rec.State != idem.StateCompleted && (data != "" || meta != ""):
+		return nil, corrupt("outcome in a %s record", rec.State)
 	}
-	return r, nil
+	if rec.Checkpoint != nil {
+		rec.Checkpoint.Point, rec.Checkpoint.Data = point, []byte(cpData)
+	}
+	if rec.State == idem.StateCompleted {
+		rec.Outcome = &idem.Outcome{Data: []byte(data)}
+		if rec.Outcome.Meta, err = decodeMeta(meta); err != nil {
+			return nil, err
+		}
+	}
+	return rec, nil
 }

@@ -3,6 +3,7 @@ package redisstore
 import (
 	"errors"
 	"maps"
+	"reflect"
 	"testing"
 	"time"
 
@@ -31,55 +32,96 @@ func TestMicros(t *testing.T) {
 	}
 }
 
-func TestDecodeRecord(t *testing.T) {
+func sampleRecord() *idem.Record {
+	at := func(s int64) time.Time { return time.Unix(s, 0).UTC() }
+	return &idem.Record{Scope: "sc", Key: "k", Fingerprint: "fp", State: idem.StateCompleted, Token: 7, Attempts: 2,
+		LeaseUntil: at(1), Created: at(1), Completed: at(2), Expires: at(3), RetainUntil: at(4),
+		Window: time.Second, Retention: 2 * time.Second,
+		Outcome: &idem.Outcome{Data: []byte("data"), Meta: map[string]string{"s": "200"}}}
+}
+
+func TestRecordRoundTrip(t *testing.T) {
 	t.Parallel()
-	vals := []any{"c", "fp", "7", "2", "1000000", "1000000", "2000000", "3000000", "4000000", "1000000", "2000000", "pt", "cd", "data", encodeMeta(map[string]string{"s": "200"})}
-	r, err := decodeRecord("sc", "k", vals)
-	if err != nil {
-		t.Fatal(err)
+	completed := sampleRecord()
+	pending := sampleRecord()
+	pending.State, pending.Outcome, pending.Completed, pending.Expires = idem.StatePending, nil, time.Time{}, time.Time{}
+	pending.Checkpoint = &idem.Checkpoint{Point: "pt", Data: []byte("cd")}
+	empty := sampleRecord()
+	empty.Outcome = &idem.Outcome{Data: []byte{}}
+	for _, r := range []*idem.Record{completed, pending, empty} {
+		b := encodeRecord(r)
+		got, err := decodeRecord(r.Scope, r.Key, b)
+		if err != nil || !reflect.DeepEqual(got, r) {
+			t.Errorf("%s: decoded %+v, %v; want %+v", r.State, got, err, r)
+		}
 	}
-	if r.State != idem.StateCompleted || r.Token != 7 || r.Attempts != 2 || r.Window != time.Second || r.Retention != 2*time.Second ||
-		!r.Expires.Equal(time.Unix(3, 0)) || r.Checkpoint == nil || r.Checkpoint.Point != "pt" || string(r.Outcome.Data) != "data" || r.Outcome.Meta["s"] != "200" {
-		t.Errorf("decoded %+v", r)
+	if n := len(encodeRecord(pending)) - len("fp") - len("pt") - len("cd"); n != minRecordLen {
+		t.Errorf("framing of a record: %d bytes, want %d", n, minRecordLen)
 	}
-	if r, err := decodeRecord("sc", "k", make([]any, len(recordFields))); r != nil || err != nil {
-		t.Errorf("no state: %+v, %v; want no record, no error", r, err)
-	}
-	for name, bad := range map[string][]any{
-		"short":     {"p"},
-		"state":     append([]any{"x"}, vals[1:]...),
-		"token":     append([]any{"p", "f", "seven"}, vals[3:]...),
-		"zero":      append([]any{"p", "f", "0"}, vals[3:]...),
-		"meta":      append(append([]any{}, vals[:14]...), "\x05ab"),
-		"too long!": append(append([]any{}, vals...), "x"),
+}
+
+func TestDecodeRecordRejects(t *testing.T) {
+	t.Parallel()
+	good := encodeRecord(sampleRecord())
+	set := func(i int, c byte) string { b := []byte(good); b[i] = c; return string(b) }
+	pending := sampleRecord()
+	pending.State = idem.StatePending
+	for name, bad := range map[string]string{
+		"empty":          "",
+		"short":          good[:headerLen],
+		"version":        set(0, 2),
+		"state":          set(1, 'x'),
+		"flags":          set(2, 4),
+		"zero token":     string(append(append([]byte(good[:3]), make([]byte, 8)...), good[11:]...)),
+		"negative token": set(10, 0x80),
+		"no meta":        good[:len(good)-4-len(encodeMeta(sampleRecord().Outcome.Meta))],
+		"trailing":       good + "x",
+		"section length": set(headerLen, 0xff),
+		"checkpoint":     set(2, 0) + "",
+		"outcome":        encodeRecord(pending),
+		"meta":           good[:len(good)-4-len(encodeMeta(sampleRecord().Outcome.Meta))] + section("\x05ab"),
 	} {
-		if _, err := decodeRecord("sc", "k", bad); !errors.Is(err, idem.ErrInvalid) {
-			t.Errorf("%s: %v, want an error wrapping idem.ErrInvalid", name, err)
+		if name == "checkpoint" {
+			cp := sampleRecord()
+			cp.Checkpoint = &idem.Checkpoint{Point: "p"}
+			b := []byte(encodeRecord(cp))
+			b[2] = 0
+			bad = string(b)
+		}
+		if r, err := decodeRecord("sc", "k", bad); !errors.Is(err, idem.ErrInvalid) {
+			t.Errorf("%s: %+v, %v; want an error wrapping idem.ErrInvalid", name, r, err)
 		}
 	}
 }
 
-// FuzzDecodeRecord: whatever the hash holds, decoding returns a record or
-// an error wrapping idem.ErrInvalid, never panics; meta round-trips.
+// FuzzDecodeRecord: whatever the key holds, decoding returns a record or an
+// error wrapping idem.ErrInvalid, never panics; a record that decodes
+// encodes to the same bytes.
 func FuzzDecodeRecord(f *testing.F) {
-	f.Add("c", "7", "1000", "pt", "data", encodeMeta(map[string]string{"a": "b"}), true)
-	f.Add("p", "-1", "x", "", "", "\xff\xff", false)
-	f.Fuzz(func(t *testing.T, state, token, at, point, data, meta string, hasPoint bool) {
-		vals := []any{state, "f", token, "1", at, at, at, at, at, at, at, nil, nil, data, meta}
-		if hasPoint {
-			vals[11], vals[12] = point, data
+	f.Add(encodeRecord(sampleRecord()))
+	cp := sampleRecord()
+	cp.State, cp.Outcome, cp.Checkpoint = idem.StatePending, nil, &idem.Checkpoint{Point: "p", Data: []byte{0, 1}}
+	f.Add(encodeRecord(cp))
+	f.Add("\x01p\x00")
+	f.Fuzz(func(t *testing.T, b string) {
+		r, err := decodeRecord("s", "k", b)
+		if err != nil {
+			if !errors.Is(err, idem.ErrInvalid) {
+				t.Fatalf("error %v does not wrap idem.ErrInvalid", err)
+			}
+			return
 		}
-		r, err := decodeRecord("s", "k", vals)
-		if err != nil && !errors.Is(err, idem.ErrInvalid) {
-			t.Fatalf("error %v does not wrap idem.ErrInvalid", err)
-		}
-		if err == nil && r != nil && r.Token <= 0 {
+		if r.Token <= 0 {
 			t.Fatalf("record with token %d", r.Token)
 		}
-		if m, err := decodeMeta(meta); err == nil && len(m) > 0 {
-			if again, err := decodeMeta(encodeMeta(m)); err != nil || !maps.Equal(again, m) {
-				t.Fatalf("meta %q: %v, then %v %v", meta, m, again, err)
+		if m := r.Outcome; m != nil && len(m.Meta) > 0 {
+			if again, err := decodeMeta(encodeMeta(m.Meta)); err != nil || !maps.Equal(again, m.Meta) {
+				t.Fatalf("meta %v: then %v %v", m.Meta, again, err)
 			}
+		}
+		again, err := decodeRecord("s", "k", encodeRecord(r))
+		if err != nil || !reflect.DeepEqual(again, r) {
+			t.Fatalf("re-encoded %+v: %+v, %v", r, again, err)
 		}
 	})
 }

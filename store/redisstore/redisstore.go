@@ -268,21 +268,27 @@ func ownerErr(c string, token int64) error {
 		return fmt.Errorf("%w: token %d", idem.ErrCompleted, token)
 	case "released":
 		return fmt.Errorf("%w: token %d was released", idem.ErrLeaseLost, token)
+	case "corrupt":
+		return corrupt("not a record of format %d", recordVersion)
 	}
 	return fmt.Errorf("redisstore: unexpected script reply code %q", c)
 }
 
-// nowOf reads the server time (µs) a script replied with.
-func nowOf(rest []any) (time.Time, error) {
-	if len(rest) == 0 {
-		return time.Time{}, errors.New("redisstore: script reply without a time")
+// timeAndRecord reads the server time (µs) and the record bytes a script
+// replied with.
+func timeAndRecord(rest []any) (time.Time, string, error) {
+	if len(rest) != 2 {
+		return time.Time{}, "", fmt.Errorf("redisstore: script reply of %d elements, want a time and a record", len(rest))
 	}
-	s, _ := rest[0].(string)
-	n, err := strconv.ParseInt(s, 10, 64)
-	if err != nil {
-		return time.Time{}, fmt.Errorf("redisstore: script reply time %q", s)
+	n, ok := rest[0].(int64)
+	if !ok {
+		return time.Time{}, "", fmt.Errorf("redisstore: script reply time %T", rest[0])
 	}
-	return time.UnixMicro(n).UTC(), nil
+	b, ok := rest[1].(string)
+	if !ok {
+		return time.Time{}, "", fmt.Errorf("redisstore: script reply record %T", rest[1])
+	}
+	return time.UnixMicro(n).UTC(), b, nil
 }
 
 // Begin implements idem.Store.
@@ -294,8 +300,7 @@ func (s *Store) Begin(ctx context.Context, p *idem.BeginParams) (*idem.BeginResu
 		return nil, err
 	}
 	k := keysOf(s.prefix, p.Scope, p.Key)
-	reply, waitErr, err := s.run(ctx, beginScript, []string{k.record, k.list, k.expiry, k.token},
-		k.member, p.Key, p.Fingerprint, micros(p.Lease), micros(p.Window), micros(p.Retention))
+	reply, waitErr, err := s.run(ctx, beginScript, []string{k.record, k.list, k.expiry, k.token}, beginArgs(k, p)...)
 	if err != nil {
 		return nil, s.redisErr("begin", err)
 	}
@@ -303,19 +308,19 @@ func (s *Store) Begin(ctx context.Context, p *idem.BeginParams) (*idem.BeginResu
 	if err != nil {
 		return nil, err
 	}
-	now, err := nowOf(rest)
-	if err != nil {
-		return nil, err
-	}
-	if c == "mismatch" {
+	switch c {
+	case "mismatch":
 		return &idem.BeginResult{Decision: idem.Mismatch}, nil
+	case "corrupt":
+		return nil, fmt.Errorf("redisstore: begin: %w", ownerErr(c, 0))
 	}
-	rec, err := decodeRecord(p.Scope, p.Key, rest[1:])
+	now, b, err := timeAndRecord(rest)
 	if err != nil {
 		return nil, err
 	}
-	if rec == nil {
-		return nil, fmt.Errorf("redisstore: begin: the script returned no record")
+	rec, err := decodeRecord(p.Scope, p.Key, b)
+	if err != nil {
+		return nil, err
 	}
 	res := &idem.BeginResult{Record: rec}
 	switch c {
@@ -336,13 +341,18 @@ func (s *Store) Begin(ctx context.Context, p *idem.BeginParams) (*idem.BeginResu
 	return res, nil
 }
 
-// owner runs the script of an owner's operation and decodes the record it
-// returns (when it returns one).
-func (s *Store) owner(ctx context.Context, op string, script *redis.Script, keys []string, token int64, scope, key string, args ...any) (*idem.Record, error) {
+// beginArgs are the ARGV of beginScript.
+func beginArgs(k keys, p *idem.BeginParams) []any {
+	return []any{k.member, p.Key, section(p.Fingerprint), micros(p.Lease), micros(p.Window), micros(p.Retention)}
+}
+
+// owner runs the script of an owner's operation; rest is the reply after
+// the code.
+func (s *Store) owner(ctx context.Context, op string, script *redis.Script, k keys, token int64, args ...any) (rest []any, err error) {
 	if err := s.check(); err != nil {
 		return nil, err
 	}
-	reply, waitErr, err := s.run(ctx, script, keys, args...)
+	reply, waitErr, err := s.run(ctx, script, []string{k.record}, append([]any{tokenBytes(token)}, args...)...)
 	if err != nil {
 		return nil, s.redisErr(op, err)
 	}
@@ -351,18 +361,12 @@ func (s *Store) owner(ctx context.Context, op string, script *redis.Script, keys
 		return nil, err
 	}
 	if c != "ok" {
-		return nil, ownerErr(c, token)
-	}
-	var rec *idem.Record
-	if len(rest) > 1 {
-		if rec, err = decodeRecord(scope, key, rest[1:]); err != nil {
-			return nil, err
-		}
+		return nil, fmt.Errorf("redisstore: %s: %w", op, ownerErr(c, token))
 	}
 	if waitErr != nil {
-		return rec, fmt.Errorf("redisstore: %s: %w", op, waitErr)
+		return rest, fmt.Errorf("redisstore: %s: %w", op, waitErr)
 	}
-	return rec, nil
+	return rest, nil
 }
 
 // Complete implements idem.Store.
@@ -371,15 +375,23 @@ func (s *Store) Complete(ctx context.Context, p *idem.CompleteParams) (*idem.Rec
 		return nil, err
 	}
 	k := keysOf(s.prefix, p.Scope, p.Key)
-	rec, err := s.owner(ctx, "complete", completeScript, []string{k.record}, p.Token, p.Scope, p.Key,
-		p.Token, p.Outcome.Data, encodeMeta(p.Outcome.Meta))
-	if rec != nil {
-		rec.Outcome = &idem.Outcome{Data: append([]byte{}, p.Outcome.Data...)}
-		if len(p.Outcome.Meta) > 0 {
-			rec.Outcome.Meta = make(map[string]string, len(p.Outcome.Meta))
-			for k, v := range p.Outcome.Meta {
-				rec.Outcome.Meta[k] = v
-			}
+	rest, err := s.owner(ctx, "complete", completeScript, k, p.Token, outcomeSections(&p.Outcome))
+	if rest == nil {
+		return nil, err
+	}
+	head, _ := rest[0].(string)
+	rec, r, derr := decodeHead(p.Scope, p.Key, head)
+	if derr == nil && r.b != "" {
+		derr = corrupt("complete replied %d bytes after the fingerprint", len(r.b))
+	}
+	if derr != nil {
+		return nil, derr
+	}
+	rec.Outcome = &idem.Outcome{Data: append([]byte{}, p.Outcome.Data...)}
+	if len(p.Outcome.Meta) > 0 {
+		rec.Outcome.Meta = make(map[string]string, len(p.Outcome.Meta))
+		for k, v := range p.Outcome.Meta {
+			rec.Outcome.Meta[k] = v
 		}
 	}
 	return rec, err
@@ -391,7 +403,7 @@ func (s *Store) Release(ctx context.Context, p *idem.ReleaseParams) error {
 		return err
 	}
 	k := keysOf(s.prefix, p.Scope, p.Key)
-	_, err := s.owner(ctx, "release", releaseScript, []string{k.record}, p.Token, p.Scope, p.Key, p.Token)
+	_, err := s.owner(ctx, "release", releaseScript, k, p.Token)
 	return err
 }
 
@@ -401,7 +413,19 @@ func (s *Store) Extend(ctx context.Context, p *idem.ExtendParams) (*idem.Record,
 		return nil, err
 	}
 	k := keysOf(s.prefix, p.Scope, p.Key)
-	return s.owner(ctx, "extend", extendScript, []string{k.record}, p.Token, p.Scope, p.Key, p.Token, micros(p.Lease))
+	rest, err := s.owner(ctx, "extend", extendScript, k, p.Token, micros(p.Lease))
+	if rest == nil {
+		return nil, err
+	}
+	_, b, derr := timeAndRecord(rest)
+	if derr != nil {
+		return nil, derr
+	}
+	rec, derr := decodeRecord(p.Scope, p.Key, b)
+	if derr != nil {
+		return nil, derr
+	}
+	return rec, err
 }
 
 // Checkpoint implements idem.Store.
@@ -410,7 +434,7 @@ func (s *Store) Checkpoint(ctx context.Context, p *idem.CheckpointParams) error 
 		return err
 	}
 	k := keysOf(s.prefix, p.Scope, p.Key)
-	_, err := s.owner(ctx, "checkpoint", checkpointScript, []string{k.record}, p.Token, p.Scope, p.Key, p.Token, p.Point, p.Data)
+	_, err := s.owner(ctx, "checkpoint", checkpointScript, k, p.Token, checkpointSections(p.Point, p.Data))
 	return err
 }
 
@@ -424,18 +448,14 @@ func (s *Store) Get(ctx context.Context, p *idem.KeyParams) (*idem.Record, error
 		return nil, err
 	}
 	k := keysOf(s.prefix, p.Scope, p.Key)
-	vals, err := s.client.HMGet(ctx, k.record, recordFields...).Result()
+	b, err := s.client.Get(ctx, k.record).Result()
+	if errors.Is(err, redis.Nil) {
+		return nil, fmt.Errorf("%w: scope %q", idem.ErrNotFound, p.Scope)
+	}
 	if err != nil {
 		return nil, s.redisErr("get", err)
 	}
-	rec, err := decodeRecord(p.Scope, p.Key, vals)
-	if err != nil {
-		return nil, err
-	}
-	if rec == nil {
-		return nil, fmt.Errorf("%w: scope %q", idem.ErrNotFound, p.Scope)
-	}
-	return rec, nil
+	return decodeRecord(p.Scope, p.Key, b)
 }
 
 // Delete implements idem.Store.
@@ -596,22 +616,26 @@ func (s *Store) List(ctx context.Context, p *idem.ListParams) (*idem.ListResult,
 			break
 		}
 		pipe := s.client.Pipeline()
-		cmds := make([]*redis.SliceCmd, len(keys))
+		cmds := make([]*redis.StringCmd, len(keys))
 		for i, key := range keys {
-			cmds[i] = pipe.HMGet(ctx, keysOf(s.prefix, p.Scope, key).record, recordFields...)
+			cmds[i] = pipe.Get(ctx, keysOf(s.prefix, p.Scope, key).record)
 		}
 		if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
 			return nil, s.redisErr("list", err)
 		}
 		var gone []string
 		for i, key := range keys {
-			rec, err := decodeRecord(p.Scope, key, cmds[i].Val())
-			if err != nil {
-				return nil, err
-			}
-			if rec == nil {
+			b, err := cmds[i].Result()
+			if errors.Is(err, redis.Nil) {
 				gone = append(gone, key)
 				continue
+			}
+			if err != nil {
+				return nil, s.redisErr("list", err)
+			}
+			rec, err := decodeRecord(p.Scope, key, b)
+			if err != nil {
+				return nil, err
 			}
 			if p.State == "" || rec.State == p.State {
 				found = append(found, rec)

@@ -104,7 +104,8 @@ func loadDue(b *testing.B, s *bundle, round string, n int) {
 			scope := fmt.Sprintf("%s-scope-%d", round, i%1000)
 			key := fmt.Sprintf("key-%d", i)
 			k := keysOf(s.prefix, scope, key)
-			beginScript.EvalSha(ctx, pipe, []string{k.record, k.list, k.expiry, k.token}, k.member, key, "f", 1000, 1000, 0)
+			beginScript.EvalSha(ctx, pipe, []string{k.record, k.list, k.expiry, k.token},
+				beginArgs(k, &idem.BeginParams{Key: key, Fingerprint: "f", Lease: time.Millisecond, Window: time.Millisecond})...)
 		}
 		if _, err := pipe.Exec(ctx); err != nil {
 			if err := beginScript.Load(ctx, s.client).Err(); err != nil {
