@@ -1,9 +1,22 @@
 package idemhttp
 
 import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
 	"log/slog"
+	"net"
 	"net/http"
+	"slices"
+	"strconv"
+	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/idemkit/idem"
 )
@@ -60,6 +73,10 @@ type Config struct {
 	// Logger receives reasons for released keys; never keys or bodies.
 	// Default slog.Default().
 	Logger *slog.Logger
+	// Clock drives the lease heartbeat and the first execution's
+	// Idempotency-Key-Expires. Default idem.SystemClock; tests pass the
+	// ledger's idem.ManualClock.
+	Clock idem.Clock
 }
 
 // DefaultStoredHeaders are the response headers a replay carries.
@@ -69,7 +86,429 @@ var DefaultStoredHeaders = []string{"Content-Type", "Content-Language", "Content
 // KeepEverything stores every status, as Stripe does.
 func KeepEverything(int) bool { return true }
 
-// Middleware returns the Idempotency-Key middleware over ledger.
-func Middleware(ledger *idem.Ledger, cfg *Config) func(http.Handler) http.Handler {
-	panic("idemhttp.Middleware: being written")
+// DefaultKeep stores 2xx and 4xx but 408 and 429: a retry of a timeout,
+// a rate limit or a server error runs again.
+func DefaultKeep(status int) bool {
+	if status == http.StatusRequestTimeout || status == http.StatusTooManyRequests {
+		return false
+	}
+	return status >= 200 && status < 500
 }
+
+// Meta keys of a stored response.
+const (
+	metaStatus       = "status"
+	metaHeaderPrefix = "header:"
+)
+
+type middleware struct {
+	ledger         *idem.Ledger
+	next           http.Handler
+	methods        []string
+	requireKey     bool
+	scope          func(*http.Request) (string, error)
+	route          func(*http.Request) string
+	fingerprint    func(*http.Request, []byte) string
+	maxBody        int64
+	maxResponse    int64
+	mismatchStatus int
+	keep           func(int) bool
+	stored         []string // canonical names, never-stored ones removed
+	lease, window  time.Duration
+	logger         *slog.Logger
+	clock          idem.Clock
+	beginOpts      []idem.CallOption
+}
+
+// Middleware returns the Idempotency-Key middleware over ledger. A nil cfg
+// means defaults; see Config.
+func Middleware(ledger *idem.Ledger, cfg *Config) func(http.Handler) http.Handler {
+	var c Config
+	if cfg != nil {
+		c = *cfg
+	}
+	m := &middleware{ledger: ledger, requireKey: c.RequireKey, scope: c.Scope, route: c.Route,
+		fingerprint: c.Fingerprint, maxBody: c.MaxBody, maxResponse: c.MaxResponse,
+		mismatchStatus: c.MismatchStatus, keep: c.Keep, lease: c.Lease, window: c.Window,
+		logger: c.Logger, clock: c.Clock}
+	m.methods = c.Methods
+	if len(m.methods) == 0 {
+		m.methods = []string{http.MethodPost, http.MethodPatch}
+	}
+	if m.scope == nil {
+		m.scope = AuthorizationScope
+	}
+	if m.route == nil {
+		m.route = defaultRoute
+	}
+	if m.fingerprint == nil {
+		headers := c.FingerprintHeaders
+		if headers == nil {
+			headers = []string{"Content-Type"}
+		}
+		m.fingerprint = func(r *http.Request, body []byte) string { return Fingerprint(r, headers, body) }
+	}
+	if m.maxBody <= 0 {
+		m.maxBody = 1 << 20
+	}
+	if m.maxResponse <= 0 {
+		m.maxResponse = 10 << 20
+	}
+	if m.mismatchStatus == 0 {
+		m.mismatchStatus = http.StatusUnprocessableEntity
+	}
+	if m.keep == nil {
+		m.keep = DefaultKeep
+	}
+	stored := c.StoredHeaders
+	if stored == nil {
+		stored = DefaultStoredHeaders
+	}
+	for _, h := range stored {
+		h = http.CanonicalHeaderKey(h)
+		if !neverStored(h) && !slices.Contains(m.stored, h) {
+			m.stored = append(m.stored, h)
+		}
+	}
+	if m.logger == nil {
+		m.logger = slog.Default()
+	}
+	if m.clock == nil {
+		m.clock = idem.SystemClock{}
+	}
+	if m.lease > 0 {
+		m.beginOpts = append(m.beginOpts, idem.WithLease(m.lease))
+	}
+	if m.window > 0 {
+		m.beginOpts = append(m.beginOpts, idem.WithWindow(m.window))
+	}
+	if c.Wait > 0 {
+		m.beginOpts = append(m.beginOpts, idem.WithWait(c.Wait))
+	}
+	return func(next http.Handler) http.Handler {
+		mm := *m
+		mm.next = next
+		return &mm
+	}
+}
+
+// neverStored reports the response headers no replay may carry: cookies,
+// the date, request ids, rate limits and the middleware's own headers.
+func neverStored(canonical string) bool {
+	l := strings.ToLower(canonical)
+	switch l {
+	case "set-cookie", "set-cookie2", "date", "retry-after",
+		strings.ToLower(HeaderReplayed), strings.ToLower(HeaderExpires):
+		return true
+	}
+	return strings.HasPrefix(l, "ratelimit") || strings.HasPrefix(l, "x-ratelimit") ||
+		strings.Contains(l, "request-id") || strings.Contains(l, "requestid") ||
+		strings.Contains(l, "correlation-id") || strings.Contains(l, "trace-id") || l == "traceparent"
+}
+
+// AuthorizationScope is the default Config.Scope: a SHA-256 digest of the
+// Authorization header, or "anonymous" without one. The raw credential is
+// never stored.
+func AuthorizationScope(r *http.Request) (string, error) {
+	auth := r.Header.Values("Authorization")
+	if len(auth) == 0 {
+		return "anonymous", nil
+	}
+	h := sha256.New()
+	for _, v := range auth {
+		writeFramed(h, v)
+	}
+	return "auth:" + hex.EncodeToString(h.Sum(nil)), nil
+}
+
+func defaultRoute(r *http.Request) string {
+	if r.Pattern != "" {
+		return r.Pattern
+	}
+	return r.URL.Path
+}
+
+// ledgerScope joins principal, method and route unambiguously (the
+// principal is length-prefixed, a method has no spaces) and digests the
+// result when it would not fit the ledger's 255-byte scope.
+func ledgerScope(principal, method, route string) string {
+	s := strconv.Itoa(len(principal)) + ":" + principal + " " + method + " " + route
+	if len(s) > idem.MaxScopeLen || !utf8.ValidString(s) {
+		sum := sha256.Sum256([]byte(s))
+		return "sha256:" + hex.EncodeToString(sum[:])
+	}
+	return s
+}
+
+func (m *middleware) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if !slices.Contains(m.methods, r.Method) {
+		m.next.ServeHTTP(w, r)
+		return
+	}
+	key, present, err := ParseKey(r.Header)
+	if err != nil {
+		writeProblem(w, problemKeyInvalid, err.Error())
+		return
+	}
+	if !present {
+		if m.requireKey {
+			writeProblem(w, problemKeyRequired, "this request needs an "+HeaderKey+" header")
+			return
+		}
+		m.next.ServeHTTP(w, r)
+		return
+	}
+
+	if r.ContentLength > m.maxBody {
+		writeProblem(w, problemBodyTooLarge, fmt.Sprintf("the body is over the limit of %d bytes", m.maxBody))
+		return
+	}
+	var body []byte
+	if r.Body != nil && r.Body != http.NoBody {
+		body, err = io.ReadAll(io.LimitReader(r.Body, m.maxBody+1))
+		if err != nil {
+			writeProblem(w, problemBodyUnreadable, "the request body could not be read")
+			return
+		}
+		if int64(len(body)) > m.maxBody {
+			writeProblem(w, problemBodyTooLarge, fmt.Sprintf("the body is over the limit of %d bytes", m.maxBody))
+			return
+		}
+		r.Body = io.NopCloser(bytes.NewReader(body))
+	}
+
+	principal, err := m.scope(r)
+	if err != nil {
+		writeProblem(w, problemScope, "the request's principal could not be determined")
+		return
+	}
+	scope := ledgerScope(principal, r.Method, m.route(r))
+	fp := m.fingerprint(r, body)
+
+	claim, err := m.ledger.Begin(r.Context(), scope, key, fp, m.beginOpts...)
+	if err != nil {
+		m.beginFailed(w, r, err)
+		return
+	}
+	if claim.Replayed() {
+		m.replay(w, claim)
+		return
+	}
+	m.execute(w, r, claim)
+}
+
+func (m *middleware) beginFailed(w http.ResponseWriter, r *http.Request, err error) {
+	var inFlight *idem.InFlightError
+	switch {
+	case errors.As(err, &inFlight):
+		secs := int64((inFlight.RetryAfter + time.Second - 1) / time.Second)
+		w.Header().Set("Retry-After", strconv.FormatInt(max(secs, 1), 10))
+		writeProblem(w, problemInFlight, "a request with this key is being processed; retry later")
+	case errors.Is(err, idem.ErrFingerprintMismatch):
+		p := problemMismatch
+		p.status = m.mismatchStatus
+		writeProblem(w, p, "this key was used with a different request")
+	case r.Context().Err() != nil:
+		// The client went away while waiting; nobody reads this answer.
+		writeProblem(w, problemUnavailable, "the request was cancelled")
+	default:
+		m.logger.Warn("idemhttp: ledger failed", "method", r.Method, "err", err)
+		writeProblem(w, problemUnavailable, "the idempotency ledger is unavailable; retry with the same key")
+	}
+}
+
+func (m *middleware) replay(w http.ResponseWriter, claim *idem.Claim) {
+	rec := claim.Record()
+	out := claim.Outcome()
+	h := w.Header()
+	for k, v := range out.Meta {
+		if name, ok := strings.CutPrefix(k, metaHeaderPrefix); ok {
+			h[name] = strings.Split(v, "\n")
+		}
+	}
+	h.Set(HeaderReplayed, "true")
+	if !rec.Expires.IsZero() {
+		h.Set(HeaderExpires, rec.Expires.UTC().Format(http.TimeFormat))
+	}
+	status, err := strconv.Atoi(out.Meta[metaStatus])
+	if err != nil || status < 200 || status > 999 {
+		status = http.StatusOK
+	}
+	w.WriteHeader(status)
+	_, _ = w.Write(out.Data)
+}
+
+func (m *middleware) execute(w http.ResponseWriter, r *http.Request, claim *idem.Claim) {
+	rec := claim.Record()
+	window := rec.Window
+	if window <= 0 {
+		window = m.window
+	}
+	if window <= 0 {
+		window = idem.DefaultWindow
+	}
+	h := w.Header()
+	h.Set(HeaderReplayed, "false")
+	h.Set(HeaderExpires, m.clock.Now().Add(window).UTC().Format(http.TimeFormat))
+
+	lease := m.lease
+	if lease <= 0 {
+		lease = rec.LeaseUntil.Sub(m.clock.Now())
+	}
+	if lease <= 0 {
+		lease = idem.DefaultLease
+	}
+
+	finish := context.WithoutCancel(r.Context())
+	workCtx, cancel := context.WithCancelCause(r.Context())
+	defer cancel(nil)
+	stop := m.heartbeat(finish, claim, lease, cancel)
+
+	rw := &recorder{rw: w, max: m.maxResponse}
+	defer func() {
+		stop()
+		if p := recover(); p != nil {
+			if err := claim.Release(finish); err != nil {
+				m.logger.Warn("idemhttp: releasing after a panic failed", "method", r.Method, "err", err)
+			}
+			panic(p)
+		}
+	}()
+	m.next.ServeHTTP(rw, r.WithContext(workCtx))
+	stop()
+	m.finish(finish, r, claim, rw)
+}
+
+// finish stores the recorded response or releases the key.
+func (m *middleware) finish(ctx context.Context, r *http.Request, claim *idem.Claim, rw *recorder) {
+	status := rw.status
+	if status == 0 {
+		status = http.StatusOK
+	}
+	release := func(reason string) {
+		if err := claim.Release(ctx); err != nil {
+			m.logger.Warn("idemhttp: releasing the key failed", "reason", reason, "method", r.Method, "status", status, "err", err)
+			return
+		}
+		m.logger.Info("idemhttp: key released", "reason", reason, "method", r.Method, "status", status)
+	}
+	switch {
+	case rw.hijacked:
+		release("the handler hijacked the connection")
+		return
+	case rw.overflow:
+		release(fmt.Sprintf("the response is over the limit of %d bytes", m.maxResponse))
+		return
+	case !m.keep(status):
+		if err := claim.Release(ctx); err != nil {
+			m.logger.Warn("idemhttp: releasing the key failed", "method", r.Method, "status", status, "err", err)
+		}
+		return
+	}
+	meta := map[string]string{metaStatus: strconv.Itoa(status)}
+	for _, name := range m.stored {
+		if v := rw.header[name]; len(v) > 0 {
+			meta[metaHeaderPrefix+name] = strings.Join(v, "\n")
+		}
+	}
+	if err := claim.Complete(ctx, idem.Outcome{Data: rw.body.Bytes(), Meta: meta}); err != nil {
+		m.logger.Warn("idemhttp: storing the response failed", "method", r.Method, "status", status, "err", err)
+	}
+}
+
+// heartbeat extends the claim's lease every third of it until stopped; a
+// refused extension cancels the handler's context with the refusal as its
+// cause. It runs on a context that a client disconnect does not cancel:
+// the handler goes on, so its lease must too.
+func (m *middleware) heartbeat(ctx context.Context, claim *idem.Claim, lease time.Duration, cancel context.CancelCauseFunc) (stop func()) {
+	done := make(chan struct{})
+	finished := make(chan struct{})
+	go func() {
+		defer close(finished)
+		for {
+			select {
+			case <-done:
+				return
+			case <-m.clock.After(lease / 3):
+			}
+			err := claim.Extend(ctx, lease)
+			if errors.Is(err, idem.ErrLeaseLost) || errors.Is(err, idem.ErrCompleted) {
+				cancel(err)
+				return
+			}
+		}
+	}()
+	var stopped bool
+	return func() {
+		if stopped {
+			return
+		}
+		stopped = true
+		close(done)
+		<-finished
+	}
+}
+
+// recorder passes a response through to the client as it is written and
+// keeps a copy of the status, headers and body (up to max) for the ledger.
+type recorder struct {
+	rw       http.ResponseWriter
+	max      int64
+	status   int
+	header   http.Header // snapshot taken when the header was written
+	body     bytes.Buffer
+	overflow bool
+	hijacked bool
+}
+
+func (w *recorder) Header() http.Header { return w.rw.Header() }
+
+func (w *recorder) WriteHeader(code int) {
+	if w.status != 0 {
+		w.rw.WriteHeader(code) // let net/http log the superfluous call
+		return
+	}
+	if code >= 100 && code < 200 && code != http.StatusSwitchingProtocols {
+		w.rw.WriteHeader(code) // informational: the final status comes later
+		return
+	}
+	w.status = code
+	w.header = w.rw.Header().Clone()
+	w.rw.WriteHeader(code)
+}
+
+func (w *recorder) Write(p []byte) (int, error) {
+	if w.status == 0 {
+		w.WriteHeader(http.StatusOK)
+	}
+	if !w.overflow {
+		if int64(w.body.Len())+int64(len(p)) > w.max {
+			w.overflow = true
+			w.body = bytes.Buffer{}
+		} else {
+			w.body.Write(p)
+		}
+	}
+	return w.rw.Write(p)
+}
+
+// Flush sends what was written so far to the client (http.Flusher).
+func (w *recorder) Flush() {
+	if w.status == 0 {
+		w.WriteHeader(http.StatusOK)
+	}
+	_ = http.NewResponseController(w.rw).Flush()
+}
+
+// Hijack hands the connection to the handler; the key is then released,
+// since the response is no longer the middleware's to record.
+func (w *recorder) Hijack() (net.Conn, *bufio.ReadWriter, error) {
+	conn, buf, err := http.NewResponseController(w.rw).Hijack()
+	if err == nil {
+		w.hijacked = true
+	}
+	return conn, buf, err
+}
+
+// Unwrap lets http.ResponseController reach the underlying writer.
+func (w *recorder) Unwrap() http.ResponseWriter { return w.rw }
