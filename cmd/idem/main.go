@@ -1,6 +1,7 @@
 // Command idem serves, inspects and exercises an idem ledger.
 //
 //	idem serve    the ledger over HTTP/JSON (embedded store by default)
+//	idem proxy    the Idempotency-Key middleware in front of any HTTP service
 //	idem keys     list, show and delete records
 //	idem migrate  bring a PostgreSQL store's schema up to date
 //	idem version  print the version
@@ -22,6 +23,8 @@ Usage: idem <command> [flags]
 
 Commands:
   serve     run the ledger over HTTP/JSON (embedded store in ./idem-data by default)
+  proxy     put the Idempotency-Key middleware in front of any HTTP service
+            (embedded store in ./idem-proxy-data by default)
   keys      list, show and delete records (ls | show | delete)
   migrate   bring a PostgreSQL store's schema up to date
   version   print the version
@@ -42,6 +45,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 	switch args[0] {
 	case "serve":
 		return runServe(args[1:], stdout, stderr)
+	case "proxy":
+		return runProxy(args[1:], stdout, stderr)
 	case "keys":
 		return runKeys(args[1:], stdout, stderr)
 	case "migrate":

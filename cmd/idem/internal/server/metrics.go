@@ -231,3 +231,18 @@ func (m *metrics) write(out io.Writer, size int64) error {
 	}
 	return w.Flush()
 }
+
+// Metrics is the metrics machinery for the other commands of the binary
+// (idem proxy): an idem.Observer for ledger operations plus HTTP request
+// series by route, written in the Prometheus text format.
+type Metrics = metrics
+
+// NewMetrics returns Metrics with the HTTP series of routeNames.
+func NewMetrics(routeNames []string) *Metrics { return newMetrics(routeNames) }
+
+// Request records one HTTP request of a route given to NewMetrics.
+func (m *metrics) Request(route string, status int, d time.Duration) { m.request(route, status, d) }
+
+// Write writes every series; size is the ledger size, or negative when the
+// store cannot tell.
+func (m *metrics) Write(w io.Writer, size int64) error { return m.write(w, size) }

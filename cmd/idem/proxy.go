@@ -1,0 +1,488 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/httputil"
+	"net/url"
+	"os"
+	"os/signal"
+	"slices"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/idemkit/idem"
+	"github.com/idemkit/idem/cmd/idem/internal/server"
+	"github.com/idemkit/idem/idemhttp"
+	"github.com/idemkit/idem/store/pebblestore"
+)
+
+// defaultProxyStore is where idem proxy keeps its ledger without --store:
+// a directory of its own, so a proxy and an `idem serve` started in the same
+// directory never fight over ./idem-data (Pebble locks its directory).
+const defaultProxyStore = "file:./idem-proxy-data"
+
+const proxyUsage = `Usage: idem proxy --upstream URL [flags]
+
+Puts the Idempotency-Key middleware in front of any HTTP service: a request
+with a key runs on the upstream once; every duplicate gets the stored
+response (status, body, allow-listed headers) with Idempotent-Replayed: true.
+A key in flight answers 409 with Retry-After; the same key with another
+request answers 422. 2xx and 4xx answers are kept; 5xx, 408 and 429 release
+the key so a retry runs again. An unreachable upstream answers 502
+(application/problem+json) and releases the key.
+
+Flags:
+  --upstream URL         the service behind the proxy, like http://127.0.0.1:8080
+                         (required)
+  --listen ADDR          where clients connect; port 0 picks a free port
+                         (default 127.0.0.1:7071)
+  --admin ADDR           where GET /metrics (Prometheus) and GET /healthz
+                         answer; "" for none (default 127.0.0.1:7072)
+  --store URL            where the ledger lives (default ` + defaultProxyStore + `,
+                         apart from idem serve's ./idem-data):
+                            ` + storeURLHelp + `
+  --require-key          answer 400 to a request on --methods without an
+                         Idempotency-Key (default: pass it through)
+  --methods LIST         comma-separated methods the keys apply to
+                         (default POST,PATCH)
+  --scope-header NAME    take the scope (tenant) from this request header
+                         instead of a digest of Authorization; a request on
+                         --methods without it answers 400. Trust: the proxy
+                         then believes the header, so only a gateway that
+                         authenticates callers and sets (overwrites) it may
+                         reach the proxy; a caller who can set it can read
+                         another tenant's stored responses by key.
+  --lease DURATION       how long an execution holds its key before a retry
+                         may take it over, renewed while the upstream works
+                         (default 30s)
+  --window DURATION      how long a stored response is replayed (default 24h)
+  --wait DURATION        a duplicate of a request in flight waits up to this
+                         for the original and replays it, instead of 409
+                         (default 0: answer 409 at once)
+  --max-body BYTES       largest request body; larger ones get 413
+                         (default 1048576, 1 MiB)
+  --drain DURATION       on SIGTERM or SIGINT, how long in-flight requests
+                         may finish before the store is closed (default 10s)
+  --sweep-interval DURATION
+                         how often expired records are removed from a mem:,
+                         postgres:// or redis:// store (default 1m)
+  --log-level LEVEL      debug, info, warn or error (default info); logs
+                         never hold keys or bodies
+
+Example:
+  idem proxy --listen :7071 --upstream http://127.0.0.1:8080 --require-key
+  curl -X POST -H 'Idempotency-Key: "order-42"' -d '{"sku":"x"}' localhost:7071/orders
+  curl -X POST -H 'Idempotency-Key: "order-42"' -d '{"sku":"x"}' localhost:7071/orders  # replayed
+  curl localhost:7072/metrics
+`
+
+// proxyProblemBase prefixes the type URI of the problems idem proxy answers
+// itself (the middleware's own have theirs).
+const proxyProblemBase = "https://github.com/idemkit/idem/blob/main/docs/proxy.md#"
+
+type proxyOptions struct {
+	listen, admin, store, scopeHeader, logLevel string
+	upstream                                    *url.URL
+	methods                                     []string
+	requireKey                                  bool
+	maxBody                                     int64
+	lease, window, wait, drain, sweep           time.Duration
+}
+
+func runProxy(args []string, stdout, stderr io.Writer) int {
+	opts, code := parseProxyFlags(args, stdout, stderr)
+	if code >= 0 {
+		return code
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := runProxyServer(ctx, opts, stdout, stderr); err != nil {
+		fmt.Fprintf(stderr, "idem proxy: %v\n", err)
+		return 1
+	}
+	return 0
+}
+
+// parseProxyFlags returns the options, or an exit code >= 0 when proxy
+// should stop here (help, usage error).
+func parseProxyFlags(args []string, stdout, stderr io.Writer) (*proxyOptions, int) {
+	fs := flag.NewFlagSet("idem proxy", flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	o := &proxyOptions{}
+	var upstream, methods string
+	fs.StringVar(&upstream, "upstream", "", "")
+	fs.StringVar(&o.listen, "listen", "127.0.0.1:7071", "")
+	fs.StringVar(&o.admin, "admin", "127.0.0.1:7072", "")
+	fs.StringVar(&o.store, "store", defaultProxyStore, "")
+	fs.BoolVar(&o.requireKey, "require-key", false, "")
+	fs.StringVar(&methods, "methods", "POST,PATCH", "")
+	fs.StringVar(&o.scopeHeader, "scope-header", "", "")
+	fs.DurationVar(&o.lease, "lease", idem.DefaultLease, "")
+	fs.DurationVar(&o.window, "window", idem.DefaultWindow, "")
+	fs.DurationVar(&o.wait, "wait", 0, "")
+	fs.Int64Var(&o.maxBody, "max-body", 1<<20, "")
+	fs.DurationVar(&o.drain, "drain", 10*time.Second, "")
+	fs.DurationVar(&o.sweep, "sweep-interval", time.Minute, "")
+	fs.StringVar(&o.logLevel, "log-level", "info", "")
+	err := fs.Parse(args)
+	switch {
+	case errors.Is(err, flag.ErrHelp):
+		_, _ = io.WriteString(stdout, proxyUsage)
+		return nil, 0
+	case err != nil:
+		fmt.Fprintf(stderr, "idem proxy: %v\n\n%s", err, proxyUsage)
+		return nil, 2
+	case fs.NArg() > 0:
+		fmt.Fprintf(stderr, "idem proxy: unexpected argument %q\n\n%s", fs.Arg(0), proxyUsage)
+		return nil, 2
+	}
+	var bad string
+	o.upstream, err = parseUpstream(upstream)
+	if err != nil {
+		bad = err.Error()
+	}
+	o.methods, err = parseMethods(methods)
+	if err != nil && bad == "" {
+		bad = err.Error()
+	}
+	if bad == "" {
+		switch {
+		case o.scopeHeader != "" && !validHeaderName(o.scopeHeader):
+			bad = fmt.Sprintf("--scope-header %q is not a header name", o.scopeHeader)
+		case o.maxBody <= 0:
+			bad = fmt.Sprintf("--max-body must be positive, got %d", o.maxBody)
+		case o.lease <= 0 || o.lease > server.MaxDuration:
+			bad = fmt.Sprintf("--lease must be positive and at most a century, got %s", o.lease)
+		case o.window <= 0 || o.window > server.MaxDuration:
+			bad = fmt.Sprintf("--window must be positive and at most a century, got %s", o.window)
+		case o.wait < 0:
+			bad = fmt.Sprintf("--wait must not be negative, got %s", o.wait)
+		case o.drain <= 0:
+			bad = fmt.Sprintf("--drain must be positive, got %s", o.drain)
+		case o.sweep <= 0:
+			bad = fmt.Sprintf("--sweep-interval must be positive, got %s", o.sweep)
+		}
+	}
+	if bad != "" {
+		fmt.Fprintf(stderr, "idem proxy: %s\n", bad)
+		return nil, 2
+	}
+	return o, -1
+}
+
+// parseUpstream accepts an absolute http or https URL without a query or
+// fragment; its path prefixes every proxied path.
+func parseUpstream(raw string) (*url.URL, error) {
+	if raw == "" {
+		return nil, errors.New("--upstream is required, like --upstream http://127.0.0.1:8080")
+	}
+	u, err := url.Parse(raw)
+	switch {
+	case err != nil:
+		return nil, fmt.Errorf("--upstream %q does not parse: %w", raw, idem.ErrInvalid)
+	case u.Scheme != "http" && u.Scheme != "https":
+		return nil, fmt.Errorf("--upstream %q: want an http:// or https:// URL: %w", raw, idem.ErrInvalid)
+	case u.Host == "":
+		return nil, fmt.Errorf("--upstream %q has no host: %w", raw, idem.ErrInvalid)
+	case u.RawQuery != "" || u.Fragment != "" || u.User != nil:
+		return nil, fmt.Errorf("--upstream %q: no query, fragment or user info: %w", raw, idem.ErrInvalid)
+	}
+	return u, nil
+}
+
+// parseMethods parses a comma-separated method list, upper-cased.
+func parseMethods(raw string) ([]string, error) {
+	var methods []string
+	for m := range strings.SplitSeq(raw, ",") {
+		m = strings.ToUpper(strings.TrimSpace(m))
+		if m == "" || !validHeaderName(m) { // a method is a token, as a header name is
+			return nil, fmt.Errorf("--methods %q: want a list like POST,PATCH: %w", raw, idem.ErrInvalid)
+		}
+		if !slices.Contains(methods, m) {
+			methods = append(methods, m)
+		}
+	}
+	return methods, nil
+}
+
+// validHeaderName reports whether s is an RFC 9110 token.
+func validHeaderName(s string) bool {
+	if s == "" {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || strings.IndexByte("!#$%&'*+-.^_`|~", c) >= 0 {
+			continue
+		}
+		return false
+	}
+	return true
+}
+
+// proxyRoute is the route name of proxied requests in the metrics.
+const proxyRoute = "proxy"
+
+// runProxyServer runs until ctx ends, then drains and closes the store.
+func runProxyServer(ctx context.Context, o *proxyOptions, stdout, stderr io.Writer) error {
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(o.logLevel)); err != nil {
+		return fmt.Errorf("--log-level %q: want debug, info, warn or error", o.logLevel)
+	}
+	logger := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
+
+	store, where, err := openStore(ctx, o.store, serving)
+	if err != nil {
+		return fmt.Errorf("--store %s: %w", o.store, err)
+	}
+	closeStore := func() error {
+		if err := store.Close(); err != nil {
+			return fmt.Errorf("closing the store: %w", err)
+		}
+		return nil
+	}
+	metrics := server.NewMetrics([]string{proxyRoute})
+	ledger, err := idem.New(store, &idem.Config{Lease: o.lease, Window: o.window, Observer: metrics})
+	if err != nil {
+		return errors.Join(err, closeStore())
+	}
+	handler := newProxyHandler(ledger, o, logger, metrics)
+
+	ln, err := net.Listen("tcp", o.listen)
+	if err != nil {
+		return errors.Join(fmt.Errorf("--listen %s: %w", o.listen, err), closeStore())
+	}
+	var adminLn net.Listener
+	if o.admin != "" {
+		if adminLn, err = net.Listen("tcp", o.admin); err != nil {
+			return errors.Join(fmt.Errorf("--admin %s: %w", o.admin, err), ln.Close(), closeStore())
+		}
+	}
+
+	fmt.Fprintf(stdout, "idem proxy: listening on http://%s, upstream %s\n", ln.Addr(), o.upstream.Redacted())
+	if adminLn != nil {
+		fmt.Fprintf(stdout, "idem proxy: admin on http://%s (/metrics, /healthz)\n", adminLn.Addr())
+	}
+	fmt.Fprintf(stdout, "idem proxy: store %s, data in %s\n", o.store, dataLocation(o.store, where))
+
+	errorLog := slog.NewLogLogger(logger.Handler(), slog.LevelWarn)
+	srv := &http.Server{Handler: handler, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute, ErrorLog: errorLog}
+	served := make(chan error, 2)
+	go func() { served <- srv.Serve(ln) }()
+	var adminSrv *http.Server
+	if adminLn != nil {
+		adminSrv = &http.Server{Handler: adminHandler(store, metrics), ReadHeaderTimeout: 10 * time.Second, ErrorLog: errorLog}
+		go func() { served <- adminSrv.Serve(adminLn) }()
+	}
+
+	sweepDone := make(chan struct{})
+	sweepCtx, stopSweep := context.WithCancel(ctx)
+	if _, ok := store.(*pebblestore.Store); ok {
+		close(sweepDone) // file: sweeps itself
+	} else {
+		go sweepPeriodically(sweepCtx, store, o.sweep, logger, sweepDone)
+	}
+
+	var serveErr error
+	select {
+	case <-ctx.Done():
+		fmt.Fprintln(stdout, "idem proxy: stopping: draining in-flight requests")
+	case serveErr = <-served:
+	}
+	stopSweep()
+	<-sweepDone
+
+	drainCtx, cancel := context.WithTimeout(context.Background(), o.drain)
+	defer cancel()
+	// Requests in flight finish and store their outcome before the store
+	// closes; past the bound they are cut off and their keys' leases expire.
+	if err := srv.Shutdown(drainCtx); err != nil {
+		_ = srv.Close()
+		serveErr = errors.Join(serveErr, fmt.Errorf("draining requests: %w", err))
+	}
+	if adminSrv != nil {
+		if err := adminSrv.Shutdown(drainCtx); err != nil {
+			_ = adminSrv.Close()
+		}
+	}
+	if errors.Is(serveErr, http.ErrServerClosed) {
+		serveErr = nil
+	}
+	if err := closeStore(); err != nil {
+		return errors.Join(serveErr, err)
+	}
+	if serveErr == nil {
+		fmt.Fprintln(stdout, "idem proxy: stopped; the store is closed")
+	}
+	return serveErr
+}
+
+// upstreamTransport is the proxy's connection pool to the upstream: every
+// client connection may keep one upstream connection idle, so a busy proxy
+// does not open and close a connection per request.
+func upstreamTransport() *http.Transport {
+	t := http.DefaultTransport.(*http.Transport).Clone()
+	t.MaxIdleConns = 1024
+	t.MaxIdleConnsPerHost = 256
+	return t
+}
+
+// newReverseProxy forwards to upstream; a failed round trip answers 502
+// problem+json, which the middleware does not keep: the key is released and
+// a retry runs again.
+func newReverseProxy(upstream *url.URL, transport http.RoundTripper, logger *slog.Logger) *httputil.ReverseProxy {
+	return &httputil.ReverseProxy{
+		Rewrite: func(r *httputil.ProxyRequest) {
+			r.SetURL(upstream)
+			r.SetXForwarded()
+		},
+		Transport: transport,
+		ErrorLog:  slog.NewLogLogger(logger.Handler(), slog.LevelWarn),
+		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
+			// Always a 5xx, also when the client went away: whether the
+			// upstream acted is unknown, so the key must not keep this answer.
+			logger.Warn("upstream round trip failed", "method", r.Method, "error", err)
+			writeProxyProblem(w, http.StatusBadGateway, "bad-gateway", "The upstream did not answer", "the upstream "+upstream.Redacted()+" could not be reached or failed mid-answer; the idempotency key, if any, is free again")
+		},
+	}
+}
+
+// newProxyHandler is the handler chain of idem proxy: metrics, the scope
+// header check, the Idempotency-Key middleware, the reverse proxy.
+func newProxyHandler(ledger *idem.Ledger, o *proxyOptions, logger *slog.Logger, metrics *server.Metrics) http.Handler {
+	cfg := &idemhttp.Config{
+		Methods:    o.methods,
+		RequireKey: o.requireKey,
+		MaxBody:    o.maxBody,
+		Wait:       o.wait,
+		Lease:      o.lease,
+		Window:     o.window,
+		Logger:     logger,
+		// The upstream's routes are unknown: the path is the route.
+		Route: func(r *http.Request) string { return r.URL.Path },
+	}
+	if o.scopeHeader != "" {
+		name := o.scopeHeader
+		cfg.Scope = func(r *http.Request) (string, error) {
+			v := r.Header.Values(name)
+			if len(v) != 1 || v[0] == "" {
+				return "", fmt.Errorf("%w: want one %s header", idem.ErrInvalid, name)
+			}
+			return "header:" + v[0], nil
+		}
+	}
+	var h http.Handler = idemhttp.Middleware(ledger, cfg)(newReverseProxy(o.upstream, upstreamTransport(), logger))
+	if o.scopeHeader != "" {
+		h = requireScopeHeader(o.scopeHeader, o.methods, h)
+	}
+	if metrics != nil {
+		h = countRequests(metrics, h)
+	}
+	return h
+}
+
+// requireScopeHeader answers 400 to a request on methods without exactly one
+// non-empty header name: without it the request has no scope, and guessing
+// one could hand a tenant another tenant's stored response.
+func requireScopeHeader(name string, methods []string, next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if slices.Contains(methods, r.Method) {
+			if v := r.Header.Values(name); len(v) != 1 || v[0] == "" {
+				writeProxyProblem(w, http.StatusBadRequest, "missing-scope", "The scope header is missing",
+					fmt.Sprintf("a %s request needs exactly one non-empty %s header, which names the scope of its idempotency key", r.Method, name))
+				return
+			}
+		}
+		next.ServeHTTP(w, r)
+	})
+}
+
+// proxyProblem is an RFC 9457 problem document.
+type proxyProblem struct {
+	Type   string `json:"type"`
+	Title  string `json:"title"`
+	Status int    `json:"status"`
+	Detail string `json:"detail,omitempty"`
+}
+
+func writeProxyProblem(w http.ResponseWriter, status int, name, title, detail string) {
+	body, _ := json.Marshal(proxyProblem{Type: proxyProblemBase + name, Title: title, Status: status, Detail: detail})
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.Header().Set("Content-Length", fmt.Sprint(len(body)+1))
+	w.WriteHeader(status)
+	_, _ = w.Write(append(body, '\n'))
+}
+
+// adminHandler answers GET /metrics and GET /healthz.
+func adminHandler(store idem.Store, metrics *server.Metrics) http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		_, _ = io.WriteString(w, "ok\n")
+	})
+	mux.HandleFunc("GET /metrics", func(w http.ResponseWriter, r *http.Request) {
+		size := int64(-1)
+		if sizer, ok := store.(idem.Sizer); ok {
+			ctx, cancel := context.WithTimeout(r.Context(), 5*time.Second)
+			if n, err := sizer.Size(ctx); err == nil {
+				size = n
+			}
+			cancel()
+		}
+		w.Header().Set("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
+		_ = metrics.Write(w, size)
+	})
+	return mux
+}
+
+// countRequests records every proxied request's status and duration.
+func countRequests(metrics *server.Metrics, next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		start := time.Now()
+		sw := &statusWriter{ResponseWriter: w}
+		next.ServeHTTP(sw, r)
+		if sw.status == 0 {
+			sw.status = http.StatusOK
+		}
+		metrics.Request(proxyRoute, sw.status, time.Since(start))
+	})
+}
+
+// statusWriter remembers the status; Flush and Unwrap keep streaming and
+// http.ResponseController working through it.
+type statusWriter struct {
+	http.ResponseWriter
+	status int
+}
+
+func (s *statusWriter) WriteHeader(code int) {
+	if s.status == 0 && code >= 200 {
+		s.status = code
+	}
+	s.ResponseWriter.WriteHeader(code)
+}
+
+func (s *statusWriter) Write(p []byte) (int, error) {
+	if s.status == 0 {
+		s.status = http.StatusOK
+	}
+	return s.ResponseWriter.Write(p)
+}
+
+func (s *statusWriter) Flush() {
+	if s.status == 0 {
+		s.status = http.StatusOK
+	}
+	_ = http.NewResponseController(s.ResponseWriter).Flush()
+}
+
+func (s *statusWriter) Unwrap() http.ResponseWriter { return s.ResponseWriter }
