@@ -2,7 +2,6 @@ package redisstore
 
 import (
 	"fmt"
-	"hash/fnv"
 	"strings"
 )
 
@@ -26,17 +25,29 @@ type keys struct {
 // escaped too, so the encoding is injective.
 var scopeEscaper = strings.NewReplacer("%", "%25", ":", "%3A", "{", "%7B", "}", "%7D")
 
-func escapeScope(scope string) string { return scopeEscaper.Replace(scope) }
+func escapeScope(scope string) string {
+	if !strings.ContainsAny(scope, "%:{}") {
+		return scope
+	}
+	return scopeEscaper.Replace(scope)
+}
 
-// shardOf picks the shard of a scope.
+// shardOf picks the shard of a scope: FNV-1a (32 bits) of the scope,
+// modulo shards.
 func shardOf(scope string) int {
-	h := fnv.New32a()
-	h.Write([]byte(scope))
-	return int(h.Sum32() % shards)
+	h := uint32(2166136261)
+	for i := 0; i < len(scope); i++ {
+		h ^= uint32(scope[i])
+		h *= 16777619
+	}
+	return int(h % shards)
 }
 
 // tag is the common beginning of every key of one shard: PREFIX:{hh}:
-func tag(prefix string, shard int) string { return fmt.Sprintf("%s:{%02x}:", prefix, shard) }
+func tag(prefix string, shard int) string {
+	const hex = "0123456789abcdef"
+	return prefix + ":{" + string([]byte{hex[shard>>4&0xf], hex[shard&0xf]}) + "}:"
+}
 
 // keysOf returns the keys of the record (scope, key). Layout:
 //
@@ -58,6 +69,12 @@ func keysOf(prefix, scope, key string) keys {
 		token:  t + "t",
 		member: member,
 	}
+}
+
+// recordKey is keysOf(prefix, scope, key).record, for the scripts that
+// touch the record only.
+func recordKey(prefix, scope, key string) string {
+	return tag(prefix, shardOf(scope)) + "r:" + escapeScope(scope) + ":" + key
 }
 
 // keysOfMember returns the keys of the record an expiry-index member of

@@ -1,6 +1,8 @@
 package redisstore
 
 import (
+	"fmt"
+	"hash/fnv"
 	"strings"
 	"testing"
 )
@@ -116,4 +118,26 @@ func FuzzKeyEncoding(f *testing.F) {
 		}
 		sameSlot(t, "idem", s1, k1)
 	})
+}
+
+// TestLayoutStable: the shard of a scope and the hash tag of a shard are
+// those of the layout (FNV-1a of the scope modulo 64, two hex digits), and
+// recordKey agrees with keysOf.
+func TestLayoutStable(t *testing.T) {
+	t.Parallel()
+	for _, scope := range []string{"", "a", "tenant-42", "a:b{c}%", "héllo"} {
+		h := fnv.New32a()
+		h.Write([]byte(scope))
+		if got, want := shardOf(scope), int(h.Sum32()%shards); got != want {
+			t.Errorf("shardOf(%q) = %d, want %d", scope, got, want)
+		}
+		if got, want := recordKey("p", scope, "k:1"), keysOf("p", scope, "k:1").record; got != want {
+			t.Errorf("recordKey(%q) = %q, want %q", scope, got, want)
+		}
+	}
+	for i := range shards {
+		if got, want := tag("p", i), fmt.Sprintf("p:{%02x}:", i); got != want {
+			t.Errorf("tag(%d) = %q, want %q", i, got, want)
+		}
+	}
 }

@@ -55,28 +55,35 @@ func appendSection(b []byte, s string) []byte {
 }
 
 // section is one length-prefixed section, as a script argument.
-func section(s string) string { return string(appendSection(nil, s)) }
+func section(s string) []byte { return appendSection(make([]byte, 0, 4+len(s)), s) }
 
 // tokenBytes is a token as the record holds it, for the scripts to compare
 // bytes instead of numbers.
-func tokenBytes(token int64) string {
-	return string(binary.LittleEndian.AppendUint64(nil, uint64(token)))
+func tokenBytes(token int64) []byte {
+	return binary.LittleEndian.AppendUint64(make([]byte, 0, 8), uint64(token))
 }
 
 // encodeMeta writes meta as (uvarint length, bytes) pairs for each key and
 // value, keys sorted, so equal maps encode equally.
-func encodeMeta(meta map[string]string) string {
-	if len(meta) == 0 {
-		return ""
-	}
-	var b []byte
-	for _, k := range slices.Sorted(maps.Keys(meta)) {
+func encodeMeta(meta map[string]string) string { return string(appendMeta(nil, meta)) }
+
+func appendMeta(b []byte, meta map[string]string) []byte {
+	pair := func(k, v string) {
 		b = binary.AppendUvarint(b, uint64(len(k)))
 		b = append(b, k...)
-		b = binary.AppendUvarint(b, uint64(len(meta[k])))
-		b = append(b, meta[k]...)
+		b = binary.AppendUvarint(b, uint64(len(v)))
+		b = append(b, v...)
 	}
-	return string(b)
+	if len(meta) == 1 {
+		for k, v := range meta {
+			pair(k, v)
+		}
+		return b
+	}
+	for _, k := range slices.Sorted(maps.Keys(meta)) {
+		pair(k, meta[k])
+	}
+	return b
 }
 
 // decodeMeta reads what encodeMeta wrote.
@@ -111,23 +118,24 @@ func decodeMeta(s string) (map[string]string, error) {
 
 // outcomeSections are the sections Complete appends after the fingerprint:
 // no checkpoint, then the outcome.
-func outcomeSections(o *idem.Outcome) string {
-	meta := encodeMeta(o.Meta)
-	b := make([]byte, 0, 16+len(o.Data)+len(meta))
-	b = appendSection(b, "")
-	b = appendSection(b, "")
-	b = appendSection(b, string(o.Data))
-	return string(appendSection(b, meta))
+func outcomeSections(o *idem.Outcome) []byte {
+	b := make([]byte, 12, 16+len(o.Data)+64)
+	binary.LittleEndian.PutUint32(b[8:], uint32(len(o.Data)))
+	b = append(b, o.Data...)
+	b = append(b, 0, 0, 0, 0)
+	at := len(b)
+	b = appendMeta(b, o.Meta)
+	binary.LittleEndian.PutUint32(b[at-4:], uint32(len(b)-at))
+	return b
 }
 
 // checkpointSections are the sections Checkpoint puts after the
 // fingerprint: the checkpoint, then no outcome.
-func checkpointSections(point string, data []byte) string {
+func checkpointSections(point string, data []byte) []byte {
 	b := make([]byte, 0, 16+len(point)+len(data))
 	b = appendSection(b, point)
 	b = appendSection(b, string(data))
-	b = appendSection(b, "")
-	return string(appendSection(b, ""))
+	return append(b, 0, 0, 0, 0, 0, 0, 0, 0)
 }
 
 // emptySections are the four sections after the fingerprint of a record

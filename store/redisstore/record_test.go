@@ -79,7 +79,7 @@ func TestDecodeRecordRejects(t *testing.T) {
 		"section length": set(headerLen, 0xff),
 		"checkpoint":     set(2, 0) + "",
 		"outcome":        encodeRecord(pending),
-		"meta":           good[:len(good)-4-len(encodeMeta(sampleRecord().Outcome.Meta))] + section("\x05ab"),
+		"meta":           good[:len(good)-4-len(encodeMeta(sampleRecord().Outcome.Meta))] + string(section("\x05ab")),
 	} {
 		if name == "checkpoint" {
 			cp := sampleRecord()
@@ -124,4 +124,29 @@ func FuzzDecodeRecord(f *testing.F) {
 			t.Fatalf("re-encoded %+v: %+v, %v", r, again, err)
 		}
 	})
+}
+
+// TestSections: the sections Go hands the scripts are those of a stored
+// record.
+func TestSections(t *testing.T) {
+	t.Parallel()
+	r := sampleRecord()
+	r.Outcome.Meta = map[string]string{"b": "2", "a": "1"}
+	b := encodeRecord(r)
+	head := headerLen + len(section(r.Fingerprint))
+	if got := string(outcomeSections(r.Outcome)); got != b[head:] {
+		t.Errorf("outcomeSections: %q, want %q", got, b[head:])
+	}
+	r.State, r.Outcome, r.Checkpoint = idem.StatePending, nil, &idem.Checkpoint{Point: "pt", Data: []byte("cd")}
+	b = encodeRecord(r)
+	if got := string(checkpointSections("pt", []byte("cd"))); got != b[head:] {
+		t.Errorf("checkpointSections: %q, want %q", got, b[head:])
+	}
+	r.Checkpoint = nil
+	if b = encodeRecord(r); b[head:] != emptySections {
+		t.Errorf("emptySections: %q, want %q", emptySections, b[head:])
+	}
+	if got := tokenBytes(r.Token); string(got) != b[3:11] {
+		t.Errorf("tokenBytes: %q, want %q", got, b[3:11])
+	}
 }

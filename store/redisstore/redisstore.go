@@ -348,11 +348,15 @@ func beginArgs(k keys, p *idem.BeginParams) []any {
 
 // owner runs the script of an owner's operation; rest is the reply after
 // the code.
-func (s *Store) owner(ctx context.Context, op string, script *redis.Script, k keys, token int64, args ...any) (rest []any, err error) {
+func (s *Store) owner(ctx context.Context, op string, script *redis.Script, scope, key string, token int64, arg any) (rest []any, err error) {
 	if err := s.check(); err != nil {
 		return nil, err
 	}
-	reply, waitErr, err := s.run(ctx, script, []string{k.record}, append([]any{tokenBytes(token)}, args...)...)
+	args := []any{tokenBytes(token), arg}
+	if arg == nil {
+		args = args[:1]
+	}
+	reply, waitErr, err := s.run(ctx, script, []string{recordKey(s.prefix, scope, key)}, args...)
 	if err != nil {
 		return nil, s.redisErr(op, err)
 	}
@@ -374,8 +378,7 @@ func (s *Store) Complete(ctx context.Context, p *idem.CompleteParams) (*idem.Rec
 	if err := p.Validate(); err != nil {
 		return nil, err
 	}
-	k := keysOf(s.prefix, p.Scope, p.Key)
-	rest, err := s.owner(ctx, "complete", completeScript, k, p.Token, outcomeSections(&p.Outcome))
+	rest, err := s.owner(ctx, "complete", completeScript, p.Scope, p.Key, p.Token, outcomeSections(&p.Outcome))
 	if rest == nil {
 		return nil, err
 	}
@@ -402,8 +405,7 @@ func (s *Store) Release(ctx context.Context, p *idem.ReleaseParams) error {
 	if err := p.Validate(); err != nil {
 		return err
 	}
-	k := keysOf(s.prefix, p.Scope, p.Key)
-	_, err := s.owner(ctx, "release", releaseScript, k, p.Token)
+	_, err := s.owner(ctx, "release", releaseScript, p.Scope, p.Key, p.Token, nil)
 	return err
 }
 
@@ -412,8 +414,7 @@ func (s *Store) Extend(ctx context.Context, p *idem.ExtendParams) (*idem.Record,
 	if err := p.Validate(); err != nil {
 		return nil, err
 	}
-	k := keysOf(s.prefix, p.Scope, p.Key)
-	rest, err := s.owner(ctx, "extend", extendScript, k, p.Token, micros(p.Lease))
+	rest, err := s.owner(ctx, "extend", extendScript, p.Scope, p.Key, p.Token, micros(p.Lease))
 	if rest == nil {
 		return nil, err
 	}
@@ -433,8 +434,7 @@ func (s *Store) Checkpoint(ctx context.Context, p *idem.CheckpointParams) error 
 	if err := p.Validate(); err != nil {
 		return err
 	}
-	k := keysOf(s.prefix, p.Scope, p.Key)
-	_, err := s.owner(ctx, "checkpoint", checkpointScript, k, p.Token, checkpointSections(p.Point, p.Data))
+	_, err := s.owner(ctx, "checkpoint", checkpointScript, p.Scope, p.Key, p.Token, checkpointSections(p.Point, p.Data))
 	return err
 }
 
@@ -447,8 +447,7 @@ func (s *Store) Get(ctx context.Context, p *idem.KeyParams) (*idem.Record, error
 	if err := s.check(); err != nil {
 		return nil, err
 	}
-	k := keysOf(s.prefix, p.Scope, p.Key)
-	b, err := s.client.Get(ctx, k.record).Result()
+	b, err := s.client.Get(ctx, recordKey(s.prefix, p.Scope, p.Key)).Result()
 	if errors.Is(err, redis.Nil) {
 		return nil, fmt.Errorf("%w: scope %q", idem.ErrNotFound, p.Scope)
 	}
@@ -618,7 +617,7 @@ func (s *Store) List(ctx context.Context, p *idem.ListParams) (*idem.ListResult,
 		pipe := s.client.Pipeline()
 		cmds := make([]*redis.StringCmd, len(keys))
 		for i, key := range keys {
-			cmds[i] = pipe.Get(ctx, keysOf(s.prefix, p.Scope, key).record)
+			cmds[i] = pipe.Get(ctx, recordKey(s.prefix, p.Scope, key))
 		}
 		if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
 			return nil, s.redisErr("list", err)

@@ -101,9 +101,11 @@ const luaEmptySections = `\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0`
 // KEYS: record. ARGV: token bytes, the sections after the fingerprint (no
 // checkpoint, the outcome). Returns the record's header and fingerprint.
 var completeScript = redis.NewScript(luaCheck + luaNow + `
-local _, _, _, tok, att, lu, cr, co, ex, ru, w, re, fpl = struct.unpack('<Bc1Bi8i8i8i8i8i8i8i8i8I4', s)
+-- Token, attempts, lease and creation (bytes 4-35) and window, retention
+-- and fingerprint (from byte 60) are copied as they are.
+local w, re, fpl = struct.unpack('<i8i8I4', s, 60)
 local r = now + math.max(w, re)
-local head = struct.pack(` + luaHeader + `, 1, 'c', 0, tok, att, lu, cr, now, now + w, r, w, re) .. string.sub(s, 76, 79 + fpl)
+local head = '\1c\0' .. string.sub(s, 4, 35) .. struct.pack('<i8i8i8', now, now + w, r) .. string.sub(s, 60, 79 + fpl)
 redis.call('SET', KEYS[1], head .. ARGV[2], 'PXAT', string.format('%.0f', math.ceil(r / 1000)))
 return {'ok', head}
 `)
