@@ -15,11 +15,31 @@
 // loaded again with EVAL when the server answers NOSCRIPT, after a restart,
 // a failover or SCRIPT FLUSH), so each is atomic and linearizable per key.
 // The scripts express the rules of the ledger's transitions and answer with
-// a structured reply (a code and the record's fields), which the store maps
-// to results and sentinel errors. Leases and windows are judged by the
-// server's clock: each script reads TIME (Redis 7 replicates a script's
-// effects, not the script, so reading the clock is allowed). Times are kept
-// in microseconds; durations are rounded up to a whole microsecond.
+// a code and the record's bytes, which the store decodes and maps to
+// results and sentinel errors. Leases and windows are judged by the
+// server's clock: each script that needs the time reads TIME once (Redis 7
+// replicates a script's effects, not the script, so reading the clock is
+// allowed). Times are kept in microseconds; durations are rounded up to a
+// whole microsecond.
+//
+// # Record format
+//
+// A record is one Redis string: a fixed 75-byte header (format version,
+// state, flags, then token, attempts, lease until, created, completed,
+// expires, retain until, window and retention as little-endian int64) and
+// five length-prefixed sections (fingerprint, checkpoint point and data,
+// outcome data and meta); record.go has the table. A script reads it with
+// one GET, unpacks only the header numbers it judges (Lua's struct),
+// compares the fingerprint section as bytes, copies what it does not
+// change as a substring, and writes the record and its expiry with one
+// SET … PXAT; it never decodes an outcome. The format is versioned: a value
+// of another version, or bytes the decoder does not accept, are reported as
+// an error wrapping idem.ErrInvalid, never read as a record.
+//
+// Per Begin that acquires a fresh key the server runs TIME, GET, SET (the
+// shard's token counter), SET (the record) and ZADD on the two indexes;
+// Complete runs GET, TIME and SET on the record key only; a replay runs
+// TIME and GET.
 //
 // # Layout and cluster slots
 //
@@ -27,7 +47,7 @@
 // the scope; each shard's keys carry the hash tag {hh} of the shard, so
 // every key one script touches is in one cluster slot:
 //
-//	PREFIX:{hh}:r:SCOPE:KEY   the record, a hash (fields in record.go)
+//	PREFIX:{hh}:r:SCOPE:KEY   the record, a string (format in record.go)
 //	PREFIX:{hh}:l:SCOPE       the scope's keys in a sorted set (score 0), for List
 //	PREFIX:{hh}:x             the shard's records by RetainUntil (µs), for Sweep and Size
 //	PREFIX:{hh}:t             the shard's token counter

@@ -13,7 +13,7 @@ const shards = 64
 // keys are the Redis keys one script touches for one record. They share the
 // hash tag of the record's shard, so they map to one cluster slot.
 type keys struct {
-	record string // hash: the record
+	record string // string: the record (format in record.go)
 	list   string // sorted set: the scope's keys, score 0, for List
 	expiry string // sorted set: the shard's records by RetainUntil (µs), for Sweep and Size
 	token  string // counter: the shard's last fencing token; never expires
