@@ -16,6 +16,7 @@ import (
 	"os/signal"
 	"slices"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -345,14 +346,28 @@ func newReverseProxy(upstream *url.URL, transport http.RoundTripper, logger *slo
 			r.SetURL(upstream)
 			r.SetXForwarded()
 		},
-		Transport: transport,
-		ErrorLog:  slog.NewLogLogger(logger.Handler(), slog.LevelWarn),
+		Transport:  transport,
+		BufferPool: copyBuffers{},
+		ErrorLog:   slog.NewLogLogger(logger.Handler(), slog.LevelWarn),
 		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
 			// Always a 5xx, also when the client went away: whether the
 			// upstream acted is unknown, so the key must not keep this answer.
 			logger.Warn("upstream round trip failed", "method", r.Method, "error", err)
 			writeProxyProblem(w, http.StatusBadGateway, "bad-gateway", "The upstream did not answer", "the upstream "+upstream.Redacted()+" could not be reached or failed mid-answer; the idempotency key, if any, is free again")
 		},
+	}
+}
+
+// copyBuffers reuses the buffers ReverseProxy copies response bodies
+// through; without a pool it allocates 32 KiB per request.
+type copyBuffers struct{}
+
+var copyBufferPool = sync.Pool{New: func() any { return new([32 << 10]byte) }}
+
+func (copyBuffers) Get() []byte { return copyBufferPool.Get().(*[32 << 10]byte)[:] }
+func (copyBuffers) Put(b []byte) {
+	if cap(b) == 32<<10 {
+		copyBufferPool.Put((*[32 << 10]byte)(b[:32<<10]))
 	}
 }
 
