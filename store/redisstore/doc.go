@@ -76,9 +76,10 @@
 //
 // # Expiry
 //
-// Every write of a record sets its Redis expiry (PEXPIREAT) at its
-// RetainUntil, rounded up to the millisecond, so Redis removes records by
-// itself even when nobody sweeps. The expiry index holds one entry per
+// Every write of a record sets its Redis expiry (SET … PXAT, in the same
+// command) at its RetainUntil, rounded up to the millisecond, so Redis
+// removes records by itself even when nobody sweeps; Checkpoint, which does
+// not move RetainUntil, keeps the expiry (KEEPTTL). The expiry index holds one entry per
 // record, written by Begin only, as a lower bound of RetainUntil (Begin at
 // now with window w puts it at now + w; every RetainUntil the lease can
 // reach by Extend, Complete or Release is later), so Complete is one

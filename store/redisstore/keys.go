@@ -51,7 +51,7 @@ func tag(prefix string, shard int) string {
 
 // keysOf returns the keys of the record (scope, key). Layout:
 //
-//	PREFIX:{hh}:r:SCOPE:KEY   the record (a hash)
+//	PREFIX:{hh}:r:SCOPE:KEY   the record (a string, record.go)
 //	PREFIX:{hh}:l:SCOPE       the scope's list index
 //	PREFIX:{hh}:x             the shard's expiry index
 //	PREFIX:{hh}:t             the shard's token counter
