@@ -395,7 +395,8 @@ func newProxyHandler(ledger *idem.Ledger, o *proxyOptions, logger *slog.Logger, 
 			return "header:" + v[0], nil
 		}
 	}
-	var h http.Handler = idemhttp.Middleware(ledger, cfg)(newReverseProxy(o.upstream, upstreamTransport(), logger))
+	rp := newReverseProxy(o.upstream, upstreamTransport(), logger)
+	var h http.Handler = idemhttp.Middleware(ledger, cfg)(finishDespiteDisconnect(rp))
 	if o.scopeHeader != "" {
 		h = requireScopeHeader(o.scopeHeader, o.methods, h)
 	}
@@ -403,6 +404,26 @@ func newProxyHandler(ledger *idem.Ledger, o *proxyOptions, logger *slog.Logger, 
 		h = countRequests(metrics, h)
 	}
 	return h
+}
+
+// finishDespiteDisconnect keeps the upstream request going when the client
+// goes away, so its answer is stored and the client's retry replays it:
+// cancelling it would leave unknown whether the upstream acted, and the key
+// released for a second execution. A cancellation with another cause (the
+// middleware's when the lease was lost) still stops it.
+func finishDespiteDisconnect(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		parent := r.Context()
+		ctx, cancel := context.WithCancelCause(context.WithoutCancel(parent))
+		defer cancel(nil)
+		stop := context.AfterFunc(parent, func() {
+			if cause := context.Cause(parent); !errors.Is(cause, context.Canceled) {
+				cancel(cause)
+			}
+		})
+		defer stop()
+		next.ServeHTTP(w, r.WithContext(ctx))
+	})
 }
 
 // requireScopeHeader answers 400 to a request on methods without exactly one

@@ -3,6 +3,7 @@ package main
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -594,6 +595,41 @@ func TestProxyDrain(t *testing.T) {
 	a := mustSend(t, c, http.MethodPost, "http://"+p.addr+"/orders", `{}`, "Idempotency-Key", "k")
 	if a.replayed() != "true" || comparable(a) != comparable(first) {
 		t.Fatalf("after the restart:\n%s\nwant a replay of\n%s", comparable(a), comparable(first))
+	}
+	if n := up.runs.Load(); n != 1 {
+		t.Fatalf("upstream ran %d times, want 1", n)
+	}
+}
+
+// A client that gives up while the upstream works does not stop the
+// upstream request: its answer is stored, and the client's retry replays it.
+func TestProxyClientGone(t *testing.T) {
+	t.Parallel()
+	up := newUpstream(t, true)
+	dir := t.TempDir()
+	p := startProxy(t, dir, "--listen", "127.0.0.1:0", "--admin", "", "--upstream", up.url(), "--store", "mem:")
+	url := "http://" + p.addr + "/orders"
+	ctx, cancel := context.WithCancel(context.Background())
+	gone := make(chan error, 1)
+	go func() {
+		req, _ := http.NewRequestWithContext(ctx, http.MethodPost, url, strings.NewReader(`{}`))
+		req.Header.Set("Content-Type", "application/json")
+		req.Header.Set("Idempotency-Key", "k")
+		resp, err := testClient().Do(req)
+		if err == nil {
+			resp.Body.Close()
+		}
+		gone <- err
+	}()
+	<-up.entered
+	cancel()
+	if err := <-gone; !errors.Is(err, context.Canceled) {
+		t.Fatalf("the client's request ended with %v, want context.Canceled", err)
+	}
+	close(up.hold)
+	a := sendUntilDone(t, testClient(), http.MethodPost, url, `{}`, "Idempotency-Key", "k")
+	if a.status != http.StatusCreated || a.replayed() != "true" {
+		t.Fatalf("retry after the client left: %d %q %s; want a replay of the upstream's 201", a.status, a.replayed(), a.body)
 	}
 	if n := up.runs.Load(); n != 1 {
 		t.Fatalf("upstream ran %d times, want 1", n)
