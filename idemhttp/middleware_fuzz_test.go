@@ -1,0 +1,99 @@
+package idemhttp
+
+import (
+	"bytes"
+	"errors"
+	"net/http"
+	"net/url"
+	"testing"
+
+	"github.com/idemkit/idem"
+)
+
+func FuzzParseKey(f *testing.F) {
+	for _, s := range []string{`"abc"`, "abc", `"a\"b\\c"`, "", `""`, `"a", "b"`, `"unclosed`, "01J9-uuid", " \t\"x\" ", `"a\n"`, "a;b=c"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, v string) {
+		key, present, err := ParseKey(http.Header{HeaderKey: {v}})
+		if !present {
+			t.Fatal("a header line read as absent")
+		}
+		if err != nil {
+			if !errors.Is(err, idem.ErrInvalid) {
+				t.Fatalf("error %v does not wrap ErrInvalid", err)
+			}
+			return
+		}
+		if key == "" || len(key) > idem.MaxKeyLen {
+			t.Fatalf("accepted key of %d bytes", len(key))
+		}
+		for i := 0; i < len(key); i++ {
+			if key[i] < 0x20 || key[i] > 0x7e {
+				t.Fatalf("accepted byte %#x", key[i])
+			}
+		}
+		// Quoting round-trips: what a client sends as an sf-string comes back.
+		again, _, err := ParseKey(http.Header{HeaderKey: {QuoteKey(key)}})
+		if err != nil || again != key {
+			t.Fatalf("QuoteKey(%q) parsed as %q, %v", key, again, err)
+		}
+	})
+}
+
+// fingerprintInput is what the default fingerprint covers.
+type fingerprintInput struct {
+	method, path, query string
+	header              []string
+	body                []byte
+}
+
+func (in fingerprintInput) framing() []byte {
+	r := &http.Request{Method: in.method, URL: &url.URL{Path: in.path, RawQuery: in.query}, Header: http.Header{}}
+	if in.header != nil {
+		r.Header["Content-Type"] = in.header
+	}
+	var buf bytes.Buffer
+	writeFingerprint(&buf, r, []string{"Content-Type"}, in.body)
+	return buf.Bytes()
+}
+
+func FuzzFingerprint(f *testing.F) {
+	f.Add("POST", "/a", "x=1", "application/json", "", []byte("{}"), "POST", "/a", "x=1", "application/json", "", []byte("{ }"))
+	f.Add("POST", "/a", "", "ab", "c", []byte(""), "POST", "/a", "", "a", "bc", []byte(""))
+	f.Add("POST", "/ab", "", "", "", []byte("c"), "POST", "/a", "b", "", "", []byte("c"))
+	f.Fuzz(func(t *testing.T, m1, p1, q1, h1a, h1b string, b1 []byte, m2, p2, q2, h2a, h2b string, b2 []byte) {
+		headers := func(a, b string) []string {
+			switch {
+			case a == "" && b == "":
+				return nil
+			case b == "":
+				return []string{a}
+			}
+			return []string{a, b}
+		}
+		x := fingerprintInput{m1, p1, q1, headers(h1a, h1b), b1}
+		y := fingerprintInput{m2, p2, q2, headers(h2a, h2b), b2}
+		same := x.method == y.method && x.path == y.path && x.query == y.query &&
+			equalStrings(x.header, y.header) && bytes.Equal(x.body, y.body)
+		if got := bytes.Equal(x.framing(), y.framing()); got != same {
+			t.Fatalf("inputs equal=%v but framings equal=%v: %+v %+v", same, got, x, y)
+		}
+		r := &http.Request{Method: m1, URL: &url.URL{Path: p1, RawQuery: q1}, Header: http.Header{"Content-Type": x.header}}
+		if fp := Fingerprint(r, []string{"Content-Type"}, b1); len(fp) != 64 {
+			t.Fatalf("fingerprint %q", fp)
+		}
+	})
+}
+
+func equalStrings(a, b []string) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if a[i] != b[i] {
+			return false
+		}
+	}
+	return true
+}
