@@ -15,6 +15,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 	"unicode/utf8"
 
@@ -327,9 +328,7 @@ func (m *middleware) replay(w http.ResponseWriter, claim *idem.Claim) {
 		}
 	}
 	h.Set(HeaderReplayed, "true")
-	if !rec.Expires.IsZero() {
-		h.Set(HeaderExpires, rec.Expires.UTC().Format(http.TimeFormat))
-	}
+	h.Set(HeaderExpires, m.expires(rec).Format(http.TimeFormat))
 	status, err := strconv.Atoi(out.Meta[metaStatus])
 	if err != nil || status < 200 || status > 999 {
 		status = http.StatusOK
@@ -338,8 +337,11 @@ func (m *middleware) replay(w http.ResponseWriter, claim *idem.Claim) {
 	_, _ = w.Write(out.Data)
 }
 
-func (m *middleware) execute(w http.ResponseWriter, r *http.Request, claim *idem.Claim) {
-	rec := claim.Record()
+// expires is when the key is kept at least until: its first attempt plus
+// the window, by the store's clock. A first execution cannot know when it
+// will complete, so replays say the same instant, earlier than the exact
+// Completed + window: every response to a key carries the same value.
+func (m *middleware) expires(rec idem.Record) time.Time {
 	window := rec.Window
 	if window <= 0 {
 		window = m.window
@@ -347,9 +349,18 @@ func (m *middleware) execute(w http.ResponseWriter, r *http.Request, claim *idem
 	if window <= 0 {
 		window = idem.DefaultWindow
 	}
+	created := rec.Created
+	if created.IsZero() {
+		created = m.clock.Now()
+	}
+	return created.Add(window).UTC()
+}
+
+func (m *middleware) execute(w http.ResponseWriter, r *http.Request, claim *idem.Claim) {
+	rec := claim.Record()
 	h := w.Header()
 	h.Set(HeaderReplayed, "false")
-	h.Set(HeaderExpires, m.clock.Now().Add(window).UTC().Format(http.TimeFormat))
+	h.Set(HeaderExpires, m.expires(rec).Format(http.TimeFormat))
 
 	lease := m.lease
 	if lease <= 0 {
@@ -364,7 +375,7 @@ func (m *middleware) execute(w http.ResponseWriter, r *http.Request, claim *idem
 	defer cancel(nil)
 	stop := m.heartbeat(finish, claim, lease, cancel)
 
-	rw := &recorder{rw: w, max: m.maxResponse}
+	rw := &recorder{rw: w, max: m.maxResponse, stored: m.stored}
 	defer func() {
 		stop()
 		if p := recover(); p != nil {
@@ -419,8 +430,36 @@ func (m *middleware) finish(ctx context.Context, r *http.Request, claim *idem.Cl
 // heartbeat extends the claim's lease every third of it until stopped; a
 // refused extension cancels the handler's context with the refusal as its
 // cause. It runs on a context that a client disconnect does not cancel:
-// the handler goes on, so its lease must too.
+// the handler goes on, so its lease must too. On the system clock it is a
+// timer rather than a goroutine: most handlers end long before the first
+// tick, and a timer costs them less.
 func (m *middleware) heartbeat(ctx context.Context, claim *idem.Claim, lease time.Duration, cancel context.CancelCauseFunc) (stop func()) {
+	extend := func() bool {
+		err := claim.Extend(ctx, lease)
+		if errors.Is(err, idem.ErrLeaseLost) || errors.Is(err, idem.ErrCompleted) {
+			cancel(err)
+			return false
+		}
+		return true // other errors (a store hiccup) are retried next tick
+	}
+	if _, system := m.clock.(idem.SystemClock); system {
+		var mu sync.Mutex
+		stopped := false
+		var t *time.Timer
+		t = time.AfterFunc(lease/3, func() {
+			mu.Lock()
+			defer mu.Unlock()
+			if !stopped && extend() {
+				t.Reset(lease / 3)
+			}
+		})
+		return func() {
+			mu.Lock() // waits for a tick in progress
+			defer mu.Unlock()
+			stopped = true
+			t.Stop()
+		}
+	}
 	done := make(chan struct{})
 	finished := make(chan struct{})
 	go func() {
@@ -431,9 +470,7 @@ func (m *middleware) heartbeat(ctx context.Context, claim *idem.Claim, lease tim
 				return
 			case <-m.clock.After(lease / 3):
 			}
-			err := claim.Extend(ctx, lease)
-			if errors.Is(err, idem.ErrLeaseLost) || errors.Is(err, idem.ErrCompleted) {
-				cancel(err)
+			if !extend() {
 				return
 			}
 		}
@@ -455,7 +492,8 @@ type recorder struct {
 	rw       http.ResponseWriter
 	max      int64
 	status   int
-	header   http.Header // snapshot taken when the header was written
+	stored   []string    // the header names to keep
+	header   http.Header // stored headers as they were when written
 	body     bytes.Buffer
 	overflow bool
 	hijacked bool
@@ -473,7 +511,13 @@ func (w *recorder) WriteHeader(code int) {
 		return
 	}
 	w.status = code
-	w.header = w.rw.Header().Clone()
+	h := w.rw.Header()
+	w.header = make(http.Header, len(w.stored))
+	for _, name := range w.stored {
+		if v := h[name]; len(v) > 0 {
+			w.header[name] = slices.Clone(v)
+		}
+	}
 	w.rw.WriteHeader(code)
 }
 
