@@ -56,7 +56,8 @@ Flags:
   --methods LIST         comma-separated methods the keys apply to
                          (default POST,PATCH)
   --scope-header NAME    take the scope (tenant) from this request header
-                         instead of a digest of Authorization; a request on
+                         instead of a digest of Authorization (callers
+                         without Authorization share one scope); a request on
                          --methods without it answers 400. Trust: the proxy
                          then believes the header, so only a gateway that
                          authenticates callers and sets (overwrites) it may
