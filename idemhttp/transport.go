@@ -249,6 +249,10 @@ func (t *transport) attempts(ctx context.Context, start time.Time, req *http.Req
 			if replayable {
 				out.GetBody = body.open
 			}
+			if body.getBody == nil && replayable {
+				// Buffered: the length is known now, so no chunked encoding.
+				out.ContentLength = int64(len(body.buf))
+			}
 		}
 		resp, err := t.cfg.Base.RoundTrip(out)
 		if !replayable || attempt >= t.cfg.MaxAttempts || ctx.Err() != nil || !t.cfg.Retryable(resp, err) {

@@ -698,3 +698,47 @@ func TestTransportTimeoutBodyReadable(t *testing.T) {
 type trRoundTripperFunc func(*http.Request) (*http.Response, error)
 
 func (f trRoundTripperFunc) RoundTrip(r *http.Request) (*http.Response, error) { return f(r) }
+
+// BenchmarkTransport compares a POST through Transport (key, body buffer,
+// budget) with the same POST through the bare http.Transport, on loopback.
+func BenchmarkTransport(b *testing.B) {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.Copy(io.Discard, r.Body)
+		io.WriteString(w, "ok")
+	}))
+	defer srv.Close()
+	body := strings.Repeat("x", 512)
+	for _, bc := range []struct {
+		name string
+		rt   func(base http.RoundTripper) http.RoundTripper
+	}{
+		{"bare", func(base http.RoundTripper) http.RoundTripper { return base }},
+		{"idemhttp", func(base http.RoundTripper) http.RoundTripper {
+			return idemhttp.Transport(&idemhttp.TransportConfig{Base: base})
+		}},
+	} {
+		for _, sized := range []bool{true, false} {
+			name := bc.name + "/streamed-body"
+			if sized {
+				name = bc.name + "/sized-body" // a strings.Reader: length and GetBody known
+			}
+			b.Run(name, func(b *testing.B) {
+				base := &http.Transport{MaxIdleConnsPerHost: 4}
+				defer base.CloseIdleConnections()
+				c := &http.Client{Transport: bc.rt(base)}
+				for b.Loop() {
+					var r io.Reader = strings.NewReader(body)
+					if !sized {
+						r = trOpaque{r}
+					}
+					resp, err := c.Post(srv.URL, "text/plain", r)
+					if err != nil {
+						b.Fatal(err)
+					}
+					io.Copy(io.Discard, resp.Body)
+					resp.Body.Close()
+				}
+			})
+		}
+	}
+}
