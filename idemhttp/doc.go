@@ -13,8 +13,20 @@
 //
 // # Headers
 //
-// A first execution carries Idempotent-Replayed: false; a replay carries
-// Idempotent-Replayed: true and the stored status, body and allow-listed
-// headers. Both carry Idempotency-Key-Expires, an HTTP-date after which the
-// key may run again.
+// Requests carry Idempotency-Key: a structured-field string ("k-1") or a
+// bare token (k-1), at most 255 bytes. Responses to a keyed request carry:
+//
+//   - Idempotent-Replayed: false on a first execution (set before the
+//     handler writes), true on a replay, which also carries the stored
+//     status, body and allow-listed headers (Config.StoredHeaders; never
+//     Set-Cookie, Date, request ids or rate-limit headers);
+//   - Idempotency-Key-Expires: an HTTP-date until which the key is kept at
+//     least (its first attempt plus the window, by the ledger's store); a
+//     retry after it may run again. Every response to one key carries the
+//     same value.
+//
+// Errors are application/problem+json (RFC 9457) with a stable type URI
+// per problem: key-invalid, key-required (400), body-too-large (413),
+// fingerprint-mismatch (422), in-flight (409 with Retry-After),
+// ledger-unavailable (503). docs/http.md describes each.
 package idemhttp
