@@ -88,8 +88,9 @@ Example:
 `
 
 // proxyProblemBase prefixes the type URI of the problems idem proxy answers
-// itself (the middleware's own have theirs).
-const proxyProblemBase = "https://github.com/idemkit/idem/blob/main/docs/proxy.md#"
+// itself (bad-gateway, missing-scope): the middleware's namespace, so a
+// client branches on one set of types.
+const proxyProblemBase = idemhttp.ProblemTypeBase
 
 type proxyOptions struct {
 	listen, admin, store, scopeHeader, logLevel string
