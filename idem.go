@@ -86,6 +86,15 @@ func New(store Store, cfg *Config) (*Ledger, error) {
 	return &Ledger{store: store, cfg: c}, nil
 }
 
+// Clock returns the ledger's clock (Config.Clock).
+func (l *Ledger) Clock() Clock { return l.cfg.Clock }
+
+// Lease returns the default lease (Config.Lease).
+func (l *Ledger) Lease() time.Duration { return l.cfg.Lease }
+
+// Window returns the default dedup window (Config.Window).
+func (l *Ledger) Window() time.Duration { return l.cfg.Window }
+
 // Store returns the ledger's store.
 func (l *Ledger) Store() Store { return l.store }
 
@@ -353,7 +362,7 @@ func (l *Ledger) Do(ctx context.Context, scope, key, fingerprint string, fn func
 
 	workCtx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
-	stopHeartbeat := l.heartbeat(workCtx, claim, o.lease, cancel)
+	stopHeartbeat := claim.KeepAlive(ctx, o.lease, func(err error) { cancel(err) })
 	finish := context.WithoutCancel(ctx)
 
 	out, fnErr := l.run(workCtx, claim, fn, stopHeartbeat, finish)
@@ -392,9 +401,48 @@ func (l *Ledger) run(ctx context.Context, claim *Claim, fn func(context.Context,
 	return fn(ctx, claim)
 }
 
-// heartbeat extends the claim's lease every third of it until stopped. A
-// refused extension cancels the work with ErrLeaseLost.
-func (l *Ledger) heartbeat(ctx context.Context, claim *Claim, lease time.Duration, cancel context.CancelCauseFunc) (stop func()) {
+// KeepAlive extends the claim's lease to lease from now, every third of
+// it, until stop is called; stop waits for an extension in progress. When
+// the store refuses an extension (ErrLeaseLost: another owner took over;
+// ErrCompleted) it stops and calls onLost with the refusal, so the caller
+// can abandon the work. Other errors are retried at the next tick, with two
+// thirds of the lease still to run.
+//
+// The extensions run on a context that ctx's cancellation does not end:
+// work that goes on after its caller gave up (a client that disconnected)
+// keeps its lease until it returns. On the system clock KeepAlive is a
+// timer, not a goroutine: most work ends before the first tick.
+func (c *Claim) KeepAlive(ctx context.Context, lease time.Duration, onLost func(error)) (stop func()) {
+	ctx = context.WithoutCancel(ctx)
+	extend := func() bool {
+		err := c.Extend(ctx, lease)
+		if errors.Is(err, ErrLeaseLost) || errors.Is(err, ErrCompleted) {
+			onLost(err)
+			return false
+		}
+		return true
+	}
+	every := lease / 3
+	if _, system := c.l.cfg.Clock.(SystemClock); system {
+		var mu sync.Mutex
+		stopped := false
+		var t *time.Timer
+		mu.Lock() // the first tick must see t
+		defer mu.Unlock()
+		t = time.AfterFunc(every, func() {
+			mu.Lock()
+			defer mu.Unlock()
+			if !stopped && extend() {
+				t.Reset(every)
+			}
+		})
+		return func() {
+			mu.Lock()
+			defer mu.Unlock()
+			stopped = true
+			t.Stop()
+		}
+	}
 	done := make(chan struct{})
 	finished := make(chan struct{})
 	go func() {
@@ -403,22 +451,19 @@ func (l *Ledger) heartbeat(ctx context.Context, claim *Claim, lease time.Duratio
 			select {
 			case <-done:
 				return
-			case <-ctx.Done():
-				return
-			case <-l.cfg.Clock.After(lease / 3):
+			case <-c.l.cfg.Clock.After(every):
 			}
-			err := claim.Extend(ctx, lease)
-			if errors.Is(err, ErrLeaseLost) || errors.Is(err, ErrCompleted) {
-				cancel(err)
+			if !extend() {
 				return
 			}
-			// Other errors (a store hiccup) are retried on the next tick;
-			// the lease still has two thirds to run.
 		}
 	}()
+	var once sync.Once
 	return func() {
-		close(done)
-		<-finished
+		once.Do(func() {
+			close(done)
+			<-finished
+		})
 	}
 }
 

@@ -451,3 +451,39 @@ func TestBadInput(t *testing.T) {
 		t.Errorf("nil store: %v, want ErrInvalid", err)
 	}
 }
+
+// A caller that gives up does not end the lease of work still running: the
+// work would otherwise lose its key to a duplicate while it goes on.
+func TestDoKeepsLeaseAfterCallerGivesUp(t *testing.T) {
+	t.Parallel()
+	b := setup(t, &idem.Config{Lease: 30 * time.Second})
+	ctx, cancel := context.WithCancel(context.Background())
+	release := make(chan struct{})
+	done := make(chan error, 1)
+	go func() {
+		_, err := b.ledger.Do(ctx, "s", "k", "fp", func(context.Context, *idem.Claim) (idem.Outcome, error) {
+			<-release // work that does not watch its context
+			return outcome("late but once"), nil
+		})
+		done <- err
+	}()
+	waitWaiters(t, b.clock, 1)
+	cancel()
+	for range 6 { // 60s: twice the lease
+		waitWaiters(t, b.clock, 1)
+		b.sclock.Advance(10 * time.Second)
+		b.clock.Advance(10 * time.Second)
+		waitExtended(t, b, b.sclock.Now().Add(30*time.Second))
+	}
+	if _, err := b.ledger.Begin(context.Background(), "s", "k", "fp"); !errors.Is(err, idem.ErrInFlight) {
+		t.Fatalf("a duplicate 60s after the caller gave up: %v, want in flight", err)
+	}
+	close(release)
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	rec, _ := b.ledger.Get(context.Background(), "s", "k")
+	if rec.State != idem.StateCompleted || rec.Attempts != 1 {
+		t.Fatalf("record %+v, want completed by the first attempt", rec)
+	}
+}

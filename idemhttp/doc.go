@@ -29,4 +29,15 @@
 // per problem: key-invalid, key-required (400), body-too-large (413),
 // fingerprint-mismatch (422), in-flight (409 with Retry-After),
 // ledger-unavailable (503). docs/http.md describes each.
+//
+// # Client transport
+//
+//	client := &http.Client{Transport: idemhttp.Transport(nil)}
+//
+// POST and PATCH get an Idempotency-Key (NewUUIDv7) that every retry of
+// the same logical request reuses, so a server behind Middleware runs it
+// once however often the network fails. Retries follow exponential backoff
+// with full jitter, honour Retry-After and the request's deadline, and stop
+// when the retry budget (a share of recent requests) is spent. See
+// TransportConfig.
 package idemhttp

@@ -15,7 +15,6 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"sync"
 	"time"
 	"unicode/utf8"
 
@@ -74,9 +73,8 @@ type Config struct {
 	// Logger receives reasons for released keys; never keys or bodies.
 	// Default slog.Default().
 	Logger *slog.Logger
-	// Clock drives the lease heartbeat and the first execution's
-	// Idempotency-Key-Expires. Default idem.SystemClock; tests pass the
-	// ledger's idem.ManualClock.
+	// Clock dates the first execution's Idempotency-Key-Expires. Default:
+	// the ledger's clock (the lease heartbeat always runs on it).
 	Clock idem.Clock
 }
 
@@ -175,7 +173,7 @@ func Middleware(ledger *idem.Ledger, cfg *Config) func(http.Handler) http.Handle
 		m.logger = slog.Default()
 	}
 	if m.clock == nil {
-		m.clock = idem.SystemClock{}
+		m.clock = m.ledger.Clock()
 	}
 	if m.lease > 0 {
 		m.beginOpts = append(m.beginOpts, idem.WithLease(m.lease))
@@ -364,16 +362,13 @@ func (m *middleware) execute(w http.ResponseWriter, r *http.Request, claim *idem
 
 	lease := m.lease
 	if lease <= 0 {
-		lease = rec.LeaseUntil.Sub(m.clock.Now())
-	}
-	if lease <= 0 {
-		lease = idem.DefaultLease
+		lease = m.ledger.Lease()
 	}
 
 	finish := context.WithoutCancel(r.Context())
 	workCtx, cancel := context.WithCancelCause(r.Context())
 	defer cancel(nil)
-	stop := m.heartbeat(finish, claim, lease, cancel)
+	stop := claim.KeepAlive(finish, lease, func(err error) { cancel(err) })
 
 	rw := &recorder{rw: w, max: m.maxResponse, stored: m.stored}
 	defer func() {
@@ -424,65 +419,6 @@ func (m *middleware) finish(ctx context.Context, r *http.Request, claim *idem.Cl
 	}
 	if err := claim.Complete(ctx, idem.Outcome{Data: rw.body.Bytes(), Meta: meta}); err != nil {
 		m.logger.Warn("idemhttp: storing the response failed", "method", r.Method, "status", status, "err", err)
-	}
-}
-
-// heartbeat extends the claim's lease every third of it until stopped; a
-// refused extension cancels the handler's context with the refusal as its
-// cause. It runs on a context that a client disconnect does not cancel:
-// the handler goes on, so its lease must too. On the system clock it is a
-// timer rather than a goroutine: most handlers end long before the first
-// tick, and a timer costs them less.
-func (m *middleware) heartbeat(ctx context.Context, claim *idem.Claim, lease time.Duration, cancel context.CancelCauseFunc) (stop func()) {
-	extend := func() bool {
-		err := claim.Extend(ctx, lease)
-		if errors.Is(err, idem.ErrLeaseLost) || errors.Is(err, idem.ErrCompleted) {
-			cancel(err)
-			return false
-		}
-		return true // other errors (a store hiccup) are retried next tick
-	}
-	if _, system := m.clock.(idem.SystemClock); system {
-		var mu sync.Mutex
-		stopped := false
-		var t *time.Timer
-		t = time.AfterFunc(lease/3, func() {
-			mu.Lock()
-			defer mu.Unlock()
-			if !stopped && extend() {
-				t.Reset(lease / 3)
-			}
-		})
-		return func() {
-			mu.Lock() // waits for a tick in progress
-			defer mu.Unlock()
-			stopped = true
-			t.Stop()
-		}
-	}
-	done := make(chan struct{})
-	finished := make(chan struct{})
-	go func() {
-		defer close(finished)
-		for {
-			select {
-			case <-done:
-				return
-			case <-m.clock.After(lease / 3):
-			}
-			if !extend() {
-				return
-			}
-		}
-	}()
-	var stopped bool
-	return func() {
-		if stopped {
-			return
-		}
-		stopped = true
-		close(done)
-		<-finished
 	}
 }
 

@@ -1,0 +1,9 @@
+package idemhttp_test
+
+import (
+	"testing"
+
+	"github.com/idemkit/idem/internal/leakcheck"
+)
+
+func TestMain(m *testing.M) { leakcheck.Main(m) }
