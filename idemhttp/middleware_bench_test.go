@@ -6,7 +6,7 @@ import (
 
 	"github.com/idemkit/idem"
 	"github.com/idemkit/idem/idemhttp"
-	"github.com/idemkit/idem/idemhttp/internal/loadgen"
+	"github.com/idemkit/idem/internal/loadgen"
 	"github.com/idemkit/idem/memstore"
 )
 

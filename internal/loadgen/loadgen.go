@@ -67,7 +67,13 @@ func request(host, key string) []byte {
 func Run(b *testing.B, h http.Handler, mode Mode) {
 	srv := httptest.NewServer(h)
 	defer srv.Close()
-	host := srv.Listener.Addr().String()
+	RunAddr(b, srv.Listener.Addr().String(), mode)
+}
+
+// RunAddr is Run against a server already listening at addr (host:port),
+// such as a proxy in front of another server. In First and Replay modes
+// every measured answer must carry Idempotent-Replayed false and true.
+func RunAddr(b *testing.B, host string, mode Mode) {
 	prefix := fmt.Sprintf("bench-%d-", run.Add(1))
 	replay := request(host, prefix+"replay")
 
@@ -82,7 +88,7 @@ func Run(b *testing.B, h http.Handler, mode Mode) {
 		}
 		return &client{c, bufio.NewReader(c)}, nil
 	}
-	send := func(c *client, req []byte) (time.Duration, error) {
+	send := func(c *client, req []byte, replayed string) (time.Duration, error) {
 		t0 := time.Now()
 		if _, err := c.conn.Write(req); err != nil {
 			return 0, err
@@ -96,6 +102,9 @@ func Run(b *testing.B, h http.Handler, mode Mode) {
 		if res.StatusCode != http.StatusCreated {
 			return 0, fmt.Errorf("status %d", res.StatusCode)
 		}
+		if got := res.Header.Get("Idempotent-Replayed"); replayed != "" && got != replayed {
+			return 0, fmt.Errorf("Idempotent-Replayed %q, want %q", got, replayed)
+		}
 		return time.Since(t0), nil
 	}
 	clients := make([]*client, Clients)
@@ -108,7 +117,7 @@ func Run(b *testing.B, h http.Handler, mode Mode) {
 		clients[i] = c
 	}
 	if mode == Replay { // store the outcome once
-		if _, err := send(clients[0], replay); err != nil {
+		if _, err := send(clients[0], replay, "false"); err != nil {
 			b.Fatal(err)
 		}
 	}
@@ -127,15 +136,16 @@ func Run(b *testing.B, h http.Handler, mode Mode) {
 					return
 				}
 				var req []byte
+				var replayed string
 				switch mode {
 				case Bare:
 					req = request(host, "")
 				case First:
-					req = request(host, prefix+strconv.FormatInt(n, 10))
+					req, replayed = request(host, prefix+strconv.FormatInt(n, 10)), "false"
 				case Replay:
-					req = replay
+					req, replayed = replay, "true"
 				}
-				d, err := send(c, req)
+				d, err := send(c, req, replayed)
 				if err != nil {
 					failed.Store(err)
 					return
