@@ -23,7 +23,6 @@ import (
 	"github.com/idemkit/idem"
 	"github.com/idemkit/idem/cmd/idem/internal/server"
 	"github.com/idemkit/idem/idemhttp"
-	"github.com/idemkit/idem/store/pebblestore"
 )
 
 // defaultProxyStore is where idem proxy keeps its ledger without --store:
@@ -279,54 +278,12 @@ func runProxyServer(ctx context.Context, o *proxyOptions, stdout, stderr io.Writ
 
 	errorLog := slog.NewLogLogger(logger.Handler(), slog.LevelWarn)
 	srv := &http.Server{Handler: handler, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute, ErrorLog: errorLog}
-	served := make(chan error, 2)
-	go func() { served <- srv.Serve(ln) }()
-	var adminSrv *http.Server
+	servers := []listening{{srv, ln}}
 	if adminLn != nil {
-		adminSrv = &http.Server{Handler: adminHandler(store, metrics), ReadHeaderTimeout: 10 * time.Second, ErrorLog: errorLog}
-		go func() { served <- adminSrv.Serve(adminLn) }()
+		admin := &http.Server{Handler: adminHandler(store, metrics), ReadHeaderTimeout: 10 * time.Second, ErrorLog: errorLog}
+		servers = append(servers, listening{admin, adminLn})
 	}
-
-	sweepDone := make(chan struct{})
-	sweepCtx, stopSweep := context.WithCancel(ctx)
-	if _, ok := store.(*pebblestore.Store); ok {
-		close(sweepDone) // file: sweeps itself
-	} else {
-		go sweepPeriodically(sweepCtx, store, o.sweep, logger, sweepDone)
-	}
-
-	var serveErr error
-	select {
-	case <-ctx.Done():
-		fmt.Fprintln(stdout, "idem proxy: stopping: draining in-flight requests")
-	case serveErr = <-served:
-	}
-	stopSweep()
-	<-sweepDone
-
-	drainCtx, cancel := context.WithTimeout(context.Background(), o.drain)
-	defer cancel()
-	// Requests in flight finish and store their outcome before the store
-	// closes; past the bound they are cut off and their keys' leases expire.
-	if err := srv.Shutdown(drainCtx); err != nil {
-		_ = srv.Close()
-		serveErr = errors.Join(serveErr, fmt.Errorf("draining requests: %w", err))
-	}
-	if adminSrv != nil {
-		if err := adminSrv.Shutdown(drainCtx); err != nil {
-			_ = adminSrv.Close()
-		}
-	}
-	if errors.Is(serveErr, http.ErrServerClosed) {
-		serveErr = nil
-	}
-	if err := closeStore(); err != nil {
-		return errors.Join(serveErr, err)
-	}
-	if serveErr == nil {
-		fmt.Fprintln(stdout, "idem proxy: stopped; the store is closed")
-	}
-	return serveErr
+	return runServers(ctx, "proxy", stdout, logger, store, o.sweep, o.drain, closeStore, servers...)
 }
 
 // upstreamTransport is the proxy's connection pool to the upstream: every

@@ -20,7 +20,6 @@ import (
 
 	"github.com/idemkit/idem"
 	"github.com/idemkit/idem/cmd/idem/internal/server"
-	"github.com/idemkit/idem/store/pebblestore"
 )
 
 const serveUsage = `Usage: idem serve [flags]
@@ -189,44 +188,7 @@ func serve(ctx context.Context, o *serveOptions, stdout, stderr io.Writer) error
 		IdleTimeout:       2 * time.Minute,
 		ErrorLog:          slog.NewLogLogger(logger.Handler(), slog.LevelWarn),
 	}
-	served := make(chan error, 1)
-	go func() { served <- srv.Serve(ln) }()
-
-	sweepDone := make(chan struct{})
-	sweepCtx, stopSweep := context.WithCancel(ctx)
-	if _, ok := store.(*pebblestore.Store); ok {
-		close(sweepDone) // file: sweeps itself
-	} else {
-		go sweepPeriodically(sweepCtx, store, o.sweep, logger, sweepDone)
-	}
-
-	var serveErr error
-	select {
-	case <-ctx.Done():
-		fmt.Fprintln(stdout, "idem serve: stopping: draining in-flight requests")
-	case serveErr = <-served:
-	}
-	stopSweep()
-	<-sweepDone
-
-	drainCtx, cancel := context.WithTimeout(context.Background(), o.drain)
-	defer cancel()
-	if err := srv.Shutdown(drainCtx); err != nil {
-		// Requests still running after the bound are cut off; the store
-		// answers them ErrClosed (503) once it closes.
-		_ = srv.Close()
-		serveErr = errors.Join(serveErr, fmt.Errorf("draining requests: %w", err))
-	}
-	if errors.Is(serveErr, http.ErrServerClosed) {
-		serveErr = nil
-	}
-	if err := closeStore(); err != nil {
-		return errors.Join(serveErr, err)
-	}
-	if serveErr == nil {
-		fmt.Fprintln(stdout, "idem serve: stopped; the store is closed")
-	}
-	return serveErr
+	return runServers(ctx, "serve", stdout, logger, store, o.sweep, o.drain, closeStore, listening{srv, ln})
 }
 
 // serveTokens reads --tokens, or makes one token for the default scope when

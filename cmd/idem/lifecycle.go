@@ -1,0 +1,72 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"time"
+
+	"github.com/idemkit/idem"
+	"github.com/idemkit/idem/store/pebblestore"
+)
+
+// listening is a server and the listener it serves.
+type listening struct {
+	srv *http.Server
+	ln  net.Listener
+}
+
+// runServers is the life of serve and proxy: it serves every server until
+// ctx ends (SIGTERM, SIGINT) or one fails, sweeps a store that does not
+// sweep itself meanwhile, then lets requests in flight finish within drain
+// — they store their outcomes before the store closes — and closes the
+// store. cmd names the command in what it prints.
+func runServers(ctx context.Context, cmd string, stdout io.Writer, logger *slog.Logger, store idem.Store, sweepEvery, drain time.Duration, closeStore func() error, servers ...listening) error {
+	served := make(chan error, len(servers))
+	for _, s := range servers {
+		go func() { served <- s.srv.Serve(s.ln) }()
+	}
+
+	sweepDone := make(chan struct{})
+	sweepCtx, stopSweep := context.WithCancel(ctx)
+	if _, ok := store.(*pebblestore.Store); ok {
+		close(sweepDone) // file: sweeps itself
+	} else {
+		go sweepPeriodically(sweepCtx, store, sweepEvery, logger, sweepDone)
+	}
+
+	var serveErr error
+	select {
+	case <-ctx.Done():
+		fmt.Fprintf(stdout, "idem %s: stopping: draining in-flight requests\n", cmd)
+	case serveErr = <-served:
+	}
+	stopSweep()
+	<-sweepDone
+
+	drainCtx, cancel := context.WithTimeout(context.Background(), drain)
+	defer cancel()
+	for _, s := range servers {
+		if err := s.srv.Shutdown(drainCtx); err != nil {
+			// Requests still running after the bound are cut off: the store
+			// answers them ErrClosed (503) once it closes, and their keys'
+			// leases expire.
+			_ = s.srv.Close()
+			serveErr = errors.Join(serveErr, fmt.Errorf("draining requests: %w", err))
+		}
+	}
+	if errors.Is(serveErr, http.ErrServerClosed) {
+		serveErr = nil
+	}
+	if err := closeStore(); err != nil {
+		return errors.Join(serveErr, err)
+	}
+	if serveErr == nil {
+		fmt.Fprintf(stdout, "idem %s: stopped; the store is closed\n", cmd)
+	}
+	return serveErr
+}
