@@ -4,8 +4,9 @@ import (
 	"crypto/sha256"
 	"encoding/binary"
 	"encoding/hex"
-	"io"
+	"hash"
 	"net/http"
+	"sync"
 )
 
 // Fingerprint is the default Config.Fingerprint: the hex SHA-256 of the
@@ -13,35 +14,62 @@ import (
 // order) and the body. Each part is length-prefixed, so no two different
 // requests share the digested bytes.
 func Fingerprint(r *http.Request, headers []string, body []byte) string {
-	h := sha256.New()
-	writeFingerprint(h, r, headers, body)
-	return hex.EncodeToString(h.Sum(nil))
+	canonical := make([]string, len(headers))
+	for i, name := range headers {
+		canonical[i] = http.CanonicalHeaderKey(name)
+	}
+	return fingerprintCanonical(r, canonical, body)
 }
 
-func writeFingerprint(w io.Writer, r *http.Request, headers []string, body []byte) {
-	writeFramed(w, r.Method)
-	writeFramed(w, r.URL.Path)
-	writeFramed(w, r.URL.RawQuery)
-	writeCount(w, len(headers))
-	for _, name := range headers {
-		values := r.Header.Values(name)
-		writeFramed(w, http.CanonicalHeaderKey(name))
-		writeCount(w, len(values))
+// digester is a reusable SHA-256 state and framing buffer.
+type digester struct {
+	h   hash.Hash
+	buf []byte
+}
+
+var digesters = sync.Pool{New: func() any { return &digester{h: sha256.New(), buf: make([]byte, 0, 512)} }}
+
+// fingerprintCanonical is Fingerprint with the header names already in
+// canonical form: the middleware computes them once per configuration.
+func fingerprintCanonical(r *http.Request, canonical []string, body []byte) string {
+	d := digesters.Get().(*digester)
+	b := appendFraming(d.buf[:0], r, canonical, len(body))
+	d.h.Reset()
+	d.h.Write(b)
+	d.h.Write(body)
+	var sum [sha256.Size]byte
+	var hexSum [2 * sha256.Size]byte
+	hex.Encode(hexSum[:], d.h.Sum(sum[:0]))
+	if cap(b) <= 64<<10 { // keep the pool's buffers small
+		d.buf = b[:0]
+		digesters.Put(d)
+	}
+	return string(hexSum[:])
+}
+
+// appendFraming appends the length-prefixed method, path, query and
+// headers, then the body's length: the digest covers these bytes followed
+// by the body.
+func appendFraming(b []byte, r *http.Request, canonical []string, bodyLen int) []byte {
+	b = appendFramed(b, r.Method)
+	b = appendFramed(b, r.URL.Path)
+	b = appendFramed(b, r.URL.RawQuery)
+	b = appendCount(b, len(canonical))
+	for _, name := range canonical {
+		values := r.Header[name]
+		b = appendFramed(b, name)
+		b = appendCount(b, len(values))
 		for _, v := range values {
-			writeFramed(w, v)
+			b = appendFramed(b, v)
 		}
 	}
-	writeCount(w, len(body))
-	w.Write(body)
+	return appendCount(b, bodyLen)
 }
 
-func writeCount(w io.Writer, n int) {
-	var b [8]byte
-	binary.BigEndian.PutUint64(b[:], uint64(n))
-	w.Write(b[:])
+func appendCount(b []byte, n int) []byte {
+	return binary.BigEndian.AppendUint64(b, uint64(n))
 }
 
-func writeFramed(w io.Writer, s string) {
-	writeCount(w, len(s))
-	io.WriteString(w, s)
+func appendFramed(b []byte, s string) []byte {
+	return append(appendCount(b, len(s)), s...)
 }

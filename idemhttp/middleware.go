@@ -15,6 +15,8 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"time"
 	"unicode/utf8"
 
@@ -113,6 +115,10 @@ type middleware struct {
 	mismatchStatus int
 	keep           func(int) bool
 	stored         []string // canonical names, never-stored ones removed
+	storedMeta     []string // metaHeaderPrefix + stored[i]
+	fpHeaders      []string // canonical FingerprintHeaders (default fingerprint)
+	recycleBody    bool     // the default fingerprint keeps no reference to the body
+	dates          *dateCache
 	lease, window  time.Duration
 	logger         *slog.Logger
 	clock          idem.Clock
@@ -145,8 +151,12 @@ func Middleware(ledger *idem.Ledger, cfg *Config) func(http.Handler) http.Handle
 		if headers == nil {
 			headers = []string{"Content-Type"}
 		}
-		m.fingerprint = func(r *http.Request, body []byte) string { return Fingerprint(r, headers, body) }
+		for _, name := range headers {
+			m.fpHeaders = append(m.fpHeaders, http.CanonicalHeaderKey(name))
+		}
+		m.recycleBody = true
 	}
+	m.dates = &dateCache{}
 	if m.maxBody <= 0 {
 		m.maxBody = 1 << 20
 	}
@@ -167,6 +177,7 @@ func Middleware(ledger *idem.Ledger, cfg *Config) func(http.Handler) http.Handle
 		h = http.CanonicalHeaderKey(h)
 		if !neverStored(h) && !slices.Contains(m.stored, h) {
 			m.stored = append(m.stored, h)
+			m.storedMeta = append(m.storedMeta, metaHeaderPrefix+h)
 		}
 	}
 	if m.logger == nil {
@@ -213,11 +224,22 @@ func AuthorizationScope(r *http.Request) (string, error) {
 	if len(auth) == 0 {
 		return "anonymous", nil
 	}
-	h := sha256.New()
+	d := digesters.Get().(*digester)
+	b := d.buf[:0]
 	for _, v := range auth {
-		writeFramed(h, v)
+		b = appendFramed(b, v)
 	}
-	return "auth:" + hex.EncodeToString(h.Sum(nil)), nil
+	d.h.Reset()
+	d.h.Write(b)
+	var sum [sha256.Size]byte
+	out := make([]byte, len("auth:")+2*sha256.Size)
+	copy(out, "auth:")
+	hex.Encode(out[len("auth:"):], d.h.Sum(sum[:0]))
+	if cap(b) <= 64<<10 {
+		d.buf = b[:0]
+		digesters.Put(d)
+	}
+	return string(out), nil
 }
 
 func defaultRoute(r *http.Request) string {
@@ -264,16 +286,30 @@ func (m *middleware) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	var body []byte
 	if r.Body != nil && r.Body != http.NoBody {
-		body, err = io.ReadAll(io.LimitReader(r.Body, m.maxBody+1))
+		buf := getBuffer()
+		body, err = readBody(buf.b[:0], r.Body, m.maxBody+1, r.ContentLength)
+		buf.b = body
 		if err != nil {
+			putBuffer(buf)
 			writeProblem(w, problemBodyUnreadable, "the request body could not be read")
 			return
 		}
 		if int64(len(body)) > m.maxBody {
+			putBuffer(buf)
 			writeProblem(w, problemBodyTooLarge, fmt.Sprintf("the body is over the limit of %d bytes", m.maxBody))
 			return
 		}
-		r.Body = io.NopCloser(bytes.NewReader(body))
+		rb := &replayedBody{}
+		rb.Reset(body)
+		r.Body = rb
+		if m.recycleBody {
+			// After the handler returns its body reads nothing, and the
+			// buffer serves another request.
+			defer func() {
+				rb.Reset(nil)
+				putBuffer(buf)
+			}()
+		}
 	}
 
 	principal, err := m.scope(r)
@@ -282,7 +318,12 @@ func (m *middleware) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	scope := ledgerScope(principal, r.Method, m.route(r))
-	fp := m.fingerprint(r, body)
+	var fp string
+	if m.fingerprint != nil {
+		fp = m.fingerprint(r, body)
+	} else {
+		fp = fingerprintCanonical(r, m.fpHeaders, body)
+	}
 
 	claim, err := m.ledger.Begin(r.Context(), scope, key, fp, m.beginOpts...)
 	if err != nil {
@@ -320,13 +361,32 @@ func (m *middleware) replay(w http.ResponseWriter, claim *idem.Claim) {
 	rec := claim.Record()
 	out := claim.Outcome()
 	h := w.Header()
+	// One backing array for every header's values; each header gets a
+	// full slice expression, so an append by a later writer copies.
+	n := 2
 	for k, v := range out.Meta {
-		if name, ok := strings.CutPrefix(k, metaHeaderPrefix); ok {
-			h[name] = strings.Split(v, "\n")
+		if strings.HasPrefix(k, metaHeaderPrefix) {
+			n += 1 + strings.Count(v, "\n")
 		}
 	}
-	h.Set(HeaderReplayed, "true")
-	h.Set(HeaderExpires, m.expires(rec).Format(http.TimeFormat))
+	values := make([]string, 0, n)
+	for k, v := range out.Meta {
+		if name, ok := strings.CutPrefix(k, metaHeaderPrefix); ok {
+			start := len(values)
+			for {
+				line, rest, more := strings.Cut(v, "\n")
+				values = append(values, line)
+				if !more {
+					break
+				}
+				v = rest
+			}
+			h[name] = values[start:len(values):len(values)]
+		}
+	}
+	values = append(values, "true", m.dates.format(m.expires(rec)))
+	h[HeaderReplayed] = values[n-2 : n-1 : n-1]
+	h[HeaderExpires] = values[n-1 : n : n]
 	status, err := strconv.Atoi(out.Meta[metaStatus])
 	if err != nil || status < 200 || status > 999 {
 		status = http.StatusOK
@@ -357,8 +417,9 @@ func (m *middleware) expires(rec idem.Record) time.Time {
 func (m *middleware) execute(w http.ResponseWriter, r *http.Request, claim *idem.Claim) {
 	rec := claim.Record()
 	h := w.Header()
-	h.Set(HeaderReplayed, "false")
-	h.Set(HeaderExpires, m.expires(rec).Format(http.TimeFormat))
+	values := []string{"false", m.dates.format(m.expires(rec))}
+	h[HeaderReplayed] = values[0:1:1]
+	h[HeaderExpires] = values[1:2:2]
 
 	lease := m.lease
 	if lease <= 0 {
@@ -373,6 +434,7 @@ func (m *middleware) execute(w http.ResponseWriter, r *http.Request, claim *idem
 	rw := &recorder{rw: w, max: m.maxResponse, stored: m.stored}
 	defer func() {
 		stop()
+		rw.discard()
 		if p := recover(); p != nil {
 			if err := claim.Release(finish); err != nil {
 				m.logger.Warn("idemhttp: releasing after a panic failed", "method", r.Method, "err", err)
@@ -411,15 +473,110 @@ func (m *middleware) finish(ctx context.Context, r *http.Request, claim *idem.Cl
 		}
 		return
 	}
-	meta := map[string]string{metaStatus: strconv.Itoa(status)}
-	for _, name := range m.stored {
-		if v := rw.header[name]; len(v) > 0 {
-			meta[metaHeaderPrefix+name] = strings.Join(v, "\n")
+	n := 1
+	for _, v := range rw.values {
+		if v.present {
+			n++
 		}
 	}
-	if err := claim.Complete(ctx, idem.Outcome{Data: rw.body.Bytes(), Meta: meta}); err != nil {
+	meta := make(map[string]string, n)
+	meta[metaStatus] = statusString(status)
+	for i, v := range rw.values {
+		if v.present {
+			meta[m.storedMeta[i]] = v.joined
+		}
+	}
+	// Stores copy the outcome: the buffer serves another response after.
+	var data []byte
+	if rw.body != nil {
+		data = rw.body.b
+	}
+	if err := claim.Complete(ctx, idem.Outcome{Data: data, Meta: meta}); err != nil {
 		m.logger.Warn("idemhttp: storing the response failed", "method", r.Method, "status", status, "err", err)
 	}
+}
+
+// buffer is a pooled byte slice: request bodies and recorded responses.
+type buffer struct{ b []byte }
+
+var buffers = sync.Pool{New: func() any { return &buffer{b: make([]byte, 0, 1024)} }}
+
+// maxPooled bounds the buffers kept for reuse.
+const maxPooled = 64 << 10
+
+func getBuffer() *buffer { return buffers.Get().(*buffer) }
+
+func putBuffer(b *buffer) {
+	if cap(b.b) <= maxPooled {
+		b.b = b.b[:0]
+		buffers.Put(b)
+	}
+}
+
+// readBody appends r's bytes to dst until EOF or until it holds limit
+// bytes; size, when known, sizes the buffer once.
+func readBody(dst []byte, r io.Reader, limit, size int64) ([]byte, error) {
+	if size >= 0 && int64(cap(dst)) < min(size+1, limit) {
+		dst = slices.Grow(dst, int(min(size+1, limit)))
+	}
+	for int64(len(dst)) < limit {
+		if len(dst) == cap(dst) {
+			dst = slices.Grow(dst, int(min(int64(max(cap(dst), 512)), limit-int64(len(dst)))))
+		}
+		room := dst[len(dst):cap(dst)]
+		if int64(len(room)) > limit-int64(len(dst)) {
+			room = room[:limit-int64(len(dst))]
+		}
+		n, err := r.Read(room)
+		dst = dst[:len(dst)+n]
+		if err == io.EOF {
+			return dst, nil
+		}
+		if err != nil {
+			return dst, err
+		}
+	}
+	return dst, nil
+}
+
+// replayedBody is the request body the handler reads: the bytes the
+// middleware read and fingerprinted.
+type replayedBody struct{ bytes.Reader }
+
+func (*replayedBody) Close() error { return nil }
+
+// dateCache formats HTTP dates, reusing the last one: they have whole
+// seconds, and concurrent requests mostly share theirs.
+type dateCache struct{ last atomic.Pointer[formattedDate] }
+
+type formattedDate struct {
+	unix int64
+	text string
+}
+
+func (c *dateCache) format(t time.Time) string {
+	unix := t.Unix()
+	if d := c.last.Load(); d != nil && d.unix == unix {
+		return d.text
+	}
+	d := &formattedDate{unix: unix, text: t.UTC().Format(http.TimeFormat)}
+	c.last.Store(d)
+	return d.text
+}
+
+// statusStrings holds the decimal form of every status a response can have.
+var statusStrings = func() (s [1000]string) {
+	for i := 100; i < len(s); i++ {
+		s[i] = strconv.Itoa(i)
+	}
+	return s
+}()
+
+func statusString(code int) string {
+	if code >= 100 && code < len(statusStrings) {
+		return statusStrings[code]
+	}
+	return strconv.Itoa(code)
 }
 
 // recorder passes a response through to the client as it is written and
@@ -428,11 +585,17 @@ type recorder struct {
 	rw       http.ResponseWriter
 	max      int64
 	status   int
-	stored   []string    // the header names to keep
-	header   http.Header // stored headers as they were when written
-	body     bytes.Buffer
+	stored   []string      // the header names to keep
+	values   []storedValue // stored[i]'s values when the status was written
+	body     *buffer       // from the pool; nil until the first byte
 	overflow bool
 	hijacked bool
+}
+
+// storedValue is a stored header's values joined by "\n".
+type storedValue struct {
+	joined  string
+	present bool
 }
 
 func (w *recorder) Header() http.Header { return w.rw.Header() }
@@ -448,10 +611,13 @@ func (w *recorder) WriteHeader(code int) {
 	}
 	w.status = code
 	h := w.rw.Header()
-	w.header = make(http.Header, len(w.stored))
-	for _, name := range w.stored {
+	for i, name := range w.stored {
 		if v := h[name]; len(v) > 0 {
-			w.header[name] = slices.Clone(v)
+			if w.values == nil {
+				w.values = make([]storedValue, len(w.stored))
+			}
+			// Strings are immutable: the joined value is a copy as of now.
+			w.values[i] = storedValue{joined: strings.Join(v, "\n"), present: true}
 		}
 	}
 	w.rw.WriteHeader(code)
@@ -462,14 +628,29 @@ func (w *recorder) Write(p []byte) (int, error) {
 		w.WriteHeader(http.StatusOK)
 	}
 	if !w.overflow {
-		if int64(w.body.Len())+int64(len(p)) > w.max {
+		size := int64(len(p))
+		if w.body != nil {
+			size += int64(len(w.body.b))
+		}
+		if size > w.max {
 			w.overflow = true
-			w.body = bytes.Buffer{}
-		} else {
-			w.body.Write(p)
+			w.discard()
+		} else if len(p) > 0 {
+			if w.body == nil {
+				w.body = getBuffer()
+			}
+			w.body.b = append(w.body.b, p...)
 		}
 	}
 	return w.rw.Write(p)
+}
+
+// discard returns the body buffer to the pool.
+func (w *recorder) discard() {
+	if w.body != nil {
+		putBuffer(w.body)
+		w.body = nil
+	}
 }
 
 // Flush sends what was written so far to the client (http.Flusher).

@@ -663,3 +663,112 @@ func TestLedgerUnavailable(t *testing.T) {
 		t.Fatal("handler ran without the ledger")
 	}
 }
+
+// TestAuthorizationScopeStable pins the default scope digest: records
+// stored by earlier versions must stay reachable.
+func TestAuthorizationScopeStable(t *testing.T) {
+	t.Parallel()
+	r := post("k", "")
+	r.Header["Authorization"] = []string{"Bearer abc", "Basic x"}
+	got, err := idemhttp.AuthorizationScope(r)
+	if want := "auth:d74baf4c96f0db94a1d9246833b0bd7e2eb52b3fa1b91fb133a7d1fcb78c5ad1"; err != nil || got != want {
+		t.Fatalf("AuthorizationScope = %q, %v; want %q", got, err, want)
+	}
+}
+
+// TestReusedBuffersStayApart runs requests of many body sizes, some over
+// the pooled size, through one middleware: every response is stored and
+// replayed byte for byte, whatever the buffers served before.
+func TestReusedBuffersStayApart(t *testing.T) {
+	t.Parallel()
+	cfg := &idemhttp.Config{}
+	b := setup(t, false, cfg)
+	var kept io.Reader // a body kept past the handler's return
+	var mu sync.Mutex
+	h := b.serve(cfg, func(w http.ResponseWriter, r *http.Request) {
+		body, _ := io.ReadAll(r.Body)
+		mu.Lock()
+		kept = r.Body
+		mu.Unlock()
+		w.Header().Set("Content-Type", "text/plain")
+		w.Header().Set("ETag", "")
+		w.WriteHeader(http.StatusCreated)
+		w.Header().Set("Content-Type", "changed/after-write") // not what is stored
+		_, _ = w.Write(body)
+		_, _ = w.Write(bytes.ToUpper(body))
+	})
+	sizes := []int{0, 1, 31, 1023, 1024, 1025, 5000, 70 << 10, 3, 200 << 10, 17}
+	for i, n := range sizes {
+		body := strings.Repeat(string(rune('a'+i)), n)
+		want := body + strings.ToUpper(body)
+		key := fmt.Sprintf("k%d", i)
+		first := do(h, post(key, body))
+		if got := readBody(t, first); first.StatusCode != http.StatusCreated || got != want {
+			t.Fatalf("size %d: first %d, %d bytes", n, first.StatusCode, len(got))
+		}
+		mu.Lock()
+		if s, ok := kept.(io.ReadSeeker); ok { // rewinding must not reach a reused buffer
+			_, _ = s.Seek(0, io.SeekStart)
+			if rest, _ := io.ReadAll(s); len(rest) != 0 {
+				t.Fatalf("size %d: a body read after the handler returned gave %d bytes", n, len(rest))
+			}
+		}
+		mu.Unlock()
+		rec, err := b.ledger.Get(context.Background(), "9:anonymous POST /orders", key)
+		if err != nil || string(rec.Outcome.Data) != want {
+			t.Fatalf("size %d: stored %d bytes, %v", n, len(rec.Outcome.Data), err)
+		}
+		if ct, ok := rec.Outcome.Meta["header:Content-Type"]; !ok || ct != "text/plain" {
+			t.Fatalf("size %d: stored Content-Type %q", n, ct)
+		}
+		if etag, ok := rec.Outcome.Meta["header:Etag"]; !ok || etag != "" {
+			t.Fatalf("size %d: stored an empty ETag as %q, %v", n, etag, ok)
+		}
+	}
+	for i, n := range sizes {
+		body := strings.Repeat(string(rune('a'+i)), n)
+		res := do(h, post(fmt.Sprintf("k%d", i), body))
+		if got := readBody(t, res); got != body+strings.ToUpper(body) || res.Header.Get(idemhttp.HeaderReplayed) != "true" {
+			t.Fatalf("size %d: replay %q, %d bytes", n, res.Header.Get(idemhttp.HeaderReplayed), len(got))
+		}
+		if v, ok := res.Header["Etag"]; !ok || len(v) != 1 || v[0] != "" || res.Header.Get("Content-Type") != "text/plain" {
+			t.Fatalf("size %d: replayed headers %v", n, res.Header)
+		}
+	}
+	if got := b.runs.Load(); got != int64(len(sizes)) {
+		t.Fatalf("handler ran %d times, want %d", got, len(sizes))
+	}
+}
+
+// TestReplayedHeadersAreSeparate checks that appending to one replayed
+// header never changes another: they share one backing array.
+func TestReplayedHeadersAreSeparate(t *testing.T) {
+	t.Parallel()
+	cfg := &idemhttp.Config{}
+	b := setup(t, false, cfg)
+	h := b.serve(cfg, func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Add("Link", "</a>; rel=a")
+		w.Header().Add("Link", "</b>; rel=b")
+		w.Header().Set("Location", "/orders/1")
+		w.WriteHeader(http.StatusCreated)
+	})
+	do(h, post("k", "x"))
+	w := httptest.NewRecorder()
+	h.ServeHTTP(w, post("k", "x"))
+	live := w.Header() // as the replay left it, before any later writer
+	for name := range live {
+		live[name] = append(live[name], "extra")
+	}
+	for name, want := range map[string][]string{
+		"Link":                  {"</a>; rel=a", "</b>; rel=b", "extra"},
+		"Location":              {"/orders/1", "extra"},
+		idemhttp.HeaderReplayed: {"true", "extra"},
+	} {
+		if got := live.Values(name); strings.Join(got, "|") != strings.Join(want, "|") {
+			t.Fatalf("%s = %q, want %q", name, got, want)
+		}
+	}
+	if got := live.Values(idemhttp.HeaderExpires); len(got) != 2 || got[1] != "extra" {
+		t.Fatalf("%s = %q", idemhttp.HeaderExpires, got)
+	}
+}
