@@ -84,8 +84,10 @@ func (s *Store) Begin(ctx context.Context, p *idem.BeginParams) (*idem.BeginResu
 	return res, nil
 }
 
-// update applies a transition of one owned record under the lock.
-func (s *Store) update(ctx context.Context, scope, key string, f func(cur *idem.Record) (*idem.Record, error)) (*idem.Record, error) {
+// update applies a transition of one owned record under the lock. The
+// stored record is the transition's; the caller gets a deep copy when it
+// wants the record (Release and Checkpoint answer only an error).
+func (s *Store) update(ctx context.Context, scope, key string, want bool, f func(cur *idem.Record) (*idem.Record, error)) (*idem.Record, error) {
 	if err := s.lock(ctx); err != nil {
 		return nil, err
 	}
@@ -96,6 +98,9 @@ func (s *Store) update(ctx context.Context, scope, key string, f func(cur *idem.
 		return nil, err
 	}
 	s.records[k] = next
+	if !want {
+		return nil, nil
+	}
 	return transition.Clone(next), nil
 }
 
@@ -104,7 +109,7 @@ func (s *Store) Complete(ctx context.Context, p *idem.CompleteParams) (*idem.Rec
 	if err := p.Validate(); err != nil {
 		return nil, err
 	}
-	return s.update(ctx, p.Scope, p.Key, func(cur *idem.Record) (*idem.Record, error) {
+	return s.update(ctx, p.Scope, p.Key, true, func(cur *idem.Record) (*idem.Record, error) {
 		return transition.Complete(cur, p, s.clock.Now())
 	})
 }
@@ -114,7 +119,7 @@ func (s *Store) Release(ctx context.Context, p *idem.ReleaseParams) error {
 	if err := p.Validate(); err != nil {
 		return err
 	}
-	_, err := s.update(ctx, p.Scope, p.Key, func(cur *idem.Record) (*idem.Record, error) {
+	_, err := s.update(ctx, p.Scope, p.Key, false, func(cur *idem.Record) (*idem.Record, error) {
 		return transition.Release(cur, p, s.clock.Now())
 	})
 	return err
@@ -125,7 +130,7 @@ func (s *Store) Extend(ctx context.Context, p *idem.ExtendParams) (*idem.Record,
 	if err := p.Validate(); err != nil {
 		return nil, err
 	}
-	return s.update(ctx, p.Scope, p.Key, func(cur *idem.Record) (*idem.Record, error) {
+	return s.update(ctx, p.Scope, p.Key, true, func(cur *idem.Record) (*idem.Record, error) {
 		return transition.Extend(cur, p, s.clock.Now())
 	})
 }
@@ -135,7 +140,7 @@ func (s *Store) Checkpoint(ctx context.Context, p *idem.CheckpointParams) error 
 	if err := p.Validate(); err != nil {
 		return err
 	}
-	_, err := s.update(ctx, p.Scope, p.Key, func(cur *idem.Record) (*idem.Record, error) {
+	_, err := s.update(ctx, p.Scope, p.Key, false, func(cur *idem.Record) (*idem.Record, error) {
 		return transition.Checkpoint(cur, p, s.clock.Now())
 	})
 	return err
