@@ -24,6 +24,7 @@ func Fingerprint(r *http.Request, headers []string, body []byte) string {
 // digester is a reusable SHA-256 state and framing buffer.
 type digester struct {
 	h   hash.Hash
+	sum [sha256.Size]byte
 	buf []byte
 }
 
@@ -37,9 +38,8 @@ func fingerprintCanonical(r *http.Request, canonical []string, body []byte) stri
 	d.h.Reset()
 	d.h.Write(b)
 	d.h.Write(body)
-	var sum [sha256.Size]byte
 	var hexSum [2 * sha256.Size]byte
-	hex.Encode(hexSum[:], d.h.Sum(sum[:0]))
+	hex.Encode(hexSum[:], d.h.Sum(d.sum[:0]))
 	if cap(b) <= 64<<10 { // keep the pool's buffers small
 		d.buf = b[:0]
 		digesters.Put(d)

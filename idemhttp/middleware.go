@@ -231,15 +231,14 @@ func AuthorizationScope(r *http.Request) (string, error) {
 	}
 	d.h.Reset()
 	d.h.Write(b)
-	var sum [sha256.Size]byte
-	out := make([]byte, len("auth:")+2*sha256.Size)
-	copy(out, "auth:")
-	hex.Encode(out[len("auth:"):], d.h.Sum(sum[:0]))
+	var out [len("auth:") + 2*sha256.Size]byte
+	copy(out[:], "auth:")
+	hex.Encode(out[len("auth:"):], d.h.Sum(d.sum[:0]))
 	if cap(b) <= 64<<10 {
 		d.buf = b[:0]
 		digesters.Put(d)
 	}
-	return string(out), nil
+	return string(out[:]), nil
 }
 
 func defaultRoute(r *http.Request) string {
@@ -280,6 +279,8 @@ func (m *middleware) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 
+	ex := &exchange{} // one allocation for the request's own state
+
 	if r.ContentLength > m.maxBody {
 		writeProblem(w, problemBodyTooLarge, fmt.Sprintf("the body is over the limit of %d bytes", m.maxBody))
 		return
@@ -299,7 +300,7 @@ func (m *middleware) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			writeProblem(w, problemBodyTooLarge, fmt.Sprintf("the body is over the limit of %d bytes", m.maxBody))
 			return
 		}
-		rb := &replayedBody{}
+		rb := &ex.body
 		rb.Reset(body)
 		r.Body = rb
 		if m.recycleBody {
@@ -334,7 +335,15 @@ func (m *middleware) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		m.replay(w, claim)
 		return
 	}
-	m.execute(w, r, claim)
+	m.execute(w, r, claim, ex)
+}
+
+// exchange holds what the middleware keeps for one request with a key.
+type exchange struct {
+	body    replayedBody
+	rec     recorder
+	values  [12]storedValue // the recorder's, for up to 12 stored headers
+	headers [2]string       // Idempotent-Replayed and Idempotency-Key-Expires
 }
 
 func (m *middleware) beginFailed(w http.ResponseWriter, r *http.Request, err error) {
@@ -414,10 +423,11 @@ func (m *middleware) expires(rec idem.Record) time.Time {
 	return created.Add(window).UTC()
 }
 
-func (m *middleware) execute(w http.ResponseWriter, r *http.Request, claim *idem.Claim) {
+func (m *middleware) execute(w http.ResponseWriter, r *http.Request, claim *idem.Claim, ex *exchange) {
 	rec := claim.Record()
 	h := w.Header()
-	values := []string{"false", m.dates.format(m.expires(rec))}
+	values := ex.headers[:]
+	values[0], values[1] = "false", m.dates.format(m.expires(rec))
 	h[HeaderReplayed] = values[0:1:1]
 	h[HeaderExpires] = values[1:2:2]
 
@@ -429,9 +439,13 @@ func (m *middleware) execute(w http.ResponseWriter, r *http.Request, claim *idem
 	finish := context.WithoutCancel(r.Context())
 	workCtx, cancel := context.WithCancelCause(r.Context())
 	defer cancel(nil)
-	stop := claim.KeepAlive(finish, lease, func(err error) { cancel(err) })
+	stop := claim.KeepAlive(finish, lease, cancel)
 
-	rw := &recorder{rw: w, max: m.maxResponse, stored: m.stored}
+	rw := &ex.rec
+	*rw = recorder{rw: w, max: m.maxResponse, stored: m.stored}
+	if len(m.stored) <= len(ex.values) {
+		rw.values = ex.values[:len(m.stored)]
+	}
 	defer func() {
 		stop()
 		rw.discard()
