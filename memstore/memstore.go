@@ -26,8 +26,8 @@ type Store struct {
 	clock idem.Clock
 
 	mu      sync.Mutex
-	records map[recordKey]*idem.Record
-	token   int64 // store-wide: tokens never repeat, even after a delete
+	records map[recordKey]*idem.Record // replaced by transitions, never changed in place
+	token   int64                      // store-wide: tokens never repeat, even after a delete
 	closed  bool
 }
 
@@ -86,18 +86,21 @@ func (s *Store) Begin(ctx context.Context, p *idem.BeginParams) (*idem.BeginResu
 
 // update applies a transition of one owned record under the lock. The
 // stored record is the transition's; the caller gets a deep copy when it
-// wants the record (Release and Checkpoint answer only an error).
+// wants the record (Release and Checkpoint answer only an error). A stored
+// record is never changed in place, only replaced, so the copy is made
+// after the lock is let go.
 func (s *Store) update(ctx context.Context, scope, key string, want bool, f func(cur *idem.Record) (*idem.Record, error)) (*idem.Record, error) {
 	if err := s.lock(ctx); err != nil {
 		return nil, err
 	}
-	defer s.mu.Unlock()
 	k := recordKey{scope, key}
 	next, err := f(s.records[k])
 	if err != nil {
+		s.mu.Unlock()
 		return nil, err
 	}
 	s.records[k] = next
+	s.mu.Unlock()
 	if !want {
 		return nil, nil
 	}
@@ -154,12 +157,12 @@ func (s *Store) Get(ctx context.Context, p *idem.KeyParams) (*idem.Record, error
 	if err := s.lock(ctx); err != nil {
 		return nil, err
 	}
-	defer s.mu.Unlock()
 	rec, ok := s.records[recordKey{p.Scope, p.Key}]
+	s.mu.Unlock()
 	if !ok {
 		return nil, fmt.Errorf("%w: scope %q", idem.ErrNotFound, p.Scope)
 	}
-	return transition.Clone(rec), nil
+	return transition.Clone(rec), nil // stored records are replaced, never changed
 }
 
 // Delete implements idem.Store.
