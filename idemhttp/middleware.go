@@ -332,7 +332,7 @@ func (m *middleware) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if claim.Replayed() {
-		m.replay(w, claim)
+		m.replay(w, claim, ex)
 		return
 	}
 	m.execute(w, r, claim, ex)
@@ -344,6 +344,8 @@ type exchange struct {
 	rec     recorder
 	values  [12]storedValue // the recorder's, for up to 12 stored headers
 	headers [2]string       // Idempotent-Replayed and Idempotency-Key-Expires
+	// replayed holds a replay's header values, up to 12.
+	replayed [12]string
 }
 
 func (m *middleware) beginFailed(w http.ResponseWriter, r *http.Request, err error) {
@@ -366,7 +368,7 @@ func (m *middleware) beginFailed(w http.ResponseWriter, r *http.Request, err err
 	}
 }
 
-func (m *middleware) replay(w http.ResponseWriter, claim *idem.Claim) {
+func (m *middleware) replay(w http.ResponseWriter, claim *idem.Claim, ex *exchange) {
 	rec := claim.Record()
 	out := claim.Outcome()
 	h := w.Header()
@@ -378,7 +380,12 @@ func (m *middleware) replay(w http.ResponseWriter, claim *idem.Claim) {
 			n += 1 + strings.Count(v, "\n")
 		}
 	}
-	values := make([]string, 0, n)
+	var values []string
+	if n <= len(ex.replayed) {
+		values = ex.replayed[:0:n]
+	} else {
+		values = make([]string, 0, n)
+	}
 	for k, v := range out.Meta {
 		if name, ok := strings.CutPrefix(k, metaHeaderPrefix); ok {
 			start := len(values)
