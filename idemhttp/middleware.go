@@ -127,6 +127,9 @@ type middleware struct {
 
 // Middleware returns the Idempotency-Key middleware over ledger. A nil cfg
 // means defaults; see Config.
+//
+// As net/http asks, a handler must not use the request body or the
+// ResponseWriter after it returns: the middleware reuses their buffers.
 func Middleware(ledger *idem.Ledger, cfg *Config) func(http.Handler) http.Handler {
 	var c Config
 	if cfg != nil {

@@ -772,3 +772,33 @@ func TestReplayedHeadersAreSeparate(t *testing.T) {
 		t.Fatalf("%s = %q", idemhttp.HeaderExpires, got)
 	}
 }
+
+// TestManyStoredHeaders stores more headers than the middleware keeps room
+// for in a request's own state.
+func TestManyStoredHeaders(t *testing.T) {
+	t.Parallel()
+	var names []string
+	for c := 'A'; c <= 'P'; c++ {
+		names = append(names, "X-"+string(c))
+	}
+	cfg := &idemhttp.Config{StoredHeaders: names}
+	b := setup(t, false, cfg)
+	h := b.serve(cfg, func(w http.ResponseWriter, r *http.Request) {
+		for i, name := range names {
+			for j := 0; j <= i%3; j++ {
+				w.Header().Add(name, fmt.Sprintf("%s-%d", name, j))
+			}
+		}
+		w.WriteHeader(http.StatusCreated)
+	})
+	first := do(h, post("k", "x"))
+	second := do(h, post("k", "x"))
+	if second.Header.Get(idemhttp.HeaderReplayed) != "true" || b.runs.Load() != 1 {
+		t.Fatalf("replayed %q after %d runs", second.Header.Get(idemhttp.HeaderReplayed), b.runs.Load())
+	}
+	for _, name := range names {
+		if a, b := first.Header.Values(name), second.Header.Values(name); len(a) == 0 || strings.Join(a, "|") != strings.Join(b, "|") {
+			t.Fatalf("%s: first %q, replay %q", name, a, b)
+		}
+	}
+}
