@@ -145,9 +145,13 @@ func (l *Ledger) options(opts []CallOption) callOptions {
 	return o
 }
 
-func (l *Ledger) observe(ctx context.Context, ev *Event) {
+// observe hands ev to the Observer. It takes ev by value and copies it to
+// the heap only when there is an Observer, so a ledger without one
+// allocates nothing for events.
+func (l *Ledger) observe(ctx context.Context, ev Event) {
 	if l.cfg.Observer != nil {
-		l.cfg.Observer.Observe(ctx, ev)
+		e := ev
+		l.cfg.Observer.Observe(ctx, &e)
 	}
 }
 
@@ -209,7 +213,7 @@ func (c *Claim) LeaseUntil() time.Time {
 func (c *Claim) Complete(ctx context.Context, out Outcome) error {
 	start := time.Now()
 	rec, err := c.l.store.Complete(ctx, &CompleteParams{Scope: c.scope, Key: c.key, Token: c.rec.Token, Outcome: out})
-	ev := &Event{Op: OpComplete, Scope: c.scope, Duration: time.Since(start), Err: err}
+	ev := Event{Op: OpComplete, Scope: c.scope, Duration: time.Since(start), Err: err}
 	if err == nil {
 		ev.TimeToIdempotence = rec.Completed.Sub(rec.Created)
 		c.mu.Lock()
@@ -227,7 +231,7 @@ func (c *Claim) Complete(ctx context.Context, out Outcome) error {
 func (c *Claim) Release(ctx context.Context) error {
 	start := time.Now()
 	err := c.l.store.Release(ctx, &ReleaseParams{Scope: c.scope, Key: c.key, Token: c.rec.Token})
-	c.l.observe(ctx, &Event{Op: OpRelease, Scope: c.scope, Duration: time.Since(start), Err: err})
+	c.l.observe(ctx, Event{Op: OpRelease, Scope: c.scope, Duration: time.Since(start), Err: err})
 	if err != nil {
 		return fmt.Errorf("release: %w", err)
 	}
@@ -238,7 +242,7 @@ func (c *Claim) Release(ctx context.Context) error {
 func (c *Claim) Extend(ctx context.Context, d time.Duration) error {
 	start := time.Now()
 	rec, err := c.l.store.Extend(ctx, &ExtendParams{Scope: c.scope, Key: c.key, Token: c.rec.Token, Lease: d})
-	c.l.observe(ctx, &Event{Op: OpExtend, Scope: c.scope, Duration: time.Since(start), Err: err})
+	c.l.observe(ctx, Event{Op: OpExtend, Scope: c.scope, Duration: time.Since(start), Err: err})
 	if err != nil {
 		return fmt.Errorf("extend: %w", err)
 	}
@@ -254,7 +258,7 @@ func (c *Claim) Extend(ctx context.Context, d time.Duration) error {
 func (c *Claim) SetCheckpoint(ctx context.Context, point string, data []byte) error {
 	start := time.Now()
 	err := c.l.store.Checkpoint(ctx, &CheckpointParams{Scope: c.scope, Key: c.key, Token: c.rec.Token, Point: point, Data: data})
-	c.l.observe(ctx, &Event{Op: OpCheckpoint, Scope: c.scope, Duration: time.Since(start), Err: err})
+	c.l.observe(ctx, Event{Op: OpCheckpoint, Scope: c.scope, Duration: time.Since(start), Err: err})
 	if err != nil {
 		return fmt.Errorf("checkpoint: %w", err)
 	}
@@ -286,7 +290,7 @@ func (l *Ledger) begin(ctx context.Context, scope, key, fingerprint string, o ca
 	for {
 		start := time.Now()
 		res, err := l.store.Begin(ctx, p)
-		ev := &Event{Op: OpBegin, Scope: scope, Duration: time.Since(start), Err: err}
+		ev := Event{Op: OpBegin, Scope: scope, Duration: time.Since(start), Err: err}
 		if err == nil {
 			ev.Decision, ev.Takeover = res.Decision, res.Takeover
 			if res.Decision == Acquired {
@@ -505,7 +509,7 @@ func (l *Ledger) List(ctx context.Context, p *ListParams) (*ListResult, error) {
 func (l *Ledger) Sweep(ctx context.Context, limit int) (int, error) {
 	start := time.Now()
 	res, err := l.store.Sweep(ctx, &SweepParams{Limit: limit})
-	ev := &Event{Op: OpSweep, Duration: time.Since(start), Err: err}
+	ev := Event{Op: OpSweep, Duration: time.Since(start), Err: err}
 	if err == nil {
 		ev.Deleted = res.Deleted
 	}

@@ -187,6 +187,9 @@ type ListResult struct {
 // store's own clock. The semantics are those of DESIGN.md §1; storetest.Run
 // checks them.
 //
+// A store must not keep the byte slices or maps of its params after a call
+// returns (callers reuse buffers): it copies what it stores.
+//
 // Complete, Release, Extend and Checkpoint return an error wrapping
 // ErrLeaseLost when the token is not the current owner's, and change
 // nothing; Complete on a completed record with its own token returns
