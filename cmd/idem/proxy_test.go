@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
@@ -11,7 +10,6 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
-	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -34,32 +32,10 @@ type proxyProc struct {
 // where it listens (and where its admin listener is).
 func startProxy(t *testing.T, dir string, args ...string) *proxyProc {
 	t.Helper()
-	cmd := exec.Command(idemBin, append([]string{"proxy"}, args...)...)
-	cmd.Dir = dir
-	p := &proc{cmd: cmd, lines: make(chan string, 100), stderr: &syncBuffer{}, exited: make(chan struct{})}
-	cmd.Stderr = p.stderr
-	out, err := cmd.StdoutPipe()
+	p, err := spawn(t, dir, append([]string{"proxy"}, args...)...)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	go func() {
-		sc := bufio.NewScanner(out)
-		for sc.Scan() {
-			p.lines <- sc.Text()
-		}
-		close(p.lines)
-	}()
-	go func() {
-		p.err = cmd.Wait()
-		close(p.exited)
-	}()
-	t.Cleanup(func() {
-		_ = cmd.Process.Kill()
-		<-p.exited
-	})
 	pp := &proxyProc{proc: p}
 	deadline := time.After(30 * time.Second)
 	for {

@@ -86,7 +86,33 @@ func startServe(t *testing.T, dir string, args ...string) *proc {
 
 func tryServe(t *testing.T, dir string, args ...string) (*proc, error) {
 	t.Helper()
-	cmd := exec.Command(idemBin, append([]string{"serve"}, args...)...)
+	p, err := spawn(t, dir, append([]string{"serve"}, args...)...)
+	if err != nil {
+		return nil, err
+	}
+	deadline := time.After(30 * time.Second)
+	for p.addr == "" {
+		select {
+		case line, ok := <-p.lines:
+			if !ok {
+				<-p.exited
+				return nil, fmt.Errorf("idem serve %s exited (%v) before listening; stderr:\n%s", strings.Join(args, " "), p.err, p.stderr)
+			}
+			if a, found := strings.CutPrefix(line, "idem serve: listening on http://"); found {
+				p.addr = a
+			}
+		case <-deadline:
+			return nil, fmt.Errorf("idem serve did not say where it listens in 30s; stderr:\n%s", p.stderr)
+		}
+	}
+	return p, nil
+}
+
+// spawn starts `idem args...` in dir, feeding its stdout lines to p.lines
+// and its stderr to p.stderr; the process is killed when the test ends.
+func spawn(t *testing.T, dir string, args ...string) (*proc, error) {
+	t.Helper()
+	cmd := exec.Command(idemBin, args...)
 	cmd.Dir = dir
 	p := &proc{cmd: cmd, lines: make(chan string, 100), stderr: &syncBuffer{}, exited: make(chan struct{})}
 	cmd.Stderr = p.stderr
@@ -112,21 +138,6 @@ func tryServe(t *testing.T, dir string, args ...string) (*proc, error) {
 		_ = cmd.Process.Kill()
 		<-p.exited
 	})
-	deadline := time.After(30 * time.Second)
-	for p.addr == "" {
-		select {
-		case line, ok := <-p.lines:
-			if !ok {
-				<-p.exited
-				return nil, fmt.Errorf("idem serve %s exited (%v) before listening; stderr:\n%s", strings.Join(args, " "), p.err, p.stderr)
-			}
-			if a, found := strings.CutPrefix(line, "idem serve: listening on http://"); found {
-				p.addr = a
-			}
-		case <-deadline:
-			return nil, fmt.Errorf("idem serve did not say where it listens in 30s; stderr:\n%s", p.stderr)
-		}
-	}
 	return p, nil
 }
 
