@@ -8,11 +8,26 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"os"
+	"os/signal"
+	"syscall"
 	"time"
 
 	"github.com/idemkit/idem"
 	"github.com/idemkit/idem/store/pebblestore"
 )
+
+// untilSignalled runs a long-lived command with a context that SIGTERM and
+// SIGINT cancel, and turns its error into exit code 1.
+func untilSignalled(cmd string, stderr io.Writer, run func(ctx context.Context) error) int {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx); err != nil {
+		fmt.Fprintf(stderr, "idem %s: %v\n", cmd, err)
+		return 1
+	}
+	return 0
+}
 
 // listening is a server and the listener it serves.
 type listening struct {

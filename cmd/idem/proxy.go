@@ -12,12 +12,9 @@ import (
 	"net/http"
 	"net/http/httputil"
 	"net/url"
-	"os"
-	"os/signal"
 	"slices"
 	"strings"
 	"sync"
-	"syscall"
 	"time"
 
 	"github.com/idemkit/idem"
@@ -105,13 +102,9 @@ func runProxy(args []string, stdout, stderr io.Writer) int {
 	if code >= 0 {
 		return code
 	}
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
-	if err := runProxyServer(ctx, opts, stdout, stderr); err != nil {
-		fmt.Fprintf(stderr, "idem proxy: %v\n", err)
-		return 1
-	}
-	return 0
+	return untilSignalled("proxy", stderr, func(ctx context.Context) error {
+		return runProxyServer(ctx, opts, stdout, stderr)
+	})
 }
 
 // parseProxyFlags returns the options, or an exit code >= 0 when proxy

@@ -12,10 +12,8 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"os/signal"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"time"
 
 	"github.com/idemkit/idem"
@@ -79,13 +77,9 @@ func runServe(args []string, stdout, stderr io.Writer) int {
 	if code >= 0 {
 		return code
 	}
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
-	if err := serve(ctx, opts, stdout, stderr); err != nil {
-		fmt.Fprintf(stderr, "idem serve: %v\n", err)
-		return 1
-	}
-	return 0
+	return untilSignalled("serve", stderr, func(ctx context.Context) error {
+		return serve(ctx, opts, stdout, stderr)
+	})
 }
 
 // parseServeFlags returns the options, or an exit code >= 0 when serve
