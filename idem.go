@@ -283,9 +283,9 @@ func (l *Ledger) begin(ctx context.Context, scope, key, fingerprint string, o ca
 	}
 	p := &BeginParams{Scope: scope, Key: l.StoredKey(key), Fingerprint: fingerprint,
 		Lease: o.lease, Window: o.window, Retention: o.retention}
-	var deadline <-chan time.Time
+	var deadline time.Time
 	if o.wait > 0 {
-		deadline = l.cfg.Clock.After(o.wait)
+		deadline = l.cfg.Clock.Now().Add(o.wait)
 	}
 	for {
 		start := time.Now()
@@ -307,18 +307,18 @@ func (l *Ledger) begin(ctx context.Context, scope, key, fingerprint string, o ca
 		case Mismatch:
 			return nil, fmt.Errorf("begin: %w: the key was used with a different request", ErrFingerprintMismatch)
 		case InFlight:
-			if deadline == nil {
+			left := time.Duration(0)
+			if o.wait > 0 {
+				left = deadline.Sub(l.cfg.Clock.Now())
+			}
+			if left <= 0 {
 				return nil, &InFlightError{RetryAfter: res.RetryAfter}
 			}
 			// Poll: often enough to answer soon after the original
 			// completes, never more than the lease says is needed.
-			pause := min(max(res.RetryAfter/8, 10*time.Millisecond), res.RetryAfter, 250*time.Millisecond)
-			select {
-			case <-ctx.Done():
-				return nil, fmt.Errorf("begin: waiting for the in-flight original: %w", ctx.Err())
-			case <-deadline:
-				return nil, &InFlightError{RetryAfter: res.RetryAfter}
-			case <-l.cfg.Clock.After(pause):
+			pause := min(max(res.RetryAfter/8, 10*time.Millisecond), res.RetryAfter, 250*time.Millisecond, left)
+			if err := l.cfg.Clock.Sleep(ctx, pause); err != nil {
+				return nil, fmt.Errorf("begin: waiting for the in-flight original: %w", err)
 			}
 		default:
 			return nil, fmt.Errorf("begin: store answered unknown decision %q", res.Decision)
@@ -406,68 +406,57 @@ func (l *Ledger) run(ctx context.Context, claim *Claim, fn func(context.Context,
 }
 
 // KeepAlive extends the claim's lease to lease from now, every third of
-// it, until stop is called; stop waits for an extension in progress. When
-// the store refuses an extension (ErrLeaseLost: another owner took over;
-// ErrCompleted) it stops and calls onLost with the refusal, so the caller
-// can abandon the work. Other errors are retried at the next tick, with two
-// thirds of the lease still to run.
+// it, until stop is called. When the store refuses an extension
+// (ErrLeaseLost: another owner took over; ErrCompleted) it stops and calls
+// onLost with the refusal, so the caller can abandon the work. Other errors
+// are retried at the next tick, with two thirds of the lease still to run.
+//
+// stop does not wait for an extension already in progress: one that ends
+// after stop returns may still call onLost, and a store call that ends
+// later is harmless, as every owner's write is fenced by its token.
 //
 // The extensions run on a context that ctx's cancellation does not end:
 // work that goes on after its caller gave up (a client that disconnected)
-// keeps its lease until it returns. On the system clock KeepAlive is a
-// timer, not a goroutine: most work ends before the first tick.
+// keeps its lease until it returns. KeepAlive is a clock timer, not a
+// goroutine: most work ends before the first tick.
 func (c *Claim) KeepAlive(ctx context.Context, lease time.Duration, onLost func(error)) (stop func()) {
 	ctx = context.WithoutCancel(ctx)
-	extend := func() bool {
+	every := lease / 3
+	clock := c.l.cfg.Clock
+	var (
+		mu       sync.Mutex
+		stopped  bool
+		stopTick func() bool
+	)
+	var tick func()
+	tick = func() {
+		mu.Lock()
+		if stopped {
+			mu.Unlock()
+			return
+		}
+		mu.Unlock()
 		err := c.Extend(ctx, lease)
 		if errors.Is(err, ErrLeaseLost) || errors.Is(err, ErrCompleted) {
 			onLost(err)
-			return false
+			return
 		}
-		return true
-	}
-	every := lease / 3
-	if _, system := c.l.cfg.Clock.(SystemClock); system {
-		var mu sync.Mutex
-		stopped := false
-		var t *time.Timer
-		mu.Lock() // the first tick must see t
+		mu.Lock()
 		defer mu.Unlock()
-		t = time.AfterFunc(every, func() {
-			mu.Lock()
-			defer mu.Unlock()
-			if !stopped && extend() {
-				t.Reset(every)
-			}
-		})
-		return func() {
-			mu.Lock()
-			defer mu.Unlock()
-			stopped = true
-			t.Stop()
+		if !stopped {
+			stopTick = clock.AfterFunc(every, tick)
 		}
 	}
-	done := make(chan struct{})
-	finished := make(chan struct{})
-	go func() {
-		defer close(finished)
-		for {
-			select {
-			case <-done:
-				return
-			case <-c.l.cfg.Clock.After(every):
-			}
-			if !extend() {
-				return
-			}
-		}
-	}()
-	var once sync.Once
+	mu.Lock()
+	stopTick = clock.AfterFunc(every, tick)
+	mu.Unlock()
 	return func() {
-		once.Do(func() {
-			close(done)
-			<-finished
-		})
+		mu.Lock()
+		defer mu.Unlock()
+		if !stopped {
+			stopped = true
+			stopTick()
+		}
 	}
 }
 

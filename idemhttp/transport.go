@@ -281,10 +281,8 @@ func (t *transport) attempts(ctx context.Context, start time.Time, req *http.Req
 			io.CopyN(io.Discard, resp.Body, 4<<10)
 			resp.Body.Close()
 		}
-		select {
-		case <-t.cfg.Clock.After(wait):
-		case <-ctx.Done():
-			return nil, fmt.Errorf("idemhttp: waiting to retry %s %s: %w", req.Method, req.URL.Redacted(), ctx.Err())
+		if err := t.cfg.Clock.Sleep(ctx, wait); err != nil {
+			return nil, fmt.Errorf("idemhttp: waiting to retry %s %s: %w", req.Method, req.URL.Redacted(), err)
 		}
 	}
 }

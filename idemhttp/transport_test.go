@@ -90,6 +90,17 @@ func (c *trJumpClock) After(d time.Duration) <-chan time.Time {
 	return ch
 }
 
+func (c *trJumpClock) AfterFunc(d time.Duration, f func()) func() bool {
+	<-c.After(d)
+	go f()
+	return func() bool { return false }
+}
+
+func (c *trJumpClock) Sleep(ctx context.Context, d time.Duration) error {
+	<-c.After(d)
+	return ctx.Err()
+}
+
 // trFrozenClock never moves; its timers fire at once.
 type trFrozenClock struct{ now time.Time }
 
@@ -100,6 +111,13 @@ func (c trFrozenClock) After(time.Duration) <-chan time.Time {
 	ch <- c.now
 	return ch
 }
+
+func (c trFrozenClock) AfterFunc(_ time.Duration, f func()) func() bool {
+	go f()
+	return func() bool { return false }
+}
+
+func (c trFrozenClock) Sleep(ctx context.Context, _ time.Duration) error { return ctx.Err() }
 
 var trEpoch = time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
 
