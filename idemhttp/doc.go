@@ -27,8 +27,19 @@
 //
 // Errors are application/problem+json (RFC 9457) with a stable type URI
 // per problem: key-invalid, key-required (400), body-too-large (413),
-// fingerprint-mismatch (422), in-flight (409 with Retry-After),
-// ledger-unavailable (503). docs/http.md describes each.
+// fingerprint-mismatch (422), in-flight and lease-lost (409 with
+// Retry-After), ledger-unavailable and not-recorded (503). docs/http.md
+// describes each.
+//
+// # Recording before answering
+//
+// A first execution's response is held until the ledger has stored it
+// (or released the key for a status that is not kept), then sent: a client
+// never receives an answer its duplicates will not get. If storing fails
+// the client gets lease-lost or not-recorded instead, and its retry with
+// the same key replays or runs again. A handler that flushes streams: its
+// response is sent as written and stored when it returns, so it is
+// acknowledged before it is recorded.
 //
 // # Client transport
 //

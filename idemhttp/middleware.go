@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"net"
 	"net/http"
 	"slices"
@@ -471,7 +472,9 @@ func (m *middleware) execute(w http.ResponseWriter, r *http.Request, claim *idem
 	m.finish(finish, r, claim, rw)
 }
 
-// finish stores the recorded response or releases the key.
+// finish stores the recorded response or releases the key, then answers
+// the client: with the handler's response once it is stored (or the key
+// released), with a problem when it could not be stored.
 func (m *middleware) finish(ctx context.Context, r *http.Request, claim *idem.Claim, rw *recorder) {
 	status := rw.status
 	if status == 0 {
@@ -492,9 +495,12 @@ func (m *middleware) finish(ctx context.Context, r *http.Request, claim *idem.Cl
 		release(fmt.Sprintf("the response is over the limit of %d bytes", m.maxResponse))
 		return
 	case !m.keep(status):
+		// Not stored: a retry runs again whether or not the release
+		// reached the store (if not, once the lease ends).
 		if err := claim.Release(ctx); err != nil {
 			m.logger.Warn("idemhttp: releasing the key failed", "method", r.Method, "status", status, "err", err)
 		}
+		rw.send(status)
 		return
 	}
 	n := 1
@@ -515,9 +521,25 @@ func (m *middleware) finish(ctx context.Context, r *http.Request, claim *idem.Cl
 	if rw.body != nil {
 		data = rw.body.b
 	}
-	if err := claim.Complete(ctx, idem.Outcome{Data: data, Meta: meta}); err != nil {
-		m.logger.Warn("idemhttp: storing the response failed", "method", r.Method, "status", status, "err", err)
+	err := claim.Complete(ctx, idem.Outcome{Data: data, Meta: meta})
+	if err == nil {
+		rw.send(status)
+		return
 	}
+	m.logger.Warn("idemhttp: storing the response failed", "method", r.Method, "status", status, "streamed", rw.passing, "err", err)
+	if rw.passing {
+		return // streamed: the client has it already
+	}
+	// The client must not take an answer for the outcome that duplicates
+	// will not get: the handler's response is dropped.
+	h := rw.rw.Header()
+	clear(h)
+	h.Set("Retry-After", "1")
+	if errors.Is(err, idem.ErrLeaseLost) || errors.Is(err, idem.ErrCompleted) {
+		writeProblem(rw.rw, problemLeaseLost, "another attempt took this key over; retry with the same key")
+		return
+	}
+	writeProblem(rw.rw, problemNotRecorded, "the outcome could not be recorded; retry with the same key")
 }
 
 // buffer is a pooled byte slice: request bodies and recorded responses.
@@ -603,8 +625,10 @@ func statusString(code int) string {
 	return strconv.Itoa(code)
 }
 
-// recorder passes a response through to the client as it is written and
-// keeps a copy of the status, headers and body (up to max) for the ledger.
+// recorder holds a response (status, headers, body up to max) until the
+// middleware has stored it, and keeps the copy the ledger stores. A
+// handler that flushes, or a body over max, turns it into a pass-through:
+// what was held goes out, and the rest goes to the client as written.
 type recorder struct {
 	rw       http.ResponseWriter
 	max      int64
@@ -612,6 +636,8 @@ type recorder struct {
 	stored   []string      // the header names to keep
 	values   []storedValue // stored[i]'s values when the status was written
 	body     *buffer       // from the pool; nil until the first byte
+	late     http.Header   // rw's headers as of WriteHeader, changed after it
+	passing  bool          // rw has the status: the response goes through
 	overflow bool
 	hijacked bool
 }
@@ -622,12 +648,26 @@ type storedValue struct {
 	present bool
 }
 
-func (w *recorder) Header() http.Header { return w.rw.Header() }
+// Header is rw's header map until the status is written. While the
+// response is held after that, changes go to a copy, as net/http ignores
+// them (but for trailers, which the copy passes on once sent).
+func (w *recorder) Header() http.Header {
+	if w.status == 0 || w.passing {
+		return w.rw.Header()
+	}
+	if w.late == nil {
+		w.late = w.rw.Header().Clone()
+	}
+	return w.late
+}
 
 func (w *recorder) WriteHeader(code int) {
-	if w.status != 0 {
+	if w.passing {
 		w.rw.WriteHeader(code) // let net/http log the superfluous call
 		return
+	}
+	if w.status != 0 {
+		return // superfluous: the held status stands
 	}
 	if code >= 100 && code < 200 && code != http.StatusSwitchingProtocols {
 		w.rw.WriteHeader(code) // informational: the final status comes later
@@ -644,29 +684,57 @@ func (w *recorder) WriteHeader(code int) {
 			w.values[i] = storedValue{joined: strings.Join(v, "\n"), present: true}
 		}
 	}
-	w.rw.WriteHeader(code)
 }
 
 func (w *recorder) Write(p []byte) (int, error) {
 	if w.status == 0 {
 		w.WriteHeader(http.StatusOK)
 	}
-	if !w.overflow {
-		size := int64(len(p))
-		if w.body != nil {
-			size += int64(len(w.body.b))
-		}
-		if size > w.max {
-			w.overflow = true
-			w.discard()
-		} else if len(p) > 0 {
-			if w.body == nil {
-				w.body = getBuffer()
-			}
-			w.body.b = append(w.body.b, p...)
-		}
+	if w.overflow {
+		return w.rw.Write(p)
 	}
-	return w.rw.Write(p)
+	size := int64(len(p))
+	if w.body != nil {
+		size += int64(len(w.body.b))
+	}
+	if size > w.max {
+		w.send(w.status)
+		w.overflow = true
+		w.discard()
+		return w.rw.Write(p)
+	}
+	if len(p) > 0 {
+		if w.body == nil {
+			w.body = getBuffer()
+		}
+		w.body.b = append(w.body.b, p...)
+	}
+	if w.passing {
+		return w.rw.Write(p)
+	}
+	return len(p), nil
+}
+
+// send writes the held response to rw, once; status is the one to write
+// if the handler wrote none.
+func (w *recorder) send(status int) {
+	if w.passing {
+		return
+	}
+	w.passing = true
+	if w.status != 0 {
+		status = w.status
+	}
+	w.rw.WriteHeader(status)
+	if w.body != nil && len(w.body.b) > 0 {
+		_, _ = w.rw.Write(w.body.b)
+	}
+	if w.late != nil {
+		h := w.rw.Header()
+		clear(h)
+		maps.Copy(h, w.late) // net/http sends the declared trailers
+		w.late = nil
+	}
 }
 
 // discard returns the body buffer to the pool.
@@ -677,11 +745,14 @@ func (w *recorder) discard() {
 	}
 }
 
-// Flush sends what was written so far to the client (http.Flusher).
+// Flush sends what was written so far to the client (http.Flusher); the
+// rest of the response streams. A streamed response reaches the client
+// before the middleware stores it.
 func (w *recorder) Flush() {
 	if w.status == 0 {
 		w.WriteHeader(http.StatusOK)
 	}
+	w.send(w.status)
 	_ = http.NewResponseController(w.rw).Flush()
 }
 

@@ -28,6 +28,8 @@ var (
 	problemMismatch       = problem{"fingerprint-mismatch", "Idempotency-Key reused for another request", http.StatusUnprocessableEntity}
 	problemInFlight       = problem{"in-flight", "Request with this Idempotency-Key in progress", http.StatusConflict}
 	problemUnavailable    = problem{"ledger-unavailable", "Idempotency ledger unavailable", http.StatusServiceUnavailable}
+	problemLeaseLost      = problem{"lease-lost", "Idempotency-Key taken over", http.StatusConflict}
+	problemNotRecorded    = problem{"not-recorded", "Outcome not recorded", http.StatusServiceUnavailable}
 )
 
 // Problem is the body of an error response (RFC 9457).
