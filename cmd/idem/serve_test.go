@@ -193,40 +193,58 @@ func newClient(addr, token string) *client {
 	}}
 }
 
-// post sends v as JSON and decodes a 200 answer into out; it returns the
-// status, or an error for a failed round trip.
-func (c *client) post(path string, v, out any) (int, error) {
-	body, err := json.Marshal(v)
-	if err != nil {
-		return 0, err
+// do sends v (none when nil) as JSON and returns the status and body of
+// the answer, or an error for a failed round trip.
+func (c *client) do(method, path string, v any) (status int, data []byte, err error) {
+	var body io.Reader
+	if v != nil {
+		b, err := json.Marshal(v)
+		if err != nil {
+			return 0, nil, err
+		}
+		body = bytes.NewReader(b)
 	}
-	req, err := http.NewRequest(http.MethodPost, c.base+path, bytes.NewReader(body))
+	req, err := http.NewRequest(method, c.base+path, body)
 	if err != nil {
-		return 0, err
+		return 0, nil, err
 	}
-	req.Header.Set("Content-Type", "application/json")
+	if v != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
 	req.Header.Set("Authorization", "Bearer "+c.token)
 	resp, err := c.http.Do(req)
 	if err != nil {
-		return 0, err
+		return 0, nil, err
 	}
 	defer resp.Body.Close()
-	data, err := io.ReadAll(resp.Body)
+	data, err = io.ReadAll(resp.Body)
+	if err != nil {
+		return 0, nil, err
+	}
+	return resp.StatusCode, data, nil
+}
+
+// post sends v as JSON and decodes a 200 answer into out; it returns the
+// status, or an error for a failed round trip.
+func (c *client) post(path string, v, out any) (int, error) {
+	status, data, err := c.do(http.MethodPost, path, v)
 	if err != nil {
 		return 0, err
 	}
-	if resp.StatusCode == http.StatusOK && out != nil {
+	if status == http.StatusOK && out != nil {
 		if err := json.Unmarshal(data, out); err != nil {
-			return resp.StatusCode, fmt.Errorf("decode %s: %w", data, err)
+			return status, fmt.Errorf("decode %s: %w", data, err)
 		}
 	}
-	return resp.StatusCode, nil
+	return status, nil
 }
 
 type beginAnswer struct {
-	Decision string        `json:"decision"`
-	Token    int64         `json:"token"`
-	Outcome  *idem.Outcome `json:"outcome"`
+	Decision     string        `json:"decision"`
+	Token        int64         `json:"token"`
+	Takeover     bool          `json:"takeover"`
+	Outcome      *idem.Outcome `json:"outcome"`
+	RetryAfterMS int64         `json:"retry_after_ms"`
 }
 
 type beginBody struct {
