@@ -1,0 +1,68 @@
+// Package sim is idem's deterministic simulator: it runs the real ledger,
+// Ledger.Do and the idemhttp middleware in a seeded world of clients,
+// servers, a network and a store that all misbehave, and checks after
+// every run that idem's guarantees held.
+//
+// # The world
+//
+// A World has a virtual clock, processes made of tasks, a network and a
+// durable store. Tasks are goroutines, but exactly one runs at a time; it
+// runs until it reaches a yield point (every store call, Sleep, a
+// mailbox's Recv, Yield) and the scheduler picks the next task with the
+// world's random source. Between steps the world may crash a process
+// (its tasks die, its memory is lost, its timers never fire; the store
+// outside survives; it restarts later) or pause one past its lease, as a
+// GC pause or a frozen VM would. The network drops, duplicates, delays and
+// so reorders messages. The store (NewStore) wraps a real idem.Store with
+// named failpoints: store/before-commit (the call fails, nothing
+// happened), store/after-commit (it took effect, then the answer was lost:
+// the ambiguous case) and store/latency.
+//
+// The code under test gets the world's Clock (an idem.Clock): leases,
+// heartbeats (Claim.KeepAlive) and waits run on virtual time and are
+// scheduled like everything else. One seed therefore reproduces one run
+// bit for bit: Report.Hash digests its whole trace.
+//
+// # Invariants
+//
+// After every run (Run, RunSeeds) the scenario checks, with the world at
+// rest:
+//   - at-most-once: a side effect is applied at most once per key;
+//   - at-least-once: an acknowledged request has its effect applied;
+//   - same-outcome: every duplicate got the original outcome;
+//   - no-lost-outcome: an acknowledged outcome is stored;
+//   - ends-known: every key ends completed or free, every message is
+//     processed, and the world comes to rest;
+//   - no-mismatch-replay: a key reused for another request is refused,
+//     never replayed.
+//
+// and the store checks, at every call, what really committed:
+// tokens-monotone (tokens of a key strictly increase), fenced (a stale
+// owner's Complete, Release, Extend or Checkpoint never succeeds),
+// completed-stays (a completed key is never acquired again nor
+// overwritten), checkpoint-handed-on (a successor gets its predecessor's
+// checkpoint), and that a replay is the stored outcome of the same
+// request.
+//
+// A side effect is staged by the task that makes it (World.Stage) and
+// applied when that task's Complete commits, as a business write in the
+// same transaction as the outcome would be (pgstore.CompleteTx): a task
+// that crashes or loses its lease never applies it.
+//
+// # Scenarios and mutants
+//
+// Scenarios lists the built-in worlds: payments (clients retrying charges
+// through the HTTP middleware), messages (at-least-once delivery to
+// consumers using Do) and pauses (owners that pause past their lease and
+// wake up to finish). Mutants lists deliberately broken ledgers; the tests
+// prove each is caught. `idem sim` runs both from the command line.
+//
+// # Limits
+//
+// Code under test must wait only through the world: its Clock's Sleep and
+// AfterFunc (a task that blocks on Clock.After, a mutex held across a
+// yield point, or a goroutine of its own would stall or escape the
+// scheduler), and must not draw randomness or time from elsewhere where it
+// changes what happens. Sleep does not notice a context cancelled
+// meanwhile.
+package sim
