@@ -320,7 +320,8 @@ func (s *Store) read(rkey []byte) (*idem.Record, time.Time, error) {
 // record only. Sweep moves an entry that comes due before its record.
 //
 // The caller holds st.mu. Once the batch is synced, a pending next is kept
-// in st, so the owner's next operation need not read Pebble.
+// in st, so the owner's next operation need not read Pebble: put takes next
+// over, and the caller hands out copies of it only.
 func (s *Store) put(st *stripe, rkey []byte, cur *idem.Record, curAt time.Time, next *idem.Record, nextAt time.Time) error {
 	if next.RetainUntil.Before(nextAt) { // never later than RetainUntil
 		nextAt = next.RetainUntil
@@ -329,8 +330,14 @@ func (s *Store) put(st *stripe, rkey []byte, cur *idem.Record, curAt time.Time, 
 	st.forget(ref) // also when the commit fails: what Pebble holds is then unknown
 	b := s.db.NewBatch()
 	defer b.Close()
-	v := encodeRecord(nil, next, nextAt)
-	if err := b.Set(rkey, v, nil); err != nil {
+	buf := encodeBuffers.Get().(*[]byte)
+	v := encodeRecord((*buf)[:0], next, nextAt)
+	err := b.Set(rkey, v, nil) // the batch copies v
+	if cap(v) <= maxPooledBuffer {
+		*buf = v
+		encodeBuffers.Put(buf)
+	}
+	if err != nil {
 		return err
 	}
 	if cur == nil || !curAt.Equal(nextAt) {
@@ -348,9 +355,17 @@ func (s *Store) put(st *stripe, rkey []byte, cur *idem.Record, curAt time.Time, 
 	if err := b.Commit(pebble.Sync); err != nil {
 		return err
 	}
-	st.remember(ref, next, v) // the batch copied v
+	st.remember(ref, utc(next), nextAt.UTC(), len(v))
 	return nil
 }
+
+// encodeBuffers hold the encodings of records on their way into a batch,
+// which copies them.
+var encodeBuffers = sync.Pool{New: func() any { return new([]byte) }}
+
+// maxPooledBuffer bounds the buffers encodeBuffers keeps: a large outcome's
+// is left to the garbage collector.
+const maxPooledBuffer = 16 << 10
 
 // utc returns r with its times in UTC and without monotonic readings, as
 // records read back from disk have them.
@@ -432,6 +447,9 @@ func (s *Store) update(ctx context.Context, op, scope, key string, f func(cur *i
 	if err := s.put(st, rkey, cur, curAt, next, curAt); err != nil {
 		return nil, fmt.Errorf("pebblestore: %s: %w", op, err)
 	}
+	if next.State == idem.StatePending { // the stripe keeps next
+		return utc(transition.Clone(next)), nil
+	}
 	return utc(next), nil // next is the transition's own copy
 }
 
@@ -498,7 +516,7 @@ func (s *Store) Get(ctx context.Context, p *idem.KeyParams) (*idem.Record, error
 	if rec == nil {
 		return nil, fmt.Errorf("%w: scope %q", idem.ErrNotFound, p.Scope)
 	}
-	return rec, nil
+	return transition.Clone(rec), nil // rec may be the stripe's
 }
 
 // Delete implements idem.Store. Tokens of the key keep increasing after a

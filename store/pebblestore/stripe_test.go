@@ -1,9 +1,9 @@
 package pebblestore
 
 import (
-	"bytes"
 	"errors"
 	"fmt"
+	"reflect"
 	"testing"
 	"time"
 
@@ -18,17 +18,17 @@ func (b *bundle) reads(op func()) int64 {
 	return b.store.recordReads.Load() - before
 }
 
-// checkPendingIsOnDisk asserts that the pending entry of key, when there is
-// one, is byte for byte the value Pebble holds, and that there is one.
+// checkPendingIsOnDisk asserts that key has a pending entry and that it is
+// exactly the record, and index time, that Pebble holds.
 func (b *bundle) checkPendingIsOnDisk(key string) {
 	b.t.Helper()
 	ref := recordRef("s", key)
 	st := b.store.stripeOf(ref)
 	st.mu.Lock()
 	i := st.find(ref)
-	var cached []byte
+	var cached pendingRecord
 	if i >= 0 {
-		cached = st.pending[i].value
+		cached = st.pending[i]
 	}
 	st.mu.Unlock()
 	if i < 0 {
@@ -39,8 +39,12 @@ func (b *bundle) checkPendingIsOnDisk(key string) {
 		b.t.Fatal(err)
 	}
 	defer closer.Close()
-	if !bytes.Equal(cached, v) {
-		b.t.Fatalf("%s: pending entry %x, Pebble holds %x", key, cached, v)
+	rec, at, err := decodeRecord(v)
+	if err != nil {
+		b.t.Fatal(err)
+	}
+	if !reflect.DeepEqual(cached.rec, rec) || !cached.at.Equal(at) {
+		b.t.Fatalf("%s: pending entry %+v at %v, Pebble holds %+v at %v", key, cached.rec, cached.at, rec, at)
 	}
 }
 
@@ -185,7 +189,7 @@ func TestStripeBounded(t *testing.T) {
 	var st stripe
 	pending := &idem.Record{State: idem.StatePending}
 	for i := range 3 * pendingPerStripe {
-		st.remember(fmt.Appendf(nil, "ref-%d", i), pending, []byte("v"))
+		st.remember(fmt.Appendf(nil, "ref-%d", i), pending, time.Time{}, 1)
 	}
 	if len(st.pending) != pendingPerStripe {
 		t.Fatalf("%d entries, want %d", len(st.pending), pendingPerStripe)
@@ -193,11 +197,48 @@ func TestStripeBounded(t *testing.T) {
 	if st.find(fmt.Appendf(nil, "ref-%d", 3*pendingPerStripe-1)) < 0 {
 		t.Fatal("the newest entry was dropped")
 	}
-	st.remember([]byte("big"), pending, make([]byte, pendingMaxValue+1))
-	st.remember([]byte("done"), &idem.Record{State: idem.StateCompleted}, []byte("v"))
+	st.remember([]byte("big"), pending, time.Time{}, pendingMaxValue+1)
+	st.remember([]byte("done"), &idem.Record{State: idem.StateCompleted}, time.Time{}, 1)
 	for _, k := range []string{"big", "done"} {
 		if st.find([]byte(k)) >= 0 {
 			t.Fatalf("%s was kept", k)
 		}
+	}
+}
+
+// TestPendingEntryIsPrivate: the records the store hands out while a key is
+// pending (Begin, Extend, Checkpoint, Get) are copies: scribbling on them
+// changes nothing the stripe keeps.
+func TestPendingEntryIsPrivate(t *testing.T) {
+	t.Parallel()
+	b := setup(t, nil)
+	scribble := func(r *idem.Record) {
+		r.Token, r.State, r.Fingerprint = -1, idem.StateReleased, "x"
+		if r.Checkpoint != nil {
+			r.Checkpoint.Point, r.Checkpoint.Data[0] = "x", 'x'
+		}
+	}
+	rec := b.acquire("k", time.Minute, time.Hour)
+	token := rec.Token
+	scribble(rec)
+	b.checkPendingIsOnDisk("k")
+	ext, err := b.store.Extend(b.ctx, &idem.ExtendParams{Scope: "s", Key: "k", Token: token, Lease: time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	scribble(ext)
+	b.checkPendingIsOnDisk("k")
+	if err := b.store.Checkpoint(b.ctx, &idem.CheckpointParams{Scope: "s", Key: "k", Token: token, Point: "p", Data: []byte("d")}); err != nil {
+		t.Fatal(err)
+	}
+	got, err := b.store.Get(b.ctx, &idem.KeyParams{Scope: "s", Key: "k"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	scribble(got)
+	b.checkPendingIsOnDisk("k")
+	again, err := b.store.Get(b.ctx, &idem.KeyParams{Scope: "s", Key: "k"})
+	if err != nil || again.Token != token || again.Fingerprint != "f" || again.Checkpoint.Point != "p" || string(again.Checkpoint.Data) != "d" {
+		t.Fatalf("Get after scribbling: %+v, %v", again, err)
 	}
 }
