@@ -33,11 +33,11 @@
 // is not yet durable.
 //
 // Each stripe also keeps, in memory, the pending records of its keys that
-// this process wrote and synced (a few per stripe, small ones only). Every
-// write of a record happens under its stripe lock, so an entry is exactly
-// the value on disk: the owner's Complete, Release, Extend or Checkpoint
-// decode it instead of reading Pebble, and a Begin+Complete cycle reads
-// Pebble once. A record that leaves pending, is deleted or is touched by
+// this process wrote and synced (a few per stripe, small ones only),
+// decoded. Every write of a record happens under its stripe lock, so an
+// entry is exactly the record on disk: the owner's Complete, Release,
+// Extend or Checkpoint use it instead of reading and decoding Pebble's
+// value, and a Begin+Complete cycle reads Pebble once. A record that leaves pending, is deleted or is touched by
 // Sweep leaves the stripe; a miss (after a reopen, or an entry dropped to
 // bound the memory) reads Pebble. The directory itself is locked: a second Open,
 // from this process or another one, fails with an error wrapping ErrLocked
