@@ -4,6 +4,7 @@
 //	idem proxy    the Idempotency-Key middleware in front of any HTTP service
 //	idem keys     list, show and delete records
 //	idem migrate  bring a PostgreSQL store's schema up to date
+//	idem sim      run the deterministic simulator: scenarios, mutants, seeds
 //	idem version  print the version
 //
 // Run `idem <command> --help` for a command's flags.
@@ -27,6 +28,8 @@ Commands:
             (embedded store in ./idem-proxy-data by default)
   keys      list, show and delete records (ls | show | delete)
   migrate   bring a PostgreSQL store's schema up to date
+  sim       check idem's guarantees in seeded simulated worlds (crashes,
+            pauses, a lossy network, failing stores)
   version   print the version
 
 Run "idem <command> --help" for the flags of a command.
@@ -51,6 +54,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return runKeys(args[1:], stdout, stderr)
 	case "migrate":
 		return runMigrate(args[1:], stdout, stderr)
+	case "sim":
+		return runSim(args[1:], stdout, stderr)
 	case "version", "--version":
 		fmt.Fprintln(stdout, "idem", version)
 		return 0
