@@ -72,7 +72,6 @@ func setupMessages(w *World, store *Store) func() {
 		dups = append(dups, &message{id: m.id, payload: m.payload + "-other"})
 	}
 
-	var deliver func(m *message)
 	handle := func(c int, m *message) {
 		ctx := context.Background()
 		res, err := ledgers[c].Do(ctx, messagesScope, m.id, m.payload, func(ctx context.Context, claim *idem.Claim) (idem.Outcome, error) {
@@ -107,19 +106,11 @@ func setupMessages(w *World, store *Store) func() {
 			m.acked = true
 		})
 	}
-	deliver = func(m *message) {
-		if m.acked || m.deliveries >= maxDeliveries {
-			return
-		}
-		m.deliveries++
-		c := w.Rand().IntN(consumerCount)
-		w.Send("deliver "+m.id, func() {
-			consumers[c].Go("handle", func() { handle(c, m) })
-		})
-		w.After(ackTimeout, func() { deliver(m) })
-	}
 	for _, m := range append(msgs, dups...) {
-		w.After(w.Between(0, 500*time.Millisecond), func() { deliver(m) })
+		w.After(w.Between(0, 500*time.Millisecond), func() {
+			w.DeliverAtLeastOnce(m.id, consumers, ackTimeout, maxDeliveries,
+				func() bool { return m.acked }, func(c int) { handle(c, m) })
+		})
 	}
 
 	return func() {

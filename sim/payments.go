@@ -6,7 +6,6 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
-	"strconv"
 	"strings"
 	"time"
 
@@ -37,69 +36,40 @@ const (
 	paymentLease    = time.Second
 )
 
-type httpRequest struct {
-	key, body string
-	reply     *Mailbox
-}
-
-type httpResponse struct {
-	key    string
-	req    string // the body of the request answered
-	status int
-	body   string
-}
-
 // payment is a client's own record of one logical charge.
 type payment struct {
 	key, body string
 	acked     bool
-	ack       httpResponse
-	answers   []httpResponse // every final answer to the original request
-	misuse    []httpResponse // final answers to the same key with another body
+	ack       HTTPAnswer
+	answers   []HTTPAnswer // every final answer to the original request
+	misuse    []HTTPAnswer // final answers to the same key with another body
 }
 
 func setupPayments(w *World, store *Store) func() {
-	var handler http.Handler
-	api := w.NewProcess("api", func(p *Process) {
-		// A restart builds everything again from the durable store.
+	api := w.NewHTTPServer("api", func() http.Handler {
 		ledger, err := idem.New(store, &idem.Config{Clock: w.Clock(), Lease: paymentLease})
 		if err != nil {
 			panic(err)
 		}
-		handler = idemhttp.Middleware(ledger, &idemhttp.Config{
+		return idemhttp.Middleware(ledger, &idemhttp.Config{
 			Logger: slog.New(slog.DiscardHandler),
 		})(chargeHandler(w))
-	}).Crashable()
-	api.Start()
-
-	serve := func(req httpRequest) {
-		if !api.Alive() {
-			return // connection refused: the client times out
-		}
-		api.Go("req", func() {
-			r := httptest.NewRequest(http.MethodPost, "/v1/charges", strings.NewReader(req.body))
-			r.Header.Set(idemhttp.HeaderKey, req.key)
-			r.Header.Set("Authorization", "Bearer tenant-1")
-			r.Header.Set("Content-Type", "application/json")
-			rec := httptest.NewRecorder()
-			handler.ServeHTTP(rec, r)
-			resp := httpResponse{key: req.key, req: req.body, status: rec.Code, body: rec.Body.String()}
-			w.Log("respond", req.key, strconv.Itoa(resp.status))
-			w.Send("response "+req.key, func() { req.reply.Deliver(resp) })
-		})
-	}
+	})
+	api.Process().Crashable()
 
 	var all []*payment
 	byKey := map[string]*payment{}
-	record := func(r httpResponse) {
-		p := byKey[r.key]
-		if p == nil || !final(r.status) {
+	// A request's tag is its key and body.
+	record := func(a HTTPAnswer) {
+		key, body, _ := strings.Cut(a.Tag, " ")
+		p := byKey[key]
+		if p == nil || !final(a.Status) {
 			return
 		}
-		if r.req != p.body {
-			p.misuse = append(p.misuse, r)
+		if body != p.body {
+			p.misuse = append(p.misuse, a)
 		} else {
-			p.answers = append(p.answers, r)
+			p.answers = append(p.answers, a)
 		}
 	}
 	var boxes []*Mailbox
@@ -116,12 +86,13 @@ func setupPayments(w *World, store *Store) func() {
 		w.Go(fmt.Sprintf("client%d", c), func() {
 			for _, p := range mine {
 				// One logical request: the same key on every attempt.
-				if r, ok := call(w, box, serve, p.key, p.body, record); ok {
-					p.acked, p.ack = true, r
+				if a, ok := w.CallHTTP(api, box, p.key+" "+p.body, chargeRequest(p.key, p.body), final, record, 10); ok {
+					p.acked, p.ack = true, a
 				}
 				if w.Chance(0.25) {
 					// A client bug: the key reused for another charge.
-					call(w, box, serve, p.key, `{"amount":999999}`, record)
+					other := `{"amount":999999}`
+					w.CallHTTP(api, box, p.key+" "+other, chargeRequest(p.key, other), final, record, 10)
 				}
 			}
 		})
@@ -130,8 +101,8 @@ func setupPayments(w *World, store *Store) func() {
 	return func() {
 		// Answers that arrived after their client moved on count too.
 		for _, box := range boxes {
-			for _, m := range box.msgs {
-				record(m.(httpResponse))
+			for _, m := range box.Pending() {
+				record(m.(HTTPAnswer))
 			}
 		}
 		var keys []string
@@ -143,24 +114,24 @@ func setupPayments(w *World, store *Store) func() {
 				// if the original never completed; the original's answer
 				// is never right.
 				switch {
-				case r.status == http.StatusUnprocessableEntity:
+				case r.Status == http.StatusUnprocessableEntity:
 				case p.acked:
-					w.Violate("no-mismatch-replay", p.key, fmt.Sprintf("a key with a stored outcome, reused with another body, got %d %s", r.status, r.body))
-				case strings.Contains(r.body, `"request":`+p.body):
-					w.Violate("no-mismatch-replay", p.key, fmt.Sprintf("a key reused with another body got the original's answer %d %s", r.status, r.body))
+					w.Violate("no-mismatch-replay", p.key, fmt.Sprintf("a key with a stored outcome, reused with another body, got %d %s", r.Status, r.Body))
+				case strings.Contains(r.Body, `"request":`+p.body):
+					w.Violate("no-mismatch-replay", p.key, fmt.Sprintf("a key reused with another body got the original's answer %d %s", r.Status, r.Body))
 				}
 			}
 			if !p.acked {
 				continue
 			}
 			effects := 0
-			if p.ack.status == http.StatusCreated {
+			if p.ack.Status == http.StatusCreated {
 				effects = 1
 			}
-			store.Acked(p.key, []byte(p.ack.body), effects)
+			store.Acked(p.key, []byte(p.ack.Body), effects)
 			for _, r := range p.answers {
-				if r.status != p.ack.status || r.body != p.ack.body {
-					w.Violate("same-outcome", p.key, fmt.Sprintf("one answer was %d %s, another %d %s", p.ack.status, p.ack.body, r.status, r.body))
+				if r.Status != p.ack.Status || r.Body != p.ack.Body {
+					w.Violate("same-outcome", p.key, fmt.Sprintf("one answer was %d %s, another %d %s", p.ack.Status, p.ack.Body, r.Status, r.Body))
 					break
 				}
 			}
@@ -175,39 +146,15 @@ func final(status int) bool {
 	return status == http.StatusCreated || status == http.StatusPaymentRequired || status == http.StatusUnprocessableEntity
 }
 
-// call sends one logical request until a final answer, retrying timeouts,
-// 409 and 5xx with the same key, at most 10 times. Every answer that
-// arrives is recorded; late ones for earlier requests too.
-func call(w *World, box *Mailbox, serve func(httpRequest), key, body string, record func(httpResponse)) (httpResponse, bool) {
-	for range 10 {
-		req := httpRequest{key: key, body: body, reply: box}
-		w.Log("request", key, body)
-		w.Send("request "+key, func() { serve(req) })
-		deadline := w.Now().Add(2 * time.Second)
-		for {
-			left := deadline.Sub(w.Now())
-			if left <= 0 {
-				break
-			}
-			m, ok := box.Recv(left)
-			if !ok {
-				break // timed out: retry
-			}
-			r := m.(httpResponse)
-			record(r)
-			if r.key != key || r.req != body {
-				continue // a late answer to an earlier request
-			}
-			if final(r.status) {
-				return r, true
-			}
-			break // 409 in flight, 5xx: retry after a pause
-		}
-		if err := w.Sleep(w.Between(50*time.Millisecond, 400*time.Millisecond)); err != nil {
-			break
-		}
+// chargeRequest makes the request of one charge.
+func chargeRequest(key, body string) func() *http.Request {
+	return func() *http.Request {
+		r := httptest.NewRequest(http.MethodPost, "/v1/charges", strings.NewReader(body))
+		r.Header.Set(idemhttp.HeaderKey, key)
+		r.Header.Set("Authorization", "Bearer tenant-1")
+		r.Header.Set("Content-Type", "application/json")
+		return r
 	}
-	return httpResponse{}, false
 }
 
 // chargeHandler is the application: it works a while, then declines (402,
