@@ -84,12 +84,11 @@ func (s *Store) Begin(ctx context.Context, p *idem.BeginParams) (*idem.BeginResu
 	return res, nil
 }
 
-// update applies a transition of one owned record under the lock. The
-// stored record is the transition's; the caller gets a deep copy when it
-// wants the record (Release and Checkpoint answer only an error). A stored
-// record is never changed in place, only replaced, so the copy is made
-// after the lock is let go.
-func (s *Store) update(ctx context.Context, scope, key string, want bool, f func(cur *idem.Record) (*idem.Record, error)) (*idem.Record, error) {
+// update applies a transition of one owned record under the lock and
+// returns the stored record, which nobody may change: stored records are
+// only ever replaced, so callers copy what they hand out after the lock is
+// let go.
+func (s *Store) update(ctx context.Context, scope, key string, f func(cur *idem.Record) (*idem.Record, error)) (*idem.Record, error) {
 	if err := s.lock(ctx); err != nil {
 		return nil, err
 	}
@@ -101,20 +100,32 @@ func (s *Store) update(ctx context.Context, scope, key string, want bool, f func
 	}
 	s.records[k] = next
 	s.mu.Unlock()
-	if !want {
-		return nil, nil
-	}
-	return transition.Clone(next), nil
+	return next, nil
 }
 
-// Complete implements idem.Store.
+// completed is a record Complete returns and its outcome, in one
+// allocation.
+type completed struct {
+	rec idem.Record
+	out idem.Outcome
+}
+
+// Complete implements idem.Store. The record it returns carries the
+// caller's own outcome (p.Outcome's slices and map), not a copy of the
+// stored one: copying the outcome back was most of Complete's cost.
 func (s *Store) Complete(ctx context.Context, p *idem.CompleteParams) (*idem.Record, error) {
 	if err := p.Validate(); err != nil {
 		return nil, err
 	}
-	return s.update(ctx, p.Scope, p.Key, true, func(cur *idem.Record) (*idem.Record, error) {
+	next, err := s.update(ctx, p.Scope, p.Key, func(cur *idem.Record) (*idem.Record, error) {
 		return transition.Complete(cur, p, s.clock.Now())
 	})
+	if err != nil {
+		return nil, err
+	}
+	c := &completed{rec: *next, out: p.Outcome} // a completed record has no checkpoint
+	c.rec.Outcome = &c.out
+	return &c.rec, nil
 }
 
 // Release implements idem.Store.
@@ -122,7 +133,7 @@ func (s *Store) Release(ctx context.Context, p *idem.ReleaseParams) error {
 	if err := p.Validate(); err != nil {
 		return err
 	}
-	_, err := s.update(ctx, p.Scope, p.Key, false, func(cur *idem.Record) (*idem.Record, error) {
+	_, err := s.update(ctx, p.Scope, p.Key, func(cur *idem.Record) (*idem.Record, error) {
 		return transition.Release(cur, p, s.clock.Now())
 	})
 	return err
@@ -133,9 +144,13 @@ func (s *Store) Extend(ctx context.Context, p *idem.ExtendParams) (*idem.Record,
 	if err := p.Validate(); err != nil {
 		return nil, err
 	}
-	return s.update(ctx, p.Scope, p.Key, true, func(cur *idem.Record) (*idem.Record, error) {
+	next, err := s.update(ctx, p.Scope, p.Key, func(cur *idem.Record) (*idem.Record, error) {
 		return transition.Extend(cur, p, s.clock.Now())
 	})
+	if err != nil {
+		return nil, err
+	}
+	return transition.Clone(next), nil
 }
 
 // Checkpoint implements idem.Store.
@@ -143,7 +158,7 @@ func (s *Store) Checkpoint(ctx context.Context, p *idem.CheckpointParams) error 
 	if err := p.Validate(); err != nil {
 		return err
 	}
-	_, err := s.update(ctx, p.Scope, p.Key, false, func(cur *idem.Record) (*idem.Record, error) {
+	_, err := s.update(ctx, p.Scope, p.Key, func(cur *idem.Record) (*idem.Record, error) {
 		return transition.Checkpoint(cur, p, s.clock.Now())
 	})
 	return err

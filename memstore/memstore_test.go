@@ -1,7 +1,11 @@
 package memstore_test
 
 import (
+	"context"
 	"fmt"
+	"strconv"
+	"strings"
+	"sync/atomic"
 	"testing"
 
 	"github.com/idemkit/idem"
@@ -38,4 +42,34 @@ func BenchmarkCycles(b *testing.B) {
 			storetest.BenchCycles(b, s, callers)
 		})
 	}
+}
+
+// BenchmarkLedgerCycle is the middleware's ledger work for one first
+// execution on memstore: Ledger.Begin, then Claim.Complete with an HTTP
+// outcome (status, one header, a small body).
+func BenchmarkLedgerCycle(b *testing.B) {
+	ledger, err := idem.New(memstore.New(nil), nil)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer ledger.Close()
+	ctx := context.Background()
+	data := []byte(`{"id":"ord_1","amount":100,"currency":"eur","status":"created"}`)
+	fp := strings.Repeat("f", 64)
+	b.ReportAllocs()
+	var n atomic.Int64
+	b.RunParallel(func(pb *testing.PB) {
+		key := make([]byte, 0, 32)
+		for pb.Next() {
+			key = strconv.AppendInt(append(key[:0], "bench-"...), n.Add(1), 10)
+			claim, err := ledger.Begin(ctx, "9:anonymous POST /orders", string(key), fp)
+			if err != nil {
+				b.Fatal(err)
+			}
+			meta := map[string]string{"status": "201", "header:Content-Type": "application/json"}
+			if err := claim.Complete(ctx, idem.Outcome{Data: data, Meta: meta}); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
 }
