@@ -138,8 +138,15 @@ func WithWait(d time.Duration) CallOption { return func(o *callOptions) { o.wait
 
 func (l *Ledger) options(opts []CallOption) callOptions {
 	o := callOptions{lease: l.cfg.Lease, window: l.cfg.Window, retention: l.cfg.Retention}
-	for _, opt := range opts {
-		opt(&o)
+	if len(opts) > 0 {
+		// An option may keep its argument: only a call with options
+		// pays for moving it to the heap.
+		p := new(callOptions)
+		*p = o
+		for _, opt := range opts {
+			opt(p)
+		}
+		o = *p
 	}
 	o.wait = min(o.wait, l.cfg.MaxWait)
 	return o
@@ -155,6 +162,15 @@ func (l *Ledger) observe(ctx context.Context, ev Event) {
 	}
 }
 
+// start is when an operation starts, for its Event's duration: the zero
+// time without an Observer, which would not read it.
+func (l *Ledger) start() time.Time {
+	if l.cfg.Observer == nil {
+		return time.Time{}
+	}
+	return time.Now()
+}
+
 // Claim is the answer of Begin: either a replay of a stored outcome, or
 // ownership of the key, which the caller ends with Complete or Release.
 type Claim struct {
@@ -164,6 +180,7 @@ type Claim struct {
 	key      string // as stored
 	rec      *Record
 	replayed bool
+	begin    BeginParams // Begin's params share the claim's allocation
 }
 
 // Replayed reports whether the key had completed: Outcome holds the stored
@@ -211,16 +228,20 @@ func (c *Claim) LeaseUntil() time.Time {
 // Complete stores the outcome. It returns ErrLeaseLost if another owner took
 // over, ErrCompleted if the key already completed.
 func (c *Claim) Complete(ctx context.Context, out Outcome) error {
-	start := time.Now()
+	start := c.l.start()
 	rec, err := c.l.store.Complete(ctx, &CompleteParams{Scope: c.scope, Key: c.key, Token: c.rec.Token, Outcome: out})
-	ev := Event{Op: OpComplete, Scope: c.scope, Duration: time.Since(start), Err: err}
 	if err == nil {
-		ev.TimeToIdempotence = rec.Completed.Sub(rec.Created)
 		c.mu.Lock()
 		c.rec.State, c.rec.Completed, c.rec.Expires, c.rec.RetainUntil = rec.State, rec.Completed, rec.Expires, rec.RetainUntil
 		c.mu.Unlock()
 	}
-	c.l.observe(ctx, ev)
+	if c.l.cfg.Observer != nil {
+		ev := Event{Op: OpComplete, Scope: c.scope, Duration: time.Since(start), Err: err}
+		if err == nil {
+			ev.TimeToIdempotence = rec.Completed.Sub(rec.Created)
+		}
+		c.l.observe(ctx, ev)
+	}
 	if err != nil {
 		return fmt.Errorf("complete: %w", err)
 	}
@@ -281,29 +302,34 @@ func (l *Ledger) begin(ctx context.Context, scope, key, fingerprint string, o ca
 	if err := ValidateKey(scope, key); err != nil {
 		return nil, err
 	}
-	p := &BeginParams{Scope: scope, Key: l.StoredKey(key), Fingerprint: fingerprint,
+	c := &Claim{l: l, scope: scope}
+	p := &c.begin
+	*p = BeginParams{Scope: scope, Key: l.StoredKey(key), Fingerprint: fingerprint,
 		Lease: o.lease, Window: o.window, Retention: o.retention}
 	var deadline time.Time
 	if o.wait > 0 {
 		deadline = l.cfg.Clock.Now().Add(o.wait)
 	}
 	for {
-		start := time.Now()
+		start := l.start()
 		res, err := l.store.Begin(ctx, p)
-		ev := Event{Op: OpBegin, Scope: scope, Duration: time.Since(start), Err: err}
-		if err == nil {
-			ev.Decision, ev.Takeover = res.Decision, res.Takeover
-			if res.Decision == Acquired {
-				ev.Attempt = res.Record.Attempts
+		if l.cfg.Observer != nil {
+			ev := Event{Op: OpBegin, Scope: scope, Duration: time.Since(start), Err: err}
+			if err == nil {
+				ev.Decision, ev.Takeover = res.Decision, res.Takeover
+				if res.Decision == Acquired {
+					ev.Attempt = res.Record.Attempts
+				}
 			}
+			l.observe(ctx, ev)
 		}
-		l.observe(ctx, ev)
 		if err != nil {
 			return nil, fmt.Errorf("begin: %w", err)
 		}
 		switch res.Decision {
 		case Acquired, Replay:
-			return &Claim{l: l, scope: scope, key: p.Key, rec: res.Record, replayed: res.Decision == Replay}, nil
+			c.key, c.rec, c.replayed = p.Key, res.Record, res.Decision == Replay
+			return c, nil
 		case Mismatch:
 			return nil, fmt.Errorf("begin: %w: the key was used with a different request", ErrFingerprintMismatch)
 		case InFlight:
