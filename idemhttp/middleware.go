@@ -342,15 +342,27 @@ func (m *middleware) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	m.execute(w, r, claim, ex)
 }
 
-// exchange holds what the middleware keeps for one request with a key.
+// exchange holds what the middleware keeps for one request with a key
+// that may outlive it: the response's header values stay in the header
+// map.
 type exchange struct {
 	body    replayedBody
-	rec     recorder
-	values  [12]storedValue // the recorder's, for up to 12 stored headers
-	headers [2]string       // Idempotent-Replayed and Idempotency-Key-Expires
+	headers [2]string // Idempotent-Replayed and Idempotency-Key-Expires
 	// replayed holds a replay's header values, up to 12.
 	replayed [12]string
 }
+
+// execution is a first execution's recorder. Nothing refers to it once
+// the handler has returned and the response is sent, so it is pooled.
+type execution struct {
+	rec    recorder
+	values [12]storedValue // the recorder's, for up to 12 stored headers
+}
+
+var executions = sync.Pool{New: func() any { return new(execution) }}
+
+// metas are pooled Outcome.Meta maps: stores copy what they keep.
+var metas = sync.Pool{New: func() any { return make(map[string]string, 4) }}
 
 func (m *middleware) beginFailed(w http.ResponseWriter, r *http.Request, err error) {
 	var inFlight *idem.InFlightError
@@ -452,14 +464,18 @@ func (m *middleware) execute(w http.ResponseWriter, r *http.Request, claim *idem
 	defer cancel(nil)
 	stop := claim.KeepAlive(finish, lease, cancel)
 
-	rw := &ex.rec
+	e := executions.Get().(*execution)
+	rw := &e.rec
 	*rw = recorder{rw: w, max: m.maxResponse, stored: m.stored}
-	if len(m.stored) <= len(ex.values) {
-		rw.values = ex.values[:len(m.stored)]
+	if len(m.stored) <= len(e.values) {
+		rw.values = e.values[:len(m.stored)]
 	}
 	defer func() {
 		stop()
 		rw.discard()
+		*rw = recorder{}
+		clear(e.values[:])
+		executions.Put(e)
 		if p := recover(); p != nil {
 			if err := claim.Release(finish); err != nil {
 				m.logger.Warn("idemhttp: releasing after a panic failed", "method", r.Method, "err", err)
@@ -503,20 +519,21 @@ func (m *middleware) finish(ctx context.Context, r *http.Request, claim *idem.Cl
 		rw.send(status)
 		return
 	}
-	n := 1
-	for _, v := range rw.values {
-		if v.present {
-			n++
+	meta := metas.Get().(map[string]string)
+	defer func() {
+		if len(meta) <= 16 {
+			clear(meta)
+			metas.Put(meta)
 		}
-	}
-	meta := make(map[string]string, n)
+	}()
 	meta[metaStatus] = statusString(status)
 	for i, v := range rw.values {
 		if v.present {
 			meta[m.storedMeta[i]] = v.joined
 		}
 	}
-	// Stores copy the outcome: the buffer serves another response after.
+	// Stores copy the outcome: the buffer and the map serve another
+	// response after.
 	var data []byte
 	if rw.body != nil {
 		data = rw.body.b

@@ -1,7 +1,12 @@
 package idemhttp_test
 
 import (
+	"io"
 	"net/http"
+	"net/http/httptest"
+	"strconv"
+	"strings"
+	"sync/atomic"
 	"testing"
 
 	"github.com/idemkit/idem"
@@ -26,6 +31,53 @@ func BenchmarkMiddleware(b *testing.B) {
 				h = mw(h)
 			}
 			loadgen.Run(b, h, mode)
+		})
+	}
+}
+
+// discardWriter is a ResponseWriter that keeps nothing but its header map,
+// which a request clears: the middleware's own cost without net/http's.
+type discardWriter struct{ h http.Header }
+
+func (w *discardWriter) Header() http.Header         { return w.h }
+func (w *discardWriter) WriteHeader(int)             {}
+func (w *discardWriter) Write(p []byte) (int, error) { return len(p), nil }
+
+// BenchmarkMiddlewareCost is the middleware's CPU and allocations per
+// request in process, no network: what it adds to the handler.
+func BenchmarkMiddlewareCost(b *testing.B) {
+	const body = `{"amount":100,"currency":"eur"}`
+	for _, mode := range loadgen.Modes {
+		b.Run(mode.String(), func(b *testing.B) {
+			ledger, err := idem.New(memstore.New(nil), nil)
+			if err != nil {
+				b.Fatal(err)
+			}
+			var h http.Handler = http.HandlerFunc(loadgen.Handler)
+			if mode != loadgen.Bare {
+				h = idemhttp.Middleware(ledger, nil)(h)
+			}
+			b.ReportAllocs()
+			var n atomic.Int64
+			b.RunParallel(func(pb *testing.PB) {
+				w := &discardWriter{h: http.Header{}}
+				body := strings.NewReader(body)
+				r := httptest.NewRequest(http.MethodPost, "/orders", body)
+				r.Header.Set("Content-Type", "application/json")
+				key := []byte("cost-")
+				for pb.Next() {
+					switch mode {
+					case loadgen.First:
+						r.Header[idemhttp.HeaderKey] = []string{string(strconv.AppendInt(key[:5], n.Add(1), 10))}
+					case loadgen.Replay:
+						r.Header[idemhttp.HeaderKey] = []string{"cost-replay"}
+					}
+					body.Reset(`{"amount":100,"currency":"eur"}`)
+					r.Body = io.NopCloser(body)
+					clear(w.h)
+					h.ServeHTTP(w, r)
+				}
+			})
 		})
 	}
 }
