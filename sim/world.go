@@ -78,6 +78,9 @@ func (w *World) Seed() uint64 { return w.seed }
 // Now returns the virtual time.
 func (w *World) Now() time.Time { return w.now }
 
+// Faults returns the faults the world injects.
+func (w *World) Faults() Faults { return w.faults }
+
 // Rand returns the world's random source. Draw from it only in tasks or
 // scheduler callbacks, never from a goroutine of your own.
 func (w *World) Rand() *rand.Rand { return w.rng }
