@@ -35,6 +35,29 @@ func BenchmarkMiddleware(b *testing.B) {
 	}
 }
 
+// BenchmarkMiddlewareLatency measures the latency the middleware adds:
+// bare, first executions and replays at one fixed arrival rate spread over
+// 64 connections (an open loop), half of what the bare handler sustains in
+// a closed loop in the same process (IDEM_BENCH_RATE overrides it), on
+// memstore. The difference of p50s is the added latency.
+func BenchmarkMiddlewareLatency(b *testing.B) {
+	rate := loadgen.OpenRate(b, http.HandlerFunc(loadgen.Handler))
+	ledger, err := idem.New(memstore.New(nil), nil)
+	if err != nil {
+		b.Fatal(err)
+	}
+	mw := idemhttp.Middleware(ledger, nil)
+	for _, mode := range loadgen.Modes {
+		b.Run(mode.String(), func(b *testing.B) {
+			var h http.Handler = http.HandlerFunc(loadgen.Handler)
+			if mode != loadgen.Bare {
+				h = mw(h)
+			}
+			loadgen.Latency(b, h, mode, rate)
+		})
+	}
+}
+
 // discardWriter is a ResponseWriter that keeps nothing but its header map,
 // which a request clears: the middleware's own cost without net/http's.
 type discardWriter struct{ h http.Header }

@@ -7,9 +7,11 @@ import (
 	"bufio"
 	"fmt"
 	"io"
+	"math"
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"os"
 	"slices"
 	"strconv"
 	"strings"
@@ -62,8 +64,10 @@ func request(host, key string) []byte {
 
 // Run serves h on a loopback server and sends b.N POSTs from Clients
 // goroutines, each on one keep-alive connection writing prebuilt requests
-// (a client light enough not to starve the server), reporting req/s,
-// p50-µs and p99-µs.
+// (a client light enough not to starve the server), as fast as answers
+// come (a closed loop), reporting req/s, p50-µs, p99-µs and cpu-µs/op.
+// A closed loop measures throughput; its latencies on a saturated machine
+// are mostly queueing (Little's law): see Latency for added latency.
 func Run(b *testing.B, h http.Handler, mode Mode) {
 	srv := httptest.NewServer(h)
 	defer srv.Close()
@@ -74,102 +78,271 @@ func Run(b *testing.B, h http.Handler, mode Mode) {
 // such as a proxy in front of another server. In First and Replay modes
 // every measured answer must carry Idempotent-Replayed false and true.
 func RunAddr(b *testing.B, host string, mode Mode) {
-	prefix := fmt.Sprintf("bench-%d-", run.Add(1))
-	replay := request(host, prefix+"replay")
-
-	type client struct {
-		conn net.Conn
-		r    *bufio.Reader
+	l, err := dial(host, mode)
+	if err != nil {
+		b.Fatal(err)
 	}
-	dial := func() (*client, error) {
+	defer l.close()
+	b.ResetTimer()
+	res, err := l.closedLoop(b.N)
+	b.StopTimer()
+	if err != nil {
+		b.Fatal(err)
+	}
+	res.report(b)
+	b.ReportMetric(res.rate, "req/s")
+}
+
+// Latency serves h on a loopback server and sends b.N POSTs at a fixed
+// arrival rate (req/s) spread over Clients keep-alive connections (an
+// open loop), reporting p50-µs, p99-µs and cpu-µs/op. At a rate the
+// server sustains with room to spare, latency is service time rather than
+// queueing, so the difference of two handlers' p50 is what one adds.
+// Latency is counted from when a request was due: a request that waits
+// for its connection's previous answer counts that wait.
+func Latency(b *testing.B, h http.Handler, mode Mode, rate float64) {
+	srv := httptest.NewServer(h)
+	defer srv.Close()
+	LatencyAddr(b, srv.Listener.Addr().String(), mode, rate)
+}
+
+// LatencyAddr is Latency against a server listening at addr.
+func LatencyAddr(b *testing.B, host string, mode Mode, rate float64) {
+	l, err := dial(host, mode)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer l.close()
+	b.ResetTimer()
+	res, err := l.openLoop(b.N, rate)
+	b.StopTimer()
+	if err != nil {
+		b.Fatal(err)
+	}
+	res.report(b)
+	b.ReportMetric(rate, "offered-req/s")
+	b.ReportMetric(res.rate, "req/s")
+}
+
+// Calibrate runs n bare requests against h in a closed loop and returns
+// the rate it sustained: a reference for Latency's arrival rate, measured
+// in the same process as what it is compared with.
+func Calibrate(h http.Handler, n int) (float64, error) {
+	srv := httptest.NewServer(h)
+	defer srv.Close()
+	l, err := dial(srv.Listener.Addr().String(), Bare)
+	if err != nil {
+		return 0, err
+	}
+	defer l.close()
+	res, err := l.closedLoop(n)
+	if err != nil {
+		return 0, err
+	}
+	return res.rate, nil
+}
+
+// load is Clients keep-alive connections to one server in one mode.
+type load struct {
+	host    string
+	mode    Mode
+	prefix  string
+	replay  []byte
+	clients []*client
+}
+
+type client struct {
+	conn net.Conn
+	r    *bufio.Reader
+	lat  []time.Duration
+}
+
+// dial opens the connections; in Replay mode it stores the outcome once.
+func dial(host string, mode Mode) (*load, error) {
+	l := &load{host: host, mode: mode, prefix: fmt.Sprintf("bench-%d-", run.Add(1))}
+	l.replay = request(host, l.prefix+"replay")
+	for range Clients {
 		c, err := net.Dial("tcp", host)
 		if err != nil {
+			l.close()
 			return nil, err
 		}
-		return &client{c, bufio.NewReader(c)}, nil
+		l.clients = append(l.clients, &client{conn: c, r: bufio.NewReader(c)})
 	}
-	send := func(c *client, req []byte, replayed string) (time.Duration, error) {
-		t0 := time.Now()
-		if _, err := c.conn.Write(req); err != nil {
-			return 0, err
-		}
-		res, err := http.ReadResponse(c.r, nil)
-		if err != nil {
-			return 0, err
-		}
-		_, _ = io.Copy(io.Discard, res.Body)
-		res.Body.Close()
-		if res.StatusCode != http.StatusCreated {
-			return 0, fmt.Errorf("status %d", res.StatusCode)
-		}
-		if got := res.Header.Get("Idempotent-Replayed"); replayed != "" && got != replayed {
-			return 0, fmt.Errorf("Idempotent-Replayed %q, want %q", got, replayed)
-		}
-		return time.Since(t0), nil
-	}
-	clients := make([]*client, Clients)
-	for i := range clients {
-		c, err := dial()
-		if err != nil {
-			b.Fatal(err)
-		}
-		defer c.conn.Close()
-		clients[i] = c
-	}
-	if mode == Replay { // store the outcome once
-		if _, err := send(clients[0], replay, "false"); err != nil {
-			b.Fatal(err)
+	if mode == Replay {
+		if err := l.send(l.clients[0], l.replay, "false"); err != nil {
+			l.close()
+			return nil, err
 		}
 	}
+	return l, nil
+}
 
+func (l *load) close() {
+	for _, c := range l.clients {
+		c.conn.Close()
+	}
+}
+
+// request returns the n-th request of the run and the Idempotent-Replayed
+// value its answer must carry ("" for any).
+func (l *load) request(n int64) (req []byte, replayed string) {
+	switch l.mode {
+	case First:
+		return request(l.host, l.prefix+strconv.FormatInt(n, 10)), "false"
+	case Replay:
+		return l.replay, "true"
+	}
+	return request(l.host, ""), ""
+}
+
+func (l *load) send(c *client, req []byte, replayed string) error {
+	if _, err := c.conn.Write(req); err != nil {
+		return err
+	}
+	res, err := http.ReadResponse(c.r, nil)
+	if err != nil {
+		return err
+	}
+	_, _ = io.Copy(io.Discard, res.Body)
+	res.Body.Close()
+	if res.StatusCode != http.StatusCreated {
+		return fmt.Errorf("status %d", res.StatusCode)
+	}
+	if got := res.Header.Get("Idempotent-Replayed"); replayed != "" && got != replayed {
+		return fmt.Errorf("Idempotent-Replayed %q, want %q", got, replayed)
+	}
+	return nil
+}
+
+// result is what one run measured.
+type result struct {
+	lat  []time.Duration // sorted
+	rate float64         // answers per second
+	cpu  time.Duration   // process CPU time per request
+}
+
+func (r *result) report(b *testing.B) {
+	b.ReportMetric(float64(r.lat[len(r.lat)/2].Microseconds()), "p50-µs")
+	b.ReportMetric(float64(r.lat[len(r.lat)*99/100].Microseconds()), "p99-µs")
+	// The process's CPU time per request, server and clients together:
+	// steadier than req/s on a shared machine, and what bounds req/s when
+	// the cores are saturated.
+	b.ReportMetric(float64(r.cpu.Nanoseconds())/1e3, "cpu-µs/op")
+}
+
+// closedLoop sends n requests, each client its next one as soon as its
+// previous one is answered.
+func (l *load) closedLoop(n int) (*result, error) {
 	var next atomic.Int64
-	lat := make([][]time.Duration, Clients)
+	return l.measure(n, func(c *client) error {
+		for {
+			i := next.Add(1)
+			if i > int64(n) {
+				return nil
+			}
+			req, replayed := l.request(i)
+			t0 := time.Now()
+			if err := l.send(c, req, replayed); err != nil {
+				return err
+			}
+			c.lat = append(c.lat, time.Since(t0))
+		}
+	})
+}
+
+// openLoop sends n requests, the i-th due at i/rate seconds from the
+// start, on client i mod Clients.
+func (l *load) openLoop(n int, rate float64) (*result, error) {
+	if rate <= 0 {
+		return nil, fmt.Errorf("loadgen: arrival rate %v, want a positive rate", rate)
+	}
+	interval := time.Duration(float64(time.Second) / rate)
+	var t0 time.Time
+	ready := make(chan struct{})
+	return l.measure(n, func(c *client) error {
+		<-ready
+		for i := l.index(c); i < n; i += len(l.clients) {
+			due := t0.Add(time.Duration(i) * interval)
+			start := due
+			if wait := time.Until(due); wait > 0 {
+				// Pacing, not synchronisation: the client is idle until
+				// the request is due, and a late wake-up is the load
+				// generator's delay, not the server's, so it is not
+				// counted.
+				time.Sleep(wait)
+				start = time.Now()
+			}
+			req, replayed := l.request(int64(i) + 1)
+			if err := l.send(c, req, replayed); err != nil {
+				return err
+			}
+			c.lat = append(c.lat, time.Since(start))
+		}
+		return nil
+	}, func() { t0 = time.Now(); close(ready) })
+}
+
+func (l *load) index(c *client) int {
+	for i, x := range l.clients {
+		if x == c {
+			return i
+		}
+	}
+	return -1
+}
+
+// measure runs work on every client and gathers what they measured;
+// begin, if given, runs once every client is started.
+func (l *load) measure(n int, work func(*client) error, begin ...func()) (*result, error) {
+	for _, c := range l.clients {
+		c.lat = make([]time.Duration, 0, n/len(l.clients)+1)
+	}
 	var wg sync.WaitGroup
 	var failed atomic.Value
-	b.ResetTimer()
 	cpu0 := cpuTime()
 	t0 := time.Now()
-	for i, c := range clients {
+	for _, c := range l.clients {
 		wg.Go(func() {
-			for {
-				n := next.Add(1)
-				if n > int64(b.N) {
-					return
-				}
-				var req []byte
-				var replayed string
-				switch mode {
-				case Bare:
-					req = request(host, "")
-				case First:
-					req, replayed = request(host, prefix+strconv.FormatInt(n, 10)), "false"
-				case Replay:
-					req, replayed = replay, "true"
-				}
-				d, err := send(c, req, replayed)
-				if err != nil {
-					failed.Store(err)
-					return
-				}
-				lat[i] = append(lat[i], d)
+			if err := work(c); err != nil {
+				failed.Store(err)
 			}
 		})
+	}
+	for _, f := range begin {
+		f()
 	}
 	wg.Wait()
 	elapsed := time.Since(t0)
 	cpu := cpuTime() - cpu0
-	b.StopTimer()
 	if err, _ := failed.Load().(error); err != nil {
-		b.Fatal(err)
+		return nil, err
 	}
-	all := slices.Concat(lat...)
-	slices.Sort(all)
-	b.ReportMetric(float64(b.N)/elapsed.Seconds(), "req/s")
-	b.ReportMetric(float64(all[len(all)/2].Microseconds()), "p50-µs")
-	b.ReportMetric(float64(all[len(all)*99/100].Microseconds()), "p99-µs")
-	// The process's CPU time per request, server and clients together:
-	// steadier than req/s on a shared machine, and what bounds req/s when
-	// the cores are saturated.
-	b.ReportMetric(float64(cpu.Microseconds())/float64(b.N), "cpu-µs/op")
+	lat := make([]time.Duration, 0, n)
+	for _, c := range l.clients {
+		lat = append(lat, c.lat...)
+	}
+	slices.Sort(lat)
+	return &result{lat: lat, rate: float64(n) / elapsed.Seconds(), cpu: cpu / time.Duration(n)}, nil
 }
 
+// OpenRate is the arrival rate for Latency: IDEM_BENCH_RATE (req/s) when
+// set, else half of what h (the bare handler) sustains in a closed loop of
+// 20000 requests, measured now.
+func OpenRate(b *testing.B, h http.Handler) float64 {
+	b.Helper()
+	if v := os.Getenv("IDEM_BENCH_RATE"); v != "" {
+		rate, err := strconv.ParseFloat(v, 64)
+		if err != nil || rate <= 0 {
+			b.Fatalf("IDEM_BENCH_RATE=%q: want a positive number of requests per second", v)
+		}
+		return rate
+	}
+	closed, err := Calibrate(h, 20000)
+	if err != nil {
+		b.Fatal(err)
+	}
+	rate := math.Round(0.5 * closed)
+	b.Logf("open-loop rate %.0f req/s: half the bare closed loop's %.0f", rate, closed)
+	return rate
+}
