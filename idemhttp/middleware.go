@@ -342,24 +342,18 @@ func (m *middleware) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	m.execute(w, r, claim, ex)
 }
 
-// exchange holds what the middleware keeps for one request with a key
-// that may outlive it: the response's header values stay in the header
-// map.
+// exchange holds what the middleware keeps for one request with a key,
+// in one allocation. It is not pooled: a handler that (wrongly) keeps the
+// body or the ResponseWriter past its return must never reach another
+// request's.
 type exchange struct {
 	body    replayedBody
-	headers [2]string // Idempotent-Replayed and Idempotency-Key-Expires
+	rec     recorder
+	values  [12]storedValue // the recorder's, for up to 12 stored headers
+	headers [2]string       // Idempotent-Replayed and Idempotency-Key-Expires
 	// replayed holds a replay's header values, up to 12.
 	replayed [12]string
 }
-
-// execution is a first execution's recorder. Nothing refers to it once
-// the handler has returned and the response is sent, so it is pooled.
-type execution struct {
-	rec    recorder
-	values [12]storedValue // the recorder's, for up to 12 stored headers
-}
-
-var executions = sync.Pool{New: func() any { return new(execution) }}
 
 // metas are pooled Outcome.Meta maps: stores copy what they keep.
 var metas = sync.Pool{New: func() any { return make(map[string]string, 4) }}
@@ -464,18 +458,14 @@ func (m *middleware) execute(w http.ResponseWriter, r *http.Request, claim *idem
 	defer cancel(nil)
 	stop := claim.KeepAlive(finish, lease, cancel)
 
-	e := executions.Get().(*execution)
-	rw := &e.rec
+	rw := &ex.rec
 	*rw = recorder{rw: w, max: m.maxResponse, stored: m.stored}
-	if len(m.stored) <= len(e.values) {
-		rw.values = e.values[:len(m.stored)]
+	if len(m.stored) <= len(ex.values) {
+		rw.values = ex.values[:len(m.stored)]
 	}
 	defer func() {
 		stop()
 		rw.discard()
-		*rw = recorder{}
-		clear(e.values[:])
-		executions.Put(e)
 		if p := recover(); p != nil {
 			if err := claim.Release(finish); err != nil {
 				m.logger.Warn("idemhttp: releasing after a panic failed", "method", r.Method, "err", err)
