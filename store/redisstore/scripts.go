@@ -6,9 +6,11 @@ import "github.com/redis/go-redis/v9"
 // atomic on the server; every key a script touches is passed in KEYS and
 // shares the record's hash tag. Time comes from the server (TIME, in
 // microseconds); Redis 7 replicates a script's effects, not the script, so
-// reading the clock in a writing script is allowed. Numbers sent to Redis
-// commands are written with '%.0f', because Redis would write a Lua number
-// in the shortest form, an exponent for a time in µs.
+// reading the clock in a writing script is allowed. Numbers go to Redis
+// commands as Lua numbers: Redis writes them with %.17g (7.2 and later with
+// an equivalent), so every integer below 1e17 is written exactly, without an
+// exponent, and every time in µs is below it (a time.Duration spans at most
+// 292 years); string.format would cost a quarter of a microsecond a call.
 //
 // A record is one string (record.go): a script reads it with one GET,
 // unpacks the fixed header with struct.unpack, compares the fingerprint
@@ -63,12 +65,11 @@ end
 -- and the counter keeps it: tokens of a key increase across Delete and
 -- expiry (the counter outlives records), across a lost counter (the clock),
 -- and across a clock that steps back (the counter). Usually one call.
-local function num(x) return string.format('%.0f', x) end
-local old = tonumber(redis.call('SET', KEYS[4], num(now), 'GET'))
+local old = tonumber(redis.call('SET', KEYS[4], now, 'GET'))
 local tok = now
 if old and old >= tok then tok = old + 1 end
 if prev and prev >= tok then tok = prev + 1 end
-if tok ~= now then redis.call('SET', KEYS[4], num(tok)) end
+if tok ~= now then redis.call('SET', KEYS[4], tok) end
 local w, re = tonumber(ARGV[5]), tonumber(ARGV[6])
 local l = now + tonumber(ARGV[4])
 local ru = l + w
@@ -87,11 +88,11 @@ else
   -- A record that exists has its list entry already.
   if not s then redis.call('ZADD', KEYS[2], 0, ARGV[2]) end
 end
-redis.call('SET', KEYS[1], rec, 'PXAT', num(math.ceil(ru / 1000)))
+redis.call('SET', KEYS[1], rec, 'PXAT', math.ceil(ru / 1000))
 -- The expiry entry is a lower bound of RetainUntil: every RetainUntil this
 -- lease can reach (Extend, Complete, Release) is at least now + window, so
 -- only Begin writes the entry; Sweep moves an entry that comes due early.
-redis.call('ZADD', KEYS[3], 'LT', num(now + w), ARGV[1])
+redis.call('ZADD', KEYS[3], 'LT', now + w, ARGV[1])
 return {code, now, rec}
 `)
 
@@ -106,7 +107,7 @@ var completeScript = redis.NewScript(luaCheck + luaNow + `
 local w, re, fpl = struct.unpack('<i8i8I4', s, 60)
 local r = now + math.max(w, re)
 local head = '\1c\0' .. string.sub(s, 4, 35) .. struct.pack('<i8i8i8', now, now + w, r) .. string.sub(s, 60, 79 + fpl)
-redis.call('SET', KEYS[1], head .. ARGV[2], 'PXAT', string.format('%.0f', math.ceil(r / 1000)))
+redis.call('SET', KEYS[1], head .. ARGV[2], 'PXAT', math.ceil(r / 1000))
 return {'ok', head}
 `)
 
@@ -116,7 +117,7 @@ var releaseScript = redis.NewScript(luaCheck + luaNow + `
 local _, _, _, tok, att, lu, cr, co, ex, ru, w, re = struct.unpack(` + luaHeader + `, s)
 local r = now + w
 local rec = struct.pack(` + luaHeader + `, 1, 'r', 0, tok, att, now, cr, 0, now, r, w, re) .. '\0\0\0\0` + luaEmptySections + `'
-redis.call('SET', KEYS[1], rec, 'PXAT', string.format('%.0f', math.ceil(r / 1000)))
+redis.call('SET', KEYS[1], rec, 'PXAT', math.ceil(r / 1000))
 return {'ok'}
 `)
 
@@ -127,7 +128,7 @@ local _, _, fl, tok, att, lu, cr, co, ex, ru, w, re = struct.unpack(` + luaHeade
 local l = now + tonumber(ARGV[2])
 local r = l + w
 local rec = struct.pack(` + luaHeader + `, 1, 'p', fl, tok, att, l, cr, co, ex, r, w, re) .. string.sub(s, 76)
-redis.call('SET', KEYS[1], rec, 'PXAT', string.format('%.0f', math.ceil(r / 1000)))
+redis.call('SET', KEYS[1], rec, 'PXAT', math.ceil(r / 1000))
 return {'ok', now, rec}
 `)
 
@@ -171,7 +172,7 @@ for i = 1, #ARGV / 2 do
     end
     local _, st, _, _, _, lu, _, _, _, ru = struct.unpack('<Bc1Bi8i8i8i8i8i8i8', s)
     if now < ru or (st == 'p' and now < lu) then
-      redis.call('ZADD', KEYS[1], string.format('%.0f', ru), member)
+      redis.call('ZADD', KEYS[1], ru, member)
       due = false
     else
       redis.call('DEL', rec)
