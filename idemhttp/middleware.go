@@ -283,8 +283,6 @@ func (m *middleware) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 
-	ex := &exchange{} // one allocation for the request's own state
-
 	if r.ContentLength > m.maxBody {
 		writeProblem(w, problemBodyTooLarge, fmt.Sprintf("the body is over the limit of %d bytes", m.maxBody))
 		return
@@ -304,7 +302,7 @@ func (m *middleware) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			writeProblem(w, problemBodyTooLarge, fmt.Sprintf("the body is over the limit of %d bytes", m.maxBody))
 			return
 		}
-		rb := &ex.body
+		rb := &replayedBody{}
 		rb.Reset(body)
 		r.Body = rb
 		if m.recycleBody {
@@ -336,23 +334,20 @@ func (m *middleware) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if claim.Replayed() {
-		m.replay(w, claim, ex)
+		m.replay(w, claim)
 		return
 	}
-	m.execute(w, r, claim, ex)
+	m.execute(w, r, claim)
 }
 
-// exchange holds what the middleware keeps for one request with a key,
-// in one allocation. It is not pooled: a handler that (wrongly) keeps the
-// body or the ResponseWriter past its return must never reach another
-// request's.
-type exchange struct {
-	body    replayedBody
+// execution is what a first execution keeps, in one allocation. It is
+// not pooled: a handler that (wrongly) writes after its return must never
+// reach another request's response, and the response's header values
+// stay in its header map.
+type execution struct {
 	rec     recorder
 	values  [12]storedValue // the recorder's, for up to 12 stored headers
 	headers [2]string       // Idempotent-Replayed and Idempotency-Key-Expires
-	// replayed holds a replay's header values, up to 12.
-	replayed [12]string
 }
 
 // metas are pooled Outcome.Meta maps: stores copy what they keep.
@@ -378,7 +373,7 @@ func (m *middleware) beginFailed(w http.ResponseWriter, r *http.Request, err err
 	}
 }
 
-func (m *middleware) replay(w http.ResponseWriter, claim *idem.Claim, ex *exchange) {
+func (m *middleware) replay(w http.ResponseWriter, claim *idem.Claim) {
 	rec := claim.Record()
 	out := claim.Outcome()
 	h := w.Header()
@@ -390,12 +385,7 @@ func (m *middleware) replay(w http.ResponseWriter, claim *idem.Claim, ex *exchan
 			n += 1 + strings.Count(v, "\n")
 		}
 	}
-	var values []string
-	if n <= len(ex.replayed) {
-		values = ex.replayed[:0:n]
-	} else {
-		values = make([]string, 0, n)
-	}
+	values := make([]string, 0, n)
 	for k, v := range out.Meta {
 		if name, ok := strings.CutPrefix(k, metaHeaderPrefix); ok {
 			start := len(values)
@@ -440,7 +430,8 @@ func (m *middleware) expires(rec idem.Record) time.Time {
 	return created.Add(window).UTC()
 }
 
-func (m *middleware) execute(w http.ResponseWriter, r *http.Request, claim *idem.Claim, ex *exchange) {
+func (m *middleware) execute(w http.ResponseWriter, r *http.Request, claim *idem.Claim) {
+	ex := &execution{}
 	rec := claim.Record()
 	h := w.Header()
 	values := ex.headers[:]
