@@ -13,7 +13,7 @@ import (
 // present is false when there is no header. Several header lines, a list,
 // an empty key or one over 255 bytes are errors wrapping idem.ErrInvalid.
 func ParseKey(h http.Header) (key string, present bool, err error) {
-	values := h.Values(HeaderKey)
+	values := h[HeaderKey] // HeaderKey is canonical: no need to canonicalise it per call
 	switch len(values) {
 	case 0:
 		return "", false, nil

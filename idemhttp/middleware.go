@@ -224,7 +224,7 @@ func neverStored(canonical string) bool {
 // Authorization header, or "anonymous" without one. The raw credential is
 // never stored.
 func AuthorizationScope(r *http.Request) (string, error) {
-	auth := r.Header.Values("Authorization")
+	auth := r.Header["Authorization"]
 	if len(auth) == 0 {
 		return "anonymous", nil
 	}
