@@ -7,6 +7,7 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
+	"hash"
 	"sync"
 	"time"
 )
@@ -72,6 +73,13 @@ func (c *Config) withDefaults() (Config, error) {
 type Ledger struct {
 	store Store
 	cfg   Config
+	macs  sync.Pool // of *keyMAC, with Config.KeySecret
+}
+
+// keyMAC is a reusable HMAC state keyed by Config.KeySecret.
+type keyMAC struct {
+	h   hash.Hash
+	buf []byte
 }
 
 // New returns a Ledger over store. A nil cfg means defaults.
@@ -107,9 +115,20 @@ func (l *Ledger) StoredKey(key string) string {
 	if len(l.cfg.KeySecret) == 0 {
 		return key
 	}
-	m := hmac.New(sha256.New, l.cfg.KeySecret)
-	m.Write([]byte(key))
-	return "hmac-sha256:" + base64.RawURLEncoding.EncodeToString(m.Sum(nil))
+	m, _ := l.macs.Get().(*keyMAC)
+	if m == nil {
+		m = &keyMAC{h: hmac.New(sha256.New, l.cfg.KeySecret)}
+	}
+	m.h.Reset()
+	m.buf = append(m.buf[:0], key...)
+	m.h.Write(m.buf)
+	const prefix = "hmac-sha256:"
+	var out [len(prefix) + (sha256.Size*8+5)/6]byte
+	copy(out[:], prefix)
+	m.buf = m.h.Sum(m.buf[:0])
+	base64.RawURLEncoding.Encode(out[len(prefix):], m.buf)
+	l.macs.Put(m)
+	return string(out[:])
 }
 
 // CallOption adjusts one call of Begin or Do.
