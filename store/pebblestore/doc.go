@@ -45,7 +45,7 @@
 //
 // Tokens are store-wide and strictly increasing, across Delete and
 // restarts: they come from an in-memory counter backed by a high-water mark
-// that is synced before a block of 1024 tokens is handed out, and Open
+// that is synced before a block of 65536 tokens is handed out, and Open
 // starts above the persisted mark, so no token repeats after a crash.
 //
 // # Layout

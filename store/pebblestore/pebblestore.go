@@ -31,8 +31,11 @@ const DefaultSweepInterval = time.Minute
 
 const (
 	// tokenBlock is how many tokens one synced write of the high-water mark
-	// reserves.
-	tokenBlock = 1024
+	// reserves. Begins wait while it is synced (under the token lock and
+	// their key locks), so it is large: at 65536, a store handing out 60000
+	// tokens a second waits for one sync a second; tokens skip at most a
+	// block at each restart.
+	tokenBlock = 1 << 16
 	// stripes is the number of per-key locks; keys share one by hash.
 	stripes = 1024
 	// sweepChunk bounds the records one Sweep batch removes (and the key
@@ -55,7 +58,8 @@ type Config struct {
 	// Default: nothing is logged.
 	Logger *slog.Logger
 
-	fs vfs.FS // tests count syncs through it
+	fs         vfs.FS // tests count syncs through it
+	tokenBlock int64  // tests cross blocks with fewer tokens; zero means tokenBlock
 }
 
 // Store is the embedded, durable idem.Store, idem.Lister and idem.Sizer.
@@ -78,9 +82,10 @@ type Store struct {
 	closeMu sync.RWMutex
 	closed  bool
 
-	tokenMu   sync.Mutex
-	token     int64 // the last token handed out
-	tokenMark int64 // the persisted high-water mark: no token above it was handed out
+	tokenMu    sync.Mutex
+	token      int64 // the last token handed out
+	tokenMark  int64 // the persisted high-water mark: no token above it was handed out
+	tokenBlock int64 // how many tokens one mark reserves
 
 	size atomic.Int64
 
@@ -134,6 +139,10 @@ func Open(dir string, cfg *Config) (*Store, error) {
 		seed:        maphash.MakeSeed(),
 		stop:        make(chan struct{}),
 		sweeperDone: make(chan struct{}),
+		tokenBlock:  tokenBlock,
+	}
+	if c.tokenBlock > 0 {
+		s.tokenBlock = c.tokenBlock
 	}
 	opts := pebbleOptions(c.Logger)
 	opts.Lock = lock
@@ -280,7 +289,7 @@ func (s *Store) nextToken(after int64) (int64, error) {
 	defer s.tokenMu.Unlock()
 	t := max(s.token, after) + 1
 	if t > s.tokenMark {
-		mark := t + tokenBlock - 1
+		mark := t + s.tokenBlock - 1
 		if err := s.db.Set([]byte(keyTokenMark), binary.BigEndian.AppendUint64(nil, uint64(mark)), pebble.Sync); err != nil {
 			return 0, fmt.Errorf("pebblestore: reserve tokens: %w", err)
 		}

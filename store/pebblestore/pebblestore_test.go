@@ -244,7 +244,8 @@ func TestReopenReplaysByteExact(t *testing.T) {
 
 func TestTokensIncreaseAcrossBlocksAndReopens(t *testing.T) {
 	t.Parallel()
-	b := setup(t, nil)
+	const block = 1024
+	b := setup(t, &Config{SweepInterval: -1, tokenBlock: block})
 	const writers = 16
 	seen := map[int64]bool{}
 	var before int64 // the highest token before the last reopen
@@ -255,7 +256,7 @@ func TestTokensIncreaseAcrossBlocksAndReopens(t *testing.T) {
 		var wg sync.WaitGroup
 		for w := range writers {
 			wg.Go(func() {
-				for i := range tokenBlock/writers + 10 {
+				for i := range block/writers + 10 {
 					key := fmt.Sprintf("w%d-k%d", w, i%3)
 					res, err := b.store.Begin(b.ctx, &idem.BeginParams{Scope: "s", Key: key, Lease: time.Minute, Window: time.Hour})
 					if err != nil || res.Decision != idem.Acquired {
@@ -291,7 +292,10 @@ func TestTokensIncreaseAcrossBlocksAndReopens(t *testing.T) {
 			}
 		}
 		before = highest
-		b.reopen()
+		if err := b.store.Close(); err != nil {
+			t.Fatal(err)
+		}
+		b.open(&Config{Clock: b.clock, SweepInterval: -1, tokenBlock: block})
 	}
 	b.checkIndex()
 }
