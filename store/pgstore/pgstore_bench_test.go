@@ -80,13 +80,7 @@ func BenchmarkCycles(b *testing.B) {
 // token = … storing the outcome.
 func BenchmarkRawStatements(b *testing.B) {
 	s := newStore(b)
-	insert := `INSERT INTO ` + s.q.schema + `.records (scope, key, fingerprint, state, token, attempts, lease_until,
-		created, retain_until, window_us, retention_us)
-	VALUES ('bench', $1, 'f', 'pending', $2, 1, now() + interval '30 seconds', now(), now() + interval '24 hours 30 seconds', 86400000000, 0)
-	ON CONFLICT DO NOTHING`
-	update := `UPDATE ` + s.q.schema + `.records SET state = 'completed', outcome_data = $3, outcome_meta = $4, completed = now(),
-		expires = now() + interval '24 hours', retain_until = now() + interval '24 hours'
-	WHERE scope = 'bench' AND key = $1 AND token = $2`
+	insert, update := rawStatements(s)
 	var token atomic.Int64
 	for _, callers := range benchCallers {
 		b.Run(fmt.Sprintf("callers=%d", callers), func(b *testing.B) {
@@ -110,6 +104,20 @@ func BenchmarkRawStatements(b *testing.B) {
 			lat.report(b)
 		})
 	}
+}
+
+// rawStatements are the baseline's two statements on s's table: the
+// insert takes the key and the token, the update the key, the token, the
+// outcome and its metadata.
+func rawStatements(s *Store) (insert, update string) {
+	insert = `INSERT INTO ` + s.q.schema + `.records (scope, key, fingerprint, state, token, attempts, lease_until,
+		created, retain_until, window_us, retention_us)
+	VALUES ('bench', $1, 'f', 'pending', $2, 1, now() + interval '30 seconds', now(), now() + interval '24 hours 30 seconds', 86400000000, 0)
+	ON CONFLICT DO NOTHING`
+	update = `UPDATE ` + s.q.schema + `.records SET state = 'completed', outcome_data = $3, outcome_meta = $4, completed = now(),
+		expires = now() + interval '24 hours', retain_until = now() + interval '24 hours'
+	WHERE scope = 'bench' AND key = $1 AND token = $2`
+	return insert, update
 }
 
 // BenchmarkReplay: Begin of a completed key, one read-only round trip.
