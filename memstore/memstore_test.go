@@ -3,6 +3,8 @@ package memstore_test
 import (
 	"context"
 	"fmt"
+	"maps"
+	"reflect"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -72,4 +74,46 @@ func BenchmarkLedgerCycle(b *testing.B) {
 			}
 		}
 	})
+}
+
+// TestOutcomeMetaKept: the stored Meta comes back as stored (nil, empty
+// or not) from a replay, Get and List, and a caller's copy is its own.
+func TestOutcomeMetaKept(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	s := memstore.New(nil)
+	defer s.Close()
+	for i, meta := range []map[string]string{nil, {}, {"status": "201", "header:Location": "/a\n/b", "": ""}} {
+		key := strconv.Itoa(i)
+		bp := &idem.BeginParams{Scope: "meta", Key: key, Fingerprint: "f", Lease: idem.DefaultLease, Window: idem.DefaultWindow}
+		res, err := s.Begin(ctx, bp)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := s.Complete(ctx, &idem.CompleteParams{Scope: "meta", Key: key, Token: res.Record.Token, Outcome: idem.Outcome{Data: []byte("d"), Meta: maps.Clone(meta)}}); err != nil {
+			t.Fatal(err)
+		}
+		for round := range 2 {
+			replay, err := s.Begin(ctx, bp)
+			if err != nil || replay.Decision != idem.Replay {
+				t.Fatalf("meta %d: %v %v", i, replay, err)
+			}
+			got, err := s.Get(ctx, &idem.KeyParams{Scope: "meta", Key: key})
+			if err != nil {
+				t.Fatal(err)
+			}
+			list, err := s.List(ctx, &idem.ListParams{Scope: "meta", Cursor: strconv.Itoa(i - 1), Limit: 1})
+			if err != nil || len(list.Records) != 1 {
+				t.Fatalf("meta %d: list %v %v", i, list, err)
+			}
+			for _, rec := range []*idem.Record{replay.Record, got, list.Records[0]} {
+				if !reflect.DeepEqual(rec.Outcome.Meta, meta) || (rec.Outcome.Meta == nil) != (meta == nil) {
+					t.Fatalf("meta %d round %d: %#v, stored %#v", i, round, rec.Outcome.Meta, meta)
+				}
+				if rec.Outcome.Meta != nil {
+					rec.Outcome.Meta["changed"] = "by the caller" // must not reach the store
+				}
+			}
+		}
+	}
 }
