@@ -269,3 +269,32 @@ func TestHeadersAfterStatusIgnored(t *testing.T) {
 		}
 	}
 }
+
+// TestStreamedThenCompleteFails: a response the handler flushed reached
+// the client before it was recorded; when storing it then fails, the
+// client keeps what it read, the failure is logged, and a retry runs
+// again once the lease ends.
+func TestStreamedThenCompleteFails(t *testing.T) {
+	t.Parallel()
+	b := setupFaulty(t)
+	h := idemhttp.Middleware(b.ledger, &idemhttp.Config{Clock: b.clock, Logger: slog.New(slog.NewTextHandler(b.logs, nil))})(
+		http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			b.runs.Add(1)
+			w.WriteHeader(http.StatusCreated)
+			fmt.Fprint(w, "chunk;")
+			w.(http.Flusher).Flush()
+			fmt.Fprint(w, "rest")
+		}))
+	b.store.fail.Store(failBeforeCommit)
+	res := do(h, post("k", "x"))
+	if got := readBody(t, res); res.StatusCode != http.StatusCreated || got != "chunk;rest" {
+		t.Fatalf("streamed %d %q", res.StatusCode, got)
+	}
+	if logs := b.logs.String(); !strings.Contains(logs, "storing the response failed") || !strings.Contains(logs, "streamed=true") {
+		t.Fatalf("log %q", logs)
+	}
+	b.clock.Advance(10*time.Second + time.Millisecond)
+	if got := readBody(t, do(h, post("k", "x"))); got != "chunk;rest" || b.runs.Load() != 2 {
+		t.Fatalf("retry %q after %d runs", got, b.runs.Load())
+	}
+}
