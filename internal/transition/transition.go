@@ -7,6 +7,7 @@ package transition
 
 import (
 	"fmt"
+	"maps"
 	"time"
 
 	"github.com/idemkit/idem"
@@ -180,12 +181,6 @@ func cloneOutcome(o *idem.Outcome) *idem.Outcome {
 	if o == nil {
 		return nil
 	}
-	c := &idem.Outcome{Data: append([]byte{}, o.Data...)}
-	if o.Meta != nil {
-		c.Meta = make(map[string]string, len(o.Meta))
-		for k, v := range o.Meta {
-			c.Meta[k] = v
-		}
-	}
-	return c
+	// maps.Clone keeps a nil map nil and an empty one empty.
+	return &idem.Outcome{Data: append([]byte{}, o.Data...), Meta: maps.Clone(o.Meta)}
 }
