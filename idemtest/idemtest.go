@@ -107,10 +107,10 @@ const key = "idemtest-key"
 
 // Handler checks that h, behind idemhttp.Middleware, is idempotent for the
 // request newRequest makes (a new one each call; a key is added when it
-// has none): in every world, every client gets a final answer (not 409,
-// 5xx, 408 or 429), all final answers have the same status, body,
-// Content-Type and Location, and Effects counts what one clean delivery
-// made.
+// has none): in every world, every client gets a final answer
+// (sim.FinalStatus: not 409, 5xx, 408 or 429), all final answers have the
+// same status, body, Content-Type and Location, and Effects counts what
+// one clean delivery made.
 func Handler(t testing.TB, h http.Handler, newRequest func() *http.Request, opts *Options) {
 	t.Helper()
 	o := opts.withDefaults()
@@ -144,7 +144,7 @@ func Handler(t testing.TB, h http.Handler, newRequest func() *http.Request, opts
 			}
 			var answers []sim.HTTPAnswer
 			seen := func(a sim.HTTPAnswer) {
-				if final(a.Status) {
+				if sim.FinalStatus(a.Status) {
 					answers = append(answers, a)
 				}
 			}
@@ -154,7 +154,7 @@ func Handler(t testing.TB, h http.Handler, newRequest func() *http.Request, opts
 				box := w.NewMailbox()
 				boxes = append(boxes, box)
 				w.Go(fmt.Sprintf("client%d", c), func() {
-					if _, ok := w.CallHTTP(srv, box, "request", keyed, final, seen, 20); ok {
+					if _, ok := w.CallHTTP(srv, box, "request", keyed, seen, 20); ok {
 						got++
 					}
 				})
@@ -178,18 +178,6 @@ func Handler(t testing.TB, h http.Handler, newRequest func() *http.Request, opts
 		}
 	}
 	check(t, o, "handler", setup)
-}
-
-// final reports whether an HTTP status ends a request: a retry with the
-// same key would get the same answer.
-func final(status int) bool {
-	switch {
-	case status == http.StatusConflict, status == http.StatusRequestTimeout, status == http.StatusTooManyRequests:
-		return false
-	case status >= 500:
-		return false
-	}
-	return true
 }
 
 func differ(a, b sim.HTTPAnswer) string {

@@ -52,12 +52,26 @@ func (s *HTTPServer) serve(newRequest func() *http.Request, tag string, reply *M
 	})
 }
 
+// FinalStatus reports whether an answer ends a logical request: a retry
+// with the same key would get the same answer. In flight or lease lost
+// (409), timed out (408), rate-limited (429) and 5xx (released, or not
+// recorded) are not final.
+func FinalStatus(status int) bool {
+	switch {
+	case status == http.StatusConflict, status == http.StatusRequestTimeout, status == http.StatusTooManyRequests:
+		return false
+	case status >= 500:
+		return false
+	}
+	return true
+}
+
 // CallHTTP is a client's logical request: it sends what newRequest makes
 // to s over the network and waits up to two seconds for the answer,
-// retrying after a pause on a time-out or an answer final rejects, at most
-// attempts times. Every answer that arrives at box is passed to seen, late
+// retrying after a pause on a time-out or an answer that is not final
+// (FinalStatus), at most attempts times. Every answer that arrives at box is passed to seen, late
 // ones to earlier requests too. It returns the final answer, if one came.
-func (w *World) CallHTTP(s *HTTPServer, box *Mailbox, tag string, newRequest func() *http.Request, final func(status int) bool, seen func(HTTPAnswer), attempts int) (HTTPAnswer, bool) {
+func (w *World) CallHTTP(s *HTTPServer, box *Mailbox, tag string, newRequest func() *http.Request, seen func(HTTPAnswer), attempts int) (HTTPAnswer, bool) {
 	for range attempts {
 		w.Log("request", "", tag)
 		w.Send("request", func() { s.serve(newRequest, tag, box) })
@@ -76,7 +90,7 @@ func (w *World) CallHTTP(s *HTTPServer, box *Mailbox, tag string, newRequest fun
 			if a.Tag != tag {
 				continue // a late answer to an earlier request
 			}
-			if final(a.Status) {
+			if FinalStatus(a.Status) {
 				return a, true
 			}
 			break // not final (in flight, unavailable): retry after a pause
@@ -87,10 +101,6 @@ func (w *World) CallHTTP(s *HTTPServer, box *Mailbox, tag string, newRequest fun
 	}
 	return HTTPAnswer{}, false
 }
-
-// Pending returns the messages that arrived after their receiver stopped
-// waiting.
-func (m *Mailbox) Pending() []any { return m.msgs }
 
 // DeliverAtLeastOnce hands a message to a random consumer over the network
 // (handle runs as a task of consumers[i]), and again every ackTimeout

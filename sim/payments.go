@@ -63,7 +63,7 @@ func setupPayments(w *World, store *Store) func() {
 	record := func(a HTTPAnswer) {
 		key, body, _ := strings.Cut(a.Tag, " ")
 		p := byKey[key]
-		if p == nil || !final(a.Status) {
+		if p == nil || !FinalStatus(a.Status) {
 			return
 		}
 		if body != p.body {
@@ -86,13 +86,13 @@ func setupPayments(w *World, store *Store) func() {
 		w.Go(fmt.Sprintf("client%d", c), func() {
 			for _, p := range mine {
 				// One logical request: the same key on every attempt.
-				if a, ok := w.CallHTTP(api, box, p.key+" "+p.body, chargeRequest(p.key, p.body), final, record, 10); ok {
+				if a, ok := w.CallHTTP(api, box, p.key+" "+p.body, chargeRequest(p.key, p.body), record, 10); ok {
 					p.acked, p.ack = true, a
 				}
 				if w.Chance(0.25) {
 					// A client bug: the key reused for another charge.
 					other := `{"amount":999999}`
-					w.CallHTTP(api, box, p.key+" "+other, chargeRequest(p.key, other), final, record, 10)
+					w.CallHTTP(api, box, p.key+" "+other, chargeRequest(p.key, other), record, 10)
 				}
 			}
 		})
@@ -138,12 +138,6 @@ func setupPayments(w *World, store *Store) func() {
 		}
 		store.Free(paymentLease, keys...)
 	}
-}
-
-// final reports whether a status ends a request: stored (201, 402) or
-// refused for good (422).
-func final(status int) bool {
-	return status == http.StatusCreated || status == http.StatusPaymentRequired || status == http.StatusUnprocessableEntity
 }
 
 // chargeRequest makes the request of one charge.

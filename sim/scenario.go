@@ -45,8 +45,7 @@ type Report struct {
 	Mutant     string `json:",omitempty"`
 	Violations []Violation
 	Steps      int
-	Events     int    // trace lines
-	Hash       uint64 // of the trace: equal for equal seeds
+	Events     int // trace lines
 	// Virtual is how much virtual time the run took.
 	Virtual time.Duration
 	trace   *Trace
@@ -57,6 +56,10 @@ func (r *Report) OK() bool { return len(r.Violations) == 0 }
 
 // Trace returns the run's trace.
 func (r *Report) Trace() *Trace { return r.trace }
+
+// Hash digests the run's whole trace: equal for equal seeds. It is worked
+// out when asked, not for every run.
+func (r *Report) Hash() uint64 { return r.trace.Hash() }
 
 // Story returns the short trace of the first violation: the last n steps
 // about its key, with the crashes and pauses among them.
@@ -115,7 +118,6 @@ func Run(sc *Scenario, seed uint64, mutant *Mutant) *Report {
 	rep.Violations = w.violations
 	rep.Steps = w.steps
 	rep.Events = len(w.trace.steps)
-	rep.Hash = w.trace.Hash()
 	rep.Virtual = w.now.Sub(Epoch)
 	rep.trace = w.trace
 	return rep

@@ -84,8 +84,8 @@ func TestOneSeedReproducesOneRun(t *testing.T) {
 	t.Parallel()
 	for _, sc := range sim.Scenarios {
 		a, b := sim.Run(sc, 42, nil), sim.Run(sc, 42, nil)
-		if a.Hash != b.Hash || a.Steps != b.Steps || a.Events != b.Events {
-			t.Fatalf("%s seed 42 ran twice: hash %x/%x steps %d/%d", sc.Name, a.Hash, b.Hash, a.Steps, b.Steps)
+		if a.Hash() != b.Hash() || a.Steps != b.Steps || a.Events != b.Events {
+			t.Fatalf("%s seed 42 ran twice: hash %x/%x steps %d/%d", sc.Name, a.Hash(), b.Hash(), a.Steps, b.Steps)
 		}
 		sa, sb := a.Trace().Steps(), b.Trace().Steps()
 		for i := range sa {
@@ -93,7 +93,7 @@ func TestOneSeedReproducesOneRun(t *testing.T) {
 				t.Fatalf("%s seed 42: step %d differs:\n%s\n%s", sc.Name, i, sa[i], sb[i])
 			}
 		}
-		if c := sim.Run(sc, 43, nil); c.Hash == a.Hash {
+		if c := sim.Run(sc, 43, nil); c.Hash() == a.Hash() {
 			t.Fatalf("%s: seeds 42 and 43 ran the same", sc.Name)
 		}
 		if a.Events < 20 {
@@ -134,7 +134,7 @@ func TestAViolationTellsItsSeedAndStory(t *testing.T) {
 	}
 	// The same seed finds the same violation again.
 	again := sim.Run(sc, r.Seed, &m)
-	if again.OK() || again.Violations[0] != v || again.Hash != r.Hash {
+	if again.OK() || again.Violations[0] != v || again.Hash() != r.Hash() {
 		t.Fatalf("seed %d did not reproduce: %v", r.Seed, again.Violations)
 	}
 }

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/idemkit/idem"
+	"github.com/idemkit/idem/internal/transition"
 )
 
 // Failpoints are the faults a Store injects, each with a probability per
@@ -167,83 +168,62 @@ func (s *Store) checkBegin(p *idem.BeginParams, res *idem.BeginResult) {
 	}
 }
 
-// stale checks an owner's write that succeeded.
-func (s *Store) stale(op, scope, key string, token int64) *truth {
-	t := s.truth(scope, key)
-	if token != t.token {
-		s.violate("fenced", key, fmt.Sprintf("%s succeeded with stale token %d (current %d)", op, token, t.token))
-	}
-	return t
+// owned runs an owner's write (Complete, Release, Extend, Checkpoint) as
+// one step: when the store accepts it, the owner must be the key's current
+// one (fenced), and then updates what is true of the key.
+func (s *Store) owned(op, scope, key string, token int64, write func() error, then func(t *truth)) error {
+	return s.call(op, key, func() error {
+		if err := write(); err != nil {
+			s.w.Log(op, key, "refused "+err.Error())
+			return err
+		}
+		s.w.Log(op, key, "token="+strconv.FormatInt(token, 10))
+		t := s.truth(scope, key)
+		if token != t.token {
+			s.violate("fenced", key, fmt.Sprintf("%s succeeded with stale token %d (current %d)", op, token, t.token))
+		}
+		then(t)
+		return nil
+	})
 }
 
 // Complete implements idem.Store: on commit it applies the effects the
 // calling task staged.
 func (s *Store) Complete(ctx context.Context, p *idem.CompleteParams) (*idem.Record, error) {
 	var rec *idem.Record
-	err := s.call("complete", p.Key, func() error {
-		var err error
+	err := s.owned("complete", p.Scope, p.Key, p.Token, func() (err error) {
 		rec, err = s.inner.Complete(ctx, p)
-		if err != nil {
-			s.w.Log("complete", p.Key, "refused "+err.Error())
-			return err
-		}
-		s.w.Log("complete", p.Key, "token="+strconv.FormatInt(p.Token, 10))
-		t := s.stale("complete", p.Scope, p.Key, p.Token)
+		return err
+	}, func(t *truth) {
 		if t.completed {
 			s.violate("completed-stays", p.Key, "a completed outcome was overwritten")
 		}
-		t.completed = true
-		t.outcome = copyOutcome(p.Outcome)
-		t.checkpoint = nil
+		t.completed, t.outcome, t.checkpoint = true, *transition.CloneOutcome(&p.Outcome), nil
 		s.w.commitStaged()
-		return nil
 	})
 	return rec, err
 }
 
 // Release implements idem.Store.
 func (s *Store) Release(ctx context.Context, p *idem.ReleaseParams) error {
-	return s.call("release", p.Key, func() error {
-		if err := s.inner.Release(ctx, p); err != nil {
-			s.w.Log("release", p.Key, "refused "+err.Error())
-			return err
-		}
-		s.w.Log("release", p.Key, "token="+strconv.FormatInt(p.Token, 10))
-		t := s.stale("release", p.Scope, p.Key, p.Token)
-		t.checkpoint = nil
-		return nil
-	})
+	return s.owned("release", p.Scope, p.Key, p.Token, func() error { return s.inner.Release(ctx, p) },
+		func(t *truth) { t.checkpoint = nil })
 }
 
 // Extend implements idem.Store.
 func (s *Store) Extend(ctx context.Context, p *idem.ExtendParams) (*idem.Record, error) {
 	var rec *idem.Record
-	err := s.call("extend", p.Key, func() error {
-		var err error
+	err := s.owned("extend", p.Scope, p.Key, p.Token, func() (err error) {
 		rec, err = s.inner.Extend(ctx, p)
-		if err != nil {
-			s.w.Log("extend", p.Key, "refused "+err.Error())
-			return err
-		}
-		s.w.Log("extend", p.Key, "token="+strconv.FormatInt(p.Token, 10))
-		s.stale("extend", p.Scope, p.Key, p.Token)
-		return nil
-	})
+		return err
+	}, func(*truth) {})
 	return rec, err
 }
 
 // Checkpoint implements idem.Store.
 func (s *Store) Checkpoint(ctx context.Context, p *idem.CheckpointParams) error {
-	return s.call("checkpoint", p.Key, func() error {
-		if err := s.inner.Checkpoint(ctx, p); err != nil {
-			s.w.Log("checkpoint", p.Key, "refused "+err.Error())
-			return err
-		}
-		s.w.Log("checkpoint", p.Key, p.Point)
-		t := s.stale("checkpoint", p.Scope, p.Key, p.Token)
-		t.checkpoint = &idem.Checkpoint{Point: p.Point, Data: bytes.Clone(p.Data)}
-		return nil
-	})
+	return s.owned("checkpoint", p.Scope, p.Key, p.Token, func() error { return s.inner.Checkpoint(ctx, p) },
+		func(t *truth) { t.checkpoint = &idem.Checkpoint{Point: p.Point, Data: bytes.Clone(p.Data)} })
 }
 
 // Get implements idem.Store; it injects no faults.
@@ -289,10 +269,6 @@ func sameCheckpoint(a, b *idem.Checkpoint) bool {
 	return a.Point == b.Point && bytes.Equal(a.Data, b.Data)
 }
 
-func copyOutcome(o idem.Outcome) idem.Outcome {
-	return idem.Outcome{Data: bytes.Clone(o.Data), Meta: maps.Clone(o.Meta)}
-}
-
 // ---- effects ----
 
 // effect is a change a task made to the durable world, applied only when
@@ -333,9 +309,9 @@ func (w *World) Effects(key string) []string { return w.effects[key] }
 
 // Violation is an invariant that broke.
 type Violation struct {
-	Invariant string
-	Key       string
-	Detail    string
+	Invariant string `json:"invariant"`
+	Key       string `json:"key"`
+	Detail    string `json:"detail"`
 }
 
 func (v Violation) String() string {

@@ -126,9 +126,6 @@ func (w *World) Go(name string, fn func()) { w.spawn(nil, name, fn) }
 
 func (w *World) spawn(p *Process, name string, fn func()) {
 	t := &task{name: name, proc: p, resume: make(chan struct{})}
-	if p != nil {
-		p.tasks = append(p.tasks, t)
-	}
 	w.live = append(w.live, t)
 	go func() {
 		defer func() {
@@ -222,7 +219,6 @@ type Process struct {
 	pausable  bool
 	paused    bool
 	epoch     int
-	tasks     []*task
 	crashes   int
 	pauses    int
 }
@@ -278,27 +274,40 @@ func (p *Process) Crash() {
 	p.epoch++
 	p.crashes++
 	w.Log("crash", "", p.name)
-	tasks := p.tasks
-	p.tasks = nil
-	for _, t := range tasks {
-		t.killed = true
-		if t.waiting != nil {
-			t.waiting.cancel()
-			t.waiting = nil
+	w.kill(func(t *task) bool { return t.proc == p })
+}
+
+// kill ends the live tasks match selects: they leave the ready list, their
+// timers are cancelled, and each goroutine unwinds (it sees killed when it
+// resumes). Call it from the scheduler, not from a task it kills.
+func (w *World) kill(match func(*task) bool) {
+	var dying []*task
+	live := w.live[:0]
+	for _, t := range w.live {
+		switch {
+		case t.done:
+			continue
+		case match(t):
+			t.killed = true
+			if t.waiting != nil {
+				t.waiting.cancel()
+				t.waiting = nil
+			}
+			dying = append(dying, t)
+		default:
+			live = append(live, t)
 		}
 	}
+	clear(w.live[len(live):])
+	w.live = live
 	w.ready = dropKilled(w.ready)
-	// Let each goroutine unwind: it sees killed when it resumes.
-	for _, t := range tasks {
-		if t.done {
-			continue
-		}
-		prev := w.cur
+	prev := w.cur
+	for _, t := range dying {
 		w.cur = t
 		t.resume <- struct{}{}
 		<-w.parked
-		w.cur = prev
 	}
+	w.cur = prev
 }
 
 func dropKilled(ts []*task) []*task {
@@ -418,18 +427,7 @@ func (w *World) randomProc(ok func(*Process) bool) *Process {
 // stop kills every task still parked, so that a run that ended early
 // (stuck, or a panic) leaves no goroutine behind.
 func (w *World) stop() {
-	for _, t := range w.live {
-		if t.done {
-			continue
-		}
-		t.killed = true
-		w.cur = t
-		t.resume <- struct{}{}
-		<-w.parked
-	}
-	w.cur = nil
-	w.live = nil
-	w.ready = nil
+	w.kill(func(*task) bool { return true })
 }
 
 // ---- timers ----
@@ -590,6 +588,10 @@ func (m *Mailbox) Recv(timeout time.Duration) (msg any, ok bool) {
 	w.park()
 	return t.msg, t.msg != nil
 }
+
+// Pending returns the messages that arrived after their receiver stopped
+// waiting.
+func (m *Mailbox) Pending() []any { return m.msgs }
 
 // Deliver puts msg in the mailbox now (from the scheduler).
 func (m *Mailbox) Deliver(msg any) {

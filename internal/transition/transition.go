@@ -117,7 +117,7 @@ func Complete(cur *idem.Record, p *idem.CompleteParams, now time.Time) (*idem.Re
 	next.Expires = now.Add(cur.Window)
 	next.RetainUntil = now.Add(max(cur.Window, cur.Retention))
 	next.Checkpoint = nil
-	out := cloneOutcome(&p.Outcome)
+	out := CloneOutcome(&p.Outcome)
 	next.Outcome = out
 	return next, nil
 }
@@ -173,11 +173,12 @@ func Clone(r *idem.Record) *idem.Record {
 	if r.Checkpoint != nil {
 		c.Checkpoint = &idem.Checkpoint{Point: r.Checkpoint.Point, Data: append([]byte{}, r.Checkpoint.Data...)}
 	}
-	c.Outcome = cloneOutcome(r.Outcome)
+	c.Outcome = CloneOutcome(r.Outcome)
 	return &c
 }
 
-func cloneOutcome(o *idem.Outcome) *idem.Outcome {
+// CloneOutcome returns a deep copy of o (nil for nil).
+func CloneOutcome(o *idem.Outcome) *idem.Outcome {
 	if o == nil {
 		return nil
 	}

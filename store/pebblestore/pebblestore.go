@@ -62,8 +62,9 @@ type Config struct {
 	Logger *slog.Logger
 	// CacheSize is the size in bytes of Pebble's block cache, which keeps
 	// the index and filter blocks that every Begin of a fresh key reads.
-	// Zero means DefaultCacheSize (Pebble's own default, 8 MiB, makes the
-	// store read them from disk again at a few hundred thousand keys).
+	// Zero or less means DefaultCacheSize (Pebble's own default, 8 MiB,
+	// makes the store read them from disk again at a few hundred thousand
+	// keys).
 	CacheSize int64
 
 	fs         vfs.FS // tests count syncs through it
@@ -152,10 +153,7 @@ func Open(dir string, cfg *Config) (*Store, error) {
 	if c.tokenBlock > 0 {
 		s.tokenBlock = c.tokenBlock
 	}
-	opts := pebbleOptions(c.Logger)
-	if c.CacheSize > 0 {
-		opts.CacheSize = c.CacheSize
-	}
+	opts := pebbleOptions(c.Logger, c.CacheSize)
 	opts.Lock = lock
 	if c.fs != nil {
 		opts.FS = c.fs
@@ -181,11 +179,15 @@ func Open(dir string, cfg *Config) (*Store, error) {
 }
 
 // pebbleOptions are the Pebble settings of every store (and of the raw
-// baseline the benchmarks measure it against). Bloom filters let
+// baseline the benchmarks measure it against): the block cache is
+// cacheSize, or DefaultCacheSize when that is not positive. Bloom filters let
 // the Get of a fresh key (the first Begin of every operation) skip the
 // tables that cannot hold it instead of reading their index blocks.
-func pebbleOptions(logger *slog.Logger) *pebble.Options {
-	opts := &pebble.Options{Logger: pebbleLogger{logger}, MemTableSize: 32 << 20, CacheSize: DefaultCacheSize}
+func pebbleOptions(logger *slog.Logger, cacheSize int64) *pebble.Options {
+	if cacheSize <= 0 {
+		cacheSize = DefaultCacheSize
+	}
+	opts := &pebble.Options{Logger: pebbleLogger{logger}, MemTableSize: 32 << 20, CacheSize: cacheSize}
 	opts.Levels[0].FilterPolicy = bloom.FilterPolicy(10) // later levels inherit it
 	return opts
 }

@@ -49,7 +49,7 @@ func BenchmarkRawPebble(b *testing.B) {
 	for _, callers := range benchCallers {
 		b.Run(fmt.Sprintf("callers=%d", callers), func(b *testing.B) {
 			fs := &syncCountingFS{FS: vfs.Default}
-			opts := pebbleOptions(nil)
+			opts := pebbleOptions(nil, 0)
 			opts.FS = fs
 			db, err := pebble.Open(b.TempDir(), opts)
 			if err != nil {

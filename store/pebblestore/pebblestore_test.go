@@ -542,3 +542,16 @@ func TestListCursor(t *testing.T) {
 		t.Fatalf("bad cursor: %v, want ErrInvalid", err)
 	}
 }
+
+func TestCacheSizeReachesPebble(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct{ configured, want int64 }{
+		{0, DefaultCacheSize},
+		{-1, DefaultCacheSize},
+		{1 << 20, 1 << 20},
+	} {
+		if got := pebbleOptions(nil, tc.configured).CacheSize; got != tc.want {
+			t.Errorf("CacheSize %d: Pebble gets %d, want %d", tc.configured, got, tc.want)
+		}
+	}
+}
