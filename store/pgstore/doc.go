@@ -34,8 +34,9 @@
 // COLLATE "C" (List pages in byte order); text cannot hold a NUL byte, so
 // such a key is rejected with idem.ErrInvalid.
 //
-// Leases are judged by the database's clock (clock_timestamp(), not now(),
-// which would be the transaction's start), never the application's. Times
+// Leases are judged by the database's clock, never the application's: each
+// statement reads statement_timestamp(), the time the server received it
+// (not now(), which would be the start of a caller's transaction). Times
 // are kept to the microsecond and durations in whole microseconds,
 // rounded up.
 //
@@ -50,9 +51,12 @@
 // statement's own read cannot see a row a concurrent Begin committed after
 // the statement started; in that rare race Begin reads the row again (a
 // second round trip). Complete, Release, Extend and Checkpoint are each
-// one conditional UPDATE on the token, which returns the current row when
-// the token is not the owner's, to tell idem.ErrLeaseLost from
-// idem.ErrCompleted.
+// one conditional UPDATE on the token. When the token is not the owner's,
+// the update changes nothing and the store reads the row (a second round
+// trip, on that failure path only) to tell idem.ErrLeaseLost from
+// idem.ErrCompleted. The fresh key's path is kept as lean as the bare
+// statements it stands beside: an index probe and the insert, then the
+// update; no CTE is materialized.
 //
 // # Transactional use
 //

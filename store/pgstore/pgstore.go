@@ -189,7 +189,7 @@ func (s *Store) BeginTx(ctx context.Context, tx pgx.Tx, p *idem.BeginParams) (*i
 		// (committed by a concurrent Begin after the snapshot): read it
 		// with a fresh snapshot.
 		r = row{}
-		err = db.QueryRow(ctx, s.q.get+`, clock_timestamp()`+s.q.getFrom, p.Scope, p.Key).Scan(append(r.dest(), &now)...)
+		err = db.QueryRow(ctx, s.q.get+`, `+stmtNow+s.q.getFrom, p.Scope, p.Key).Scan(append(r.dest(), &now)...)
 		if err != nil && !errors.Is(err, pgx.ErrNoRows) {
 			return nil, wrapErr("begin", err)
 		}
@@ -303,31 +303,26 @@ func (s *Store) Checkpoint(ctx context.Context, p *idem.CheckpointParams) error 
 	return err
 }
 
-// ownerUpdate runs one of the conditional updates on the owner's token. The
-// statement returns the updated row, or, when the token is not the
-// pending owner's, the row as it stands, which says why.
+// ownerUpdate runs one of the conditional updates on the owner's token and
+// returns the updated row. When the token is not the pending owner's, it
+// reads the row as it stands (a second round trip, on the failure path
+// only) to say why.
 func (s *Store) ownerUpdate(ctx context.Context, db querier, op, sql, scope, key string, token int64, args ...any) (*idem.Record, error) {
 	var r row
-	var updated bool
-	err := db.QueryRow(ctx, sql, append([]any{scope, key, token}, args...)...).Scan(append([]any{&updated}, r.dest()...)...)
-	switch {
-	case errors.Is(err, pgx.ErrNoRows):
-		return nil, fmt.Errorf("%w: %s: no record for the key", idem.ErrLeaseLost, op)
-	case err != nil:
-		return nil, wrapErr(op, err)
-	case updated:
+	err := db.QueryRow(ctx, sql, append([]any{scope, key, token}, args...)...).Scan(r.dest()...)
+	if err == nil {
 		return r.record(), nil
-	case r.token == token && r.state == string(idem.StatePending):
-		// The snapshot still shows the token as the pending owner, so the
-		// row changed after it (a concurrent Complete or Release of the
-		// same token won): read the row as it is now to say why.
-		r = row{}
-		err = db.QueryRow(ctx, s.q.get+s.q.getFrom, scope, key).Scan(r.dest()...)
-		if errors.Is(err, pgx.ErrNoRows) {
-			return nil, fmt.Errorf("%w: %s: no record for the key", idem.ErrLeaseLost, op)
-		} else if err != nil {
-			return nil, wrapErr(op, err)
-		}
+	}
+	if !errors.Is(err, pgx.ErrNoRows) {
+		return nil, wrapErr(op, err)
+	}
+	// The token does not own the key: read the row as it is now to say why.
+	r = row{}
+	err = db.QueryRow(ctx, s.q.get+s.q.getFrom, scope, key).Scan(r.dest()...)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return nil, fmt.Errorf("%w: %s: no record for the key", idem.ErrLeaseLost, op)
+	} else if err != nil {
+		return nil, wrapErr(op, err)
 	}
 	switch {
 	case r.state == stateDeleted:

@@ -26,32 +26,38 @@ const tombstoneGrace = "1 hour"
 // us turns a microsecond count into an interval.
 const us = ` * interval '1 microsecond'`
 
+// now is the statement's one instant: the time the server received it. A
+// statement reads it as often as it likes and always gets the same value;
+// in a caller's transaction each statement gets its own. Leases are judged
+// by it, never by the application's clock.
+const stmtNow = `statement_timestamp()`
+
 // beginSQL decides a Begin in one statement.
 //
-//   - cur reads the key in the statement's snapshot; now is read once.
-//   - ins inserts a fresh pending row only when cur does not hold the key
-//     (held: a pending row with another fingerprint or a live lease, or a
-//     completed row within its window). So a replay, an in-flight answer and
-//     a mismatch write nothing: no row lock, no transaction id, no WAL.
+//   - ins inserts a fresh pending row unless the key is held in the
+//     statement's snapshot (a pending row with another fingerprint or a
+//     live lease, or a completed row within its window). So a replay, an
+//     in-flight answer and a mismatch write nothing: no row lock, no
+//     transaction id, no sequence value, no WAL.
 //   - When the key has a row after all (released, expired, a lease run out,
 //     or one committed by a concurrent Begin after the snapshot), ON
 //     CONFLICT sees its latest version and takes it over only when the
 //     rules allow, judged again on that version.
-//   - The final SELECT returns the written row, or else cur. When ins met a
-//     row cur could not see, what comes back is stale or nothing, and Go
-//     reads the row again with a fresh snapshot (the rare second round
-//     trip).
-const beginSQL = `WITH now AS MATERIALIZED (SELECT clock_timestamp() AS t),
-cur AS MATERIALIZED (SELECT * FROM {s}.records WHERE scope = $1 AND key = $2),
-ins AS (
+//   - The second SELECT returns the row as the snapshot holds it when ins
+//     wrote nothing; Go decides from it. When ins met a row the snapshot
+//     could not see, what comes back is stale or nothing, and Go reads the
+//     row again with a fresh snapshot (the rare second round trip).
+//
+// The fresh key, the path that matters for throughput, costs one index
+// probe and the insert: no CTE is materialized.
+const beginSQL = `WITH ins AS (
 	INSERT INTO {s}.records AS r (scope, key, fingerprint, state, token, attempts, lease_until, created,
 		retain_until, window_us, retention_us, takeover)
-	SELECT $1, $2, $3, 'pending', nextval('{s}.tokens'), 1, now.t + $4::bigint` + us + `, now.t,
-		now.t + ($4::bigint + $5::bigint)` + us + `, $5::bigint, $6::bigint, false
-	FROM now
-	WHERE NOT EXISTS (SELECT 1 FROM cur WHERE
-		(cur.state = 'pending' AND (cur.fingerprint <> $3 OR cur.lease_until > now.t))
-		OR (cur.state = 'completed' AND cur.expires > now.t))
+	SELECT $1, $2, $3, 'pending', nextval('{s}.tokens'), 1, ` + stmtNow + ` + $4::bigint` + us + `, ` + stmtNow + `,
+		` + stmtNow + ` + ($4::bigint + $5::bigint)` + us + `, $5::bigint, $6::bigint, false
+	WHERE NOT EXISTS (SELECT 1 FROM {s}.records c WHERE c.scope = $1 AND c.key = $2 AND (
+		(c.state = 'pending' AND (c.fingerprint <> $3 OR c.lease_until > ` + stmtNow + `))
+		OR (c.state = 'completed' AND c.expires > ` + stmtNow + `)))
 	ON CONFLICT (scope, key) DO UPDATE SET
 		fingerprint = EXCLUDED.fingerprint,
 		state = 'pending',
@@ -72,30 +78,23 @@ ins AS (
 		OR (r.state = 'pending' AND r.lease_until <= EXCLUDED.created AND r.fingerprint = EXCLUDED.fingerprint)
 	RETURNING ` + columns + `
 )
-SELECT true, (SELECT t FROM now), ` + columns + ` FROM ins
+SELECT true, ` + stmtNow + `, ` + columns + ` FROM ins
 UNION ALL
-SELECT false, (SELECT t FROM now), scope, key, fingerprint, state, token, attempts, lease_until, checkpoint_point,
+SELECT false, ` + stmtNow + `, scope, key, fingerprint, state, token, attempts, lease_until, checkpoint_point,
 	checkpoint_data, CASE WHEN fingerprint = $3 THEN outcome_data END, CASE WHEN fingerprint = $3 THEN outcome_meta END,
 	created, completed, expires, retain_until, window_us, retention_us, takeover
-FROM cur WHERE NOT EXISTS (SELECT 1 FROM ins)`
+FROM {s}.records WHERE scope = $1 AND key = $2 AND NOT EXISTS (SELECT 1 FROM ins)`
 
 // ownedSQL is a conditional update on the owner's token: set applies only
-// to the pending row holding $3. Otherwise the row is returned as it
-// stands (without its outcome) so the caller can say why.
+// to the pending row holding $3, and the row comes back without its
+// outcome. No row back means the token does not own the key; the caller
+// reads the row to say why (the rare path).
 func ownedSQL(set string) string {
-	return `WITH now AS MATERIALIZED (SELECT clock_timestamp() AS t),
-u AS (
-	UPDATE {s}.records r SET ` + set + `
-	FROM now WHERE r.scope = $1 AND r.key = $2 AND r.token = $3 AND r.state = 'pending'
-	RETURNING r.scope, r.key, r.fingerprint, r.state, r.token, r.attempts, r.lease_until, r.checkpoint_point,
-		r.checkpoint_data, NULL::bytea, NULL::json, r.created, r.completed, r.expires, r.retain_until,
-		r.window_us, r.retention_us, r.takeover
-)
-SELECT true, * FROM u
-UNION ALL
-SELECT false, scope, key, fingerprint, state, token, attempts, lease_until, NULL, NULL, NULL, NULL,
-	created, completed, expires, retain_until, window_us, retention_us, takeover
-FROM {s}.records WHERE scope = $1 AND key = $2 AND NOT EXISTS (SELECT 1 FROM u)`
+	return `UPDATE {s}.records r SET ` + set + `
+WHERE r.scope = $1 AND r.key = $2 AND r.token = $3 AND r.state = 'pending'
+RETURNING r.scope, r.key, r.fingerprint, r.state, r.token, r.attempts, r.lease_until, r.checkpoint_point,
+	r.checkpoint_data, NULL::bytea, NULL::json, r.created, r.completed, r.expires, r.retain_until,
+	r.window_us, r.retention_us, r.takeover`
 }
 
 func newStatements(schema string) statements {
@@ -104,13 +103,13 @@ func newStatements(schema string) statements {
 		begin:   beginSQL,
 		get:     `SELECT ` + columns,
 		getFrom: ` FROM {s}.records WHERE scope = $1 AND key = $2 AND state <> 'deleted'`,
-		complete: ownedSQL(`state = 'completed', completed = now.t, expires = now.t + r.window_us` + us + `,
-		retain_until = now.t + greatest(r.window_us, r.retention_us)` + us + `,
+		complete: ownedSQL(`state = 'completed', completed = ` + stmtNow + `, expires = ` + stmtNow + ` + r.window_us` + us + `,
+		retain_until = ` + stmtNow + ` + greatest(r.window_us, r.retention_us)` + us + `,
 		checkpoint_point = NULL, checkpoint_data = NULL, outcome_data = $4, outcome_meta = $5`),
-		release: ownedSQL(`state = 'released', fingerprint = '', lease_until = now.t, expires = now.t,
-		retain_until = now.t + r.window_us` + us + `, checkpoint_point = NULL, checkpoint_data = NULL, takeover = false`),
-		extend: ownedSQL(`lease_until = now.t + $4::bigint` + us + `,
-		retain_until = now.t + ($4::bigint + r.window_us)` + us),
+		release: ownedSQL(`state = 'released', fingerprint = '', lease_until = ` + stmtNow + `, expires = ` + stmtNow + `,
+		retain_until = ` + stmtNow + ` + r.window_us` + us + `, checkpoint_point = NULL, checkpoint_data = NULL, takeover = false`),
+		extend: ownedSQL(`lease_until = ` + stmtNow + ` + $4::bigint` + us + `,
+		retain_until = ` + stmtNow + ` + ($4::bigint + r.window_us)` + us),
 		checkpoint: ownedSQL(`checkpoint_point = $4, checkpoint_data = $5`),
 		// Delete leaves a tombstone that Sweep removes after
 		// tombstoneGrace, so a Begin of the key that drew its token
@@ -118,16 +117,15 @@ func newStatements(schema string) statements {
 		// draws a fresh token, instead of inserting one lower than
 		// tokens the deleted row had.
 		delete: `UPDATE {s}.records SET state = 'deleted', fingerprint = '', checkpoint_point = NULL, checkpoint_data = NULL,
-	outcome_data = NULL, outcome_meta = NULL, lease_until = clock_timestamp(), expires = clock_timestamp(),
-	retain_until = clock_timestamp() + interval '` + tombstoneGrace + `', takeover = false
+	outcome_data = NULL, outcome_meta = NULL, lease_until = ` + stmtNow + `, expires = ` + stmtNow + `,
+	retain_until = ` + stmtNow + ` + interval '` + tombstoneGrace + `', takeover = false
 WHERE scope = $1 AND key = $2 AND state <> 'deleted'`,
 		// A pending row is sweepable only with its lease over; its
 		// retain_until (lease end + window) already says so, the second
 		// condition keeps the rule explicit.
-		sweep: `WITH now AS MATERIALIZED (SELECT clock_timestamp() AS t),
-doomed AS (
-	SELECT scope, key FROM {s}.records, now
-	WHERE retain_until <= now.t AND NOT (state = 'pending' AND lease_until > now.t)
+		sweep: `WITH doomed AS (
+	SELECT scope, key FROM {s}.records
+	WHERE retain_until <= ` + stmtNow + ` AND NOT (state = 'pending' AND lease_until > ` + stmtNow + `)
 	ORDER BY retain_until LIMIT $1
 	FOR UPDATE OF records SKIP LOCKED
 ),
