@@ -3,7 +3,6 @@ package pgstore
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"sync/atomic"
 	"time"
@@ -164,21 +163,20 @@ func (s *Store) BeginTx(ctx context.Context, tx pgx.Tx, p *idem.BeginParams) (*i
 	// Almost always one round. Another only when a concurrent writer
 	// changed the key between this statement's snapshot and its insert,
 	// and a third when it changed again before the re-read.
+	args := []any{p.Scope, p.Key, p.Fingerprint, micros(p.Lease), micros(p.Window), micros(p.Retention)}
 	for range 8 {
 		var r row
 		var written bool
 		var now time.Time
-		err := db.QueryRow(ctx, s.q.begin, p.Scope, p.Key, p.Fingerprint, micros(p.Lease), micros(p.Window), micros(p.Retention)).
-			Scan(append([]any{&written, &now}, r.dest()...)...)
-		found := true
-		if errors.Is(err, pgx.ErrNoRows) {
-			found = false
-		} else if err != nil {
+		found, err := queryRow(ctx, db, s.q.begin, args, func(c *columnReader) {
+			written, now = c.bool(), c.time()
+			r.read(c)
+		})
+		if err != nil {
 			return nil, wrapErr("begin", err)
 		}
 		if written {
-			rec := r.record()
-			return &idem.BeginResult{Decision: idem.Acquired, Record: rec, Takeover: r.takeover}, nil
+			return &idem.BeginResult{Decision: idem.Acquired, Record: r.record(), Takeover: r.takeover}, nil
 		}
 		if found {
 			if res := decide(r.record(), p.Fingerprint, now); res != nil {
@@ -189,11 +187,14 @@ func (s *Store) BeginTx(ctx context.Context, tx pgx.Tx, p *idem.BeginParams) (*i
 		// (committed by a concurrent Begin after the snapshot): read it
 		// with a fresh snapshot.
 		r = row{}
-		err = db.QueryRow(ctx, s.q.get+`, `+stmtNow+s.q.getFrom, p.Scope, p.Key).Scan(append(r.dest(), &now)...)
-		if err != nil && !errors.Is(err, pgx.ErrNoRows) {
+		found, err = queryRow(ctx, db, s.q.get+`, `+stmtNow+s.q.getFrom, args[:2], func(c *columnReader) {
+			r.read(c)
+			now = c.time()
+		})
+		if err != nil {
 			return nil, wrapErr("begin", err)
 		}
-		if err == nil {
+		if found {
 			if res := decide(r.record(), p.Fingerprint, now); res != nil {
 				return res, nil
 			}
@@ -309,20 +310,21 @@ func (s *Store) Checkpoint(ctx context.Context, p *idem.CheckpointParams) error 
 // only) to say why.
 func (s *Store) ownerUpdate(ctx context.Context, db querier, op, sql, scope, key string, token int64, args ...any) (*idem.Record, error) {
 	var r row
-	err := db.QueryRow(ctx, sql, append([]any{scope, key, token}, args...)...).Scan(r.dest()...)
-	if err == nil {
-		return r.record(), nil
-	}
-	if !errors.Is(err, pgx.ErrNoRows) {
+	found, err := queryRow(ctx, db, sql, append([]any{scope, key, token}, args...), r.read)
+	if err != nil {
 		return nil, wrapErr(op, err)
+	}
+	if found {
+		return r.record(), nil
 	}
 	// The token does not own the key: read the row as it is now to say why.
 	r = row{}
-	err = db.QueryRow(ctx, s.q.get+s.q.getFrom, scope, key).Scan(r.dest()...)
-	if errors.Is(err, pgx.ErrNoRows) {
-		return nil, fmt.Errorf("%w: %s: no record for the key", idem.ErrLeaseLost, op)
-	} else if err != nil {
+	found, err = queryRow(ctx, db, s.q.get+s.q.getFrom, []any{scope, key}, r.read)
+	if err != nil {
 		return nil, wrapErr(op, err)
+	}
+	if !found {
+		return nil, fmt.Errorf("%w: %s: no record for the key", idem.ErrLeaseLost, op)
 	}
 	switch {
 	case r.state == stateDeleted:
@@ -344,12 +346,12 @@ func (s *Store) Get(ctx context.Context, p *idem.KeyParams) (*idem.Record, error
 		return nil, err
 	}
 	var r row
-	err := s.pool.QueryRow(ctx, s.q.get+s.q.getFrom, p.Scope, p.Key).Scan(r.dest()...)
-	if errors.Is(err, pgx.ErrNoRows) {
-		return nil, fmt.Errorf("%w: scope %q", idem.ErrNotFound, p.Scope)
-	}
+	found, err := queryRow(ctx, s.pool, s.q.get+s.q.getFrom, []any{p.Scope, p.Key}, r.read)
 	if err != nil {
 		return nil, wrapErr("get", err)
+	}
+	if !found {
+		return nil, fmt.Errorf("%w: scope %q", idem.ErrNotFound, p.Scope)
 	}
 	return r.record(), nil
 }
@@ -409,7 +411,7 @@ func (s *Store) List(ctx context.Context, p *idem.ListParams) (*idem.ListResult,
 	if err := s.check(); err != nil {
 		return nil, err
 	}
-	rows, err := s.pool.Query(ctx, s.q.list, p.Scope, p.Cursor, string(p.State), p.Limit+1)
+	rows, err := s.pool.Query(ctx, s.q.list, binaryResults, p.Scope, p.Cursor, string(p.State), p.Limit+1)
 	if err != nil {
 		return nil, wrapErr("list", err)
 	}
@@ -417,8 +419,9 @@ func (s *Store) List(ctx context.Context, p *idem.ListParams) (*idem.ListResult,
 	res := &idem.ListResult{}
 	for rows.Next() {
 		var r row
-		if err := rows.Scan(r.dest()...); err != nil {
-			return nil, wrapErr("list", err)
+		c := columnReader{vals: rows.RawValues()}
+		if r.read(&c); c.err != nil {
+			return nil, wrapErr("list", c.err)
 		}
 		if len(res.Records) == p.Limit {
 			res.NextCursor = res.Records[len(res.Records)-1].Key

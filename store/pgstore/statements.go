@@ -8,7 +8,7 @@ import (
 	"github.com/idemkit/idem"
 )
 
-// columns are the record's columns in the order row.dest scans them.
+// columns are the record's columns in the order row.read reads them.
 const columns = `scope, key, fingerprint, state, token, attempts, lease_until, checkpoint_point, checkpoint_data,
 	outcome_data, outcome_meta, created, completed, expires, retain_until, window_us, retention_us, takeover`
 
@@ -152,11 +152,6 @@ type row struct {
 	checkpoint, data, meta         []byte
 	window, retention              int64
 	takeover                       bool
-}
-
-func (r *row) dest() []any {
-	return []any{&r.scope, &r.key, &r.fingerprint, &r.state, &r.token, &r.attempts, &r.leaseUntil, &r.point,
-		&r.checkpoint, &r.data, &r.meta, &r.created, &r.completed, &r.expires, &r.retain, &r.window, &r.retention, &r.takeover}
 }
 
 func (r *row) record() *idem.Record {
