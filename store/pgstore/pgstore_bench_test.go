@@ -44,64 +44,85 @@ func (l *latencies) report(b *testing.B) {
 	b.ReportMetric(float64(ds[len(ds)*99/100].Microseconds()), "p99-µs")
 }
 
+// cycleOp returns one Begin+Complete on a fresh key of its own, two round
+// trips.
+func cycleOp(s *Store, prefix string) func() error {
+	ctx := context.Background()
+	var next atomic.Int64
+	outcome := idem.Outcome{Data: []byte(`{"status":"ok"}`), Meta: map[string]string{"status": "200"}}
+	return func() error {
+		key := fmt.Sprintf("%s-%d", prefix, next.Add(1))
+		res, err := s.Begin(ctx, &idem.BeginParams{Scope: "bench", Key: key, Fingerprint: "f",
+			Lease: idem.DefaultLease, Window: idem.DefaultWindow})
+		if err != nil {
+			return err
+		}
+		if res.Decision != idem.Acquired {
+			return fmt.Errorf("begin %s: %s", key, res.Decision)
+		}
+		_, err = s.Complete(ctx, &idem.CompleteParams{Scope: "bench", Key: key, Token: res.Record.Token, Outcome: outcome})
+		return err
+	}
+}
+
+// rawOp returns the baseline: the bare two statements a cycle cannot do
+// without, through pgx on the same pool and the same table: INSERT … ON
+// CONFLICT DO NOTHING of a pending row, then UPDATE … WHERE token = …
+// storing the outcome.
+func rawOp(s *Store, prefix string) func() error {
+	ctx := context.Background()
+	insert, update := rawStatements(s)
+	var token atomic.Int64
+	return func() error {
+		tok := token.Add(1)
+		key := fmt.Sprintf("%s-%d", prefix, tok)
+		if _, err := s.Pool().Exec(ctx, insert, key, tok); err != nil {
+			return err
+		}
+		tag, err := s.Pool().Exec(ctx, update, key, tok, []byte(`{"status":"ok"}`), []byte(`{"status":"200"}`))
+		if err == nil && tag.RowsAffected() != 1 {
+			err = fmt.Errorf("update %s: %d rows", key, tag.RowsAffected())
+		}
+		return err
+	}
+}
+
 // BenchmarkCycles: Begin+Complete on fresh keys, two round trips.
 func BenchmarkCycles(b *testing.B) {
 	s := newStore(b)
 	for _, callers := range benchCallers {
 		b.Run(fmt.Sprintf("callers=%d", callers), func(b *testing.B) {
 			lat := newLatencies(b)
-			ctx := context.Background()
-			prefix := fmt.Sprintf("bench-%d-%d", callers, time.Now().UnixNano())
-			var next atomic.Int64
-			outcome := idem.Outcome{Data: []byte(`{"status":"ok"}`), Meta: map[string]string{"status": "200"}}
-			storetest.ParallelN(b, callers, func() error {
-				return lat.time(func() error {
-					key := fmt.Sprintf("%s-%d", prefix, next.Add(1))
-					res, err := s.Begin(ctx, &idem.BeginParams{Scope: "bench", Key: key, Fingerprint: "f",
-						Lease: idem.DefaultLease, Window: idem.DefaultWindow})
-					if err != nil {
-						return err
-					}
-					if res.Decision != idem.Acquired {
-						return fmt.Errorf("begin %s: %s", key, res.Decision)
-					}
-					_, err = s.Complete(ctx, &idem.CompleteParams{Scope: "bench", Key: key, Token: res.Record.Token, Outcome: outcome})
-					return err
-				})
-			})
+			op := cycleOp(s, fmt.Sprintf("bench-%d-%d", callers, time.Now().UnixNano()))
+			storetest.ParallelN(b, callers, func() error { return lat.time(op) })
 			lat.report(b)
 		})
 	}
 }
 
-// BenchmarkRawStatements is the baseline: the bare two statements a cycle
-// cannot do without, through pgx on the same pool and the same table:
-// INSERT … ON CONFLICT DO NOTHING of a pending row, then UPDATE … WHERE
-// token = … storing the outcome.
+// BenchmarkRawStatements is the baseline of BenchmarkCycles (rawOp).
 func BenchmarkRawStatements(b *testing.B) {
 	s := newStore(b)
-	insert, update := rawStatements(s)
-	var token atomic.Int64
 	for _, callers := range benchCallers {
 		b.Run(fmt.Sprintf("callers=%d", callers), func(b *testing.B) {
 			lat := newLatencies(b)
-			ctx := context.Background()
-			prefix := fmt.Sprintf("raw-%d-%d", callers, time.Now().UnixNano())
-			storetest.ParallelN(b, callers, func() error {
-				return lat.time(func() error {
-					tok := token.Add(1)
-					key := fmt.Sprintf("%s-%d", prefix, tok)
-					if _, err := s.Pool().Exec(ctx, insert, key, tok); err != nil {
-						return err
-					}
-					tag, err := s.Pool().Exec(ctx, update, key, tok, []byte(`{"status":"ok"}`), []byte(`{"status":"200"}`))
-					if err == nil && tag.RowsAffected() != 1 {
-						err = fmt.Errorf("update %s: %d rows", key, tag.RowsAffected())
-					}
-					return err
-				})
-			})
+			op := rawOp(s, fmt.Sprintf("raw-%d-%d", callers, time.Now().UnixNano()))
+			storetest.ParallelN(b, callers, func() error { return lat.time(op) })
 			lat.report(b)
+		})
+	}
+}
+
+// BenchmarkVsRaw is the issue's figure, store against baseline measured by
+// turns (storetest.Paired): 9 rounds of 1 s each side. Run it with
+// -benchtime 1x; "ratio" is the median of the rounds' ratios.
+func BenchmarkVsRaw(b *testing.B) {
+	s := newStore(b)
+	for _, callers := range benchCallers {
+		b.Run(fmt.Sprintf("callers=%d", callers), func(b *testing.B) {
+			stamp := time.Now().UnixNano()
+			storetest.Paired(b, callers, 9, time.Second,
+				cycleOp(s, fmt.Sprintf("bench-%d-%d", callers, stamp)), rawOp(s, fmt.Sprintf("raw-%d-%d", callers, stamp)))
 		})
 	}
 }
