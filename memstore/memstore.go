@@ -9,6 +9,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/idemkit/idem"
 	"github.com/idemkit/idem/internal/transition"
@@ -26,12 +27,26 @@ type Store struct {
 	clock idem.Clock
 
 	mu      sync.Mutex
-	records map[recordKey]*idem.Record // replaced by transitions, never changed in place
-	token   int64                      // store-wide: tokens never repeat, even after a delete
+	records map[recordKey]*entry
+	token   int64 // store-wide: tokens never repeat, even after a delete
 	closed  bool
 }
 
 type recordKey struct{ scope, key string }
+
+// entry is one stored record. Its outcome is kept beside it in the same
+// allocation, with Meta as key/value pairs rather than a map: a retained
+// record is a handful of objects for the garbage collector, not eight.
+// Entries change in place under the lock; whatever leaves the store is a
+// copy made under the lock.
+type entry struct {
+	rec     idem.Record // rec.Outcome is always nil: the outcome is below
+	data    []byte      // the outcome's Data, the store's own copy
+	meta    []string    // the outcome's Meta as key, value pairs; in metaBuf when small
+	metaBuf [4]string
+	outcome bool // rec is completed and data and meta hold its outcome
+	metaNil bool // the stored Meta was nil, not empty
+}
 
 var (
 	_ idem.Store  = (*Store)(nil)
@@ -41,7 +56,7 @@ var (
 
 // New returns an empty Store.
 func New(cfg *Config) *Store {
-	s := &Store{clock: idem.SystemClock{}, records: map[recordKey]*idem.Record{}}
+	s := &Store{clock: idem.SystemClock{}, records: map[recordKey]*entry{}}
 	if cfg != nil && cfg.Clock != nil {
 		s.clock = cfg.Clock
 	}
@@ -67,6 +82,61 @@ func (s *Store) nextToken(after int64) int64 {
 	return s.token
 }
 
+// setOutcome stores a copy of out in e: the bytes are copied, the Meta
+// strings (immutable) are shared.
+func (e *entry) setOutcome(out *idem.Outcome) {
+	e.outcome = true
+	e.data = append([]byte{}, out.Data...)
+	e.metaNil = out.Meta == nil
+	e.meta = e.metaBuf[:0]
+	if 2*len(out.Meta) > len(e.metaBuf) {
+		e.meta = make([]string, 0, 2*len(out.Meta))
+	}
+	for k, v := range out.Meta {
+		e.meta = append(e.meta, k, v)
+	}
+}
+
+// clearOutcome forgets e's outcome (a record that is no longer completed).
+func (e *entry) clearOutcome() {
+	e.outcome, e.data, e.meta, e.metaNil = false, nil, nil, false
+	e.metaBuf = [4]string{}
+}
+
+// recordCopy is a record handed out and its outcome, in one allocation.
+type recordCopy struct {
+	rec idem.Record
+	out idem.Outcome
+}
+
+// copyTo writes a deep copy of e's record, with its outcome, to c.
+func (e *entry) copyTo(c *recordCopy) *idem.Record {
+	c.rec = e.rec
+	if cp := e.rec.Checkpoint; cp != nil {
+		c.rec.Checkpoint = &idem.Checkpoint{Point: cp.Point, Data: append([]byte{}, cp.Data...)}
+	}
+	if e.outcome {
+		c.out.Data = append([]byte{}, e.data...)
+		if !e.metaNil {
+			c.out.Meta = make(map[string]string, len(e.meta)/2)
+			for i := 0; i < len(e.meta); i += 2 {
+				c.out.Meta[e.meta[i]] = e.meta[i+1]
+			}
+		}
+		c.rec.Outcome = &c.out
+	}
+	return &c.rec
+}
+
+// record returns a deep copy of e's record.
+func (e *entry) record() *idem.Record { return e.copyTo(new(recordCopy)) }
+
+// beginResult is a BeginResult and its record, in one allocation.
+type beginResult struct {
+	res idem.BeginResult
+	rec recordCopy
+}
+
 // Begin implements idem.Store.
 func (s *Store) Begin(ctx context.Context, p *idem.BeginParams) (*idem.BeginResult, error) {
 	if err := p.Validate(); err != nil {
@@ -77,37 +147,53 @@ func (s *Store) Begin(ctx context.Context, p *idem.BeginParams) (*idem.BeginResu
 	}
 	defer s.mu.Unlock()
 	k := recordKey{p.Scope, p.Key}
-	res, next := transition.Begin(s.records[k], p, s.clock.Now(), s.nextToken)
-	if next != nil {
-		s.records[k] = next
+	e := s.records[k]
+	var cur *idem.Record
+	if e != nil {
+		cur = &e.rec
 	}
-	return res, nil
+	now := s.clock.Now()
+	d, takeover, retryAfter := transition.Decide(cur, p, now)
+	if d == idem.Mismatch {
+		return &idem.BeginResult{Decision: idem.Mismatch}, nil
+	}
+	if d == idem.Acquired {
+		next := transition.Acquire(cur, takeover, p, now, s.nextToken)
+		if e == nil {
+			e = &entry{}
+			s.records[k] = e
+		}
+		if e.outcome {
+			e.clearOutcome() // an expired outcome
+		}
+		e.rec = next
+	}
+	r := &beginResult{res: idem.BeginResult{Decision: d, Takeover: takeover, RetryAfter: retryAfter}}
+	r.res.Record = e.copyTo(&r.rec)
+	return &r.res, nil
 }
 
-// update applies a transition of one owned record under the lock and
-// returns the stored record, which nobody may change: stored records are
-// only ever replaced, so callers copy what they hand out after the lock is
-// let go.
-func (s *Store) update(ctx context.Context, scope, key string, f func(cur *idem.Record) (*idem.Record, error)) (*idem.Record, error) {
+// owned runs a transition of one owned record under the lock: f returns
+// the record that replaces e's.
+func (s *Store) owned(ctx context.Context, scope, key string, f func(cur *idem.Record, now time.Time) (*idem.Record, error)) (*entry, error) {
 	if err := s.lock(ctx); err != nil {
 		return nil, err
 	}
-	k := recordKey{scope, key}
-	next, err := f(s.records[k])
+	defer s.mu.Unlock()
+	e := s.records[recordKey{scope, key}]
+	var cur *idem.Record
+	if e != nil {
+		cur = &e.rec
+	}
+	next, err := f(cur, s.clock.Now())
 	if err != nil {
-		s.mu.Unlock()
 		return nil, err
 	}
-	s.records[k] = next
-	s.mu.Unlock()
-	return next, nil
-}
-
-// completed is a record Complete returns and its outcome, in one
-// allocation.
-type completed struct {
-	rec idem.Record
-	out idem.Outcome
+	e.rec = *next
+	if e.outcome && next.State != idem.StateCompleted {
+		e.clearOutcome()
+	}
+	return e, nil
 }
 
 // Complete implements idem.Store. The record it returns carries the
@@ -117,13 +203,23 @@ func (s *Store) Complete(ctx context.Context, p *idem.CompleteParams) (*idem.Rec
 	if err := p.Validate(); err != nil {
 		return nil, err
 	}
-	next, err := s.update(ctx, p.Scope, p.Key, func(cur *idem.Record) (*idem.Record, error) {
-		return transition.Complete(cur, p, s.clock.Now())
-	})
-	if err != nil {
+	if err := s.lock(ctx); err != nil {
 		return nil, err
 	}
-	c := &completed{rec: *next, out: p.Outcome} // a completed record has no checkpoint
+	e := s.records[recordKey{p.Scope, p.Key}]
+	var cur *idem.Record
+	if e != nil {
+		cur = &e.rec
+	}
+	next, err := transition.CompleteRecord(cur, p, s.clock.Now())
+	if err != nil {
+		s.mu.Unlock()
+		return nil, err
+	}
+	e.rec = next
+	e.setOutcome(&p.Outcome)
+	s.mu.Unlock()
+	c := &recordCopy{rec: next, out: p.Outcome} // a completed record has no checkpoint
 	c.rec.Outcome = &c.out
 	return &c.rec, nil
 }
@@ -133,8 +229,8 @@ func (s *Store) Release(ctx context.Context, p *idem.ReleaseParams) error {
 	if err := p.Validate(); err != nil {
 		return err
 	}
-	_, err := s.update(ctx, p.Scope, p.Key, func(cur *idem.Record) (*idem.Record, error) {
-		return transition.Release(cur, p, s.clock.Now())
+	_, err := s.owned(ctx, p.Scope, p.Key, func(cur *idem.Record, now time.Time) (*idem.Record, error) {
+		return transition.Release(cur, p, now)
 	})
 	return err
 }
@@ -144,13 +240,18 @@ func (s *Store) Extend(ctx context.Context, p *idem.ExtendParams) (*idem.Record,
 	if err := p.Validate(); err != nil {
 		return nil, err
 	}
-	next, err := s.update(ctx, p.Scope, p.Key, func(cur *idem.Record) (*idem.Record, error) {
-		return transition.Extend(cur, p, s.clock.Now())
+	var rec *idem.Record
+	_, err := s.owned(ctx, p.Scope, p.Key, func(cur *idem.Record, now time.Time) (*idem.Record, error) {
+		next, err := transition.Extend(cur, p, now)
+		if err == nil {
+			rec = transition.Clone(next) // a pending record: no outcome
+		}
+		return next, err
 	})
 	if err != nil {
 		return nil, err
 	}
-	return transition.Clone(next), nil
+	return rec, nil
 }
 
 // Checkpoint implements idem.Store.
@@ -158,8 +259,8 @@ func (s *Store) Checkpoint(ctx context.Context, p *idem.CheckpointParams) error 
 	if err := p.Validate(); err != nil {
 		return err
 	}
-	_, err := s.update(ctx, p.Scope, p.Key, func(cur *idem.Record) (*idem.Record, error) {
-		return transition.Checkpoint(cur, p, s.clock.Now())
+	_, err := s.owned(ctx, p.Scope, p.Key, func(cur *idem.Record, now time.Time) (*idem.Record, error) {
+		return transition.Checkpoint(cur, p, now)
 	})
 	return err
 }
@@ -172,12 +273,12 @@ func (s *Store) Get(ctx context.Context, p *idem.KeyParams) (*idem.Record, error
 	if err := s.lock(ctx); err != nil {
 		return nil, err
 	}
-	rec, ok := s.records[recordKey{p.Scope, p.Key}]
-	s.mu.Unlock()
+	defer s.mu.Unlock()
+	e, ok := s.records[recordKey{p.Scope, p.Key}]
 	if !ok {
 		return nil, fmt.Errorf("%w: scope %q", idem.ErrNotFound, p.Scope)
 	}
-	return transition.Clone(rec), nil // stored records are replaced, never changed
+	return e.record(), nil
 }
 
 // Delete implements idem.Store.
@@ -208,11 +309,11 @@ func (s *Store) Sweep(ctx context.Context, p *idem.SweepParams) (*idem.SweepResu
 	defer s.mu.Unlock()
 	now := s.clock.Now()
 	n := 0
-	for k, rec := range s.records {
+	for k, e := range s.records {
 		if p.Limit > 0 && n == p.Limit {
 			break
 		}
-		if transition.Sweepable(rec, now) {
+		if transition.Sweepable(&e.rec, now) {
 			delete(s.records, k)
 			n++
 		}
@@ -231,8 +332,8 @@ func (s *Store) List(ctx context.Context, p *idem.ListParams) (*idem.ListResult,
 	}
 	defer s.mu.Unlock()
 	var keys []string
-	for k, rec := range s.records {
-		if k.scope == p.Scope && k.key > p.Cursor && (p.State == "" || rec.State == p.State) {
+	for k, e := range s.records {
+		if k.scope == p.Scope && k.key > p.Cursor && (p.State == "" || e.rec.State == p.State) {
 			keys = append(keys, k.key)
 		}
 	}
@@ -243,7 +344,7 @@ func (s *Store) List(ctx context.Context, p *idem.ListParams) (*idem.ListResult,
 			res.NextCursor = res.Records[len(res.Records)-1].Key
 			break
 		}
-		res.Records = append(res.Records, transition.Clone(s.records[recordKey{p.Scope, k}]))
+		res.Records = append(res.Records, s.records[recordKey{p.Scope, k}].record())
 	}
 	return res, nil
 }

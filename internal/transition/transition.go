@@ -40,24 +40,54 @@ func Sweepable(rec *idem.Record, now time.Time) bool {
 // Begin decides a Begin. next is the record to store, nil when nothing
 // changes. token returns a fresh fencing token greater than its argument.
 func Begin(cur *idem.Record, p *idem.BeginParams, now time.Time, token func(after int64) int64) (res *idem.BeginResult, next *idem.Record) {
-	if Live(cur, now) {
-		if cur.Fingerprint != p.Fingerprint {
-			return &idem.BeginResult{Decision: idem.Mismatch}, nil
-		}
-		if cur.State == idem.StateCompleted {
-			return &idem.BeginResult{Decision: idem.Replay, Record: Clone(cur)}, nil
-		}
-		if now.Before(cur.LeaseUntil) {
-			return &idem.BeginResult{Decision: idem.InFlight, Record: Clone(cur), RetryAfter: cur.LeaseUntil.Sub(now)}, nil
-		}
+	d, takeover, retryAfter := Decide(cur, p, now)
+	switch d {
+	case idem.Mismatch:
+		return &idem.BeginResult{Decision: idem.Mismatch}, nil
+	case idem.Replay:
+		return &idem.BeginResult{Decision: idem.Replay, Record: Clone(cur)}, nil
+	case idem.InFlight:
+		return &idem.BeginResult{Decision: idem.InFlight, Record: Clone(cur), RetryAfter: retryAfter}, nil
+	}
+	next = new(idem.Record)
+	*next = Acquire(cur, takeover, p, now, token)
+	if takeover {
+		next.Checkpoint = cloneCheckpoint(next.Checkpoint)
+	}
+	return &idem.BeginResult{Decision: idem.Acquired, Record: Clone(next), Takeover: takeover}, next
+}
+
+// Decide is what a Begin on cur finds at now: Mismatch, Replay, InFlight
+// with the time left on the lease, or Acquired, taking an expired lease
+// over when takeover. It allocates nothing; Acquire makes the record.
+func Decide(cur *idem.Record, p *idem.BeginParams, now time.Time) (d idem.Decision, takeover bool, retryAfter time.Duration) {
+	if !Live(cur, now) {
+		return idem.Acquired, false, 0
+	}
+	switch {
+	case cur.Fingerprint != p.Fingerprint:
+		return idem.Mismatch, false, 0
+	case cur.State == idem.StateCompleted:
+		return idem.Replay, false, 0
+	case now.Before(cur.LeaseUntil):
+		return idem.InFlight, false, cur.LeaseUntil.Sub(now)
+	}
+	return idem.Acquired, true, 0
+}
+
+// Acquire returns the record an acquiring Begin stores in place of cur
+// (nil when absent), takeover as Decide said. A takeover keeps cur's
+// checkpoint: the result shares it.
+func Acquire(cur *idem.Record, takeover bool, p *idem.BeginParams, now time.Time, token func(after int64) int64) idem.Record {
+	if takeover {
 		// Pending with an expired lease: take over, keeping the checkpoint.
-		next = Clone(cur)
+		next := *cur
 		next.Token = token(cur.Token)
 		next.Attempts++
-		setLease(next, now, p)
-		return &idem.BeginResult{Decision: idem.Acquired, Record: Clone(next), Takeover: true}, next
+		setLease(&next, now, p)
+		return next
 	}
-	next = &idem.Record{
+	next := idem.Record{
 		Scope:       p.Scope,
 		Key:         p.Key,
 		Fingerprint: p.Fingerprint,
@@ -75,8 +105,8 @@ func Begin(cur *idem.Record, p *idem.BeginParams, now time.Time, token func(afte
 		}
 	}
 	next.Token = token(after)
-	setLease(next, now, p)
-	return &idem.BeginResult{Decision: idem.Acquired, Record: Clone(next)}, next
+	setLease(&next, now, p)
+	return next
 }
 
 func setLease(r *idem.Record, now time.Time, p *idem.BeginParams) {
@@ -107,18 +137,27 @@ func owned(cur *idem.Record, token int64) error {
 
 // Complete stores the outcome when p.Token is the live owner.
 func Complete(cur *idem.Record, p *idem.CompleteParams, now time.Time) (*idem.Record, error) {
-	if err := owned(cur, p.Token); err != nil {
+	c, err := CompleteRecord(cur, p, now)
+	if err != nil {
 		return nil, err
 	}
-	c := *cur // the checkpoint goes and the outcome is replaced: no deep copy
-	next := &c
+	c.Outcome = CloneOutcome(&p.Outcome)
+	return &c, nil
+}
+
+// CompleteRecord is Complete without the outcome: the completed record
+// with a nil Outcome, for a store that keeps p.Outcome in its own form.
+func CompleteRecord(cur *idem.Record, p *idem.CompleteParams, now time.Time) (idem.Record, error) {
+	if err := owned(cur, p.Token); err != nil {
+		return idem.Record{}, err
+	}
+	next := *cur // the checkpoint goes and the outcome is replaced: no deep copy
 	next.State = idem.StateCompleted
 	next.Completed = now
 	next.Expires = now.Add(cur.Window)
 	next.RetainUntil = now.Add(max(cur.Window, cur.Retention))
 	next.Checkpoint = nil
-	out := CloneOutcome(&p.Outcome)
-	next.Outcome = out
+	next.Outcome = nil
 	return next, nil
 }
 
@@ -170,11 +209,16 @@ func Clone(r *idem.Record) *idem.Record {
 		return nil
 	}
 	c := *r
-	if r.Checkpoint != nil {
-		c.Checkpoint = &idem.Checkpoint{Point: r.Checkpoint.Point, Data: append([]byte{}, r.Checkpoint.Data...)}
-	}
+	c.Checkpoint = cloneCheckpoint(r.Checkpoint)
 	c.Outcome = CloneOutcome(r.Outcome)
 	return &c
+}
+
+func cloneCheckpoint(cp *idem.Checkpoint) *idem.Checkpoint {
+	if cp == nil {
+		return nil
+	}
+	return &idem.Checkpoint{Point: cp.Point, Data: append([]byte{}, cp.Data...)}
 }
 
 // CloneOutcome returns a deep copy of o (nil for nil).
