@@ -465,43 +465,52 @@ func (l *Ledger) run(ctx context.Context, claim *Claim, fn func(context.Context,
 // keeps its lease until it returns. KeepAlive is a clock timer, not a
 // goroutine: most work ends before the first tick.
 func (c *Claim) KeepAlive(ctx context.Context, lease time.Duration, onLost func(error)) (stop func()) {
-	ctx = context.WithoutCancel(ctx)
-	every := lease / 3
-	clock := c.l.cfg.Clock
-	var (
-		mu       sync.Mutex
-		stopped  bool
-		stopTick func() bool
-	)
-	var tick func()
-	tick = func() {
-		mu.Lock()
-		if stopped {
-			mu.Unlock()
-			return
-		}
-		mu.Unlock()
-		err := c.Extend(ctx, lease)
-		if errors.Is(err, ErrLeaseLost) || errors.Is(err, ErrCompleted) {
-			onLost(err)
-			return
-		}
-		mu.Lock()
-		defer mu.Unlock()
-		if !stopped {
-			stopTick = clock.AfterFunc(every, tick)
-		}
+	k := &keepAlive{claim: c, ctx: ctx, lease: lease, onLost: onLost}
+	k.tick = k.extend
+	k.mu.Lock()
+	k.stopTick = c.l.cfg.Clock.AfterFunc(lease/3, k.tick)
+	k.mu.Unlock()
+	return k.stop
+}
+
+// keepAlive is one KeepAlive's state, in one allocation: most work ends
+// before the first tick, so starting and stopping is what costs.
+type keepAlive struct {
+	claim    *Claim
+	ctx      context.Context
+	lease    time.Duration
+	onLost   func(error)
+	tick     func() // extend, bound once
+	mu       sync.Mutex
+	stopped  bool
+	stopTick func() bool
+}
+
+func (k *keepAlive) extend() {
+	k.mu.Lock()
+	if k.stopped {
+		k.mu.Unlock()
+		return
 	}
-	mu.Lock()
-	stopTick = clock.AfterFunc(every, tick)
-	mu.Unlock()
-	return func() {
-		mu.Lock()
-		defer mu.Unlock()
-		if !stopped {
-			stopped = true
-			stopTick()
-		}
+	k.mu.Unlock()
+	err := k.claim.Extend(context.WithoutCancel(k.ctx), k.lease)
+	if errors.Is(err, ErrLeaseLost) || errors.Is(err, ErrCompleted) {
+		k.onLost(err)
+		return
+	}
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if !k.stopped {
+		k.stopTick = k.claim.l.cfg.Clock.AfterFunc(k.lease/3, k.tick)
+	}
+}
+
+func (k *keepAlive) stop() {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if !k.stopped {
+		k.stopped = true
+		k.stopTick()
 	}
 }
 
