@@ -346,6 +346,7 @@ func (m *middleware) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 // stay in its header map.
 type execution struct {
 	rec     recorder
+	ctx     leaseContext
 	values  [12]storedValue // the recorder's, for up to 12 stored headers
 	headers [2]string       // Idempotent-Replayed and Idempotency-Key-Expires
 }
@@ -445,9 +446,10 @@ func (m *middleware) execute(w http.ResponseWriter, r *http.Request, claim *idem
 	}
 
 	finish := context.WithoutCancel(r.Context())
-	workCtx, cancel := context.WithCancelCause(r.Context())
-	defer cancel(nil)
-	stop := claim.KeepAlive(finish, lease, cancel)
+	workCtx := &ex.ctx
+	workCtx.Context = r.Context()
+	defer workCtx.end()
+	stop := claim.KeepAlive(finish, lease, workCtx.lose)
 
 	rw := &ex.rec
 	*rw = recorder{rw: w, max: m.maxResponse, stored: m.stored}

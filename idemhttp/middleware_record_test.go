@@ -2,6 +2,7 @@ package idemhttp_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net/http"
@@ -296,5 +297,47 @@ func TestStreamedThenCompleteFails(t *testing.T) {
 	b.clock.Advance(10*time.Second + time.Millisecond)
 	if got := readBody(t, do(h, post("k", "x"))); got != "chunk;rest" || b.runs.Load() != 2 {
 		t.Fatalf("retry %q after %d runs", got, b.runs.Load())
+	}
+}
+
+// TestLeaseLostCancelsHandler: a heartbeat that finds the key taken
+// cancels the handler's context with cause idem.ErrLeaseLost, whether the
+// handler waited on Done before the loss or looks at its context after
+// it; the client gets lease-lost.
+func TestLeaseLostCancelsHandler(t *testing.T) {
+	t.Parallel()
+	for _, waits := range []bool{true, false} {
+		t.Run(fmt.Sprintf("waits=%v", waits), func(t *testing.T) {
+			t.Parallel()
+			cfg := &idemhttp.Config{Lease: 9 * time.Second}
+			b := setup(t, true, cfg)
+			entered := make(chan struct{})
+			var cause error
+			h := b.serve(cfg, func(w http.ResponseWriter, r *http.Request) {
+				ctx := r.Context()
+				close(entered)
+				if waits {
+					<-ctx.Done()
+				} else {
+					waitFor(t, func() bool { return ctx.Err() != nil })
+					<-ctx.Done()
+				}
+				cause = context.Cause(ctx)
+				w.WriteHeader(http.StatusCreated)
+			})
+			done := make(chan *http.Response)
+			go func() { done <- do(h, post("k", "x")) }()
+			<-entered
+			if err := b.ledger.Delete(context.Background(), testScope, "k"); err != nil {
+				t.Fatal(err)
+			}
+			waitFor(t, func() bool { return b.clock.Waiters() > 0 })
+			b.clock.Advance(3 * time.Second) // the heartbeat's Extend is refused
+			res := <-done
+			if !errors.Is(cause, idem.ErrLeaseLost) {
+				t.Fatalf("handler context cause %v, want idem.ErrLeaseLost", cause)
+			}
+			wantProblem(t, res, http.StatusConflict, "lease-lost")
+		})
 	}
 }
