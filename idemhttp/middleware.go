@@ -124,6 +124,7 @@ type middleware struct {
 	logger         *slog.Logger
 	clock          idem.Clock
 	beginOpts      []idem.CallOption
+	beats          *heartbeat
 }
 
 // Middleware returns the Idempotency-Key middleware over ledger. A nil cfg
@@ -193,6 +194,11 @@ func Middleware(ledger *idem.Ledger, cfg *Config) func(http.Handler) http.Handle
 	if m.lease > 0 {
 		m.beginOpts = append(m.beginOpts, idem.WithLease(m.lease))
 	}
+	lease := m.lease
+	if lease <= 0 {
+		lease = m.ledger.Lease()
+	}
+	m.beats = &heartbeat{clock: m.ledger.Clock(), lease: lease}
 	if m.window > 0 {
 		m.beginOpts = append(m.beginOpts, idem.WithWindow(m.window))
 	}
@@ -345,10 +351,15 @@ func (m *middleware) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 // reach another request's response, and the response's header values
 // stay in its header map.
 type execution struct {
-	rec     recorder
-	ctx     leaseContext
-	values  [12]storedValue // the recorder's, for up to 12 stored headers
-	headers [2]string       // Idempotent-Replayed and Idempotency-Key-Expires
+	rec    recorder
+	ctx    leaseContext
+	claim  *idem.Claim
+	finish context.Context // the request's, never cancelled
+	// In the heartbeat's list while the handler runs.
+	beating            bool
+	beatPrev, beatNext *execution
+	values             [4]storedValue // the recorder's, for up to 4 stored headers present
+	headers            [2]string      // Idempotent-Replayed and Idempotency-Key-Expires
 }
 
 // metas are pooled Outcome.Meta maps: stores copy what they keep.
@@ -440,24 +451,20 @@ func (m *middleware) execute(w http.ResponseWriter, r *http.Request, claim *idem
 	h[HeaderReplayed] = values[0:1:1]
 	h[HeaderExpires] = values[1:2:2]
 
-	lease := m.lease
-	if lease <= 0 {
-		lease = m.ledger.Lease()
-	}
-
+	// The outcome is recorded, and the lease extended, on a context the
+	// client's going away does not cancel.
 	finish := context.WithoutCancel(r.Context())
 	workCtx := &ex.ctx
 	workCtx.Context = r.Context()
 	defer workCtx.end()
-	stop := claim.KeepAlive(finish, lease, workCtx.lose)
+	ex.claim, ex.finish = claim, finish
+	m.beats.add(ex)
 
 	rw := &ex.rec
 	*rw = recorder{rw: w, max: m.maxResponse, stored: m.stored}
-	if len(m.stored) <= len(ex.values) {
-		rw.values = ex.values[:len(m.stored)]
-	}
+	rw.values = ex.values[:0]
 	defer func() {
-		stop()
+		m.beats.remove(ex)
 		rw.discard()
 		if p := recover(); p != nil {
 			if err := claim.Release(finish); err != nil {
@@ -467,7 +474,7 @@ func (m *middleware) execute(w http.ResponseWriter, r *http.Request, claim *idem
 		}
 	}()
 	m.next.ServeHTTP(rw, r.WithContext(workCtx))
-	stop()
+	m.beats.remove(ex)
 	m.finish(finish, r, claim, rw)
 }
 
@@ -510,10 +517,8 @@ func (m *middleware) finish(ctx context.Context, r *http.Request, claim *idem.Cl
 		}
 	}()
 	meta[metaStatus] = statusString(status)
-	for i, v := range rw.values {
-		if v.present {
-			meta[m.storedMeta[i]] = v.joined
-		}
+	for _, v := range rw.values {
+		meta[m.storedMeta[v.index]] = v.joined
 	}
 	// Stores copy the outcome: the buffer and the map serve another
 	// response after.
@@ -634,7 +639,7 @@ type recorder struct {
 	max      int64
 	status   int
 	stored   []string      // the header names to keep
-	values   []storedValue // stored[i]'s values when the status was written
+	values   []storedValue // the stored headers present when the status was written
 	body     *buffer       // from the pool; nil until the first byte
 	late     http.Header   // rw's headers as of WriteHeader, changed after it
 	passing  bool          // rw has the status: the response goes through
@@ -642,10 +647,11 @@ type recorder struct {
 	hijacked bool
 }
 
-// storedValue is a stored header's values joined by "\n".
+// storedValue is the values of the stored header stored[index], joined
+// by "\n".
 type storedValue struct {
-	joined  string
-	present bool
+	index  int
+	joined string
 }
 
 // Header is rw's header map until the status is written. While the
@@ -677,11 +683,8 @@ func (w *recorder) WriteHeader(code int) {
 	h := w.rw.Header()
 	for i, name := range w.stored {
 		if v := h[name]; len(v) > 0 {
-			if w.values == nil {
-				w.values = make([]storedValue, len(w.stored))
-			}
 			// Strings are immutable: the joined value is a copy as of now.
-			w.values[i] = storedValue{joined: strings.Join(v, "\n"), present: true}
+			w.values = append(w.values, storedValue{index: i, joined: strings.Join(v, "\n")})
 		}
 	}
 }

@@ -621,6 +621,7 @@ func TestHeartbeatExtendsLease(t *testing.T) {
 	for range 30 {
 		waitFor(t, func() bool { return b.clock.Waiters() > 0 })
 		b.clock.Advance(3 * time.Second)
+		waitFor(t, func() bool { return b.leaseUntil(t, "k").Equal(b.clock.Now().Add(9 * time.Second)) })
 	}
 	res := do(h, post("k", "x"))
 	wantProblem(t, res, http.StatusConflict, "in-flight")
@@ -628,6 +629,80 @@ func TestHeartbeatExtendsLease(t *testing.T) {
 	<-done
 	if res := do(h, post("k", "x")); res.StatusCode != http.StatusCreated || b.runs.Load() != 1 {
 		t.Fatalf("replay %d, runs %d", res.StatusCode, b.runs.Load())
+	}
+}
+
+// leaseUntil is the end of key's lease by the store (post's scope).
+func (b *bundle) leaseUntil(t *testing.T, key string) time.Time {
+	t.Helper()
+	rec, err := b.ledger.Get(context.Background(), "9:anonymous POST /orders", key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return rec.LeaseUntil
+}
+
+// TestHeartbeatManyExecutions: executions that start at different times
+// share the heartbeat; each is extended within a third of the lease of
+// its start and every third after, none is taken over, one that ends
+// stops being extended, and the heartbeat's timer stops with the last.
+func TestHeartbeatManyExecutions(t *testing.T) {
+	t.Parallel()
+	cfg := &idemhttp.Config{Lease: 9 * time.Second}
+	b := setup(t, true, cfg)
+	gates := map[string]chan struct{}{}
+	entered := make(chan string)
+	for _, k := range []string{"a", "b", "c"} {
+		gates[k] = make(chan struct{})
+	}
+	h := b.serve(cfg, func(w http.ResponseWriter, r *http.Request) {
+		k := r.Header.Get(idemhttp.HeaderKey)
+		entered <- k
+		<-gates[k]
+		w.WriteHeader(http.StatusCreated)
+	})
+	done := map[string]chan struct{}{}
+	begin := func(k string) {
+		done[k] = make(chan struct{})
+		go func() {
+			defer close(done[k])
+			if res := do(h, post(k, "x")); res.StatusCode != http.StatusCreated {
+				t.Errorf("%s: status %d", k, res.StatusCode)
+			}
+		}()
+		<-entered
+	}
+	begin("a")
+	b.clock.Advance(2 * time.Second)
+	begin("b") // a tick is due 1 s after b started
+	running := []string{"a", "b"}
+	for i := range 24 {
+		switch i {
+		case 5:
+			begin("c")
+			running = append(running, "c")
+		case 12:
+			close(gates["a"])
+			<-done["a"]
+			running = running[1:]
+		}
+		b.clock.Advance(time.Second)
+		for _, k := range running {
+			if res := do(h, post(k, "x")); res.StatusCode != http.StatusConflict {
+				t.Fatalf("step %d: a duplicate of %s got %d, want 409 in flight", i, k, res.StatusCode)
+			}
+			// Never less than two thirds of the lease left, once the
+			// tick's extensions are in.
+			waitFor(t, func() bool { return !b.leaseUntil(t, k).Before(b.clock.Now().Add(6 * time.Second)) })
+		}
+	}
+	close(gates["b"])
+	close(gates["c"])
+	<-done["b"]
+	<-done["c"]
+	waitFor(t, func() bool { return b.clock.Waiters() == 0 })
+	if got := b.runs.Load(); got != 3 {
+		t.Fatalf("handler ran %d times, want 3", got)
 	}
 }
 
