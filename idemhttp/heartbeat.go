@@ -9,13 +9,15 @@ import (
 )
 
 // heartbeat extends the leases of a middleware's running first
-// executions every third of the lease, from one clock timer armed while
-// any runs, instead of a timer per request: starting and stopping a timer
-// for each request cost more than most handlers, which end long before a
-// lease needs extending. An execution is extended at most a third of the
-// lease after it started and every third of the lease after that, each
-// extension in its own clock goroutine, so a slow store call for one key
-// delays no other.
+// executions every third of the lease from one clock timer, instead of a
+// timer per request: starting and stopping a timer for each request cost
+// more than most handlers, which end long before a lease needs extending.
+// The first execution that starts while the timer is idle arms it; a tick
+// re-arms it while anything runs and leaves it idle when nothing does, so
+// a stream of short requests neither starts nor stops timers. An
+// execution is extended at most a third of the lease after it started and
+// every third of the lease after that, each extension in its own clock
+// goroutine, so a slow store call for one key delays no other.
 //
 // As with idem.Claim.KeepAlive, a refused extension (idem.ErrLeaseLost,
 // idem.ErrCompleted) cancels the handler's context with the refusal as
@@ -27,9 +29,8 @@ type heartbeat struct {
 	lease time.Duration
 
 	mu    sync.Mutex
-	head  *execution  // running executions, linked through beatPrev/beatNext
-	timer func() bool // stops the armed tick; nil when none is armed
-	gen   uint64      // tells a tick that fired after it was stopped from the armed one
+	head  *execution // running executions, linked through beatPrev/beatNext
+	armed bool
 }
 
 // add starts extending ex's lease.
@@ -42,12 +43,13 @@ func (h *heartbeat) add(ex *execution) {
 		h.head.beatPrev = ex
 	}
 	h.head = ex
-	if h.timer == nil {
-		h.arm()
+	if !h.armed {
+		h.armed = true
+		h.clock.AfterFunc(h.lease/3, h.tick)
 	}
 }
 
-// remove stops extending ex's lease; the timer stops with the last one.
+// remove stops extending ex's lease.
 func (h *heartbeat) remove(ex *execution) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
@@ -64,30 +66,20 @@ func (h *heartbeat) remove(ex *execution) {
 		ex.beatNext.beatPrev = ex.beatPrev
 	}
 	ex.beatPrev, ex.beatNext = nil, nil
-	if h.head == nil && h.timer != nil {
-		h.timer()
-		h.timer = nil
-	}
 }
 
-// arm schedules the next tick; h.mu is held.
-func (h *heartbeat) arm() {
-	h.gen++
-	gen := h.gen
-	h.timer = h.clock.AfterFunc(h.lease/3, func() { h.tick(gen) })
-}
-
-func (h *heartbeat) tick(gen uint64) {
+func (h *heartbeat) tick() {
 	h.mu.Lock()
-	if gen != h.gen || h.timer == nil {
+	if h.head == nil {
+		h.armed = false // nothing runs: the next add arms it again
 		h.mu.Unlock()
-		return // stopped after it fired, or superseded
+		return
 	}
 	var due []*execution
 	for ex := h.head; ex != nil; ex = ex.beatNext {
 		due = append(due, ex)
 	}
-	h.arm()
+	h.clock.AfterFunc(h.lease/3, h.tick)
 	h.mu.Unlock()
 	for _, ex := range due {
 		h.clock.AfterFunc(0, func() { h.extend(ex) })

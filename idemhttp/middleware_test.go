@@ -645,7 +645,8 @@ func (b *bundle) leaseUntil(t *testing.T, key string) time.Time {
 // TestHeartbeatManyExecutions: executions that start at different times
 // share the heartbeat; each is extended within a third of the lease of
 // its start and every third after, none is taken over, one that ends
-// stops being extended, and the heartbeat's timer stops with the last.
+// stops being extended, and the heartbeat's timer stops at the first tick
+// after the last ended.
 func TestHeartbeatManyExecutions(t *testing.T) {
 	t.Parallel()
 	cfg := &idemhttp.Config{Lease: 9 * time.Second}
@@ -700,6 +701,7 @@ func TestHeartbeatManyExecutions(t *testing.T) {
 	close(gates["c"])
 	<-done["b"]
 	<-done["c"]
+	b.clock.Advance(3 * time.Second)
 	waitFor(t, func() bool { return b.clock.Waiters() == 0 })
 	if got := b.runs.Load(); got != 3 {
 		t.Fatalf("handler ran %d times, want 3", got)
