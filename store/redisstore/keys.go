@@ -14,10 +14,9 @@ const shards = 64
 // hash tag of the record's shard, so they map to one cluster slot.
 type keys struct {
 	record string // string: the record (format in record.go)
-	list   string // sorted set: the scope's keys, score 0, for List
-	expiry string // sorted set: the shard's records by RetainUntil (µs), for Sweep and Size
-	token  string // counter: the shard's last fencing token; never expires
-	member string // the record's member in the expiry set: escaped scope, ':', key
+	index  string // sorted set: the shard's records, score 0, members in lexical order, for List, Sweep and Size
+	token  string // string: the shard's last fencing token (8 bytes); never expires
+	member string // the record's member in the index: escaped scope, ':', key
 }
 
 // escapeScope makes a scope safe inside a key: it holds no ':' (which ends
@@ -49,23 +48,20 @@ func tag(prefix string, shard int) string {
 	return prefix + ":{" + string([]byte{hex[shard>>4&0xf], hex[shard&0xf]}) + "}:"
 }
 
-// keysOf returns the keys of the record (scope, key). Layout:
+// keysOf returns the keys of the record (scope, key). Layout 2:
 //
 //	PREFIX:{hh}:r:SCOPE:KEY   the record (a string, record.go)
-//	PREFIX:{hh}:l:SCOPE       the scope's list index
-//	PREFIX:{hh}:x             the shard's expiry index
+//	PREFIX:{hh}:i             the shard's index, members SCOPE:KEY
 //	PREFIX:{hh}:t             the shard's token counter
 //
 // SCOPE is the escaped scope (no ':', '{' or '}'); KEY is the raw key, the
 // rest of the string.
 func keysOf(prefix, scope, key string) keys {
 	t := tag(prefix, shardOf(scope))
-	esc := escapeScope(scope)
-	member := esc + ":" + key
+	member := escapeScope(scope) + ":" + key
 	return keys{
 		record: t + "r:" + member,
-		list:   t + "l:" + esc,
-		expiry: t + "x",
+		index:  t + "i",
 		token:  t + "t",
 		member: member,
 	}
@@ -77,22 +73,26 @@ func recordKey(prefix, scope, key string) string {
 	return tag(prefix, shardOf(scope)) + "r:" + escapeScope(scope) + ":" + key
 }
 
-// keysOfMember returns the keys of the record an expiry-index member of
-// shard names, and its raw key.
-func keysOfMember(prefix string, shard int, member string) (keys, string, error) {
+// recordKeyOfMember is the record an index member of shard names.
+func recordKeyOfMember(prefix string, shard int, member string) (string, error) {
 	esc, key, ok := strings.Cut(member, ":")
 	if !ok || esc == "" || key == "" {
-		return keys{}, "", fmt.Errorf("redisstore: malformed expiry index member %q in shard %d", member, shard)
+		return "", fmt.Errorf("redisstore: malformed index member %q in shard %d", member, shard)
 	}
-	t := tag(prefix, shard)
-	return keys{
-		record: t + "r:" + member,
-		list:   t + "l:" + esc,
-		expiry: t + "x",
-		token:  t + "t",
-		member: member,
-	}, key, nil
+	return tag(prefix, shard) + "r:" + member, nil
 }
 
-// expiryKey is the expiry index of a shard.
-func expiryKey(prefix string, shard int) string { return tag(prefix, shard) + "x" }
+// indexKey is the index of a shard.
+func indexKey(prefix string, shard int) string { return tag(prefix, shard) + "i" }
+
+// scopeRange is the lexical range of a scope's members in its shard's index,
+// for ZRANGE BYLEX: every member that begins with the escaped scope and ':'.
+// The escaped scope holds no ':', so no other scope's member falls in it.
+// after, when not empty, starts the range after that key.
+func scopeRange(scope, after string) (min, max string) {
+	esc := escapeScope(scope)
+	if after != "" {
+		return "(" + esc + ":" + after, "(" + esc + ";"
+	}
+	return "[" + esc + ":", "(" + esc + ";"
+}

@@ -49,20 +49,20 @@ func TestSlotFunction(t *testing.T) {
 }
 
 // sameSlot fails unless every key one script can touch for (scope, key)
-// maps to one cluster slot, and the keys Sweep rebuilds from the expiry
-// member are the same.
+// maps to one cluster slot, and the record key Sweep rebuilds from the
+// index member is the same.
 func sameSlot(t *testing.T, prefix, scope, key string) {
 	t.Helper()
 	k := keysOf(prefix, scope, key)
 	want := slot(k.record)
-	for _, other := range []string{k.list, k.expiry, k.token} {
+	for _, other := range []string{k.index, k.token} {
 		if got := slot(other); got != want {
 			t.Fatalf("scope %q key %q: %q in slot %d, record %q in slot %d", scope, key, other, got, k.record, want)
 		}
 	}
-	m, raw, err := keysOfMember(prefix, shardOf(scope), k.member)
-	if err != nil || m != k || raw != key {
-		t.Fatalf("scope %q key %q: keysOfMember = %+v %q %v, want %+v %q", scope, key, m, raw, err, k, key)
+	rk, err := recordKeyOfMember(prefix, shardOf(scope), k.member)
+	if err != nil || rk != k.record {
+		t.Fatalf("scope %q key %q: recordKeyOfMember = %q %v, want %q", scope, key, rk, err, k.record)
 	}
 }
 
@@ -85,7 +85,7 @@ func TestOneSlotPerRecord(t *testing.T) {
 	// Every shard is its own slot.
 	seen := map[int]int{}
 	for i := range shards {
-		s := slot(expiryKey("idem", i))
+		s := slot(indexKey("idem", i))
 		if j, dup := seen[s]; dup {
 			t.Errorf("shards %d and %d share slot %d", j, i, s)
 		}
@@ -94,8 +94,9 @@ func TestOneSlotPerRecord(t *testing.T) {
 }
 
 // FuzzKeyEncoding: distinct (scope, key) pairs never share a record key or
-// an expiry member, distinct scopes never share a list index, and every key
-// of a record stays in one slot.
+// an index member, a member lies in the lexical range List reads for a scope
+// exactly when it is of that scope (after a cursor: and after the cursor's
+// key), and every key of a record stays in one slot.
 func FuzzKeyEncoding(f *testing.F) {
 	f.Add("a", "b:c", "a:b", "c")
 	f.Add("a%3Ab", "k", "a:b", "k")
@@ -110,8 +111,14 @@ func FuzzKeyEncoding(f *testing.F) {
 		if (a.record == b.record) != same || (a.member == b.member) != same {
 			t.Fatalf("(%q,%q) and (%q,%q): records %q %q members %q %q", s1, k1, s2, k2, a.record, b.record, a.member, b.member)
 		}
-		if (a.list == b.list) != (s1 == s2) {
-			t.Fatalf("scopes %q and %q: list keys %q and %q", s1, s2, a.list, b.list)
+		if (a.index == b.index) != (shardOf(s1) == shardOf(s2)) {
+			t.Fatalf("scopes %q and %q: index keys %q and %q", s1, s2, a.index, b.index)
+		}
+		if got := inLexRange(scopeRange(s2, ""))(a.member); got != (s1 == s2) {
+			t.Fatalf("member %q in the range of scope %q: %v", a.member, s2, got)
+		}
+		if got := inLexRange(scopeRange(s2, k2))(a.member); got != (s1 == s2 && k1 > k2) {
+			t.Fatalf("member %q in the range of scope %q after %q: %v", a.member, s2, k2, got)
 		}
 		if slot(a.record) != slot(keysOf("idem", s1, "other").record) {
 			t.Fatalf("scope %q: keys in two slots", s1)
@@ -139,5 +146,15 @@ func TestLayoutStable(t *testing.T) {
 		if got, want := tag("p", i), fmt.Sprintf("p:{%02x}:", i); got != want {
 			t.Errorf("tag(%d) = %q, want %q", i, got, want)
 		}
+	}
+}
+
+// inLexRange says whether a member lies in the ZRANGE BYLEX range
+// min..max ('[' inclusive, '(' exclusive; Redis compares bytes, as Go does).
+func inLexRange(min, max string) func(m string) bool {
+	return func(m string) bool {
+		above := m > min[1:] || (min[0] == '[' && m == min[1:])
+		below := m < max[1:] || (max[0] == '[' && m == max[1:])
+		return above && below
 	}
 }

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"strconv"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -300,7 +299,7 @@ func (s *Store) Begin(ctx context.Context, p *idem.BeginParams) (*idem.BeginResu
 		return nil, err
 	}
 	k := keysOf(s.prefix, p.Scope, p.Key)
-	reply, waitErr, err := s.run(ctx, beginScript, []string{k.record, k.list, k.expiry, k.token}, beginArgs(k, p)...)
+	reply, waitErr, err := s.run(ctx, beginScript, []string{k.record, k.index, k.token}, beginArgs(k, p)...)
 	if err != nil {
 		return nil, s.redisErr("begin", err)
 	}
@@ -343,7 +342,7 @@ func (s *Store) Begin(ctx context.Context, p *idem.BeginParams) (*idem.BeginResu
 
 // beginArgs are the ARGV of beginScript.
 func beginArgs(k keys, p *idem.BeginParams) []any {
-	return []any{k.member, p.Key, section(p.Fingerprint), micros(p.Lease), micros(p.Window), micros(p.Retention)}
+	return []any{k.member, section(p.Fingerprint), micros(p.Lease), micros(p.Window), micros(p.Retention)}
 }
 
 // owner runs the script of an owner's operation; rest is the reply after
@@ -466,7 +465,7 @@ func (s *Store) Delete(ctx context.Context, p *idem.KeyParams) error {
 		return err
 	}
 	k := keysOf(s.prefix, p.Scope, p.Key)
-	reply, waitErr, err := s.run(ctx, deleteScript, []string{k.record, k.list, k.expiry}, k.member, p.Key)
+	reply, waitErr, err := s.run(ctx, deleteScript, []string{k.record, k.index}, k.member)
 	if err != nil {
 		return s.redisErr("delete", err)
 	}
@@ -482,15 +481,17 @@ func (s *Store) Delete(ctx context.Context, p *idem.KeyParams) error {
 	return nil
 }
 
-// sweepBatch is how many due entries one round of Sweep reads and removes:
-// one ZRANGEBYSCORE, then one script for the batch.
-const sweepBatch = 500
+// sweepBatch is how many index entries one round of Sweep reads and
+// checks: one ZRANGE, then one script for the batch.
+const sweepBatch = 1000
 
-// Sweep implements idem.Store. It walks the expiry index of each shard up
-// to the server's time and removes the due records in batches of 500, each
-// batch one script that checks every record again (a live lease is never
-// removed). Records Redis already expired count as removed when their index
-// entries go.
+// Sweep implements idem.Store. Redis removes records by itself at their
+// RetainUntil (their key's expiry); Sweep removes the index entries of the
+// records that are gone, so List and Size agree with what is stored, and
+// counts them. It walks each shard's index in batches of 1000 entries, each
+// batch one script that checks every record again, so it reads every entry
+// of the index: its cost grows with the records stored, not only with those
+// that expired.
 func (s *Store) Sweep(ctx context.Context, p *idem.SweepParams) (*idem.SweepResult, error) {
 	if err := p.Validate(); err != nil {
 		return nil, err
@@ -498,38 +499,18 @@ func (s *Store) Sweep(ctx context.Context, p *idem.SweepParams) (*idem.SweepResu
 	if err := s.check(); err != nil {
 		return nil, err
 	}
-	now, err := s.client.Time(ctx).Result()
-	if err != nil {
-		return nil, s.redisErr("sweep", err)
-	}
-	max := strconv.FormatInt(now.UnixMicro(), 10)
-	// Which shards have anything due: one pipeline of ZCOUNTs.
-	pipe := s.client.Pipeline()
-	counts := make([]*redis.IntCmd, shards)
-	for i := range shards {
-		counts[i] = pipe.ZCount(ctx, expiryKey(s.prefix, i), "-inf", max)
-	}
-	if _, err := pipe.Exec(ctx); err != nil {
-		return nil, s.redisErr("sweep", err)
-	}
 	res := &idem.SweepResult{}
 	var waitErr error
 	for i := range shards {
-		if counts[i].Val() == 0 {
-			continue
-		}
-		// Entries that came due early are moved past now, so each round
-		// makes progress; the bound only guards against a clock that
-		// steps back.
-		for round := int64(0); round <= counts[i].Val()/sweepBatch+2; round++ {
-			batch := int64(sweepBatch)
+		after := ""
+		for {
+			limit := 0
 			if p.Limit > 0 {
-				batch = min(batch, int64(p.Limit-res.Deleted))
+				if limit = p.Limit - res.Deleted; limit == 0 {
+					return res, waitErr
+				}
 			}
-			if batch == 0 {
-				return res, waitErr
-			}
-			n, more, werr, err := s.sweepShard(ctx, i, max, batch)
+			n, last, werr, err := s.sweepShard(ctx, i, after, limit)
 			res.Deleted += n
 			if err != nil {
 				return res, err
@@ -537,54 +518,73 @@ func (s *Store) Sweep(ctx context.Context, p *idem.SweepParams) (*idem.SweepResu
 			if werr != nil && waitErr == nil {
 				waitErr = fmt.Errorf("redisstore: sweep: %w", werr)
 			}
-			if !more {
+			if last == "" {
 				break
 			}
+			after = last
 		}
 	}
 	return res, waitErr
 }
 
-// sweepShard removes up to batch due records of one shard. more says the
-// batch was full, so more may be due.
-func (s *Store) sweepShard(ctx context.Context, shard int, max string, batch int64) (n int, more bool, waitErr, err error) {
-	members, err := s.client.ZRangeArgs(ctx, redis.ZRangeArgs{Key: expiryKey(s.prefix, shard), Start: "-inf", Stop: max,
-		ByScore: true, Count: batch}).Result()
+// sweepShard checks up to sweepBatch index entries of one shard after the
+// member after ("": from the start) and removes at most limit (0: any
+// number) of those whose record is gone. last is the last member it looked
+// at, "" when the shard's index has no more.
+func (s *Store) sweepShard(ctx context.Context, shard int, after string, limit int) (n int, last string, waitErr, err error) {
+	idx := indexKey(s.prefix, shard)
+	min := "-"
+	if after != "" {
+		min = "(" + after
+	}
+	members, err := s.client.ZRangeArgs(ctx, redis.ZRangeArgs{Key: idx, Start: min, Stop: "+", ByLex: true, Count: sweepBatch}).Result()
 	if err != nil {
-		return 0, false, nil, s.redisErr("sweep", err)
+		return 0, "", nil, s.redisErr("sweep", err)
 	}
 	if len(members) == 0 {
-		return 0, false, nil, nil
+		return 0, "", nil, nil
 	}
-	keys := make([]string, 1, 1+2*len(members))
-	keys[0] = expiryKey(s.prefix, shard)
-	args := make([]any, 0, 2*len(members))
+	keys := make([]string, 1, 1+len(members))
+	keys[0] = idx
+	args := make([]any, 1, 1+len(members))
+	args[0] = limit
 	for _, m := range members {
-		k, key, err := keysOfMember(s.prefix, shard, m)
+		rk, err := recordKeyOfMember(s.prefix, shard, m)
 		if err != nil {
-			return 0, false, nil, err
+			return 0, "", nil, err
 		}
-		keys = append(keys, k.record, k.list)
-		args = append(args, m, key)
+		keys = append(keys, rk)
+		args = append(args, m)
 	}
 	reply, waitErr, err := s.run(ctx, sweepScript, keys, args...)
 	if err != nil {
-		return 0, false, nil, s.redisErr("sweep", err)
+		return 0, "", nil, s.redisErr("sweep", err)
 	}
-	removed, ok := reply.(int64)
-	if !ok {
-		return 0, false, nil, fmt.Errorf("redisstore: sweep: unexpected script reply %T", reply)
+	arr, ok := reply.([]any)
+	var removed, seen int64
+	if ok && len(arr) == 2 {
+		removed, ok = arr[0].(int64)
+		if ok {
+			seen, ok = arr[1].(int64)
+		}
 	}
-	n = int(removed)
-	if n == 0 {
+	if !ok || seen < 0 || seen > int64(len(members)) {
+		return 0, "", nil, fmt.Errorf("redisstore: sweep: unexpected script reply %v", reply)
+	}
+	if removed == 0 {
 		waitErr = nil // nothing was written that needs confirming
 	}
-	return n, int64(len(members)) == batch, waitErr, nil
+	if seen < int64(len(members)) || len(members) < sweepBatch {
+		// The limit stopped it, or the index has no more.
+		return int(removed), "", waitErr, nil
+	}
+	return int(removed), members[len(members)-1], waitErr, nil
 }
 
 // List implements idem.Lister: the records of a scope in key order, read
-// from the scope's index; the cursor is the last key of the previous page.
-// Entries whose record Redis expired are skipped and dropped from the index.
+// from the scope's range of its shard's index; the cursor is the last key of
+// the previous page. Entries whose record Redis expired are skipped and
+// dropped from the index.
 func (s *Store) List(ctx context.Context, p *idem.ListParams) (*idem.ListResult, error) {
 	if err := p.Validate(); err != nil {
 		return nil, err
@@ -592,7 +592,8 @@ func (s *Store) List(ctx context.Context, p *idem.ListParams) (*idem.ListResult,
 	if err := s.check(); err != nil {
 		return nil, err
 	}
-	idx := keysOf(s.prefix, p.Scope, "-")
+	idx := indexKey(s.prefix, shardOf(p.Scope))
+	skip := len(escapeScope(p.Scope)) + 1 // the member's escaped scope and ':'
 	res := &idem.ListResult{}
 	cursor := p.Cursor
 	batch := int64(p.Limit + 1)
@@ -603,16 +604,20 @@ func (s *Store) List(ctx context.Context, p *idem.ListParams) (*idem.ListResult,
 	// exists.
 	var found []*idem.Record
 	for len(found) <= p.Limit {
-		min := "-"
-		if cursor != "" {
-			min = "(" + cursor
-		}
-		keys, err := s.client.ZRangeArgs(ctx, redis.ZRangeArgs{Key: idx.list, Start: min, Stop: "+", ByLex: true, Count: batch}).Result()
+		min, max := scopeRange(p.Scope, cursor)
+		members, err := s.client.ZRangeArgs(ctx, redis.ZRangeArgs{Key: idx, Start: min, Stop: max, ByLex: true, Count: batch}).Result()
 		if err != nil {
 			return nil, s.redisErr("list", err)
 		}
-		if len(keys) == 0 {
+		if len(members) == 0 {
 			break
+		}
+		keys := make([]string, len(members))
+		for i, m := range members {
+			if len(m) <= skip {
+				return nil, fmt.Errorf("redisstore: list: malformed index member %q", m)
+			}
+			keys[i] = m[skip:]
 		}
 		pipe := s.client.Pipeline()
 		cmds := make([]*redis.StringCmd, len(keys))
@@ -659,7 +664,7 @@ func (s *Store) List(ctx context.Context, p *idem.ListParams) (*idem.ListResult,
 	return res, nil
 }
 
-// drop removes list entries whose record is gone, each checked again by a
+// drop removes index entries whose record is gone, each checked again by a
 // script so an entry a concurrent Begin has just renewed stays.
 func (s *Store) drop(ctx context.Context, scope string, gone []string) error {
 	if len(gone) == 0 {
@@ -669,7 +674,7 @@ func (s *Store) drop(ctx context.Context, scope string, gone []string) error {
 		pipe := s.client.Pipeline()
 		for _, key := range gone {
 			k := keysOf(s.prefix, scope, key)
-			dropScript.EvalSha(ctx, pipe, []string{k.record, k.list}, key)
+			dropScript.EvalSha(ctx, pipe, []string{k.record, k.index}, k.member)
 		}
 		_, err := pipe.Exec(ctx)
 		if err != nil && redis.HasErrorPrefix(err, "NOSCRIPT") && attempt == 0 {
@@ -686,8 +691,9 @@ func (s *Store) drop(ctx context.Context, scope string, gone []string) error {
 	}
 }
 
-// Size implements idem.Sizer: the entries of the expiry indexes, one per
-// record. A record Redis has expired counts until Sweep removes its entry.
+// Size implements idem.Sizer: the entries of the shards' indexes, one per
+// record. A record Redis has expired counts until Sweep (or a List that
+// met it) removes its entry, so Size is exact on a swept store.
 func (s *Store) Size(ctx context.Context) (int64, error) {
 	if err := s.check(); err != nil {
 		return 0, err
@@ -695,7 +701,7 @@ func (s *Store) Size(ctx context.Context) (int64, error) {
 	pipe := s.client.Pipeline()
 	cmds := make([]*redis.IntCmd, shards)
 	for i := range shards {
-		cmds[i] = pipe.ZCard(ctx, expiryKey(s.prefix, i))
+		cmds[i] = pipe.ZCard(ctx, indexKey(s.prefix, i))
 	}
 	if _, err := pipe.Exec(ctx); err != nil {
 		return 0, s.redisErr("size", err)

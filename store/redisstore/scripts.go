@@ -45,10 +45,21 @@ local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 `
 )
 
-// KEYS: record, list, expiry, token. ARGV: member, key, fingerprint
-// section, lease µs, window µs, retention µs.
+// KEYS: record, index, token. ARGV: member, fingerprint section, lease µs,
+// window µs, retention µs.
+//
+// A fresh key is the common case, so the script writes the new record first
+// with SET NX GET (token now, corrected below in the rare case the counter
+// is ahead) and learns in the same call what was there. When a record was
+// there, NX wrote nothing, and a replay, an owner in flight or a mismatch
+// answer without any write.
 var beginScript = redis.NewScript(luaNow + `
-local s = redis.call('GET', KEYS[1])
+local w, re = tonumber(ARGV[4]), tonumber(ARGV[5])
+local l = now + tonumber(ARGV[3])
+local ru = l + w
+local px = math.ceil(ru / 1000)
+local rec = struct.pack(` + luaHeader + `, 1, 'p', 0, now, 1, l, now, 0, 0, ru, w, re) .. ARGV[2] .. '` + luaEmptySections + `'
+local s = redis.call('SET', KEYS[1], rec, 'NX', 'GET', 'PXAT', px)
 local live, st, fl, prev, att, lu, cr, co, ex = false
 if s then
   if #s < 95 or string.byte(s, 1) ~= 1 then return {'corrupt', now} end
@@ -56,7 +67,7 @@ if s then
   _, st, fl, prev, att, lu, cr, co, ex = struct.unpack('<Bc1Bi8i8i8i8i8i8', s)
   live = st == 'p' or (st == 'c' and now < ex)
   if live then
-    if string.sub(s, 76, 75 + #ARGV[3]) ~= ARGV[3] then return {'mismatch', now} end
+    if string.sub(s, 76, 75 + #ARGV[2]) ~= ARGV[2] then return {'mismatch', now} end
     if st == 'c' then return {'replay', now, s} end
     if now < lu then return {'in_flight', now, s} end
   end
@@ -64,35 +75,43 @@ end
 -- The token is max(shard counter + 1, server time in µs, record token + 1),
 -- and the counter keeps it: tokens of a key increase across Delete and
 -- expiry (the counter outlives records), across a lost counter (the clock),
--- and across a clock that steps back (the counter). Usually one call.
-local old = tonumber(redis.call('SET', KEYS[4], now, 'GET'))
+-- and across a clock that steps back (the counter). The counter is 8 bytes
+-- (layout 1 wrote it in decimal), so no number is formatted or parsed.
+-- Usually one call.
+local old = redis.call('SET', KEYS[3], struct.pack('<i8', now), 'GET')
 local tok = now
-if old and old >= tok then tok = old + 1 end
-if prev and prev >= tok then tok = prev + 1 end
-if tok ~= now then redis.call('SET', KEYS[4], tok) end
-local w, re = tonumber(ARGV[5]), tonumber(ARGV[6])
-local l = now + tonumber(ARGV[4])
-local ru = l + w
-local rec, code
-if live then
-  -- Pending with an expired lease: take over, keeping the checkpoint.
-  rec = struct.pack(` + luaHeader + `, 1, 'p', fl, tok, att + 1, l, cr, co, 0, ru, w, re) .. string.sub(s, 76)
-  code = 'takeover'
-else
-  -- Absent, released, or completed past its window: a new record; only the
-  -- attempt count and creation time survive a release.
-  local attempts, created = 1, now
-  if st == 'r' then attempts, created = att + 1, cr end
-  rec = struct.pack(` + luaHeader + `, 1, 'p', 0, tok, attempts, l, created, 0, 0, ru, w, re) .. ARGV[3] .. '` + luaEmptySections + `'
-  code = 'acquired'
-  -- A record that exists has its list entry already.
-  if not s then redis.call('ZADD', KEYS[2], 0, ARGV[2]) end
+if old then
+  local o
+  if #old == 8 then o = struct.unpack('<i8', old) else o = tonumber(old) end
+  if o and o >= tok then tok = o + 1 end
 end
-redis.call('SET', KEYS[1], rec, 'PXAT', math.ceil(ru / 1000))
--- The expiry entry is a lower bound of RetainUntil: every RetainUntil this
--- lease can reach (Extend, Complete, Release) is at least now + window, so
--- only Begin writes the entry; Sweep moves an entry that comes due early.
-redis.call('ZADD', KEYS[3], 'LT', now + w, ARGV[1])
+if prev and prev >= tok then tok = prev + 1 end
+if tok ~= now then redis.call('SET', KEYS[3], struct.pack('<i8', tok)) end
+local code = 'acquired'
+if not s then
+  -- The record is written; only a token above now needs a second write.
+  if tok ~= now then
+    rec = struct.pack('<Bc1Bi8', 1, 'p', 0, tok) .. string.sub(rec, 12)
+    redis.call('SET', KEYS[1], rec, 'PXAT', px)
+  end
+else
+  if live then
+    -- Pending with an expired lease: take over, keeping the checkpoint.
+    rec = struct.pack(` + luaHeader + `, 1, 'p', fl, tok, att + 1, l, cr, co, 0, ru, w, re) .. string.sub(s, 76)
+    code = 'takeover'
+  else
+    -- Released, or completed past its window: a new record; only the
+    -- attempt count and creation time survive a release.
+    local attempts, created = 1, now
+    if st == 'r' then attempts, created = att + 1, cr end
+    rec = struct.pack(` + luaHeader + `, 1, 'p', 0, tok, attempts, l, created, 0, 0, ru, w, re) .. ARGV[2] .. '` + luaEmptySections + `'
+  end
+  redis.call('SET', KEYS[1], rec, 'PXAT', px)
+end
+-- Every acquisition puts the index entry (a no-op when it is there), so a
+-- record is listed from its first Begin on; a string score, no number to
+-- format.
+redis.call('ZADD', KEYS[2], '0', ARGV[1])
 return {code, now, rec}
 `)
 
@@ -140,55 +159,37 @@ redis.call('SET', KEYS[1], '\1p\1' .. string.sub(s, 4, 79 + fpl) .. ARGV[2], 'KE
 return {'ok'}
 `)
 
-// KEYS: record, list, expiry. ARGV: member, key. The index entries go even
-// when Redis has already expired the record.
+// KEYS: record, index. ARGV: member. The index entry goes even when Redis
+// has already expired the record.
 var deleteScript = redis.NewScript(`
 local n = redis.call('DEL', KEYS[1])
-redis.call('ZREM', KEYS[2], ARGV[2])
-redis.call('ZREM', KEYS[3], ARGV[1])
+redis.call('ZREM', KEYS[2], ARGV[1])
 if n == 0 then return {'gone'} end
 return {'ok'}
 `)
 
-// sweepScript removes the due records of one batch of one shard, with
-// their index entries, and returns how many it removed. A record that is not
-// due (a live lease, a later RetainUntil than its entry said) stays and its
-// entry is moved to its RetainUntil; an entry whose record Redis already
-// expired is removed and counted; an entry another sweep took is not. All
-// keys are declared and share the shard's hash tag. A value that is not a
-// record fails the script before it changes anything of that entry.
-// KEYS: expiry, then record and list key of each entry. ARGV: member and
-// key of each entry.
-var sweepScript = redis.NewScript(luaNow + `
-local n = 0
-for i = 1, #ARGV / 2 do
-  local rec, list = KEYS[2 * i], KEYS[2 * i + 1]
-  local member, key = ARGV[2 * i - 1], ARGV[2 * i]
-  local s = redis.call('GET', rec)
-  local due = true
-  if s then
-    if #s < 95 or string.byte(s, 1) ~= 1 then
-      return redis.error_reply('redisstore: sweep: ' .. rec .. ' does not hold a record of format 1')
-    end
-    local _, st, _, _, _, lu, _, _, _, ru = struct.unpack('<Bc1Bi8i8i8i8i8i8i8', s)
-    if now < ru or (st == 'p' and now < lu) then
-      redis.call('ZADD', KEYS[1], ru, member)
-      due = false
-    else
-      redis.call('DEL', rec)
-    end
-  end
-  if due then
-    redis.call('ZREM', list, key)
-    n = n + redis.call('ZREM', KEYS[1], member)
-  end
+// sweepScript removes, from one batch of one shard's index, the entries
+// whose record Redis has expired (or that something deleted without its
+// entry), at most ARGV[1] of them (0: no limit), and returns how many it
+// removed and how many entries it looked at. A record that is still there
+// stays with its entry: Redis removes it at its RetainUntil, and a later
+// Sweep its entry. All keys are declared and share the shard's hash tag.
+// KEYS: index, then the record of each entry. ARGV: limit, then the member
+// of each entry.
+var sweepScript = redis.NewScript(`
+local limit = tonumber(ARGV[1])
+local gone, seen = {}, #KEYS - 1
+for i = 2, #KEYS do
+  if limit > 0 and #gone >= limit then seen = i - 2 break end
+  if redis.call('EXISTS', KEYS[i]) == 0 then gone[#gone + 1] = ARGV[i] end
 end
-return n
+local n = 0
+if #gone > 0 then n = redis.call('ZREM', KEYS[1], unpack(gone)) end
+return {n, seen}
 `)
 
-// dropScript removes a list entry whose record Redis has expired (List does
-// it lazily); the expiry entry stays for Sweep to count. KEYS: record, list.
-// ARGV: key.
+// dropScript removes an index entry whose record Redis has expired (List
+// does it lazily), counted by no Sweep. KEYS: record, index. ARGV: member.
 var dropScript = redis.NewScript(`
 if redis.call('EXISTS', KEYS[1]) == 0 then return redis.call('ZREM', KEYS[2], ARGV[1]) end
 return 0
