@@ -28,20 +28,26 @@ type Store struct {
 
 	mu      sync.Mutex
 	records map[recordKey]*entry
-	token   int64 // store-wide: tokens never repeat, even after a delete
+	scopes  map[string]string // interned scopes: a scope's records share one string
+	token   int64             // store-wide: tokens never repeat, even after a delete
 	closed  bool
 }
 
+// maxScopes bounds the interned scopes; past it the table starts over,
+// which costs sharing, nothing else.
+const maxScopes = 1024
+
 type recordKey struct{ scope, key string }
 
-// entry is one stored record. Its outcome is kept beside it in the same
-// allocation, with Meta as key/value pairs rather than a map: a retained
-// record is a handful of objects for the garbage collector, not eight.
+// entry is one stored record. Its outcome is kept beside it, with the
+// Data in one string after the fingerprint and Meta as key/value pairs
+// rather than a map: a completed record is three objects for the garbage
+// collector to mark (the entry, that string and the key), not eight.
 // Entries change in place under the lock; whatever leaves the store is a
 // copy made under the lock.
 type entry struct {
 	rec     idem.Record // rec.Outcome is always nil: the outcome is below
-	data    []byte      // the outcome's Data, the store's own copy
+	blob    string      // when completed: rec.Fingerprint, then the outcome's Data
 	meta    []string    // the outcome's Meta as key, value pairs; in metaBuf when small
 	metaBuf [4]string
 	outcome bool // rec is completed and data and meta hold its outcome
@@ -56,7 +62,7 @@ var (
 
 // New returns an empty Store.
 func New(cfg *Config) *Store {
-	s := &Store{clock: idem.SystemClock{}, records: map[recordKey]*entry{}}
+	s := &Store{clock: idem.SystemClock{}, records: map[recordKey]*entry{}, scopes: map[string]string{}}
 	if cfg != nil && cfg.Clock != nil {
 		s.clock = cfg.Clock
 	}
@@ -82,11 +88,18 @@ func (s *Store) nextToken(after int64) int64 {
 	return s.token
 }
 
-// setOutcome stores a copy of out in e: the bytes are copied, the Meta
-// strings (immutable) are shared.
+// setOutcome stores a copy of out in e, completed: the bytes are copied
+// (beside the fingerprint, which moves there), the Meta strings
+// (immutable) are shared.
 func (e *entry) setOutcome(out *idem.Outcome) {
 	e.outcome = true
-	e.data = append([]byte{}, out.Data...)
+	fp := e.rec.Fingerprint
+	var b strings.Builder
+	b.Grow(len(fp) + len(out.Data))
+	b.WriteString(fp)
+	b.Write(out.Data)
+	e.blob = b.String()
+	e.rec.Fingerprint = e.blob[:len(fp)]
 	e.metaNil = out.Meta == nil
 	e.meta = e.metaBuf[:0]
 	if 2*len(out.Meta) > len(e.metaBuf) {
@@ -99,7 +112,7 @@ func (e *entry) setOutcome(out *idem.Outcome) {
 
 // clearOutcome forgets e's outcome (a record that is no longer completed).
 func (e *entry) clearOutcome() {
-	e.outcome, e.data, e.meta, e.metaNil = false, nil, nil, false
+	e.outcome, e.blob, e.meta, e.metaNil = false, "", nil, false
 	e.metaBuf = [4]string{}
 }
 
@@ -116,7 +129,7 @@ func (e *entry) copyTo(c *recordCopy) *idem.Record {
 		c.rec.Checkpoint = &idem.Checkpoint{Point: cp.Point, Data: append([]byte{}, cp.Data...)}
 	}
 	if e.outcome {
-		c.out.Data = append([]byte{}, e.data...)
+		c.out.Data = append([]byte{}, e.blob[len(e.rec.Fingerprint):]...)
 		if !e.metaNil {
 			c.out.Meta = make(map[string]string, len(e.meta)/2)
 			for i := 0; i < len(e.meta); i += 2 {
@@ -160,9 +173,13 @@ func (s *Store) Begin(ctx context.Context, p *idem.BeginParams) (*idem.BeginResu
 	if d == idem.Acquired {
 		next := transition.Acquire(cur, takeover, p, now, s.nextToken)
 		if e == nil {
+			k.scope = s.intern(p.Scope)
 			e = &entry{}
 			s.records[k] = e
+		} else {
+			k = recordKey{e.rec.Scope, e.rec.Key} // the map's strings, not the caller's
 		}
+		next.Scope, next.Key = k.scope, k.key
 		if e.outcome {
 			e.clearOutcome() // an expired outcome
 		}
@@ -171,6 +188,19 @@ func (s *Store) Begin(ctx context.Context, p *idem.BeginParams) (*idem.BeginResu
 	r := &beginResult{res: idem.BeginResult{Decision: d, Takeover: takeover, RetryAfter: retryAfter}}
 	r.res.Record = e.copyTo(&r.rec)
 	return &r.res, nil
+}
+
+// intern returns the store's copy of scope, making one if needed.
+func (s *Store) intern(scope string) string {
+	if v, ok := s.scopes[scope]; ok {
+		return v
+	}
+	if len(s.scopes) >= maxScopes {
+		clear(s.scopes)
+	}
+	v := strings.Clone(scope)
+	s.scopes[v] = v
+	return v
 }
 
 // owned runs a transition of one owned record under the lock: f returns
