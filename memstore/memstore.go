@@ -150,6 +150,12 @@ type beginResult struct {
 	rec recordCopy
 }
 
+// ownedResult is beginResult without an outcome, for a pending record.
+type ownedResult struct {
+	res idem.BeginResult
+	rec idem.Record
+}
+
 // Begin implements idem.Store.
 func (s *Store) Begin(ctx context.Context, p *idem.BeginParams) (*idem.BeginResult, error) {
 	if err := p.Validate(); err != nil {
@@ -185,8 +191,17 @@ func (s *Store) Begin(ctx context.Context, p *idem.BeginParams) (*idem.BeginResu
 		}
 		e.rec = next
 	}
-	r := &beginResult{res: idem.BeginResult{Decision: d, Takeover: takeover, RetryAfter: retryAfter}}
-	r.res.Record = e.copyTo(&r.rec)
+	res := idem.BeginResult{Decision: d, Takeover: takeover, RetryAfter: retryAfter}
+	if e.outcome {
+		r := &beginResult{res: res}
+		r.res.Record = e.copyTo(&r.rec)
+		return &r.res, nil
+	}
+	r := &ownedResult{res: res, rec: e.rec}
+	if cp := e.rec.Checkpoint; cp != nil {
+		r.rec.Checkpoint = &idem.Checkpoint{Point: cp.Point, Data: append([]byte{}, cp.Data...)}
+	}
+	r.res.Record = &r.rec
 	return &r.res, nil
 }
 
@@ -227,8 +242,8 @@ func (s *Store) owned(ctx context.Context, scope, key string, f func(cur *idem.R
 }
 
 // Complete implements idem.Store. The record it returns carries the
-// caller's own outcome (p.Outcome's slices and map), not a copy of the
-// stored one: copying the outcome back was most of Complete's cost.
+// caller's own outcome (p.Outcome itself), not a copy of the stored one:
+// copying the outcome back was most of Complete's cost.
 func (s *Store) Complete(ctx context.Context, p *idem.CompleteParams) (*idem.Record, error) {
 	if err := p.Validate(); err != nil {
 		return nil, err
@@ -249,9 +264,9 @@ func (s *Store) Complete(ctx context.Context, p *idem.CompleteParams) (*idem.Rec
 	e.rec = next
 	e.setOutcome(&p.Outcome)
 	s.mu.Unlock()
-	c := &recordCopy{rec: next, out: p.Outcome} // a completed record has no checkpoint
-	c.rec.Outcome = &c.out
-	return &c.rec, nil
+	rec := &next // a completed record has no checkpoint
+	rec.Outcome = &p.Outcome
+	return rec, nil
 }
 
 // Release implements idem.Store.
