@@ -48,6 +48,40 @@ func tag(prefix string, shard int) string {
 	return prefix + ":{" + string([]byte{hex[shard>>4&0xf], hex[shard&0xf]}) + "}:"
 }
 
+// shardKeys are the keys of one shard that do not depend on the record,
+// made once per Store.
+type shardKeys struct {
+	tag   string // PREFIX:{hh}:
+	index string
+	token string
+}
+
+// layout is the keys of every shard of one prefix.
+type layout [shards]shardKeys
+
+// makeLayout makes the shard keys of prefix.
+func makeLayout(prefix string) *layout {
+	var sk layout
+	for i := range sk {
+		t := tag(prefix, i)
+		sk[i] = shardKeys{tag: t, index: t + "i", token: t + "t"}
+	}
+	return &sk
+}
+
+// keys returns keysOf(prefix, scope, key) with one allocation: the record
+// key, of which the member is the end.
+func (sk *layout) keys(scope, key string) keys {
+	sh := &sk[shardOf(scope)]
+	record := sh.tag + "r:" + escapeScope(scope) + ":" + key
+	return keys{record: record, index: sh.index, token: sh.token, member: record[len(sh.tag)+2:]}
+}
+
+// recordKey is keys(scope, key).record.
+func (sk *layout) recordKey(scope, key string) string {
+	return sk[shardOf(scope)].tag + "r:" + escapeScope(scope) + ":" + key
+}
+
 // keysOf returns the keys of the record (scope, key). Layout 2:
 //
 //	PREFIX:{hh}:r:SCOPE:KEY   the record (a string, record.go)

@@ -60,6 +60,9 @@ func sameSlot(t *testing.T, prefix, scope, key string) {
 			t.Fatalf("scope %q key %q: %q in slot %d, record %q in slot %d", scope, key, other, got, k.record, want)
 		}
 	}
+	if l := makeLayout(prefix); l.keys(scope, key) != k || l.recordKey(scope, key) != k.record {
+		t.Fatalf("scope %q key %q: layout keys %+v record %q, want %+v", scope, key, l.keys(scope, key), l.recordKey(scope, key), k)
+	}
 	rk, err := recordKeyOfMember(prefix, shardOf(scope), k.member)
 	if err != nil || rk != k.record {
 		t.Fatalf("scope %q key %q: recordKeyOfMember = %q %v, want %q", scope, key, rk, err, k.record)

@@ -2,6 +2,7 @@ package redisstore
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"strings"
@@ -57,6 +58,7 @@ type Store struct {
 	client redis.UniversalClient
 	owned  bool // Close closes the client
 	prefix string
+	shard  *layout // the keys of each shard, made once
 	wait   bool
 	cfg    Config
 	closed atomic.Bool
@@ -93,6 +95,7 @@ func New(client redis.UniversalClient, cfg *Config) (*Store, error) {
 		return nil, fmt.Errorf("%w: redisstore: Config.WaitTimeout is %s; use 0 (the default, %s) or more", idem.ErrInvalid, c.WaitTimeout, DefaultWaitTimeout)
 	}
 	s.prefix = c.Prefix
+	s.shard = makeLayout(c.Prefix)
 	s.wait = c.WaitReplicas > 0 || c.WaitAOF || c.WaitTimeout > 0
 	if s.wait && c.WaitTimeout == 0 {
 		c.WaitTimeout = DefaultWaitTimeout
@@ -298,7 +301,7 @@ func (s *Store) Begin(ctx context.Context, p *idem.BeginParams) (*idem.BeginResu
 	if err := s.check(); err != nil {
 		return nil, err
 	}
-	k := keysOf(s.prefix, p.Scope, p.Key)
+	k := s.shard.keys(p.Scope, p.Key)
 	reply, waitErr, err := s.run(ctx, beginScript, []string{k.record, k.index, k.token}, beginArgs(k, p)...)
 	if err != nil {
 		return nil, s.redisErr("begin", err)
@@ -340,9 +343,15 @@ func (s *Store) Begin(ctx context.Context, p *idem.BeginParams) (*idem.BeginResu
 	return res, nil
 }
 
-// beginArgs are the ARGV of beginScript.
+// beginArgs are the ARGV of beginScript: the member, the fingerprint
+// section and the three durations, in one buffer.
 func beginArgs(k keys, p *idem.BeginParams) []any {
-	return []any{k.member, section(p.Fingerprint), micros(p.Lease), micros(p.Window), micros(p.Retention)}
+	b := make([]byte, 24, 24+4+len(p.Fingerprint))
+	binary.LittleEndian.PutUint64(b, uint64(micros(p.Lease)))
+	binary.LittleEndian.PutUint64(b[8:], uint64(micros(p.Window)))
+	binary.LittleEndian.PutUint64(b[16:], uint64(micros(p.Retention)))
+	b = appendSection(b, p.Fingerprint)
+	return []any{k.member, b[24:], b[:24]}
 }
 
 // owner runs the script of an owner's operation; rest is the reply after
@@ -355,7 +364,7 @@ func (s *Store) owner(ctx context.Context, op string, script *redis.Script, scop
 	if arg == nil {
 		args = args[:1]
 	}
-	reply, waitErr, err := s.run(ctx, script, []string{recordKey(s.prefix, scope, key)}, args...)
+	reply, waitErr, err := s.run(ctx, script, []string{s.shard.recordKey(scope, key)}, args...)
 	if err != nil {
 		return nil, s.redisErr(op, err)
 	}
@@ -446,7 +455,7 @@ func (s *Store) Get(ctx context.Context, p *idem.KeyParams) (*idem.Record, error
 	if err := s.check(); err != nil {
 		return nil, err
 	}
-	b, err := s.client.Get(ctx, recordKey(s.prefix, p.Scope, p.Key)).Result()
+	b, err := s.client.Get(ctx, s.shard.recordKey(p.Scope, p.Key)).Result()
 	if errors.Is(err, redis.Nil) {
 		return nil, fmt.Errorf("%w: scope %q", idem.ErrNotFound, p.Scope)
 	}
@@ -464,7 +473,7 @@ func (s *Store) Delete(ctx context.Context, p *idem.KeyParams) error {
 	if err := s.check(); err != nil {
 		return err
 	}
-	k := keysOf(s.prefix, p.Scope, p.Key)
+	k := s.shard.keys(p.Scope, p.Key)
 	reply, waitErr, err := s.run(ctx, deleteScript, []string{k.record, k.index}, k.member)
 	if err != nil {
 		return s.redisErr("delete", err)
@@ -532,7 +541,7 @@ func (s *Store) Sweep(ctx context.Context, p *idem.SweepParams) (*idem.SweepResu
 // number) of those whose record is gone. last is the last member it looked
 // at, "" when the shard's index has no more.
 func (s *Store) sweepShard(ctx context.Context, shard int, after string, limit int) (n int, last string, waitErr, err error) {
-	idx := indexKey(s.prefix, shard)
+	idx := s.shard[shard].index
 	min := "-"
 	if after != "" {
 		min = "(" + after
@@ -592,7 +601,7 @@ func (s *Store) List(ctx context.Context, p *idem.ListParams) (*idem.ListResult,
 	if err := s.check(); err != nil {
 		return nil, err
 	}
-	idx := indexKey(s.prefix, shardOf(p.Scope))
+	idx := s.shard[shardOf(p.Scope)].index
 	skip := len(escapeScope(p.Scope)) + 1 // the member's escaped scope and ':'
 	res := &idem.ListResult{}
 	cursor := p.Cursor
@@ -622,7 +631,7 @@ func (s *Store) List(ctx context.Context, p *idem.ListParams) (*idem.ListResult,
 		pipe := s.client.Pipeline()
 		cmds := make([]*redis.StringCmd, len(keys))
 		for i, key := range keys {
-			cmds[i] = pipe.Get(ctx, recordKey(s.prefix, p.Scope, key))
+			cmds[i] = pipe.Get(ctx, s.shard.recordKey(p.Scope, key))
 		}
 		if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
 			return nil, s.redisErr("list", err)
@@ -673,7 +682,7 @@ func (s *Store) drop(ctx context.Context, scope string, gone []string) error {
 	for attempt := 0; ; attempt++ {
 		pipe := s.client.Pipeline()
 		for _, key := range gone {
-			k := keysOf(s.prefix, scope, key)
+			k := s.shard.keys(scope, key)
 			dropScript.EvalSha(ctx, pipe, []string{k.record, k.index}, k.member)
 		}
 		_, err := pipe.Exec(ctx)
@@ -701,7 +710,7 @@ func (s *Store) Size(ctx context.Context) (int64, error) {
 	pipe := s.client.Pipeline()
 	cmds := make([]*redis.IntCmd, shards)
 	for i := range shards {
-		cmds[i] = pipe.ZCard(ctx, indexKey(s.prefix, i))
+		cmds[i] = pipe.ZCard(ctx, s.shard[i].index)
 	}
 	if _, err := pipe.Exec(ctx); err != nil {
 		return 0, s.redisErr("size", err)

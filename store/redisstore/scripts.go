@@ -45,8 +45,9 @@ local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 `
 )
 
-// KEYS: record, index, token. ARGV: member, fingerprint section, lease µs,
-// window µs, retention µs.
+// KEYS: record, index, token. ARGV: member, fingerprint section, and lease,
+// window and retention in µs as three little-endian int64 (no decimal to
+// parse).
 //
 // A fresh key is the common case, so the script writes the new record first
 // with SET NX GET (token now, corrected below in the rare case the counter
@@ -54,8 +55,8 @@ local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 // there, NX wrote nothing, and a replay, an owner in flight or a mismatch
 // answer without any write.
 var beginScript = redis.NewScript(luaNow + `
-local w, re = tonumber(ARGV[4]), tonumber(ARGV[5])
-local l = now + tonumber(ARGV[3])
+local lease, w, re = struct.unpack('<i8i8i8', ARGV[3])
+local l = now + lease
 local ru = l + w
 local px = math.ceil(ru / 1000)
 local rec = struct.pack(` + luaHeader + `, 1, 'p', 0, now, 1, l, now, 0, 0, ru, w, re) .. ARGV[2] .. '` + luaEmptySections + `'
