@@ -389,33 +389,35 @@ func (m *middleware) replay(w http.ResponseWriter, claim *idem.Claim) {
 	rec := claim.Record()
 	out := claim.Outcome()
 	h := w.Header()
-	// One backing array for every header's values; each header gets a
-	// full slice expression, so an append by a later writer copies.
-	n := 2
+	// One backing array for the headers' values, sized for one line each
+	// (a value of several lines grows it, which leaves the earlier
+	// headers' slices where they are); each header gets a full slice
+	// expression, so an append by a later writer copies.
+	values := make([]string, 2, 2+len(out.Meta))
+	values[0], values[1] = "true", m.dates.format(m.expires(rec))
+	h[HeaderReplayed] = values[0:1:1]
+	h[HeaderExpires] = values[1:2:2]
+	var statusText string
 	for k, v := range out.Meta {
-		if strings.HasPrefix(k, metaHeaderPrefix) {
-			n += 1 + strings.Count(v, "\n")
-		}
-	}
-	values := make([]string, 0, n)
-	for k, v := range out.Meta {
-		if name, ok := strings.CutPrefix(k, metaHeaderPrefix); ok {
-			start := len(values)
-			for {
-				line, rest, more := strings.Cut(v, "\n")
-				values = append(values, line)
-				if !more {
-					break
-				}
-				v = rest
+		name, ok := strings.CutPrefix(k, metaHeaderPrefix)
+		if !ok {
+			if k == metaStatus {
+				statusText = v
 			}
-			h[name] = values[start:len(values):len(values)]
+			continue
 		}
+		start := len(values)
+		for {
+			line, rest, more := strings.Cut(v, "\n")
+			values = append(values, line)
+			if !more {
+				break
+			}
+			v = rest
+		}
+		h[name] = values[start:len(values):len(values)]
 	}
-	values = append(values, "true", m.dates.format(m.expires(rec)))
-	h[HeaderReplayed] = values[n-2 : n-1 : n-1]
-	h[HeaderExpires] = values[n-1 : n : n]
-	status, err := strconv.Atoi(out.Meta[metaStatus])
+	status, err := strconv.Atoi(statusText)
 	if err != nil || status < 200 || status > 999 {
 		status = http.StatusOK
 	}
