@@ -119,6 +119,7 @@ type middleware struct {
 	storedMeta     []string // metaHeaderPrefix + stored[i]
 	fpHeaders      []string // canonical FingerprintHeaders (default fingerprint)
 	recycleBody    bool     // the default fingerprint keeps no reference to the body
+	bodyEarly      bool     // a Config function sees the request before Begin: give it the body then
 	dates          *dateCache
 	lease, window  time.Duration
 	logger         *slog.Logger
@@ -145,6 +146,10 @@ func Middleware(ledger *idem.Ledger, cfg *Config) func(http.Handler) http.Handle
 	if len(m.methods) == 0 {
 		m.methods = []string{http.MethodPost, http.MethodPatch}
 	}
+	// A Scope, Route or Fingerprint function may read r.Body: it gets
+	// the body read for the fingerprint before Begin. Otherwise only a
+	// first execution's handler needs it.
+	m.bodyEarly = m.scope != nil || m.route != nil || m.fingerprint != nil
 	if m.scope == nil {
 		m.scope = AuthorizationScope
 	}
@@ -294,7 +299,8 @@ func (m *middleware) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	var body []byte
-	if r.Body != nil && r.Body != http.NoBody {
+	hasBody := r.Body != nil && r.Body != http.NoBody
+	if hasBody {
 		buf := getBuffer()
 		body, err = readBody(buf.b[:0], r.Body, m.maxBody+1, r.ContentLength)
 		buf.b = body
@@ -308,16 +314,22 @@ func (m *middleware) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			writeProblem(w, problemBodyTooLarge, fmt.Sprintf("the body is over the limit of %d bytes", m.maxBody))
 			return
 		}
-		rb := &replayedBody{}
-		rb.Reset(body)
-		r.Body = rb
-		if m.recycleBody {
-			// After the handler returns its body reads nothing, and the
-			// buffer serves another request.
-			defer func() {
-				rb.Reset(nil)
-				putBuffer(buf)
-			}()
+		if m.bodyEarly {
+			rb := &replayedBody{}
+			rb.Reset(body)
+			r.Body = rb
+			if m.recycleBody {
+				// After the handler returns its body reads nothing, and
+				// the buffer serves another request.
+				defer func() {
+					rb.Reset(nil)
+					putBuffer(buf)
+				}()
+			}
+		} else {
+			// execute hands the body to the handler, and makes it read
+			// nothing once the handler returned.
+			defer putBuffer(buf)
 		}
 	}
 
@@ -343,7 +355,7 @@ func (m *middleware) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		m.replay(w, claim)
 		return
 	}
-	m.execute(w, r, claim)
+	m.execute(w, r, claim, hasBody && !m.bodyEarly, body)
 }
 
 // execution is what a first execution keeps, in one allocation. It is
@@ -353,6 +365,7 @@ func (m *middleware) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 type execution struct {
 	rec    recorder
 	ctx    leaseContext
+	body   replayedBody // the handler's request body, unless Config's functions saw it first
 	claim  *idem.Claim
 	finish context.Context // the request's, never cancelled
 	// In the heartbeat's list while the handler runs.
@@ -444,8 +457,12 @@ func (m *middleware) expires(rec idem.Record) time.Time {
 	return created.Add(window).UTC()
 }
 
-func (m *middleware) execute(w http.ResponseWriter, r *http.Request, claim *idem.Claim) {
+func (m *middleware) execute(w http.ResponseWriter, r *http.Request, claim *idem.Claim, setBody bool, body []byte) {
 	ex := &execution{}
+	if setBody {
+		ex.body.Reset(body)
+		r.Body = &ex.body
+	}
 	rec := claim.Record()
 	h := w.Header()
 	values := ex.headers[:]
@@ -467,6 +484,7 @@ func (m *middleware) execute(w http.ResponseWriter, r *http.Request, claim *idem
 	rw.values = ex.values[:0]
 	defer func() {
 		m.beats.remove(ex)
+		ex.body.Reset(nil) // the buffer serves another request
 		rw.discard()
 		if p := recover(); p != nil {
 			if err := claim.Release(finish); err != nil {

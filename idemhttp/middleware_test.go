@@ -582,6 +582,54 @@ func TestBodyLimitAndRestore(t *testing.T) {
 	}
 }
 
+// TestBodyForConfigFunctions: a Scope or Fingerprint function that reads
+// r.Body gets the body the middleware read; the handler gets it whole
+// when no function read it, and a handler that keeps the body reads
+// nothing from it after returning.
+func TestBodyForConfigFunctions(t *testing.T) {
+	t.Parallel()
+	var seen atomic.Value
+	readsBody := func(r *http.Request) string {
+		b, err := io.ReadAll(r.Body)
+		if err != nil {
+			t.Error(err)
+		}
+		seen.Store(string(b))
+		return string(b)
+	}
+	for name, cfg := range map[string]*idemhttp.Config{
+		"scope":       {Scope: func(r *http.Request) (string, error) { readsBody(r); return "s", nil }},
+		"fingerprint": {Fingerprint: func(r *http.Request, _ []byte) string { return readsBody(r) }},
+	} {
+		t.Run(name, func(t *testing.T) {
+			b := setup(t, false, cfg)
+			h := b.serve(cfg, created)
+			res := do(h, post("k", "123"))
+			if got := seen.Load(); got != "123" {
+				t.Fatalf("the %s function read %q", name, got)
+			}
+			// The function drained the body: the handler reads the rest.
+			if got := readBody(t, res); got != `{"id":1,"echo":""}` {
+				t.Fatalf("handler answered %q", got)
+			}
+		})
+	}
+	cfg := &idemhttp.Config{}
+	b := setup(t, false, cfg)
+	var kept io.Reader
+	h := b.serve(cfg, func(w http.ResponseWriter, r *http.Request) {
+		kept = r.Body
+		created(w, r)
+	})
+	if got := readBody(t, do(h, post("k", "456"))); got != `{"id":1,"echo":"456"}` {
+		t.Fatalf("handler answered %q", got)
+	}
+	do(h, post("other", "789")) // reuses the pooled buffer
+	if n, _ := kept.Read(make([]byte, 8)); n != 0 {
+		t.Fatalf("a kept body read %d bytes after its handler returned", n)
+	}
+}
+
 func TestInFlightRetryAfter(t *testing.T) {
 	t.Parallel()
 	cfg := &idemhttp.Config{Lease: 1500 * time.Millisecond}
