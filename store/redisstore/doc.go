@@ -36,12 +36,11 @@
 // of another version, or bytes the decoder does not accept, are reported as
 // an error wrapping idem.ErrInvalid, never read as a record.
 //
-// Per Begin that acquires a fresh key the server runs TIME, SET … NX GET
-// PXAT (writes the new record and reads what was there in one call), SET …
-// GET (the shard's token counter) and ZADD (the shard's index); Complete
-// runs GET, TIME and SET on the record key only; a replay, an owner in
-// flight or a mismatch runs TIME and the SET … NX GET, which writes nothing
-// when a record is there.
+// Per Begin that acquires a fresh key the server runs TIME, GET, SET … GET
+// (the shard's token counter), SET … PXAT (the record) and ZADD (the
+// shard's index); Complete runs GET, TIME and SET on the record key only; a
+// replay, an owner in flight or a mismatch runs TIME and GET and writes
+// nothing.
 //
 // # Layout and cluster slots
 //
@@ -85,9 +84,8 @@
 // persistence, a failover that dropped it); the counter keeps them
 // increasing when the clock steps back. Tokens are therefore large (about
 // 1.8e15 in 2026), still exact in a float64 and in JavaScript. The counter
-// is kept as 8 bytes, so the script formats and parses no decimal number
-// for it; a fresh key's record is written with the token "now" and written
-// again only when the counter is ahead of the clock.
+// is kept as 8 bytes, so the script formats and parses no decimal number for
+// it.
 //
 // # Expiry
 //

@@ -47,20 +47,10 @@ local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 
 // KEYS: record, index, token. ARGV: member, fingerprint section, and lease,
 // window and retention in µs as three little-endian int64 (no decimal to
-// parse).
-//
-// A fresh key is the common case, so the script writes the new record first
-// with SET NX GET (token now, corrected below in the rare case the counter
-// is ahead) and learns in the same call what was there. When a record was
-// there, NX wrote nothing, and a replay, an owner in flight or a mismatch
-// answer without any write.
+// parse). A replay, an owner in flight or a mismatch reads and writes
+// nothing else.
 var beginScript = redis.NewScript(luaNow + `
-local lease, w, re = struct.unpack('<i8i8i8', ARGV[3])
-local l = now + lease
-local ru = l + w
-local px = math.ceil(ru / 1000)
-local rec = struct.pack(` + luaHeader + `, 1, 'p', 0, now, 1, l, now, 0, 0, ru, w, re) .. ARGV[2] .. '` + luaEmptySections + `'
-local s = redis.call('SET', KEYS[1], rec, 'NX', 'GET', 'PXAT', px)
+local s = redis.call('GET', KEYS[1])
 local live, st, fl, prev, att, lu, cr, co, ex = false
 if s then
   if #s < 95 or string.byte(s, 1) ~= 1 then return {'corrupt', now} end
@@ -88,27 +78,23 @@ if old then
 end
 if prev and prev >= tok then tok = prev + 1 end
 if tok ~= now then redis.call('SET', KEYS[3], struct.pack('<i8', tok)) end
-local code = 'acquired'
-if not s then
-  -- The record is written; only a token above now needs a second write.
-  if tok ~= now then
-    rec = struct.pack('<Bc1Bi8', 1, 'p', 0, tok) .. string.sub(rec, 12)
-    redis.call('SET', KEYS[1], rec, 'PXAT', px)
-  end
+local lease, w, re = struct.unpack('<i8i8i8', ARGV[3])
+local l = now + lease
+local ru = l + w
+local rec, code
+if live then
+  -- Pending with an expired lease: take over, keeping the checkpoint.
+  rec = struct.pack(` + luaHeader + `, 1, 'p', fl, tok, att + 1, l, cr, co, 0, ru, w, re) .. string.sub(s, 76)
+  code = 'takeover'
 else
-  if live then
-    -- Pending with an expired lease: take over, keeping the checkpoint.
-    rec = struct.pack(` + luaHeader + `, 1, 'p', fl, tok, att + 1, l, cr, co, 0, ru, w, re) .. string.sub(s, 76)
-    code = 'takeover'
-  else
-    -- Released, or completed past its window: a new record; only the
-    -- attempt count and creation time survive a release.
-    local attempts, created = 1, now
-    if st == 'r' then attempts, created = att + 1, cr end
-    rec = struct.pack(` + luaHeader + `, 1, 'p', 0, tok, attempts, l, created, 0, 0, ru, w, re) .. ARGV[2] .. '` + luaEmptySections + `'
-  end
-  redis.call('SET', KEYS[1], rec, 'PXAT', px)
+  -- Absent, released, or completed past its window: a new record; only the
+  -- attempt count and creation time survive a release.
+  local attempts, created = 1, now
+  if st == 'r' then attempts, created = att + 1, cr end
+  rec = struct.pack(` + luaHeader + `, 1, 'p', 0, tok, attempts, l, created, 0, 0, ru, w, re) .. ARGV[2] .. '` + luaEmptySections + `'
+  code = 'acquired'
 end
+redis.call('SET', KEYS[1], rec, 'PXAT', math.ceil(ru / 1000))
 -- Every acquisition puts the index entry (a no-op when it is there), so a
 -- record is listed from its first Begin on; a string score, no number to
 -- format.
