@@ -416,3 +416,43 @@ func TestTokens(t *testing.T) {
 		t.Errorf("token of a fresh key with the counter ahead: %d, want %d", fifth.Token, ahead+12)
 	}
 }
+
+// TestSweepBatches: Sweep walks an index longer than one batch, removes the
+// entries of every record Redis expired among live ones, stops at its
+// limit, and leaves Size exact.
+func TestSweepBatches(t *testing.T) {
+	t.Parallel()
+	b := setup(t, nil)
+	const live, due = 1200, 1300 // one scope, so one shard: three batches
+	isDue := func(i int) bool { return i%2 == 1 || i >= 2*live }
+	for i := range live + due {
+		lease := time.Hour
+		if isDue(i) {
+			lease = time.Millisecond
+		}
+		b.acquire("s", fmt.Sprintf("k-%05d", i), lease, lease)
+	}
+	for i := range live + due {
+		if isDue(i) {
+			waitExpired(t, b, "s", fmt.Sprintf("k-%05d", i))
+		}
+	}
+	if res, err := b.store.Sweep(b.ctx, &idem.SweepParams{Limit: 700}); err != nil || res.Deleted != 700 {
+		t.Fatalf("Sweep with limit 700: %+v, %v; want 700 removed", res, err)
+	}
+	if res, err := b.store.Sweep(b.ctx, &idem.SweepParams{}); err != nil || res.Deleted != due-700 {
+		t.Fatalf("Sweep: %+v, %v; want %d removed", res, err, due-700)
+	}
+	if n, err := b.store.Size(b.ctx); err != nil || n != live {
+		t.Errorf("Size after Sweep: %d, %v; want %d", n, err, live)
+	}
+	res, err := b.store.List(b.ctx, &idem.ListParams{Scope: "s", Limit: idem.MaxListSize})
+	if err != nil || len(res.Records) != min(live, idem.MaxListSize) {
+		t.Fatalf("List: %d records, %v; want %d", len(res.Records), err, min(live, idem.MaxListSize))
+	}
+	for _, r := range res.Records {
+		if r.State != idem.StatePending || r.LeaseUntil.Sub(r.Created) != time.Hour {
+			t.Errorf("List: %s %s lease until %s, want a live record", r.Key, r.State, r.LeaseUntil)
+		}
+	}
+}
