@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"strconv"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -16,14 +17,64 @@ import (
 var benchCallers = []int{1, 16, 64}
 
 // BenchmarkCycles: Begin+Complete cycles on fresh keys, each cycle two
-// scripts (two round trips).
+// scripts (two round trips). It also reports the CPU per cycle of this
+// process and of the Redis server (cpuMeter), steadier than cycles/s on a
+// shared machine.
 func BenchmarkCycles(b *testing.B) {
 	for _, callers := range benchCallers {
 		b.Run(fmt.Sprintf("callers=%d", callers), func(b *testing.B) {
 			s := setup(b, nil)
+			m := startCPUMeter(b, s)
 			storetest.BenchCycles(b, s.store, callers)
+			m.report(b)
 		})
 	}
+}
+
+// cpuMeter measures the CPU time this process and the Redis server (INFO
+// cpu, used_cpu_user + used_cpu_sys) spend over a benchmark, per cycle. The
+// server's figure includes every other client's work: it means something
+// only when nothing else uses the server.
+type cpuMeter struct {
+	s          *bundle
+	go0, redis time.Duration
+	goKnown    bool
+}
+
+func startCPUMeter(b *testing.B, s *bundle) *cpuMeter {
+	b.Helper()
+	m := &cpuMeter{s: s, redis: redisCPU(b, s)}
+	m.go0, m.goKnown = processCPU()
+	return m
+}
+
+func (m *cpuMeter) report(b *testing.B) {
+	b.Helper()
+	if g, ok := processCPU(); ok && m.goKnown {
+		b.ReportMetric(float64(g-m.go0)/float64(time.Microsecond)/float64(b.N), "go-µs/cycle")
+	}
+	b.ReportMetric(float64(redisCPU(b, m.s)-m.redis)/float64(time.Microsecond)/float64(b.N), "redis-µs/cycle")
+}
+
+// redisCPU is the CPU time the Redis server has used, from INFO cpu.
+func redisCPU(b *testing.B, s *bundle) time.Duration {
+	b.Helper()
+	info, err := s.client.Info(context.Background(), "cpu").Result()
+	if err != nil {
+		b.Fatal(err)
+	}
+	var total time.Duration
+	for _, line := range strings.Split(info, "\r\n") {
+		k, v, _ := strings.Cut(line, ":")
+		if k == "used_cpu_user" || k == "used_cpu_sys" {
+			sec, err := strconv.ParseFloat(v, 64)
+			if err != nil {
+				b.Fatalf("INFO cpu: %s: %v", line, err)
+			}
+			total += time.Duration(sec * float64(time.Second))
+		}
+	}
+	return total
 }
 
 // BenchmarkRawSetNX is the baseline, on the same kind of client and pool: a
@@ -37,6 +88,7 @@ func BenchmarkRawSetNX(b *testing.B) {
 			s := setup(b, nil)
 			ctx := context.Background()
 			var next atomic.Int64
+			m := startCPUMeter(b, s)
 			storetest.ParallelN(b, callers, func() error {
 				key := fmt.Sprintf("%s:raw:%d", s.prefix, next.Add(1))
 				ok, err := s.client.SetNX(ctx, key, pending, time.Hour).Result()
@@ -48,6 +100,7 @@ func BenchmarkRawSetNX(b *testing.B) {
 				}
 				return s.client.Set(ctx, key, completed, time.Hour).Err()
 			})
+			m.report(b)
 		})
 	}
 }
