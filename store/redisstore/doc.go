@@ -38,9 +38,17 @@
 //
 // Per Begin that acquires a fresh key the server runs TIME, GET, SET … GET
 // (the shard's token counter), SET … PXAT (the record) and ZADD (the
-// shard's index); Complete runs GET, TIME and SET on the record key only; a
-// replay, an owner in flight or a mismatch runs TIME and GET and writes
-// nothing.
+// shard's index); Complete runs GET, TIME and SET on the record key only
+// (and APPEND for an outcome over 4 KiB, see below); a replay, an owner in
+// flight or a mismatch runs TIME and GET and writes nothing.
+//
+// Outcomes pass through Lua as strings, and Redis's Lua hashes every byte
+// of every string it makes, on a server that runs one script at a time:
+// on the test machine a Complete of a 1 MiB outcome held the server about
+// 1.9 ms (64 KiB: 0.14 ms) and a replay of it about 1.4 ms (64 KiB: 0.1
+// ms), several times a plain SET or GET of the same bytes. Complete appends
+// an outcome over 4 KiB to the record with APPEND rather than joining it in
+// Lua, which would hash it a second time (3.1 ms for 1 MiB before).
 //
 // # Layout and cluster slots
 //

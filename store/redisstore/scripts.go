@@ -113,7 +113,15 @@ var completeScript = redis.NewScript(luaCheck + luaNow + `
 local w, re, fpl = struct.unpack('<i8i8I4', s, 60)
 local r = now + math.max(w, re)
 local head = '\1c\0' .. string.sub(s, 4, 35) .. struct.pack('<i8i8i8', now, now + w, r) .. string.sub(s, 60, 79 + fpl)
-redis.call('SET', KEYS[1], head .. ARGV[2], 'PXAT', math.ceil(r / 1000))
+-- A large outcome is appended rather than joined to the header in Lua:
+-- Redis's Lua hashes every byte of every string it makes, so joining would
+-- hash (and copy) the outcome a second time.
+if #ARGV[2] > 4096 then
+  redis.call('SET', KEYS[1], head, 'PXAT', math.ceil(r / 1000))
+  redis.call('APPEND', KEYS[1], ARGV[2])
+else
+  redis.call('SET', KEYS[1], head .. ARGV[2], 'PXAT', math.ceil(r / 1000))
+end
 return {'ok', head}
 `)
 
