@@ -50,7 +50,7 @@ type entry struct {
 	blob    string      // when completed: rec.Fingerprint, then the outcome's Data
 	meta    []string    // the outcome's Meta as key, value pairs; in metaBuf when small
 	metaBuf [4]string
-	outcome bool // rec is completed and data and meta hold its outcome
+	outcome bool // rec is completed and blob and meta hold its outcome
 	metaNil bool // the stored Meta was nil, not empty
 }
 
@@ -219,10 +219,10 @@ func (s *Store) intern(scope string) string {
 }
 
 // owned runs a transition of one owned record under the lock: f returns
-// the record that replaces e's.
-func (s *Store) owned(ctx context.Context, scope, key string, f func(cur *idem.Record, now time.Time) (*idem.Record, error)) (*entry, error) {
+// the record that replaces the stored one.
+func (s *Store) owned(ctx context.Context, scope, key string, f func(cur *idem.Record, now time.Time) (*idem.Record, error)) error {
 	if err := s.lock(ctx); err != nil {
-		return nil, err
+		return err
 	}
 	defer s.mu.Unlock()
 	e := s.records[recordKey{scope, key}]
@@ -232,13 +232,13 @@ func (s *Store) owned(ctx context.Context, scope, key string, f func(cur *idem.R
 	}
 	next, err := f(cur, s.clock.Now())
 	if err != nil {
-		return nil, err
+		return err
 	}
 	e.rec = *next
 	if e.outcome && next.State != idem.StateCompleted {
 		e.clearOutcome()
 	}
-	return e, nil
+	return nil
 }
 
 // Complete implements idem.Store. The record it returns carries the
@@ -274,7 +274,7 @@ func (s *Store) Release(ctx context.Context, p *idem.ReleaseParams) error {
 	if err := p.Validate(); err != nil {
 		return err
 	}
-	_, err := s.owned(ctx, p.Scope, p.Key, func(cur *idem.Record, now time.Time) (*idem.Record, error) {
+	err := s.owned(ctx, p.Scope, p.Key, func(cur *idem.Record, now time.Time) (*idem.Record, error) {
 		return transition.Release(cur, p, now)
 	})
 	return err
@@ -286,7 +286,7 @@ func (s *Store) Extend(ctx context.Context, p *idem.ExtendParams) (*idem.Record,
 		return nil, err
 	}
 	var rec *idem.Record
-	_, err := s.owned(ctx, p.Scope, p.Key, func(cur *idem.Record, now time.Time) (*idem.Record, error) {
+	err := s.owned(ctx, p.Scope, p.Key, func(cur *idem.Record, now time.Time) (*idem.Record, error) {
 		next, err := transition.Extend(cur, p, now)
 		if err == nil {
 			rec = transition.Clone(next) // a pending record: no outcome
@@ -304,7 +304,7 @@ func (s *Store) Checkpoint(ctx context.Context, p *idem.CheckpointParams) error 
 	if err := p.Validate(); err != nil {
 		return err
 	}
-	_, err := s.owned(ctx, p.Scope, p.Key, func(cur *idem.Record, now time.Time) (*idem.Record, error) {
+	err := s.owned(ctx, p.Scope, p.Key, func(cur *idem.Record, now time.Time) (*idem.Record, error) {
 		return transition.Checkpoint(cur, p, now)
 	})
 	return err
