@@ -17,7 +17,9 @@ import (
 // a stream of short requests neither starts nor stops timers. An
 // execution is extended at most a third of the lease after it started and
 // every third of the lease after that, each extension in its own clock
-// goroutine, so a slow store call for one key delays no other.
+// goroutine, so a slow store call for one key delays no other (and a tick
+// that finds one still in progress skips that key, as a timer per
+// request re-armed after its call would).
 //
 // As with idem.Claim.KeepAlive, a refused extension (idem.ErrLeaseLost,
 // idem.ErrCompleted) cancels the handler's context with the refusal as
@@ -77,7 +79,10 @@ func (h *heartbeat) tick() {
 	}
 	var due []*execution
 	for ex := h.head; ex != nil; ex = ex.beatNext {
-		due = append(due, ex)
+		if !ex.extending { // a store call still in progress is not doubled
+			ex.extending = true
+			due = append(due, ex)
+		}
 	}
 	h.clock.AfterFunc(h.lease/3, h.tick)
 	h.mu.Unlock()
@@ -88,6 +93,9 @@ func (h *heartbeat) tick() {
 
 func (h *heartbeat) extend(ex *execution) {
 	err := ex.claim.Extend(ex.finish, h.lease)
+	h.mu.Lock()
+	ex.extending = false
+	h.mu.Unlock()
 	if errors.Is(err, idem.ErrLeaseLost) || errors.Is(err, idem.ErrCompleted) {
 		h.remove(ex)
 		ex.ctx.lose(err)

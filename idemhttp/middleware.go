@@ -368,8 +368,9 @@ type execution struct {
 	body   replayedBody // the handler's request body, unless Config's functions saw it first
 	claim  *idem.Claim
 	finish context.Context // the request's, never cancelled
-	// In the heartbeat's list while the handler runs.
-	beating            bool
+	// In the heartbeat's list while the handler runs; extending while a
+	// heartbeat's store call for it is in progress.
+	beating, extending bool
 	beatPrev, beatNext *execution
 	values             [4]storedValue // the recorder's, for up to 4 stored headers present
 	headers            [2]string      // Idempotent-Replayed and Idempotency-Key-Expires

@@ -927,3 +927,54 @@ func TestManyStoredHeaders(t *testing.T) {
 		}
 	}
 }
+
+// slowExtendStore blocks every Extend until release is closed, counting
+// the calls in progress.
+type slowExtendStore struct {
+	*memstore.Store
+	release chan struct{}
+	running atomic.Int64
+	calls   atomic.Int64
+}
+
+func (s *slowExtendStore) Extend(ctx context.Context, p *idem.ExtendParams) (*idem.Record, error) {
+	s.calls.Add(1)
+	s.running.Add(1)
+	defer s.running.Add(-1)
+	<-s.release
+	return s.Store.Extend(ctx, p)
+}
+
+// TestHeartbeatSlowStore: while a store call extending a lease hangs,
+// later ticks do not start another for the same key.
+func TestHeartbeatSlowStore(t *testing.T) {
+	t.Parallel()
+	clock := idem.NewManualClock(start)
+	store := &slowExtendStore{Store: memstore.New(&memstore.Config{Clock: clock}), release: make(chan struct{})}
+	ledger, err := idem.New(store, &idem.Config{Clock: clock, Lease: 9 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	entered, gate := make(chan struct{}), make(chan struct{})
+	h := idemhttp.Middleware(ledger, &idemhttp.Config{Clock: clock})(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		close(entered)
+		<-gate
+		w.WriteHeader(http.StatusCreated)
+	}))
+	done := make(chan *http.Response)
+	go func() { done <- do(h, post("k", "x")) }()
+	<-entered
+	for range 4 {
+		waitFor(t, func() bool { return clock.Waiters() > 0 })
+		clock.Advance(3 * time.Second)
+		waitFor(t, func() bool { return store.running.Load() == 1 })
+	}
+	if got := store.calls.Load(); got != 1 {
+		t.Fatalf("%d extensions started while the first hangs, want 1", got)
+	}
+	close(store.release)
+	close(gate)
+	if res := <-done; res.StatusCode != http.StatusCreated {
+		t.Fatalf("status %d", res.StatusCode)
+	}
+}
