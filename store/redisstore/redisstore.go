@@ -59,9 +59,15 @@ type Store struct {
 	owned  bool // Close closes the client
 	prefix string
 	shard  *layout // the keys of each shard, made once
-	wait   bool
-	cfg    Config
-	closed atomic.Bool
+	batch  [shards]batcher
+	// inFlight is maxInFlight; tests lower it to batch more.
+	inFlight int
+	// noBatch runs every Begin and Complete in a script of its own (for
+	// benchmarks that compare).
+	noBatch bool
+	wait    bool
+	cfg     Config
+	closed  atomic.Bool
 }
 
 var (
@@ -96,6 +102,7 @@ func New(client redis.UniversalClient, cfg *Config) (*Store, error) {
 	}
 	s.prefix = c.Prefix
 	s.shard = makeLayout(c.Prefix)
+	s.inFlight = maxInFlight
 	s.wait = c.WaitReplicas > 0 || c.WaitAOF || c.WaitTimeout > 0
 	if s.wait && c.WaitTimeout == 0 {
 		c.WaitTimeout = DefaultWaitTimeout
@@ -302,7 +309,8 @@ func (s *Store) Begin(ctx context.Context, p *idem.BeginParams) (*idem.BeginResu
 		return nil, err
 	}
 	k := s.shard.keys(p.Scope, p.Key)
-	reply, waitErr, err := s.run(ctx, beginScript, []string{k.record, k.index, k.token}, beginArgs(k, p)...)
+	reply, waitErr, err := s.exec(ctx, shardOf(p.Scope), &pendingOp{script: beginScript, kind: 'b',
+		keys: []string{k.record, k.index, k.token}, args: beginArgs(k, p)})
 	if err != nil {
 		return nil, s.redisErr("begin", err)
 	}
@@ -364,7 +372,14 @@ func (s *Store) owner(ctx context.Context, op string, script *redis.Script, scop
 	if arg == nil {
 		args = args[:1]
 	}
-	reply, waitErr, err := s.run(ctx, script, []string{s.shard.recordKey(scope, key)}, args...)
+	keys := []string{s.shard.recordKey(scope, key)}
+	var reply any
+	var waitErr error
+	if script == completeScript {
+		reply, waitErr, err = s.exec(ctx, shardOf(scope), &pendingOp{script: script, kind: 'c', keys: keys, args: args})
+	} else {
+		reply, waitErr, err = s.run(ctx, script, keys, args...)
+	}
 	if err != nil {
 		return nil, s.redisErr(op, err)
 	}

@@ -31,6 +31,21 @@ func BenchmarkCycles(b *testing.B) {
 	}
 }
 
+// BenchmarkUnbatched is BenchmarkCycles with every Begin and Complete in a
+// script of its own, as before batching. (Its name does not contain
+// "Cycles", so the usual -bench '(Cycles|RawSetNX)/…' leaves it out.)
+func BenchmarkUnbatched(b *testing.B) {
+	for _, callers := range benchCallers {
+		b.Run(fmt.Sprintf("callers=%d", callers), func(b *testing.B) {
+			s := setup(b, nil)
+			s.store.noBatch = true
+			m := startCPUMeter(b, s)
+			storetest.BenchCycles(b, s.store, callers)
+			m.report(b)
+		})
+	}
+}
+
 // cpuMeter measures the CPU time this process and the Redis server (INFO
 // cpu, used_cpu_user + used_cpu_sys) spend over a benchmark, per cycle. The
 // server's figure includes every other client's work: it means something

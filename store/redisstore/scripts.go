@@ -49,80 +49,125 @@ local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 // window and retention in µs as three little-endian int64 (no decimal to
 // parse). A replay, an owner in flight or a mismatch reads and writes
 // nothing else.
-var beginScript = redis.NewScript(luaNow + `
-local s = redis.call('GET', KEYS[1])
-local live, st, fl, prev, att, lu, cr, co, ex = false
-if s then
-  if #s < 95 or string.byte(s, 1) ~= 1 then return {'corrupt', now} end
-  local _
-  _, st, fl, prev, att, lu, cr, co, ex = struct.unpack('<Bc1Bi8i8i8i8i8i8', s)
-  live = st == 'p' or (st == 'c' and now < ex)
-  if live then
-    if string.sub(s, 76, 75 + #ARGV[2]) ~= ARGV[2] then return {'mismatch', now} end
-    if st == 'c' then return {'replay', now, s} end
-    if now < lu then return {'in_flight', now, s} end
-  end
-end
--- The token is max(shard counter + 1, server time in µs, record token + 1),
--- and the counter keeps it: tokens of a key increase across Delete and
--- expiry (the counter outlives records), across a lost counter (the clock),
--- and across a clock that steps back (the counter). The counter is 8 bytes
--- (layout 1 wrote it in decimal), so no number is formatted or parsed.
--- Usually one call.
-local old = redis.call('SET', KEYS[3], struct.pack('<i8', now), 'GET')
-local tok = now
-if old then
-  local o
-  if #old == 8 then o = struct.unpack('<i8', old) else o = tonumber(old) end
-  if o and o >= tok then tok = o + 1 end
-end
-if prev and prev >= tok then tok = prev + 1 end
-if tok ~= now then redis.call('SET', KEYS[3], struct.pack('<i8', tok)) end
-local lease, w, re = struct.unpack('<i8i8i8', ARGV[3])
-local l = now + lease
-local ru = l + w
-local rec, code
-if live then
-  -- Pending with an expired lease: take over, keeping the checkpoint.
-  rec = struct.pack(` + luaHeader + `, 1, 'p', fl, tok, att + 1, l, cr, co, 0, ru, w, re) .. string.sub(s, 76)
-  code = 'takeover'
-else
-  -- Absent, released, or completed past its window: a new record; only the
-  -- attempt count and creation time survive a release.
-  local attempts, created = 1, now
-  if st == 'r' then attempts, created = att + 1, cr end
-  rec = struct.pack(` + luaHeader + `, 1, 'p', 0, tok, attempts, l, created, 0, 0, ru, w, re) .. ARGV[2] .. '` + luaEmptySections + `'
-  code = 'acquired'
-end
-redis.call('SET', KEYS[1], rec, 'PXAT', math.ceil(ru / 1000))
--- Every acquisition puts the index entry (a no-op when it is there), so a
--- record is listed from its first Begin on; a string score, no number to
--- format.
-redis.call('ZADD', KEYS[2], '0', ARGV[1])
-return {code, now, rec}
+var beginScript = redis.NewScript(luaNow + luaBegin + `
+return begin(KEYS[1], KEYS[2], KEYS[3], ARGV[1], ARGV[2], ARGV[3])
 `)
+
+// luaBegin defines begin(record, index, token, member, fingerprint
+// section, durations), the rules of Begin at the server time now.
+const luaBegin = `
+local function begin(kr, ki, kt, member, fp, times)
+  local s = redis.call('GET', kr)
+  local live, st, fl, prev, att, lu, cr, co, ex = false
+  if s then
+    if #s < 95 or string.byte(s, 1) ~= 1 then return {'corrupt', now} end
+    local _
+    _, st, fl, prev, att, lu, cr, co, ex = struct.unpack('<Bc1Bi8i8i8i8i8i8', s)
+    live = st == 'p' or (st == 'c' and now < ex)
+    if live then
+      if string.sub(s, 76, 75 + #fp) ~= fp then return {'mismatch', now} end
+      if st == 'c' then return {'replay', now, s} end
+      if now < lu then return {'in_flight', now, s} end
+    end
+  end
+  -- The token is max(shard counter + 1, server time in µs, record token + 1),
+  -- and the counter keeps it: tokens of a key increase across Delete and
+  -- expiry (the counter outlives records), across a lost counter (the clock),
+  -- and across a clock that steps back (the counter). The counter is 8 bytes
+  -- (layout 1 wrote it in decimal), so no number is formatted or parsed.
+  -- Usually one call.
+  local old = redis.call('SET', kt, struct.pack('<i8', now), 'GET')
+  local tok = now
+  if old then
+    local o
+    if #old == 8 then o = struct.unpack('<i8', old) else o = tonumber(old) end
+    if o and o >= tok then tok = o + 1 end
+  end
+  if prev and prev >= tok then tok = prev + 1 end
+  if tok ~= now then redis.call('SET', kt, struct.pack('<i8', tok)) end
+  local lease, w, re = struct.unpack('<i8i8i8', times)
+  local l = now + lease
+  local ru = l + w
+  local rec, code
+  if live then
+    -- Pending with an expired lease: take over, keeping the checkpoint.
+    rec = struct.pack(` + luaHeader + `, 1, 'p', fl, tok, att + 1, l, cr, co, 0, ru, w, re) .. string.sub(s, 76)
+    code = 'takeover'
+  else
+    -- Absent, released, or completed past its window: a new record; only the
+    -- attempt count and creation time survive a release.
+    local attempts, created = 1, now
+    if st == 'r' then attempts, created = att + 1, cr end
+    rec = struct.pack(` + luaHeader + `, 1, 'p', 0, tok, attempts, l, created, 0, 0, ru, w, re) .. fp .. '` + luaEmptySections + `'
+    code = 'acquired'
+  end
+  redis.call('SET', kr, rec, 'PXAT', math.ceil(ru / 1000))
+  -- Every acquisition puts the index entry (a no-op when it is there), so a
+  -- record is listed from its first Begin on; a string score, no number to
+  -- format.
+  redis.call('ZADD', ki, '0', member)
+  return {code, now, rec}
+end
+`
 
 // luaEmptySections are emptySections as a Lua string literal.
 const luaEmptySections = `\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0`
 
 // KEYS: record. ARGV: token bytes, the sections after the fingerprint (no
 // checkpoint, the outcome). Returns the record's header and fingerprint.
-var completeScript = redis.NewScript(luaCheck + luaNow + `
--- Token, attempts, lease and creation (bytes 4-35) and window, retention
--- and fingerprint (from byte 60) are copied as they are.
-local w, re, fpl = struct.unpack('<i8i8I4', s, 60)
-local r = now + math.max(w, re)
-local head = '\1c\0' .. string.sub(s, 4, 35) .. struct.pack('<i8i8i8', now, now + w, r) .. string.sub(s, 60, 79 + fpl)
--- A large outcome is appended rather than joined to the header in Lua:
--- Redis's Lua hashes every byte of every string it makes, so joining would
--- hash (and copy) the outcome a second time.
-if #ARGV[2] > 4096 then
-  redis.call('SET', KEYS[1], head, 'PXAT', math.ceil(r / 1000))
-  redis.call('APPEND', KEYS[1], ARGV[2])
-else
-  redis.call('SET', KEYS[1], head .. ARGV[2], 'PXAT', math.ceil(r / 1000))
+var completeScript = redis.NewScript(luaNow + luaComplete + `
+return complete(KEYS[1], ARGV[1], ARGV[2])
+`)
+
+// luaComplete defines complete(record, token bytes, sections after the
+// fingerprint), the rules of Complete at the server time now.
+const luaComplete = `
+local function complete(kr, token, rest)
+  local s = redis.call('GET', kr)
+  if not s then return {'gone'} end
+  if #s < 95 or string.byte(s, 1) ~= 1 then return {'corrupt'} end
+  if string.sub(s, 4, 11) ~= token then return {'stale'} end
+  local st = string.sub(s, 2, 2)
+  if st == 'c' then return {'completed'} end
+  if st ~= 'p' then return {'released'} end
+  -- Token, attempts, lease and creation (bytes 4-35) and window, retention
+  -- and fingerprint (from byte 60) are copied as they are.
+  local w, re, fpl = struct.unpack('<i8i8I4', s, 60)
+  local r = now + math.max(w, re)
+  local head = '\1c\0' .. string.sub(s, 4, 35) .. struct.pack('<i8i8i8', now, now + w, r) .. string.sub(s, 60, 79 + fpl)
+  -- A large outcome is appended rather than joined to the header in Lua:
+  -- Redis's Lua hashes every byte of every string it makes, so joining would
+  -- hash (and copy) the outcome a second time.
+  if #rest > 4096 then
+    redis.call('SET', kr, head, 'PXAT', math.ceil(r / 1000))
+    redis.call('APPEND', kr, rest)
+  else
+    redis.call('SET', kr, head .. rest, 'PXAT', math.ceil(r / 1000))
+  end
+  return {'ok', head}
 end
-return {'ok', head}
+`
+
+// batchScript runs a batch of Begins and Completes on records of one shard
+// (every key declared, one slot) at one server time, in order, and returns
+// the reply of each, as beginScript and completeScript would. KEYS: the
+// keys of each operation in turn (record, index, token for a Begin; record
+// for a Complete). ARGV: the operations as a string of 'b' and 'c', then
+// the arguments of each in turn.
+var batchScript = redis.NewScript(luaNow + luaBegin + luaComplete + `
+local ops = ARGV[1]
+local out = {}
+local k, a = 1, 2
+for i = 1, #ops do
+  if string.byte(ops, i) == 98 then
+    out[i] = begin(KEYS[k], KEYS[k + 1], KEYS[k + 2], ARGV[a], ARGV[a + 1], ARGV[a + 2])
+    k, a = k + 3, a + 3
+  else
+    out[i] = complete(KEYS[k], ARGV[a], ARGV[a + 1])
+    k, a = k + 1, a + 2
+  end
+end
+return out
 `)
 
 // KEYS: record. ARGV: token bytes. Only the token, attempt count and

@@ -1,0 +1,176 @@
+package redisstore
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"sync"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// Begin and Complete of one shard are batched: while maxInFlight scripts of
+// the shard are on their way to Redis, the Begins and Completes other
+// callers start on it queue up, and when one comes back its caller hands
+// the queue's head (up to maxBatch) to the first queued caller, who runs
+// them all in one script (batchScript): one round trip and one script call
+// for the lot. A caller that finds a free slot runs its own script at once,
+// so batching adds no wait; under load it saves the per-request cost
+// (system calls on both sides, the script call) that dominates these small
+// operations. Each operation keeps its
+// own rules and its own reply; a batch is atomic as a whole, in queue
+// order, at one server time. The keys of a batch share the shard's hash
+// tag, so it runs on a cluster too.
+
+// maxBatch bounds the operations one script runs; maxInFlight the batches
+// of one shard on their way at a time, so Redis works on one while the
+// callers of another read their replies and queue their next operations.
+// With one shard busy on the test machine, 3 did as well as or better than
+// 1, 2, 4 and 8 at 16 and 64 callers; the differences were within the
+// machine's noise except for 1 (no overlap: fewer cycles/s at 16 callers).
+const (
+	maxBatch    = 64
+	maxInFlight = 3
+)
+
+// pendingOp is one Begin or Complete waiting in a shard's queue.
+type pendingOp struct {
+	script  *redis.Script // beginScript or completeScript, when it runs alone
+	kind    byte          // 'b' or 'c', its name in batchScript
+	keys    []string
+	args    []any
+	done    chan struct{}     // closed when reply, waitErr and err are set
+	lead    chan []*pendingOp // receives the batch its caller is to run
+	reply   any
+	waitErr error
+	err     error
+}
+
+// batcher is the queue of one shard. Up to maxInFlight callers run a batch
+// at a time; an operation that finds them all busy queues. A caller whose
+// batch is done takes the next batch off the queue and hands it to the
+// caller of its first operation to run, or, with none queued, leaves.
+type batcher struct {
+	mu     sync.Mutex
+	queue  []*pendingOp
+	active int // batches on their way
+}
+
+// exec runs o through the batcher of shard and returns its script's reply.
+func (s *Store) exec(ctx context.Context, shard int, o *pendingOp) (reply any, waitErr, err error) {
+	if s.noBatch {
+		return s.run(ctx, o.script, o.keys, o.args...)
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, nil, err
+	}
+	b := &s.batch[shard]
+	o.done = make(chan struct{})
+	b.mu.Lock()
+	if b.active < s.inFlight {
+		// Nothing is queued while a slot is free: run o alone.
+		b.active++
+		b.mu.Unlock()
+		s.lead(ctx, b, []*pendingOp{o})
+		return o.reply, o.waitErr, o.err
+	}
+	o.lead = make(chan []*pendingOp, 1)
+	b.queue = append(b.queue, o)
+	b.mu.Unlock()
+	select {
+	case <-o.done:
+	case batch := <-o.lead:
+		s.lead(ctx, b, batch)
+	case <-ctx.Done():
+		if b.remove(o) {
+			return nil, nil, ctx.Err()
+		}
+		// Its batch is on its way, or was handed to it: see it through.
+		select {
+		case <-o.done:
+		case batch := <-o.lead:
+			s.lead(ctx, b, batch)
+		}
+	}
+	return o.reply, o.waitErr, o.err
+}
+
+// lead runs batch (which holds the caller's own operation), then hands the
+// next batch on. A batch of other callers' operations too runs to its end
+// even if ctx is cancelled.
+func (s *Store) lead(ctx context.Context, b *batcher, batch []*pendingOp) {
+	if len(batch) > 1 {
+		ctx = context.WithoutCancel(ctx)
+	}
+	s.runBatch(ctx, batch)
+	b.next()
+}
+
+// next hands the next batch off the queue to the caller of its first
+// operation, or, with none queued, frees the slot of the batch just done.
+func (b *batcher) next() {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if len(b.queue) == 0 {
+		b.active--
+		return
+	}
+	n := min(len(b.queue), maxBatch)
+	next := slices.Clone(b.queue[:n])
+	b.queue = slices.Delete(b.queue, 0, n)
+	next[0].lead <- next
+}
+
+// remove takes o out of the queue if it is still there: its caller gave up
+// before any batch took it.
+func (b *batcher) remove(o *pendingOp) bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	i := slices.Index(b.queue, o)
+	if i < 0 {
+		return false
+	}
+	b.queue = slices.Delete(b.queue, i, i+1)
+	return true
+}
+
+// runBatch runs batch, alone with its own script when it is one operation,
+// and gives each operation its reply.
+func (s *Store) runBatch(ctx context.Context, batch []*pendingOp) {
+	defer func() {
+		for _, o := range batch {
+			close(o.done)
+		}
+	}()
+	if len(batch) == 1 {
+		o := batch[0]
+		o.reply, o.waitErr, o.err = s.run(ctx, o.script, o.keys, o.args...)
+		return
+	}
+	kinds := make([]byte, len(batch))
+	nkeys, nargs := 0, 1
+	for i, o := range batch {
+		kinds[i] = o.kind
+		nkeys += len(o.keys)
+		nargs += len(o.args)
+	}
+	keys := make([]string, 0, nkeys)
+	args := make([]any, 1, nargs)
+	args[0] = kinds
+	for _, o := range batch {
+		keys = append(keys, o.keys...)
+		args = append(args, o.args...)
+	}
+	reply, waitErr, err := s.run(ctx, batchScript, keys, args...)
+	replies, ok := reply.([]any)
+	if err == nil && (!ok || len(replies) != len(batch)) {
+		err = fmt.Errorf("redisstore: batch of %d: unexpected script reply %T", len(batch), reply)
+	}
+	for i, o := range batch {
+		if err != nil {
+			o.err = err
+			continue
+		}
+		o.reply, o.waitErr = replies[i], waitErr
+	}
+}

@@ -1,0 +1,167 @@
+package redisstore
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/idemkit/idem"
+	"github.com/idemkit/idem/storetest"
+)
+
+// TestConformanceBatched runs the suite with one batch in flight per
+// shard, so concurrent Begins and Completes of a shard queue and run
+// together in batchScript.
+func TestConformanceBatched(t *testing.T) {
+	t.Parallel()
+	storetest.Run(t, func(t *testing.T, _ idem.Clock) idem.Store {
+		s := setup(t, nil).store
+		s.inFlight = 1
+		return s
+	}, &storetest.Options{RealClock: true})
+}
+
+// waitQueued polls until n operations wait in the queue of shard.
+func waitQueued(t *testing.T, s *Store, shard, n int) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		b := &s.batch[shard]
+		b.mu.Lock()
+		got := len(b.queue)
+		b.mu.Unlock()
+		if got == n {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d operations queued, want %d", got, n)
+		}
+		<-time.After(time.Millisecond)
+	}
+}
+
+// TestBatch: operations that find every slot busy queue; the next batch
+// runs them in one script, each with its own result (acquired, replay,
+// mismatch, completed, lease lost), and frees the slot.
+func TestBatch(t *testing.T) {
+	t.Parallel()
+	b := setup(t, nil)
+	s := b.store
+	s.inFlight = 1
+	done := b.acquire("s", "done", time.Hour, time.Hour)
+	if _, err := s.Complete(b.ctx, &idem.CompleteParams{Scope: "s", Key: "done", Token: done.Token, Outcome: idem.Outcome{Data: []byte("out")}}); err != nil {
+		t.Fatal(err)
+	}
+	owned := b.acquire("s", "owned", time.Hour, time.Hour)
+	shard := shardOf("s")
+	bt := &s.batch[shard]
+	bt.mu.Lock()
+	bt.active = 1 // the one slot is busy
+	bt.mu.Unlock()
+
+	type result struct {
+		name string
+		err  error
+		what string
+	}
+	results := make(chan result, 8)
+	var wg sync.WaitGroup
+	begin := func(key, fp string) {
+		defer wg.Done()
+		res, err := s.Begin(b.ctx, &idem.BeginParams{Scope: "s", Key: key, Fingerprint: fp, Lease: time.Hour, Window: time.Hour})
+		what := ""
+		if res != nil {
+			what = string(res.Decision)
+			if res.Decision == idem.Replay {
+				what += ":" + string(res.Record.Outcome.Data)
+			}
+		}
+		results <- result{"begin " + key + " " + fp, err, what}
+	}
+	complete := func(key string, token int64) {
+		defer wg.Done()
+		_, err := s.Complete(b.ctx, &idem.CompleteParams{Scope: "s", Key: key, Token: token, Outcome: idem.Outcome{Data: []byte("x")}})
+		results <- result{fmt.Sprintf("complete %s %d", key, token), err, ""}
+	}
+	wg.Add(6)
+	go begin("new-1", "f")
+	go begin("new-2", "f")
+	go begin("done", "f")
+	go begin("done", "other")
+	go complete("owned", owned.Token)
+	go complete("done", done.Token)
+	waitQueued(t, s, shard, 6)
+	bt.next() // the busy batch is done: the queued six run as one
+	wg.Wait()
+	close(results)
+	got := map[string]result{}
+	for r := range results {
+		got[r.name] = r
+	}
+	want := map[string]struct {
+		err  error
+		what string
+	}{
+		"begin new-1 f":    {nil, string(idem.Acquired)},
+		"begin new-2 f":    {nil, string(idem.Acquired)},
+		"begin done f":     {nil, string(idem.Replay) + ":out"},
+		"begin done other": {nil, string(idem.Mismatch)},
+		fmt.Sprintf("complete owned %d", owned.Token): {nil, ""},
+		fmt.Sprintf("complete done %d", done.Token):   {idem.ErrCompleted, ""},
+	}
+	for name, w := range want {
+		r, ok := got[name]
+		switch {
+		case !ok:
+			t.Errorf("%s: no result", name)
+		case w.err == nil && r.err != nil, w.err != nil && !errors.Is(r.err, w.err):
+			t.Errorf("%s: error %v, want %v", name, r.err, w.err)
+		case r.what != w.what:
+			t.Errorf("%s: %q, want %q", name, r.what, w.what)
+		}
+	}
+	bt.mu.Lock()
+	active, queued := bt.active, len(bt.queue)
+	bt.mu.Unlock()
+	if active != 0 || queued != 0 {
+		t.Errorf("after the batch: %d in flight, %d queued; want 0 and 0", active, queued)
+	}
+	if got, err := s.Get(b.ctx, &idem.KeyParams{Scope: "s", Key: "owned"}); err != nil || got.State != idem.StateCompleted {
+		t.Errorf("Get owned: %+v, %v; want completed", got, err)
+	}
+}
+
+// TestBatchCancelWhileQueued: a caller whose context ends while its
+// operation waits in the queue gets the context's error, and the operation
+// never runs.
+func TestBatchCancelWhileQueued(t *testing.T) {
+	t.Parallel()
+	b := setup(t, nil)
+	s := b.store
+	s.inFlight = 1
+	bt := &s.batch[shardOf("s")]
+	bt.mu.Lock()
+	bt.active = 1
+	bt.mu.Unlock()
+	ctx, cancel := context.WithCancel(b.ctx)
+	errc := make(chan error, 1)
+	go func() {
+		_, err := s.Begin(ctx, &idem.BeginParams{Scope: "s", Key: "k", Fingerprint: "f", Lease: time.Hour, Window: time.Hour})
+		errc <- err
+	}()
+	waitQueued(t, s, shardOf("s"), 1)
+	cancel()
+	if err := <-errc; !errors.Is(err, context.Canceled) {
+		t.Fatalf("Begin cancelled in the queue: %v, want context.Canceled", err)
+	}
+	waitQueued(t, s, shardOf("s"), 0)
+	bt.next()
+	if _, err := s.Get(b.ctx, &idem.KeyParams{Scope: "s", Key: "k"}); !errors.Is(err, idem.ErrNotFound) {
+		t.Errorf("Get after the cancelled Begin: %v, want idem.ErrNotFound", err)
+	}
+	// The slot is free again: a Begin runs at once.
+	b.acquire("s", "k", time.Hour, time.Hour)
+}
