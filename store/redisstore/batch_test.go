@@ -132,6 +132,25 @@ func TestBatch(t *testing.T) {
 	if got, err := s.Get(b.ctx, &idem.KeyParams{Scope: "s", Key: "owned"}); err != nil || got.State != idem.StateCompleted {
 		t.Errorf("Get owned: %+v, %v; want completed", got, err)
 	}
+	// The batch read the counter once and wrote it once: the two tokens it
+	// gave differ, are above every earlier one, and the counter holds the
+	// greater.
+	r1, err1 := s.Get(b.ctx, &idem.KeyParams{Scope: "s", Key: "new-1"})
+	r2, err2 := s.Get(b.ctx, &idem.KeyParams{Scope: "s", Key: "new-2"})
+	if err1 != nil || err2 != nil {
+		t.Fatal(err1, err2)
+	}
+	if r1.Token == r2.Token || min(r1.Token, r2.Token) <= owned.Token {
+		t.Errorf("tokens of the batch %d and %d, want distinct and above %d", r1.Token, r2.Token, owned.Token)
+	}
+	if got := b.client.Get(b.ctx, keysOf(b.prefix, "s", "x").token).Val(); got != string(tokenBytes(max(r1.Token, r2.Token))) {
+		t.Errorf("counter %x, want %d", got, max(r1.Token, r2.Token))
+	}
+	// Both are in the index.
+	res, err := s.List(b.ctx, &idem.ListParams{Scope: "s"})
+	if err != nil || len(res.Records) != 4 {
+		t.Errorf("List: %v, %v; want done, new-1, new-2 and owned", res, err)
+	}
 }
 
 // TestBatchCancelWhileQueued: a caller whose context ends while its

@@ -29,7 +29,10 @@
 // Completes that callers start meanwhile queue; when a script comes back,
 // the queued operations (up to 64) go to Redis as one script, one round
 // trip, which runs them in queue order at one server time, each by its own
-// rules and with its own reply. A caller alone, or a shard with a free
+// rules and with its own reply. A batch reads TIME once, reads the shard's
+// token counter once and writes it once, and puts its index entries with
+// one ZADD, so in a batch a fresh key's Begin costs a GET and a SET and a
+// Complete a GET and a SET. A caller alone, or a shard with a free
 // slot, runs its operation at once, so batching adds no wait; under load it
 // saves the per-request cost (system calls on both sides, the script call)
 // that dominates these small operations. A batch is atomic as a whole, and

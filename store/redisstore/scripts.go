@@ -49,9 +49,74 @@ local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 // window and retention in µs as three little-endian int64 (no decimal to
 // parse). A replay, an owner in flight or a mismatch reads and writes
 // nothing else.
-var beginScript = redis.NewScript(luaNow + luaBegin + `
+var beginScript = redis.NewScript(luaNow + luaToken + luaIndex + luaBegin + `
 return begin(KEYS[1], KEYS[2], KEYS[3], ARGV[1], ARGV[2], ARGV[3])
 `)
+
+// luaToken defines token(counter key, the record's token or nil), the
+// fencing token of an acquisition. The token is max(shard counter + 1,
+// server time in µs, record token + 1), and the counter keeps it: tokens of
+// a key increase across Delete and expiry (the counter outlives records),
+// across a lost counter (the clock), and across a clock that steps back
+// (the counter). The counter is 8 bytes (layout 1 wrote it in decimal), so
+// no number is formatted or parsed. Usually one call.
+const luaToken = `
+local function token(kt, prev)
+  local old = redis.call('SET', kt, struct.pack('<i8', now), 'GET')
+  local tok = now
+  if old then
+    local o
+    if #old == 8 then o = struct.unpack('<i8', old) else o = tonumber(old) end
+    if o and o >= tok then tok = o + 1 end
+  end
+  if prev and prev >= tok then tok = prev + 1 end
+  if tok ~= now then redis.call('SET', kt, struct.pack('<i8', tok)) end
+  return tok
+end
+`
+
+// luaIndex defines index(index key, member): every acquisition puts the
+// index entry (a no-op when it is there), so a record is listed from its
+// first Begin on; a string score, no number to format.
+const luaIndex = `
+local function index(ki, member)
+  redis.call('ZADD', ki, '0', member)
+end
+`
+
+// luaBatchToken and luaBatchIndex are token and index for a batch, whose
+// operations share one shard: the counter is read once and written once,
+// and the index entries go in one ZADD, when the batch ends (flush), with
+// the same result as one call each in turn.
+const luaBatchToken = `
+local ctr, ctrKey
+local function token(kt, prev)
+  if not ctrKey then
+    ctrKey = kt
+    local old = redis.call('GET', kt)
+    if old then
+      if #old == 8 then ctr = struct.unpack('<i8', old) else ctr = tonumber(old) end
+    end
+  end
+  local tok = now
+  if ctr and ctr >= tok then tok = ctr + 1 end
+  if prev and prev >= tok then tok = prev + 1 end
+  ctr = tok
+  return tok
+end
+`
+const luaBatchIndex = `
+local idxKey, entries = nil, {}
+local function index(ki, member)
+  idxKey = ki
+  entries[#entries + 1] = '0'
+  entries[#entries + 1] = member
+end
+local function flush()
+  if ctrKey then redis.call('SET', ctrKey, struct.pack('<i8', ctr)) end
+  if idxKey then redis.call('ZADD', idxKey, unpack(entries)) end
+end
+`
 
 // luaBegin defines begin(record, index, token, member, fingerprint
 // section, durations), the rules of Begin at the server time now.
@@ -70,21 +135,7 @@ local function begin(kr, ki, kt, member, fp, times)
       if now < lu then return {'in_flight', now, s} end
     end
   end
-  -- The token is max(shard counter + 1, server time in µs, record token + 1),
-  -- and the counter keeps it: tokens of a key increase across Delete and
-  -- expiry (the counter outlives records), across a lost counter (the clock),
-  -- and across a clock that steps back (the counter). The counter is 8 bytes
-  -- (layout 1 wrote it in decimal), so no number is formatted or parsed.
-  -- Usually one call.
-  local old = redis.call('SET', kt, struct.pack('<i8', now), 'GET')
-  local tok = now
-  if old then
-    local o
-    if #old == 8 then o = struct.unpack('<i8', old) else o = tonumber(old) end
-    if o and o >= tok then tok = o + 1 end
-  end
-  if prev and prev >= tok then tok = prev + 1 end
-  if tok ~= now then redis.call('SET', kt, struct.pack('<i8', tok)) end
+  local tok = token(kt, prev)
   local lease, w, re = struct.unpack('<i8i8i8', times)
   local l = now + lease
   local ru = l + w
@@ -102,10 +153,7 @@ local function begin(kr, ki, kt, member, fp, times)
     code = 'acquired'
   end
   redis.call('SET', kr, rec, 'PXAT', math.ceil(ru / 1000))
-  -- Every acquisition puts the index entry (a no-op when it is there), so a
-  -- record is listed from its first Begin on; a string score, no number to
-  -- format.
-  redis.call('ZADD', ki, '0', member)
+  index(ki, member)
   return {code, now, rec}
 end
 `
@@ -154,7 +202,7 @@ end
 // keys of each operation in turn (record, index, token for a Begin; record
 // for a Complete). ARGV: the operations as a string of 'b' and 'c', then
 // the arguments of each in turn.
-var batchScript = redis.NewScript(luaNow + luaBegin + luaComplete + `
+var batchScript = redis.NewScript(luaNow + luaBatchToken + luaBatchIndex + luaBegin + luaComplete + `
 local ops = ARGV[1]
 local out = {}
 local k, a = 1, 2
@@ -167,6 +215,7 @@ for i = 1, #ops do
     k, a = k + 1, a + 2
   end
 end
+flush()
 return out
 `)
 
