@@ -11,9 +11,11 @@
 //
 // # Atomicity and time
 //
-// Every operation on a record is one Lua script, sent with EVALSHA (and
-// loaded again with EVAL when the server answers NOSCRIPT, after a restart,
-// a failover or SCRIPT FLUSH), so each is atomic and linearizable per key.
+// Every operation on a record runs inside one Lua script (a Begin or
+// Complete may share its script with others of the same shard, see
+// Batching), sent with EVALSHA (and loaded again with EVAL when the server
+// answers NOSCRIPT, after a restart, a failover or SCRIPT FLUSH), so each is
+// atomic and linearizable per key.
 // The scripts express the rules of the ledger's transitions and answer with
 // a code and the record's bytes, which the store decodes and maps to
 // results and sentinel errors. Leases and windows are judged by the
