@@ -17,11 +17,18 @@ import (
 // it can share a store with other runs.
 func BenchCycles(b *testing.B, s idem.Store, callers int) {
 	b.Helper()
+	ParallelN(b, callers, CycleOp(s))
+}
+
+// CycleOp returns one Begin+Complete cycle on s, each call on a fresh key
+// of its own (keys of two CycleOps never meet): the unit BenchCycles and
+// Paired measure.
+func CycleOp(s idem.Store) func() error {
 	ctx := context.Background()
-	prefix := fmt.Sprintf("bench-%d-%d", callers, time.Now().UnixNano())
+	prefix := fmt.Sprintf("bench-%d-%d", cycleOps.Add(1), time.Now().UnixNano())
 	var next atomic.Int64
 	outcome := idem.Outcome{Data: []byte(`{"status":"ok"}`), Meta: map[string]string{"status": "200"}}
-	ParallelN(b, callers, func() error {
+	return func() error {
 		key := fmt.Sprintf("%s-%d", prefix, next.Add(1))
 		res, err := s.Begin(ctx, &idem.BeginParams{Scope: "bench", Key: key, Fingerprint: "f",
 			Lease: idem.DefaultLease, Window: idem.DefaultWindow})
@@ -33,8 +40,10 @@ func BenchCycles(b *testing.B, s idem.Store, callers int) {
 		}
 		_, err = s.Complete(ctx, &idem.CompleteParams{Scope: "bench", Key: key, Token: res.Record.Token, Outcome: outcome})
 		return err
-	})
+	}
 }
+
+var cycleOps atomic.Int64
 
 // ParallelN runs op b.N times in total from exactly callers goroutines and
 // reports the rate as cycles/s. Unlike b.RunParallel the number of

@@ -44,27 +44,6 @@ func (l *latencies) report(b *testing.B) {
 	b.ReportMetric(float64(ds[len(ds)*99/100].Microseconds()), "p99-µs")
 }
 
-// cycleOp returns one Begin+Complete on a fresh key of its own, two round
-// trips.
-func cycleOp(s *Store, prefix string) func() error {
-	ctx := context.Background()
-	var next atomic.Int64
-	outcome := idem.Outcome{Data: []byte(`{"status":"ok"}`), Meta: map[string]string{"status": "200"}}
-	return func() error {
-		key := fmt.Sprintf("%s-%d", prefix, next.Add(1))
-		res, err := s.Begin(ctx, &idem.BeginParams{Scope: "bench", Key: key, Fingerprint: "f",
-			Lease: idem.DefaultLease, Window: idem.DefaultWindow})
-		if err != nil {
-			return err
-		}
-		if res.Decision != idem.Acquired {
-			return fmt.Errorf("begin %s: %s", key, res.Decision)
-		}
-		_, err = s.Complete(ctx, &idem.CompleteParams{Scope: "bench", Key: key, Token: res.Record.Token, Outcome: outcome})
-		return err
-	}
-}
-
 // rawOp returns the baseline: the bare two statements a cycle cannot do
 // without, through pgx on the same pool and the same table: INSERT … ON
 // CONFLICT DO NOTHING of a pending row, then UPDATE … WHERE token = …
@@ -93,7 +72,7 @@ func BenchmarkCycles(b *testing.B) {
 	for _, callers := range benchCallers {
 		b.Run(fmt.Sprintf("callers=%d", callers), func(b *testing.B) {
 			lat := newLatencies(b)
-			op := cycleOp(s, fmt.Sprintf("bench-%d-%d", callers, time.Now().UnixNano()))
+			op := storetest.CycleOp(s)
 			storetest.ParallelN(b, callers, func() error { return lat.time(op) })
 			lat.report(b)
 		})
@@ -120,9 +99,8 @@ func BenchmarkVsRaw(b *testing.B) {
 	s := newStore(b)
 	for _, callers := range benchCallers {
 		b.Run(fmt.Sprintf("callers=%d", callers), func(b *testing.B) {
-			stamp := time.Now().UnixNano()
 			storetest.Paired(b, callers, 9, time.Second,
-				cycleOp(s, fmt.Sprintf("bench-%d-%d", callers, stamp)), rawOp(s, fmt.Sprintf("raw-%d-%d", callers, stamp)))
+				storetest.CycleOp(s), rawOp(s, fmt.Sprintf("raw-%d-%d", callers, time.Now().UnixNano())))
 		})
 	}
 }

@@ -92,30 +92,48 @@ func redisCPU(b *testing.B, s *bundle) time.Duration {
 	return total
 }
 
-// BenchmarkRawSetNX is the baseline, on the same kind of client and pool: a
-// bare SET NX of a pending-sized value, then a SET of a completed-sized
-// value, on a fresh key: two round trips, as a cycle.
+// rawOp is the baseline, on the same kind of client and pool: a bare SET
+// NX of a pending-sized value, then a SET of a completed-sized value, on a
+// fresh key: two round trips, as a cycle.
+func rawOp(s *bundle) func() error {
+	const pending = "p:f:1:1:1764205407000000:1764205407000000"
+	const completed = `c:{"status":"ok"}:status=200`
+	ctx := context.Background()
+	var next atomic.Int64
+	round := time.Now().UnixNano()
+	return func() error {
+		key := fmt.Sprintf("%s:raw:%d:%d", s.prefix, round, next.Add(1))
+		ok, err := s.client.SetNX(ctx, key, pending, time.Hour).Result()
+		if err != nil {
+			return err
+		}
+		if !ok {
+			return fmt.Errorf("SET NX %s: key exists", key)
+		}
+		return s.client.Set(ctx, key, completed, time.Hour).Err()
+	}
+}
+
+// BenchmarkRawSetNX is the baseline of BenchmarkCycles (rawOp).
 func BenchmarkRawSetNX(b *testing.B) {
-	pending := "p:f:1:1:1764205407000000:1764205407000000"
-	completed := `c:{"status":"ok"}:status=200`
 	for _, callers := range benchCallers {
 		b.Run(fmt.Sprintf("callers=%d", callers), func(b *testing.B) {
 			s := setup(b, nil)
-			ctx := context.Background()
-			var next atomic.Int64
 			m := startCPUMeter(b, s)
-			storetest.ParallelN(b, callers, func() error {
-				key := fmt.Sprintf("%s:raw:%d", s.prefix, next.Add(1))
-				ok, err := s.client.SetNX(ctx, key, pending, time.Hour).Result()
-				if err != nil {
-					return err
-				}
-				if !ok {
-					return fmt.Errorf("SET NX %s: key exists", key)
-				}
-				return s.client.Set(ctx, key, completed, time.Hour).Err()
-			})
+			storetest.ParallelN(b, callers, rawOp(s))
 			m.report(b)
+		})
+	}
+}
+
+// BenchmarkVsRaw is the issue's figure, store against baseline measured by
+// turns (storetest.Paired): 9 rounds of 1 s each side. Run it with
+// -benchtime 1x; "ratio" is the median of the rounds' ratios.
+func BenchmarkVsRaw(b *testing.B) {
+	for _, callers := range benchCallers {
+		b.Run(fmt.Sprintf("callers=%d", callers), func(b *testing.B) {
+			s := setup(b, nil)
+			storetest.Paired(b, callers, 9, time.Second, storetest.CycleOp(s.store), rawOp(s))
 		})
 	}
 }
