@@ -19,6 +19,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/idemkit/idem/internal/cputime"
 )
 
 // Clients is the number of concurrent clients.
@@ -300,7 +302,7 @@ func (l *load) measure(n int, work func(*client) error, begin ...func()) (*resul
 	}
 	var wg sync.WaitGroup
 	var failed atomic.Value
-	cpu0 := cpuTime()
+	cpu0, _ := cputime.Process()
 	t0 := time.Now()
 	for _, c := range l.clients {
 		wg.Go(func() {
@@ -314,7 +316,8 @@ func (l *load) measure(n int, work func(*client) error, begin ...func()) (*resul
 	}
 	wg.Wait()
 	elapsed := time.Since(t0)
-	cpu := cpuTime() - cpu0
+	cpu1, _ := cputime.Process()
+	cpu := cpu1 - cpu0
 	if err, _ := failed.Load().(error); err != nil {
 		return nil, err
 	}

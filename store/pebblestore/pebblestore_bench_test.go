@@ -10,6 +10,7 @@ import (
 	"github.com/cockroachdb/pebble/v2"
 	"github.com/cockroachdb/pebble/v2/vfs"
 	"github.com/idemkit/idem"
+	"github.com/idemkit/idem/internal/cputime"
 	"github.com/idemkit/idem/storetest"
 )
 
@@ -90,12 +91,12 @@ type cpuMeter struct {
 }
 
 func startCPU() cpuMeter {
-	t, ok := processCPU()
+	t, ok := cputime.Process()
 	return cpuMeter{t, ok}
 }
 
 func (m cpuMeter) report(b *testing.B) {
-	if t, ok := processCPU(); ok && m.ok {
+	if t, ok := cputime.Process(); ok && m.ok {
 		b.ReportMetric(float64((t-m.start).Microseconds())/float64(b.N), "cpu-µs/cycle")
 	}
 }

@@ -98,8 +98,8 @@
 // retain_until index from its oldest end in DELETE batches of 10000 (each
 // its own short transaction, FOR UPDATE SKIP LOCKED so it never waits for
 // a Begin). On this machine (2 shared cores) one million expired records
-// beside 100000 live ones went in 4.7 to 6 seconds (TestSweepLarge with
-// IDEM_PG_SWEEP_ROWS=1000000). Time partitions would make expiry a DROP,
+// beside 100000 live ones went in 3.7 seconds, 270000 records/s
+// (TestSweepLarge with IDEM_PG_SWEEP_ROWS=1000000). Time partitions would make expiry a DROP,
 // but PostgreSQL needs the partition key in every unique index, and a
 // record's retain_until changes at Complete, Release and Extend: each
 // such change would move the row between partitions, and (scope, key)

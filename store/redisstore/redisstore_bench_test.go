@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/idemkit/idem"
+	"github.com/idemkit/idem/internal/cputime"
 	"github.com/idemkit/idem/storetest"
 )
 
@@ -59,13 +60,13 @@ type cpuMeter struct {
 func startCPUMeter(b *testing.B, s *bundle) *cpuMeter {
 	b.Helper()
 	m := &cpuMeter{s: s, redis: redisCPU(b, s)}
-	m.go0, m.goKnown = processCPU()
+	m.go0, m.goKnown = cputime.Process()
 	return m
 }
 
 func (m *cpuMeter) report(b *testing.B) {
 	b.Helper()
-	if g, ok := processCPU(); ok && m.goKnown {
+	if g, ok := cputime.Process(); ok && m.goKnown {
 		b.ReportMetric(float64(g-m.go0)/float64(time.Microsecond)/float64(b.N), "go-µs/cycle")
 	}
 	b.ReportMetric(float64(redisCPU(b, m.s)-m.redis)/float64(time.Microsecond)/float64(b.N), "redis-µs/cycle")
@@ -138,19 +139,26 @@ func BenchmarkVsRaw(b *testing.B) {
 	}
 }
 
+// sweepRecords is IDEM_REDIS_SWEEP_RECORDS, 100000 when unset.
+func sweepRecords(b *testing.B) int {
+	v := os.Getenv("IDEM_REDIS_SWEEP_RECORDS")
+	if v == "" {
+		return 100000
+	}
+	n, err := strconv.Atoi(v)
+	if err != nil || n <= 0 {
+		b.Fatalf("IDEM_REDIS_SWEEP_RECORDS=%q: want a positive count", v)
+	}
+	return n
+}
+
 // BenchmarkSweep loads IDEM_REDIS_SWEEP_RECORDS (default 100000) records
 // that come due 2ms later (Begin with a 1ms lease and window, in pipelines
 // of 1000), waits until all are due, and times one Sweep of all of them.
 // Redis expires many of the hashes by itself meanwhile; Sweep then trims
 // their index entries. present reports how many hashes were still there.
 func BenchmarkSweep(b *testing.B) {
-	n := 100000
-	if v := os.Getenv("IDEM_REDIS_SWEEP_RECORDS"); v != "" {
-		var err error
-		if n, err = strconv.Atoi(v); err != nil || n <= 0 {
-			b.Fatalf("IDEM_REDIS_SWEEP_RECORDS=%q: want a positive count", v)
-		}
-	}
+	n := sweepRecords(b)
 	b.Run(fmt.Sprintf("records=%d", n), func(b *testing.B) {
 		s := setup(b, nil)
 		ctx := context.Background()
@@ -181,13 +189,7 @@ func BenchmarkSweep(b *testing.B) {
 // pending records with an hour's lease and times one Sweep, which removes
 // none: what a Sweep costs on a store whose records are all live.
 func BenchmarkSweepLive(b *testing.B) {
-	n := 100000
-	if v := os.Getenv("IDEM_REDIS_SWEEP_RECORDS"); v != "" {
-		var err error
-		if n, err = strconv.Atoi(v); err != nil || n <= 0 {
-			b.Fatalf("IDEM_REDIS_SWEEP_RECORDS=%q: want a positive count", v)
-		}
-	}
+	n := sweepRecords(b)
 	b.Run(fmt.Sprintf("records=%d", n), func(b *testing.B) {
 		s := setup(b, nil)
 		ctx := context.Background()
