@@ -45,5 +45,9 @@
 //     reproduce it.
 //
 // Optional capabilities (idem.Lister, idem.Sizer) are checked when the
-// store has them. Figures come from BenchCycles, never from the suite.
+// store has them. Figures come from the benchmark helpers, never from the
+// suite: BenchCycles runs CycleOp (one Begin+Complete on a fresh key) from a
+// fixed number of callers, and Paired measures a store against a baseline
+// by turns within one benchmark, so a ratio does not move with the load
+// of a shared machine between two benchmarks.
 package storetest
