@@ -72,7 +72,8 @@ Flags:
                          may finish before the store is closed (default 10s)
   --sweep-interval DURATION
                          how often expired records are removed from a mem:,
-                         postgres:// or redis:// store (default 1m)
+                         postgres:// or redis:// store (default 1m); sweep a
+                         large Redis ledger every 10m or so (see serve)
   --log-level LEVEL      debug, info, warn or error (default info); logs
                          never hold keys or bodies
 

@@ -50,7 +50,10 @@ Flags:
   --sweep-interval DURATION
                          how often expired records are removed from a mem:,
                          postgres:// or redis:// store (file: sweeps itself)
-                         (default 1m)
+                         (default 1m). Redis expires records by itself; its
+                         sweep trims index entries and reads the whole
+                         index (about 2.6 s of Redis per million records):
+                         sweep a large Redis ledger every 10m or so
   --log-level LEVEL      debug (every request), info (client errors), warn
                          or error (default info); logs never hold keys,
                          tokens or bodies
