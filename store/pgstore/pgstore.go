@@ -187,7 +187,7 @@ func (s *Store) BeginTx(ctx context.Context, tx pgx.Tx, p *idem.BeginParams) (*i
 		// (committed by a concurrent Begin after the snapshot): read it
 		// with a fresh snapshot.
 		r = row{}
-		found, err = queryRow(ctx, db, s.q.get+`, `+stmtNow+s.q.getFrom, args[:2], func(c *columnReader) {
+		found, err = queryRow(ctx, db, s.q.getNow, args[:2], func(c *columnReader) {
 			r.read(c)
 			now = c.time()
 		})
@@ -319,16 +319,15 @@ func (s *Store) ownerUpdate(ctx context.Context, db querier, op, sql, scope, key
 	}
 	// The token does not own the key: read the row as it is now to say why.
 	r = row{}
-	found, err = queryRow(ctx, db, s.q.get+s.q.getFrom, []any{scope, key}, r.read)
+	found, err = queryRow(ctx, db, s.q.get, []any{scope, key}, r.read)
 	if err != nil {
 		return nil, wrapErr(op, err)
 	}
 	if !found {
 		return nil, fmt.Errorf("%w: %s: no record for the key", idem.ErrLeaseLost, op)
 	}
+	// get never returns Delete's tombstone: a deleted key is not found.
 	switch {
-	case r.state == stateDeleted:
-		return nil, fmt.Errorf("%w: %s: no record for the key", idem.ErrLeaseLost, op)
 	case r.token != token:
 		return nil, fmt.Errorf("%w: %s: token %d is not current", idem.ErrLeaseLost, op, token)
 	case r.state == string(idem.StateCompleted):
@@ -346,7 +345,7 @@ func (s *Store) Get(ctx context.Context, p *idem.KeyParams) (*idem.Record, error
 		return nil, err
 	}
 	var r row
-	found, err := queryRow(ctx, s.pool, s.q.get+s.q.getFrom, []any{p.Scope, p.Key}, r.read)
+	found, err := queryRow(ctx, s.pool, s.q.get, []any{p.Scope, p.Key}, r.read)
 	if err != nil {
 		return nil, wrapErr("get", err)
 	}

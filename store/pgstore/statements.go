@@ -16,17 +16,21 @@ const columns = `scope, key, fingerprint, state, token, attempts, lease_until, c
 // round trip.
 type statements struct {
 	schema                                                                                string // quoted
-	begin, get, getFrom, complete, release, extend, checkpoint, delete, sweep, list, size string
+	begin, get, getNow, complete, release, extend, checkpoint, delete, sweep, list, size string
 }
 
 // tombstoneGrace is how long a deleted record's tombstone stays: longer
 // than any Begin statement waits for a row.
 const tombstoneGrace = "1 hour"
 
+// getFrom is where get and getNow read a record: the row of the key, unless
+// it is Delete's tombstone.
+const getFrom = ` FROM {s}.records WHERE scope = $1 AND key = $2 AND state <> 'deleted'`
+
 // us turns a microsecond count into an interval.
 const us = ` * interval '1 microsecond'`
 
-// now is the statement's one instant: the time the server received it. A
+// stmtNow is the statement's one instant: the time the server received it. A
 // statement reads it as often as it likes and always gets the same value;
 // in a caller's transaction each statement gets its own. Leases are judged
 // by it, never by the application's clock.
@@ -101,8 +105,9 @@ func newStatements(schema string) statements {
 	q := statements{
 		schema:  schema,
 		begin:   beginSQL,
-		get:     `SELECT ` + columns,
-		getFrom: ` FROM {s}.records WHERE scope = $1 AND key = $2 AND state <> 'deleted'`,
+		// get reads a record; getNow also the statement's time, after it.
+		get:    `SELECT ` + columns + getFrom,
+		getNow: `SELECT ` + columns + `, ` + stmtNow + getFrom,
 		complete: ownedSQL(`state = 'completed', completed = ` + stmtNow + `, expires = ` + stmtNow + ` + r.window_us` + us + `,
 		retain_until = ` + stmtNow + ` + greatest(r.window_us, r.retention_us)` + us + `,
 		checkpoint_point = NULL, checkpoint_data = NULL, outcome_data = $4, outcome_meta = $5`),
@@ -135,7 +140,7 @@ SELECT count(*), count(*) FILTER (WHERE state <> 'deleted') FROM del`,
 WHERE scope = $1 AND key > $2 AND ($3 = '' OR state = $3) AND state <> 'deleted' ORDER BY key LIMIT $4`,
 		size: `SELECT count(*) FROM {s}.records WHERE state <> 'deleted'`,
 	}
-	for _, p := range []*string{&q.begin, &q.getFrom, &q.complete, &q.release, &q.extend, &q.checkpoint, &q.delete, &q.sweep, &q.list, &q.size} {
+	for _, p := range []*string{&q.begin, &q.get, &q.getNow, &q.complete, &q.release, &q.extend, &q.checkpoint, &q.delete, &q.sweep, &q.list, &q.size} {
 		*p = strings.ReplaceAll(*p, "{s}", schema)
 	}
 	return q

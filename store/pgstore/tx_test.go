@@ -203,3 +203,35 @@ func TestRolledBackTransactionWritesNothingEvenReleasing(t *testing.T) {
 		t.Errorf("ReleaseTx with a wrong token: %v, want ErrLeaseLost", err)
 	}
 }
+
+// Each statement in a caller's transaction reads its own time, not the
+// transaction's start: a Complete after work in the transaction is later
+// than the Begin, and its lease and expiry are counted from then.
+func TestTransactionStatementsReadTheirOwnTime(t *testing.T) {
+	t.Parallel()
+	s := newStore(t)
+	ctx := context.Background()
+	tx, err := s.Pool().Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tx.Rollback(ctx)
+	res, err := s.BeginTx(ctx, tx, &idem.BeginParams{Scope: "s", Key: "k", Fingerprint: "f", Lease: time.Minute, Window: time.Hour})
+	if err != nil || res.Decision != idem.Acquired {
+		t.Fatalf("BeginTx: %v %+v", err, res)
+	}
+	// The business work of the transaction: 20 ms of the server's time.
+	if _, err := tx.Exec(ctx, `SELECT pg_sleep(0.02)`); err != nil {
+		t.Fatal(err)
+	}
+	rec, err := s.CompleteTx(ctx, tx, &idem.CompleteParams{Scope: "s", Key: "k", Token: res.Record.Token, Outcome: idem.Outcome{Data: []byte("x")}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if took := rec.Completed.Sub(res.Record.Created); took < 20*time.Millisecond {
+		t.Errorf("Completed - Created = %s inside one transaction, want at least the 20ms the transaction worked", took)
+	}
+	if got := rec.Expires.Sub(rec.Completed); got != time.Hour {
+		t.Errorf("Expires - Completed = %s, want the 1h window", got)
+	}
+}
