@@ -15,7 +15,7 @@ const columns = `scope, key, fingerprint, state, token, attempts, lease_until, c
 // statements are the store's SQL with its schema filled in. Each is one
 // round trip.
 type statements struct {
-	schema                                                                                string // quoted
+	schema                                                                               string // quoted
 	begin, get, getNow, complete, release, extend, checkpoint, delete, sweep, list, size string
 }
 
@@ -103,8 +103,8 @@ RETURNING r.scope, r.key, r.fingerprint, r.state, r.token, r.attempts, r.lease_u
 
 func newStatements(schema string) statements {
 	q := statements{
-		schema:  schema,
-		begin:   beginSQL,
+		schema: schema,
+		begin:  beginSQL,
 		// get reads a record; getNow also the statement's time, after it.
 		get:    `SELECT ` + columns + getFrom,
 		getNow: `SELECT ` + columns + `, ` + stmtNow + getFrom,
