@@ -237,7 +237,7 @@ func (r *result) report(b *testing.B) {
 // previous one is answered.
 func (l *load) closedLoop(n int) (*result, error) {
 	var next atomic.Int64
-	return l.measure(n, func(c *client) error {
+	return l.measure(n, func(_ int, c *client) error {
 		for {
 			i := next.Add(1)
 			if i > int64(n) {
@@ -262,9 +262,9 @@ func (l *load) openLoop(n int, rate float64) (*result, error) {
 	interval := time.Duration(float64(time.Second) / rate)
 	var t0 time.Time
 	ready := make(chan struct{})
-	return l.measure(n, func(c *client) error {
+	return l.measure(n, func(first int, c *client) error {
 		<-ready
-		for i := l.index(c); i < n; i += len(l.clients) {
+		for i := first; i < n; i += len(l.clients) {
 			due := t0.Add(time.Duration(i) * interval)
 			start := due
 			if wait := time.Until(due); wait > 0 {
@@ -285,18 +285,9 @@ func (l *load) openLoop(n int, rate float64) (*result, error) {
 	}, func() { t0 = time.Now(); close(ready) })
 }
 
-func (l *load) index(c *client) int {
-	for i, x := range l.clients {
-		if x == c {
-			return i
-		}
-	}
-	return -1
-}
-
-// measure runs work on every client and gathers what they measured;
-// begin, if given, runs once every client is started.
-func (l *load) measure(n int, work func(*client) error, begin ...func()) (*result, error) {
+// measure runs work on every client (with the client's index) and gathers
+// what they measured; begin, if given, runs once every client is started.
+func (l *load) measure(n int, work func(int, *client) error, begin ...func()) (*result, error) {
 	for _, c := range l.clients {
 		c.lat = make([]time.Duration, 0, n/len(l.clients)+1)
 	}
@@ -304,9 +295,9 @@ func (l *load) measure(n int, work func(*client) error, begin ...func()) (*resul
 	var failed atomic.Value
 	cpu0, _ := cputime.Process()
 	t0 := time.Now()
-	for _, c := range l.clients {
+	for i, c := range l.clients {
 		wg.Go(func() {
-			if err := work(c); err != nil {
+			if err := work(i, c); err != nil {
 				failed.Store(err)
 			}
 		})
