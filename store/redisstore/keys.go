@@ -69,55 +69,34 @@ func makeLayout(prefix string) *layout {
 	return &sk
 }
 
-// keys returns keysOf(prefix, scope, key) with one allocation: the record
-// key, of which the member is the end.
-func (sk *layout) keys(scope, key string) keys {
-	sh := &sk[shardOf(scope)]
-	record := sh.tag + "r:" + escapeScope(scope) + ":" + key
-	return keys{record: record, index: sh.index, token: sh.token, member: record[len(sh.tag)+2:]}
-}
-
-// recordKey is keys(scope, key).record.
-func (sk *layout) recordKey(scope, key string) string {
-	return sk[shardOf(scope)].tag + "r:" + escapeScope(scope) + ":" + key
-}
-
-// keysOf returns the keys of the record (scope, key). Layout 2:
+// keys returns the keys of the record (scope, key) with one allocation:
+// the record key, of which the member is the end. Layout 2:
 //
 //	PREFIX:{hh}:r:SCOPE:KEY   the record (a string, record.go)
 //	PREFIX:{hh}:i             the shard's index, members SCOPE:KEY
 //	PREFIX:{hh}:t             the shard's token counter
 //
 // SCOPE is the escaped scope (no ':', '{' or '}'); KEY is the raw key, the
-// rest of the string.
-func keysOf(prefix, scope, key string) keys {
-	t := tag(prefix, shardOf(scope))
-	member := escapeScope(scope) + ":" + key
-	return keys{
-		record: t + "r:" + member,
-		index:  t + "i",
-		token:  t + "t",
-		member: member,
-	}
+// rest of the string. keys_test.go spells the layout out again (keysOf) and
+// checks that this agrees.
+func (sk *layout) keys(scope, key string) keys {
+	sh := &sk[shardOf(scope)]
+	record := sh.tag + "r:" + escapeScope(scope) + ":" + key
+	return keys{record: record, index: sh.index, token: sh.token, member: record[len(sh.tag)+2:]}
 }
 
-// recordKey is keysOf(prefix, scope, key).record, for the scripts that
-// touch the record only.
-func recordKey(prefix, scope, key string) string {
-	return tag(prefix, shardOf(scope)) + "r:" + escapeScope(scope) + ":" + key
-}
+// recordKey is the record key of (scope, key), for the scripts that touch
+// the record only.
+func (sk *layout) recordKey(scope, key string) string { return sk.keys(scope, key).record }
 
 // recordKeyOfMember is the record an index member of shard names.
-func recordKeyOfMember(prefix string, shard int, member string) (string, error) {
+func (sk *layout) recordKeyOfMember(shard int, member string) (string, error) {
 	esc, key, ok := strings.Cut(member, ":")
 	if !ok || esc == "" || key == "" {
 		return "", fmt.Errorf("redisstore: malformed index member %q in shard %d", member, shard)
 	}
-	return tag(prefix, shard) + "r:" + member, nil
+	return sk[shard].tag + "r:" + member, nil
 }
-
-// indexKey is the index of a shard.
-func indexKey(prefix string, shard int) string { return tag(prefix, shard) + "i" }
 
 // scopeRange is the lexical range of a scope's members in its shard's index,
 // for ZRANGE BYLEX: every member that begins with the escaped scope and ':'.

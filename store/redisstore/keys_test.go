@@ -63,7 +63,7 @@ func sameSlot(t *testing.T, prefix, scope, key string) {
 	if l := makeLayout(prefix); l.keys(scope, key) != k || l.recordKey(scope, key) != k.record {
 		t.Fatalf("scope %q key %q: layout keys %+v record %q, want %+v", scope, key, l.keys(scope, key), l.recordKey(scope, key), k)
 	}
-	rk, err := recordKeyOfMember(prefix, shardOf(scope), k.member)
+	rk, err := makeLayout(prefix).recordKeyOfMember(shardOf(scope), k.member)
 	if err != nil || rk != k.record {
 		t.Fatalf("scope %q key %q: recordKeyOfMember = %q %v, want %q", scope, key, rk, err, k.record)
 	}
@@ -88,7 +88,7 @@ func TestOneSlotPerRecord(t *testing.T) {
 	// Every shard is its own slot.
 	seen := map[int]int{}
 	for i := range shards {
-		s := slot(indexKey("idem", i))
+		s := slot(makeLayout("idem")[i].index)
 		if j, dup := seen[s]; dup {
 			t.Errorf("shards %d and %d share slot %d", j, i, s)
 		}
@@ -132,7 +132,7 @@ func FuzzKeyEncoding(f *testing.F) {
 
 // TestLayoutStable: the shard of a scope and the hash tag of a shard are
 // those of the layout (FNV-1a of the scope modulo 64, two hex digits), and
-// recordKey agrees with keysOf.
+// the layout's recordKey agrees with keysOf.
 func TestLayoutStable(t *testing.T) {
 	t.Parallel()
 	for _, scope := range []string{"", "a", "tenant-42", "a:b{c}%", "héllo"} {
@@ -141,7 +141,7 @@ func TestLayoutStable(t *testing.T) {
 		if got, want := shardOf(scope), int(h.Sum32()%shards); got != want {
 			t.Errorf("shardOf(%q) = %d, want %d", scope, got, want)
 		}
-		if got, want := recordKey("p", scope, "k:1"), keysOf("p", scope, "k:1").record; got != want {
+		if got, want := makeLayout("p").recordKey(scope, "k:1"), keysOf("p", scope, "k:1").record; got != want {
 			t.Errorf("recordKey(%q) = %q, want %q", scope, got, want)
 		}
 	}
@@ -149,6 +149,20 @@ func TestLayoutStable(t *testing.T) {
 		if got, want := tag("p", i), fmt.Sprintf("p:{%02x}:", i); got != want {
 			t.Errorf("tag(%d) = %q, want %q", i, got, want)
 		}
+	}
+}
+
+// keysOf spells out layout 2 (see layout.keys) independently of the
+// layout the Store builds once, as the reference the tests check it
+// against and build expected keys with.
+func keysOf(prefix, scope, key string) keys {
+	t := tag(prefix, shardOf(scope))
+	member := escapeScope(scope) + ":" + key
+	return keys{
+		record: t + "r:" + member,
+		index:  t + "i",
+		token:  t + "t",
+		member: member,
 	}
 }
 

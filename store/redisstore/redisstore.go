@@ -56,8 +56,7 @@ type Config struct {
 // for concurrent use. See the package doc for the layout and durability.
 type Store struct {
 	client redis.UniversalClient
-	owned  bool // Close closes the client
-	prefix string
+	owned  bool    // Close closes the client
 	shard  *layout // the keys of each shard, made once
 	batch  [shards]batcher
 	// inFlight is maxInFlight; tests lower it to batch more.
@@ -100,7 +99,6 @@ func New(client redis.UniversalClient, cfg *Config) (*Store, error) {
 	case c.WaitTimeout < 0:
 		return nil, fmt.Errorf("%w: redisstore: Config.WaitTimeout is %s; use 0 (the default, %s) or more", idem.ErrInvalid, c.WaitTimeout, DefaultWaitTimeout)
 	}
-	s.prefix = c.Prefix
 	s.shard = makeLayout(c.Prefix)
 	s.inFlight = maxInFlight
 	s.wait = c.WaitReplicas > 0 || c.WaitAOF || c.WaitTimeout > 0
@@ -573,7 +571,7 @@ func (s *Store) sweepShard(ctx context.Context, shard int, after string, limit i
 	args := make([]any, 1, 1+len(members))
 	args[0] = limit
 	for _, m := range members {
-		rk, err := recordKeyOfMember(s.prefix, shard, m)
+		rk, err := s.shard.recordKeyOfMember(shard, m)
 		if err != nil {
 			return 0, "", nil, err
 		}

@@ -169,7 +169,7 @@ func TestScriptFlush(t *testing.T) {
 func waitExpired(t *testing.T, b *bundle, scope, key string) {
 	t.Helper()
 	deadline := time.Now().Add(10 * time.Second)
-	for b.client.Exists(b.ctx, recordKey(b.prefix, scope, key)).Val() > 0 {
+	for b.client.Exists(b.ctx, keysOf(b.prefix, scope, key).record).Val() > 0 {
 		if time.Now().After(deadline) {
 			t.Fatalf("waited too long for Redis to expire %s/%s", scope, key)
 		}
