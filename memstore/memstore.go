@@ -50,9 +50,20 @@ type entry struct {
 	blob    string      // when completed: rec.Fingerprint, then the outcome's Data
 	meta    []string    // the outcome's Meta as key, value pairs; in metaBuf when small
 	metaBuf [4]string
-	outcome bool // rec is completed and blob and meta hold its outcome
 	metaNil bool // the stored Meta was nil, not empty
 }
+
+// current is the stored record, nil for no entry, as the transitions take it.
+func (e *entry) current() *idem.Record {
+	if e == nil {
+		return nil
+	}
+	return &e.rec
+}
+
+// completed reports whether e holds an outcome (in blob and meta): only a
+// completed record has one.
+func (e *entry) completed() bool { return e.rec.State == idem.StateCompleted }
 
 var (
 	_ idem.Store  = (*Store)(nil)
@@ -92,7 +103,6 @@ func (s *Store) nextToken(after int64) int64 {
 // (beside the fingerprint, which moves there), the Meta strings
 // (immutable) are shared.
 func (e *entry) setOutcome(out *idem.Outcome) {
-	e.outcome = true
 	fp := e.rec.Fingerprint
 	var b strings.Builder
 	b.Grow(len(fp) + len(out.Data))
@@ -112,7 +122,7 @@ func (e *entry) setOutcome(out *idem.Outcome) {
 
 // clearOutcome forgets e's outcome (a record that is no longer completed).
 func (e *entry) clearOutcome() {
-	e.outcome, e.blob, e.meta, e.metaNil = false, "", nil, false
+	e.blob, e.meta, e.metaNil = "", nil, false
 	e.metaBuf = [4]string{}
 }
 
@@ -125,10 +135,8 @@ type recordCopy struct {
 // copyTo writes a deep copy of e's record, with its outcome, to c.
 func (e *entry) copyTo(c *recordCopy) *idem.Record {
 	c.rec = e.rec
-	if cp := e.rec.Checkpoint; cp != nil {
-		c.rec.Checkpoint = &idem.Checkpoint{Point: cp.Point, Data: append([]byte{}, cp.Data...)}
-	}
-	if e.outcome {
+	c.rec.Checkpoint = transition.CloneCheckpoint(e.rec.Checkpoint)
+	if e.completed() {
 		c.out.Data = append([]byte{}, e.blob[len(e.rec.Fingerprint):]...)
 		if !e.metaNil {
 			c.out.Meta = make(map[string]string, len(e.meta)/2)
@@ -167,10 +175,7 @@ func (s *Store) Begin(ctx context.Context, p *idem.BeginParams) (*idem.BeginResu
 	defer s.mu.Unlock()
 	k := recordKey{p.Scope, p.Key}
 	e := s.records[k]
-	var cur *idem.Record
-	if e != nil {
-		cur = &e.rec
-	}
+	cur := e.current()
 	now := s.clock.Now()
 	d, takeover, retryAfter := transition.Decide(cur, p, now)
 	if d == idem.Mismatch {
@@ -186,21 +191,19 @@ func (s *Store) Begin(ctx context.Context, p *idem.BeginParams) (*idem.BeginResu
 			k = recordKey{e.rec.Scope, e.rec.Key} // the map's strings, not the caller's
 		}
 		next.Scope, next.Key = k.scope, k.key
-		if e.outcome {
+		if e.completed() {
 			e.clearOutcome() // an expired outcome
 		}
 		e.rec = next
 	}
 	res := idem.BeginResult{Decision: d, Takeover: takeover, RetryAfter: retryAfter}
-	if e.outcome {
+	if e.completed() {
 		r := &beginResult{res: res}
 		r.res.Record = e.copyTo(&r.rec)
 		return &r.res, nil
 	}
 	r := &ownedResult{res: res, rec: e.rec}
-	if cp := e.rec.Checkpoint; cp != nil {
-		r.rec.Checkpoint = &idem.Checkpoint{Point: cp.Point, Data: append([]byte{}, cp.Data...)}
-	}
+	r.rec.Checkpoint = transition.CloneCheckpoint(e.rec.Checkpoint)
 	r.res.Record = &r.rec
 	return &r.res, nil
 }
@@ -226,18 +229,11 @@ func (s *Store) owned(ctx context.Context, scope, key string, f func(cur *idem.R
 	}
 	defer s.mu.Unlock()
 	e := s.records[recordKey{scope, key}]
-	var cur *idem.Record
-	if e != nil {
-		cur = &e.rec
-	}
-	next, err := f(cur, s.clock.Now())
+	next, err := f(e.current(), s.clock.Now())
 	if err != nil {
 		return err
 	}
-	e.rec = *next
-	if e.outcome && next.State != idem.StateCompleted {
-		e.clearOutcome()
-	}
+	e.rec = *next // owned and pending before: no outcome to forget
 	return nil
 }
 
@@ -252,11 +248,7 @@ func (s *Store) Complete(ctx context.Context, p *idem.CompleteParams) (*idem.Rec
 		return nil, err
 	}
 	e := s.records[recordKey{p.Scope, p.Key}]
-	var cur *idem.Record
-	if e != nil {
-		cur = &e.rec
-	}
-	next, err := transition.CompleteRecord(cur, p, s.clock.Now())
+	next, err := transition.CompleteRecord(e.current(), p, s.clock.Now())
 	if err != nil {
 		s.mu.Unlock()
 		return nil, err

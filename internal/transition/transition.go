@@ -52,7 +52,7 @@ func Begin(cur *idem.Record, p *idem.BeginParams, now time.Time, token func(afte
 	next = new(idem.Record)
 	*next = Acquire(cur, takeover, p, now, token)
 	if takeover {
-		next.Checkpoint = cloneCheckpoint(next.Checkpoint)
+		next.Checkpoint = CloneCheckpoint(next.Checkpoint)
 	}
 	return &idem.BeginResult{Decision: idem.Acquired, Record: Clone(next), Takeover: takeover}, next
 }
@@ -209,12 +209,13 @@ func Clone(r *idem.Record) *idem.Record {
 		return nil
 	}
 	c := *r
-	c.Checkpoint = cloneCheckpoint(r.Checkpoint)
+	c.Checkpoint = CloneCheckpoint(r.Checkpoint)
 	c.Outcome = CloneOutcome(r.Outcome)
 	return &c
 }
 
-func cloneCheckpoint(cp *idem.Checkpoint) *idem.Checkpoint {
+// CloneCheckpoint returns a deep copy of cp (nil for nil).
+func CloneCheckpoint(cp *idem.Checkpoint) *idem.Checkpoint {
 	if cp == nil {
 		return nil
 	}
