@@ -25,19 +25,28 @@ import "github.com/redis/go-redis/v9"
 // value that is not a record of this format). Times come back as integers
 // (µs) and records as their bytes.
 
-// luaHeader is the struct format of a record's fixed header; luaCheck reads
-// the record of KEYS[1] and returns a failure unless ARGV[1] (the token's
-// eight bytes) is its current owner's; luaNow reads the server's clock.
+// luaHeader is the struct format of a record's fixed header; luaOwned
+// defines owned(record key, token bytes), which reads the record and
+// returns it when the token (eight bytes) is its current owner's, or nil
+// and the failure to reply; luaCheck does that for the record of KEYS[1]
+// and ARGV[1], leaving the record in s; luaNow reads the server's clock.
 const (
 	luaHeader = `'<Bc1Bi8i8i8i8i8i8i8i8i8'`
-	luaCheck  = `
-local s = redis.call('GET', KEYS[1])
-if not s then return {'gone'} end
-if #s < 95 or string.byte(s, 1) ~= 1 then return {'corrupt'} end
-if string.sub(s, 4, 11) ~= ARGV[1] then return {'stale'} end
-local st = string.sub(s, 2, 2)
-if st == 'c' then return {'completed'} end
-if st ~= 'p' then return {'released'} end
+	luaOwned  = `
+local function owned(kr, token)
+  local s = redis.call('GET', kr)
+  if not s then return nil, {'gone'} end
+  if #s < 95 or string.byte(s, 1) ~= 1 then return nil, {'corrupt'} end
+  if string.sub(s, 4, 11) ~= token then return nil, {'stale'} end
+  local st = string.sub(s, 2, 2)
+  if st == 'c' then return nil, {'completed'} end
+  if st ~= 'p' then return nil, {'released'} end
+  return s
+end
+`
+	luaCheck = luaOwned + `
+local s, fail = owned(KEYS[1], ARGV[1])
+if not s then return fail end
 `
 	luaNow = `
 local t = redis.call('TIME')
@@ -163,7 +172,7 @@ const luaEmptySections = `\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0`
 
 // KEYS: record. ARGV: token bytes, the sections after the fingerprint (no
 // checkpoint, the outcome). Returns the record's header and fingerprint.
-var completeScript = redis.NewScript(luaNow + luaComplete + `
+var completeScript = redis.NewScript(luaNow + luaOwned + luaComplete + `
 return complete(KEYS[1], ARGV[1], ARGV[2])
 `)
 
@@ -171,13 +180,8 @@ return complete(KEYS[1], ARGV[1], ARGV[2])
 // fingerprint), the rules of Complete at the server time now.
 const luaComplete = `
 local function complete(kr, token, rest)
-  local s = redis.call('GET', kr)
-  if not s then return {'gone'} end
-  if #s < 95 or string.byte(s, 1) ~= 1 then return {'corrupt'} end
-  if string.sub(s, 4, 11) ~= token then return {'stale'} end
-  local st = string.sub(s, 2, 2)
-  if st == 'c' then return {'completed'} end
-  if st ~= 'p' then return {'released'} end
+  local s, fail = owned(kr, token)
+  if not s then return fail end
   -- Token, attempts, lease and creation (bytes 4-35) and window, retention
   -- and fingerprint (from byte 60) are copied as they are.
   local w, re, fpl = struct.unpack('<i8i8I4', s, 60)
@@ -202,7 +206,7 @@ end
 // keys of each operation in turn (record, index, token for a Begin; record
 // for a Complete). ARGV: the operations as a string of 'b' and 'c', then
 // the arguments of each in turn.
-var batchScript = redis.NewScript(luaNow + luaBatchToken + luaBatchIndex + luaBegin + luaComplete + `
+var batchScript = redis.NewScript(luaNow + luaBatchToken + luaBatchIndex + luaBegin + luaOwned + luaComplete + `
 local ops = ARGV[1]
 local out = {}
 local k, a = 1, 2
