@@ -19,20 +19,7 @@ import (
 // server with 64 concurrent keep-alive clients: bare, first executions
 // (a fresh key per request) and replays (one stored key), on memstore.
 func BenchmarkMiddleware(b *testing.B) {
-	ledger, err := idem.New(memstore.New(nil), nil)
-	if err != nil {
-		b.Fatal(err)
-	}
-	mw := idemhttp.Middleware(ledger, nil)
-	for _, mode := range loadgen.Modes {
-		b.Run(mode.String(), func(b *testing.B) {
-			var h http.Handler = http.HandlerFunc(loadgen.Handler)
-			if mode != loadgen.Bare {
-				h = mw(h)
-			}
-			loadgen.Run(b, h, mode)
-		})
-	}
+	eachMode(b, loadgen.Run)
 }
 
 // BenchmarkMiddlewareLatency measures the latency the middleware adds:
@@ -42,6 +29,14 @@ func BenchmarkMiddleware(b *testing.B) {
 // memstore. The difference of p50s is the added latency.
 func BenchmarkMiddlewareLatency(b *testing.B) {
 	rate := loadgen.OpenRate(b, http.HandlerFunc(loadgen.Handler))
+	eachMode(b, func(b *testing.B, h http.Handler, mode loadgen.Mode) {
+		loadgen.Latency(b, h, mode, rate)
+	})
+}
+
+// eachMode runs measure as a sub-benchmark per loadgen mode on
+// loadgen.Handler: bare, or behind one middleware over memstore.
+func eachMode(b *testing.B, measure func(b *testing.B, h http.Handler, mode loadgen.Mode)) {
 	ledger, err := idem.New(memstore.New(nil), nil)
 	if err != nil {
 		b.Fatal(err)
@@ -53,7 +48,7 @@ func BenchmarkMiddlewareLatency(b *testing.B) {
 			if mode != loadgen.Bare {
 				h = mw(h)
 			}
-			loadgen.Latency(b, h, mode, rate)
+			measure(b, h, mode)
 		})
 	}
 }
