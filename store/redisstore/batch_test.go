@@ -27,20 +27,12 @@ func TestConformanceBatched(t *testing.T) {
 // waitQueued polls until n operations wait in the queue of shard.
 func waitQueued(t *testing.T, s *Store, shard, n int) {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		b := &s.batch[shard]
+	b := &s.batch[shard]
+	waitFor(t, fmt.Sprintf("%d operations queued in shard %d", n, shard), func() bool {
 		b.mu.Lock()
-		got := len(b.queue)
-		b.mu.Unlock()
-		if got == n {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%d operations queued, want %d", got, n)
-		}
-		<-time.After(time.Millisecond)
-	}
+		defer b.mu.Unlock()
+		return len(b.queue) == n
+	})
 }
 
 // TestBatch: operations that find every slot busy queue; the next batch
