@@ -171,12 +171,14 @@ func (l *Ledger) options(opts []CallOption) callOptions {
 	return o
 }
 
-// observe hands ev to the Observer. It takes ev by value and copies it to
-// the heap only when there is an Observer, so a ledger without one
-// allocates nothing for events.
-func (l *Ledger) observe(ctx context.Context, ev Event) {
+// observe hands ev, of an operation that began at start (Ledger.start),
+// to the Observer, with its Duration. It takes ev by value and copies it
+// to the heap, and reads the time, only when there is an Observer, so a
+// ledger without one pays nothing for events.
+func (l *Ledger) observe(ctx context.Context, start time.Time, ev Event) {
 	if l.cfg.Observer != nil {
 		e := ev
+		e.Duration = time.Since(start)
 		l.cfg.Observer.Observe(ctx, &e)
 	}
 }
@@ -255,11 +257,11 @@ func (c *Claim) Complete(ctx context.Context, out Outcome) error {
 		c.mu.Unlock()
 	}
 	if c.l.cfg.Observer != nil {
-		ev := Event{Op: OpComplete, Scope: c.scope, Duration: time.Since(start), Err: err}
+		ev := Event{Op: OpComplete, Scope: c.scope, Err: err}
 		if err == nil {
 			ev.TimeToIdempotence = rec.Completed.Sub(rec.Created)
 		}
-		c.l.observe(ctx, ev)
+		c.l.observe(ctx, start, ev)
 	}
 	if err != nil {
 		return fmt.Errorf("complete: %w", err)
@@ -269,9 +271,9 @@ func (c *Claim) Complete(ctx context.Context, out Outcome) error {
 
 // Release gives the key back: the next Begin acquires it and runs again.
 func (c *Claim) Release(ctx context.Context) error {
-	start := time.Now()
+	start := c.l.start()
 	err := c.l.store.Release(ctx, &ReleaseParams{Scope: c.scope, Key: c.key, Token: c.rec.Token})
-	c.l.observe(ctx, Event{Op: OpRelease, Scope: c.scope, Duration: time.Since(start), Err: err})
+	c.l.observe(ctx, start, Event{Op: OpRelease, Scope: c.scope, Err: err})
 	if err != nil {
 		return fmt.Errorf("release: %w", err)
 	}
@@ -280,9 +282,9 @@ func (c *Claim) Release(ctx context.Context) error {
 
 // Extend sets the lease to end d from now.
 func (c *Claim) Extend(ctx context.Context, d time.Duration) error {
-	start := time.Now()
+	start := c.l.start()
 	rec, err := c.l.store.Extend(ctx, &ExtendParams{Scope: c.scope, Key: c.key, Token: c.rec.Token, Lease: d})
-	c.l.observe(ctx, Event{Op: OpExtend, Scope: c.scope, Duration: time.Since(start), Err: err})
+	c.l.observe(ctx, start, Event{Op: OpExtend, Scope: c.scope, Err: err})
 	if err != nil {
 		return fmt.Errorf("extend: %w", err)
 	}
@@ -296,9 +298,9 @@ func (c *Claim) Extend(ctx context.Context, d time.Duration) error {
 // SetCheckpoint saves a recovery point that a successor receives in
 // Claim.Checkpoint if this owner dies.
 func (c *Claim) SetCheckpoint(ctx context.Context, point string, data []byte) error {
-	start := time.Now()
+	start := c.l.start()
 	err := c.l.store.Checkpoint(ctx, &CheckpointParams{Scope: c.scope, Key: c.key, Token: c.rec.Token, Point: point, Data: data})
-	c.l.observe(ctx, Event{Op: OpCheckpoint, Scope: c.scope, Duration: time.Since(start), Err: err})
+	c.l.observe(ctx, start, Event{Op: OpCheckpoint, Scope: c.scope, Err: err})
 	if err != nil {
 		return fmt.Errorf("checkpoint: %w", err)
 	}
@@ -333,14 +335,14 @@ func (l *Ledger) begin(ctx context.Context, scope, key, fingerprint string, o ca
 		start := l.start()
 		res, err := l.store.Begin(ctx, p)
 		if l.cfg.Observer != nil {
-			ev := Event{Op: OpBegin, Scope: scope, Duration: time.Since(start), Err: err}
+			ev := Event{Op: OpBegin, Scope: scope, Err: err}
 			if err == nil {
 				ev.Decision, ev.Takeover = res.Decision, res.Takeover
 				if res.Decision == Acquired {
 					ev.Attempt = res.Record.Attempts
 				}
 			}
-			l.observe(ctx, ev)
+			l.observe(ctx, start, ev)
 		}
 		if err != nil {
 			return nil, fmt.Errorf("begin: %w", err)
@@ -550,13 +552,13 @@ func (l *Ledger) List(ctx context.Context, p *ListParams) (*ListResult, error) {
 
 // Sweep removes records past their retention.
 func (l *Ledger) Sweep(ctx context.Context, limit int) (int, error) {
-	start := time.Now()
+	start := l.start()
 	res, err := l.store.Sweep(ctx, &SweepParams{Limit: limit})
-	ev := Event{Op: OpSweep, Duration: time.Since(start), Err: err}
+	ev := Event{Op: OpSweep, Err: err}
 	if err == nil {
 		ev.Deleted = res.Deleted
 	}
-	l.observe(ctx, ev)
+	l.observe(ctx, start, ev)
 	if err != nil {
 		return 0, fmt.Errorf("sweep: %w", err)
 	}

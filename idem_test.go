@@ -487,3 +487,46 @@ func TestDoKeepsLeaseAfterCallerGivesUp(t *testing.T) {
 		t.Fatalf("record %+v, want completed by the first attempt", rec)
 	}
 }
+
+// TestObserverDurations: every operation's Event carries how long the
+// store call took, measured from its start (never from the zero time).
+func TestObserverDurations(t *testing.T) {
+	t.Parallel()
+	b := setup(t, nil)
+	ctx := context.Background()
+	claim, err := b.ledger.Begin(ctx, "s", "k", "fp")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := claim.Extend(ctx, time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	if err := claim.SetCheckpoint(ctx, "p", nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := claim.Release(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if claim, err = b.ledger.Begin(ctx, "s", "k", "fp"); err != nil {
+		t.Fatal(err)
+	}
+	if err := claim.Complete(ctx, outcome("x")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.ledger.Sweep(ctx, 0); err != nil {
+		t.Fatal(err)
+	}
+	b.events.mu.Lock()
+	defer b.events.mu.Unlock()
+	var ops []idem.Op
+	for _, ev := range b.events.events {
+		ops = append(ops, ev.Op)
+		if ev.Duration < 0 || ev.Duration > time.Minute {
+			t.Errorf("%s event took %s", ev.Op, ev.Duration)
+		}
+	}
+	want := []idem.Op{idem.OpBegin, idem.OpExtend, idem.OpCheckpoint, idem.OpRelease, idem.OpBegin, idem.OpComplete, idem.OpSweep}
+	if fmt.Sprint(ops) != fmt.Sprint(want) {
+		t.Fatalf("events %v, want %v", ops, want)
+	}
+}
