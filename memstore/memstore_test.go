@@ -117,3 +117,37 @@ func TestOutcomeMetaKept(t *testing.T) {
 		}
 	}
 }
+
+// TestManyScopes: past the interned scopes' bound the table starts over,
+// and every record still answers under its own scope, its key reused
+// across scopes, also for a scope interned again after the reset.
+func TestManyScopes(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	s := memstore.New(nil)
+	defer s.Close()
+	const scopes = 2500 // more than twice the bound
+	for round := range 2 {
+		for i := range scopes {
+			scope := "scope-" + strconv.Itoa(i)
+			res, err := s.Begin(ctx, &idem.BeginParams{Scope: scope, Key: "k", Fingerprint: "f", Lease: idem.DefaultLease, Window: idem.DefaultWindow})
+			if err != nil {
+				t.Fatal(err)
+			}
+			want := idem.Acquired
+			if round == 1 {
+				want = idem.InFlight
+			}
+			if res.Decision != want || res.Record.Scope != scope {
+				t.Fatalf("round %d, %s: %s for scope %q, want %s", round, scope, res.Decision, res.Record.Scope, want)
+			}
+		}
+	}
+	for i := range scopes {
+		scope := "scope-" + strconv.Itoa(i)
+		list, err := s.List(ctx, &idem.ListParams{Scope: scope, Limit: 10})
+		if err != nil || len(list.Records) != 1 || list.Records[0].Scope != scope {
+			t.Fatalf("%s: %+v %v", scope, list, err)
+		}
+	}
+}
