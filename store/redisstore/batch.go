@@ -65,15 +65,17 @@ func (s *Store) exec(ctx context.Context, shard int, o *pendingOp) (reply any, w
 		return nil, nil, err
 	}
 	b := &s.batch[shard]
-	o.done = make(chan struct{})
 	b.mu.Lock()
 	if b.active < s.inFlight {
-		// Nothing is queued while a slot is free: run o alone.
+		// Nothing is queued while a slot is free: run o alone, with no
+		// channel to make since nobody waits for it.
 		b.active++
 		b.mu.Unlock()
-		s.lead(ctx, b, []*pendingOp{o})
-		return o.reply, o.waitErr, o.err
+		reply, waitErr, err = s.run(ctx, o.script, o.keys, o.args...)
+		b.next()
+		return reply, waitErr, err
 	}
+	o.done = make(chan struct{})
 	o.lead = make(chan []*pendingOp, 1)
 	b.queue = append(b.queue, o)
 	b.mu.Unlock()
