@@ -479,7 +479,7 @@ func (c *Claim) KeepAlive(ctx context.Context, lease time.Duration, onLost func(
 // before the first tick, so starting and stopping is what costs.
 type keepAlive struct {
 	claim    *Claim
-	ctx      context.Context
+	ctx      context.Context // the caller's; detached from its cancellation at the first tick
 	lease    time.Duration
 	onLost   func(error)
 	tick     func() // extend, bound once
@@ -495,7 +495,12 @@ func (k *keepAlive) extend() {
 		return
 	}
 	k.mu.Unlock()
-	err := k.claim.Extend(context.WithoutCancel(k.ctx), k.lease)
+	// Ticks of one KeepAlive run one after another (each arms the next),
+	// so k.ctx needs no lock; most claims end before the first tick.
+	if k.ctx.Done() != nil { // not yet detached
+		k.ctx = context.WithoutCancel(k.ctx)
+	}
+	err := k.claim.Extend(k.ctx, k.lease)
 	if errors.Is(err, ErrLeaseLost) || errors.Is(err, ErrCompleted) {
 		k.onLost(err)
 		return

@@ -1,0 +1,68 @@
+package idem_test
+
+import (
+	"context"
+	"errors"
+	"testing"
+	"time"
+
+	"github.com/idemkit/idem"
+	"github.com/idemkit/idem/memstore"
+)
+
+// extendSignal is a store that says when an Extend has returned.
+type extendSignal struct {
+	idem.Store
+	done chan error
+}
+
+func (s *extendSignal) Extend(ctx context.Context, p *idem.ExtendParams) (*idem.Record, error) {
+	rec, err := s.Store.Extend(ctx, p)
+	s.done <- err
+	return rec, err
+}
+
+// KeepAlive extends the lease every third of it, also after the caller's
+// context was cancelled, and reports a lease the store refuses.
+func TestKeepAlive(t *testing.T) {
+	t.Parallel()
+	clock := idem.NewManualClock(epoch)
+	mem := memstore.New(&memstore.Config{Clock: clock})
+	store := &extendSignal{Store: mem, done: make(chan error, 1)}
+	ledger, err := idem.New(store, &idem.Config{Clock: clock})
+	if err != nil {
+		t.Fatal(err)
+	}
+	claim, err := ledger.Begin(context.Background(), "s", "k", "f", idem.WithLease(3*time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel() // the caller went away; the work goes on
+	lost := make(chan error, 1)
+	stop := claim.KeepAlive(ctx, 3*time.Second, func(err error) { lost <- err })
+	defer stop()
+
+	for i := range 2 {
+		clock.Advance(time.Second)
+		if err := <-store.done; err != nil {
+			t.Fatalf("extension %d: %v", i+1, err)
+		}
+		rec, err := mem.Get(context.Background(), &idem.KeyParams{Scope: "s", Key: "k"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if want := clock.Now().Add(3 * time.Second); !rec.LeaseUntil.Equal(want) {
+			t.Fatalf("extension %d: lease until %s, want %s", i+1, rec.LeaseUntil, want)
+		}
+	}
+
+	if err := mem.Delete(context.Background(), &idem.KeyParams{Scope: "s", Key: "k"}); err != nil {
+		t.Fatal(err)
+	}
+	clock.Advance(time.Second)
+	<-store.done
+	if err := <-lost; !errors.Is(err, idem.ErrLeaseLost) {
+		t.Fatalf("onLost got %v, want ErrLeaseLost", err)
+	}
+}
