@@ -504,16 +504,17 @@ func (s *Store) Delete(ctx context.Context, p *idem.KeyParams) error {
 }
 
 // sweepBatch is how many index entries one round of Sweep reads and
-// checks: one ZRANGE, then one script for the batch.
+// checks: one ZRANGE, one EXISTS, and a script only when a record is gone.
 const sweepBatch = 1000
 
 // Sweep implements idem.Store. Redis removes records by itself at their
 // RetainUntil (their key's expiry); Sweep removes the index entries of the
 // records that are gone, so List and Size agree with what is stored, and
-// counts them. It walks each shard's index in batches of 1000 entries, each
-// batch one script that checks every record again, so it reads every entry
-// of the index: its cost grows with the records stored, not only with those
-// that expired.
+// counts them. It walks each shard's index in batches of 1000 entries: one
+// EXISTS of a batch's records, and, when some are gone, one script that
+// checks every record again and removes the entries of the gone ones. It
+// reads every entry of the index: its cost grows with the records stored,
+// not only with those that expired.
 func (s *Store) Sweep(ctx context.Context, p *idem.SweepParams) (*idem.SweepResult, error) {
 	if err := p.Validate(); err != nil {
 		return nil, err
@@ -566,17 +567,17 @@ func (s *Store) sweepShard(ctx context.Context, shard int, after string, limit i
 	if len(members) == 0 {
 		return 0, "", nil, nil
 	}
+	if len(members) == sweepBatch {
+		last = members[len(members)-1] // the index may have more
+	}
 	keys := make([]string, 1, 1+len(members))
 	keys[0] = idx
-	args := make([]any, 1, 1+len(members))
-	args[0] = limit
 	for _, m := range members {
 		rk, err := s.shard.recordKeyOfMember(shard, m)
 		if err != nil {
 			return 0, "", nil, err
 		}
 		keys = append(keys, rk)
-		args = append(args, m)
 	}
 	// Usually every record of a batch is there: one plain EXISTS says so,
 	// without sending the batch through Lua.
@@ -585,10 +586,12 @@ func (s *Store) sweepShard(ctx context.Context, shard int, after string, limit i
 		return 0, "", nil, s.redisErr("sweep", err)
 	}
 	if live == int64(len(members)) {
-		if len(members) < sweepBatch {
-			return 0, "", nil, nil
-		}
-		return 0, members[len(members)-1], nil, nil
+		return 0, last, nil, nil
+	}
+	args := make([]any, 1, 1+len(members))
+	args[0] = limit
+	for _, m := range members {
+		args = append(args, m)
 	}
 	reply, waitErr, err := s.run(ctx, sweepScript, keys, args...)
 	if err != nil {
@@ -608,11 +611,10 @@ func (s *Store) sweepShard(ctx context.Context, shard int, after string, limit i
 	if removed == 0 {
 		waitErr = nil // nothing was written that needs confirming
 	}
-	if seen < int64(len(members)) || len(members) < sweepBatch {
-		// The limit stopped it, or the index has no more.
-		return int(removed), "", waitErr, nil
+	if seen < int64(len(members)) {
+		last = "" // the limit stopped it
 	}
-	return int(removed), members[len(members)-1], waitErr, nil
+	return int(removed), last, waitErr, nil
 }
 
 // List implements idem.Lister: the records of a scope in key order, read
