@@ -56,6 +56,9 @@ type shardKeys struct {
 	token string
 }
 
+// record is the record key an index member of the shard names.
+func (sh *shardKeys) record(member string) string { return sh.tag + "r:" + member }
+
 // layout is the keys of every shard of one prefix.
 type layout [shards]shardKeys
 
@@ -95,7 +98,7 @@ func (sk *layout) recordKeyOfMember(shard int, member string) (string, error) {
 	if !ok || esc == "" || key == "" {
 		return "", fmt.Errorf("redisstore: malformed index member %q in shard %d", member, shard)
 	}
-	return sk[shard].tag + "r:" + member, nil
+	return sk[shard].record(member), nil
 }
 
 // scopeRange is the lexical range of a scope's members in its shard's index,

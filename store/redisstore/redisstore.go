@@ -628,7 +628,7 @@ func (s *Store) List(ctx context.Context, p *idem.ListParams) (*idem.ListResult,
 	if err := s.check(); err != nil {
 		return nil, err
 	}
-	idx := s.shard[shardOf(p.Scope)].index
+	sh := &s.shard[shardOf(p.Scope)]
 	skip := len(escapeScope(p.Scope)) + 1 // the member's escaped scope and ':'
 	res := &idem.ListResult{}
 	cursor := p.Cursor
@@ -641,7 +641,7 @@ func (s *Store) List(ctx context.Context, p *idem.ListParams) (*idem.ListResult,
 	var found []*idem.Record
 	for len(found) <= p.Limit {
 		min, max := scopeRange(p.Scope, cursor)
-		members, err := s.client.ZRangeArgs(ctx, redis.ZRangeArgs{Key: idx, Start: min, Stop: max, ByLex: true, Count: batch}).Result()
+		members, err := s.client.ZRangeArgs(ctx, redis.ZRangeArgs{Key: sh.index, Start: min, Stop: max, ByLex: true, Count: batch}).Result()
 		if err != nil {
 			return nil, s.redisErr("list", err)
 		}
@@ -649,16 +649,14 @@ func (s *Store) List(ctx context.Context, p *idem.ListParams) (*idem.ListResult,
 			break
 		}
 		keys := make([]string, len(members))
+		pipe := s.client.Pipeline()
+		cmds := make([]*redis.StringCmd, len(members))
 		for i, m := range members {
 			if len(m) <= skip {
 				return nil, fmt.Errorf("redisstore: list: malformed index member %q", m)
 			}
 			keys[i] = m[skip:]
-		}
-		pipe := s.client.Pipeline()
-		cmds := make([]*redis.StringCmd, len(keys))
-		for i, key := range keys {
-			cmds[i] = pipe.Get(ctx, s.shard.recordKey(p.Scope, key))
+			cmds[i] = pipe.Get(ctx, sh.record(m))
 		}
 		if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
 			return nil, s.redisErr("list", err)
