@@ -17,6 +17,7 @@ type keys struct {
 	index  string // sorted set: the shard's records, score 0, members in lexical order, for List, Sweep and Size
 	token  string // string: the shard's last fencing token (8 bytes); never expires
 	member string // the record's member in the index: escaped scope, ':', key
+	shard  int    // shardOf(scope), whose batcher runs the record's Begin and Complete
 }
 
 // escapeScope makes a scope safe inside a key: it holds no ':' (which ends
@@ -83,9 +84,10 @@ func makeLayout(prefix string) *layout {
 // rest of the string. keys_test.go spells the layout out again (keysOf) and
 // checks that this agrees.
 func (sk *layout) keys(scope, key string) keys {
-	sh := &sk[shardOf(scope)]
+	shard := shardOf(scope)
+	sh := &sk[shard]
 	record := sh.tag + "r:" + escapeScope(scope) + ":" + key
-	return keys{record: record, index: sh.index, token: sh.token, member: record[len(sh.tag)+2:]}
+	return keys{record: record, index: sh.index, token: sh.token, member: record[len(sh.tag)+2:], shard: shard}
 }
 
 // recordKey is the record key of (scope, key), for the scripts that touch

@@ -156,13 +156,15 @@ func TestLayoutStable(t *testing.T) {
 // layout the Store builds once, as the reference the tests check it
 // against and build expected keys with.
 func keysOf(prefix, scope, key string) keys {
-	t := tag(prefix, shardOf(scope))
+	shard := shardOf(scope)
+	t := tag(prefix, shard)
 	member := escapeScope(scope) + ":" + key
 	return keys{
 		record: t + "r:" + member,
 		index:  t + "i",
 		token:  t + "t",
 		member: member,
+		shard:  shard,
 	}
 }
 

@@ -307,7 +307,7 @@ func (s *Store) Begin(ctx context.Context, p *idem.BeginParams) (*idem.BeginResu
 		return nil, err
 	}
 	k := s.shard.keys(p.Scope, p.Key)
-	reply, waitErr, err := s.exec(ctx, shardOf(p.Scope), &pendingOp{script: beginScript, kind: 'b',
+	reply, waitErr, err := s.exec(ctx, k.shard, &pendingOp{script: beginScript, kind: 'b',
 		keys: []string{k.record, k.index, k.token}, args: beginArgs(k, p)})
 	if err != nil {
 		return nil, s.redisErr("begin", err)
@@ -370,11 +370,12 @@ func (s *Store) owner(ctx context.Context, op string, script *redis.Script, scop
 	if arg == nil {
 		args = args[:1]
 	}
-	keys := []string{s.shard.recordKey(scope, key)}
+	k := s.shard.keys(scope, key)
+	keys := []string{k.record}
 	var reply any
 	var waitErr error
 	if script == completeScript {
-		reply, waitErr, err = s.exec(ctx, shardOf(scope), &pendingOp{script: script, kind: 'c', keys: keys, args: args})
+		reply, waitErr, err = s.exec(ctx, k.shard, &pendingOp{script: script, kind: 'c', keys: keys, args: args})
 	} else {
 		reply, waitErr, err = s.run(ctx, script, keys, args...)
 	}
