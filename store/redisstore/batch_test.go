@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -175,4 +176,41 @@ func TestBatchCancelWhileQueued(t *testing.T) {
 	}
 	// The slot is free again: a Begin runs at once.
 	b.acquire("s", "k", time.Hour, time.Hour)
+}
+
+// TestBatchWait: with Config.WaitReplicas, the one wait after a batch
+// confirms (here: fails to confirm) every write in it, so each acquired
+// Begin of the batch reports ErrNotDurable with its result.
+func TestBatchWait(t *testing.T) {
+	t.Parallel()
+	b := setup(t, &Config{WaitReplicas: 1, WaitTimeout: 50 * time.Millisecond})
+	if n := b.client.Info(b.ctx, "replication").Val(); !strings.Contains(n, "connected_slaves:0\r\n") {
+		t.Skipf("the server has replicas: %s", n)
+	}
+	s := b.store
+	s.inFlight = 1
+	shard := shardOf("s")
+	bt := &s.batch[shard]
+	bt.mu.Lock()
+	bt.active = 1 // the one slot is busy
+	bt.mu.Unlock()
+	type result struct {
+		res *idem.BeginResult
+		err error
+	}
+	results := make(chan result, 2)
+	for _, key := range []string{"a", "b"} {
+		go func() {
+			res, err := s.Begin(b.ctx, &idem.BeginParams{Scope: "s", Key: key, Fingerprint: "f", Lease: time.Hour, Window: time.Hour})
+			results <- result{res, err}
+		}()
+	}
+	waitQueued(t, s, shard, 2)
+	bt.next() // the queued two run as one batch, then one WAIT
+	for range 2 {
+		r := <-results
+		if !errors.Is(r.err, ErrNotDurable) || r.res == nil || r.res.Decision != idem.Acquired {
+			t.Errorf("Begin in a batch: %+v, %v; want acquired with an error wrapping ErrNotDurable", r.res, r.err)
+		}
+	}
 }

@@ -465,3 +465,21 @@ func TestSweepBatches(t *testing.T) {
 		}
 	}
 }
+
+// TestMalformedIndexMember: an index member that names no record (here
+// the scope "s" with an empty key, which no Begin writes) makes List and
+// Sweep fail with an error that names it, not panic or skip it silently.
+func TestMalformedIndexMember(t *testing.T) {
+	t.Parallel()
+	b := setup(t, nil)
+	k := keysOf(b.prefix, "s", "k")
+	if err := b.client.ZAdd(b.ctx, k.index, redis.Z{Member: "s:"}).Err(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.store.List(b.ctx, &idem.ListParams{Scope: "s"}); err == nil || !strings.Contains(err.Error(), "malformed index member") {
+		t.Errorf("List: %v, want an error about the malformed index member", err)
+	}
+	if _, err := b.store.Sweep(b.ctx, &idem.SweepParams{}); err == nil || !strings.Contains(err.Error(), "malformed index member") {
+		t.Errorf("Sweep: %v, want an error about the malformed index member", err)
+	}
+}
