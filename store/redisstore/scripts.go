@@ -69,16 +69,26 @@ return begin(KEYS[1], KEYS[2], KEYS[3], ARGV[1], ARGV[2], ARGV[3])
 // across a lost counter (the clock), and across a clock that steps back
 // (the counter). The counter is 8 bytes (layout 1 wrote it in decimal), so
 // no number is formatted or parsed. Usually one call.
-const luaToken = `
-local function token(kt, prev)
-  local old = redis.call('SET', kt, struct.pack('<i8', now), 'GET')
+//
+// luaNextToken is the rule, shared with luaBatchToken: nextToken(counter
+// value or nil, record token or nil); counter(the counter's bytes or nil)
+// reads either format.
+const luaNextToken = `
+local function counter(old)
+  if not old then return nil end
+  if #old == 8 then return (struct.unpack('<i8', old)) end
+  return tonumber(old)
+end
+local function nextToken(ctr, prev)
   local tok = now
-  if old then
-    local o
-    if #old == 8 then o = struct.unpack('<i8', old) else o = tonumber(old) end
-    if o and o >= tok then tok = o + 1 end
-  end
+  if ctr and ctr >= tok then tok = ctr + 1 end
   if prev and prev >= tok then tok = prev + 1 end
+  return tok
+end
+`
+const luaToken = luaNextToken + `
+local function token(kt, prev)
+  local tok = nextToken(counter(redis.call('SET', kt, struct.pack('<i8', now), 'GET')), prev)
   if tok ~= now then redis.call('SET', kt, struct.pack('<i8', tok)) end
   return tok
 end
@@ -97,21 +107,15 @@ end
 // operations share one shard: the counter is read once and written once,
 // and the index entries go in one ZADD, when the batch ends (flush), with
 // the same result as one call each in turn.
-const luaBatchToken = `
+const luaBatchToken = luaNextToken + `
 local ctr, ctrKey
 local function token(kt, prev)
   if not ctrKey then
     ctrKey = kt
-    local old = redis.call('GET', kt)
-    if old then
-      if #old == 8 then ctr = struct.unpack('<i8', old) else ctr = tonumber(old) end
-    end
+    ctr = counter(redis.call('GET', kt))
   end
-  local tok = now
-  if ctr and ctr >= tok then tok = ctr + 1 end
-  if prev and prev >= tok then tok = prev + 1 end
-  ctr = tok
-  return tok
+  ctr = nextToken(ctr, prev)
+  return ctr
 end
 `
 const luaBatchIndex = `
