@@ -293,7 +293,7 @@ func (l *load) measure(n int, work func(int, *client) error, begin ...func()) (*
 	}
 	var wg sync.WaitGroup
 	var failed atomic.Value
-	cpu0, _ := cputime.Process()
+	cpu := cputime.Start()
 	t0 := time.Now()
 	for i, c := range l.clients {
 		wg.Go(func() {
@@ -307,8 +307,7 @@ func (l *load) measure(n int, work func(int, *client) error, begin ...func()) (*
 	}
 	wg.Wait()
 	elapsed := time.Since(t0)
-	cpu1, _ := cputime.Process()
-	cpu := cpu1 - cpu0
+	perOp, _ := cpu.PerOp(n)
 	if err, _ := failed.Load().(error); err != nil {
 		return nil, err
 	}
@@ -317,7 +316,7 @@ func (l *load) measure(n int, work func(int, *client) error, begin ...func()) (*
 		lat = append(lat, c.lat...)
 	}
 	slices.Sort(lat)
-	return &result{lat: lat, rate: float64(n) / elapsed.Seconds(), cpu: cpu / time.Duration(n)}, nil
+	return &result{lat: lat, rate: float64(n) / elapsed.Seconds(), cpu: perOp}, nil
 }
 
 // OpenRate is the arrival rate for Latency: IDEM_BENCH_RATE (req/s) when

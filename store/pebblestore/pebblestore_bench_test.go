@@ -27,9 +27,9 @@ func BenchmarkCycles(b *testing.B) {
 				b.Fatal(err)
 			}
 			defer s.Close()
-			cpu := startCPU()
+			cpu := cputime.Start()
 			storetest.BenchCycles(b, s, callers)
-			cpu.report(b)
+			reportCPU(b, cpu)
 			fs.report(b)
 		})
 	}
@@ -59,7 +59,7 @@ func BenchmarkRawPebble(b *testing.B) {
 			defer db.Close()
 			prefix := fmt.Sprintf("r/\x05bench-%d-%d", callers, time.Now().UnixNano())
 			var next atomic.Int64
-			cpu := startCPU()
+			cpu := cputime.Start()
 			storetest.ParallelN(b, callers, func() error {
 				key := fmt.Appendf(nil, "%s-%d", prefix, next.Add(1))
 				for _, v := range [][]byte{pending, completed} {
@@ -74,30 +74,20 @@ func BenchmarkRawPebble(b *testing.B) {
 				}
 				return nil
 			})
-			cpu.report(b)
+			reportCPU(b, cpu)
 			fs.report(b)
 		})
 	}
 }
 
-// cpuMeter reports the CPU time the whole process (Pebble's background
-// work included) spent per cycle: at many callers, where group commit makes
-// a cycle CPU-bound, it says where throughput goes. It is not immune to a
-// busy machine either (contention inflates it), so compare it, like
-// cycles/s, only between runs made side by side.
-type cpuMeter struct {
-	start time.Duration
-	ok    bool
-}
-
-func startCPU() cpuMeter {
-	t, ok := cputime.Process()
-	return cpuMeter{t, ok}
-}
-
-func (m cpuMeter) report(b *testing.B) {
-	if t, ok := cputime.Process(); ok && m.ok {
-		b.ReportMetric(float64((t-m.start).Microseconds())/float64(b.N), "cpu-µs/cycle")
+// reportCPU reports the CPU time the whole process (Pebble's background
+// work included) spent per cycle since m started: at many callers, where
+// group commit makes a cycle CPU-bound, it says where throughput goes. It is
+// not immune to a busy machine either (contention inflates it), so compare
+// it, like cycles/s, only between runs made side by side.
+func reportCPU(b *testing.B, m cputime.Meter) {
+	if d, ok := m.PerOp(b.N); ok {
+		b.ReportMetric(float64(d.Nanoseconds())/1e3, "cpu-µs/cycle")
 	}
 }
 

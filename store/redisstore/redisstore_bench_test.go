@@ -52,22 +52,22 @@ func BenchmarkUnbatched(b *testing.B) {
 // server's figure includes every other client's work: it means something
 // only when nothing else uses the server.
 type cpuMeter struct {
-	s          *bundle
-	go0, redis time.Duration
-	goKnown    bool
+	s       *bundle
+	process cputime.Meter
+	redis   time.Duration
 }
 
 func startCPUMeter(b *testing.B, s *bundle) *cpuMeter {
 	b.Helper()
 	m := &cpuMeter{s: s, redis: redisCPU(b, s)}
-	m.go0, m.goKnown = cputime.Process()
+	m.process = cputime.Start()
 	return m
 }
 
 func (m *cpuMeter) report(b *testing.B) {
 	b.Helper()
-	if g, ok := cputime.Process(); ok && m.goKnown {
-		b.ReportMetric(float64(g-m.go0)/float64(time.Microsecond)/float64(b.N), "go-µs/cycle")
+	if d, ok := m.process.PerOp(b.N); ok {
+		b.ReportMetric(float64(d.Nanoseconds())/1e3, "go-µs/cycle")
 	}
 	b.ReportMetric(float64(redisCPU(b, m.s)-m.redis)/float64(time.Microsecond)/float64(b.N), "redis-µs/cycle")
 }
