@@ -123,6 +123,9 @@
 //     is bytewise already, so the migration may drop it there.
 //   - outcome metadata is a json column, which CockroachDB stores as
 //     JSONB: a NUL in a meta string may be refused.
+//   - statements return a record as one composite (tuple) column in
+//     binary, which CockroachDB encodes from 23.1 (and 22.1 and 22.2
+//     patch releases of 2023); earlier releases fail on it.
 //   - "writes nothing" for replays is a PostgreSQL property (no xid);
 //     CockroachDB's reads are also write-free, but its commit costs
 //     differ.

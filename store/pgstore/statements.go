@@ -8,10 +8,6 @@ import (
 	"github.com/idemkit/idem"
 )
 
-// columns are the record's columns in the order row.read reads them.
-const columns = `scope, key, fingerprint, state, token, attempts, lease_until, checkpoint_point, checkpoint_data,
-	outcome_data, outcome_meta, created, completed, expires, retain_until, window_us, retention_us, takeover`
-
 // statements are the store's SQL with its schema filled in. Each is one
 // round trip.
 type statements struct {
@@ -25,7 +21,7 @@ const tombstoneGrace = "1 hour"
 
 // getFrom is where get and getNow read a record: the row of the key, unless
 // it is Delete's tombstone.
-const getFrom = ` FROM {s}.records WHERE scope = $1 AND key = $2 AND state <> 'deleted'`
+const getFrom = ` FROM {s}.records r WHERE r.scope = $1 AND r.key = $2 AND r.state <> 'deleted'`
 
 // us turns a microsecond count into an interval.
 const us = ` * interval '1 microsecond'`
@@ -48,7 +44,9 @@ const stmtNow = `statement_timestamp()`
 //     CONFLICT sees its latest version and takes it over only when the
 //     rules allow, judged again on that version.
 //   - The second SELECT returns the row as the snapshot holds it when ins
-//     wrote nothing; Go decides from it. When ins met a row the snapshot
+//     wrote nothing; Go decides from it (and drops the outcome of a
+//     mismatch, which comes along: the whole row is cheaper to send than
+//     its columns picked one by one). When ins met a row the snapshot
 //     could not see, what comes back is stale or nothing, and Go reads the
 //     row again with a fresh snapshot (the rare second round trip).
 //
@@ -80,25 +78,22 @@ const beginSQL = `WITH ins AS (
 	WHERE r.state IN ('released', 'deleted')
 		OR (r.state = 'completed' AND r.expires <= EXCLUDED.created)
 		OR (r.state = 'pending' AND r.lease_until <= EXCLUDED.created AND r.fingerprint = EXCLUDED.fingerprint)
-	RETURNING ` + columns + `
+	RETURNING r
 )
-SELECT true, ` + stmtNow + `, ` + columns + ` FROM ins
+SELECT true, ` + stmtNow + `, r FROM ins
 UNION ALL
-SELECT false, ` + stmtNow + `, scope, key, fingerprint, state, token, attempts, lease_until, checkpoint_point,
-	checkpoint_data, CASE WHEN fingerprint = $3 THEN outcome_data END, CASE WHEN fingerprint = $3 THEN outcome_meta END,
-	created, completed, expires, retain_until, window_us, retention_us, takeover
-FROM {s}.records WHERE scope = $1 AND key = $2 AND NOT EXISTS (SELECT 1 FROM ins)`
+SELECT false, ` + stmtNow + `, c FROM {s}.records c WHERE c.scope = $1 AND c.key = $2 AND NOT EXISTS (SELECT 1 FROM ins)`
 
 // ownedSQL is a conditional update on the owner's token: set applies only
 // to the pending row holding $3, and the row comes back without its
-// outcome. No row back means the token does not own the key; the caller
+// outcome (Complete's caller has it). No row back means the token does not own the key; the caller
 // reads the row to say why (the rare path).
 func ownedSQL(set string) string {
 	return `UPDATE {s}.records r SET ` + set + `
 WHERE r.scope = $1 AND r.key = $2 AND r.token = $3 AND r.state = 'pending'
-RETURNING r.scope, r.key, r.fingerprint, r.state, r.token, r.attempts, r.lease_until, r.checkpoint_point,
+RETURNING ROW(r.scope, r.key, r.fingerprint, r.state, r.token, r.attempts, r.lease_until, r.checkpoint_point,
 	r.checkpoint_data, NULL::bytea, NULL::json, r.created, r.completed, r.expires, r.retain_until,
-	r.window_us, r.retention_us, r.takeover`
+	r.window_us, r.retention_us, r.takeover)`
 }
 
 func newStatements(schema string) statements {
@@ -106,8 +101,8 @@ func newStatements(schema string) statements {
 		schema: schema,
 		begin:  beginSQL,
 		// get reads a record; getNow also the statement's time, after it.
-		get:    `SELECT ` + columns + getFrom,
-		getNow: `SELECT ` + columns + `, ` + stmtNow + getFrom,
+		get:    `SELECT r` + getFrom,
+		getNow: `SELECT r, ` + stmtNow + getFrom,
 		complete: ownedSQL(`state = 'completed', completed = ` + stmtNow + `, expires = ` + stmtNow + ` + r.window_us` + us + `,
 		retain_until = ` + stmtNow + ` + greatest(r.window_us, r.retention_us)` + us + `,
 		checkpoint_point = NULL, checkpoint_data = NULL, outcome_data = $4, outcome_meta = $5`),
@@ -136,8 +131,8 @@ WHERE scope = $1 AND key = $2 AND state <> 'deleted'`,
 ),
 del AS (DELETE FROM {s}.records r USING doomed d WHERE r.scope = d.scope AND r.key = d.key RETURNING r.state)
 SELECT count(*), count(*) FILTER (WHERE state <> 'deleted') FROM del`,
-		list: `SELECT ` + columns + ` FROM {s}.records
-WHERE scope = $1 AND key > $2 AND ($3 = '' OR state = $3) AND state <> 'deleted' ORDER BY key LIMIT $4`,
+		list: `SELECT r FROM {s}.records r
+WHERE r.scope = $1 AND r.key > $2 AND ($3 = '' OR r.state = $3) AND r.state <> 'deleted' ORDER BY r.key LIMIT $4`,
 		size: `SELECT count(*) FROM {s}.records WHERE state <> 'deleted'`,
 	}
 	for _, p := range []*string{&q.begin, &q.get, &q.getNow, &q.complete, &q.release, &q.extend, &q.checkpoint, &q.delete, &q.sweep, &q.list, &q.size} {
