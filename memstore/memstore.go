@@ -27,43 +27,177 @@ type Store struct {
 	clock idem.Clock
 
 	mu      sync.Mutex
-	records map[recordKey]*entry
-	scopes  map[string]string // interned scopes: a scope's records share one string
-	token   int64             // store-wide: tokens never repeat, even after a delete
+	records map[string]entry // by entry.key
+	token   int64            // store-wide: tokens never repeat, even after a delete
 	closed  bool
 }
 
-// maxScopes bounds the interned scopes; past it the table starts over,
-// which costs sharing, nothing else.
-const maxScopes = 1024
-
-type recordKey struct{ scope, key string }
-
-// entry is one stored record. Its outcome is kept beside it, with the
-// Data in one string after the fingerprint and Meta as key/value pairs
-// rather than a map: a completed record is three objects for the garbage
-// collector to mark (the entry, that string and the key), not eight.
-// Entries change in place under the lock; whatever leaves the store is a
-// copy made under the lock.
+// entry is one stored record in a form the garbage collector marks
+// cheaply, since a store may keep many: a value in the map (not an object
+// of its own), its strings in one immutable string, its times as numbers
+// and its state as a small int, so the only pointers are that string and,
+// while a pending record holds one, the checkpoint. Entries are replaced,
+// never changed; whatever leaves the store is a copy made under the lock.
+// newEntry and entry.record are the conversion from and to idem.Record.
 type entry struct {
-	rec     idem.Record // rec.Outcome is always nil: the outcome is below
-	blob    string      // when completed: rec.Fingerprint, then the outcome's Data
-	meta    []string    // the outcome's Meta as key, value pairs; in metaBuf when small
-	metaBuf [4]string
-	metaNil bool // the stored Meta was nil, not empty
+	// s is the map key (the scope and the key, each after its length in
+	// one byte: ValidateKey bounds both to 255 bytes), the fingerprint up
+	// to fpEnd and, when completed, the outcome's Data up to dataEnd and
+	// its Meta as key, value pairs each ended by metaEnd.
+	s          string
+	checkpoint *idem.Checkpoint // shared, never changed: replaced by a new one
+	token      int64
+	attempts   int
+	window     time.Duration
+	retention  time.Duration
+	dataEnd    int
+	// The record's times (recordTimes) as Unix seconds and nanoseconds,
+	// the zero time included, in two arrays rather than five pairs so the
+	// entry fits in the map's slot (at most 128 bytes) instead of an
+	// object of its own.
+	sec     [5]int64
+	nsec    [5]int32
+	fpEnd   uint16
+	state   uint8 // index in states
+	metaNil bool  // the stored Meta was nil, not empty
 }
 
-// current is the stored record, nil for no entry, as the transitions take it.
-func (e *entry) current() *idem.Record {
-	if e == nil {
-		return nil
+// metaEnd ends each Meta key and value in entry.s: a byte that valid UTF-8,
+// which CompleteParams.Validate demands of Meta, never holds.
+const metaEnd = "\xff"
+
+// states are the record states by their number in an entry.
+var states = [...]idem.State{idem.StatePending, idem.StateCompleted, idem.StateReleased}
+
+// recordTimes are r's times in the order of entry.sec and entry.nsec.
+func recordTimes(r *idem.Record) [5]*time.Time {
+	return [...]*time.Time{&r.LeaseUntil, &r.Created, &r.Completed, &r.Expires, &r.RetainUntil}
+}
+
+// appendKey appends the map key of (scope, key) to b.
+func appendKey(b []byte, scope, key string) []byte {
+	b = append(b, byte(len(scope)))
+	b = append(b, scope...)
+	b = append(b, byte(len(key)))
+	return append(b, key...)
+}
+
+// newEntry is rec in an entry, with out, rec's outcome when completed (nil
+// otherwise). It copies out.Data and shares nothing with rec and out but
+// rec's checkpoint.
+func newEntry(rec *idem.Record, out *idem.Outcome) entry {
+	var key [2 + idem.MaxScopeLen + idem.MaxKeyLen]byte
+	n := len(appendKey(key[:0], rec.Scope, rec.Key)) + len(rec.Fingerprint)
+	if out != nil {
+		n += len(out.Data)
+		for k, v := range out.Meta {
+			n += len(k) + len(v) + 2*len(metaEnd)
+		}
 	}
-	return &e.rec
+	var b strings.Builder
+	b.Grow(n)
+	b.Write(appendKey(key[:0], rec.Scope, rec.Key))
+	b.WriteString(rec.Fingerprint)
+	e := entry{
+		checkpoint: rec.Checkpoint,
+		token:      rec.Token,
+		attempts:   rec.Attempts,
+		window:     rec.Window,
+		retention:  rec.Retention,
+		fpEnd:      uint16(b.Len()),
+		state:      uint8(slices.Index(states[:], rec.State)),
+	}
+	for i, t := range recordTimes(rec) {
+		e.sec[i], e.nsec[i] = t.Unix(), int32(t.Nanosecond())
+	}
+	if out != nil {
+		b.Write(out.Data)
+	}
+	e.dataEnd = b.Len()
+	if out != nil {
+		for k, v := range out.Meta {
+			b.WriteString(k)
+			b.WriteString(metaEnd)
+			b.WriteString(v)
+			b.WriteString(metaEnd)
+		}
+		e.metaNil = out.Meta == nil
+	}
+	e.s = b.String()
+	return e
 }
 
-// completed reports whether e holds an outcome (in blob and meta): only a
-// completed record has one.
-func (e *entry) completed() bool { return e.rec.State == idem.StateCompleted }
+// key is e's map key.
+func (e *entry) key() string {
+	n := 1 + int(e.s[0])
+	return e.s[:n+1+int(e.s[n])]
+}
+
+// names are e's scope and key, from its map key.
+func (e *entry) names() (scope, key string) {
+	k := e.key()
+	n := 1 + int(k[0])
+	return k[1:n], k[n+1:]
+}
+
+// record is e's record without its outcome, sharing e's checkpoint: what
+// the transitions read. Its times are UTC, without a monotonic reading.
+func (e *entry) record() idem.Record {
+	scope, key := e.names()
+	rec := idem.Record{
+		Scope:       scope,
+		Key:         key,
+		Fingerprint: e.s[len(e.key()):e.fpEnd],
+		State:       states[e.state],
+		Token:       e.token,
+		Attempts:    e.attempts,
+		Checkpoint:  e.checkpoint,
+		Window:      e.window,
+		Retention:   e.retention,
+	}
+	for i, t := range recordTimes(&rec) {
+		*t = time.Unix(e.sec[i], int64(e.nsec[i])).UTC()
+	}
+	return rec
+}
+
+// handOut is e's record without its outcome as it leaves the store: with a
+// checkpoint of its own.
+func (e *entry) handOut() idem.Record {
+	rec := e.record()
+	rec.Checkpoint = transition.CloneCheckpoint(rec.Checkpoint)
+	return rec
+}
+
+// recordCopy is a record handed out and its outcome, in one allocation.
+type recordCopy struct {
+	rec idem.Record
+	out idem.Outcome
+}
+
+// copyTo writes to c a copy of e's record, with its outcome, that the
+// caller owns: the Data is copied, the Meta strings (immutable) are
+// substrings of e.s.
+func (e *entry) copyTo(c *recordCopy) *idem.Record {
+	c.rec = e.handOut()
+	if c.rec.State != idem.StateCompleted {
+		return &c.rec
+	}
+	c.out.Data = append([]byte{}, e.s[e.fpEnd:e.dataEnd]...)
+	c.out.Meta = nil
+	if !e.metaNil {
+		pairs := e.s[e.dataEnd:]
+		c.out.Meta = make(map[string]string, strings.Count(pairs, metaEnd)/2)
+		for pairs != "" {
+			var k, v string
+			k, pairs, _ = strings.Cut(pairs, metaEnd)
+			v, pairs, _ = strings.Cut(pairs, metaEnd)
+			c.out.Meta[k] = v
+		}
+	}
+	c.rec.Outcome = &c.out
+	return &c.rec
+}
 
 var (
 	_ idem.Store  = (*Store)(nil)
@@ -73,7 +207,7 @@ var (
 
 // New returns an empty Store.
 func New(cfg *Config) *Store {
-	s := &Store{clock: idem.SystemClock{}, records: map[recordKey]*entry{}, scopes: map[string]string{}}
+	s := &Store{clock: idem.SystemClock{}, records: map[string]entry{}}
 	if cfg != nil && cfg.Clock != nil {
 		s.clock = cfg.Clock
 	}
@@ -99,58 +233,26 @@ func (s *Store) nextToken(after int64) int64 {
 	return s.token
 }
 
-// setOutcome stores a copy of out in e, completed: the bytes are copied
-// (beside the fingerprint, which moves there), the Meta strings
-// (immutable) are shared.
-func (e *entry) setOutcome(out *idem.Outcome) {
-	fp := e.rec.Fingerprint
-	var b strings.Builder
-	b.Grow(len(fp) + len(out.Data))
-	b.WriteString(fp)
-	b.Write(out.Data)
-	e.blob = b.String()
-	e.rec.Fingerprint = e.blob[:len(fp)]
-	e.metaNil = out.Meta == nil
-	e.meta = e.metaBuf[:0]
-	if 2*len(out.Meta) > len(e.metaBuf) {
-		e.meta = make([]string, 0, 2*len(out.Meta))
+// find returns the entry of (scope, key) and its record, written to rec,
+// for the transitions; the record is nil when there is no entry. The map
+// key is built on the stack: the lookup allocates nothing.
+func (s *Store) find(scope, key string, rec *idem.Record) (entry, *idem.Record) {
+	var b [2 + idem.MaxScopeLen + idem.MaxKeyLen]byte
+	e, ok := s.records[string(appendKey(b[:0], scope, key))]
+	if !ok {
+		return entry{}, nil
 	}
-	for k, v := range out.Meta {
-		e.meta = append(e.meta, k, v)
-	}
+	*rec = e.record()
+	return e, rec
 }
 
-// clearOutcome forgets e's outcome (a record that is no longer completed).
-func (e *entry) clearOutcome() {
-	e.blob, e.meta, e.metaNil = "", nil, false
-	e.metaBuf = [4]string{}
+// put stores rec, with out when completed, in place of the record of its
+// key, keyed by the entry's own string: the map keeps no caller's memory.
+func (s *Store) put(rec *idem.Record, out *idem.Outcome) entry {
+	e := newEntry(rec, out)
+	s.records[e.key()] = e
+	return e
 }
-
-// recordCopy is a record handed out and its outcome, in one allocation.
-type recordCopy struct {
-	rec idem.Record
-	out idem.Outcome
-}
-
-// copyTo writes a deep copy of e's record, with its outcome, to c.
-func (e *entry) copyTo(c *recordCopy) *idem.Record {
-	c.rec = e.rec
-	c.rec.Checkpoint = transition.CloneCheckpoint(e.rec.Checkpoint)
-	if e.completed() {
-		c.out.Data = append([]byte{}, e.blob[len(e.rec.Fingerprint):]...)
-		if !e.metaNil {
-			c.out.Meta = make(map[string]string, len(e.meta)/2)
-			for i := 0; i < len(e.meta); i += 2 {
-				c.out.Meta[e.meta[i]] = e.meta[i+1]
-			}
-		}
-		c.rec.Outcome = &c.out
-	}
-	return &c.rec
-}
-
-// record returns a deep copy of e's record.
-func (e *entry) record() *idem.Record { return e.copyTo(new(recordCopy)) }
 
 // beginResult is a BeginResult and its record, in one allocation.
 type beginResult struct {
@@ -173,9 +275,8 @@ func (s *Store) Begin(ctx context.Context, p *idem.BeginParams) (*idem.BeginResu
 		return nil, err
 	}
 	defer s.mu.Unlock()
-	k := recordKey{p.Scope, p.Key}
-	e := s.records[k]
-	cur := e.current()
+	var stored idem.Record
+	e, cur := s.find(p.Scope, p.Key, &stored)
 	now := s.clock.Now()
 	d, takeover, retryAfter := transition.Decide(cur, p, now)
 	if d == idem.Mismatch {
@@ -183,42 +284,17 @@ func (s *Store) Begin(ctx context.Context, p *idem.BeginParams) (*idem.BeginResu
 	}
 	if d == idem.Acquired {
 		next := transition.Acquire(cur, takeover, p, now, s.nextToken)
-		if e == nil {
-			k.scope = s.intern(p.Scope)
-			e = &entry{}
-			s.records[k] = e
-		} else {
-			k = recordKey{e.rec.Scope, e.rec.Key} // the map's strings, not the caller's
-		}
-		next.Scope, next.Key = k.scope, k.key
-		if e.completed() {
-			e.clearOutcome() // an expired outcome
-		}
-		e.rec = next
+		e = s.put(&next, nil)
 	}
 	res := idem.BeginResult{Decision: d, Takeover: takeover, RetryAfter: retryAfter}
-	if e.completed() {
+	if d == idem.Replay {
 		r := &beginResult{res: res}
 		r.res.Record = e.copyTo(&r.rec)
 		return &r.res, nil
 	}
-	r := &ownedResult{res: res, rec: e.rec}
-	r.rec.Checkpoint = transition.CloneCheckpoint(e.rec.Checkpoint)
+	r := &ownedResult{res: res, rec: e.handOut()}
 	r.res.Record = &r.rec
 	return &r.res, nil
-}
-
-// intern returns the store's copy of scope, making one if needed.
-func (s *Store) intern(scope string) string {
-	if v, ok := s.scopes[scope]; ok {
-		return v
-	}
-	if len(s.scopes) >= maxScopes {
-		clear(s.scopes)
-	}
-	v := strings.Clone(scope)
-	s.scopes[v] = v
-	return v
 }
 
 // owned runs a transition of one owned record under the lock: f returns
@@ -228,12 +304,13 @@ func (s *Store) owned(ctx context.Context, scope, key string, f func(cur *idem.R
 		return err
 	}
 	defer s.mu.Unlock()
-	e := s.records[recordKey{scope, key}]
-	next, err := f(e.current(), s.clock.Now())
+	var stored idem.Record
+	_, cur := s.find(scope, key, &stored)
+	next, err := f(cur, s.clock.Now())
 	if err != nil {
 		return err
 	}
-	e.rec = *next // owned and pending before: no outcome to forget
+	s.put(next, nil) // owned, so pending: no outcome
 	return nil
 }
 
@@ -247,14 +324,14 @@ func (s *Store) Complete(ctx context.Context, p *idem.CompleteParams) (*idem.Rec
 	if err := s.lock(ctx); err != nil {
 		return nil, err
 	}
-	e := s.records[recordKey{p.Scope, p.Key}]
-	next, err := transition.CompleteRecord(e.current(), p, s.clock.Now())
+	var stored idem.Record
+	_, cur := s.find(p.Scope, p.Key, &stored)
+	next, err := transition.CompleteRecord(cur, p, s.clock.Now())
 	if err != nil {
 		s.mu.Unlock()
 		return nil, err
 	}
-	e.rec = next
-	e.setOutcome(&p.Outcome)
+	s.put(&next, &p.Outcome)
 	s.mu.Unlock()
 	rec := &next // a completed record has no checkpoint
 	rec.Outcome = &p.Outcome
@@ -311,11 +388,12 @@ func (s *Store) Get(ctx context.Context, p *idem.KeyParams) (*idem.Record, error
 		return nil, err
 	}
 	defer s.mu.Unlock()
-	e, ok := s.records[recordKey{p.Scope, p.Key}]
-	if !ok {
+	var stored idem.Record
+	e, cur := s.find(p.Scope, p.Key, &stored)
+	if cur == nil {
 		return nil, fmt.Errorf("%w: scope %q", idem.ErrNotFound, p.Scope)
 	}
-	return e.record(), nil
+	return e.copyTo(new(recordCopy)), nil
 }
 
 // Delete implements idem.Store.
@@ -327,11 +405,12 @@ func (s *Store) Delete(ctx context.Context, p *idem.KeyParams) error {
 		return err
 	}
 	defer s.mu.Unlock()
-	k := recordKey{p.Scope, p.Key}
-	if _, ok := s.records[k]; !ok {
+	var stored idem.Record
+	e, cur := s.find(p.Scope, p.Key, &stored)
+	if cur == nil {
 		return fmt.Errorf("%w: scope %q", idem.ErrNotFound, p.Scope)
 	}
-	delete(s.records, k)
+	delete(s.records, e.key())
 	return nil
 }
 
@@ -350,7 +429,7 @@ func (s *Store) Sweep(ctx context.Context, p *idem.SweepParams) (*idem.SweepResu
 		if p.Limit > 0 && n == p.Limit {
 			break
 		}
-		if transition.Sweepable(&e.rec, now) {
+		if rec := e.record(); transition.Sweepable(&rec, now) {
 			delete(s.records, k)
 			n++
 		}
@@ -368,20 +447,25 @@ func (s *Store) List(ctx context.Context, p *idem.ListParams) (*idem.ListResult,
 		return nil, err
 	}
 	defer s.mu.Unlock()
-	var keys []string
-	for k, e := range s.records {
-		if k.scope == p.Scope && k.key > p.Cursor && (p.State == "" || e.rec.State == p.State) {
-			keys = append(keys, k.key)
+	var page []entry
+	for _, e := range s.records {
+		scope, key := e.names()
+		if scope == p.Scope && key > p.Cursor && (p.State == "" || states[e.state] == p.State) {
+			page = append(page, e)
 		}
 	}
-	slices.SortFunc(keys, strings.Compare)
+	slices.SortFunc(page, func(a, b entry) int {
+		_, ka := a.names()
+		_, kb := b.names()
+		return strings.Compare(ka, kb) // not a.key(): the key's length comes first there
+	})
 	res := &idem.ListResult{}
-	for _, k := range keys {
-		if len(res.Records) == p.Limit {
-			res.NextCursor = res.Records[len(res.Records)-1].Key
-			break
-		}
-		res.Records = append(res.Records, s.records[recordKey{p.Scope, k}].record())
+	if len(page) > p.Limit {
+		page = page[:p.Limit]
+		_, res.NextCursor = page[p.Limit-1].names()
+	}
+	for _, e := range page {
+		res.Records = append(res.Records, e.copyTo(new(recordCopy)))
 	}
 	return res, nil
 }
