@@ -214,3 +214,40 @@ func TestBatchWait(t *testing.T) {
 		}
 	}
 }
+
+// TestBatchReady: while one batch is on its way and another may go, two
+// queued operations wait for it; the third makes the queue go as one batch
+// before the first comes back (more than two per batch on its way).
+func TestBatchReady(t *testing.T) {
+	t.Parallel()
+	b := setup(t, nil)
+	s := b.store
+	shard := shardOf("s")
+	bt := &s.batch[shard]
+	bt.mu.Lock()
+	bt.active = 1 // a batch on its way, which never comes back
+	bt.mu.Unlock()
+	errs := make(chan error, 3)
+	begin := func(key string) {
+		res, err := s.Begin(b.ctx, &idem.BeginParams{Scope: "s", Key: key, Fingerprint: "f", Lease: time.Hour, Window: time.Hour})
+		if err == nil && res.Decision != idem.Acquired {
+			err = fmt.Errorf("begin %s: %s, want acquired", key, res.Decision)
+		}
+		errs <- err
+	}
+	go begin("a")
+	go begin("b")
+	waitQueued(t, s, shard, 2)
+	go begin("c")
+	for range 3 {
+		if err := <-errs; err != nil {
+			t.Error(err)
+		}
+	}
+	bt.mu.Lock()
+	active, queued := bt.active, len(bt.queue)
+	bt.mu.Unlock()
+	if active != 1 || queued != 0 {
+		t.Errorf("after the batch: %d in flight, %d queued; want 1 (the one that never came back) and 0", active, queued)
+	}
+}

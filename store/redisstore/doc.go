@@ -26,32 +26,32 @@
 //
 // # Batching
 //
-// Begin and Complete of one shard are batched when the shard is busy: up to
-// three scripts of a shard are on their way at a time, and the Begins and
-// Completes that callers start meanwhile queue; when a script comes back,
-// the queued operations (up to 64) go to Redis as one script, one round
-// trip, which runs them in queue order at one server time, each by its own
-// rules and with its own reply. A batch reads TIME once, reads the shard's
-// token counter once and writes it once, and puts its index entries with
-// one ZADD, so in a batch a fresh key's Begin costs a GET and a SET and a
-// Complete a GET and a SET. A caller alone, or a shard with a free
-// slot, runs its operation at once, so batching adds no wait; under load it
-// saves the per-request cost (system calls on both sides, the script call)
-// that dominates these small operations. A batch is atomic as a whole, and
-// its keys share the shard's hash tag (one cluster slot). A caller whose
-// context ends while its operation is still queued gets the context's
-// error and the operation never runs; once its batch is sent it runs to
-// its end. An error from Redis for the batch (not a ledger answer such as a
-// mismatch or a lost lease, which stay per operation) is returned to every
-// operation in it; with Config.WaitReplicas or WaitAOF one wait confirms
-// the whole batch.
+// Begin and Complete of one shard are batched when the shard is busy: the
+// Begins and Completes that callers start while a script of the shard is
+// on its way queue, and the queued operations (up to 64) go to Redis as one
+// script, one round trip, which runs them in queue order at one server
+// time, each by its own rules and with its own reply. The queue goes when a
+// script comes back, or as soon as it holds more than two operations per
+// script on its way, with up to three scripts of a shard on their way. A
+// batch reads TIME once, reads the shard's token counter once and writes
+// it once, and puts its index entries with one ZADD, so in a batch a fresh
+// key's Begin costs a GET and a SET and a Complete a GET and a SET. A
+// caller that finds no script of its shard on its way runs its operation
+// at once, so batching adds no wait; under load it saves the per-request
+// cost (system calls on both sides, the script call) that dominates these
+// small operations. A batch is atomic as a whole, and its keys share the
+// shard's hash tag (one cluster slot). A caller whose context ends while
+// its operation is still queued gets the context's error and the operation
+// never runs; once its batch is sent it runs to its end. An error from
+// Redis for the batch (not a ledger answer such as a mismatch or a lost
+// lease, which stay per operation) is returned to every operation in it;
+// with Config.WaitReplicas or WaitAOF one wait confirms the whole batch.
 //
 // On the test machine (two shared cores, one shard busy), Begin+Complete
-// cycles/s with batching against one script per operation, and bare SET NX
-// + SET in the same runs: 16 callers 24-26k against 23-25k (raw 42-46k),
-// 64 callers 36-48k against 21-27k (raw 37-43k) (BenchmarkCycles,
-// BenchmarkUnbatched, BenchmarkRawSetNX). At 16 callers on one shard the
-// batches stay small (about five operations); the gain is at 64.
+// cycles/s against bare SET NX + SET measured by turns (BenchmarkVsRaw,
+// medians of 3 runs): 0.9 at 1 caller, 0.88 at 16 (batches of about five
+// operations), 1.38 at 64. One script per operation (BenchmarkUnbatched)
+// does about 0.4 at 16 callers.
 //
 // # Record format
 //
