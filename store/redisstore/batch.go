@@ -37,12 +37,13 @@ const (
 
 // pendingOp is one Begin or Complete waiting in a shard's queue.
 type pendingOp struct {
-	script  *redis.Script // beginScript or completeScript, when it runs alone
-	kind    byte          // 'b' or 'c', its name in batchScript
-	keys    []string
-	args    []any
-	done    chan struct{}     // closed when reply, waitErr and err are set
-	lead    chan []*pendingOp // receives the batch its caller is to run
+	script *redis.Script // beginScript or completeScript, when it runs alone
+	kind   byte          // 'b' or 'c', its name in batchScript
+	keys   []string
+	args   []any
+	// wake receives, once, the batch its caller is to run (o first), or
+	// nil when o ran in another's batch and reply, waitErr and err are set.
+	wake    chan []*pendingOp
 	reply   any
 	waitErr error
 	err     error
@@ -79,7 +80,7 @@ func (b *batcher) send() {
 	n := min(len(b.queue), maxBatch)
 	batch := slices.Clone(b.queue[:n])
 	b.queue = slices.Delete(b.queue, 0, n)
-	batch[0].lead <- batch
+	batch[0].wake <- batch
 }
 
 // exec runs o through the batcher of shard and returns its script's reply.
@@ -101,27 +102,24 @@ func (s *Store) exec(ctx context.Context, shard int, o *pendingOp) (reply any, w
 		b.next()
 		return reply, waitErr, err
 	}
-	o.done = make(chan struct{})
-	o.lead = make(chan []*pendingOp, 1)
+	o.wake = make(chan []*pendingOp, 1)
 	b.queue = append(b.queue, o)
 	if b.active < s.inFlight && b.ready() {
 		b.send()
 	}
 	b.mu.Unlock()
+	var batch []*pendingOp
 	select {
-	case <-o.done:
-	case batch := <-o.lead:
-		s.lead(ctx, b, batch)
+	case batch = <-o.wake:
 	case <-ctx.Done():
 		if b.remove(o) {
 			return nil, nil, ctx.Err()
 		}
 		// Its batch is on its way, or was handed to it: see it through.
-		select {
-		case <-o.done:
-		case batch := <-o.lead:
-			s.lead(ctx, b, batch)
-		}
+		batch = <-o.wake
+	}
+	if batch != nil {
+		s.lead(ctx, b, batch)
 	}
 	return o.reply, o.waitErr, o.err
 }
@@ -162,11 +160,12 @@ func (b *batcher) remove(o *pendingOp) bool {
 }
 
 // runBatch runs batch, alone with its own script when it is one operation,
-// and gives each operation its reply.
+// and gives each operation its reply, waking the callers of all but the
+// first (the leader's own, whose caller runs this).
 func (s *Store) runBatch(ctx context.Context, batch []*pendingOp) {
 	defer func() {
-		for _, o := range batch {
-			close(o.done)
+		for _, o := range batch[1:] {
+			o.wake <- nil
 		}
 	}()
 	if len(batch) == 1 {
