@@ -5,6 +5,7 @@ package memstore
 
 import (
 	"context"
+	"encoding/binary"
 	"fmt"
 	"slices"
 	"strings"
@@ -33,34 +34,36 @@ type Store struct {
 }
 
 // entry is one stored record in a form the garbage collector marks
-// cheaply, since a store may keep many: a value in the map (not an object
-// of its own), its strings in one immutable string, its times as numbers
-// and its state as a small int, so the only pointers are that string and,
-// while a pending record holds one, the checkpoint. Entries are replaced,
-// never changed; whatever leaves the store is a copy made under the lock.
-// newEntry and entry.record are the conversion from and to idem.Record.
+// cheaply, since a store may keep many: a small value in the map (not an
+// object of its own) holding one pointer-free string and, while a pending
+// record holds one, the checkpoint. Entries are replaced, never changed;
+// whatever leaves the store is a copy made under the lock. newEntry and
+// entry.record are the conversion from and to idem.Record.
 type entry struct {
-	// s is the map key (the scope and the key, each after its length in
-	// one byte: ValidateKey bounds both to 255 bytes), the fingerprint up
-	// to fpEnd and, when completed, the outcome's Data up to dataEnd and
-	// its Meta as key, value pairs each ended by metaEnd.
+	// s is the record's numbers (at the offsets below), then its map key
+	// (the scope and the key, each after its length in one byte:
+	// ValidateKey bounds both to 255 bytes), the fingerprint and, when
+	// completed, the outcome's Data and its Meta as key, value pairs each
+	// ended by metaEnd.
 	s          string
 	checkpoint *idem.Checkpoint // shared, never changed: replaced by a new one
-	token      int64
-	attempts   int
-	window     time.Duration
-	retention  time.Duration
-	dataEnd    int
-	// The record's times (recordTimes) as Unix seconds and nanoseconds,
-	// the zero time included, in two arrays rather than five pairs so the
-	// entry fits in the map's slot (at most 128 bytes) instead of an
-	// object of its own.
-	sec     [5]int64
-	nsec    [5]int32
-	fpEnd   uint16
-	state   uint8 // index in states
-	metaNil bool  // the stored Meta was nil, not empty
 }
+
+// Where entry.s holds the record's numbers, little-endian. The numbers are
+// in the string rather than fields of the entry to keep map slots small:
+// the map copies every slot as it grows.
+const (
+	atToken     = 0              // int64
+	atAttempts  = 8              // int64
+	atWindow    = 16             // time.Duration
+	atRetention = 24             // time.Duration
+	atTimes     = 32             // recordTimes, each Unix seconds (8 bytes) and nanoseconds (4 bytes)
+	atFPEnd     = atTimes + 5*12 // uint32: where the fingerprint ends in s, Data starts
+	atDataEnd   = atFPEnd + 4    // uint64: where Data ends, Meta starts
+	atState     = atDataEnd + 8  // one byte: the index in states
+	atMetaNil   = atState + 1    // one byte: 1 when the stored Meta was nil, not empty
+	atKey       = atMetaNil + 1  // the map key
+)
 
 // metaEnd ends each Meta key and value in entry.s: a byte that valid UTF-8,
 // which CompleteParams.Validate demands of Meta, never holds.
@@ -69,7 +72,7 @@ const metaEnd = "\xff"
 // states are the record states by their number in an entry.
 var states = [...]idem.State{idem.StatePending, idem.StateCompleted, idem.StateReleased}
 
-// recordTimes are r's times in the order of entry.sec and entry.nsec.
+// recordTimes are r's times in the order of entry.s.
 func recordTimes(r *idem.Record) [5]*time.Time {
 	return [...]*time.Time{&r.LeaseUntil, &r.Created, &r.Completed, &r.Expires, &r.RetainUntil}
 }
@@ -86,51 +89,63 @@ func appendKey(b []byte, scope, key string) []byte {
 // otherwise). It copies out.Data and shares nothing with rec and out but
 // rec's checkpoint.
 func newEntry(rec *idem.Record, out *idem.Outcome) entry {
-	var key [2 + idem.MaxScopeLen + idem.MaxKeyLen]byte
-	n := len(appendKey(key[:0], rec.Scope, rec.Key)) + len(rec.Fingerprint)
+	var keyBuf [2 + idem.MaxScopeLen + idem.MaxKeyLen]byte
+	key := appendKey(keyBuf[:0], rec.Scope, rec.Key)
+	fpEnd := atKey + len(key) + len(rec.Fingerprint)
+	dataEnd, size := fpEnd, fpEnd
 	if out != nil {
-		n += len(out.Data)
+		dataEnd += len(out.Data)
+		size = dataEnd
 		for k, v := range out.Meta {
-			n += len(k) + len(v) + 2*len(metaEnd)
+			size += len(k) + len(v) + 2*len(metaEnd)
 		}
 	}
-	var b strings.Builder
-	b.Grow(n)
-	b.Write(appendKey(key[:0], rec.Scope, rec.Key))
-	b.WriteString(rec.Fingerprint)
-	e := entry{
-		checkpoint: rec.Checkpoint,
-		token:      rec.Token,
-		attempts:   rec.Attempts,
-		window:     rec.Window,
-		retention:  rec.Retention,
-		fpEnd:      uint16(b.Len()),
-		state:      uint8(slices.Index(states[:], rec.State)),
-	}
+
+	var n [atKey]byte
+	le := binary.LittleEndian
+	le.PutUint64(n[atToken:], uint64(rec.Token))
+	le.PutUint64(n[atAttempts:], uint64(rec.Attempts))
+	le.PutUint64(n[atWindow:], uint64(rec.Window))
+	le.PutUint64(n[atRetention:], uint64(rec.Retention))
 	for i, t := range recordTimes(rec) {
-		e.sec[i], e.nsec[i] = t.Unix(), int32(t.Nanosecond())
+		le.PutUint64(n[atTimes+12*i:], uint64(t.Unix()))
+		le.PutUint32(n[atTimes+12*i+8:], uint32(t.Nanosecond()))
 	}
+	le.PutUint32(n[atFPEnd:], uint32(fpEnd))
+	le.PutUint64(n[atDataEnd:], uint64(dataEnd))
+	n[atState] = byte(slices.Index(states[:], rec.State))
+	if out != nil && out.Meta == nil {
+		n[atMetaNil] = 1
+	}
+
+	var b strings.Builder
+	b.Grow(size)
+	b.Write(n[:])
+	b.Write(key)
+	b.WriteString(rec.Fingerprint)
 	if out != nil {
 		b.Write(out.Data)
-	}
-	e.dataEnd = b.Len()
-	if out != nil {
 		for k, v := range out.Meta {
 			b.WriteString(k)
 			b.WriteString(metaEnd)
 			b.WriteString(v)
 			b.WriteString(metaEnd)
 		}
-		e.metaNil = out.Meta == nil
 	}
-	e.s = b.String()
-	return e
+	return entry{s: b.String(), checkpoint: rec.Checkpoint}
 }
+
+// u64 and u32 read the number at offset at of e.s.
+func (e *entry) u64(at int) uint64 { return binary.LittleEndian.Uint64([]byte(e.s[at : at+8])) }
+func (e *entry) u32(at int) uint32 { return binary.LittleEndian.Uint32([]byte(e.s[at : at+4])) }
+
+// state is e's record state.
+func (e *entry) state() idem.State { return states[e.s[atState]] }
 
 // key is e's map key.
 func (e *entry) key() string {
-	n := 1 + int(e.s[0])
-	return e.s[:n+1+int(e.s[n])]
+	n := atKey + 1 + int(e.s[atKey])
+	return e.s[atKey : n+1+int(e.s[n])]
 }
 
 // names are e's scope and key, from its map key.
@@ -147,25 +162,17 @@ func (e *entry) record() idem.Record {
 	rec := idem.Record{
 		Scope:       scope,
 		Key:         key,
-		Fingerprint: e.s[len(e.key()):e.fpEnd],
-		State:       states[e.state],
-		Token:       e.token,
-		Attempts:    e.attempts,
+		Fingerprint: e.s[atKey+2+len(scope)+len(key) : e.u32(atFPEnd)],
+		State:       e.state(),
+		Token:       int64(e.u64(atToken)),
+		Attempts:    int(e.u64(atAttempts)),
 		Checkpoint:  e.checkpoint,
-		Window:      e.window,
-		Retention:   e.retention,
+		Window:      time.Duration(e.u64(atWindow)),
+		Retention:   time.Duration(e.u64(atRetention)),
 	}
 	for i, t := range recordTimes(&rec) {
-		*t = time.Unix(e.sec[i], int64(e.nsec[i])).UTC()
+		*t = time.Unix(int64(e.u64(atTimes+12*i)), int64(e.u32(atTimes+12*i+8))).UTC()
 	}
-	return rec
-}
-
-// handOut is e's record without its outcome as it leaves the store: with a
-// checkpoint of its own.
-func (e *entry) handOut() idem.Record {
-	rec := e.record()
-	rec.Checkpoint = transition.CloneCheckpoint(rec.Checkpoint)
 	return rec
 }
 
@@ -175,18 +182,20 @@ type recordCopy struct {
 	out idem.Outcome
 }
 
-// copyTo writes to c a copy of e's record, with its outcome, that the
-// caller owns: the Data is copied, the Meta strings (immutable) are
-// substrings of e.s.
-func (e *entry) copyTo(c *recordCopy) *idem.Record {
-	c.rec = e.handOut()
+// copyTo writes to c a copy of rec, e's record as e.record returned it,
+// with a checkpoint and outcome the caller owns: the Data is copied, the
+// Meta strings (immutable) are substrings of e.s.
+func (e *entry) copyTo(c *recordCopy, rec *idem.Record) *idem.Record {
+	c.rec = *rec
+	c.rec.Checkpoint = transition.CloneCheckpoint(rec.Checkpoint)
 	if c.rec.State != idem.StateCompleted {
 		return &c.rec
 	}
-	c.out.Data = append([]byte{}, e.s[e.fpEnd:e.dataEnd]...)
+	dataEnd := e.u64(atDataEnd)
+	c.out.Data = append([]byte{}, e.s[e.u32(atFPEnd):dataEnd]...)
 	c.out.Meta = nil
-	if !e.metaNil {
-		pairs := e.s[e.dataEnd:]
+	if e.s[atMetaNil] == 0 {
+		pairs := e.s[dataEnd:]
 		c.out.Meta = make(map[string]string, strings.Count(pairs, metaEnd)/2)
 		for pairs != "" {
 			var k, v string
@@ -284,15 +293,16 @@ func (s *Store) Begin(ctx context.Context, p *idem.BeginParams) (*idem.BeginResu
 	}
 	if d == idem.Acquired {
 		next := transition.Acquire(cur, takeover, p, now, s.nextToken)
-		e = s.put(&next, nil)
+		e, cur = s.put(&next, nil), &next
 	}
 	res := idem.BeginResult{Decision: d, Takeover: takeover, RetryAfter: retryAfter}
 	if d == idem.Replay {
 		r := &beginResult{res: res}
-		r.res.Record = e.copyTo(&r.rec)
+		r.res.Record = e.copyTo(&r.rec, cur)
 		return &r.res, nil
 	}
-	r := &ownedResult{res: res, rec: e.handOut()}
+	r := &ownedResult{res: res, rec: *cur}
+	r.rec.Checkpoint = transition.CloneCheckpoint(cur.Checkpoint)
 	r.res.Record = &r.rec
 	return &r.res, nil
 }
@@ -393,7 +403,7 @@ func (s *Store) Get(ctx context.Context, p *idem.KeyParams) (*idem.Record, error
 	if cur == nil {
 		return nil, fmt.Errorf("%w: scope %q", idem.ErrNotFound, p.Scope)
 	}
-	return e.copyTo(new(recordCopy)), nil
+	return e.copyTo(new(recordCopy), cur), nil
 }
 
 // Delete implements idem.Store.
@@ -450,7 +460,7 @@ func (s *Store) List(ctx context.Context, p *idem.ListParams) (*idem.ListResult,
 	var page []entry
 	for _, e := range s.records {
 		scope, key := e.names()
-		if scope == p.Scope && key > p.Cursor && (p.State == "" || states[e.state] == p.State) {
+		if scope == p.Scope && key > p.Cursor && (p.State == "" || e.state() == p.State) {
 			page = append(page, e)
 		}
 	}
@@ -465,7 +475,8 @@ func (s *Store) List(ctx context.Context, p *idem.ListParams) (*idem.ListResult,
 		_, res.NextCursor = page[p.Limit-1].names()
 	}
 	for _, e := range page {
-		res.Records = append(res.Records, e.copyTo(new(recordCopy)))
+		rec := e.record()
+		res.Records = append(res.Records, e.copyTo(new(recordCopy), &rec))
 	}
 	return res, nil
 }

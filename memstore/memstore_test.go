@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"maps"
+	"math"
 	"reflect"
 	"runtime"
 	"slices"
@@ -228,5 +229,48 @@ func TestListOrder(t *testing.T) {
 	}
 	if want := []string{"a", "aa", "ab", "b", "ba", "c"}; !slices.Equal(got, want) {
 		t.Fatalf("keys %q, want %q", got, want)
+	}
+}
+
+// TestTimesKept: a stored record's times come back Equal to the clock's,
+// to the nanosecond, from a clock in another zone, and past the range of
+// Unix nanoseconds (a retention of ~292 years).
+func TestTimesKept(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	start := time.Date(2026, 1, 2, 3, 4, 5, 123456789, time.FixedZone("east", 5*3600))
+	clock := idem.NewManualClock(start)
+	s := memstore.New(&memstore.Config{Clock: clock})
+	defer s.Close()
+	const lease, window, retention = time.Second, 2 * time.Hour, time.Duration(math.MaxInt64)
+	res, err := s.Begin(ctx, &idem.BeginParams{Scope: "times", Key: "k", Fingerprint: "f", Lease: lease, Window: window, Retention: retention})
+	if err != nil {
+		t.Fatal(err)
+	}
+	clock.Advance(500 * time.Millisecond)
+	done := start.Add(500 * time.Millisecond)
+	if _, err := s.Complete(ctx, &idem.CompleteParams{Scope: "times", Key: "k", Token: res.Record.Token, Outcome: idem.Outcome{Data: []byte("d")}}); err != nil {
+		t.Fatal(err)
+	}
+	got, err := s.Get(ctx, &idem.KeyParams{Scope: "times", Key: "k"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		name      string
+		got, want time.Time
+	}{
+		{"LeaseUntil", got.LeaseUntil, start.Add(lease)},
+		{"Created", got.Created, start},
+		{"Completed", got.Completed, done},
+		{"Expires", got.Expires, done.Add(window)},
+		{"RetainUntil", got.RetainUntil, done.Add(retention)},
+	} {
+		if !c.got.Equal(c.want) {
+			t.Errorf("%s %v, want %v", c.name, c.got, c.want)
+		}
+	}
+	if got.Window != window || got.Retention != retention || got.Token != res.Record.Token || got.Attempts != 1 {
+		t.Errorf("got %+v", got)
 	}
 }
