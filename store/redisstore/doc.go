@@ -49,9 +49,10 @@
 //
 // On the test machine (two shared cores, one shard busy), Begin+Complete
 // cycles/s against bare SET NX + SET measured by turns (BenchmarkVsRaw,
-// medians of 3 runs): 0.9 at 1 caller, 0.88 at 16 (batches of about five
-// operations), 1.38 at 64. One script per operation (BenchmarkUnbatched)
-// does about 0.4 at 16 callers.
+// runs at different loads): 0.9 at 1 caller, 0.77-0.90 (median 0.85 of 15)
+// at 16 with batches of about five operations, 1.28-1.59 at 64. One script
+// per operation (BenchmarkUnbatched against BenchmarkRawSetNX) does about
+// 0.4 at 16 callers.
 //
 // # Record format
 //
