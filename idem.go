@@ -470,9 +470,18 @@ func (c *Claim) KeepAlive(ctx context.Context, lease time.Duration, onLost func(
 	k := &keepAlive{claim: c, ctx: ctx, lease: lease, onLost: onLost}
 	k.tick = k.extend
 	k.mu.Lock()
-	k.stopTick = c.l.cfg.Clock.AfterFunc(lease/3, k.tick)
+	k.stopTick = c.l.cfg.Clock.AfterFunc(KeepAliveEvery(lease), k.tick)
 	k.mu.Unlock()
 	return k.stop
+}
+
+// KeepAliveEvery is how often KeepAlive extends a lease of the given
+// length: every third of it, so that an extension can fail once and the
+// next still comes in time, but at most every millisecond, so that a lease
+// shorter than 3 ms (which only a test would give) does not re-arm its
+// timer at once, over and over.
+func KeepAliveEvery(lease time.Duration) time.Duration {
+	return max(lease/3, time.Millisecond)
 }
 
 // keepAlive is one KeepAlive's state, in one allocation: most work ends
@@ -508,7 +517,7 @@ func (k *keepAlive) extend() {
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	if !k.stopped {
-		k.stopTick = k.claim.l.cfg.Clock.AfterFunc(k.lease/3, k.tick)
+		k.stopTick = k.claim.l.cfg.Clock.AfterFunc(KeepAliveEvery(k.lease), k.tick)
 	}
 }
 

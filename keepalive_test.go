@@ -70,3 +70,38 @@ func TestKeepAlive(t *testing.T) {
 		t.Fatalf("onLost got %v, want ErrLeaseLost", err)
 	}
 }
+
+// A lease under 3 ms is extended every millisecond, not at once and over
+// and over: the timer waits on the clock, and nothing is extended before
+// the clock moves.
+func TestKeepAliveShortLease(t *testing.T) {
+	t.Parallel()
+	clock := idem.NewManualClock(epoch)
+	mem := memstore.New(&memstore.Config{Clock: clock})
+	store := &extendSignal{Store: mem, done: make(chan error, 1)}
+	ledger, err := idem.New(store, &idem.Config{Clock: clock})
+	if err != nil {
+		t.Fatal(err)
+	}
+	claim, err := ledger.Begin(context.Background(), "s", "k", "f", idem.WithLease(time.Nanosecond))
+	if err != nil {
+		t.Fatal(err)
+	}
+	stop := claim.KeepAlive(context.Background(), time.Nanosecond, func(error) {})
+	defer stop()
+	if w := clock.Waiters(); w != 1 {
+		t.Fatalf("%d clock waiters, want the tick waiting", w)
+	}
+	select {
+	case err := <-store.done:
+		t.Fatalf("extended (%v) before the clock moved", err)
+	default:
+	}
+	clock.Advance(time.Millisecond)
+	if err := <-store.done; err != nil {
+		t.Fatal(err)
+	}
+	if got := idem.KeepAliveEvery(30 * time.Second); got != 10*time.Second {
+		t.Fatalf("KeepAliveEvery(30s) = %s, want 10s", got)
+	}
+}

@@ -9,7 +9,8 @@ import (
 )
 
 // heartbeat extends the leases of a middleware's running first
-// executions every third of the lease from one clock timer, instead of a
+// executions every third of the lease (idem.KeepAliveEvery) from one
+// clock timer, instead of a
 // timer per request: starting and stopping a timer for each request cost
 // more than most handlers, which end long before a lease needs extending.
 // The first execution that starts while the timer is idle arms it; a tick
@@ -47,7 +48,7 @@ func (h *heartbeat) add(ex *execution) {
 	h.head = ex
 	if !h.armed {
 		h.armed = true
-		h.clock.AfterFunc(h.lease/3, h.tick)
+		h.clock.AfterFunc(idem.KeepAliveEvery(h.lease), h.tick)
 	}
 }
 
@@ -84,7 +85,7 @@ func (h *heartbeat) tick() {
 			due = append(due, ex)
 		}
 	}
-	h.clock.AfterFunc(h.lease/3, h.tick)
+	h.clock.AfterFunc(idem.KeepAliveEvery(h.lease), h.tick)
 	h.mu.Unlock()
 	for _, ex := range due {
 		h.clock.AfterFunc(0, func() { h.extend(ex) })
