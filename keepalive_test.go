@@ -22,10 +22,10 @@ func (s *extendSignal) Extend(ctx context.Context, p *idem.ExtendParams) (*idem.
 	return rec, err
 }
 
-// KeepAlive extends the lease every third of it, also after the caller's
-// context was cancelled, and reports a lease the store refuses.
-func TestKeepAlive(t *testing.T) {
-	t.Parallel()
+// keepAliveSetup returns a claim of ("s", "k") with the given lease, on a
+// memstore behind extendSignal, on a manual clock.
+func keepAliveSetup(t *testing.T, lease time.Duration) (*idem.ManualClock, *memstore.Store, *extendSignal, *idem.Claim) {
+	t.Helper()
 	clock := idem.NewManualClock(epoch)
 	mem := memstore.New(&memstore.Config{Clock: clock})
 	store := &extendSignal{Store: mem, done: make(chan error, 1)}
@@ -33,10 +33,18 @@ func TestKeepAlive(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	claim, err := ledger.Begin(context.Background(), "s", "k", "f", idem.WithLease(3*time.Second))
+	claim, err := ledger.Begin(context.Background(), "s", "k", "f", idem.WithLease(lease))
 	if err != nil {
 		t.Fatal(err)
 	}
+	return clock, mem, store, claim
+}
+
+// KeepAlive extends the lease every third of it, also after the caller's
+// context was cancelled, and reports a lease the store refuses.
+func TestKeepAlive(t *testing.T) {
+	t.Parallel()
+	clock, mem, store, claim := keepAliveSetup(t, 3*time.Second)
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel() // the caller went away; the work goes on
 	lost := make(chan error, 1)
@@ -76,17 +84,7 @@ func TestKeepAlive(t *testing.T) {
 // the clock moves.
 func TestKeepAliveShortLease(t *testing.T) {
 	t.Parallel()
-	clock := idem.NewManualClock(epoch)
-	mem := memstore.New(&memstore.Config{Clock: clock})
-	store := &extendSignal{Store: mem, done: make(chan error, 1)}
-	ledger, err := idem.New(store, &idem.Config{Clock: clock})
-	if err != nil {
-		t.Fatal(err)
-	}
-	claim, err := ledger.Begin(context.Background(), "s", "k", "f", idem.WithLease(time.Nanosecond))
-	if err != nil {
-		t.Fatal(err)
-	}
+	clock, _, store, claim := keepAliveSetup(t, time.Nanosecond)
 	stop := claim.KeepAlive(context.Background(), time.Nanosecond, func(error) {})
 	defer stop()
 	if w := clock.Waiters(); w != 1 {
