@@ -1,6 +1,11 @@
 // Package memstore is the in-memory idem.Store: the reference model the
 // conformance suite and the simulator check other stores against, and the
 // store for tests of code built on the ledger. Nothing survives the process.
+//
+// Records come back with their times in UTC and without a monotonic clock
+// reading, as from the other stores: compare them with time.Time.Equal.
+// Each stored record is one pointer-free string, so that a store holding
+// many costs the garbage collector little.
 package memstore
 
 import (
