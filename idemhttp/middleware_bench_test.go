@@ -22,6 +22,26 @@ func BenchmarkMiddleware(b *testing.B) {
 	eachMode(b, loadgen.Run)
 }
 
+// BenchmarkMiddlewarePaired is BenchmarkMiddleware by turns
+// (loadgen.Paired): 9 rounds of 10 000 requests each to the bare handler,
+// first executions and replays, reporting first-ratio and replay-ratio
+// against bare. Run it with -benchtime 1x.
+func BenchmarkMiddlewarePaired(b *testing.B) {
+	ledger, err := idem.New(memstore.New(nil), nil)
+	if err != nil {
+		b.Fatal(err)
+	}
+	bare := httptest.NewServer(http.HandlerFunc(loadgen.Handler))
+	defer bare.Close()
+	mw := httptest.NewServer(idemhttp.Middleware(ledger, nil)(http.HandlerFunc(loadgen.Handler)))
+	defer mw.Close()
+	addr := func(s *httptest.Server) string { return s.Listener.Addr().String() }
+	loadgen.Paired(b, 9, 10000,
+		loadgen.Side{Name: "bare", Addr: addr(bare), Mode: loadgen.Bare},
+		loadgen.Side{Name: "first", Addr: addr(mw), Mode: loadgen.First},
+		loadgen.Side{Name: "replay", Addr: addr(mw), Mode: loadgen.Replay})
+}
+
 // BenchmarkMiddlewareLatency measures the latency the middleware adds:
 // bare, first executions and replays at one fixed arrival rate spread over
 // 64 connections (an open loop), half of what the bare handler sustains in

@@ -95,6 +95,64 @@ func RunAddr(b *testing.B, host string, mode Mode) {
 	b.ReportMetric(res.rate, "req/s")
 }
 
+// Side is one server and load of a Paired comparison.
+type Side struct {
+	Name string // in the metrics: <name>-req/s, <name>-ratio
+	Addr string // host:port of the server
+	Mode Mode
+}
+
+// Paired measures sides by turns, as storetest.Paired does stores: rounds
+// rounds, each sending n requests to every side in a closed loop, in an
+// order that rotates from round to round. A shared machine's drift
+// between two benchmarks run one after the other moves a single ratio by
+// more than the differences it is meant to show; within a round the
+// sides see the same machine. It reports each side's median req/s and
+// CPU per request, and for every side but the first the median over the
+// rounds of its req/s over the first side's in the same round
+// (<name>-ratio). It ignores b.N: run it with -benchtime 1x.
+func Paired(b *testing.B, rounds, n int, sides ...Side) {
+	b.Helper()
+	rates := make([][]float64, len(sides))
+	cpus := make([][]float64, len(sides))
+	b.ResetTimer()
+	for r := range rounds {
+		for i := range sides {
+			j := (i + r) % len(sides)
+			s := sides[j]
+			l, err := dial(s.Addr, s.Mode)
+			if err != nil {
+				b.Fatal(err)
+			}
+			res, err := l.closedLoop(n)
+			l.close()
+			if err != nil {
+				b.Fatalf("%s: %v", s.Name, err)
+			}
+			rates[j] = append(rates[j], res.rate)
+			cpus[j] = append(cpus[j], float64(res.cpu.Nanoseconds())/1e3)
+		}
+	}
+	b.StopTimer()
+	median := func(xs []float64) float64 {
+		xs = slices.Clone(xs)
+		slices.Sort(xs)
+		return xs[len(xs)/2]
+	}
+	for j, s := range sides {
+		b.ReportMetric(median(rates[j]), s.Name+"-req/s")
+		b.ReportMetric(median(cpus[j]), s.Name+"-cpu-µs/op")
+		if j == 0 {
+			continue
+		}
+		ratios := make([]float64, rounds)
+		for r := range rounds {
+			ratios[r] = rates[j][r] / rates[0][r]
+		}
+		b.ReportMetric(median(ratios), s.Name+"-ratio")
+	}
+}
+
 // Latency serves h on a loopback server and sends b.N POSTs at a fixed
 // arrival rate (req/s) spread over Clients keep-alive connections (an
 // open loop), reporting p50-µs, p99-µs and cpu-µs/op. At a rate the
