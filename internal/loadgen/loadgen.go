@@ -120,12 +120,7 @@ func Paired(b *testing.B, rounds, n int, sides ...Side) {
 		for i := range sides {
 			j := (i + r) % len(sides)
 			s := sides[j]
-			l, err := dial(s.Addr, s.Mode)
-			if err != nil {
-				b.Fatal(err)
-			}
-			res, err := l.closedLoop(n)
-			l.close()
+			res, err := closedRun(s.Addr, s.Mode, n)
 			if err != nil {
 				b.Fatalf("%s: %v", s.Name, err)
 			}
@@ -190,16 +185,22 @@ func LatencyAddr(b *testing.B, host string, mode Mode, rate float64) {
 func Calibrate(h http.Handler, n int) (float64, error) {
 	srv := httptest.NewServer(h)
 	defer srv.Close()
-	l, err := dial(srv.Listener.Addr().String(), Bare)
-	if err != nil {
-		return 0, err
-	}
-	defer l.close()
-	res, err := l.closedLoop(n)
+	res, err := closedRun(srv.Listener.Addr().String(), Bare, n)
 	if err != nil {
 		return 0, err
 	}
 	return res.rate, nil
+}
+
+// closedRun connects to host and sends n requests in mode in a closed
+// loop, connecting and closing outside what it measures.
+func closedRun(host string, mode Mode, n int) (*result, error) {
+	l, err := dial(host, mode)
+	if err != nil {
+		return nil, err
+	}
+	defer l.close()
+	return l.closedLoop(n)
 }
 
 // load is Clients keep-alive connections to one server in one mode.
