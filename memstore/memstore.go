@@ -92,16 +92,20 @@ func appendKey(b []byte, scope, key string) []byte {
 
 // newEntry is rec in an entry, with out, rec's outcome when completed (nil
 // otherwise). It copies out.Data and shares nothing with rec and out but
-// rec's checkpoint.
+// rec's checkpoint. It walks out.Meta once: a map's iteration costs more
+// than the copying, and a response's Meta has a few pairs, which it keeps
+// on the stack while it sizes the string.
 func newEntry(rec *idem.Record, out *idem.Outcome) entry {
-	var keyBuf [2 + idem.MaxScopeLen + idem.MaxKeyLen]byte
-	key := appendKey(keyBuf[:0], rec.Scope, rec.Key)
-	fpEnd := atKey + len(key) + len(rec.Fingerprint)
+	keyLen := 2 + len(rec.Scope) + len(rec.Key)
+	fpEnd := atKey + keyLen + len(rec.Fingerprint)
 	dataEnd, size := fpEnd, fpEnd
+	var pairsBuf [8][2]string
+	pairs := pairsBuf[:0]
 	if out != nil {
 		dataEnd += len(out.Data)
 		size = dataEnd
 		for k, v := range out.Meta {
+			pairs = append(pairs, [2]string{k, v})
 			size += len(k) + len(v) + 2*len(metaEnd)
 		}
 	}
@@ -126,14 +130,18 @@ func newEntry(rec *idem.Record, out *idem.Outcome) entry {
 	var b strings.Builder
 	b.Grow(size)
 	b.Write(n[:])
-	b.Write(key)
+	// The map key, as appendKey writes it.
+	b.WriteByte(byte(len(rec.Scope)))
+	b.WriteString(rec.Scope)
+	b.WriteByte(byte(len(rec.Key)))
+	b.WriteString(rec.Key)
 	b.WriteString(rec.Fingerprint)
 	if out != nil {
 		b.Write(out.Data)
-		for k, v := range out.Meta {
-			b.WriteString(k)
+		for _, kv := range pairs {
+			b.WriteString(kv[0])
 			b.WriteString(metaEnd)
-			b.WriteString(v)
+			b.WriteString(kv[1])
 			b.WriteString(metaEnd)
 		}
 	}

@@ -80,14 +80,19 @@ func BenchmarkLedgerCycle(b *testing.B) {
 	})
 }
 
-// TestOutcomeMetaKept: the stored Meta comes back as stored (nil, empty
-// or not) from a replay, Get and List, and a caller's copy is its own.
+// TestOutcomeMetaKept: the stored Meta comes back as stored (nil, empty,
+// a few pairs or more than newEntry keeps on its stack) from a replay, Get
+// and List, and a caller's copy is its own.
 func TestOutcomeMetaKept(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
 	s := memstore.New(nil)
 	defer s.Close()
-	for i, meta := range []map[string]string{nil, {}, {"status": "201", "header:Location": "/a\n/b", "": ""}} {
+	many := map[string]string{}
+	for i := range 20 {
+		many["header:X-"+strconv.Itoa(i)] = strings.Repeat("v", i)
+	}
+	for i, meta := range []map[string]string{nil, {}, {"status": "201", "header:Location": "/a\n/b", "": ""}, many} {
 		key := strconv.Itoa(i)
 		bp := &idem.BeginParams{Scope: "meta", Key: key, Fingerprint: "f", Lease: idem.DefaultLease, Window: idem.DefaultWindow}
 		res, err := s.Begin(ctx, bp)
