@@ -20,7 +20,7 @@ func TestConformanceBatched(t *testing.T) {
 	t.Parallel()
 	storetest.Run(t, func(t *testing.T, _ idem.Clock) idem.Store {
 		s := setup(t, nil).store
-		s.inFlight = 1
+		setInFlight(s, 1)
 		return s
 	}, &storetest.Options{RealClock: true})
 }
@@ -28,11 +28,8 @@ func TestConformanceBatched(t *testing.T) {
 // waitQueued polls until n operations wait in the queue of shard.
 func waitQueued(t *testing.T, s *Store, shard, n int) {
 	t.Helper()
-	b := &s.batch[shard]
 	waitFor(t, fmt.Sprintf("%d operations queued in shard %d", n, shard), func() bool {
-		b.mu.Lock()
-		defer b.mu.Unlock()
-		return len(b.queue) == n
+		return s.batch[shard].Queued() == n
 	})
 }
 
@@ -43,7 +40,7 @@ func TestBatch(t *testing.T) {
 	t.Parallel()
 	b := setup(t, nil)
 	s := b.store
-	s.inFlight = 1
+	setInFlight(s, 1)
 	done := b.acquire("s", "done", time.Hour, time.Hour)
 	if _, err := s.Complete(b.ctx, &idem.CompleteParams{Scope: "s", Key: "done", Token: done.Token, Outcome: idem.Outcome{Data: []byte("out")}}); err != nil {
 		t.Fatal(err)
@@ -51,9 +48,7 @@ func TestBatch(t *testing.T) {
 	owned := b.acquire("s", "owned", time.Hour, time.Hour)
 	shard := shardOf("s")
 	bt := &s.batch[shard]
-	bt.mu.Lock()
-	bt.active = 1 // the one slot is busy
-	bt.mu.Unlock()
+	release := bt.Hold() // the one slot is busy
 
 	type result struct {
 		name string
@@ -87,7 +82,7 @@ func TestBatch(t *testing.T) {
 	go complete("owned", owned.Token)
 	go complete("done", done.Token)
 	waitQueued(t, s, shard, 6)
-	bt.next() // the busy batch is done: the queued six run as one
+	release() // the busy batch is done: the queued six run as one
 	wg.Wait()
 	close(results)
 	got := map[string]result{}
@@ -116,9 +111,7 @@ func TestBatch(t *testing.T) {
 			t.Errorf("%s: %q, want %q", name, r.what, w.what)
 		}
 	}
-	bt.mu.Lock()
-	active, queued := bt.active, len(bt.queue)
-	bt.mu.Unlock()
+	active, queued := bt.InFlight(), bt.Queued()
 	if active != 0 || queued != 0 {
 		t.Errorf("after the batch: %d in flight, %d queued; want 0 and 0", active, queued)
 	}
@@ -153,11 +146,9 @@ func TestBatchCancelWhileQueued(t *testing.T) {
 	t.Parallel()
 	b := setup(t, nil)
 	s := b.store
-	s.inFlight = 1
+	setInFlight(s, 1)
 	bt := &s.batch[shardOf("s")]
-	bt.mu.Lock()
-	bt.active = 1
-	bt.mu.Unlock()
+	release := bt.Hold()
 	ctx, cancel := context.WithCancel(b.ctx)
 	errc := make(chan error, 1)
 	go func() {
@@ -170,7 +161,7 @@ func TestBatchCancelWhileQueued(t *testing.T) {
 		t.Fatalf("Begin cancelled in the queue: %v, want context.Canceled", err)
 	}
 	waitQueued(t, s, shardOf("s"), 0)
-	bt.next()
+	release()
 	if _, err := s.Get(b.ctx, &idem.KeyParams{Scope: "s", Key: "k"}); !errors.Is(err, idem.ErrNotFound) {
 		t.Errorf("Get after the cancelled Begin: %v, want idem.ErrNotFound", err)
 	}
@@ -188,12 +179,10 @@ func TestBatchWait(t *testing.T) {
 		t.Skipf("the server has replicas: %s", n)
 	}
 	s := b.store
-	s.inFlight = 1
+	setInFlight(s, 1)
 	shard := shardOf("s")
 	bt := &s.batch[shard]
-	bt.mu.Lock()
-	bt.active = 1 // the one slot is busy
-	bt.mu.Unlock()
+	release := bt.Hold() // the one slot is busy
 	type result struct {
 		res *idem.BeginResult
 		err error
@@ -206,7 +195,7 @@ func TestBatchWait(t *testing.T) {
 		}()
 	}
 	waitQueued(t, s, shard, 2)
-	bt.next() // the queued two run as one batch, then one WAIT
+	release() // the queued two run as one batch, then one WAIT
 	for range 2 {
 		r := <-results
 		if !errors.Is(r.err, ErrNotDurable) || r.res == nil || r.res.Decision != idem.Acquired {
@@ -215,39 +204,9 @@ func TestBatchWait(t *testing.T) {
 	}
 }
 
-// TestBatchReady: while one batch is on its way and another may go, two
-// queued operations wait for it; the third makes the queue go as one batch
-// before the first comes back (more than two per batch on its way).
-func TestBatchReady(t *testing.T) {
-	t.Parallel()
-	b := setup(t, nil)
-	s := b.store
-	shard := shardOf("s")
-	bt := &s.batch[shard]
-	bt.mu.Lock()
-	bt.active = 1 // a batch on its way, which never comes back
-	bt.mu.Unlock()
-	errs := make(chan error, 3)
-	begin := func(key string) {
-		res, err := s.Begin(b.ctx, &idem.BeginParams{Scope: "s", Key: key, Fingerprint: "f", Lease: time.Hour, Window: time.Hour})
-		if err == nil && res.Decision != idem.Acquired {
-			err = fmt.Errorf("begin %s: %s, want acquired", key, res.Decision)
-		}
-		errs <- err
-	}
-	go begin("a")
-	go begin("b")
-	waitQueued(t, s, shard, 2)
-	go begin("c")
-	for range 3 {
-		if err := <-errs; err != nil {
-			t.Error(err)
-		}
-	}
-	bt.mu.Lock()
-	active, queued := bt.active, len(bt.queue)
-	bt.mu.Unlock()
-	if active != 1 || queued != 0 {
-		t.Errorf("after the batch: %d in flight, %d queued; want 1 (the one that never came back) and 0", active, queued)
+// setInFlight sets how many batches each shard may have on their way.
+func setInFlight(s *Store, n int) {
+	for i := range s.batch {
+		s.batch[i].MaxInFlight = n
 	}
 }

@@ -12,6 +12,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/idemkit/idem"
+	"github.com/idemkit/idem/internal/batch"
 )
 
 // ErrNotDurable: a write took effect on the Redis primary, but the
@@ -56,11 +57,9 @@ type Config struct {
 // for concurrent use. See the package doc for the layout and durability.
 type Store struct {
 	client redis.UniversalClient
-	owned  bool    // Close closes the client
-	shard  *layout // the keys of each shard, made once
-	batch  [shards]batcher
-	// inFlight is maxInFlight; tests lower it to batch more.
-	inFlight int
+	owned  bool                              // Close closes the client
+	shard  *layout                           // the keys of each shard, made once
+	batch  [shards]batch.Batcher[*pendingOp] // see batch.go
 	// noBatch runs every Begin and Complete in a script of its own (for
 	// benchmarks that compare).
 	noBatch bool
@@ -100,7 +99,9 @@ func New(client redis.UniversalClient, cfg *Config) (*Store, error) {
 		return nil, fmt.Errorf("%w: redisstore: Config.WaitTimeout is %s; use 0 (the default, %s) or more", idem.ErrInvalid, c.WaitTimeout, DefaultWaitTimeout)
 	}
 	s.shard = makeLayout(c.Prefix)
-	s.inFlight = maxInFlight
+	for i := range s.batch {
+		s.batch[i] = batch.Batcher[*pendingOp]{Run: s.runBatch, MaxBatch: maxBatch, MaxInFlight: maxInFlight}
+	}
 	s.wait = c.WaitReplicas > 0 || c.WaitAOF || c.WaitTimeout > 0
 	if s.wait && c.WaitTimeout == 0 {
 		c.WaitTimeout = DefaultWaitTimeout
