@@ -58,6 +58,15 @@
 // statements it stands beside: an index probe and the insert, then the
 // update; no CTE is materialized.
 //
+// Completes on the pool are batched: while Completes are on their way to
+// the server, the ones other callers start queue up and go as one UPDATE
+// of all their keys, one round trip and one commit for the lot (as River's
+// job completer does). Each is judged on its own key and token and gets
+// its own answer. A Complete that finds none on its way runs at once, so a
+// lone caller waits for nothing; a batch the server refuses is retried
+// one Complete at a time, so one bad Complete fails no other. Completes in
+// a caller's transaction (CompleteTx) are never batched.
+//
 // # Transactional use
 //
 // BeginTx, CompleteTx and ReleaseTx run on the caller's pgx.Tx:

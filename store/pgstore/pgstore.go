@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/idemkit/idem"
+	"github.com/idemkit/idem/internal/batch"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -43,6 +44,10 @@ type Store struct {
 	schema string
 	closed atomic.Bool
 	q      statements
+	// completer batches Completes on the pool (batch.go); noBatch runs
+	// each in a statement of its own (for comparison and tests).
+	completer *batch.Batcher[*completeOp]
+	noBatch   bool
 }
 
 var (
@@ -114,7 +119,9 @@ func New(pool *pgxpool.Pool, cfg *Config) (*Store, error) {
 			return nil, fmt.Errorf("pgstore: schema %q is at version %d, this build needs %d: run `idem migrate --store URL` or set Config.Migrate", c.Schema, v, want)
 		}
 	}
-	return &Store{pool: pool, schema: c.Schema, q: newStatements(pgx.Identifier{c.Schema}.Sanitize())}, nil
+	s := &Store{pool: pool, schema: c.Schema, q: newStatements(pgx.Identifier{c.Schema}.Sanitize())}
+	s.completer = s.newCompleter()
+	return s, nil
 }
 
 // Schema returns the schema the store's tables live in.
@@ -246,9 +253,25 @@ func (s *Store) CompleteTx(ctx context.Context, tx pgx.Tx, p *idem.CompleteParam
 			return nil, fmt.Errorf("%w: outcome meta: %v", idem.ErrInvalid, err)
 		}
 	}
-	rec, err := s.ownerUpdate(ctx, s.db(tx), "complete", s.q.complete, p.Scope, p.Key, p.Token, data, meta)
-	if err != nil {
-		return nil, err
+	var rec *idem.Record
+	if tx != nil {
+		var err error
+		if rec, err = s.ownerUpdate(ctx, tx, "complete", s.q.complete, p.Scope, p.Key, p.Token, data, meta); err != nil {
+			return nil, err
+		}
+	} else {
+		o := &completeOp{scope: p.Scope, key: p.Key, token: p.Token, data: data, meta: meta}
+		err := s.complete(ctx, o)
+		if err == nil {
+			err = o.err
+		}
+		if err != nil {
+			return nil, wrapErr("complete", err)
+		}
+		if !o.found {
+			return nil, s.notOwner(ctx, s.pool, "complete", p.Scope, p.Key, p.Token)
+		}
+		rec = o.r.record()
 	}
 	rec.Outcome = &idem.Outcome{Data: append([]byte{}, data...)}
 	if p.Outcome.Meta != nil {
@@ -317,23 +340,28 @@ func (s *Store) ownerUpdate(ctx context.Context, db querier, op, sql, scope, key
 	if found {
 		return r.record(), nil
 	}
-	// The token does not own the key: read the row as it is now to say why.
-	r = row{}
-	found, err = queryRow(ctx, db, s.q.get, []any{scope, key}, r.read)
+	return nil, s.notOwner(ctx, db, op, scope, key, token)
+}
+
+// notOwner says why token does not own the key, from the row as it is now
+// (a second round trip, on the failure path only).
+func (s *Store) notOwner(ctx context.Context, db querier, op, scope, key string, token int64) error {
+	var r row
+	found, err := queryRow(ctx, db, s.q.get, []any{scope, key}, r.read)
 	if err != nil {
-		return nil, wrapErr(op, err)
+		return wrapErr(op, err)
 	}
 	if !found {
-		return nil, fmt.Errorf("%w: %s: no record for the key", idem.ErrLeaseLost, op)
+		return fmt.Errorf("%w: %s: no record for the key", idem.ErrLeaseLost, op)
 	}
 	// get never returns Delete's tombstone: a deleted key is not found.
 	switch {
 	case r.token != token:
-		return nil, fmt.Errorf("%w: %s: token %d is not current", idem.ErrLeaseLost, op, token)
+		return fmt.Errorf("%w: %s: token %d is not current", idem.ErrLeaseLost, op, token)
 	case r.state == string(idem.StateCompleted):
-		return nil, fmt.Errorf("%w: %s: token %d", idem.ErrCompleted, op, token)
+		return fmt.Errorf("%w: %s: token %d", idem.ErrCompleted, op, token)
 	}
-	return nil, fmt.Errorf("%w: %s: token %d was released", idem.ErrLeaseLost, op, token)
+	return fmt.Errorf("%w: %s: token %d was released", idem.ErrLeaseLost, op, token)
 }
 
 // Get implements idem.Store.

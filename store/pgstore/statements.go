@@ -13,6 +13,8 @@ import (
 type statements struct {
 	schema                                                                               string // quoted
 	begin, get, getNow, complete, release, extend, checkpoint, delete, sweep, list, size string
+	// completeBatch is complete for several owners at once (see batch.go).
+	completeBatch string
 }
 
 // tombstoneGrace is how long a deleted record's tombstone stays: longer
@@ -91,21 +93,41 @@ SELECT false, ` + stmtNow + `, c FROM {s}.records c WHERE c.scope = $1 AND c.key
 func ownedSQL(set string) string {
 	return `UPDATE {s}.records r SET ` + set + `
 WHERE r.scope = $1 AND r.key = $2 AND r.token = $3 AND r.state = 'pending'
-RETURNING ROW(r.scope, r.key, r.fingerprint, r.state, r.token, r.attempts, r.lease_until, r.checkpoint_point,
+RETURNING ` + ownedRow
+}
+
+// ownedRow is the record an owner's update returns, without its outcome.
+const ownedRow = `ROW(r.scope, r.key, r.fingerprint, r.state, r.token, r.attempts, r.lease_until, r.checkpoint_point,
 	r.checkpoint_data, NULL::bytea, NULL::json, r.created, r.completed, r.expires, r.retain_until,
 	r.window_us, r.retention_us, r.takeover)`
+
+// completeSet is what Complete sets, given the outcome's data and
+// metadata.
+func completeSet(data, meta string) string {
+	return `state = 'completed', completed = ` + stmtNow + `, expires = ` + stmtNow + ` + r.window_us` + us + `,
+		retain_until = ` + stmtNow + ` + greatest(r.window_us, r.retention_us)` + us + `,
+		checkpoint_point = NULL, checkpoint_data = NULL, outcome_data = ` + data + `, outcome_meta = ` + meta
 }
+
+// completeBatchSQL completes several keys in one statement: arrays of
+// scopes, keys, tokens, outcome data and metadata, one element per
+// Complete, each judged as complete judges it alone. Each row back carries
+// the position of the Complete it answers (from 1); a Complete whose token
+// does not own its key gets none.
+var completeBatchSQL = `UPDATE {s}.records r SET ` + completeSet("b.data", "b.meta") + `
+FROM unnest($1::text[], $2::text[], $3::bigint[], $4::bytea[], $5::json[]) WITH ORDINALITY AS b(scope, key, token, data, meta, i)
+WHERE r.scope = b.scope COLLATE "C" AND r.key = b.key COLLATE "C" AND r.token = b.token AND r.state = 'pending'
+RETURNING b.i, ` + ownedRow
 
 func newStatements(schema string) statements {
 	q := statements{
 		schema: schema,
 		begin:  beginSQL,
 		// get reads a record; getNow also the statement's time, after it.
-		get:    `SELECT r` + getFrom,
-		getNow: `SELECT r, ` + stmtNow + getFrom,
-		complete: ownedSQL(`state = 'completed', completed = ` + stmtNow + `, expires = ` + stmtNow + ` + r.window_us` + us + `,
-		retain_until = ` + stmtNow + ` + greatest(r.window_us, r.retention_us)` + us + `,
-		checkpoint_point = NULL, checkpoint_data = NULL, outcome_data = $4, outcome_meta = $5`),
+		get:           `SELECT r` + getFrom,
+		getNow:        `SELECT r, ` + stmtNow + getFrom,
+		complete:      ownedSQL(completeSet("$4", "$5")),
+		completeBatch: completeBatchSQL,
 		release: ownedSQL(`state = 'released', fingerprint = '', lease_until = ` + stmtNow + `, expires = ` + stmtNow + `,
 		retain_until = ` + stmtNow + ` + r.window_us` + us + `, checkpoint_point = NULL, checkpoint_data = NULL, takeover = false`),
 		extend: ownedSQL(`lease_until = ` + stmtNow + ` + $4::bigint` + us + `,
@@ -135,7 +157,7 @@ SELECT count(*), count(*) FILTER (WHERE state <> 'deleted') FROM del`,
 WHERE r.scope = $1 AND r.key > $2 AND ($3 = '' OR r.state = $3) AND r.state <> 'deleted' ORDER BY r.key LIMIT $4`,
 		size: `SELECT count(*) FROM {s}.records WHERE state <> 'deleted'`,
 	}
-	for _, p := range []*string{&q.begin, &q.get, &q.getNow, &q.complete, &q.release, &q.extend, &q.checkpoint, &q.delete, &q.sweep, &q.list, &q.size} {
+	for _, p := range []*string{&q.begin, &q.get, &q.getNow, &q.complete, &q.completeBatch, &q.release, &q.extend, &q.checkpoint, &q.delete, &q.sweep, &q.list, &q.size} {
 		*p = strings.ReplaceAll(*p, "{s}", schema)
 	}
 	return q

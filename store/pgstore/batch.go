@@ -1,0 +1,127 @@
+package pgstore
+
+import (
+	"cmp"
+	"context"
+	"errors"
+	"slices"
+	"strings"
+
+	"github.com/idemkit/idem/internal/batch"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+)
+
+// Completes on the pool are batched (internal/batch): while Completes are
+// on their way to the server, the ones other callers start queue up and go
+// as one UPDATE of all their keys (completeBatchSQL): one round trip, one
+// statement and one commit for the lot, as River's job completer does. A
+// Complete that finds none on its way runs its own statement at once, so
+// batching adds no wait. Each Complete is judged on its own key and token
+// and gets its own answer; a batch commits as a whole.
+//
+// Begins are not batched: a Begin may wait for another transaction that
+// holds its key (a caller's BeginTx), and in a batch every key would wait
+// with it. A Complete waits only for a row its token owns.
+
+// maxCompleteBatch bounds the Completes of one statement and
+// maxCompletesInFlight the statements on their way at a time;
+// maxBatchedOutcome is the largest outcome a batch takes: bigger ones run
+// alone, so a batch's statement stays small whatever the outcomes.
+const (
+	maxCompleteBatch     = 64
+	maxCompletesInFlight = 3
+	maxBatchedOutcome    = 64 << 10
+)
+
+// completeOp is one Complete on the pool, with its answer: the record, or
+// found false when the token does not own the key.
+type completeOp struct {
+	scope, key string
+	token      int64
+	data, meta []byte
+	r          row
+	found      bool
+	err        error
+}
+
+func (s *Store) newCompleter() *batch.Batcher[*completeOp] {
+	return &batch.Batcher[*completeOp]{Run: s.runCompletes, MaxBatch: maxCompleteBatch, MaxInFlight: maxCompletesInFlight}
+}
+
+// complete runs o in a batch, or alone when batching is off or its outcome
+// is big.
+func (s *Store) complete(ctx context.Context, o *completeOp) error {
+	if s.noBatch || len(o.data)+len(o.meta) > maxBatchedOutcome {
+		s.runCompletes(ctx, []*completeOp{o})
+		return nil
+	}
+	return s.completer.Do(ctx, o)
+}
+
+// runCompletes runs a batch of Completes: alone with complete's statement,
+// or together, in the order of their keys so that two batches lock rows in
+// the same order. When the batch's statement fails on the server (not the
+// connection), each Complete runs again alone, so that one that cannot be
+// stored fails no other.
+func (s *Store) runCompletes(ctx context.Context, ops []*completeOp) {
+	if len(ops) == 1 {
+		o := ops[0]
+		o.found, o.err = queryRow(ctx, s.pool, s.q.complete, []any{o.scope, o.key, o.token, o.data, o.meta}, o.r.read)
+		return
+	}
+	ops = slices.Clone(ops)
+	slices.SortFunc(ops, func(a, b *completeOp) int {
+		return cmp.Or(strings.Compare(a.scope, b.scope), strings.Compare(a.key, b.key), cmp.Compare(a.token, b.token))
+	})
+	scopes, keys := make([]string, len(ops)), make([]string, len(ops))
+	tokens := make([]int64, len(ops))
+	data, meta := make([][]byte, len(ops)), make([][]byte, len(ops))
+	for i, o := range ops {
+		scopes[i], keys[i], tokens[i], data[i], meta[i] = o.scope, o.key, o.token, o.data, o.meta
+	}
+	err := s.completeBatch(ctx, ops, scopes, keys, tokens, data, meta)
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) && !strings.HasPrefix(pgErr.Code, "08") {
+		for _, o := range ops {
+			s.runCompletes(ctx, []*completeOp{o})
+		}
+		return
+	}
+	for _, o := range ops {
+		if err != nil {
+			o.found, o.err = false, err
+		}
+	}
+}
+
+// completeBatch runs completeBatchSQL and hands each row to the Complete
+// it answers. The statement is planned at each run (pgx's
+// QueryExecModeCacheDescribe), not prepared once: a plan cached while the
+// table was small joins the batch to the table with a sequential scan, and
+// a connection kept it as the table grew (at 16 callers cycles/s fell to a
+// third within seconds). Planned each time, it probes the primary key for
+// each Complete.
+func (s *Store) completeBatch(ctx context.Context, ops []*completeOp, args ...any) error {
+	rows, err := s.pool.Query(ctx, s.q.completeBatch, append([]any{pgx.QueryExecModeCacheDescribe, binaryResults}, args...)...)
+	if err != nil {
+		return err
+	}
+	defer rows.Close()
+	for rows.Next() {
+		c := columnReader{vals: rows.RawValues()}
+		i := c.int8()
+		if c.err == nil && (i < 1 || int(i) > len(ops)) {
+			c.err = errors.New("pgstore: complete: a batch's row answers no Complete of it")
+		}
+		if c.err != nil {
+			return c.err
+		}
+		o := ops[i-1]
+		if o.r.read(&c); c.err != nil {
+			return c.err
+		}
+		o.found = true
+	}
+	return rows.Err()
+}
