@@ -64,6 +64,20 @@ func (r *recorder) do(ctx context.Context, v int, done chan<- *op) {
 	}()
 }
 
+// queueHeld queues operations 0 to n-1, in order, behind a batch on its
+// way, lets that batch come back, and returns the channel their ops come
+// back on.
+func (r *recorder) queueHeld(t *testing.T, n int) chan *op {
+	release := r.b.Hold()
+	done := make(chan *op, n)
+	for v := range n {
+		r.do(context.Background(), v, done)
+		waitQueued(t, &r.b, v+1)
+	}
+	release()
+	return done
+}
+
 // TestAlone: with nothing on its way, an operation runs at once, alone, on
 // its caller's goroutine, and leaves nothing on its way.
 func TestAlone(t *testing.T) {
@@ -87,13 +101,7 @@ func TestAlone(t *testing.T) {
 // when it comes back.
 func TestQueueGoesWhenABatchReturns(t *testing.T) {
 	r := newRecorder(8, 1)
-	release := r.b.Hold()
-	done := make(chan *op, 4)
-	for v := range 4 {
-		r.do(context.Background(), v, done)
-		waitQueued(t, &r.b, v+1)
-	}
-	release()
+	done := r.queueHeld(t, 4)
 	for range 4 {
 		if o := <-done; !slices.Equal(o.batch, []int{0, 1, 2, 3}) {
 			t.Errorf("op %d ran in %v, want [0 1 2 3]", o.v, o.batch)
@@ -130,13 +138,7 @@ func TestReady(t *testing.T) {
 // MaxBatch, in order, and every operation runs once.
 func TestMaxBatch(t *testing.T) {
 	r := newRecorder(3, 1)
-	release := r.b.Hold()
-	done := make(chan *op, 7)
-	for v := range 7 {
-		r.do(context.Background(), v, done)
-		waitQueued(t, &r.b, v+1)
-	}
-	release()
+	done := r.queueHeld(t, 7)
 	for range 7 {
 		<-done
 	}
