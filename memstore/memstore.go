@@ -256,16 +256,31 @@ func (s *Store) nextToken(after int64) int64 {
 }
 
 // find returns the entry of (scope, key) and its record, written to rec,
-// for the transitions; the record is nil when there is no entry. The map
-// key is built on the stack: the lookup allocates nothing.
+// for the transitions; the record is nil when there is no entry.
 func (s *Store) find(scope, key string, rec *idem.Record) (entry, *idem.Record) {
-	var b [2 + idem.MaxScopeLen + idem.MaxKeyLen]byte
-	e, ok := s.records[string(appendKey(b[:0], scope, key))]
+	e, ok := s.lookup(scope, key)
 	if !ok {
 		return entry{}, nil
 	}
 	*rec = e.record()
 	return e, rec
+}
+
+// smallKey is the stack room for most map keys: zeroing room for the
+// longest key (513 bytes) cost every lookup more than the lookup's hashing.
+const smallKey = 128
+
+// lookup returns the entry of (scope, key). It builds the map key on the
+// stack, so it allocates nothing.
+func (s *Store) lookup(scope, key string) (entry, bool) {
+	if 2+len(scope)+len(key) <= smallKey {
+		var b [smallKey]byte
+		e, ok := s.records[string(appendKey(b[:0], scope, key))]
+		return e, ok
+	}
+	var b [2 + idem.MaxScopeLen + idem.MaxKeyLen]byte
+	e, ok := s.records[string(appendKey(b[:0], scope, key))]
+	return e, ok
 }
 
 // put stores rec, with out when completed, in place of the record of its

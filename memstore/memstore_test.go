@@ -2,6 +2,7 @@ package memstore_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"maps"
 	"math"
@@ -277,5 +278,46 @@ func TestTimesKept(t *testing.T) {
 	}
 	if got.Window != window || got.Retention != retention || got.Token != res.Record.Token || got.Attempts != 1 {
 		t.Errorf("got %+v", got)
+	}
+}
+
+// TestKeyLengths: records whose map key (scope and key, each after its
+// length) fits the lookup's small stack room, just fits, just does not,
+// or is as long as ValidateKey allows, each complete, replay, list and
+// delete under their own names.
+func TestKeyLengths(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	s := memstore.New(nil)
+	defer s.Close()
+	for i, n := range [][2]int{{1, 1}, {63, 63}, {63, 64}, {64, 64}, {idem.MaxScopeLen, 1}, {idem.MaxScopeLen, idem.MaxKeyLen}} {
+		// Each case has a scope of its own.
+		scope, key := strings.Repeat(string(rune('a'+i)), n[0]), strings.Repeat("k", n[1])
+		// Two keys of the same length in one scope.
+		for _, k := range []string{key, key[:len(key)-1] + "x"} {
+			bp := &idem.BeginParams{Scope: scope, Key: k, Fingerprint: "f", Lease: idem.DefaultLease, Window: idem.DefaultWindow}
+			res, err := s.Begin(ctx, bp)
+			if err != nil || res.Decision != idem.Acquired {
+				t.Fatalf("%v %q: Begin %v %v", n, k, res, err)
+			}
+			out := idem.Outcome{Data: []byte(k)}
+			if _, err := s.Complete(ctx, &idem.CompleteParams{Scope: scope, Key: k, Token: res.Record.Token, Outcome: out}); err != nil {
+				t.Fatalf("%v %q: Complete: %v", n, k, err)
+			}
+			replay, err := s.Begin(ctx, bp)
+			if err != nil || replay.Decision != idem.Replay || replay.Record.Scope != scope || replay.Record.Key != k || string(replay.Record.Outcome.Data) != k {
+				t.Fatalf("%v %q: replay %+v %v", n, k, replay, err)
+			}
+		}
+		list, err := s.List(ctx, &idem.ListParams{Scope: scope, Limit: 10})
+		if err != nil || len(list.Records) != 2 {
+			t.Fatalf("%v: List %+v %v", n, list, err)
+		}
+		if err := s.Delete(ctx, &idem.KeyParams{Scope: scope, Key: key}); err != nil {
+			t.Fatalf("%v: Delete: %v", n, err)
+		}
+		if _, err := s.Get(ctx, &idem.KeyParams{Scope: scope, Key: key}); !errors.Is(err, idem.ErrNotFound) {
+			t.Fatalf("%v: Get after Delete: %v, want ErrNotFound", n, err)
+		}
 	}
 }
