@@ -49,10 +49,14 @@
 //
 // On the test machine (two shared cores, one shard busy), Begin+Complete
 // cycles/s against bare SET NX + SET measured by turns (BenchmarkVsRaw,
-// runs at different loads): 0.9 at 1 caller, 0.77-0.90 (median 0.85 of 15)
-// at 16 with batches of about five operations, 1.28-1.59 at 64. One script
-// per operation (BenchmarkUnbatched against BenchmarkRawSetNX) does about
-// 0.4 at 16 callers.
+// runs at different loads): 0.75-0.90 at 16 callers with batches of about
+// five operations, 1.07-1.59 at 64. At 1 caller the figure moves with the
+// machine, between 0.52 and 1.04 on the same code: a script costs Redis
+// about 17 µs of Lua beyond the commands it runs (INFO commandstats:
+// EVALSHA 22.8 µs a call, of which its GET, SET, TIME and ZADD about 6),
+// which weighs more when the loopback round trip is short. One script per
+// operation (BenchmarkUnbatched against BenchmarkRawSetNX) does about 0.4
+// at 16 callers.
 //
 // # Record format
 //
