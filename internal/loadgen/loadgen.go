@@ -276,16 +276,14 @@ func (l *load) send(c *client, req []byte, replayed string) error {
 	if _, err := c.conn.Write(req); err != nil {
 		return err
 	}
-	res, err := http.ReadResponse(c.r, nil)
+	status, got, err := readResponse(c.r)
 	if err != nil {
 		return err
 	}
-	_, _ = io.Copy(io.Discard, res.Body)
-	res.Body.Close()
-	if res.StatusCode != http.StatusCreated {
-		return fmt.Errorf("status %d", res.StatusCode)
+	if status != http.StatusCreated {
+		return fmt.Errorf("status %d", status)
 	}
-	if got := res.Header.Get("Idempotent-Replayed"); replayed != "" && got != replayed {
+	if replayed != "" && got != replayed {
 		return fmt.Errorf("Idempotent-Replayed %q, want %q", got, replayed)
 	}
 	return nil
