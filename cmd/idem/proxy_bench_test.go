@@ -29,19 +29,7 @@ func BenchmarkProxy(b *testing.B) {
 	upURL := &url.URL{Scheme: "http", Host: upstreamAddr}
 
 	b.Run("bare", func(b *testing.B) { loadgen.RunAddr(b, upstreamAddr, loadgen.Bare) })
-	b.Run("reverseproxy", func(b *testing.B) {
-		// Plain: no error handler, no buffer pool; the same connection pool
-		// as idem proxy's, since the default keeps 2 idle connections per
-		// host and would measure connection setup instead.
-		plain := &httputil.ReverseProxy{
-			Rewrite: func(r *httputil.ProxyRequest) {
-				r.SetURL(upURL)
-				r.SetXForwarded()
-			},
-			Transport: upstreamTransport(),
-		}
-		loadgen.RunAddr(b, serveBench(b, plain), loadgen.Bare)
-	})
+	b.Run("reverseproxy", func(b *testing.B) { loadgen.RunAddr(b, serveBench(b, plainProxy(upURL)), loadgen.Bare) })
 	for _, store := range []string{"mem", "file"} {
 		for _, replay := range []bool{false, true} {
 			name := "idem/" + store + "/first"
@@ -53,26 +41,70 @@ func BenchmarkProxy(b *testing.B) {
 				if store == "file" {
 					raw = "file:" + filepath.Join(b.TempDir(), "data")
 				}
-				st, _, err := openStore(context.Background(), raw, serving)
-				if err != nil {
-					b.Fatal(err)
-				}
-				b.Cleanup(func() { _ = st.Close() })
-				metrics := server.NewMetrics([]string{proxyRoute})
-				o := &proxyOptions{upstream: upURL, methods: []string{http.MethodPost, http.MethodPatch},
-					maxBody: 1 << 20, lease: idem.DefaultLease, window: idem.DefaultWindow}
-				ledger, err := idem.New(st, &idem.Config{Lease: o.lease, Window: o.window, Observer: metrics})
-				if err != nil {
-					b.Fatal(err)
-				}
 				mode := loadgen.First
 				if replay {
 					mode = loadgen.Replay
 				}
-				loadgen.RunAddr(b, serveBench(b, newProxyHandler(ledger, o, logger, metrics)), mode)
+				loadgen.RunAddr(b, serveProxy(b, raw, upURL, logger), mode)
 			})
 		}
 	}
+}
+
+// BenchmarkProxyPaired is the proxy figures by turns
+// (loadgen.Paired, 9 rounds of 10 000 requests a side), on memstore:
+// first executions through idem proxy against a plain ReverseProxy in
+// front of the same upstream (first-ratio), and replays, which never
+// reach the upstream, against the bare upstream (replay-ratio). Run it
+// with -benchtime 1x.
+func BenchmarkProxyPaired(b *testing.B) {
+	logger := slog.New(slog.DiscardHandler)
+	upstreamAddr := serveBench(b, http.HandlerFunc(loadgen.Handler))
+	upURL := &url.URL{Scheme: "http", Host: upstreamAddr}
+	proxy := serveProxy(b, "mem:", upURL, logger)
+	b.Run("first", func(b *testing.B) {
+		loadgen.Paired(b, 9, 10000,
+			loadgen.Side{Name: "reverseproxy", Addr: serveBench(b, plainProxy(upURL)), Mode: loadgen.Bare},
+			loadgen.Side{Name: "first", Addr: proxy, Mode: loadgen.First})
+	})
+	b.Run("replay", func(b *testing.B) {
+		loadgen.Paired(b, 9, 10000,
+			loadgen.Side{Name: "bare", Addr: upstreamAddr, Mode: loadgen.Bare},
+			loadgen.Side{Name: "replay", Addr: proxy, Mode: loadgen.Replay})
+	})
+}
+
+// plainProxy is the yardstick: a plain httputil.ReverseProxy to upstream,
+// with no error handler and no buffer pool, and the same connection pool
+// as idem proxy's (the default keeps 2 idle connections per host and
+// would measure connection setup instead).
+func plainProxy(upstream *url.URL) http.Handler {
+	return &httputil.ReverseProxy{
+		Rewrite: func(r *httputil.ProxyRequest) {
+			r.SetURL(upstream)
+			r.SetXForwarded()
+		},
+		Transport: upstreamTransport(),
+	}
+}
+
+// serveProxy serves idem proxy's handler to upstream on the store raw
+// until the benchmark ends and returns its address.
+func serveProxy(b *testing.B, raw string, upstream *url.URL, logger *slog.Logger) string {
+	b.Helper()
+	st, _, err := openStore(context.Background(), raw, serving)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { _ = st.Close() })
+	metrics := server.NewMetrics([]string{proxyRoute})
+	o := &proxyOptions{upstream: upstream, methods: []string{http.MethodPost, http.MethodPatch},
+		maxBody: 1 << 20, lease: idem.DefaultLease, window: idem.DefaultWindow}
+	ledger, err := idem.New(st, &idem.Config{Lease: o.lease, Window: o.window, Observer: metrics})
+	if err != nil {
+		b.Fatal(err)
+	}
+	return serveBench(b, newProxyHandler(ledger, o, logger, metrics))
 }
 
 // serveBench serves h on a loopback port until the benchmark ends.
