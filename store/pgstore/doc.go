@@ -64,8 +64,11 @@
 // job completer does). Each is judged on its own key and token and gets
 // its own answer. A Complete that finds none on its way runs at once, so a
 // lone caller waits for nothing; a batch the server refuses is retried
-// one Complete at a time, so one bad Complete fails no other. Completes in
-// a caller's transaction (CompleteTx) are never batched.
+// one Complete at a time, so one bad Complete fails no other. A Complete
+// whose context ends while it waits in the queue returns the context's
+// error and is never sent; once its batch is on its way, it waits for the
+// batch's answer. Completes in a caller's transaction (CompleteTx) are
+// never batched.
 //
 // # Transactional use
 //
