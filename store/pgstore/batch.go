@@ -9,7 +9,6 @@ import (
 
 	"github.com/idemkit/idem/internal/batch"
 	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgconn"
 )
 
 // Completes on the pool are batched (internal/batch): while Completes are
@@ -68,9 +67,9 @@ func (s *Store) complete(ctx context.Context, o *completeOp) error {
 
 // runCompletes runs a batch of Completes: alone with complete's statement,
 // or together, in the order of their keys so that two batches lock rows in
-// the same order. When the batch's statement fails on the server (not the
-// connection), each Complete runs again alone, so that one that cannot be
-// stored fails no other.
+// the same order. When the server refuses the batch's statement (refused:
+// not a lost connection or a server going away), each Complete runs again
+// alone, so that one that cannot be stored fails no other.
 func (s *Store) runCompletes(ctx context.Context, ops []*completeOp) {
 	if len(ops) == 1 {
 		o := ops[0]
@@ -88,15 +87,13 @@ func (s *Store) runCompletes(ctx context.Context, ops []*completeOp) {
 		scopes[i], keys[i], tokens[i], data[i], meta[i] = o.scope, o.key, o.token, o.data, o.meta
 	}
 	err := s.completeBatch(ctx, ops, scopes, keys, tokens, data, meta)
-	var pgErr *pgconn.PgError
-	if errors.As(err, &pgErr) && !strings.HasPrefix(pgErr.Code, "08") {
+	switch {
+	case refused(err):
 		for _, o := range ops {
 			s.runCompletes(ctx, []*completeOp{o})
 		}
-		return
-	}
-	for _, o := range ops {
-		if err != nil {
+	case err != nil:
+		for _, o := range ops {
 			o.found, o.err = false, err
 		}
 	}

@@ -32,9 +32,7 @@ func wrapErr(op string, err error) error {
 	var pgErr *pgconn.PgError
 	if errors.As(err, &pgErr) {
 		switch {
-		case strings.HasPrefix(pgErr.Code, "08"), // connection exception
-			pgErr.Code == "57P01", pgErr.Code == "57P02", pgErr.Code == "57P03", // shutdown, crash, cannot connect now
-			pgErr.Code == "53300": // too many connections
+		case unavailableCode(pgErr.Code):
 			return fmt.Errorf("%w: %s: %w", ErrUnavailable, op, err)
 		case pgErr.Code == "22021", pgErr.Code == "22P05": // NUL or a byte the encoding lacks
 			return fmt.Errorf("%w: %s: PostgreSQL text cannot hold this value (a NUL byte?): %w", idem.ErrInvalid, op, err)
@@ -54,4 +52,19 @@ func wrapErr(op string, err error) error {
 		return fmt.Errorf("%w: %s: %w", ErrUnavailable, op, err)
 	}
 	return fmt.Errorf("pgstore: %s: %w", op, err)
+}
+
+// unavailableCode says whether a server error's SQLSTATE is the server
+// going away or refusing connections, not a refusal of the statement.
+func unavailableCode(code string) bool {
+	return strings.HasPrefix(code, "08") || // connection exception
+		code == "57P01" || code == "57P02" || code == "57P03" || // shutdown, crash, cannot connect now
+		code == "53300" // too many connections
+}
+
+// refused says whether err is the server's refusal of a statement: a
+// server error that is not unavailableCode's.
+func refused(err error) bool {
+	var pgErr *pgconn.PgError
+	return errors.As(err, &pgErr) && !unavailableCode(pgErr.Code)
 }

@@ -14,9 +14,6 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 )
 
-// stateDeleted marks a tombstone row: Delete's, invisible to every reader.
-const stateDeleted = "deleted"
-
 // DefaultSchema is the schema the ledger lives in when Config.Schema is
 // empty.
 const DefaultSchema = "idem"

@@ -88,8 +88,8 @@ SELECT false, ` + stmtNow + `, c FROM {s}.records c WHERE c.scope = $1 AND c.key
 
 // ownedSQL is a conditional update on the owner's token: set applies only
 // to the pending row holding $3, and the row comes back without its
-// outcome (Complete's caller has it). No row back means the token does not own the key; the caller
-// reads the row to say why (the rare path).
+// outcome (Complete's caller has it). No row back means the token does
+// not own the key; the caller reads the row to say why (the rare path).
 func ownedSQL(set string) string {
 	return `UPDATE {s}.records r SET ` + set + `
 WHERE r.scope = $1 AND r.key = $2 AND r.token = $3 AND r.state = 'pending'

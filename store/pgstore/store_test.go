@@ -170,7 +170,7 @@ func TestDeleteTombstone(t *testing.T) {
 		t.Errorf("List after Delete: %+v %v, want nothing", l, err)
 	}
 	var state string
-	if err := s.Pool().QueryRow(ctx, `SELECT state FROM `+s.q.schema+`.records`).Scan(&state); err != nil || state != stateDeleted {
+	if err := s.Pool().QueryRow(ctx, `SELECT state FROM `+s.q.schema+`.records`).Scan(&state); err != nil || state != "deleted" {
 		t.Fatalf("the stored row: %q %v, want a tombstone", state, err)
 	}
 	if res, err := s.Sweep(ctx, &idem.SweepParams{}); err != nil || res.Deleted != 0 {
