@@ -208,14 +208,13 @@ func closedRun(host string, mode Mode, n int) (*result, error) {
 	return l.closedLoop(n)
 }
 
-// load is Clients keep-alive connections to one server in one mode.
-// load is one run's connections and requests. Every mode's request costs
+// load is Clients keep-alive connections to one server in one mode, and
+// the requests it sends. Every mode's request costs
 // the load generator the same: bare and replay send one request prebuilt
 // at dial, first writes its fresh key's number into a client's buffer
 // between prebuilt parts (no allocation), so what a mode costs more than
 // bare is the server's.
 type load struct {
-	host        string
 	mode        Mode
 	prefix      string
 	bare        []byte
@@ -231,11 +230,18 @@ type client struct {
 	buf  []byte // the request being sent, when it is built per request
 }
 
+// newLoad returns a load with its requests to host built, its keys
+// starting with prefix, and no connections yet.
+func newLoad(host string, mode Mode, prefix string) *load {
+	l := &load{mode: mode, prefix: prefix}
+	l.bare, l.replay = request(host, ""), request(host, prefix+"replay")
+	l.first, l.rest = requestParts(host, prefix)
+	return l
+}
+
 // dial opens the connections; in Replay mode it stores the outcome once.
 func dial(host string, mode Mode) (*load, error) {
-	l := &load{host: host, mode: mode, prefix: fmt.Sprintf("bench-%d-", run.Add(1))}
-	l.bare, l.replay = request(host, ""), request(host, l.prefix+"replay")
-	l.first, l.rest = requestParts(host, l.prefix)
+	l := newLoad(host, mode, fmt.Sprintf("bench-%d-", run.Add(1)))
 	for range Clients {
 		c, err := net.Dial("tcp", host)
 		if err != nil {

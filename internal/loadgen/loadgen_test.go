@@ -12,9 +12,7 @@ func TestRequests(t *testing.T) {
 	const host = "127.0.0.1:1"
 	c := &client{}
 	for _, mode := range []Mode{Bare, First, Replay} {
-		l := &load{host: host, mode: mode, prefix: "p-"}
-		l.bare, l.replay = request(host, ""), request(host, l.prefix+"replay")
-		l.first, l.rest = requestParts(host, l.prefix)
+		l := newLoad(host, mode, "p-")
 		for _, n := range []int64{1, 42, 1234567} {
 			want, wantReplayed := request(host, ""), ""
 			switch mode {
