@@ -267,8 +267,15 @@ func (s *Store) find(scope, key string, rec *idem.Record) (entry, *idem.Record) 
 }
 
 // smallKey is the stack room for most map keys: zeroing room for the
-// longest key (513 bytes) cost every lookup more than the lookup's hashing.
+// longest key (512 bytes) cost every lookup more than the lookup's hashing.
 const smallKey = 128
+
+// A map key prefixes scope and key with their lengths in one byte each.
+const _, _ = uint8(idem.MaxScopeLen), uint8(idem.MaxKeyLen)
+
+// now is the clock's time in UTC without a monotonic reading, as every
+// record the store returns carries its times.
+func (s *Store) now() time.Time { return s.clock.Now().UTC() }
 
 // lookup returns the entry of (scope, key). It builds the map key on the
 // stack, so it allocates nothing.
@@ -314,7 +321,7 @@ func (s *Store) Begin(ctx context.Context, p *idem.BeginParams) (*idem.BeginResu
 	defer s.mu.Unlock()
 	var stored idem.Record
 	e, cur := s.find(p.Scope, p.Key, &stored)
-	now := s.clock.Now()
+	now := s.now()
 	d, takeover, retryAfter := transition.Decide(cur, p, now)
 	if d == idem.Mismatch {
 		return &idem.BeginResult{Decision: idem.Mismatch}, nil
@@ -344,11 +351,11 @@ func (s *Store) owned(ctx context.Context, scope, key string, f func(cur *idem.R
 	defer s.mu.Unlock()
 	var stored idem.Record
 	_, cur := s.find(scope, key, &stored)
-	next, err := f(cur, s.clock.Now())
+	next, err := f(cur, s.now())
 	if err != nil {
 		return err
 	}
-	s.put(next, nil) // owned, so pending: no outcome
+	s.put(next, nil) // pending or released: no outcome
 	return nil
 }
 
@@ -364,7 +371,7 @@ func (s *Store) Complete(ctx context.Context, p *idem.CompleteParams) (*idem.Rec
 	}
 	var stored idem.Record
 	_, cur := s.find(p.Scope, p.Key, &stored)
-	next, err := transition.CompleteRecord(cur, p, s.clock.Now())
+	next, err := transition.CompleteRecord(cur, p, s.now())
 	if err != nil {
 		s.mu.Unlock()
 		return nil, err
@@ -443,9 +450,8 @@ func (s *Store) Delete(ctx context.Context, p *idem.KeyParams) error {
 		return err
 	}
 	defer s.mu.Unlock()
-	var stored idem.Record
-	e, cur := s.find(p.Scope, p.Key, &stored)
-	if cur == nil {
+	e, ok := s.lookup(p.Scope, p.Key)
+	if !ok {
 		return fmt.Errorf("%w: scope %q", idem.ErrNotFound, p.Scope)
 	}
 	delete(s.records, e.key())
@@ -461,7 +467,7 @@ func (s *Store) Sweep(ctx context.Context, p *idem.SweepParams) (*idem.SweepResu
 		return nil, err
 	}
 	defer s.mu.Unlock()
-	now := s.clock.Now()
+	now := s.now()
 	n := 0
 	for k, e := range s.records {
 		if p.Limit > 0 && n == p.Limit {
