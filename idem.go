@@ -454,8 +454,9 @@ func (l *Ledger) run(ctx context.Context, claim *Claim, fn func(context.Context,
 
 // KeepAlive extends the claim's lease to lease from now, every third of
 // it, until stop is called. When the store refuses an extension
-// (ErrLeaseLost: another owner took over; ErrCompleted) it stops and calls
-// onLost with the refusal, so the caller can abandon the work. Other errors
+// (ErrLeaseLost: another owner took over; ErrCompleted) or the lease is
+// not one (ErrInvalid: not positive) it stops and calls onLost with the
+// refusal, so the caller can abandon the work. Other errors
 // are retried at the next tick, with two thirds of the lease still to run.
 //
 // stop does not wait for an extension already in progress: one that ends
@@ -510,7 +511,7 @@ func (k *keepAlive) extend() {
 		k.ctx = context.WithoutCancel(k.ctx)
 	}
 	err := k.claim.Extend(k.ctx, k.lease)
-	if errors.Is(err, ErrLeaseLost) || errors.Is(err, ErrCompleted) {
+	if errors.Is(err, ErrLeaseLost) || errors.Is(err, ErrCompleted) || errors.Is(err, ErrInvalid) {
 		k.onLost(err)
 		return
 	}

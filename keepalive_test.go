@@ -103,3 +103,27 @@ func TestKeepAliveShortLease(t *testing.T) {
 		t.Fatalf("KeepAliveEvery(30s) = %s, want 10s", got)
 	}
 }
+
+// TestKeepAliveInvalidLease: a lease that is not positive stops at the
+// first tick with ErrInvalid, instead of asking the store again every
+// millisecond.
+func TestKeepAliveInvalidLease(t *testing.T) {
+	t.Parallel()
+	clock, _, _, claim := keepAliveSetup(t, time.Second)
+	lost := make(chan error, 1)
+	stop := claim.KeepAlive(context.Background(), 0, func(err error) { lost <- err })
+	defer stop()
+	waitWaiters(t, clock, 1)
+	clock.Advance(time.Millisecond)
+	select {
+	case err := <-lost:
+		if !errors.Is(err, idem.ErrInvalid) {
+			t.Fatalf("onLost(%v), want ErrInvalid", err)
+		}
+	case <-time.After(5 * time.Second): // a bound on failure, not a wait for success
+		t.Fatal("onLost not called within 5 s of the first tick")
+	}
+	if n := clock.Waiters(); n != 0 {
+		t.Errorf("%d clock waiters after onLost, want 0 (no next tick)", n)
+	}
+}

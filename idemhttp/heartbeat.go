@@ -10,8 +10,8 @@ import (
 
 // heartbeat extends the leases of a middleware's running first
 // executions every third of the lease (idem.KeepAliveEvery) from one
-// clock timer, instead of a
-// timer per request: starting and stopping a timer for each request cost
+// clock timer, instead of a timer per request: starting and stopping a
+// timer for each request cost
 // more than most handlers, which end long before a lease needs extending.
 // The first execution that starts while the timer is idle arms it; a tick
 // re-arms it while anything runs and leaves it idle when nothing does, so
