@@ -3,8 +3,9 @@
 // one commit for the lot: group commit on the application's side, as
 // River's job completer does.
 //
-// An operation that finds no batch on its way runs at once, alone: at one
-// caller batching adds no wait. Any other queues. The queue goes as one
+// An operation that finds no batch on its way runs at once, alone: a lone
+// caller waits for nothing. Any other queues, also while a slot is free,
+// until the rule below sends the queue. The queue goes as one
 // batch when a batch comes back, or as soon as it holds more than two
 // operations per batch on its way (with at most MaxInFlight batches on
 // their way), led by the caller of its first operation: that caller's
@@ -24,7 +25,8 @@ type Batcher[T any] struct {
 	// Run runs a batch of one or more operations and records each one's
 	// result in it. It runs on the goroutine of the batch's first caller,
 	// with that caller's context, which is not cancelled while the batch
-	// holds other callers' operations too.
+	// holds other callers' operations too. It must not keep batch after
+	// it returns.
 	Run func(ctx context.Context, batch []T)
 	// MaxBatch bounds the operations of one batch; MaxInFlight the batches
 	// on their way at a time.
@@ -33,6 +35,9 @@ type Batcher[T any] struct {
 	mu     sync.Mutex
 	queue  []*waiter[T]
 	active int // batches on their way
+	// alone is the batch of an operation run alone, which happens only
+	// when nothing is on its way, so one at a time: no allocation.
+	alone [1]T
 }
 
 // waiter is a queued operation. wake receives, once, the batch its caller
@@ -56,7 +61,9 @@ func (b *Batcher[T]) Do(ctx context.Context, op T) error {
 		b.active++
 		b.mu.Unlock()
 		defer b.next()
-		b.Run(ctx, []T{op})
+		b.alone[0] = op
+		defer clear(b.alone[:])
+		b.Run(ctx, b.alone[:])
 		return nil
 	}
 	w := &waiter[T]{op: op, wake: make(chan []*waiter[T], 1)}

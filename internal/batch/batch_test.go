@@ -7,6 +7,7 @@ import (
 	"slices"
 	"sync"
 	"testing"
+	"time"
 )
 
 // op is a test operation: its value, and the batch it ran in.
@@ -44,10 +45,15 @@ func newRecorder(maxBatch, maxInFlight int) *recorder {
 	return r
 }
 
-// waitQueued yields until n operations wait in b's queue.
+// waitQueued yields until n operations wait in b's queue, and fails the
+// test after 10 seconds.
 func waitQueued[T any](t *testing.T, b *Batcher[T], n int) {
 	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
 	for b.Queued() != n {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d operations queued, want %d", b.Queued(), n)
+		}
 		runtime.Gosched()
 	}
 }
@@ -243,5 +249,28 @@ func TestConcurrent(t *testing.T) {
 	}
 	if n, q := r.b.InFlight(), r.b.Queued(); n != 0 || q != 0 {
 		t.Errorf("%d on their way, %d queued at the end; want 0 and 0", n, q)
+	}
+}
+
+// TestAloneAllocatesNothing: an operation that runs alone costs the
+// batcher no allocation.
+func TestAloneAllocatesNothing(t *testing.T) {
+	b := Batcher[*op]{Run: func(context.Context, []*op) {}}
+	o := &op{}
+	if a := testing.AllocsPerRun(100, func() { _ = b.Do(context.Background(), o) }); a != 0 {
+		t.Errorf("Do alone allocates %v times, want 0", a)
+	}
+}
+
+// TestZeroLimits: a Batcher's zero MaxBatch and MaxInFlight mean 1.
+func TestZeroLimits(t *testing.T) {
+	r := newRecorder(0, 0)
+	done := r.queueHeld(t, 2)
+	for range 2 {
+		<-done
+	}
+	want := [][]int{{0}, {1}}
+	if !slices.EqualFunc(r.batches, want, slices.Equal) {
+		t.Errorf("batches %v, want %v", r.batches, want)
 	}
 }

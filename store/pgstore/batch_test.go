@@ -90,7 +90,11 @@ func TestCompleteBatch(t *testing.T) {
 				t.Errorf("Complete %s: %v", c.key, err)
 			}
 		})
+		deadline := time.Now().Add(10 * time.Second)
 		for s.completer.Queued() != i+1 {
+			if time.Now().After(deadline) {
+				t.Fatalf("%d Completes queued, want %d", s.completer.Queued(), i+1)
+			}
 			runtime.Gosched()
 		}
 	}
