@@ -12,9 +12,9 @@ import (
 // other callers start on it queue up, and the queue goes to Redis as one
 // script (batchScript) led by the caller of its first operation: one round
 // trip and one script call for the lot. A caller that finds nothing on its
-// way runs its own script at once, so batching adds no wait; under load it
-// saves the per-request cost (system calls on both sides, the script call)
-// that dominates these small operations. Each operation keeps its own
+// way runs its own script at once, so a lone caller waits for nothing;
+// under load it saves the per-request cost (system calls on both sides,
+// the script call) that dominates these small operations. Each operation keeps its own
 // rules and its own reply; a batch is atomic as a whole, in queue order,
 // at one server time. The keys of a batch share the shard's hash tag, so
 // it runs on a cluster too.

@@ -37,9 +37,11 @@
 // it once, and puts its index entries with one ZADD, so in a batch a fresh
 // key's Begin costs a GET and a SET and a Complete a GET and a SET. A
 // caller that finds no script of its shard on its way runs its operation
-// at once, so batching adds no wait; under load it saves the per-request
-// cost (system calls on both sides, the script call) that dominates these
-// small operations. A batch is atomic as a whole, and its keys share the
+// at once, so a lone caller waits for nothing; under load it saves the
+// per-request cost (system calls on both sides, the script call) that
+// dominates these small operations. With Config.WaitReplicas or WaitAOF a
+// queued operation may also wait for the WAIT of the batch ahead of it, up
+// to WaitTimeout. A batch is atomic as a whole, and its keys share the
 // shard's hash tag (one cluster slot). A caller whose context ends while
 // its operation is still queued gets the context's error and the operation
 // never runs; once its batch is sent it runs to its end. An error from

@@ -90,8 +90,8 @@ func (sk *layout) keys(scope, key string) keys {
 	return keys{record: record, index: sh.index, token: sh.token, member: record[len(sh.tag)+2:], shard: shard}
 }
 
-// recordKey is the record key of (scope, key), for the scripts that touch
-// the record only.
+// recordKey is the record key of (scope, key), for Get, which reads the
+// record alone.
 func (sk *layout) recordKey(scope, key string) string { return sk.keys(scope, key).record }
 
 // recordKeyOfMember is the record an index member of shard names.

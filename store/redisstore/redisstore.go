@@ -99,8 +99,9 @@ func New(client redis.UniversalClient, cfg *Config) (*Store, error) {
 		return nil, fmt.Errorf("%w: redisstore: Config.WaitTimeout is %s; use 0 (the default, %s) or more", idem.ErrInvalid, c.WaitTimeout, DefaultWaitTimeout)
 	}
 	s.shard = makeLayout(c.Prefix)
+	run := s.runBatch // one method value for every shard
 	for i := range s.batch {
-		s.batch[i] = batch.Batcher[*pendingOp]{Run: s.runBatch, MaxBatch: maxBatch, MaxInFlight: maxInFlight}
+		s.batch[i] = batch.Batcher[*pendingOp]{Run: run, MaxBatch: maxBatch, MaxInFlight: maxInFlight}
 	}
 	s.wait = c.WaitReplicas > 0 || c.WaitAOF || c.WaitTimeout > 0
 	if s.wait && c.WaitTimeout == 0 {

@@ -466,6 +466,30 @@ func TestSweepBatches(t *testing.T) {
 	}
 }
 
+// TestSweepPastALiveBatch: a batch of index entries whose records are all
+// live does not end Sweep: the expired entry after them goes too.
+func TestSweepPastALiveBatch(t *testing.T) {
+	t.Parallel()
+	b := setup(t, nil)
+	pipe := b.client.Pipeline()
+	for i := range sweepBatch {
+		k := keysOf(b.prefix, "s", fmt.Sprintf("k-%05d", i))
+		pipe.Set(b.ctx, k.record, "x", time.Hour)
+		pipe.ZAdd(b.ctx, k.index, redis.Z{Member: k.member})
+	}
+	gone := keysOf(b.prefix, "s", "z") // sorts after them; its record expired
+	pipe.ZAdd(b.ctx, gone.index, redis.Z{Member: gone.member})
+	if _, err := pipe.Exec(b.ctx); err != nil {
+		t.Fatal(err)
+	}
+	if res, err := b.store.Sweep(b.ctx, &idem.SweepParams{}); err != nil || res.Deleted != 1 {
+		t.Fatalf("Sweep: %+v, %v; want the entry after a full live batch removed", res, err)
+	}
+	if n, err := b.client.ZCard(b.ctx, gone.index).Result(); err != nil || n != sweepBatch {
+		t.Errorf("index after Sweep: %d entries, %v; want %d", n, err, sweepBatch)
+	}
+}
+
 // TestMalformedIndexMember: an index member that names no record (here
 // the scope "s" with an empty key, which no Begin writes) makes List and
 // Sweep fail with an error that names it, not panic or skip it silently.

@@ -176,13 +176,14 @@ const luaEmptySections = `\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0`
 
 // KEYS: record. ARGV: token bytes, the sections after the fingerprint (no
 // checkpoint, the outcome). Returns the record's header and fingerprint.
-var completeScript = redis.NewScript(luaNow + luaOwned + luaComplete + `
+var completeScript = redis.NewScript(luaNow + luaComplete + `
 return complete(KEYS[1], ARGV[1], ARGV[2])
 `)
 
 // luaComplete defines complete(record, token bytes, sections after the
-// fingerprint), the rules of Complete at the server time now.
-const luaComplete = `
+// fingerprint), the rules of Complete at the server time now, and owned,
+// which it calls.
+const luaComplete = luaOwned + `
 local function complete(kr, token, rest)
   local s, fail = owned(kr, token)
   if not s then return fail end
@@ -210,7 +211,7 @@ end
 // keys of each operation in turn (record, index, token for a Begin; record
 // for a Complete). ARGV: the operations as a string of 'b' and 'c', then
 // the arguments of each in turn.
-var batchScript = redis.NewScript(luaNow + luaBatchToken + luaBatchIndex + luaBegin + luaOwned + luaComplete + `
+var batchScript = redis.NewScript(luaNow + luaBatchToken + luaBatchIndex + luaBegin + luaComplete + `
 local ops = ARGV[1]
 local out = {}
 local k, a = 1, 2
