@@ -41,6 +41,14 @@
 // response is sent as written and stored when it returns, so it is
 // acknowledged before it is recorded.
 //
+// # Stored form
+//
+// A response is stored as one idem.Outcome with no Meta: Data holds a
+// version byte, the status, the stored headers and the body, so that a
+// replay reads it without building a map. Responses stored by earlier
+// versions (status and headers in Meta) replay as before. StoredResponse
+// decodes either, for tools that show a record.
+//
 // # Client transport
 //
 //	client := &http.Client{Transport: idemhttp.Transport(nil)}

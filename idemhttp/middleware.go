@@ -97,12 +97,6 @@ func DefaultKeep(status int) bool {
 	return status >= 200 && status < 500
 }
 
-// Meta keys of a stored response.
-const (
-	metaStatus       = "status"
-	metaHeaderPrefix = "header:"
-)
-
 type middleware struct {
 	ledger         *idem.Ledger
 	next           http.Handler
@@ -116,7 +110,6 @@ type middleware struct {
 	mismatchStatus int
 	keep           func(int) bool
 	stored         []string // canonical names, never-stored ones removed
-	storedMeta     []string // metaHeaderPrefix + stored[i]
 	fpHeaders      []string // canonical FingerprintHeaders (default fingerprint)
 	recycleBody    bool     // the default fingerprint keeps no reference to the body
 	bodyEarly      bool     // a Config function sees the request before Begin: give it the body then
@@ -187,7 +180,6 @@ func Middleware(ledger *idem.Ledger, cfg *Config) func(http.Handler) http.Handle
 		h = http.CanonicalHeaderKey(h)
 		if !neverStored(h) && !slices.Contains(m.stored, h) {
 			m.stored = append(m.stored, h)
-			m.storedMeta = append(m.storedMeta, metaHeaderPrefix+h)
 		}
 	}
 	if m.logger == nil {
@@ -352,7 +344,7 @@ func (m *middleware) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if claim.Replayed() {
-		m.replay(w, claim)
+		m.replay(w, r, claim)
 		return
 	}
 	m.execute(w, r, claim, hasBody && !m.bodyEarly, body)
@@ -372,12 +364,8 @@ type execution struct {
 	// heartbeat's store call for it is in progress.
 	beating, extending bool
 	beatPrev, beatNext *execution
-	values             [4]storedValue // the recorder's, for up to 4 stored headers present
-	headers            [2]string      // Idempotent-Replayed and Idempotency-Key-Expires
+	headers            [2]string // Idempotent-Replayed and Idempotency-Key-Expires
 }
-
-// metas are pooled Outcome.Meta maps: stores copy what they keep.
-var metas = sync.Pool{New: func() any { return make(map[string]string, 4) }}
 
 func (m *middleware) beginFailed(w http.ResponseWriter, r *http.Request, err error) {
 	var inFlight *idem.InFlightError
@@ -399,9 +387,45 @@ func (m *middleware) beginFailed(w http.ResponseWriter, r *http.Request, err err
 	}
 }
 
-func (m *middleware) replay(w http.ResponseWriter, claim *idem.Claim) {
-	rec := claim.Record()
+func (m *middleware) replay(w http.ResponseWriter, r *http.Request, claim *idem.Claim) {
 	out := claim.Outcome()
+	if _, earlier := out.Meta[metaStatus]; earlier {
+		m.replayMeta(w, claim.Record(), out)
+		return
+	}
+	head, err := parseStoredHead(out.Data)
+	if err != nil {
+		m.logger.Warn("idemhttp: the stored response cannot be replayed", "method", r.Method, "err", err)
+		writeProblem(w, problemUnavailable, "the stored response cannot be read by this server")
+		return
+	}
+	h := w.Header()
+	// One backing array for the headers' values; each header gets a full
+	// slice expression, so an append by a later writer copies. The names
+	// and values are substrings of one copy of the stored head.
+	values := make([]string, 2, 2+head.lines)
+	values[0], values[1] = "true", m.dates.format(m.expires(claim.Record()))
+	h[HeaderReplayed] = values[0:1:1]
+	h[HeaderExpires] = values[1:2:2]
+	it := storedHeaders{string(out.Data[3:head.end])}
+	for name, count, ok := it.next(); ok; name, count, ok = it.next() {
+		start := len(values)
+		for range count {
+			values = append(values, it.take())
+		}
+		h[name] = values[start:len(values):len(values)]
+	}
+	status := head.status
+	if status < 200 || status > 999 {
+		status = http.StatusOK
+	}
+	w.WriteHeader(status)
+	_, _ = w.Write(out.Data[head.end+1:])
+}
+
+// replayMeta replays a response stored by an earlier version: the status
+// and headers in Meta, Data the body.
+func (m *middleware) replayMeta(w http.ResponseWriter, rec idem.Record, out *idem.Outcome) {
 	h := w.Header()
 	// One backing array for the headers' values, sized for one line each
 	// (a value of several lines grows it, which leaves the earlier
@@ -482,7 +506,6 @@ func (m *middleware) execute(w http.ResponseWriter, r *http.Request, claim *idem
 
 	rw := &ex.rec
 	*rw = recorder{rw: w, max: m.maxResponse, stored: m.stored}
-	rw.values = ex.values[:0]
 	defer func() {
 		m.beats.remove(ex)
 		ex.body.Reset(nil) // the buffer serves another request
@@ -503,6 +526,9 @@ func (m *middleware) execute(w http.ResponseWriter, r *http.Request, claim *idem
 // the client: with the handler's response once it is stored (or the key
 // released), with a problem when it could not be stored.
 func (m *middleware) finish(ctx context.Context, r *http.Request, claim *idem.Claim, rw *recorder) {
+	if rw.status == 0 && !rw.hijacked {
+		rw.WriteHeader(http.StatusOK) // what net/http sends for a handler that wrote nothing
+	}
 	status := rw.status
 	if status == 0 {
 		status = http.StatusOK
@@ -530,24 +556,9 @@ func (m *middleware) finish(ctx context.Context, r *http.Request, claim *idem.Cl
 		rw.send(status)
 		return
 	}
-	meta := metas.Get().(map[string]string)
-	defer func() {
-		if len(meta) <= 16 {
-			clear(meta)
-			metas.Put(meta)
-		}
-	}()
-	meta[metaStatus] = statusString(status)
-	for _, v := range rw.values {
-		meta[m.storedMeta[v.index]] = v.joined
-	}
-	// Stores copy the outcome: the buffer and the map serve another
-	// response after.
-	var data []byte
-	if rw.body != nil {
-		data = rw.body.b
-	}
-	err := claim.Complete(ctx, idem.Outcome{Data: data, Meta: meta})
+	// The recorder holds the response in its stored form. Stores copy
+	// the outcome: the buffer serves another response after.
+	err := claim.Complete(ctx, idem.Outcome{Data: rw.body.b})
 	if err == nil {
 		rw.send(status)
 		return
@@ -636,21 +647,6 @@ func (c *dateCache) format(t time.Time) string {
 	return d.text
 }
 
-// statusStrings holds the decimal form of every status a response can have.
-var statusStrings = func() (s [1000]string) {
-	for i := 100; i < len(s); i++ {
-		s[i] = strconv.Itoa(i)
-	}
-	return s
-}()
-
-func statusString(code int) string {
-	if code >= 100 && code < len(statusStrings) {
-		return statusStrings[code]
-	}
-	return strconv.Itoa(code)
-}
-
 // recorder holds a response (status, headers, body up to max) until the
 // middleware has stored it, and keeps the copy the ledger stores. A
 // handler that flushes, or a body over max, turns it into a pass-through:
@@ -659,20 +655,13 @@ type recorder struct {
 	rw       http.ResponseWriter
 	max      int64
 	status   int
-	stored   []string      // the header names to keep
-	values   []storedValue // the stored headers present when the status was written
-	body     *buffer       // from the pool; nil until the first byte
-	late     http.Header   // rw's headers as of WriteHeader, changed after it
-	passing  bool          // rw has the status: the response goes through
+	stored   []string    // the header names to keep
+	body     *buffer     // from the pool: the response's stored form; nil until the status is held
+	head     int         // where the body starts in body.b, after the stored head
+	late     http.Header // rw's headers as of WriteHeader, changed after it
+	passing  bool        // rw has the status: the response goes through
 	overflow bool
 	hijacked bool
-}
-
-// storedValue is the values of the stored header stored[index], joined
-// by "\n".
-type storedValue struct {
-	index  int
-	joined string
 }
 
 // Header is rw's header map until the status is written. While the
@@ -701,13 +690,10 @@ func (w *recorder) WriteHeader(code int) {
 		return
 	}
 	w.status = code
-	h := w.rw.Header()
-	for i, name := range w.stored {
-		if v := h[name]; len(v) > 0 {
-			// Strings are immutable: the joined value is a copy as of now.
-			w.values = append(w.values, storedValue{index: i, joined: strings.Join(v, "\n")})
-		}
-	}
+	// The stored head: the status and the stored headers as of now.
+	w.body = getBuffer()
+	w.body.b = appendStoredHead(w.body.b[:0], code, w.stored, w.rw.Header())
+	w.head = len(w.body.b)
 }
 
 func (w *recorder) Write(p []byte) (int, error) {
@@ -717,22 +703,19 @@ func (w *recorder) Write(p []byte) (int, error) {
 	if w.overflow {
 		return w.rw.Write(p)
 	}
-	size := int64(len(p))
-	if w.body != nil {
-		size += int64(len(w.body.b))
+	if w.body == nil { // the handler returned (it must not write now): absorbed as before
+		if w.passing {
+			return w.rw.Write(p)
+		}
+		return len(p), nil
 	}
-	if size > w.max {
+	if int64(len(p)+len(w.body.b)-w.head) > w.max {
 		w.send(w.status)
 		w.overflow = true
 		w.discard()
 		return w.rw.Write(p)
 	}
-	if len(p) > 0 {
-		if w.body == nil {
-			w.body = getBuffer()
-		}
-		w.body.b = append(w.body.b, p...)
-	}
+	w.body.b = append(w.body.b, p...)
 	if w.passing {
 		return w.rw.Write(p)
 	}
@@ -750,8 +733,8 @@ func (w *recorder) send(status int) {
 		status = w.status
 	}
 	w.rw.WriteHeader(status)
-	if w.body != nil && len(w.body.b) > 0 {
-		_, _ = w.rw.Write(w.body.b)
+	if w.body != nil && len(w.body.b) > w.head {
+		_, _ = w.rw.Write(w.body.b[w.head:])
 	}
 	if w.late != nil {
 		h := w.rw.Header()
