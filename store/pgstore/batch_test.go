@@ -22,7 +22,7 @@ func TestConformanceBatched(t *testing.T) {
 	t.Parallel()
 	storetest.Run(t, func(t *testing.T, _ idem.Clock) idem.Store {
 		s := newStore(t)
-		s.completer.MaxInFlight = 1
+		s.batchAbove, s.completer.MaxInFlight = 0, 1
 		return s
 	}, &storetest.Options{RealClock: true})
 }
@@ -37,6 +37,18 @@ func acquire(t *testing.T, s *Store, key string) int64 {
 	return res.Record.Token
 }
 
+// waitQueued waits until n Completes are queued in s's batcher.
+func waitQueued(t *testing.T, s *Store, n int) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for s.completer.Queued() != n {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d Completes queued after 10 s, want %d", s.completer.Queued(), n)
+		}
+		runtime.Gosched()
+	}
+}
+
 // TestCompleteBatch: Completes that find every slot busy queue and run as
 // one statement; each gets its own answer (stored, lease lost, completed)
 // and only the owners' outcomes are stored.
@@ -44,7 +56,7 @@ func TestCompleteBatch(t *testing.T) {
 	t.Parallel()
 	s := newStore(t)
 	ctx := context.Background()
-	s.completer.MaxInFlight = 1
+	s.batchAbove, s.completer.MaxInFlight = 0, 1
 	var sizes []int
 	run := s.completer.Run
 	s.completer.Run = func(ctx context.Context, ops []*completeOp) {
@@ -90,13 +102,7 @@ func TestCompleteBatch(t *testing.T) {
 				t.Errorf("Complete %s: %v", c.key, err)
 			}
 		})
-		deadline := time.Now().Add(10 * time.Second)
-		for s.completer.Queued() != i+1 {
-			if time.Now().After(deadline) {
-				t.Fatalf("%d Completes queued, want %d", s.completer.Queued(), i+1)
-			}
-			runtime.Gosched()
-		}
+		waitQueued(t, s, i+1)
 	}
 	release()
 	wg.Wait()
@@ -142,6 +148,52 @@ func TestCompleteBatchOneFails(t *testing.T) {
 		}
 		if o.err != nil || !o.found || rec.State != idem.StateCompleted || string(rec.Outcome.Data) != string(o.data) {
 			t.Errorf("Complete %s beside the bad one: found %v, %v, record %+v; want it stored", o.key, o.found, o.err, rec)
+		}
+	}
+}
+
+// TestCompleteAloneWhileConnectionsLast: a Complete runs its own statement
+// at once, even with a batch on its way, while the pool has a connection
+// for every Begin and Complete on it; with more on it than connections it
+// queues for the next batch.
+func TestCompleteAloneWhileConnectionsLast(t *testing.T) {
+	t.Parallel()
+	s := newStore(t)
+	ctx := context.Background()
+	if want := int64(s.pool.Config().MaxConns); s.batchAbove != want {
+		t.Fatalf("batchAbove %d, want the pool's %d connections", s.batchAbove, want)
+	}
+	release := s.completer.Hold()
+	defer func() { release() }()
+	// Queued behind the held batch, it would fail when this ends.
+	wait, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	if _, err := s.Complete(wait, &idem.CompleteParams{Scope: "s", Key: "alone", Token: acquire(t, s, "alone"), Outcome: idem.Outcome{Data: []byte("alone")}}); err != nil {
+		t.Fatalf("Complete with a batch on its way and connections free: %v", err)
+	}
+	if q := s.completer.Queued(); q != 0 {
+		t.Fatalf("%d Completes queued, want 0", q)
+	}
+
+	// Others are on the pool: this one is one too many.
+	s.onPool.Add(s.batchAbove)
+	defer s.onPool.Add(-s.batchAbove)
+	token := acquire(t, s, "queued")
+	done := make(chan error, 1)
+	go func() {
+		_, err := s.Complete(ctx, &idem.CompleteParams{Scope: "s", Key: "queued", Token: token, Outcome: idem.Outcome{Data: []byte("queued")}})
+		done <- err
+	}()
+	waitQueued(t, s, 1)
+	release()
+	release = func() {}
+	if err := <-done; err != nil {
+		t.Fatalf("the queued Complete: %v", err)
+	}
+	for _, key := range []string{"alone", "queued"} {
+		rec, err := s.Get(ctx, &idem.KeyParams{Scope: "s", Key: key})
+		if err != nil || rec.State != idem.StateCompleted || string(rec.Outcome.Data) != key {
+			t.Errorf("Get %s: %+v, %v; want completed with %q", key, rec, err, key)
 		}
 	}
 }

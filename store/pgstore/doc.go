@@ -58,12 +58,14 @@
 // statements it stands beside: an index probe and the insert, then the
 // update; no CTE is materialized.
 //
-// Completes on the pool are batched: while Completes are on their way to
-// the server, the ones other callers start queue up and go as one UPDATE
-// of all their keys, one round trip and one commit for the lot (as River's
-// job completer does). Each is judged on its own key and token and gets
-// its own answer. A Complete that finds none on its way runs at once, so a
-// lone caller waits for nothing; a batch the server refuses is retried
+// Completes on the pool are batched under load: when more Begins and
+// Completes are on the pool than it has connections, and Completes are on
+// their way to the server, the ones other callers start queue up and go
+// as one UPDATE of all their keys, one round trip and one commit for the
+// lot (as River's job completer does). Each is judged on its own key and
+// token and gets its own answer. While the pool has a connection for
+// each, or none is on its way, a Complete runs at once, so a lone caller
+// waits for nothing; a batch the server refuses is retried
 // one Complete at a time, so one bad Complete fails no other. A Complete
 // whose context ends while it waits in the queue returns the context's
 // error and is never sent; once its batch is on its way, it waits for the

@@ -45,6 +45,11 @@ type Store struct {
 	// each in a statement of its own (for comparison and tests).
 	completer *batch.Batcher[*completeOp]
 	noBatch   bool
+	// onPool counts the Begins and Completes on the pool, those waiting
+	// for a connection included; Completes batch only while it is over
+	// batchAbove (the pool's connections).
+	onPool     atomic.Int64
+	batchAbove int64
 }
 
 var (
@@ -117,7 +122,7 @@ func New(pool *pgxpool.Pool, cfg *Config) (*Store, error) {
 		}
 	}
 	s := &Store{pool: pool, schema: c.Schema, q: newStatements(pgx.Identifier{c.Schema}.Sanitize())}
-	s.completer = s.newCompleter()
+	s.setupBatching()
 	return s, nil
 }
 
@@ -164,6 +169,10 @@ func (s *Store) BeginTx(ctx context.Context, tx pgx.Tx, p *idem.BeginParams) (*i
 		return nil, err
 	}
 	db := s.db(tx)
+	if tx == nil {
+		s.onPool.Add(1)
+		defer s.onPool.Add(-1)
+	}
 	// Almost always one round. Another only when a concurrent writer
 	// changed the key between this statement's snapshot and its insert,
 	// and a third when it changed again before the re-read.
