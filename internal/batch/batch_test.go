@@ -183,6 +183,41 @@ func TestCancelWhileQueued(t *testing.T) {
 	}
 }
 
+// TestCancelWhileHandedOver: a caller whose context ends at the moment a
+// batch is handed to it (both ready when it looks) still leads that batch:
+// every operation in it runs once and Do returns nil. Each round hands the
+// batch over with the context already ended, so select picks either.
+func TestCancelWhileHandedOver(t *testing.T) {
+	for round := range 50 {
+		r := newRecorder(8, 1)
+		r.b.Hold()
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan *op, 2)
+		errs := make(chan error, 1)
+		o0 := &op{v: 0}
+		go func() { errs <- r.b.Do(ctx, o0) }()
+		waitQueued(t, &r.b, 1)
+		r.do(context.Background(), 1, done)
+		waitQueued(t, &r.b, 2)
+		// Cancel and hand over under the lock, so the caller of op 0 cannot
+		// take itself out of the queue in between.
+		r.b.mu.Lock()
+		cancel()
+		r.b.send()
+		r.b.mu.Unlock()
+		r.b.next() // the held batch comes back
+		if err := <-errs; err != nil {
+			t.Fatalf("round %d: Do of the op handed its batch: %v, want nil", round, err)
+		}
+		if o1 := <-done; !slices.Equal(o0.batch, []int{0, 1}) || !slices.Equal(o1.batch, []int{0, 1}) {
+			t.Fatalf("round %d: ops ran in %v and %v, want both in [0 1]", round, o0.batch, o1.batch)
+		}
+		if len(r.batches) != 1 || r.b.InFlight() != 0 || r.b.Queued() != 0 {
+			t.Fatalf("round %d: batches %v, %d in flight, %d queued; want one batch and nothing left", round, r.batches, r.b.InFlight(), r.b.Queued())
+		}
+	}
+}
+
 // TestLeaderContext: a batch with other callers' operations runs to its
 // end even when its leader's context ends while it runs, and its Run sees
 // a context that is not cancelled.
