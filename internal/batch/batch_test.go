@@ -3,11 +3,12 @@ package batch
 import (
 	"context"
 	"errors"
-	"runtime"
+	"fmt"
 	"slices"
 	"sync"
 	"testing"
-	"time"
+
+	"github.com/idemkit/idem/internal/wait"
 )
 
 // op is a test operation: its value, and the batch it ran in.
@@ -45,17 +46,10 @@ func newRecorder(maxBatch, maxInFlight int) *recorder {
 	return r
 }
 
-// waitQueued yields until n operations wait in b's queue, and fails the
-// test after 10 seconds.
+// waitQueued waits until n operations wait in b's queue.
 func waitQueued[T any](t *testing.T, b *Batcher[T], n int) {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for b.Queued() != n {
-		if time.Now().After(deadline) {
-			t.Fatalf("%d operations queued, want %d", b.Queued(), n)
-		}
-		runtime.Gosched()
-	}
+	wait.For(t, fmt.Sprintf("%d operations queued", n), func() bool { return b.Queued() == n })
 }
 
 // do runs v through r's batcher on a goroutine of its own and sends the

@@ -13,6 +13,7 @@ import (
 
 	"github.com/cockroachdb/pebble/v2"
 	"github.com/idemkit/idem"
+	"github.com/idemkit/idem/internal/wait"
 	"github.com/idemkit/idem/storetest"
 )
 
@@ -408,9 +409,9 @@ func TestBackgroundSweeper(t *testing.T) {
 	b := setup(t, &Config{SweepInterval: time.Minute})
 	b.complete("old", time.Hour, idem.Outcome{Data: []byte("x")})
 	b.complete("new", 10*time.Hour, idem.Outcome{Data: []byte("y")})
-	waitFor(t, "the sweeper to wait on the clock", func() bool { return b.clock.Waiters() > 0 })
+	wait.For(t, "the sweeper to wait on the clock", func() bool { return b.clock.Waiters() > 0 })
 	b.clock.Advance(2 * time.Hour)
-	waitFor(t, "the sweeper to remove the expired record", func() bool {
+	wait.For(t, "the sweeper to remove the expired record", func() bool {
 		_, err := b.store.Get(b.ctx, &idem.KeyParams{Scope: "s", Key: "old"})
 		return errors.Is(err, idem.ErrNotFound)
 	})
@@ -419,18 +420,6 @@ func TestBackgroundSweeper(t *testing.T) {
 	}
 	if size, _ := b.store.Size(b.ctx); size != 1 {
 		t.Fatalf("Size %d, want 1", size)
-	}
-}
-
-// waitFor polls cond until it holds, failing after ten seconds.
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		<-time.After(time.Millisecond)
 	}
 }
 

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"runtime"
 	"slices"
 	"strings"
 	"sync"
@@ -12,6 +11,7 @@ import (
 	"time"
 
 	"github.com/idemkit/idem"
+	"github.com/idemkit/idem/internal/wait"
 	"github.com/idemkit/idem/storetest"
 )
 
@@ -40,13 +40,7 @@ func acquire(t *testing.T, s *Store, key string) int64 {
 // waitQueued waits until n Completes are queued in s's batcher.
 func waitQueued(t *testing.T, s *Store, n int) {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for s.completer.Queued() != n {
-		if time.Now().After(deadline) {
-			t.Fatalf("%d Completes queued after 10 s, want %d", s.completer.Queued(), n)
-		}
-		runtime.Gosched()
-	}
+	wait.For(t, fmt.Sprintf("%d Completes queued", n), func() bool { return s.completer.Queued() == n })
 }
 
 // TestCompleteBatch: Completes that find every slot busy queue and run as

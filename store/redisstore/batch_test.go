@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/idemkit/idem"
+	"github.com/idemkit/idem/internal/wait"
 	"github.com/idemkit/idem/storetest"
 )
 
@@ -28,7 +29,7 @@ func TestConformanceBatched(t *testing.T) {
 // waitQueued polls until n operations wait in the queue of shard.
 func waitQueued(t *testing.T, s *Store, shard, n int) {
 	t.Helper()
-	waitFor(t, fmt.Sprintf("%d operations queued in shard %d", n, shard), func() bool {
+	wait.For(t, fmt.Sprintf("%d operations queued in shard %d", n, shard), func() bool {
 		return s.batch[shard].Queued() == n
 	})
 }

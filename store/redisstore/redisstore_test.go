@@ -13,6 +13,7 @@ import (
 
 	"github.com/idemkit/idem"
 	"github.com/idemkit/idem/internal/servicetest"
+	"github.com/idemkit/idem/internal/wait"
 	"github.com/idemkit/idem/storetest"
 )
 
@@ -164,24 +165,11 @@ func TestScriptFlush(t *testing.T) {
 	}
 }
 
-// waitFor polls cond every millisecond until it holds, and fails the test
-// after 10 seconds.
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("waited too long for %s", what)
-		}
-		<-time.After(time.Millisecond)
-	}
-}
-
 // waitExpired polls until Redis has expired the record of (scope, key),
 // which it does at the record's RetainUntil rounded up to the millisecond.
 func waitExpired(t *testing.T, b *bundle, scope, key string) {
 	t.Helper()
-	waitFor(t, fmt.Sprintf("Redis to expire %s/%s", scope, key), func() bool {
+	wait.For(t, fmt.Sprintf("Redis to expire %s/%s", scope, key), func() bool {
 		return b.client.Exists(b.ctx, keysOf(b.prefix, scope, key).record).Val() == 0
 	})
 }
