@@ -12,6 +12,7 @@ import (
 	"context"
 	"encoding/binary"
 	"fmt"
+	"hash/maphash"
 	"slices"
 	"strings"
 	"sync"
@@ -31,11 +32,20 @@ type Config struct {
 // usable; call New.
 type Store struct {
 	clock idem.Clock
+	seed  maphash.Seed
+	// collide makes the hash of a map key its length modulo 3, for tests
+	// of the collided map.
+	collide bool
 
-	mu      sync.Mutex
-	records map[string]entry // by entry.key
-	token   int64            // store-wide: tokens never repeat, even after a delete
-	closed  bool
+	mu sync.Mutex
+	// records holds the entries by a hash of their map key (entry.key):
+	// growing a map rehashes its keys, and a string key costs a visit to
+	// the entry's string where a number is in the map's own slot. An
+	// entry whose hash another entry holds is in collided, by its map key.
+	records  map[uint64]entry
+	collided map[string]entry
+	token    int64 // store-wide: tokens never repeat, even after a delete
+	closed   bool
 }
 
 // entry is one stored record in a form the garbage collector marks
@@ -229,7 +239,8 @@ var (
 
 // New returns an empty Store.
 func New(cfg *Config) *Store {
-	s := &Store{clock: idem.SystemClock{}, records: map[string]entry{}}
+	s := &Store{clock: idem.SystemClock{}, seed: maphash.MakeSeed(),
+		records: map[uint64]entry{}, collided: map[string]entry{}}
 	if cfg != nil && cfg.Clock != nil {
 		s.clock = cfg.Clock
 	}
@@ -282,20 +293,77 @@ func (s *Store) now() time.Time { return s.clock.Now().UTC() }
 func (s *Store) lookup(scope, key string) (entry, bool) {
 	if 2+len(scope)+len(key) <= smallKey {
 		var b [smallKey]byte
-		e, ok := s.records[string(appendKey(b[:0], scope, key))]
-		return e, ok
+		return s.get(appendKey(b[:0], scope, key))
 	}
 	var b [2 + idem.MaxScopeLen + idem.MaxKeyLen]byte
-	e, ok := s.records[string(appendKey(b[:0], scope, key))]
-	return e, ok
+	return s.get(appendKey(b[:0], scope, key))
+}
+
+// get returns the entry of map key k.
+func (s *Store) get(k []byte) (entry, bool) {
+	h := uint64(len(k) % 3)
+	if !s.collide {
+		h = maphash.Bytes(s.seed, k) // as maphash.String of the same bytes (hash)
+	}
+	if e, ok := s.records[h]; ok && e.key() == string(k) {
+		return e, true
+	}
+	if len(s.collided) > 0 {
+		e, ok := s.collided[string(k)]
+		return e, ok
+	}
+	return entry{}, false
 }
 
 // put stores rec, with out when completed, in place of the record of its
 // key, keyed by the entry's own string: the map keeps no caller's memory.
 func (s *Store) put(rec *idem.Record, out *idem.Outcome) entry {
 	e := newEntry(rec, out)
-	s.records[e.key()] = e
+	k := e.key()
+	if len(s.collided) > 0 {
+		if _, ok := s.collided[k]; ok {
+			s.collided[k] = e
+			return e
+		}
+	}
+	h := s.hash(k)
+	if held, ok := s.records[h]; ok && held.key() != k {
+		s.collided[k] = e
+		return e
+	}
+	s.records[h] = e
 	return e
+}
+
+// remove deletes the entry of map key k, which the store holds.
+func (s *Store) remove(k string) {
+	if _, ok := s.collided[k]; ok {
+		delete(s.collided, k)
+		return
+	}
+	delete(s.records, s.hash(k))
+}
+
+// hash is the records map's key for map key k.
+func (s *Store) hash(k string) uint64 {
+	if s.collide {
+		return uint64(len(k) % 3)
+	}
+	return maphash.String(s.seed, k)
+}
+
+// each calls f with every entry until f returns false.
+func (s *Store) each(f func(e entry) bool) {
+	for _, e := range s.records {
+		if !f(e) {
+			return
+		}
+	}
+	for _, e := range s.collided {
+		if !f(e) {
+			return
+		}
+	}
 }
 
 // beginResult is a BeginResult and its record, in one allocation.
@@ -454,7 +522,7 @@ func (s *Store) Delete(ctx context.Context, p *idem.KeyParams) error {
 	if !ok {
 		return fmt.Errorf("%w: scope %q", idem.ErrNotFound, p.Scope)
 	}
-	delete(s.records, e.key())
+	s.remove(e.key())
 	return nil
 }
 
@@ -469,15 +537,16 @@ func (s *Store) Sweep(ctx context.Context, p *idem.SweepParams) (*idem.SweepResu
 	defer s.mu.Unlock()
 	now := s.now()
 	n := 0
-	for k, e := range s.records {
+	s.each(func(e entry) bool {
 		if p.Limit > 0 && n == p.Limit {
-			break
+			return false
 		}
 		if rec := e.record(); transition.Sweepable(&rec, now) {
-			delete(s.records, k)
+			s.remove(e.key()) // deleting while ranging is allowed
 			n++
 		}
-	}
+		return true
+	})
 	return &idem.SweepResult{Deleted: n}, nil
 }
 
@@ -492,12 +561,13 @@ func (s *Store) List(ctx context.Context, p *idem.ListParams) (*idem.ListResult,
 	}
 	defer s.mu.Unlock()
 	var page []entry
-	for _, e := range s.records {
+	s.each(func(e entry) bool {
 		scope, key := e.names()
 		if scope == p.Scope && key > p.Cursor && (p.State == "" || e.state() == p.State) {
 			page = append(page, e)
 		}
-	}
+		return true
+	})
 	slices.SortFunc(page, func(a, b entry) int {
 		_, ka := a.names()
 		_, kb := b.names()
@@ -521,7 +591,7 @@ func (s *Store) Size(ctx context.Context) (int64, error) {
 		return 0, err
 	}
 	defer s.mu.Unlock()
-	return int64(len(s.records)), nil
+	return int64(len(s.records) + len(s.collided)), nil
 }
 
 // Close implements idem.Store. Later calls fail with idem.ErrClosed.

@@ -34,6 +34,84 @@ func TestConformance(t *testing.T) {
 	storetest.Run(t, newStore, nil)
 }
 
+// TestConformanceColliding runs the suite on a store whose records mostly
+// share their map key's hash with another record's.
+func TestConformanceColliding(t *testing.T) {
+	t.Parallel()
+	storetest.Run(t, func(t *testing.T, clock idem.Clock) idem.Store {
+		s := memstore.NewColliding(&memstore.Config{Clock: clock})
+		t.Cleanup(func() { s.Close() })
+		return s
+	}, nil)
+}
+
+// TestCollidingKeys: keys whose hashes collide are each found, replaced,
+// deleted and swept as their own, whichever of them holds the hash.
+func TestCollidingKeys(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	clock := idem.NewManualClock(time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC))
+	s := memstore.NewColliding(&memstore.Config{Clock: clock})
+	defer s.Close()
+	begin := func(key string) *idem.BeginResult {
+		t.Helper()
+		res, err := s.Begin(ctx, &idem.BeginParams{Scope: "s", Key: key, Fingerprint: "fp-" + key, Lease: time.Minute, Window: time.Hour})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return res
+	}
+	keys := []string{"a", "bcd", "efghij", "k", "lmn"} // map keys of 4, 6, 9, 4 and 6 bytes: hashes 1, 0, 0, 1, 0
+	for _, k := range keys {
+		if res := begin(k); res.Decision != idem.Acquired {
+			t.Fatalf("%s: %s", k, res.Decision)
+		}
+	}
+	if n := s.Collided(); n != 3 {
+		t.Fatalf("%d records kept apart, want 3", n)
+	}
+	// The hash holders go: the others are still found, and stay one record each.
+	for _, k := range []string{"a", "bcd"} {
+		if err := s.Delete(ctx, &idem.KeyParams{Scope: "s", Key: k}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, k := range []string{"efghij", "k", "lmn"} {
+		rec, err := s.Get(ctx, &idem.KeyParams{Scope: "s", Key: k})
+		if err != nil || rec.Key != k || rec.Fingerprint != "fp-"+k {
+			t.Fatalf("%s: %+v, %v", k, rec, err)
+		}
+		if _, err := s.Complete(ctx, &idem.CompleteParams{Scope: "s", Key: k, Token: rec.Token, Outcome: idem.Outcome{Data: []byte(k)}}); err != nil {
+			t.Fatal(err)
+		}
+		if res := begin(k); res.Decision != idem.Replay || string(res.Record.Outcome.Data) != k {
+			t.Fatalf("%s: %s", k, res.Decision)
+		}
+	}
+	for _, k := range []string{"a", "bcd"} {
+		if _, err := s.Get(ctx, &idem.KeyParams{Scope: "s", Key: k}); !errors.Is(err, idem.ErrNotFound) {
+			t.Fatalf("%s deleted, Get: %v", k, err)
+		}
+		if res := begin(k); res.Decision != idem.Acquired || res.Record.Attempts != 1 {
+			t.Fatalf("%s again: %s", k, res.Decision)
+		}
+	}
+	if n, err := s.Size(ctx); err != nil || n != 5 {
+		t.Fatalf("size %d, %v", n, err)
+	}
+	list, err := s.List(ctx, &idem.ListParams{Scope: "s"})
+	if err != nil || len(list.Records) != 5 {
+		t.Fatalf("listed %d, %v", len(list.Records), err)
+	}
+	clock.Advance(3 * time.Hour)
+	if res, err := s.Sweep(ctx, &idem.SweepParams{}); err != nil || res.Deleted != 5 {
+		t.Fatalf("swept %+v, %v", res, err)
+	}
+	if n, _ := s.Size(ctx); n != 0 || s.Collided() != 0 {
+		t.Fatalf("%d records left, %d apart", n, s.Collided())
+	}
+}
+
 // TestConformanceRealClock runs the suite as it runs a database or a remote
 // server: memstore on the system clock, the suite waiting for real leases.
 func TestConformanceRealClock(t *testing.T) {

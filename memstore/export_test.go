@@ -1,0 +1,16 @@
+package memstore
+
+// NewColliding is New with a map-key hash of three values: most records
+// share their hash with another one and live in Store.collided.
+func NewColliding(cfg *Config) *Store {
+	s := New(cfg)
+	s.collide = true
+	return s
+}
+
+// Collided is how many records are kept apart for their hash.
+func (s *Store) Collided() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.collided)
+}
