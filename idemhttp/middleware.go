@@ -357,6 +357,7 @@ func (m *middleware) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 type execution struct {
 	rec    recorder
 	ctx    leaseContext
+	req    http.Request // the handler's: the request with ctx
 	body   replayedBody // the handler's request body, unless Config's functions saw it first
 	claim  *idem.Claim
 	finish context.Context // the request's, never cancelled
@@ -506,8 +507,11 @@ func (m *middleware) execute(w http.ResponseWriter, r *http.Request, claim *idem
 
 	rw := &ex.rec
 	*rw = recorder{rw: w, max: m.maxResponse, stored: m.stored}
+	removed := false
 	defer func() {
-		m.beats.remove(ex)
+		if !removed { // the handler panicked
+			m.beats.remove(ex)
+		}
 		ex.body.Reset(nil) // the buffer serves another request
 		rw.discard()
 		if p := recover(); p != nil {
@@ -517,8 +521,12 @@ func (m *middleware) execute(w http.ResponseWriter, r *http.Request, claim *idem
 			panic(p)
 		}
 	}()
-	m.next.ServeHTTP(rw, r.WithContext(workCtx))
+	// The request with the handler's context, in the execution's
+	// allocation: WithContext's own copy stays on the stack.
+	ex.req = *r.WithContext(workCtx)
+	m.next.ServeHTTP(rw, &ex.req)
 	m.beats.remove(ex)
+	removed = true
 	m.finish(finish, r, claim, rw)
 }
 
