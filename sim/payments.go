@@ -128,7 +128,7 @@ func setupPayments(w *World, store *Store) func() {
 			if p.ack.Status == http.StatusCreated {
 				effects = 1
 			}
-			store.Acked(p.key, []byte(p.ack.Body), effects)
+			store.Acked(p.key, []byte(p.ack.Body), effects, responseBody)
 			for _, r := range p.answers {
 				if r.Status != p.ack.Status || r.Body != p.ack.Body {
 					w.Violate("same-outcome", p.key, fmt.Sprintf("one answer was %d %s, another %d %s", p.ack.Status, p.ack.Body, r.Status, r.Body))
@@ -175,4 +175,10 @@ func chargeHandler(w *World) http.HandlerFunc {
 			fmt.Fprintf(rw, `{"id":%q,"request":%s}`, id, body)
 		}
 	}
+}
+
+// responseBody is the body of the response the middleware stored as o.
+func responseBody(o idem.Outcome) ([]byte, error) {
+	_, _, body, err := idemhttp.StoredResponse(&o)
+	return body, err
 }

@@ -146,15 +146,23 @@ func (s *Store) Free(lease time.Duration, keys ...string) {
 // Acked checks what a client was told against what committed: an
 // acknowledged outcome's data is stored byte for byte (no-lost-outcome),
 // and it came with its effects (at-least-once) exactly once
-// (at-most-once).
-func (s *Store) Acked(key string, data []byte, effects int) {
+// (at-most-once). body reads the data a stored outcome holds (nil: its
+// Data as it is).
+func (s *Store) Acked(key string, data []byte, effects int, body func(idem.Outcome) ([]byte, error)) {
 	w := s.w
 	stored, ok := s.OutcomeOf(key)
+	got := stored.Data
+	var err error
+	if ok && body != nil {
+		got, err = body(stored)
+	}
 	switch {
 	case !ok:
 		w.Violate("no-lost-outcome", key, "a client was acknowledged, but no outcome is stored")
-	case !bytes.Equal(stored.Data, data):
-		w.Violate("same-outcome", key, fmt.Sprintf("a client was acknowledged %q, the stored outcome is %q", data, stored.Data))
+	case err != nil:
+		w.Violate("same-outcome", key, fmt.Sprintf("a client was acknowledged %q, the stored outcome %q does not read: %v", data, stored.Data, err))
+	case !bytes.Equal(got, data):
+		w.Violate("same-outcome", key, fmt.Sprintf("a client was acknowledged %q, the stored outcome holds %q", data, got))
 	}
 	if got := len(w.Effects(key)); got != effects {
 		inv := "at-least-once"
