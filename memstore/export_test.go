@@ -10,7 +10,12 @@ func NewColliding(cfg *Config) *Store {
 
 // Collided is how many records are kept apart for their hash.
 func (s *Store) Collided() int {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return len(s.collided)
+	n := 0
+	for i := range s.shards {
+		sh := &s.shards[i]
+		sh.mu.Lock()
+		n += len(sh.collided)
+		sh.mu.Unlock()
+	}
+	return n
 }

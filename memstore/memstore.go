@@ -16,6 +16,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/idemkit/idem"
@@ -30,22 +31,36 @@ type Config struct {
 
 // Store is an in-memory idem.Store and idem.Lister. The zero value is not
 // usable; call New.
+//
+// Records are spread over shards by a hash of their scope and key, each
+// shard with its own lock, so that callers on other keys seldom wait for
+// each other; a call builds its answer after letting the lock go, so that
+// callers of one key wait for no one's allocations.
 type Store struct {
 	clock idem.Clock
 	seed  maphash.Seed
-	// collide makes the hash of a map key its length modulo 3, for tests
-	// of the collided map.
+	// collide makes the hash of a key the length of its map key
+	// (entry.key) modulo 3, for tests of the collided maps.
 	collide bool
 
+	token  atomic.Int64 // store-wide: tokens never repeat, even after a delete
+	closed atomic.Bool
+	shards [1 << shardBits]shard
+}
+
+// shardBits is log2 of the number of shards.
+const shardBits = 4
+
+// shard holds the records whose hash (Store.hash) starts with its index.
+type shard struct {
 	mu sync.Mutex
-	// records holds the entries by a hash of their map key (entry.key):
+	// records holds the entries by the hash of their scope and key:
 	// growing a map rehashes its keys, and a string key costs a visit to
 	// the entry's string where a number is in the map's own slot. An
-	// entry whose hash another entry holds is in collided, by its map key.
+	// entry whose hash another entry holds is in collided, by its names.
 	records  map[uint64]entry
-	collided map[string]entry
-	token    int64 // store-wide: tokens never repeat, even after a delete
-	closed   bool
+	collided map[[2]string]entry
+	_        [64 - 24]byte // one cache line per shard: the locks do not share one
 }
 
 // entry is one stored record in a form the garbage collector marks
@@ -239,47 +254,64 @@ var (
 
 // New returns an empty Store.
 func New(cfg *Config) *Store {
-	s := &Store{clock: idem.SystemClock{}, seed: maphash.MakeSeed(),
-		records: map[uint64]entry{}, collided: map[string]entry{}}
+	s := &Store{clock: idem.SystemClock{}, seed: maphash.MakeSeed()}
+	for i := range s.shards {
+		s.shards[i].records = map[uint64]entry{}
+		s.shards[i].collided = map[[2]string]entry{}
+	}
 	if cfg != nil && cfg.Clock != nil {
 		s.clock = cfg.Clock
 	}
 	return s
 }
 
-// lock takes the store lock, failing once the store is closed or ctx is
-// done.
-func (s *Store) lock(ctx context.Context) error {
+// lock takes the lock of the shard of (scope, key) and returns the shard
+// and the key's hash, failing once the store is closed or ctx is done.
+func (s *Store) lock(ctx context.Context, scope, key string) (*shard, uint64, error) {
 	if err := ctx.Err(); err != nil {
-		return err
+		return nil, 0, err
 	}
-	s.mu.Lock()
-	if s.closed {
-		s.mu.Unlock()
-		return idem.ErrClosed
+	h := s.hash(scope, key)
+	sh := &s.shards[h>>(64-shardBits)]
+	sh.mu.Lock()
+	if s.closed.Load() {
+		sh.mu.Unlock()
+		return nil, 0, idem.ErrClosed
 	}
-	return nil
+	return sh, h, nil
 }
 
+// hash is the records' map key of (scope, key).
+func (s *Store) hash(scope, key string) uint64 {
+	if s.collide {
+		return uint64((2 + len(scope) + len(key)) % 3)
+	}
+	return maphash.String(s.seed, scope)*0x9e3779b97f4a7c15 ^ maphash.String(s.seed, key)
+}
+
+// nextToken returns a token greater than after and than every token
+// handed out before.
 func (s *Store) nextToken(after int64) int64 {
-	s.token = max(s.token, after) + 1
-	return s.token
+	for {
+		last := s.token.Load()
+		next := max(last, after) + 1
+		if s.token.CompareAndSwap(last, next) {
+			return next
+		}
+	}
 }
 
-// find returns the entry of (scope, key) and its record, written to rec,
-// for the transitions; the record is nil when there is no entry.
-func (s *Store) find(scope, key string, rec *idem.Record) (entry, *idem.Record) {
-	e, ok := s.lookup(scope, key)
+// find returns the entry of (scope, key), hashed h, and its record,
+// written to rec, for the transitions; the record is nil when there is no
+// entry.
+func (sh *shard) find(scope, key string, h uint64, rec *idem.Record) (entry, *idem.Record) {
+	e, ok := sh.get(scope, key, h)
 	if !ok {
 		return entry{}, nil
 	}
 	*rec = e.record()
 	return e, rec
 }
-
-// smallKey is the stack room for most map keys: zeroing room for the
-// longest key (512 bytes) cost every lookup more than the lookup's hashing.
-const smallKey = 128
 
 // A map key prefixes scope and key with their lengths in one byte each.
 const _, _ = uint8(idem.MaxScopeLen), uint8(idem.MaxKeyLen)
@@ -288,82 +320,86 @@ const _, _ = uint8(idem.MaxScopeLen), uint8(idem.MaxKeyLen)
 // record the store returns carries its times.
 func (s *Store) now() time.Time { return s.clock.Now().UTC() }
 
-// lookup returns the entry of (scope, key). It builds the map key on the
-// stack, so it allocates nothing.
-func (s *Store) lookup(scope, key string) (entry, bool) {
-	if 2+len(scope)+len(key) <= smallKey {
-		var b [smallKey]byte
-		return s.get(appendKey(b[:0], scope, key))
+// get returns the entry of (scope, key), hashed h.
+func (sh *shard) get(scope, key string, h uint64) (entry, bool) {
+	if e, ok := sh.records[h]; ok {
+		if sc, k := e.names(); sc == scope && k == key {
+			return e, true
+		}
 	}
-	var b [2 + idem.MaxScopeLen + idem.MaxKeyLen]byte
-	return s.get(appendKey(b[:0], scope, key))
-}
-
-// get returns the entry of map key k.
-func (s *Store) get(k []byte) (entry, bool) {
-	h := uint64(len(k) % 3)
-	if !s.collide {
-		h = maphash.Bytes(s.seed, k) // as maphash.String of the same bytes (hash)
-	}
-	if e, ok := s.records[h]; ok && e.key() == string(k) {
-		return e, true
-	}
-	if len(s.collided) > 0 {
-		e, ok := s.collided[string(k)]
+	if len(sh.collided) > 0 {
+		e, ok := sh.collided[[2]string{scope, key}]
 		return e, ok
 	}
 	return entry{}, false
 }
 
 // put stores rec, with out when completed, in place of the record of its
-// key, keyed by the entry's own string: the map keeps no caller's memory.
-func (s *Store) put(rec *idem.Record, out *idem.Outcome) entry {
+// key, hashed h, as an entry that keeps no caller's memory.
+func (sh *shard) put(h uint64, rec *idem.Record, out *idem.Outcome) entry {
 	e := newEntry(rec, out)
-	k := e.key()
-	if len(s.collided) > 0 {
-		if _, ok := s.collided[k]; ok {
-			s.collided[k] = e
+	names := [2]string{}
+	names[0], names[1] = e.names()
+	if len(sh.collided) > 0 {
+		if _, ok := sh.collided[names]; ok {
+			sh.collided[names] = e
 			return e
 		}
 	}
-	h := s.hash(k)
-	if held, ok := s.records[h]; ok && held.key() != k {
-		s.collided[k] = e
-		return e
+	if held, ok := sh.records[h]; ok {
+		if sc, k := held.names(); sc != names[0] || k != names[1] {
+			sh.collided[names] = e
+			return e
+		}
 	}
-	s.records[h] = e
+	sh.records[h] = e
 	return e
 }
 
-// remove deletes the entry of map key k, which the store holds.
-func (s *Store) remove(k string) {
-	if _, ok := s.collided[k]; ok {
-		delete(s.collided, k)
-		return
-	}
-	delete(s.records, s.hash(k))
-}
-
-// hash is the records map's key for map key k.
-func (s *Store) hash(k string) uint64 {
-	if s.collide {
-		return uint64(len(k) % 3)
-	}
-	return maphash.String(s.seed, k)
-}
-
-// each calls f with every entry until f returns false.
-func (s *Store) each(f func(e entry) bool) {
-	for _, e := range s.records {
-		if !f(e) {
+// remove deletes the entry of (scope, key), hashed h, which the shard
+// holds.
+func (sh *shard) remove(scope, key string, h uint64) {
+	if len(sh.collided) > 0 {
+		if _, ok := sh.collided[[2]string{scope, key}]; ok {
+			delete(sh.collided, [2]string{scope, key})
 			return
 		}
 	}
-	for _, e := range s.collided {
-		if !f(e) {
-			return
+	delete(sh.records, h)
+}
+
+// each calls f with every entry of every shard, each under its shard's
+// lock, until f returns false; f may remove the entry it is given. It
+// fails once the store is closed or ctx is done.
+func (s *Store) each(ctx context.Context, f func(sh *shard, e entry) bool) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	for i := range s.shards {
+		sh := &s.shards[i]
+		sh.mu.Lock()
+		if s.closed.Load() {
+			sh.mu.Unlock()
+			return idem.ErrClosed
+		}
+		more := true
+		for _, e := range sh.records {
+			if more = f(sh, e); !more {
+				break
+			}
+		}
+		for _, e := range sh.collided {
+			if !more {
+				break
+			}
+			more = f(sh, e)
+		}
+		sh.mu.Unlock()
+		if !more {
+			break
 		}
 	}
+	return nil
 }
 
 // beginResult is a BeginResult and its record, in one allocation.
@@ -383,20 +419,24 @@ func (s *Store) Begin(ctx context.Context, p *idem.BeginParams) (*idem.BeginResu
 	if err := p.Validate(); err != nil {
 		return nil, err
 	}
-	if err := s.lock(ctx); err != nil {
+	sh, h, err := s.lock(ctx, p.Scope, p.Key)
+	if err != nil {
 		return nil, err
 	}
-	defer s.mu.Unlock()
-	var stored idem.Record
-	e, cur := s.find(p.Scope, p.Key, &stored)
+	var stored, next idem.Record
+	e, cur := sh.find(p.Scope, p.Key, h, &stored)
 	now := s.now()
 	d, takeover, retryAfter := transition.Decide(cur, p, now)
+	if d == idem.Acquired {
+		next = transition.Acquire(cur, takeover, p, now, s.nextToken)
+		e, cur = sh.put(h, &next, nil), &next
+	}
+	sh.mu.Unlock()
+	// The answer is built without the lock: entries and checkpoints are
+	// never changed, and cur is this call's copy. A replay of one key by
+	// many callers waits for no one's allocations.
 	if d == idem.Mismatch {
 		return &idem.BeginResult{Decision: idem.Mismatch}, nil
-	}
-	if d == idem.Acquired {
-		next := transition.Acquire(cur, takeover, p, now, s.nextToken)
-		e, cur = s.put(&next, nil), &next
 	}
 	res := idem.BeginResult{Decision: d, Takeover: takeover, RetryAfter: retryAfter}
 	if d == idem.Replay {
@@ -413,17 +453,18 @@ func (s *Store) Begin(ctx context.Context, p *idem.BeginParams) (*idem.BeginResu
 // owned runs a transition of one owned record under the lock: f returns
 // the record that replaces the stored one.
 func (s *Store) owned(ctx context.Context, scope, key string, f func(cur *idem.Record, now time.Time) (*idem.Record, error)) error {
-	if err := s.lock(ctx); err != nil {
+	sh, h, err := s.lock(ctx, scope, key)
+	if err != nil {
 		return err
 	}
-	defer s.mu.Unlock()
+	defer sh.mu.Unlock()
 	var stored idem.Record
-	_, cur := s.find(scope, key, &stored)
+	_, cur := sh.find(scope, key, h, &stored)
 	next, err := f(cur, s.now())
 	if err != nil {
 		return err
 	}
-	s.put(next, nil) // pending or released: no outcome
+	sh.put(h, next, nil) // pending or released: no outcome
 	return nil
 }
 
@@ -434,18 +475,19 @@ func (s *Store) Complete(ctx context.Context, p *idem.CompleteParams) (*idem.Rec
 	if err := p.Validate(); err != nil {
 		return nil, err
 	}
-	if err := s.lock(ctx); err != nil {
+	sh, h, err := s.lock(ctx, p.Scope, p.Key)
+	if err != nil {
 		return nil, err
 	}
 	var stored idem.Record
-	_, cur := s.find(p.Scope, p.Key, &stored)
+	_, cur := sh.find(p.Scope, p.Key, h, &stored)
 	next, err := transition.CompleteRecord(cur, p, s.now())
 	if err != nil {
-		s.mu.Unlock()
+		sh.mu.Unlock()
 		return nil, err
 	}
-	s.put(&next, &p.Outcome)
-	s.mu.Unlock()
+	sh.put(h, &next, &p.Outcome)
+	sh.mu.Unlock()
 	rec := &next // a completed record has no checkpoint
 	rec.Outcome = &p.Outcome
 	return rec, nil
@@ -497,12 +539,13 @@ func (s *Store) Get(ctx context.Context, p *idem.KeyParams) (*idem.Record, error
 	if err := p.Validate(); err != nil {
 		return nil, err
 	}
-	if err := s.lock(ctx); err != nil {
+	sh, h, err := s.lock(ctx, p.Scope, p.Key)
+	if err != nil {
 		return nil, err
 	}
-	defer s.mu.Unlock()
+	defer sh.mu.Unlock()
 	var stored idem.Record
-	e, cur := s.find(p.Scope, p.Key, &stored)
+	e, cur := sh.find(p.Scope, p.Key, h, &stored)
 	if cur == nil {
 		return nil, fmt.Errorf("%w: scope %q", idem.ErrNotFound, p.Scope)
 	}
@@ -514,15 +557,15 @@ func (s *Store) Delete(ctx context.Context, p *idem.KeyParams) error {
 	if err := p.Validate(); err != nil {
 		return err
 	}
-	if err := s.lock(ctx); err != nil {
+	sh, h, err := s.lock(ctx, p.Scope, p.Key)
+	if err != nil {
 		return err
 	}
-	defer s.mu.Unlock()
-	e, ok := s.lookup(p.Scope, p.Key)
-	if !ok {
+	defer sh.mu.Unlock()
+	if _, ok := sh.get(p.Scope, p.Key, h); !ok {
 		return fmt.Errorf("%w: scope %q", idem.ErrNotFound, p.Scope)
 	}
-	s.remove(e.key())
+	sh.remove(p.Scope, p.Key, h)
 	return nil
 }
 
@@ -531,22 +574,22 @@ func (s *Store) Sweep(ctx context.Context, p *idem.SweepParams) (*idem.SweepResu
 	if err := p.Validate(); err != nil {
 		return nil, err
 	}
-	if err := s.lock(ctx); err != nil {
-		return nil, err
-	}
-	defer s.mu.Unlock()
 	now := s.now()
 	n := 0
-	s.each(func(e entry) bool {
+	err := s.each(ctx, func(sh *shard, e entry) bool {
 		if p.Limit > 0 && n == p.Limit {
 			return false
 		}
 		if rec := e.record(); transition.Sweepable(&rec, now) {
-			s.remove(e.key()) // deleting while ranging is allowed
+			scope, key := e.names()
+			sh.remove(scope, key, s.hash(scope, key)) // deleting while ranging is allowed
 			n++
 		}
 		return true
 	})
+	if err != nil {
+		return nil, err
+	}
 	return &idem.SweepResult{Deleted: n}, nil
 }
 
@@ -556,18 +599,17 @@ func (s *Store) List(ctx context.Context, p *idem.ListParams) (*idem.ListResult,
 	if err := p.Validate(); err != nil {
 		return nil, err
 	}
-	if err := s.lock(ctx); err != nil {
-		return nil, err
-	}
-	defer s.mu.Unlock()
 	var page []entry
-	s.each(func(e entry) bool {
+	err := s.each(ctx, func(_ *shard, e entry) bool {
 		scope, key := e.names()
 		if scope == p.Scope && key > p.Cursor && (p.State == "" || e.state() == p.State) {
 			page = append(page, e)
 		}
 		return true
 	})
+	if err != nil {
+		return nil, err
+	}
 	slices.SortFunc(page, func(a, b entry) int {
 		_, ka := a.names()
 		_, kb := b.names()
@@ -587,17 +629,32 @@ func (s *Store) List(ctx context.Context, p *idem.ListParams) (*idem.ListResult,
 
 // Size implements idem.Sizer.
 func (s *Store) Size(ctx context.Context) (int64, error) {
-	if err := s.lock(ctx); err != nil {
+	if err := ctx.Err(); err != nil {
 		return 0, err
 	}
-	defer s.mu.Unlock()
-	return int64(len(s.records) + len(s.collided)), nil
+	var n int64
+	for i := range s.shards {
+		sh := &s.shards[i]
+		sh.mu.Lock()
+		closed := s.closed.Load()
+		n += int64(len(sh.records) + len(sh.collided))
+		sh.mu.Unlock()
+		if closed {
+			return 0, idem.ErrClosed
+		}
+	}
+	return n, nil
 }
 
-// Close implements idem.Store. Later calls fail with idem.ErrClosed.
+// Close implements idem.Store. Later calls fail with idem.ErrClosed; it
+// returns once the calls in progress have.
 func (s *Store) Close() error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.closed = true
+	for i := range s.shards {
+		s.shards[i].mu.Lock()
+	}
+	s.closed.Store(true)
+	for i := range s.shards {
+		s.shards[i].mu.Unlock()
+	}
 	return nil
 }
