@@ -7,9 +7,10 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"maps"
 	"os"
 	"os/signal"
-	"sort"
+	"slices"
 	"strconv"
 	"strings"
 	"text/tabwriter"
@@ -19,6 +20,7 @@ import (
 	"github.com/idemkit/idem"
 	"github.com/idemkit/idem/cmd/idem/internal/server"
 	"github.com/idemkit/idem/idemclient"
+	"github.com/idemkit/idem/idemhttp"
 	"github.com/idemkit/idem/store/pebblestore"
 )
 
@@ -300,12 +302,17 @@ func keysShow(ctx context.Context, store idem.Store, o *keysOptions, key string,
 	}
 	if r.Outcome != nil {
 		row("outcome", fmt.Sprintf("%d bytes (--json shows them)", len(r.Outcome.Data)))
-		names := make([]string, 0, len(r.Outcome.Meta))
-		for k := range r.Outcome.Meta {
-			names = append(names, k)
+		// A response the HTTP middleware stored: its status and headers,
+		// never its body. (Earlier versions stored them in Meta, below.)
+		if r.Outcome.Meta == nil {
+			if status, header, body, err := idemhttp.StoredResponse(r.Outcome); err == nil {
+				row("  response", fmt.Sprintf("%d, %d body bytes", status, len(body)))
+				for _, name := range slices.Sorted(maps.Keys(header)) {
+					row("  "+printable(name), printable(strings.Join(header[name], ", ")))
+				}
+			}
 		}
-		sort.Strings(names)
-		for _, k := range names {
+		for _, k := range slices.Sorted(maps.Keys(r.Outcome.Meta)) {
 			row("  "+printable(k), printable(r.Outcome.Meta[k]))
 		}
 	}

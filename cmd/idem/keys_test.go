@@ -5,6 +5,9 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"io"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
@@ -12,6 +15,7 @@ import (
 	"time"
 
 	"github.com/idemkit/idem"
+	"github.com/idemkit/idem/idemhttp"
 	"github.com/idemkit/idem/store/pebblestore"
 )
 
@@ -172,6 +176,53 @@ func TestKeysListPages(t *testing.T) {
 	out, _, code = runCLI(t, "keys", "ls", "--store", store, "--scope", "billing", "--limit", "0", "--json")
 	if objs := decodeLines(t, out); code != 0 || len(objs) != 4 {
 		t.Errorf("ls --limit 0: exit %d, %d records, want all 4", code, len(objs))
+	}
+}
+
+// TestKeysShowStoredResponse: show names the status and headers of a
+// response the HTTP middleware stored, and never prints its body.
+func TestKeysShowStoredResponse(t *testing.T) {
+	t.Parallel()
+	dir := filepath.Join(t.TempDir(), "idem-data")
+	s, err := pebblestore.Open(dir, &pebblestore.Config{SweepInterval: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ledger, err := idem.New(s, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mw := idemhttp.Middleware(ledger, &idemhttp.Config{Scope: func(*http.Request) (string, error) { return "tenant", nil }})
+	h := mw(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		w.Header().Set("Location", "/orders/9")
+		w.WriteHeader(http.StatusCreated)
+		io.WriteString(w, `{"secret":"body"}`)
+	}))
+	req := httptest.NewRequest(http.MethodPost, "/orders", strings.NewReader(`{}`))
+	req.Header.Set(idemhttp.HeaderKey, "order-9")
+	rec := httptest.NewRecorder()
+	h.ServeHTTP(rec, req)
+	if rec.Code != http.StatusCreated {
+		t.Fatalf("the middleware answered %d %s", rec.Code, rec.Body)
+	}
+	if err := ledger.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	out, errOut, code := runCLI(t, "keys", "show", "order-9", "--store", "file:"+dir, "--scope", "6:tenant POST /orders")
+	if code != 0 || errOut != "" {
+		t.Fatalf("show: exit %d, stderr %q", code, errOut)
+	}
+	for _, want := range []string{"  response      201, 17 body bytes", "  Content-Type  application/json", "  Location      /orders/9"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("show does not say %q:\n%s", want, out)
+		}
+	}
+	if strings.Contains(out, "secret") {
+		t.Errorf("show printed the response body:\n%s", out)
 	}
 }
 
