@@ -368,10 +368,10 @@ func (sh *shard) remove(scope, key string, h uint64) {
 	delete(sh.records, h)
 }
 
-// each calls f with every entry of every shard, each under its shard's
-// lock, until f returns false; f may remove the entry it is given. It
-// fails once the store is closed or ctx is done.
-func (s *Store) each(ctx context.Context, f func(sh *shard, e entry) bool) error {
+// each calls f with every entry of every shard and its hash, each under
+// its shard's lock, until f returns false; f may remove the entry it is
+// given. It fails once the store is closed or ctx is done.
+func (s *Store) each(ctx context.Context, f func(sh *shard, h uint64, e entry) bool) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
@@ -383,16 +383,16 @@ func (s *Store) each(ctx context.Context, f func(sh *shard, e entry) bool) error
 			return idem.ErrClosed
 		}
 		more := true
-		for _, e := range sh.records {
-			if more = f(sh, e); !more {
+		for h, e := range sh.records {
+			if more = f(sh, h, e); !more {
 				break
 			}
 		}
-		for _, e := range sh.collided {
+		for names, e := range sh.collided {
 			if !more {
 				break
 			}
-			more = f(sh, e)
+			more = f(sh, s.hash(names[0], names[1]), e)
 		}
 		sh.mu.Unlock()
 		if !more {
@@ -576,13 +576,13 @@ func (s *Store) Sweep(ctx context.Context, p *idem.SweepParams) (*idem.SweepResu
 	}
 	now := s.now()
 	n := 0
-	err := s.each(ctx, func(sh *shard, e entry) bool {
+	err := s.each(ctx, func(sh *shard, h uint64, e entry) bool {
 		if p.Limit > 0 && n == p.Limit {
 			return false
 		}
 		if rec := e.record(); transition.Sweepable(&rec, now) {
 			scope, key := e.names()
-			sh.remove(scope, key, s.hash(scope, key)) // deleting while ranging is allowed
+			sh.remove(scope, key, h) // deleting while ranging is allowed
 			n++
 		}
 		return true
@@ -600,7 +600,7 @@ func (s *Store) List(ctx context.Context, p *idem.ListParams) (*idem.ListResult,
 		return nil, err
 	}
 	var page []entry
-	err := s.each(ctx, func(_ *shard, e entry) bool {
+	err := s.each(ctx, func(_ *shard, _ uint64, e entry) bool {
 		scope, key := e.names()
 		if scope == p.Scope && key > p.Cursor && (p.State == "" || e.state() == p.State) {
 			page = append(page, e)

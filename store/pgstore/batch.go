@@ -65,13 +65,13 @@ func (s *Store) setupBatching() {
 		MaxInFlight: min(maxCompletesInFlight, max(1, conns/2))}
 }
 
-// complete runs o in a batch, or alone when batching is off, its outcome
-// is big or the pool has a connection for every Begin and Complete on it
-// (this one included).
+// complete runs o in a batch, or alone when its outcome is big or the pool
+// has a connection for every Begin and Complete on it (this one
+// included).
 func (s *Store) complete(ctx context.Context, o *completeOp) error {
 	onPool := s.onPool.Add(1)
 	defer s.onPool.Add(-1)
-	if s.noBatch || len(o.data)+len(o.meta) > maxBatchedOutcome || onPool <= s.batchAbove {
+	if len(o.data)+len(o.meta) > maxBatchedOutcome || onPool <= s.batchAbove {
 		s.runCompletes(ctx, []*completeOp{o})
 		return nil
 	}

@@ -41,10 +41,8 @@ type Store struct {
 	schema string
 	closed atomic.Bool
 	q      statements
-	// completer batches Completes on the pool (batch.go); noBatch runs
-	// each in a statement of its own (for comparison and tests).
+	// completer batches Completes on the pool (batch.go).
 	completer *batch.Batcher[*completeOp]
-	noBatch   bool
 	// onPool counts the Begins and Completes on the pool, those waiting
 	// for a connection included; Completes batch only while it is over
 	// batchAbove (the pool's connections).
