@@ -11,6 +11,7 @@ import (
 
 	"github.com/idemkit/idem"
 	"github.com/idemkit/idem/idemhttp"
+	"github.com/idemkit/idem/internal/bench"
 	"github.com/idemkit/idem/internal/loadgen"
 	"github.com/idemkit/idem/memstore"
 )
@@ -23,7 +24,7 @@ func BenchmarkMiddleware(b *testing.B) {
 }
 
 // BenchmarkMiddlewarePaired is BenchmarkMiddleware by turns
-// (loadgen.Paired): 9 rounds of 10 000 requests each to the bare handler,
+// (bench.Paired): 9 rounds of 10 000 requests each to the bare handler,
 // first executions and replays, reporting first-ratio and replay-ratio
 // against bare. Run it with -benchtime 1x.
 func BenchmarkMiddlewarePaired(b *testing.B) {
@@ -36,10 +37,10 @@ func BenchmarkMiddlewarePaired(b *testing.B) {
 	mw := httptest.NewServer(idemhttp.Middleware(ledger, nil)(http.HandlerFunc(loadgen.Handler)))
 	defer mw.Close()
 	addr := func(s *httptest.Server) string { return s.Listener.Addr().String() }
-	loadgen.Paired(b, 9, 10000,
-		loadgen.Side{Name: "bare", Addr: addr(bare), Mode: loadgen.Bare},
-		loadgen.Side{Name: "first", Addr: addr(mw), Mode: loadgen.First},
-		loadgen.Side{Name: "replay", Addr: addr(mw), Mode: loadgen.Replay})
+	bench.Paired(b, "req/s", 9,
+		loadgen.Closed("bare", addr(bare), loadgen.Bare, 10000),
+		loadgen.Closed("first", addr(mw), loadgen.First, 10000),
+		loadgen.Closed("replay", addr(mw), loadgen.Replay, 10000))
 }
 
 // BenchmarkMiddlewareLatency measures the latency the middleware adds:

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/idemkit/idem"
+	"github.com/idemkit/idem/internal/bench"
 	"github.com/idemkit/idem/internal/leakcheck"
 	"github.com/idemkit/idem/memstore"
 	"github.com/idemkit/idem/storetest"
@@ -124,7 +125,7 @@ func BenchmarkCycles(b *testing.B) {
 		b.Run(fmt.Sprintf("callers=%d", callers), func(b *testing.B) {
 			s := memstore.New(nil)
 			defer s.Close()
-			storetest.BenchCycles(b, s, callers)
+			bench.Cycles(b, s, callers)
 		})
 	}
 }

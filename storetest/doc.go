@@ -26,7 +26,8 @@
 //
 // # What is checked
 //
-// Named cases cover the contract of DESIGN.md §1: the lifecycle, the
+// Named cases cover the store contract (the idem.Store documentation, and
+// docs/architecture.md in the repository): the lifecycle, the
 // fingerprint checked before the in-flight state, one owner among 64
 // concurrent Begins, takeover and fencing of stale owners, late owners,
 // Complete twice, Release, Extend and Checkpoint, windows, retention and
@@ -45,9 +46,5 @@
 //     reproduce it.
 //
 // Optional capabilities (idem.Lister, idem.Sizer) are checked when the
-// store has them. Figures come from the benchmark helpers, never from the
-// suite: BenchCycles runs CycleOp (one Begin+Complete on a fresh key) from a
-// fixed number of callers, and Paired measures a store against a baseline
-// by turns within one benchmark, so a ratio does not move with the load
-// of a shared machine between two benchmarks.
+// store has them. The suite checks behaviour only; it measures nothing.
 package storetest

@@ -13,8 +13,9 @@ import (
 
 // This file is the sequential specification of one key of a store: the
 // model that both the linearizability check and the state machine compare
-// the store's answers with. It is written from DESIGN.md §1 and the Record
-// documentation, independently of internal/transition, so that the two can
+// the store's answers with. It is written from the store contract (the
+// idem.Store and Record documentation, summarised in docs/architecture.md),
+// independently of internal/transition, so that the two can
 // disagree.
 //
 // Times are int64 nanoseconds on the store's clock. The linearizability

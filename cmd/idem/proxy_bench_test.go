@@ -13,6 +13,7 @@ import (
 
 	"github.com/idemkit/idem"
 	"github.com/idemkit/idem/cmd/idem/internal/server"
+	"github.com/idemkit/idem/internal/bench"
 	"github.com/idemkit/idem/internal/loadgen"
 )
 
@@ -51,8 +52,8 @@ func BenchmarkProxy(b *testing.B) {
 	}
 }
 
-// BenchmarkProxyPaired is the proxy figures by turns
-// (loadgen.Paired, 9 rounds of 10 000 requests a side), on memstore:
+// BenchmarkProxyPaired measures idem proxy against its baselines by turns
+// (bench.Paired, 9 rounds of 10 000 requests a side), on memstore:
 // first executions through idem proxy against a plain ReverseProxy in
 // front of the same upstream (first-ratio), and replays, which never
 // reach the upstream, against the bare upstream (replay-ratio). Run it
@@ -63,14 +64,14 @@ func BenchmarkProxyPaired(b *testing.B) {
 	upURL := &url.URL{Scheme: "http", Host: upstreamAddr}
 	proxy := serveProxy(b, "mem:", upURL, logger)
 	b.Run("first", func(b *testing.B) {
-		loadgen.Paired(b, 9, 10000,
-			loadgen.Side{Name: "reverseproxy", Addr: serveBench(b, plainProxy(upURL)), Mode: loadgen.Bare},
-			loadgen.Side{Name: "first", Addr: proxy, Mode: loadgen.First})
+		bench.Paired(b, "req/s", 9,
+			loadgen.Closed("reverseproxy", serveBench(b, plainProxy(upURL)), loadgen.Bare, 10000),
+			loadgen.Closed("first", proxy, loadgen.First, 10000))
 	})
 	b.Run("replay", func(b *testing.B) {
-		loadgen.Paired(b, 9, 10000,
-			loadgen.Side{Name: "bare", Addr: upstreamAddr, Mode: loadgen.Bare},
-			loadgen.Side{Name: "replay", Addr: proxy, Mode: loadgen.Replay})
+		bench.Paired(b, "req/s", 9,
+			loadgen.Closed("bare", upstreamAddr, loadgen.Bare, 10000),
+			loadgen.Closed("replay", proxy, loadgen.Replay, 10000))
 	})
 }
 

@@ -5,14 +5,13 @@ import (
 	"fmt"
 	"net"
 	"net/http"
-	"slices"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/idemkit/idem"
 	"github.com/idemkit/idem/cmd/idem/internal/server"
+	"github.com/idemkit/idem/internal/bench"
 )
 
 // BenchmarkServeCycles measures a Begin+Complete cycle on fresh keys at 64
@@ -79,45 +78,10 @@ func openBenchStore(b *testing.B) idem.Store {
 	return store
 }
 
-// runCycles runs b.N cycles spread over clients goroutines and reports
-// cycles/s and the median and 99th percentile latency of one cycle.
+// runCycles runs b.N cycles, each on a key of its own, from clients
+// goroutines (bench.ParallelN): cycles/s, p50-µs, p99-µs, cpu-µs/op.
 func runCycles(b *testing.B, clients int, cycle func(key string) error) {
 	b.Helper()
 	var next atomic.Int64
-	lat := make([][]time.Duration, clients)
-	var wg sync.WaitGroup
-	b.ResetTimer()
-	start := time.Now()
-	for w := 0; w < clients; w++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for {
-				i := next.Add(1)
-				if i > int64(b.N) {
-					return
-				}
-				t0 := time.Now()
-				if err := cycle(fmt.Sprintf("k%d", i)); err != nil {
-					b.Error(err)
-					return
-				}
-				lat[w] = append(lat[w], time.Since(t0))
-			}
-		}()
-	}
-	wg.Wait()
-	elapsed := time.Since(start)
-	b.StopTimer()
-	all := slices.Concat(lat...)
-	if len(all) == 0 {
-		return
-	}
-	slices.Sort(all)
-	ms := func(q float64) float64 {
-		return float64(all[min(len(all)-1, int(q*float64(len(all))))]) / float64(time.Millisecond)
-	}
-	b.ReportMetric(float64(len(all))/elapsed.Seconds(), "cycles/s")
-	b.ReportMetric(ms(0.50), "p50-ms")
-	b.ReportMetric(ms(0.99), "p99-ms")
+	bench.ParallelN(b, clients, func() error { return cycle(fmt.Sprintf("k%d", next.Add(1))) })
 }

@@ -1,6 +1,8 @@
-// Package loadgen drives an HTTP handler through a loopback server with
-// concurrent keep-alive clients and reports throughput and latency, for
-// the middleware benchmarks here and in cmd/idem.
+// Package loadgen drives an HTTP server with concurrent keep-alive
+// clients and reports throughput, latency and CPU per request, for the
+// middleware and proxy benchmarks: Run and RunAddr in a closed loop,
+// Latency and LatencyAddr at a fixed arrival rate, and Closed as a side of
+// a paired comparison (internal/bench.Paired).
 package loadgen
 
 import (
@@ -19,6 +21,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/idemkit/idem/internal/bench"
 	"github.com/idemkit/idem/internal/cputime"
 )
 
@@ -96,61 +99,21 @@ func RunAddr(b *testing.B, host string, mode Mode) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	res.report(b)
-	b.ReportMetric(res.rate, "req/s")
+	res.Report(b, "", "req/s")
 }
 
-// Side is one server and load of a Paired comparison.
-type Side struct {
-	Name string // in the metrics: <name>-req/s, <name>-ratio
-	Addr string // host:port of the server
-	Mode Mode
-}
-
-// Paired measures sides by turns, as storetest.Paired does stores: rounds
-// rounds, each sending n requests to every side in a closed loop, in an
-// order that rotates from round to round. A shared machine's drift
-// between two benchmarks run one after the other moves a single ratio by
-// more than the differences it is meant to show; within a round the
-// sides see the same machine. It reports each side's median req/s and
-// CPU per request, and for every side but the first the median over the
-// rounds of its req/s over the first side's in the same round
-// (<name>-ratio). It ignores b.N: run it with -benchtime 1x.
-func Paired(b *testing.B, rounds, n int, sides ...Side) {
-	b.Helper()
-	rates := make([][]float64, len(sides))
-	cpus := make([][]float64, len(sides))
-	b.ResetTimer()
-	for r := range rounds {
-		for i := range sides {
-			j := (i + r) % len(sides)
-			s := sides[j]
-			res, err := closedRun(s.Addr, s.Mode, n)
-			if err != nil {
-				b.Fatalf("%s: %v", s.Name, err)
-			}
-			rates[j] = append(rates[j], res.rate)
-			cpus[j] = append(cpus[j], float64(res.cpu.Nanoseconds())/1e3)
+// Closed is a side of bench.Paired: each of its turns connects to the
+// server at addr, sends n requests in mode in a closed loop, and closes
+// (connecting and closing are not measured). Its rate is in requests per
+// second: pair it with the unit "req/s".
+func Closed(name, addr string, mode Mode, n int) bench.Side {
+	return bench.Side{Name: name, Run: func() (bench.Round, error) {
+		r, err := closedRun(addr, mode, n)
+		if err != nil {
+			return bench.Round{}, err
 		}
-	}
-	b.StopTimer()
-	median := func(xs []float64) float64 {
-		xs = slices.Clone(xs)
-		slices.Sort(xs)
-		return xs[len(xs)/2]
-	}
-	for j, s := range sides {
-		b.ReportMetric(median(rates[j]), s.Name+"-req/s")
-		b.ReportMetric(median(cpus[j]), s.Name+"-cpu-µs/op")
-		if j == 0 {
-			continue
-		}
-		ratios := make([]float64, rounds)
-		for r := range rounds {
-			ratios[r] = rates[j][r] / rates[0][r]
-		}
-		b.ReportMetric(median(ratios), s.Name+"-ratio")
-	}
+		return *r, nil
+	}}
 }
 
 // Latency serves h on a loopback server and sends b.N POSTs at a fixed
@@ -179,9 +142,8 @@ func LatencyAddr(b *testing.B, host string, mode Mode, rate float64) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	res.report(b)
+	res.Report(b, "", "req/s")
 	b.ReportMetric(rate, "offered-req/s")
-	b.ReportMetric(res.rate, "req/s")
 }
 
 // Calibrate runs n bare requests against h in a closed loop and returns
@@ -194,12 +156,12 @@ func Calibrate(h http.Handler, n int) (float64, error) {
 	if err != nil {
 		return 0, err
 	}
-	return res.rate, nil
+	return res.Rate(), nil
 }
 
 // closedRun connects to host and sends n requests in mode in a closed
 // loop, connecting and closing outside what it measures.
-func closedRun(host string, mode Mode, n int) (*result, error) {
+func closedRun(host string, mode Mode, n int) (*bench.Round, error) {
 	l, err := dial(host, mode)
 	if err != nil {
 		return nil, err
@@ -295,25 +257,9 @@ func (l *load) send(c *client, req []byte, replayed string) error {
 	return nil
 }
 
-// result is what one run measured.
-type result struct {
-	lat  []time.Duration // sorted
-	rate float64         // answers per second
-	cpu  time.Duration   // process CPU time per request
-}
-
-func (r *result) report(b *testing.B) {
-	b.ReportMetric(float64(r.lat[len(r.lat)/2].Microseconds()), "p50-µs")
-	b.ReportMetric(float64(r.lat[len(r.lat)*99/100].Microseconds()), "p99-µs")
-	// The process's CPU time per request, server and clients together:
-	// steadier than req/s on a shared machine, and what bounds req/s when
-	// the cores are saturated.
-	b.ReportMetric(float64(r.cpu.Nanoseconds())/1e3, "cpu-µs/op")
-}
-
 // closedLoop sends n requests, each client its next one as soon as its
 // previous one is answered.
-func (l *load) closedLoop(n int) (*result, error) {
+func (l *load) closedLoop(n int) (*bench.Round, error) {
 	var next atomic.Int64
 	return l.measure(n, func(_ int, c *client) error {
 		for {
@@ -333,7 +279,7 @@ func (l *load) closedLoop(n int) (*result, error) {
 
 // openLoop sends n requests, the i-th due at i/rate seconds from the
 // start, on client i mod Clients.
-func (l *load) openLoop(n int, rate float64) (*result, error) {
+func (l *load) openLoop(n int, rate float64) (*bench.Round, error) {
 	if rate <= 0 {
 		return nil, fmt.Errorf("loadgen: arrival rate %v, want a positive rate", rate)
 	}
@@ -365,7 +311,7 @@ func (l *load) openLoop(n int, rate float64) (*result, error) {
 
 // measure runs work on every client (with the client's index) and gathers
 // what they measured; begin, if given, runs once every client is started.
-func (l *load) measure(n int, work func(int, *client) error, begin ...func()) (*result, error) {
+func (l *load) measure(n int, work func(int, *client) error, begin ...func()) (*bench.Round, error) {
 	for _, c := range l.clients {
 		c.lat = make([]time.Duration, 0, n/len(l.clients)+1)
 	}
@@ -394,7 +340,7 @@ func (l *load) measure(n int, work func(int, *client) error, begin ...func()) (*
 		lat = append(lat, c.lat...)
 	}
 	slices.Sort(lat)
-	return &result{lat: lat, rate: float64(n) / elapsed.Seconds(), cpu: perOp}, nil
+	return &bench.Round{Ops: n, Elapsed: elapsed, CPU: perOp, Lat: lat}, nil
 }
 
 // OpenRate is the arrival rate for Latency: IDEM_BENCH_RATE (req/s) when

@@ -10,14 +10,17 @@ import (
 	"github.com/cockroachdb/pebble/v2"
 	"github.com/cockroachdb/pebble/v2/vfs"
 	"github.com/idemkit/idem"
-	"github.com/idemkit/idem/internal/cputime"
-	"github.com/idemkit/idem/storetest"
+	"github.com/idemkit/idem/internal/bench"
 )
 
 var benchCallers = []int{1, 8, 64}
 
 // BenchmarkCycles: Begin+Complete cycles on fresh keys, each cycle two
-// synced batches. syncs/cycle below 2 is group commit at work.
+// synced batches. syncs/cycle below 2 is group commit at work. cpu-µs/op
+// is the whole process's CPU (Pebble's background work included): at many
+// callers, where group commit makes a cycle CPU-bound, it says where
+// throughput goes; contention inflates it too, so compare it, like
+// cycles/s, only between runs made side by side.
 func BenchmarkCycles(b *testing.B) {
 	for _, callers := range benchCallers {
 		b.Run(fmt.Sprintf("callers=%d", callers), func(b *testing.B) {
@@ -27,9 +30,7 @@ func BenchmarkCycles(b *testing.B) {
 				b.Fatal(err)
 			}
 			defer s.Close()
-			cpu := cputime.Start()
-			storetest.BenchCycles(b, s, callers)
-			reportCPU(b, cpu)
+			bench.Cycles(b, s, callers)
 			fs.report(b)
 		})
 	}
@@ -59,8 +60,7 @@ func BenchmarkRawPebble(b *testing.B) {
 			defer db.Close()
 			prefix := fmt.Sprintf("r/\x05bench-%d-%d", callers, time.Now().UnixNano())
 			var next atomic.Int64
-			cpu := cputime.Start()
-			storetest.ParallelN(b, callers, func() error {
+			bench.ParallelN(b, callers, func() error {
 				key := fmt.Appendf(nil, "%s-%d", prefix, next.Add(1))
 				for _, v := range [][]byte{pending, completed} {
 					if _, closer, err := db.Get(key); err == nil {
@@ -74,20 +74,8 @@ func BenchmarkRawPebble(b *testing.B) {
 				}
 				return nil
 			})
-			reportCPU(b, cpu)
 			fs.report(b)
 		})
-	}
-}
-
-// reportCPU reports the CPU time the whole process (Pebble's background
-// work included) spent per cycle since m started: at many callers, where
-// group commit makes a cycle CPU-bound, it says where throughput goes. It is
-// not immune to a busy machine either (contention inflates it), so compare
-// it, like cycles/s, only between runs made side by side.
-func reportCPU(b *testing.B, m cputime.Meter) {
-	if d, ok := m.PerOp(b.N); ok {
-		b.ReportMetric(float64(d.Nanoseconds())/1e3, "cpu-µs/cycle")
 	}
 }
 

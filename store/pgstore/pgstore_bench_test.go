@@ -3,46 +3,17 @@ package pgstore
 import (
 	"context"
 	"fmt"
-	"slices"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/idemkit/idem"
-	"github.com/idemkit/idem/storetest"
+	"github.com/idemkit/idem/internal/bench"
 )
 
 // Both sides of each ratio run on the shared pool (16 connections), driven
-// by storetest.ParallelN.
+// by bench.ParallelN.
 var benchCallers = []int{1, 16, 64}
-
-// latencies records how long each operation took, for p50 and p99.
-type latencies struct {
-	n  atomic.Int64
-	ds []time.Duration
-}
-
-func newLatencies(b *testing.B) *latencies { return &latencies{ds: make([]time.Duration, b.N)} }
-
-// time runs op and records its duration.
-func (l *latencies) time(op func() error) error {
-	start := time.Now()
-	err := op()
-	if i := l.n.Add(1) - 1; i < int64(len(l.ds)) {
-		l.ds[i] = time.Since(start)
-	}
-	return err
-}
-
-func (l *latencies) report(b *testing.B) {
-	ds := l.ds[:min(int(l.n.Load()), len(l.ds))]
-	if len(ds) == 0 {
-		return
-	}
-	slices.Sort(ds)
-	b.ReportMetric(float64(ds[len(ds)/2].Microseconds()), "p50-µs")
-	b.ReportMetric(float64(ds[len(ds)*99/100].Microseconds()), "p99-µs")
-}
 
 // rawOp returns the baseline: the bare two statements a cycle cannot do
 // without, through pgx on the same pool and the same table: INSERT … ON
@@ -71,10 +42,7 @@ func BenchmarkCycles(b *testing.B) {
 	s := newStore(b)
 	for _, callers := range benchCallers {
 		b.Run(fmt.Sprintf("callers=%d", callers), func(b *testing.B) {
-			lat := newLatencies(b)
-			op := storetest.CycleOp(s)
-			storetest.ParallelN(b, callers, func() error { return lat.time(op) })
-			lat.report(b)
+			bench.Cycles(b, s, callers)
 		})
 	}
 }
@@ -84,23 +52,21 @@ func BenchmarkRawStatements(b *testing.B) {
 	s := newStore(b)
 	for _, callers := range benchCallers {
 		b.Run(fmt.Sprintf("callers=%d", callers), func(b *testing.B) {
-			lat := newLatencies(b)
-			op := rawOp(s, fmt.Sprintf("raw-%d-%d", callers, time.Now().UnixNano()))
-			storetest.ParallelN(b, callers, func() error { return lat.time(op) })
-			lat.report(b)
+			bench.ParallelN(b, callers, rawOp(s, fmt.Sprintf("raw-%d-%d", callers, time.Now().UnixNano())))
 		})
 	}
 }
 
-// BenchmarkVsRaw is the issue's figure, store against baseline measured by
-// turns (storetest.Paired): 9 rounds of 1 s each side. Run it with
+// BenchmarkVsRaw is the store against its baseline (rawOp) measured by
+// turns (bench.Paired): 9 rounds of 1 s each side. Run it with
 // -benchtime 1x; "ratio" is the median of the rounds' ratios.
 func BenchmarkVsRaw(b *testing.B) {
 	s := newStore(b)
 	for _, callers := range benchCallers {
 		b.Run(fmt.Sprintf("callers=%d", callers), func(b *testing.B) {
-			storetest.Paired(b, callers, 9, time.Second,
-				storetest.CycleOp(s), rawOp(s, fmt.Sprintf("raw-%d-%d", callers, time.Now().UnixNano())))
+			bench.Paired(b, "cycles/s", 9,
+				bench.Timed("base", callers, time.Second, rawOp(s, fmt.Sprintf("raw-%d-%d", callers, time.Now().UnixNano()))),
+				bench.Timed("", callers, time.Second, bench.CycleOp(s)))
 		})
 	}
 }
@@ -135,25 +101,21 @@ func BenchmarkReplay(b *testing.B) {
 	}
 	for _, callers := range []int{1, 16} {
 		b.Run(fmt.Sprintf("callers=%d", callers), func(b *testing.B) {
-			lat := newLatencies(b)
 			var walBefore, walAfter int64
 			lsn := `SELECT pg_current_wal_lsn() - '0/0'::pg_lsn`
 			if err := s.Pool().QueryRow(ctx, lsn).Scan(&walBefore); err != nil {
 				b.Fatal(err)
 			}
-			storetest.ParallelN(b, callers, func() error {
-				return lat.time(func() error {
-					res, err := s.Begin(ctx, p)
-					if err == nil && res.Decision != idem.Replay {
-						err = fmt.Errorf("begin: %s, want replay", res.Decision)
-					}
-					return err
-				})
+			bench.ParallelN(b, callers, func() error {
+				res, err := s.Begin(ctx, p)
+				if err == nil && res.Decision != idem.Replay {
+					err = fmt.Errorf("begin: %s, want replay", res.Decision)
+				}
+				return err
 			})
 			if err := s.Pool().QueryRow(ctx, lsn).Scan(&walAfter); err != nil {
 				b.Fatal(err)
 			}
-			lat.report(b)
 			b.ReportMetric(float64(walAfter-walBefore)/float64(b.N), "wal-B/op")
 		})
 	}

@@ -11,22 +11,21 @@ import (
 	"time"
 
 	"github.com/idemkit/idem"
-	"github.com/idemkit/idem/internal/cputime"
-	"github.com/idemkit/idem/storetest"
+	"github.com/idemkit/idem/internal/bench"
 )
 
 var benchCallers = []int{1, 16, 64}
 
 // BenchmarkCycles: Begin+Complete cycles on fresh keys, each cycle two
 // scripts (two round trips). It also reports the CPU per cycle of this
-// process and of the Redis server (cpuMeter), steadier than cycles/s on a
-// shared machine.
+// process (cpu-µs/op) and of the Redis server (redis-µs/cycle), steadier
+// than cycles/s on a shared machine.
 func BenchmarkCycles(b *testing.B) {
 	for _, callers := range benchCallers {
 		b.Run(fmt.Sprintf("callers=%d", callers), func(b *testing.B) {
 			s := setup(b, nil)
 			m := startCPUMeter(b, s)
-			storetest.BenchCycles(b, s.store, callers)
+			bench.Cycles(b, s.store, callers)
 			m.report(b)
 		})
 	}
@@ -41,34 +40,28 @@ func BenchmarkUnbatched(b *testing.B) {
 			s := setup(b, nil)
 			s.store.noBatch = true
 			m := startCPUMeter(b, s)
-			storetest.BenchCycles(b, s.store, callers)
+			bench.Cycles(b, s.store, callers)
 			m.report(b)
 		})
 	}
 }
 
-// cpuMeter measures the CPU time this process and the Redis server (INFO
-// cpu, used_cpu_user + used_cpu_sys) spend over a benchmark, per cycle. The
-// server's figure includes every other client's work: it means something
-// only when nothing else uses the server.
+// cpuMeter measures the CPU time the Redis server (INFO cpu, used_cpu_user
+// + used_cpu_sys) spends over a benchmark, per cycle. The figure includes
+// every other client's work: it means something only when nothing else
+// uses the server.
 type cpuMeter struct {
-	s       *bundle
-	process cputime.Meter
-	redis   time.Duration
+	s     *bundle
+	redis time.Duration
 }
 
 func startCPUMeter(b *testing.B, s *bundle) *cpuMeter {
 	b.Helper()
-	m := &cpuMeter{s: s, redis: redisCPU(b, s)}
-	m.process = cputime.Start()
-	return m
+	return &cpuMeter{s: s, redis: redisCPU(b, s)}
 }
 
 func (m *cpuMeter) report(b *testing.B) {
 	b.Helper()
-	if d, ok := m.process.PerOp(b.N); ok {
-		b.ReportMetric(float64(d.Nanoseconds())/1e3, "go-µs/cycle")
-	}
 	b.ReportMetric(float64(redisCPU(b, m.s)-m.redis)/float64(time.Microsecond)/float64(b.N), "redis-µs/cycle")
 }
 
@@ -121,20 +114,22 @@ func BenchmarkRawSetNX(b *testing.B) {
 		b.Run(fmt.Sprintf("callers=%d", callers), func(b *testing.B) {
 			s := setup(b, nil)
 			m := startCPUMeter(b, s)
-			storetest.ParallelN(b, callers, rawOp(s))
+			bench.ParallelN(b, callers, rawOp(s))
 			m.report(b)
 		})
 	}
 }
 
-// BenchmarkVsRaw is the figure, store against baseline measured by
-// turns (storetest.Paired): 9 rounds of 1 s each side. Run it with
+// BenchmarkVsRaw is the store against its baseline (rawOp) measured by
+// turns (bench.Paired): 9 rounds of 1 s each side. Run it with
 // -benchtime 1x; "ratio" is the median of the rounds' ratios.
 func BenchmarkVsRaw(b *testing.B) {
 	for _, callers := range benchCallers {
 		b.Run(fmt.Sprintf("callers=%d", callers), func(b *testing.B) {
 			s := setup(b, nil)
-			storetest.Paired(b, callers, 9, time.Second, storetest.CycleOp(s.store), rawOp(s))
+			bench.Paired(b, "cycles/s", 9,
+				bench.Timed("base", callers, time.Second, rawOp(s)),
+				bench.Timed("", callers, time.Second, bench.CycleOp(s.store)))
 		})
 	}
 }

@@ -1,0 +1,258 @@
+// Package bench holds the benchmark tools of every module: a fixed number
+// of concurrent callers (ParallelN), a store's Begin+Complete cycle
+// (CycleOp, Cycles), and Paired, which measures a candidate against its
+// baseline by turns in one process. The HTTP load of the middleware and
+// proxy benchmarks comes from internal/loadgen, whose Closed is a Side of
+// Paired like Timed.
+//
+// # Measuring against a baseline
+//
+// On a shared machine the load changes between two benchmarks run one
+// after the other, and that drift moves a ratio of two separate runs by
+// more than the differences it is meant to show. Paired runs every side
+// once per round, in an order that rotates from round to round, takes each
+// round's ratio of a side to the first side (the baseline), and reports
+// the median over the rounds:
+//
+//	bench.Paired(b, "cycles/s", 9,
+//		bench.Timed("base", 16, time.Second, rawOp),
+//		bench.Timed("", 16, time.Second, bench.CycleOp(store)))
+//
+// reports cycles/s, base-cycles/s, ratio (candidate over baseline),
+// p50-µs, p99-µs, their base- counterparts, p99-ratio and the CPU per
+// operation. Run a Paired benchmark with -benchtime 1x (it ignores b.N),
+// several times, and quote the median.
+package bench
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/idemkit/idem"
+	"github.com/idemkit/idem/internal/cputime"
+)
+
+// Round is what one run of a side measured.
+type Round struct {
+	Ops     int             // operations completed
+	Elapsed time.Duration   // wall time of the run
+	CPU     time.Duration   // the process's CPU time per operation; 0 if unknown
+	Lat     []time.Duration // each operation's latency, sorted
+}
+
+// Rate is operations per second.
+func (r *Round) Rate() float64 { return float64(r.Ops) / r.Elapsed.Seconds() }
+
+// Quantile is the latency below which a fraction q of the operations
+// finished (0 if none was timed).
+func (r *Round) Quantile(q float64) time.Duration { return quantile(r.Lat, q) }
+
+func quantile(sorted []time.Duration, q float64) time.Duration {
+	if len(sorted) == 0 {
+		return 0
+	}
+	return sorted[int(float64(len(sorted)-1)*q)]
+}
+
+func micros(d time.Duration) float64 { return float64(d) / float64(time.Microsecond) }
+
+// Report reports r as the metrics unit (the rate, such as "cycles/s" or
+// "req/s"), p50-µs, p99-µs and cpu-µs/op, each name preceded by prefix.
+func (r *Round) Report(b *testing.B, prefix, unit string) {
+	b.ReportMetric(r.Rate(), prefix+unit)
+	if len(r.Lat) > 0 {
+		b.ReportMetric(micros(r.Quantile(0.5)), prefix+"p50-µs")
+		b.ReportMetric(micros(r.Quantile(0.99)), prefix+"p99-µs")
+	}
+	if r.CPU > 0 {
+		// The process's CPU time per operation, both ends of the load
+		// together: steadier than the rate on a shared machine, and what
+		// bounds the rate when the cores are saturated.
+		b.ReportMetric(micros(r.CPU), prefix+"cpu-µs/op")
+	}
+}
+
+// Drive runs op from exactly callers goroutines, each calling it again
+// while more (called before every operation, from every goroutine)
+// returns true, and measures the run. The first error op returns ends the
+// run and is returned.
+func Drive(callers int, more func() bool, op func() error) (Round, error) {
+	lats := make([][]time.Duration, callers)
+	errs := make(chan error, callers)
+	cpu := cputime.Start()
+	start := time.Now()
+	for i := range callers {
+		go func() {
+			var err error
+			var lat []time.Duration
+			for err == nil && more() {
+				t := time.Now()
+				if err = op(); err == nil {
+					lat = append(lat, time.Since(t))
+				}
+			}
+			lats[i] = lat
+			errs <- err
+		}()
+	}
+	var err error
+	for range callers {
+		if e := <-errs; e != nil && err == nil {
+			err = e
+		}
+	}
+	r := Round{Elapsed: time.Since(start), Lat: slices.Concat(lats...)}
+	r.Ops = len(r.Lat)
+	r.CPU, _ = cpu.PerOp(r.Ops)
+	slices.Sort(r.Lat)
+	return r, err
+}
+
+// ParallelN runs op b.N times in total from exactly callers goroutines and
+// reports the rate as cycles/s, with p50-µs, p99-µs and cpu-µs/op. Unlike
+// b.RunParallel the number of goroutines does not depend on GOMAXPROCS, so
+// figures at 1, 8 and 64 callers mean what they say. Baselines use it too,
+// so both sides of a ratio are measured the same way.
+func ParallelN(b *testing.B, callers int, op func() error) {
+	b.Helper()
+	var left atomic.Int64
+	left.Store(int64(b.N))
+	b.ResetTimer()
+	r, err := Drive(callers, func() bool { return left.Add(-1) >= 0 }, op)
+	b.StopTimer()
+	if err != nil {
+		b.Fatal(err)
+	}
+	r.Report(b, "", "cycles/s")
+}
+
+// Cycles measures Begin+Complete cycles on fresh keys (CycleOp) with
+// callers goroutines (ParallelN). Each benchmark run uses its own keys, so
+// it can share a store with other runs.
+func Cycles(b *testing.B, s idem.Store, callers int) {
+	b.Helper()
+	ParallelN(b, callers, CycleOp(s))
+}
+
+// CycleOp returns one Begin+Complete cycle on s, each call on a fresh key
+// of its own (keys of two CycleOps never meet): the unit Cycles and the
+// stores' paired benchmarks measure.
+func CycleOp(s idem.Store) func() error {
+	ctx := context.Background()
+	prefix := fmt.Sprintf("bench-%d-%d", cycleOps.Add(1), time.Now().UnixNano())
+	var next atomic.Int64
+	outcome := idem.Outcome{Data: []byte(`{"status":"ok"}`), Meta: map[string]string{"status": "200"}}
+	return func() error {
+		key := fmt.Sprintf("%s-%d", prefix, next.Add(1))
+		res, err := s.Begin(ctx, &idem.BeginParams{Scope: "bench", Key: key, Fingerprint: "f",
+			Lease: idem.DefaultLease, Window: idem.DefaultWindow})
+		if err != nil {
+			return err
+		}
+		if res.Decision != idem.Acquired {
+			return fmt.Errorf("begin %s: %s, want acquired", key, res.Decision)
+		}
+		_, err = s.Complete(ctx, &idem.CompleteParams{Scope: "bench", Key: key, Token: res.Record.Token, Outcome: outcome})
+		return err
+	}
+}
+
+var cycleOps atomic.Int64
+
+// Side is one contender of a Paired comparison.
+type Side struct {
+	// Name precedes the side's metrics (name-req/s, name-ratio); the
+	// empty name gives the bare metric names (req/s, ratio).
+	Name string
+	// Run runs the side once, a round's turn, and says what it measured.
+	Run func() (Round, error)
+}
+
+func (s Side) prefix() string {
+	if s.Name == "" {
+		return ""
+	}
+	return s.Name + "-"
+}
+
+// Timed is a side that runs op from callers goroutines for the duration
+// turn in each round.
+func Timed(name string, callers int, turn time.Duration, op func() error) Side {
+	return Side{Name: name, Run: func() (Round, error) {
+		deadline := time.Now().Add(turn)
+		return Drive(callers, func() bool { return time.Now().Before(deadline) }, op)
+	}}
+}
+
+// Paired measures sides by turns: rounds rounds, each running every side
+// once, in an order that rotates from round to round, so that within a
+// round the sides see the same machine. The first side is the baseline.
+// For each side it reports the median rate over the rounds (unit, such as
+// "cycles/s"), its median CPU per operation, and p50 and p99 latency over
+// all its rounds; for every side but the first also the median over the
+// rounds of its rate over the baseline's in the same round (ratio) and the
+// ratio of its p99 to the baseline's (p99-ratio). Each metric's name is
+// preceded by the side's name and a dash. It ignores b.N: run it with
+// -benchtime 1x.
+func Paired(b *testing.B, unit string, rounds int, sides ...Side) {
+	b.Helper()
+	if rounds < 1 || len(sides) < 2 {
+		b.Fatalf("bench.Paired: %d rounds of %d sides, want at least 1 round of 2 sides", rounds, len(sides))
+	}
+	type tally struct {
+		rates, cpus []float64
+		lat         []time.Duration
+	}
+	tallies := make([]tally, len(sides))
+	b.ResetTimer()
+	for r := range rounds {
+		for i := range sides {
+			j := (i + r) % len(sides)
+			res, err := sides[j].Run()
+			if err != nil {
+				b.Fatalf("%s: %v", sides[j].Name, err)
+			}
+			t := &tallies[j]
+			t.rates = append(t.rates, res.Rate())
+			t.cpus = append(t.cpus, micros(res.CPU))
+			t.lat = append(t.lat, res.Lat...)
+		}
+	}
+	b.StopTimer()
+	base := &tallies[0] // sorted by the first turn of the loop
+	for j, s := range sides {
+		t := &tallies[j]
+		slices.Sort(t.lat)
+		p := s.prefix()
+		b.ReportMetric(median(t.rates), p+unit)
+		if c := median(t.cpus); c > 0 {
+			b.ReportMetric(c, p+"cpu-µs/op")
+		}
+		if len(t.lat) > 0 {
+			b.ReportMetric(micros(quantile(t.lat, 0.5)), p+"p50-µs")
+			b.ReportMetric(micros(quantile(t.lat, 0.99)), p+"p99-µs")
+		}
+		if j == 0 {
+			continue
+		}
+		ratios := make([]float64, rounds)
+		for r := range rounds {
+			ratios[r] = t.rates[r] / base.rates[r]
+		}
+		b.ReportMetric(median(ratios), p+"ratio")
+		if len(t.lat) > 0 && len(base.lat) > 0 {
+			b.ReportMetric(float64(quantile(t.lat, 0.99))/float64(quantile(base.lat, 0.99)), p+"p99-ratio")
+		}
+	}
+}
+
+// median is the middle of xs (the upper middle of an even count).
+func median(xs []float64) float64 {
+	xs = slices.Clone(xs)
+	slices.Sort(xs)
+	return xs[len(xs)/2]
+}

@@ -1,0 +1,120 @@
+package bench
+
+import (
+	"errors"
+	"slices"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// TestDrive: every operation more allowed runs once and is timed, from the
+// given number of goroutines, and the latencies come back sorted.
+func TestDrive(t *testing.T) {
+	t.Parallel()
+	var left, ran atomic.Int64
+	left.Store(1000)
+	var active, peak atomic.Int64
+	gate := make(chan struct{})
+	r, err := Drive(8, func() bool { return left.Add(-1) >= 0 }, func() error {
+		n := active.Add(1)
+		for p := peak.Load(); n > p && !peak.CompareAndSwap(p, n); p = peak.Load() {
+		}
+		if ran.Add(1) == 8 {
+			close(gate) // the first eight calls wait until all eight run
+		}
+		<-gate
+		active.Add(-1)
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.Ops != 1000 || ran.Load() != 1000 || len(r.Lat) != 1000 {
+		t.Fatalf("Ops %d, ran %d, %d latencies, want 1000 each", r.Ops, ran.Load(), len(r.Lat))
+	}
+	if peak.Load() != 8 {
+		t.Errorf("%d goroutines at once, want 8", peak.Load())
+	}
+	if !slices.IsSorted(r.Lat) || r.Elapsed <= 0 || r.Rate() <= 0 {
+		t.Errorf("latencies sorted %v, elapsed %v, rate %v", slices.IsSorted(r.Lat), r.Elapsed, r.Rate())
+	}
+}
+
+// TestDriveError: an operation's error ends the run and is returned; the
+// operations that succeeded are counted.
+func TestDriveError(t *testing.T) {
+	t.Parallel()
+	boom := errors.New("boom")
+	var n atomic.Int64
+	r, err := Drive(1, func() bool { return true }, func() error {
+		if n.Add(1) == 5 {
+			return boom
+		}
+		return nil
+	})
+	if !errors.Is(err, boom) || r.Ops != 4 {
+		t.Fatalf("Ops %d, err %v, want 4 and boom", r.Ops, err)
+	}
+}
+
+// TestPaired: the sides run by turns in a rotating order, and the metrics
+// are each side's median rate, the median of the rounds' ratios to the
+// first side, and quantiles over all of a side's rounds.
+func TestPaired(t *testing.T) {
+	t.Parallel()
+	var order []string
+	// Round r: the baseline does 100 ops/s; the candidate 50, 200, 150
+	// (ratios 0.5, 2, 1.5: median 1.5); its rate median is 150.
+	baseRates := []int{100, 100, 100}
+	candRates := []int{50, 200, 150}
+	side := func(name string, rates []int, lat time.Duration) Side {
+		round := 0
+		return Side{Name: name, Run: func() (Round, error) {
+			order = append(order, name)
+			ops := rates[round]
+			round++
+			lats := make([]time.Duration, 100)
+			for i := range lats {
+				lats[i] = lat * time.Duration(i+1) // p50 = 50·lat, p99 = 99·lat
+			}
+			return Round{Ops: ops, Elapsed: time.Second, CPU: 3 * time.Microsecond, Lat: lats}, nil
+		}}
+	}
+	// testing.Benchmark may call this more than once, with a growing b.N
+	// that Paired ignores: each call starts afresh.
+	res := testing.Benchmark(func(b *testing.B) {
+		order = order[:0]
+		Paired(b, "cycles/s", 3, side("base", baseRates, time.Microsecond), side("", candRates, 2*time.Microsecond))
+	})
+	if want := []string{"base", "", "", "base", "base", ""}; !slices.Equal(order, want) {
+		t.Errorf("order %q, want %q", order, want)
+	}
+	want := map[string]float64{
+		"base-cycles/s": 100, "cycles/s": 150, "ratio": 1.5,
+		"base-p50-µs": 50, "p50-µs": 100, "base-p99-µs": 99, "p99-µs": 198, "p99-ratio": 2,
+		"base-cpu-µs/op": 3, "cpu-µs/op": 3,
+	}
+	for name, v := range want {
+		if got, ok := res.Extra[name]; !ok || got != v {
+			t.Errorf("%s = %v (reported %v), want %v", name, got, ok, v)
+		}
+	}
+	if _, ok := res.Extra["base-ratio"]; ok {
+		t.Error("the baseline reports a ratio to itself")
+	}
+}
+
+// TestTimed: a timed side runs for its turn.
+func TestTimed(t *testing.T) {
+	t.Parallel()
+	s := Timed("x", 2, 20*time.Millisecond, func() error { return nil })
+	r, err := s.Run()
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The turn's deadline is set just before Drive starts its clock.
+	if r.Elapsed < 19*time.Millisecond || r.Elapsed > 2*time.Second || r.Ops < 2 {
+		t.Fatalf("elapsed %v, %d ops", r.Elapsed, r.Ops)
+	}
+}
