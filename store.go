@@ -183,9 +183,21 @@ type ListResult struct {
 }
 
 // Store is the driver contract every ledger backend implements. Each method
-// is atomic per (scope, key) and linearizable. Leases are judged by the
-// store's own clock. The semantics are those of DESIGN.md §1; storetest.Run
-// checks them.
+// is atomic per (scope, key) and linearizable. Leases and windows are judged
+// by the store's own clock. storetest.Run checks the rules:
+//
+//   - Begin acquires a key that is absent, released, or completed with its
+//     window over. On any other key a different fingerprint is Mismatch,
+//     which changes nothing; a completed key is Replay; a pending key is
+//     InFlight (with the time left) while its lease is live, and taken
+//     over once it has run out (the successor gets the checkpoint).
+//   - Every acquisition gets a fencing token greater than any the key had,
+//     also across Release, takeover, expiry, Delete and Sweep.
+//   - Only the current token of a pending record may Complete, Release,
+//     Extend or Checkpoint; an owner whose lease ran out keeps the key
+//     until a successor takes it over.
+//   - A completed record replays its outcome byte for byte until its window
+//     ends and is never overwritten.
 //
 // A store must not keep the byte slices or maps of its params after a call
 // returns (callers reuse buffers): it copies what it stores.

@@ -94,9 +94,8 @@ func (b *Batcher[T]) Do(ctx context.Context, op T) error {
 // than two operations per batch on its way: a batch of one or two, sent the
 // moment another comes back, pays a round trip of its own for little,
 // while the batches on their way keep the server busy and their callers'
-// next operations are about to join the queue. (On Redis at 16 callers
-// this made cycles/s 15-25% higher than sending at each return; two per
-// batch did better than one or three.)
+// next operations are about to join the queue. (Two per batch did better
+// than one or three on Redis: docs/performance.md.)
 func (b *Batcher[T]) ready() bool { return len(b.queue) > 2*b.active }
 
 // send takes the next batch off the queue and hands it to the caller of its

@@ -13,7 +13,8 @@ import (
 // It reads only what the load generator checks, without allocating: a
 // client that parsed and kept every header (http.ReadResponse allocates
 // for each) would spend on a response's headers CPU the server then lacks
-// on two cores, and count it against the responses with more headers.
+// on a machine of few cores, and count it against the responses with more
+// headers.
 // A body is framed by Content-Length or chunked; anything else is an
 // error.
 func readResponse(r *bufio.Reader) (status int, replayed string, err error) {

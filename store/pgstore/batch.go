@@ -18,27 +18,22 @@ import (
 // commit for the lot, as River's job completer does. Each Complete is
 // judged on its own key and token and gets its own answer; a batch commits
 // as a whole. While the pool has a connection for each, a Complete runs
-// its own statement at once: waiting for a batch cost more than the batch
-// saved (at 16 callers on 16 connections, Completes batched whenever one
-// was on its way made 0.79-0.90 of unbatched cycles/s, in six runs by
-// turns; at 64 callers batches made 1.3-1.5 of them). A Complete that
-// finds no batch on its way runs alone too.
+// its own statement at once: then waiting for a batch costs more than the
+// batch saves, while with more callers than connections batches win
+// (docs/performance.md). A Complete that finds no batch on its way runs
+// alone too.
 //
 // Begins are not batched: a Begin may wait for another transaction that
 // holds its key (a caller's BeginTx), and in a batch every key would wait
-// with it. A Complete waits only for a row its token owns. (Batching
-// Begins too was tried, under the earlier rule of batching whenever a
-// batch was on its way: 1.6-1.9 of the bare statements at 64 callers, no
-// gain at 16.)
+// with it. A Complete waits only for a row its token owns.
 
 // maxCompleteBatch bounds the Completes of one statement;
 // maxBatchedOutcome is the largest outcome a batch takes: bigger ones run
 // alone, so a batch's statement stays small whatever the outcomes.
 // maxCompletesInFlight bounds the statements of Completes on their way at
 // a time, and so does half the pool's connections, which leaves the other
-// half to Begins. Measured against unbatched Completes by turns at 64
-// callers on a 16-connection pool, 3 did as well as 8 (1.29-1.44 of
-// unbatched cycles/s).
+// half to Begins. Against unbatched Completes at 64 callers on a
+// 16-connection pool, 3 statements on their way did as well as 8.
 const (
 	maxCompleteBatch     = 64
 	maxCompletesInFlight = 3
@@ -116,9 +111,9 @@ func (s *Store) runCompletes(ctx context.Context, ops []*completeOp) {
 // it answers. The statement is planned at each run (pgx's
 // QueryExecModeCacheDescribe), not prepared once: a plan cached while the
 // table was small joins the batch to the table with a sequential scan, and
-// a connection kept it as the table grew (at 16 callers cycles/s fell to a
-// third within seconds). Planned each time, it probes the primary key for
-// each Complete.
+// a connection kept it as the table grew (throughput fell to a third
+// within seconds). Planned each time, it probes the primary key for each
+// Complete.
 func (s *Store) completeBatch(ctx context.Context, ops []*completeOp, args ...any) error {
 	rows, err := s.pool.Query(ctx, s.q.completeBatch, append([]any{pgx.QueryExecModeCacheDescribe, binaryResults}, args...)...)
 	if err != nil {

@@ -111,17 +111,15 @@
 // Sweep deletes records whose retain_until has passed, walking the
 // retain_until index from its oldest end in DELETE batches of 10000 (each
 // its own short transaction, FOR UPDATE SKIP LOCKED so it never waits for
-// a Begin). On this machine (2 shared cores) one million expired records
-// beside 100000 live ones went in 3.7 seconds, 270000 records/s
-// (TestSweepLarge with IDEM_PG_SWEEP_ROWS=1000000). Time partitions would make expiry a DROP,
-// but PostgreSQL needs the partition key in every unique index, and a
-// record's retain_until changes at Complete, Release and Extend: each
-// such change would move the row between partitions, and (scope, key)
-// could no longer be unique across them. The index keeps lookups one
-// probe and the cost of a Sweep proportional to what is due. Autovacuum
+// a Begin); docs/performance.md has its rate. Time partitions would make
+// expiry a DROP, but PostgreSQL needs the partition key in every unique
+// index, and a record's retain_until changes at Complete, Release and
+// Extend: each such change would move the row between partitions, and
+// (scope, key) could no longer be unique across them. The index keeps
+// lookups one probe and the cost of a Sweep proportional to what is due.
+// Autovacuum
 // should keep up with the deleted rows; right after a large Sweep an
-// empty one walks the dead index entries once (30 to 100 ms after a
-// million).
+// empty one walks the dead index entries once.
 //
 // # CockroachDB
 //

@@ -22,11 +22,8 @@ import (
 // maxBatch bounds the operations one script runs; maxInFlight the batches
 // of one shard on their way at a time, so Redis works on one while the
 // callers of another read their replies and queue their next operations.
-// With one shard busy on the test machine, 3 did as well as or better than
-// 1, 2, 4 and 8 at 16 and 64 callers; the differences were within the
-// machine's noise except for 1 (no overlap: fewer cycles/s at 16 callers).
-// With the rule that a queue waits for more than two operations per batch
-// on its way, 4 did no better than 3.
+// With one shard busy, 3 did as well as or better than 1, 2, 4 and 8 at 16
+// and 64 callers; 1 (no overlap) did worse at 16.
 const (
 	maxBatch    = 64
 	maxInFlight = 3

@@ -49,16 +49,10 @@
 // lease, which stay per operation) is returned to every operation in it;
 // with Config.WaitReplicas or WaitAOF one wait confirms the whole batch.
 //
-// On the test machine (two shared cores, one shard busy), Begin+Complete
-// cycles/s against bare SET NX + SET measured by turns (BenchmarkVsRaw,
-// runs at different loads): 0.75-0.90 at 16 callers with batches of about
-// five operations, 1.07-1.59 at 64. At 1 caller the figure moves with the
-// machine, between 0.52 and 1.04 on the same code: a script costs Redis
-// about 17 µs of Lua beyond the commands it runs (INFO commandstats:
-// EVALSHA 22.8 µs a call, of which its GET, SET, TIME and ZADD about 6),
-// which weighs more when the loopback round trip is short. One script per
-// operation (BenchmarkUnbatched against BenchmarkRawSetNX) does about 0.4
-// at 16 callers.
+// A lone caller pays a script call beyond the commands it runs, which
+// weighs most when the round trip is short; under load batching more than
+// makes up for it. docs/performance.md has the measured figures against
+// bare SET NX + SET (BenchmarkVsRaw) and how to reproduce them.
 //
 // # Record format
 //
@@ -81,18 +75,18 @@
 // flight or a mismatch runs TIME and GET and writes nothing.
 //
 // Outcomes pass through Lua as strings, and Redis's Lua hashes every byte
-// of every string it makes, on a server that runs one script at a time:
-// on the test machine a Complete of a 1 MiB outcome held the server about
-// 1.9 ms (64 KiB: 0.14 ms) and a replay of it about 1.4 ms (64 KiB: 0.1
-// ms), several times a plain SET or GET of the same bytes. Complete appends
-// an outcome over 4 KiB to the record with APPEND rather than joining it in
-// Lua, which would hash it a second time (3.1 ms for 1 MiB before).
+// of every string it makes, on a server that runs one script at a time: a
+// Complete or a replay of a large outcome holds the server several times
+// as long as a plain SET or GET of the same bytes (figures in
+// docs/performance.md), so keep outcomes small. Complete appends an
+// outcome over 4 KiB to the record with APPEND rather than joining it in
+// Lua, which would hash it a second time.
 //
 // # Layout and cluster slots
 //
 // The records of one Config.Prefix are spread over 64 shards by a hash of
 // the scope; each shard's keys carry the hash tag {hh} of the shard, so
-// every key one script touches is in one cluster slot. Layout 2:
+// every key one script touches is in one cluster slot:
 //
 //	PREFIX:{hh}:r:SCOPE:KEY   the record, a string (format in record.go)
 //	PREFIX:{hh}:i             the shard's index: a sorted set, score 0, members SCOPE:KEY
@@ -110,16 +104,6 @@
 // slot: a single very hot tenant is bounded by one Redis node. The shard
 // count is part of the layout and cannot change for a prefix that holds
 // records.
-//
-// Layout 1 (before this version) kept a sorted set per scope
-// (PREFIX:{hh}:l:SCOPE) and an expiry index per shard (PREFIX:{hh}:x), and
-// wrote the token counter in decimal. Records are unchanged, so a prefix
-// written by layout 1 keeps working: its records are read, replayed and
-// completed, a decimal counter is read, and any Begin that acquires a key
-// puts it in the new index. A layout-1 record that is never acquired again
-// is not listed, counted or swept; Redis still expires it. The old l: and x
-// keys are no longer read or written: delete them (SCAN for
-// PREFIX:{*}:l:* and PREFIX:{*}:x) or start on a fresh prefix.
 //
 // # Tokens
 //
@@ -150,13 +134,9 @@
 // gone ones with one ZREM, so a record that is still there (a live lease, a
 // window not over) keeps its entry; a batch whose records are all there is
 // passed by one plain EXISTS of its keys. Its cost grows with the number of
-// records stored, expired or not: on the test machine (two shared cores) a
-// Sweep took about 3.4 s for a million entries whose records Redis had
-// expired (BenchmarkSweep; 5.4 s with layout 1's expiry index) and about
-// 2.6 s for a million live records it keeps (BenchmarkSweepLive; about a
-// millisecond with layout 1, which read only the due part of its expiry
-// index), so sweep a large store every few minutes rather than every
-// minute.
+// records stored, expired or not (seconds for a million: see
+// docs/performance.md), so sweep a large store every few minutes rather
+// than every minute.
 //
 // List skips, and drops from the index, entries whose record Redis has
 // expired; Sweep does not count those again. Size counts index entries:
@@ -172,9 +152,8 @@
 // Redis acknowledges a write when it is in memory. What a crash can lose
 // depends on the server's persistence settings, not on this package:
 //
-//   - appendonly no (no AOF; RDB snapshots or nothing, as on the test
-//     machine): a restart loses every write since the last snapshot, or
-//     everything.
+//   - appendonly no (no AOF; RDB snapshots or nothing, Redis's default):
+//     a restart loses every write since the last snapshot, or everything.
 //   - appendonly yes, appendfsync everysec (the usual setting): the write
 //     reaches the kernel before the reply, so a crash of the Redis process
 //     loses nothing; a crash of the machine or a power loss can lose about
@@ -188,8 +167,8 @@
 // primary acknowledged, whatever the fsync setting.
 //
 // For the ledger a lost write means: a lost Complete lets a later Begin with
-// the same key acquire again, so the work runs twice (the second invariant
-// of DESIGN.md holds only for writes that survive); a lost Begin lets a
+// the same key acquire again, so the work runs twice (a completed outcome
+// replays only if its write survives); a lost Begin lets a
 // second caller acquire while the first still works, and its token may be
 // lower than the first one's if the clock stepped back too. Use
 // appendfsync always (or WaitAOF) where a duplicate costs more than latency.
