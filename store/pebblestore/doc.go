@@ -20,8 +20,7 @@
 // in Pebble's commit pipeline, which writes all the batches that are waiting
 // and covers them with one fsync of the write-ahead log, so N concurrent
 // callers share syncs instead of paying one fsync each. Throughput grows
-// with the number of callers (see BenchmarkCycles against
-// BenchmarkRawPebble).
+// with the number of callers (docs/performance.md).
 //
 // # Locking
 //
