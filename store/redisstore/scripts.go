@@ -67,17 +67,16 @@ return begin(KEYS[1], KEYS[2], KEYS[3], ARGV[1], ARGV[2], ARGV[3])
 // server time in µs, record token + 1), and the counter keeps it: tokens of
 // a key increase across Delete and expiry (the counter outlives records),
 // across a lost counter (the clock), and across a clock that steps back
-// (the counter). The counter is 8 bytes (layout 1 wrote it in decimal), so
-// no number is formatted or parsed. Usually one call.
+// (the counter). The counter is 8 bytes, so no number is formatted or
+// parsed. Usually one call.
 //
 // luaNextToken is the rule, shared with luaBatchToken: nextToken(counter
 // value or nil, record token or nil); counter(the counter's bytes or nil)
-// reads either format.
+// reads it.
 const luaNextToken = `
 local function counter(old)
   if not old then return nil end
-  if #old == 8 then return (struct.unpack('<i8', old)) end
-  return tonumber(old)
+  return (struct.unpack('<i8', old))
 end
 local function nextToken(ctr, prev)
   local tok = now
