@@ -20,7 +20,7 @@ import (
 	"time"
 
 	"github.com/idemkit/idem"
-	"github.com/idemkit/idem/cmd/idem/internal/server"
+	"github.com/idemkit/idem/idemapi"
 )
 
 // The crash test: concurrent clients drive `idem serve` through the /v1
@@ -379,7 +379,7 @@ func (r *crashRun) drive(ks *keyState) (waits, ok bool) {
 				return false, false
 			}
 			// A retry of a release that took effect finds the token gone.
-			if status != http.StatusOK && !(retried && problemIs(status, data, server.ProblemLeaseLost)) {
+			if status != http.StatusOK && !(retried && problemIs(status, data, idemapi.ProblemLeaseLost)) {
 				r.wrongf("release %s token %d: %d %s", ks.key, ks.token, status, data)
 				return false, true
 			}
@@ -392,7 +392,7 @@ func (r *crashRun) drive(ks *keyState) (waits, ok bool) {
 			}
 			switch {
 			case status == http.StatusOK:
-			case retried && problemIs(status, data, server.ProblemCompleted):
+			case retried && problemIs(status, data, idemapi.ProblemCompleted):
 				// The first complete took effect and its answer died with
 				// the server: the record must hold exactly this outcome.
 				if what, ok := r.confirm(ks); !ok {
@@ -543,7 +543,7 @@ func (r *crashRun) checkOpen(c *client, key string, a *acquired) {
 		return
 	}
 	r.ops[opGet].Add(1)
-	var rec server.RecordJSON
+	var rec idemapi.RecordJSON
 	switch {
 	case status != http.StatusOK || json.Unmarshal(data, &rec) != nil:
 		r.wrongf("get %s, acquired with token %d: %d %s", key, last, status, data)
@@ -581,7 +581,7 @@ func (r *crashRun) check(c *client, key string, a ack) {
 // recordDiffers says how a GET answer differs from the completed record a,
 // "" when it does not.
 func recordDiffers(status int, data []byte, a ack) string {
-	var rec server.RecordJSON
+	var rec idemapi.RecordJSON
 	if status != http.StatusOK || json.Unmarshal(data, &rec) != nil {
 		return fmt.Sprintf("%d %s", status, data)
 	}
@@ -628,7 +628,7 @@ func problemIs(status int, data []byte, name string) bool {
 	var p struct {
 		Type string `json:"type"`
 	}
-	return status == http.StatusConflict && json.Unmarshal(data, &p) == nil && p.Type == server.ProblemBase+name
+	return status == http.StatusConflict && json.Unmarshal(data, &p) == nil && p.Type == idemapi.ProblemBase+name
 }
 
 func keyURL(key string) string {

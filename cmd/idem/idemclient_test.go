@@ -12,7 +12,7 @@ import (
 	"time"
 
 	"github.com/idemkit/idem"
-	"github.com/idemkit/idem/cmd/idem/internal/server"
+	"github.com/idemkit/idem/idemapi"
 	"github.com/idemkit/idem/idemclient"
 	"github.com/idemkit/idem/memstore"
 	"github.com/idemkit/idem/storetest"
@@ -151,7 +151,7 @@ func TestIdemclientLedger(t *testing.T) {
 // through idemclient and loopback HTTP to the API handler over a mem:
 // store, with GOMAXPROCS*4 concurrent callers. ns/op is per cycle.
 func BenchmarkIdemclientCycle(b *testing.B) {
-	h, err := server.New(memstore.New(nil), &server.Config{Tokens: map[string][]string{opsToken: {"bench"}}})
+	h, err := idemapi.NewServer(memstore.New(nil), &idemapi.Config{Tokens: map[string][]string{opsToken: {"bench"}}})
 	if err != nil {
 		b.Fatal(err)
 	}

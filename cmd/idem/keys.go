@@ -18,7 +18,7 @@ import (
 	"unicode"
 
 	"github.com/idemkit/idem"
-	"github.com/idemkit/idem/cmd/idem/internal/server"
+	"github.com/idemkit/idem/idemapi"
 	"github.com/idemkit/idem/idemclient"
 	"github.com/idemkit/idem/idemhttp"
 	"github.com/idemkit/idem/store/pebblestore"
@@ -254,7 +254,7 @@ func keysList(ctx context.Context, store idem.Store, o *keysOptions, stdout, std
 		}
 		for _, r := range res.Records {
 			if o.asJSON {
-				if err := enc.Encode(server.EncodeRecord(r)); err != nil {
+				if err := enc.Encode(idemapi.EncodeRecord(r)); err != nil {
 					return err
 				}
 			} else {
@@ -284,7 +284,7 @@ func keysShow(ctx context.Context, store idem.Store, o *keysOptions, key string,
 		return err
 	}
 	if o.asJSON {
-		return json.NewEncoder(stdout).Encode(server.EncodeRecord(r))
+		return json.NewEncoder(stdout).Encode(idemapi.EncodeRecord(r))
 	}
 	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
 	row := func(name, value string) { fmt.Fprintf(tw, "%s\t%s\n", name, value) }

@@ -18,7 +18,7 @@ import (
 	"time"
 
 	"github.com/idemkit/idem"
-	"github.com/idemkit/idem/cmd/idem/internal/server"
+	server "github.com/idemkit/idem/idemapi"
 	"github.com/idemkit/idem/idemhttp"
 )
 

@@ -12,7 +12,7 @@ import (
 	"time"
 
 	"github.com/idemkit/idem"
-	"github.com/idemkit/idem/cmd/idem/internal/server"
+	server "github.com/idemkit/idem/idemapi"
 	"github.com/idemkit/idem/internal/bench"
 	"github.com/idemkit/idem/internal/loadgen"
 )

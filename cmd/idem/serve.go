@@ -17,7 +17,7 @@ import (
 	"time"
 
 	"github.com/idemkit/idem"
-	"github.com/idemkit/idem/cmd/idem/internal/server"
+	"github.com/idemkit/idem/idemapi"
 )
 
 const serveUsage = `Usage: idem serve [flags]
@@ -95,7 +95,7 @@ func parseServeFlags(args []string, stdout, stderr io.Writer) (*serveOptions, in
 	fs.StringVar(&o.store, "store", defaultStore, "")
 	fs.StringVar(&o.tokens, "tokens", "", "")
 	fs.BoolVar(&o.migrate, "migrate", false, "")
-	fs.Int64Var(&o.maxBody, "max-body", server.DefaultMaxBody, "")
+	fs.Int64Var(&o.maxBody, "max-body", idemapi.DefaultMaxBody, "")
 	fs.DurationVar(&o.lease, "lease", idem.DefaultLease, "")
 	fs.DurationVar(&o.window, "window", idem.DefaultWindow, "")
 	fs.DurationVar(&o.drain, "drain", 10*time.Second, "")
@@ -117,9 +117,9 @@ func parseServeFlags(args []string, stdout, stderr io.Writer) (*serveOptions, in
 	switch {
 	case o.maxBody <= 0:
 		bad = fmt.Sprintf("--max-body must be positive, got %d", o.maxBody)
-	case o.lease <= 0 || o.lease > server.MaxDuration:
+	case o.lease <= 0 || o.lease > idemapi.MaxDuration:
 		bad = fmt.Sprintf("--lease must be positive and at most a century, got %s", o.lease)
-	case o.window <= 0 || o.window > server.MaxDuration:
+	case o.window <= 0 || o.window > idemapi.MaxDuration:
 		bad = fmt.Sprintf("--window must be positive and at most a century, got %s", o.window)
 	case o.drain <= 0:
 		bad = fmt.Sprintf("--drain must be positive, got %s", o.drain)
@@ -161,7 +161,7 @@ func serve(ctx context.Context, o *serveOptions, stdout, stderr io.Writer) error
 		return nil
 	}
 
-	handler, err := server.New(store, &server.Config{
+	handler, err := idemapi.NewServer(store, &idemapi.Config{
 		Tokens: tokens, MaxBody: o.maxBody, DefaultLease: o.lease, DefaultWindow: o.window, Logger: logger,
 	})
 	if err != nil {
@@ -198,7 +198,7 @@ func serveTokens(o *serveOptions) (tokens map[string][]string, generated string,
 			return nil, "", fmt.Errorf("--tokens: %w", err)
 		}
 		defer f.Close()
-		tokens, err := server.ParseTokens(f)
+		tokens, err := idemapi.ParseTokens(f)
 		if err != nil {
 			return nil, "", fmt.Errorf("--tokens %s: %w", o.tokens, err)
 		}

@@ -10,7 +10,7 @@ import (
 	"time"
 
 	"github.com/idemkit/idem"
-	"github.com/idemkit/idem/cmd/idem/internal/server"
+	"github.com/idemkit/idem/idemapi"
 	"github.com/idemkit/idem/internal/bench"
 )
 
@@ -38,7 +38,7 @@ func BenchmarkServeCycles(b *testing.B) {
 	})
 	b.Run("http", func(b *testing.B) {
 		store := openBenchStore(b)
-		h, err := server.New(store, &server.Config{Tokens: map[string][]string{"bench-token": {"bench"}}})
+		h, err := idemapi.NewServer(store, &idemapi.Config{Tokens: map[string][]string{"bench-token": {"bench"}}})
 		if err != nil {
 			b.Fatal(err)
 		}

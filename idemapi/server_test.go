@@ -1,4 +1,4 @@
-package server_test
+package idemapi_test
 
 import (
 	"bytes"
@@ -14,7 +14,7 @@ import (
 	"time"
 
 	"github.com/idemkit/idem"
-	"github.com/idemkit/idem/cmd/idem/internal/server"
+	"github.com/idemkit/idem/idemapi"
 	"github.com/idemkit/idem/memstore"
 )
 
@@ -29,7 +29,7 @@ var start = time.Date(2026, 11, 27, 10, 0, 0, 0, time.UTC)
 type bundle struct {
 	clock *idem.ManualClock
 	store *memstore.Store
-	srv   *server.Server
+	srv   *idemapi.Server
 }
 
 func setup(t *testing.T) *bundle {
@@ -37,7 +37,7 @@ func setup(t *testing.T) *bundle {
 	clock := idem.NewManualClock(start)
 	store := memstore.New(&memstore.Config{Clock: clock})
 	t.Cleanup(func() { _ = store.Close() })
-	srv, err := server.New(store, &server.Config{
+	srv, err := idemapi.NewServer(store, &idemapi.Config{
 		Tokens:  map[string][]string{tokA: {"a"}, tokAB: {"a", "b"}, tokAll: {"*"}},
 		MaxBody: 1024,
 	})
@@ -94,7 +94,7 @@ func ok(t *testing.T, r *response, v any) {
 }
 
 // isProblem checks an application/problem+json answer with status and name.
-func isProblem(t *testing.T, r *response, status int, name string) server.Problem {
+func isProblem(t *testing.T, r *response, status int, name string) idemapi.Problem {
 	t.Helper()
 	if r.status != status {
 		t.Fatalf("status %d, want %d; body %s", r.status, status, r.body)
@@ -102,11 +102,11 @@ func isProblem(t *testing.T, r *response, status int, name string) server.Proble
 	if ct := r.header.Get("Content-Type"); ct != "application/problem+json" {
 		t.Fatalf("Content-Type %q, want application/problem+json; body %s", ct, r.body)
 	}
-	var p server.Problem
+	var p idemapi.Problem
 	if err := json.Unmarshal(r.body, &p); err != nil {
 		t.Fatalf("decode problem %s: %v", r.body, err)
 	}
-	if p.Type != server.ProblemBase+name || p.Status != status || p.Title == "" {
+	if p.Type != idemapi.ProblemBase+name || p.Status != status || p.Title == "" {
 		t.Fatalf("problem %+v, want type #%s status %d", p, name, status)
 	}
 	return p
@@ -266,14 +266,14 @@ func TestTakeoverHandsOnCheckpointAndFencesTheOldOwner(t *testing.T) {
 	}
 
 	stale := fmt.Sprintf(`{"scope":"a","key":"job","token":%d}`, first.Token)
-	isProblem(t, b.call(t, "POST", "/v1/complete", tokA, completeBody("a", "job", first.Token, []byte("x"))), 409, server.ProblemLeaseLost)
-	isProblem(t, b.call(t, "POST", "/v1/release", tokA, stale), 409, server.ProblemLeaseLost)
-	isProblem(t, b.call(t, "POST", "/v1/extend", tokA, stale), 409, server.ProblemLeaseLost)
-	isProblem(t, b.call(t, "POST", "/v1/checkpoint", tokA, fmt.Sprintf(`{"scope":"a","key":"job","token":%d,"point":"p"}`, first.Token)), 409, server.ProblemLeaseLost)
+	isProblem(t, b.call(t, "POST", "/v1/complete", tokA, completeBody("a", "job", first.Token, []byte("x"))), 409, idemapi.ProblemLeaseLost)
+	isProblem(t, b.call(t, "POST", "/v1/release", tokA, stale), 409, idemapi.ProblemLeaseLost)
+	isProblem(t, b.call(t, "POST", "/v1/extend", tokA, stale), 409, idemapi.ProblemLeaseLost)
+	isProblem(t, b.call(t, "POST", "/v1/checkpoint", tokA, fmt.Sprintf(`{"scope":"a","key":"job","token":%d,"point":"p"}`, first.Token)), 409, idemapi.ProblemLeaseLost)
 
 	ok(t, b.call(t, "POST", "/v1/complete", tokA, completeBody("a", "job", second.Token, []byte("done"))), &completed{})
-	isProblem(t, b.call(t, "POST", "/v1/complete", tokA, completeBody("a", "job", second.Token, []byte("again"))), 409, server.ProblemCompleted)
-	isProblem(t, b.call(t, "POST", "/v1/release", tokA, fmt.Sprintf(`{"scope":"a","key":"job","token":%d}`, second.Token)), 409, server.ProblemCompleted)
+	isProblem(t, b.call(t, "POST", "/v1/complete", tokA, completeBody("a", "job", second.Token, []byte("again"))), 409, idemapi.ProblemCompleted)
+	isProblem(t, b.call(t, "POST", "/v1/release", tokA, fmt.Sprintf(`{"scope":"a","key":"job","token":%d}`, second.Token)), 409, idemapi.ProblemCompleted)
 }
 
 func TestReleaseFreesTheKey(t *testing.T) {
@@ -295,9 +295,9 @@ func TestMismatchIs422(t *testing.T) {
 	t.Parallel()
 	b := setup(t)
 	a := b.acquire(t, "a", "k")
-	isProblem(t, b.call(t, "POST", "/v1/begin", tokA, `{"scope":"a","key":"k","fingerprint":"other"}`), 422, server.ProblemFingerprintMismatch)
+	isProblem(t, b.call(t, "POST", "/v1/begin", tokA, `{"scope":"a","key":"k","fingerprint":"other"}`), 422, idemapi.ProblemFingerprintMismatch)
 	ok(t, b.call(t, "POST", "/v1/complete", tokA, completeBody("a", "k", a.Token, nil)), &completed{})
-	isProblem(t, b.call(t, "POST", "/v1/begin", tokA, `{"scope":"a","key":"k","fingerprint":"other"}`), 422, server.ProblemFingerprintMismatch)
+	isProblem(t, b.call(t, "POST", "/v1/begin", tokA, `{"scope":"a","key":"k","fingerprint":"other"}`), 422, idemapi.ProblemFingerprintMismatch)
 }
 
 func TestKeysGetDeleteList(t *testing.T) {
@@ -320,8 +320,8 @@ func TestKeysGetDeleteList(t *testing.T) {
 	if r.status != http.StatusNoContent || len(r.body) != 0 {
 		t.Fatalf("delete: %d %s", r.status, r.body)
 	}
-	isProblem(t, b.call(t, "GET", path, tokA, ""), 404, server.ProblemNotFound)
-	isProblem(t, b.call(t, "DELETE", path, tokA, ""), 404, server.ProblemNotFound)
+	isProblem(t, b.call(t, "GET", path, tokA, ""), 404, idemapi.ProblemNotFound)
+	isProblem(t, b.call(t, "DELETE", path, tokA, ""), 404, idemapi.ProblemNotFound)
 
 	// Five keys, pages of two, one of them pending and filtered by state.
 	for i := 0; i < 5; i++ {
@@ -366,7 +366,7 @@ func TestSweepNeedsTheWildcardToken(t *testing.T) {
 	b := setup(t)
 	a := b.acquire(t, "a", "k")
 	ok(t, b.call(t, "POST", "/v1/complete", tokA, completeBody("a", "k", a.Token, nil)), &completed{})
-	isProblem(t, b.call(t, "POST", "/v1/sweep", tokAB, `{}`), 403, server.ProblemForbidden)
+	isProblem(t, b.call(t, "POST", "/v1/sweep", tokAB, `{}`), 403, idemapi.ProblemForbidden)
 	var res struct {
 		Deleted int `json:"deleted"`
 	}
@@ -391,7 +391,7 @@ func TestHealthz(t *testing.T) {
 	if r := b.call(t, "HEAD", "/healthz", "", ""); r.status != 200 {
 		t.Fatalf("HEAD healthz: %d", r.status)
 	}
-	isProblem(t, b.call(t, "POST", "/healthz", "", ""), 405, server.ProblemMethodNotAllowed)
+	isProblem(t, b.call(t, "POST", "/healthz", "", ""), 405, idemapi.ProblemMethodNotAllowed)
 }
 
 func TestProblems(t *testing.T) {
@@ -404,65 +404,65 @@ func TestProblems(t *testing.T) {
 		status                                       int
 		problem                                      string
 	}{
-		{"malformed JSON", "POST", "/v1/begin", tokA, "application/json", `{"scope":"a",`, 400, server.ProblemInvalidRequest},
-		{"syntax error", "POST", "/v1/begin", tokA, "application/json", `{"scope" "a"}`, 400, server.ProblemInvalidRequest},
-		{"unknown field", "POST", "/v1/begin", tokA, "application/json", `{"scope":"a","key":"k2","lease":5}`, 400, server.ProblemInvalidRequest},
-		{"unknown nested field", "POST", "/v1/complete", tokA, "application/json", `{"scope":"a","key":"k","token":1,"outcome":{"body":""}}`, 400, server.ProblemInvalidRequest},
-		{"wrong type", "POST", "/v1/begin", tokA, "application/json", `{"scope":"a","key":7}`, 400, server.ProblemInvalidRequest},
-		{"fractional ms", "POST", "/v1/begin", tokA, "application/json", `{"scope":"a","key":"k2","lease_ms":1.5}`, 400, server.ProblemInvalidRequest},
-		{"not an object", "POST", "/v1/begin", tokA, "application/json", `[1,2]`, 400, server.ProblemInvalidRequest},
-		{"null", "POST", "/v1/begin", tokA, "application/json", `null`, 400, server.ProblemInvalidRequest},
-		{"two values", "POST", "/v1/begin", tokA, "application/json", `{"scope":"a","key":"k2"} {}`, 400, server.ProblemInvalidRequest},
-		{"trailing garbage", "POST", "/v1/begin", tokA, "application/json", `{"scope":"a","key":"k2"}x`, 400, server.ProblemInvalidRequest},
-		{"empty body", "POST", "/v1/begin", tokA, "application/json", ``, 400, server.ProblemInvalidRequest},
-		{"empty key", "POST", "/v1/begin", tokA, "application/json", `{"scope":"a","key":""}`, 400, server.ProblemInvalidRequest},
-		{"key over 255 bytes", "POST", "/v1/begin", tokA, "application/json", `{"scope":"a","key":"` + long + `"}`, 400, server.ProblemInvalidRequest},
-		{"scope over 255 bytes", "POST", "/v1/begin", tokAll, "application/json", `{"scope":"` + long + `","key":"k"}`, 400, server.ProblemInvalidRequest},
-		{"empty scope", "POST", "/v1/begin", tokAll, "application/json", `{"key":"k"}`, 400, server.ProblemInvalidRequest},
-		{"negative lease", "POST", "/v1/begin", tokA, "application/json", `{"scope":"a","key":"k2","lease_ms":-1}`, 400, server.ProblemInvalidRequest},
-		{"zero lease", "POST", "/v1/begin", tokA, "application/json", `{"scope":"a","key":"k2","lease_ms":0}`, 400, server.ProblemInvalidRequest},
-		{"negative window", "POST", "/v1/begin", tokA, "application/json", `{"scope":"a","key":"k2","window_ms":-5}`, 400, server.ProblemInvalidRequest},
-		{"negative retention", "POST", "/v1/begin", tokA, "application/json", `{"scope":"a","key":"k2","retention_ms":-5}`, 400, server.ProblemInvalidRequest},
-		{"lease over a century", "POST", "/v1/begin", tokA, "application/json", `{"scope":"a","key":"k2","lease_ms":9223372036854775807}`, 400, server.ProblemInvalidRequest},
-		{"ms overflow", "POST", "/v1/begin", tokA, "application/json", `{"scope":"a","key":"k2","lease_ms":92233720368547758070}`, 400, server.ProblemInvalidRequest},
-		{"fingerprint too long", "POST", "/v1/begin", tokA, "application/json", `{"scope":"a","key":"k2","fingerprint":"` + strings.Repeat("f", 1025) + `"}`, 413, server.ProblemBodyTooLarge},
-		{"negative extend", "POST", "/v1/extend", tokA, "application/json", fmt.Sprintf(`{"scope":"a","key":"k","token":%d,"lease_ms":-1}`, a.Token), 400, server.ProblemInvalidRequest},
-		{"zero token", "POST", "/v1/complete", tokA, "application/json", `{"scope":"a","key":"k","token":0}`, 400, server.ProblemInvalidRequest},
-		{"bad base64", "POST", "/v1/complete", tokA, "application/json", `{"scope":"a","key":"k","token":1,"outcome":{"data":"!!"}}`, 400, server.ProblemInvalidRequest},
-		{"empty point", "POST", "/v1/checkpoint", tokA, "application/json", fmt.Sprintf(`{"scope":"a","key":"k","token":%d}`, a.Token), 400, server.ProblemInvalidRequest},
-		{"negative sweep", "POST", "/v1/sweep", tokAll, "application/json", `{"limit":-1}`, 400, server.ProblemInvalidRequest},
-		{"get without scope", "GET", "/v1/keys/k", tokA, "", "", 400, server.ProblemInvalidRequest},
-		{"get empty key", "GET", "/v1/keys/?scope=a", tokA, "", "", 400, server.ProblemInvalidRequest},
-		{"list bad limit", "GET", "/v1/keys?scope=a&limit=ten", tokA, "", "", 400, server.ProblemInvalidRequest},
-		{"list limit too big", "GET", "/v1/keys?scope=a&limit=1001", tokA, "", "", 400, server.ProblemInvalidRequest},
-		{"list bad state", "GET", "/v1/keys?scope=a&state=done", tokA, "", "", 400, server.ProblemInvalidRequest},
-		{"list without scope", "GET", "/v1/keys", tokA, "", "", 400, server.ProblemInvalidRequest},
+		{"malformed JSON", "POST", "/v1/begin", tokA, "application/json", `{"scope":"a",`, 400, idemapi.ProblemInvalidRequest},
+		{"syntax error", "POST", "/v1/begin", tokA, "application/json", `{"scope" "a"}`, 400, idemapi.ProblemInvalidRequest},
+		{"unknown field", "POST", "/v1/begin", tokA, "application/json", `{"scope":"a","key":"k2","lease":5}`, 400, idemapi.ProblemInvalidRequest},
+		{"unknown nested field", "POST", "/v1/complete", tokA, "application/json", `{"scope":"a","key":"k","token":1,"outcome":{"body":""}}`, 400, idemapi.ProblemInvalidRequest},
+		{"wrong type", "POST", "/v1/begin", tokA, "application/json", `{"scope":"a","key":7}`, 400, idemapi.ProblemInvalidRequest},
+		{"fractional ms", "POST", "/v1/begin", tokA, "application/json", `{"scope":"a","key":"k2","lease_ms":1.5}`, 400, idemapi.ProblemInvalidRequest},
+		{"not an object", "POST", "/v1/begin", tokA, "application/json", `[1,2]`, 400, idemapi.ProblemInvalidRequest},
+		{"null", "POST", "/v1/begin", tokA, "application/json", `null`, 400, idemapi.ProblemInvalidRequest},
+		{"two values", "POST", "/v1/begin", tokA, "application/json", `{"scope":"a","key":"k2"} {}`, 400, idemapi.ProblemInvalidRequest},
+		{"trailing garbage", "POST", "/v1/begin", tokA, "application/json", `{"scope":"a","key":"k2"}x`, 400, idemapi.ProblemInvalidRequest},
+		{"empty body", "POST", "/v1/begin", tokA, "application/json", ``, 400, idemapi.ProblemInvalidRequest},
+		{"empty key", "POST", "/v1/begin", tokA, "application/json", `{"scope":"a","key":""}`, 400, idemapi.ProblemInvalidRequest},
+		{"key over 255 bytes", "POST", "/v1/begin", tokA, "application/json", `{"scope":"a","key":"` + long + `"}`, 400, idemapi.ProblemInvalidRequest},
+		{"scope over 255 bytes", "POST", "/v1/begin", tokAll, "application/json", `{"scope":"` + long + `","key":"k"}`, 400, idemapi.ProblemInvalidRequest},
+		{"empty scope", "POST", "/v1/begin", tokAll, "application/json", `{"key":"k"}`, 400, idemapi.ProblemInvalidRequest},
+		{"negative lease", "POST", "/v1/begin", tokA, "application/json", `{"scope":"a","key":"k2","lease_ms":-1}`, 400, idemapi.ProblemInvalidRequest},
+		{"zero lease", "POST", "/v1/begin", tokA, "application/json", `{"scope":"a","key":"k2","lease_ms":0}`, 400, idemapi.ProblemInvalidRequest},
+		{"negative window", "POST", "/v1/begin", tokA, "application/json", `{"scope":"a","key":"k2","window_ms":-5}`, 400, idemapi.ProblemInvalidRequest},
+		{"negative retention", "POST", "/v1/begin", tokA, "application/json", `{"scope":"a","key":"k2","retention_ms":-5}`, 400, idemapi.ProblemInvalidRequest},
+		{"lease over a century", "POST", "/v1/begin", tokA, "application/json", `{"scope":"a","key":"k2","lease_ms":9223372036854775807}`, 400, idemapi.ProblemInvalidRequest},
+		{"ms overflow", "POST", "/v1/begin", tokA, "application/json", `{"scope":"a","key":"k2","lease_ms":92233720368547758070}`, 400, idemapi.ProblemInvalidRequest},
+		{"fingerprint too long", "POST", "/v1/begin", tokA, "application/json", `{"scope":"a","key":"k2","fingerprint":"` + strings.Repeat("f", 1025) + `"}`, 413, idemapi.ProblemBodyTooLarge},
+		{"negative extend", "POST", "/v1/extend", tokA, "application/json", fmt.Sprintf(`{"scope":"a","key":"k","token":%d,"lease_ms":-1}`, a.Token), 400, idemapi.ProblemInvalidRequest},
+		{"zero token", "POST", "/v1/complete", tokA, "application/json", `{"scope":"a","key":"k","token":0}`, 400, idemapi.ProblemInvalidRequest},
+		{"bad base64", "POST", "/v1/complete", tokA, "application/json", `{"scope":"a","key":"k","token":1,"outcome":{"data":"!!"}}`, 400, idemapi.ProblemInvalidRequest},
+		{"empty point", "POST", "/v1/checkpoint", tokA, "application/json", fmt.Sprintf(`{"scope":"a","key":"k","token":%d}`, a.Token), 400, idemapi.ProblemInvalidRequest},
+		{"negative sweep", "POST", "/v1/sweep", tokAll, "application/json", `{"limit":-1}`, 400, idemapi.ProblemInvalidRequest},
+		{"get without scope", "GET", "/v1/keys/k", tokA, "", "", 400, idemapi.ProblemInvalidRequest},
+		{"get empty key", "GET", "/v1/keys/?scope=a", tokA, "", "", 400, idemapi.ProblemInvalidRequest},
+		{"list bad limit", "GET", "/v1/keys?scope=a&limit=ten", tokA, "", "", 400, idemapi.ProblemInvalidRequest},
+		{"list limit too big", "GET", "/v1/keys?scope=a&limit=1001", tokA, "", "", 400, idemapi.ProblemInvalidRequest},
+		{"list bad state", "GET", "/v1/keys?scope=a&state=done", tokA, "", "", 400, idemapi.ProblemInvalidRequest},
+		{"list without scope", "GET", "/v1/keys", tokA, "", "", 400, idemapi.ProblemInvalidRequest},
 
-		{"no token", "POST", "/v1/begin", "", "application/json", `{"scope":"a","key":"k2"}`, 401, server.ProblemUnauthorized},
-		{"unknown token", "POST", "/v1/begin", "token-z", "application/json", `{"scope":"a","key":"k2"}`, 401, server.ProblemUnauthorized},
-		{"token prefix", "POST", "/v1/begin", "token-a-", "application/json", `{"scope":"a","key":"k2"}`, 401, server.ProblemUnauthorized},
-		{"metrics without token", "GET", "/metrics", "", "", "", 401, server.ProblemUnauthorized},
-		{"get without token", "GET", "/v1/keys/k?scope=a", "", "", "", 401, server.ProblemUnauthorized},
+		{"no token", "POST", "/v1/begin", "", "application/json", `{"scope":"a","key":"k2"}`, 401, idemapi.ProblemUnauthorized},
+		{"unknown token", "POST", "/v1/begin", "token-z", "application/json", `{"scope":"a","key":"k2"}`, 401, idemapi.ProblemUnauthorized},
+		{"token prefix", "POST", "/v1/begin", "token-a-", "application/json", `{"scope":"a","key":"k2"}`, 401, idemapi.ProblemUnauthorized},
+		{"metrics without token", "GET", "/metrics", "", "", "", 401, idemapi.ProblemUnauthorized},
+		{"get without token", "GET", "/v1/keys/k?scope=a", "", "", "", 401, idemapi.ProblemUnauthorized},
 
-		{"begin other scope", "POST", "/v1/begin", tokA, "application/json", `{"scope":"b","key":"k"}`, 403, server.ProblemForbidden},
-		{"complete other scope", "POST", "/v1/complete", tokA, "application/json", `{"scope":"b","key":"k","token":1}`, 403, server.ProblemForbidden},
-		{"release other scope", "POST", "/v1/release", tokA, "application/json", `{"scope":"b","key":"k","token":1}`, 403, server.ProblemForbidden},
-		{"extend other scope", "POST", "/v1/extend", tokA, "application/json", `{"scope":"b","key":"k","token":1}`, 403, server.ProblemForbidden},
-		{"checkpoint other scope", "POST", "/v1/checkpoint", tokA, "application/json", `{"scope":"b","key":"k","token":1,"point":"p"}`, 403, server.ProblemForbidden},
-		{"get other scope", "GET", "/v1/keys/k?scope=b", tokA, "", "", 403, server.ProblemForbidden},
-		{"delete other scope", "DELETE", "/v1/keys/k?scope=b", tokA, "", "", 403, server.ProblemForbidden},
-		{"list other scope", "GET", "/v1/keys?scope=b", tokA, "", "", 403, server.ProblemForbidden},
+		{"begin other scope", "POST", "/v1/begin", tokA, "application/json", `{"scope":"b","key":"k"}`, 403, idemapi.ProblemForbidden},
+		{"complete other scope", "POST", "/v1/complete", tokA, "application/json", `{"scope":"b","key":"k","token":1}`, 403, idemapi.ProblemForbidden},
+		{"release other scope", "POST", "/v1/release", tokA, "application/json", `{"scope":"b","key":"k","token":1}`, 403, idemapi.ProblemForbidden},
+		{"extend other scope", "POST", "/v1/extend", tokA, "application/json", `{"scope":"b","key":"k","token":1}`, 403, idemapi.ProblemForbidden},
+		{"checkpoint other scope", "POST", "/v1/checkpoint", tokA, "application/json", `{"scope":"b","key":"k","token":1,"point":"p"}`, 403, idemapi.ProblemForbidden},
+		{"get other scope", "GET", "/v1/keys/k?scope=b", tokA, "", "", 403, idemapi.ProblemForbidden},
+		{"delete other scope", "DELETE", "/v1/keys/k?scope=b", tokA, "", "", 403, idemapi.ProblemForbidden},
+		{"list other scope", "GET", "/v1/keys?scope=b", tokA, "", "", 403, idemapi.ProblemForbidden},
 
-		{"get missing", "GET", "/v1/keys/nope?scope=a", tokA, "", "", 404, server.ProblemNotFound},
-		{"unknown route", "GET", "/v2/begin", tokA, "", "", 404, server.ProblemNoSuchRoute},
-		{"nested key path", "GET", "/v1/keys/a/b?scope=a", tokA, "", "", 404, server.ProblemNoSuchRoute},
-		{"GET begin", "GET", "/v1/begin", tokA, "", "", 405, server.ProblemMethodNotAllowed},
-		{"PUT key", "PUT", "/v1/keys/k?scope=a", tokA, "", "", 405, server.ProblemMethodNotAllowed},
+		{"get missing", "GET", "/v1/keys/nope?scope=a", tokA, "", "", 404, idemapi.ProblemNotFound},
+		{"unknown route", "GET", "/v2/begin", tokA, "", "", 404, idemapi.ProblemNoSuchRoute},
+		{"nested key path", "GET", "/v1/keys/a/b?scope=a", tokA, "", "", 404, idemapi.ProblemNoSuchRoute},
+		{"GET begin", "GET", "/v1/begin", tokA, "", "", 405, idemapi.ProblemMethodNotAllowed},
+		{"PUT key", "PUT", "/v1/keys/k?scope=a", tokA, "", "", 405, idemapi.ProblemMethodNotAllowed},
 
-		{"too large", "POST", "/v1/begin", tokA, "application/json", `{"scope":"a","key":"k2","fingerprint":"` + strings.Repeat("f", 2000) + `"}`, 413, server.ProblemBodyTooLarge},
-		{"no content type", "POST", "/v1/begin", tokA, "", `{"scope":"a","key":"k2"}`, 415, server.ProblemUnsupportedMediaType},
-		{"text body", "POST", "/v1/begin", tokA, "text/plain", `{"scope":"a","key":"k2"}`, 415, server.ProblemUnsupportedMediaType},
-		{"bad media type", "POST", "/v1/begin", tokA, "application/json; =", `{"scope":"a","key":"k2"}`, 415, server.ProblemUnsupportedMediaType},
+		{"too large", "POST", "/v1/begin", tokA, "application/json", `{"scope":"a","key":"k2","fingerprint":"` + strings.Repeat("f", 2000) + `"}`, 413, idemapi.ProblemBodyTooLarge},
+		{"no content type", "POST", "/v1/begin", tokA, "", `{"scope":"a","key":"k2"}`, 415, idemapi.ProblemUnsupportedMediaType},
+		{"text body", "POST", "/v1/begin", tokA, "text/plain", `{"scope":"a","key":"k2"}`, 415, idemapi.ProblemUnsupportedMediaType},
+		{"bad media type", "POST", "/v1/begin", tokA, "application/json; =", `{"scope":"a","key":"k2"}`, 415, idemapi.ProblemUnsupportedMediaType},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			r := b.raw(t, tc.method, tc.path, tc.token, tc.contentType, tc.body)
@@ -511,7 +511,7 @@ func TestStreamedBodyOverTheLimitIs413(t *testing.T) {
 	req.Header.Set("Authorization", "Bearer "+tokA)
 	rec := httptest.NewRecorder()
 	b.srv.ServeHTTP(rec, req)
-	isProblem(t, &response{status: rec.Code, header: rec.Header(), body: rec.Body.Bytes()}, 413, server.ProblemBodyTooLarge)
+	isProblem(t, &response{status: rec.Code, header: rec.Header(), body: rec.Body.Bytes()}, 413, idemapi.ProblemBodyTooLarge)
 }
 
 func TestClosedStoreIs503(t *testing.T) {
@@ -520,14 +520,14 @@ func TestClosedStoreIs503(t *testing.T) {
 	if err := b.store.Close(); err != nil {
 		t.Fatal(err)
 	}
-	isProblem(t, b.call(t, "POST", "/v1/begin", tokA, `{"scope":"a","key":"k"}`), 503, server.ProblemUnavailable)
-	isProblem(t, b.call(t, "GET", "/v1/keys/k?scope=a", tokA, ""), 503, server.ProblemUnavailable)
+	isProblem(t, b.call(t, "POST", "/v1/begin", tokA, `{"scope":"a","key":"k"}`), 503, idemapi.ProblemUnavailable)
+	isProblem(t, b.call(t, "GET", "/v1/keys/k?scope=a", tokA, ""), 503, idemapi.ProblemUnavailable)
 }
 
 func TestNewRefusesUnusableConfig(t *testing.T) {
 	t.Parallel()
 	store := memstore.New(nil)
-	for name, cfg := range map[string]*server.Config{
+	for name, cfg := range map[string]*idemapi.Config{
 		"nil":            nil,
 		"no tokens":      {},
 		"no scopes":      {Tokens: map[string][]string{"t": nil}},
@@ -535,7 +535,7 @@ func TestNewRefusesUnusableConfig(t *testing.T) {
 		"negative body":  {Tokens: map[string][]string{"t": {"s"}}, MaxBody: -1},
 		"negative lease": {Tokens: map[string][]string{"t": {"s"}}, DefaultLease: -time.Second},
 	} {
-		if _, err := server.New(store, cfg); err == nil || !strings.Contains(err.Error(), idem.ErrInvalid.Error()) {
+		if _, err := idemapi.NewServer(store, cfg); err == nil || !strings.Contains(err.Error(), idem.ErrInvalid.Error()) {
 			t.Errorf("%s: err = %v, want ErrInvalid", name, err)
 		}
 	}

@@ -1,4 +1,4 @@
-package server_test
+package idemapi_test
 
 import (
 	"bytes"
@@ -8,7 +8,7 @@ import (
 	"sync"
 	"testing"
 
-	"github.com/idemkit/idem/cmd/idem/internal/server"
+	"github.com/idemkit/idem/idemapi"
 	"github.com/idemkit/idem/memstore"
 )
 
@@ -36,7 +36,7 @@ func TestLogsNeverHoldKeysTokensOrBodies(t *testing.T) {
 	var logs lockedBuffer
 	store := memstore.New(nil)
 	defer store.Close()
-	srv, err := server.New(store, &server.Config{
+	srv, err := idemapi.NewServer(store, &idemapi.Config{
 		Tokens: map[string][]string{"secret-token-9f8e": {"tenant-1"}},
 		Logger: slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
 	})

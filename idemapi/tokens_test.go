@@ -1,4 +1,4 @@
-package server_test
+package idemapi_test
 
 import (
 	"errors"
@@ -7,12 +7,12 @@ import (
 	"testing"
 
 	"github.com/idemkit/idem"
-	"github.com/idemkit/idem/cmd/idem/internal/server"
+	"github.com/idemkit/idem/idemapi"
 )
 
 func TestParseTokens(t *testing.T) {
 	t.Parallel()
-	got, err := server.ParseTokens(strings.NewReader(`# who may use the ledger
+	got, err := idemapi.ParseTokens(strings.NewReader(`# who may use the ledger
 ops-5f1e9c *
 
   billing-77d0	billing,orders  
@@ -41,7 +41,7 @@ func TestParseTokensNamesTheBadLine(t *testing.T) {
 		{"t\x01x a\n", "line 1: token byte 2 is not printable ASCII"},
 		{"tök a\n", "line 1: token byte 2 is not printable ASCII"},
 	} {
-		_, err := server.ParseTokens(strings.NewReader(tc.in))
+		_, err := idemapi.ParseTokens(strings.NewReader(tc.in))
 		if !errors.Is(err, idem.ErrInvalid) || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("ParseTokens(%q) = %v, want ErrInvalid with %q", tc.in, err, tc.want)
 		}
@@ -50,7 +50,7 @@ func TestParseTokensNamesTheBadLine(t *testing.T) {
 
 func TestParseTokensEmptyFile(t *testing.T) {
 	t.Parallel()
-	got, err := server.ParseTokens(strings.NewReader("# nothing yet\n\n"))
+	got, err := idemapi.ParseTokens(strings.NewReader("# nothing yet\n\n"))
 	if err != nil || len(got) != 0 {
 		t.Fatalf("got %v, %v", got, err)
 	}

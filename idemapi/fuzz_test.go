@@ -1,4 +1,4 @@
-package server_test
+package idemapi_test
 
 import (
 	"encoding/json"
@@ -10,7 +10,7 @@ import (
 	"time"
 
 	"github.com/idemkit/idem"
-	"github.com/idemkit/idem/cmd/idem/internal/server"
+	"github.com/idemkit/idem/idemapi"
 	"github.com/idemkit/idem/memstore"
 )
 
@@ -39,7 +39,7 @@ func FuzzHandler(f *testing.F) {
 
 	store := memstore.New(nil)
 	f.Cleanup(func() { _ = store.Close() })
-	srv, err := server.New(store, &server.Config{Tokens: map[string][]string{"t": {"*"}}, MaxBody: 4096})
+	srv, err := idemapi.NewServer(store, &idemapi.Config{Tokens: map[string][]string{"t": {"*"}}, MaxBody: 4096})
 	if err != nil {
 		f.Fatal(err)
 	}
@@ -60,8 +60,8 @@ func FuzzHandler(f *testing.F) {
 			t.Fatalf("answer is not JSON: %q", rec.Body)
 		}
 		if ct == "application/problem+json" {
-			var p server.Problem
-			if err := json.Unmarshal(rec.Body.Bytes(), &p); err != nil || p.Status != rec.Code || !strings.HasPrefix(p.Type, server.ProblemBase) {
+			var p idemapi.Problem
+			if err := json.Unmarshal(rec.Body.Bytes(), &p); err != nil || p.Status != rec.Code || !strings.HasPrefix(p.Type, idemapi.ProblemBase) {
 				t.Fatalf("bad problem %q (%v)", rec.Body, err)
 			}
 		}
@@ -80,7 +80,7 @@ func FuzzParseTokens(f *testing.F) {
 	f.Add("t \xff\n")
 	f.Add("\ttok\tscope  \r\n")
 	f.Fuzz(func(t *testing.T, in string) {
-		tokens, err := server.ParseTokens(strings.NewReader(in))
+		tokens, err := idemapi.ParseTokens(strings.NewReader(in))
 		if err != nil {
 			if !strings.Contains(err.Error(), idem.ErrInvalid.Error()) || !strings.Contains(err.Error(), "line ") {
 				t.Fatalf("error %q lacks ErrInvalid or the line", err)
@@ -98,7 +98,7 @@ func FuzzParseTokens(f *testing.F) {
 			}
 		}
 		if len(tokens) > 0 {
-			if _, err := server.New(memstore.New(nil), &server.Config{Tokens: tokens}); err != nil {
+			if _, err := idemapi.NewServer(memstore.New(nil), &idemapi.Config{Tokens: tokens}); err != nil {
 				t.Fatalf("parsed tokens refused by New: %v", err)
 			}
 		}
@@ -118,7 +118,7 @@ func FuzzKeysRequest(f *testing.F) {
 
 	store := memstore.New(nil)
 	f.Cleanup(func() { _ = store.Close() })
-	srv, err := server.New(store, &server.Config{Tokens: map[string][]string{"t": {"*"}}})
+	srv, err := idemapi.NewServer(store, &idemapi.Config{Tokens: map[string][]string{"t": {"*"}}})
 	if err != nil {
 		f.Fatal(err)
 	}

@@ -1,4 +1,4 @@
-package server
+package idemapi
 
 import (
 	"context"
@@ -71,12 +71,12 @@ type tokenEntry struct {
 
 // New returns the handler of the API over store. The caller keeps owning
 // the store (and closes it after the HTTP server has drained).
-func New(store idem.Store, cfg *Config) (*Server, error) {
+func NewServer(store idem.Store, cfg *Config) (*Server, error) {
 	if store == nil {
-		return nil, fmt.Errorf("%w: server: store is nil", idem.ErrInvalid)
+		return nil, fmt.Errorf("%w: idemapi: store is nil", idem.ErrInvalid)
 	}
 	if cfg == nil || len(cfg.Tokens) == 0 {
-		return nil, fmt.Errorf("%w: server: Config.Tokens is empty; every request would be refused (bind a token to a scope)", idem.ErrInvalid)
+		return nil, fmt.Errorf("%w: idemapi: Config.Tokens is empty; every request would be refused (bind a token to a scope)", idem.ErrInvalid)
 	}
 	s := &Server{
 		store:   store,
@@ -101,15 +101,15 @@ func New(store idem.Store, cfg *Config) (*Server, error) {
 	}
 	switch {
 	case s.maxBody < 0:
-		return nil, fmt.Errorf("%w: server: Config.MaxBody must be positive (or 0 for 4 MiB), got %d", idem.ErrInvalid, s.maxBody)
+		return nil, fmt.Errorf("%w: idemapi: Config.MaxBody must be positive (or 0 for 4 MiB), got %d", idem.ErrInvalid, s.maxBody)
 	case s.lease < 0 || s.lease > MaxDuration:
-		return nil, fmt.Errorf("%w: server: Config.DefaultLease must be positive (or 0 for 30s), got %s", idem.ErrInvalid, s.lease)
+		return nil, fmt.Errorf("%w: idemapi: Config.DefaultLease must be positive (or 0 for 30s), got %s", idem.ErrInvalid, s.lease)
 	case s.window < 0 || s.window > MaxDuration:
-		return nil, fmt.Errorf("%w: server: Config.DefaultWindow must be positive (or 0 for 24h), got %s", idem.ErrInvalid, s.window)
+		return nil, fmt.Errorf("%w: idemapi: Config.DefaultWindow must be positive (or 0 for 24h), got %s", idem.ErrInvalid, s.window)
 	}
 	for token, scopes := range cfg.Tokens {
 		if err := checkToken(token); err != nil || token == "" {
-			return nil, fmt.Errorf("%w: server: a token in Config.Tokens is unusable: must be printable ASCII without spaces", idem.ErrInvalid)
+			return nil, fmt.Errorf("%w: idemapi: a token in Config.Tokens is unusable: must be printable ASCII without spaces", idem.ErrInvalid)
 		}
 		e := tokenEntry{digest: sha256.Sum256([]byte(token)), scopes: map[string]bool{}}
 		for _, sc := range scopes {
@@ -119,7 +119,7 @@ func New(store idem.Store, cfg *Config) (*Server, error) {
 			e.scopes[sc] = true
 		}
 		if len(scopes) == 0 {
-			return nil, fmt.Errorf("%w: server: a token in Config.Tokens has no scopes", idem.ErrInvalid)
+			return nil, fmt.Errorf("%w: idemapi: a token in Config.Tokens has no scopes", idem.ErrInvalid)
 		}
 		s.tokens = append(s.tokens, e)
 	}

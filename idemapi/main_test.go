@@ -1,4 +1,4 @@
-package server_test
+package idemapi_test
 
 import (
 	"testing"

@@ -1,4 +1,4 @@
-// Package server is the HTTP/JSON face of an idem ledger, the handler behind
+// Package idemapi is the HTTP/JSON face of an idem ledger, the handler behind
 // `idem serve`. The API it implements is specified in docs/api.md; this
 // package is the reference for it.
 //
@@ -23,4 +23,4 @@
 //
 // One log line per request with the route, scope, status and duration.
 // Raw keys, tokens and bodies are never logged.
-package server
+package idemapi

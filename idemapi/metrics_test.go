@@ -1,4 +1,4 @@
-package server_test
+package idemapi_test
 
 import (
 	"fmt"
@@ -7,7 +7,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/idemkit/idem/cmd/idem/internal/server"
+	"github.com/idemkit/idem/idemapi"
 )
 
 var sampleLine = regexp.MustCompile(`^[a-zA-Z_:][a-zA-Z0-9_:]*(\{([a-zA-Z_][a-zA-Z0-9_]*="(\\.|[^"\\])*",?)*\})? (-?[0-9.]+(e[+-][0-9]+)?|[+-]Inf|NaN)$`)
@@ -20,17 +20,17 @@ func TestMetricsCountAKnownSequence(t *testing.T) {
 	}
 	k1 := b.acquire(t, "a", "k1")        // begin acquired
 	ok(t, begin("k1", "f"), &inFlight{}) // begin in_flight
-	isProblem(t, begin("k1", "other"), 422, server.ProblemFingerprintMismatch)
-	isProblem(t, begin("", "f"), 400, server.ProblemInvalidRequest) // never reaches the ledger
+	isProblem(t, begin("k1", "other"), 422, idemapi.ProblemFingerprintMismatch)
+	isProblem(t, begin("", "f"), 400, idemapi.ProblemInvalidRequest) // never reaches the ledger
 	b.clock.Advance(2 * time.Second)
 	ok(t, b.call(t, "POST", "/v1/complete", tokA, completeBody("a", "k1", k1.Token, []byte("x"))), &completed{})
 	ok(t, begin("k1", "f"), &replay{})
-	isProblem(t, b.call(t, "POST", "/v1/complete", tokA, completeBody("a", "k1", k1.Token, nil)), 409, server.ProblemCompleted)
+	isProblem(t, b.call(t, "POST", "/v1/complete", tokA, completeBody("a", "k1", k1.Token, nil)), 409, idemapi.ProblemCompleted)
 	k2 := b.acquire(t, "a", "k2")
 	rel := fmt.Sprintf(`{"scope":"a","key":"k2","token":%d}`, k2.Token)
 	ok(t, b.call(t, "POST", "/v1/release", tokA, rel), &struct{}{})
-	isProblem(t, b.call(t, "POST", "/v1/release", tokA, rel), 409, server.ProblemLeaseLost)
-	isProblem(t, b.call(t, "POST", "/v1/release", tokA, `{}`), 400, server.ProblemInvalidRequest)
+	isProblem(t, b.call(t, "POST", "/v1/release", tokA, rel), 409, idemapi.ProblemLeaseLost)
+	isProblem(t, b.call(t, "POST", "/v1/release", tokA, `{}`), 400, idemapi.ProblemInvalidRequest)
 
 	r := b.call(t, "GET", "/metrics", tokA, "")
 	if r.status != 200 || !strings.HasPrefix(r.header.Get("Content-Type"), "text/plain; version=0.0.4") {
