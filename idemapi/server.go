@@ -424,154 +424,8 @@ func (s *Server) serveMetrics(w http.ResponseWriter, r *http.Request, _ *request
 	return nil
 }
 
-// Wire types of docs/api.md.
-
-type beginRequest struct {
-	Scope       string `json:"scope"`
-	Key         string `json:"key"`
-	Fingerprint string `json:"fingerprint"`
-	LeaseMS     *int64 `json:"lease_ms"`
-	WindowMS    *int64 `json:"window_ms"`
-	RetentionMS *int64 `json:"retention_ms"`
-}
-
-type beginResponse struct {
-	Decision idem.Decision `json:"decision"`
-	// acquired
-	Token      int64            `json:"token,omitempty"`
-	Attempt    int              `json:"attempt,omitempty"`
-	LeaseUntil string           `json:"lease_until,omitempty"`
-	Takeover   *bool            `json:"takeover,omitempty"`
-	Checkpoint *json.RawMessage `json:"checkpoint,omitempty"`
-	// replay
-	Outcome     *idem.Outcome `json:"outcome,omitempty"`
-	CompletedAt string        `json:"completed_at,omitempty"`
-	ExpiresAt   string        `json:"expires_at,omitempty"`
-	// in_flight
-	RetryAfterMS *int64 `json:"retry_after_ms,omitempty"`
-}
-
-type completeRequest struct {
-	Scope   string       `json:"scope"`
-	Key     string       `json:"key"`
-	Token   int64        `json:"token"`
-	Outcome idem.Outcome `json:"outcome"`
-}
-
-type completeResponse struct {
-	CompletedAt string `json:"completed_at"`
-	ExpiresAt   string `json:"expires_at"`
-	Created     string `json:"created"`
-}
-
-type tokenRequest struct {
-	Scope string `json:"scope"`
-	Key   string `json:"key"`
-	Token int64  `json:"token"`
-}
-
-type extendRequest struct {
-	Scope   string `json:"scope"`
-	Key     string `json:"key"`
-	Token   int64  `json:"token"`
-	LeaseMS *int64 `json:"lease_ms"`
-}
-
-type extendResponse struct {
-	LeaseUntil string `json:"lease_until"`
-}
-
-type checkpointRequest struct {
-	Scope string `json:"scope"`
-	Key   string `json:"key"`
-	Token int64  `json:"token"`
-	Point string `json:"point"`
-	Data  []byte `json:"data"`
-}
-
-type sweepRequest struct {
-	Limit int `json:"limit"`
-}
-
-type sweepResponse struct {
-	Deleted int `json:"deleted"`
-}
-
-// RecordJSON is the record object of the API (docs/api.md); idem keys
-// --json prints the same.
-type RecordJSON struct {
-	Scope       string           `json:"scope"`
-	Key         string           `json:"key"`
-	Fingerprint string           `json:"fingerprint"`
-	State       idem.State       `json:"state"`
-	Token       int64            `json:"token"`
-	Attempts    int              `json:"attempts"`
-	LeaseUntil  string           `json:"lease_until,omitempty"`
-	Checkpoint  *idem.Checkpoint `json:"checkpoint"`
-	Outcome     *idem.Outcome    `json:"outcome"`
-	Created     string           `json:"created,omitempty"`
-	Completed   string           `json:"completed,omitempty"`
-	Expires     string           `json:"expires,omitempty"`
-	RetainUntil string           `json:"retain_until,omitempty"`
-	WindowMS    int64            `json:"window_ms"`
-	RetentionMS int64            `json:"retention_ms"`
-}
-
-type listResponse struct {
-	Records    []*RecordJSON `json:"records"`
-	NextCursor string        `json:"next_cursor"`
-}
-
-// timeString writes t as RFC 3339 with nanoseconds in UTC; "" when unset.
-func timeString(t time.Time) string {
-	if t.IsZero() {
-		return ""
-	}
-	return t.UTC().Format(time.RFC3339Nano)
-}
-
-// outcomeJSON makes data always a string ("" rather than null for empty).
-func outcomeJSON(o *idem.Outcome) *idem.Outcome {
-	if o == nil {
-		return nil
-	}
-	c := *o
-	if c.Data == nil {
-		c.Data = []byte{}
-	}
-	return &c
-}
-
-func checkpointJSON(c *idem.Checkpoint) *idem.Checkpoint {
-	if c == nil {
-		return nil
-	}
-	cp := *c
-	if cp.Data == nil {
-		cp.Data = []byte{}
-	}
-	return &cp
-}
-
-// EncodeRecord returns r as the API shows it.
-func EncodeRecord(r *idem.Record) *RecordJSON {
-	return &RecordJSON{
-		Scope: r.Scope, Key: r.Key, Fingerprint: r.Fingerprint, State: r.State,
-		Token: r.Token, Attempts: r.Attempts,
-		LeaseUntil:  timeString(r.LeaseUntil),
-		Checkpoint:  checkpointJSON(r.Checkpoint),
-		Outcome:     outcomeJSON(r.Outcome),
-		Created:     timeString(r.Created),
-		Completed:   timeString(r.Completed),
-		Expires:     timeString(r.Expires),
-		RetainUntil: timeString(r.RetainUntil),
-		WindowMS:    r.Window.Milliseconds(),
-		RetentionMS: r.Retention.Milliseconds(),
-	}
-}
-
 func (s *Server) begin(w http.ResponseWriter, r *http.Request, req *request) *problem {
-	var in beginRequest
+	var in BeginRequest
 	if p := s.decode(w, r, &in); p != nil {
 		return p
 	}
@@ -607,7 +461,7 @@ func (s *Server) begin(w http.ResponseWriter, r *http.Request, req *request) *pr
 	if err != nil {
 		return problemFor(err)
 	}
-	out := beginResponse{Decision: res.Decision}
+	out := BeginResponse{Decision: res.Decision}
 	switch res.Decision {
 	case idem.Acquired:
 		rec := res.Record
@@ -617,7 +471,7 @@ func (s *Server) begin(w http.ResponseWriter, r *http.Request, req *request) *pr
 			return problemFor(err)
 		}
 		raw := json.RawMessage(cp)
-		out.Token, out.Attempt, out.LeaseUntil = rec.Token, rec.Attempts, timeString(rec.LeaseUntil)
+		out.Token, out.Attempt, out.LeaseUntil = &rec.Token, &rec.Attempts, ptr(FormatTime(rec.LeaseUntil))
 		out.Takeover, out.Checkpoint = &takeover, &raw
 	case idem.Replay:
 		rec := res.Record
@@ -625,7 +479,7 @@ func (s *Server) begin(w http.ResponseWriter, r *http.Request, req *request) *pr
 		if out.Outcome == nil {
 			out.Outcome = &idem.Outcome{Data: []byte{}}
 		}
-		out.CompletedAt, out.ExpiresAt = timeString(rec.Completed), timeString(rec.Expires)
+		out.CompletedAt, out.ExpiresAt = ptr(FormatTime(rec.Completed)), ptr(FormatTime(rec.Expires))
 	case idem.InFlight:
 		ms := int64(math.Ceil(float64(res.RetryAfter) / float64(time.Millisecond)))
 		out.RetryAfterMS = &ms
@@ -640,7 +494,7 @@ func (s *Server) begin(w http.ResponseWriter, r *http.Request, req *request) *pr
 }
 
 func (s *Server) complete(w http.ResponseWriter, r *http.Request, req *request) *problem {
-	var in completeRequest
+	var in CompleteRequest
 	if p := s.decode(w, r, &in); p != nil {
 		return p
 	}
@@ -661,13 +515,13 @@ func (s *Server) complete(w http.ResponseWriter, r *http.Request, req *request) 
 	if err != nil {
 		return problemFor(err)
 	}
-	return writeJSON(w, http.StatusOK, completeResponse{
-		CompletedAt: timeString(rec.Completed), ExpiresAt: timeString(rec.Expires), Created: timeString(rec.Created),
+	return writeJSON(w, http.StatusOK, CompleteResponse{
+		CompletedAt: ptr(FormatTime(rec.Completed)), ExpiresAt: ptr(FormatTime(rec.Expires)), Created: FormatTime(rec.Created),
 	})
 }
 
 func (s *Server) release(w http.ResponseWriter, r *http.Request, req *request) *problem {
-	var in tokenRequest
+	var in ReleaseRequest
 	if p := s.decode(w, r, &in); p != nil {
 		return p
 	}
@@ -688,7 +542,7 @@ func (s *Server) release(w http.ResponseWriter, r *http.Request, req *request) *
 }
 
 func (s *Server) extend(w http.ResponseWriter, r *http.Request, req *request) *problem {
-	var in extendRequest
+	var in ExtendRequest
 	if p := s.decode(w, r, &in); p != nil {
 		return p
 	}
@@ -709,11 +563,11 @@ func (s *Server) extend(w http.ResponseWriter, r *http.Request, req *request) *p
 	if err != nil {
 		return problemFor(err)
 	}
-	return writeJSON(w, http.StatusOK, extendResponse{LeaseUntil: timeString(rec.LeaseUntil)})
+	return writeJSON(w, http.StatusOK, ExtendResponse{LeaseUntil: ptr(FormatTime(rec.LeaseUntil))})
 }
 
 func (s *Server) checkpoint(w http.ResponseWriter, r *http.Request, req *request) *problem {
-	var in checkpointRequest
+	var in CheckpointRequest
 	if p := s.decode(w, r, &in); p != nil {
 		return p
 	}
@@ -734,7 +588,7 @@ func (s *Server) checkpoint(w http.ResponseWriter, r *http.Request, req *request
 }
 
 func (s *Server) sweep(w http.ResponseWriter, r *http.Request, req *request) *problem {
-	var in sweepRequest
+	var in SweepRequest
 	if p := s.decode(w, r, &in); p != nil {
 		return p
 	}
@@ -749,7 +603,7 @@ func (s *Server) sweep(w http.ResponseWriter, r *http.Request, req *request) *pr
 	if err != nil {
 		return problemFor(err)
 	}
-	return writeJSON(w, http.StatusOK, sweepResponse{Deleted: res.Deleted})
+	return writeJSON(w, http.StatusOK, SweepResponse{Deleted: &res.Deleted})
 }
 
 // keyRecord serves GET and DELETE /v1/keys/{key}?scope=S.
@@ -811,12 +665,14 @@ func (s *Server) list(w http.ResponseWriter, r *http.Request, req *request) *pro
 	if err != nil {
 		return problemFor(err)
 	}
-	out := listResponse{Records: make([]*RecordJSON, 0, len(res.Records)), NextCursor: res.NextCursor}
+	out := ListResponse{Records: make([]*Record, 0, len(res.Records)), NextCursor: &res.NextCursor}
 	for _, rec := range res.Records {
 		out.Records = append(out.Records, EncodeRecord(rec))
 	}
 	return writeJSON(w, http.StatusOK, out)
 }
+
+func ptr[T any](v T) *T { return &v }
 
 // routeNames lists the route label values.
 func routeNames() []string {

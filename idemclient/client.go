@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/idemkit/idem"
+	"github.com/idemkit/idem/idemapi"
 )
 
 // DefaultMaxResponse bounds the body of one answer: a 4 MiB outcome (the
@@ -190,10 +191,10 @@ func (c *Client) Begin(ctx context.Context, p *idem.BeginParams) (*idem.BeginRes
 	if err := p.Validate(); err != nil {
 		return nil, err
 	}
-	in := beginRequest{Scope: p.Scope, Key: p.Key, Fingerprint: p.Fingerprint,
+	in := idemapi.BeginRequest{Scope: p.Scope, Key: p.Key, Fingerprint: p.Fingerprint,
 		LeaseMS: millis(p.Lease), WindowMS: millis(p.Window), RetentionMS: millis(p.Retention)}
 	body, err := c.call(ctx, "begin", http.MethodPost, "/v1/begin", in, http.StatusOK)
-	if isProblem(err, "fingerprint-mismatch") {
+	if isProblem(err, idemapi.ProblemFingerprintMismatch) {
 		return &idem.BeginResult{Decision: idem.Mismatch}, nil
 	}
 	if err != nil {
@@ -209,7 +210,7 @@ func (c *Client) Complete(ctx context.Context, p *idem.CompleteParams) (*idem.Re
 	if err := p.Validate(); err != nil {
 		return nil, err
 	}
-	in := completeRequest{Scope: p.Scope, Key: p.Key, Token: p.Token, Outcome: p.Outcome}
+	in := idemapi.CompleteRequest{Scope: p.Scope, Key: p.Key, Token: p.Token, Outcome: p.Outcome}
 	if in.Outcome.Data == nil {
 		in.Outcome.Data = []byte{}
 	}
@@ -217,7 +218,7 @@ func (c *Client) Complete(ctx context.Context, p *idem.CompleteParams) (*idem.Re
 	if err != nil {
 		return nil, err
 	}
-	var r completeResponse
+	var r idemapi.CompleteResponse
 	if err := decodeJSON(op, body, &r); err != nil {
 		return nil, err
 	}
@@ -239,7 +240,7 @@ func (c *Client) Release(ctx context.Context, p *idem.ReleaseParams) error {
 	if err := p.Validate(); err != nil {
 		return err
 	}
-	body, err := c.call(ctx, "release", http.MethodPost, "/v1/release", tokenRequest{Scope: p.Scope, Key: p.Key, Token: p.Token}, http.StatusOK)
+	body, err := c.call(ctx, "release", http.MethodPost, "/v1/release", idemapi.ReleaseRequest{Scope: p.Scope, Key: p.Key, Token: p.Token}, http.StatusOK)
 	if err != nil {
 		return err
 	}
@@ -253,12 +254,12 @@ func (c *Client) Extend(ctx context.Context, p *idem.ExtendParams) (*idem.Record
 	if err := p.Validate(); err != nil {
 		return nil, err
 	}
-	in := extendRequest{Scope: p.Scope, Key: p.Key, Token: p.Token, LeaseMS: millis(p.Lease)}
+	in := idemapi.ExtendRequest{Scope: p.Scope, Key: p.Key, Token: p.Token, LeaseMS: millis(p.Lease)}
 	body, err := c.call(ctx, op, http.MethodPost, "/v1/extend", in, http.StatusOK)
 	if err != nil {
 		return nil, err
 	}
-	var r extendResponse
+	var r idemapi.ExtendResponse
 	if err := decodeJSON(op, body, &r); err != nil {
 		return nil, err
 	}
@@ -274,7 +275,7 @@ func (c *Client) Checkpoint(ctx context.Context, p *idem.CheckpointParams) error
 	if err := p.Validate(); err != nil {
 		return err
 	}
-	in := checkpointRequest{Scope: p.Scope, Key: p.Key, Token: p.Token, Point: p.Point, Data: p.Data}
+	in := idemapi.CheckpointRequest{Scope: p.Scope, Key: p.Key, Token: p.Token, Point: p.Point, Data: p.Data}
 	if in.Data == nil {
 		in.Data = []byte{}
 	}
@@ -321,11 +322,11 @@ func (c *Client) Sweep(ctx context.Context, p *idem.SweepParams) (*idem.SweepRes
 	if err := p.Validate(); err != nil {
 		return nil, err
 	}
-	body, err := c.call(ctx, op, http.MethodPost, "/v1/sweep", sweepRequest{Limit: p.Limit}, http.StatusOK)
+	body, err := c.call(ctx, op, http.MethodPost, "/v1/sweep", idemapi.SweepRequest{Limit: p.Limit}, http.StatusOK)
 	if err != nil {
 		return nil, err
 	}
-	var r sweepResponse
+	var r idemapi.SweepResponse
 	if err := decodeJSON(op, body, &r); err != nil {
 		return nil, err
 	}

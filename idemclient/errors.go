@@ -8,6 +8,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/idemkit/idem"
+	"github.com/idemkit/idem/idemapi"
 )
 
 // Sentinels for answers that have no core counterpart. Every error of a
@@ -35,10 +36,6 @@ var (
 	// something other than idem serve, or the server is broken or newer.
 	ErrProtocol = errors.New("idemclient: unexpected answer from the server")
 )
-
-// ProblemBase is the prefix of every problem type URI of the API; the name
-// after # says what went wrong (docs/api.md, "Problems").
-const ProblemBase = "https://github.com/idemkit/idem/blob/main/docs/api.md#"
 
 // ProblemError is an error answer of the server: an RFC 9457 problem
 // document, or, when the body is not one, what the client could tell from
@@ -79,19 +76,20 @@ func (e *ProblemError) Unwrap() error { return e.Err }
 // problemSentinels maps the problem names of docs/api.md to sentinels.
 // fingerprint-mismatch is a Begin decision, not an error, for Begin.
 var problemSentinels = map[string]error{
-	"invalid-request":        idem.ErrInvalid,
-	"body-too-large":         idem.ErrInvalid,
-	"unauthorized":           ErrUnauthorized,
-	"forbidden":              ErrForbidden,
-	"not-found":              idem.ErrNotFound,
-	"lease-lost":             idem.ErrLeaseLost,
-	"completed":              idem.ErrCompleted,
-	"fingerprint-mismatch":   idem.ErrFingerprintMismatch,
-	"not-implemented":        idem.ErrNotImplemented,
-	"unavailable":            ErrUnavailable,
-	"method-not-allowed":     ErrProtocol, // this client never sends one: the URL is wrong
-	"unsupported-media-type": ErrProtocol,
-	"internal":               ErrUnavailable,
+	idemapi.ProblemInvalidRequest:       idem.ErrInvalid,
+	idemapi.ProblemBodyTooLarge:         idem.ErrInvalid,
+	idemapi.ProblemUnauthorized:         ErrUnauthorized,
+	idemapi.ProblemForbidden:            ErrForbidden,
+	idemapi.ProblemNotFound:             idem.ErrNotFound,
+	idemapi.ProblemLeaseLost:            idem.ErrLeaseLost,
+	idemapi.ProblemCompleted:            idem.ErrCompleted,
+	idemapi.ProblemFingerprintMismatch:  idem.ErrFingerprintMismatch,
+	idemapi.ProblemNotImplemented:       idem.ErrNotImplemented,
+	idemapi.ProblemUnavailable:          ErrUnavailable,
+	idemapi.ProblemMethodNotAllowed:     ErrProtocol, // this client never sends one: the URL is wrong
+	idemapi.ProblemUnsupportedMediaType: ErrProtocol,
+	idemapi.ProblemNoSuchRoute:          ErrProtocol,
+	idemapi.ProblemInternal:             ErrUnavailable,
 }
 
 // statusSentinel is what a status alone says, for bodies that are no

@@ -12,129 +12,22 @@ import (
 	"time"
 
 	"github.com/idemkit/idem"
+	"github.com/idemkit/idem/idemapi"
 )
 
-// Wire types of docs/api.md. Responses are decoded into pointers so that a
-// missing field is told from a zero one; unknown fields are accepted, so a
-// newer server may add some.
-
-type beginRequest struct {
-	Scope       string `json:"scope"`
-	Key         string `json:"key"`
-	Fingerprint string `json:"fingerprint"`
-	LeaseMS     int64  `json:"lease_ms"`
-	WindowMS    int64  `json:"window_ms"`
-	RetentionMS int64  `json:"retention_ms"`
-}
-
-type completeRequest struct {
-	Scope   string       `json:"scope"`
-	Key     string       `json:"key"`
-	Token   int64        `json:"token"`
-	Outcome idem.Outcome `json:"outcome"`
-}
-
-type tokenRequest struct {
-	Scope string `json:"scope"`
-	Key   string `json:"key"`
-	Token int64  `json:"token"`
-}
-
-type extendRequest struct {
-	Scope   string `json:"scope"`
-	Key     string `json:"key"`
-	Token   int64  `json:"token"`
-	LeaseMS int64  `json:"lease_ms"`
-}
-
-type checkpointRequest struct {
-	Scope string `json:"scope"`
-	Key   string `json:"key"`
-	Token int64  `json:"token"`
-	Point string `json:"point"`
-	Data  []byte `json:"data"`
-}
-
-type sweepRequest struct {
-	Limit int `json:"limit"`
-}
-
-type beginResponse struct {
-	Decision     *string          `json:"decision"`
-	Token        *int64           `json:"token"`
-	Attempt      *int             `json:"attempt"`
-	LeaseUntil   *string          `json:"lease_until"`
-	Takeover     *bool            `json:"takeover"`
-	Checkpoint   *json.RawMessage `json:"checkpoint"`
-	Outcome      *outcomeJSON     `json:"outcome"`
-	CompletedAt  *string          `json:"completed_at"`
-	ExpiresAt    *string          `json:"expires_at"`
-	RetryAfterMS *int64           `json:"retry_after_ms"`
-}
-
-type outcomeJSON struct {
-	Data *[]byte           `json:"data"`
-	Meta map[string]string `json:"meta"`
-}
-
-type checkpointJSON struct {
-	Point *string `json:"point"`
-	Data  *[]byte `json:"data"`
-}
-
-type recordJSON struct {
-	Scope       *string         `json:"scope"`
-	Key         *string         `json:"key"`
-	Fingerprint *string         `json:"fingerprint"`
-	State       *string         `json:"state"`
-	Token       *int64          `json:"token"`
-	Attempts    *int            `json:"attempts"`
-	LeaseUntil  string          `json:"lease_until"`
-	Checkpoint  json.RawMessage `json:"checkpoint"`
-	Outcome     json.RawMessage `json:"outcome"`
-	Created     string          `json:"created"`
-	Completed   string          `json:"completed"`
-	Expires     string          `json:"expires"`
-	RetainUntil string          `json:"retain_until"`
-	WindowMS    int64           `json:"window_ms"`
-	RetentionMS int64           `json:"retention_ms"`
-}
-
-type listResponse struct {
-	Records    *[]json.RawMessage `json:"records"`
-	NextCursor *string            `json:"next_cursor"`
-}
-
-type completeResponse struct {
-	CompletedAt *string `json:"completed_at"`
-	ExpiresAt   *string `json:"expires_at"`
-	Created     string  `json:"created"`
-}
-
-type extendResponse struct {
-	LeaseUntil *string `json:"lease_until"`
-}
-
-type sweepResponse struct {
-	Deleted *int `json:"deleted"`
-}
-
-type problemJSON struct {
-	Type   string `json:"type"`
-	Title  string `json:"title"`
-	Status int    `json:"status"`
-	Detail string `json:"detail"`
-}
+// The wire types are idemapi's: the server's and this client's are one
+// schema. Unknown fields in answers are accepted, so a newer server may add
+// some.
 
 // millis writes a duration as the API's integer milliseconds, rounding up
 // so that a positive duration never becomes 0 (which the server reads as
 // "invalid" or "default").
-func millis(d time.Duration) int64 {
-	ms := d / time.Millisecond
+func millis(d time.Duration) *int64 {
+	ms := int64(d / time.Millisecond)
 	if d%time.Millisecond != 0 {
 		ms++
 	}
-	return int64(ms)
+	return &ms
 }
 
 // durationMS reads integer milliseconds, refusing what a Duration cannot
@@ -179,44 +72,40 @@ func parseTimePtr(op, field string, s *string) (time.Time, error) {
 	return parseTime(op, field, *s, true)
 }
 
-func (o *outcomeJSON) outcome(op string) (*idem.Outcome, error) {
-	if o.Data == nil {
-		return nil, protocolf(op, "the outcome has no data")
-	}
-	return &idem.Outcome{Data: *o.Data, Meta: o.Meta}, nil
-}
-
 // decodeCheckpoint reads a checkpoint that may be null.
 func decodeCheckpoint(op string, raw []byte) (*idem.Checkpoint, error) {
 	if len(raw) == 0 || string(raw) == "null" {
 		return nil, nil
 	}
-	var c checkpointJSON
+	var c idem.Checkpoint
 	if err := decodeJSON(op, raw, &c); err != nil {
 		return nil, err
 	}
-	if c.Point == nil || *c.Point == "" {
+	return checkCheckpoint(op, &c)
+}
+
+func checkCheckpoint(op string, c *idem.Checkpoint) (*idem.Checkpoint, error) {
+	if c == nil {
+		return nil, nil
+	}
+	if c.Point == "" {
 		return nil, protocolf(op, "the checkpoint has no point")
 	}
-	cp := &idem.Checkpoint{Point: *c.Point}
-	if c.Data != nil {
-		cp.Data = *c.Data
-	}
-	return cp, nil
+	return c, nil
 }
 
 // decodeBegin reads the 200 answer of POST /v1/begin for p.
 func decodeBegin(p *idem.BeginParams, body []byte) (*idem.BeginResult, error) {
 	const op = "begin"
-	var r beginResponse
+	var r idemapi.BeginResponse
 	if err := decodeJSON(op, body, &r); err != nil {
 		return nil, err
 	}
-	if r.Decision == nil {
+	if r.Decision == "" {
 		return nil, protocolf(op, "the answer has no decision")
 	}
 	rec := &idem.Record{Scope: p.Scope, Key: p.Key, Fingerprint: p.Fingerprint, Window: p.Window, Retention: p.Retention}
-	res := &idem.BeginResult{Decision: idem.Decision(*r.Decision), Record: rec}
+	res := &idem.BeginResult{Decision: r.Decision, Record: rec}
 	switch res.Decision {
 	case idem.Acquired:
 		switch {
@@ -243,10 +132,7 @@ func decodeBegin(p *idem.BeginParams, body []byte) (*idem.BeginResult, error) {
 		if r.Outcome == nil {
 			return nil, protocolf(op, "replay without an outcome")
 		}
-		out, err := r.Outcome.outcome(op)
-		if err != nil {
-			return nil, err
-		}
+		out := r.Outcome
 		completed, err := parseTimePtr(op, "completed_at", r.CompletedAt)
 		if err != nil {
 			return nil, err
@@ -269,33 +155,37 @@ func decodeBegin(p *idem.BeginParams, body []byte) (*idem.BeginResult, error) {
 		}
 		rec.State, res.RetryAfter = idem.StatePending, d
 	default:
-		return nil, protocolf(op, "unknown decision %q", snippet([]byte(*r.Decision)))
+		return nil, protocolf(op, "unknown decision %q", snippet([]byte(r.Decision)))
 	}
 	return res, nil
 }
 
-// decodeRecord reads one record of GET /v1/keys/{key} or of a list.
+// decodeRecord reads the answer of GET /v1/keys/{key}.
 func decodeRecord(op string, body []byte) (*idem.Record, error) {
-	var r recordJSON
+	var r idemapi.Record
 	if err := decodeJSON(op, body, &r); err != nil {
 		return nil, err
 	}
+	return checkRecord(op, &r)
+}
+
+// checkRecord turns a record of the API into an idem.Record.
+func checkRecord(op string, r *idemapi.Record) (*idem.Record, error) {
 	switch {
-	case r.Scope == nil || *r.Scope == "":
+	case r == nil:
+		return nil, protocolf(op, "a null record")
+	case r.Scope == "":
 		return nil, protocolf(op, "the record has no scope")
-	case r.Key == nil || *r.Key == "":
+	case r.Key == "":
 		return nil, protocolf(op, "the record has no key")
-	case r.State == nil || !idem.State(*r.State).Valid():
+	case !r.State.Valid():
 		return nil, protocolf(op, "the record has no valid state")
-	case r.Token == nil || *r.Token <= 0:
+	case r.Token <= 0:
 		return nil, protocolf(op, "the record has no positive token")
-	case r.Attempts == nil || *r.Attempts < 0:
-		return nil, protocolf(op, "the record has no attempt count")
+	case r.Attempts < 0:
+		return nil, protocolf(op, "the record has a negative attempt count")
 	}
-	rec := &idem.Record{Scope: *r.Scope, Key: *r.Key, State: idem.State(*r.State), Token: *r.Token, Attempts: *r.Attempts}
-	if r.Fingerprint != nil {
-		rec.Fingerprint = *r.Fingerprint
-	}
+	rec := &idem.Record{Scope: r.Scope, Key: r.Key, Fingerprint: r.Fingerprint, State: r.State, Token: r.Token, Attempts: r.Attempts, Outcome: r.Outcome}
 	var err error
 	times := []struct {
 		field string
@@ -319,17 +209,8 @@ func decodeRecord(op string, body []byte) (*idem.Record, error) {
 	if rec.Retention, err = durationMS(op, "retention_ms", r.RetentionMS); err != nil {
 		return nil, err
 	}
-	if rec.Checkpoint, err = decodeCheckpoint(op, r.Checkpoint); err != nil {
+	if rec.Checkpoint, err = checkCheckpoint(op, r.Checkpoint); err != nil {
 		return nil, err
-	}
-	if len(r.Outcome) > 0 && string(r.Outcome) != "null" {
-		var o outcomeJSON
-		if err := decodeJSON(op, r.Outcome, &o); err != nil {
-			return nil, err
-		}
-		if rec.Outcome, err = o.outcome(op); err != nil {
-			return nil, err
-		}
 	}
 	if rec.State == idem.StateCompleted && rec.Outcome == nil {
 		return nil, protocolf(op, "a completed record without an outcome")
@@ -341,21 +222,21 @@ func decodeRecord(op string, body []byte) (*idem.Record, error) {
 // of the scope (and state) asked for.
 func decodeList(p *idem.ListParams, body []byte) (*idem.ListResult, error) {
 	const op = "list"
-	var r listResponse
+	var r idemapi.ListResponse
 	if err := decodeJSON(op, body, &r); err != nil {
 		return nil, err
 	}
 	if r.Records == nil || r.NextCursor == nil {
 		return nil, protocolf(op, "the answer lacks records or next_cursor")
 	}
-	if len(*r.Records) > p.Limit {
-		return nil, protocolf(op, "%d records, over the limit of %d", len(*r.Records), p.Limit)
+	if len(r.Records) > p.Limit {
+		return nil, protocolf(op, "%d records, over the limit of %d", len(r.Records), p.Limit)
 	}
-	res := &idem.ListResult{Records: make([]*idem.Record, 0, len(*r.Records)), NextCursor: *r.NextCursor}
-	for i, raw := range *r.Records {
-		rec, err := decodeRecord(op, raw)
+	res := &idem.ListResult{Records: make([]*idem.Record, 0, len(r.Records)), NextCursor: *r.NextCursor}
+	for i, raw := range r.Records {
+		rec, err := checkRecord(fmt.Sprintf("%s: record %d", op, i), raw)
 		if err != nil {
-			return nil, fmt.Errorf("record %d: %w", i, err)
+			return nil, err
 		}
 		if rec.Scope != p.Scope || (p.State != "" && rec.State != p.State) {
 			return nil, protocolf(op, "record %d is of scope %q in state %s, not what was asked", i, snippet([]byte(rec.Scope)), rec.State)
@@ -372,9 +253,9 @@ func decodeList(p *idem.ListParams, body []byte) (*idem.ListResult, error) {
 func decodeProblem(op string, status int, contentType string, body []byte) *ProblemError {
 	pe := &ProblemError{Op: op, Status: status, Err: statusSentinel(status)}
 	mt, _, _ := mime.ParseMediaType(contentType)
-	var p problemJSON
+	var p idemapi.Problem
 	if (mt == "application/problem+json" || mt == "application/json") && json.Unmarshal(body, &p) == nil {
-		if name, ok := strings.CutPrefix(p.Type, ProblemBase); ok {
+		if name, ok := strings.CutPrefix(p.Type, idemapi.ProblemBase); ok {
 			if sentinel, known := problemSentinels[name]; known {
 				pe.Name, pe.Title, pe.Detail, pe.Err = name, p.Title, p.Detail, sentinel
 				return pe

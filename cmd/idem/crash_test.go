@@ -543,7 +543,7 @@ func (r *crashRun) checkOpen(c *client, key string, a *acquired) {
 		return
 	}
 	r.ops[opGet].Add(1)
-	var rec idemapi.RecordJSON
+	var rec idemapi.Record
 	switch {
 	case status != http.StatusOK || json.Unmarshal(data, &rec) != nil:
 		r.wrongf("get %s, acquired with token %d: %d %s", key, last, status, data)
@@ -581,7 +581,7 @@ func (r *crashRun) check(c *client, key string, a ack) {
 // recordDiffers says how a GET answer differs from the completed record a,
 // "" when it does not.
 func recordDiffers(status int, data []byte, a ack) string {
-	var rec idemapi.RecordJSON
+	var rec idemapi.Record
 	if status != http.StatusOK || json.Unmarshal(data, &rec) != nil {
 		return fmt.Sprintf("%d %s", status, data)
 	}
