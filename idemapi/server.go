@@ -13,9 +13,11 @@ import (
 	"mime"
 	"net/http"
 	"net/url"
+	"reflect"
 	"strconv"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/idemkit/idem"
 )
@@ -295,7 +297,8 @@ func authorize(req *request, scope string) *problem {
 	return newProblem(http.StatusForbidden, ProblemForbidden, "the token is not bound to this scope")
 }
 
-// decode reads the body as exactly one JSON value into v, strictly.
+// decode reads the body as exactly one JSON object into v, strictly (see
+// checkStrict).
 func (s *Server) decode(w http.ResponseWriter, r *http.Request, v any) *problem {
 	mt, _, err := mime.ParseMediaType(r.Header.Get("Content-Type"))
 	if err != nil || mt != "application/json" {
@@ -304,63 +307,26 @@ func (s *Server) decode(w http.ResponseWriter, r *http.Request, v any) *problem 
 	if r.ContentLength > s.maxBody {
 		return tooLarge(s.maxBody)
 	}
-	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, s.maxBody))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(v); err != nil {
-		return decodeProblem(err, s.maxBody)
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, s.maxBody))
+	if err != nil {
+		var tooBig *http.MaxBytesError
+		if errors.As(err, &tooBig) {
+			return tooLarge(s.maxBody)
+		}
+		return newProblem(http.StatusBadRequest, ProblemInvalidRequest, "the body could not be read")
 	}
-	var extra json.RawMessage
-	switch err := dec.Decode(&extra); {
-	case err == io.EOF:
-		return nil
-	case err == nil:
-		return newProblem(http.StatusBadRequest, ProblemInvalidRequest, "the body holds more than one JSON value")
-	default:
-		return decodeProblem(err, s.maxBody)
+	if err := checkStrict(body, shapeFor(reflect.TypeOf(v))); err != nil {
+		return newProblem(http.StatusBadRequest, ProblemInvalidRequest, err.Error())
 	}
+	if err := json.Unmarshal(body, v); err != nil {
+		// checkStrict admits only what decodes: this is a bug.
+		return &problem{status: http.StatusInternalServerError, name: ProblemInternal, detail: "the server failed to decode a body it accepted; this is a bug", err: err}
+	}
+	return nil
 }
 
 func tooLarge(limit int64) *problem {
 	return newProblem(http.StatusRequestEntityTooLarge, ProblemBodyTooLarge, fmt.Sprintf("the body is over the limit of %d bytes", limit))
-}
-
-func decodeProblem(err error, limit int64) *problem {
-	var tooBig *http.MaxBytesError
-	switch {
-	case errors.As(err, &tooBig):
-		return tooLarge(limit)
-	case errors.Is(err, io.EOF):
-		return newProblem(http.StatusBadRequest, ProblemInvalidRequest, "the body is empty; send a JSON object")
-	case errors.Is(err, io.ErrUnexpectedEOF):
-		return newProblem(http.StatusBadRequest, ProblemInvalidRequest, "the body ends inside a JSON value")
-	}
-	var syntax *json.SyntaxError
-	var typ *json.UnmarshalTypeError
-	switch {
-	case errors.As(err, &syntax):
-		return newProblem(http.StatusBadRequest, ProblemInvalidRequest, fmt.Sprintf("malformed JSON at byte %d: %v", syntax.Offset, err))
-	case errors.As(err, &typ):
-		return newProblem(http.StatusBadRequest, ProblemInvalidRequest, fmt.Sprintf("field %q must be a JSON %s", typ.Field, jsonKind(typ.Type.Kind().String())))
-	}
-	// Unknown fields, bad base64 and the like: encoding/json's message names
-	// the field, not the value.
-	return newProblem(http.StatusBadRequest, ProblemInvalidRequest, strings.TrimPrefix(err.Error(), "json: "))
-}
-
-func jsonKind(goKind string) string {
-	switch {
-	case strings.HasPrefix(goKind, "int"), strings.HasPrefix(goKind, "uint"):
-		return "integer"
-	case goKind == "string":
-		return "string"
-	case goKind == "slice":
-		return "string (base64) or array"
-	case goKind == "map", goKind == "struct", goKind == "ptr":
-		return "object"
-	case goKind == "bool":
-		return "boolean"
-	}
-	return "value of another type"
 }
 
 // millis converts a duration field; nil means def.
@@ -653,6 +619,11 @@ func (s *Server) list(w http.ResponseWriter, r *http.Request, req *request) *pro
 	}
 	if p := invalid(params.Validate()); p != nil {
 		return p
+	}
+	if !utf8.ValidString(params.Cursor) {
+		// A cursor is a key the server wrote: one that is not UTF-8 was
+		// made up, and a store would compare it as replaced text.
+		return newProblem(http.StatusBadRequest, ProblemInvalidRequest, "cursor is not valid UTF-8")
 	}
 	if p := authorize(req, params.Scope); p != nil {
 		return p

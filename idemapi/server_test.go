@@ -540,3 +540,39 @@ func TestNewRefusesUnusableConfig(t *testing.T) {
 		}
 	}
 }
+
+// TestInvalidUTF8IsRefused: keys that differ only in bytes that are not
+// UTF-8 are refused, in a body and in the path, so they never name one
+// record (encoding/json would have read both as U+FFFD U+FFFD).
+func TestInvalidUTF8IsRefused(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	for _, key := range []string{"\xff\xfe", "\xfe\xff"} {
+		p := isProblem(t, b.call(t, "POST", "/v1/begin", tokA, `{"scope":"a","key":"`+key+`"}`), 400, idemapi.ProblemInvalidRequest)
+		if p.Detail != "key is not valid UTF-8 (byte 20)" {
+			t.Errorf("begin %q: detail %q", key, p.Detail)
+		}
+		p = isProblem(t, b.call(t, "GET", "/v1/keys/"+url.PathEscape(key)+"?scope=a", tokA, ""), 400, idemapi.ProblemInvalidRequest)
+		if p.Detail != "key is not valid UTF-8" {
+			t.Errorf("get %q: detail %q", key, p.Detail)
+		}
+		isProblem(t, b.call(t, "DELETE", "/v1/keys/"+url.PathEscape(key)+"?scope=a", tokA, ""), 400, idemapi.ProblemInvalidRequest)
+	}
+	for _, key := range []string{`\udcff`, `\udcfe`} {
+		p := isProblem(t, b.call(t, "POST", "/v1/begin", tokA, `{"scope":"a","key":"`+key+`"}`), 400, idemapi.ProblemInvalidRequest)
+		if p.Detail != "key holds a lone UTF-16 surrogate escape, which is no character (byte 20)" {
+			t.Errorf("begin %s: detail %q", key, p.Detail)
+		}
+	}
+	p := isProblem(t, b.call(t, "GET", "/v1/keys?scope=%FF", tokA, ""), 400, idemapi.ProblemInvalidRequest)
+	if p.Detail != "scope is not valid UTF-8" {
+		t.Errorf("list: detail %q", p.Detail)
+	}
+	p = isProblem(t, b.call(t, "GET", "/v1/keys?scope=a&cursor=%FF", tokA, ""), 400, idemapi.ProblemInvalidRequest)
+	if p.Detail != "cursor is not valid UTF-8" {
+		t.Errorf("list cursor: detail %q", p.Detail)
+	}
+	if n, _ := b.store.Size(t.Context()); n != 0 {
+		t.Fatalf("%d records after refused requests", n)
+	}
+}

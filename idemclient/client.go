@@ -12,6 +12,7 @@ import (
 	"strings"
 	"sync/atomic"
 	"time"
+	"unicode/utf8"
 
 	"github.com/idemkit/idem"
 	"github.com/idemkit/idem/idemapi"
@@ -341,6 +342,9 @@ func (c *Client) List(ctx context.Context, p *idem.ListParams) (*idem.ListResult
 	q := *p
 	if err := q.Validate(); err != nil {
 		return nil, err
+	}
+	if !utf8.ValidString(q.Cursor) {
+		return nil, fmt.Errorf("%w: idemclient: list: the cursor is not valid UTF-8 (pass a next_cursor the server gave)", idem.ErrInvalid)
 	}
 	v := url.Values{"scope": {q.Scope}, "limit": {strconv.Itoa(q.Limit)}}
 	if q.State != "" {

@@ -455,6 +455,19 @@ func TestInvalidParamsSendNothing(t *testing.T) {
 		c.Delete(ctx, &idem.KeyParams{Scope: "s", Key: strings.Repeat("k", 256)}),
 		second(c.Sweep(ctx, &idem.SweepParams{Limit: -1})),
 		second(c.List(ctx, &idem.ListParams{Scope: "s", State: "bogus"})),
+		// What Go's JSON encoder would send as U+FFFD, the server would
+		// take for another key: refused before encoding.
+		second(c.Begin(ctx, &idem.BeginParams{Scope: "s\xff", Key: "k", Lease: time.Second, Window: time.Second})),
+		second(c.Begin(ctx, &idem.BeginParams{Scope: "s", Key: "\xff\xfe", Lease: time.Second, Window: time.Second})),
+		second(c.Begin(ctx, &idem.BeginParams{Scope: "s", Key: "k", Fingerprint: "\xfe\xff", Lease: time.Second, Window: time.Second})),
+		second(c.Complete(ctx, &idem.CompleteParams{Scope: "s", Key: "k", Token: 1, Outcome: idem.Outcome{Meta: map[string]string{"\xff": "v"}}})),
+		second(c.Complete(ctx, &idem.CompleteParams{Scope: "s", Key: "k", Token: 1, Outcome: idem.Outcome{Meta: map[string]string{"m": "\xff"}}})),
+		c.Release(ctx, &idem.ReleaseParams{Scope: "s", Key: "\xff", Token: 1}),
+		second(c.Extend(ctx, &idem.ExtendParams{Scope: "s", Key: "\xff", Token: 1, Lease: time.Second})),
+		c.Checkpoint(ctx, &idem.CheckpointParams{Scope: "s", Key: "k", Token: 1, Point: "p\xff"}),
+		second(c.Get(ctx, &idem.KeyParams{Scope: "s", Key: "\xff\xfe"})),
+		c.Delete(ctx, &idem.KeyParams{Scope: "s", Key: "\xfe\xff"}),
+		second(c.List(ctx, &idem.ListParams{Scope: "s", Cursor: "\xff"})),
 	}
 	for i, err := range errs {
 		if !errors.Is(err, idem.ErrInvalid) {
