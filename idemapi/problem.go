@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"net/http"
+	"strings"
 
 	"github.com/idemkit/idem"
 )
@@ -70,30 +71,48 @@ func newProblem(status int, name, detail string) *problem {
 }
 
 // problemFor maps a ledger error to a problem. Errors that are not the
-// client's doing become 503: the store failed or is closing.
+// client's doing become 503: the store failed or is closing. Details are
+// plain sentences: a store's error text (its Go package and operation
+// prefixes) is for the log, never the client.
 func problemFor(err error) *problem {
-	p := &problem{detail: err.Error(), err: err}
+	p := &problem{err: err}
 	switch {
 	case errors.Is(err, idem.ErrInvalid):
-		p.status, p.name = http.StatusBadRequest, ProblemInvalidRequest
+		p.status, p.name, p.detail = http.StatusBadRequest, ProblemInvalidRequest, invalidDetail(err)
 	case errors.Is(err, idem.ErrLeaseLost):
-		p.status, p.name = http.StatusConflict, ProblemLeaseLost
+		p.status, p.name, p.detail = http.StatusConflict, ProblemLeaseLost, "the token no longer owns the key: its lease was taken over, or the key was released or deleted"
 	case errors.Is(err, idem.ErrCompleted):
-		p.status, p.name = http.StatusConflict, ProblemCompleted
+		p.status, p.name, p.detail = http.StatusConflict, ProblemCompleted, "the key already holds an outcome, which is never replaced"
 	case errors.Is(err, idem.ErrNotFound):
-		p.status, p.name = http.StatusNotFound, ProblemNotFound
+		p.status, p.name, p.detail = http.StatusNotFound, ProblemNotFound, "no record for the key in this scope"
 	case errors.Is(err, idem.ErrFingerprintMismatch):
-		p.status, p.name = http.StatusUnprocessableEntity, ProblemFingerprintMismatch
+		p.status, p.name, p.detail = http.StatusUnprocessableEntity, ProblemFingerprintMismatch, mismatchDetail
 	case errors.Is(err, idem.ErrNotImplemented):
-		p.status, p.name = http.StatusNotImplemented, ProblemNotImplemented
-	case errors.Is(err, idem.ErrClosed), errors.Is(err, idem.ErrUnavailable), errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
-		p.status, p.name = http.StatusServiceUnavailable, ProblemUnavailable
+		p.status, p.name, p.detail = http.StatusNotImplemented, ProblemNotImplemented, "the server's store cannot do this"
+	case errors.Is(err, idem.ErrClosed):
+		p.status, p.name, p.detail = http.StatusServiceUnavailable, ProblemUnavailable, "the server is shutting down; try again"
+	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
+		p.status, p.name, p.detail = http.StatusServiceUnavailable, ProblemUnavailable, "the request ended before the store answered; try again"
 	default:
-		// The store's own failure: its message may name internals, so the
-		// client gets a generic detail and the log gets the error.
-		p.status, p.name, p.detail = http.StatusServiceUnavailable, ProblemUnavailable, "the store failed; try again"
+		// idem.ErrUnavailable or the store's own failure: its message may
+		// name internals, so the client gets a generic detail and the log
+		// gets the error.
+		p.status, p.name, p.detail = http.StatusServiceUnavailable, ProblemUnavailable, "the store did not answer; try again"
 	}
 	return p
+}
+
+const mismatchDetail = "the key was used for a request with another fingerprint; use a new key"
+
+// invalidDetail is the sentence of an idem.ErrInvalid error without the Go
+// prefixes before it ("redisstore: complete: idem: invalid argument: ").
+func invalidDetail(err error) string {
+	msg := err.Error()
+	marker := idem.ErrInvalid.Error() + ": "
+	if i := strings.LastIndex(msg, marker); i >= 0 && i+len(marker) < len(msg) {
+		return msg[i+len(marker):]
+	}
+	return "the store refused the request as invalid"
 }
 
 func writeProblem(w http.ResponseWriter, p *problem) {

@@ -329,12 +329,15 @@ func tooLarge(limit int64) *problem {
 	return newProblem(http.StatusRequestEntityTooLarge, ProblemBodyTooLarge, fmt.Sprintf("the body is over the limit of %d bytes", limit))
 }
 
-// millis converts a duration field; nil means def.
+// millis converts a duration field; nil means def. A field whose zero
+// would mean nothing (a lease, a window) must be positive.
 func millis(field string, v *int64, def time.Duration) (time.Duration, *problem) {
 	if v == nil {
 		return def, nil
 	}
 	switch {
+	case *v == 0 && def > 0:
+		return 0, newProblem(http.StatusBadRequest, ProblemInvalidRequest, field+" must be positive (leave it out for the server's default)")
 	case *v < 0:
 		return 0, newProblem(http.StatusBadRequest, ProblemInvalidRequest, field+" must not be negative")
 	case *v > MaxDuration.Milliseconds():
@@ -348,7 +351,7 @@ func invalid(err error) *problem {
 	if err == nil {
 		return nil
 	}
-	return newProblem(http.StatusBadRequest, ProblemInvalidRequest, strings.TrimPrefix(err.Error(), idem.ErrInvalid.Error()+": "))
+	return newProblem(http.StatusBadRequest, ProblemInvalidRequest, invalidDetail(err))
 }
 
 func (s *Server) observe(ctx context.Context, ev *idem.Event) {
@@ -451,7 +454,7 @@ func (s *Server) begin(w http.ResponseWriter, r *http.Request, req *request) *pr
 		out.RetryAfterMS = &ms
 		w.Header().Set("Retry-After", strconv.FormatInt(int64(math.Ceil(res.RetryAfter.Seconds())), 10))
 	case idem.Mismatch:
-		return newProblem(http.StatusUnprocessableEntity, ProblemFingerprintMismatch, "the key was used for a request with another fingerprint; use a new key")
+		return newProblem(http.StatusUnprocessableEntity, ProblemFingerprintMismatch, mismatchDetail)
 	default:
 		return &problem{status: http.StatusServiceUnavailable, name: ProblemUnavailable, detail: "the store failed; try again",
 			err: fmt.Errorf("store answered unknown decision %q", res.Decision)}

@@ -3,6 +3,7 @@ package idemclient
 import (
 	"errors"
 	"fmt"
+	"strconv"
 	"strings"
 	"unicode"
 	"unicode/utf8"
@@ -55,17 +56,26 @@ type ProblemError struct {
 	Err error
 }
 
+// Error says the operation, the status, the problem name and the server's
+// detail (its title when there is none), each once:
+// "idemclient: complete: 409 lease-lost: the token no longer owns the key: ...".
+// An answer that is no problem of this API says "unexpected answer".
 func (e *ProblemError) Error() string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "%v: %s: server answered %d", e.Err, e.Op, e.Status)
+	b.WriteString("idemclient: " + e.Op + ": ")
+	if errors.Is(e.Err, ErrProtocol) {
+		b.WriteString("unexpected answer ")
+	}
+	b.WriteString(strconv.Itoa(e.Status))
 	if e.Name != "" {
 		b.WriteString(" " + e.Name)
 	}
-	if e.Title != "" {
-		b.WriteString(": " + e.Title)
+	text := e.Detail
+	if text == "" {
+		text = e.Title
 	}
-	if e.Detail != "" {
-		b.WriteString(" (" + e.Detail + ")")
+	if text != "" {
+		b.WriteString(": " + text)
 	}
 	return b.String()
 }
@@ -132,6 +142,13 @@ func snippet(body []byte) string {
 	return strings.TrimSpace(b.String())
 }
 
+// protocolError is an answer this client cannot read as the API defines
+// it; it wraps ErrProtocol.
+type protocolError struct{ msg string }
+
+func (e *protocolError) Error() string { return e.msg }
+func (e *protocolError) Unwrap() error { return ErrProtocol }
+
 func protocolf(op, format string, args ...any) error {
-	return fmt.Errorf("%w: %s: "+format, append([]any{ErrProtocol, op}, args...)...)
+	return &protocolError{msg: "idemclient: " + op + ": unexpected answer: " + fmt.Sprintf(format, args...)}
 }

@@ -1,0 +1,92 @@
+package idemapi_test
+
+import (
+	"context"
+	"errors"
+	"net/http/httptest"
+	"testing"
+	"time"
+
+	"github.com/idemkit/idem"
+	"github.com/idemkit/idem/idemapi"
+	"github.com/idemkit/idem/idemclient"
+	"github.com/idemkit/idem/memstore"
+	"github.com/idemkit/idem/storetest"
+)
+
+// remote serves store through the API on an httptest server and returns
+// an idemclient of it bound to every scope.
+func remote(t *testing.T, store idem.Store, cfg *idemapi.Config) *idemclient.Client {
+	t.Helper()
+	if cfg == nil {
+		cfg = &idemapi.Config{}
+	}
+	cfg.Tokens = map[string][]string{"ops": {idemapi.AllScopes}}
+	srv, err := idemapi.NewServer(store, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	hs := httptest.NewServer(srv)
+	t.Cleanup(hs.Close)
+	c, err := idemclient.New(hs.URL, "ops", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = c.Close() })
+	return c
+}
+
+// TestConformanceThroughClient runs the store suite through idemclient and
+// the server in one process: the schema both sides use is one. Real
+// clock: durations travel as whole milliseconds, so a manual clock's
+// nanosecond steps would not survive the trip.
+func TestConformanceThroughClient(t *testing.T) {
+	t.Parallel()
+	storetest.Run(t, func(t *testing.T, _ idem.Clock) idem.Store {
+		store := memstore.New(nil)
+		t.Cleanup(func() { _ = store.Close() })
+		return remote(t, store, nil)
+	}, &storetest.Options{RealClock: true, TimeUnit: 100 * time.Millisecond})
+}
+
+// TestClientErrorsSayItOnce: the errors a client gets from the real server
+// name the operation, status, problem and the server's sentence, once.
+func TestClientErrorsSayItOnce(t *testing.T) {
+	t.Parallel()
+	store := memstore.New(nil)
+	t.Cleanup(func() { _ = store.Close() })
+	c := remote(t, store, nil)
+	ctx := context.Background()
+	begin := &idem.BeginParams{Scope: "s", Key: "k", Fingerprint: "f", Lease: time.Minute, Window: time.Hour}
+	res, err := c.Begin(ctx, begin)
+	if err != nil || res.Decision != idem.Acquired {
+		t.Fatalf("begin: %+v, %v", res, err)
+	}
+	token := res.Record.Token
+	if _, err := c.Complete(ctx, &idem.CompleteParams{Scope: "s", Key: "k", Token: token}); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		err  error
+		is   error
+		want string
+	}{
+		{second(c.Complete(ctx, &idem.CompleteParams{Scope: "s", Key: "k", Token: token})), idem.ErrCompleted,
+			"idemclient: complete: 409 completed: the key already holds an outcome, which is never replaced"},
+		{c.Release(ctx, &idem.ReleaseParams{Scope: "s", Key: "k", Token: token}), idem.ErrCompleted,
+			"idemclient: release: 409 completed: the key already holds an outcome, which is never replaced"},
+		{c.Release(ctx, &idem.ReleaseParams{Scope: "s", Key: "nope", Token: 1}), idem.ErrLeaseLost,
+			"idemclient: release: 409 lease-lost: the token no longer owns the key: its lease was taken over, or the key was released or deleted"},
+		{second(c.Get(ctx, &idem.KeyParams{Scope: "s", Key: "nope"})), idem.ErrNotFound,
+			"idemclient: get: 404 not-found: no record for the key in this scope"},
+	} {
+		if !errors.Is(tc.err, tc.is) || tc.err.Error() != tc.want {
+			t.Errorf("error %q, want %q wrapping %v", tc.err, tc.want, tc.is)
+		}
+	}
+	if res, err := c.Begin(ctx, &idem.BeginParams{Scope: "s", Key: "k", Fingerprint: "other", Lease: time.Minute, Window: time.Hour}); err != nil || res.Decision != idem.Mismatch {
+		t.Errorf("begin with another fingerprint: %+v, %v", res, err)
+	}
+}
+
+func second[T any](_ T, err error) error { return err }
