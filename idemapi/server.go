@@ -22,8 +22,25 @@ import (
 	"github.com/idemkit/idem"
 )
 
-// DefaultMaxBody is the default limit of a request body.
-const DefaultMaxBody = 4 << 20
+// Size limits. An outcome travels as base64, 4/3 of its size, inside a
+// body that also holds the scope, key, token, meta and JSON punctuation,
+// so the body limit is derived from the outcome limit and not the other
+// way round: the documented outcome limit is the one that holds.
+const (
+	// DefaultMaxOutcome is the default limit of an outcome's data, in
+	// bytes as stored (before base64): 4 MiB.
+	DefaultMaxOutcome = 4 << 20
+	// BodyOverhead is the room a body has besides an outcome's data as
+	// base64: 64 KiB.
+	BodyOverhead = 64 << 10
+	// DefaultMaxBody is the default limit of a request body:
+	// MaxBodyFor(DefaultMaxOutcome), 5657944 bytes.
+	DefaultMaxBody = (DefaultMaxOutcome+2)/3*4 + BodyOverhead
+)
+
+// MaxBodyFor returns the body limit that admits an outcome of maxOutcome
+// bytes: its base64 length plus BodyOverhead.
+func MaxBodyFor(maxOutcome int64) int64 { return (maxOutcome+2)/3*4 + BodyOverhead }
 
 // MaxDuration bounds every duration a client sends (lease_ms, window_ms,
 // retention_ms): a century, so that every time the ledger computes stays
@@ -36,8 +53,14 @@ type Config struct {
 	// Tokens maps each bearer token to the scopes it may use; AllScopes
 	// ("*") grants every scope. At least one token is required.
 	Tokens map[string][]string
+	// MaxOutcome is the largest outcome data accepted by complete, in
+	// bytes before base64 (413 above). Default DefaultMaxOutcome (4 MiB),
+	// or, when only MaxBody is set, 3/4 of MaxBody if that is smaller.
+	MaxOutcome int64
 	// MaxBody is the largest request body accepted, in bytes (413 above).
-	// Default DefaultMaxBody (4 MiB).
+	// Default MaxBodyFor(MaxOutcome): DefaultMaxBody (5657944) for the
+	// default outcome limit. A MaxBody set below MaxBodyFor(MaxOutcome)
+	// with MaxOutcome set too is refused: the outcome limit would lie.
 	MaxBody int64
 	// DefaultLease and DefaultWindow apply to a begin that leaves lease_ms
 	// or window_ms out. Defaults idem.DefaultLease (30 s) and
@@ -58,6 +81,7 @@ type Server struct {
 	store   idem.Store
 	tokens  []tokenEntry
 	maxBody int64
+	maxOut  int64
 	lease   time.Duration
 	window  time.Duration
 	log     *slog.Logger
@@ -83,14 +107,12 @@ func NewServer(store idem.Store, cfg *Config) (*Server, error) {
 	s := &Server{
 		store:   store,
 		maxBody: cfg.MaxBody,
+		maxOut:  cfg.MaxOutcome,
 		lease:   cfg.DefaultLease,
 		window:  cfg.DefaultWindow,
 		log:     cfg.Logger,
 		obs:     cfg.Observer,
 		metrics: newMetrics(routeNames()),
-	}
-	if s.maxBody == 0 {
-		s.maxBody = DefaultMaxBody
 	}
 	if s.lease == 0 {
 		s.lease = idem.DefaultLease
@@ -102,12 +124,25 @@ func NewServer(store idem.Store, cfg *Config) (*Server, error) {
 		s.log = slog.New(slog.DiscardHandler)
 	}
 	switch {
+	case s.maxOut < 0:
+		return nil, fmt.Errorf("%w: idemapi: Config.MaxOutcome must be positive (or 0 for 4 MiB), got %d", idem.ErrInvalid, s.maxOut)
 	case s.maxBody < 0:
-		return nil, fmt.Errorf("%w: idemapi: Config.MaxBody must be positive (or 0 for 4 MiB), got %d", idem.ErrInvalid, s.maxBody)
+		return nil, fmt.Errorf("%w: idemapi: Config.MaxBody must be positive (or 0 to derive it from MaxOutcome), got %d", idem.ErrInvalid, s.maxBody)
+	case s.maxOut > 0 && s.maxBody > 0 && s.maxBody < MaxBodyFor(s.maxOut):
+		return nil, fmt.Errorf("%w: idemapi: Config.MaxBody %d cannot hold an outcome of Config.MaxOutcome %d bytes as base64 with the other fields: make it at least %d, or 0 to derive it",
+			idem.ErrInvalid, s.maxBody, s.maxOut, MaxBodyFor(s.maxOut))
 	case s.lease < 0 || s.lease > MaxDuration:
 		return nil, fmt.Errorf("%w: idemapi: Config.DefaultLease must be positive (or 0 for 30s), got %s", idem.ErrInvalid, s.lease)
 	case s.window < 0 || s.window > MaxDuration:
 		return nil, fmt.Errorf("%w: idemapi: Config.DefaultWindow must be positive (or 0 for 24h), got %s", idem.ErrInvalid, s.window)
+	}
+	switch {
+	case s.maxOut == 0 && s.maxBody == 0:
+		s.maxOut, s.maxBody = DefaultMaxOutcome, DefaultMaxBody
+	case s.maxBody == 0:
+		s.maxBody = MaxBodyFor(s.maxOut)
+	case s.maxOut == 0:
+		s.maxOut = min(DefaultMaxOutcome, s.maxBody/4*3)
 	}
 	for token, scopes := range cfg.Tokens {
 		if err := checkToken(token); err != nil || token == "" {
@@ -466,6 +501,9 @@ func (s *Server) complete(w http.ResponseWriter, r *http.Request, req *request) 
 	var in CompleteRequest
 	if p := s.decode(w, r, &in); p != nil {
 		return p
+	}
+	if n := int64(len(in.Outcome.Data)); n > s.maxOut {
+		return newProblem(http.StatusRequestEntityTooLarge, ProblemBodyTooLarge, fmt.Sprintf("outcome.data is %d bytes, over the limit of %d bytes", n, s.maxOut))
 	}
 	params := &idem.CompleteParams{Scope: in.Scope, Key: in.Key, Token: in.Token, Outcome: in.Outcome}
 	if p := invalid(params.Validate()); p != nil {

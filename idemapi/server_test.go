@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/base64"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -574,5 +575,86 @@ func TestInvalidUTF8IsRefused(t *testing.T) {
 	}
 	if n, _ := b.store.Size(t.Context()); n != 0 {
 		t.Fatalf("%d records after refused requests", n)
+	}
+}
+
+// TestOutcomeLimit: with the default limits an outcome of exactly
+// DefaultMaxOutcome bytes is stored and replayed whole, one byte more is a
+// 413 naming the limit; the body limit is derived to fit it as base64.
+func TestOutcomeLimit(t *testing.T) {
+	t.Parallel()
+	if idemapi.DefaultMaxOutcome != 4<<20 || idemapi.DefaultMaxBody != 5657944 || idemapi.MaxBodyFor(idemapi.DefaultMaxOutcome) != idemapi.DefaultMaxBody {
+		t.Fatalf("limits %d %d", idemapi.DefaultMaxOutcome, idemapi.DefaultMaxBody)
+	}
+	store := memstore.New(nil)
+	t.Cleanup(func() { _ = store.Close() })
+	srv, err := idemapi.NewServer(store, &idemapi.Config{Tokens: map[string][]string{tokAll: {"*"}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := &bundle{store: store, srv: srv}
+	at := bytes.Repeat([]byte{0xa5}, idemapi.DefaultMaxOutcome)
+	a := b.acquire(t, "a", "at")
+	var c completed
+	ok(t, b.call(t, "POST", "/v1/complete", tokAll, completeBody("a", "at", a.Token, at)), &c)
+	var r replay
+	ok(t, b.call(t, "POST", "/v1/begin", tokAll, `{"scope":"a","key":"at","fingerprint":"f"}`), &r)
+	if r.Decision != "replay" || !bytes.Equal(r.Outcome.Data, at) {
+		t.Fatalf("replay of %d bytes: %s, %d bytes", len(at), r.Decision, len(r.Outcome.Data))
+	}
+
+	a = b.acquire(t, "a", "over")
+	p := isProblem(t, b.call(t, "POST", "/v1/complete", tokAll, completeBody("a", "over", a.Token, append(at, 0))), 413, idemapi.ProblemBodyTooLarge)
+	if p.Detail != "outcome.data is 4194305 bytes, over the limit of 4194304 bytes" {
+		t.Fatalf("detail %q", p.Detail)
+	}
+	var rec record
+	ok(t, b.call(t, "GET", "/v1/keys/over?scope=a", tokAll, ""), &rec)
+	if rec.State != "pending" {
+		t.Fatalf("record after a refused complete: %+v", rec)
+	}
+}
+
+// TestOutcomeLimitConfigured: MaxOutcome alone derives the body limit;
+// MaxBody alone caps the outcome at 3/4 of it; a MaxBody too small for the
+// MaxOutcome given is refused.
+func TestOutcomeLimitConfigured(t *testing.T) {
+	t.Parallel()
+	tokens := map[string][]string{tokAll: {"*"}}
+	store := memstore.New(nil)
+	t.Cleanup(func() { _ = store.Close() })
+	srv, err := idemapi.NewServer(store, &idemapi.Config{Tokens: tokens, MaxOutcome: 3000})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := &bundle{store: store, srv: srv}
+	a := b.acquire(t, "a", "at")
+	ok(t, b.call(t, "POST", "/v1/complete", tokAll, completeBody("a", "at", a.Token, make([]byte, 3000))), new(completed))
+	a = b.acquire(t, "a", "over")
+	p := isProblem(t, b.call(t, "POST", "/v1/complete", tokAll, completeBody("a", "over", a.Token, make([]byte, 3001))), 413, idemapi.ProblemBodyTooLarge)
+	if p.Detail != "outcome.data is 3001 bytes, over the limit of 3000 bytes" {
+		t.Fatalf("detail %q", p.Detail)
+	}
+	// The derived body limit: MaxBodyFor(3000) = 4000 + 65536.
+	big := `{"scope":"a","key":"k","fingerprint":"` + strings.Repeat("f", 69537-len(`{"scope":"a","key":"k","fingerprint":""}`)) + `"}`
+	p = isProblem(t, b.call(t, "POST", "/v1/begin", tokAll, big), 413, idemapi.ProblemBodyTooLarge)
+	if p.Detail != "the body is over the limit of 69536 bytes" {
+		t.Fatalf("detail %q", p.Detail)
+	}
+
+	srv, err = idemapi.NewServer(store, &idemapi.Config{Tokens: tokens, MaxBody: 4000})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b = &bundle{store: store, srv: srv}
+	a = b.acquire(t, "b", "over")
+	p = isProblem(t, b.call(t, "POST", "/v1/complete", tokAll, `{"scope":"b","key":"over","token":`+fmt.Sprint(a.Token)+`,"outcome":{"data":"`+strings.Repeat("A", 4004)+`"}}`), 413, idemapi.ProblemBodyTooLarge)
+	if p.Detail != "the body is over the limit of 4000 bytes" {
+		t.Fatalf("detail %q", p.Detail)
+	}
+
+	_, err = idemapi.NewServer(store, &idemapi.Config{Tokens: tokens, MaxOutcome: 3000, MaxBody: 69535})
+	if !errors.Is(err, idem.ErrInvalid) || !strings.Contains(err.Error(), "make it at least 69536") {
+		t.Fatalf("MaxBody below MaxBodyFor(MaxOutcome): %v", err)
 	}
 }

@@ -19,7 +19,7 @@ import (
 )
 
 // DefaultMaxResponse bounds the body of one answer: a 4 MiB outcome (the
-// server's default request limit) written as base64, with room to spare.
+// server's default outcome limit) written as base64, with room to spare.
 const DefaultMaxResponse = 64 << 20
 
 // Config configures a Client. A nil *Config means defaults.

@@ -109,8 +109,25 @@ func TestIdemclientAgainstServe(t *testing.T) {
 			t.Errorf("Delete(%q): %v", key, err)
 		}
 	}
+	// An outcome of the documented limit (4 MiB) goes through serve's
+	// default body limit; one byte more is refused naming the limit.
+	res, err := billing.Begin(ctx, begin("billing", "at-limit", "f"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := billing.Complete(ctx, &idem.CompleteParams{Scope: "billing", Key: "at-limit", Token: res.Record.Token, Outcome: idem.Outcome{Data: make([]byte, 4<<20)}}); err != nil {
+		t.Errorf("an outcome of 4 MiB: %v", err)
+	}
+	res, err = billing.Begin(ctx, begin("billing", "over-limit", "f"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = billing.Complete(ctx, &idem.CompleteParams{Scope: "billing", Key: "over-limit", Token: res.Record.Token, Outcome: idem.Outcome{Data: make([]byte, 4<<20+1)}})
+	if want := "idemclient: complete: 413 body-too-large: outcome.data is 4194305 bytes, over the limit of 4194304 bytes"; err == nil || err.Error() != want {
+		t.Errorf("an outcome of 4 MiB + 1: %v, want %q", err, want)
+	}
 	// The server's limit on bodies is ErrInvalid, with its words.
-	res, err := billing.Begin(ctx, begin("billing", "big", "f"))
+	res, err = billing.Begin(ctx, begin("billing", "big", "f"))
 	if err != nil {
 		t.Fatal(err)
 	}

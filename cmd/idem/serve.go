@@ -41,7 +41,11 @@ Flags:
                          --tokens serve makes one token for scope "default"
                          and listens on loopback addresses only.
   --max-body BYTES       largest request body; larger ones get 413
-                         (default 4194304, 4 MiB)
+                         (default 5657944: an outcome of 4 MiB, the
+                         largest complete accepts, as base64 plus 64 KiB
+                         for the other fields). A smaller limit also caps
+                         outcomes at 3/4 of it; a larger one leaves them at
+                         4 MiB
   --lease DURATION       lease of a begin without lease_ms (default 30s)
   --window DURATION      dedup window of a begin without window_ms
                          (default 24h)

@@ -289,7 +289,7 @@ func TestServeHelp(t *testing.T) {
 		t.Fatalf("exit %d", code)
 	}
 	for _, want := range []string{"--listen", "127.0.0.1:7070", "--store", "file:./idem-data", "mem:", "--tokens", "TOKEN SCOPE[,SCOPE...]",
-		"The scope * binds", "--max-body", "4194304", "--lease", "30s", "--window", "24h", "--drain", "10s",
+		"The scope * binds", "--max-body", "5657944", "--lease", "30s", "--window", "24h", "--drain", "10s",
 		"--sweep-interval", "1m", "--log-level", "Example:", "idem serve --listen"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("--help lacks %q", want)
