@@ -90,3 +90,73 @@ func TestClientErrorsSayItOnce(t *testing.T) {
 }
 
 func second[T any](_ T, err error) error { return err }
+
+// TestKeySecret: with Config.KeySecret the store holds the digests an
+// idem.Ledger with the same secret makes, never the raw keys; every call
+// by raw key works, and a list shows digests.
+func TestKeySecret(t *testing.T) {
+	t.Parallel()
+	secret := []byte("s3cret")
+	store := memstore.New(nil)
+	t.Cleanup(func() { _ = store.Close() })
+	c := remote(t, store, &idemapi.Config{KeySecret: secret})
+	ctx := context.Background()
+	ledger, err := idem.New(store, &idem.Config{KeySecret: secret})
+	if err != nil {
+		t.Fatal(err)
+	}
+	const key = "order-42"
+	digest := ledger.StoredKey(key)
+	if digest == key {
+		t.Fatal("no digest")
+	}
+
+	res, err := c.Begin(ctx, &idem.BeginParams{Scope: "s", Key: key, Fingerprint: "f", Lease: time.Minute, Window: time.Hour})
+	if err != nil || res.Decision != idem.Acquired {
+		t.Fatalf("begin: %+v, %v", res, err)
+	}
+	if _, err := c.Extend(ctx, &idem.ExtendParams{Scope: "s", Key: key, Token: res.Record.Token, Lease: time.Minute}); err != nil {
+		t.Fatalf("extend: %v", err)
+	}
+	if err := c.Checkpoint(ctx, &idem.CheckpointParams{Scope: "s", Key: key, Token: res.Record.Token, Point: "p"}); err != nil {
+		t.Fatalf("checkpoint: %v", err)
+	}
+	if _, err := c.Complete(ctx, &idem.CompleteParams{Scope: "s", Key: key, Token: res.Record.Token, Outcome: idem.Outcome{Data: []byte("done")}}); err != nil {
+		t.Fatalf("complete: %v", err)
+	}
+	// The store holds the digest only.
+	if _, err := store.Get(ctx, &idem.KeyParams{Scope: "s", Key: key}); !errors.Is(err, idem.ErrNotFound) {
+		t.Fatalf("the store holds the raw key: %v", err)
+	}
+	if rec, err := ledger.Get(ctx, "s", key); err != nil || rec.Key != digest || string(rec.Outcome.Data) != "done" {
+		t.Fatalf("the ledger with the same secret: %+v, %v", rec, err)
+	}
+	// Get by raw key answers the raw key; list shows the digest.
+	if rec, err := c.Get(ctx, &idem.KeyParams{Scope: "s", Key: key}); err != nil || rec.Key != key || string(rec.Outcome.Data) != "done" {
+		t.Fatalf("get: %+v, %v", rec, err)
+	}
+	page, err := c.List(ctx, &idem.ListParams{Scope: "s"})
+	if err != nil || len(page.Records) != 1 || page.Records[0].Key != digest {
+		t.Fatalf("list: %+v, %v", page, err)
+	}
+	if res, err := c.Begin(ctx, &idem.BeginParams{Scope: "s", Key: key, Fingerprint: "f", Lease: time.Minute, Window: time.Hour}); err != nil || res.Decision != idem.Replay || string(res.Record.Outcome.Data) != "done" {
+		t.Fatalf("begin again: %+v, %v", res, err)
+	}
+	if err := c.Delete(ctx, &idem.KeyParams{Scope: "s", Key: key}); err != nil {
+		t.Fatalf("delete: %v", err)
+	}
+	if n, _ := store.Size(ctx); n != 0 {
+		t.Fatalf("%d records after delete", n)
+	}
+	// Release by raw key too.
+	res, err = c.Begin(ctx, &idem.BeginParams{Scope: "s", Key: key, Fingerprint: "f", Lease: time.Minute, Window: time.Hour})
+	if err != nil || res.Decision != idem.Acquired {
+		t.Fatalf("begin after delete: %+v, %v", res, err)
+	}
+	if err := c.Release(ctx, &idem.ReleaseParams{Scope: "s", Key: key, Token: res.Record.Token}); err != nil {
+		t.Fatalf("release: %v", err)
+	}
+	if rec, err := ledger.Get(ctx, "s", key); err != nil || rec.State != idem.StateReleased {
+		t.Fatalf("after release: %+v, %v", rec, err)
+	}
+}

@@ -1,6 +1,7 @@
 package idemapi
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"crypto/subtle"
@@ -62,6 +63,14 @@ type Config struct {
 	// default outcome limit. A MaxBody set below MaxBodyFor(MaxOutcome)
 	// with MaxOutcome set too is refused: the outcome limit would lie.
 	MaxBody int64
+	// KeySecret, when set, makes the server store HMAC-SHA256(KeySecret,
+	// key) instead of each key, exactly as idem.Config.KeySecret does for a
+	// Ledger, so the store never holds raw keys. Requests name raw keys:
+	// begin, complete, release, extend, checkpoint and GET or DELETE
+	// /v1/keys/{key} work as without it (GET answers with the key asked
+	// for); GET /v1/keys lists digests. Changing the secret forgets every
+	// stored key.
+	KeySecret []byte
 	// DefaultLease and DefaultWindow apply to a begin that leaves lease_ms
 	// or window_ms out. Defaults idem.DefaultLease (30 s) and
 	// idem.DefaultWindow (24 h).
@@ -87,6 +96,7 @@ type Server struct {
 	log     *slog.Logger
 	obs     idem.Observer
 	metrics *metrics
+	digests *idem.Ledger // with Config.KeySecret: its StoredKey digests keys
 }
 
 type tokenEntry struct {
@@ -144,6 +154,15 @@ func NewServer(store idem.Store, cfg *Config) (*Server, error) {
 	case s.maxOut == 0:
 		s.maxOut = min(DefaultMaxOutcome, s.maxBody/4*3)
 	}
+	if len(cfg.KeySecret) > 0 {
+		// The ledger's own digest, so that a server and a Ledger with one
+		// secret over one store name the same records.
+		l, err := idem.New(store, &idem.Config{KeySecret: bytes.Clone(cfg.KeySecret)})
+		if err != nil {
+			return nil, err
+		}
+		s.digests = l
+	}
 	for token, scopes := range cfg.Tokens {
 		if err := checkToken(token); err != nil || token == "" {
 			return nil, fmt.Errorf("%w: idemapi: a token in Config.Tokens is unusable: must be printable ASCII without spaces", idem.ErrInvalid)
@@ -161,6 +180,14 @@ func NewServer(store idem.Store, cfg *Config) (*Server, error) {
 		s.tokens = append(s.tokens, e)
 	}
 	return s, nil
+}
+
+// storedKey is the key as the store holds it (Config.KeySecret).
+func (s *Server) storedKey(key string) string {
+	if s.digests == nil {
+		return key
+	}
+	return s.digests.StoredKey(key)
 }
 
 // request is what one request carries through the handler, for the log
@@ -452,6 +479,7 @@ func (s *Server) begin(w http.ResponseWriter, r *http.Request, req *request) *pr
 	if p := authorize(req, in.Scope); p != nil {
 		return p
 	}
+	params.Key = s.storedKey(params.Key)
 	start := time.Now()
 	res, err := s.store.Begin(r.Context(), params)
 	ev := &idem.Event{Op: idem.OpBegin, Scope: in.Scope, Duration: time.Since(start), Err: err}
@@ -512,6 +540,7 @@ func (s *Server) complete(w http.ResponseWriter, r *http.Request, req *request) 
 	if p := authorize(req, in.Scope); p != nil {
 		return p
 	}
+	params.Key = s.storedKey(params.Key)
 	start := time.Now()
 	rec, err := s.store.Complete(r.Context(), params)
 	ev := &idem.Event{Op: idem.OpComplete, Scope: in.Scope, Duration: time.Since(start), Err: err}
@@ -539,6 +568,7 @@ func (s *Server) release(w http.ResponseWriter, r *http.Request, req *request) *
 	if p := authorize(req, in.Scope); p != nil {
 		return p
 	}
+	params.Key = s.storedKey(params.Key)
 	start := time.Now()
 	err := s.store.Release(r.Context(), params)
 	s.observe(r.Context(), &idem.Event{Op: idem.OpRelease, Scope: in.Scope, Duration: time.Since(start), Err: err})
@@ -564,6 +594,7 @@ func (s *Server) extend(w http.ResponseWriter, r *http.Request, req *request) *p
 	if p := authorize(req, in.Scope); p != nil {
 		return p
 	}
+	params.Key = s.storedKey(params.Key)
 	start := time.Now()
 	rec, err := s.store.Extend(r.Context(), params)
 	s.observe(r.Context(), &idem.Event{Op: idem.OpExtend, Scope: in.Scope, Duration: time.Since(start), Err: err})
@@ -585,6 +616,7 @@ func (s *Server) checkpoint(w http.ResponseWriter, r *http.Request, req *request
 	if p := authorize(req, in.Scope); p != nil {
 		return p
 	}
+	params.Key = s.storedKey(params.Key)
 	start := time.Now()
 	err := s.store.Checkpoint(r.Context(), params)
 	s.observe(r.Context(), &idem.Event{Op: idem.OpCheckpoint, Scope: in.Scope, Duration: time.Since(start), Err: err})
@@ -630,6 +662,7 @@ func (s *Server) keyRecord(w http.ResponseWriter, r *http.Request, req *request)
 	if p := authorize(req, params.Scope); p != nil {
 		return p
 	}
+	params.Key = s.storedKey(key)
 	if r.Method == http.MethodDelete {
 		if err := s.store.Delete(r.Context(), params); err != nil {
 			return problemFor(err)
@@ -641,7 +674,9 @@ func (s *Server) keyRecord(w http.ResponseWriter, r *http.Request, req *request)
 	if err != nil {
 		return problemFor(err)
 	}
-	return writeJSON(w, http.StatusOK, EncodeRecord(rec))
+	out := EncodeRecord(rec)
+	out.Key = key // the caller's key, also when the store holds its digest
+	return writeJSON(w, http.StatusOK, out)
 }
 
 // list serves GET /v1/keys?scope=S&state=&limit=&cursor=.

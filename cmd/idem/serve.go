@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/base64"
@@ -46,6 +47,14 @@ Flags:
                          for the other fields). A smaller limit also caps
                          outcomes at 3/4 of it; a larger one leaves them at
                          4 MiB
+  --key-secret-file FILE keep only HMAC-SHA256 digests of keys in the store,
+                         keyed by the secret in FILE (its bytes, without
+                         trailing newlines; an empty one is refused; keep
+                         it mode 0600). Clients still name raw keys; GET
+                         /v1/keys lists digests. The digests are those of
+                         idem.Config.KeySecret, so a Go service with the
+                         same secret finds the same records; another secret
+                         (or none) finds none of them
   --lease DURATION       lease of a begin without lease_ms (default 30s)
   --window DURATION      dedup window of a begin without window_ms
                          (default 24h)
@@ -74,6 +83,7 @@ const defaultScope = "default"
 
 type serveOptions struct {
 	listen, store, tokens, logLevel string
+	keySecretFile                   string
 	migrate                         bool
 	maxBody                         int64
 	lease, window, drain, sweep     time.Duration
@@ -100,6 +110,7 @@ func parseServeFlags(args []string, stdout, stderr io.Writer) (*serveOptions, in
 	fs.StringVar(&o.tokens, "tokens", "", "")
 	fs.BoolVar(&o.migrate, "migrate", false, "")
 	fs.Int64Var(&o.maxBody, "max-body", idemapi.DefaultMaxBody, "")
+	fs.StringVar(&o.keySecretFile, "key-secret-file", "", "")
 	fs.DurationVar(&o.lease, "lease", idem.DefaultLease, "")
 	fs.DurationVar(&o.window, "window", idem.DefaultWindow, "")
 	fs.DurationVar(&o.drain, "drain", 10*time.Second, "")
@@ -149,6 +160,12 @@ func serve(ctx context.Context, o *serveOptions, stdout, stderr io.Writer) error
 	if err != nil {
 		return err
 	}
+	var keySecret []byte
+	if o.keySecretFile != "" {
+		if keySecret, err = readKeySecret(o.keySecretFile); err != nil {
+			return err
+		}
+	}
 
 	use := serving
 	if o.migrate {
@@ -166,7 +183,7 @@ func serve(ctx context.Context, o *serveOptions, stdout, stderr io.Writer) error
 	}
 
 	handler, err := idemapi.NewServer(store, &idemapi.Config{
-		Tokens: tokens, MaxBody: o.maxBody, DefaultLease: o.lease, DefaultWindow: o.window, Logger: logger,
+		Tokens: tokens, MaxBody: o.maxBody, DefaultLease: o.lease, DefaultWindow: o.window, Logger: logger, KeySecret: keySecret,
 	})
 	if err != nil {
 		return errors.Join(err, closeStore())
@@ -178,6 +195,9 @@ func serve(ctx context.Context, o *serveOptions, stdout, stderr io.Writer) error
 
 	fmt.Fprintf(stdout, "idem serve: listening on http://%s\n", ln.Addr())
 	fmt.Fprintf(stdout, "idem serve: store %s, data in %s\n", o.store, dataLocation(o.store, where))
+	if keySecret != nil {
+		fmt.Fprintf(stdout, "idem serve: keys are stored as HMAC-SHA256 digests (--key-secret-file %s)\n", o.keySecretFile)
+	}
 	if generated != "" {
 		fmt.Fprintf(stdout, "idem serve: token for scope %q (shown once, kept nowhere): %s\n", defaultScope, generated)
 	}
@@ -220,6 +240,20 @@ func serveTokens(o *serveOptions) (tokens map[string][]string, generated string,
 	}
 	generated = base64.RawURLEncoding.EncodeToString(b)
 	return map[string][]string{generated: {defaultScope}}, generated, nil
+}
+
+// readKeySecret reads --key-secret-file: the file's bytes without trailing
+// newlines (an editor or echo adds one) are the secret.
+func readKeySecret(path string) ([]byte, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("--key-secret-file: %w", err)
+	}
+	b = bytes.TrimRight(b, "\r\n")
+	if len(b) == 0 {
+		return nil, fmt.Errorf("--key-secret-file %s is empty: put a random secret in it, like `openssl rand -hex 32 > %s`", path, path)
+	}
+	return b, nil
 }
 
 func loopbackOnly(listen string) error {
