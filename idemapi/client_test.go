@@ -3,7 +3,9 @@ package idemapi_test
 import (
 	"context"
 	"errors"
+	"net/http"
 	"net/http/httptest"
+	"strings"
 	"testing"
 	"time"
 
@@ -158,5 +160,52 @@ func TestKeySecret(t *testing.T) {
 	}
 	if rec, err := ledger.Get(ctx, "s", key); err != nil || rec.State != idem.StateReleased {
 		t.Fatalf("after release: %+v, %v", rec, err)
+	}
+}
+
+// TestMountedUnderPrefix: the server mounted with http.StripPrefix on a
+// service's mux serves an idemclient whose base URL has the prefix, keys
+// that need escaping included; the service's own routes stay its own.
+func TestMountedUnderPrefix(t *testing.T) {
+	t.Parallel()
+	store := memstore.New(nil)
+	t.Cleanup(func() { _ = store.Close() })
+	api, err := idemapi.NewServer(store, &idemapi.Config{Tokens: map[string][]string{"tok": {"s"}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	mux := http.NewServeMux()
+	mux.Handle("/ledger/", http.StripPrefix("/ledger", api))
+	mux.HandleFunc("/v1/begin", func(w http.ResponseWriter, _ *http.Request) { http.Error(w, "the service's", http.StatusTeapot) })
+	hs := httptest.NewServer(mux)
+	t.Cleanup(hs.Close)
+	c, err := idemclient.New(hs.URL+"/ledger", "tok", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = c.Close() })
+	ctx := context.Background()
+	for _, key := range []string{"k", "a/b", "100%", "日本"} {
+		res, err := c.Begin(ctx, &idem.BeginParams{Scope: "s", Key: key, Lease: time.Minute, Window: time.Hour})
+		if err != nil || res.Decision != idem.Acquired {
+			t.Fatalf("begin %q: %+v, %v", key, res, err)
+		}
+		if _, err := c.Complete(ctx, &idem.CompleteParams{Scope: "s", Key: key, Token: res.Record.Token, Outcome: idem.Outcome{Data: []byte(key)}}); err != nil {
+			t.Fatalf("complete %q: %v", key, err)
+		}
+		if rec, err := c.Get(ctx, &idem.KeyParams{Scope: "s", Key: key}); err != nil || string(rec.Outcome.Data) != key {
+			t.Fatalf("get %q: %+v, %v", key, rec, err)
+		}
+	}
+	if n, _ := store.Size(ctx); n != 4 {
+		t.Fatalf("%d records, want 4", n)
+	}
+	resp, err := http.Post(hs.URL+"/v1/begin", "application/json", strings.NewReader(`{}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = resp.Body.Close()
+	if resp.StatusCode != http.StatusTeapot {
+		t.Fatalf("the service's own route answered %d", resp.StatusCode)
 	}
 }

@@ -1,14 +1,53 @@
-// Package idemapi is the HTTP/JSON face of an idem ledger, the handler behind
-// `idem serve`. The API it implements is specified in docs/api.md; this
-// package is the reference for it.
+// Package idemapi is the ledger's HTTP API: its wire schema (the request,
+// response and record types, the problem types) and its server, the
+// handler `idem serve` runs. The API is specified in docs/api.md;
+// idemclient is its Go client and decodes the same types.
+//
+// # Mounting the API
+//
+// NewServer returns an http.Handler over any idem.Store. A Go service can
+// serve the ledger beside its own routes, under a prefix:
+//
+//	store := memstore.New(nil) // or pgstore, redisstore, pebblestore ...
+//	api, err := idemapi.NewServer(store, &idemapi.Config{
+//		Tokens: map[string][]string{os.Getenv("IDEM_TOKEN"): {"billing"}},
+//	})
+//	if err != nil { ... }
+//	mux := http.NewServeMux()
+//	mux.Handle("/ledger/", http.StripPrefix("/ledger", api))
+//
+// and an idemclient made with the base URL http://host/ledger uses it. The
+// caller keeps owning the store and closes it after its HTTP server has
+// drained; nothing in the server sweeps expired records (idem serve runs
+// a sweeper beside it).
 //
 // # Requests
 //
-// Every request but GET /healthz carries a bearer token bound to one or more
-// scopes (Config.Tokens; the scope "*" stands for every scope). Bodies are
-// strict JSON: Content-Type application/json, unknown fields and trailing
-// data refused, at most Config.MaxBody bytes. Client input is answered with
-// a 4xx application/problem+json (RFC 9457) and never with a 5xx.
+// Every request but GET /healthz carries a bearer token bound to one or
+// more scopes (Config.Tokens; the scope "*" stands for every scope;
+// ParseTokens reads the tokens file format of idem serve). Bodies are
+// strict JSON, checked before they are decoded: Content-Type
+// application/json, exactly one object, field names matched exactly (case
+// included), no field twice, no unknown field, valid UTF-8 throughout (no
+// lone surrogate escapes either), base64 that decodes. A refusal is a 400
+// whose detail names the field. Keys in the URL must be valid UTF-8 too.
+// Client input is answered with a 4xx application/problem+json (RFC 9457)
+// and never with a 5xx.
+//
+// # Limits
+//
+// An outcome's data may be up to Config.MaxOutcome bytes as stored
+// (DefaultMaxOutcome, 4 MiB). It travels as base64, so the body limit,
+// Config.MaxBody, defaults to MaxBodyFor(MaxOutcome): the base64 length
+// plus BodyOverhead (64 KiB) for the other fields, DefaultMaxBody in all.
+// Either limit answers 413 body-too-large naming it.
+//
+// # Keys at rest
+//
+// With Config.KeySecret the store holds HMAC-SHA256 digests of keys, the
+// same digests idem.Config.KeySecret makes for a Ledger, so a server and
+// a Ledger with one secret over one store see the same records. Clients
+// keep naming raw keys; only a list shows digests.
 //
 // # Metrics
 //
@@ -17,7 +56,8 @@
 // histogram (first attempt to stored outcome), the ledger size when the
 // store is an idem.Sizer, and request durations by route. The operation
 // series are fed by idem.Events, so the same Observer contract serves the
-// ledger, this server and idemotel.
+// ledger, this server and idemotel. Metrics is the same machinery for
+// other handlers (idem proxy's).
 //
 // # Logs
 //

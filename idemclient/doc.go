@@ -16,13 +16,22 @@
 // errors.Is: idem.ErrInvalid (invalid-request, body-too-large),
 // idem.ErrLeaseLost, idem.ErrCompleted, idem.ErrNotFound,
 // idem.ErrNotImplemented, ErrUnauthorized (401), ErrForbidden (403),
-// ErrUnavailable (503, or 502/504 from a proxy). A fingerprint-mismatch
-// answer to Begin is the idem.Mismatch decision, not an error. Anything the
-// API does not define (an unknown decision or problem type, a missing
-// field, an HTML page from a proxy, a redirect, a bare 404) wraps
-// ErrProtocol: the URL points at something else, or the server is broken
-// or newer than this client. Transport failures (refused connections,
-// timeouts) are returned as the net/http error, wrapped.
+// ErrUnavailable (503, or 502/504 from a proxy). Its text says each thing
+// once: "idemclient: complete: 409 lease-lost: " and the server's detail.
+// A fingerprint-mismatch answer to Begin is the idem.Mismatch decision, not
+// an error. Anything the API does not define (an unknown decision or
+// problem type, a missing field, an HTML page from a proxy, a redirect, a
+// bare 404) wraps ErrProtocol and says "unexpected answer": the URL points
+// at something else, or the server is broken or newer than this client.
+// Transport failures (refused connections, timeouts) are returned as the
+// net/http error, wrapped.
+//
+// Parameters the server would refuse are refused before anything is sent,
+// with the ledger's own checks (the Validate method of each idem params
+// type), as errors wrapping idem.ErrInvalid: in particular a scope, key,
+// fingerprint, meta entry, checkpoint point or list cursor that is not
+// valid UTF-8, which Go's JSON encoder would otherwise send as U+FFFD and
+// so as another key.
 //
 // After Close every call fails with idem.ErrClosed.
 //
@@ -37,8 +46,10 @@
 //
 // # Decoding
 //
-// Answers are decoded strictly enough to notice a broken server: required
-// fields must be present, times must be RFC 3339, records returned by Get
-// and List must be of the scope (and key or state) asked for. Unknown
-// fields are accepted, so a newer server may add some.
+// Requests and answers are idemapi's types: the server and this client
+// share one schema. Answers are decoded strictly enough to notice a broken
+// server: required fields must be present, times must be RFC 3339,
+// records returned by Get and List must be of the scope (and key or
+// state) asked for. Unknown fields are accepted, so a newer server may add
+// some.
 package idemclient
