@@ -352,8 +352,16 @@ func (s *scanner) str(what string) error {
 			}
 			s.buf = utf8.AppendRune(s.buf, r)
 		case c < utf8.RuneSelf:
-			s.buf = append(s.buf, c)
-			s.pos++
+			// A run of plain ASCII at once: base64 outcomes are megabytes.
+			end := s.pos + 1
+			for end < len(s.data) {
+				if b := s.data[end]; b < 0x20 || b == '"' || b == '\\' || b >= utf8.RuneSelf {
+					break
+				}
+				end++
+			}
+			s.buf = append(s.buf, s.data[s.pos:end]...)
+			s.pos = end
 		default:
 			r, n := utf8.DecodeRune(s.data[s.pos:])
 			if r == utf8.RuneError && n <= 1 {
