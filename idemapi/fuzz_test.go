@@ -36,6 +36,11 @@ func FuzzHandler(f *testing.F) {
 	f.Add(uint8(2), "application/json", []byte(`{"scope":"a","key":"k","token":1}{}`))
 	f.Add(uint8(3), "application/json", []byte(`{"scope":"a","key":"k","token":9223372036854775807,"lease_ms":3153600000000}`))
 	f.Add(uint8(0), "application/json", []byte("{\"scope\":\"a\",\"key\":\"\xff\"}"))
+	f.Add(uint8(0), "application/json", []byte(`{"scope":"a","KEY":"k"}`))
+	f.Add(uint8(0), "application/json", []byte(`{"scope":"a","key":"k","key":"l"}`))
+	f.Add(uint8(0), "application/json", []byte(`{"scope":"a","key":"\udcff"}`))
+	f.Add(uint8(1), "application/json", []byte(`{"scope":"a","key":"k","token":1,"outcome":{"data":"AA\nE=","meta":{"a":"1","a":"2"}}}`))
+	f.Add(uint8(1), "application/json", []byte(`{"scope":"a","key":"k","token":1,"outcome":[]}`))
 
 	store := memstore.New(nil)
 	f.Cleanup(func() { _ = store.Close() })
