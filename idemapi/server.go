@@ -105,7 +105,7 @@ type tokenEntry struct {
 	all    bool
 }
 
-// New returns the handler of the API over store. The caller keeps owning
+// NewServer returns the handler of the API over store. The caller keeps owning
 // the store (and closes it after the HTTP server has drained).
 func NewServer(store idem.Store, cfg *Config) (*Server, error) {
 	if store == nil {
