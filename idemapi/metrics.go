@@ -108,9 +108,12 @@ type opOutcome struct {
 	outcome string
 }
 
-// metrics is the server's idem.Observer and the source of GET /metrics.
-// Every series is created up front, so recording takes no lock.
-type metrics struct {
+// Metrics is the server's idem.Observer and the source of GET /metrics,
+// and the same machinery for other handlers (idem proxy): ledger
+// operations plus HTTP request series by route, written in the Prometheus
+// text format. Every series is created up front, so recording takes no
+// lock.
+type Metrics struct {
 	ops       map[opOutcome]*atomic.Uint64
 	takeovers atomic.Uint64
 	tti       *histogram
@@ -124,10 +127,10 @@ type routeMetrics struct {
 	codes    [600]atomic.Uint64 // by status code
 }
 
-var _ idem.Observer = (*metrics)(nil)
+var _ idem.Observer = (*Metrics)(nil)
 
-func newMetrics(routeNames []string) *metrics {
-	m := &metrics{
+func newMetrics(routeNames []string) *Metrics {
+	m := &Metrics{
 		ops:    map[opOutcome]*atomic.Uint64{},
 		tti:    newHistogram(ttiBuckets),
 		routes: map[string]*routeMetrics{},
@@ -145,7 +148,7 @@ func newMetrics(routeNames []string) *metrics {
 }
 
 // Observe counts one ledger operation.
-func (m *metrics) Observe(_ context.Context, ev *idem.Event) {
+func (m *Metrics) Observe(_ context.Context, ev *idem.Event) {
 	outcome := outcomeError
 	switch {
 	case ev.Err == nil && ev.Op == idem.OpBegin:
@@ -169,7 +172,7 @@ func (m *metrics) Observe(_ context.Context, ev *idem.Event) {
 }
 
 // request records one HTTP request.
-func (m *metrics) request(route string, status int, d time.Duration) {
+func (m *Metrics) request(route string, status int, d time.Duration) {
 	r, ok := m.routes[route]
 	if !ok {
 		return
@@ -182,7 +185,7 @@ func (m *metrics) request(route string, status int, d time.Duration) {
 
 // write writes every series in the Prometheus text format (version 0.0.4).
 // size is the ledger size, or negative when the store cannot tell.
-func (m *metrics) write(out io.Writer, size int64) error {
+func (m *Metrics) write(out io.Writer, size int64) error {
 	w := bufio.NewWriter(out)
 
 	fmt.Fprintln(w, "# HELP idem_operations_total Ledger operations by op and outcome.")
@@ -232,17 +235,12 @@ func (m *metrics) write(out io.Writer, size int64) error {
 	return w.Flush()
 }
 
-// Metrics is the metrics machinery for the other commands of the binary
-// (idem proxy): an idem.Observer for ledger operations plus HTTP request
-// series by route, written in the Prometheus text format.
-type Metrics = metrics
-
 // NewMetrics returns Metrics with the HTTP series of routeNames.
 func NewMetrics(routeNames []string) *Metrics { return newMetrics(routeNames) }
 
 // Request records one HTTP request of a route given to NewMetrics.
-func (m *metrics) Request(route string, status int, d time.Duration) { m.request(route, status, d) }
+func (m *Metrics) Request(route string, status int, d time.Duration) { m.request(route, status, d) }
 
 // Write writes every series; size is the ledger size, or negative when the
 // store cannot tell.
-func (m *metrics) Write(w io.Writer, size int64) error { return m.write(w, size) }
+func (m *Metrics) Write(w io.Writer, size int64) error { return m.write(w, size) }

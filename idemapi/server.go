@@ -95,7 +95,7 @@ type Server struct {
 	window  time.Duration
 	log     *slog.Logger
 	obs     idem.Observer
-	metrics *metrics
+	metrics *Metrics
 	digests *idem.Ledger // with Config.KeySecret: its StoredKey digests keys
 }
 
