@@ -651,9 +651,9 @@ func (s *Server) keyRecord(w http.ResponseWriter, r *http.Request, req *request)
 	if err != nil {
 		return newProblem(http.StatusBadRequest, ProblemInvalidRequest, "the key in the path is not valid percent-encoding")
 	}
-	q, err := url.ParseQuery(r.URL.RawQuery)
-	if err != nil {
-		return newProblem(http.StatusBadRequest, ProblemInvalidRequest, "the query string is malformed")
+	q, p := parseQuery(r)
+	if p != nil {
+		return p
 	}
 	params := &idem.KeyParams{Scope: q.Get("scope"), Key: key}
 	if p := invalid(params.Validate()); p != nil {
@@ -679,11 +679,26 @@ func (s *Server) keyRecord(w http.ResponseWriter, r *http.Request, req *request)
 	return writeJSON(w, http.StatusOK, out)
 }
 
-// list serves GET /v1/keys?scope=S&state=&limit=&cursor=.
-func (s *Server) list(w http.ResponseWriter, r *http.Request, req *request) *problem {
+// parseQuery parses the query string; a parameter given twice is refused,
+// as a repeated JSON field is, rather than one of the two winning.
+func parseQuery(r *http.Request) (url.Values, *problem) {
 	q, err := url.ParseQuery(r.URL.RawQuery)
 	if err != nil {
-		return newProblem(http.StatusBadRequest, ProblemInvalidRequest, "the query string is malformed")
+		return nil, newProblem(http.StatusBadRequest, ProblemInvalidRequest, "the query string is malformed")
+	}
+	for _, name := range []string{"scope", "state", "limit", "cursor"} {
+		if len(q[name]) > 1 {
+			return nil, newProblem(http.StatusBadRequest, ProblemInvalidRequest, "the query parameter "+name+" is given twice")
+		}
+	}
+	return q, nil
+}
+
+// list serves GET /v1/keys?scope=S&state=&limit=&cursor=.
+func (s *Server) list(w http.ResponseWriter, r *http.Request, req *request) *problem {
+	q, p := parseQuery(r)
+	if p != nil {
+		return p
 	}
 	params := &idem.ListParams{Scope: q.Get("scope"), State: idem.State(q.Get("state")), Cursor: q.Get("cursor")}
 	if v := q.Get("limit"); v != "" {

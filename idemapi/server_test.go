@@ -438,6 +438,8 @@ func TestProblems(t *testing.T) {
 		{"list bad limit", "GET", "/v1/keys?scope=a&limit=ten", tokA, "", "", 400, idemapi.ProblemInvalidRequest, "limit must be an integer"},
 		{"list limit too big", "GET", "/v1/keys?scope=a&limit=1001", tokA, "", "", 400, idemapi.ProblemInvalidRequest, "limit must be between 0 and 1000, got 1001"},
 		{"list bad state", "GET", "/v1/keys?scope=a&state=done", tokA, "", "", 400, idemapi.ProblemInvalidRequest, "state \"done\" is not one of pending, completed, released"},
+		{"get scope twice", "GET", "/v1/keys/k?scope=a&scope=b", tokAB, "", "", 400, idemapi.ProblemInvalidRequest, "the query parameter scope is given twice"},
+		{"list cursor twice", "GET", "/v1/keys?scope=a&cursor=a&cursor=b", tokA, "", "", 400, idemapi.ProblemInvalidRequest, "the query parameter cursor is given twice"},
 		{"list without scope", "GET", "/v1/keys", tokA, "", "", 400, idemapi.ProblemInvalidRequest, "scope is empty"},
 
 		{"no token", "POST", "/v1/begin", "", "application/json", `{"scope":"a","key":"k2"}`, 401, idemapi.ProblemUnauthorized, "send Authorization: Bearer TOKEN with a token from the server's tokens file"},
