@@ -31,8 +31,16 @@ const (
 // shape is the expected form of a JSON value.
 type shape struct {
 	kind   shapeKind
-	fields map[string]*shape // kindObject, by exact JSON name
+	fields map[string]field  // kindObject, by exact JSON name
 	lower  map[string]string // kindObject, lower-cased name to name, for hints
+}
+
+// field is a member of an object shape; idx is its bit in a set of seen
+// fields.
+type field struct {
+	name string
+	idx  uint
+	sh   *shape
 }
 
 var shapes sync.Map // reflect.Type -> *shape
@@ -67,7 +75,7 @@ func buildShape(t reflect.Type) *shape {
 			return &shape{kind: kindMap}
 		}
 	case reflect.Struct:
-		sh := &shape{kind: kindObject, fields: map[string]*shape{}, lower: map[string]string{}}
+		sh := &shape{kind: kindObject, fields: map[string]field{}, lower: map[string]string{}}
 		for i := range t.NumField() {
 			f := t.Field(i)
 			name, _, _ := strings.Cut(f.Tag.Get("json"), ",")
@@ -77,7 +85,10 @@ func buildShape(t reflect.Type) *shape {
 			if name == "" {
 				name = f.Name
 			}
-			sh.fields[name] = buildShape(f.Type)
+			if len(sh.fields) == 64 {
+				panic("idemapi: over 64 fields in " + t.String())
+			}
+			sh.fields[name] = field{name: name, idx: uint(len(sh.fields)), sh: buildShape(f.Type)}
 			sh.lower[strings.ToLower(name)] = name
 		}
 		return sh
@@ -100,7 +111,7 @@ func refuse(format string, args ...any) error {
 // names matched exactly and none repeated, every value of the expected
 // type, base64 that decodes. null stands for a field left out.
 func checkStrict(data []byte, sh *shape) error {
-	s := &scanner{data: data}
+	s := &scanner{data: data, buf: make([]byte, 0, 64)}
 	s.space()
 	if s.pos == len(data) {
 		return refuse("the body is empty; send a JSON object")
@@ -212,7 +223,10 @@ func (s *scanner) value(path string, sh *shape) error {
 		return s.object(path, sh)
 	case c == '"' && (sh.kind == kindString || sh.kind == kindBytes):
 		start := s.pos
-		if err := s.str(path); err != nil {
+		if err := s.str(); err != nil {
+			if te, ok := err.(*textError); ok {
+				return refuse("%s %s (byte %d)", path, te.why, te.at)
+			}
 			return err
 		}
 		if sh.kind == kindBytes {
@@ -252,59 +266,75 @@ func (s *scanner) literal(word string) error {
 }
 
 // object checks an object at pos, a struct's (sh.fields) or a map's.
+// Messages are built on the way out only: the path of a field is
+// concatenated when it is needed.
 func (s *scanner) object(path string, sh *shape) error {
-	s.pos++ // {
-	seen := map[string]bool{}
+	s.pos++                // {
+	var seen uint64        // kindObject: bits of field.idx
+	var seenNames []string // kindMap
 	s.space()
 	if s.pos < len(s.data) && s.data[s.pos] == '}' {
 		s.pos++
 		return nil
-	}
-	where := path
-	if where == "" {
-		where = "the body"
 	}
 	for {
 		s.space()
 		if s.pos >= len(s.data) || s.data[s.pos] != '"' {
 			return s.malformed()
 		}
-		nameWhat := "a field name in " + where
-		if sh.kind == kindMap {
-			nameWhat = "a name in " + where
-		}
-		if err := s.str(nameWhat); err != nil {
+		if err := s.str(); err != nil {
+			if te, ok := err.(*textError); ok {
+				where := path
+				if where == "" {
+					where = "the body"
+				}
+				what := "a field name in "
+				if sh.kind == kindMap {
+					what = "a name in "
+				}
+				return refuse("%s%s %s (byte %d)", what, where, te.why, te.at)
+			}
 			return err
 		}
-		name := string(s.buf)
-		var field *shape
+		var name string
+		var valueShape *shape
 		switch sh.kind {
 		case kindObject:
-			field = sh.fields[name]
-			if field == nil {
+			f, ok := sh.fields[string(s.buf)]
+			if !ok {
+				name = string(s.buf)
 				if exact, ok := sh.lower[strings.ToLower(name)]; ok {
 					return refuse("unknown field %s: field names are case-sensitive (did you mean %q?)", quoted(member(path, name)), exact)
 				}
 				return refuse("unknown field %s", quoted(member(path, name)))
 			}
+			if seen&(1<<f.idx) != 0 {
+				return refuse("field %s appears twice", quoted(member(path, f.name)))
+			}
+			seen |= 1 << f.idx
+			name, valueShape = f.name, f.sh
 		default:
-			field = &shape{kind: kindString}
+			name, valueShape = string(s.buf), stringShape
+			for _, n := range seenNames {
+				if n == name {
+					return refuse("field %s appears twice", quoted(member(path, name)))
+				}
+			}
+			seenNames = append(seenNames, name)
 		}
-		if seen[name] {
-			return refuse("field %s appears twice", quoted(member(path, name)))
-		}
-		seen[name] = true
 		s.space()
 		if s.pos >= len(s.data) || s.data[s.pos] != ':' {
 			return s.malformed()
 		}
 		s.pos++
 		s.space()
-		fieldPath := member(path, name)
+		var fieldPath string
 		if sh.kind == kindMap {
 			fieldPath = path + "[" + quoted(name) + "]"
+		} else {
+			fieldPath = member(path, name)
 		}
-		if err := s.value(fieldPath, field); err != nil {
+		if err := s.value(fieldPath, valueShape); err != nil {
 			return err
 		}
 		s.space()
@@ -323,13 +353,24 @@ func (s *scanner) object(path string, sh *shape) error {
 	}
 }
 
+var stringShape = &shape{kind: kindString}
+
+// textError is a string that is no text: invalid UTF-8 or a lone
+// surrogate escape. The caller names the string.
+type textError struct {
+	why string
+	at  int
+}
+
+func (e *textError) Error() string { return e.why }
+
 // str reads the string at pos into s.buf, decoded. Invalid UTF-8 or a
-// lone surrogate escape is refused naming what the string is.
-func (s *scanner) str(what string) error {
+// lone surrogate escape is a *textError.
+func (s *scanner) str() error {
 	s.pos++ // "
 	s.buf = s.buf[:0]
 	notText := func(why string) error {
-		return refuse("%s %s (byte %d)", what, why, s.pos)
+		return &textError{why: why, at: s.pos}
 	}
 	for {
 		if s.pos >= len(s.data) {

@@ -160,3 +160,14 @@ func mustMarshal(t *testing.T, v any) []byte {
 	}
 	return b
 }
+
+func BenchmarkCheckStrict(b *testing.B) {
+	body := []byte(`{"scope":"billing","key":"order-42","fingerprint":"9f86d081884c7d659a2feaa0c55ad015","lease_ms":30000,"window_ms":86400000,"retention_ms":0}`)
+	sh := shapeFor(reflect.TypeFor[*BeginRequest]())
+	b.ReportAllocs()
+	for b.Loop() {
+		if err := checkStrict(body, sh); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
