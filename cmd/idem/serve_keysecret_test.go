@@ -61,3 +61,18 @@ func TestServeKeySecretFile(t *testing.T) {
 		t.Fatalf("missing secret: exit %d, stderr %s", code, stderr)
 	}
 }
+
+// TestServeHelpKeySecretAndLimits: --help documents the key secret file
+// and the body limit derived from the outcome limit.
+func TestServeHelpKeySecretAndLimits(t *testing.T) {
+	t.Parallel()
+	out, _, code := runIdem(t, t.TempDir(), "serve", "--help")
+	if code != 0 {
+		t.Fatalf("exit %d", code)
+	}
+	for _, want := range []string{"--key-secret-file FILE", "HMAC-SHA256", "an empty one is refused", "(default 5657944: an outcome of 4 MiB"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("--help lacks %q", want)
+		}
+	}
+}
