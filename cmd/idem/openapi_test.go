@@ -10,6 +10,7 @@ import (
 	"maps"
 	"net/http"
 	"net/http/httptest"
+	"os"
 	"regexp"
 	"slices"
 	"sort"
@@ -544,5 +545,28 @@ func TestOpenAPICheckerCatchesDrift(t *testing.T) {
 		if (err == nil) != tc.ok {
 			t.Errorf("%s: check = %v, want ok=%v", tc.name, err, tc.ok)
 		}
+	}
+}
+
+// TestOpenAPIMarkdownNamesEveryOperation keeps the table of docs/openapi.md
+// (operationId and route) equal to the document.
+func TestOpenAPIMarkdownNamesEveryOperation(t *testing.T) {
+	t.Parallel()
+	md, err := os.ReadFile("../../docs/openapi.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	inTable := map[string]string{}
+	for _, m := range regexp.MustCompile("`([a-zA-Z]+)` \\| `([A-Z]+ [^`]+)`").FindAllStringSubmatch(string(md), -1) {
+		inTable[m[1]] = m[2]
+	}
+	inDoc := map[string]string{}
+	for path, item := range checkerFor(t).doc.Paths.Map() {
+		for method, op := range item.Operations() {
+			inDoc[op.OperationID] = method + " " + path
+		}
+	}
+	if !maps.Equal(inTable, inDoc) {
+		t.Errorf("docs/openapi.md lists %v, the document has %v", inTable, inDoc)
 	}
 }
