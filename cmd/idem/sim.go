@@ -50,8 +50,9 @@ interrupted by Ctrl-C before every seed ran, with no invariant broken in
 the seeds that ran (a break found before the interrupt still exits 1).
 With --mutant the codes mean the same, so for a mutant the expected result
 is 1: the simulator caught it. 0 with --mutant means the mutant survived
-every seed that ran: the simulator missed it. With --scenario all the code
-is 1 if any scenario broke; an interrupt skips the scenarios not yet run.
+all --seeds seeds (of every scenario, with "all"): the simulator missed
+it. With --scenario all the code is 1 if any scenario broke (caught the
+mutant); an interrupt skips the scenarios not yet run.
 
 Examples:
   idem sim --scenario payments --seeds 100000
