@@ -17,6 +17,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/idemkit/idem"
 	"github.com/idemkit/idem/cmd/idem/internal/server"
@@ -250,7 +251,8 @@ type storeOnly struct{ idem.Store }
 func TestOpenAPIEveryRouteAndStatus(t *testing.T) {
 	t.Parallel()
 	seen := &coverage{seen: map[string]bool{}}
-	mem := memstore.New(nil)
+	clock := idem.NewManualClock(time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC))
+	mem := memstore.New(&memstore.Config{Clock: clock})
 	t.Cleanup(func() { _ = mem.Close() })
 	good := startAPI(t, mem, seen)
 	closed := memstore.New(nil)
@@ -319,13 +321,33 @@ func TestOpenAPIEveryRouteAndStatus(t *testing.T) {
 			case "deleteKey":
 				good.expect(t, 204, "", o.method, keyPath(o, key), apiBillingToken, nil)
 			case "begin":
-				// acquired above; in flight, replay and a takeover with a
-				// checkpoint below.
-				good.expect(t, 200, "", o.method, o.path, apiBillingToken, bodyOf(o, key, 0))
+				// acquired above; then in flight, replay, and a takeover
+				// that hands over a checkpoint.
+				decision := func(data []byte) (d struct {
+					Decision   string
+					Takeover   bool
+					Checkpoint *idem.Checkpoint
+				}) {
+					if err := json.Unmarshal(data, &d); err != nil {
+						t.Fatalf("%v: %s", err, data)
+					}
+					return d
+				}
+				if d := decision(good.expect(t, 200, "", o.method, o.path, apiBillingToken, bodyOf(o, key, 0))); d.Decision != "in_flight" {
+					t.Errorf("a second begin: %+v, want in_flight", d)
+				}
 				good.expect(t, 200, "", "POST", "/v1/complete", apiBillingToken, bill(key, obj{"token": tok, "outcome": obj{"data": "aGk="}}))
-				good.expect(t, 200, "", o.method, o.path, apiBillingToken, bodyOf(o, key, 0))
+				if d := decision(good.expect(t, 200, "", o.method, o.path, apiBillingToken, bodyOf(o, key, 0))); d.Decision != "replay" {
+					t.Errorf("a begin after complete: %+v, want replay", d)
+				}
 				k2 := fresh()
-				good.expect(t, 200, "", o.method, o.path, apiBillingToken, bill(k2, obj{"lease_ms": 1}))
+				t2 := good.acquire(t, k2)
+				good.expect(t, 200, "", "POST", "/v1/checkpoint", apiBillingToken, bill(k2, obj{"token": t2, "point": "charged", "data": "AQ=="}))
+				clock.Advance(2 * time.Minute) // past the 60 s lease
+				d := decision(good.expect(t, 200, "", o.method, o.path, apiBillingToken, bill(k2, obj{"fingerprint": "f"})))
+				if d.Decision != "acquired" || !d.Takeover || d.Checkpoint == nil || d.Checkpoint.Point != "charged" || string(d.Checkpoint.Data) != "\x01" {
+					t.Errorf("a begin after the lease ended: %+v, want a takeover with the checkpoint", d)
+				}
 			case "sweep", "metrics":
 				good.expect(t, 200, "", o.method, o.path, apiOpsToken, bodyOf(o, key, tok))
 			case "listKeys":
