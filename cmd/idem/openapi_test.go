@@ -98,8 +98,7 @@ const (
 // apiServer is an in-process API server behind the checker, which also
 // records which (operation, status) pairs were seen.
 type apiServer struct {
-	url  string
-	seen *coverage
+	url string
 }
 
 type coverage struct {
@@ -134,7 +133,7 @@ func startAPI(t *testing.T, store idem.Store, seen *coverage) *apiServer {
 		}
 	}))
 	t.Cleanup(srv.Close)
-	return &apiServer{url: srv.URL, seen: seen}
+	return &apiServer{url: srv.URL}
 }
 
 type statusRecorder struct {
