@@ -1,9 +1,11 @@
 package sim_test
 
 import (
+	"context"
 	"os"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 
 	"github.com/idemkit/idem/internal/leakcheck"
@@ -136,5 +138,48 @@ func TestAViolationTellsItsSeedAndStory(t *testing.T) {
 	again := sim.Run(sc, r.Seed, &m)
 	if again.OK() || again.Violations[0] != v || again.Hash() != r.Hash() {
 		t.Fatalf("seed %d did not reproduce: %v", r.Seed, again.Violations)
+	}
+}
+
+// TestRunSeedsContextStopsWhenCancelled cancels a long run from its own
+// progress callback once 20 seeds are done: the run stops soon after, says
+// it was interrupted, and counts exactly the prefix of seeds that ran.
+func TestRunSeedsContextStopsWhenCancelled(t *testing.T) {
+	t.Parallel()
+	sc, _ := sim.ScenarioNamed("messages")
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var mu sync.Mutex
+	calls, highest := 0, 0
+	const total = 1_000_000
+	sum := sim.RunSeedsContext(ctx, sc, 7, total, nil, &sim.SeedOptions{Progress: func(done int) {
+		mu.Lock()
+		defer mu.Unlock()
+		calls++
+		highest = max(highest, done)
+		if done == 20 {
+			cancel()
+		}
+	}})
+	if !sum.OK() || !sum.Interrupted || sum.First != 7 {
+		t.Fatalf("summary %+v, want interrupted and OK from seed 7", sum)
+	}
+	// Every seed handed out before the cancel finishes: one per CPU at most
+	// besides the 20.
+	if sum.Seeds < 20 || sum.Seeds >= total || sum.Seeds != calls || highest != calls {
+		t.Fatalf("%d seeds ran, progress called %d times up to %d; want the same count, at least 20", sum.Seeds, calls, highest)
+	}
+
+	// Cancelled before it starts: nothing runs.
+	sum = sim.RunSeedsContext(ctx, sc, 1, 10, nil, nil)
+	if !sum.Interrupted || sum.Seeds != 0 || !sum.OK() {
+		t.Fatalf("a cancelled context ran %+v", sum)
+	}
+	// A run that finishes is not interrupted, and a failure found is
+	// reported as without a context.
+	m, _ := sim.MutantNamed("release-completed")
+	sum = sim.RunSeedsContext(context.Background(), sc, 1, 10_000, &m, nil)
+	if sum.Interrupted || sum.OK() || sum.Seeds != int(sum.Failed.Seed) {
+		t.Fatalf("mutant run: %+v", sum)
 	}
 }

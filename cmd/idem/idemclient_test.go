@@ -27,7 +27,8 @@ const (
 
 // startMemServe starts `idem serve` on a fresh mem: store, with the
 // background sweeper slowed down so that only the test's Sweeps remove
-// records (testSweep counts them). It returns the base URL.
+// records (testSweep counts them). It returns the base URL of a proxy to
+// it that checks every exchange against docs/openapi.yaml.
 func startMemServe(t *testing.T) string {
 	t.Helper()
 	dir := t.TempDir()
@@ -37,7 +38,7 @@ func startMemServe(t *testing.T) string {
 	}
 	p := startServe(t, dir, "--listen", "127.0.0.1:0", "--store", "mem:", "--tokens", tokens,
 		"--sweep-interval", "24h", "--log-level", "error")
-	return "http://" + p.addr
+	return checkedProxy(t, "http://"+p.addr)
 }
 
 func newRemote(t *testing.T, base, token string) *idemclient.Client {

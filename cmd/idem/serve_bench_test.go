@@ -56,7 +56,7 @@ func BenchmarkServeCycles(b *testing.B) {
 			_ = srv.Close()
 			<-served
 		})
-		c := newClient(ln.Addr().String(), "bench-token")
+		c := newUncheckedClient(ln.Addr().String(), "bench-token")
 		b.Cleanup(c.http.CloseIdleConnections)
 		runCycles(b, clients, func(key string) error {
 			status, err := c.cycle("bench", key, payload)

@@ -40,6 +40,10 @@ func TestMain(m *testing.M) {
 		fmt.Fprintln(os.Stderr, "building idem:", err)
 	} else {
 		code = m.Run()
+		if failed := openAPIFailures(); len(failed) > 0 && code == 0 {
+			fmt.Fprintf(os.Stderr, "%d exchanges did not match docs/openapi.yaml (printed above)\n", len(failed))
+			code = 1
+		}
 	}
 	_ = os.RemoveAll(dir)
 	os.Exit(code)
@@ -186,7 +190,16 @@ type client struct {
 	http        *http.Client
 }
 
+// newClient returns a client of the server at addr whose every exchange
+// is checked against docs/openapi.yaml (checkedTransport).
 func newClient(addr, token string) *client {
+	c := newUncheckedClient(addr, token)
+	c.http.Transport = &checkedTransport{next: c.http.Transport}
+	return c
+}
+
+// newUncheckedClient is newClient without the check, for benchmarks.
+func newUncheckedClient(addr, token string) *client {
 	return &client{base: "http://" + addr, token: token, http: &http.Client{
 		Timeout:   20 * time.Second,
 		Transport: &http.Transport{MaxIdleConnsPerHost: 64},

@@ -1,11 +1,16 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
+	"os"
+	"os/signal"
+	"sync/atomic"
+	"time"
 
 	"github.com/idemkit/idem/sim"
 )
@@ -31,10 +36,23 @@ Flags:
                    simulator should catch it (and exit 1)
   --json           print one JSON object per scenario
   --trace          on a failure, print the failing run's whole trace
-  --list           print the scenarios and mutants, one per line
+  --list           print the scenarios and mutants, one per line: the kind
+                   ("scenario" or "mutant"), the name, then what it does
+
+When standard error is a terminal, a line there shows the seeds done, the
+rate and the time left, redrawn in place; otherwise nothing is written to
+it. Ctrl-C (SIGINT) stops the run: the seeds already running finish and
+the summary of the seeds that ran is printed ("interrupted after N seeds").
 
 Exit status: 0 every invariant held, 1 one broke (printed with the seed
-that reproduces it and the steps that led to it), 2 usage error.
+that reproduces it and the steps that led to it), 2 usage error, 130
+interrupted by Ctrl-C before every seed ran, with no invariant broken in
+the seeds that ran (a break found before the interrupt still exits 1).
+With --mutant the codes mean the same, so for a mutant the expected result
+is 1: the simulator caught it. 0 with --mutant means the mutant survived
+all --seeds seeds (of every scenario, with "all"): the simulator missed
+it. With --scenario all the code is 1 if any scenario broke (caught the
+mutant); an interrupt skips the scenarios not yet run.
 
 Examples:
   idem sim --scenario payments --seeds 100000
@@ -42,7 +60,18 @@ Examples:
   idem sim --scenario payments --seed 839 --seeds 1 --trace
 `
 
+// exitInterrupted is the exit code of a run stopped by Ctrl-C, as shells
+// report a command killed by SIGINT (128+2).
+const exitInterrupted = 130
+
 func runSim(args []string, stdout, stderr io.Writer) int {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
+	defer stop()
+	return simCommand(ctx, args, stdout, stderr)
+}
+
+// simCommand is idem sim; ctx ending (Ctrl-C) stops the run.
+func simCommand(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("idem sim", flag.ContinueOnError)
 	fs.SetOutput(io.Discard)
 	scenario := fs.String("scenario", "", "")
@@ -66,12 +95,7 @@ func runSim(args []string, stdout, stderr io.Writer) int {
 	case fs.NArg() > 0:
 		return usageErr("unexpected argument %q", fs.Arg(0))
 	case *list:
-		for _, sc := range sim.Scenarios {
-			fmt.Fprintf(stdout, "scenario %s\n", sc.Name)
-		}
-		for _, m := range sim.Mutants {
-			fmt.Fprintf(stdout, "mutant %s\n", m.Name)
-		}
+		writeSimList(stdout)
 		return 0
 	case *scenario == "":
 		return usageErr("--scenario is required (or --list)")
@@ -97,25 +121,146 @@ func runSim(args []string, stdout, stderr io.Writer) int {
 		mutant = &m
 	}
 
+	tty := isTerminal(stderr)
 	code := 0
 	for _, sc := range scenarios {
-		sum := sim.RunSeeds(sc, *seed, *seeds, mutant)
-		if !sum.OK() {
+		opts := &sim.SeedOptions{}
+		var bar *progress
+		if tty {
+			bar = newProgress(stderr, time.Now, "scenario "+sc.Name, *seeds)
+			opts.Progress = bar.set
+			bar.start(250 * time.Millisecond)
+		}
+		sum := sim.RunSeedsContext(ctx, sc, *seed, *seeds, mutant, opts)
+		if bar != nil {
+			bar.stop()
+		}
+		switch {
+		case !sum.OK():
 			code = 1
+		case sum.Interrupted && code == 0:
+			code = exitInterrupted
 		}
 		if *asJSON {
 			writeSimJSON(stdout, sum)
-			continue
+		} else {
+			writeSimText(stdout, sum, *trace)
 		}
-		writeSimText(stdout, sum, *trace)
+		if sum.Interrupted {
+			break
+		}
 	}
 	return code
+}
+
+// writeSimList prints one line per scenario and mutant: the kind and the
+// name, separated by one space as scripts read them (awk '{print $2}'),
+// then the description after padding.
+func writeSimList(w io.Writer) {
+	width := 0
+	for _, sc := range sim.Scenarios {
+		width = max(width, len("scenario "+sc.Name))
+	}
+	for _, m := range sim.Mutants {
+		width = max(width, len("mutant "+m.Name))
+	}
+	for _, sc := range sim.Scenarios {
+		fmt.Fprintf(w, "%-*s  %s\n", width, "scenario "+sc.Name, sc.Doc)
+	}
+	for _, m := range sim.Mutants {
+		fmt.Fprintf(w, "%-*s  %s\n", width, "mutant "+m.Name, m.Doc)
+	}
+}
+
+// isTerminal reports whether w is a terminal (a character device), where
+// a progress line redrawn in place is welcome; pipes and files get none.
+func isTerminal(w io.Writer) bool {
+	f, ok := w.(*os.File)
+	if !ok {
+		return false
+	}
+	fi, err := f.Stat()
+	return err == nil && fi.Mode()&os.ModeCharDevice != 0
+}
+
+// progress draws "LABEL: DONE/TOTAL seeds (P%), R seeds/s, ETA D" on one
+// terminal line, redrawn in place (carriage return, erase to the end of
+// the line) and erased when the run ends, so the summary starts clean.
+type progress struct {
+	w     io.Writer
+	now   func() time.Time
+	label string
+	total int
+	begun time.Time
+	done  atomic.Int64
+	quit  chan struct{}
+	ended chan struct{}
+}
+
+func newProgress(w io.Writer, now func() time.Time, label string, total int) *progress {
+	return &progress{w: w, now: now, label: label, total: total, begun: now()}
+}
+
+// set records how many seeds are done; the seeds' goroutines call it in
+// any order, so it keeps the highest count.
+func (p *progress) set(done int) {
+	for {
+		old := p.done.Load()
+		if int64(done) <= old || p.done.CompareAndSwap(old, int64(done)) {
+			return
+		}
+	}
+}
+
+// line is the progress text at the current time.
+func (p *progress) line() string {
+	done := int(p.done.Load())
+	elapsed := p.now().Sub(p.begun)
+	s := fmt.Sprintf("%s: %d/%d seeds (%d%%)", p.label, done, p.total, done*100/max(p.total, 1))
+	if done == 0 || elapsed <= 0 {
+		return s + ", ETA unknown"
+	}
+	rate := float64(done) / elapsed.Seconds()
+	eta := time.Duration(float64(p.total-done) / rate * float64(time.Second))
+	return fmt.Sprintf("%s, %.0f seeds/s, ETA %s", s, rate, eta.Round(time.Second))
+}
+
+func (p *progress) draw() { fmt.Fprintf(p.w, "\r%s\x1b[K", p.line()) }
+
+// start redraws the line every period until stop.
+func (p *progress) start(period time.Duration) {
+	p.quit, p.ended = make(chan struct{}), make(chan struct{})
+	p.draw()
+	go func() {
+		defer close(p.ended)
+		tick := time.NewTicker(period)
+		defer tick.Stop()
+		for {
+			select {
+			case <-p.quit:
+				return
+			case <-tick.C:
+				p.draw()
+			}
+		}
+	}()
+}
+
+// stop ends the redrawing and erases the line.
+func (p *progress) stop() {
+	close(p.quit)
+	<-p.ended
+	fmt.Fprint(p.w, "\r\x1b[K")
 }
 
 func writeSimText(w io.Writer, sum *sim.Summary, trace bool) {
 	what := "scenario " + sum.Scenario
 	if sum.Mutant != "" {
 		what += " with mutant " + sum.Mutant
+	}
+	if sum.OK() && sum.Interrupted {
+		fmt.Fprintf(w, "%s: interrupted after %d seeds from %d; every invariant held in them (%.0f seeds/s)\n", what, sum.Seeds, sum.First, sum.SeedsPerSecond())
+		return
 	}
 	if sum.OK() {
 		fmt.Fprintf(w, "%s: every invariant held over %d seeds from %d (%.0f seeds/s)\n", what, sum.Seeds, sum.First, sum.SeedsPerSecond())
@@ -136,6 +281,7 @@ type simJSON struct {
 	FirstSeed      uint64          `json:"first_seed"`
 	Seeds          int             `json:"seeds"`
 	OK             bool            `json:"ok"`
+	Interrupted    bool            `json:"interrupted,omitempty"`
 	SeedsPerSecond float64         `json:"seeds_per_second"`
 	Failure        *simFailureJSON `json:"failure,omitempty"`
 }
@@ -149,7 +295,7 @@ type simFailureJSON struct {
 
 func writeSimJSON(w io.Writer, sum *sim.Summary) {
 	out := simJSON{Scenario: sum.Scenario, Mutant: sum.Mutant, FirstSeed: sum.First, Seeds: sum.Seeds,
-		OK: sum.OK(), SeedsPerSecond: sum.SeedsPerSecond()}
+		OK: sum.OK(), Interrupted: sum.Interrupted, SeedsPerSecond: sum.SeedsPerSecond()}
 	if r := sum.Failed; r != nil {
 		f := &simFailureJSON{Seed: r.Seed, Violations: r.Violations}
 		for _, s := range r.Story(24) {

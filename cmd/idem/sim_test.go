@@ -1,9 +1,14 @@
 package main
 
 import (
+	"bytes"
+	"context"
 	"encoding/json"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 )
 
 func TestSimList(t *testing.T) {
@@ -12,9 +17,103 @@ func TestSimList(t *testing.T) {
 	if code != 0 {
 		t.Fatalf("exit %d", code)
 	}
-	want := "scenario payments\nscenario messages\nscenario pauses\nmutant check-then-set\nmutant record-before-run\nmutant ignore-token\nmutant replay-mismatch\nmutant release-completed\n"
-	if out != want {
-		t.Fatalf("--list printed\n%s\nwant\n%s", out, want)
+	// Scripts read the first two fields; a description follows each.
+	want := []string{"scenario payments", "scenario messages", "scenario pauses", "mutant check-then-set",
+		"mutant record-before-run", "mutant ignore-token", "mutant replay-mismatch", "mutant release-completed"}
+	lines := strings.Split(strings.TrimSuffix(out, "\n"), "\n")
+	if len(lines) != len(want) {
+		t.Fatalf("--list printed %d lines, want %d:\n%s", len(lines), len(want), out)
+	}
+	for i, line := range lines {
+		f := strings.Fields(line)
+		if len(f) < 4 || f[0]+" "+f[1] != want[i] || !strings.HasPrefix(line, want[i]+" ") {
+			t.Errorf("line %d %q: want %q, then a description", i+1, line, want[i])
+		}
+	}
+	if !strings.Contains(out, "mutant ignore-token       Complete, Release, Extend and Checkpoint ignore the fencing token\n") {
+		t.Errorf("the descriptions are not aligned after the names:\n%s", out)
+	}
+}
+
+// TestSimProgress draws the progress line at injected times into a fake
+// terminal.
+func TestSimProgress(t *testing.T) {
+	t.Parallel()
+	var term bytes.Buffer
+	now := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
+	p := newProgress(&term, func() time.Time { return now }, "scenario pauses", 1000)
+	p.draw()
+	p.set(250)
+	p.set(100) // a slower goroutine reporting late does not move it back
+	now = now.Add(2 * time.Second)
+	p.draw()
+	p.set(1000)
+	now = now.Add(6 * time.Second)
+	p.draw()
+	want := "\rscenario pauses: 0/1000 seeds (0%), ETA unknown\x1b[K" +
+		"\rscenario pauses: 250/1000 seeds (25%), 125 seeds/s, ETA 6s\x1b[K" +
+		"\rscenario pauses: 1000/1000 seeds (100%), 125 seeds/s, ETA 0s\x1b[K"
+	if term.String() != want {
+		t.Fatalf("the terminal got\n%q\nwant\n%q", term.String(), want)
+	}
+
+	// start draws at once; stop erases the line (no sleeps: the ticker's
+	// period is far longer than the test).
+	term.Reset()
+	p.start(time.Hour)
+	p.stop()
+	if want := "\rscenario pauses: 1000/1000 seeds (100%), 125 seeds/s, ETA 0s\x1b[K\r\x1b[K"; term.String() != want {
+		t.Fatalf("start/stop wrote %q, want %q", term.String(), want)
+	}
+}
+
+// TestSimNoProgressOffATerminal: buffers, pipes and regular files are not
+// terminals, so a run writes nothing to stderr.
+func TestSimNoProgressOffATerminal(t *testing.T) {
+	t.Parallel()
+	f, err := os.Create(filepath.Join(t.TempDir(), "stderr"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if isTerminal(f) || isTerminal(&bytes.Buffer{}) {
+		t.Fatal("a regular file or a buffer taken for a terminal")
+	}
+	var out bytes.Buffer
+	if code := run([]string{"sim", "--scenario", "messages", "--seeds", "20"}, &out, f); code != 0 {
+		t.Fatalf("exit %d: %s", code, out.String())
+	}
+	if fi, err := f.Stat(); err != nil || fi.Size() != 0 {
+		t.Fatalf("stderr got %d bytes (%v), want none", fi.Size(), err)
+	}
+	if dev, err := os.Open(os.DevNull); err == nil {
+		defer dev.Close()
+		if !isTerminal(dev) {
+			t.Errorf("%s, a character device, not taken for a terminal", os.DevNull)
+		}
+	}
+}
+
+// TestSimInterrupted: a run whose context ends (Ctrl-C) prints the summary
+// of the seeds that ran and exits 130, with or without --mutant.
+func TestSimInterrupted(t *testing.T) {
+	t.Parallel()
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	var out, errOut bytes.Buffer
+	code := simCommand(ctx, []string{"--scenario", "all", "--seeds", "1000000"}, &out, &errOut)
+	if code != exitInterrupted || out.String() != "scenario payments: interrupted after 0 seeds from 1; every invariant held in them (0 seeds/s)\n" || errOut.Len() != 0 {
+		t.Fatalf("exit %d, stdout %q, stderr %q", code, out.String(), errOut.String())
+	}
+	out.Reset()
+	code = simCommand(ctx, []string{"--scenario", "pauses", "--mutant", "ignore-token", "--json"}, &out, &errOut)
+	var got struct {
+		Seeds       int
+		OK          bool
+		Interrupted bool
+	}
+	if err := json.Unmarshal(out.Bytes(), &got); err != nil || code != exitInterrupted || !got.OK || !got.Interrupted || got.Seeds != 0 {
+		t.Fatalf("--mutant --json interrupted: exit %d, %v, %s", code, err, out.String())
 	}
 }
 
@@ -85,7 +184,13 @@ func TestSimUsageErrors(t *testing.T) {
 		}
 	}
 	out, _, code := runCLI(t, "sim", "--help")
-	if code != 0 || !strings.Contains(out, "Exit status: 0 every invariant held, 1 one broke") {
+	for _, want := range []string{"Exit status: 0 every invariant held, 1 one broke",
+		"130\ninterrupted by Ctrl-C", "With --mutant the codes mean the same, so for a mutant the expected result\nis 1: the simulator caught it. 0 with --mutant means the mutant survived"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("--help lacks %q", want)
+		}
+	}
+	if code != 0 {
 		t.Fatalf("--help: exit %d\n%s", code, out)
 	}
 }
