@@ -20,7 +20,7 @@ import (
 	"time"
 
 	"github.com/idemkit/idem"
-	"github.com/idemkit/idem/cmd/idem/internal/server"
+	server "github.com/idemkit/idem/idemapi"
 	"github.com/idemkit/idem/memstore"
 )
 
@@ -114,7 +114,7 @@ func (c *coverage) add(op string, status int) {
 
 func startAPI(t *testing.T, store idem.Store, seen *coverage) *apiServer {
 	t.Helper()
-	h, err := server.New(store, &server.Config{
+	h, err := server.NewServer(store, &server.Config{
 		Tokens:  map[string][]string{apiOpsToken: {server.AllScopes}, apiBillingToken: {"billing"}},
 		MaxBody: 256 << 10,
 	})
