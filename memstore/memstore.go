@@ -250,6 +250,8 @@ var (
 	_ idem.Store  = (*Store)(nil)
 	_ idem.Lister = (*Store)(nil)
 	_ idem.Sizer  = (*Store)(nil)
+
+	_ idem.Describer = (*Store)(nil)
 )
 
 // New returns an empty Store.

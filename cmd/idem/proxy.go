@@ -236,9 +236,9 @@ func runProxyServer(ctx context.Context, o *proxyOptions, stdout, stderr io.Writ
 	}
 	logger := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
 
-	store, where, err := openStore(ctx, o.store, serving)
+	store, err := idem.OpenStore(ctx, o.store, nil)
 	if err != nil {
-		return fmt.Errorf("--store %s: %w", o.store, err)
+		return fmt.Errorf("--store %s: %w", redactURL(o.store), err)
 	}
 	closeStore := func() error {
 		if err := store.Close(); err != nil {
@@ -268,7 +268,7 @@ func runProxyServer(ctx context.Context, o *proxyOptions, stdout, stderr io.Writ
 	if adminLn != nil {
 		fmt.Fprintf(stdout, "idem proxy: admin on http://%s (/metrics, /healthz)\n", adminLn.Addr())
 	}
-	fmt.Fprintf(stdout, "idem proxy: store %s, data in %s\n", o.store, dataLocation(o.store, where))
+	fmt.Fprintf(stdout, "idem proxy: store %s, data in %s\n", redactURL(o.store), describeStore(store, o.store))
 
 	errorLog := slog.NewLogLogger(logger.Handler(), slog.LevelWarn)
 	srv := &http.Server{Handler: handler, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute, ErrorLog: errorLog}

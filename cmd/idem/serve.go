@@ -12,8 +12,6 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"path/filepath"
-	"strings"
 	"time"
 
 	"github.com/idemkit/idem"
@@ -146,13 +144,9 @@ func serve(ctx context.Context, o *serveOptions, stdout, stderr io.Writer) error
 		return err
 	}
 
-	use := serving
-	if o.migrate {
-		use = migrating
-	}
-	store, where, err := openStore(ctx, o.store, use)
+	store, err := idem.OpenStore(ctx, o.store, &idem.OpenConfig{Migrate: o.migrate})
 	if err != nil {
-		return fmt.Errorf("--store %s: %w", o.store, err)
+		return fmt.Errorf("--store %s: %w", redactURL(o.store), err)
 	}
 	closeStore := func() error {
 		if err := store.Close(); err != nil {
@@ -173,7 +167,7 @@ func serve(ctx context.Context, o *serveOptions, stdout, stderr io.Writer) error
 	}
 
 	fmt.Fprintf(stdout, "idem serve: listening on http://%s\n", ln.Addr())
-	fmt.Fprintf(stdout, "idem serve: store %s, data in %s\n", o.store, dataLocation(o.store, where))
+	fmt.Fprintf(stdout, "idem serve: store %s, data in %s\n", redactURL(o.store), describeStore(store, o.store))
 	if generated != "" {
 		fmt.Fprintf(stdout, "idem serve: token for scope %q (shown once, kept nowhere): %s\n", defaultScope, generated)
 	}
@@ -234,17 +228,6 @@ func loopbackOnly(listen string) error {
 		"but without --tokens the only token is one made up now and printed here, "+
 		"so serve listens on loopback addresses only (like 127.0.0.1:7070); "+
 		"to serve other machines, pass --tokens FILE with lines `TOKEN SCOPE[,SCOPE...]`", listen, where)
-}
-
-// dataLocation says where the data of a store lives, for people.
-func dataLocation(url, where string) string {
-	if !strings.HasPrefix(url, "file:") {
-		return where
-	}
-	if abs, err := filepath.Abs(where); err == nil && abs != where {
-		return where + " (" + abs + ")"
-	}
-	return where
 }
 
 // sweepPeriodically removes expired records from a store that does not
