@@ -33,7 +33,9 @@ func TestMain(m *testing.M) {
 		os.Exit(1)
 	}
 	idemBin = filepath.Join(dir, "idem")
-	build := exec.Command("go", "build", "-o", idemBin, ".")
+	// -buildvcs=auto records the revision where git can tell it
+	// (TestVersion), whatever GOFLAGS says.
+	build := exec.Command("go", "build", "-buildvcs=auto", "-o", idemBin, ".")
 	build.Stdout, build.Stderr = os.Stderr, os.Stderr
 	code := 1
 	if err := build.Run(); err != nil {
