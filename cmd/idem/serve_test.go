@@ -366,7 +366,7 @@ func TestServeDefaultStart(t *testing.T) {
 		line != "idem serve: store file:./idem-data, data in ./idem-data ("+filepath.Join(dir, "idem-data")+")" {
 		t.Fatalf("store line %q", line)
 	}
-	token, ok := strings.CutPrefix(p.next(t), `idem serve: token for scope "default" (shown once, kept nowhere): `)
+	token, ok := strings.CutPrefix(p.next(t), `idem serve: token for scope "default" (new, kept in idem-data/token, mode 0600): `)
 	if !ok || len(token) < 40 {
 		t.Fatalf("no token line (token %q)", token)
 	}
