@@ -372,3 +372,17 @@ func FuzzTokenFile(f *testing.F) {
 		}
 	})
 }
+
+// TestServeRefusesOtherMachinesBeforeOpening: without --tokens a
+// non-loopback --listen is refused before the store directory (and the
+// token in it) is made.
+func TestServeRefusesOtherMachinesBeforeOpening(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	if _, errOut, code := runIdem(t, dir, "serve", "--listen", "0.0.0.0:0", "--store", "file:./data"); code != 1 || !strings.Contains(errOut, "loopback") {
+		t.Fatalf("exit %d, stderr %q", code, errOut)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "data")); !os.IsNotExist(err) {
+		t.Errorf("the refused serve made ./data: %v", err)
+	}
+}

@@ -147,6 +147,11 @@ func serve(ctx context.Context, o *serveOptions, stdout, stderr io.Writer) error
 	}
 	logger := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
 
+	if o.tokens == "" { // refused before anything is opened or created
+		if err := loopbackOnly(o.listen); err != nil {
+			return err
+		}
+	}
 	store, err := idem.OpenStore(ctx, o.store, &idem.OpenConfig{Migrate: o.migrate})
 	if err != nil {
 		return fmt.Errorf("--store %s: %w", redactURL(o.store), err)
@@ -190,7 +195,7 @@ func serve(ctx context.Context, o *serveOptions, stdout, stderr io.Writer) error
 }
 
 // serveTokens reads --tokens, or makes one token for the default scope when
-// there is none, which is allowed on loopback addresses only. A store with
+// there is none (serve then listens on loopback addresses only). A store with
 // a data directory (dir) keeps that token in a file there, so restarts
 // keep it; line says where the token is, for the startup output.
 func serveTokens(o *serveOptions, dir string) (tokens map[string][]string, line string, err error) {
@@ -208,9 +213,6 @@ func serveTokens(o *serveOptions, dir string) (tokens map[string][]string, line 
 			return nil, "", fmt.Errorf("--tokens %s holds no tokens: add lines like `TOKEN SCOPE[,SCOPE...]`", o.tokens)
 		}
 		return tokens, "", nil
-	}
-	if err := loopbackOnly(o.listen); err != nil {
-		return nil, "", err
 	}
 	var token, path string
 	var made bool
