@@ -3,6 +3,7 @@ package pebblestore
 import (
 	"context"
 	"errors"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
@@ -84,4 +85,36 @@ func TestOpenByURLRefuses(t *testing.T) {
 			t.Errorf("OpenStore(%q) = %v, want ErrInvalid saying %q", raw, err, want)
 		}
 	}
+}
+
+// FuzzURLDir: no file: URL panics urlDir; it names a directory or refuses
+// with ErrInvalid, and a directory written as file:DIR (escaped) comes back.
+func FuzzURLDir(f *testing.F) {
+	for _, s := range []string{"./idem-data", "/var/lib/idem", "//./x", "///abs", "a%20b", "%zz", "x?y", "x#y", ""} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, rest string) {
+		u, err := url.Parse("file:" + rest)
+		if err != nil {
+			return
+		}
+		dir, err := urlDir(u)
+		if err != nil {
+			if !errors.Is(err, idem.ErrInvalid) {
+				t.Fatalf("urlDir(%q) = %v, not ErrInvalid", rest, err)
+			}
+			return
+		}
+		if dir == "" {
+			t.Fatalf("urlDir(%q) accepted an empty directory", rest)
+		}
+		if strings.HasPrefix(rest, "/") || rest == "" {
+			return
+		}
+		// An opaque file:DIR with DIR path-escaped reads back as DIR.
+		escaped, _ := url.Parse("file:" + url.PathEscape(dir))
+		if back, err := urlDir(escaped); err != nil || back != dir {
+			t.Fatalf("file:%s (from %q) reads back %q, %v; want %q", url.PathEscape(dir), rest, back, err, dir)
+		}
+	})
 }
