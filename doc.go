@@ -32,7 +32,27 @@
 // Store is the driver contract (see store.go); memstore is the reference
 // model, store/pebblestore the embedded durable default, and every store
 // passes the conformance suite in storetest. Optional capabilities (Lister,
-// Sizer) are found by type assertion.
+// Sizer, Describer) are found by type assertion.
+//
+// # Opening a store by URL
+//
+// OpenStore opens the store a URL names, as idem serve --store does. Store
+// packages register their schemes when they are imported, as database/sql
+// drivers do, so a program opens only stores it links:
+//
+//	import (
+//		_ "github.com/idemkit/idem/memstore"          // mem:
+//		_ "github.com/idemkit/idem/store/pebblestore" // file:DIR
+//		_ "github.com/idemkit/idem/store/pgstore"     // postgres://…?schema=NAME
+//		_ "github.com/idemkit/idem/store/redisstore"  // redis://…?prefix=NAME
+//	)
+//
+//	store, err := idem.OpenStore(ctx, os.Getenv("IDEM_STORE"), nil)
+//
+// An unknown scheme is an error wrapping ErrInvalid that names the
+// registered schemes (StoreSchemes). OpenConfig asks for a migrated schema
+// (Migrate) or a short look with nothing in the background (Inspect). A new
+// store registers its own scheme with RegisterStore from an init function.
 //
 // # Time
 //

@@ -1,6 +1,8 @@
 // Package memstore is the in-memory idem.Store: the reference model the
 // conformance suite and the simulator check other stores against, and the
 // store for tests of code built on the ledger. Nothing survives the process.
+// Importing it registers the URL scheme mem: with idem.OpenStore; each
+// open of "mem:" is a new, empty store.
 //
 // Records come back with their times in UTC and without a monotonic clock
 // reading, as from the other stores: compare them with time.Time.Equal.
@@ -250,6 +252,8 @@ var (
 	_ idem.Store  = (*Store)(nil)
 	_ idem.Lister = (*Store)(nil)
 	_ idem.Sizer  = (*Store)(nil)
+
+	_ idem.Describer = (*Store)(nil)
 )
 
 // New returns an empty Store.

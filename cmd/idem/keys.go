@@ -200,20 +200,15 @@ func keysStore(ctx context.Context, o *keysOptions) (idem.Store, func() error, e
 		}
 		return c, c.Close, nil
 	}
-	if dir, ok := strings.CutPrefix(o.store, "file:"); ok {
-		// Reading must not create an empty store where none was.
-		dir = strings.TrimPrefix(dir, "//")
-		if fi, err := os.Stat(dir); dir != "" && (err != nil || !fi.IsDir()) {
-			return nil, nil, fmt.Errorf("no store at %s (pass --store file:DIR, the directory idem serve keeps its data in)", dir)
-		}
-	}
-	s, _, err := openStore(ctx, o.store, inspecting)
-	if errors.Is(err, pebblestore.ErrLocked) {
-		dir := strings.TrimPrefix(strings.TrimPrefix(o.store, "file:"), "//")
-		return nil, nil, fmt.Errorf("the store %s is in use by a running idem serve; pass --server URL --token T to go through its API", dir)
+	s, err := idem.OpenStore(ctx, o.store, &idem.OpenConfig{Inspect: true})
+	switch {
+	case errors.Is(err, idem.ErrNotFound): // Inspect creates no store where there was none
+		return nil, nil, fmt.Errorf("no store at %s (pass --store file:DIR, the directory idem serve keeps its data in)", redactURL(o.store))
+	case errors.Is(err, pebblestore.ErrLocked):
+		return nil, nil, fmt.Errorf("the store %s is in use by a running idem serve; pass --server URL --token T to go through its API", redactURL(o.store))
 	}
 	if err != nil {
-		return nil, nil, fmt.Errorf("--store %s: %w", o.store, err)
+		return nil, nil, fmt.Errorf("--store %s: %w", redactURL(o.store), err)
 	}
 	return s, s.Close, nil
 }

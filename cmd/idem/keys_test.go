@@ -282,7 +282,7 @@ func TestKeysLockedStore(t *testing.T) {
 	}
 	defer held.Close()
 	_, errOut, code := runCLI(t, "keys", "ls", "--store", store, "--scope", "billing")
-	want := "the store " + dir + " is in use by a running idem serve; pass --server URL --token T to go through its API"
+	want := "the store " + store + " is in use by a running idem serve; pass --server URL --token T to go through its API"
 	if code != 1 || !strings.Contains(errOut, want) {
 		t.Errorf("ls of a held store: exit %d, stderr %q; want 1 saying %q", code, errOut, want)
 	}
@@ -292,7 +292,7 @@ func TestKeysMissingStore(t *testing.T) {
 	t.Parallel()
 	dir := filepath.Join(t.TempDir(), "nothing-here")
 	_, errOut, code := runCLI(t, "keys", "ls", "--store", "file:"+dir)
-	if code != 1 || !strings.Contains(errOut, "no store at "+dir) {
+	if code != 1 || !strings.Contains(errOut, "no store at file:"+dir) {
 		t.Errorf("ls of a missing store: exit %d, stderr %q", code, errOut)
 	}
 	if _, err := os.Stat(dir); !os.IsNotExist(err) {
@@ -319,7 +319,7 @@ func TestKeysUsage(t *testing.T) {
 		{[]string{"keys", "ls", "--server", "http://127.0.0.1:1", "--token", ""}, 2, "--server needs --token"},
 		{[]string{"keys", "ls", "--store", "mem:", "--token", "t"}, 2, "--token is for --server"},
 		{[]string{"keys", "ls", "--server", "127.0.0.1:7070", "--token", "t"}, 1, "http://"},
-		{[]string{"keys", "ls", "--store", "bogus"}, 1, "want mem:, file:DIR, postgres://"},
+		{[]string{"keys", "ls", "--store", "bogus"}, 1, "names no scheme; want one of file, mem, postgres"},
 		{[]string{"keys", "show", "k", "--store", "mem:"}, 1, "no record for key k in scope default"},
 	}
 	for _, c := range cases {

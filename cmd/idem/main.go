@@ -5,7 +5,7 @@
 //	idem keys     list, show and delete records
 //	idem migrate  bring a PostgreSQL store's schema up to date
 //	idem sim      run the deterministic simulator: scenarios, mutants, seeds
-//	idem version  print the version
+//	idem version  print the module version, VCS revision and Go version
 //
 // Run `idem <command> --help` for a command's flags.
 package main
@@ -14,9 +14,8 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"runtime/debug"
 )
-
-var version = "dev"
 
 const usage = `idem makes distributed work safe to repeat.
 
@@ -30,7 +29,9 @@ Commands:
   migrate   bring a PostgreSQL store's schema up to date
   sim       check idem's guarantees in seeded simulated worlds (crashes,
             pauses, a lossy network, failing stores)
-  version   print the version
+  version   print the module version, the VCS revision it was built from
+            (with "dirty" when the tree had uncommitted changes) and the
+            Go version
 
 Run "idem <command> --help" for the flags of a command.
 `
@@ -57,7 +58,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	case "sim":
 		return runSim(args[1:], stdout, stderr)
 	case "version", "--version":
-		fmt.Fprintln(stdout, "idem", version)
+		fmt.Fprintln(stdout, versionLine(debug.ReadBuildInfo()))
 		return 0
 	case "help", "-h", "--help":
 		fmt.Fprint(stdout, usage)

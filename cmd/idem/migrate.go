@@ -6,9 +6,10 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"strings"
+	"net/url"
 	"time"
 
+	"github.com/idemkit/idem"
 	"github.com/idemkit/idem/store/pgstore"
 )
 
@@ -17,8 +18,9 @@ const migrateUsage = `Usage: idem migrate --store postgres://USER@HOST:PORT/DB[?
 Brings the ledger's PostgreSQL schema up to the version this build needs.
 The migrations are embedded in the binary, versioned, and applied in one
 transaction under an advisory lock, so several servers may run it at once;
-running it again changes nothing. Other stores have no schema: for them
-migrate says so and exits 0.
+running it again changes nothing. It says what it did: "applied N
+migrations, schema now at vX" or "schema already at vX, nothing applied".
+Other stores have no schema: for them migrate says so and exits 0.
 
 Flags:
   --store URL     the store (postgres://…; ?schema=NAME picks the schema,
@@ -52,18 +54,31 @@ func runMigrate(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "idem migrate: --timeout must be positive, got %s\n", *timeout)
 		return 2
 	}
-	if !strings.HasPrefix(*store, "postgres://") && !strings.HasPrefix(*store, "postgresql://") {
-		fmt.Fprintf(stdout, "idem migrate: %s has no schema to migrate; nothing to do\n", *store)
+	if u, err := url.Parse(*store); err == nil && u.Scheme != "postgres" && u.Scheme != "postgresql" {
+		fmt.Fprintf(stdout, "idem migrate: %s has no schema to migrate; nothing to do\n", redactURL(*store))
 		return 0
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), *timeout)
 	defer cancel()
-	s, where, err := openStore(ctx, *store, migrating)
+	s, err := idem.OpenStore(ctx, *store, &idem.OpenConfig{Migrate: true, Inspect: true})
 	if err != nil {
 		fmt.Fprintf(stderr, "idem migrate: %v\n", err)
 		return 1
 	}
 	defer s.Close()
-	fmt.Fprintf(stdout, "idem migrate: %s is at schema version %d\n", where, pgstore.LatestVersion())
+	where := describeStore(s, *store)
+	m := s.(*pgstore.Store).Migration()
+	if n := m.Applied(); n > 0 {
+		fmt.Fprintf(stdout, "idem migrate: %s: applied %d %s, schema now at v%d\n", where, n, plural(n, "migration"), m.To)
+	} else {
+		fmt.Fprintf(stdout, "idem migrate: %s: schema already at v%d, nothing applied\n", where, m.To)
+	}
 	return 0
+}
+
+func plural(n int, word string) string {
+	if n == 1 {
+		return word
+	}
+	return word + "s"
 }

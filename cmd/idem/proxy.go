@@ -76,7 +76,9 @@ Flags:
                          large Redis ledger every 10m or so (see serve)
   --log-level LEVEL      debug, info, warn or error (default info); logs
                          never hold keys or bodies
+` + tlsHelp + `                         (on --listen; --admin stays plain HTTP)
 
+` + envHelp + `
 Example:
   idem proxy --listen :7071 --upstream http://127.0.0.1:8080 --require-key
   curl -X POST -H 'Idempotency-Key: "order-42"' -d '{"sku":"x"}' localhost:7071/orders
@@ -96,6 +98,7 @@ type proxyOptions struct {
 	requireKey                                  bool
 	maxBody                                     int64
 	lease, window, wait, drain, sweep           time.Duration
+	tls                                         tlsFiles
 }
 
 func runProxy(args []string, stdout, stderr io.Writer) int {
@@ -129,7 +132,8 @@ func parseProxyFlags(args []string, stdout, stderr io.Writer) (*proxyOptions, in
 	fs.DurationVar(&o.drain, "drain", 10*time.Second, "")
 	fs.DurationVar(&o.sweep, "sweep-interval", time.Minute, "")
 	fs.StringVar(&o.logLevel, "log-level", "info", "")
-	err := fs.Parse(args)
+	o.tls.register(fs)
+	err := parseWithEnv(fs, args)
 	switch {
 	case errors.Is(err, flag.ErrHelp):
 		_, _ = io.WriteString(stdout, proxyUsage)
@@ -166,6 +170,8 @@ func parseProxyFlags(args []string, stdout, stderr io.Writer) (*proxyOptions, in
 			bad = fmt.Sprintf("--drain must be positive, got %s", o.drain)
 		case o.sweep <= 0:
 			bad = fmt.Sprintf("--sweep-interval must be positive, got %s", o.sweep)
+		case o.tls.check() != nil:
+			bad = o.tls.check().Error()
 		}
 	}
 	if bad != "" {
@@ -236,9 +242,9 @@ func runProxyServer(ctx context.Context, o *proxyOptions, stdout, stderr io.Writ
 	}
 	logger := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
 
-	store, where, err := openStore(ctx, o.store, serving)
+	store, err := idem.OpenStore(ctx, o.store, nil)
 	if err != nil {
-		return fmt.Errorf("--store %s: %w", o.store, err)
+		return fmt.Errorf("--store %s: %w", redactURL(o.store), err)
 	}
 	closeStore := func() error {
 		if err := store.Close(); err != nil {
@@ -253,7 +259,7 @@ func runProxyServer(ctx context.Context, o *proxyOptions, stdout, stderr io.Writ
 	}
 	handler := newProxyHandler(ledger, o, logger, metrics)
 
-	ln, err := net.Listen("tcp", o.listen)
+	ln, err := o.tls.listen(o.listen)
 	if err != nil {
 		return errors.Join(fmt.Errorf("--listen %s: %w", o.listen, err), closeStore())
 	}
@@ -264,11 +270,11 @@ func runProxyServer(ctx context.Context, o *proxyOptions, stdout, stderr io.Writ
 		}
 	}
 
-	fmt.Fprintf(stdout, "idem proxy: listening on http://%s, upstream %s\n", ln.Addr(), o.upstream.Redacted())
+	fmt.Fprintf(stdout, "idem proxy: listening on %s://%s, upstream %s\n", o.tls.scheme(), ln.Addr(), o.upstream.Redacted())
 	if adminLn != nil {
 		fmt.Fprintf(stdout, "idem proxy: admin on http://%s (/metrics, /healthz)\n", adminLn.Addr())
 	}
-	fmt.Fprintf(stdout, "idem proxy: store %s, data in %s\n", o.store, dataLocation(o.store, where))
+	fmt.Fprintf(stdout, "idem proxy: store %s, data in %s\n", redactURL(o.store), describeStore(store, o.store))
 
 	errorLog := slog.NewLogLogger(logger.Handler(), slog.LevelWarn)
 	srv := &http.Server{Handler: handler, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute, ErrorLog: errorLog}

@@ -93,7 +93,7 @@ func plainProxy(upstream *url.URL) http.Handler {
 // until the benchmark ends and returns its address.
 func serveProxy(b *testing.B, raw string, upstream *url.URL, logger *slog.Logger) string {
 	b.Helper()
-	st, _, err := openStore(context.Background(), raw, serving)
+	st, err := idem.OpenStore(context.Background(), raw, nil)
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -3,8 +3,6 @@ package main
 import (
 	"bytes"
 	"context"
-	"crypto/rand"
-	"encoding/base64"
 	"errors"
 	"flag"
 	"fmt"
@@ -13,8 +11,6 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"path/filepath"
-	"strings"
 	"time"
 
 	"github.com/idemkit/idem"
@@ -25,8 +21,9 @@ const serveUsage = `Usage: idem serve [flags]
 
 Runs the ledger over HTTP/JSON (the API is docs/api.md). With no flags it
 keeps the ledger in the embedded store in ./idem-data, listens on
-127.0.0.1:7070, makes one random token for the scope "default" and prints it
-once.
+127.0.0.1:7070, and makes one random token for the scope "default": it
+prints it once and keeps it in ./idem-data/token (mode 0600), which later
+starts reuse (read it with: cat ./idem-data/token).
 
 Flags:
   --listen ADDR          where to listen; port 0 picks a free port
@@ -40,7 +37,11 @@ Flags:
                          The scope * binds a token to every scope (for
                          operators, sweeps and conformance tests). Without
                          --tokens serve makes one token for scope "default"
-                         and listens on loopback addresses only.
+                         and listens on loopback addresses only; on a file:
+                         store it keeps that token in DIR/token (mode 0600,
+                         owner only, else serve refuses to start) and reuses
+                         it; on mem:, postgres:// and redis:// it makes a new
+                         one at every start and keeps it nowhere.
   --max-body BYTES       largest request body; larger ones get 413
                          (default 5657944: an outcome of 4 MiB, the
                          largest complete accepts, as base64 plus 64 KiB
@@ -70,7 +71,8 @@ Flags:
   --log-level LEVEL      debug (every request), info (client errors), warn
                          or error (default info); logs never hold keys,
                          tokens or bodies
-
+` + tlsHelp + `
+` + envHelp + `
 Example:
   printf 'ops-%s *\nbilling-%s billing\n' $(openssl rand -hex 16) $(openssl rand -hex 16) > tokens
   idem serve --listen :7070 --store file:/var/lib/idem --tokens tokens
@@ -87,6 +89,7 @@ type serveOptions struct {
 	migrate                         bool
 	maxBody                         int64
 	lease, window, drain, sweep     time.Duration
+	tls                             tlsFiles
 }
 
 func runServe(args []string, stdout, stderr io.Writer) int {
@@ -116,7 +119,8 @@ func parseServeFlags(args []string, stdout, stderr io.Writer) (*serveOptions, in
 	fs.DurationVar(&o.drain, "drain", 10*time.Second, "")
 	fs.DurationVar(&o.sweep, "sweep-interval", time.Minute, "")
 	fs.StringVar(&o.logLevel, "log-level", "info", "")
-	err := fs.Parse(args)
+	o.tls.register(fs)
+	err := parseWithEnv(fs, args)
 	switch {
 	case errors.Is(err, flag.ErrHelp):
 		_, _ = io.WriteString(stdout, serveUsage)
@@ -140,6 +144,8 @@ func parseServeFlags(args []string, stdout, stderr io.Writer) (*serveOptions, in
 		bad = fmt.Sprintf("--drain must be positive, got %s", o.drain)
 	case o.sweep <= 0:
 		bad = fmt.Sprintf("--sweep-interval must be positive, got %s", o.sweep)
+	case o.tls.check() != nil:
+		bad = o.tls.check().Error()
 	}
 	if bad != "" {
 		fmt.Fprintf(stderr, "idem serve: %s\n", bad)
@@ -156,30 +162,31 @@ func serve(ctx context.Context, o *serveOptions, stdout, stderr io.Writer) error
 	}
 	logger := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
 
-	tokens, generated, err := serveTokens(o)
-	if err != nil {
-		return err
+	if o.tokens == "" { // refused before anything is opened or created
+		if err := loopbackOnly(o.listen); err != nil {
+			return err
+		}
 	}
 	var keySecret []byte
 	if o.keySecretFile != "" {
+		var err error
 		if keySecret, err = readKeySecret(o.keySecretFile); err != nil {
 			return err
 		}
 	}
-
-	use := serving
-	if o.migrate {
-		use = migrating
-	}
-	store, where, err := openStore(ctx, o.store, use)
+	store, err := idem.OpenStore(ctx, o.store, &idem.OpenConfig{Migrate: o.migrate})
 	if err != nil {
-		return fmt.Errorf("--store %s: %w", o.store, err)
+		return fmt.Errorf("--store %s: %w", redactURL(o.store), err)
 	}
 	closeStore := func() error {
 		if err := store.Close(); err != nil {
 			return fmt.Errorf("closing the store: %w", err)
 		}
 		return nil
+	}
+	tokens, tokenLine, err := serveTokens(o, dataDir(store))
+	if err != nil {
+		return errors.Join(err, closeStore())
 	}
 
 	handler, err := idemapi.NewServer(store, &idemapi.Config{
@@ -188,18 +195,18 @@ func serve(ctx context.Context, o *serveOptions, stdout, stderr io.Writer) error
 	if err != nil {
 		return errors.Join(err, closeStore())
 	}
-	ln, err := net.Listen("tcp", o.listen)
+	ln, err := o.tls.listen(o.listen)
 	if err != nil {
 		return errors.Join(fmt.Errorf("--listen %s: %w", o.listen, err), closeStore())
 	}
 
-	fmt.Fprintf(stdout, "idem serve: listening on http://%s\n", ln.Addr())
-	fmt.Fprintf(stdout, "idem serve: store %s, data in %s\n", o.store, dataLocation(o.store, where))
+	fmt.Fprintf(stdout, "idem serve: listening on %s://%s\n", o.tls.scheme(), ln.Addr())
+	fmt.Fprintf(stdout, "idem serve: store %s, data in %s\n", redactURL(o.store), describeStore(store, o.store))
 	if keySecret != nil {
 		fmt.Fprintf(stdout, "idem serve: keys are stored as HMAC-SHA256 digests (--key-secret-file %s)\n", o.keySecretFile)
 	}
-	if generated != "" {
-		fmt.Fprintf(stdout, "idem serve: token for scope %q (shown once, kept nowhere): %s\n", defaultScope, generated)
+	if tokenLine != "" {
+		fmt.Fprintf(stdout, "idem serve: %s\n", tokenLine)
 	}
 
 	srv := &http.Server{
@@ -213,9 +220,10 @@ func serve(ctx context.Context, o *serveOptions, stdout, stderr io.Writer) error
 }
 
 // serveTokens reads --tokens, or makes one token for the default scope when
-// there is none, which is allowed on loopback addresses only: that token is
-// printed on the terminal and nowhere else.
-func serveTokens(o *serveOptions) (tokens map[string][]string, generated string, err error) {
+// there is none (serve then listens on loopback addresses only). A store with
+// a data directory (dir) keeps that token in a file there, so restarts
+// keep it; line says where the token is, for the startup output.
+func serveTokens(o *serveOptions, dir string) (tokens map[string][]string, line string, err error) {
 	if o.tokens != "" {
 		f, err := os.Open(o.tokens)
 		if err != nil {
@@ -231,15 +239,24 @@ func serveTokens(o *serveOptions) (tokens map[string][]string, generated string,
 		}
 		return tokens, "", nil
 	}
-	if err := loopbackOnly(o.listen); err != nil {
+	var token, path string
+	var made bool
+	if dir == "" {
+		token, err = newToken()
+	} else {
+		token, path, made, err = keptToken(dir)
+	}
+	switch {
+	case err != nil:
 		return nil, "", err
+	case dir == "":
+		line = fmt.Sprintf("token for scope %q (shown once, kept nowhere: the store has no data directory; pass --tokens FILE to keep tokens): %s", defaultScope, token)
+	case made:
+		line = fmt.Sprintf("token for scope %q (new, kept in %s, mode 0600): %s", defaultScope, path, token)
+	default: // printed once, when made: the file is the place to read it
+		line = fmt.Sprintf("token for scope %q kept in %s (read it with: cat %s)", defaultScope, path, path)
 	}
-	b := make([]byte, 32)
-	if _, err := rand.Read(b); err != nil {
-		return nil, "", fmt.Errorf("making a token: %w", err)
-	}
-	generated = base64.RawURLEncoding.EncodeToString(b)
-	return map[string][]string{generated: {defaultScope}}, generated, nil
+	return map[string][]string{token: {defaultScope}}, line, nil
 }
 
 // readKeySecret reads --key-secret-file: the file's bytes without trailing
@@ -272,17 +289,6 @@ func loopbackOnly(listen string) error {
 		"but without --tokens the only token is one made up now and printed here, "+
 		"so serve listens on loopback addresses only (like 127.0.0.1:7070); "+
 		"to serve other machines, pass --tokens FILE with lines `TOKEN SCOPE[,SCOPE...]`", listen, where)
-}
-
-// dataLocation says where the data of a store lives, for people.
-func dataLocation(url, where string) string {
-	if !strings.HasPrefix(url, "file:") {
-		return where
-	}
-	if abs, err := filepath.Abs(where); err == nil && abs != where {
-		return where + " (" + abs + ")"
-	}
-	return where
 }
 
 // sweepPeriodically removes expired records from a store that does not

@@ -70,7 +70,7 @@ func BenchmarkServeCycles(b *testing.B) {
 
 func openBenchStore(b *testing.B) idem.Store {
 	b.Helper()
-	store, _, err := openStore(context.Background(), "file:"+b.TempDir(), serving)
+	store, err := idem.OpenStore(context.Background(), "file:"+b.TempDir(), nil)
 	if err != nil {
 		b.Fatal(err)
 	}

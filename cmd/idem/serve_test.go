@@ -33,7 +33,9 @@ func TestMain(m *testing.M) {
 		os.Exit(1)
 	}
 	idemBin = filepath.Join(dir, "idem")
-	build := exec.Command("go", "build", "-o", idemBin, ".")
+	// -buildvcs=auto records the revision where git can tell it
+	// (TestVersion), whatever GOFLAGS says.
+	build := exec.Command("go", "build", "-buildvcs=auto", "-o", idemBin, ".")
 	build.Stdout, build.Stderr = os.Stderr, os.Stderr
 	code := 1
 	if err := build.Run(); err != nil {
@@ -331,7 +333,7 @@ func TestServeRefusesBadStarts(t *testing.T) {
 		{[]string{"--tokens", bad, "--store", "mem:", "--listen", "127.0.0.1:0"}, 1, []string{"line 3", "empty scope"}},
 		{[]string{"--tokens", empty, "--store", "mem:", "--listen", "127.0.0.1:0"}, 1, []string{"holds no tokens"}},
 		{[]string{"--tokens", filepath.Join(dir, "missing"), "--store", "mem:"}, 1, []string{"--tokens", "no such file"}},
-		{[]string{"--store", "nosql:x", "--listen", "127.0.0.1:0"}, 1, []string{"unknown scheme"}},
+		{[]string{"--store", "nosql:x", "--listen", "127.0.0.1:0"}, 1, []string{`no store is registered for scheme "nosql" (registered: file, mem, postgres`}},
 		{[]string{"--max-body", "0"}, 2, []string{"--max-body must be positive"}},
 		{[]string{"--lease", "-1s"}, 2, []string{"--lease must be positive"}},
 		{[]string{"--nope"}, 2, []string{"flag provided but not defined", "Usage: idem serve"}},
@@ -377,7 +379,7 @@ func TestServeDefaultStart(t *testing.T) {
 		line != "idem serve: store file:./idem-data, data in ./idem-data ("+filepath.Join(dir, "idem-data")+")" {
 		t.Fatalf("store line %q", line)
 	}
-	token, ok := strings.CutPrefix(p.next(t), `idem serve: token for scope "default" (shown once, kept nowhere): `)
+	token, ok := strings.CutPrefix(p.next(t), `idem serve: token for scope "default" (new, kept in idem-data/token, mode 0600): `)
 	if !ok || len(token) < 40 {
 		t.Fatalf("no token line (token %q)", token)
 	}

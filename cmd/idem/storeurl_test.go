@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	neturl "net/url"
 	"strings"
@@ -9,7 +10,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/idemkit/idem"
 	"github.com/idemkit/idem/internal/servicetest"
+	"github.com/idemkit/idem/store/pgstore"
 	"github.com/jackc/pgx/v5"
 	"github.com/redis/go-redis/v9"
 )
@@ -17,23 +20,36 @@ import (
 func TestOpenStoreRefusesBadURLs(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	for _, raw := range []string{"", "nothing", "file:", "ftp://x", "postgres://%zz", "redis://%zz"} {
-		s, _, err := openStore(ctx, raw, inspecting)
+	for _, raw := range []string{"", "nothing", "file:", "file:./x?y", "mem:x", "ftp://x", "postgres://%zz",
+		"redis://%zz", "postgres://h/db?schema=a&schema=b", "redis://h/0?prefix=a&prefix=b"} {
+		s, err := idem.OpenStore(ctx, raw, &idem.OpenConfig{Inspect: true})
 		if err == nil {
 			s.Close()
-			t.Errorf("openStore(%q) = nil error, want a refusal", raw)
+			t.Errorf("OpenStore(%q) = nil error, want a refusal", raw)
+		} else if !errors.Is(err, idem.ErrInvalid) {
+			t.Errorf("OpenStore(%q) = %v, want ErrInvalid", raw, err)
 		}
 	}
 }
 
-func TestCutParamKeepsTheDriverURL(t *testing.T) {
+// TestStoreSchemes: the binary can open every store it documents.
+func TestStoreSchemes(t *testing.T) {
 	t.Parallel()
-	conn, schema, err := cutParam("postgres://u:secret@h:5432/db?sslmode=disable&schema=billing", "schema")
-	if err != nil || schema != "billing" || conn != "postgres://u:secret@h:5432/db?sslmode=disable" {
-		t.Fatalf("cutParam = %q %q %v", conn, schema, err)
+	if got, want := strings.Join(idem.StoreSchemes(), " "), "file mem postgres postgresql redis rediss"; got != want {
+		t.Fatalf("StoreSchemes = %s, want %s", got, want)
 	}
-	if got := redact(conn); strings.Contains(got, "secret") {
-		t.Fatalf("redact(%q) = %q still shows the password", conn, got)
+}
+
+func TestRedactURL(t *testing.T) {
+	t.Parallel()
+	for raw, want := range map[string]string{
+		"postgres://u:secret@h:5432/db?schema=billing": "postgres://u:xxxxx@h:5432/db?schema=billing",
+		"file:./idem-data":          "file:./idem-data",
+		"postgres://u:secret@h/%zz": "(a store URL that does not parse)",
+	} {
+		if got := redactURL(raw); got != want {
+			t.Errorf("redactURL(%q) = %q, want %q", raw, got, want)
+		}
 	}
 }
 
@@ -43,6 +59,11 @@ func TestCutParamKeepsTheDriverURL(t *testing.T) {
 func TestServeOnSharedStores(t *testing.T) {
 	t.Parallel()
 	suffix := fmt.Sprintf("%d", time.Now().UnixNano())
+	// Each startup line names where in the service the ledger is.
+	where := map[string]string{
+		"postgres": `data in PostgreSQL schema "idem_serve_` + suffix + `" in database "`,
+		"redis":    `data in Redis prefix "idem-serve-` + suffix + `" at `,
+	}
 	for name, store := range map[string]func(t *testing.T) string{
 		"postgres": func(t *testing.T) string { return pgSchemaURL(t, "idem_serve_"+suffix) },
 		"redis": func(t *testing.T) string {
@@ -60,6 +81,9 @@ func TestServeOnSharedStores(t *testing.T) {
 			args := []string{"--listen", "127.0.0.1:0", "--tokens", tokens, "--store", url, "--migrate"}
 
 			p := startServe(t, dir, args...)
+			if line := p.next(t); !strings.Contains(line, where[name]) {
+				t.Errorf("startup line %q does not say %q", line, where[name])
+			}
 			c := newClient(p.addr, "billing-0123456789")
 			if status, err := c.cycle("billing", "order-1", []byte("charged once")); err != nil || status != 200 {
 				t.Fatalf("cycle: status %d, %v", status, err)
@@ -85,14 +109,28 @@ func TestServeOnSharedStores(t *testing.T) {
 	}
 }
 
+// TestServeUnreachableRedis: a Redis that does not answer is one line on
+// stderr naming its address (not the driver's pool logs), and exit 1.
+func TestServeUnreachableRedis(t *testing.T) {
+	t.Parallel()
+	out, errOut, code := runIdem(t, t.TempDir(), "serve", "--listen", "127.0.0.1:0", "--store", "redis://:hunter2@127.0.0.1:1/0")
+	want := "idem serve: --store redis://:xxxxx@127.0.0.1:1/0: redisstore: connect to 127.0.0.1:1: "
+	if code != 1 || out != "" || strings.Count(errOut, "\n") != 1 || !strings.HasPrefix(errOut, want) {
+		t.Fatalf("exit %d, stdout %q, stderr %q; want 1 and one line starting %q", code, out, errOut, want)
+	}
+}
+
 func TestMigrateCommand(t *testing.T) {
 	t.Parallel()
 	url := pgSchemaURL(t, fmt.Sprintf("idem_migrate_%d", time.Now().UnixNano()))
 	dir := t.TempDir()
-	for range 2 { // a second run changes nothing and still succeeds
+	for i, want := range []string{ // a second run changes nothing and still succeeds
+		fmt.Sprintf(": applied %d migration", pgstore.LatestVersion()),
+		fmt.Sprintf(": schema already at v%d, nothing applied\n", pgstore.LatestVersion()),
+	} {
 		out, errOut, code := runIdem(t, dir, "migrate", "--store", url)
-		if code != 0 || !strings.Contains(out, "schema version") {
-			t.Fatalf("migrate: exit %d\n%s\n%s", code, out, errOut)
+		if code != 0 || !strings.Contains(out, want) || !strings.Contains(out, `PostgreSQL schema "idem_migrate_`) {
+			t.Fatalf("migrate %d: exit %d\n%s\n%s\nwant %q", i+1, code, out, errOut, want)
 		}
 	}
 	if _, _, code := runIdem(t, dir, "migrate"); code != 2 {
@@ -103,10 +141,9 @@ func TestMigrateCommand(t *testing.T) {
 		t.Fatalf("migrate on file: exit %d %q, want a no-op", code, out)
 	}
 	// A server that has not migrated refuses to start rather than guess.
-	s, _, err := openStore(context.Background(), pgSchemaURL(t, "idem_never_migrated"), serving)
-	if err == nil {
-		s.Close()
-		t.Fatal("opened an unmigrated schema without --migrate")
+	_, errOut, code := runIdem(t, dir, "serve", "--listen", "127.0.0.1:0", "--store", pgSchemaURL(t, "idem_never_migrated"))
+	if code != 1 || !strings.Contains(errOut, "idem serve --migrate") {
+		t.Fatalf("serve on an unmigrated schema: exit %d, stderr %q; want 1, suggesting idem serve --migrate", code, errOut)
 	}
 }
 

@@ -5,6 +5,10 @@
 //	s, err := pebblestore.Open("./idem-data", nil)
 //	ledger, err := idem.New(s, nil)
 //
+// Importing the package also registers the URL scheme file: with
+// idem.OpenStore: idem.OpenStore(ctx, "file:./idem-data", nil) is the same
+// store.
+//
 // # Durability
 //
 // Every acknowledged mutation (Begin that acquires, Complete, Release,

@@ -111,6 +111,8 @@ var (
 	_ idem.Store  = (*Store)(nil)
 	_ idem.Lister = (*Store)(nil)
 	_ idem.Sizer  = (*Store)(nil)
+
+	_ idem.Describer = (*Store)(nil)
 )
 
 // Open opens (creating if needed) the store in dir. It fails with an error

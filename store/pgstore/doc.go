@@ -7,7 +7,10 @@
 //	ledger, err := idem.New(store, nil)
 //
 // New takes a *pgxpool.Pool the caller already has (and leaves it open on
-// Close); Open makes a pool of its own from a URL and closes it.
+// Close); Open makes a pool of its own from a URL and closes it. Importing
+// the package also registers postgres: and postgresql: with idem.OpenStore,
+// where ?schema=NAME sets Config.Schema and idem.OpenConfig.Migrate sets
+// Config.Migrate.
 //
 // # Schema
 //

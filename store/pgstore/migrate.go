@@ -100,27 +100,38 @@ func migrationLockKey(schema string) int64 {
 	return int64(h.Sum64())
 }
 
+// MigrateResult says what a Migrate did.
+type MigrateResult struct {
+	// From is the schema's version before (0 for a new schema), To its
+	// version after: LatestVersion.
+	From, To int
+}
+
+// Applied is the number of migrations Migrate applied; 0 when the schema
+// was already at LatestVersion.
+func (r *MigrateResult) Applied() int { return r.To - r.From }
+
 // Migrate creates schema if needed and applies the embedded migrations it
 // lacks, in one transaction under an advisory lock, so any number of
 // processes may call it at once. Applied versions are kept in
 // schema.migrations. It fails without changing anything when the schema
 // is at a version newer than this build knows.
-func Migrate(ctx context.Context, pool *pgxpool.Pool, schema string) error {
+func Migrate(ctx context.Context, pool *pgxpool.Pool, schema string) (*MigrateResult, error) {
 	if err := validSchema(schema); err != nil {
-		return err
+		return nil, err
 	}
 	ms, err := migrations()
 	if err != nil {
-		return err
+		return nil, err
 	}
 	tx, err := pool.Begin(ctx)
 	if err != nil {
-		return wrapErr("migrate", err)
+		return nil, wrapErr("migrate", err)
 	}
 	defer tx.Rollback(context.WithoutCancel(ctx))
 	q := pgx.Identifier{schema}.Sanitize()
 	if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock($1)`, migrationLockKey(schema)); err != nil {
-		return wrapErr("migrate "+schema, err)
+		return nil, wrapErr("migrate "+schema, err)
 	}
 	steps := []string{
 		`CREATE SCHEMA IF NOT EXISTS ` + q,
@@ -131,25 +142,28 @@ func Migrate(ctx context.Context, pool *pgxpool.Pool, schema string) error {
 	}
 	for _, s := range steps {
 		if _, err := tx.Exec(ctx, s); err != nil {
-			return wrapErr("migrate "+schema, err)
+			return nil, wrapErr("migrate "+schema, err)
 		}
 	}
 	var current int
 	if err := tx.QueryRow(ctx, `SELECT coalesce(max(version), 0) FROM `+q+`.migrations`).Scan(&current); err != nil {
-		return wrapErr("migrate "+schema, err)
+		return nil, wrapErr("migrate "+schema, err)
 	}
 	if latest := ms[len(ms)-1].version; current > latest {
-		return fmt.Errorf("pgstore: schema %q is at version %d, newer than this build's %d: upgrade idem", schema, current, latest)
+		return nil, fmt.Errorf("pgstore: schema %q is at version %d, newer than this build's %d: upgrade idem", schema, current, latest)
 	}
 	for _, m := range ms[current:] {
 		if _, err := tx.Exec(ctx, strings.ReplaceAll(m.sql, "{{schema}}", q)); err != nil {
-			return wrapErr(fmt.Sprintf("migrate %s: %s", schema, m.name), err)
+			return nil, wrapErr(fmt.Sprintf("migrate %s: %s", schema, m.name), err)
 		}
 		if _, err := tx.Exec(ctx, `INSERT INTO `+q+`.migrations (version, name) VALUES ($1, $2)`, m.version, m.name); err != nil {
-			return wrapErr("migrate "+schema, err)
+			return nil, wrapErr("migrate "+schema, err)
 		}
 	}
-	return wrapErr("migrate "+schema, tx.Commit(ctx))
+	if err := tx.Commit(ctx); err != nil {
+		return nil, wrapErr("migrate "+schema, err)
+	}
+	return &MigrateResult{From: current, To: ms[len(ms)-1].version}, nil
 }
 
 // schemaVersion reads the version schema is at; 0 when it was never
@@ -167,18 +181,18 @@ func schemaVersion(ctx context.Context, db querier, schema string) (int, error) 
 
 // MigrateURL is Migrate on a pool of its own for the database at url, for
 // `idem migrate --store URL`; an empty schema means DefaultSchema.
-func MigrateURL(ctx context.Context, url, schema string) error {
+func MigrateURL(ctx context.Context, url, schema string) (*MigrateResult, error) {
 	if schema == "" {
 		schema = DefaultSchema
 	}
 	pcfg, err := pgxpool.ParseConfig(url)
 	if err != nil {
-		return fmt.Errorf("%w: pgstore: the store URL does not parse (want postgres://user@host:5432/db): %v", idem.ErrInvalid, err)
+		return nil, fmt.Errorf("%w: pgstore: the store URL does not parse (want postgres://user@host:5432/db): %v", idem.ErrInvalid, err)
 	}
 	pcfg.MaxConns = 1
 	pool, err := pgxpool.NewWithConfig(ctx, pcfg)
 	if err != nil {
-		return wrapErr("migrate", err)
+		return nil, wrapErr("migrate", err)
 	}
 	defer pool.Close()
 	return Migrate(ctx, pool, schema)

@@ -18,9 +18,17 @@ func TestMigrateIdempotent(t *testing.T) {
 	pool := sharedPool(t)
 	schema := freshSchema(t, pool)
 	ctx := context.Background()
-	for range 3 {
-		if err := Migrate(ctx, pool, schema); err != nil {
+	for i := range 3 {
+		res, err := Migrate(ctx, pool, schema)
+		if err != nil {
 			t.Fatal(err)
+		}
+		want := MigrateResult{From: LatestVersion(), To: LatestVersion()} // nothing applied again
+		if i == 0 {
+			want.From = 0
+		}
+		if *res != want {
+			t.Errorf("Migrate %d = %+v, want %+v", i+1, *res, want)
 		}
 	}
 	rows, err := pool.Query(ctx, `SELECT version, name FROM `+pgx.Identifier{schema}.Sanitize()+`.migrations ORDER BY version`)
@@ -50,19 +58,26 @@ func TestMigrateConcurrent(t *testing.T) {
 	schema := freshSchema(t, pool)
 	var wg sync.WaitGroup
 	errs := make([]error, 6)
+	results := make([]*MigrateResult, len(errs))
 	gate := make(chan struct{})
 	for i := range errs {
 		wg.Go(func() {
 			<-gate
-			errs[i] = Migrate(context.Background(), pool, schema)
+			results[i], errs[i] = Migrate(context.Background(), pool, schema)
 		})
 	}
 	close(gate)
 	wg.Wait()
+	applied := 0
 	for i, err := range errs {
 		if err != nil {
 			t.Errorf("Migrate %d of %d at once: %v", i, len(errs), err)
+			continue
 		}
+		applied += results[i].Applied()
+	}
+	if applied != LatestVersion() {
+		t.Errorf("%d Migrates at once applied %d migrations in all, want each of %d once", len(errs), applied, LatestVersion())
 	}
 	if v, err := schemaVersion(context.Background(), pool, schema); err != nil || v != LatestVersion() {
 		t.Errorf("version after concurrent Migrates: %d, %v; want %d", v, err, LatestVersion())
@@ -74,11 +89,11 @@ func TestNewRefusesAnUnmigratedSchema(t *testing.T) {
 	pool := sharedPool(t)
 	schema := freshSchema(t, pool)
 	_, err := New(pool, &Config{Schema: schema})
-	if err == nil || !strings.Contains(err.Error(), "idem migrate") {
-		t.Fatalf("New on an unmigrated schema: %v, want an error that says to run idem migrate", err)
+	if err == nil || !strings.Contains(err.Error(), "idem migrate") || !strings.Contains(err.Error(), "idem serve --migrate") {
+		t.Fatalf("New on an unmigrated schema: %v, want an error that says to run idem migrate or idem serve --migrate", err)
 	}
 	ctx := context.Background()
-	if err := Migrate(ctx, pool, schema); err != nil {
+	if _, err := Migrate(ctx, pool, schema); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := New(pool, &Config{Schema: schema}); err != nil {
@@ -88,7 +103,7 @@ func TestNewRefusesAnUnmigratedSchema(t *testing.T) {
 	if _, err := pool.Exec(ctx, `INSERT INTO `+pgx.Identifier{schema}.Sanitize()+`.migrations (version, name) VALUES (999, 'future')`); err != nil {
 		t.Fatal(err)
 	}
-	if err := Migrate(ctx, pool, schema); err == nil || !strings.Contains(err.Error(), "newer") {
+	if _, err := Migrate(ctx, pool, schema); err == nil || !strings.Contains(err.Error(), "newer") {
 		t.Errorf("Migrate of a newer schema: %v, want a refusal", err)
 	}
 	if _, err := New(pool, &Config{Schema: schema}); err == nil {
@@ -211,16 +226,16 @@ func TestMigrateURL(t *testing.T) {
 	pool := sharedPool(t)
 	schema := freshSchema(t, pool)
 	ctx := context.Background()
-	if err := MigrateURL(ctx, url, schema); err != nil {
+	if _, err := MigrateURL(ctx, url, schema); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := New(pool, &Config{Schema: schema}); err != nil {
 		t.Errorf("New after MigrateURL: %v", err)
 	}
-	if err := MigrateURL(ctx, "postgres://127.0.0.1:1/x?connect_timeout=5", schema); !errors.Is(err, ErrUnavailable) {
+	if _, err := MigrateURL(ctx, "postgres://127.0.0.1:1/x?connect_timeout=5", schema); !errors.Is(err, ErrUnavailable) {
 		t.Errorf("MigrateURL of a dead address: %v, want ErrUnavailable", err)
 	}
-	if err := MigrateURL(ctx, "postgres://h:port/x", schema); !errors.Is(err, idem.ErrInvalid) {
+	if _, err := MigrateURL(ctx, "postgres://h:port/x", schema); !errors.Is(err, idem.ErrInvalid) {
 		t.Errorf("MigrateURL of a bad URL: %v, want ErrInvalid", err)
 	}
 }

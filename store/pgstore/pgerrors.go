@@ -37,7 +37,7 @@ func wrapErr(op string, err error) error {
 		case pgErr.Code == "22021", pgErr.Code == "22P05": // NUL or a byte the encoding lacks
 			return fmt.Errorf("%w: %s: PostgreSQL text cannot hold this value (a NUL byte?): %w", idem.ErrInvalid, op, err)
 		case pgErr.Code == "3F000", pgErr.Code == "42P01": // no such schema, no such table
-			return fmt.Errorf("pgstore: %s: the schema is not migrated (run `idem migrate --store URL` or set Config.Migrate): %w", op, err)
+			return fmt.Errorf("pgstore: %s: the schema is not migrated (%s): %w", op, howToMigrate, err)
 		}
 		return fmt.Errorf("pgstore: %s: %w", op, err)
 	}

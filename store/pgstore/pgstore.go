@@ -39,8 +39,10 @@ type Store struct {
 	pool   *pgxpool.Pool
 	owned  bool // Open made the pool; Close closes it
 	schema string
-	closed atomic.Bool
-	q      statements
+	// migrated is what Config.Migrate did, for Migration.
+	migrated *MigrateResult
+	closed   atomic.Bool
+	q        statements
 	// completer batches Completes on the pool (batch.go).
 	completer *batch.Batcher[*completeOp]
 	// onPool counts the Begins and Completes on the pool, those waiting
@@ -54,6 +56,8 @@ var (
 	_ idem.Store  = (*Store)(nil)
 	_ idem.Lister = (*Store)(nil)
 	_ idem.Sizer  = (*Store)(nil)
+
+	_ idem.Describer = (*Store)(nil)
 )
 
 // querier is what a *pgxpool.Pool and a pgx.Tx have in common: the store
@@ -106,8 +110,10 @@ func New(pool *pgxpool.Pool, cfg *Config) (*Store, error) {
 		return nil, err
 	}
 	ctx := context.Background()
+	var migrated *MigrateResult
 	if c.Migrate {
-		if err := Migrate(ctx, pool, c.Schema); err != nil {
+		var err error
+		if migrated, err = Migrate(ctx, pool, c.Schema); err != nil {
 			return nil, err
 		}
 	} else {
@@ -116,13 +122,21 @@ func New(pool *pgxpool.Pool, cfg *Config) (*Store, error) {
 			return nil, err
 		}
 		if want := LatestVersion(); v != want {
-			return nil, fmt.Errorf("pgstore: schema %q is at version %d, this build needs %d: run `idem migrate --store URL` or set Config.Migrate", c.Schema, v, want)
+			return nil, fmt.Errorf("pgstore: schema %q is at version %d, this build needs %d: %s", c.Schema, v, want, howToMigrate)
 		}
 	}
-	s := &Store{pool: pool, schema: c.Schema, q: newStatements(pgx.Identifier{c.Schema}.Sanitize())}
+	s := &Store{pool: pool, schema: c.Schema, migrated: migrated, q: newStatements(pgx.Identifier{c.Schema}.Sanitize())}
 	s.setupBatching()
 	return s, nil
 }
+
+// howToMigrate ends the error of a schema that is not at this build's
+// version.
+const howToMigrate = "start the server with `idem serve --migrate`, run `idem migrate --store URL`, or set Config.Migrate"
+
+// Migration returns what Config.Migrate applied when the store was made;
+// nil without Config.Migrate.
+func (s *Store) Migration() *MigrateResult { return s.migrated }
 
 // Schema returns the schema the store's tables live in.
 func (s *Store) Schema() string { return s.schema }

@@ -7,7 +7,8 @@
 //
 // New wraps a redis.UniversalClient the caller owns (a single server, a
 // Sentinel failover client or a cluster client); Open makes and owns a
-// client from a redis:// URL.
+// client from a redis:// URL. Importing the package also registers redis:
+// and rediss: with idem.OpenStore, where ?prefix=NAME sets Config.Prefix.
 //
 // # Atomicity and time
 //

@@ -72,6 +72,8 @@ var (
 	_ idem.Store  = (*Store)(nil)
 	_ idem.Lister = (*Store)(nil)
 	_ idem.Sizer  = (*Store)(nil)
+
+	_ idem.Describer = (*Store)(nil)
 )
 
 // New returns a Store on client, which the caller keeps and closes. Writes

@@ -1,0 +1,53 @@
+package main
+
+import (
+	"flag"
+	"fmt"
+	"os"
+	"strings"
+)
+
+// envHelp ends the --help of every command whose flags parseWithEnv reads.
+const envHelp = `Environment:
+  Every flag can also be set by an environment variable: IDEM_ and the
+  flag's name in upper case with dashes as underscores (IDEM_STORE,
+  IDEM_LISTEN, IDEM_SWEEP_INTERVAL, IDEM_TLS_CERT, ...). A flag given on
+  the command line wins over its variable; an invalid value is an error
+  that names the variable.
+`
+
+// envName is the environment variable that sets a flag: --sweep-interval
+// is IDEM_SWEEP_INTERVAL.
+func envName(flagName string) string {
+	return "IDEM_" + strings.ToUpper(strings.ReplaceAll(flagName, "-", "_"))
+}
+
+// parseWithEnv parses args into fs, then sets every flag the command line
+// did not from its environment variable (envName), so that a container or
+// a unit file can configure a command without a wrapper script.
+func parseWithEnv(fs *flag.FlagSet, args []string) error {
+	return parseWithLookup(fs, args, os.LookupEnv)
+}
+
+func parseWithLookup(fs *flag.FlagSet, args []string, lookup func(string) (string, bool)) error {
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	onCommandLine := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { onCommandLine[f.Name] = true })
+	var err error
+	fs.VisitAll(func(f *flag.Flag) {
+		if err != nil || onCommandLine[f.Name] {
+			return
+		}
+		name := envName(f.Name)
+		v, ok := lookup(name)
+		if !ok {
+			return
+		}
+		if serr := fs.Set(f.Name, v); serr != nil {
+			err = fmt.Errorf("environment variable %s=%q (for --%s): %v", name, v, f.Name, serr)
+		}
+	})
+	return err
+}
