@@ -45,9 +45,8 @@
 //
 // A response is stored as one idem.Outcome with no Meta: Data holds a
 // version byte, the status, the stored headers and the body, so that a
-// replay reads it without building a map. Responses stored by earlier
-// versions (status and headers in Meta) replay as before. StoredResponse
-// decodes either, for tools that show a record.
+// replay reads it without building a map. StoredResponse decodes it, for
+// tools that show a record.
 //
 // # Client transport
 //

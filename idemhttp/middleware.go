@@ -390,10 +390,6 @@ func (m *middleware) beginFailed(w http.ResponseWriter, r *http.Request, err err
 
 func (m *middleware) replay(w http.ResponseWriter, r *http.Request, claim *idem.Claim) {
 	out := claim.Outcome()
-	if _, earlier := out.Meta[metaStatus]; earlier {
-		m.replayMeta(w, claim.Record(), out)
-		return
-	}
 	head, err := parseStoredHead(out.Data)
 	if err != nil {
 		m.logger.Warn("idemhttp: the stored response cannot be replayed", "method", r.Method, "err", err)
@@ -422,46 +418,6 @@ func (m *middleware) replay(w http.ResponseWriter, r *http.Request, claim *idem.
 	}
 	w.WriteHeader(status)
 	_, _ = w.Write(out.Data[head.end+1:])
-}
-
-// replayMeta replays a response stored by an earlier version: the status
-// and headers in Meta, Data the body.
-func (m *middleware) replayMeta(w http.ResponseWriter, rec idem.Record, out *idem.Outcome) {
-	h := w.Header()
-	// One backing array for the headers' values, sized for one line each
-	// (a value of several lines grows it, which leaves the earlier
-	// headers' slices where they are); each header gets a full slice
-	// expression, so an append by a later writer copies.
-	values := make([]string, 2, 2+len(out.Meta))
-	values[0], values[1] = "true", m.dates.format(m.expires(rec))
-	h[HeaderReplayed] = values[0:1:1]
-	h[HeaderExpires] = values[1:2:2]
-	var statusText string
-	for k, v := range out.Meta {
-		name, ok := strings.CutPrefix(k, metaHeaderPrefix)
-		if !ok {
-			if k == metaStatus {
-				statusText = v
-			}
-			continue
-		}
-		start := len(values)
-		for {
-			line, rest, more := strings.Cut(v, "\n")
-			values = append(values, line)
-			if !more {
-				break
-			}
-			v = rest
-		}
-		h[name] = values[start:len(values):len(values)]
-	}
-	status, err := strconv.Atoi(statusText)
-	if err != nil || status < 200 || status > 999 {
-		status = http.StatusOK
-	}
-	w.WriteHeader(status)
-	_, _ = w.Write(out.Data)
 }
 
 // expires is when the key is kept at least until: its first attempt plus
