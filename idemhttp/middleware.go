@@ -77,7 +77,7 @@ type Config struct {
 	// Default slog.Default().
 	Logger *slog.Logger
 	// Clock dates the first execution's Idempotency-Key-Expires. Default:
-	// the ledger's clock (the lease heartbeat always runs on it).
+	// the ledger's clock (Claim.KeepAlive always renews leases on it).
 	Clock idem.Clock
 }
 
@@ -118,7 +118,7 @@ type middleware struct {
 	logger         *slog.Logger
 	clock          idem.Clock
 	beginOpts      []idem.CallOption
-	beats          *heartbeat
+	beatLease      time.Duration // the lease KeepAlive renews
 }
 
 // Middleware returns the Idempotency-Key middleware over ledger. A nil cfg
@@ -191,11 +191,10 @@ func Middleware(ledger *idem.Ledger, cfg *Config) func(http.Handler) http.Handle
 	if m.lease > 0 {
 		m.beginOpts = append(m.beginOpts, idem.WithLease(m.lease))
 	}
-	lease := m.lease
-	if lease <= 0 {
-		lease = m.ledger.Lease()
+	m.beatLease = m.lease
+	if m.beatLease <= 0 {
+		m.beatLease = m.ledger.Lease()
 	}
-	m.beats = &heartbeat{clock: m.ledger.Clock(), lease: lease}
 	if m.window > 0 {
 		m.beginOpts = append(m.beginOpts, idem.WithWindow(m.window))
 	}
@@ -355,17 +354,11 @@ func (m *middleware) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 // reach another request's response, and the response's header values
 // stay in its header map.
 type execution struct {
-	rec    recorder
-	ctx    leaseContext
-	req    http.Request // the handler's: the request with ctx
-	body   replayedBody // the handler's request body, unless Config's functions saw it first
-	claim  *idem.Claim
-	finish context.Context // the request's, never cancelled
-	// In the heartbeat's list while the handler runs; extending while a
-	// heartbeat's store call for it is in progress.
-	beating, extending bool
-	beatPrev, beatNext *execution
-	headers            [2]string // Idempotent-Replayed and Idempotency-Key-Expires
+	rec     recorder
+	ctx     leaseContext
+	req     http.Request // the handler's: the request with ctx
+	body    replayedBody // the handler's request body, unless Config's functions saw it first
+	headers [2]string    // Idempotent-Replayed and Idempotency-Key-Expires
 }
 
 func (m *middleware) beginFailed(w http.ResponseWriter, r *http.Request, err error) {
@@ -458,15 +451,16 @@ func (m *middleware) execute(w http.ResponseWriter, r *http.Request, claim *idem
 	workCtx := &ex.ctx
 	workCtx.Context = r.Context()
 	defer workCtx.end()
-	ex.claim, ex.finish = claim, finish
-	m.beats.add(ex)
+	// A refused extension cancels the handler's context with the
+	// refusal as its cause.
+	stopKeepAlive := claim.KeepAlive(finish, m.beatLease, workCtx.lose)
 
 	rw := &ex.rec
 	*rw = recorder{rw: w, max: m.maxResponse, stored: m.stored}
-	removed := false
+	stopped := false
 	defer func() {
-		if !removed { // the handler panicked
-			m.beats.remove(ex)
+		if !stopped { // the handler panicked
+			stopKeepAlive()
 		}
 		ex.body.Reset(nil) // the buffer serves another request
 		rw.discard()
@@ -481,8 +475,8 @@ func (m *middleware) execute(w http.ResponseWriter, r *http.Request, claim *idem
 	// allocation: WithContext's own copy stays on the stack.
 	ex.req = *r.WithContext(workCtx)
 	m.next.ServeHTTP(rw, &ex.req)
-	m.beats.remove(ex)
-	removed = true
+	stopKeepAlive()
+	stopped = true
 	m.finish(finish, r, claim, rw)
 }
 
