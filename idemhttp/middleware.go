@@ -456,7 +456,7 @@ func (m *middleware) execute(w http.ResponseWriter, r *http.Request, claim *idem
 	stopKeepAlive := claim.KeepAlive(finish, m.beatLease, workCtx.lose)
 
 	rw := &ex.rec
-	*rw = recorder{rw: w, max: m.maxResponse, stored: m.stored}
+	*rw = recorder{rw: w, max: m.maxResponse, stored: m.stored, keep: m.keep}
 	stopped := false
 	defer func() {
 		if !stopped { // the handler panicked
@@ -613,11 +613,12 @@ type recorder struct {
 	rw       http.ResponseWriter
 	max      int64
 	status   int
-	stored   []string    // the header names to keep
-	body     *buffer     // from the pool: the response's stored form; nil until the status is held
-	head     int         // where the body starts in body.b, after the stored head
-	late     http.Header // rw's headers as of WriteHeader, changed after it
-	passing  bool        // rw has the status: the response goes through
+	stored   []string       // the header names to keep
+	keep     func(int) bool // Config.Keep: a status it does not keep releases the key
+	body     *buffer        // from the pool: the response's stored form; nil until the status is held
+	head     int            // where the body starts in body.b, after the stored head
+	late     http.Header    // rw's headers as of WriteHeader, changed after it
+	passing  bool           // rw has the status: the response goes through
 	overflow bool
 	hijacked bool
 }
@@ -668,8 +669,8 @@ func (w *recorder) Write(p []byte) (int, error) {
 		return len(p), nil
 	}
 	if int64(len(p)+len(w.body.b)-w.head) > w.max {
-		w.send(w.status)
 		w.overflow = true
+		w.send(w.status)
 		w.discard()
 		return w.rw.Write(p)
 	}
@@ -690,6 +691,10 @@ func (w *recorder) send(status int) {
 	if w.status != 0 {
 		status = w.status
 	}
+	if w.overflow || !w.keep(status) {
+		// The key is released: it is not kept until then.
+		delete(w.rw.Header(), HeaderExpires)
+	}
 	w.rw.WriteHeader(status)
 	if w.body != nil && len(w.body.b) > w.head {
 		_, _ = w.rw.Write(w.body.b[w.head:])
@@ -700,6 +705,25 @@ func (w *recorder) send(status int) {
 		maps.Copy(h, w.late) // net/http sends the declared trailers
 		w.late = nil
 	}
+}
+
+// reset drops the held response, as if the handler had written nothing
+// yet (but for the middleware's headers), and reports whether it could:
+// not once any of it went to the client.
+func (w *recorder) reset() bool {
+	if w.passing || w.overflow || w.hijacked {
+		return false
+	}
+	w.status = 0
+	w.discard()
+	w.late = nil
+	h := w.rw.Header()
+	for name := range h {
+		if name != HeaderReplayed && name != HeaderExpires {
+			delete(h, name)
+		}
+	}
+	return true
 }
 
 // discard returns the body buffer to the pool.
