@@ -34,7 +34,8 @@ const (
 // Config configures Middleware. The zero value (or nil) is sensible: keys
 // on POST and PATCH, optional; scope by a digest of the Authorization
 // header, method and route; 1 MiB request bodies, 10 MiB stored responses;
-// 409 while in flight; 2xx and 4xx kept, 5xx/408/429 released.
+// a duplicate of a request in flight waits up to 10 s for its replay, then
+// 409; 2xx and 4xx kept, 5xx/408/429 released.
 type Config struct {
 	// Methods the middleware applies to. Default POST and PATCH.
 	Methods []string
@@ -61,8 +62,14 @@ type Config struct {
 	MaxResponse int64
 	// MismatchStatus answers a key reused for another request. Default 422.
 	MismatchStatus int
-	// Wait, when positive, makes a duplicate of an in-flight request wait up
-	// to Wait for the original and replay its response instead of 409.
+	// Wait is how long a duplicate of a request in flight waits for the
+	// original to finish, then replays its response (or runs, if the
+	// original's key was released). The wait polls the ledger
+	// (idem.WithWait), so it works on every store, and is capped by the
+	// ledger's idem.Config.MaxWait (default 30 s). A duplicate whose
+	// original still runs after Wait gets 409 in-flight with a Retry-After
+	// that estimates when the original will finish. Default DefaultWait;
+	// negative: 409 at once.
 	Wait time.Duration
 	// Keep says which statuses are stored. Default: 2xx and 4xx but 408 and
 	// 429; KeepEverything stores all (Stripe's practice).
@@ -80,6 +87,9 @@ type Config struct {
 	// the ledger's clock (Claim.KeepAlive always renews leases on it).
 	Clock idem.Clock
 }
+
+// DefaultWait is Config.Wait's default.
+const DefaultWait = 10 * time.Second
 
 // DefaultStoredHeaders are the response headers a replay carries.
 var DefaultStoredHeaders = []string{"Content-Type", "Content-Language", "Content-Encoding", "Content-Location",
@@ -118,7 +128,9 @@ type middleware struct {
 	logger         *slog.Logger
 	clock          idem.Clock
 	beginOpts      []idem.CallOption
-	beatLease      time.Duration // the lease KeepAlive renews
+	waitOpts       []idem.CallOption // beginOpts and WithWait; nil without Wait
+	beatLease      time.Duration     // the lease KeepAlive renews
+	durations      *routeDurations
 }
 
 // Middleware returns the Idempotency-Key middleware over ledger. A nil cfg
@@ -198,9 +210,16 @@ func Middleware(ledger *idem.Ledger, cfg *Config) func(http.Handler) http.Handle
 	if m.window > 0 {
 		m.beginOpts = append(m.beginOpts, idem.WithWindow(m.window))
 	}
-	if c.Wait > 0 {
-		m.beginOpts = append(m.beginOpts, idem.WithWait(c.Wait))
+	wait := c.Wait
+	if wait == 0 {
+		wait = DefaultWait
 	}
+	if wait > 0 {
+		// A second Begin waits, after the first found the key in flight:
+		// the first, on every request, has no option to allocate for.
+		m.waitOpts = append(slices.Clip(m.beginOpts), idem.WithWait(wait))
+	}
+	m.durations = &routeDurations{}
 	return func(next http.Handler) http.Handler {
 		mm := *m
 		mm.next = next
@@ -329,7 +348,8 @@ func (m *middleware) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		writeProblem(w, problemScope, "the request's principal could not be determined")
 		return
 	}
-	scope := ledgerScope(principal, r.Method, m.route(r))
+	route := m.route(r)
+	scope := ledgerScope(principal, r.Method, route)
 	var fp string
 	if m.fingerprint != nil {
 		fp = m.fingerprint(r, body)
@@ -338,15 +358,18 @@ func (m *middleware) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 
 	claim, err := m.ledger.Begin(r.Context(), scope, key, fp, m.beginOpts...)
+	if m.waitOpts != nil && errors.Is(err, idem.ErrInFlight) {
+		claim, err = m.ledger.Begin(r.Context(), scope, key, fp, m.waitOpts...)
+	}
 	if err != nil {
-		m.beginFailed(w, r, err)
+		m.beginFailed(w, r, route, err)
 		return
 	}
 	if claim.Replayed() {
 		m.replay(w, r, claim)
 		return
 	}
-	m.execute(w, r, claim, hasBody && !m.bodyEarly, body)
+	m.execute(w, r, route, claim, hasBody && !m.bodyEarly, body)
 }
 
 // execution is what a first execution keeps, in one allocation. It is
@@ -361,11 +384,12 @@ type execution struct {
 	headers [2]string    // Idempotent-Replayed and Idempotency-Key-Expires
 }
 
-func (m *middleware) beginFailed(w http.ResponseWriter, r *http.Request, err error) {
+func (m *middleware) beginFailed(w http.ResponseWriter, r *http.Request, route string, err error) {
 	var inFlight *idem.InFlightError
 	switch {
 	case errors.As(err, &inFlight):
-		secs := int64((inFlight.RetryAfter + time.Second - 1) / time.Second)
+		wait := m.retryAfter(r.Method, route, inFlight)
+		secs := int64((wait + time.Second - 1) / time.Second)
 		w.Header().Set("Retry-After", strconv.FormatInt(max(secs, 1), 10))
 		writeProblem(w, problemInFlight, "a request with this key is being processed; retry later")
 	case errors.Is(err, idem.ErrFingerprintMismatch):
@@ -432,7 +456,24 @@ func (m *middleware) expires(rec idem.Record) time.Time {
 	return created.Add(window).UTC()
 }
 
-func (m *middleware) execute(w http.ResponseWriter, r *http.Request, claim *idem.Claim, setBody bool, body []byte) {
+// retryAfter estimates when the in-flight original of a request on route
+// will finish: the recent first executions' typical duration there, less
+// how long the original has run (if the store said when it started; with
+// no recent executions, a guess that it runs as long again). At least a
+// second, and at most until its lease ends, when a retry may take it over.
+func (m *middleware) retryAfter(method, route string, e *idem.InFlightError) time.Duration {
+	var ran time.Duration
+	if !e.Started.IsZero() {
+		ran = max(m.clock.Now().Sub(e.Started), 0)
+	}
+	estimate := ran
+	if typical, ok := m.durations.typical(method, route); ok {
+		estimate = typical - ran
+	}
+	return min(max(estimate, time.Second), max(e.RetryAfter, time.Second))
+}
+
+func (m *middleware) execute(w http.ResponseWriter, r *http.Request, route string, claim *idem.Claim, setBody bool, body []byte) {
 	ex := &execution{}
 	if setBody {
 		ex.body.Reset(body)
@@ -474,9 +515,11 @@ func (m *middleware) execute(w http.ResponseWriter, r *http.Request, claim *idem
 	// The request with the handler's context, in the execution's
 	// allocation: WithContext's own copy stays on the stack.
 	ex.req = *r.WithContext(workCtx)
+	began := m.clock.Now()
 	m.next.ServeHTTP(rw, &ex.req)
 	stopKeepAlive()
 	stopped = true
+	m.durations.add(r.Method, route, m.clock.Now().Sub(began))
 	m.finish(finish, r, claim, rw)
 }
 
@@ -535,6 +578,58 @@ func (m *middleware) finish(ctx context.Context, r *http.Request, claim *idem.Cl
 		return
 	}
 	writeProblem(rw.rw, problemNotRecorded, "the outcome could not be recorded; retry with the same key")
+}
+
+// routeDurations keeps a moving average of how long first executions
+// take per method and route, for the Retry-After of a duplicate that finds
+// one in flight. It keeps up to maxRoutes routes (a Route that returns
+// the path of every order would grow without bound); later ones have no
+// estimate.
+type routeDurations struct {
+	mu     sync.RWMutex
+	routes map[routeKey]*atomic.Int64 // nanoseconds
+}
+
+type routeKey struct{ method, route string }
+
+const maxRoutes = 1024
+
+func (d *routeDurations) add(method, route string, took time.Duration) {
+	d.mu.RLock()
+	avg := d.routes[routeKey{method, route}]
+	d.mu.RUnlock()
+	if avg == nil {
+		d.mu.Lock()
+		if avg = d.routes[routeKey{method, route}]; avg == nil {
+			if len(d.routes) >= maxRoutes {
+				d.mu.Unlock()
+				return
+			}
+			if d.routes == nil {
+				d.routes = map[routeKey]*atomic.Int64{}
+			}
+			avg = new(atomic.Int64)
+			avg.Store(int64(took))
+			d.routes[routeKey{method, route}] = avg
+			d.mu.Unlock()
+			return
+		}
+		d.mu.Unlock()
+	}
+	// A quarter of the way to the new sample: recent executions count
+	// most. Concurrent updates may lose a sample, which an estimate bears.
+	old := avg.Load()
+	avg.Store(old + (int64(took)-old)/4)
+}
+
+func (d *routeDurations) typical(method, route string) (time.Duration, bool) {
+	d.mu.RLock()
+	avg := d.routes[routeKey{method, route}]
+	d.mu.RUnlock()
+	if avg == nil {
+		return 0, false
+	}
+	return time.Duration(avg.Load()), true
 }
 
 // buffer is a pooled byte slice: request bodies and recorded responses.
