@@ -51,8 +51,13 @@ var (
 
 // InFlightError is returned by Begin and Do when another owner holds the key.
 type InFlightError struct {
-	// RetryAfter is how long until the current lease ends.
+	// RetryAfter is how long until the current lease ends: the latest a
+	// retry may have to wait, not an estimate of when the work finishes.
 	RetryAfter time.Duration
+	// Started is when the owner's attempt began, by the store's clock, if
+	// the store said and the owner is the key's first; else zero. With a
+	// typical duration of the work, it estimates when the work finishes.
+	Started time.Time
 }
 
 func (e *InFlightError) Error() string {

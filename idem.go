@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"hash"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -74,6 +75,7 @@ type Ledger struct {
 	store Store
 	cfg   Config
 	macs  sync.Pool // of *keyMAC, with Config.KeySecret
+	beats heartbeats
 }
 
 // keyMAC is a reusable HMAC state keyed by Config.KeySecret.
@@ -91,7 +93,9 @@ func New(store Store, cfg *Config) (*Ledger, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Ledger{store: store, cfg: c}, nil
+	l := &Ledger{store: store, cfg: c}
+	l.beats.clock = c.Clock
+	return l, nil
 }
 
 // Clock returns the ledger's clock (Config.Clock).
@@ -152,7 +156,9 @@ func WithRetention(d time.Duration) CallOption {
 // WithWait makes Begin and Do wait up to d (capped by Config.MaxWait) for an
 // in-flight original to finish, then return its outcome (or take the key
 // over if it was released or its lease expired), instead of returning
-// ErrInFlight at once.
+// ErrInFlight at once. The wait polls the store on the ledger's clock, 10 ms
+// after the first look, then twice as long each time up to 250 ms: it
+// works on every store.
 func WithWait(d time.Duration) CallOption { return func(o *callOptions) { o.wait = d } }
 
 func (l *Ledger) options(opts []CallOption) callOptions {
@@ -202,6 +208,10 @@ type Claim struct {
 	rec      *Record
 	replayed bool
 	begin    BeginParams // Begin's params share the claim's allocation
+	// alive is the first KeepAlive's state, in the claim's allocation;
+	// aliveTaken says it is in use (a later KeepAlive allocates its own).
+	alive      keepAlive
+	aliveTaken atomic.Bool
 }
 
 // Replayed reports whether the key had completed: Outcome holds the stored
@@ -328,6 +338,7 @@ func (l *Ledger) begin(ctx context.Context, scope, key, fingerprint string, o ca
 	*p = BeginParams{Scope: scope, Key: l.StoredKey(key), Fingerprint: fingerprint,
 		Lease: o.lease, Window: o.window, Retention: o.retention}
 	var deadline time.Time
+	var pause time.Duration // between polls of an in-flight key
 	if o.wait > 0 {
 		deadline = l.cfg.Clock.Now().Add(o.wait)
 	}
@@ -359,12 +370,17 @@ func (l *Ledger) begin(ctx context.Context, scope, key, fingerprint string, o ca
 				left = deadline.Sub(l.cfg.Clock.Now())
 			}
 			if left <= 0 {
-				return nil, &InFlightError{RetryAfter: res.RetryAfter}
+				e := &InFlightError{RetryAfter: res.RetryAfter}
+				if res.Record != nil && res.Record.Attempts == 1 {
+					e.Started = res.Record.Created
+				}
+				return nil, e
 			}
-			// Poll: often enough to answer soon after the original
-			// completes, never more than the lease says is needed.
-			pause := min(max(res.RetryAfter/8, 10*time.Millisecond), res.RetryAfter, 250*time.Millisecond, left)
-			if err := l.cfg.Clock.Sleep(ctx, pause); err != nil {
+			// Poll with backoff: soon after the original at first (most
+			// work is short), then every 250 ms; never later than the
+			// lease's end, when the key may be taken over.
+			pause = min(max(2*pause, 10*time.Millisecond), 250*time.Millisecond)
+			if err := l.cfg.Clock.Sleep(ctx, max(min(pause, res.RetryAfter, left), time.Millisecond)); err != nil {
 				return nil, fmt.Errorf("begin: waiting for the in-flight original: %w", err)
 			}
 		default:
@@ -450,85 +466,6 @@ func (l *Ledger) run(ctx context.Context, claim *Claim, fn func(context.Context,
 		}
 	}()
 	return fn(ctx, claim)
-}
-
-// KeepAlive extends the claim's lease to lease from now, every third of
-// it, until stop is called. When the store refuses an extension
-// (ErrLeaseLost: another owner took over; ErrCompleted) or the lease is
-// not one (ErrInvalid: not positive) it stops and calls onLost with the
-// refusal, so the caller can abandon the work. Other errors
-// are retried at the next tick, with two thirds of the lease still to run.
-//
-// stop does not wait for an extension already in progress: one that ends
-// after stop returns may still call onLost, and a store call that ends
-// later is harmless, as every owner's write is fenced by its token.
-//
-// The extensions run on a context that ctx's cancellation does not end:
-// work that goes on after its caller gave up (a client that disconnected)
-// keeps its lease until it returns. KeepAlive is a clock timer, not a
-// goroutine: most work ends before the first tick.
-func (c *Claim) KeepAlive(ctx context.Context, lease time.Duration, onLost func(error)) (stop func()) {
-	k := &keepAlive{claim: c, ctx: ctx, lease: lease, onLost: onLost}
-	k.tick = k.extend
-	k.mu.Lock()
-	k.stopTick = c.l.cfg.Clock.AfterFunc(KeepAliveEvery(lease), k.tick)
-	k.mu.Unlock()
-	return k.stop
-}
-
-// KeepAliveEvery is how often KeepAlive extends a lease of the given
-// length: every third of it, so that an extension can fail once and the
-// next still comes in time, but at most every millisecond, so that a lease
-// shorter than 3 ms (which only a test would give) does not re-arm its
-// timer at once, over and over.
-func KeepAliveEvery(lease time.Duration) time.Duration {
-	return max(lease/3, time.Millisecond)
-}
-
-// keepAlive is one KeepAlive's state, in one allocation: most work ends
-// before the first tick, so starting and stopping is what costs.
-type keepAlive struct {
-	claim    *Claim
-	ctx      context.Context // the caller's; detached from its cancellation at the first tick
-	lease    time.Duration
-	onLost   func(error)
-	tick     func() // extend, bound once
-	mu       sync.Mutex
-	stopped  bool
-	stopTick func() bool
-}
-
-func (k *keepAlive) extend() {
-	k.mu.Lock()
-	if k.stopped {
-		k.mu.Unlock()
-		return
-	}
-	k.mu.Unlock()
-	// Ticks of one KeepAlive run one after another (each arms the next),
-	// so k.ctx needs no lock; most claims end before the first tick.
-	if k.ctx.Done() != nil { // not yet detached
-		k.ctx = context.WithoutCancel(k.ctx)
-	}
-	err := k.claim.Extend(k.ctx, k.lease)
-	if errors.Is(err, ErrLeaseLost) || errors.Is(err, ErrCompleted) || errors.Is(err, ErrInvalid) {
-		k.onLost(err)
-		return
-	}
-	k.mu.Lock()
-	defer k.mu.Unlock()
-	if !k.stopped {
-		k.stopTick = k.claim.l.cfg.Clock.AfterFunc(KeepAliveEvery(k.lease), k.tick)
-	}
-}
-
-func (k *keepAlive) stop() {
-	k.mu.Lock()
-	defer k.mu.Unlock()
-	if !k.stopped {
-		k.stopped = true
-		k.stopTick()
-	}
 }
 
 func outcomeResult(out Outcome, replayed bool, attempt int) (*Result, error) {

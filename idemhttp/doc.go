@@ -9,7 +9,9 @@
 //	http.ListenAndServe(addr, idemhttp.Middleware(ledger, nil)(mux))
 //
 // Semantics follow the IETF httpapi Idempotency-Key draft and Stripe's
-// practice: see Config for every choice and its default.
+// practice: see Config for every choice and its default. Responses of a
+// released key (a status Config.Keep does not keep, a response over
+// Config.MaxResponse) carry no Idempotency-Key-Expires.
 //
 // # Headers
 //
@@ -28,8 +30,9 @@
 // Errors are application/problem+json (RFC 9457) with a stable type URI
 // per problem: key-invalid, key-required (400), body-too-large (413),
 // fingerprint-mismatch (422), in-flight and lease-lost (409 with
-// Retry-After), ledger-unavailable and not-recorded (503). docs/http.md
-// describes each.
+// Retry-After), ledger-unavailable and not-recorded (503); the Proxy adds
+// missing-scope (400), bad-gateway (502) and upstream-timeout (504).
+// docs/http.md describes each.
 //
 // # Recording before answering
 //
@@ -45,9 +48,26 @@
 //
 // A response is stored as one idem.Outcome with no Meta: Data holds a
 // version byte, the status, the stored headers and the body, so that a
-// replay reads it without building a map. Responses stored by earlier
-// versions (status and headers in Meta) replay as before. StoredResponse
-// decodes either, for tools that show a record.
+// replay reads it without building a map. StoredResponse decodes it, for
+// tools that show a record.
+//
+// # Waiting duplicates
+//
+// A request whose key is in flight waits up to Config.Wait (default
+// DefaultWait, 10 s) for the original, polling the ledger, and replays its
+// response. One still in flight then gets 409 in-flight with a Retry-After
+// that estimates when the original will finish, from the durations of
+// recent first executions on its route, not when its lease ends.
+//
+// # Proxy
+//
+//	p := &idemhttp.Proxy{Ledger: ledger, Upstream: upstream}
+//	http.ListenAndServe(addr, p)
+//
+// Proxy puts the middleware in front of any HTTP service, as `idem proxy`
+// does: an httputil.ReverseProxy whose exchange outlives a client's
+// disconnect and is bounded by UpstreamTimeout (504 upstream-timeout, the
+// key released). See Proxy for each field and its default.
 //
 // # Client transport
 //

@@ -34,7 +34,8 @@ const (
 // Config configures Middleware. The zero value (or nil) is sensible: keys
 // on POST and PATCH, optional; scope by a digest of the Authorization
 // header, method and route; 1 MiB request bodies, 10 MiB stored responses;
-// 409 while in flight; 2xx and 4xx kept, 5xx/408/429 released.
+// a duplicate of a request in flight waits up to 10 s for its replay, then
+// 409; 2xx and 4xx kept, 5xx/408/429 released.
 type Config struct {
 	// Methods the middleware applies to. Default POST and PATCH.
 	Methods []string
@@ -61,8 +62,14 @@ type Config struct {
 	MaxResponse int64
 	// MismatchStatus answers a key reused for another request. Default 422.
 	MismatchStatus int
-	// Wait, when positive, makes a duplicate of an in-flight request wait up
-	// to Wait for the original and replay its response instead of 409.
+	// Wait is how long a duplicate of a request in flight waits for the
+	// original to finish, then replays its response (or runs, if the
+	// original's key was released). The wait polls the ledger
+	// (idem.WithWait), so it works on every store, and is capped by the
+	// ledger's idem.Config.MaxWait (default 30 s). A duplicate whose
+	// original still runs after Wait gets 409 in-flight with a Retry-After
+	// that estimates when the original will finish. Default DefaultWait;
+	// negative: 409 at once.
 	Wait time.Duration
 	// Keep says which statuses are stored. Default: 2xx and 4xx but 408 and
 	// 429; KeepEverything stores all (Stripe's practice).
@@ -77,9 +84,12 @@ type Config struct {
 	// Default slog.Default().
 	Logger *slog.Logger
 	// Clock dates the first execution's Idempotency-Key-Expires. Default:
-	// the ledger's clock (the lease heartbeat always runs on it).
+	// the ledger's clock (Claim.KeepAlive always renews leases on it).
 	Clock idem.Clock
 }
+
+// DefaultWait is Config.Wait's default.
+const DefaultWait = 10 * time.Second
 
 // DefaultStoredHeaders are the response headers a replay carries.
 var DefaultStoredHeaders = []string{"Content-Type", "Content-Language", "Content-Encoding", "Content-Location",
@@ -118,7 +128,9 @@ type middleware struct {
 	logger         *slog.Logger
 	clock          idem.Clock
 	beginOpts      []idem.CallOption
-	beats          *heartbeat
+	waitOpts       []idem.CallOption // beginOpts and WithWait; nil without Wait
+	beatLease      time.Duration     // the lease KeepAlive renews
+	durations      *routeDurations
 }
 
 // Middleware returns the Idempotency-Key middleware over ledger. A nil cfg
@@ -191,17 +203,23 @@ func Middleware(ledger *idem.Ledger, cfg *Config) func(http.Handler) http.Handle
 	if m.lease > 0 {
 		m.beginOpts = append(m.beginOpts, idem.WithLease(m.lease))
 	}
-	lease := m.lease
-	if lease <= 0 {
-		lease = m.ledger.Lease()
+	m.beatLease = m.lease
+	if m.beatLease <= 0 {
+		m.beatLease = m.ledger.Lease()
 	}
-	m.beats = &heartbeat{clock: m.ledger.Clock(), lease: lease}
 	if m.window > 0 {
 		m.beginOpts = append(m.beginOpts, idem.WithWindow(m.window))
 	}
-	if c.Wait > 0 {
-		m.beginOpts = append(m.beginOpts, idem.WithWait(c.Wait))
+	wait := c.Wait
+	if wait == 0 {
+		wait = DefaultWait
 	}
+	if wait > 0 {
+		// A second Begin waits, after the first found the key in flight:
+		// the first, on every request, has no option to allocate for.
+		m.waitOpts = append(slices.Clip(m.beginOpts), idem.WithWait(wait))
+	}
+	m.durations = &routeDurations{}
 	return func(next http.Handler) http.Handler {
 		mm := *m
 		mm.next = next
@@ -330,7 +348,8 @@ func (m *middleware) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		writeProblem(w, problemScope, "the request's principal could not be determined")
 		return
 	}
-	scope := ledgerScope(principal, r.Method, m.route(r))
+	route := m.route(r)
+	scope := ledgerScope(principal, r.Method, route)
 	var fp string
 	if m.fingerprint != nil {
 		fp = m.fingerprint(r, body)
@@ -339,15 +358,18 @@ func (m *middleware) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 
 	claim, err := m.ledger.Begin(r.Context(), scope, key, fp, m.beginOpts...)
+	if m.waitOpts != nil && errors.Is(err, idem.ErrInFlight) {
+		claim, err = m.ledger.Begin(r.Context(), scope, key, fp, m.waitOpts...)
+	}
 	if err != nil {
-		m.beginFailed(w, r, err)
+		m.beginFailed(w, r, route, err)
 		return
 	}
 	if claim.Replayed() {
 		m.replay(w, r, claim)
 		return
 	}
-	m.execute(w, r, claim, hasBody && !m.bodyEarly, body)
+	m.execute(w, r, route, claim, hasBody && !m.bodyEarly, body)
 }
 
 // execution is what a first execution keeps, in one allocation. It is
@@ -355,24 +377,19 @@ func (m *middleware) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 // reach another request's response, and the response's header values
 // stay in its header map.
 type execution struct {
-	rec    recorder
-	ctx    leaseContext
-	req    http.Request // the handler's: the request with ctx
-	body   replayedBody // the handler's request body, unless Config's functions saw it first
-	claim  *idem.Claim
-	finish context.Context // the request's, never cancelled
-	// In the heartbeat's list while the handler runs; extending while a
-	// heartbeat's store call for it is in progress.
-	beating, extending bool
-	beatPrev, beatNext *execution
-	headers            [2]string // Idempotent-Replayed and Idempotency-Key-Expires
+	rec     recorder
+	ctx     leaseContext
+	req     http.Request // the handler's: the request with ctx
+	body    replayedBody // the handler's request body, unless Config's functions saw it first
+	headers [2]string    // Idempotent-Replayed and Idempotency-Key-Expires
 }
 
-func (m *middleware) beginFailed(w http.ResponseWriter, r *http.Request, err error) {
+func (m *middleware) beginFailed(w http.ResponseWriter, r *http.Request, route string, err error) {
 	var inFlight *idem.InFlightError
 	switch {
 	case errors.As(err, &inFlight):
-		secs := int64((inFlight.RetryAfter + time.Second - 1) / time.Second)
+		wait := m.retryAfter(r.Method, route, inFlight)
+		secs := int64((wait + time.Second - 1) / time.Second)
 		w.Header().Set("Retry-After", strconv.FormatInt(max(secs, 1), 10))
 		writeProblem(w, problemInFlight, "a request with this key is being processed; retry later")
 	case errors.Is(err, idem.ErrFingerprintMismatch):
@@ -390,10 +407,6 @@ func (m *middleware) beginFailed(w http.ResponseWriter, r *http.Request, err err
 
 func (m *middleware) replay(w http.ResponseWriter, r *http.Request, claim *idem.Claim) {
 	out := claim.Outcome()
-	if _, earlier := out.Meta[metaStatus]; earlier {
-		m.replayMeta(w, claim.Record(), out)
-		return
-	}
 	head, err := parseStoredHead(out.Data)
 	if err != nil {
 		m.logger.Warn("idemhttp: the stored response cannot be replayed", "method", r.Method, "err", err)
@@ -424,46 +437,6 @@ func (m *middleware) replay(w http.ResponseWriter, r *http.Request, claim *idem.
 	_, _ = w.Write(out.Data[head.end+1:])
 }
 
-// replayMeta replays a response stored by an earlier version: the status
-// and headers in Meta, Data the body.
-func (m *middleware) replayMeta(w http.ResponseWriter, rec idem.Record, out *idem.Outcome) {
-	h := w.Header()
-	// One backing array for the headers' values, sized for one line each
-	// (a value of several lines grows it, which leaves the earlier
-	// headers' slices where they are); each header gets a full slice
-	// expression, so an append by a later writer copies.
-	values := make([]string, 2, 2+len(out.Meta))
-	values[0], values[1] = "true", m.dates.format(m.expires(rec))
-	h[HeaderReplayed] = values[0:1:1]
-	h[HeaderExpires] = values[1:2:2]
-	var statusText string
-	for k, v := range out.Meta {
-		name, ok := strings.CutPrefix(k, metaHeaderPrefix)
-		if !ok {
-			if k == metaStatus {
-				statusText = v
-			}
-			continue
-		}
-		start := len(values)
-		for {
-			line, rest, more := strings.Cut(v, "\n")
-			values = append(values, line)
-			if !more {
-				break
-			}
-			v = rest
-		}
-		h[name] = values[start:len(values):len(values)]
-	}
-	status, err := strconv.Atoi(statusText)
-	if err != nil || status < 200 || status > 999 {
-		status = http.StatusOK
-	}
-	w.WriteHeader(status)
-	_, _ = w.Write(out.Data)
-}
-
 // expires is when the key is kept at least until: its first attempt plus
 // the window, by the store's clock. A first execution cannot know when it
 // will complete, so replays say the same instant, earlier than the exact
@@ -483,7 +456,24 @@ func (m *middleware) expires(rec idem.Record) time.Time {
 	return created.Add(window).UTC()
 }
 
-func (m *middleware) execute(w http.ResponseWriter, r *http.Request, claim *idem.Claim, setBody bool, body []byte) {
+// retryAfter estimates when the in-flight original of a request on route
+// will finish: the recent first executions' typical duration there, less
+// how long the original has run (if the store said when it started; with
+// no recent executions, a guess that it runs as long again). At least a
+// second, and at most until its lease ends, when a retry may take it over.
+func (m *middleware) retryAfter(method, route string, e *idem.InFlightError) time.Duration {
+	var ran time.Duration
+	if !e.Started.IsZero() {
+		ran = max(m.clock.Now().Sub(e.Started), 0)
+	}
+	estimate := ran
+	if typical, ok := m.durations.typical(method, route); ok {
+		estimate = typical - ran
+	}
+	return min(max(estimate, time.Second), max(e.RetryAfter, time.Second))
+}
+
+func (m *middleware) execute(w http.ResponseWriter, r *http.Request, route string, claim *idem.Claim, setBody bool, body []byte) {
 	ex := &execution{}
 	if setBody {
 		ex.body.Reset(body)
@@ -502,15 +492,16 @@ func (m *middleware) execute(w http.ResponseWriter, r *http.Request, claim *idem
 	workCtx := &ex.ctx
 	workCtx.Context = r.Context()
 	defer workCtx.end()
-	ex.claim, ex.finish = claim, finish
-	m.beats.add(ex)
+	// A refused extension cancels the handler's context with the
+	// refusal as its cause.
+	stopKeepAlive := claim.KeepAlive(finish, m.beatLease, workCtx.lose)
 
 	rw := &ex.rec
-	*rw = recorder{rw: w, max: m.maxResponse, stored: m.stored}
-	removed := false
+	*rw = recorder{rw: w, max: m.maxResponse, stored: m.stored, keep: m.keep}
+	stopped := false
 	defer func() {
-		if !removed { // the handler panicked
-			m.beats.remove(ex)
+		if !stopped { // the handler panicked
+			stopKeepAlive()
 		}
 		ex.body.Reset(nil) // the buffer serves another request
 		rw.discard()
@@ -524,9 +515,11 @@ func (m *middleware) execute(w http.ResponseWriter, r *http.Request, claim *idem
 	// The request with the handler's context, in the execution's
 	// allocation: WithContext's own copy stays on the stack.
 	ex.req = *r.WithContext(workCtx)
+	began := m.clock.Now()
 	m.next.ServeHTTP(rw, &ex.req)
-	m.beats.remove(ex)
-	removed = true
+	stopKeepAlive()
+	stopped = true
+	m.durations.add(r.Method, route, m.clock.Now().Sub(began))
 	m.finish(finish, r, claim, rw)
 }
 
@@ -585,6 +578,58 @@ func (m *middleware) finish(ctx context.Context, r *http.Request, claim *idem.Cl
 		return
 	}
 	writeProblem(rw.rw, problemNotRecorded, "the outcome could not be recorded; retry with the same key")
+}
+
+// routeDurations keeps a moving average of how long first executions
+// take per method and route, for the Retry-After of a duplicate that finds
+// one in flight. It keeps up to maxRoutes routes (a Route that returns
+// the path of every order would grow without bound); later ones have no
+// estimate.
+type routeDurations struct {
+	mu     sync.RWMutex
+	routes map[routeKey]*atomic.Int64 // nanoseconds
+}
+
+type routeKey struct{ method, route string }
+
+const maxRoutes = 1024
+
+func (d *routeDurations) add(method, route string, took time.Duration) {
+	d.mu.RLock()
+	avg := d.routes[routeKey{method, route}]
+	d.mu.RUnlock()
+	if avg == nil {
+		d.mu.Lock()
+		if avg = d.routes[routeKey{method, route}]; avg == nil {
+			if len(d.routes) >= maxRoutes {
+				d.mu.Unlock()
+				return
+			}
+			if d.routes == nil {
+				d.routes = map[routeKey]*atomic.Int64{}
+			}
+			avg = new(atomic.Int64)
+			avg.Store(int64(took))
+			d.routes[routeKey{method, route}] = avg
+			d.mu.Unlock()
+			return
+		}
+		d.mu.Unlock()
+	}
+	// A quarter of the way to the new sample: recent executions count
+	// most. Concurrent updates may lose a sample, which an estimate bears.
+	old := avg.Load()
+	avg.Store(old + (int64(took)-old)/4)
+}
+
+func (d *routeDurations) typical(method, route string) (time.Duration, bool) {
+	d.mu.RLock()
+	avg := d.routes[routeKey{method, route}]
+	d.mu.RUnlock()
+	if avg == nil {
+		return 0, false
+	}
+	return time.Duration(avg.Load()), true
 }
 
 // buffer is a pooled byte slice: request bodies and recorded responses.
@@ -663,11 +708,12 @@ type recorder struct {
 	rw       http.ResponseWriter
 	max      int64
 	status   int
-	stored   []string    // the header names to keep
-	body     *buffer     // from the pool: the response's stored form; nil until the status is held
-	head     int         // where the body starts in body.b, after the stored head
-	late     http.Header // rw's headers as of WriteHeader, changed after it
-	passing  bool        // rw has the status: the response goes through
+	stored   []string       // the header names to keep
+	keep     func(int) bool // Config.Keep: a status it does not keep releases the key
+	body     *buffer        // from the pool: the response's stored form; nil until the status is held
+	head     int            // where the body starts in body.b, after the stored head
+	late     http.Header    // rw's headers as of WriteHeader, changed after it
+	passing  bool           // rw has the status: the response goes through
 	overflow bool
 	hijacked bool
 }
@@ -718,8 +764,8 @@ func (w *recorder) Write(p []byte) (int, error) {
 		return len(p), nil
 	}
 	if int64(len(p)+len(w.body.b)-w.head) > w.max {
-		w.send(w.status)
 		w.overflow = true
+		w.send(w.status)
 		w.discard()
 		return w.rw.Write(p)
 	}
@@ -740,6 +786,10 @@ func (w *recorder) send(status int) {
 	if w.status != 0 {
 		status = w.status
 	}
+	if w.overflow || !w.keep(status) {
+		// The key is released: it is not kept until then.
+		delete(w.rw.Header(), HeaderExpires)
+	}
 	w.rw.WriteHeader(status)
 	if w.body != nil && len(w.body.b) > w.head {
 		_, _ = w.rw.Write(w.body.b[w.head:])
@@ -750,6 +800,25 @@ func (w *recorder) send(status int) {
 		maps.Copy(h, w.late) // net/http sends the declared trailers
 		w.late = nil
 	}
+}
+
+// reset drops the held response, as if the handler had written nothing
+// yet (but for the middleware's headers), and reports whether it could:
+// not once any of it went to the client.
+func (w *recorder) reset() bool {
+	if w.passing || w.overflow || w.hijacked {
+		return false
+	}
+	w.status = 0
+	w.discard()
+	w.late = nil
+	h := w.rw.Header()
+	for name := range h {
+		if name != HeaderReplayed && name != HeaderExpires {
+			delete(h, name)
+		}
+	}
+	return true
 }
 
 // discard returns the body buffer to the pool.

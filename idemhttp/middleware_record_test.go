@@ -56,7 +56,7 @@ type faultyBundle struct {
 }
 
 // setupFaulty returns the middleware over faultyStore on a manual clock,
-// with a 10 s lease, serving created.
+// with a 10 s lease and no Wait, serving created.
 func setupFaulty(t *testing.T) *faultyBundle {
 	t.Helper()
 	b := &faultyBundle{clock: idem.NewManualClock(start), logs: &syncBuffer{}}
@@ -66,7 +66,9 @@ func setupFaulty(t *testing.T) *faultyBundle {
 		t.Fatal(err)
 	}
 	b.ledger = l
-	cfg := &idemhttp.Config{Clock: b.clock, Logger: slog.New(slog.NewTextHandler(b.logs, nil))}
+	// Wait -1: a duplicate answers 409 at once, instead of waiting on the
+	// manual clock.
+	cfg := &idemhttp.Config{Clock: b.clock, Wait: -1, Logger: slog.New(slog.NewTextHandler(b.logs, nil))}
 	b.h = idemhttp.Middleware(l, cfg)(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		b.runs.Add(1)
 		created(w, r)

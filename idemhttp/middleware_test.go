@@ -202,7 +202,7 @@ func TestConcurrentDuplicatesRunOnce(t *testing.T) {
 	for _, wait := range []bool{false, true} {
 		t.Run(fmt.Sprintf("wait=%v", wait), func(t *testing.T) {
 			t.Parallel()
-			cfg := &idemhttp.Config{}
+			cfg := &idemhttp.Config{Wait: -1} // 409 at once
 			if wait {
 				cfg.Wait = 20 * time.Second
 			}
@@ -631,30 +631,144 @@ func TestBodyForConfigFunctions(t *testing.T) {
 	}
 }
 
+// TestInFlightRetryAfter: a duplicate that finds its original in flight
+// (Wait disabled) gets a Retry-After that estimates when the original will
+// finish: the route's recent first executions' duration less how long the
+// original has run (without recent executions, as long again as it has
+// run), at least 1 s.
 func TestInFlightRetryAfter(t *testing.T) {
 	t.Parallel()
-	cfg := &idemhttp.Config{Lease: 1500 * time.Millisecond}
+	cfg := &idemhttp.Config{Lease: 30 * time.Second, Wait: -1}
 	b := setup(t, true, cfg)
 	entered, gate := make(chan struct{}), make(chan struct{})
 	h := b.serve(cfg, func(w http.ResponseWriter, r *http.Request) {
+		if r.Header.Get(idemhttp.HeaderKey) == "quick" {
+			b.clock.Advance(8 * time.Second) // an execution that takes 8 s
+			w.WriteHeader(http.StatusCreated)
+			return
+		}
+		entered <- struct{}{}
+		<-gate
+	})
+	on := func(path, key string) *http.Request {
+		r := post(key, "x")
+		r.URL.Path = path
+		return r
+	}
+	retryAfter := func(path string) string {
+		t.Helper()
+		res := do(h, on(path, "k"))
+		wantProblem(t, res, http.StatusConflict, "in-flight")
+		return res.Header.Get("Retry-After")
+	}
+
+	// No executions on /refunds yet: as long again as the original ran.
+	go do(h, on("/refunds", "k"))
+	<-entered
+	if got := retryAfter("/refunds"); got != "1" {
+		t.Fatalf("Retry-After %q at once, want 1 (at least a second)", got)
+	}
+	b.clock.Advance(4 * time.Second)
+	if got := retryAfter("/refunds"); got != "4" {
+		t.Fatalf("Retry-After %q after 4 s, want 4", got)
+	}
+	gate <- struct{}{}
+
+	// /orders took 8 s: the estimate counts down from there.
+	do(h, on("/orders", "quick"))
+	go do(h, on("/orders", "k"))
+	<-entered
+	b.clock.Advance(3 * time.Second)
+	if got := retryAfter("/orders"); got != "5" {
+		t.Fatalf("Retry-After %q 3 s into an 8 s route, want 5", got)
+	}
+	b.clock.Advance(6 * time.Second)
+	if got := retryAfter("/orders"); got != "1" {
+		t.Fatalf("Retry-After %q past the route's duration, want 1", got)
+	}
+	close(gate)
+}
+
+// TestInFlightRetryAfterLease: the estimate never passes the end of the
+// original's lease, when a retry may take the key over.
+func TestInFlightRetryAfterLease(t *testing.T) {
+	t.Parallel()
+	cfg := &idemhttp.Config{Lease: 3 * time.Second, Wait: -1}
+	b := setup(t, true, cfg)
+	entered, gate := make(chan struct{}), make(chan struct{})
+	h := b.serve(cfg, func(w http.ResponseWriter, r *http.Request) {
+		if r.Header.Get(idemhttp.HeaderKey) == "slow" {
+			b.clock.Advance(20 * time.Second)
+			return
+		}
 		close(entered)
 		<-gate
 	})
+	do(h, post("slow", "x"))
 	done := make(chan struct{})
 	go func() { defer close(done); do(h, post("k", "x")) }()
 	<-entered
 	res := do(h, post("k", "x"))
 	wantProblem(t, res, http.StatusConflict, "in-flight")
-	if got := res.Header.Get("Retry-After"); got != "2" {
-		t.Fatalf("Retry-After %q, want 2 (1.5 s rounded up)", got)
+	if got := res.Header.Get("Retry-After"); got != "3" {
+		t.Fatalf("Retry-After %q, want 3 (the lease's end, before the 20 s estimate)", got)
 	}
 	close(gate)
 	<-done
 }
 
+// TestDuplicateWaitsForOriginal: by default a duplicate of a request in
+// flight waits for the original and replays its response, as soon as the
+// ledger, polled on the clock, shows it completed.
+func TestDuplicateWaitsForOriginal(t *testing.T) {
+	t.Parallel()
+	cfg := &idemhttp.Config{}
+	b := setup(t, true, cfg)
+	entered, gate := make(chan struct{}), make(chan struct{})
+	h := b.serve(cfg, func(w http.ResponseWriter, r *http.Request) {
+		close(entered)
+		<-gate
+		created(w, r)
+	})
+	first := make(chan *http.Response, 1)
+	go func() { first <- do(h, post("k", "x")) }()
+	<-entered
+	dup := make(chan *http.Response, 1)
+	go func() { dup <- do(h, post("k", "x")) }()
+	// The duplicate met the original (once without waiting, once waiting).
+	waitFor(t, func() bool { return b.inFlight.n.Load() >= 2 })
+	b.clock.Advance(500 * time.Millisecond) // the original's work
+	close(gate)
+	original := <-first
+	want := readBody(t, original)
+	var res *http.Response
+	// Advance only while the duplicate sleeps between polls (the other
+	// waiter is the lease heartbeat's timer).
+	waitFor(t, func() bool {
+		select {
+		case res = <-dup:
+			return true
+		default:
+			if b.clock.Waiters() >= 2 {
+				b.clock.Advance(250 * time.Millisecond)
+			}
+			return false
+		}
+	})
+	if got := readBody(t, res); res.StatusCode != http.StatusCreated || got != want || res.Header.Get(idemhttp.HeaderReplayed) != "true" {
+		t.Fatalf("duplicate: %d %q %q, want the original's 201 replayed", res.StatusCode, res.Header.Get(idemhttp.HeaderReplayed), got)
+	}
+	if n := b.runs.Load(); n != 1 {
+		t.Fatalf("handler ran %d times, want 1", n)
+	}
+	if waited := b.clock.Now().Sub(start); waited > time.Second {
+		t.Fatalf("the duplicate answered %s after the original began, want about its 0.5 s", waited)
+	}
+}
+
 func TestHeartbeatExtendsLease(t *testing.T) {
 	t.Parallel()
-	cfg := &idemhttp.Config{Lease: 9 * time.Second}
+	cfg := &idemhttp.Config{Lease: 9 * time.Second, Wait: -1}
 	b := setup(t, true, cfg)
 	entered, gate := make(chan struct{}), make(chan struct{})
 	h := b.serve(cfg, func(w http.ResponseWriter, r *http.Request) {
@@ -698,7 +812,7 @@ func (b *bundle) leaseUntil(t *testing.T, key string) time.Time {
 // after the last ended.
 func TestHeartbeatManyExecutions(t *testing.T) {
 	t.Parallel()
-	cfg := &idemhttp.Config{Lease: 9 * time.Second}
+	cfg := &idemhttp.Config{Lease: 9 * time.Second, Wait: -1}
 	b := setup(t, true, cfg)
 	gates := map[string]chan struct{}{}
 	entered := make(chan string)

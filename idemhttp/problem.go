@@ -7,7 +7,8 @@ import (
 )
 
 // ProblemTypeBase prefixes the type URI of every problem the middleware
-// answers; the fragment names the problem (docs/http.md describes each).
+// and the Proxy answer; the fragment names the problem (docs/http.md
+// describes each).
 const ProblemTypeBase = "https://github.com/idemkit/idem/blob/main/docs/http.md#"
 
 // ProblemContentType is the media type of error responses (RFC 9457).
@@ -30,6 +31,12 @@ var (
 	problemUnavailable    = problem{"ledger-unavailable", "Idempotency ledger unavailable", http.StatusServiceUnavailable}
 	problemLeaseLost      = problem{"lease-lost", "Idempotency-Key taken over", http.StatusConflict}
 	problemNotRecorded    = problem{"not-recorded", "Outcome not recorded", http.StatusServiceUnavailable}
+
+	// Proxy's.
+	problemBadGateway         = problem{"bad-gateway", "The upstream did not answer", http.StatusBadGateway}
+	problemUpstreamTimeout    = problem{"upstream-timeout", "The upstream did not answer in time", http.StatusGatewayTimeout}
+	problemMissingScope       = problem{"missing-scope", "The scope header is missing", http.StatusBadRequest}
+	problemProxyMisconfigured = problem{"proxy-misconfigured", "The proxy is misconfigured", http.StatusInternalServerError}
 )
 
 // Problem is the body of an error response (RFC 9457).

@@ -3,10 +3,7 @@ package idemhttp
 import (
 	"encoding/binary"
 	"errors"
-	"fmt"
 	"net/http"
-	"strconv"
-	"strings"
 
 	"github.com/idemkit/idem"
 )
@@ -19,17 +16,8 @@ import (
 //	        each value as uvarint length, value; a zero name length ends them
 //	body    the rest
 //
-// A replay decodes it without building a map. Outcomes stored before this
-// form (the status in Meta "status", each header's values joined by "\n"
-// in Meta "header:<Name>", Data the body) carry Meta "status", which this
-// form never has: they replay as they did.
+// A replay decodes it without building a map.
 const storedV1 = 1
-
-// Meta keys of a response stored in the earlier form.
-const (
-	metaStatus       = "status"
-	metaHeaderPrefix = "header:"
-)
 
 var errStoredForm = errors.New("idemhttp: the stored response is not in a form this version reads")
 
@@ -140,23 +128,10 @@ func uvarint(s string) (uint64, int) {
 }
 
 // StoredResponse returns the response the middleware stored as out: its
-// status, the stored headers and the body (sharing out.Data). It reads
-// both the current form and the one of earlier versions, for tools that
-// show a record.
+// status, the stored headers and the body (sharing out.Data), for tools
+// that show a record. An outcome in another form is an error.
 func StoredResponse(out *idem.Outcome) (status int, header http.Header, body []byte, err error) {
 	header = http.Header{}
-	if text, ok := out.Meta[metaStatus]; ok {
-		status, err = strconv.Atoi(text)
-		if err != nil {
-			return 0, nil, nil, fmt.Errorf("%w: status %q", errStoredForm, text)
-		}
-		for k, v := range out.Meta {
-			if name, ok := strings.CutPrefix(k, metaHeaderPrefix); ok {
-				header[name] = strings.Split(v, "\n")
-			}
-		}
-		return status, header, out.Data, nil
-	}
 	head, err := parseStoredHead(out.Data)
 	if err != nil {
 		return 0, nil, nil, err

@@ -3,7 +3,6 @@ package idemhttp_test
 import (
 	"context"
 	"net/http"
-	"slices"
 	"testing"
 
 	"github.com/idemkit/idem"
@@ -11,7 +10,7 @@ import (
 )
 
 // storeOutcome completes key in the scope the middleware gives post(key,
-// body) with out, as an earlier version (or another writer) would have.
+// body) with out, as another writer would.
 func storeOutcome(t *testing.T, b *bundle, key, body string, out idem.Outcome) {
 	t.Helper()
 	fp := idemhttp.Fingerprint(post(key, body), []string{"Content-Type"}, []byte(body))
@@ -21,33 +20,6 @@ func storeOutcome(t *testing.T, b *bundle, key, body string, out idem.Outcome) {
 	}
 	if err := claim.Complete(context.Background(), out); err != nil {
 		t.Fatal(err)
-	}
-}
-
-// TestReplaysEarlierForm: a response stored in the form of earlier
-// versions (status and headers in Meta, Data the body) replays as it did,
-// and StoredResponse reads it.
-func TestReplaysEarlierForm(t *testing.T) {
-	t.Parallel()
-	b := setup(t, false, nil)
-	h := b.serve(nil, created)
-	out := idem.Outcome{Data: []byte("stored earlier"), Meta: map[string]string{
-		"status": "202", "header:Location": "/a\n/b", "header:Content-Type": "text/plain"}}
-	storeOutcome(t, b, "old", `{"a":1}`, out)
-
-	res := do(h, post("old", `{"a":1}`))
-	if got := readBody(t, res); got != "stored earlier" || res.StatusCode != http.StatusAccepted ||
-		res.Header.Get(idemhttp.HeaderReplayed) != "true" || res.Header.Get(idemhttp.HeaderExpires) == "" ||
-		!slices.Equal(res.Header.Values("Location"), []string{"/a", "/b"}) || res.Header.Get("Content-Type") != "text/plain" {
-		t.Fatalf("replay %d %v %q", res.StatusCode, res.Header, got)
-	}
-	if n := b.runs.Load(); n != 0 {
-		t.Fatalf("handler ran %d times", n)
-	}
-	status, header, body, err := idemhttp.StoredResponse(&out)
-	if err != nil || status != 202 || string(body) != "stored earlier" || len(header) != 2 ||
-		!slices.Equal(header["Location"], []string{"/a", "/b"}) {
-		t.Fatalf("StoredResponse %d %v %q %v", status, header, body, err)
 	}
 }
 

@@ -9,10 +9,10 @@ import (
 // Run one world of a scenario on idem's ledger, then on a broken one.
 func ExampleRun() {
 	pauses, _ := sim.ScenarioNamed("pauses")
-	fmt.Println(sim.Run(pauses, 3, nil).OK())
+	fmt.Println(sim.Run(pauses, 2, nil).OK())
 
 	ignoreToken, _ := sim.MutantNamed("ignore-token")
-	r := sim.Run(pauses, 3, &ignoreToken)
+	r := sim.Run(pauses, 2, &ignoreToken)
 	fmt.Println(r.Violations[0].Invariant)
 	// Output:
 	// true

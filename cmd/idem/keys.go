@@ -298,7 +298,7 @@ func keysShow(ctx context.Context, store idem.Store, o *keysOptions, key string,
 	if r.Outcome != nil {
 		row("outcome", fmt.Sprintf("%d bytes (--json shows them)", len(r.Outcome.Data)))
 		// A response the HTTP middleware stored: its status and headers,
-		// never its body. (Earlier versions stored them in Meta, below.)
+		// never its body.
 		if r.Outcome.Meta == nil {
 			if status, header, body, err := idemhttp.StoredResponse(r.Outcome); err == nil {
 				row("  response", fmt.Sprintf("%d, %d body bytes", status, len(body)))

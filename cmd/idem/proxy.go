@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -10,11 +9,9 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"net/http/httputil"
 	"net/url"
 	"slices"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/idemkit/idem"
@@ -32,10 +29,13 @@ const proxyUsage = `Usage: idem proxy --upstream URL [flags]
 Puts the Idempotency-Key middleware in front of any HTTP service: a request
 with a key runs on the upstream once; every duplicate gets the stored
 response (status, body, allow-listed headers) with Idempotent-Replayed: true.
-A key in flight answers 409 with Retry-After; the same key with another
+A duplicate of a request in flight waits for the original (--wait) and
+replays it, or answers 409 with Retry-After; the same key with another
 request answers 422. 2xx and 4xx answers are kept; 5xx, 408 and 429 release
-the key so a retry runs again. An unreachable upstream answers 502
-(application/problem+json) and releases the key.
+the key so a retry runs again. An unreachable upstream answers 502, one that
+does not answer within --upstream-timeout 504 (application/problem+json),
+and both release the key. The handler is idemhttp.Proxy: a Go program can
+run the same.
 
 Flags:
   --upstream URL         the service behind the proxy, like http://127.0.0.1:8080
@@ -64,10 +64,32 @@ Flags:
                          (default 30s)
   --window DURATION      how long a stored response is replayed (default 24h)
   --wait DURATION        a duplicate of a request in flight waits up to this
-                         for the original and replays it, instead of 409
-                         (default 0: answer 409 at once)
+                         for the original and replays it; if the original is
+                         still running then, 409 with a Retry-After that
+                         estimates when it will finish (at least 1 s, from
+                         recent executions on the same path); 0 answers 409
+                         at once (default 10s)
+  --upstream-timeout DURATION
+                         longest upstream exchange, from sending the request
+                         to the end of the answer; past it the client gets
+                         504 upstream-timeout and the key is released, so a
+                         retry runs again (the upstream may still act on the
+                         abandoned request: set it above the slowest answer);
+                         0 for none, when a hung upstream holds its key for
+                         as long as it hangs (default 60s)
   --max-body BYTES       largest request body; larger ones get 413
                          (default 1048576, 1 MiB)
+  --max-response BYTES   largest answer stored; a larger one is passed through
+                         to the client unstored (Idempotent-Replayed: false)
+                         and the key released, so a retry runs on the upstream
+                         again: set it above the largest answer of any path
+                         that must not run twice (default 10485760, 10 MiB)
+  --key-secret-file FILE keep only HMAC-SHA256 digests of keys in the store,
+                         keyed by the secret in FILE (its bytes without
+                         trailing newlines, as idem serve reads it; an empty
+                         one is refused; keep it mode 0600); a store's keys
+                         are only found again with the same secret
+                         (default: keys are stored as sent)
   --drain DURATION       on SIGTERM or SIGINT, how long in-flight requests
                          may finish before the store is closed (default 10s)
   --sweep-interval DURATION
@@ -86,19 +108,14 @@ Example:
   curl localhost:7072/metrics
 `
 
-// proxyProblemBase prefixes the type URI of the problems idem proxy answers
-// itself (bad-gateway, missing-scope): the middleware's namespace, so a
-// client branches on one set of types.
-const proxyProblemBase = idemhttp.ProblemTypeBase
-
 type proxyOptions struct {
-	listen, admin, store, scopeHeader, logLevel string
-	upstream                                    *url.URL
-	methods                                     []string
-	requireKey                                  bool
-	maxBody                                     int64
-	lease, window, wait, drain, sweep           time.Duration
-	tls                                         tlsFiles
+	listen, admin, store, scopeHeader, logLevel, keySecretFile string
+	upstream                                                   *url.URL
+	methods                                                    []string
+	requireKey                                                 bool
+	maxBody, maxResponse                                       int64
+	lease, window, wait, drain, sweep, upstreamTimeout         time.Duration
+	tls                                                        tlsFiles
 }
 
 func runProxy(args []string, stdout, stderr io.Writer) int {
@@ -127,8 +144,11 @@ func parseProxyFlags(args []string, stdout, stderr io.Writer) (*proxyOptions, in
 	fs.StringVar(&o.scopeHeader, "scope-header", "", "")
 	fs.DurationVar(&o.lease, "lease", idem.DefaultLease, "")
 	fs.DurationVar(&o.window, "window", idem.DefaultWindow, "")
-	fs.DurationVar(&o.wait, "wait", 0, "")
+	fs.DurationVar(&o.wait, "wait", 10*time.Second, "")
+	fs.DurationVar(&o.upstreamTimeout, "upstream-timeout", idemhttp.DefaultUpstreamTimeout, "")
 	fs.Int64Var(&o.maxBody, "max-body", 1<<20, "")
+	fs.Int64Var(&o.maxResponse, "max-response", 10<<20, "")
+	fs.StringVar(&o.keySecretFile, "key-secret-file", "", "")
 	fs.DurationVar(&o.drain, "drain", 10*time.Second, "")
 	fs.DurationVar(&o.sweep, "sweep-interval", time.Minute, "")
 	fs.StringVar(&o.logLevel, "log-level", "info", "")
@@ -164,8 +184,12 @@ func parseProxyFlags(args []string, stdout, stderr io.Writer) (*proxyOptions, in
 			bad = fmt.Sprintf("--lease must be positive and at most a century, got %s", o.lease)
 		case o.window <= 0 || o.window > server.MaxDuration:
 			bad = fmt.Sprintf("--window must be positive and at most a century, got %s", o.window)
-		case o.wait < 0:
+		case o.maxResponse <= 0:
+			bad = fmt.Sprintf("--max-response must be positive, got %d", o.maxResponse)
+		case o.wait < 0 || o.wait > server.MaxDuration:
 			bad = fmt.Sprintf("--wait must not be negative, got %s", o.wait)
+		case o.upstreamTimeout < 0:
+			bad = fmt.Sprintf("--upstream-timeout must not be negative (0 for none), got %s", o.upstreamTimeout)
 		case o.drain <= 0:
 			bad = fmt.Sprintf("--drain must be positive, got %s", o.drain)
 		case o.sweep <= 0:
@@ -242,6 +266,13 @@ func runProxyServer(ctx context.Context, o *proxyOptions, stdout, stderr io.Writ
 	}
 	logger := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
 
+	var secret []byte
+	if o.keySecretFile != "" {
+		var err error
+		if secret, err = readKeySecret(o.keySecretFile); err != nil {
+			return err
+		}
+	}
 	store, err := idem.OpenStore(ctx, o.store, nil)
 	if err != nil {
 		return fmt.Errorf("--store %s: %w", redactURL(o.store), err)
@@ -253,7 +284,8 @@ func runProxyServer(ctx context.Context, o *proxyOptions, stdout, stderr io.Writ
 		return nil
 	}
 	metrics := server.NewMetrics([]string{proxyRoute})
-	ledger, err := idem.New(store, &idem.Config{Lease: o.lease, Window: o.window, Observer: metrics})
+	ledger, err := idem.New(store, &idem.Config{Lease: o.lease, Window: o.window, KeySecret: secret,
+		MaxWait: max(o.wait, 30*time.Second), Observer: metrics})
 	if err != nil {
 		return errors.Join(err, closeStore())
 	}
@@ -274,7 +306,11 @@ func runProxyServer(ctx context.Context, o *proxyOptions, stdout, stderr io.Writ
 	if adminLn != nil {
 		fmt.Fprintf(stdout, "idem proxy: admin on http://%s (/metrics, /healthz)\n", adminLn.Addr())
 	}
-	fmt.Fprintf(stdout, "idem proxy: store %s, data in %s\n", redactURL(o.store), describeStore(store, o.store))
+	keys := "keys stored as sent"
+	if secret != nil {
+		keys = "keys stored as HMAC-SHA256 digests (--key-secret-file)"
+	}
+	fmt.Fprintf(stdout, "idem proxy: store %s, data in %s, %s\n", redactURL(o.store), describeStore(store, o.store), keys)
 
 	errorLog := slog.NewLogLogger(logger.Handler(), slog.LevelWarn)
 	srv := &http.Server{Handler: handler, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute, ErrorLog: errorLog}
@@ -286,135 +322,36 @@ func runProxyServer(ctx context.Context, o *proxyOptions, stdout, stderr io.Writ
 	return runServers(ctx, "proxy", stdout, logger, store, o.sweep, o.drain, closeStore, servers...)
 }
 
-// upstreamTransport is the proxy's connection pool to the upstream: every
-// client connection may keep one upstream connection idle, so a busy proxy
-// does not open and close a connection per request.
-func upstreamTransport() *http.Transport {
-	t := http.DefaultTransport.(*http.Transport).Clone()
-	t.MaxIdleConns = 1024
-	t.MaxIdleConnsPerHost = 256
-	return t
-}
-
-// newReverseProxy forwards to upstream; a failed round trip answers 502
-// problem+json, which the middleware does not keep: the key is released and
-// a retry runs again.
-func newReverseProxy(upstream *url.URL, transport http.RoundTripper, logger *slog.Logger) *httputil.ReverseProxy {
-	return &httputil.ReverseProxy{
-		Rewrite: func(r *httputil.ProxyRequest) {
-			r.SetURL(upstream)
-			r.SetXForwarded()
-		},
-		Transport:  transport,
-		BufferPool: copyBuffers{},
-		ErrorLog:   slog.NewLogLogger(logger.Handler(), slog.LevelWarn),
-		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
-			// Always a 5xx, also when the client went away: whether the
-			// upstream acted is unknown, so the key must not keep this answer.
-			logger.Warn("upstream round trip failed", "method", r.Method, "error", err)
-			writeProxyProblem(w, http.StatusBadGateway, "bad-gateway", "The upstream did not answer", "the upstream "+upstream.Redacted()+" could not be reached or failed mid-answer; the idempotency key, if any, is free again")
-		},
-	}
-}
-
-// copyBuffers reuses the buffers ReverseProxy copies response bodies
-// through; without a pool it allocates 32 KiB per request.
-type copyBuffers struct{}
-
-var copyBufferPool = sync.Pool{New: func() any { return new([32 << 10]byte) }}
-
-func (copyBuffers) Get() []byte { return copyBufferPool.Get().(*[32 << 10]byte)[:] }
-func (copyBuffers) Put(b []byte) {
-	if cap(b) == 32<<10 {
-		copyBufferPool.Put((*[32 << 10]byte)(b[:32<<10]))
-	}
-}
-
-// newProxyHandler is the handler chain of idem proxy: metrics, the scope
-// header check, the Idempotency-Key middleware, the reverse proxy.
+// newProxyHandler is the handler chain of idem proxy: metrics, then
+// idemhttp.Proxy.
 func newProxyHandler(ledger *idem.Ledger, o *proxyOptions, logger *slog.Logger, metrics *server.Metrics) http.Handler {
-	cfg := &idemhttp.Config{
-		Methods:    o.methods,
-		RequireKey: o.requireKey,
-		MaxBody:    o.maxBody,
-		Wait:       o.wait,
-		Lease:      o.lease,
-		Window:     o.window,
-		Logger:     logger,
-		// The upstream's routes are unknown: the path is the route.
-		Route: func(r *http.Request) string { return r.URL.Path },
+	wait, timeout := o.wait, o.upstreamTimeout
+	if wait == 0 {
+		wait = -1 // the flag's 0 is the library's "none"
 	}
-	if o.scopeHeader != "" {
-		name := o.scopeHeader
-		cfg.Scope = func(r *http.Request) (string, error) {
-			v := r.Header.Values(name)
-			if len(v) != 1 || v[0] == "" {
-				return "", fmt.Errorf("%w: want one %s header", idem.ErrInvalid, name)
-			}
-			return "header:" + v[0], nil
-		}
+	if timeout == 0 {
+		timeout = -1
 	}
-	rp := newReverseProxy(o.upstream, upstreamTransport(), logger)
-	var h http.Handler = idemhttp.Middleware(ledger, cfg)(finishDespiteDisconnect(rp))
-	if o.scopeHeader != "" {
-		h = requireScopeHeader(o.scopeHeader, o.methods, h)
+	var h http.Handler = &idemhttp.Proxy{
+		Ledger:   ledger,
+		Upstream: o.upstream,
+		Config: &idemhttp.Config{
+			Methods:     o.methods,
+			RequireKey:  o.requireKey,
+			MaxBody:     o.maxBody,
+			MaxResponse: o.maxResponse,
+			Wait:        wait,
+			Lease:       o.lease,
+			Window:      o.window,
+			Logger:      logger,
+		},
+		ScopeHeader:     o.scopeHeader,
+		UpstreamTimeout: timeout,
 	}
 	if metrics != nil {
 		h = countRequests(metrics, h)
 	}
 	return h
-}
-
-// finishDespiteDisconnect keeps the upstream request going when the client
-// goes away, so its answer is stored and the client's retry replays it:
-// cancelling it would leave unknown whether the upstream acted, and the key
-// released for a second execution. A cancellation with another cause (the
-// middleware's when the lease was lost) still stops it.
-func finishDespiteDisconnect(next http.Handler) http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		parent := r.Context()
-		ctx, cancel := context.WithCancelCause(context.WithoutCancel(parent))
-		defer cancel(nil)
-		stop := context.AfterFunc(parent, func() {
-			if cause := context.Cause(parent); !errors.Is(cause, context.Canceled) {
-				cancel(cause)
-			}
-		})
-		defer stop()
-		next.ServeHTTP(w, r.WithContext(ctx))
-	})
-}
-
-// requireScopeHeader answers 400 to a request on methods without exactly one
-// non-empty header name: without it the request has no scope, and guessing
-// one could hand a tenant another tenant's stored response.
-func requireScopeHeader(name string, methods []string, next http.Handler) http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if slices.Contains(methods, r.Method) {
-			if v := r.Header.Values(name); len(v) != 1 || v[0] == "" {
-				writeProxyProblem(w, http.StatusBadRequest, "missing-scope", "The scope header is missing",
-					fmt.Sprintf("a %s request needs exactly one non-empty %s header, which names the scope of its idempotency key", r.Method, name))
-				return
-			}
-		}
-		next.ServeHTTP(w, r)
-	})
-}
-
-// proxyProblem is an RFC 9457 problem document.
-type proxyProblem struct {
-	Type   string `json:"type"`
-	Title  string `json:"title"`
-	Status int    `json:"status"`
-	Detail string `json:"detail,omitempty"`
-}
-
-func writeProxyProblem(w http.ResponseWriter, status int, name, title, detail string) {
-	body, _ := json.Marshal(proxyProblem{Type: proxyProblemBase + name, Title: title, Status: status, Detail: detail})
-	w.Header().Set("Content-Type", "application/problem+json")
-	w.Header().Set("Content-Length", fmt.Sprint(len(body)+1))
-	w.WriteHeader(status)
-	_, _ = w.Write(append(body, '\n'))
 }
 
 // adminHandler answers GET /metrics and GET /healthz.

@@ -89,6 +89,15 @@ func plainProxy(upstream *url.URL) http.Handler {
 	}
 }
 
+// upstreamTransport is the connection pool of idemhttp.Proxy's default
+// Transport, for the yardstick.
+func upstreamTransport() *http.Transport {
+	t := http.DefaultTransport.(*http.Transport).Clone()
+	t.MaxIdleConns = 1024
+	t.MaxIdleConnsPerHost = 256
+	return t
+}
+
 // serveProxy serves idem proxy's handler to upstream on the store raw
 // until the benchmark ends and returns its address.
 func serveProxy(b *testing.B, raw string, upstream *url.URL, logger *slog.Logger) string {

@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"os"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -207,7 +208,8 @@ func TestProxyHelp(t *testing.T) {
 		t.Fatalf("exit %d", code)
 	}
 	for _, flag := range []string{"--upstream", "--listen", "--admin", "--store", "--require-key", "--methods",
-		"--scope-header", "--lease", "--window", "--wait", "--max-body", "--drain", "--sweep-interval", "--log-level", "Example:", defaultProxyStore} {
+		"--scope-header", "--lease", "--window", "--wait", "--max-body", "--drain", "--sweep-interval", "--log-level", "Example:", defaultProxyStore,
+		"--upstream-timeout", "--max-response", "--key-secret-file", "504", "idemhttp.Proxy"} {
 		if !strings.Contains(stdout, flag) {
 			t.Errorf("idem proxy --help does not mention %s", flag)
 		}
@@ -231,6 +233,8 @@ func TestProxyBadFlags(t *testing.T) {
 		{"--upstream", "http://x", "--lease", "0s"},
 		{"--upstream", "http://x", "--max-body", "0"},
 		{"--upstream", "http://x", "--wait", "-1s"},
+		{"--upstream", "http://x", "--upstream-timeout", "-1s"},
+		{"--upstream", "http://x", "--max-response", "0"},
 		{"--upstream", "http://x", "extra"},
 	} {
 		_, stderr, code := runIdem(t, t.TempDir(), append([]string{"proxy"}, args...)...)
@@ -609,5 +613,82 @@ func TestProxyClientGone(t *testing.T) {
 	}
 	if n := up.runs.Load(); n != 1 {
 		t.Fatalf("upstream ran %d times, want 1", n)
+	}
+}
+
+// --upstream-timeout: a hung upstream answers 504 problem+json without
+// Idempotency-Key-Expires and frees the key; a retry runs again.
+func TestProxyUpstreamTimeout(t *testing.T) {
+	t.Parallel()
+	var hung atomic.Bool
+	hung.Store(true)
+	release := make(chan struct{})
+	up := newUpstream(t, false)
+	slow := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if hung.Load() {
+			_, _ = io.Copy(io.Discard, r.Body) // then net/http sees the proxy hang up
+			select {
+			case <-r.Context().Done():
+			case <-release:
+			}
+			return
+		}
+		up.ServeHTTP(w, r)
+	}))
+	t.Cleanup(slow.Close)
+	t.Cleanup(func() { close(release) })
+	p := startProxy(t, t.TempDir(), "--listen", "127.0.0.1:0", "--admin", "", "--upstream", slow.URL, "--store", "mem:",
+		"--upstream-timeout", "1s")
+	c := testClient()
+	url := "http://" + p.addr + "/orders"
+	a := mustSend(t, c, http.MethodPost, url, `{}`, "Idempotency-Key", "k")
+	wantProblem(t, a, http.StatusGatewayTimeout, "#upstream-timeout")
+	if a.header.Get("Idempotency-Key-Expires") != "" {
+		t.Fatalf("a 504 of a released key carries Idempotency-Key-Expires %q", a.header.Get("Idempotency-Key-Expires"))
+	}
+	hung.Store(false)
+	if a := mustSend(t, c, http.MethodPost, url, `{}`, "Idempotency-Key", "k"); a.status != http.StatusCreated || a.replayed() != "false" {
+		t.Fatalf("retry after the timeout: %d %q %s", a.status, a.replayed(), a.body)
+	}
+}
+
+// --key-secret-file: the store holds keyed digests of keys, never the keys;
+// a proxy restarted with the same secret finds them again. An empty file
+// is refused.
+func TestProxyKeySecretFile(t *testing.T) {
+	t.Parallel()
+	up := newUpstream(t, false)
+	dir := t.TempDir()
+	secret := filepath.Join(dir, "secret")
+	if err := os.WriteFile(secret, []byte("s3cret"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	store := "file:" + filepath.Join(dir, "data")
+	args := []string{"--listen", "127.0.0.1:0", "--admin", "", "--upstream", up.url(), "--store", store, "--key-secret-file", secret}
+	p := startProxy(t, dir, args...)
+	c := testClient()
+	first := mustSend(t, c, http.MethodPost, "http://"+p.addr+"/orders", `{}`, "Idempotency-Key", "order-secret-1")
+	if first.status != http.StatusCreated {
+		t.Fatalf("first: %d %s", first.status, first.body)
+	}
+	if code := p.stop(t, syscall.SIGTERM); code != 0 {
+		t.Fatalf("exit %d; stderr:\n%s", code, p.stderr)
+	}
+	out, errOut, code := runIdem(t, dir, "keys", "ls", "--store", store, "--scope", "9:anonymous POST /orders")
+	if code != 0 || !strings.Contains(out, "hmac-sha256:") || strings.Contains(out, "order-secret-1") {
+		t.Fatalf("keys ls: exit %d, stdout %q, stderr %q; want a digest, never the key", code, out, errOut)
+	}
+	p = startProxy(t, dir, args...)
+	if a := mustSend(t, c, http.MethodPost, "http://"+p.addr+"/orders", `{}`, "Idempotency-Key", "order-secret-1"); a.replayed() != "true" || comparable(a) != comparable(first) {
+		t.Fatalf("after a restart with the same secret: %q %s", a.replayed(), a.body)
+	}
+
+	empty := filepath.Join(dir, "empty")
+	if err := os.WriteFile(empty, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	_, stderr, code := runIdem(t, dir, "proxy", "--upstream", up.url(), "--store", "mem:", "--key-secret-file", empty)
+	if code == 0 || !strings.Contains(stderr, "is empty") {
+		t.Fatalf("an empty secret file: exit %d, stderr %q", code, stderr)
 	}
 }
