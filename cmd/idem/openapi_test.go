@@ -20,7 +20,7 @@ import (
 	"time"
 
 	"github.com/idemkit/idem"
-	server "github.com/idemkit/idem/idemapi"
+	"github.com/idemkit/idem/idemapi"
 	"github.com/idemkit/idem/memstore"
 )
 
@@ -74,15 +74,15 @@ func TestOpenAPIDocument(t *testing.T) {
 			t.Errorf("response %s does not pin its problem type", name)
 		}
 		for _, u := range uris {
-			documented[strings.TrimPrefix(u.(string), server.ProblemBase)] = status
+			documented[strings.TrimPrefix(u.(string), idemapi.ProblemBase)] = status
 		}
 	}
 	used := map[string]int{
-		server.ProblemInvalidRequest: 400, server.ProblemUnauthorized: 401, server.ProblemForbidden: 403,
-		server.ProblemNotFound: 404, server.ProblemNoSuchRoute: 404, server.ProblemMethodNotAllowed: 405,
-		server.ProblemLeaseLost: 409, server.ProblemCompleted: 409, server.ProblemBodyTooLarge: 413,
-		server.ProblemUnsupportedMediaType: 415, server.ProblemFingerprintMismatch: 422,
-		server.ProblemInternal: 500, server.ProblemNotImplemented: 501, server.ProblemUnavailable: 503,
+		idemapi.ProblemInvalidRequest: 400, idemapi.ProblemUnauthorized: 401, idemapi.ProblemForbidden: 403,
+		idemapi.ProblemNotFound: 404, idemapi.ProblemNoSuchRoute: 404, idemapi.ProblemMethodNotAllowed: 405,
+		idemapi.ProblemLeaseLost: 409, idemapi.ProblemCompleted: 409, idemapi.ProblemBodyTooLarge: 413,
+		idemapi.ProblemUnsupportedMediaType: 415, idemapi.ProblemFingerprintMismatch: 422,
+		idemapi.ProblemInternal: 500, idemapi.ProblemNotImplemented: 501, idemapi.ProblemUnavailable: 503,
 	}
 	if !maps.Equal(documented, used) {
 		t.Errorf("problem types in the document %v, the server's %v", documented, used)
@@ -114,8 +114,8 @@ func (c *coverage) add(op string, status int) {
 
 func startAPI(t *testing.T, store idem.Store, seen *coverage) *apiServer {
 	t.Helper()
-	h, err := server.NewServer(store, &server.Config{
-		Tokens:  map[string][]string{apiOpsToken: {server.AllScopes}, apiBillingToken: {"billing"}},
+	h, err := idemapi.NewServer(store, &idemapi.Config{
+		Tokens:  map[string][]string{apiOpsToken: {idemapi.AllScopes}, apiBillingToken: {"billing"}},
 		MaxBody: 256 << 10,
 	})
 	if err != nil {
@@ -202,8 +202,8 @@ func (a *apiServer) expectCT(t *testing.T, want int, problem, method, path, toke
 		return data
 	}
 	if problem != "" {
-		var p server.Problem
-		if err := json.Unmarshal(data, &p); err != nil || p.Type != server.ProblemBase+problem {
+		var p idemapi.Problem
+		if err := json.Unmarshal(data, &p); err != nil || p.Type != idemapi.ProblemBase+problem {
 			t.Errorf("%s %s: problem %s, want type %s", method, path, data, problem)
 		}
 	}
@@ -360,16 +360,16 @@ func TestOpenAPIEveryRouteAndStatus(t *testing.T) {
 			}
 
 			// 401: no token, and an unknown one.
-			good.expect(t, 401, server.ProblemUnauthorized, o.method, keyPath(o, key), "", bodyOf(o, key, tok))
-			good.expect(t, 401, server.ProblemUnauthorized, o.method, keyPath(o, key), "wrong-token", bodyOf(o, key, tok))
+			good.expect(t, 401, idemapi.ProblemUnauthorized, o.method, keyPath(o, key), "", bodyOf(o, key, tok))
+			good.expect(t, 401, idemapi.ProblemUnauthorized, o.method, keyPath(o, key), "wrong-token", bodyOf(o, key, tok))
 			if name == "metrics" {
-				buggy.expect(t, 500, server.ProblemInternal, o.method, o.path, apiOpsToken, nil)
+				buggy.expect(t, 500, idemapi.ProblemInternal, o.method, o.path, apiOpsToken, nil)
 				return
 			}
 
 			// 403: another scope (sweep: a token not bound to *).
 			if name == "sweep" {
-				good.expect(t, 403, server.ProblemForbidden, o.method, o.path, apiBillingToken, bodyOf(o, key, tok))
+				good.expect(t, 403, idemapi.ProblemForbidden, o.method, o.path, apiBillingToken, bodyOf(o, key, tok))
 			} else {
 				other := strings.Replace(keyPath(o, key), "scope=billing", "scope=other", 1)
 				var body any
@@ -378,55 +378,55 @@ func TestOpenAPIEveryRouteAndStatus(t *testing.T) {
 					b["scope"] = "other"
 					body = b
 				}
-				good.expect(t, 403, server.ProblemForbidden, o.method, other, apiBillingToken, body)
+				good.expect(t, 403, idemapi.ProblemForbidden, o.method, other, apiBillingToken, body)
 			}
 
 			// 400: an empty key, a missing scope, a bad field.
 			switch o.method {
 			case "POST":
-				good.expect(t, 400, server.ProblemInvalidRequest, o.method, o.path, apiOpsToken, `{"scope":"billing","key":"","limit":-1}`)
-				good.expect(t, 400, server.ProblemInvalidRequest, o.method, o.path, apiOpsToken, `{"nope":1}`)
-				good.expect(t, 400, server.ProblemInvalidRequest, o.method, o.path, apiOpsToken, `{} {}`)
+				good.expect(t, 400, idemapi.ProblemInvalidRequest, o.method, o.path, apiOpsToken, `{"scope":"billing","key":"","limit":-1}`)
+				good.expect(t, 400, idemapi.ProblemInvalidRequest, o.method, o.path, apiOpsToken, `{"nope":1}`)
+				good.expect(t, 400, idemapi.ProblemInvalidRequest, o.method, o.path, apiOpsToken, `{} {}`)
 				// 413 and 415.
 				big := `{"scope":"billing","key":"` + strings.Repeat("k", 300<<10) + `"}`
-				good.expect(t, 413, server.ProblemBodyTooLarge, o.method, o.path, apiOpsToken, big)
-				good.expectCT(t, 415, server.ProblemUnsupportedMediaType, o.method, o.path, apiOpsToken, bodyOf(o, key, tok), "text/plain")
+				good.expect(t, 413, idemapi.ProblemBodyTooLarge, o.method, o.path, apiOpsToken, big)
+				good.expectCT(t, 415, idemapi.ProblemUnsupportedMediaType, o.method, o.path, apiOpsToken, bodyOf(o, key, tok), "text/plain")
 			default:
-				good.expect(t, 400, server.ProblemInvalidRequest, o.method, strings.Replace(keyPath(o, key), "scope=billing", "scope=", 1), apiOpsToken, nil)
+				good.expect(t, 400, idemapi.ProblemInvalidRequest, o.method, strings.Replace(keyPath(o, key), "scope=billing", "scope=", 1), apiOpsToken, nil)
 			}
 			if name == "listKeys" {
-				good.expect(t, 400, server.ProblemInvalidRequest, o.method, "/v1/keys?scope=billing&limit=1001", apiOpsToken, nil)
-				good.expect(t, 400, server.ProblemInvalidRequest, o.method, "/v1/keys?scope=billing&state=done", apiOpsToken, nil)
-				nolist.expect(t, 501, server.ProblemNotImplemented, o.method, o.path, apiOpsToken, nil)
+				good.expect(t, 400, idemapi.ProblemInvalidRequest, o.method, "/v1/keys?scope=billing&limit=1001", apiOpsToken, nil)
+				good.expect(t, 400, idemapi.ProblemInvalidRequest, o.method, "/v1/keys?scope=billing&state=done", apiOpsToken, nil)
+				nolist.expect(t, 501, idemapi.ProblemNotImplemented, o.method, o.path, apiOpsToken, nil)
 			}
 			if name == "getKey" || name == "deleteKey" {
-				good.expect(t, 404, server.ProblemNotFound, o.method, keyPath(o, "no-such-key"), apiOpsToken, nil)
+				good.expect(t, 404, idemapi.ProblemNotFound, o.method, keyPath(o, "no-such-key"), apiOpsToken, nil)
 			}
 			if name == "begin" {
-				good.expect(t, 422, server.ProblemFingerprintMismatch, o.method, o.path, apiOpsToken, bill(key, obj{"fingerprint": "other"}))
+				good.expect(t, 422, idemapi.ProblemFingerprintMismatch, o.method, o.path, apiOpsToken, bill(key, obj{"fingerprint": "other"}))
 			}
 
 			// 409: a stale token, and a key already completed.
 			if o.owned {
 				k := fresh()
 				kt := good.acquire(t, k)
-				good.expect(t, 409, server.ProblemLeaseLost, o.method, o.path, apiBillingToken, o.body(k, kt+1))
+				good.expect(t, 409, idemapi.ProblemLeaseLost, o.method, o.path, apiBillingToken, o.body(k, kt+1))
 				good.expect(t, 200, "", "POST", "/v1/complete", apiBillingToken, bill(k, obj{"token": kt}))
-				good.expect(t, 409, server.ProblemCompleted, o.method, o.path, apiBillingToken, o.body(k, kt))
+				good.expect(t, 409, idemapi.ProblemCompleted, o.method, o.path, apiBillingToken, o.body(k, kt))
 			}
 
 			// 500: the store panics; 503: it is closed.
-			buggy.expect(t, 500, server.ProblemInternal, o.method, keyPath(o, key), apiOpsToken, bodyOf(o, key, 1))
-			down.expect(t, 503, server.ProblemUnavailable, o.method, keyPath(o, key), apiOpsToken, bodyOf(o, key, 1))
+			buggy.expect(t, 500, idemapi.ProblemInternal, o.method, keyPath(o, key), apiOpsToken, bodyOf(o, key, 1))
+			down.expect(t, 503, idemapi.ProblemUnavailable, o.method, keyPath(o, key), apiOpsToken, bodyOf(o, key, 1))
 		})
 	}
 
 	// What answers a path or method the document does not have.
 	t.Run("unrouted", func(t *testing.T) {
-		good.expect(t, 404, server.ProblemNoSuchRoute, "GET", "/v2/begin", apiOpsToken, nil)
-		good.expect(t, 404, server.ProblemNoSuchRoute, "GET", "/v1/keys/a/b?scope=billing", apiOpsToken, nil)
-		good.expect(t, 405, server.ProblemMethodNotAllowed, "GET", "/v1/begin", apiOpsToken, nil)
-		good.expect(t, 400, server.ProblemInvalidRequest, "GET", "/v1/keys/?scope=billing", apiOpsToken, nil)
+		good.expect(t, 404, idemapi.ProblemNoSuchRoute, "GET", "/v2/begin", apiOpsToken, nil)
+		good.expect(t, 404, idemapi.ProblemNoSuchRoute, "GET", "/v1/keys/a/b?scope=billing", apiOpsToken, nil)
+		good.expect(t, 405, idemapi.ProblemMethodNotAllowed, "GET", "/v1/begin", apiOpsToken, nil)
+		good.expect(t, 400, idemapi.ProblemInvalidRequest, "GET", "/v1/keys/?scope=billing", apiOpsToken, nil)
 		// A key holding a slash, escaped, is one segment.
 		k := "a/b c"
 		tok := good.acquire(t, k)
@@ -492,7 +492,7 @@ func TestOpenAPIRoutesMatchTheServer(t *testing.T) {
 			concrete := strings.Replace(path, "{key}", "k", 1) + "?scope=billing"
 			before := metrics()[route]
 			status, data, _ := a.call(t, method, concrete, apiOpsToken, nil, "")
-			if status == 404 && bytes.Contains(data, []byte(server.ProblemNoSuchRoute)) || status == 405 {
+			if status == 404 && bytes.Contains(data, []byte(idemapi.ProblemNoSuchRoute)) || status == 405 {
 				t.Errorf("%s %s: %d %s; the server has no such route", method, path, status, data)
 			}
 			after := metrics()[route]

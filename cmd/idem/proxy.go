@@ -15,7 +15,7 @@ import (
 	"time"
 
 	"github.com/idemkit/idem"
-	server "github.com/idemkit/idem/idemapi"
+	"github.com/idemkit/idem/idemapi"
 	"github.com/idemkit/idem/idemhttp"
 )
 
@@ -180,13 +180,13 @@ func parseProxyFlags(args []string, stdout, stderr io.Writer) (*proxyOptions, in
 			bad = fmt.Sprintf("--scope-header %q is not a header name", o.scopeHeader)
 		case o.maxBody <= 0:
 			bad = fmt.Sprintf("--max-body must be positive, got %d", o.maxBody)
-		case o.lease <= 0 || o.lease > server.MaxDuration:
+		case o.lease <= 0 || o.lease > idemapi.MaxDuration:
 			bad = fmt.Sprintf("--lease must be positive and at most a century, got %s", o.lease)
-		case o.window <= 0 || o.window > server.MaxDuration:
+		case o.window <= 0 || o.window > idemapi.MaxDuration:
 			bad = fmt.Sprintf("--window must be positive and at most a century, got %s", o.window)
 		case o.maxResponse <= 0:
 			bad = fmt.Sprintf("--max-response must be positive, got %d", o.maxResponse)
-		case o.wait < 0 || o.wait > server.MaxDuration:
+		case o.wait < 0 || o.wait > idemapi.MaxDuration:
 			bad = fmt.Sprintf("--wait must not be negative, got %s", o.wait)
 		case o.upstreamTimeout < 0:
 			bad = fmt.Sprintf("--upstream-timeout must not be negative (0 for none), got %s", o.upstreamTimeout)
@@ -283,7 +283,7 @@ func runProxyServer(ctx context.Context, o *proxyOptions, stdout, stderr io.Writ
 		}
 		return nil
 	}
-	metrics := server.NewMetrics([]string{proxyRoute})
+	metrics := idemapi.NewMetrics([]string{proxyRoute})
 	ledger, err := idem.New(store, &idem.Config{Lease: o.lease, Window: o.window, KeySecret: secret,
 		MaxWait: max(o.wait, 30*time.Second), Observer: metrics})
 	if err != nil {
@@ -324,7 +324,7 @@ func runProxyServer(ctx context.Context, o *proxyOptions, stdout, stderr io.Writ
 
 // newProxyHandler is the handler chain of idem proxy: metrics, then
 // idemhttp.Proxy.
-func newProxyHandler(ledger *idem.Ledger, o *proxyOptions, logger *slog.Logger, metrics *server.Metrics) http.Handler {
+func newProxyHandler(ledger *idem.Ledger, o *proxyOptions, logger *slog.Logger, metrics *idemapi.Metrics) http.Handler {
 	wait, timeout := o.wait, o.upstreamTimeout
 	if wait == 0 {
 		wait = -1 // the flag's 0 is the library's "none"
@@ -355,7 +355,7 @@ func newProxyHandler(ledger *idem.Ledger, o *proxyOptions, logger *slog.Logger, 
 }
 
 // adminHandler answers GET /metrics and GET /healthz.
-func adminHandler(store idem.Store, metrics *server.Metrics) http.Handler {
+func adminHandler(store idem.Store, metrics *idemapi.Metrics) http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
@@ -377,7 +377,7 @@ func adminHandler(store idem.Store, metrics *server.Metrics) http.Handler {
 }
 
 // countRequests records every proxied request's status and duration.
-func countRequests(metrics *server.Metrics, next http.Handler) http.Handler {
+func countRequests(metrics *idemapi.Metrics, next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		start := time.Now()
 		sw := &statusWriter{ResponseWriter: w}

@@ -12,7 +12,7 @@ import (
 	"time"
 
 	"github.com/idemkit/idem"
-	server "github.com/idemkit/idem/idemapi"
+	"github.com/idemkit/idem/idemapi"
 	"github.com/idemkit/idem/internal/bench"
 	"github.com/idemkit/idem/internal/loadgen"
 )
@@ -107,7 +107,7 @@ func serveProxy(b *testing.B, raw string, upstream *url.URL, logger *slog.Logger
 		b.Fatal(err)
 	}
 	b.Cleanup(func() { _ = st.Close() })
-	metrics := server.NewMetrics([]string{proxyRoute})
+	metrics := idemapi.NewMetrics([]string{proxyRoute})
 	o := &proxyOptions{upstream: upstream, methods: []string{http.MethodPost, http.MethodPatch},
 		maxBody: 1 << 20, lease: idem.DefaultLease, window: idem.DefaultWindow}
 	ledger, err := idem.New(st, &idem.Config{Lease: o.lease, Window: o.window, Observer: metrics})
