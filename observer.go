@@ -41,7 +41,7 @@ type Event struct {
 
 // Observer receives an Event after every ledger operation. Implementations
 // must be fast and safe for concurrent use; metrics and tracing adapters
-// live outside the core (idemotel, the server's Prometheus endpoint).
+// live outside the core (the API server's Prometheus endpoint in idemapi).
 type Observer interface {
 	Observe(ctx context.Context, ev *Event)
 }

@@ -55,9 +55,8 @@
 // library): operations by op and outcome, the time-to-idempotence
 // histogram (first attempt to stored outcome), the ledger size when the
 // store is an idem.Sizer, and request durations by route. The operation
-// series are fed by idem.Events, so the same Observer contract serves the
-// ledger, this server and idemotel. Metrics is the same machinery for
-// other handlers (idem proxy's).
+// series are fed by idem.Events: Metrics is an idem.Observer, so the same
+// series can count a Ledger's operations in other handlers (idem proxy's).
 //
 // # Logs
 //
