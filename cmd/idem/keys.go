@@ -54,6 +54,13 @@ Flags (before or after the subcommand's KEY):
   --state STATE   ls only: pending, completed or released (default all)
   --limit N       ls only: print at most N records (default 100; 0 for all)
   --cursor C      ls only: continue after a previous ls that said "more"
+  --key-secret-file FILE
+                  with --store, for a ledger whose keys are kept as keyed
+                  digests (idem serve or idem proxy --key-secret-file): show
+                  and delete look KEY up by its digest under the secret in
+                  FILE (read as those commands read it); ls prints the
+                  digests, as the store holds them. Not with --server: the
+                  server digests keys itself
 
 Exit codes: 0 done, 1 failure (a missing key is a failure), 2 usage.
 
@@ -67,6 +74,7 @@ Examples:
 
 type keysOptions struct {
 	store, server, token, scope, state, cursor string
+	keySecretFile                              string
 	asJSON                                     bool
 	limit                                      int
 	storeSet, tokenSet                         bool
@@ -115,6 +123,20 @@ func runKeys(args []string, stdout, stderr io.Writer) int {
 		return usageErr("--server needs --token (or $IDEM_TOKEN), a token bound to scope %q", o.scope)
 	case o.server == "" && o.tokenSet:
 		return usageErr("--token is for --server; the store is read directly")
+	case o.server != "" && o.keySecretFile != "":
+		return usageErr("--key-secret-file is for --store; a server digests keys with its own secret")
+	}
+	stored := key // as the store holds it
+	if o.keySecretFile != "" && key != "" {
+		secret, err := readKeySecret(o.keySecretFile)
+		if err != nil {
+			fmt.Fprintf(stderr, "idem keys %s: %v\n", sub, err)
+			return 1
+		}
+		if stored, err = storedKey(secret, key); err != nil {
+			fmt.Fprintf(stderr, "idem keys %s: --key-secret-file: %v\n", sub, err)
+			return 1
+		}
 	}
 
 	store, closeStore, err := keysStore(context.Background(), o)
@@ -128,9 +150,9 @@ func runKeys(args []string, stdout, stderr io.Writer) int {
 	case "ls":
 		err = keysList(ctx, store, o, stdout, stderr)
 	case "show":
-		err = keysShow(ctx, store, o, key, stdout)
+		err = keysShow(ctx, store, o, stored, stdout)
 	case "delete":
-		err = store.Delete(ctx, &idem.KeyParams{Scope: o.scope, Key: key})
+		err = store.Delete(ctx, &idem.KeyParams{Scope: o.scope, Key: stored})
 		if err == nil {
 			fmt.Fprintf(stdout, "deleted %s from scope %s\n", printable(key), printable(o.scope))
 		}
@@ -158,6 +180,7 @@ func parseKeysFlags(sub string, args []string, stdout, stderr io.Writer) (*keysO
 	fs.StringVar(&o.state, "state", "", "")
 	fs.IntVar(&o.limit, "limit", 100, "")
 	fs.StringVar(&o.cursor, "cursor", "", "")
+	fs.StringVar(&o.keySecretFile, "key-secret-file", "", "")
 	var positional []string
 	for {
 		err := fs.Parse(args)
@@ -343,3 +366,17 @@ func printable(s string) string {
 	}
 	return s
 }
+
+// storedKey is key as a ledger with the key secret secret stores it (the
+// digest is the ledger's own, so it is the one idem serve and idem proxy
+// store).
+func storedKey(secret []byte, key string) (string, error) {
+	l, err := idem.New(noStore{}, &idem.Config{KeySecret: secret})
+	if err != nil {
+		return "", err
+	}
+	return l.StoredKey(key), nil
+}
+
+// noStore is the store of a ledger used only to digest keys.
+type noStore struct{ idem.Store }
