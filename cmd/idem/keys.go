@@ -223,7 +223,7 @@ func keysStore(ctx context.Context, o *keysOptions) (idem.Store, func() error, e
 		}
 		return c, c.Close, nil
 	}
-	s, err := idem.OpenStore(ctx, o.store, &idem.OpenConfig{Inspect: true})
+	s, err := openStore(ctx, o.store, &idem.OpenConfig{Inspect: true})
 	switch {
 	case errors.Is(err, idem.ErrNotFound): // Inspect creates no store where there was none
 		return nil, nil, fmt.Errorf("no store at %s (pass --store file:DIR, the directory idem serve keeps its data in)", redactURL(o.store))

@@ -319,7 +319,7 @@ func TestKeysUsage(t *testing.T) {
 		{[]string{"keys", "ls", "--server", "http://127.0.0.1:1", "--token", ""}, 2, "--server needs --token"},
 		{[]string{"keys", "ls", "--store", "mem:", "--token", "t"}, 2, "--token is for --server"},
 		{[]string{"keys", "ls", "--server", "127.0.0.1:7070", "--token", "t"}, 1, "http://"},
-		{[]string{"keys", "ls", "--store", "bogus"}, 1, "names no scheme; want one of file, mem, postgres"},
+		{[]string{"keys", "ls", "--store", "bogus"}, 1, "--store bogus: not a store URL this binary knows: want mem:, file:DIR"},
 		{[]string{"keys", "show", "k", "--store", "mem:"}, 1, "no record for key k in scope default"},
 	}
 	for _, c := range cases {

@@ -60,7 +60,7 @@ func runMigrate(args []string, stdout, stderr io.Writer) int {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), *timeout)
 	defer cancel()
-	s, err := idem.OpenStore(ctx, *store, &idem.OpenConfig{Migrate: true, Inspect: true})
+	s, err := openStore(ctx, *store, &idem.OpenConfig{Migrate: true, Inspect: true})
 	if err != nil {
 		fmt.Fprintf(stderr, "idem migrate: %v\n", err)
 		return 1

@@ -273,7 +273,7 @@ func runProxyServer(ctx context.Context, o *proxyOptions, stdout, stderr io.Writ
 			return err
 		}
 	}
-	store, err := idem.OpenStore(ctx, o.store, nil)
+	store, err := openStore(ctx, o.store, nil)
 	if err != nil {
 		return fmt.Errorf("--store %s: %w", redactURL(o.store), err)
 	}

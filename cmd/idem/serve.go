@@ -174,7 +174,7 @@ func serve(ctx context.Context, o *serveOptions, stdout, stderr io.Writer) error
 			return err
 		}
 	}
-	store, err := idem.OpenStore(ctx, o.store, &idem.OpenConfig{Migrate: o.migrate})
+	store, err := openStore(ctx, o.store, &idem.OpenConfig{Migrate: o.migrate})
 	if err != nil {
 		return fmt.Errorf("--store %s: %w", redactURL(o.store), err)
 	}

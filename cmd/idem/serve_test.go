@@ -333,7 +333,7 @@ func TestServeRefusesBadStarts(t *testing.T) {
 		{[]string{"--tokens", bad, "--store", "mem:", "--listen", "127.0.0.1:0"}, 1, []string{"line 3", "empty scope"}},
 		{[]string{"--tokens", empty, "--store", "mem:", "--listen", "127.0.0.1:0"}, 1, []string{"holds no tokens"}},
 		{[]string{"--tokens", filepath.Join(dir, "missing"), "--store", "mem:"}, 1, []string{"--tokens", "no such file"}},
-		{[]string{"--store", "nosql:x", "--listen", "127.0.0.1:0"}, 1, []string{`no store is registered for scheme "nosql" (registered: file, mem, postgres`}},
+		{[]string{"--store", "nosql:x", "--listen", "127.0.0.1:0"}, 1, []string{`--store nosql:x: not a store URL this binary knows: want mem:, file:DIR, postgres://… or redis://… (schemes file, mem, postgres`}},
 		{[]string{"--max-body", "0"}, 2, []string{"--max-body must be positive"}},
 		{[]string{"--lease", "-1s"}, 2, []string{"--lease must be positive"}},
 		{[]string{"--nope"}, 2, []string{"flag provided but not defined", "Usage: idem serve"}},

@@ -2,7 +2,10 @@ package main
 
 import (
 	"context"
+	"fmt"
 	"net/url"
+	"slices"
+	"strings"
 
 	"github.com/idemkit/idem"
 	"github.com/redis/go-redis/v9"
@@ -35,6 +38,18 @@ func init() {
 type quietRedis struct{}
 
 func (quietRedis) Printf(context.Context, string, ...any) {}
+
+// openStore opens the store --store names. A scheme no store registered
+// is told in the terms of the flag's help, not of Go imports (which
+// idem.OpenStore's error suggests to library users).
+func openStore(ctx context.Context, raw string, cfg *idem.OpenConfig) (idem.Store, error) {
+	scheme, _, ok := strings.Cut(raw, ":")
+	if !ok || !slices.Contains(idem.StoreSchemes(), strings.ToLower(scheme)) {
+		return nil, fmt.Errorf("not a store URL this binary knows: want mem:, file:DIR, postgres://… or redis://… (schemes %s)",
+			strings.Join(idem.StoreSchemes(), ", "))
+	}
+	return idem.OpenStore(ctx, raw, cfg)
+}
 
 // describeStore says where a store opened from raw keeps its data, for
 // people.
