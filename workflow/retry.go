@@ -2,6 +2,7 @@ package workflow
 
 import (
 	"errors"
+	"fmt"
 	"math"
 	"time"
 )
@@ -146,8 +147,12 @@ func (p *RetryPolicy) validate() []string {
 	if !(p.Jitter >= 0 && p.Jitter <= 1) {
 		probs = append(probs, "jitter must be between 0 and 1")
 	}
-	if p.InitialBackoff >= 0 && p.MaxBackoff > 0 && p.MaxBackoff < p.InitialBackoff {
-		probs = append(probs, "max_backoff is shorter than initial_backoff")
+	initial := p.InitialBackoff
+	if initial == 0 {
+		initial = DefaultInitialBackoff
+	}
+	if p.MaxBackoff > 0 && p.MaxBackoff < initial {
+		probs = append(probs, fmt.Sprintf("max_backoff %s is shorter than initial_backoff %s", p.MaxBackoff, initial))
 	}
 	return probs
 }

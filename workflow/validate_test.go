@@ -1,0 +1,238 @@
+package workflow_test
+
+import (
+	"errors"
+	"math"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/idemkit/idem/workflow"
+)
+
+// small is a valid definition each case of TestValidate breaks in one way.
+func small() *workflow.Definition {
+	return &workflow.Definition{
+		Name:    "t",
+		Version: 1,
+		Initial: "a",
+		States: []workflow.State{
+			{Name: "a"},
+			{Name: "b", Timeout: time.Second, TimeoutEvent: "late"},
+			{Name: "done", Terminal: workflow.Success},
+			{Name: "failed", Terminal: workflow.Failure},
+		},
+		Transitions: []workflow.Transition{
+			{From: "a", Event: "go", To: "b", Action: &workflow.Action{Name: "act", Run: noop, Compensate: noop}},
+			{From: "b", Event: "finish", To: "done"},
+			{From: "b", Event: "late", To: "failed"},
+		},
+	}
+}
+
+func TestValidate(t *testing.T) {
+	t.Parallel()
+	const p = "workflow: invalid definition: "
+	act := `transitions[0] "a" --go--> "b" action "act"`
+	tests := []struct {
+		name   string
+		mutate func(d *workflow.Definition)
+		want   []string
+	}{
+		{"valid", func(d *workflow.Definition) {}, nil},
+		{"empty name", func(d *workflow.Definition) { d.Name = "" }, []string{
+			p + `name: is empty`}},
+		{"version not positive", func(d *workflow.Definition) { d.Version = 0 }, []string{
+			p + `version: must be positive, got 0`}},
+		{"no states", func(d *workflow.Definition) { d.States, d.Transitions = nil, nil }, []string{
+			p + `states: there are none`,
+			p + `initial "a": is not a state`}},
+		{"empty state name", func(d *workflow.Definition) { d.States = append(d.States, workflow.State{}) }, []string{
+			p + `states[4] "": name is empty`}},
+		{"duplicate state", func(d *workflow.Definition) { d.States = append(d.States, workflow.State{Name: "b"}) }, []string{
+			p + `states[4] "b": duplicate of states[1]`}},
+		{"unknown terminal", func(d *workflow.Definition) { d.States[2].Terminal = "ok" }, []string{
+			p + `states[2] "done": terminal "ok" is not "", "success" or "failure"`,
+			p + `states: no state is a success terminal`}},
+		{"no success terminal", func(d *workflow.Definition) { d.States[2].Terminal = workflow.Failure }, []string{
+			p + `states: no state is a success terminal`}},
+		{"empty initial", func(d *workflow.Definition) { d.Initial = "" }, []string{
+			p + `initial: is empty`}},
+		{"unknown initial", func(d *workflow.Definition) { d.Initial = "z" }, []string{
+			p + `initial "z": is not a state`}},
+		{"unknown ends", func(d *workflow.Definition) {
+			d.Transitions = append(d.Transitions, workflow.Transition{From: "x", Event: "e", To: "y"})
+		}, []string{
+			p + `transitions[3] "x" --e--> "y": from "x" is not a state`,
+			p + `transitions[3] "x" --e--> "y": to "y" is not a state`}},
+		{"empty event", func(d *workflow.Definition) {
+			d.Transitions = append(d.Transitions, workflow.Transition{From: "a", To: "done"})
+		}, []string{
+			p + `transitions[3] "a" --""--> "done": event is empty`}},
+		{"event quoted when ambiguous", func(d *workflow.Definition) {
+			d.Transitions = append(d.Transitions, workflow.Transition{From: "a", Event: "x-->y", To: "nowhere"})
+		}, []string{
+			p + `transitions[3] "a" --"x-->y"--> "nowhere": to "nowhere" is not a state`}},
+		{"leaves terminal", func(d *workflow.Definition) {
+			d.Transitions = append(d.Transitions, workflow.Transition{From: "done", Event: "again", To: "a"})
+		}, []string{
+			p + `transitions[3] "done" --again--> "a": leaves terminal state "done"`}},
+		{"two transitions on one event", func(d *workflow.Definition) {
+			d.Transitions = append(d.Transitions, workflow.Transition{From: "b", Event: "finish", To: "failed"})
+		}, []string{
+			p + `transitions[3] "b" --finish--> "failed": another transition leaves "b" on the same event: transitions[1]`}},
+		{"unreachable", func(d *workflow.Definition) {
+			d.States = append(d.States, workflow.State{Name: "orphan"})
+			d.Transitions = append(d.Transitions, workflow.Transition{From: "orphan", Event: "e", To: "done"})
+		}, []string{
+			p + `states[4] "orphan": unreachable from initial state "a"`}},
+		{"no way out", func(d *workflow.Definition) {
+			d.States = append(d.States, workflow.State{Name: "loop"})
+			d.Transitions = append(d.Transitions,
+				workflow.Transition{From: "b", Event: "spin", To: "loop"},
+				workflow.Transition{From: "loop", Event: "spin", To: "loop"})
+		}, []string{
+			p + `states[4] "loop": no terminal state is reachable from it`}},
+		{"unreachable and no way out", func(d *workflow.Definition) {
+			d.States = append(d.States, workflow.State{Name: "island"})
+		}, []string{
+			p + `states[4] "island": unreachable from initial state "a"`,
+			p + `states[4] "island": no terminal state is reachable from it`}},
+		{"no compensation declared", func(d *workflow.Definition) { d.Transitions[0].Action.Compensate = nil }, []string{
+			p + act + `: declares neither compensate nor no_compensation`}},
+		{"both compensations declared", func(d *workflow.Definition) { d.Transitions[0].Action.NoCompensation = true }, []string{
+			p + act + `: declares both compensate and no_compensation`}},
+		{"no run", func(d *workflow.Definition) { d.Transitions[0].Action.Run = nil }, []string{
+			p + act + `: run is nil`}},
+		{"empty action name", func(d *workflow.Definition) { d.Transitions[0].Action.Name = "" }, []string{
+			p + `transitions[0] "a" --go--> "b" action "": name is empty`}},
+		{"duplicate action name", func(d *workflow.Definition) {
+			d.States[2].OnEnter = &workflow.Action{Name: "act", Run: noop, NoCompensation: true}
+		}, []string{
+			p + act + `: name already used by states[2] "done" on_enter`}},
+		{"on-enter action checked", func(d *workflow.Definition) {
+			d.States[0].OnEnter = &workflow.Action{Name: "hello"}
+		}, []string{
+			p + `states[0] "a" on_enter action "hello": run is nil`,
+			p + `states[0] "a" on_enter action "hello": declares neither compensate nor no_compensation`}},
+		{"negative timeout", func(d *workflow.Definition) { d.States[1].Timeout = -time.Second }, []string{
+			p + `states[1] "b": timeout -1s is negative`}},
+		{"terminal timeout", func(d *workflow.Definition) {
+			d.States[2].Timeout, d.States[2].TimeoutEvent = time.Minute, "late"
+		}, []string{
+			p + `states[2] "done": terminal state has a timeout`}},
+		{"timeout without event", func(d *workflow.Definition) { d.States[1].TimeoutEvent = "" }, []string{
+			p + `states[1] "b": timeout 1s has no timeout_event`}},
+		{"timeout leads nowhere", func(d *workflow.Definition) { d.States[1].TimeoutEvent = "later" }, []string{
+			p + `states[1] "b": timeout_event "later" leads nowhere: no transition leaves the state on it`}},
+		{"timeout event without timeout", func(d *workflow.Definition) { d.States[1].Timeout = 0 }, []string{
+			p + `states[1] "b": timeout_event "late" without a positive timeout`}},
+		{"retry values", func(d *workflow.Definition) {
+			d.Transitions[0].Action.Retry = &workflow.RetryPolicy{MaxAttempts: -1, InitialBackoff: -1, MaxBackoff: -1, Multiplier: 0.5, Jitter: 1.5}
+		}, []string{
+			p + act + ` retry: max_attempts is negative`,
+			p + act + ` retry: initial_backoff is negative`,
+			p + act + ` retry: max_backoff is negative`,
+			p + act + ` retry: multiplier must be at least 1 and finite`,
+			p + act + ` retry: jitter must be between 0 and 1`}},
+		{"retry NaN and infinity", func(d *workflow.Definition) {
+			d.Transitions[0].Action.Retry = &workflow.RetryPolicy{Multiplier: math.Inf(1), Jitter: math.NaN()}
+		}, []string{
+			p + act + ` retry: multiplier must be at least 1 and finite`,
+			p + act + ` retry: jitter must be between 0 and 1`}},
+		{"max backoff below initial", func(d *workflow.Definition) {
+			d.Transitions[0].Action.Retry = &workflow.RetryPolicy{MaxBackoff: 500 * time.Millisecond}
+		}, []string{
+			p + act + ` retry: max_backoff 500ms is shorter than initial_backoff 1s`}},
+		{"names with quotes and newlines", func(d *workflow.Definition) {
+			d.States = append(d.States, workflow.State{Name: "a\"\nb", Terminal: workflow.Failure})
+			d.Transitions = append(d.Transitions, workflow.Transition{From: "a\"\nb", Event: "e\n", To: "done"})
+		}, []string{
+			p + `transitions[3] "a\"\nb" --"e\n"--> "done": leaves terminal state "a\"\nb"`,
+			p + `states[4] "a\"\nb": unreachable from initial state "a"`}},
+		{"every problem at once", func(d *workflow.Definition) {
+			d.Name, d.Version, d.Initial = "", -2, ""
+			d.States[1].Timeout = 0
+			d.Transitions[0].Action.Run = nil
+		}, []string{
+			p + `name: is empty`,
+			p + `version: must be positive, got -2`,
+			p + `initial: is empty`,
+			p + `states[1] "b": timeout_event "late" without a positive timeout`,
+			p + act + `: run is nil`}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			d := small()
+			tt.mutate(d)
+			err := d.Validate()
+			if len(tt.want) == 0 {
+				if err != nil {
+					t.Fatalf("Validate() = %v, want nil", err)
+				}
+				return
+			}
+			if err == nil {
+				t.Fatalf("Validate() = nil, want %q", tt.want)
+			}
+			if got := strings.Split(err.Error(), "\n"); !equal(got, tt.want) {
+				t.Fatalf("Validate() errors:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(tt.want, "\n"))
+			}
+			if !errors.Is(err, workflow.ErrInvalidDefinition) {
+				t.Errorf("errors.Is(err, ErrInvalidDefinition) = false")
+			}
+			var de *workflow.DefinitionError
+			if !errors.As(err, &de) || de.Path == "" || de.Problem == "" {
+				t.Errorf("errors.As(err, *DefinitionError) = %v, %+v", errors.As(err, &de), de)
+			}
+			if n := len(err.(interface{ Unwrap() []error }).Unwrap()); n != len(tt.want) {
+				t.Errorf("joined %d errors, want %d", n, len(tt.want))
+			}
+		})
+	}
+}
+
+func equal(a, b []string) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if a[i] != b[i] {
+			return false
+		}
+	}
+	return true
+}
+
+// The order saga of the example is valid, and a self-loop counts as a way
+// out only through another transition.
+func TestValidateOrderSaga(t *testing.T) {
+	t.Parallel()
+	if err := orderSaga().Validate(); err != nil {
+		t.Fatal(err)
+	}
+	d := orderSaga()
+	d.Transitions = append(d.Transitions, workflow.Transition{From: "charged", Event: "remind", To: "charged",
+		Action: &workflow.Action{Name: "send_reminder", Run: noop, NoCompensation: true}})
+	if err := d.Validate(); err != nil {
+		t.Fatalf("self-loop refused: %v", err)
+	}
+}
+
+func TestDefinitionLookups(t *testing.T) {
+	t.Parallel()
+	d := orderSaga()
+	if s, ok := d.State("reserved"); !ok || s.TimeoutEvent != "payment_timeout" {
+		t.Errorf("State(reserved) = %+v, %v", s, ok)
+	}
+	if _, ok := d.State("nope"); ok {
+		t.Errorf("State(nope) found")
+	}
+	if tr, ok := d.Transition("reserved", "pay"); !ok || tr.To != "charged" || tr.Action.Name != "charge_card" {
+		t.Errorf("Transition(reserved, pay) = %+v, %v", tr, ok)
+	}
+	if _, ok := d.Transition("shipped", "pay"); ok {
+		t.Errorf("Transition(shipped, pay) found")
+	}
+}
