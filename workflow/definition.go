@@ -126,7 +126,25 @@ type Action struct {
 	// Retry is how Run is retried when it fails; nil means
 	// DefaultRetryPolicy.
 	Retry *RetryPolicy `json:"retry,omitempty"`
+	// OnExhausted says what the engine does when Run has failed for good
+	// (attempts exhausted, or a Permanent error): unwind the instance (the
+	// default) or park it for an operator.
+	OnExhausted Exhausted `json:"on_exhausted,omitempty"`
 }
+
+// Exhausted says what happens to an instance when an action fails for
+// good.
+type Exhausted string
+
+// The values of Exhausted.
+const (
+	// Unwind (the zero value also means it) runs the compensations of the
+	// instance's completed actions, in reverse order, and ends it.
+	Unwind Exhausted = "unwind"
+	// Park stops the instance where it is, for an operator to retry or
+	// cancel once the cause is fixed.
+	Park Exhausted = "park"
+)
 
 // definitionForm is the part of a Definition that its fingerprint covers:
 // everything but functions. Whether an action declares a compensation is
@@ -136,6 +154,7 @@ type actionForm struct {
 	Compensate     bool         `json:"compensate"`
 	NoCompensation bool         `json:"no_compensation"`
 	Retry          *RetryPolicy `json:"retry"`
+	OnExhausted    Exhausted    `json:"on_exhausted"`
 }
 
 type stateForm struct {
@@ -165,7 +184,7 @@ func formOf(a *Action) *actionForm {
 	if a == nil {
 		return nil
 	}
-	return &actionForm{Name: a.Name, Compensate: a.Compensate != nil, NoCompensation: a.NoCompensation, Retry: a.Retry}
+	return &actionForm{Name: a.Name, Compensate: a.Compensate != nil, NoCompensation: a.NoCompensation, Retry: a.Retry, OnExhausted: a.OnExhausted}
 }
 
 // Fingerprint returns a hex SHA-256 of the definition's structure: names,

@@ -14,9 +14,9 @@ import (
 func noop(ctx context.Context, step *workflow.Step) ([]byte, error) { return nil, nil }
 
 // orderSaga reserves stock, charges the card and ships the parcel. Every
-// side-effecting action says how to undo it; a cancel, or fifteen minutes
-// without payment, ends the order in the failure state "cancelled", which
-// the engine reaches after unwinding what was done.
+// side-effecting action says how to undo it. A cancel, or fifteen minutes
+// without payment, ends the order in the failure state "cancelled"; an
+// order placed for stock that is gone ends in "rejected".
 func orderSaga() *workflow.Definition {
 	return &workflow.Definition{
 		Name:    "order",
@@ -41,7 +41,8 @@ func orderSaga() *workflow.Definition {
 			{From: "reserved", Event: "cancel", To: "cancelled"},
 			{From: "reserved", Event: "payment_timeout", To: "cancelled"},
 			{From: "charged", Event: "dispatch", To: "shipped",
-				Action: &workflow.Action{Name: "ship_parcel", Run: noop, Compensate: noop}},
+				Action: &workflow.Action{Name: "ship_parcel", Run: noop, Compensate: noop,
+					OnExhausted: workflow.Park}}, // a person looks at a parcel stuck in the warehouse
 			{From: "charged", Event: "cancel", To: "cancelled"},
 		},
 	}

@@ -55,6 +55,9 @@ func (g *generator) action() *workflow.Action {
 			a.Compensate = noop
 		}
 	}
+	if b.rare() {
+		a.OnExhausted = workflow.Exhausted(b.pick("unwind", "park", "other"))
+	}
 	if b.next()%4 == 0 {
 		a.Retry = &workflow.RetryPolicy{
 			MaxAttempts:    int(b.next() % 8),
@@ -212,7 +215,7 @@ func checkAccepted(t *testing.T, d *workflow.Definition) {
 		if a == nil {
 			return
 		}
-		if a.Name == "" || actions[a.Name] || a.Run == nil || (a.Compensate != nil) == a.NoCompensation {
+		if a.Name == "" || actions[a.Name] || a.Run == nil || (a.Compensate != nil) == a.NoCompensation || a.OnExhausted == "other" {
 			t.Fatalf("accepted action %+v", a)
 		}
 		actions[a.Name] = true

@@ -167,6 +167,7 @@ func TestFingerprint(t *testing.T) {
 		"no compensation": func(d *workflow.Definition) { d.States[4].OnEnter.NoCompensation = false },
 		"retry":           func(d *workflow.Definition) { d.Transitions[2].Action.Retry.Jitter = 0.3 },
 		"retry removed":   func(d *workflow.Definition) { d.Transitions[2].Action.Retry = nil },
+		"on exhausted":    func(d *workflow.Definition) { d.Transitions[2].Action.OnExhausted = workflow.Park },
 		"order":           func(d *workflow.Definition) { d.States[0], d.States[1] = d.States[1], d.States[0] },
 	}
 	seen := map[string]string{base: "base"}

@@ -22,7 +22,8 @@ import (
 //     state some terminal state is reachable.
 //   - Every action (of a transition or a state's OnEnter) has a Name unique
 //     in the definition, a Run, and exactly one of Compensate and
-//     NoCompensation; its retry policy's values are in range.
+//     NoCompensation; its retry policy's values are in range, and
+//     OnExhausted is "", "unwind" or "park".
 //   - A timeout is positive and comes with a TimeoutEvent, for which a
 //     transition leaves the state; a TimeoutEvent comes with a timeout.
 func (d *Definition) Validate() error {
@@ -199,6 +200,11 @@ func (v *validator) action(owner string, a *Action) {
 		v.add(p, "declares neither compensate nor no_compensation")
 	case a.Compensate != nil && a.NoCompensation:
 		v.add(p, "declares both compensate and no_compensation")
+	}
+	switch a.OnExhausted {
+	case "", Unwind, Park:
+	default:
+		v.add(p, "on_exhausted %q is not \"unwind\" or \"park\"", a.OnExhausted)
 	}
 	for _, prob := range a.Retry.validate() {
 		v.add(p+" retry", "%s", prob)

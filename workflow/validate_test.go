@@ -115,6 +115,12 @@ func TestValidate(t *testing.T) {
 		}, []string{
 			p + `states[0] "a" on_enter action "hello": run is nil`,
 			p + `states[0] "a" on_enter action "hello": declares neither compensate nor no_compensation`}},
+		{"unknown on_exhausted", func(d *workflow.Definition) { d.Transitions[0].Action.OnExhausted = "retry" }, []string{
+			p + act + `: on_exhausted "retry" is not "unwind" or "park"`}},
+		{"park and unwind accepted", func(d *workflow.Definition) {
+			d.Transitions[0].Action.OnExhausted = workflow.Park
+			d.States[2].OnEnter = &workflow.Action{Name: "notify", Run: noop, NoCompensation: true, OnExhausted: workflow.Unwind}
+		}, nil},
 		{"negative timeout", func(d *workflow.Definition) { d.States[1].Timeout = -time.Second }, []string{
 			p + `states[1] "b": timeout -1s is negative`}},
 		{"terminal timeout", func(d *workflow.Definition) {
