@@ -147,11 +147,10 @@ const (
 )
 
 // definitionForm is the part of a Definition that its fingerprint covers:
-// everything but functions. Whether an action declares a compensation is
-// kept, since it changes how an instance unwinds.
+// everything but functions. Whether an action has a compensation needs no
+// field of its own: in a valid definition it is !NoCompensation.
 type actionForm struct {
 	Name           string       `json:"name"`
-	Compensate     bool         `json:"compensate"`
 	NoCompensation bool         `json:"no_compensation"`
 	Retry          *RetryPolicy `json:"retry"`
 	OnExhausted    Exhausted    `json:"on_exhausted"`
@@ -184,14 +183,16 @@ func formOf(a *Action) *actionForm {
 	if a == nil {
 		return nil
 	}
-	return &actionForm{Name: a.Name, Compensate: a.Compensate != nil, NoCompensation: a.NoCompensation, Retry: a.Retry, OnExhausted: a.OnExhausted}
+	return &actionForm{Name: a.Name, NoCompensation: a.NoCompensation, Retry: a.Retry, OnExhausted: a.OnExhausted}
 }
 
 // Fingerprint returns a hex SHA-256 of the definition's structure: names,
-// version, states, transitions, timeouts, retry values and whether each
-// action declares a compensation, but not the code of its functions (Run,
-// Compensate, Retryable), which cannot be compared. Two definitions with
-// the same fingerprint describe the same state machine.
+// version, states, transitions, timeouts, and each action's name,
+// NoCompensation, retry values and OnExhausted; not its functions (Run,
+// Compensate, Retryable), which cannot be compared. Two valid definitions
+// with the same fingerprint describe the same state machine, and the
+// declarative (JSON) form of a definition has the definition's
+// fingerprint.
 func (d *Definition) Fingerprint() string {
 	f := definitionForm{Name: d.Name, Version: d.Version, Initial: d.Initial}
 	for _, s := range d.States {

@@ -152,23 +152,24 @@ func TestFingerprint(t *testing.T) {
 		t.Errorf("fingerprint depends on functions")
 	}
 	changes := map[string]func(d *workflow.Definition){
-		"name":            func(d *workflow.Definition) { d.Name = "order2" },
-		"version":         func(d *workflow.Definition) { d.Version = 2 },
-		"initial":         func(d *workflow.Definition) { d.Initial = "reserved" },
-		"state name":      func(d *workflow.Definition) { d.States[2].Name = "paid" },
-		"terminal":        func(d *workflow.Definition) { d.States[5].Terminal = workflow.Success },
-		"timeout":         func(d *workflow.Definition) { d.States[1].Timeout++ },
-		"timeout event":   func(d *workflow.Definition) { d.States[1].TimeoutEvent = "x" },
-		"on enter":        func(d *workflow.Definition) { d.States[4].OnEnter = nil },
-		"transition":      func(d *workflow.Definition) { d.Transitions[1].To = "cancelled" },
-		"event":           func(d *workflow.Definition) { d.Transitions[1].Event = "none_left" },
-		"action name":     func(d *workflow.Definition) { d.Transitions[0].Action.Name = "reserve" },
-		"compensation":    func(d *workflow.Definition) { d.Transitions[0].Action.Compensate = nil },
-		"no compensation": func(d *workflow.Definition) { d.States[4].OnEnter.NoCompensation = false },
-		"retry":           func(d *workflow.Definition) { d.Transitions[2].Action.Retry.Jitter = 0.3 },
-		"retry removed":   func(d *workflow.Definition) { d.Transitions[2].Action.Retry = nil },
-		"on exhausted":    func(d *workflow.Definition) { d.Transitions[2].Action.OnExhausted = workflow.Park },
-		"order":           func(d *workflow.Definition) { d.States[0], d.States[1] = d.States[1], d.States[0] },
+		"name":          func(d *workflow.Definition) { d.Name = "order2" },
+		"version":       func(d *workflow.Definition) { d.Version = 2 },
+		"initial":       func(d *workflow.Definition) { d.Initial = "reserved" },
+		"state name":    func(d *workflow.Definition) { d.States[2].Name = "paid" },
+		"terminal":      func(d *workflow.Definition) { d.States[5].Terminal = workflow.Success },
+		"timeout":       func(d *workflow.Definition) { d.States[1].Timeout++ },
+		"timeout event": func(d *workflow.Definition) { d.States[1].TimeoutEvent = "x" },
+		"on enter":      func(d *workflow.Definition) { d.States[4].OnEnter = nil },
+		"transition":    func(d *workflow.Definition) { d.Transitions[1].To = "cancelled" },
+		"event":         func(d *workflow.Definition) { d.Transitions[1].Event = "none_left" },
+		"action name":   func(d *workflow.Definition) { d.Transitions[0].Action.Name = "reserve" },
+		"no compensation": func(d *workflow.Definition) {
+			d.Transitions[0].Action.Compensate, d.Transitions[0].Action.NoCompensation = nil, true
+		},
+		"retry":         func(d *workflow.Definition) { d.Transitions[2].Action.Retry.Jitter = 0.3 },
+		"retry removed": func(d *workflow.Definition) { d.Transitions[2].Action.Retry = nil },
+		"on exhausted":  func(d *workflow.Definition) { d.Transitions[2].Action.OnExhausted = workflow.Park },
+		"order":         func(d *workflow.Definition) { d.States[0], d.States[1] = d.States[1], d.States[0] },
 	}
 	seen := map[string]string{base: "base"}
 	for name, change := range changes {
