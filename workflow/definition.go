@@ -124,7 +124,7 @@ type Action struct {
 	// expires).
 	NoCompensation bool `json:"no_compensation,omitempty"`
 	// Retry is how Run is retried when it fails; nil means
-	// DefaultRetryPolicy.
+	// DefaultRetryPolicy().
 	Retry *RetryPolicy `json:"retry,omitempty"`
 	// OnExhausted says what the engine does when Run has failed for good
 	// (attempts exhausted, or a Permanent error): unwind the instance (the

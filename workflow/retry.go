@@ -17,16 +17,20 @@ const (
 	DefaultJitter         = 0.2
 )
 
-// DefaultRetryPolicy is the policy of an action whose Retry is nil: 3
+// DefaultRetryPolicy returns the policy of an action whose Retry is nil: 3
 // attempts, waiting 1 s then 2 s (doubling up to 1 min), each wait
 // shortened by up to 20 % at random, every error retried but those marked
-// Permanent.
-var DefaultRetryPolicy = RetryPolicy{
-	MaxAttempts:    DefaultMaxAttempts,
-	InitialBackoff: DefaultInitialBackoff,
-	MaxBackoff:     DefaultMaxBackoff,
-	Multiplier:     DefaultMultiplier,
-	Jitter:         DefaultJitter,
+// Permanent. It is a function, not a variable, because a nil Retry is part
+// of a definition's fingerprint: what it means must not change at run
+// time.
+func DefaultRetryPolicy() RetryPolicy {
+	return RetryPolicy{
+		MaxAttempts:    DefaultMaxAttempts,
+		InitialBackoff: DefaultInitialBackoff,
+		MaxBackoff:     DefaultMaxBackoff,
+		Multiplier:     DefaultMultiplier,
+		Jitter:         DefaultJitter,
+	}
 }
 
 // RetryPolicy says how often and how fast a failed action is tried again.
@@ -55,10 +59,10 @@ type RetryPolicy struct {
 }
 
 // withDefaults returns p with its zero fields set; a nil p is
-// DefaultRetryPolicy.
+// DefaultRetryPolicy().
 func (p *RetryPolicy) withDefaults() RetryPolicy {
 	if p == nil {
-		return DefaultRetryPolicy
+		return DefaultRetryPolicy()
 	}
 	r := *p
 	if r.MaxAttempts == 0 {
@@ -85,7 +89,7 @@ func (p *RetryPolicy) Attempts() int { return p.withDefaults().MaxAttempts }
 // capped at MaxBackoff, then shortened by Jitter × rand (rand in [0, 1],
 // clamped; pass a uniform random number). It is a pure function: the
 // engine draws rand from its seeded source, so a run can be replayed. An
-// attempt below 1 counts as 1. A nil policy is DefaultRetryPolicy.
+// attempt below 1 counts as 1. A nil policy is DefaultRetryPolicy().
 func (p *RetryPolicy) Backoff(attempt int, rand float64) time.Duration {
 	r := p.withDefaults()
 	if attempt < 1 {
@@ -116,7 +120,7 @@ func (p *RetryPolicy) Backoff(attempt int, rand float64) time.Duration {
 // ShouldRetry reports whether err, the failure of attempt number attempt
 // (from 1), earns another attempt: attempts remain, err is not marked
 // Permanent, and Retryable (if set) accepts it. A nil policy is
-// DefaultRetryPolicy.
+// DefaultRetryPolicy().
 func (p *RetryPolicy) ShouldRetry(attempt int, err error) bool {
 	r := p.withDefaults()
 	if err == nil || attempt >= r.MaxAttempts || IsPermanent(err) {
