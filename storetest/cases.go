@@ -146,11 +146,12 @@ func testTakeover(t *testing.T, e *env) {
 	}
 	if e.manual != nil {
 		// The lease ends exactly at LeaseUntil: one tick before, still live.
-		e.pass(p.Lease - 1)
-		if res := e.begin(p); res.Decision != idem.InFlight || res.RetryAfter != 1 {
-			t.Errorf("Begin 1ns before the lease ends: %s retry after %s, want in flight, 1ns", res.Decision, res.RetryAfter)
+		tick := e.opts.Resolution
+		e.pass(p.Lease - tick)
+		if res := e.begin(p); res.Decision != idem.InFlight || res.RetryAfter != tick {
+			t.Errorf("Begin %s before the lease ends: %s retry after %s, want in flight, %s", tick, res.Decision, res.RetryAfter, tick)
 		}
-		e.pass(1)
+		e.pass(tick)
 	} else {
 		e.pass(p.Lease)
 	}

@@ -37,6 +37,11 @@ type Options struct {
 	// bound to scopes by prefix.
 	ScopePrefix string
 
+	// Resolution is the finest duration the store keeps in ManualClock
+	// mode: a store behind an API that counts in milliseconds (idemclient)
+	// cannot tell a lease 1ns from its end. Default 1ns.
+	Resolution time.Duration
+
 	// LinearizabilityRounds is how many seeded rounds of concurrent clients
 	// the linearizability case checks. Default 4.
 	LinearizabilityRounds int
@@ -49,6 +54,9 @@ func (o *Options) withDefaults() Options {
 	}
 	if c.TimeUnit <= 0 {
 		c.TimeUnit = 200 * time.Millisecond
+	}
+	if c.Resolution <= 0 {
+		c.Resolution = time.Nanosecond
 	}
 	if c.LinearizabilityRounds <= 0 {
 		c.LinearizabilityRounds = 4
