@@ -436,16 +436,17 @@ func (e *Engine) Purge(ctx context.Context, retention time.Duration) (int, error
 // work that other engines queued. It returns ctx's error.
 func (e *Engine) Run(ctx context.Context) error {
 	for {
-		if _, err := e.Step(ctx); err != nil && ctx.Err() == nil {
-			// A store that failed is tried again at the next poll.
-			_ = err
-		}
+		// An instance whose unit failed (a store error) is tried again at
+		// the next poll; Step went on with the others.
+		_, _ = e.Step(ctx)
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
+		// Step did all the work due now; what is still due now is blocked
+		// (owned by another worker, a store error) and waits for the poll.
 		wait := e.cfg.PollInterval
-		if next, ok := e.nextDue(ctx); ok {
-			wait = min(wait, max(next.Sub(e.clock.Now()), 0))
+		if next, ok := e.nextDue(ctx); ok && next.After(e.clock.Now()) {
+			wait = min(wait, next.Sub(e.clock.Now()))
 		}
 		tctx, cancel := context.WithCancel(ctx)
 		fired := make(chan struct{})
@@ -482,25 +483,32 @@ func (e *Engine) nextDue(ctx context.Context) (time.Time, bool) {
 // can go without waiting (for an event, a backoff or a timeout), and
 // returns how many units of work it did (events processed, actions and
 // compensations run, timeouts fired, instances ended). An instance owned
-// by another worker is skipped. Tests call Step to drive the engine
-// deterministically; Run calls it in a loop.
+// by another worker is skipped. An instance whose unit fails (a store
+// error) is left for a later Step and the others go on; the errors are
+// joined. Tests call Step to drive the engine deterministically; Run calls
+// it in a loop.
 func (e *Engine) Step(ctx context.Context) (int, error) {
 	total := 0
 	after := ""
+	var errs error
 	for {
 		res, err := e.journal.List(ctx, &ListParams{Due: e.clock.Now(), After: after})
 		if err != nil {
-			return total, err
+			return total, errors.Join(errs, err)
 		}
 		for _, in := range res.Instances {
 			n, err := e.advance(ctx, in.ID)
 			total += n
+			if errors.Is(err, errCrash) || ctx.Err() != nil {
+				return total, errors.Join(errs, err)
+			}
 			if err != nil {
-				return total, err
+				// One instance's failure does not hold the others up.
+				errs = errors.Join(errs, fmt.Errorf("instance %q: %w", in.ID, err))
 			}
 		}
 		if res.Next == "" {
-			return total, nil
+			return total, errs
 		}
 		after = res.Next
 	}
@@ -526,6 +534,11 @@ func (e *Engine) advance(ctx context.Context, id string) (int, error) {
 	for {
 		did, err := e.unit(wctx, id, claim.Token())
 		n += did
+		if errors.Is(err, idem.ErrInFlight) {
+			// A step key is held by a worker that lost this instance
+			// (paused past its lease): wait for its lease to end.
+			break
+		}
 		if err != nil {
 			stop()
 			if errors.Is(err, errCrash) {

@@ -820,3 +820,23 @@ func TestWorkersShareInstances(t *testing.T) {
 		t.Fatal("an action ran twice")
 	}
 }
+
+func TestNewEngineAndStepKey(t *testing.T) {
+	t.Parallel()
+	w := newWorld(t)
+	if _, err := workflow.NewEngine(nil, w.journal, w.reg, nil); !errors.Is(err, idem.ErrInvalid) {
+		t.Fatalf("nil ledger: %v", err)
+	}
+	if _, err := workflow.NewEngine(w.ledger, w.journal, w.reg, &workflow.EngineConfig{Lease: -1}); !errors.Is(err, idem.ErrInvalid) {
+		t.Fatalf("negative lease: %v", err)
+	}
+	if k := workflow.StepKey(idem.WithKey(context.Background(), "k")); k != "" {
+		t.Fatalf("StepKey of a context that is not an action's = %q", k)
+	}
+	if _, err := w.eng.Start(context.Background(), "order", 0, "", nil, nil); !errors.Is(err, idem.ErrInvalid) {
+		t.Fatalf("empty id: %v", err)
+	}
+	if _, err := w.eng.Signal(context.Background(), "o1", "", "place", nil); !errors.Is(err, idem.ErrInvalid) {
+		t.Fatalf("empty event id: %v", err)
+	}
+}
