@@ -565,6 +565,10 @@ var errCrash = errors.New("workflow: simulated crash")
 // 0 if there was nothing due.
 func (e *Engine) unit(ctx context.Context, id string, token int64) (int, error) {
 	for {
+		if err := ctx.Err(); err != nil {
+			// The lease was lost (or the caller gave up): stop here.
+			return 0, err
+		}
 		res, err := e.journal.Get(ctx, &GetParams{ID: id})
 		if err != nil {
 			return 0, err

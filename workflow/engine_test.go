@@ -840,3 +840,154 @@ func TestNewEngineAndStepKey(t *testing.T) {
 		t.Fatalf("empty event id: %v", err)
 	}
 }
+
+func TestEntryActions(t *testing.T) {
+	t.Parallel()
+	w := newWorld(t)
+	ctx := context.Background()
+	err := w.reg.Register(&workflow.Definition{
+		Name: "provision", Version: 1, Initial: "new",
+		States: []workflow.State{
+			{Name: "new", OnEnter: &workflow.Action{Name: "allocate", Run: w.fn("run", "allocate"), Compensate: w.fn("comp", "free")}},
+			{Name: "ready", OnEnter: &workflow.Action{Name: "configure", Run: w.fn("run", "configure"), NoCompensation: true}},
+			{Name: "done", Terminal: workflow.Success, OnEnter: &workflow.Action{Name: "notify", Run: w.fn("run", "notify"), NoCompensation: true}},
+		},
+		Transitions: []workflow.Transition{
+			{From: "new", Event: "go", To: "ready"},
+			{From: "ready", Event: "finish", To: "done"},
+		},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := w.eng.Start(ctx, "provision", 0, "p1", []byte("vm"), nil); err != nil {
+		t.Fatal(err)
+	}
+	w.drain(w.eng)
+	w.signal("p1", "a", "go")
+	w.drain(w.eng)
+	if in := w.get("p1"); in.State != "ready" || in.Status != workflow.Running || in.Pending != nil {
+		t.Fatalf("state %s status %s pending %+v", in.State, in.Status, in.Pending)
+	}
+	w.signal("p1", "b", "finish")
+	w.drain(w.eng)
+	in := w.get("p1")
+	want := []string{"run allocate p1/1/allocate", "run configure p1/2/configure", "run notify p1/3/notify"}
+	if got := w.callLog(); !slices.Equal(got, want) || in.Status != workflow.Succeeded || in.State != "done" {
+		t.Fatalf("status %s state %s calls %q", in.Status, in.State, got)
+	}
+	if last := in.History[len(in.History)-1]; last.Kind != workflow.EntryFinished {
+		t.Fatalf("last entry %+v", last)
+	}
+
+	// Cancelled after the entry actions: only allocate has an undo.
+	if _, err := w.eng.Start(ctx, "provision", 0, "p2", nil, nil); err != nil {
+		t.Fatal(err)
+	}
+	w.signal("p2", "a", "go")
+	w.drain(w.eng)
+	if err := w.eng.Cancel(ctx, "p2", "no longer needed"); err != nil {
+		t.Fatal(err)
+	}
+	w.drain(w.eng)
+	got := w.callLog()[len(want):]
+	if !slices.Equal(got, []string{"run allocate p2/1/allocate", "run configure p2/2/configure", "comp free p2/1/compensate/allocate"}) {
+		t.Fatalf("calls %q", got)
+	}
+}
+
+func TestCompensationParksAndResumes(t *testing.T) {
+	t.Parallel()
+	w := newWorld(t)
+	ctx := context.Background()
+	w.fail["refund"] = []error{workflow.Permanent(errors.New("bank down"))}
+	w.start("o1")
+	w.signal("o1", "e1", "place")
+	w.signal("o1", "e2", "pay")
+	w.drain(w.eng)
+	if err := w.eng.Cancel(ctx, "o1", "stop"); err != nil {
+		t.Fatal(err)
+	}
+	w.drain(w.eng)
+	in := w.get("o1")
+	if in.Status != workflow.Parked || in.ParkedFrom != workflow.Unwinding || in.Error != "bank down" {
+		t.Fatalf("status %s from %s error %q", in.Status, in.ParkedFrom, in.Error)
+	}
+	if err := w.eng.Retry(ctx, "o1"); err != nil {
+		t.Fatal(err)
+	}
+	w.drain(w.eng)
+	in = w.get("o1")
+	want := []string{"run reserve_stock o1/1/reserve_stock", "run charge_card o1/2/charge_card",
+		"comp refund o1/2/compensate/charge_card", "comp refund o1/2/compensate/charge_card", "comp release o1/1/compensate/reserve_stock"}
+	if got := w.callLog(); !slices.Equal(got, want) || in.Status != workflow.Cancelled {
+		t.Fatalf("status %s calls %q", in.Status, got)
+	}
+}
+
+func TestSignalsRaceWorkers(t *testing.T) {
+	t.Parallel()
+	w := newWorld(t)
+	ctx := context.Background()
+	const n = 10
+	for i := range n {
+		w.start(fmt.Sprint("o", i))
+	}
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			id := fmt.Sprint("o", i)
+			for j, ev := range []string{"place", "pay", "dispatch"} {
+				for range 2 { // every event twice: the second is a duplicate
+					if _, err := w.eng.Signal(ctx, id, fmt.Sprint(j), ev, nil); err != nil {
+						t.Error(err)
+					}
+				}
+			}
+		}()
+	}
+	stop := make(chan struct{})
+	for _, e := range []*workflow.Engine{w.eng, w.newEngine()} {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				if _, err := e.Step(ctx); err != nil {
+					t.Error(err)
+					return
+				}
+			}
+		}()
+	}
+	wait.For(t, "every order shipped", func() bool {
+		res, _ := w.eng.List(ctx, &workflow.ListParams{Status: workflow.Succeeded})
+		return len(res.Instances) == n
+	})
+	close(stop)
+	wg.Wait()
+	calls := w.callLog()
+	slices.Sort(calls)
+	if len(calls) != 3*n || len(slices.Compact(calls)) != 3*n {
+		t.Fatalf("%d action runs for %d instances of 3 steps", len(calls), n)
+	}
+	for i := range n {
+		in := w.get(fmt.Sprint("o", i))
+		received := 0
+		for _, e := range in.History {
+			if e.Kind == workflow.EntryEventReceived {
+				received++
+			}
+		}
+		if received != 3 {
+			t.Fatalf("%s received %d events", in.ID, received)
+		}
+		checkHistory(t, in)
+	}
+}
