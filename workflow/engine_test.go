@@ -991,3 +991,61 @@ func TestSignalsRaceWorkers(t *testing.T) {
 		checkHistory(t, in)
 	}
 }
+
+func TestCancelAfterCrashCountsCompletedAction(t *testing.T) {
+	t.Parallel()
+	w := newWorld(t)
+	ctx := context.Background()
+	w.start("o1")
+	w.signal("o1", "e1", "place")
+	w.signal("o1", "e2", "pay")
+	crashAt(w.eng, "before-commit", "o1/2/charge_card")
+	for {
+		if _, err := w.eng.Step(ctx); err != nil {
+			break
+		}
+	}
+	// The charge happened (its outcome is in the ledger) but the journal
+	// does not say so: cancelling must still refund it.
+	if err := w.eng.Cancel(ctx, "o1", "stop"); err != nil {
+		t.Fatal(err)
+	}
+	w.clk.Advance(lease)
+	w.drain(w.newEngine())
+	in := w.get("o1")
+	want := []string{"run reserve_stock o1/1/reserve_stock", "run charge_card o1/2/charge_card",
+		"comp refund o1/2/compensate/charge_card", "comp release o1/1/compensate/reserve_stock"}
+	if got := w.callLog(); !slices.Equal(got, want) || in.Status != workflow.Cancelled {
+		t.Fatalf("status %s calls %q", in.Status, got)
+	}
+}
+
+func TestCancelAbandonsUnfinishedAction(t *testing.T) {
+	t.Parallel()
+	w := newWorld(t)
+	ctx := context.Background()
+	w.start("o1")
+	w.signal("o1", "e1", "place")
+	w.signal("o1", "e2", "pay")
+	crashAt(w.eng, "before-step-complete", "o1/2/charge_card")
+	for {
+		if _, err := w.eng.Step(ctx); err != nil {
+			break
+		}
+	}
+	if err := w.eng.Cancel(ctx, "o1", "stop"); err != nil {
+		t.Fatal(err)
+	}
+	w.clk.Advance(lease)
+	w.drain(w.newEngine())
+	// The charge never completed in the ledger: it is abandoned, not
+	// refunded, and its step key now holds a cancelled outcome.
+	want := []string{"run reserve_stock o1/1/reserve_stock", "run charge_card o1/2/charge_card", "comp release o1/1/compensate/reserve_stock"}
+	if got := w.callLog(); !slices.Equal(got, want) {
+		t.Fatalf("calls %q", got)
+	}
+	rec, err := w.ledger.Get(ctx, workflow.StepScope, "o1/2/charge_card")
+	if err != nil || rec.State != idem.StateCompleted {
+		t.Fatalf("step record %+v, %v", rec, err)
+	}
+}
