@@ -36,6 +36,7 @@ type world struct {
 	fail    map[string][]error // action or compensation name -> errors to return, in order
 	httpc   *http.Client       // used by charge_card when set
 	ctxKeys map[string]string  // step.Key -> StepKey(ctx)
+	hook    func(name string)  // when set, called by each action before it returns
 }
 
 func (w *world) fn(kind, name string) workflow.StepFunc {
@@ -47,8 +48,11 @@ func (w *world) fn(kind, name string) workflow.StepFunc {
 		if errs := w.fail[name]; len(errs) > 0 {
 			err, w.fail[name] = errs[0], errs[1:]
 		}
-		c := w.httpc
+		c, hook := w.httpc, w.hook
 		w.mu.Unlock()
+		if hook != nil {
+			hook(name)
+		}
 		if err != nil {
 			return nil, err
 		}
@@ -1047,5 +1051,52 @@ func TestCancelAbandonsUnfinishedAction(t *testing.T) {
 	rec, err := w.ledger.Get(ctx, workflow.StepScope, "o1/2/charge_card")
 	if err != nil || rec.State != idem.StateCompleted {
 		t.Fatalf("step record %+v, %v", rec, err)
+	}
+}
+
+func TestCancelWhileActionRuns(t *testing.T) {
+	t.Parallel()
+	w := newWorld(t)
+	ctx := context.Background()
+	w.start("o1")
+	w.signal("o1", "e1", "place")
+	w.drain(w.eng)
+	w.signal("o1", "e2", "pay")
+	entered, release := make(chan string), make(chan struct{})
+	w.mu.Lock()
+	w.hook = func(name string) {
+		entered <- name
+		<-release
+	}
+	w.mu.Unlock()
+	done := make(chan error)
+	go func() {
+		_, err := w.eng.Step(ctx)
+		done <- err
+	}()
+	if got := <-entered; got != "charge_card" {
+		t.Fatalf("running %s", got)
+	}
+	// The charge is under way: the cancel lands in the journal first, so
+	// the worker's commit conflicts; it must still undo the charge.
+	if err := w.eng.Cancel(ctx, "o1", "changed my mind"); err != nil {
+		t.Fatal(err)
+	}
+	w.mu.Lock()
+	w.hook = nil
+	w.mu.Unlock()
+	close(release)
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	w.drain(w.eng)
+	in := w.get("o1")
+	want := []string{"run reserve_stock o1/1/reserve_stock", "run charge_card o1/2/charge_card",
+		"comp refund o1/2/compensate/charge_card", "comp release o1/1/compensate/reserve_stock"}
+	if got := w.callLog(); !slices.Equal(got, want) || in.Status != workflow.Cancelled {
+		t.Fatalf("status %s calls %q", in.Status, got)
+	}
+	if in.State != "reserved" {
+		t.Fatalf("state %s: the conflicting commit of the charge's transition went through", in.State)
 	}
 }
