@@ -532,7 +532,7 @@ func (e *Engine) advance(ctx context.Context, id string) (int, error) {
 	stop := claim.KeepAlive(ctx, e.cfg.Lease, func(err error) { cancel(err) })
 	n := 0
 	for {
-		did, err := e.unit(wctx, id, claim.Token())
+		did, err := e.unit(wctx, id)
 		n += did
 		if errors.Is(err, idem.ErrInFlight) {
 			// A step key is held by a worker that lost this instance
@@ -563,7 +563,7 @@ var errCrash = errors.New("workflow: simulated crash")
 
 // unit does one unit of work for instance id and commits it: 1 if it did,
 // 0 if there was nothing due.
-func (e *Engine) unit(ctx context.Context, id string, token int64) (int, error) {
+func (e *Engine) unit(ctx context.Context, id string) (int, error) {
 	for {
 		if err := ctx.Err(); err != nil {
 			// The lease was lost (or the caller gave up): stop here.
@@ -585,7 +585,7 @@ func (e *Engine) unit(ctx context.Context, id string, token int64) (int, error) 
 			return 0, nil
 		}
 		var entries []Entry
-		if err := e.work(ctx, in, def, token, now, &entries); err != nil {
+		if err := e.work(ctx, in, def, now, &entries); err != nil {
 			return 0, err
 		}
 		in.Updated = e.clock.Now()
@@ -604,7 +604,7 @@ func (e *Engine) unit(ctx context.Context, id string, token int64) (int, error) 
 }
 
 // work changes in by one unit of work, appending its history entries.
-func (e *Engine) work(ctx context.Context, in *Instance, def *Definition, token int64, now time.Time, entries *[]Entry) error {
+func (e *Engine) work(ctx context.Context, in *Instance, def *Definition, now time.Time, entries *[]Entry) error {
 	entry := func(x Entry) {
 		x.At, x.Run = e.clock.Now(), in.Run
 		if x.State == "" {
@@ -637,9 +637,9 @@ func (e *Engine) work(ctx context.Context, in *Instance, def *Definition, token 
 		entry(Entry{Kind: EntryUnwinding, Reason: "cancelled: " + in.CancelReason})
 		return nil
 	case in.Status == Unwinding:
-		return e.compensateNext(ctx, in, def, token, entry)
+		return e.compensateNext(ctx, in, def, entry)
 	case in.Pending != nil:
-		return e.runPending(ctx, in, def, token, now, entries, entry)
+		return e.runPending(ctx, in, def, entries, entry)
 	case len(in.Inbox) > 0:
 		ev := in.Inbox[0]
 		in.Inbox = in.Inbox[1:]
@@ -794,7 +794,7 @@ func infra(err error) bool {
 		errors.Is(err, idem.ErrLeaseLost) || errors.Is(err, idem.ErrClosed)
 }
 
-func (e *Engine) runPending(ctx context.Context, in *Instance, def *Definition, token int64, now time.Time, entries *[]Entry, entry func(Entry)) error {
+func (e *Engine) runPending(ctx context.Context, in *Instance, def *Definition, entries *[]Entry, entry func(Entry)) error {
 	p := in.Pending
 	a := pendingAction(in, def)
 	key := ActionKey(in.ID, p.Step, p.Action)
@@ -853,7 +853,7 @@ func (e *Engine) rand() float64 {
 
 // compensateNext runs the compensation of the latest completed action not
 // yet compensated, or ends the unwinding.
-func (e *Engine) compensateNext(ctx context.Context, in *Instance, def *Definition, token int64, entry func(Entry)) error {
+func (e *Engine) compensateNext(ctx context.Context, in *Instance, def *Definition, entry func(Entry)) error {
 	if in.Undone >= len(in.Done) {
 		in.Status, in.Finished = in.EndStatus, e.clock.Now()
 		entry(Entry{Kind: EntryFinished, Status: in.Status})
