@@ -238,13 +238,23 @@ func (e *Engine) finishEnter(in *Instance, def *Definition, now time.Time, entri
 			in.Status = Failed
 		}
 		in.Finished = now
-		in.Inbox = nil
 		*entries = append(*entries, Entry{At: now, Kind: EntryFinished, Run: in.Run, State: in.State, Status: in.Status})
+		rejectInbox(in, now, "instance is "+string(in.Status), entries)
 		return
 	}
 	if st.Timeout > 0 {
 		in.TimeoutAt = now.Add(st.Timeout)
 	}
+}
+
+// rejectInbox records every queued event as rejected, for reason, and
+// empties the queue: an event is never dropped silently.
+func rejectInbox(in *Instance, now time.Time, reason string, entries *[]Entry) {
+	for _, ev := range in.Inbox {
+		*entries = append(*entries, Entry{At: now, Kind: EntryEventRejected, Run: in.Run, State: in.State, Status: in.Status,
+			Event: ev.Event, EventID: ev.ID, Reason: reason})
+	}
+	in.Inbox = nil
 }
 
 // wakeAt is when a worker next has work for in: zero when none.
@@ -274,7 +284,9 @@ func (in *Instance) wakeAt(now time.Time) time.Time {
 // true and changes nothing. An accepted event is queued and processed in
 // order by a worker; if it does not apply in the instance's state then,
 // it is recorded in the history as rejected, with the reason. An event
-// for a finished instance is recorded as rejected at once.
+// for a finished, unwinding or cancelled instance is recorded as rejected
+// at once, and one still queued when the instance ends or unwinds is
+// recorded as rejected then: no event is dropped silently.
 func (e *Engine) Signal(ctx context.Context, id, eventID, event string, payload []byte) (duplicate bool, err error) {
 	if eventID == "" || event == "" {
 		return false, fmt.Errorf("%w: Signal needs an event id and an event", idem.ErrInvalid)
@@ -295,9 +307,13 @@ func (e *Engine) Signal(ctx context.Context, id, eventID, event string, payload 
 		in.Seen = append(in.Seen, eventID)
 		in.Updated = now
 		var entry Entry
-		if in.Status.Finished() {
+		if in.Status.Finished() || in.Status == Unwinding || in.CancelRequested {
+			reason := "instance is " + string(in.Status)
+			if in.CancelRequested {
+				reason = "instance is being cancelled"
+			}
 			entry = Entry{At: now, Kind: EntryEventRejected, Run: in.Run, State: in.State, Event: event, EventID: eventID,
-				Status: in.Status, Reason: "instance is " + string(in.Status)}
+				Status: in.Status, Reason: reason}
 		} else {
 			in.Inbox = append(in.Inbox, InboxEvent{ID: eventID, Event: event, Payload: payload})
 			entry = Entry{At: now, Kind: EntryEventReceived, Run: in.Run, State: in.State, Event: event, EventID: eventID, Status: in.Status}
@@ -633,8 +649,8 @@ func (e *Engine) work(ctx context.Context, in *Instance, def *Definition, now ti
 		}
 		in.CancelRequested = false
 		in.Status, in.EndStatus, in.Attempt, in.NotBefore, in.TimeoutAt = Unwinding, Cancelled, 0, time.Time{}, time.Time{}
-		in.Inbox = nil
 		entry(Entry{Kind: EntryUnwinding, Reason: "cancelled: " + in.CancelReason})
+		rejectInbox(in, e.clock.Now(), "instance is unwinding", entries)
 		return nil
 	case in.Status == Unwinding:
 		return e.compensateNext(ctx, in, def, entry)
@@ -650,9 +666,8 @@ func (e *Engine) work(ctx context.Context, in *Instance, def *Definition, now ti
 			return nil
 		}
 		if t.Action == nil {
-			from := in.State
+			entry(Entry{Kind: EntryTransition, Event: ev.Event, EventID: ev.ID, From: in.State, To: t.To, State: t.To})
 			e.enter(in, def, t.To, now, entries)
-			entry(Entry{Kind: EntryTransition, Event: ev.Event, EventID: ev.ID, From: from, To: t.To})
 			return nil
 		}
 		in.Steps++
@@ -818,8 +833,8 @@ func (e *Engine) runPending(ctx context.Context, in *Instance, def *Definition, 
 		}
 		in.Pending = nil
 		in.Status, in.EndStatus, in.Attempt, in.NotBefore, in.TimeoutAt = Unwinding, Failed, 0, time.Time{}, time.Time{}
-		in.Inbox = nil
 		entry(Entry{Kind: EntryUnwinding, Action: p.Action, Reason: "action " + p.Action + " failed for good", Error: in.Error})
+		rejectInbox(in, e.clock.Now(), "instance is unwinding", entries)
 		return nil
 	}
 	entry(Entry{Kind: EntryActionCompleted, Action: p.Action, StepKey: key, Token: stoken, Attempt: in.Attempt, Replayed: replayed, Duration: e.clock.Now().Sub(start)})
@@ -829,19 +844,8 @@ func (e *Engine) runPending(ctx context.Context, in *Instance, def *Definition, 
 		e.finishEnter(in, def, e.clock.Now(), entries)
 		return nil
 	}
+	entry(Entry{Kind: EntryTransition, Event: p.Event, EventID: p.EventID, From: p.From, To: p.To, State: p.To})
 	e.enter(in, def, p.To, e.clock.Now(), entries)
-	// The transition entry comes after enter's, if it finished the
-	// instance: move it before.
-	tr := Entry{Kind: EntryTransition, Event: p.Event, EventID: p.EventID, From: p.From, To: p.To}
-	n := len(*entries)
-	if n > 0 && (*entries)[n-1].Kind == EntryFinished {
-		fin := (*entries)[n-1]
-		*entries = (*entries)[:n-1]
-		entry(tr)
-		*entries = append(*entries, fin)
-		return nil
-	}
-	entry(tr)
 	return nil
 }
 

@@ -338,6 +338,9 @@ func TestDuplicateAndRejectedEvents(t *testing.T) {
 	// An event for a finished instance is recorded as rejected too.
 	w.signal("o1", "e2", "cancel")
 	w.drain(w.eng)
+	if k := kinds(w.get("o1")); !slices.Equal(k[len(k)-2:], []string{"transition", "finished"}) {
+		t.Fatalf("history ends %q", k)
+	}
 	w.signal("o1", "e3", "pay")
 	in = w.get("o1")
 	last := in.History[len(in.History)-1]
@@ -445,6 +448,7 @@ func TestCancelMidway(t *testing.T) {
 	if err := w.eng.Cancel(ctx, "o1", "twice"); err != nil {
 		t.Fatal(err)
 	}
+	w.signal("o1", "e4", "dispatch")
 	w.drain(w.eng)
 	in := w.get("o1")
 	want := []string{"run reserve_stock o1/1/reserve_stock", "run charge_card o1/2/charge_card",
@@ -466,6 +470,15 @@ func TestCancelMidway(t *testing.T) {
 	}
 	if n != 1 {
 		t.Fatalf("%d cancel entries", n)
+	}
+	var rej []string
+	for _, e := range in.History {
+		if e.Kind == workflow.EntryEventRejected {
+			rej = append(rej, e.EventID+": "+e.Reason)
+		}
+	}
+	if !slices.Equal(rej, []string{"e4: instance is being cancelled", "e3: instance is unwinding"}) {
+		t.Fatalf("the queued event was not recorded as rejected: %q", rej)
 	}
 	if err := w.eng.Cancel(ctx, "o1", "again"); err != nil {
 		t.Fatalf("cancel a cancelled instance: %v", err)
