@@ -73,9 +73,11 @@
 //
 //	client := &http.Client{Transport: idemhttp.Transport(nil)}
 //
-// POST and PATCH get an Idempotency-Key (NewUUIDv7) that every retry of
-// the same logical request reuses, so a server behind Middleware runs it
-// once however often the network fails. Retries follow exponential backoff
+// POST and PATCH get an Idempotency-Key that every retry of the same
+// logical request reuses, so a server behind Middleware runs it once
+// however often the network fails: the request's own, else the key its
+// context carries (idem.WithKey; inside a workflow action, the step key),
+// else a new NewUUIDv7. Retries follow exponential backoff
 // with full jitter, honour Retry-After and the request's deadline, and stop
 // when the retry budget (a share of recent requests) is spent. See
 // TransportConfig.

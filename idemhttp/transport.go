@@ -102,10 +102,12 @@ type transport struct {
 // Transport returns a RoundTripper that adds an Idempotency-Key to each
 // logical request and retries it with the same key.
 //
-// A request that carries its own Idempotency-Key keeps it. Attempts are
-// retried on transport errors, 409, 429 and 5xx (see RetryableOutcome),
-// after an exponential backoff with full jitter, or at least the response's
-// Retry-After. When the next wait would pass the request's deadline (its
+// A request that carries its own Idempotency-Key keeps it; one without,
+// whose context carries a key (idem.WithKey, as a workflow action's
+// context carries its step key), is sent with that key; any other gets
+// NewKey's. Attempts are retried on transport errors, 409, 429 and 5xx
+// (see RetryableOutcome), after an exponential backoff with full jitter,
+// or at least the response's Retry-After. When the next wait would pass the request's deadline (its
 // context's or Timeout), when MaxAttempts is reached or when the retry
 // budget is spent, the last response or error is returned at once. The
 // body of a response that is retried is drained and closed.
@@ -228,7 +230,12 @@ func (t *transport) requestContext(ctx context.Context) (context.Context, contex
 func (t *transport) attempts(ctx context.Context, start time.Time, req *http.Request) (*http.Response, error) {
 	key := req.Header.Get(HeaderKey)
 	if key == "" {
-		key = t.cfg.NewKey()
+		// A key the caller's context carries (idem.WithKey: a workflow
+		// step's key) names the logical operation better than a fresh one.
+		var ok bool
+		if key, ok = idem.KeyFrom(req.Context()); !ok {
+			key = t.cfg.NewKey()
+		}
 	}
 	body, replayable, err := t.replayableBody(req)
 	if err != nil {

@@ -760,3 +760,33 @@ func BenchmarkTransport(b *testing.B) {
 		}
 	}
 }
+
+func TestTransportKeyFromContext(t *testing.T) {
+	t.Parallel()
+	var got []string
+	var mu sync.Mutex
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		got = append(got, r.Header.Get(idemhttp.HeaderKey))
+		mu.Unlock()
+	}))
+	defer srv.Close()
+	c := &http.Client{Transport: idemhttp.Transport(&idemhttp.TransportConfig{Base: srv.Client().Transport})}
+	ctx := idem.WithKey(context.Background(), "wf-1/2/charge")
+	for _, own := range []string{"", "explicit"} {
+		req, _ := http.NewRequestWithContext(ctx, http.MethodPost, srv.URL, strings.NewReader("x"))
+		if own != "" {
+			req.Header.Set(idemhttp.HeaderKey, own)
+		}
+		resp, err := c.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(got) != 2 || got[0] != "wf-1/2/charge" || got[1] != "explicit" {
+		t.Fatalf("keys sent = %q; want the context's, then the request's own", got)
+	}
+}

@@ -95,10 +95,12 @@ type Step struct {
 	// instance, including a re-run after a crash, and different for every
 	// other step (and for each compensation).
 	Key string
-	// Token is the fencing token of the engine's current ownership of the
-	// instance; it strictly increases when another worker takes over.
+	// Token is the fencing token of the step key's claim in the ledger; it
+	// strictly increases when another worker takes the step over.
 	Token int64
-	// Input is the instance's input, or the event's payload.
+	// Input is the payload of the event that started the step, or the
+	// instance's input when that is empty (always for an entry action). A
+	// compensation gets the Input of the action it undoes.
 	Input []byte
 	// Attempt counts the attempts of this step, from 1.
 	Attempt int

@@ -2,11 +2,13 @@
 // (reserve stock, charge the card, ship the parcel) written as an explicit
 // state machine that is checked before anything runs, versioned, and drawn.
 //
-// This package holds the definitions only. The engine that runs instances
-// of them durably on the ledger (idempotent starts, deduplicated events,
-// one step key per action, compensation on cancel and failure) lands in a
-// later change. What a registered definition promises, and that engine
-// will rely on:
+// It also runs instances of them on the idem ledger (Engine): idempotent
+// starts, deduplicated events, one step key per action, retries, and
+// compensation on cancel and failure. Instances live in a Journal; this
+// package has the memory one (MemJournal). Durable journals (the embedded
+// store, PostgreSQL), resuming from a named step, and the simulator's
+// workflow scenario are still to come. What a registered definition
+// promises, and the engine relies on:
 //
 //   - every state can be reached, and from every state an instance can
 //     still reach a terminal one, so there are no dead ends;
@@ -38,8 +40,8 @@
 // the instance or parks it for an operator.
 //
 // Run and Compensate receive a *Step: the instance id, a step key that is
-// the same for every attempt of one step, a fencing token and the
-// attempt number. An action passes the key downstream as an idempotency
+// the same for every attempt of one step, the fencing token of the step
+// key's claim in the ledger and the attempt number. An action passes the key downstream as an idempotency
 // key, so that a re-run after a crash replays instead of repeating.
 //
 // # Defining a workflow
@@ -64,6 +66,39 @@
 //	if err := types.Register(order); err != nil { // validates
 //		log.Fatal(err)
 //	}
+//
+// # Running instances
+//
+//	engine, err := workflow.NewEngine(ledger, workflow.NewMemJournal(), &types, nil)
+//	inst, err := engine.Start(ctx, "order", 0, "order-7", input, nil)  // idempotent by id
+//	dup, err := engine.Signal(ctx, "order-7", "evt-1", "place", payload) // deduplicated by event id
+//	go engine.Run(ctx)                                                  // or engine.Step(ctx) in tests
+//
+// Start is idempotent: the same id with the same type and input returns
+// the existing instance, with another input it fails with
+// idem.ErrFingerprintMismatch, and a finished id starts again only as the
+// ReusePolicy allows. Signal queues an event once per event id; a worker
+// processes events in order, and one that no transition of the current
+// state takes is recorded in the history as rejected, with the reason.
+//
+// Each action runs under its step key, "<id>/<step>/<action>", claimed in
+// the ledger (scope StepScope): a step completed before a crash replays
+// its result instead of running again, and a re-run happens with the same
+// key. The key is in the action's context (StepKey, idem.KeyFrom), and
+// idemhttp.Transport sends it as the Idempotency-Key. A failed attempt is
+// retried by the action's RetryPolicy on the ledger's clock; an action
+// that fails for good unwinds the instance (the compensations of its
+// completed actions, latest first, each once under its own key
+// "<id>/<step>/compensate/<action>") or parks it for Retry. Cancel unwinds
+// too. A state's Timeout fires its TimeoutEvent as an event with a
+// deterministic id.
+//
+// An engine owns an instance while it advances it by a lease on the
+// ledger itself (scope InstanceScope), and every write to the journal is
+// a compare-and-set, so any number of engines can share a journal and a
+// ledger. Operators list instances by type, state and status, read one
+// with its history (Get), cancel, retry a parked one and purge finished
+// ones past a retention.
 //
 // # Validation
 //

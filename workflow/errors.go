@@ -17,6 +17,17 @@ var (
 	// ErrNotRegistered: no definition is registered under the name (and
 	// version) asked for.
 	ErrNotRegistered = errors.New("workflow: definition not registered")
+
+	// ErrConflict: the instance changed since it was read (a journal's
+	// compare-and-set failed). Read it again and retry.
+	ErrConflict = errors.New("workflow: instance changed concurrently")
+
+	// ErrFinished: the instance has finished; it can no longer be
+	// cancelled or retried.
+	ErrFinished = errors.New("workflow: instance finished")
+
+	// ErrNotParked: Retry was asked of an instance that is not parked.
+	ErrNotParked = errors.New("workflow: instance not parked")
 )
 
 // DefinitionError is one problem Validate found. Path names where: a field

@@ -1,0 +1,22 @@
+package idem
+
+import "context"
+
+type keyCtx struct{}
+
+// WithKey returns a context that carries an idempotency key for the work
+// done with it. Code that sends requests on behalf of that work reads it
+// with KeyFrom: idemhttp.Transport sends it as the Idempotency-Key of a
+// request that has none of its own. The workflow engine puts each action's
+// step key here, so a request made inside an action carries the step key
+// without the action passing it by hand.
+func WithKey(ctx context.Context, key string) context.Context {
+	return context.WithValue(ctx, keyCtx{}, key)
+}
+
+// KeyFrom returns the key WithKey put in ctx, and whether there is one (an
+// empty key counts as none).
+func KeyFrom(ctx context.Context) (string, bool) {
+	k, _ := ctx.Value(keyCtx{}).(string)
+	return k, k != ""
+}
