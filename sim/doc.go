@@ -1,7 +1,7 @@
 // Package sim is idem's deterministic simulator: it runs the real ledger,
-// Ledger.Do and the idemhttp middleware in a seeded world of clients,
-// servers, a network and a store that all misbehave, and checks after
-// every run that idem's guarantees held.
+// Ledger.Do, the idemhttp middleware and the workflow engine in a seeded
+// world of clients, servers, a network and a store that all misbehave, and
+// checks after every run that idem's guarantees held.
 //
 // # The world
 //
@@ -53,9 +53,42 @@
 //
 // Scenarios lists the built-in worlds: payments (clients retrying charges
 // through the HTTP middleware), messages (at-least-once delivery to
-// consumers using Do) and pauses (owners that pause past their lease and
-// wake up to finish). Mutants lists deliberately broken ledgers; the tests
+// consumers using Do), pauses (owners that pause past their lease and
+// wake up to finish) and workflows (below). Mutants lists deliberately
+// broken ledgers, and workflow engines broken through internal hooks
+// (commit-before-action, compensate-twice, forget-step-key); the tests
 // prove each is caught. `idem sim` runs both from the command line.
+//
+// # Workflows
+//
+// The workflows scenario runs the real workflow.Engine: worker processes,
+// each an engine over one ledger (on the world's Store) and one Journal (a
+// workflow.MemJournal with failpoints journal/before-commit and
+// journal/after-commit), crash at step boundaries (an action or
+// compensation ran and its outcome is not in the ledger; its outcome is
+// in the ledger and its journal entry is not) and at random, restart as
+// new engines, and pause past their lease. Clients start orders (reserve,
+// charge, ship), duplicate the start with the same input and with
+// another, send events late, twice and out of order, and cancel some;
+// actions fail for a while or for good. An action's effect is staged
+// under its step key and commits with the step's outcome. At rest it
+// checks, besides the store's invariants:
+//   - ends-terminal: every instance ends succeeded, failed, cancelled or
+//     parked;
+//   - exactly-once, at-most-once: each completed action has exactly one
+//     effect, under the step key its history names; no step has two, under
+//     any key; no effect belongs to a step the history does not complete;
+//   - compensations: an unwound instance compensated exactly its completed
+//     actions, latest first, once each; one that did not unwind, none;
+//   - history-append-only: no entry, once read, ever changes or goes
+//     (checked at every journal call);
+//   - history-explains: replaying the history's transitions from the
+//     initial state gives the final state and status, and every accepted
+//     event is in it, received or rejected;
+//   - same-start, no-mismatch-start: a duplicate start returns the
+//     instance, one with another input is refused;
+//   - cancel-honoured: a recorded cancel ends the instance cancelled;
+//   - step-key: an action's context carries its step key.
 //
 // # Limits
 //

@@ -7,28 +7,41 @@ import (
 	"slices"
 
 	"github.com/idemkit/idem"
+	"github.com/idemkit/idem/internal/wfhook"
 )
 
-// A Mutant is a deliberately broken ledger store: the simulator must catch
-// every one of them. Each wraps a correct store and breaks one rule.
+// A Mutant is a deliberately broken ledger store, or workflow engine: the
+// simulator must catch every one of them. Each wraps a correct store and
+// breaks one rule, or (the workflow mutants, Wrap nil) breaks one rule of
+// the engines of the workflows scenario through internal hooks.
 type Mutant struct {
 	Name string
 	Doc  string
 	Wrap func(w *World, inner idem.Store) idem.Store
+	// engine breaks the workflow engine; nil for a ledger mutant.
+	engine func(w *World) wfhook.Hooks
 }
 
 // Mutants lists the broken ledgers the simulator is proven against.
 var Mutants = []Mutant{
 	{"check-then-set", "Begin reads the record, then writes it in a second step: two callers both see the key free",
-		func(w *World, inner idem.Store) idem.Store { return &checkThenSet{Store: inner, w: w} }},
+		func(w *World, inner idem.Store) idem.Store { return &checkThenSet{Store: inner, w: w} }, nil},
 	{"record-before-run", "Begin stores an outcome as soon as it acquires, before the work ran",
-		func(w *World, inner idem.Store) idem.Store { return &recordBeforeRun{Store: inner} }},
+		func(w *World, inner idem.Store) idem.Store { return &recordBeforeRun{Store: inner} }, nil},
 	{"ignore-token", "Complete, Release, Extend and Checkpoint ignore the fencing token",
-		func(w *World, inner idem.Store) idem.Store { return &ignoreToken{Store: inner} }},
+		func(w *World, inner idem.Store) idem.Store { return &ignoreToken{Store: inner} }, nil},
 	{"replay-mismatch", "a key reused with another fingerprint replays the stored outcome",
-		func(w *World, inner idem.Store) idem.Store { return &replayMismatch{Store: inner} }},
+		func(w *World, inner idem.Store) idem.Store { return &replayMismatch{Store: inner} }, nil},
 	{"release-completed", "Complete releases the key instead of keeping the outcome",
-		func(w *World, inner idem.Store) idem.Store { return &releaseCompleted{Store: inner, w: w} }},
+		func(w *World, inner idem.Store) idem.Store { return &releaseCompleted{Store: inner, w: w} }, nil},
+	{Name: "commit-before-action", Doc: "the workflow engine commits a transition before its action runs",
+		engine: func(*World) wfhook.Hooks { return wfhook.Hooks{CommitBeforeAction: true} }},
+	{Name: "compensate-twice", Doc: "the workflow engine runs a compensation again after a crash, under a new key",
+		engine: func(*World) wfhook.Hooks { return wfhook.Hooks{CompensateAgain: true} }},
+	{Name: "forget-step-key", Doc: "the workflow engine gives every attempt of an action a fresh step key",
+		engine: func(w *World) wfhook.Hooks {
+			return wfhook.Hooks{StepKey: func(key string) string { return fmt.Sprintf("%s#%08x", key, w.Rand().Uint32()) }}
+		}},
 }
 
 // MutantNamed returns the mutant called name.

@@ -27,7 +27,7 @@ type Scenario struct {
 }
 
 // Scenarios lists the built-in scenarios.
-var Scenarios = []*Scenario{payments, messages, pauses}
+var Scenarios = []*Scenario{payments, messages, pauses, workflows}
 
 // ScenarioNamed returns the scenario called name.
 func ScenarioNamed(name string) (*Scenario, bool) {
@@ -100,7 +100,10 @@ func Run(sc *Scenario, seed uint64, mutant *Mutant) *Report {
 	var inner idem.Store = memstore.New(&memstore.Config{Clock: w.Clock()})
 	rep := &Report{Scenario: sc.Name, Seed: seed}
 	if mutant != nil {
-		inner = mutant.Wrap(w, inner)
+		if mutant.Wrap != nil {
+			inner = mutant.Wrap(w, inner)
+		}
+		w.engineMutant = mutant.engine
 		rep.Mutant = mutant.Name
 	}
 	store := w.NewStore(inner, sc.Failpoints)

@@ -297,6 +297,7 @@ func (w *World) commitStaged() {
 	}
 	for _, e := range t.staged {
 		w.effects[e.key] = append(w.effects[e.key], e.value)
+		w.effectOrder = append(w.effectOrder, e.key)
 		w.Log("effect", e.key, e.value)
 	}
 	t.staged = t.staged[:0]

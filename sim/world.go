@@ -8,6 +8,8 @@ import (
 	"math/rand/v2"
 	"runtime"
 	"time"
+
+	"github.com/idemkit/idem/internal/wfhook"
 )
 
 // Epoch is where every world's clock starts.
@@ -43,8 +45,11 @@ type World struct {
 	steps  int
 	panics []string
 
-	effects    map[string][]string
-	violations []Violation
+	effects     map[string][]string
+	effectOrder []string // the keys of applied effects, in the order they applied
+	violations  []Violation
+	// engineMutant breaks the workflow engines of the workflows scenario.
+	engineMutant func(w *World) wfhook.Hooks
 }
 
 // Faults says how often the world breaks things. Probabilities are per

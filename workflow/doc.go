@@ -6,8 +6,9 @@
 // starts, deduplicated events, one step key per action, retries, and
 // compensation on cancel and failure. Instances live in a Journal; this
 // package has the memory one (MemJournal). Durable journals (the embedded
-// store, PostgreSQL), resuming from a named step, and the simulator's
-// workflow scenario are still to come. What a registered definition
+// store, PostgreSQL) and resuming from a named step are still to come; the
+// simulator (package sim, scenario workflows) runs engines through
+// crashes, pauses and store faults. What a registered definition
 // promises, and the engine relies on:
 //
 //   - every state can be reached, and from every state an instance can

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/idemkit/idem"
+	"github.com/idemkit/idem/internal/wfhook"
 )
 
 // Ledger scopes the engine uses.
@@ -77,6 +78,23 @@ type Engine struct {
 	// crash, set by tests only, is called at named points; a non-nil
 	// error abandons the step there as a crashed process would.
 	crash func(point, stepKey string) error
+
+	// hooks, set by the simulator only (internal/wfhook), break the
+	// engine on purpose for its mutants; nil in every other engine.
+	hooks *wfhook.Hooks
+	// deferred is the commit-before-action mutant's action, run after
+	// the unit's journal commit. Only an engine with hooks sets it.
+	deferred func(ctx context.Context)
+}
+
+func init() {
+	wfhook.Install = func(engine any, h *wfhook.Hooks) {
+		e := engine.(*Engine)
+		e.hooks = h
+		if h != nil && h.Crash != nil {
+			e.crash = h.Crash
+		}
+	}
 }
 
 // NewEngine returns an engine over ledger (leases and step outcomes),
@@ -601,6 +619,7 @@ func (e *Engine) unit(ctx context.Context, id string) (int, error) {
 			return 0, nil
 		}
 		var entries []Entry
+		e.deferred = nil
 		if err := e.work(ctx, in, def, now, &entries); err != nil {
 			return 0, err
 		}
@@ -614,6 +633,10 @@ func (e *Engine) unit(ctx context.Context, id string) (int, error) {
 		}
 		if err != nil {
 			return 0, err
+		}
+		if f := e.deferred; f != nil {
+			e.deferred = nil
+			f(ctx)
 		}
 		return 1, nil
 	}
@@ -814,6 +837,27 @@ func (e *Engine) runPending(ctx context.Context, in *Instance, def *Definition, 
 	a := pendingAction(in, def)
 	key := ActionKey(in.ID, p.Step, p.Action)
 	start := e.clock.Now()
+	if e.hooks != nil {
+		if e.hooks.StepKey != nil {
+			key = e.hooks.StepKey(key)
+		}
+		if e.hooks.CommitBeforeAction {
+			// The mutant: the transition commits as if the action had
+			// completed, and the action runs after the commit.
+			run, input := *in, p.Input
+			e.deferred = func(ctx context.Context) { _, _, _, _ = e.runStep(ctx, &run, key, input, a.Run) }
+			entry(Entry{Kind: EntryActionCompleted, Action: p.Action, StepKey: key, Attempt: in.Attempt + 1})
+			e.recordDone(in, def, nil)
+			in.Pending, in.Attempt, in.NotBefore = nil, 0, time.Time{}
+			if p.OnEnter {
+				e.finishEnter(in, def, e.clock.Now(), entries)
+				return nil
+			}
+			entry(Entry{Kind: EntryTransition, Event: p.Event, EventID: p.EventID, From: p.From, To: p.To, State: p.To})
+			e.enter(in, def, p.To, e.clock.Now(), entries)
+			return nil
+		}
+	}
 	result, stoken, replayed, err := e.runStep(ctx, in, key, p.Input, a.Run)
 	if err != nil && (infra(err) || ctx.Err() != nil) {
 		return err
@@ -868,6 +912,12 @@ func (e *Engine) compensateNext(ctx context.Context, in *Instance, def *Definiti
 	key := CompensationKey(in.ID, d.Step, d.Action)
 	start := e.clock.Now()
 	_, stoken, replayed, err := e.runStep(ctx, in, key, d.Input, a.Compensate)
+	if err == nil && replayed && e.hooks != nil && e.hooks.CompensateAgain {
+		// The mutant: it does not trust the ledger's record that the
+		// compensation ran, and runs it again under a new key.
+		key += "#again"
+		_, stoken, replayed, err = e.runStep(ctx, in, key, d.Input, a.Compensate)
+	}
 	if err != nil && (infra(err) || ctx.Err() != nil) {
 		return err
 	}
