@@ -747,6 +747,12 @@ func (e *Engine) recordDone(in *Instance, def *Definition, result []byte) {
 // never ran to completion and never will.
 const cancelledMeta = "workflow.cancelled"
 
+// failedMeta marks a step outcome written by an action's last, failed
+// attempt, with its error: the step failed for good, and a worker that
+// lost the instance meanwhile must not run it again, for its effect would
+// belong to no step the instance records, and never be compensated.
+const failedMeta = "workflow.failed"
+
 // settlePending decides whether the pending action of a cancelled
 // instance completed: it claims the step key; a replay says it did, an
 // acquisition that it did not, and the claim is then completed as
@@ -760,7 +766,9 @@ func (e *Engine) settlePending(ctx context.Context, in *Instance, def *Definitio
 	}
 	if c.Replayed() {
 		out := c.Outcome()
-		if _, cancelled := out.Meta[cancelledMeta]; cancelled {
+		_, cancelled := out.Meta[cancelledMeta]
+		_, failed := out.Meta[failedMeta]
+		if cancelled || failed {
 			return false, nil, nil
 		}
 		return true, out.Data, nil
@@ -771,8 +779,9 @@ func (e *Engine) settlePending(ctx context.Context, in *Instance, def *Definitio
 
 // runStep runs fn once under the step key: a completed step replays its
 // result; a failure releases the key so that the next attempt runs again
-// with the same key.
-func (e *Engine) runStep(ctx context.Context, in *Instance, key string, input []byte, fn StepFunc) (result []byte, token int64, replayed bool, err error) {
+// with the same key, unless final (nil: never) says it is the last: then
+// the key is completed as failed, and replays the failure.
+func (e *Engine) runStep(ctx context.Context, in *Instance, key string, input []byte, fn StepFunc, final func(error) bool) (result []byte, token int64, replayed bool, err error) {
 	c, err := e.ledger.Begin(ctx, StepScope, key, "", idem.WithLease(e.cfg.Lease))
 	if err != nil {
 		return nil, 0, false, err
@@ -781,6 +790,9 @@ func (e *Engine) runStep(ctx context.Context, in *Instance, key string, input []
 		out := c.Outcome()
 		if _, cancelled := out.Meta[cancelledMeta]; cancelled {
 			return nil, c.Token(), true, Permanent(errors.New("step was cancelled"))
+		}
+		if msg, failed := out.Meta[failedMeta]; failed {
+			return nil, c.Token(), true, Permanent(errors.New(msg))
 		}
 		return out.Data, c.Token(), true, nil
 	}
@@ -794,6 +806,14 @@ func (e *Engine) runStep(ctx context.Context, in *Instance, key string, input []
 	stop()
 	finish := context.WithoutCancel(ctx)
 	if err != nil {
+		if final != nil && final(err) {
+			// Fenced like a success: a worker that lost the step key
+			// meanwhile gets ErrLeaseLost, and commits nothing.
+			if cerr := c.Complete(finish, idem.Outcome{Meta: map[string]string{failedMeta: err.Error()}}); cerr != nil {
+				return nil, c.Token(), false, cerr
+			}
+			return nil, c.Token(), false, err
+		}
 		if rerr := c.Release(finish); rerr != nil {
 			return nil, c.Token(), false, errors.Join(err, rerr)
 		}
@@ -845,7 +865,7 @@ func (e *Engine) runPending(ctx context.Context, in *Instance, def *Definition, 
 			// The mutant: the transition commits as if the action had
 			// completed, and the action runs after the commit.
 			run, input := *in, p.Input
-			e.deferred = func(ctx context.Context) { _, _, _, _ = e.runStep(ctx, &run, key, input, a.Run) }
+			e.deferred = func(ctx context.Context) { _, _, _, _ = e.runStep(ctx, &run, key, input, a.Run, nil) }
 			entry(Entry{Kind: EntryActionCompleted, Action: p.Action, StepKey: key, Attempt: in.Attempt + 1})
 			e.recordDone(in, def, nil)
 			in.Pending, in.Attempt, in.NotBefore = nil, 0, time.Time{}
@@ -858,7 +878,10 @@ func (e *Engine) runPending(ctx context.Context, in *Instance, def *Definition, 
 			return nil
 		}
 	}
-	result, stoken, replayed, err := e.runStep(ctx, in, key, p.Input, a.Run)
+	// The last attempt of an action that unwinds settles its step key as
+	// failed; one that parks leaves it free for Retry's fresh attempts.
+	final := func(err error) bool { return a.OnExhausted != Park && !a.Retry.ShouldRetry(in.Attempt+1, err) }
+	result, stoken, replayed, err := e.runStep(ctx, in, key, p.Input, a.Run, final)
 	if err != nil && (infra(err) || ctx.Err() != nil) {
 		return err
 	}
@@ -911,12 +934,12 @@ func (e *Engine) compensateNext(ctx context.Context, in *Instance, def *Definiti
 	a := actionNamed(def, d.Action)
 	key := CompensationKey(in.ID, d.Step, d.Action)
 	start := e.clock.Now()
-	_, stoken, replayed, err := e.runStep(ctx, in, key, d.Input, a.Compensate)
+	_, stoken, replayed, err := e.runStep(ctx, in, key, d.Input, a.Compensate, nil)
 	if err == nil && replayed && e.hooks != nil && e.hooks.CompensateAgain {
 		// The mutant: it does not trust the ledger's record that the
 		// compensation ran, and runs it again under a new key.
 		key += "#again"
-		_, stoken, replayed, err = e.runStep(ctx, in, key, d.Input, a.Compensate)
+		_, stoken, replayed, err = e.runStep(ctx, in, key, d.Input, a.Compensate, nil)
 	}
 	if err != nil && (infra(err) || ctx.Err() != nil) {
 		return err

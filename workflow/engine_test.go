@@ -413,6 +413,37 @@ func TestExhaustedUnwinds(t *testing.T) {
 	checkHistory(t, in)
 }
 
+// TestFailedStepIsSettled: the last failed attempt of an action that
+// unwinds completes its step key as failed, so that a worker that lost
+// the instance meanwhile (paused past its lease) cannot run the step again
+// and commit an effect no step records, never compensated; the key of an
+// action that parks stays free for Retry's fresh attempts.
+func TestFailedStepIsSettled(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	for _, typ := range []string{"order", "order_park"} {
+		w := newWorld(t)
+		w.fail["ship_parcel"] = []error{workflow.Permanent(errors.New("address unknown"))}
+		if _, err := w.eng.Start(ctx, typ, 0, "o1", []byte("2 books"), nil); err != nil {
+			t.Fatal(err)
+		}
+		for i, ev := range []string{"place", "pay", "dispatch"} {
+			w.signal("o1", fmt.Sprint("e", i), ev)
+		}
+		w.drain(w.eng)
+		c, err := w.ledger.Begin(ctx, workflow.StepScope, "o1/3/ship_parcel", "")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if settled := c.Replayed(); settled != (typ == "order") {
+			t.Fatalf("%s: the failed step key replays: %v", typ, settled)
+		}
+		if c.Replayed() && len(c.Outcome().Data) != 0 {
+			t.Fatalf("%s: the failed step replays data %q", typ, c.Outcome().Data)
+		}
+	}
+}
+
 func TestRetriesExhaustedUnwind(t *testing.T) {
 	t.Parallel()
 	w := newWorld(t)
