@@ -81,7 +81,7 @@
 //   - compensations: an unwound instance compensated exactly its completed
 //     actions, latest first, once each; one that did not unwind, none;
 //   - history-append-only: no entry, once read, ever changes or goes
-//     (checked at every journal call);
+//     (checked at every journal read);
 //   - history-explains: replaying the history's transitions from the
 //     initial state gives the final state and status, and every accepted
 //     event is in it, received or rejected;

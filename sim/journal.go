@@ -11,8 +11,8 @@ import (
 // Journal is the durable workflow journal of a world: it wraps a
 // workflow.MemJournal with the store's failpoints (a Create or Append
 // fails before it commits, or commits and loses its answer) and checks, at
-// every call, that an instance's history only ever grows: an entry once
-// seen never changes nor disappears. Every call is a yield point.
+// every read, that an instance's history only ever grows: an entry once
+// read never changes nor disappears. Every call is a yield point.
 type Journal struct {
 	w     *World
 	inner *workflow.MemJournal
@@ -47,8 +47,7 @@ func (j *Journal) yield(name, id string) error {
 	return nil
 }
 
-// write runs a Create or Append with the failpoints around it, and
-// observes the instance's history after it.
+// write runs a Create or Append with the failpoints around it.
 func (j *Journal) write(name, id string, op func() error) error {
 	w := j.w
 	if err := j.yield(name, id); err != nil {
@@ -62,19 +61,11 @@ func (j *Journal) write(name, id string, op func() error) error {
 		return err
 	}
 	w.Log("journal-"+name, id, "")
-	j.observeStored(id)
 	if w.Chance(j.fp.AfterCommit) {
 		w.Log("journal-"+name, id, "failpoint journal/after-commit")
 		return fmt.Errorf("sim: journal %s committed, then its answer was lost: %w", name, idem.ErrUnavailable)
 	}
 	return nil
-}
-
-func (j *Journal) observeStored(id string) {
-	res, err := j.inner.Get(context.Background(), &workflow.GetParams{ID: id})
-	if err == nil {
-		j.Observe(res.Instance)
-	}
 }
 
 // Observe checks in's history against every earlier observation of it:
