@@ -83,7 +83,8 @@ type Engine struct {
 	// engine on purpose for its mutants; nil in every other engine.
 	hooks *wfhook.Hooks
 	// deferred is the commit-before-action mutant's action, run after
-	// the unit's journal commit. Only an engine with hooks sets it.
+	// the unit's journal commit. Only an engine with hooks touches it
+	// (the simulator's, which runs one task at a time).
 	deferred func(ctx context.Context)
 }
 
@@ -619,7 +620,9 @@ func (e *Engine) unit(ctx context.Context, id string) (int, error) {
 			return 0, nil
 		}
 		var entries []Entry
-		e.deferred = nil
+		if e.hooks != nil {
+			e.deferred = nil
+		}
 		if err := e.work(ctx, in, def, now, &entries); err != nil {
 			return 0, err
 		}
@@ -634,7 +637,8 @@ func (e *Engine) unit(ctx context.Context, id string) (int, error) {
 		if err != nil {
 			return 0, err
 		}
-		if f := e.deferred; f != nil {
+		if e.hooks != nil && e.deferred != nil {
+			f := e.deferred
 			e.deferred = nil
 			f(ctx)
 		}
