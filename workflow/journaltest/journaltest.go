@@ -492,7 +492,7 @@ func testCopies(t *testing.T, j workflow.Journal) {
 
 func testConcurrentAppend(t *testing.T, j workflow.Journal) {
 	ctx := context.Background()
-	const ids, writers, rounds = 3, 8, 5
+	const ids, writers, rounds = 4, 8, 20
 	for i := range ids {
 		create(t, j, &workflow.Instance{ID: fmt.Sprint("c", i), Fingerprint: "f"}, workflow.Entry{Kind: workflow.EntryStarted})
 	}
@@ -500,6 +500,7 @@ func testConcurrentAppend(t *testing.T, j workflow.Journal) {
 		var wg sync.WaitGroup
 		var mu sync.Mutex
 		wins := map[string][]int{}
+		ready := make(chan struct{}) // released together, so the Appends overlap
 		for i := range ids {
 			id := fmt.Sprint("c", i)
 			base := get(t, j, id)
@@ -508,6 +509,7 @@ func testConcurrentAppend(t *testing.T, j workflow.Journal) {
 				in.History = nil
 				in.State = fmt.Sprint("w", w)
 				wg.Go(func() {
+					<-ready
 					_, err := j.Append(ctx, &workflow.AppendParams{Instance: &in, Entries: []workflow.Entry{
 						{Kind: workflow.EntryTransition, State: in.State}, {Kind: workflow.EntryFinished, State: in.State}}})
 					switch {
@@ -521,6 +523,7 @@ func testConcurrentAppend(t *testing.T, j workflow.Journal) {
 				})
 			}
 		}
+		close(ready)
 		wg.Wait()
 		for i := range ids {
 			id := fmt.Sprint("c", i)
@@ -549,12 +552,14 @@ func testConcurrentCreate(t *testing.T, j workflow.Journal) {
 	var wg sync.WaitGroup
 	var created, mismatched, same int
 	var mu sync.Mutex
+	ready := make(chan struct{})
 	for w := range n {
 		fp := "f"
 		if w%2 == 1 {
 			fp = "g"
 		}
 		wg.Go(func() {
+			<-ready
 			res, err := j.Create(ctx, &workflow.CreateParams{Instance: &workflow.Instance{ID: "x", Fingerprint: fp}, Entries: []workflow.Entry{{Kind: workflow.EntryStarted}}})
 			mu.Lock()
 			defer mu.Unlock()
@@ -570,6 +575,7 @@ func testConcurrentCreate(t *testing.T, j workflow.Journal) {
 			}
 		})
 	}
+	close(ready)
 	wg.Wait()
 	if created != 1 || same != n/2-1 || mismatched != n/2 {
 		t.Fatalf("concurrent Creates: %d created, %d returned the existing instance, %d mismatched; want 1, %d, %d", created, same, mismatched, n/2-1, n/2)
