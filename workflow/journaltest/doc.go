@@ -36,5 +36,8 @@
 //     Create of the same id afterwards starts afresh.
 //   - Values passed in and returned are copies: changing them later does
 //     not change the journal.
+//   - Ids that are prefixes of one another ("a", "ab", "a/") or hold
+//     separators and non-ASCII letters keep their own histories, list in
+//     byte order, and deleting one leaves the others.
 //   - A cancelled context fails every method with context.Canceled.
 package journaltest

@@ -37,6 +37,7 @@ func Run(t *testing.T, newJournal NewJournal) {
 		{"ConcurrentAppend", testConcurrentAppend},
 		{"ConcurrentCreate", testConcurrentCreate},
 		{"Cancelled", testCancelled},
+		{"IDs", testIDs},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -610,4 +611,49 @@ func testCancelled(t *testing.T, j workflow.Journal) {
 	if _, err := j.Get(context.Background(), &workflow.GetParams{ID: "b"}); !errors.Is(err, idem.ErrNotFound) {
 		t.Fatalf("a cancelled Create created: %v", err)
 	}
+}
+
+// testIDs: ids that are prefixes of one another, or hold separators and
+// non-ASCII letters, keep their own histories and list in byte order.
+func testIDs(t *testing.T, j workflow.Journal) {
+	ctx := context.Background()
+	ids := []string{"ab", "a", "é", "a/b", "Z", "a b", "a/"}
+	for i, id := range ids {
+		var entries []workflow.Entry
+		for range i + 1 {
+			entries = append(entries, workflow.Entry{Kind: workflow.EntryStarted, Reason: id})
+		}
+		create(t, j, &workflow.Instance{ID: id, Fingerprint: "f"}, entries...)
+	}
+	if got, want := listIDs(t, j, &workflow.ListParams{}), "[Z a a b a/ a/b ab é] next="; got != want {
+		t.Fatalf("List = %s, want %s (byte order)", got, want)
+	}
+	if got, want := listIDs(t, j, &workflow.ListParams{After: "a", Limit: 2}), "[a b a/] next=a/"; got != want {
+		t.Fatalf("List after a = %s, want %s", got, want)
+	}
+	check := func() {
+		t.Helper()
+		for i, id := range ids {
+			g, err := j.Get(ctx, &workflow.GetParams{ID: id})
+			if errors.Is(err, idem.ErrNotFound) && id == "a" {
+				continue
+			}
+			if err != nil {
+				t.Fatalf("Get(%q): %v", id, err)
+			}
+			if len(g.Instance.History) != i+1 {
+				t.Fatalf("%q has %d entries, want %d", id, len(g.Instance.History), i+1)
+			}
+			for _, e := range g.Instance.History {
+				if e.Reason != id {
+					t.Fatalf("%q has an entry of %q", id, e.Reason)
+				}
+			}
+		}
+	}
+	check()
+	if _, err := j.Delete(ctx, &workflow.DeleteParams{ID: "a", Seq: 1}); err != nil {
+		t.Fatal(err)
+	}
+	check() // the others' histories stayed
 }
