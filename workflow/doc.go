@@ -5,9 +5,12 @@
 // It also runs instances of them on the idem ledger (Engine): idempotent
 // starts, deduplicated events, one step key per action, retries, and
 // compensation on cancel and failure. Instances live in a Journal; this
-// package has the memory one (MemJournal). Durable journals (the embedded
-// store, PostgreSQL), resuming from a named step, and the simulator's
-// workflow scenario are still to come. What a registered definition
+// package has the memory one (MemJournal), the embedded store and
+// PostgreSQL have durable ones ((*pebblestore.Store).Journal,
+// (*pgstore.Store).Journal), and every journal passes the conformance
+// suite in workflow/journaltest. Actions in the step's transaction on
+// PostgreSQL, resuming from a named step, and the simulator's workflow
+// scenario are still to come. What a registered definition
 // promises, and the engine relies on:
 //
 //   - every state can be reached, and from every state an instance can
