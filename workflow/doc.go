@@ -5,8 +5,11 @@
 // It also runs instances of them on the idem ledger (Engine): idempotent
 // starts, deduplicated events, one step key per action, retries, and
 // compensation on cancel and failure. Instances live in a Journal; this
-// package has the memory one (MemJournal). Durable journals (the embedded
-// store, PostgreSQL) and resuming from a named step are still to come; the
+// package has the memory one (MemJournal), the embedded store and
+// PostgreSQL have durable ones ((*pebblestore.Store).Journal,
+// (*pgstore.Store).Journal), and every journal passes the conformance
+// suite in workflow/journaltest. Actions in the step's transaction on
+// PostgreSQL and resuming from a named step are still to come; the
 // simulator (package sim, scenario workflows) runs engines through
 // crashes, pauses and store faults. What a registered definition
 // promises, and the engine relies on:

@@ -87,6 +87,22 @@
 // Size is an in-memory count: Open counts the records once (a scan of the
 // record keys), and every write that adds or removes a record adjusts it.
 //
+// # Workflow journal
+//
+// Store.Journal returns the store's durable workflow.Journal, kept in the
+// same database under the prefix w/ (instances by id, each instance's
+// history as ordered keys, and an index of Instance.WakeAt that List with
+// Due reads):
+//
+//	engine, err := workflow.NewEngine(ledger, s.Journal(), registry, nil)
+//
+// Every Create, Append and Delete is one batch committed with pebble.Sync
+// before it returns, under a per-instance lock held from reading the
+// stored Seq, so Append is a compare-and-set and the instance and its new
+// entries are durable together. List without Due walks the instances in
+// id order and filters them as it decodes them. docs/workflows.md
+// describes the layout.
+//
 // # Close and logging
 //
 // Close stops the sweeper, waits for running operations and closes Pebble

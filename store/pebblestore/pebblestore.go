@@ -101,6 +101,9 @@ type Store struct {
 	sweepMu      sync.Mutex
 	sweepVisited atomic.Int64 // index entries Sweep looked at, for tests
 
+	journalOnce sync.Once
+	journal     *Journal
+
 	stopOnce    sync.Once
 	stop        chan struct{}
 	stopSweep   context.CancelFunc // cuts a running background sweep short

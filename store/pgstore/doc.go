@@ -17,8 +17,8 @@
 // The tables live in one schema (Config.Schema, default "idem"):
 // records, one row per (scope, key) with the primary key (scope, key); the
 // sequence tokens, from which every fencing token comes, so tokens of a key
-// increase also across Delete and Sweep; and migrations, the versions
-// applied.
+// increase also across Delete and Sweep; wf_instances and wf_history, the
+// workflow journal (see below); and migrations, the versions applied.
 //
 // A Begin's INSERT draws its token before it may wait for a concurrent
 // writer of the key; a takeover draws a fresh one while holding the row.
@@ -42,6 +42,31 @@
 // (not now(), which would be the start of a caller's transaction). Times
 // are kept to the microsecond and durations in whole microseconds,
 // rounded up.
+//
+// # Workflow journal
+//
+// Store.Journal returns the store's durable workflow.Journal, in two
+// tables of the same schema (migration 0002_workflow): wf_instances, one
+// row per instance (the instance as jsonb in body, beside the columns List
+// filters on: type, state, status, wake_ns and finished_ns as Unix
+// nanoseconds, exact where timestamptz would round to microseconds, and
+// clamped to the years 1677 to 2262), and wf_history, one row per history
+// entry, keyed (id, seq), deleted with its instance by ON DELETE CASCADE.
+//
+//	engine, err := workflow.NewEngine(ledger, s.Journal(), registry, nil)
+//
+// Every method is one statement, so one transaction and one round trip
+// (two when a write is refused, to tell idem.ErrNotFound from
+// workflow.ErrConflict). Append is an UPDATE ... WHERE id = $1 AND seq =
+// $old whose RETURNING feeds the INSERT of the history rows in the same
+// statement: the instance and its entries commit together, and of
+// concurrent Appends at one Seq exactly one matches the row. Create is an
+// INSERT ... ON CONFLICT DO NOTHING; when the id exists, the stored
+// instance is read and compared by fingerprint. Get reads the instance and
+// its history in one statement, so both are of the same Seq. List is one
+// query in id order; WakeAt (List with Due, every engine Step), type and
+// state, and status have indexes. Any number of processes may share the
+// tables.
 //
 // # One round trip per operation
 //

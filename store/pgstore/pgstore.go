@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -50,6 +51,9 @@ type Store struct {
 	// batchAbove (the pool's connections).
 	onPool     atomic.Int64
 	batchAbove int64
+
+	journalOnce sync.Once
+	journal     *Journal
 }
 
 var (
