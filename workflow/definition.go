@@ -95,8 +95,10 @@ type Step struct {
 	// instance, including a re-run after a crash, and different for every
 	// other step (and for each compensation).
 	Key string
-	// Token is the fencing token of the step key's claim in the ledger; it
-	// strictly increases when another worker takes the step over.
+	// Token is the instance's fencing token (Instance.Token): it strictly
+	// increases when another engine takes the instance over, so a
+	// downstream that remembers the highest token it saw for a key can
+	// refuse a worker that lost the instance and woke late.
 	Token int64
 	// Input is the payload of the event that started the step, or the
 	// instance's input when that is empty (always for an entry action). A
@@ -128,6 +130,12 @@ type Action struct {
 	// Retry is how Run is retried when it fails; nil means
 	// DefaultRetryPolicy().
 	Retry *RetryPolicy `json:"retry,omitempty"`
+	// InTx runs Run and Compensate inside the journal's transaction that
+	// records the step (the engine's journal must be a TxJournal, such as
+	// pgstore.Journal; read the transaction with pgstore.StepTx): their
+	// writes commit with the step or not at all, so a crash never leaves
+	// them done and the step not, and a re-run never repeats them.
+	InTx bool `json:"in_tx,omitempty"`
 	// OnExhausted says what the engine does when Run has failed for good
 	// (attempts exhausted, or a Permanent error): unwind the instance (the
 	// default) or park it for an operator.
@@ -154,6 +162,7 @@ const (
 type actionForm struct {
 	Name           string       `json:"name"`
 	NoCompensation bool         `json:"no_compensation"`
+	InTx           bool         `json:"in_tx,omitempty"`
 	Retry          *RetryPolicy `json:"retry"`
 	OnExhausted    Exhausted    `json:"on_exhausted"`
 }
@@ -185,7 +194,7 @@ func formOf(a *Action) *actionForm {
 	if a == nil {
 		return nil
 	}
-	return &actionForm{Name: a.Name, NoCompensation: a.NoCompensation, Retry: a.Retry, OnExhausted: a.OnExhausted}
+	return &actionForm{Name: a.Name, NoCompensation: a.NoCompensation, InTx: a.InTx, Retry: a.Retry, OnExhausted: a.OnExhausted}
 }
 
 // Fingerprint returns a hex SHA-256 of the definition's structure: names,
