@@ -71,6 +71,15 @@ type Transition struct {
 	// Event names what makes the transition happen: an event sent to the
 	// instance, or a state's TimeoutEvent. At most one transition per
 	// (From, Event).
+	//
+	// An empty Event (in JSON, "event" omitted or "") makes the transition
+	// automatic: an instance takes it as soon as it has entered From, once
+	// From's OnEnter action, if any, has completed, without waiting for an
+	// event; its Action runs as any transition's does. A chain of automatic
+	// transitions runs a sequence of steps from Start alone (as Step
+	// Functions' Next or XState's always). A state with an automatic
+	// transition has no other transition and no timeout, and a cycle of
+	// automatic transitions without actions is refused: see Validate.
 	Event string `json:"event"`
 	// To is the state the instance is in after the transition (From itself
 	// for a self-loop).
