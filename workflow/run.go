@@ -605,7 +605,7 @@ func (e *Engine) runPending(ctx context.Context, in *Instance, def *Definition, 
 	if err != nil {
 		entry(Entry{Kind: EntryActionFailed, Action: p.Action, StepKey: key, Token: in.Token, Attempt: in.Attempt, Error: err.Error(), Duration: e.clock.Now().Sub(start)})
 		if a.Retry.ShouldRetry(in.Attempt, err) {
-			in.NotBefore = e.clock.Now().Add(a.Retry.Backoff(in.Attempt, e.rand()))
+			in.NotBefore = e.clock.Now().Add(retryWait(a.Retry, in.Attempt, err, e.rand()))
 			return nil
 		}
 		in.Error = err.Error()
@@ -623,6 +623,18 @@ func (e *Engine) runPending(ctx context.Context, in *Instance, def *Definition, 
 	entry(Entry{Kind: EntryActionCompleted, Action: p.Action, StepKey: key, Token: in.Token, Attempt: in.Attempt, Replayed: kept, Duration: e.clock.Now().Sub(start)})
 	e.recordDone(in, def, result)
 	e.advancePast(in, def, p, entries)
+	if a.Next != nil {
+		// The action chose the event that follows it: queued, with an
+		// id of its step, so it is processed once, in the new state.
+		if ev := a.Next(result); ev != "" {
+			id := key + "/next"
+			if !seen(in, id) && !in.Status.Finished() {
+				in.Seen = append(in.Seen, id)
+				in.Inbox = append(in.Inbox, InboxEvent{ID: id, Event: ev, Payload: result})
+				entry(Entry{Kind: EntryEventReceived, Event: ev, EventID: id, Reason: "chosen by action " + p.Action})
+			}
+		}
+	}
 	return nil
 }
 
@@ -671,7 +683,7 @@ func (e *Engine) compensateNext(ctx context.Context, in *Instance, def *Definiti
 	if err != nil {
 		entry(Entry{Kind: EntryCompensateFailed, Action: d.Action, StepKey: key, Token: in.Token, Attempt: in.Attempt, Error: err.Error(), Duration: e.clock.Now().Sub(start)})
 		if a.Retry.ShouldRetry(in.Attempt, err) {
-			in.NotBefore = e.clock.Now().Add(a.Retry.Backoff(in.Attempt, e.rand()))
+			in.NotBefore = e.clock.Now().Add(retryWait(a.Retry, in.Attempt, err, e.rand()))
 			return nil
 		}
 		// A compensation that cannot succeed needs a person: park, and

@@ -8,6 +8,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/idemkit/idem"
 	"github.com/idemkit/idem/workflow"
@@ -263,5 +264,58 @@ func TestWaitTimesOutWithContext(t *testing.T) {
 	}
 	if _, err := w.eng.Wait(context.Background(), "nope"); !errors.Is(err, idem.ErrNotFound) {
 		t.Fatalf("Wait unknown: %v", err)
+	}
+}
+
+// TestNextChoosesEvent: an action's Next queues the event its result
+// chooses, processed in the state the action led to; RetryAfter makes the
+// next attempt wait longer than the policy's backoff.
+func TestNextChoosesEvent(t *testing.T) {
+	t.Parallel()
+	w := newWorld(t)
+	ctx := context.Background()
+	calls := 0
+	check := &workflow.Action{Name: "check", NoCompensation: true,
+		Retry: &workflow.RetryPolicy{MaxAttempts: 3, InitialBackoff: time.Second},
+		Run: func(ctx context.Context, s *workflow.Step) ([]byte, error) {
+			calls++
+			if calls == 1 {
+				return nil, workflow.RetryAfter(errors.New("busy"), time.Minute)
+			}
+			return []byte(`declined`), nil
+		},
+		Next: func(result []byte) string { return string(result) },
+	}
+	err := w.reg.Register(&workflow.Definition{Name: "credit", Version: 1, Initial: "new",
+		States: []workflow.State{{Name: "new"}, {Name: "checked"}, {Name: "ok", Terminal: workflow.Success}, {Name: "no", Terminal: workflow.Failure}},
+		Transitions: []workflow.Transition{
+			{From: "new", To: "checked", Action: check},
+			{From: "checked", Event: "approved", To: "ok"},
+			{From: "checked", Event: "declined", To: "no"},
+		}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := w.eng.Start(ctx, "credit", 0, "c1", nil, nil); err != nil {
+		t.Fatal(err)
+	}
+	w.drain(w.eng)
+	if in := w.get("c1"); !in.NotBefore.Equal(w.clk.Now().Add(time.Minute)) {
+		t.Fatalf("after a Retry-After of 1 min: next attempt at %v, now %v", in.NotBefore, w.clk.Now())
+	}
+	w.clk.Advance(time.Minute)
+	w.drain(w.eng)
+	in := w.get("c1")
+	if in.Status != workflow.Failed || in.State != "no" || calls != 2 {
+		t.Fatalf("status %s state %s calls %d", in.Status, in.State, calls)
+	}
+	var got []string
+	for _, e := range in.History {
+		if e.Kind == workflow.EntryEventReceived {
+			got = append(got, e.Event+" "+e.EventID)
+		}
+	}
+	if !slices.Equal(got, []string{"declined c1/1/check/next"}) {
+		t.Fatalf("events %q", got)
 	}
 }
