@@ -121,6 +121,10 @@ type Step struct {
 	Input []byte
 	// Attempt counts the attempts of this step, from 1.
 	Attempt int
+	// Results holds the results of the instance's completed actions, by
+	// action name (the latest completion of each). Read it, never change
+	// it.
+	Results map[string][]byte
 }
 
 // Action is a unit of work a transition or a state entry performs.

@@ -520,9 +520,13 @@ func pendingAction(in *Instance, def *Definition) *Action {
 	return t.Action
 }
 
-// recordDone notes the completed pending action for unwinding, if it has
-// a compensation.
+// recordDone notes the result of the completed pending action, and the
+// action for unwinding, if it has a compensation.
 func (e *Engine) recordDone(in *Instance, def *Definition, result []byte) {
+	if in.Results == nil {
+		in.Results = map[string][]byte{}
+	}
+	in.Results[in.Pending.Action] = result
 	a := pendingAction(in, def)
 	if a.Compensate == nil {
 		return
@@ -543,7 +547,7 @@ func (e *Engine) runStep(ctx context.Context, in *Instance, key string, input []
 	if len(input) == 0 {
 		input = in.Input
 	}
-	result, err = callStep(withStepKey(ctx, key), fn, &Step{InstanceID: in.ID, Key: key, Token: in.Token, Input: input, Attempt: in.Attempt + 1})
+	result, err = callStep(withStepKey(ctx, key), fn, &Step{InstanceID: in.ID, Key: key, Token: in.Token, Input: input, Attempt: in.Attempt + 1, Results: in.Results})
 	if err != nil {
 		return nil, false, err
 	}

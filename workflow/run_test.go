@@ -319,3 +319,29 @@ func TestNextChoosesEvent(t *testing.T) {
 		t.Fatalf("events %q", got)
 	}
 }
+
+// TestStepResults: an action reads the results of the actions completed
+// before it, by name.
+func TestStepResults(t *testing.T) {
+	t.Parallel()
+	w := newWorld(t)
+	var seen []string
+	d := chain("results", 3, func(ctx context.Context, s *workflow.Step) ([]byte, error) {
+		seen = append(seen, fmt.Sprintf("%s:%q", s.Key, s.Results["a1"]))
+		return []byte("r" + s.Key[len(s.Key)-1:]), nil
+	})
+	if err := w.reg.Register(d); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := w.eng.Start(context.Background(), "results", 0, "r", nil, nil); err != nil {
+		t.Fatal(err)
+	}
+	w.drain(w.eng)
+	want := []string{`r/1/a1:""`, `r/2/a2:"r1"`, `r/3/a3:"r1"`}
+	if !slices.Equal(seen, want) {
+		t.Fatalf("seen %q", seen)
+	}
+	if in := w.get("r"); string(in.Results["a3"]) != "r3" || len(in.Results) != 3 {
+		t.Fatalf("results %q", in.Results)
+	}
+}
