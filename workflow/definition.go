@@ -121,6 +121,8 @@ type Step struct {
 	Input []byte
 	// Attempt counts the attempts of this step, from 1.
 	Attempt int
+	// InstanceInput is the instance's input, whatever Input is.
+	InstanceInput []byte
 	// Results holds the results of the instance's completed actions, by
 	// action name (the latest completion of each). Read it, never change
 	// it.

@@ -547,7 +547,7 @@ func (e *Engine) runStep(ctx context.Context, in *Instance, key string, input []
 	if len(input) == 0 {
 		input = in.Input
 	}
-	result, err = callStep(withStepKey(ctx, key), fn, &Step{InstanceID: in.ID, Key: key, Token: in.Token, Input: input, Attempt: in.Attempt + 1, Results: in.Results})
+	result, err = callStep(withStepKey(ctx, key), fn, &Step{InstanceID: in.ID, Key: key, Token: in.Token, Input: input, Attempt: in.Attempt + 1, InstanceInput: in.Input, Results: in.Results})
 	if err != nil {
 		return nil, false, err
 	}
