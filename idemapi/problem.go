@@ -30,6 +30,15 @@ const (
 	ProblemInternal             = "internal"
 	ProblemNotImplemented       = "not-implemented"
 	ProblemUnavailable          = "unavailable"
+
+	// The workflow routes' own problems (docs/api.md, "Workflows").
+	ProblemWorkflowNotFound        = "workflow-not-found"
+	ProblemWorkflowTypeNotFound    = "workflow-type-not-found"
+	ProblemWorkflowMismatch        = "workflow-mismatch"
+	ProblemWorkflowVersionConflict = "workflow-version-conflict"
+	ProblemWorkflowNotParked       = "workflow-not-parked"
+	ProblemWorkflowNotResumable    = "workflow-not-resumable"
+	ProblemWorkflowFinished        = "workflow-finished"
 )
 
 var problemTitles = map[string]string{
@@ -47,6 +56,14 @@ var problemTitles = map[string]string{
 	ProblemInternal:             "Internal server error",
 	ProblemNotImplemented:       "The store cannot do this",
 	ProblemUnavailable:          "The ledger is unavailable",
+
+	ProblemWorkflowNotFound:        "No workflow instance with this id",
+	ProblemWorkflowTypeNotFound:    "No workflow type registered under this name and version",
+	ProblemWorkflowMismatch:        "The workflow id was started with another type or input",
+	ProblemWorkflowVersionConflict: "The workflow version is registered with other content",
+	ProblemWorkflowNotParked:       "The workflow instance is not parked",
+	ProblemWorkflowNotResumable:    "The workflow instance cannot be resumed",
+	ProblemWorkflowFinished:        "The workflow instance has finished",
 }
 
 // Problem is an RFC 9457 problem document.

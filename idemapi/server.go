@@ -21,6 +21,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/idemkit/idem"
+	"github.com/idemkit/idem/workflow"
 )
 
 // Size limits. An outcome travels as base64, 4/3 of its size, inside a
@@ -83,6 +84,29 @@ type Config struct {
 	// Observer, when set, receives an idem.Event for every ledger
 	// operation, besides the server's own metrics.
 	Observer idem.Observer
+
+	// Workflows, when set, mounts the workflow routes (/v1/workflows,
+	// /v1/workflow-types; docs/api.md, "Workflows") over this engine;
+	// without it they answer 501. The caller runs the engine (Run) and
+	// owns its journal. A token uses the routes of a workflow type T only
+	// if bound to the scope "wf:T" (WorkflowScope) or "*".
+	Workflows *workflow.Engine
+	// WorkflowTypes is the registry Workflows was made with: the types
+	// listed, drawn and registered. Required with Workflows.
+	WorkflowTypes *workflow.Registry
+	// ParseWorkflow, when set, reads a declarative workflow document
+	// (JSON or YAML; name is for its error messages) for POST
+	// /v1/workflow-types; idem serve sets it to the declare package's
+	// Parse. Without it that route answers 501. Its errors are shown to
+	// the client as they are: they should name lines and columns.
+	ParseWorkflow func(data []byte, name string) (*workflow.Definition, error)
+	// MaxWorkflowDocument bounds a document of POST /v1/workflow-types,
+	// in bytes (413 above). Default DefaultMaxWorkflowDocument (1 MiB).
+	MaxWorkflowDocument int64
+	// MaxWorkflowInput bounds a start's input and an event's payload, in
+	// bytes of JSON (413 above); their bodies may be BodyOverhead more.
+	// Default DefaultMaxWorkflowInput (256 KiB).
+	MaxWorkflowInput int64
 }
 
 // Server is the http.Handler of the idem API (docs/api.md).
@@ -97,6 +121,12 @@ type Server struct {
 	obs     idem.Observer
 	metrics *Metrics
 	digests *idem.Ledger // with Config.KeySecret: its StoredKey digests keys
+
+	wf       *workflow.Engine
+	wfTypes  *workflow.Registry
+	parseWF  func(data []byte, name string) (*workflow.Definition, error)
+	maxDoc   int64
+	maxInput int64
 }
 
 type tokenEntry struct {
@@ -132,6 +162,9 @@ func NewServer(store idem.Store, cfg *Config) (*Server, error) {
 	}
 	if s.log == nil {
 		s.log = slog.New(slog.DiscardHandler)
+	}
+	if err := s.configureWorkflows(cfg); err != nil {
+		return nil, err
 	}
 	switch {
 	case s.maxOut < 0:
@@ -237,6 +270,15 @@ var routes = map[string]*route{
 	"/v1/sweep":       {name: "sweep", methods: []string{http.MethodPost}, handle: (*Server).sweep},
 	"/v1/keys":        {name: "keys_list", methods: []string{http.MethodGet}, handle: (*Server).list},
 	keysPrefix + "{}": {name: "keys", methods: []string{http.MethodGet, http.MethodDelete}, handle: (*Server).keyRecord},
+
+	"/v1/workflow-types":       {name: "workflow_types", methods: []string{http.MethodGet, http.MethodPost}, handle: (*Server).workflowTypes},
+	wfTypesPrefix + "{}/graph": {name: "workflow_graph", methods: []string{http.MethodGet}, handle: (*Server).workflowGraph},
+	"/v1/workflows":            {name: "workflows", methods: []string{http.MethodGet, http.MethodPost}, handle: (*Server).workflows},
+	wfPrefix + "{}":            {name: "workflow", methods: []string{http.MethodGet}, handle: (*Server).workflowGet},
+	wfPrefix + "{}/events":     {name: "workflow_events", methods: []string{http.MethodPost}, handle: (*Server).workflowSignal},
+	wfPrefix + "{}/cancel":     {name: "workflow_cancel", methods: []string{http.MethodPost}, handle: (*Server).workflowCancel},
+	wfPrefix + "{}/retry":      {name: "workflow_retry", methods: []string{http.MethodPost}, handle: (*Server).workflowRetry},
+	wfPrefix + "{}/resume":     {name: "workflow_resume", methods: []string{http.MethodPost}, handle: (*Server).workflowResume},
 }
 
 const keysPrefix = "/v1/keys/"
@@ -252,6 +294,9 @@ func lookupRoute(r *http.Request) *route {
 	}
 	if rest, ok := strings.CutPrefix(path, keysPrefix); ok && !strings.Contains(rest, "/") {
 		return routes[keysPrefix+"{}"]
+	}
+	if rt := lookupWorkflowRoute(path); rt != nil {
+		return rt
 	}
 	return notFoundRoute
 }

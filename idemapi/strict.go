@@ -2,6 +2,7 @@ package idemapi
 
 import (
 	"encoding/base64"
+	"encoding/json"
 	"fmt"
 	"reflect"
 	"strconv"
@@ -26,7 +27,14 @@ const (
 	kindInt                     // a JSON integer within int64
 	kindObject                  // a JSON object with known field names
 	kindMap                     // a JSON object of strings, any names
+	kindAny                     // any JSON value (json.RawMessage), text valid, no name twice
 )
+
+// maxAnyDepth bounds the nesting of a kindAny value: arrays and objects
+// within each other.
+const maxAnyDepth = 64
+
+var rawMessageType = reflect.TypeOf(json.RawMessage(nil))
 
 // shape is the expected form of a JSON value.
 type shape struct {
@@ -60,6 +68,9 @@ func shapeFor(t reflect.Type) *shape {
 func buildShape(t reflect.Type) *shape {
 	for t.Kind() == reflect.Pointer {
 		t = t.Elem()
+	}
+	if t == rawMessageType {
+		return &shape{kind: kindAny}
 	}
 	switch t.Kind() {
 	case reflect.String:
@@ -216,6 +227,9 @@ func (s *scanner) value(path string, sh *shape) error {
 	if s.pos >= len(s.data) {
 		return s.malformed()
 	}
+	if sh.kind == kindAny {
+		return s.any(path, 0)
+	}
 	switch c := s.data[s.pos]; {
 	case c == 'n':
 		return s.literal("null")
@@ -255,6 +269,109 @@ func (s *scanner) value(path string, sh *shape) error {
 		return s.malformed()
 	}
 	return refuse("%s must be %s, not %s", path, kindName(sh.kind), what)
+}
+
+// any checks any JSON value at pos: strings valid text, no object with a
+// name twice, nesting at most maxAnyDepth deep.
+func (s *scanner) any(path string, depth int) error {
+	if s.pos >= len(s.data) {
+		return s.malformed()
+	}
+	if depth > maxAnyDepth {
+		return refuse("%s nests arrays and objects over %d deep", path, maxAnyDepth)
+	}
+	switch c := s.data[s.pos]; {
+	case c == 'n':
+		return s.literal("null")
+	case c == 't':
+		return s.literal("true")
+	case c == 'f':
+		return s.literal("false")
+	case c == '"':
+		if err := s.str(); err != nil {
+			if te, ok := err.(*textError); ok {
+				return refuse("a string in %s %s (byte %d)", path, te.why, te.at)
+			}
+			return err
+		}
+		return nil
+	case c == '-' || (c >= '0' && c <= '9'):
+		_, err := s.number()
+		return err
+	case c == '[':
+		s.pos++
+		s.space()
+		if s.pos < len(s.data) && s.data[s.pos] == ']' {
+			s.pos++
+			return nil
+		}
+		for {
+			s.space()
+			if err := s.any(path, depth+1); err != nil {
+				return err
+			}
+			s.space()
+			if s.pos >= len(s.data) {
+				return s.malformed()
+			}
+			switch s.data[s.pos] {
+			case ',':
+				s.pos++
+			case ']':
+				s.pos++
+				return nil
+			default:
+				return s.malformed()
+			}
+		}
+	case c == '{':
+		s.pos++
+		s.space()
+		if s.pos < len(s.data) && s.data[s.pos] == '}' {
+			s.pos++
+			return nil
+		}
+		names := map[string]bool{}
+		for {
+			s.space()
+			if s.pos >= len(s.data) || s.data[s.pos] != '"' {
+				return s.malformed()
+			}
+			if err := s.str(); err != nil {
+				if te, ok := err.(*textError); ok {
+					return refuse("a name in %s %s (byte %d)", path, te.why, te.at)
+				}
+				return err
+			}
+			if names[string(s.buf)] {
+				return refuse("the name %s appears twice in an object of %s", quoted(string(s.buf)), path)
+			}
+			names[string(s.buf)] = true
+			s.space()
+			if s.pos >= len(s.data) || s.data[s.pos] != ':' {
+				return s.malformed()
+			}
+			s.pos++
+			s.space()
+			if err := s.any(path, depth+1); err != nil {
+				return err
+			}
+			s.space()
+			if s.pos >= len(s.data) {
+				return s.malformed()
+			}
+			switch s.data[s.pos] {
+			case ',':
+				s.pos++
+			case '}':
+				s.pos++
+				return nil
+			default:
+				return s.malformed()
+			}
+		}
+	}
+	return s.malformed()
 }
 
 func (s *scanner) literal(word string) error {
