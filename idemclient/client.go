@@ -8,6 +8,7 @@ import (
 	"io"
 	"net/http"
 	"net/url"
+	"slices"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -121,56 +122,73 @@ func (c *Client) Close() error {
 // call sends one request and returns the body of a 2xx answer whose status
 // is want; every other answer becomes an error.
 func (c *Client) call(ctx context.Context, op, method, path string, in any, want int) ([]byte, error) {
-	if c.closed.Load() {
-		return nil, fmt.Errorf("idemclient: %s: %w", op, idem.ErrClosed)
-	}
-	var body io.Reader
+	var body []byte
 	if in != nil {
 		b, err := json.Marshal(in)
 		if err != nil {
 			return nil, fmt.Errorf("idemclient: %s: encode the request: %w", op, err)
 		}
-		body = bytes.NewReader(b)
+		body = b
+	}
+	ct := ""
+	if in != nil {
+		ct = "application/json"
+	}
+	_, data, err := c.send(ctx, op, method, path, ct, body, "application/json", want)
+	return data, err
+}
+
+// send sends one request with body (none when contentType is "") and
+// returns the status and body of a 2xx answer whose status is one of want
+// and whose content type is accept (none for 204); every other answer
+// becomes an error.
+func (c *Client) send(ctx context.Context, op, method, path, contentType string, in []byte, accept string, want ...int) (int, []byte, error) {
+	if c.closed.Load() {
+		return 0, nil, fmt.Errorf("idemclient: %s: %w", op, idem.ErrClosed)
+	}
+	var body io.Reader
+	if contentType != "" {
+		body = bytes.NewReader(in)
 	}
 	req, err := http.NewRequestWithContext(ctx, method, c.base+path, body)
 	if err != nil {
-		return nil, fmt.Errorf("idemclient: %s: %w", op, err)
+		return 0, nil, fmt.Errorf("idemclient: %s: %w", op, err)
 	}
 	req.Header.Set("Authorization", c.auth)
-	req.Header.Set("Accept", "application/json, application/problem+json")
+	req.Header.Set("Accept", accept+", application/problem+json")
 	req.Header.Set("User-Agent", c.ua)
-	if in != nil {
-		req.Header.Set("Content-Type", "application/json")
+	if contentType != "" {
+		req.Header.Set("Content-Type", contentType)
 	}
 	resp, err := c.hc.Do(req)
 	if err != nil {
-		return nil, fmt.Errorf("idemclient: %s: %w", op, err)
+		return 0, nil, fmt.Errorf("idemclient: %s: %w", op, err)
 	}
 	defer resp.Body.Close()
 	data, err := io.ReadAll(io.LimitReader(resp.Body, c.maxBody+1))
 	if err != nil {
-		return nil, fmt.Errorf("idemclient: %s: read the answer: %w", op, err)
+		return 0, nil, fmt.Errorf("idemclient: %s: read the answer: %w", op, err)
 	}
 	if int64(len(data)) > c.maxBody {
-		return nil, protocolf(op, "the answer is over %d bytes (Config.MaxResponse)", c.maxBody)
+		return 0, nil, protocolf(op, "the answer is over %d bytes (Config.MaxResponse)", c.maxBody)
 	}
 	if resp.StatusCode >= 300 {
 		pe := decodeProblem(op, resp.StatusCode, resp.Header.Get("Content-Type"), data)
 		if resp.StatusCode < 400 {
 			pe.Detail = "redirected to " + snippet([]byte(resp.Header.Get("Location"))) + "; point the client at the server itself"
 		}
-		return nil, pe
+		return 0, nil, pe
 	}
-	if resp.StatusCode != want {
-		return nil, protocolf(op, "status %d, want %d", resp.StatusCode, want)
+	if !slices.Contains(want, resp.StatusCode) {
+		return 0, nil, protocolf(op, "status %d, want %d", resp.StatusCode, want[0])
 	}
-	if want == http.StatusNoContent {
-		return nil, nil
+	if resp.StatusCode == http.StatusNoContent {
+		return resp.StatusCode, nil, nil
 	}
-	if ct := resp.Header.Get("Content-Type"); !strings.HasPrefix(ct, "application/json") {
-		return nil, protocolf(op, "content type %q, want application/json (%q)", snippet([]byte(ct)), snippet(data))
+	if ct := resp.Header.Get("Content-Type"); !strings.HasPrefix(ct, accept) {
+		return 0, nil, protocolf(op, "content type %q, want %s (%q)", snippet([]byte(ct)), accept, snippet(data))
 	}
-	return data, nil
+	return resp.StatusCode, data, nil
 }
 
 // keyPath is the path of one record: the key is one percent-encoded

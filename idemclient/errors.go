@@ -10,6 +10,7 @@ import (
 
 	"github.com/idemkit/idem"
 	"github.com/idemkit/idem/idemapi"
+	"github.com/idemkit/idem/workflow"
 )
 
 // Sentinels for answers that have no core counterpart. Every error of a
@@ -100,6 +101,14 @@ var problemSentinels = map[string]error{
 	idemapi.ProblemUnsupportedMediaType: ErrProtocol,
 	idemapi.ProblemNoSuchRoute:          ErrProtocol,
 	idemapi.ProblemInternal:             ErrUnavailable,
+
+	idemapi.ProblemWorkflowNotFound:        idem.ErrNotFound,
+	idemapi.ProblemWorkflowTypeNotFound:    workflow.ErrNotRegistered,
+	idemapi.ProblemWorkflowMismatch:        idem.ErrFingerprintMismatch,
+	idemapi.ProblemWorkflowVersionConflict: workflow.ErrVersionConflict,
+	idemapi.ProblemWorkflowNotParked:       workflow.ErrNotParked,
+	idemapi.ProblemWorkflowNotResumable:    workflow.ErrNotResumable,
+	idemapi.ProblemWorkflowFinished:        workflow.ErrFinished,
 }
 
 // statusSentinel is what a status alone says, for bodies that are no
