@@ -35,6 +35,12 @@ func parseWithLookup(fs *flag.FlagSet, args []string, lookup func(string) (strin
 	}
 	onCommandLine := map[string]bool{}
 	fs.Visit(func(f *flag.Flag) { onCommandLine[f.Name] = true })
+	return applyEnv(fs, onCommandLine, lookup)
+}
+
+// applyEnv sets every flag of fs not in onCommandLine from its
+// environment variable (envName).
+func applyEnv(fs *flag.FlagSet, onCommandLine map[string]bool, lookup func(string) (string, bool)) error {
 	var err error
 	fs.VisitAll(func(f *flag.Flag) {
 		if err != nil || onCommandLine[f.Name] {

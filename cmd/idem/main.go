@@ -3,6 +3,7 @@
 //	idem serve    the ledger over HTTP/JSON (embedded store by default)
 //	idem proxy    the Idempotency-Key middleware in front of any HTTP service
 //	idem keys     list, show and delete records
+//	idem wf       start, signal, inspect and operate workflows
 //	idem migrate  bring a PostgreSQL store's schema up to date
 //	idem sim      run the deterministic simulator: scenarios, mutants, seeds
 //	idem version  print the module version, VCS revision and Go version
@@ -26,6 +27,9 @@ Commands:
   proxy     put the Idempotency-Key middleware in front of any HTTP service
             (embedded store in ./idem-proxy-data by default)
   keys      list, show and delete records (ls | show | delete)
+  wf        start, signal, inspect and operate workflows (types | graph |
+            register | start | signal | cancel | retry | resume | show |
+            history | ls)
   migrate   bring a PostgreSQL store's schema up to date
   sim       check idem's guarantees in seeded simulated worlds (crashes,
             pauses, a lossy network, failing stores)
@@ -53,6 +57,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return runProxy(args[1:], stdout, stderr)
 	case "keys":
 		return runKeys(args[1:], stdout, stderr)
+	case "wf":
+		return runWF(args[1:], stdout, stderr)
 	case "migrate":
 		return runMigrate(args[1:], stdout, stderr)
 	case "sim":

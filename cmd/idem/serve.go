@@ -71,6 +71,20 @@ Flags:
   --log-level LEVEL      debug (every request), info (client errors), warn
                          or error (default info); logs never hold keys,
                          tokens or bodies
+  --workflows DIR        register every declarative workflow document of
+                         DIR (*.json, *.yaml, *.yml; docs/workflows.md) at
+                         start; serve refuses to start when one is bad and
+                         prints every error with its file, line and column.
+                         The workflow engine runs on mem:, file: and
+                         postgres:// stores (with or without --workflows:
+                         POST /v1/workflow-types registers more, for the
+                         life of the process); redis:// keeps no workflows
+                         and the workflow routes answer 501
+  --engine-id ID         the engine's name in the instances it owns (give
+                         each serve process its own) (default: host name
+                         and pid)
+  --workflow-workers N   how many workflow instances the engine advances at
+                         once (default 16)
 ` + tlsHelp + `
 ` + envHelp + `
 Example:
@@ -90,6 +104,8 @@ type serveOptions struct {
 	maxBody                         int64
 	lease, window, drain, sweep     time.Duration
 	tls                             tlsFiles
+	workflows, engineID             string
+	workflowWorkers                 int
 }
 
 func runServe(args []string, stdout, stderr io.Writer) int {
@@ -119,6 +135,9 @@ func parseServeFlags(args []string, stdout, stderr io.Writer) (*serveOptions, in
 	fs.DurationVar(&o.drain, "drain", 10*time.Second, "")
 	fs.DurationVar(&o.sweep, "sweep-interval", time.Minute, "")
 	fs.StringVar(&o.logLevel, "log-level", "info", "")
+	fs.StringVar(&o.workflows, "workflows", "", "")
+	fs.StringVar(&o.engineID, "engine-id", "", "")
+	fs.IntVar(&o.workflowWorkers, "workflow-workers", 16, "")
 	o.tls.register(fs)
 	err := parseWithEnv(fs, args)
 	switch {
@@ -144,6 +163,8 @@ func parseServeFlags(args []string, stdout, stderr io.Writer) (*serveOptions, in
 		bad = fmt.Sprintf("--drain must be positive, got %s", o.drain)
 	case o.sweep <= 0:
 		bad = fmt.Sprintf("--sweep-interval must be positive, got %s", o.sweep)
+	case o.workflowWorkers <= 0:
+		bad = fmt.Sprintf("--workflow-workers must be positive, got %d", o.workflowWorkers)
 	case o.tls.check() != nil:
 		bad = o.tls.check().Error()
 	}
@@ -189,9 +210,25 @@ func serve(ctx context.Context, o *serveOptions, stdout, stderr io.Writer) error
 		return errors.Join(err, closeStore())
 	}
 
-	handler, err := idemapi.NewServer(store, &idemapi.Config{
+	wf, err := serveWorkflows(o, store)
+	if err != nil {
+		return errors.Join(err, closeStore())
+	}
+	apiCfg := &idemapi.Config{
 		Tokens: tokens, MaxBody: o.maxBody, DefaultLease: o.lease, DefaultWindow: o.window, Logger: logger, KeySecret: keySecret,
-	})
+	}
+	if wf != nil {
+		apiCfg.Workflows, apiCfg.WorkflowTypes, apiCfg.ParseWorkflow = wf.engine, wf.registry, parseWorkflowDocument
+		// The engine stops after the HTTP servers have drained, before
+		// the store closes.
+		closeStore = func(closeStore func() error) func() error {
+			return func() error {
+				wf.stop()
+				return closeStore()
+			}
+		}(closeStore)
+	}
+	handler, err := idemapi.NewServer(store, apiCfg)
 	if err != nil {
 		return errors.Join(err, closeStore())
 	}
@@ -207,6 +244,12 @@ func serve(ctx context.Context, o *serveOptions, stdout, stderr io.Writer) error
 	}
 	if tokenLine != "" {
 		fmt.Fprintf(stdout, "idem serve: %s\n", tokenLine)
+	}
+	if wf != nil {
+		fmt.Fprintf(stdout, "idem serve: %s\n", wf.describe)
+		wf.start()
+	} else {
+		fmt.Fprintf(stdout, "idem serve: workflows off: the store keeps no workflow journal (use mem:, file: or postgres://)\n")
 	}
 
 	srv := &http.Server{
