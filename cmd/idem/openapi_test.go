@@ -83,6 +83,9 @@ func TestOpenAPIDocument(t *testing.T) {
 		idemapi.ProblemLeaseLost: 409, idemapi.ProblemCompleted: 409, idemapi.ProblemBodyTooLarge: 413,
 		idemapi.ProblemUnsupportedMediaType: 415, idemapi.ProblemFingerprintMismatch: 422,
 		idemapi.ProblemInternal: 500, idemapi.ProblemNotImplemented: 501, idemapi.ProblemUnavailable: 503,
+		idemapi.ProblemWorkflowNotFound: 404, idemapi.ProblemWorkflowTypeNotFound: 404, idemapi.ProblemWorkflowMismatch: 409,
+		idemapi.ProblemWorkflowVersionConflict: 409, idemapi.ProblemWorkflowNotParked: 409,
+		idemapi.ProblemWorkflowNotResumable: 409, idemapi.ProblemWorkflowFinished: 409,
 	}
 	if !maps.Equal(documented, used) {
 		t.Errorf("problem types in the document %v, the server's %v", documented, used)
@@ -112,12 +115,16 @@ func (c *coverage) add(op string, status int) {
 	c.seen[fmt.Sprintf("%s %d", op, status)] = true
 }
 
-func startAPI(t *testing.T, store idem.Store, seen *coverage) *apiServer {
+func startAPI(t *testing.T, store idem.Store, seen *coverage, configure ...func(*idemapi.Config)) *apiServer {
 	t.Helper()
-	h, err := idemapi.NewServer(store, &idemapi.Config{
+	cfg := &idemapi.Config{
 		Tokens:  map[string][]string{apiOpsToken: {idemapi.AllScopes}, apiBillingToken: {"billing"}},
 		MaxBody: 256 << 10,
-	})
+	}
+	for _, f := range configure {
+		f(cfg)
+	}
+	h, err := idemapi.NewServer(store, cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -421,6 +428,8 @@ func TestOpenAPIEveryRouteAndStatus(t *testing.T) {
 		})
 	}
 
+	t.Run("workflows", func(t *testing.T) { driveWorkflowRoutes(t, seen) })
+
 	// What answers a path or method the document does not have.
 	t.Run("unrouted", func(t *testing.T) {
 		good.expect(t, 404, idemapi.ProblemNoSuchRoute, "GET", "/v2/begin", apiOpsToken, nil)
@@ -489,7 +498,7 @@ func TestOpenAPIRoutesMatchTheServer(t *testing.T) {
 			if !slices.Contains(documented, route) {
 				documented = append(documented, route)
 			}
-			concrete := strings.Replace(path, "{key}", "k", 1) + "?scope=billing"
+			concrete := concretePath(path) + "?scope=billing"
 			before := metrics()[route]
 			status, data, _ := a.call(t, method, concrete, apiOpsToken, nil, "")
 			if status == 404 && bytes.Contains(data, []byte(idemapi.ProblemNoSuchRoute)) || status == 405 {
@@ -508,7 +517,7 @@ func TestOpenAPIRoutesMatchTheServer(t *testing.T) {
 			if slices.Contains(methods, m) {
 				continue
 			}
-			status, _, h := a.call(t, m, strings.Replace(path, "{key}", "k", 1), apiOpsToken, nil, "")
+			status, _, h := a.call(t, m, concretePath(path), apiOpsToken, nil, "")
 			allow := strings.Split(h.Get("Allow"), ", ")
 			sort.Strings(allow)
 			if status != 405 || !slices.Equal(allow, methods) {
