@@ -19,6 +19,7 @@ import (
 	"strings"
 	"text/tabwriter"
 	"time"
+	"unicode"
 	"unicode/utf8"
 
 	"github.com/idemkit/idem"
@@ -825,9 +826,12 @@ func entryDetail(e idemapi.WorkflowEntry) string {
 	return strings.Join(parts, "; ")
 }
 
-// clipText is a text for a table cell: printable, at most 120 bytes.
+// clipText is a text for a table cell (JSON text is shown as it is when
+// it holds no control characters): printable, at most 120 bytes.
 func clipText(s string) string {
-	s = printable(s)
+	if strings.IndexFunc(s, func(r rune) bool { return !unicode.IsPrint(r) }) >= 0 {
+		s = printable(s)
+	}
 	if len(s) > 120 {
 		cut := 117
 		for cut > 0 && !utf8.RuneStart(s[cut]) {
