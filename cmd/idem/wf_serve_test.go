@@ -98,7 +98,11 @@ func TestWFServeWorkflows(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if line := p.next(t); !strings.Contains(line, "1 types from "+wfDir+" (order v1)") || !strings.Contains(line, "test-engine, 2 workers") {
+	line := p.next(t)
+	for !strings.HasPrefix(line, "idem serve: workflow engine") {
+		line = p.next(t)
+	}
+	if !strings.Contains(line, "1 types from "+wfDir+" (order v1)") || !strings.Contains(line, "test-engine, 2 workers") {
 		t.Errorf("startup line %q", line)
 	}
 	base := checkedProxy(t, "http://"+p.addr)
