@@ -292,15 +292,20 @@ func (w *World) commitStaged() {
 	if t == nil {
 		return
 	}
+	for _, e := range t.staged {
+		w.apply(e.key, e.value)
+	}
+	t.staged = t.staged[:0]
+}
+
+// apply applies an effect on key at once.
+func (w *World) apply(key, value string) {
 	if w.effects == nil {
 		w.effects = make(map[string][]string)
 	}
-	for _, e := range t.staged {
-		w.effects[e.key] = append(w.effects[e.key], e.value)
-		w.effectOrder = append(w.effectOrder, e.key)
-		w.Log("effect", e.key, e.value)
-	}
-	t.staged = t.staged[:0]
+	w.effects[key] = append(w.effects[key], value)
+	w.effectOrder = append(w.effectOrder, key)
+	w.Log("effect", key, value)
 }
 
 // Effects returns the effects applied on key, in order.

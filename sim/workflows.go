@@ -19,9 +19,12 @@ import (
 // same ledger and journal, crash at step boundaries (after an action,
 // before its commit, during compensation) and at random, restart as new
 // engines, and pause past their lease. Actions fail now and then, for a
-// while or for good. An action's effect is staged under its step key and
-// commits with the step's outcome in the ledger, as a business write in
-// the outcome's transaction would.
+// while or for good. Actions call a downstream service that honours
+// idempotency keys and fencing tokens, as Stripe does: the first final
+// answer for a step key (done, or declined) is the answer to every later
+// request with that key, and a request with a lower token than the
+// highest the key has seen is refused. An action's effect is applied
+// there, when its request is first done.
 var workflows = &Scenario{
 	Name: "workflows",
 	Doc:  "workflow engines that crash at step boundaries and pause past their lease; duplicate starts and events, cancels",
@@ -79,12 +82,8 @@ func setupWorkflows(w *World, store *Store) func() {
 	for n := range wfWorkers {
 		name := fmt.Sprintf("worker%d", n)
 		w.NewProcess(name, func(p *Process) {
-			ledger, err := idem.New(store, &idem.Config{Clock: w.Clock(), Lease: wfLease})
-			if err != nil {
-				panic(err)
-			}
-			engine, err := workflow.NewEngine(ledger, journal, &types, &workflow.EngineConfig{
-				Lease: wfLease, PollInterval: wfPoll, Rand: w.Rand().Float64})
+			engine, err := workflow.NewEngine(journal, &types, &workflow.EngineConfig{ID: fmt.Sprintf("%s.%d", name, p.epoch),
+				Clock: w.Clock(), Lease: wfLease, PollInterval: wfPoll, Rand: w.Rand().Float64})
 			if err != nil {
 				panic(err)
 			}
@@ -130,27 +129,21 @@ func setupWorkflows(w *World, store *Store) func() {
 	for i := range wfInstances {
 		c := &wfClient{id: fmt.Sprintf("order%d", i), input: fmt.Sprintf(`{"order":%d}`, i), acked: map[string]string{}}
 		clients = append(clients, c)
-		w.Go("client"+fmt.Sprint(i), func() { runWfClient(w, store, journal, &types, c, func() { clientsLeft-- }) })
+		w.Go("client"+fmt.Sprint(i), func() { runWfClient(w, journal, &types, c, func() { clientsLeft-- }) })
 	}
 
 	return func() {
-		keys := []string{}
 		for _, c := range clients {
-			keys = append(keys, c.id)
 			checkInstance(w, journal, def, c)
 		}
-		store.Free(wfLease, keys...)
 	}
 }
 
 // clientEngine is the engine a client calls Start, Signal and Cancel on:
-// those only touch the journal, and the engine holds no state of its own.
-func clientEngine(w *World, store *Store, journal *Journal, types *workflow.Registry) *workflow.Engine {
-	ledger, err := idem.New(store, &idem.Config{Clock: w.Clock()})
-	if err != nil {
-		panic(err)
-	}
-	e, err := workflow.NewEngine(ledger, journal, types, &workflow.EngineConfig{Rand: w.Rand().Float64})
+// it never runs (Run), so it takes no instance; those calls only touch
+// the journal.
+func clientEngine(w *World, journal *Journal, types *workflow.Registry) *workflow.Engine {
+	e, err := workflow.NewEngine(journal, types, &workflow.EngineConfig{Clock: w.Clock(), Rand: w.Rand().Float64})
 	if err != nil {
 		panic(err)
 	}
@@ -159,10 +152,10 @@ func clientEngine(w *World, store *Store, journal *Journal, types *workflow.Regi
 
 // runWfClient starts one order, duplicates the start, sends its events
 // (some twice, in an order of the network's choosing) and maybe cancels.
-func runWfClient(w *World, store *Store, journal *Journal, types *workflow.Registry, c *wfClient, done func()) {
+func runWfClient(w *World, journal *Journal, types *workflow.Registry, c *wfClient, done func()) {
 	defer done()
 	ctx := context.Background()
-	e := clientEngine(w, store, journal, types)
+	e := clientEngine(w, journal, types)
 	retry := func(what string, op func() error) error {
 		var err error
 		for range 100 {
@@ -248,10 +241,11 @@ func runWfClient(w *World, store *Store, journal *Journal, types *workflow.Regis
 // a state waited in too long expires.
 func orderDefinition(w *World) *workflow.Definition {
 	retry := &workflow.RetryPolicy{MaxAttempts: 3, InitialBackoff: 50 * time.Millisecond, MaxBackoff: 200 * time.Millisecond, Jitter: 0.5}
+	ds := &downstream{keys: map[string]*downstreamKey{}}
 	act := func(name string, transient, permanent float64) *workflow.Action {
 		return &workflow.Action{Name: name, Retry: retry,
-			Run:        effectStep(w, name, transient, permanent),
-			Compensate: effectStep(w, "undo "+name, 0.1, 0)}
+			Run:        effectStep(w, ds, name, transient, permanent),
+			Compensate: effectStep(w, ds, "undo "+name, 0.1, 0)}
 	}
 	return &workflow.Definition{
 		Name: "order", Version: 1, Initial: "pending",
@@ -273,10 +267,22 @@ func orderDefinition(w *World) *workflow.Definition {
 	}
 }
 
-// effectStep is an action (or compensation) that works a while, may fail,
-// and stages its effect under its step key: the effect commits with the
-// step's outcome, or never.
-func effectStep(w *World, what string, transient, permanent float64) workflow.StepFunc {
+// downstream is a service the actions call, which honours idempotency
+// keys and fencing tokens.
+type downstream struct {
+	keys map[string]*downstreamKey
+}
+
+type downstreamKey struct {
+	token  int64  // the highest token a request with the key carried
+	answer string // "done" or "declined" once final, "" before
+}
+
+// effectStep is an action (or compensation) that works a while and calls
+// the world's downstream service with its step key and token: the
+// service may be unavailable (transient) or decline (permanent), and
+// applies the effect the first time a key's request is done.
+func effectStep(w *World, ds *downstream, what string, transient, permanent float64) workflow.StepFunc {
 	return func(ctx context.Context, s *workflow.Step) ([]byte, error) {
 		if got := workflow.StepKey(ctx); got != s.Key {
 			w.Violate("step-key", s.Key, fmt.Sprintf("the action's context carries step key %q", got))
@@ -284,13 +290,30 @@ func effectStep(w *World, what string, transient, permanent float64) workflow.St
 		if err := w.Sleep(w.Between(0, 300*time.Millisecond)); err != nil {
 			return nil, err
 		}
+		k := ds.keys[s.Key]
+		if k == nil {
+			k = &downstreamKey{}
+			ds.keys[s.Key] = k
+		}
+		switch {
+		case s.Token < k.token:
+			w.Log("downstream-fenced", s.Key, fmt.Sprintf("token %d < %d", s.Token, k.token))
+			return nil, workflow.Permanent(fmt.Errorf("%s refused: token %d is stale", what, s.Token))
+		case k.answer == "done":
+			return []byte(what + " done"), nil
+		case k.answer == "declined":
+			return nil, workflow.Permanent(errors.New(what + " declined"))
+		}
+		k.token = s.Token
 		switch {
 		case w.Chance(permanent):
+			k.answer = "declined"
 			return nil, workflow.Permanent(errors.New(what + " declined"))
 		case w.Chance(transient):
 			return nil, errors.New(what + " unavailable")
 		}
-		w.Stage(s.Key, what)
+		k.answer = "done"
+		w.apply(s.Key, what)
 		return []byte(what + " done"), nil
 	}
 }

@@ -29,6 +29,12 @@ type Definition struct {
 	// Transitions say, for a state and an event, which state comes next
 	// and which action takes the instance there.
 	Transitions []Transition `json:"transitions"`
+	// Source, if set, is what else defines the type's behaviour beyond
+	// the structure Fingerprint covers: the document a declarative
+	// definition was read from, whose requests and rules are its
+	// functions. It enters Fingerprint, so a changed document under a
+	// registered version is a version conflict.
+	Source []byte `json:"-"`
 }
 
 // Terminal says whether a state ends an instance, and how.
@@ -71,6 +77,15 @@ type Transition struct {
 	// Event names what makes the transition happen: an event sent to the
 	// instance, or a state's TimeoutEvent. At most one transition per
 	// (From, Event).
+	//
+	// An empty Event (in JSON, "event" omitted or "") makes the transition
+	// automatic: an instance takes it as soon as it has entered From, once
+	// From's OnEnter action, if any, has completed, without waiting for an
+	// event; its Action runs as any transition's does. A chain of automatic
+	// transitions runs a sequence of steps from Start alone (as Step
+	// Functions' Next or XState's always). A state with an automatic
+	// transition has no other transition and no timeout, and a cycle of
+	// automatic transitions without actions is refused: see Validate.
 	Event string `json:"event"`
 	// To is the state the instance is in after the transition (From itself
 	// for a self-loop).
@@ -95,8 +110,10 @@ type Step struct {
 	// instance, including a re-run after a crash, and different for every
 	// other step (and for each compensation).
 	Key string
-	// Token is the fencing token of the step key's claim in the ledger; it
-	// strictly increases when another worker takes the step over.
+	// Token is the instance's fencing token (Instance.Token): it strictly
+	// increases when another engine takes the instance over, so a
+	// downstream that remembers the highest token it saw for a key can
+	// refuse a worker that lost the instance and woke late.
 	Token int64
 	// Input is the payload of the event that started the step, or the
 	// instance's input when that is empty (always for an entry action). A
@@ -104,6 +121,12 @@ type Step struct {
 	Input []byte
 	// Attempt counts the attempts of this step, from 1.
 	Attempt int
+	// InstanceInput is the instance's input, whatever Input is.
+	InstanceInput []byte
+	// Results holds the results of the instance's completed actions, by
+	// action name (the latest completion of each). Read it, never change
+	// it.
+	Results map[string][]byte
 }
 
 // Action is a unit of work a transition or a state entry performs.
@@ -128,6 +151,19 @@ type Action struct {
 	// Retry is how Run is retried when it fails; nil means
 	// DefaultRetryPolicy().
 	Retry *RetryPolicy `json:"retry,omitempty"`
+	// InTx runs Run and Compensate inside the journal's transaction that
+	// records the step (the engine's journal must be a TxJournal, such as
+	// pgstore.Journal; read the transaction with pgstore.StepTx): their
+	// writes commit with the step or not at all, so a crash never leaves
+	// them done and the step not, and a re-run never repeats them.
+	InTx bool `json:"in_tx,omitempty"`
+	// Next, if set, chooses from Run's result the event that follows the
+	// action (the empty event: none): the engine queues it, with the
+	// result as its payload and the id "<step key>/next", as the action's
+	// step commits, and processes it in the state the action led to, as
+	// any event. Declarative definitions choose it with rules on the
+	// result.
+	Next func(result []byte) string `json:"-"`
 	// OnExhausted says what the engine does when Run has failed for good
 	// (attempts exhausted, or a Permanent error): unwind the instance (the
 	// default) or park it for an operator.
@@ -154,6 +190,7 @@ const (
 type actionForm struct {
 	Name           string       `json:"name"`
 	NoCompensation bool         `json:"no_compensation"`
+	InTx           bool         `json:"in_tx,omitempty"`
 	Retry          *RetryPolicy `json:"retry"`
 	OnExhausted    Exhausted    `json:"on_exhausted"`
 }
@@ -179,19 +216,21 @@ type definitionForm struct {
 	Initial     string           `json:"initial"`
 	States      []stateForm      `json:"states"`
 	Transitions []transitionForm `json:"transitions"`
+	Source      [32]byte         `json:"source,omitzero"`
 }
 
 func formOf(a *Action) *actionForm {
 	if a == nil {
 		return nil
 	}
-	return &actionForm{Name: a.Name, NoCompensation: a.NoCompensation, Retry: a.Retry, OnExhausted: a.OnExhausted}
+	return &actionForm{Name: a.Name, NoCompensation: a.NoCompensation, InTx: a.InTx, Retry: a.Retry, OnExhausted: a.OnExhausted}
 }
 
 // Fingerprint returns a hex SHA-256 of the definition's structure: names,
 // version, states, transitions, timeouts, and each action's name,
 // NoCompensation, retry values and OnExhausted; not its functions (Run,
-// Compensate, Retryable), which cannot be compared. Two valid definitions
+// Compensate, Retryable, Next), which cannot be compared, but Source's
+// SHA-256 when it is set. Two valid definitions
 // with the same fingerprint describe the same state machine, and the
 // declarative (JSON) form of a definition has the definition's
 // fingerprint.
@@ -202,6 +241,9 @@ func (d *Definition) Fingerprint() string {
 	}
 	for _, t := range d.Transitions {
 		f.Transitions = append(f.Transitions, transitionForm{From: t.From, Event: t.Event, To: t.To, Action: formOf(t.Action)})
+	}
+	if len(d.Source) > 0 {
+		f.Source = sha256.Sum256(d.Source)
 	}
 	b, err := json.Marshal(f)
 	if err != nil {

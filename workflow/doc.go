@@ -2,17 +2,17 @@
 // (reserve stock, charge the card, ship the parcel) written as an explicit
 // state machine that is checked before anything runs, versioned, and drawn.
 //
-// It also runs instances of them on the idem ledger (Engine): idempotent
-// starts, deduplicated events, one step key per action, retries, and
-// compensation on cancel and failure. Instances live in a Journal; this
-// package has the memory one (MemJournal), the embedded store and
+// It also runs instances of them (Engine): idempotent starts,
+// deduplicated events, one step key and fencing token per action, retries,
+// compensation on cancel and failure, and operators' cancel, retry, resume
+// and purge. Instances live in a Journal, which is the engine's ledger:
+// this package has the memory one (MemJournal), the embedded store and
 // PostgreSQL have durable ones ((*pebblestore.Store).Journal,
 // (*pgstore.Store).Journal), and every journal passes the conformance
-// suite in workflow/journaltest. Actions in the step's transaction on
-// PostgreSQL and resuming from a named step are still to come; the
-// simulator (package sim, scenario workflows) runs engines through
-// crashes, pauses and store faults. What a registered definition
-// promises, and the engine relies on:
+// suite in workflow/journaltest. On PostgreSQL an action can run in the
+// transaction that records its step (Action.InTx). The simulator (package
+// sim, scenario workflows) runs engines through crashes, pauses and store
+// faults. What a registered definition promises, and the engine relies on:
 //
 //   - every state can be reached, and from every state an instance can
 //     still reach a terminal one, so there are no dead ends;
@@ -44,9 +44,12 @@
 // the instance or parks it for an operator.
 //
 // Run and Compensate receive a *Step: the instance id, a step key that is
-// the same for every attempt of one step, the fencing token of the step
-// key's claim in the ledger and the attempt number. An action passes the key downstream as an idempotency
-// key, so that a re-run after a crash replays instead of repeating.
+// the same for every attempt of one step, the instance's fencing token
+// (it grows each time another engine takes the instance over) and the
+// attempt number. An action passes the key downstream as an idempotency
+// key, so that a re-run after a crash replays instead of repeating, and
+// the token as a fencing token, so that an engine that lost the instance
+// and woke late is refused.
 //
 // # Defining a workflow
 //
@@ -73,36 +76,50 @@
 //
 // # Running instances
 //
-//	engine, err := workflow.NewEngine(ledger, workflow.NewMemJournal(), &types, nil)
+//	engine, err := workflow.NewEngine(workflow.NewMemJournal(), &types, nil)
+//	go engine.Run(ctx)                                                  // or engine.Step(ctx) in tests
 //	inst, err := engine.Start(ctx, "order", 0, "order-7", input, nil)  // idempotent by id
 //	dup, err := engine.Signal(ctx, "order-7", "evt-1", "place", payload) // deduplicated by event id
-//	go engine.Run(ctx)                                                  // or engine.Step(ctx) in tests
+//	done, err := engine.Wait(ctx, "order-7")                            // finished or parked
 //
 // Start is idempotent: the same id with the same type and input returns
 // the existing instance, with another input it fails with
 // idem.ErrFingerprintMismatch, and a finished id starts again only as the
-// ReusePolicy allows. Signal queues an event once per event id; a worker
-// processes events in order, and one that no transition of the current
-// state takes is recorded in the history as rejected, with the reason.
+// ReusePolicy allows. Signal queues an event once per event id; the
+// instance processes events in order, and one that no transition of the
+// current state takes is recorded in the history as rejected, with the
+// reason. A transition with no event is automatic: it is taken as soon as
+// its state has been entered, so a sequence of steps runs from Start alone.
 //
-// Each action runs under its step key, "<id>/<step>/<action>", claimed in
-// the ledger (scope StepScope): a step completed before a crash replays
-// its result instead of running again, and a re-run happens with the same
-// key. The key is in the action's context (StepKey, idem.KeyFrom), and
-// idemhttp.Transport sends it as the Idempotency-Key. A failed attempt is
-// retried by the action's RetryPolicy on the ledger's clock; an action
-// that fails for good unwinds the instance (the compensations of its
-// completed actions, latest first, each once under its own key
-// "<id>/<step>/compensate/<action>") or parks it for Retry. Cancel unwinds
-// too. A state's Timeout fires its TimeoutEvent as an event with a
-// deterministic id.
+// Each action runs under its step key, "<id>/<step>/<action>", which is in
+// the action's context (StepKey, idem.KeyFrom) and which
+// idemhttp.Transport sends as the Idempotency-Key. A step is done when the
+// journal records it: the write that records an action's result also
+// records the transition it completes and the next action to run, so a
+// step costs one journal commit. An engine that dies after an action and
+// before that commit leaves the step to be run again, by the engine that
+// takes the instance over, with the same key and a higher token: a
+// downstream that honours the key replays instead of repeating. An action
+// marked InTx runs in the commit's own transaction (pgstore), so its
+// writes and the step commit together or not at all.
 //
-// An engine owns an instance while it advances it by a lease on the
-// ledger itself (scope InstanceScope), and every write to the journal is
-// a compare-and-set, so any number of engines can share a journal and a
-// ledger. Operators list instances by type, state and status, read one
-// with its history (Get), cancel, retry a parked one and purge finished
-// ones past a retention.
+// A failed attempt is retried by the action's RetryPolicy on the engine's
+// clock; an action that fails for good unwinds the instance (the
+// compensations of its completed actions, latest first, each once under
+// its own key "<id>/<step>/compensate/<action>") or parks it for Retry or
+// Resume. Cancel unwinds too. A state's Timeout fires its TimeoutEvent as
+// an event with a deterministic id.
+//
+// An engine owns an instance while it advances it, under a lease kept in
+// the instance (Owner, Token, LeaseUntil) and renewed by the writes that
+// record its steps; every write to the journal is a compare-and-set, so
+// any number of engines can share a journal, and an engine that lost an
+// instance can record nothing. Start, Signal, Cancel, Retry and Resume
+// give an engine that is running the instance they give work to; an
+// instance whose owner died is taken over once its lease has run out.
+// Operators list instances by type, state and status, read one with its
+// history (Get), cancel, retry a parked one, resume one from a named state
+// and purge finished ones past a retention.
 //
 // # Validation
 //

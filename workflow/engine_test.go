@@ -15,18 +15,16 @@ import (
 	"github.com/idemkit/idem"
 	"github.com/idemkit/idem/idemhttp"
 	"github.com/idemkit/idem/internal/wait"
-	"github.com/idemkit/idem/memstore"
 	"github.com/idemkit/idem/workflow"
 )
 
 const lease = 30 * time.Second
 
-// world is an engine over memstore, MemJournal and a manual clock, with
+// world is an engine over a MemJournal and a manual clock, with
 // order actions that log what they are called with.
 type world struct {
 	t       *testing.T
 	clk     *idem.ManualClock
-	ledger  *idem.Ledger
 	journal *workflow.MemJournal
 	reg     *workflow.Registry
 	eng     *workflow.Engine
@@ -98,11 +96,7 @@ func (w *world) orderDef(name string, onExhausted workflow.Exhausted) *workflow.
 func newWorld(t *testing.T) *world {
 	t.Helper()
 	clk := idem.NewManualClock(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC))
-	l, err := idem.New(memstore.New(&memstore.Config{Clock: clk}), &idem.Config{Clock: clk, Lease: lease})
-	if err != nil {
-		t.Fatal(err)
-	}
-	w := &world{t: t, clk: clk, ledger: l, journal: workflow.NewMemJournal(), reg: workflow.NewRegistry(),
+	w := &world{t: t, clk: clk, journal: workflow.NewMemJournal(), reg: workflow.NewRegistry(),
 		fail: map[string][]error{}, ctxKeys: map[string]string{}}
 	for _, d := range []*workflow.Definition{w.orderDef("order", workflow.Unwind), w.orderDef("order_park", workflow.Park)} {
 		if err := w.reg.Register(d); err != nil {
@@ -114,9 +108,9 @@ func newWorld(t *testing.T) *world {
 }
 
 // newEngine is another worker (or a restarted process) over the same
-// journal and ledger.
+// journal.
 func (w *world) newEngine() *workflow.Engine {
-	e, err := workflow.NewEngine(w.ledger, w.journal, w.reg, &workflow.EngineConfig{Rand: func() float64 { return 0 }})
+	e, err := workflow.NewEngine(w.journal, w.reg, &workflow.EngineConfig{Clock: w.clk, Lease: lease, Rand: func() float64 { return 0 }})
 	if err != nil {
 		w.t.Fatal(err)
 	}
@@ -413,37 +407,6 @@ func TestExhaustedUnwinds(t *testing.T) {
 	checkHistory(t, in)
 }
 
-// TestFailedStepIsSettled: the last failed attempt of an action that
-// unwinds completes its step key as failed, so that a worker that lost
-// the instance meanwhile (paused past its lease) cannot run the step again
-// and commit an effect no step records, never compensated; the key of an
-// action that parks stays free for Retry's fresh attempts.
-func TestFailedStepIsSettled(t *testing.T) {
-	t.Parallel()
-	ctx := context.Background()
-	for _, typ := range []string{"order", "order_park"} {
-		w := newWorld(t)
-		w.fail["ship_parcel"] = []error{workflow.Permanent(errors.New("address unknown"))}
-		if _, err := w.eng.Start(ctx, typ, 0, "o1", []byte("2 books"), nil); err != nil {
-			t.Fatal(err)
-		}
-		for i, ev := range []string{"place", "pay", "dispatch"} {
-			w.signal("o1", fmt.Sprint("e", i), ev)
-		}
-		w.drain(w.eng)
-		c, err := w.ledger.Begin(ctx, workflow.StepScope, "o1/3/ship_parcel", "")
-		if err != nil {
-			t.Fatal(err)
-		}
-		if settled := c.Replayed(); settled != (typ == "order") {
-			t.Fatalf("%s: the failed step key replays: %v", typ, settled)
-		}
-		if c.Replayed() && len(c.Outcome().Data) != 0 {
-			t.Fatalf("%s: the failed step replays data %q", typ, c.Outcome().Data)
-		}
-	}
-}
-
 func TestRetriesExhaustedUnwind(t *testing.T) {
 	t.Parallel()
 	w := newWorld(t)
@@ -596,21 +559,34 @@ func crashAt(e *workflow.Engine, point, key string) {
 	})
 }
 
-func TestCrashBeforeCommitReplays(t *testing.T) {
+// TestCrashBeforeCommitReruns: an action that ran, and whose engine died
+// before the journal recorded it, runs again after the lease with the
+// same step key and a higher token, so a downstream that honours the key
+// replays, and one that fences refuses the dead engine.
+func TestCrashBeforeCommitReruns(t *testing.T) {
 	t.Parallel()
 	w := newWorld(t)
 	ctx := context.Background()
 	w.start("o1")
 	w.signal("o1", "e1", "place")
 	w.signal("o1", "e2", "pay")
+	var tokens []int64
+	w.mu.Lock()
+	w.hook = func(name string) {
+		if name == "charge_card" {
+			in, _ := w.journal.Get(ctx, &workflow.GetParams{ID: "o1"})
+			tokens = append(tokens, in.Instance.Token)
+		}
+	}
+	w.mu.Unlock()
 	crashAt(w.eng, "before-commit", "o1/2/charge_card")
 	for {
 		if _, err := w.eng.Step(ctx); err != nil {
 			break
 		}
 	}
-	if in := w.get("o1"); in.State != "reserved" || in.Pending == nil {
-		t.Fatalf("after the crash: state %s pending %+v", in.State, in.Pending)
+	if in := w.get("o1"); in.State != "reserved" || in.Pending == nil || in.Owner != w.eng.ID() {
+		t.Fatalf("after the crash: state %s pending %+v owner %q", in.State, in.Pending, in.Owner)
 	}
 	e2 := w.newEngine()
 	if n := w.drain(e2); n != 0 {
@@ -619,9 +595,12 @@ func TestCrashBeforeCommitReplays(t *testing.T) {
 	w.clk.Advance(lease)
 	w.drain(e2)
 	in := w.get("o1")
-	want := []string{"run reserve_stock o1/1/reserve_stock", "run charge_card o1/2/charge_card"}
+	want := []string{"run reserve_stock o1/1/reserve_stock", "run charge_card o1/2/charge_card", "run charge_card o1/2/charge_card"}
 	if got := w.callLog(); !slices.Equal(got, want) || in.State != "charged" {
 		t.Fatalf("state %s calls %q", in.State, got)
+	}
+	if len(tokens) != 2 || tokens[1] <= tokens[0] {
+		t.Fatalf("tokens of the two runs %v: the second must be higher", tokens)
 	}
 	var c workflow.Entry
 	for _, e := range in.History {
@@ -629,31 +608,8 @@ func TestCrashBeforeCommitReplays(t *testing.T) {
 			c = e
 		}
 	}
-	if !c.Replayed || c.StepKey != "o1/2/charge_card" {
-		t.Fatalf("completion %+v", c)
-	}
-}
-
-func TestCrashBeforeStepCompleteReruns(t *testing.T) {
-	t.Parallel()
-	w := newWorld(t)
-	ctx := context.Background()
-	w.start("o1")
-	w.signal("o1", "e1", "place")
-	crashAt(w.eng, "before-step-complete", "o1/1/reserve_stock")
-	if _, err := w.eng.Step(ctx); err == nil {
-		t.Fatal("no crash")
-	}
-	w.clk.Advance(lease)
-	w.drain(w.newEngine())
-	// The action ran twice, with the same step key: a downstream that
-	// honours idempotency keys replays the second.
-	want := []string{"run reserve_stock o1/1/reserve_stock", "run reserve_stock o1/1/reserve_stock"}
-	if got := w.callLog(); !slices.Equal(got, want) {
-		t.Fatalf("calls %q", got)
-	}
-	if in := w.get("o1"); in.State != "reserved" {
-		t.Fatalf("state %s", in.State)
+	if c.StepKey != "o1/2/charge_card" || c.Token != tokens[1] || in.Owner != "" {
+		t.Fatalf("completion %+v owner %q", c, in.Owner)
 	}
 }
 
@@ -681,17 +637,17 @@ func TestCrashMidUnwindResumes(t *testing.T) {
 	w.drain(w.newEngine())
 	in := w.get("o1")
 	want := []string{"run reserve_stock o1/1/reserve_stock", "run charge_card o1/2/charge_card",
-		"comp refund o1/2/compensate/charge_card", "comp release o1/1/compensate/reserve_stock"}
+		"comp refund o1/2/compensate/charge_card", "comp refund o1/2/compensate/charge_card", "comp release o1/1/compensate/reserve_stock"}
 	if got := w.callLog(); !slices.Equal(got, want) || in.Status != workflow.Cancelled {
 		t.Fatalf("status %s calls %q", in.Status, got)
 	}
 	var comps []string
 	for _, e := range in.History {
 		if e.Kind == workflow.EntryCompensated {
-			comps = append(comps, fmt.Sprint(e.StepKey, " ", e.Replayed))
+			comps = append(comps, e.StepKey)
 		}
 	}
-	if !slices.Equal(comps, []string{"o1/2/compensate/charge_card true", "o1/1/compensate/reserve_stock false"}) {
+	if !slices.Equal(comps, []string{"o1/2/compensate/charge_card", "o1/1/compensate/reserve_stock"}) {
 		t.Fatalf("compensations in history %q", comps)
 	}
 }
@@ -872,10 +828,10 @@ func TestWorkersShareInstances(t *testing.T) {
 func TestNewEngineAndStepKey(t *testing.T) {
 	t.Parallel()
 	w := newWorld(t)
-	if _, err := workflow.NewEngine(nil, w.journal, w.reg, nil); !errors.Is(err, idem.ErrInvalid) {
-		t.Fatalf("nil ledger: %v", err)
+	if _, err := workflow.NewEngine(nil, w.reg, nil); !errors.Is(err, idem.ErrInvalid) {
+		t.Fatalf("nil journal: %v", err)
 	}
-	if _, err := workflow.NewEngine(w.ledger, w.journal, w.reg, &workflow.EngineConfig{Lease: -1}); !errors.Is(err, idem.ErrInvalid) {
+	if _, err := workflow.NewEngine(w.journal, w.reg, &workflow.EngineConfig{Lease: -1}); !errors.Is(err, idem.ErrInvalid) {
 		t.Fatalf("negative lease: %v", err)
 	}
 	if k := workflow.StepKey(idem.WithKey(context.Background(), "k")); k != "" {
@@ -1053,48 +1009,49 @@ func TestCancelAfterCrashCountsCompletedAction(t *testing.T) {
 			break
 		}
 	}
-	// The charge happened (its outcome is in the ledger) but the journal
-	// does not say so: cancelling must still refund it.
+	// The charge may have happened, but the journal does not say so: the
+	// new owner settles it with one more run under its key (a downstream
+	// replays), and refunds it.
 	if err := w.eng.Cancel(ctx, "o1", "stop"); err != nil {
 		t.Fatal(err)
 	}
 	w.clk.Advance(lease)
 	w.drain(w.newEngine())
 	in := w.get("o1")
-	want := []string{"run reserve_stock o1/1/reserve_stock", "run charge_card o1/2/charge_card",
+	want := []string{"run reserve_stock o1/1/reserve_stock", "run charge_card o1/2/charge_card", "run charge_card o1/2/charge_card",
 		"comp refund o1/2/compensate/charge_card", "comp release o1/1/compensate/reserve_stock"}
 	if got := w.callLog(); !slices.Equal(got, want) || in.Status != workflow.Cancelled {
 		t.Fatalf("status %s calls %q", in.Status, got)
 	}
 }
 
-func TestCancelAbandonsUnfinishedAction(t *testing.T) {
+// TestCancelSettleThatFails: the settling run of an action a dead owner
+// may have run fails: the action counts as not done, and is not
+// compensated.
+func TestCancelSettleThatFails(t *testing.T) {
 	t.Parallel()
 	w := newWorld(t)
 	ctx := context.Background()
 	w.start("o1")
 	w.signal("o1", "e1", "place")
 	w.signal("o1", "e2", "pay")
-	crashAt(w.eng, "before-step-complete", "o1/2/charge_card")
+	crashAt(w.eng, "before-commit", "o1/2/charge_card")
 	for {
 		if _, err := w.eng.Step(ctx); err != nil {
 			break
 		}
 	}
+	w.fail["charge_card"] = []error{workflow.Permanent(errors.New("declined"))}
 	if err := w.eng.Cancel(ctx, "o1", "stop"); err != nil {
 		t.Fatal(err)
 	}
 	w.clk.Advance(lease)
 	w.drain(w.newEngine())
-	// The charge never completed in the ledger: it is abandoned, not
-	// refunded, and its step key now holds a cancelled outcome.
-	want := []string{"run reserve_stock o1/1/reserve_stock", "run charge_card o1/2/charge_card", "comp release o1/1/compensate/reserve_stock"}
-	if got := w.callLog(); !slices.Equal(got, want) {
-		t.Fatalf("calls %q", got)
-	}
-	rec, err := w.ledger.Get(ctx, workflow.StepScope, "o1/2/charge_card")
-	if err != nil || rec.State != idem.StateCompleted {
-		t.Fatalf("step record %+v, %v", rec, err)
+	in := w.get("o1")
+	want := []string{"run reserve_stock o1/1/reserve_stock", "run charge_card o1/2/charge_card", "run charge_card o1/2/charge_card",
+		"comp release o1/1/compensate/reserve_stock"}
+	if got := w.callLog(); !slices.Equal(got, want) || in.Status != workflow.Cancelled || len(in.Done) != 1 {
+		t.Fatalf("status %s done %+v calls %q", in.Status, in.Done, got)
 	}
 }
 

@@ -28,6 +28,11 @@ var (
 
 	// ErrNotParked: Retry was asked of an instance that is not parked.
 	ErrNotParked = errors.New("workflow: instance not parked")
+
+	// ErrNotResumable: Resume was asked of an instance that is neither
+	// parked by a failed action nor failed or cancelled without a
+	// compensation having run.
+	ErrNotResumable = errors.New("workflow: instance cannot be resumed")
 )
 
 // DefinitionError is one problem Validate found. Path names where: a field

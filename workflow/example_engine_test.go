@@ -6,7 +6,6 @@ import (
 	"time"
 
 	"github.com/idemkit/idem"
-	"github.com/idemkit/idem/memstore"
 	"github.com/idemkit/idem/workflow"
 )
 
@@ -15,7 +14,6 @@ import (
 func ExampleEngine() {
 	ctx := context.Background()
 	clock := idem.NewManualClock(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC))
-	ledger, _ := idem.New(memstore.New(&memstore.Config{Clock: clock}), &idem.Config{Clock: clock})
 
 	step := func(what string, err error) workflow.StepFunc {
 		return func(ctx context.Context, s *workflow.Step) ([]byte, error) {
@@ -40,7 +38,7 @@ func ExampleEngine() {
 	if err != nil {
 		panic(err)
 	}
-	engine, _ := workflow.NewEngine(ledger, workflow.NewMemJournal(), &types, nil)
+	engine, _ := workflow.NewEngine(workflow.NewMemJournal(), &types, &workflow.EngineConfig{Clock: clock})
 
 	engine.Start(ctx, "order", 0, "order-7", []byte(`{"sku":"book"}`), nil)
 	engine.Signal(ctx, "order-7", "evt-1", "place", nil)

@@ -2,6 +2,9 @@ package workflow_test
 
 import (
 	"errors"
+	"fmt"
+	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -130,12 +133,27 @@ func definitionFrom(data []byte) *workflow.Definition {
 		}
 		return names[int(b.next())%n]
 	}
-	// A spanning tree from the first state, unless broken, then a way to
-	// the last state from every non-terminal one, then random transitions.
+	// Some non-terminal states but the last go on automatically to the
+	// next one: that is then their only transition, and they have no
+	// timeout, unless broken.
+	auto := make([]bool, n)
+	for i := range n - 1 {
+		auto[i] = d.States[i].Terminal == workflow.NotTerminal && b.next()%3 == 0
+		if auto[i] && !b.rare() {
+			d.States[i].Timeout, d.States[i].TimeoutEvent = 0, ""
+		}
+	}
+	// A spanning tree from the first state, unless broken (a state after
+	// an automatic one is reached by its automatic transition), then a
+	// way to the last state from every other non-terminal one, then
+	// random transitions, now and then automatic.
 	for i := 1; i < n; i++ {
+		if auto[i-1] {
+			continue
+		}
 		from := 0
 		for j := range i {
-			if d.States[j].Terminal == workflow.NotTerminal && b.next()%2 == 0 {
+			if d.States[j].Terminal == workflow.NotTerminal && !auto[j] && b.next()%2 == 0 {
 				from = j
 			}
 		}
@@ -144,15 +162,19 @@ func definitionFrom(data []byte) *workflow.Definition {
 		}
 	}
 	for i := range n - 1 {
-		if d.States[i].Terminal == workflow.NotTerminal && !b.rare() {
+		switch {
+		case auto[i]:
+			t := workflow.Transition{From: names[i], To: names[i+1], Action: g.action()}
+			if b.rare() {
+				t.To = state() // perhaps back: a cycle
+			}
+			d.Transitions = append(d.Transitions, t)
+		case d.States[i].Terminal == workflow.NotTerminal && !b.rare():
 			d.Transitions = append(d.Transitions, workflow.Transition{From: names[i], Event: "done", To: names[n-1]})
 		}
 	}
 	for range int(b.next()) % 8 {
-		t := workflow.Transition{From: state(), Event: b.pick(events...), To: state(), Action: g.action()}
-		if b.rare() {
-			t.Event = ""
-		}
+		t := workflow.Transition{From: state(), Event: b.pick(append(events, "")...), To: state(), Action: g.action()}
 		d.Transitions = append(d.Transitions, t)
 	}
 	return d
@@ -173,6 +195,7 @@ func FuzzValidate(f *testing.F) {
 		if (err == nil) != (regErr == nil) {
 			t.Fatalf("Validate() = %v but Register() = %v", err, regErr)
 		}
+		checkAutomaticProblems(t, d, err)
 		if err != nil {
 			if !errors.Is(err, workflow.ErrInvalidDefinition) {
 				t.Fatalf("error does not wrap ErrInvalidDefinition: %v", err)
@@ -226,18 +249,41 @@ func checkAccepted(t *testing.T, d *workflow.Definition) {
 	for _, s := range d.States {
 		checkAction(s.OnEnter)
 	}
+	leaving := map[string]int{}
 	for _, tr := range d.Transitions {
 		ft, okFrom := terminal[tr.From]
 		_, okTo := terminal[tr.To]
-		if !okFrom || !okTo || tr.Event == "" || ft != workflow.NotTerminal || out[key{tr.From, tr.Event}] {
+		if !okFrom || !okTo || ft != workflow.NotTerminal || out[key{tr.From, tr.Event}] {
 			t.Fatalf("accepted transition %+v", tr)
 		}
 		out[key{tr.From, tr.Event}] = true
+		leaving[tr.From]++
 		checkAction(tr.Action)
 	}
 	for _, s := range d.States {
 		if s.Timeout < 0 || (s.Timeout > 0) != (s.TimeoutEvent != "") || (s.Timeout > 0 && !out[key{s.Name, s.TimeoutEvent}]) {
 			t.Fatalf("accepted timeout of %+v", s)
+		}
+		// An automatic transition is the state's only way out, and its
+		// timeout could never fire.
+		if out[key{s.Name, ""}] && (leaving[s.Name] != 1 || s.Timeout != 0) {
+			t.Fatalf("accepted state %+v with an automatic transition among %d", s, leaving[s.Name])
+		}
+	}
+	// No instance spins for ever through automatic transitions without
+	// actions: following them from any state stops within len(States)
+	// steps.
+	for _, s := range d.States {
+		at := s.Name
+		for step := 0; ; step++ {
+			tr, ok := d.Transition(at, "")
+			if !ok || tr.Action != nil {
+				break
+			}
+			if step == len(d.States) {
+				t.Fatalf("accepted a cycle of automatic transitions without actions through %q", s.Name)
+			}
+			at = tr.To
 		}
 	}
 	// Reachability by fixed point, a different method from Validate's.
@@ -264,11 +310,100 @@ func checkAccepted(t *testing.T, d *workflow.Definition) {
 	}
 }
 
+// checkAutomaticProblems compares the problems err reports about automatic
+// transitions (those whose text says "automatic transition") with the ones
+// a model of the rules expects, both ways: each expected one is reported,
+// and nothing else is.
+func checkAutomaticProblems(t *testing.T, d *workflow.Definition, err error) {
+	t.Helper()
+	var got []string
+	if err != nil {
+		for _, e := range err.(interface{ Unwrap() []error }).Unwrap() {
+			if de, ok := e.(*workflow.DefinitionError); ok && strings.Contains(de.Problem, "automatic transition") {
+				got = append(got, de.Path+": "+de.Problem)
+			}
+		}
+	}
+	want := automaticProblems(d)
+	slices.Sort(got)
+	slices.Sort(want)
+	if !slices.Equal(got, want) {
+		t.Fatalf("problems with automatic transitions:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+	}
+}
+
+// automaticProblems is the model: what Validate must say about the
+// automatic transitions of d, whatever else is wrong with it. The
+// generator's events never need quoting in a path.
+func automaticProblems(d *workflow.Definition) []string {
+	path := func(i int) string {
+		tr := d.Transitions[i]
+		if tr.Event == "" {
+			return fmt.Sprintf("transitions[%d] %q --> %q", i, tr.From, tr.To)
+		}
+		return fmt.Sprintf("transitions[%d] %q --%s--> %q", i, tr.From, tr.Event, tr.To)
+	}
+	var want []string
+	first := map[string]int{} // state (or any From) -> its first automatic transition
+	for i, tr := range d.Transitions {
+		if tr.Event != "" {
+			continue
+		}
+		if j, ok := first[tr.From]; ok {
+			want = append(want, fmt.Sprintf("%s: another automatic transition leaves %q: transitions[%d]", path(i), tr.From, j))
+		} else {
+			first[tr.From] = i
+		}
+	}
+	for i, tr := range d.Transitions {
+		if j, ok := first[tr.From]; ok && tr.Event != "" {
+			want = append(want, fmt.Sprintf("%s: %q is left at once by automatic transition transitions[%d]: no event applies there", path(i), tr.From, j))
+		}
+	}
+	index := map[string]int{} // state -> its first index; "" names none
+	for i, s := range d.States {
+		if _, dup := index[s.Name]; !dup && s.Name != "" {
+			index[s.Name] = i
+		}
+		if j, ok := first[s.Name]; ok && s.Timeout > 0 && s.Terminal == workflow.NotTerminal {
+			want = append(want, fmt.Sprintf("states[%d] %q: timeout %s never fires: automatic transition transitions[%d] leaves the state at once", i, s.Name, s.Timeout, j))
+		}
+	}
+	// A cycle: from a state, the first automatic transitions without
+	// actions between states lead back to it. It is reported at its state
+	// of least index, walked from there.
+	next := func(name string) (string, bool) {
+		j, ok := first[name]
+		if !ok || d.Transitions[j].Action != nil {
+			return "", false
+		}
+		_, known := index[d.Transitions[j].To]
+		return d.Transitions[j].To, known
+	}
+	for name, i := range index {
+		cycle := []string{fmt.Sprintf("%q", name)}
+		least := true
+		at, ok := next(name)
+		for range len(d.States) {
+			if !ok || at == name {
+				break
+			}
+			least = least && index[at] > i
+			cycle = append(cycle, fmt.Sprintf("%q", at))
+			at, ok = next(at)
+		}
+		if ok && at == name && least {
+			want = append(want, fmt.Sprintf("states[%d] %q: automatic transitions without actions cycle forever: %s --> %q", i, name, strings.Join(cycle, " --> "), name))
+		}
+	}
+	return want
+}
+
 // The fuzz target's generator does produce valid definitions, so the
 // checks of an accepted one run.
 func TestFuzzGeneratorReachesValid(t *testing.T) {
 	t.Parallel()
-	valid := 0
+	valid, validAuto, refusedAuto, refusedCycle := 0, 0, 0, 0
 	for i := range 20000 {
 		data := make([]byte, 64)
 		x := uint32(i)*2654435761 + 1
@@ -279,13 +414,23 @@ func TestFuzzGeneratorReachesValid(t *testing.T) {
 			data[j] = byte(x)
 		}
 		d := definitionFrom(data)
-		if d.Validate() == nil {
+		err := d.Validate()
+		checkAutomaticProblems(t, d, err)
+		if err == nil {
 			valid++
 			checkAccepted(t, d)
+			if slices.ContainsFunc(d.Transitions, func(tr workflow.Transition) bool { return tr.Event == "" }) {
+				validAuto++
+			}
+		} else if strings.Contains(err.Error(), "automatic transition") {
+			refusedAuto++
+			if strings.Contains(err.Error(), "cycle forever") {
+				refusedCycle++
+			}
 		}
 	}
-	if valid < 100 {
-		t.Fatalf("only %d valid definitions among 20000 generated", valid)
+	if valid < 100 || validAuto < 50 || refusedAuto < 50 || refusedCycle < 10 {
+		t.Fatalf("among 20000 generated definitions only %d valid, %d valid with automatic transitions, %d refused for them, %d for a cycle", valid, validAuto, refusedAuto, refusedCycle)
 	}
-	t.Logf("%d valid definitions among 20000", valid)
+	t.Logf("among 20000 generated definitions %d valid, %d valid with automatic transitions, %d refused for them, %d for a cycle", valid, validAuto, refusedAuto, refusedCycle)
 }

@@ -50,6 +50,17 @@ type Instance struct {
 	// Seq is the journal's version of the instance; every Append must
 	// name the Seq it read (compare-and-set).
 	Seq int64
+	// Owner names the engine (EngineConfig.ID) that holds the instance's
+	// lease, "" when none does: an instance is advanced by one engine at a
+	// time.
+	Owner string `json:",omitempty"`
+	// Token is the instance's fencing token: it grows by one each time an
+	// engine takes the instance, and actions get it (Step.Token) to pass
+	// downstream, which can refuse a lower one than it has seen.
+	Token int64
+	// LeaseUntil is when Owner's lease runs out; another engine may take
+	// the instance over after it.
+	LeaseUntil time.Time
 	// Steps is the number of step numbers used, in every run of the id:
 	// step keys never repeat, not even across runs.
 	Steps int
@@ -69,6 +80,10 @@ type Instance struct {
 	// Done lists the completed actions that have a compensation, in the
 	// order they completed.
 	Done []DoneAction `json:",omitempty"`
+	// Results holds the result of the latest completion of each action
+	// that completed, by action name: later actions read it (Step.Results),
+	// as declarative definitions' templates do.
+	Results map[string][]byte `json:",omitempty"`
 	// Undone is how many of Done, from the end, have been compensated.
 	Undone int
 	// EndStatus is the status an unwinding ends with (Failed, Cancelled).
@@ -105,6 +120,11 @@ type PendingAction struct {
 	From    string
 	To      string
 	Input   []byte
+	// Token is the instance's Token when the action's state was last
+	// recorded by its owner, or when an engine took the instance from a
+	// clean release. A lower one than the instance's means an owner in
+	// between may have run an attempt and died before recording it.
+	Token int64 `json:",omitempty"`
 }
 
 // InboxEvent is an event received and not yet processed.
@@ -142,6 +162,7 @@ const (
 	EntryCompensateFailed EntryKind = "compensate_failed"
 	EntryParked           EntryKind = "parked"
 	EntryRetried          EntryKind = "retried"
+	EntryResumed          EntryKind = "resumed"
 	EntryFinished         EntryKind = "finished"
 )
 
@@ -195,6 +216,19 @@ type Journal interface {
 	// Delete removes an instance and its history if its Seq is p.Seq
 	// (ErrConflict otherwise; idem.ErrNotFound if none).
 	Delete(ctx context.Context, p *DeleteParams) (*DeleteResult, error)
+}
+
+// TxJournal is a Journal that runs a function in a transaction of its
+// own database, in which its Append joins: the actions marked InTx run in
+// it, so that their writes and the step's journal entry commit together or
+// not at all. pgstore.Journal is one; its actions read the transaction
+// with pgstore.StepTx(ctx).
+type TxJournal interface {
+	Journal
+	// InTx begins a transaction, calls fn with a context that carries it,
+	// and commits it if fn returns nil, else rolls it back and returns
+	// fn's error. An Append with that context runs in the transaction.
+	InTx(ctx context.Context, fn func(ctx context.Context) error) error
 }
 
 // CreateParams are Journal.Create's.

@@ -2,6 +2,7 @@ package workflow_test
 
 import (
 	"encoding/json"
+	"strings"
 	"testing"
 
 	"github.com/idemkit/idem/workflow"
@@ -59,5 +60,58 @@ func each(d *workflow.Definition, f func(*workflow.Action)) {
 		if a := d.Transitions[i].Action; a != nil {
 			f(a)
 		}
+	}
+}
+
+// In the JSON form an automatic transition has "event" omitted or empty:
+// both decode to the same definition as the Go one, which validates once
+// its functions are bound. Encoding writes "event":"".
+func TestJSONAutomatic(t *testing.T) {
+	t.Parallel()
+	const form = `{"name":"order-auto","version":1,"initial":"start",` +
+		`"states":[{"name":"start"},{"name":"reserved"},{"name":"charged"},{"name":"shipped","terminal":"success"}],` +
+		`"transitions":[{"from":"start","to":"reserved","action":{"name":"reserve_stock"}},` +
+		`{"from":"reserved","event":"","to":"charged","action":{"name":"charge_card"}},` +
+		`{"from":"charged","to":"shipped","action":{"name":"ship_parcel"}}]}`
+	var d workflow.Definition
+	if err := json.Unmarshal([]byte(form), &d); err != nil {
+		t.Fatal(err)
+	}
+	chain := autoChain()
+	if d.Fingerprint() != chain.Fingerprint() {
+		t.Errorf("decoded fingerprint %s, want the Go definition's %s", d.Fingerprint(), chain.Fingerprint())
+	}
+	for _, from := range []string{"start", "reserved", "charged"} {
+		if tr, ok := d.Transition(from, ""); !ok || tr.Event != "" || tr.Action == nil {
+			t.Errorf("Transition(%q, \"\") = %+v, %v, want the automatic transition", from, tr, ok)
+		}
+	}
+	funcs := map[string]*workflow.Action{}
+	each(chain, func(a *workflow.Action) { funcs[a.Name] = a })
+	each(&d, func(a *workflow.Action) { a.Run, a.Compensate = funcs[a.Name].Run, funcs[a.Name].Compensate })
+	if err := d.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	b, err := json.Marshal(&d)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const want = `{"name":"order-auto","version":1,"initial":"start",` +
+		`"states":[{"name":"start"},{"name":"reserved"},{"name":"charged"},{"name":"shipped","terminal":"success"}],` +
+		`"transitions":[{"from":"start","event":"","to":"reserved","action":{"name":"reserve_stock"}},` +
+		`{"from":"reserved","event":"","to":"charged","action":{"name":"charge_card"}},` +
+		`{"from":"charged","event":"","to":"shipped","action":{"name":"ship_parcel"}}]}`
+	if string(b) != want {
+		t.Errorf("JSON form:\n%s\nwant:\n%s", b, want)
+	}
+	// A second automatic transition from the same state, in JSON as in Go.
+	var bad workflow.Definition
+	if err := json.Unmarshal([]byte(strings.Replace(form, `{"from":"charged","to":"shipped"`, `{"from":"reserved","to":"shipped"}, {"from":"charged","to":"shipped"`, 1)), &bad); err != nil {
+		t.Fatal(err)
+	}
+	each(&bad, func(a *workflow.Action) { a.Run, a.Compensate = funcs[a.Name].Run, funcs[a.Name].Compensate })
+	const msg = `workflow: invalid definition: transitions[2] "reserved" --> "shipped": another automatic transition leaves "reserved": transitions[1]`
+	if err := bad.Validate(); err == nil || err.Error() != msg {
+		t.Errorf("Validate() = %v, want %s", err, msg)
 	}
 }

@@ -52,9 +52,17 @@ func (d *Definition) first(i int) bool {
 }
 
 // label is a transition's text: its event, the action it runs, and for a
-// state's timeout event how long the state waits.
+// state's timeout event how long the state waits. An automatic transition
+// (no event) is labelled with its action's name alone, and not at all
+// without an action.
 // Names go through esc; the words around them are the renderer's own.
 func (d *Definition) label(t *Transition, esc func(string) string) (text string, timeout bool) {
+	if t.Event == "" {
+		if t.Action != nil {
+			text = esc(t.Action.Name)
+		}
+		return text, false
+	}
 	text = esc(t.Event)
 	if t.Action != nil {
 		text += " / " + esc(t.Action.Name)
@@ -67,7 +75,8 @@ func (d *Definition) label(t *Transition, esc func(string) string) (text string,
 
 // Mermaid returns the definition as a Mermaid state diagram
 // (stateDiagram-v2): the initial state marked by [*] -->, each transition
-// labelled "event / action", a timeout's transition with "(after d)",
+// labelled "event / action", an automatic transition (no event) with its
+// action's name alone or no label, a timeout's transition with "(after d)",
 // terminal states leading to [*] and styled by class (success, failure),
 // entry actions as notes. States are declared as `state "name" as sN`, and
 // every character of a name outside [A-Za-z0-9 _./-] is written as a
@@ -89,6 +98,10 @@ func (d *Definition) Mermaid() string {
 	for i := range d.Transitions {
 		t := &d.Transitions[i]
 		text, _ := d.label(t, mermaidText)
+		if text == "" && t.Event == "" {
+			fmt.Fprintf(&b, "    %s --> %s\n", n.ids[t.From], n.ids[t.To])
+			continue
+		}
 		fmt.Fprintf(&b, "    %s --> %s : %s\n", n.ids[t.From], n.ids[t.To], text)
 	}
 	var success, failure []string
@@ -138,7 +151,8 @@ func mermaidText(s string) string {
 }
 
 // DOT returns the definition as a Graphviz digraph: a point marks the
-// initial state, transitions are labelled "event / action", a timeout's
+// initial state, transitions are labelled "event / action" (an automatic
+// transition with its action's name alone, or not at all), a timeout's
 // transition is dashed and says "(after d)", success terminals are green
 // double circles and failure terminals red double octagons, and an entry
 // action is a second line of its state's label. Nodes are s0, s1, ...
@@ -177,6 +191,10 @@ func (d *Definition) DOT() string {
 	for i := range d.Transitions {
 		t := &d.Transitions[i]
 		text, timeout := d.label(t, dotText)
+		if text == "" && t.Event == "" {
+			fmt.Fprintf(&b, "\t%s -> %s;\n", n.ids[t.From], n.ids[t.To])
+			continue
+		}
 		style := ""
 		if timeout {
 			style = ", style=dashed"

@@ -40,6 +40,114 @@ func TestDOTOrderSaga(t *testing.T) {
 	}
 }
 
+// autoChain runs reserve, charge and ship one after the other from Start
+// alone: every transition is automatic. It is the example of
+// docs/workflows.md, "Automatic transitions".
+func autoChain() *workflow.Definition {
+	return &workflow.Definition{
+		Name: "order-auto", Version: 1, Initial: "start",
+		States: []workflow.State{
+			{Name: "start"},
+			{Name: "reserved"},
+			{Name: "charged"},
+			{Name: "shipped", Terminal: workflow.Success},
+		},
+		Transitions: []workflow.Transition{
+			{From: "start", To: "reserved",
+				Action: &workflow.Action{Name: "reserve_stock", Run: noop, Compensate: noop}},
+			{From: "reserved", To: "charged",
+				Action: &workflow.Action{Name: "charge_card", Run: noop, Compensate: noop}},
+			{From: "charged", To: "shipped",
+				Action: &workflow.Action{Name: "ship_parcel", Run: noop, Compensate: noop}},
+		},
+	}
+}
+
+// An automatic transition is labelled with its action's name alone, and
+// without an action it has no label at all; event transitions beside it
+// keep their "event / action" labels.
+func TestRenderAutomatic(t *testing.T) {
+	t.Parallel()
+	d := autoChain()
+	if err := d.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	const mermaid = `stateDiagram-v2
+    state "start" as s0
+    state "reserved" as s1
+    state "charged" as s2
+    state "shipped" as s3
+    [*] --> s0
+    s0 --> s1 : reserve_stock
+    s1 --> s2 : charge_card
+    s2 --> s3 : ship_parcel
+    s3 --> [*]
+    classDef success fill:#d4edda,stroke:#1e7e34
+    classDef failure fill:#f8d7da,stroke:#bd2130
+    class s3 success
+`
+	if got := d.Mermaid(); got != mermaid {
+		t.Errorf("Mermaid() =\n%s\nwant:\n%s", got, mermaid)
+	}
+
+	// Shipping waits for an event (or its timeout) now, and the last step
+	// does nothing.
+	d.States[2].Timeout, d.States[2].TimeoutEvent = time.Hour, "late"
+	d.States = slices.Insert(d.States, 3, workflow.State{Name: "packed"})
+	d.States = append(d.States, workflow.State{Name: "lost", Terminal: workflow.Failure})
+	d.Transitions[2] = workflow.Transition{From: "charged", Event: "dispatch", To: "packed", Action: d.Transitions[2].Action}
+	d.Transitions = append(d.Transitions,
+		workflow.Transition{From: "charged", Event: "late", To: "lost"},
+		workflow.Transition{From: "packed", To: "shipped"})
+	if err := d.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	const mermaid2 = `stateDiagram-v2
+    state "start" as s0
+    state "reserved" as s1
+    state "charged" as s2
+    state "packed" as s3
+    state "shipped" as s4
+    state "lost" as s5
+    [*] --> s0
+    s0 --> s1 : reserve_stock
+    s1 --> s2 : charge_card
+    s2 --> s3 : dispatch / ship_parcel
+    s2 --> s5 : late (after 1h0m0s)
+    s3 --> s4
+    s4 --> [*]
+    s5 --> [*]
+    classDef success fill:#d4edda,stroke:#1e7e34
+    classDef failure fill:#f8d7da,stroke:#bd2130
+    class s4 success
+    class s5 failure
+`
+	if got := d.Mermaid(); got != mermaid2 {
+		t.Errorf("Mermaid() =\n%s\nwant:\n%s", got, mermaid2)
+	}
+	const dot = `digraph "order-auto v1" {
+	rankdir=LR;
+	node [shape=box, style=rounded];
+	start [shape=point, label=""];
+	s0 [label="start"];
+	s1 [label="reserved"];
+	s2 [label="charged"];
+	s3 [label="packed"];
+	s4 [label="shipped", shape=doublecircle, color="#1e7e34", fontcolor="#1e7e34"];
+	s5 [label="lost", shape=doubleoctagon, color="#bd2130", fontcolor="#bd2130"];
+	start -> s0;
+	s0 -> s1 [label="reserve_stock"];
+	s1 -> s2 [label="charge_card"];
+	s2 -> s3 [label="dispatch / ship_parcel"];
+	s2 -> s5 [label="late (after 1h0m0s)", style=dashed];
+	s3 -> s4;
+}
+`
+	if got := d.DOT(); got != dot {
+		t.Errorf("DOT() =\n%s\nwant:\n%s", got, dot)
+	}
+}
+
 // Names with quotes, newlines, backslashes, entity-like text and invalid
 // UTF-8 come out escaped, and an invalid definition still renders, its
 // unknown states drawn apart.

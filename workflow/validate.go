@@ -3,6 +3,8 @@ package workflow
 import (
 	"errors"
 	"fmt"
+	"slices"
+	"strconv"
 	"strings"
 )
 
@@ -14,10 +16,15 @@ import (
 //   - State names are non-empty and unique; Terminal is "", "success" or
 //     "failure"; at least one state is a success terminal.
 //   - Initial names a state.
-//   - Every transition has a non-empty Event, and From and To name states.
+//   - Every transition's From and To name states.
 //   - No transition leaves a terminal state, and a terminal state has no
 //     timeout.
 //   - At most one transition per state and event.
+//   - A transition with an empty Event is automatic (see Transition.Event):
+//     a state has at most one, and a state that has one has no other
+//     transition leaving it (no event would ever apply) and no timeout (it
+//     is left at once). A cycle made only of automatic transitions without
+//     actions would spin forever and is refused, naming its states.
 //   - Every state is reachable from Initial, and from every non-terminal
 //     state some terminal state is reachable.
 //   - Every action (of a transition or a state's OnEnter) has a Name unique
@@ -27,7 +34,7 @@ import (
 //   - A timeout is positive and comes with a TimeoutEvent, for which a
 //     transition leaves the state; a TimeoutEvent comes with a timeout.
 func (d *Definition) Validate() error {
-	v := validator{d: d}
+	v := validator{d: d, auto: make(map[string]int)}
 	v.run()
 	return errors.Join(v.errs...)
 }
@@ -37,6 +44,16 @@ type validator struct {
 	errs    []error
 	index   map[string]int // state name -> index of its first occurrence
 	actions map[string]string
+	auto    map[string]int // state name -> index of its first automatic transition
+}
+
+// automatic returns the index of the first automatic transition leaving
+// the state named name, or -1.
+func (v *validator) automatic(name string) int {
+	if j, ok := v.auto[name]; ok {
+		return j
+	}
+	return -1
 }
 
 func (v *validator) add(path, format string, args ...any) {
@@ -45,14 +62,21 @@ func (v *validator) add(path, format string, args ...any) {
 
 func statePath(i int, name string) string { return fmt.Sprintf("states[%d] %q", i, name) }
 
+// transitionPath names a transition: `transitions[3] "a" --go--> "b"`, or
+// for an automatic one `transitions[3] "a" --> "b"` (an event always stands
+// between the dashes, quoted if it holds one, so the two cannot be
+// confused).
 func transitionPath(i int, t *Transition) string {
+	if t.Event == "" {
+		return fmt.Sprintf("transitions[%d] %q --> %q", i, t.From, t.To)
+	}
 	return fmt.Sprintf("transitions[%d] %q --%s--> %q", i, t.From, quoteEvent(t.Event), t.To)
 }
 
 // quoteEvent writes an event bare when it reads unambiguously inside an
-// arrow, quoted otherwise (empty, spaces, dashes, quotes, newlines).
+// arrow, quoted otherwise (spaces, dashes, quotes, newlines).
 func quoteEvent(e string) string {
-	if e == "" || strings.ContainsAny(e, " -\"\\>") || strings.ContainsFunc(e, func(r rune) bool { return r < 0x20 || r == 0x7f || r > 0x7e }) {
+	if strings.ContainsAny(e, " -\"\\>") || strings.ContainsFunc(e, func(r rune) bool { return r < 0x20 || r == 0x7f || r > 0x7e }) {
 		return fmt.Sprintf("%q", e)
 	}
 	return e
@@ -106,9 +130,6 @@ func (v *validator) run() {
 	for i := range d.Transitions {
 		t := &d.Transitions[i]
 		p := transitionPath(i, t)
-		if t.Event == "" {
-			v.add(p, "event is empty")
-		}
 		fi, fromOK := v.index[t.From]
 		if !fromOK {
 			v.add(p, "from %q is not a state", t.From)
@@ -120,10 +141,23 @@ func (v *validator) run() {
 			v.add(p, "leaves terminal state %q", t.From)
 		}
 		k := [2]string{t.From, t.Event}
-		if j, dup := seen[k]; dup {
+		switch j, dup := seen[k]; {
+		case dup && t.Event == "":
+			v.add(p, "another automatic transition leaves %q: transitions[%d]", t.From, j)
+		case dup:
 			v.add(p, "another transition leaves %q on the same event: transitions[%d]", t.From, j)
-		} else {
+		default:
 			seen[k] = i
+			if t.Event == "" {
+				v.auto[t.From] = i
+			}
+		}
+	}
+	// A state with an automatic transition is left by it alone.
+	for i := range d.Transitions {
+		t := &d.Transitions[i]
+		if j := v.automatic(t.From); j >= 0 && t.Event != "" {
+			v.add(transitionPath(i, t), "%q is left at once by automatic transition transitions[%d]: no event applies there", t.From, j)
 		}
 	}
 
@@ -136,6 +170,8 @@ func (v *validator) run() {
 			v.add(p, "timeout %s is negative", s.Timeout)
 		case s.Timeout > 0 && s.Terminal != NotTerminal:
 			v.add(p, "terminal state has a timeout")
+		case s.Timeout > 0 && v.automatic(s.Name) >= 0:
+			v.add(p, "timeout %s never fires: automatic transition transitions[%d] leaves the state at once", s.Timeout, v.automatic(s.Name))
 		case s.Timeout > 0 && s.TimeoutEvent == "":
 			v.add(p, "timeout %s has no timeout_event", s.Timeout)
 		case s.Timeout > 0:
@@ -159,6 +195,8 @@ func (v *validator) run() {
 			v.action(transitionPath(i, &d.Transitions[i]), a)
 		}
 	}
+
+	v.automaticCycles()
 
 	// Reachability, over the transitions whose ends are states.
 	if initialOK {
@@ -208,6 +246,65 @@ func (v *validator) action(owner string, a *Action) {
 	}
 	for _, prob := range a.Retry.validate() {
 		v.add(p+" retry", "%s", prob)
+	}
+}
+
+// automaticCycles reports each cycle made only of automatic transitions
+// without actions, once, at the state of the cycle that comes first in the
+// definition, naming the states in the order the instance would spin
+// through them. Such a state has no other way out (any other transition is
+// an error of its own), so an instance entering the cycle would move
+// forever without doing anything.
+func (v *validator) automaticCycles() {
+	d := v.d
+	next := make(map[string]string)
+	for from, j := range v.auto {
+		t := &d.Transitions[j]
+		if _, ok := v.index[from]; !ok || t.Action != nil {
+			continue
+		}
+		if _, ok := v.index[t.To]; ok {
+			next[from] = t.To
+		}
+	}
+	const (
+		unseen = iota
+		onPath
+		done
+	)
+	color := make(map[string]int)
+	for i := range d.States {
+		start := d.States[i].Name
+		if v.index[start] != i || color[start] != unseen {
+			continue
+		}
+		var path []string
+		n, ok := start, true
+		for ok && color[n] == unseen {
+			color[n] = onPath
+			path = append(path, n)
+			n, ok = next[n]
+		}
+		if ok && color[n] == onPath {
+			// path ends with the cycle through n; start it at its first
+			// state in definition order.
+			cycle := path[slices.Index(path, n):]
+			first := 0
+			for k, m := range cycle {
+				if v.index[m] < v.index[cycle[first]] {
+					first = k
+				}
+			}
+			var names []string
+			for k := range len(cycle) + 1 {
+				names = append(names, strconv.Quote(cycle[(first+k)%len(cycle)]))
+			}
+			f := cycle[first]
+			v.add(statePath(v.index[f], f), "automatic transitions without actions cycle forever: %s", strings.Join(names, " --> "))
+		}
+		for _, m := range path {
+			color[m] = done
+		}
 	}
 }
 

@@ -65,10 +65,78 @@ func TestValidate(t *testing.T) {
 		}, []string{
 			p + `transitions[3] "x" --e--> "y": from "x" is not a state`,
 			p + `transitions[3] "x" --e--> "y": to "y" is not a state`}},
-		{"empty event", func(d *workflow.Definition) {
+		{"automatic transition with an action", func(d *workflow.Definition) { d.Transitions[0].Event = "" }, nil},
+		{"automatic transition without an action", func(d *workflow.Definition) {
+			d.Transitions[0].Event, d.Transitions[0].Action = "", nil
+		}, nil},
+		{"automatic transitions are edges for reachability", func(d *workflow.Definition) {
+			// c is entered by an event and left only automatically, d
+			// entered only automatically.
+			d.States = append(d.States, workflow.State{Name: "c"}, workflow.State{Name: "d"})
+			d.Transitions = append(d.Transitions,
+				workflow.Transition{From: "b", Event: "detour", To: "c"},
+				workflow.Transition{From: "c", To: "d", Action: &workflow.Action{Name: "step", Run: noop, NoCompensation: true}},
+				workflow.Transition{From: "d", To: "done"})
+		}, nil},
+		{"two automatic transitions", func(d *workflow.Definition) {
+			d.Transitions[0].Event = ""
 			d.Transitions = append(d.Transitions, workflow.Transition{From: "a", To: "done"})
 		}, []string{
-			p + `transitions[3] "a" --""--> "done": event is empty`}},
+			p + `transitions[3] "a" --> "done": another automatic transition leaves "a": transitions[0]`}},
+		{"automatic transition beside others and a timeout", func(d *workflow.Definition) {
+			d.Transitions = append(d.Transitions, workflow.Transition{From: "b", To: "done"})
+		}, []string{
+			p + `transitions[1] "b" --finish--> "done": "b" is left at once by automatic transition transitions[3]: no event applies there`,
+			p + `transitions[2] "b" --late--> "failed": "b" is left at once by automatic transition transitions[3]: no event applies there`,
+			p + `states[1] "b": timeout 1s never fires: automatic transition transitions[3] leaves the state at once`}},
+		{"automatic transition before an event transition", func(d *workflow.Definition) {
+			d.Transitions = append([]workflow.Transition{{From: "a", To: "done"}}, d.Transitions...)
+		}, []string{
+			p + `transitions[1] "a" --go--> "b": "a" is left at once by automatic transition transitions[0]: no event applies there`}},
+		{"automatic transition with a timeout only", func(d *workflow.Definition) {
+			d.States[0].Timeout, d.States[0].TimeoutEvent = time.Minute, "go"
+			d.Transitions[0].Event = ""
+		}, []string{
+			p + `states[0] "a": timeout 1m0s never fires: automatic transition transitions[0] leaves the state at once`}},
+		{"automatic transition from a terminal state", func(d *workflow.Definition) {
+			d.Transitions = append(d.Transitions, workflow.Transition{From: "done", To: "a"})
+		}, []string{
+			p + `transitions[3] "done" --> "a": leaves terminal state "done"`}},
+		{"automatic cycle without actions", func(d *workflow.Definition) {
+			// Entered at d, named from c, the state that comes first.
+			d.States = append(d.States, workflow.State{Name: "c"}, workflow.State{Name: "d"}, workflow.State{Name: "e"})
+			d.Transitions = append(d.Transitions,
+				workflow.Transition{From: "b", Event: "detour", To: "d"},
+				workflow.Transition{From: "d", To: "e"},
+				workflow.Transition{From: "c", To: "d"},
+				workflow.Transition{From: "e", To: "c"})
+		}, []string{
+			p + `states[4] "c": automatic transitions without actions cycle forever: "c" --> "d" --> "e" --> "c"`,
+			p + `states[4] "c": no terminal state is reachable from it`,
+			p + `states[5] "d": no terminal state is reachable from it`,
+			p + `states[6] "e": no terminal state is reachable from it`}},
+		{"automatic self-loop without an action", func(d *workflow.Definition) {
+			d.States = append(d.States, workflow.State{Name: "c", OnEnter: &workflow.Action{Name: "hello", Run: noop, NoCompensation: true}})
+			d.Transitions = append(d.Transitions,
+				workflow.Transition{From: "b", Event: "detour", To: "c"},
+				workflow.Transition{From: "c", To: "c"})
+		}, []string{
+			p + `states[4] "c": automatic transitions without actions cycle forever: "c" --> "c"`,
+			p + `states[4] "c": no terminal state is reachable from it`}},
+		{"automatic cycle with an action is only a dead end", func(d *workflow.Definition) {
+			d.States = append(d.States, workflow.State{Name: "c"}, workflow.State{Name: "d"})
+			d.Transitions = append(d.Transitions,
+				workflow.Transition{From: "b", Event: "detour", To: "c"},
+				workflow.Transition{From: "c", To: "d", Action: &workflow.Action{Name: "poll", Run: noop, NoCompensation: true}},
+				workflow.Transition{From: "d", To: "c"})
+		}, []string{
+			p + `states[4] "c": no terminal state is reachable from it`,
+			p + `states[5] "d": no terminal state is reachable from it`}},
+		{"automatic transition with unknown ends", func(d *workflow.Definition) {
+			d.Transitions = append(d.Transitions, workflow.Transition{From: "x", To: "y"})
+		}, []string{
+			p + `transitions[3] "x" --> "y": from "x" is not a state`,
+			p + `transitions[3] "x" --> "y": to "y" is not a state`}},
 		{"event quoted when ambiguous", func(d *workflow.Definition) {
 			d.Transitions = append(d.Transitions, workflow.Transition{From: "a", Event: "x-->y", To: "nowhere"})
 		}, []string{

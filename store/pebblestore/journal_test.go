@@ -154,7 +154,7 @@ func TestJournalAppendSynced(t *testing.T) {
 }
 
 // orderWorld is the order saga of the workflow tests on a pebblestore
-// ledger and journal, with actions that count their calls.
+// journal, with actions that count their calls.
 type orderWorld struct {
 	mu    sync.Mutex
 	calls []string
@@ -216,11 +216,7 @@ func TestJournalEngineRestart(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		l, err := idem.New(s, &idem.Config{Clock: clk, Lease: 30 * time.Second})
-		if err != nil {
-			t.Fatal(err)
-		}
-		e, err := workflow.NewEngine(l, s.Journal(), reg, &workflow.EngineConfig{Rand: func() float64 { return 0 }})
+		e, err := workflow.NewEngine(s.Journal(), reg, &workflow.EngineConfig{Clock: clk, Lease: 30 * time.Second, Rand: func() float64 { return 0 }})
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -19,7 +19,7 @@ func TestJournalConformance(t *testing.T) {
 }
 
 // orderWorld is the order saga of the workflow tests on a pebblestore
-// ledger and journal, with actions that count their calls.
+// journal, with actions that count their calls.
 type orderWorld struct {
 	mu    sync.Mutex
 	calls []string
@@ -66,7 +66,7 @@ func (w *orderWorld) registry(t *testing.T) *workflow.Registry {
 
 // TestJournalEngineRestart runs the order saga across restarts of the
 // process: each phase makes a store on its own pool over one schema,
-// builds a ledger and an engine over it, does some work and closes the
+// builds an engine over its journal, does some work and closes the
 // pool, leaving work queued for the next.
 func TestJournalEngineRestart(t *testing.T) {
 	t.Parallel()
@@ -82,11 +82,7 @@ func TestJournalEngineRestart(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		l, err := idem.New(s, &idem.Config{Clock: clk, Lease: 30 * time.Second})
-		if err != nil {
-			t.Fatal(err)
-		}
-		e, err := workflow.NewEngine(l, s.Journal(), reg, &workflow.EngineConfig{Rand: func() float64 { return 0 }})
+		e, err := workflow.NewEngine(s.Journal(), reg, &workflow.EngineConfig{Clock: clk, Lease: 30 * time.Second, Rand: func() float64 { return 0 }})
 		if err != nil {
 			t.Fatal(err)
 		}
