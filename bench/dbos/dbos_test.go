@@ -98,6 +98,8 @@ func (r *dbosRunning) steps(id string) ([]string, error) {
 
 func (r *dbosRunning) writes() int64 { return -1 }
 
+func (r *dbosRunning) reads() int64 { return -1 }
+
 func (r *dbosRunning) conns() int64 { return r.pool.Stat().NewConnsCount() }
 
 func (r *dbosRunning) close() error {

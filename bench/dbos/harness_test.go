@@ -38,6 +38,8 @@ type running interface {
 	// writes is the number of journal commits so far (every Create and
 	// Append), or -1 if the system has no journal to count.
 	writes() int64
+	// reads is the number of journal reads so far (Get, List), or -1.
+	reads() int64
 	// conns is the number of connections the system opened to its
 	// database (each commits one transaction as it logs in).
 	conns() int64
@@ -51,6 +53,7 @@ type turn struct {
 	// connection opened (its login); -1 if the system uses no database.
 	pgCommits int64
 	writes    int64 // journal commits; -1 if not counted
+	reads     int64 // journal reads; -1 if not counted
 }
 
 var instanceSeq atomic.Int64
@@ -69,13 +72,16 @@ func runTurn(tb testing.TB, pg *pgServer, sys *system, starters int, more func()
 	if err != nil {
 		tb.Fatalf("%s: open: %v", sys.name, err)
 	}
-	writes0 := r.writes()
+	writes0, reads0 := r.writes(), r.reads()
 	round, err := bench.Drive(starters, more, func() error {
 		return r.run(ctx, sys.name+"-"+strconv.FormatInt(instanceSeq.Add(1), 10))
 	})
-	t := turn{Round: round, pgCommits: -1, writes: -1}
+	t := turn{Round: round, pgCommits: -1, writes: -1, reads: -1}
 	if w := r.writes(); w >= 0 {
 		t.writes = w - writes0
+	}
+	if n := r.reads(); n >= 0 {
+		t.reads = n - reads0
 	}
 	if cerr := r.close(); cerr != nil && err == nil {
 		err = fmt.Errorf("close: %w", cerr)
@@ -116,6 +122,7 @@ type figure struct {
 	// the database, logins aside; -1 if none.
 	idle       int64
 	journalPer float64 // journal commits per instance; -1 if not counted
+	readsPer   float64 // journal reads per instance; -1 if not counted
 	p50, p99   time.Duration
 }
 
@@ -146,8 +153,8 @@ func measure(tb testing.TB, pg *pgServer, systems []*system, idle []int64, start
 	}
 	figs := make([]figure, len(systems))
 	for j, s := range systems {
-		f := figure{system: s.name, starters: starters, pgPer: -1, idle: idle[j], journalPer: -1}
-		var rates, ratios, pgPer, journalPer []float64
+		f := figure{system: s.name, starters: starters, pgPer: -1, idle: idle[j], journalPer: -1, readsPer: -1}
+		var rates, ratios, pgPer, journalPer, readsPer []float64
 		var lat []time.Duration
 		for r, t := range turns[j] {
 			if t.Ops == 0 {
@@ -161,6 +168,9 @@ func measure(tb testing.TB, pg *pgServer, systems []*system, idle []int64, start
 			if t.writes >= 0 {
 				journalPer = append(journalPer, float64(t.writes)/float64(t.Ops))
 			}
+			if t.reads >= 0 {
+				readsPer = append(readsPer, float64(t.reads)/float64(t.Ops))
+			}
 			lat = append(lat, t.Lat...)
 		}
 		slices.Sort(lat)
@@ -173,6 +183,9 @@ func measure(tb testing.TB, pg *pgServer, systems []*system, idle []int64, start
 		}
 		if len(journalPer) > 0 {
 			f.journalPer = median(journalPer)
+		}
+		if len(readsPer) > 0 {
+			f.readsPer = median(readsPer)
 		}
 		f.p50, f.p99 = lat[(len(lat)-1)/2], lat[(len(lat)-1)*99/100]
 		figs[j] = f
@@ -190,7 +203,7 @@ func median(xs []float64) float64 {
 // printTable writes figs as a table.
 func printTable(w io.Writer, figs []figure) {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "starters\tsystem\tinstances/s\tsteps/s\tvs dbos\tpg commits/inst\tjournal commits/inst\tidle-turn commits\tp50 ms\tp99 ms\t")
+	fmt.Fprintln(tw, "starters\tsystem\tinstances/s\tsteps/s\tvs dbos\tpg commits/inst\tjournal commits/inst\tjournal reads/inst\tidle-turn commits\tp50 ms\tp99 ms\t")
 	opt := func(v float64, format string) string {
 		if v < 0 {
 			return "-"
@@ -202,8 +215,8 @@ func printTable(w io.Writer, figs []figure) {
 		if f.ratio > 0 {
 			ratio = fmt.Sprintf("%.2fx", f.ratio)
 		}
-		fmt.Fprintf(tw, "%d\t%s\t%.0f\t%.0f\t%s\t%s\t%s\t%s\t%.2f\t%.2f\t\n", f.starters, f.system,
-			f.rate, stepsPerInstance*f.rate, ratio, opt(f.pgPer, "%.2f"), opt(f.journalPer, "%.2f"),
+		fmt.Fprintf(tw, "%d\t%s\t%.0f\t%.0f\t%s\t%s\t%s\t%s\t%s\t%.2f\t%.2f\t\n", f.starters, f.system,
+			f.rate, stepsPerInstance*f.rate, ratio, opt(f.pgPer, "%.2f"), opt(f.journalPer, "%.2f"), opt(f.readsPer, "%.2f"),
 			opt(float64(f.idle), "%.0f"), ms(f.p50), ms(f.p99))
 	}
 	tw.Flush()

@@ -1,5 +1,3 @@
-//go:build idemengine
-
 package dbosbench
 
 import (
@@ -11,6 +9,7 @@ import (
 	"github.com/idemkit/idem/store/pebblestore"
 	"github.com/idemkit/idem/store/pgstore"
 	"github.com/idemkit/idem/workflow"
+	"github.com/jackc/pgx/v5/pgxpool"
 )
 
 // idemNoop is an action: it does nothing and returns a few bytes.
@@ -37,10 +36,21 @@ func idemRegistry() (*workflow.Registry, error) {
 const idemWorkers = 16
 
 // countingJournal counts the commits of the journal it wraps: every
-// successful Create and Append is one.
+// successful Create and Append is one. It counts the reads (Get, List)
+// apart: on PostgreSQL each is a transaction too.
 type countingJournal struct {
 	workflow.Journal
-	commits atomic.Int64
+	commits, reads atomic.Int64
+}
+
+func (j *countingJournal) Get(ctx context.Context, p *workflow.GetParams) (*workflow.GetResult, error) {
+	j.reads.Add(1)
+	return j.Journal.Get(ctx, p)
+}
+
+func (j *countingJournal) List(ctx context.Context, p *workflow.ListParams) (*workflow.ListResult, error) {
+	j.reads.Add(1)
+	return j.Journal.List(ctx, p)
 }
 
 func (j *countingJournal) Create(ctx context.Context, p *workflow.CreateParams) (*workflow.CreateResult, error) {
@@ -65,7 +75,8 @@ type idemRunning struct {
 	journal *countingJournal
 	stop    context.CancelFunc
 	done    chan error
-	closeFn func() error // closes the journal's store, if the turn opened it
+	closeFn func() error  // closes the journal's store, if the turn opened it
+	pool    *pgxpool.Pool // the turn's pool, nil on pebblestore
 }
 
 // startEngine starts an engine on j and returns it running.
@@ -117,6 +128,15 @@ func (r *idemRunning) steps(id string) ([]string, error) {
 
 func (r *idemRunning) writes() int64 { return r.journal.commits.Load() }
 
+func (r *idemRunning) reads() int64 { return r.journal.reads.Load() }
+
+func (r *idemRunning) conns() int64 {
+	if r.pool == nil {
+		return 0
+	}
+	return r.pool.Stat().NewConnsCount()
+}
+
 func (r *idemRunning) close() error {
 	r.stop()
 	err := <-r.done
@@ -152,8 +172,10 @@ func idemPGSystem(pg *pgServer, schema string) *system {
 		})
 		if err != nil {
 			pool.Close()
+			return nil, err
 		}
-		return r, err
+		r.pool = pool
+		return r, nil
 	}}
 }
 
