@@ -51,7 +51,7 @@ func TestOneInstanceEach(t *testing.T) {
 	ctx := context.Background()
 	for _, sys := range systems(t, pg) {
 		t.Run(sys.name, func(t *testing.T) {
-			runTurn(t, pg, sys, 1, count(0)) // migrates, outside the count
+			runTurn(t, pg, sys, 1, 0, count(0)) // migrates, outside the count
 			var before int64
 			if sys.db != "" {
 				before = pg.commits(t, sys.db)

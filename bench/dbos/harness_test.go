@@ -7,6 +7,7 @@ import (
 	"os"
 	"slices"
 	"strconv"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"text/tabwriter"
@@ -49,6 +50,7 @@ type running interface {
 // turn is what one turn of a system measured.
 type turn struct {
 	bench.Round
+	warm int // untimed warm-up instances, beside the Round's Ops
 	// pgCommits is the database's commits over the turn less one per
 	// connection opened (its login); -1 if the system uses no database.
 	pgCommits int64
@@ -58,10 +60,16 @@ type turn struct {
 
 var instanceSeq atomic.Int64
 
-// runTurn opens sys, starts instances from starters goroutines while more
-// says so (each waits for its instance's result before the next), closes
-// sys and counts the commits of the turn.
-func runTurn(tb testing.TB, pg *pgServer, sys *system, starters int, more func() bool) turn {
+// runTurn opens sys, runs warm instances one after the other (untimed),
+// then starts instances from starters goroutines while more says so (each
+// waits for its instance's result before the next), closes sys and counts
+// the commits of the turn.
+//
+// A warm-up instance keeps what a system does once after it opens out of
+// the timed rates (idem's engine, started just before the first Start,
+// leaves that instance to its next poll, up to a second later); its
+// commits count, and it counts as an instance in the per-instance figures.
+func runTurn(tb testing.TB, pg *pgServer, sys *system, starters, warm int, more func() bool) turn {
 	tb.Helper()
 	ctx := context.Background()
 	var before int64
@@ -73,10 +81,16 @@ func runTurn(tb testing.TB, pg *pgServer, sys *system, starters int, more func()
 		tb.Fatalf("%s: open: %v", sys.name, err)
 	}
 	writes0, reads0 := r.writes(), r.reads()
+	for range warm {
+		if err := r.run(ctx, sys.name+"-warm-"+strconv.FormatInt(instanceSeq.Add(1), 10)); err != nil {
+			r.close()
+			tb.Fatalf("%s: warm-up: %v", sys.name, err)
+		}
+	}
 	round, err := bench.Drive(starters, more, func() error {
 		return r.run(ctx, sys.name+"-"+strconv.FormatInt(instanceSeq.Add(1), 10))
 	})
-	t := turn{Round: round, pgCommits: -1, writes: -1, reads: -1}
+	t := turn{Round: round, warm: warm, pgCommits: -1, writes: -1, reads: -1}
 	if w := r.writes(); w >= 0 {
 		t.writes = w - writes0
 	}
@@ -95,10 +109,15 @@ func runTurn(tb testing.TB, pg *pgServer, sys *system, starters int, more func()
 	return t
 }
 
-// timed is a more for runTurn: true until d has passed.
+// timed is a more for runTurn: true until d has passed since its first
+// call (after the warm-up).
 func timed(d time.Duration) func() bool {
-	deadline := time.Now().Add(d)
-	return func() bool { return time.Now().Before(deadline) }
+	var once sync.Once
+	var deadline time.Time
+	return func() bool {
+		once.Do(func() { deadline = time.Now().Add(d) })
+		return time.Now().Before(deadline)
+	}
 }
 
 // count is a more for runTurn: true n times in all.
@@ -114,6 +133,7 @@ type figure struct {
 	starters int
 	rate     float64 // instances/s
 	ratio    float64 // rate over the first system's in the same round; 0 for the first
+	ratios   []float64 // each round's ratio, in round order; nil for the first
 	// pgPer is the database's commits per instance, less those of the
 	// connections' logins and of an idle turn; -1 if the system does not
 	// use PostgreSQL.
@@ -133,8 +153,8 @@ func idleTurns(tb testing.TB, pg *pgServer, systems []*system) []int64 {
 	tb.Helper()
 	idle := make([]int64, len(systems))
 	for i, s := range systems {
-		runTurn(tb, pg, s, 1, count(0))
-		idle[i] = runTurn(tb, pg, s, 1, count(0)).pgCommits
+		runTurn(tb, pg, s, 1, 0, count(0))
+		idle[i] = runTurn(tb, pg, s, 1, 0, count(0)).pgCommits
 	}
 	return idle
 }
@@ -148,7 +168,7 @@ func measure(tb testing.TB, pg *pgServer, systems []*system, idle []int64, start
 	for r := range rounds {
 		for i := range systems {
 			j := (i + r) % len(systems)
-			turns[j] = append(turns[j], runTurn(tb, pg, systems[j], starters, timed(d)))
+			turns[j] = append(turns[j], runTurn(tb, pg, systems[j], starters, 1, timed(d)))
 		}
 	}
 	figs := make([]figure, len(systems))
@@ -162,21 +182,22 @@ func measure(tb testing.TB, pg *pgServer, systems []*system, idle []int64, start
 			}
 			rates = append(rates, t.Rate())
 			ratios = append(ratios, t.Rate()/turns[0][r].Rate())
+			n := float64(t.Ops + t.warm)
 			if t.pgCommits >= 0 {
-				pgPer = append(pgPer, float64(t.pgCommits-idle[j])/float64(t.Ops))
+				pgPer = append(pgPer, float64(t.pgCommits-idle[j])/n)
 			}
 			if t.writes >= 0 {
-				journalPer = append(journalPer, float64(t.writes)/float64(t.Ops))
+				journalPer = append(journalPer, float64(t.writes)/n)
 			}
 			if t.reads >= 0 {
-				readsPer = append(readsPer, float64(t.reads)/float64(t.Ops))
+				readsPer = append(readsPer, float64(t.reads)/n)
 			}
 			lat = append(lat, t.Lat...)
 		}
 		slices.Sort(lat)
 		f.rate = median(rates)
 		if j > 0 {
-			f.ratio = median(ratios)
+			f.ratio, f.ratios = median(ratios), ratios
 		}
 		if len(pgPer) > 0 {
 			f.pgPer = median(pgPer)
@@ -220,6 +241,11 @@ func printTable(w io.Writer, figs []figure) {
 			opt(float64(f.idle), "%.0f"), ms(f.p50), ms(f.p99))
 	}
 	tw.Flush()
+	for _, f := range figs {
+		if f.ratios != nil {
+			fmt.Fprintf(w, "%s at %d starters, ratio by round: %.2f\n", f.system, f.starters, f.ratios)
+		}
+	}
 }
 
 func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
