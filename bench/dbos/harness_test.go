@@ -131,8 +131,8 @@ func count(n int) func() bool {
 type figure struct {
 	system   string
 	starters int
-	rate     float64 // instances/s
-	ratio    float64 // rate over the first system's in the same round; 0 for the first
+	rate     float64   // instances/s
+	ratio    float64   // rate over the first system's in the same round; 0 for the first
 	ratios   []float64 // each round's ratio, in round order; nil for the first
 	// pgPer is the database's commits per instance, less those of the
 	// connections' logins and of an idle turn; -1 if the system does not
