@@ -56,7 +56,7 @@
 // consumers using Do), pauses (owners that pause past their lease and
 // wake up to finish) and workflows (below). Mutants lists deliberately
 // broken ledgers, and workflow engines broken through internal hooks
-// (commit-before-action, compensate-twice, forget-step-key); the tests
+// (commit-before-action, compensate-twice, keep-token, forget-step-key); the tests
 // prove each is caught. `idem sim` runs both from the command line.
 //
 // # Workflows

@@ -220,7 +220,9 @@ func (e *Engine) schedule(in *Instance, now time.Time, mine, take bool) bool {
 	case due && (mine || take && in.free(now)):
 		if !mine {
 			clean := in.Owner == "" // released, everything attempted recorded
-			in.Token++
+			if e.hooks == nil || !e.hooks.KeepToken {
+				in.Token++
+			}
 			if clean && in.Pending != nil {
 				in.Pending.Token = in.Token
 			}
