@@ -85,9 +85,10 @@
 // unit runs it again in a fresh transaction; a failed attempt's writes
 // roll back, and the failure is recorded by a write of its own. A commit
 // that fails on a dropped connection, a serialization failure (40001) or a
-// deadlock (40P01) wraps ErrUnavailable. The action holds a pool
-// connection while it runs: keep it short, and size the pool
-// (pool_max_conns) above EngineConfig.Workers. The crash test
+// deadlock (40P01) wraps ErrUnavailable. Such a unit holds one pool
+// connection from its action's start to the commit: keep the action
+// short, and with more EngineConfig.Workers than the pool has connections
+// (pool_max_conns) expect units to wait for one. The crash test
 // (TestWorkflowWorkersSIGKILL, see docs/workflows.md) SIGKILLs engine
 // processes mid-step and finds every InTx row written exactly once.
 //
