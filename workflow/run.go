@@ -354,10 +354,14 @@ func (e *Engine) unit(ctx context.Context, in *Instance, results map[string][]by
 			e.deferred = nil
 		}
 		var seq int64
+		var fail *txFailure // an InTx unit's
 		commit := func(ctx context.Context) error {
 			var entries []Entry
 			if err := e.work(ctx, next, def, now, &entries, results); err != nil {
 				return err
+			}
+			if fail != nil && fail.err != nil && !fail.replay {
+				return errTxRollback
 			}
 			next.Updated = e.clock.Now()
 			if next.Pending != nil {
@@ -376,7 +380,17 @@ func (e *Engine) unit(ctx context.Context, in *Instance, results map[string][]by
 			if !ok {
 				return 0, fmt.Errorf("%w: action %q is InTx, and the journal runs no transactions (TxJournal)", idem.ErrInvalid, a.Name)
 			}
-			err = tj.InTx(ctx, commit)
+			fail = &txFailure{}
+			tctx := context.WithValue(ctx, txFailureKey{}, fail)
+			err = tj.InTx(tctx, commit)
+			if errors.Is(err, errTxRollback) {
+				// The action failed: its writes are rolled back with the
+				// transaction, and the failed attempt is recorded by a
+				// write of its own, without running the action again.
+				next = copyInstance(in, false)
+				fail.replay = true
+				err = commit(tctx)
+			}
 		} else {
 			err = commit(ctx)
 		}
@@ -535,6 +549,22 @@ func (e *Engine) recordDone(in *Instance, def *Definition, result []byte) {
 	in.Done = append(in.Done, DoneAction{Step: p.Step, Action: p.Action, Key: ActionKey(in.ID, p.Step, p.Action), Input: p.Input, Result: result})
 }
 
+// txFailure is the failed attempt of an InTx unit's action, which the
+// unit's context carries: the unit rolls its transaction back, with the
+// attempt's writes, and records the failure outside it (replay: runStep
+// returns err again instead of running the action).
+type txFailure struct {
+	key    string
+	err    error
+	replay bool
+}
+
+type txFailureKey struct{}
+
+// errTxRollback rolls back the transaction of an InTx unit whose action
+// failed.
+var errTxRollback = errors.New("workflow: the action in the transaction failed")
+
 // runStep runs fn once under the step key, with the instance's fencing
 // token, unless results holds the key's result already (kept true). A
 // result of a step outside a transaction is kept in results, for a unit
@@ -544,11 +574,21 @@ func (e *Engine) runStep(ctx context.Context, in *Instance, key string, input []
 	if r, ok := results[key]; ok {
 		return r, true, nil
 	}
+	fail, _ := ctx.Value(txFailureKey{}).(*txFailure)
+	if !tx {
+		fail = nil
+	}
+	if fail != nil && fail.replay && fail.key == key {
+		return nil, false, fail.err
+	}
 	if len(input) == 0 {
 		input = in.Input
 	}
 	result, err = callStep(withStepKey(ctx, key), fn, &Step{InstanceID: in.ID, Key: key, Token: in.Token, Input: input, Attempt: in.Attempt + 1, InstanceInput: in.Input, Results: in.Results})
 	if err != nil {
+		if fail != nil && !fail.replay && !infra(err) && ctx.Err() == nil {
+			fail.key, fail.err = key, err
+		}
 		return nil, false, err
 	}
 	if e.crash != nil {
