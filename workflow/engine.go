@@ -85,6 +85,7 @@ type Engine struct {
 	busy    map[string]bool
 	waiters map[string][]chan struct{}
 	runs    int // Run calls in progress
+	active  int // instances Run handed to its workers, not yet done
 	// nextWake is the earliest WakeAt this engine wrote or listed, for
 	// Run's timer; zero if none.
 	nextWake time.Time

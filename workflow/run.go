@@ -34,6 +34,10 @@ func (e *Engine) Run(ctx context.Context) error {
 				// A failed unit (a store error) leaves the instance to
 				// its lease: it is taken again once that runs out.
 				_, _ = e.advance(ctx, in)
+				e.mu.Lock()
+				e.active--
+				e.mu.Unlock()
+				e.kick()
 			}
 		})
 	}
@@ -44,6 +48,9 @@ func (e *Engine) Run(ctx context.Context) error {
 	nextPoll := e.clock.Now()
 	for {
 		for in := e.pop(); in != nil; in = e.pop() {
+			e.mu.Lock()
+			e.active++
+			e.mu.Unlock()
 			select {
 			case work <- in:
 			case <-ctx.Done():
@@ -52,17 +59,24 @@ func (e *Engine) Run(ctx context.Context) error {
 		}
 		now := e.clock.Now()
 		e.mu.Lock()
+		// Take no more than the idle workers can start on: an instance
+		// taken and left waiting would only see its lease run out.
+		room := e.cfg.Workers - e.active - len(e.ready)
 		due := !e.nextWake.IsZero() && !e.nextWake.After(now)
-		if due {
+		if room > 0 && due {
 			e.nextWake = time.Time{}
 		}
 		e.mu.Unlock()
-		if due || !now.Before(nextPoll) {
-			_, _ = e.takeDue(ctx, func(in *Instance) { e.enqueue(in) })
+		if room > 0 && (due || !now.Before(nextPoll)) {
+			n, _ := e.takeDue(ctx, room, func(in *Instance) { e.enqueue(in) })
 			if !now.Before(nextPoll) {
 				// Timers other engines set: learn the next one.
 				e.noteNextDue(ctx, now.Add(e.cfg.PollInterval))
 				nextPoll = now.Add(e.cfg.PollInterval)
+			}
+			if n == room {
+				// More may be due: look again once a worker is free.
+				nextPoll = now
 			}
 			continue
 		}
@@ -72,6 +86,11 @@ func (e *Engine) Run(ctx context.Context) error {
 			wait = min(wait, e.nextWake.Sub(now))
 		}
 		e.mu.Unlock()
+		if room <= 0 {
+			// Every worker is busy: wait for one to finish (it wakes
+			// the loop).
+			wait = e.cfg.PollInterval
+		}
 		tctx, cancel := context.WithCancel(ctx)
 		fired := make(chan struct{})
 		go func() {
@@ -120,9 +139,10 @@ func (e *Engine) noteNextDue(ctx context.Context, until time.Time) {
 	}
 }
 
-// takeDue takes every instance due now that nobody owns and hands each to
-// got; it returns the store errors, joined.
-func (e *Engine) takeDue(ctx context.Context, got func(*Instance)) (int, error) {
+// takeDue takes the instances due now that nobody owns, at most limit of
+// them (0: no limit), and hands each to got; it returns how many, and the
+// store errors, joined.
+func (e *Engine) takeDue(ctx context.Context, limit int, got func(*Instance)) (int, error) {
 	n, after := 0, ""
 	var errs error
 	for {
@@ -131,6 +151,9 @@ func (e *Engine) takeDue(ctx context.Context, got func(*Instance)) (int, error) 
 			return n, errors.Join(errs, err)
 		}
 		for _, listed := range res.Instances {
+			if limit > 0 && n == limit {
+				return n, errs
+			}
 			in, err := e.takeOver(ctx, listed)
 			if err != nil {
 				errs = errors.Join(errs, fmt.Errorf("instance %q: %w", listed.ID, err))
@@ -201,7 +224,7 @@ func (e *Engine) Step(ctx context.Context) (int, error) {
 		for in := e.pop(); in != nil; in = e.pop() {
 			took = append(took, in)
 		}
-		_, err := e.takeDue(ctx, func(in *Instance) { took = append(took, in) })
+		_, err := e.takeDue(ctx, 0, func(in *Instance) { took = append(took, in) })
 		errs = errors.Join(errs, err)
 		if len(took) == 0 {
 			return total, errs
