@@ -90,7 +90,8 @@ type wfClient struct {
 // input (which must return the instance: same-start) and with another
 // (which must be refused: no-mismatch-start), sends cfg.Events and
 // maybe cancels it. Workers stop once every client is done and every
-// instance is finished or parked.
+// instance is finished, parked, or waits for an event nobody will send
+// (it fails ends-terminal).
 //
 // At rest it checks each instance: ends-terminal (finished or parked),
 // history-append-only, history-explains (replaying its transitions gives
@@ -143,7 +144,7 @@ func SetupWorkflows(w *World, cfg *WorkflowConfig) (check func()) {
 }
 
 // settled reports whether every client is done and every instance is
-// finished or parked: the workers may stop.
+// finished, parked or waiting forever: the workers may stop.
 func (ww *wfWorld) settled() bool {
 	if ww.clientsLeft > 0 {
 		return false
@@ -153,11 +154,18 @@ func (ww *wfWorld) settled() bool {
 		return false
 	}
 	for _, in := range res.Instances {
-		if !in.Status.Finished() && in.Status != workflow.Parked {
+		if !in.Status.Finished() && in.Status != workflow.Parked && !waitsForever(in) {
 			return false
 		}
 	}
 	return true
+}
+
+// waitsForever reports whether in, once every client is done, waits for
+// an event that nobody will send: nobody owns it and nothing (an event,
+// an action, a retry, a timeout) is due for it, ever.
+func waitsForever(in *workflow.Instance) bool {
+	return in.Owner == "" && in.WakeAt.IsZero() && !in.Status.Finished() && in.Status != workflow.Parked
 }
 
 // recordKeys returns a copy of def whose actions and compensations count
@@ -439,7 +447,10 @@ func (ww *wfWorld) checkInstance(c *wfClient) {
 	}
 	in := res.Instance
 	ww.journal.Observe(in)
-	if !in.Status.Finished() && in.Status != workflow.Parked {
+	switch {
+	case waitsForever(in):
+		w.Violate("ends-terminal", c.id, fmt.Sprintf("ended %s in state %s, waiting for an event that nobody sends and no timeout fires", in.Status, in.State))
+	case !in.Status.Finished() && in.Status != workflow.Parked:
 		w.Violate("ends-terminal", c.id, fmt.Sprintf("ended %s in state %s", in.Status, in.State))
 	}
 
