@@ -56,22 +56,23 @@
 // consumers using Do), pauses (owners that pause past their lease and
 // wake up to finish) and workflows (below). Mutants lists deliberately
 // broken ledgers, and workflow engines broken through internal hooks
-// (commit-before-action, compensate-twice, forget-step-key); the tests
+// (commit-before-action, compensate-twice, keep-token, forget-step-key); the tests
 // prove each is caught. `idem sim` runs both from the command line.
 //
 // # Workflows
 //
 // The workflows scenario runs the real workflow.Engine: worker processes,
-// each an engine over one ledger (on the world's Store) and one Journal (a
-// workflow.MemJournal with failpoints journal/before-commit and
-// journal/after-commit), crash at step boundaries (an action or
-// compensation ran and its outcome is not in the ledger; its outcome is
-// in the ledger and its journal entry is not) and at random, restart as
-// new engines, and pause past their lease. Clients start orders (reserve,
+// each an engine over one Journal (a workflow.MemJournal with failpoints
+// journal/before-commit and journal/after-commit), crash at step
+// boundaries (an action or compensation ran and its journal entry is not
+// committed) and at random, restart as new engines, and pause past their
+// lease. Clients start orders (reserve,
 // charge, ship), duplicate the start with the same input and with
 // another, send events late, twice and out of order, and cancel some;
-// actions fail for a while or for good. An action's effect is staged
-// under its step key and commits with the step's outcome. At rest it
+// actions fail for a while or for good. Actions call a downstream service
+// that honours idempotency keys (the first final answer for a key answers
+// every later request with it) and fencing tokens (a request with a lower
+// token than the key has seen is refused), and apply their effect there. At rest it
 // checks, besides the store's invariants:
 //   - ends-terminal: every instance ends succeeded, failed, cancelled or
 //     parked;

@@ -29,6 +29,12 @@ type Definition struct {
 	// Transitions say, for a state and an event, which state comes next
 	// and which action takes the instance there.
 	Transitions []Transition `json:"transitions"`
+	// Source, if set, is what else defines the type's behaviour beyond
+	// the structure Fingerprint covers: the document a declarative
+	// definition was read from, whose requests and rules are its
+	// functions. It enters Fingerprint, so a changed document under a
+	// registered version is a version conflict.
+	Source []byte `json:"-"`
 }
 
 // Terminal says whether a state ends an instance, and how.
@@ -115,6 +121,12 @@ type Step struct {
 	Input []byte
 	// Attempt counts the attempts of this step, from 1.
 	Attempt int
+	// InstanceInput is the instance's input, whatever Input is.
+	InstanceInput []byte
+	// Results holds the results of the instance's completed actions, by
+	// action name (the latest completion of each). Read it, never change
+	// it.
+	Results map[string][]byte
 }
 
 // Action is a unit of work a transition or a state entry performs.
@@ -143,8 +155,17 @@ type Action struct {
 	// records the step (the engine's journal must be a TxJournal, such as
 	// pgstore.Journal; read the transaction with pgstore.StepTx): their
 	// writes commit with the step or not at all, so a crash never leaves
-	// them done and the step not, and a re-run never repeats them.
+	// them done and the step not, and a re-run never repeats them. A
+	// failed attempt's writes roll back; the failure is recorded by a
+	// journal write of its own.
 	InTx bool `json:"in_tx,omitempty"`
+	// Next, if set, chooses from Run's result the event that follows the
+	// action (the empty event: none): the engine queues it, with the
+	// result as its payload and the id "<step key>/next", as the action's
+	// step commits, and processes it in the state the action led to, as
+	// any event. Declarative definitions choose it with rules on the
+	// result.
+	Next func(result []byte) string `json:"-"`
 	// OnExhausted says what the engine does when Run has failed for good
 	// (attempts exhausted, or a Permanent error): unwind the instance (the
 	// default) or park it for an operator.
@@ -197,6 +218,7 @@ type definitionForm struct {
 	Initial     string           `json:"initial"`
 	States      []stateForm      `json:"states"`
 	Transitions []transitionForm `json:"transitions"`
+	Source      [32]byte         `json:"source,omitzero"`
 }
 
 func formOf(a *Action) *actionForm {
@@ -209,7 +231,8 @@ func formOf(a *Action) *actionForm {
 // Fingerprint returns a hex SHA-256 of the definition's structure: names,
 // version, states, transitions, timeouts, and each action's name,
 // NoCompensation, retry values and OnExhausted; not its functions (Run,
-// Compensate, Retryable), which cannot be compared. Two valid definitions
+// Compensate, Retryable, Next), which cannot be compared, but Source's
+// SHA-256 when it is set. Two valid definitions
 // with the same fingerprint describe the same state machine, and the
 // declarative (JSON) form of a definition has the definition's
 // fingerprint.
@@ -220,6 +243,9 @@ func (d *Definition) Fingerprint() string {
 	}
 	for _, t := range d.Transitions {
 		f.Transitions = append(f.Transitions, transitionForm{From: t.From, Event: t.Event, To: t.To, Action: formOf(t.Action)})
+	}
+	if len(d.Source) > 0 {
+		f.Source = sha256.Sum256(d.Source)
 	}
 	b, err := json.Marshal(f)
 	if err != nil {

@@ -220,7 +220,9 @@ func (e *Engine) schedule(in *Instance, now time.Time, mine, take bool) bool {
 	case due && (mine || take && in.free(now)):
 		if !mine {
 			clean := in.Owner == "" // released, everything attempted recorded
-			in.Token++
+			if e.hooks == nil || !e.hooks.KeepToken {
+				in.Token++
+			}
 			if clean && in.Pending != nil {
 				in.Pending.Token = in.Token
 			}
@@ -290,43 +292,63 @@ func (e *Engine) Start(ctx context.Context, typ string, version int, id string, 
 	now := e.clock.Now()
 	in := &Instance{ID: id, Type: typ, Version: def.Version, Run: 1, Input: input,
 		Fingerprint: startFingerprint(typ, input), Status: Running, Created: now, Updated: now}
-	replace := false
-	var replaceSeq int64
-	res, err := e.journal.Get(ctx, &GetParams{ID: id})
-	switch {
-	case err == nil:
-		old := res.Instance
-		reuse := old.Status.Finished() && (o.ReusePolicy == AllowAlways ||
-			o.ReusePolicy == AllowIfFailed && (old.Status == Failed || old.Status == Cancelled))
-		if !reuse {
-			if old.Fingerprint != in.Fingerprint {
-				return nil, fmt.Errorf("%w: instance %q was started with another type or input", idem.ErrFingerprintMismatch, id)
-			}
-			return old, nil
-		}
-		replace, replaceSeq = true, old.Seq
-		in.Run, in.Steps, in.Entered, in.Token = old.Run+1, old.Steps, old.Entered, old.Token
-	case !errors.Is(err, idem.ErrNotFound):
-		return nil, err
-	}
-	entries := []Entry{{At: now, Kind: EntryStarted, Run: in.Run, Status: Running, Reason: "version " + strconv.Itoa(def.Version)}}
+	entries := []Entry{{At: now, Kind: EntryStarted, Run: 1, Status: Running, Reason: "version " + strconv.Itoa(def.Version)}}
 	e.enter(in, def, def.Initial, now, &entries)
 	run := e.schedule(in, now, false, e.running())
-	cr, err := e.journal.Create(ctx, &CreateParams{Instance: in, Entries: entries, Replace: replace, ReplaceSeq: replaceSeq})
+	// Most starts are of new ids: create first, and read the existing
+	// instance only when there is one.
+	cr, err := e.journal.Create(ctx, &CreateParams{Instance: in, Entries: entries})
+	switch {
+	case err == nil && cr.Created:
+		if run {
+			e.enqueue(copyInstance(cr.Instance, false))
+		} else {
+			e.kick()
+		}
+		return cr.Instance, nil
+	case err == nil && (!cr.Instance.Status.Finished() || o.ReusePolicy == RejectDuplicate):
+		return cr.Instance, nil
+	case err != nil && !errors.Is(err, idem.ErrFingerprintMismatch):
+		return nil, err
+	case err != nil && o.ReusePolicy == RejectDuplicate:
+		return nil, err
+	}
+	// The id exists, finished perhaps, and the policy may let it start
+	// again.
+	res, err := e.journal.Get(ctx, &GetParams{ID: id})
 	if err != nil {
-		if replace && errors.Is(err, ErrConflict) {
+		return nil, err
+	}
+	old := res.Instance
+	old.History = nil
+	reuse := old.Status.Finished() && (o.ReusePolicy == AllowAlways ||
+		o.ReusePolicy == AllowIfFailed && (old.Status == Failed || old.Status == Cancelled))
+	if !reuse {
+		if old.Fingerprint != startFingerprint(typ, input) {
+			return nil, fmt.Errorf("%w: instance %q was started with another type or input", idem.ErrFingerprintMismatch, id)
+		}
+		return old, nil
+	}
+	now = e.clock.Now()
+	in = &Instance{ID: id, Type: typ, Version: def.Version, Run: old.Run + 1, Input: input,
+		Fingerprint: startFingerprint(typ, input), Status: Running, Created: now, Updated: now,
+		Steps: old.Steps, Entered: old.Entered, Token: old.Token}
+	entries = []Entry{{At: now, Kind: EntryStarted, Run: in.Run, Status: Running, Reason: "version " + strconv.Itoa(def.Version)}}
+	e.enter(in, def, def.Initial, now, &entries)
+	run = e.schedule(in, now, false, e.running())
+	cr, err = e.journal.Create(ctx, &CreateParams{Instance: in, Entries: entries, Replace: true, ReplaceSeq: old.Seq})
+	if err != nil {
+		if errors.Is(err, ErrConflict) {
 			// Another Start won the race to reuse the id: answer as a
 			// duplicate of it.
 			return e.Start(ctx, typ, version, id, input, &StartOptions{})
 		}
 		return nil, err
 	}
-	if cr.Created {
-		if run {
-			e.enqueue(copyInstance(cr.Instance, false))
-		} else {
-			e.kick()
-		}
+	if run {
+		e.enqueue(copyInstance(cr.Instance, false))
+	} else {
+		e.kick()
 	}
 	return cr.Instance, nil
 }

@@ -80,6 +80,10 @@ type Instance struct {
 	// Done lists the completed actions that have a compensation, in the
 	// order they completed.
 	Done []DoneAction `json:",omitempty"`
+	// Results holds the result of the latest completion of each action
+	// that completed, by action name: later actions read it (Step.Results),
+	// as declarative definitions' templates do.
+	Results map[string][]byte `json:",omitempty"`
 	// Undone is how many of Done, from the end, have been compensated.
 	Undone int
 	// EndStatus is the status an unwinding ends with (Failed, Cancelled).

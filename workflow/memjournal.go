@@ -36,6 +36,12 @@ func copyInstance(in *Instance, withHistory bool) *Instance {
 		c.Inbox[i].Payload = slices.Clone(c.Inbox[i].Payload)
 	}
 	c.Seen = slices.Clone(in.Seen)
+	if in.Results != nil {
+		c.Results = make(map[string][]byte, len(in.Results))
+		for k, v := range in.Results {
+			c.Results[k] = slices.Clone(v)
+		}
+	}
 	c.Done = slices.Clone(in.Done)
 	for i := range c.Done {
 		c.Done[i].Input = slices.Clone(c.Done[i].Input)

@@ -182,3 +182,33 @@ func IsPermanent(err error) bool {
 	var p permanentError
 	return errors.As(err, &p)
 }
+
+type retryAfterError struct {
+	err   error
+	after time.Duration
+}
+
+func (e retryAfterError) Error() string { return e.err.Error() }
+func (e retryAfterError) Unwrap() error { return e.err }
+
+// RetryAfter marks err as asking for the next attempt to wait at least
+// after (a downstream's Retry-After): the engine waits the longer of it
+// and the policy's backoff. It does not make err retryable if the policy
+// says it is not. The marked error keeps err's message and still matches
+// it with errors.Is and As.
+func RetryAfter(err error, after time.Duration) error {
+	if err == nil {
+		return nil
+	}
+	return retryAfterError{err, after}
+}
+
+// retryWait is how long to wait after attempt failed with err.
+func retryWait(p *RetryPolicy, attempt int, err error, rand float64) time.Duration {
+	d := p.Backoff(attempt, rand)
+	var ra retryAfterError
+	if errors.As(err, &ra) && ra.after > d {
+		d = ra.after
+	}
+	return d
+}

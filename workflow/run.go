@@ -354,10 +354,14 @@ func (e *Engine) unit(ctx context.Context, in *Instance, results map[string][]by
 			e.deferred = nil
 		}
 		var seq int64
+		var fail *txFailure // an InTx unit's
 		commit := func(ctx context.Context) error {
 			var entries []Entry
 			if err := e.work(ctx, next, def, now, &entries, results); err != nil {
 				return err
+			}
+			if fail != nil && fail.err != nil && !fail.replay {
+				return errTxRollback
 			}
 			next.Updated = e.clock.Now()
 			if next.Pending != nil {
@@ -376,7 +380,17 @@ func (e *Engine) unit(ctx context.Context, in *Instance, results map[string][]by
 			if !ok {
 				return 0, fmt.Errorf("%w: action %q is InTx, and the journal runs no transactions (TxJournal)", idem.ErrInvalid, a.Name)
 			}
-			err = tj.InTx(ctx, commit)
+			fail = &txFailure{}
+			tctx := context.WithValue(ctx, txFailureKey{}, fail)
+			err = tj.InTx(tctx, commit)
+			if errors.Is(err, errTxRollback) {
+				// The action failed: its writes are rolled back with the
+				// transaction, and the failed attempt is recorded by a
+				// write of its own, without running the action again.
+				next = copyInstance(in, false)
+				fail.replay = true
+				err = commit(tctx)
+			}
 		} else {
 			err = commit(ctx)
 		}
@@ -520,9 +534,13 @@ func pendingAction(in *Instance, def *Definition) *Action {
 	return t.Action
 }
 
-// recordDone notes the completed pending action for unwinding, if it has
-// a compensation.
+// recordDone notes the result of the completed pending action, and the
+// action for unwinding, if it has a compensation.
 func (e *Engine) recordDone(in *Instance, def *Definition, result []byte) {
+	if in.Results == nil {
+		in.Results = map[string][]byte{}
+	}
+	in.Results[in.Pending.Action] = result
 	a := pendingAction(in, def)
 	if a.Compensate == nil {
 		return
@@ -530,6 +548,22 @@ func (e *Engine) recordDone(in *Instance, def *Definition, result []byte) {
 	p := in.Pending
 	in.Done = append(in.Done, DoneAction{Step: p.Step, Action: p.Action, Key: ActionKey(in.ID, p.Step, p.Action), Input: p.Input, Result: result})
 }
+
+// txFailure is the failed attempt of an InTx unit's action, which the
+// unit's context carries: the unit rolls its transaction back, with the
+// attempt's writes, and records the failure outside it (replay: runStep
+// returns err again instead of running the action).
+type txFailure struct {
+	key    string
+	err    error
+	replay bool
+}
+
+type txFailureKey struct{}
+
+// errTxRollback rolls back the transaction of an InTx unit whose action
+// failed.
+var errTxRollback = errors.New("workflow: the action in the transaction failed")
 
 // runStep runs fn once under the step key, with the instance's fencing
 // token, unless results holds the key's result already (kept true). A
@@ -540,11 +574,21 @@ func (e *Engine) runStep(ctx context.Context, in *Instance, key string, input []
 	if r, ok := results[key]; ok {
 		return r, true, nil
 	}
+	fail, _ := ctx.Value(txFailureKey{}).(*txFailure)
+	if !tx {
+		fail = nil
+	}
+	if fail != nil && fail.replay && fail.key == key {
+		return nil, false, fail.err
+	}
 	if len(input) == 0 {
 		input = in.Input
 	}
-	result, err = callStep(withStepKey(ctx, key), fn, &Step{InstanceID: in.ID, Key: key, Token: in.Token, Input: input, Attempt: in.Attempt + 1})
+	result, err = callStep(withStepKey(ctx, key), fn, &Step{InstanceID: in.ID, Key: key, Token: in.Token, Input: input, Attempt: in.Attempt + 1, InstanceInput: in.Input, Results: in.Results})
 	if err != nil {
+		if fail != nil && !fail.replay && !infra(err) && ctx.Err() == nil {
+			fail.key, fail.err = key, err
+		}
 		return nil, false, err
 	}
 	if e.crash != nil {
@@ -605,7 +649,7 @@ func (e *Engine) runPending(ctx context.Context, in *Instance, def *Definition, 
 	if err != nil {
 		entry(Entry{Kind: EntryActionFailed, Action: p.Action, StepKey: key, Token: in.Token, Attempt: in.Attempt, Error: err.Error(), Duration: e.clock.Now().Sub(start)})
 		if a.Retry.ShouldRetry(in.Attempt, err) {
-			in.NotBefore = e.clock.Now().Add(a.Retry.Backoff(in.Attempt, e.rand()))
+			in.NotBefore = e.clock.Now().Add(retryWait(a.Retry, in.Attempt, err, e.rand()))
 			return nil
 		}
 		in.Error = err.Error()
@@ -623,6 +667,18 @@ func (e *Engine) runPending(ctx context.Context, in *Instance, def *Definition, 
 	entry(Entry{Kind: EntryActionCompleted, Action: p.Action, StepKey: key, Token: in.Token, Attempt: in.Attempt, Replayed: kept, Duration: e.clock.Now().Sub(start)})
 	e.recordDone(in, def, result)
 	e.advancePast(in, def, p, entries)
+	if a.Next != nil {
+		// The action chose the event that follows it: queued, with an
+		// id of its step, so it is processed once, in the new state.
+		if ev := a.Next(result); ev != "" {
+			id := key + "/next"
+			if !seen(in, id) && !in.Status.Finished() {
+				in.Seen = append(in.Seen, id)
+				in.Inbox = append(in.Inbox, InboxEvent{ID: id, Event: ev, Payload: result})
+				entry(Entry{Kind: EntryEventReceived, Event: ev, EventID: id, Reason: "chosen by action " + p.Action})
+			}
+		}
+	}
 	return nil
 }
 
@@ -671,7 +727,7 @@ func (e *Engine) compensateNext(ctx context.Context, in *Instance, def *Definiti
 	if err != nil {
 		entry(Entry{Kind: EntryCompensateFailed, Action: d.Action, StepKey: key, Token: in.Token, Attempt: in.Attempt, Error: err.Error(), Duration: e.clock.Now().Sub(start)})
 		if a.Retry.ShouldRetry(in.Attempt, err) {
-			in.NotBefore = e.clock.Now().Add(a.Retry.Backoff(in.Attempt, e.rand()))
+			in.NotBefore = e.clock.Now().Add(retryWait(a.Retry, in.Attempt, err, e.rand()))
 			return nil
 		}
 		// A compensation that cannot succeed needs a person: park, and

@@ -8,10 +8,9 @@ package wfhook
 // Hooks are the points where the simulator reaches into an engine. The
 // zero value changes nothing.
 type Hooks struct {
-	// Crash is called at named step boundaries ("before-step-complete":
-	// the action or compensation ran, its outcome is not in the ledger;
-	// "before-commit": the outcome is in the ledger, the journal entry is
-	// not); a non-nil error abandons the step as a killed process would.
+	// Crash is called at named step boundaries ("before-commit": the
+	// action or compensation ran, its journal entry is not committed); a
+	// non-nil error abandons the step as a killed process would.
 	Crash func(point, stepKey string) error
 	// StepKey, if set, maps the key an action runs under: the
 	// forget-step-key mutant gives every attempt a fresh one.
@@ -19,8 +18,11 @@ type Hooks struct {
 	// CommitBeforeAction commits an action's transition to the journal
 	// first and runs the action afterwards (a mutant).
 	CommitBeforeAction bool
-	// CompensateAgain runs a compensation the ledger says already
-	// completed again, under a fresh key (a mutant).
+	// KeepToken keeps an instance's Token when an engine takes it over,
+	// so a worker that lost it is not fenced out downstream (a mutant).
+	KeepToken bool
+	// CompensateAgain runs every compensation a second time, under a
+	// fresh key (a mutant).
 	CompensateAgain bool
 }
 
