@@ -85,6 +85,7 @@ type Engine struct {
 	busy    map[string]bool
 	waiters map[string][]chan struct{}
 	runs    int // Run calls in progress
+	active  int // instances Run handed to its workers, not yet done
 	// nextWake is the earliest WakeAt this engine wrote or listed, for
 	// Run's timer; zero if none.
 	nextWake time.Time
@@ -220,7 +221,9 @@ func (e *Engine) schedule(in *Instance, now time.Time, mine, take bool) bool {
 	case due && (mine || take && in.free(now)):
 		if !mine {
 			clean := in.Owner == "" // released, everything attempted recorded
-			in.Token++
+			if e.hooks == nil || !e.hooks.KeepToken {
+				in.Token++
+			}
 			if clean && in.Pending != nil {
 				in.Pending.Token = in.Token
 			}
