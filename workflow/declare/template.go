@@ -267,7 +267,11 @@ func (t *tmpl) text(s *scope) (string, error) {
 				continue
 			}
 		}
-		b.Write(v)
+		var c bytes.Buffer
+		if json.Compact(&c, v) != nil {
+			return "", fmt.Errorf("{{%s}}: not JSON", p.ref.text)
+		}
+		b.Write(c.Bytes())
 	}
 	return b.String(), nil
 }
