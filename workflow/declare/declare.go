@@ -176,7 +176,7 @@ func LoadDir(dir string, opts *Options) ([]*workflow.Definition, error) {
 		if prev, dup := seen[k]; dup {
 			errs = append(errs, &Error{File: path, Line: at.line, Column: at.col, Path: "version",
 				Problem: fmt.Sprintf("%s is also defined by %s:%d:%d", k, prev.file, prev.at.line, prev.at.col),
-				err: &workflow.DefinitionError{Path: "version", Problem: k + " is defined twice"}})
+				err:     &workflow.DefinitionError{Path: "version", Problem: k + " is defined twice"}})
 			continue
 		}
 		seen[k] = where{path, at}

@@ -63,10 +63,10 @@ type header struct {
 }
 
 type retryDoc struct {
-	at                        pos
-	maxAttempts               int
+	at                         pos
+	maxAttempts                int
 	initialBackoff, maxBackoff time.Duration
-	multiplier, jitter        float64
+	multiplier, jitter         float64
 }
 
 type stateDoc struct {
@@ -80,10 +80,10 @@ type stateDoc struct {
 }
 
 type transitionDoc struct {
-	at             pos
-	path           string
+	at              pos
+	path            string
 	from, event, to string
-	action         *actionDoc
+	action          *actionDoc
 }
 
 type actionDoc struct {

@@ -54,7 +54,9 @@ func (x *executor) run(ctx context.Context, step *workflow.Step) ([]byte, error)
 		req = req.WithContext(c)
 	}
 	where := req.Method + " " + redact(req.URL)
-	fail := func(err error) error { return fmt.Errorf("declare: action %q %s: %s: %w", x.action, x.what, where, err) }
+	fail := func(err error) error {
+		return fmt.Errorf("declare: action %q %s: %s: %w", x.action, x.what, where, err)
+	}
 	resp, err := x.client.Do(req)
 	if err != nil {
 		// A transport error (refused, reset, timed out): worth another
