@@ -373,7 +373,12 @@ func describe(n ast.Node) string {
 		return "a mapping"
 	case *ast.SequenceNode:
 		return "a list"
-	case *ast.StringNode, *ast.LiteralNode:
+	case *ast.StringNode:
+		if _, ok := scalarString(v); !ok {
+			return "a number"
+		}
+		return "a string"
+	case *ast.LiteralNode:
 		return "a string"
 	case *ast.IntegerNode:
 		return "an integer"
@@ -558,7 +563,7 @@ func (o *object) list(name string) ([]ast.Node, string) {
 }
 
 // stringMap reads a mapping of strings (vars, headers), in document order.
-func (o *object) stringMap(name string) (keys, values []string, ats []pos, paths []string) {
+func (o *object) stringMap(name string) (keys, values []string, ats []pos, paths []string, keyAts []pos) {
 	n, path, _, ok := o.value(name)
 	if !ok {
 		return
@@ -574,6 +579,7 @@ func (o *object) stringMap(name string) (keys, values []string, ats []pos, paths
 			continue
 		}
 		keys, values, ats, paths = append(keys, k), append(values, s), append(ats, at), append(paths, p)
+		keyAts = append(keyAts, nodePos(m.fields[k].Key))
 	}
 	return
 }
@@ -591,7 +597,7 @@ func (d *decoder) document(root ast.Node) *document {
 	doc.name = o.str("name")
 	doc.version = o.integer("version", true)
 	doc.initial = o.str("initial")
-	keys, vals, _, _ := o.stringMap("vars")
+	keys, vals, _, _, _ := o.stringMap("vars")
 	for i, k := range keys {
 		doc.vars[k] = vals[i]
 	}
@@ -635,16 +641,16 @@ func (d *decoder) document(root ast.Node) *document {
 }
 
 func (d *decoder) headers(o *object) []header {
-	keys, vals, ats, paths := o.stringMap("headers")
+	keys, vals, ats, paths, keyAts := o.stringMap("headers")
 	var hs []header
 	for i, k := range keys {
 		if !validHeaderName(k) {
-			d.fail(ats[i], paths[i], "%q is not a valid header name", k)
+			d.fail(keyAts[i], paths[i], "%q is not a valid header name", k)
 			continue
 		}
 		switch strings.ToLower(k) {
 		case "idempotency-key", "fencing-token":
-			d.fail(ats[i], paths[i], "%s is set by the executor (the step key or the fencing token)", k)
+			d.fail(keyAts[i], paths[i], "%s is set by the executor (the step key or the fencing token)", k)
 			continue
 		}
 		hs = append(hs, header{name: k, value: d.template(vals[i], ats[i], paths[i])})

@@ -64,6 +64,7 @@ func TestSyntaxErrors(t *testing.T) {
 			"w.yaml:1:7: name: must be a string, not an integer",
 			"w.yaml:2:10: version: must be an integer, not a string",
 			"w.yaml:4:9: states: must be a list, not a mapping"}},
+		{"plain number where a string belongs", "name: 1e3\nversion: 1\ninitial: a\nstates: []\n", []string{"w.yaml:1:7: name: must be a string, not a number"}},
 		{"version zero", "name: w\nversion: 0\ninitial: a\nstates: []\n", []string{"w.yaml:2:10: version: must be positive, not 0"}},
 		{"version float", "name: w\nversion: 1.5\ninitial: a\nstates: []\n", []string{"w.yaml:2:10: version: must be an integer, not a number"}},
 		{"missing fields", "name: w\n", []string{
@@ -100,8 +101,8 @@ func TestSyntaxErrors(t *testing.T) {
 			"      compensate: {method: get, url: \"{{nope.x}}\", body: {c: \"{{step.when}}\", d: .inf, e: \"{{ {{input}} }}\", f: \"{{}}\"}}\n", []string{
 			"w.yaml:13:22: transitions[0].action.request.url: unbalanced braces: {{ without }}",
 			`w.yaml:13:58: transitions[0].action.request.headers.X: unbalanced braces: "}}" closes no {{`,
-			"w.yaml:13:81: transitions[0].action.request.headers.Idempotency-Key: Idempotency-Key is set by the executor (the step key or the fencing token)",
-			`w.yaml:13:96: transitions[0].action.request.headers.bad name: "bad name" is not a valid header name`,
+			"w.yaml:13:64: transitions[0].action.request.headers.Idempotency-Key: Idempotency-Key is set by the executor (the step key or the fencing token)",
+			`w.yaml:13:84: transitions[0].action.request.headers.bad name: "bad name" is not a valid header name`,
 			`w.yaml:14:28: transitions[0].action.compensate.method: "get" is not an HTTP method in capitals, such as POST`,
 			`w.yaml:14:38: transitions[0].action.compensate.url: {{nope.x}}: unknown root "nope" (known: input, event, steps.NAME, instance.id, step.key, step.token, step.attempt, vars.NAME)`,
 			"w.yaml:14:62: transitions[0].action.compensate.body.c: {{step.when}}: step has step.key, step.token and step.attempt",
