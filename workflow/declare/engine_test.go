@@ -353,3 +353,43 @@ func TestNextRulesChooseEvents(t *testing.T) {
 		}
 	}
 }
+
+func TestNextEventCarriesTheResult(t *testing.T) {
+	s := newStub(t)
+	s.on("POST /check", answer(200, `{"status": "ok", "ref": "X9"}`))
+	s.on("POST /use", answer(200, `{}`))
+	doc := fmt.Sprintf(`name: carry
+version: 1
+initial: a
+states: [{name: a}, {name: b}, {name: c, terminal: success}]
+transitions:
+  - from: a
+    to: b
+    action:
+      name: check
+      request: {url: "%[1]s/check"}
+      no_compensation: true
+      next: [{when: {path: status, equals: ok}, event: go}]
+  - from: b
+    event: go
+    to: c
+    action:
+      name: use
+      request: {url: "%[1]s/use", body: {ref: "{{event.ref}}", input: "{{input.n}}", all: "{{event}}"}}
+      no_compensation: true
+`, s.srv.URL)
+	def, err := declare.Parse([]byte(doc), "carry.yaml", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := newEngine(t, def)
+	e.start("carry", "c1", `{"n": 1}`)
+	e.drain()
+	if in := e.get("c1"); in.Status != workflow.Succeeded {
+		t.Fatalf("status %s error %q", in.Status, in.Error)
+	}
+	want := []string{`POST /check`, `POST /use {"ref":"X9","input":1,"all":{"status":"ok","ref":"X9"}}`}
+	if got := s.lines(); !slices.Equal(got, want) {
+		t.Fatalf("requests %q, want %q", got, want)
+	}
+}
