@@ -208,7 +208,7 @@ func (d *decoder) parse(data []byte) (root ast.Node, e *Error) {
 			at := pos{1, 1}
 			msg := err.Error()
 			if errors.As(err, &se) {
-				at = offsetPos(data, int(se.Offset))
+				at = offsetPos(data, int(se.Offset)-1) // Offset counts the offending byte
 				msg = se.Error()
 			}
 			return nil, d.syntax(at, "invalid JSON: %s", msg)

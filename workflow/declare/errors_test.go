@@ -79,7 +79,7 @@ func TestSyntaxErrors(t *testing.T) {
 			"w.yaml:3:10: initial: aliases are not supported"}},
 		{"tags", "name: !!str w\nversion: 1\ninitial: a\nstates: []\n", []string{"w.yaml:1:7: name: tags are not supported"}},
 		{"JSON trailing comma", "{\"name\": \"w\", \"version\": 1,\n \"initial\": \"a\", \"states\": [],}\n",
-			[]string{"w.yaml:2:32: invalid JSON: invalid character '}' looking for beginning of object key string"}},
+			[]string{"w.yaml:2:31: invalid JSON: invalid character '}' looking for beginning of object key string"}},
 		{"JSON unknown field", "{\"name\": \"w\", \"version\": 1,\n \"initial\": \"a\", \"states\": [], \"extra\": 1}\n",
 			[]string{`w.yaml:2:32: extra: unknown field "extra" (the document accepts name, version, initial, vars, defaults, states, transitions)`}},
 		{"in_tx", head + "      in_tx: true\n",
