@@ -91,9 +91,10 @@ func (e *Error) Unwrap() error {
 // is the file name errors carry ("order.yaml"). opts may be nil.
 //
 // A document with problems returns nil and an error joining one *Error
-// per problem, in document order: syntax problems (ErrSyntax) first and
-// alone, since a document that does not decode cannot be validated, then
-// the definition's (workflow.ErrInvalidDefinition).
+// per problem, in document order: its syntax problems (ErrSyntax), or,
+// when it has none, the rules of workflow.Validate it breaks
+// (workflow.ErrInvalidDefinition); a document that does not decode is
+// not validated.
 func Parse(data []byte, name string, opts *Options) (*workflow.Definition, error) {
 	def, _, err := parse(data, name, opts)
 	return def, err
@@ -380,8 +381,9 @@ func (c *compiler) validate(def *workflow.Definition) {
 	c.each(func(a *actionDoc, target string, _ bool) {
 		for _, r := range a.next {
 			if !leaves[[2]string{target, r.event}] {
-				c.fail(r.at, r.path+".event", &workflow.DefinitionError{Path: a.path, Problem: "next event leads nowhere"},
-					"event %q leads nowhere: no transition leaves %q on it", r.event, target)
+				de := &workflow.DefinitionError{Path: r.path + ".event",
+					Problem: fmt.Sprintf("event %q leads nowhere: no transition leaves %q on it", r.event, target)}
+				c.fail(r.at, de.Path, de, "%s", de.Problem)
 			}
 		}
 	})
