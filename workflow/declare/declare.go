@@ -102,13 +102,16 @@ func Parse(data []byte, name string, opts *Options) (*workflow.Definition, error
 
 func parse(data []byte, name string, opts *Options) (*workflow.Definition, *document, error) {
 	doc, errs := parseDocument(data, name)
-	if len(errs) > 0 {
+	if doc == nil {
+		if len(errs) == 0 { // cannot happen: a document that did not decode says why
+			errs = append(errs, &Error{File: name, Line: 1, Column: 1, Problem: "the document cannot be read"})
+		}
 		return nil, nil, joinErrors(errs)
 	}
 	if opts == nil {
 		opts = &Options{}
 	}
-	c := &compiler{doc: doc, file: name, client: opts.Client, vars: map[string]string{}, actions: map[string]bool{}}
+	c := &compiler{doc: doc, file: name, client: opts.Client, vars: map[string]string{}, actions: map[string]bool{}, errs: errs}
 	if c.client == nil {
 		c.client = &http.Client{Timeout: 30 * time.Second}
 	}

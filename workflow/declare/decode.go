@@ -180,18 +180,15 @@ func nodePos(n ast.Node) pos {
 }
 
 // parseDocument parses data (YAML, or JSON when its first non-space byte
-// is '{') and decodes it.
+// is '{') and decodes it: the document as far as it decoded (nil if it did
+// not parse) and its problems.
 func parseDocument(data []byte, file string) (doc *document, errs []*Error) {
 	d := &decoder{file: file}
 	root, err := d.parse(data)
 	if err != nil {
 		return nil, []*Error{err}
 	}
-	doc = d.document(root)
-	if len(d.errs) > 0 {
-		return nil, d.errs
-	}
-	return doc, nil
+	return d.document(root), d.errs
 }
 
 func (d *decoder) syntax(at pos, format string, args ...any) *Error {

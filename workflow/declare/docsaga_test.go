@@ -86,3 +86,28 @@ func TestDocumentedSaga(t *testing.T) {
 		})
 	}
 }
+
+// TestDocumentedErrors checks the error messages docs/declarative-workflows.md
+// shows for broken versions of its saga.
+func TestDocumentedErrors(t *testing.T) {
+	md, err := os.ReadFile("../../docs/declarative-workflows.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var doc string
+	for _, m := range regexp.MustCompile("(?s)```yaml\n(.*?)```").FindAllStringSubmatch(string(md), -1) {
+		if strings.HasPrefix(m[1], "name: order\n") {
+			doc = m[1]
+		}
+	}
+	opts := &declare.Options{Vars: map[string]string{"token": "k"}}
+	bad := strings.Replace(doc, "timeout: 24h", "timeout: 24 hours", 1)
+	bad = strings.Replace(bad, `url: "{{vars.payments}}/charges"`, `url: "{{vars.payments}}/charges/{{steps.reserv.id}}"`, 1)
+	lost := strings.Replace(doc, "  - name: charged\n", "  - name: charged\n  - name: lost\n", 1)
+	for _, d := range []string{bad, lost} {
+		_, err := declare.Parse([]byte(d), "order.yaml", opts)
+		if err == nil || !strings.Contains(string(md), "```\n"+err.Error()+"\n```") {
+			t.Errorf("the docs do not show\n%v", err)
+		}
+	}
+}
