@@ -260,6 +260,7 @@ func (e *Engine) advance(ctx context.Context, in *Instance) (int, error) {
 	defer func() {
 		e.mu.Lock()
 		delete(e.busy, in.ID)
+		delete(e.ended, in.ID)
 		e.mu.Unlock()
 	}()
 	wctx, cancel := context.WithCancelCause(ctx)

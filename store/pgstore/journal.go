@@ -169,12 +169,39 @@ func (j *Journal) Create(ctx context.Context, p *workflow.CreateParams) (*workfl
 	case err != nil:
 		return nil, j.wrap(ctx, "journal: create "+id, err)
 	}
-	// What was written, read back: numbered entries, a copy of everything.
-	got, err := j.get(ctx, id)
+	if p.Replace {
+		// The history goes on from the replaced run's: read it back.
+		got, err := j.get(ctx, id)
+		if err != nil {
+			return nil, err
+		}
+		return &workflow.CreateResult{Instance: got, Created: true}, nil
+	}
+	// What was written, decoded from the JSON the row holds: no read.
+	got, err := decodeCreated(args[7].(string), args[9].([]string), seq)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("pgstore: journal: create %q: %w", id, err)
 	}
 	return &workflow.CreateResult{Instance: got, Created: true}, nil
+}
+
+// decodeCreated is the instance a create stored, from the JSON of its
+// body and entries, as get would read it.
+func decodeCreated(body string, entries []string, seq int64) (*workflow.Instance, error) {
+	in := new(workflow.Instance)
+	if err := json.Unmarshal([]byte(body), in); err != nil {
+		return nil, err
+	}
+	in.Seq = seq
+	for i, b := range entries {
+		var e workflow.Entry
+		if err := json.Unmarshal([]byte(b), &e); err != nil {
+			return nil, err
+		}
+		e.Seq = int64(i + 1)
+		in.History = append(in.History, e)
+	}
+	return in, nil
 }
 
 func (j *Journal) get(ctx context.Context, id string) (*workflow.Instance, error) {
