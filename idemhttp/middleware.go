@@ -676,8 +676,28 @@ func readBody(dst []byte, r io.Reader, limit, size int64) ([]byte, error) {
 }
 
 // replayedBody is the request body the handler reads: the bytes the
-// middleware read and fingerprinted.
-type replayedBody struct{ bytes.Reader }
+// middleware read and fingerprinted. Its reads and Reset exclude each
+// other: a handler may hand the body to a transport that goes on reading
+// it after the handler returned (httputil.ReverseProxy when the upstream
+// exchange breaks off), while the middleware resets it to recycle the
+// buffer; once reset, it reads nothing.
+type replayedBody struct {
+	mu sync.Mutex
+	r  bytes.Reader
+}
+
+func (b *replayedBody) Read(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.r.Read(p)
+}
+
+// Reset makes the body read body.
+func (b *replayedBody) Reset(body []byte) {
+	b.mu.Lock()
+	b.r.Reset(body)
+	b.mu.Unlock()
+}
 
 func (*replayedBody) Close() error { return nil }
 

@@ -1,7 +1,9 @@
 // Package idemtest checks, in your own tests, that an operation behind idem
 // is idempotent: run under duplicate, concurrent, lost and crashed
 // deliveries, it answers every duplicate the same and makes its effects as
-// often as one clean delivery does.
+// often as one clean delivery does; and (Workflow, below) that a workflow
+// definition's steps make their effects once each under crashing workflow
+// engines.
 //
 //	func TestCreateOrderIsIdempotent(t *testing.T) {
 //		db := newFakeDB()
@@ -29,8 +31,55 @@
 // outcome (pgstore.CompleteTx). Set Options.NoCrash to check the rest
 // while that is being fixed.
 //
-// The operation must not wait on timers of its own or start goroutines
-// that outlive it: the world schedules one task at a time.
+// # Workflows
+//
+// Workflow runs your workflow definition (package workflow), with your
+// own action and compensation functions, through worlds of the
+// simulator's workflow engines:
+//
+//	func TestOrderWorkflow(t *testing.T) {
+//		db := newFakeDB()
+//		idemtest.Workflow(t, orderDefinition(db), &idemtest.WorkflowOptions{
+//			Options: idemtest.Options{Reset: db.Reset},
+//			Events:  []string{"place", "pay", "ship"},
+//			Check:   db.CheckOrder, // func(*workflow.Instance) error
+//		})
+//	}
+//
+// Three engines share a journal that fails before and after committing.
+// They crash at step boundaries, an action done and its step not yet
+// recorded, and pause past their lease: another engine takes the
+// instance over and runs that step again, with the same Step.Key and a
+// higher Step.Token. Clients start each instance, start it again with
+// the same input and with another, send WorkflowOptions.Events (some
+// twice, reordered) and cancel some (Cancel). Workflow checks what the
+// engine promises: every instance ends finished or parked, its history
+// explains its state, every step the history completes ran with its step
+// key, and an unwound instance compensated exactly its completed actions
+// that have a compensation, latest first.
+//
+// Your effects, though, are yours: the world cannot see them. Key each by
+// Step.Key (an upsert, a unique constraint, or the Idempotency-Key of the
+// service it calls), refuse a Step.Token lower than the highest the key
+// has seen, and count them in WorkflowOptions.Check against the steps the
+// instance's history completes (workflow.EntryActionCompleted entries,
+// their StepKey) and compensates (workflow.EntryCompensated): one each.
+// An action that appends on every call fails there as soon as a crash
+// runs its step again (see ExampleWorkflow).
+//
+// Events arrive reordered and an event that its state does not take is
+// rejected, as real clients' events can be: give the states that wait
+// for events a Timeout, or an instance waits for ever and fails
+// (ends-terminal). Actions marked InTx cannot run here: the simulated
+// journal has no transactions.
+//
+// # Rules for the code under test
+//
+// The operation, and a workflow's actions and compensations, run in the
+// world's tasks, one at a time: they must not wait on real time
+// (time.Sleep, time.After, a channel that another goroutine fills) or
+// start goroutines that outlive them, and should not hold a lock while
+// they call into the world (the ledger, the store, the engine).
 package idemtest
 
 import (

@@ -56,7 +56,7 @@
 // consumers using Do), pauses (owners that pause past their lease and
 // wake up to finish) and workflows (below). Mutants lists deliberately
 // broken ledgers, and workflow engines broken through internal hooks
-// (commit-before-action, compensate-twice, forget-step-key); the tests
+// (commit-before-action, compensate-twice, keep-token, forget-step-key); the tests
 // prove each is caught. `idem sim` runs both from the command line.
 //
 // # Workflows
@@ -80,7 +80,8 @@
 //     effect, under the step key its history names; no step has two, under
 //     any key; no effect belongs to a step the history does not complete;
 //   - compensations: an unwound instance compensated exactly its completed
-//     actions, latest first, once each; one that did not unwind, none;
+//     actions, latest first, once each, in its history and at the
+//     downstream; one that did not unwind, none;
 //   - history-append-only: no entry, once read, ever changes or goes
 //     (checked at every journal read);
 //   - history-explains: replaying the history's transitions from the
@@ -89,7 +90,13 @@
 //   - same-start, no-mismatch-start: a duplicate start returns the
 //     instance, one with another input is refused;
 //   - cancel-honoured: a recorded cancel ends the instance cancelled;
-//   - step-key: an action's context carries its step key.
+//   - step-key: an action's context carries its step key, and every step
+//     the history completes or compensates ran with its key.
+//
+// SetupWorkflows builds the same world around any definition, with the
+// checks above that need no knowledge of its actions' effects (all but
+// exactly-once and at-most-once); package idemtest runs users' own
+// definitions through it (idemtest.Workflow).
 //
 // # Limits
 //

@@ -38,6 +38,8 @@ var Mutants = []Mutant{
 		engine: func(*World) wfhook.Hooks { return wfhook.Hooks{CommitBeforeAction: true} }},
 	{Name: "compensate-twice", Doc: "the workflow engine runs a compensation again after a crash, under a new key",
 		engine: func(*World) wfhook.Hooks { return wfhook.Hooks{CompensateAgain: true} }},
+	{Name: "keep-token", Doc: "the workflow engine keeps an instance's fencing token when it takes the instance over",
+		engine: func(*World) wfhook.Hooks { return wfhook.Hooks{KeepToken: true} }},
 	{Name: "forget-step-key", Doc: "the workflow engine gives every attempt of an action a fresh step key",
 		engine: func(w *World) wfhook.Hooks {
 			return wfhook.Hooks{StepKey: func(key string) string { return fmt.Sprintf("%s#%08x", key, w.Rand().Uint32()) }}

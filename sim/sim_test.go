@@ -65,6 +65,7 @@ func TestMutantsAreCaught(t *testing.T) {
 		"commit-before-action": {"workflows"},
 		"compensate-twice":     {"workflows"},
 		"forget-step-key":      {"workflows"},
+		"keep-token":           {"workflows"},
 	}
 	if len(catches) != len(sim.Mutants) {
 		t.Fatalf("%d mutants, %d in the table", len(sim.Mutants), len(catches))

@@ -155,7 +155,9 @@ type Action struct {
 	// records the step (the engine's journal must be a TxJournal, such as
 	// pgstore.Journal; read the transaction with pgstore.StepTx): their
 	// writes commit with the step or not at all, so a crash never leaves
-	// them done and the step not, and a re-run never repeats them.
+	// them done and the step not, and a re-run never repeats them. A
+	// failed attempt's writes roll back; the failure is recorded by a
+	// journal write of its own.
 	InTx bool `json:"in_tx,omitempty"`
 	// Next, if set, chooses from Run's result the event that follows the
 	// action (the empty event: none): the engine queues it, with the

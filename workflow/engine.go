@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	mrand "math/rand/v2"
+	"slices"
 	"strconv"
 	"sync"
 	"time"
@@ -83,8 +84,12 @@ type Engine struct {
 	mu      sync.Mutex
 	ready   []*Instance // taken by this engine, to advance now
 	busy    map[string]bool
-	waiters map[string][]chan struct{}
-	runs    int // Run calls in progress
+	waiters map[string][]chan *Instance
+	// ended holds the instances that an advance in progress ended or
+	// parked, for Wait.
+	ended  map[string]*Instance
+	runs   int // Run calls in progress
+	active int // instances Run handed to its workers, not yet done
 	// nextWake is the earliest WakeAt this engine wrote or listed, for
 	// Run's timer; zero if none.
 	nextWake time.Time
@@ -121,7 +126,7 @@ func NewEngine(journal Journal, registry *Registry, cfg *EngineConfig) (*Engine,
 		return nil, fmt.Errorf("%w: NewEngine needs a journal and a registry", idem.ErrInvalid)
 	}
 	e := &Engine{journal: journal, registry: registry, wake: make(chan struct{}, 1),
-		busy: map[string]bool{}, waiters: map[string][]chan struct{}{}}
+		busy: map[string]bool{}, waiters: map[string][]chan *Instance{}, ended: map[string]*Instance{}}
 	if cfg != nil {
 		e.cfg = *cfg
 	}
@@ -220,7 +225,9 @@ func (e *Engine) schedule(in *Instance, now time.Time, mine, take bool) bool {
 	case due && (mine || take && in.free(now)):
 		if !mine {
 			clean := in.Owner == "" // released, everything attempted recorded
-			in.Token++
+			if e.hooks == nil || !e.hooks.KeepToken {
+				in.Token++
+			}
 			if clean && in.Pending != nil {
 				in.Pending.Token = in.Token
 			}
@@ -298,11 +305,7 @@ func (e *Engine) Start(ctx context.Context, typ string, version int, id string, 
 	cr, err := e.journal.Create(ctx, &CreateParams{Instance: in, Entries: entries})
 	switch {
 	case err == nil && cr.Created:
-		if run {
-			e.enqueue(copyInstance(cr.Instance, false))
-		} else {
-			e.kick()
-		}
+		e.created(cr.Instance, run)
 		return cr.Instance, nil
 	case err == nil && (!cr.Instance.Status.Finished() || o.ReusePolicy == RejectDuplicate):
 		return cr.Instance, nil
@@ -343,12 +346,18 @@ func (e *Engine) Start(ctx context.Context, typ string, version int, id string, 
 		}
 		return nil, err
 	}
-	if run {
-		e.enqueue(copyInstance(cr.Instance, false))
-	} else {
-		e.kick()
-	}
+	e.created(cr.Instance, run)
 	return cr.Instance, nil
+}
+
+// created hands a new instance to Run if this engine took it, or notes
+// when it is due, for a Run that started after the instance was created.
+func (e *Engine) created(in *Instance, took bool) {
+	if took {
+		e.enqueue(copyInstance(in, false))
+	} else if !in.WakeAt.IsZero() {
+		e.noteWake(in.WakeAt)
+	}
 }
 
 // usesTx reports whether an action of def runs in the journal's
@@ -483,11 +492,7 @@ func (e *Engine) update(ctx context.Context, id string, change func(in *Instance
 		}
 		in.Seq = ar.Seq
 		e.committed(in)
-		if run {
-			e.enqueue(in)
-		} else {
-			e.kick()
-		}
+		e.created(in, run)
 		return nil
 	}
 }
@@ -595,22 +600,34 @@ func (e *Engine) Resume(ctx context.Context, id, state, reason string) error {
 }
 
 // Wait blocks until instance id is finished or parked, and returns it
-// with its history; or until ctx is done. It wakes when this engine
-// commits the instance's end, and otherwise looks every PollInterval.
+// without its history (Get has it); or until ctx is done (ctx's error),
+// or at once with idem.ErrNotFound for an unknown id. It is woken by this
+// engine's commit of the instance's end, without reading the journal,
+// and otherwise reads the instance every PollInterval.
 func (e *Engine) Wait(ctx context.Context, id string) (*Instance, error) {
-	for {
-		ch := make(chan struct{})
+	for first := true; ; first = false {
+		ch := make(chan *Instance, 1)
 		e.mu.Lock()
-		e.waiters[id] = append(e.waiters[id], ch)
-		e.mu.Unlock()
-		in, err := e.Get(ctx, id)
-		if err == nil && (in.Status.Finished() || in.Status == Parked) {
-			e.unwait(id, ch)
-			return in, nil
+		if in, ok := e.ended[id]; ok {
+			e.mu.Unlock()
+			return copyInstance(in, false), nil
 		}
-		if err != nil {
-			e.unwait(id, ch)
-			return nil, err
+		e.waiters[id] = append(e.waiters[id], ch)
+		// An instance this engine is advancing ends here, and wakes ch:
+		// no need to read it first.
+		mine := first && (e.busy[id] || slices.ContainsFunc(e.ready, func(in *Instance) bool { return in.ID == id }))
+		e.mu.Unlock()
+		if !mine {
+			res, err := e.journal.Get(ctx, &GetParams{ID: id})
+			if err != nil {
+				e.unwait(id, ch)
+				return nil, err
+			}
+			if in := res.Instance; in.Status.Finished() || in.Status == Parked {
+				e.unwait(id, ch)
+				in.History = nil
+				return in, nil
+			}
 		}
 		tctx, cancel := context.WithCancel(ctx)
 		timer := make(chan struct{})
@@ -620,7 +637,9 @@ func (e *Engine) Wait(ctx context.Context, id string) (*Instance, error) {
 			}
 		}()
 		select {
-		case <-ch:
+		case in := <-ch:
+			cancel()
+			return in, nil
 		case <-timer:
 		case <-ctx.Done():
 		}
@@ -632,7 +651,7 @@ func (e *Engine) Wait(ctx context.Context, id string) (*Instance, error) {
 	}
 }
 
-func (e *Engine) unwait(id string, ch chan struct{}) {
+func (e *Engine) unwait(id string, ch chan *Instance) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	ws := e.waiters[id]
@@ -653,23 +672,34 @@ func (e *Engine) unwait(id string, ch chan struct{}) {
 // set, and the waiters of in, if it ended or parked.
 func (e *Engine) committed(in *Instance) {
 	if in.Owner == "" && !in.WakeAt.IsZero() {
-		e.mu.Lock()
-		if e.nextWake.IsZero() || in.WakeAt.Before(e.nextWake) {
-			e.nextWake = in.WakeAt
-		}
-		e.mu.Unlock()
-		e.kick()
+		e.noteWake(in.WakeAt)
 	}
 	if !in.Status.Finished() && in.Status != Parked {
 		return
 	}
+	c := copyInstance(in, false)
 	e.mu.Lock()
 	ws := e.waiters[in.ID]
 	delete(e.waiters, in.ID)
+	if e.busy[in.ID] {
+		// A Wait that comes before advance lets go of the instance finds
+		// it here (advance's end forgets it).
+		e.ended[in.ID] = c
+	}
 	e.mu.Unlock()
 	for _, ch := range ws {
-		close(ch)
+		ch <- copyInstance(c, false)
 	}
+}
+
+// noteWake notes, for Run's timer, that an instance is due at t.
+func (e *Engine) noteWake(t time.Time) {
+	e.mu.Lock()
+	if e.nextWake.IsZero() || t.Before(e.nextWake) {
+		e.nextWake = t
+	}
+	e.mu.Unlock()
+	e.kick()
 }
 
 // Get returns instance id with its history, or an error wrapping

@@ -34,6 +34,10 @@ func (e *Engine) Run(ctx context.Context) error {
 				// A failed unit (a store error) leaves the instance to
 				// its lease: it is taken again once that runs out.
 				_, _ = e.advance(ctx, in)
+				e.mu.Lock()
+				e.active--
+				e.mu.Unlock()
+				e.kick()
 			}
 		})
 	}
@@ -44,6 +48,9 @@ func (e *Engine) Run(ctx context.Context) error {
 	nextPoll := e.clock.Now()
 	for {
 		for in := e.pop(); in != nil; in = e.pop() {
+			e.mu.Lock()
+			e.active++
+			e.mu.Unlock()
 			select {
 			case work <- in:
 			case <-ctx.Done():
@@ -52,17 +59,24 @@ func (e *Engine) Run(ctx context.Context) error {
 		}
 		now := e.clock.Now()
 		e.mu.Lock()
+		// Take no more than the idle workers can start on: an instance
+		// taken and left waiting would only see its lease run out.
+		room := e.cfg.Workers - e.active - len(e.ready)
 		due := !e.nextWake.IsZero() && !e.nextWake.After(now)
-		if due {
+		if room > 0 && due {
 			e.nextWake = time.Time{}
 		}
 		e.mu.Unlock()
-		if due || !now.Before(nextPoll) {
-			_, _ = e.takeDue(ctx, func(in *Instance) { e.enqueue(in) })
+		if room > 0 && (due || !now.Before(nextPoll)) {
+			n, _ := e.takeDue(ctx, room, func(in *Instance) { e.enqueue(in) })
 			if !now.Before(nextPoll) {
 				// Timers other engines set: learn the next one.
 				e.noteNextDue(ctx, now.Add(e.cfg.PollInterval))
 				nextPoll = now.Add(e.cfg.PollInterval)
+			}
+			if n == room {
+				// More may be due: look again once a worker is free.
+				nextPoll = now
 			}
 			continue
 		}
@@ -72,6 +86,11 @@ func (e *Engine) Run(ctx context.Context) error {
 			wait = min(wait, e.nextWake.Sub(now))
 		}
 		e.mu.Unlock()
+		if room <= 0 {
+			// Every worker is busy: wait for one to finish (it wakes
+			// the loop).
+			wait = e.cfg.PollInterval
+		}
 		tctx, cancel := context.WithCancel(ctx)
 		fired := make(chan struct{})
 		go func() {
@@ -120,9 +139,10 @@ func (e *Engine) noteNextDue(ctx context.Context, until time.Time) {
 	}
 }
 
-// takeDue takes every instance due now that nobody owns and hands each to
-// got; it returns the store errors, joined.
-func (e *Engine) takeDue(ctx context.Context, got func(*Instance)) (int, error) {
+// takeDue takes the instances due now that nobody owns, at most limit of
+// them (0: no limit), and hands each to got; it returns how many, and the
+// store errors, joined.
+func (e *Engine) takeDue(ctx context.Context, limit int, got func(*Instance)) (int, error) {
 	n, after := 0, ""
 	var errs error
 	for {
@@ -131,6 +151,9 @@ func (e *Engine) takeDue(ctx context.Context, got func(*Instance)) (int, error) 
 			return n, errors.Join(errs, err)
 		}
 		for _, listed := range res.Instances {
+			if limit > 0 && n == limit {
+				return n, errs
+			}
 			in, err := e.takeOver(ctx, listed)
 			if err != nil {
 				errs = errors.Join(errs, fmt.Errorf("instance %q: %w", listed.ID, err))
@@ -201,7 +224,7 @@ func (e *Engine) Step(ctx context.Context) (int, error) {
 		for in := e.pop(); in != nil; in = e.pop() {
 			took = append(took, in)
 		}
-		_, err := e.takeDue(ctx, func(in *Instance) { took = append(took, in) })
+		_, err := e.takeDue(ctx, 0, func(in *Instance) { took = append(took, in) })
 		errs = errors.Join(errs, err)
 		if len(took) == 0 {
 			return total, errs
@@ -237,6 +260,7 @@ func (e *Engine) advance(ctx context.Context, in *Instance) (int, error) {
 	defer func() {
 		e.mu.Lock()
 		delete(e.busy, in.ID)
+		delete(e.ended, in.ID)
 		e.mu.Unlock()
 	}()
 	wctx, cancel := context.WithCancelCause(ctx)
@@ -354,10 +378,14 @@ func (e *Engine) unit(ctx context.Context, in *Instance, results map[string][]by
 			e.deferred = nil
 		}
 		var seq int64
+		var fail *txFailure // an InTx unit's
 		commit := func(ctx context.Context) error {
 			var entries []Entry
 			if err := e.work(ctx, next, def, now, &entries, results); err != nil {
 				return err
+			}
+			if fail != nil && fail.err != nil && !fail.replay {
+				return errTxRollback
 			}
 			next.Updated = e.clock.Now()
 			if next.Pending != nil {
@@ -376,7 +404,17 @@ func (e *Engine) unit(ctx context.Context, in *Instance, results map[string][]by
 			if !ok {
 				return 0, fmt.Errorf("%w: action %q is InTx, and the journal runs no transactions (TxJournal)", idem.ErrInvalid, a.Name)
 			}
-			err = tj.InTx(ctx, commit)
+			fail = &txFailure{}
+			tctx := context.WithValue(ctx, txFailureKey{}, fail)
+			err = tj.InTx(tctx, commit)
+			if errors.Is(err, errTxRollback) {
+				// The action failed: its writes are rolled back with the
+				// transaction, and the failed attempt is recorded by a
+				// write of its own, without running the action again.
+				next = copyInstance(in, false)
+				fail.replay = true
+				err = commit(tctx)
+			}
 		} else {
 			err = commit(ctx)
 		}
@@ -535,6 +573,22 @@ func (e *Engine) recordDone(in *Instance, def *Definition, result []byte) {
 	in.Done = append(in.Done, DoneAction{Step: p.Step, Action: p.Action, Key: ActionKey(in.ID, p.Step, p.Action), Input: p.Input, Result: result})
 }
 
+// txFailure is the failed attempt of an InTx unit's action, which the
+// unit's context carries: the unit rolls its transaction back, with the
+// attempt's writes, and records the failure outside it (replay: runStep
+// returns err again instead of running the action).
+type txFailure struct {
+	key    string
+	err    error
+	replay bool
+}
+
+type txFailureKey struct{}
+
+// errTxRollback rolls back the transaction of an InTx unit whose action
+// failed.
+var errTxRollback = errors.New("workflow: the action in the transaction failed")
+
 // runStep runs fn once under the step key, with the instance's fencing
 // token, unless results holds the key's result already (kept true). A
 // result of a step outside a transaction is kept in results, for a unit
@@ -544,11 +598,21 @@ func (e *Engine) runStep(ctx context.Context, in *Instance, key string, input []
 	if r, ok := results[key]; ok {
 		return r, true, nil
 	}
+	fail, _ := ctx.Value(txFailureKey{}).(*txFailure)
+	if !tx {
+		fail = nil
+	}
+	if fail != nil && fail.replay && fail.key == key {
+		return nil, false, fail.err
+	}
 	if len(input) == 0 {
 		input = in.Input
 	}
 	result, err = callStep(withStepKey(ctx, key), fn, &Step{InstanceID: in.ID, Key: key, Token: in.Token, Input: input, Attempt: in.Attempt + 1, InstanceInput: in.Input, Results: in.Results})
 	if err != nil {
+		if fail != nil && !fail.replay && !infra(err) && ctx.Err() == nil {
+			fail.key, fail.err = key, err
+		}
 		return nil, false, err
 	}
 	if e.crash != nil {

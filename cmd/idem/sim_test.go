@@ -20,7 +20,7 @@ func TestSimList(t *testing.T) {
 	// Scripts read the first two fields; a description follows each.
 	want := []string{"scenario payments", "scenario messages", "scenario pauses", "scenario workflows", "mutant check-then-set",
 		"mutant record-before-run", "mutant ignore-token", "mutant replay-mismatch", "mutant release-completed",
-		"mutant commit-before-action", "mutant compensate-twice", "mutant forget-step-key"}
+		"mutant commit-before-action", "mutant compensate-twice", "mutant keep-token", "mutant forget-step-key"}
 	lines := strings.Split(strings.TrimSuffix(out, "\n"), "\n")
 	if len(lines) != len(want) {
 		t.Fatalf("--list printed %d lines, want %d:\n%s", len(lines), len(want), out)

@@ -18,6 +18,9 @@ type Hooks struct {
 	// CommitBeforeAction commits an action's transition to the journal
 	// first and runs the action afterwards (a mutant).
 	CommitBeforeAction bool
+	// KeepToken keeps an instance's Token when an engine takes it over,
+	// so a worker that lost it is not fenced out downstream (a mutant).
+	KeepToken bool
 	// CompensateAgain runs every compensation a second time, under a
 	// fresh key (a mutant).
 	CompensateAgain bool

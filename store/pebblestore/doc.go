@@ -94,7 +94,7 @@
 // history as ordered keys, and an index of Instance.WakeAt that List with
 // Due reads):
 //
-//	engine, err := workflow.NewEngine(ledger, s.Journal(), registry, nil)
+//	engine, err := workflow.NewEngine(s.Journal(), registry, nil)
 //
 // Every Create, Append and Delete is one batch committed with pebble.Sync
 // before it returns, under a per-instance lock held from reading the

@@ -53,7 +53,7 @@
 // clamped to the years 1677 to 2262), and wf_history, one row per history
 // entry, keyed (id, seq), deleted with its instance by ON DELETE CASCADE.
 //
-//	engine, err := workflow.NewEngine(ledger, s.Journal(), registry, nil)
+//	engine, err := workflow.NewEngine(s.Journal(), registry, nil)
 //
 // Every method is one statement, so one transaction and one round trip
 // (two when a write is refused, to tell idem.ErrNotFound from
@@ -67,6 +67,30 @@
 // query in id order; WakeAt (List with Due, every engine Step), type and
 // state, and status have indexes. Any number of processes may share the
 // tables.
+//
+// The journal is a workflow.TxJournal: an action marked InTx
+// (workflow.Action.InTx) runs inside Journal.InTx, a transaction on the
+// store's pool in which the Append that records its step also runs, and
+// does its writes on StepTx(ctx):
+//
+//	Run: func(ctx context.Context, s *workflow.Step) ([]byte, error) {
+//		_, err := pgstore.StepTx(ctx).Exec(ctx, `INSERT INTO shipments (order_id) VALUES ($1)`, s.InstanceID)
+//		return nil, err
+//	},
+//
+// The action's rows and the step commit together or not at all: an
+// engine that dies before the commit leaves neither, and the engine that
+// takes the instance over runs the action again; an Append that conflicts
+// (an event came in meanwhile) rolls the action's writes back and the
+// unit runs it again in a fresh transaction; a failed attempt's writes
+// roll back, and the failure is recorded by a write of its own. A commit
+// that fails on a dropped connection, a serialization failure (40001) or a
+// deadlock (40P01) wraps ErrUnavailable. Such a unit holds one pool
+// connection from its action's start to the commit: keep the action
+// short, and with more EngineConfig.Workers than the pool has connections
+// (pool_max_conns) expect units to wait for one. The crash test
+// (TestWorkflowWorkersSIGKILL, see docs/workflows.md) SIGKILLs engine
+// processes mid-step and finds every InTx row written exactly once.
 //
 // # One round trip per operation
 //

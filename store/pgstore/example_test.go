@@ -8,6 +8,7 @@ import (
 
 	"github.com/idemkit/idem"
 	"github.com/idemkit/idem/store/pgstore"
+	"github.com/idemkit/idem/workflow"
 )
 
 // A ledger shared by every server that points at one database. It needs a
@@ -72,4 +73,53 @@ func ExampleStore_BeginTx() {
 		return
 	}
 	fmt.Println(tx.Commit(ctx))
+}
+
+// An action marked InTx writes on the transaction that records its step:
+// the shipment row and the step commit together, so a crash between them
+// is impossible and a re-run of the step never inserts twice. It needs a
+// running PostgreSQL, so it is compiled but not run.
+func ExampleStepTx() {
+	ctx := context.Background()
+	store, err := pgstore.Open(ctx, os.Getenv("DATABASE_URL"), &pgstore.Config{Migrate: true})
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	defer store.Close()
+	ship := &workflow.Action{Name: "record_shipment", InTx: true, NoCompensation: true,
+		Run: func(ctx context.Context, s *workflow.Step) ([]byte, error) {
+			_, err := pgstore.StepTx(ctx).Exec(ctx,
+				`INSERT INTO shipments (order_id, step_key) VALUES ($1, $2)`, s.InstanceID, s.Key)
+			return nil, err // an error rolls the INSERT back; the attempt is recorded as failed
+		}}
+	registry := workflow.NewRegistry()
+	if err := registry.Register(&workflow.Definition{
+		Name: "shipping", Version: 1, Initial: "paid",
+		States: []workflow.State{{Name: "paid"}, {Name: "shipped", Terminal: workflow.Success}},
+		Transitions: []workflow.Transition{
+			{From: "paid", To: "shipped", Action: ship}, // automatic: runs as soon as the instance starts
+		},
+	}); err != nil {
+		fmt.Println(err)
+		return
+	}
+	engine, err := workflow.NewEngine(store.Journal(), registry, nil)
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	ctx, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
+	go engine.Run(ctx)
+	if _, err := engine.Start(ctx, "shipping", 0, "order-7", nil, nil); err != nil {
+		fmt.Println(err)
+		return
+	}
+	done, err := engine.Wait(ctx, "order-7")
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	fmt.Println(done.Status)
 }

@@ -20,6 +20,11 @@ import (
 // history rows, so the instance and its entries commit together, and of
 // concurrent Appends at one Seq exactly one updates a row. Get it with
 // Store.Journal; any number of processes may share the tables.
+//
+// It is a workflow.TxJournal: InTx runs the engine's units of actions
+// marked InTx in one transaction, and every method called with such a
+// unit's context runs in it, so the action's writes (on StepTx) and the
+// Append that records the step commit together.
 type Journal struct {
 	s *Store
 	q journalStatements
@@ -144,7 +149,7 @@ func (j *Journal) Create(ctx context.Context, p *workflow.CreateParams) (*workfl
 		args = append(args[:8], args[9:]...) // create has no $9 of its own
 	}
 	var seq int64
-	err = j.s.pool.QueryRow(ctx, stmt, args...).Scan(&seq)
+	err = j.db(ctx).QueryRow(ctx, stmt, args...).Scan(&seq)
 	switch {
 	case errors.Is(err, pgx.ErrNoRows) && p.Replace:
 		return nil, fmt.Errorf("%w: create %q: no instance at seq %d to replace", workflow.ErrConflict, id, p.ReplaceSeq)
@@ -162,24 +167,51 @@ func (j *Journal) Create(ctx context.Context, p *workflow.CreateParams) (*workfl
 		}
 		return &workflow.CreateResult{Instance: got}, nil
 	case err != nil:
-		return nil, wrapErr("journal: create "+id, err)
+		return nil, j.wrap(ctx, "journal: create "+id, err)
 	}
-	// What was written, read back: numbered entries, a copy of everything.
-	got, err := j.get(ctx, id)
+	if p.Replace {
+		// The history goes on from the replaced run's: read it back.
+		got, err := j.get(ctx, id)
+		if err != nil {
+			return nil, err
+		}
+		return &workflow.CreateResult{Instance: got, Created: true}, nil
+	}
+	// What was written, decoded from the JSON the row holds: no read.
+	got, err := decodeCreated(args[7].(string), args[9].([]string), seq)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("pgstore: journal: create %q: %w", id, err)
 	}
 	return &workflow.CreateResult{Instance: got, Created: true}, nil
 }
 
+// decodeCreated is the instance a create stored, from the JSON of its
+// body and entries, as get would read it.
+func decodeCreated(body string, entries []string, seq int64) (*workflow.Instance, error) {
+	in := new(workflow.Instance)
+	if err := json.Unmarshal([]byte(body), in); err != nil {
+		return nil, err
+	}
+	in.Seq = seq
+	for i, b := range entries {
+		var e workflow.Entry
+		if err := json.Unmarshal([]byte(b), &e); err != nil {
+			return nil, err
+		}
+		e.Seq = int64(i + 1)
+		in.History = append(in.History, e)
+	}
+	return in, nil
+}
+
 func (j *Journal) get(ctx context.Context, id string) (*workflow.Instance, error) {
 	var body, hist []byte
-	err := j.s.pool.QueryRow(ctx, j.q.get, id).Scan(&body, &hist)
+	err := j.db(ctx).QueryRow(ctx, j.q.get, id).Scan(&body, &hist)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return nil, fmt.Errorf("%w: instance %q", idem.ErrNotFound, id)
 	}
 	if err != nil {
-		return nil, wrapErr("journal: get "+id, err)
+		return nil, j.wrap(ctx, "journal: get "+id, err)
 	}
 	in := new(workflow.Instance)
 	if err := json.Unmarshal(body, in); err != nil {
@@ -221,12 +253,12 @@ func (j *Journal) Append(ctx context.Context, p *workflow.AppendParams) (*workfl
 		return nil, err
 	}
 	var seq int64
-	err = j.s.pool.QueryRow(ctx, j.q.replace, args...).Scan(&seq)
+	err = j.db(ctx).QueryRow(ctx, j.q.replace, args...).Scan(&seq)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return nil, j.refused(ctx, "append", id, p.Instance.Seq)
 	}
 	if err != nil {
-		return nil, wrapErr("journal: append "+id, err)
+		return nil, j.wrap(ctx, "journal: append "+id, err)
 	}
 	return &workflow.AppendResult{Seq: seq}, nil
 }
@@ -235,12 +267,12 @@ func (j *Journal) Append(ctx context.Context, p *workflow.AppendParams) (*workfl
 // another seq.
 func (j *Journal) refused(ctx context.Context, op, id string, seq int64) error {
 	var cur int64
-	err := j.s.pool.QueryRow(ctx, j.q.exists, id).Scan(&cur)
+	err := j.db(ctx).QueryRow(ctx, j.q.exists, id).Scan(&cur)
 	switch {
 	case errors.Is(err, pgx.ErrNoRows):
 		return fmt.Errorf("%w: instance %q", idem.ErrNotFound, id)
 	case err != nil:
-		return wrapErr("journal: "+op+" "+id, err)
+		return j.wrap(ctx, "journal: "+op+" "+id, err)
 	}
 	return fmt.Errorf("%w: instance %q: seq is %d, not %d", workflow.ErrConflict, id, cur, seq)
 }
@@ -264,16 +296,16 @@ func (j *Journal) List(ctx context.Context, p *workflow.ListParams) (*workflow.L
 		n := nanos(p.FinishedBefore)
 		finishedBefore = &n
 	}
-	rows, err := j.s.pool.Query(ctx, j.q.list, p.After, p.Type, p.State, string(p.Status), due, finishedBefore, limit+1)
+	rows, err := j.db(ctx).Query(ctx, j.q.list, p.After, p.Type, p.State, string(p.Status), due, finishedBefore, limit+1)
 	if err != nil {
-		return nil, wrapErr("journal: list", err)
+		return nil, j.wrap(ctx, "journal: list", err)
 	}
 	defer rows.Close()
 	res := &workflow.ListResult{}
 	for rows.Next() {
 		var body []byte
 		if err := rows.Scan(&body); err != nil {
-			return nil, wrapErr("journal: list", err)
+			return nil, j.wrap(ctx, "journal: list", err)
 		}
 		if len(res.Instances) == limit {
 			res.Next = res.Instances[limit-1].ID
@@ -286,7 +318,7 @@ func (j *Journal) List(ctx context.Context, p *workflow.ListParams) (*workflow.L
 		res.Instances = append(res.Instances, in)
 	}
 	if err := rows.Err(); err != nil {
-		return nil, wrapErr("journal: list", err)
+		return nil, j.wrap(ctx, "journal: list", err)
 	}
 	return res, nil
 }
@@ -297,9 +329,9 @@ func (j *Journal) Delete(ctx context.Context, p *workflow.DeleteParams) (*workfl
 	if err := j.enter(ctx); err != nil {
 		return nil, err
 	}
-	tag, err := j.s.pool.Exec(ctx, j.q.delete, p.ID, p.Seq)
+	tag, err := j.db(ctx).Exec(ctx, j.q.delete, p.ID, p.Seq)
 	if err != nil {
-		return nil, wrapErr("journal: delete "+p.ID, err)
+		return nil, j.wrap(ctx, "journal: delete "+p.ID, err)
 	}
 	if tag.RowsAffected() == 0 {
 		return nil, j.refused(ctx, "delete", p.ID, p.Seq)
