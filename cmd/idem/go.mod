@@ -8,6 +8,7 @@ require (
 	github.com/idemkit/idem/store/pebblestore v0.0.0
 	github.com/idemkit/idem/store/pgstore v0.0.0
 	github.com/idemkit/idem/store/redisstore v0.0.0
+	github.com/idemkit/idem/workflow/declare v0.0.0
 	github.com/jackc/pgx/v5 v5.12.0
 	github.com/redis/go-redis/v9 v9.23.0
 )
@@ -29,6 +30,7 @@ require (
 	github.com/getsentry/sentry-go v0.27.0 // indirect
 	github.com/go-openapi/jsonpointer v0.22.5 // indirect
 	github.com/go-openapi/swag/jsonname v0.25.5 // indirect
+	github.com/goccy/go-yaml v1.19.2 // indirect
 	github.com/gogo/protobuf v1.3.2 // indirect
 	github.com/golang/protobuf v1.5.3 // indirect
 	github.com/golang/snappy v0.0.5-0.20231225225746-43d5d4cd4e0e // indirect
@@ -62,4 +64,5 @@ replace (
 	github.com/idemkit/idem/store/pebblestore => ../../store/pebblestore
 	github.com/idemkit/idem/store/pgstore => ../../store/pgstore
 	github.com/idemkit/idem/store/redisstore => ../../store/redisstore
+	github.com/idemkit/idem/workflow/declare => ../../workflow/declare
 )

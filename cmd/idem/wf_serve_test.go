@@ -13,10 +13,6 @@ import (
 	"time"
 )
 
-// declareMissing is what serve says when this binary has no parser of
-// documents (the declare module is not in the build yet).
-const declareMissing = "built without declarative workflows"
-
 // orderDocument is a declarative workflow whose actions call api.
 func orderDocument(api string) string {
 	return `name: order
@@ -92,9 +88,6 @@ func TestWFServeWorkflows(t *testing.T) {
 	tokens := writeTokens(t, dir) // ops-0123456789 is bound to *
 	p, err := tryServe(t, dir, "--listen", "127.0.0.1:0", "--store", "mem:", "--tokens", tokens, "--workflows", wfDir,
 		"--engine-id", "test-engine", "--workflow-workers", "2", "--log-level", "error")
-	if err != nil && strings.Contains(err.Error(), declareMissing) {
-		t.Skip("this idem has no declare package yet: ", err)
-	}
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -185,9 +178,6 @@ func TestWFServeRefusesBadDocuments(t *testing.T) {
 		t.Fatal(err)
 	}
 	_, errOut, code := runIdem(t, dir, "serve", "--listen", "127.0.0.1:0", "--store", "mem:", "--workflows", wfDir)
-	if strings.Contains(errOut, declareMissing) {
-		t.Skip("this idem has no declare package yet")
-	}
 	if code != 1 || !strings.Contains(errOut, "--workflows "+wfDir) || !strings.Contains(errOut, "bad.yaml:4:") {
 		t.Errorf("serve with a bad document: exit %d, stderr %q", code, errOut)
 	}

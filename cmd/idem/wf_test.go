@@ -8,7 +8,6 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
-	"sort"
 	"strings"
 	"testing"
 
@@ -307,37 +306,10 @@ func TestWFUsage(t *testing.T) {
 	}
 }
 
-// jsonFormDir stands in for declare.LoadDir: every *.json of dir, as
-// jsonFormParser reads it, sorted by name.
-func jsonFormDir(dir string) ([]*workflow.Definition, error) {
-	files, err := filepath.Glob(filepath.Join(dir, "*.json"))
-	if err != nil {
-		return nil, err
-	}
-	sort.Strings(files)
-	var defs []*workflow.Definition
-	for _, f := range files {
-		b, err := os.ReadFile(f)
-		if err != nil {
-			return nil, err
-		}
-		d, err := jsonFormParser(b, filepath.Base(f))
-		if err != nil {
-			return nil, err
-		}
-		defs = append(defs, d)
-	}
-	return defs, nil
-}
-
 // TestWFStoreDirect works on a file: store with no server: what it records
-// is there for the next serve of the store. It swaps loadWorkflowDir, so
-// it does not run in parallel.
+// is there for the next serve of the store.
 func TestWFStoreDirect(t *testing.T) {
-	saved := loadWorkflowDir
-	loadWorkflowDir = jsonFormDir
-	t.Cleanup(func() { loadWorkflowDir = saved })
-
+	t.Parallel()
 	dir := t.TempDir()
 	storeURL := "file:" + filepath.Join(dir, "data")
 	s, err := openStore(context.Background(), storeURL, &idem.OpenConfig{})
@@ -349,8 +321,7 @@ func TestWFStoreDirect(t *testing.T) {
 	if err := os.MkdirAll(wfDir, 0o700); err != nil {
 		t.Fatal(err)
 	}
-	doc := `{"name":"order","version":1,"initial":"a","states":[{"name":"a"},{"name":"b","terminal":"success"}],"transitions":[{"from":"a","event":"go","to":"b"}]}`
-	if err := os.WriteFile(filepath.Join(wfDir, "order.json"), []byte(doc), 0o600); err != nil {
+	if err := os.WriteFile(filepath.Join(wfDir, "order.yaml"), []byte(orderDocument("http://127.0.0.1:1")), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	env := map[string]string{"IDEM_STORE": storeURL}
@@ -362,10 +333,10 @@ func TestWFStoreDirect(t *testing.T) {
 		}
 		return out
 	}
-	if rows := tableRows(must("types", "--workflows", wfDir)); len(rows) != 2 || rows[1][0] != "order" || rows[1][5] != "document" {
+	if rows := tableRows(must("types", "--workflows", wfDir)); len(rows) != 2 || strings.Join(rows[1][:6], " ") != "order 1 * 4 3 document" {
 		t.Errorf("types --store: %q", rows)
 	}
-	if out := must("start", "order", "s1", "--workflows", wfDir, "--input", "[1, 2]"); out != "s1 started: order v1 run 1, state a, status running\n" {
+	if out := must("start", "order", "s1", "--workflows", wfDir, "--input", "[1, 2]"); out != "s1 started: order v1 run 1, state pending, status running\n" {
 		t.Errorf("start --store: %q", out)
 	}
 	if out := must("start", "order", "s1", "--workflows", wfDir, "--input", "[1,2]"); !strings.Contains(out, "exists") {
@@ -374,7 +345,7 @@ func TestWFStoreDirect(t *testing.T) {
 	if _, errOut, code := wfCLI(t, env, "start", "order", "s2"); code != 1 || !strings.Contains(errOut, "pass --workflows DIR") {
 		t.Errorf("start --store without --workflows: exit %d, %q", code, errOut)
 	}
-	if out := must("signal", "s1", "go", "--event-id", "g1"); out != "event go (id g1) queued for s1\n" {
+	if out := must("signal", "s1", "place", "--event-id", "g1"); out != "event place (id g1) queued for s1\n" {
 		t.Errorf("signal --store: %q", out)
 	}
 	w := jsonObject(t, must("show", "s1", "--json"))

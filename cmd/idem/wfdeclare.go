@@ -1,5 +1,3 @@
-//go:build idem_declare
-
 package main
 
 import (

@@ -33,9 +33,6 @@ func workflowJournal(s idem.Store) workflow.Journal {
 // it returns the definitions registered. The error lists every bad
 // document with its line and column.
 func loadWorkflows(dir string, reg *workflow.Registry) ([]*workflow.Definition, error) {
-	if loadWorkflowDir == nil {
-		return nil, errNoDeclare
-	}
 	defs, err := loadWorkflowDir(dir)
 	if err != nil {
 		return nil, fmt.Errorf("--workflows %s:\n%s", dir, indent(err.Error()))
@@ -51,9 +48,6 @@ func loadWorkflows(dir string, reg *workflow.Registry) ([]*workflow.Definition, 
 	}
 	return defs, nil
 }
-
-// errNoDeclare: this binary was built without the declare package.
-var errNoDeclare = errors.New("this idem was built without declarative workflows (package workflow/declare)")
 
 func indent(s string) string {
 	return "  " + strings.ReplaceAll(strings.TrimRight(s, "\n"), "\n", "\n  ")
