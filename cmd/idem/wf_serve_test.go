@@ -2,6 +2,7 @@ package main
 
 import (
 	"encoding/json"
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -11,6 +12,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/idemkit/idem/internal/servicetest"
 )
 
 // orderDocument is a declarative workflow whose actions call api.
@@ -181,4 +184,81 @@ func TestWFServeRefusesBadDocuments(t *testing.T) {
 	if code != 1 || !strings.Contains(errOut, "--workflows "+wfDir) || !strings.Contains(errOut, "bad.yaml:4:") {
 		t.Errorf("serve with a bad document: exit %d, stderr %q", code, errOut)
 	}
+}
+
+// TestWFServeOnServices: on PostgreSQL the engine of serve runs what idem
+// wf --store records in the shared journal; Redis keeps no workflows.
+func TestWFServeOnServices(t *testing.T) {
+	t.Parallel()
+	suffix := fmt.Sprintf("%d", time.Now().UnixNano())
+	t.Run("postgres", func(t *testing.T) {
+		t.Parallel()
+		url := pgSchemaURL(t, "idem_wf_"+suffix)
+		api := &downstream{}
+		down := httptest.NewServer(api)
+		t.Cleanup(down.Close)
+		dir := t.TempDir()
+		wfDir := filepath.Join(dir, "workflows")
+		if err := os.MkdirAll(wfDir, 0o700); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(wfDir, "order.yaml"), []byte(orderDocument(down.URL)), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		p := startServe(t, dir, "--listen", "127.0.0.1:0", "--tokens", writeTokens(t, dir), "--store", url, "--migrate",
+			"--workflows", wfDir, "--log-level", "error")
+		direct := []string{"--store", url, "--workflows", wfDir}
+		if out, errOut, code := runIdem(t, dir, append([]string{"wf", "start", "order", "o1", "--input", `{"sku":"P1"}`}, direct...)...); code != 0 || !strings.Contains(out, "o1 started") {
+			t.Fatalf("wf start --store: exit %d, %q %q", code, out, errOut)
+		}
+		if _, errOut, code := runIdem(t, dir, append([]string{"wf", "signal", "o1", "place", "--event-id", "e1"}, direct...)...); code != 0 {
+			t.Fatalf("wf signal --store: exit %d, %q", code, errOut)
+		}
+		// The serve's engine takes the event from the shared journal.
+		c := newClient(p.addr, "ops-0123456789")
+		tick := time.NewTicker(10 * time.Millisecond)
+		defer tick.Stop()
+		deadline := time.After(20 * time.Second)
+		for {
+			status, data, err := c.do("GET", "/v1/workflows/o1", nil)
+			if err != nil || status != 200 {
+				t.Fatalf("GET o1: %d %s %v", status, data, err)
+			}
+			var w struct{ State string }
+			if err := json.Unmarshal(data, &w); err != nil {
+				t.Fatal(err)
+			}
+			if w.State == "reserved" {
+				break
+			}
+			select {
+			case <-tick.C:
+			case <-deadline:
+				t.Fatalf("o1 did not reach reserved in 20s: %s; downstream saw %q", data, api.requests())
+			}
+		}
+		if got := api.requests(); len(got) != 1 || got[0] != `POST /reserve key=o1/1/reserve body={"sku":"P1"}` {
+			t.Errorf("downstream saw %q", got)
+		}
+	})
+	t.Run("redis", func(t *testing.T) {
+		t.Parallel()
+		base := servicetest.Redis.Need(t)
+		prefix := "idem-wf-" + suffix
+		t.Cleanup(func() { dropRedisPrefix(t, base, prefix) })
+		url := withParam(t, base, "prefix", prefix)
+		dir := t.TempDir()
+		tokens := writeTokens(t, dir)
+		_, errOut, code := runIdem(t, dir, "serve", "--listen", "127.0.0.1:0", "--tokens", tokens, "--store", url, "--workflows", dir)
+		if code != 1 || !strings.Contains(errOut, "keeps no workflow journal") {
+			t.Errorf("serve --workflows on redis: exit %d, %q", code, errOut)
+		}
+		p := startServe(t, dir, "--listen", "127.0.0.1:0", "--tokens", tokens, "--store", url)
+		for line := p.next(t); !strings.HasPrefix(line, "idem serve: workflows off"); line = p.next(t) {
+		}
+		c := newClient(p.addr, "ops-0123456789")
+		if status, data, err := c.do("GET", "/v1/workflows", nil); err != nil || status != 501 || !strings.Contains(string(data), "not-implemented") {
+			t.Errorf("GET /v1/workflows on redis: %d %s %v", status, data, err)
+		}
+	})
 }
