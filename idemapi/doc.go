@@ -58,8 +58,25 @@
 // series are fed by idem.Events: Metrics is an idem.Observer, so the same
 // series can count a Ledger's operations in other handlers (idem proxy's).
 //
+// # Workflows
+//
+// With Config.Workflows (a *workflow.Engine, which the caller runs) and
+// Config.WorkflowTypes (its registry), the server also serves the workflow
+// routes of docs/api.md: GET and POST /v1/workflow-types (list, register
+// a declarative document read by Config.ParseWorkflow), GET
+// /v1/workflow-types/{name}/graph, GET and POST /v1/workflows (list,
+// start), GET /v1/workflows/{id} and POST /v1/workflows/{id}/events,
+// /cancel, /retry and /resume. Without an engine they answer 501. A token
+// uses a workflow type T only if bound to the scope "wf:T"
+// (WorkflowScope) or "*"; lists show only those types. Inputs and
+// payloads are any JSON value, checked strictly and bounded by
+// Config.MaxWorkflowInput, documents by Config.MaxWorkflowDocument. The
+// wire types (Workflow, WorkflowType, StartWorkflowRequest, ...) are
+// shared with idemclient; EncodeWorkflow and EncodeWorkflowType make them.
+//
 // # Logs
 //
 // One log line per request with the route, scope, status and duration.
-// Raw keys, tokens and bodies are never logged.
+// Raw keys, tokens and bodies (workflow inputs, payloads and documents
+// included) are never logged.
 package idemapi

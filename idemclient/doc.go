@@ -35,6 +35,18 @@
 //
 // After Close every call fails with idem.ErrClosed.
 //
+// # Workflows
+//
+// RegisterWorkflow, WorkflowTypes, WorkflowGraph, StartWorkflow,
+// SignalWorkflow, CancelWorkflow, RetryWorkflow, ResumeWorkflow,
+// GetWorkflow and ListWorkflows call the workflow routes of a server that
+// runs a workflow engine, and return idemapi's wire types. Their errors
+// wrap idem.ErrNotFound (no such instance), idem.ErrFingerprintMismatch
+// (an id started with another type or input), idem.ErrNotImplemented (no
+// engine), idem.ErrInvalid, ErrForbidden (the token is not bound to
+// "wf:TYPE"), and the workflow package's ErrNotRegistered,
+// ErrVersionConflict, ErrNotParked, ErrNotResumable and ErrFinished.
+//
 // # What Begin returns
 //
 // The API answers Begin with what a caller needs, not the whole record, so
