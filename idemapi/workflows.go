@@ -317,11 +317,11 @@ func (s *Server) workflowTypes(w http.ResponseWriter, r *http.Request, req *requ
 
 // registerWorkflow serves POST /v1/workflow-types: a declarative document.
 func (s *Server) registerWorkflow(w http.ResponseWriter, r *http.Request, req *request) *problem {
-	if _, p := wfQuery(r); p != nil {
-		return p
-	}
 	if s.parseWF == nil {
 		return newProblem(http.StatusNotImplemented, ProblemNotImplemented, "the server reads no declarative workflow documents")
+	}
+	if _, p := wfQuery(r); p != nil {
+		return p
 	}
 	mt, _, err := mime.ParseMediaType(r.Header.Get("Content-Type"))
 	var name string
@@ -542,6 +542,9 @@ func (s *Server) instance(r *http.Request, req *request) (*workflow.Instance, *p
 
 // workflowGet serves GET /v1/workflows/{id}.
 func (s *Server) workflowGet(w http.ResponseWriter, r *http.Request, req *request) *problem {
+	if p := s.needEngine(req); p != nil {
+		return p
+	}
 	if _, p := wfQuery(r); p != nil {
 		return p
 	}

@@ -167,6 +167,7 @@ func TestWorkflowRoutesWithoutEngine(t *testing.T) {
 		expect(t, b.call(t, rt.method, rt.path, tokAll, rt.body), 501, idemapi.ProblemNotImplemented)
 		expect(t, b.call(t, rt.method, rt.path, "", rt.body), 401, idemapi.ProblemUnauthorized)
 	}
+	expect(t, b.call(t, "GET", "/v1/workflows/o1?x=1", tokAll, ""), 501, idemapi.ProblemNotImplemented)
 	expect(t, b.call(t, "DELETE", "/v1/workflows/o1", tokAll, ""), 405, idemapi.ProblemMethodNotAllowed)
 	expect(t, b.call(t, "POST", "/v1/workflows/o1/nope", tokAll, "{}"), 404, idemapi.ProblemNoSuchRoute)
 	expect(t, b.call(t, "GET", "/v1/workflow-types/order", tokAll, ""), 404, idemapi.ProblemNoSuchRoute)
@@ -348,6 +349,7 @@ func TestWorkflowStartSignalShowList(t *testing.T) {
 		t.Errorf("history %+v", w.History)
 	}
 	expect(t, b.call(t, "GET", "/v1/workflows/nope", tokOrder, ""), 404, idemapi.ProblemWorkflowNotFound)
+	expect(t, b.call(t, "GET", "/v1/workflows/o1?history=0", tokOrder, ""), 400, idemapi.ProblemInvalidRequest)
 	expect(t, b.call(t, "GET", "/v1/workflows/"+strings.Repeat("i", 256), tokOrder, ""), 400, idemapi.ProblemInvalidRequest)
 
 	// A slash in an id, escaped, is one segment.
