@@ -107,7 +107,11 @@ Flags (before or after the arguments; "--" ends them):
   --after ID          ls: start after instance ID (a previous ls said
                       "more")
 
-` + envHelp + `
+Environment:
+  IDEM_SERVER, IDEM_TOKEN, IDEM_TOKEN_FILE, IDEM_STORE and IDEM_WORKFLOWS
+  set the flags of the same names; a flag on the command line wins. No
+  other flag is read from the environment.
+
 Exit codes: 0 done, 1 failure (an unknown instance or type, an operation
 the instance's status refuses, a server or store error), 2 usage.
 
@@ -129,6 +133,9 @@ type wfOptions struct {
 	limit                                      int
 	onCommandLine                              map[string]bool
 }
+
+// wfEnvFlags are the flags an environment variable sets (envName).
+var wfEnvFlags = []string{"server", "token", "token-file", "store", "workflows"}
 
 // wfArgs names the positional arguments of each subcommand.
 var wfArgs = map[string][]string{
@@ -269,7 +276,15 @@ func parseWFFlags(sub string, args []string, stdout, stderr io.Writer, lookup fu
 		args = rest[1:]
 	}
 	fs.Visit(func(f *flag.Flag) { o.onCommandLine[f.Name] = true })
-	if err := applyEnv(fs, o.onCommandLine, lookup); err != nil {
+	// Only where to work comes from the environment; what to do never
+	// does (an IDEM_EVENT_ID left set would make every signal a duplicate).
+	skip := maps.Clone(o.onCommandLine)
+	fs.VisitAll(func(f *flag.Flag) {
+		if !slices.Contains(wfEnvFlags, f.Name) {
+			skip[f.Name] = true
+		}
+	})
+	if err := applyEnv(fs, skip, lookup); err != nil {
 		fmt.Fprintf(stderr, "idem wf %s: %v\n", sub, err)
 		return nil, nil, 2
 	}

@@ -301,8 +301,9 @@ func TestWFUsage(t *testing.T) {
 			t.Errorf("idem wf %v: exit %d, %q; want 2 and %q", c.args, code, errOut, c.want)
 		}
 	}
-	if _, errOut, code := wfCLI(t, map[string]string{"IDEM_LIMIT": "x"}, "ls"); code != 2 || !strings.Contains(errOut, "IDEM_LIMIT") {
-		t.Errorf("a bad IDEM_LIMIT: exit %d, %q", code, errOut)
+	// IDEM_LIMIT is no flag's variable: ignored, so the store is asked.
+	if _, errOut, code := wfCLI(t, map[string]string{"IDEM_LIMIT": "x", "IDEM_STORE": "file:" + t.TempDir() + "/none"}, "ls"); code != 1 || !strings.Contains(errOut, "no store at") {
+		t.Errorf("IDEM_LIMIT and IDEM_STORE: exit %d, %q", code, errOut)
 	}
 }
 
