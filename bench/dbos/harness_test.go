@@ -65,10 +65,10 @@ var instanceSeq atomic.Int64
 // waits for its instance's result before the next), closes sys and counts
 // the commits of the turn.
 //
-// A warm-up instance keeps what a system does once after it opens out of
-// the timed rates (idem's engine, started just before the first Start,
-// leaves that instance to its next poll, up to a second later); its
-// commits count, and it counts as an instance in the per-instance figures.
+// A warm-up instance keeps what a system does once after it opens (first
+// connections, prepared statements, DBOS's launch) out of the timed
+// rates; its commits count, and it counts as an instance in the
+// per-instance figures.
 func runTurn(tb testing.TB, pg *pgServer, sys *system, starters, warm int, more func() bool) turn {
 	tb.Helper()
 	ctx := context.Background()

@@ -6,9 +6,12 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/idemkit/idem"
+	"github.com/idemkit/idem/internal/batch"
 	"github.com/idemkit/idem/workflow"
 	"github.com/jackc/pgx/v5"
 )
@@ -28,6 +31,12 @@ import (
 type Journal struct {
 	s *Store
 	q journalStatements
+
+	batchOnce sync.Once
+	batcher   *batch.Batcher[*appendOp] // Appends on the pool (journalbatch.go)
+	// appendBatches and batchedAppends count the batches of more than
+	// one Append, and their Appends, for tests.
+	appendBatches, batchedAppends atomic.Int64
 }
 
 var _ workflow.Journal = (*Journal)(nil)
@@ -253,7 +262,21 @@ func (j *Journal) Append(ctx context.Context, p *workflow.AppendParams) (*workfl
 		return nil, err
 	}
 	var seq int64
-	err = j.db(ctx).QueryRow(ctx, j.q.replace, args...).Scan(&seq)
+	if _, inTx := j.db(ctx).(pgx.Tx); inTx {
+		err = j.db(ctx).QueryRow(ctx, j.q.replace, args...).Scan(&seq)
+	} else {
+		size := len(args[7].(string))
+		for _, b := range args[10].([]string) {
+			size += len(b)
+		}
+		o := &appendOp{id: id, args: args, size: size}
+		if err = j.appendOnPool(ctx, o); err == nil {
+			seq, err = o.seq, o.err
+			if err == nil && !o.matched {
+				err = pgx.ErrNoRows
+			}
+		}
+	}
 	if errors.Is(err, pgx.ErrNoRows) {
 		return nil, j.refused(ctx, "append", id, p.Instance.Seq)
 	}
