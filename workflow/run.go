@@ -182,6 +182,11 @@ func (e *Engine) takeOver(ctx context.Context, in *Instance) (*Instance, error) 
 	if busy {
 		return nil, nil
 	}
+	if _, err := e.registry.Lookup(in.Type, in.Version); err != nil {
+		// A type this engine does not know (registered on another
+		// engine only): leave the instance to one that does.
+		return nil, nil
+	}
 	for {
 		now := e.clock.Now()
 		if !in.free(now) {

@@ -345,3 +345,26 @@ func TestStepResults(t *testing.T) {
 		t.Fatalf("results %q", in.Results)
 	}
 }
+
+// TestUnknownTypeLeftToOthers: an engine whose registry lacks an
+// instance's type does not take it; one that has it runs it.
+func TestUnknownTypeLeftToOthers(t *testing.T) {
+	t.Parallel()
+	w := newWorld(t)
+	ctx := context.Background()
+	w.start("o1")
+	w.signal("o1", "e1", "place")
+	other, err := workflow.NewEngine(w.journal, workflow.NewRegistry(), &workflow.EngineConfig{Clock: w.clk, Lease: lease})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n, err := other.Step(ctx); n != 0 || err != nil {
+		t.Fatalf("an engine without the type did %d units: %v", n, err)
+	}
+	if in := w.get("o1"); in.Owner != "" || in.Token != 0 {
+		t.Fatalf("taken by an engine without the type: owner %q token %d", in.Owner, in.Token)
+	}
+	if n := w.drain(w.eng); n != 2 {
+		t.Fatalf("the engine with the type did %d units, want 2", n)
+	}
+}
