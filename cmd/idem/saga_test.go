@@ -516,4 +516,12 @@ func TestWorkflowVarFlag(t *testing.T) {
 	if _, errOut, code := runIdem(t, dir, "wf", "types", "--store", "mem:", "--workflow-var", "nameless"); code != 2 || !strings.Contains(errOut, "want NAME=VALUE") {
 		t.Errorf("wf --workflow-var nameless: exit %d, %q", code, errOut)
 	}
+	for _, c := range [][]string{{"serve", "--workflow-var NAME=VALUE", "--workflow-lease DURATION", "IDEM_WORKFLOW_VAR"}, {"wf", "--workflow-var NAME=VALUE", "IDEM_WORKFLOW_VAR"}} {
+		out, _, code := runIdem(t, dir, c[0], "--help")
+		for _, want := range c[1:] {
+			if code != 0 || !strings.Contains(out, want) {
+				t.Errorf("idem %s --help (exit %d) lacks %q", c[0], code, want)
+			}
+		}
+	}
 }
