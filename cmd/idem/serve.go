@@ -15,6 +15,7 @@ import (
 
 	"github.com/idemkit/idem"
 	"github.com/idemkit/idem/idemapi"
+	"github.com/idemkit/idem/workflow"
 )
 
 const serveUsage = `Usage: idem serve [flags]
@@ -85,6 +86,20 @@ Flags:
                          and pid)
   --workflow-workers N   how many workflow instances the engine advances at
                          once (default 16)
+  --workflow-lease DURATION
+                         how long the engine owns an instance after its last
+                         write; an instance whose serve died is taken over
+                         by another serve of the same store once it runs out
+                         (default 30s). It is renewed while an action runs
+                         longer than a third of it
+  --workflow-var NAME=VALUE
+                         the value of {{vars.NAME}} in the declarative
+                         documents (--workflows and POST /v1/workflow-types),
+                         over the document's own vars: point a document at
+                         this deployment's services without editing it
+                         (repeatable; a later NAME wins). Vars are not part
+                         of a type's fingerprint. IDEM_WORKFLOW_VAR holds one
+                         NAME=VALUE; give more on the command line
 ` + tlsHelp + `
 ` + envHelp + `
 Example:
@@ -106,6 +121,8 @@ type serveOptions struct {
 	tls                             tlsFiles
 	workflows, engineID             string
 	workflowWorkers                 int
+	workflowLease                   time.Duration
+	workflowVars                    workflowVars
 }
 
 func runServe(args []string, stdout, stderr io.Writer) int {
@@ -123,7 +140,7 @@ func runServe(args []string, stdout, stderr io.Writer) int {
 func parseServeFlags(args []string, stdout, stderr io.Writer) (*serveOptions, int) {
 	fs := flag.NewFlagSet("idem serve", flag.ContinueOnError)
 	fs.SetOutput(io.Discard)
-	o := &serveOptions{}
+	o := &serveOptions{workflowVars: workflowVars{}}
 	fs.StringVar(&o.listen, "listen", "127.0.0.1:7070", "")
 	fs.StringVar(&o.store, "store", defaultStore, "")
 	fs.StringVar(&o.tokens, "tokens", "", "")
@@ -138,6 +155,8 @@ func parseServeFlags(args []string, stdout, stderr io.Writer) (*serveOptions, in
 	fs.StringVar(&o.workflows, "workflows", "", "")
 	fs.StringVar(&o.engineID, "engine-id", "", "")
 	fs.IntVar(&o.workflowWorkers, "workflow-workers", 16, "")
+	fs.DurationVar(&o.workflowLease, "workflow-lease", 30*time.Second, "")
+	fs.Var(o.workflowVars, "workflow-var", "")
 	o.tls.register(fs)
 	err := parseWithEnv(fs, args)
 	switch {
@@ -163,6 +182,8 @@ func parseServeFlags(args []string, stdout, stderr io.Writer) (*serveOptions, in
 		bad = fmt.Sprintf("--drain must be positive, got %s", o.drain)
 	case o.sweep <= 0:
 		bad = fmt.Sprintf("--sweep-interval must be positive, got %s", o.sweep)
+	case o.workflowLease <= 0 || o.workflowLease > idemapi.MaxDuration:
+		bad = fmt.Sprintf("--workflow-lease must be positive and at most a century, got %s", o.workflowLease)
 	case o.workflowWorkers <= 0:
 		bad = fmt.Sprintf("--workflow-workers must be positive, got %d", o.workflowWorkers)
 	case o.tls.check() != nil:
@@ -218,7 +239,10 @@ func serve(ctx context.Context, o *serveOptions, stdout, stderr io.Writer) error
 		Tokens: tokens, MaxBody: o.maxBody, DefaultLease: o.lease, DefaultWindow: o.window, Logger: logger, KeySecret: keySecret,
 	}
 	if wf != nil {
-		apiCfg.Workflows, apiCfg.WorkflowTypes, apiCfg.ParseWorkflow = wf.engine, wf.registry, parseWorkflowDocument
+		apiCfg.Workflows, apiCfg.WorkflowTypes, apiCfg.ParseWorkflow = wf.engine, wf.registry,
+			func(data []byte, name string) (*workflow.Definition, error) {
+				return parseWorkflowDocument(data, name, o.workflowVars)
+			}
 		// The engine stops after the HTTP servers have drained, before
 		// the store closes.
 		closeStore = func(closeStore func() error) func() error {

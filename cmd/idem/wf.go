@@ -78,6 +78,10 @@ Flags (before or after the arguments; "--" ends them):
                       serve: use --server then); mem: holds nothing
   --workflows DIR     with --store: the declarative documents that define
                       the types (start, resume, types and graph need them)
+  --workflow-var NAME=VALUE
+                      with --store: the value of {{vars.NAME}} in the
+                      documents of --workflows, over the document's own
+                      vars (repeatable; as idem serve --workflow-var)
   --json              print JSON for scripts: show, cancel, retry and resume
                       write the instance object of the API (docs/api.md);
                       start writes {"created":BOOL,"workflow":OBJECT};
@@ -108,9 +112,10 @@ Flags (before or after the arguments; "--" ends them):
                       "more")
 
 Environment:
-  IDEM_SERVER, IDEM_TOKEN, IDEM_TOKEN_FILE, IDEM_STORE and IDEM_WORKFLOWS
-  set the flags of the same names; a flag on the command line wins. No
-  other flag is read from the environment.
+  IDEM_SERVER, IDEM_TOKEN, IDEM_TOKEN_FILE, IDEM_STORE, IDEM_WORKFLOWS and
+  IDEM_WORKFLOW_VAR set the flags of the same names; a flag on the command
+  line wins. IDEM_WORKFLOW_VAR holds one NAME=VALUE (give more on the
+  command line). No other flag is read from the environment.
 
 Exit codes: 0 done, 1 failure (an unknown instance or type, an operation
 the instance's status refuses, a server or store error), 2 usage.
@@ -131,11 +136,12 @@ type wfOptions struct {
 	eventID, payload, payloadFile, reason      string
 	typ, state, status, after                  string
 	limit                                      int
+	workflowVars                               workflowVars
 	onCommandLine                              map[string]bool
 }
 
 // wfEnvFlags are the flags an environment variable sets (envName).
-var wfEnvFlags = []string{"server", "token", "token-file", "store", "workflows"}
+var wfEnvFlags = []string{"server", "token", "token-file", "store", "workflows", "workflow-var"}
 
 // wfArgs names the positional arguments of each subcommand.
 var wfArgs = map[string][]string{
@@ -185,6 +191,8 @@ func runWFWith(args []string, stdout, stderr io.Writer, stdin io.Reader, lookup 
 		return usageErr("--token and --token-file are for --server; the store is used directly")
 	case o.server != "" && o.onCommandLine["workflows"]:
 		return usageErr("--workflows is for --store; the server has its own types")
+	case o.server != "" && o.onCommandLine["workflow-var"]:
+		return usageErr("--workflow-var is for --store (with --workflows); pass it to the idem serve behind --server")
 	case o.server == "" && sub == "register":
 		return usageErr("register registers types on a server (--server); with --store, types come from --workflows DIR")
 	case o.token != "" && o.tokenFile != "" && o.onCommandLine["token"] && o.onCommandLine["token-file"]:
@@ -232,12 +240,13 @@ func runWFWith(args []string, stdout, stderr io.Writer, stdin io.Reader, lookup 
 func parseWFFlags(sub string, args []string, stdout, stderr io.Writer, lookup func(string) (string, bool)) (*wfOptions, []string, int) {
 	fs := flag.NewFlagSet("idem wf "+sub, flag.ContinueOnError)
 	fs.SetOutput(io.Discard)
-	o := &wfOptions{onCommandLine: map[string]bool{}}
+	o := &wfOptions{workflowVars: workflowVars{}, onCommandLine: map[string]bool{}}
 	fs.StringVar(&o.server, "server", "", "")
 	fs.StringVar(&o.token, "token", "", "")
 	fs.StringVar(&o.tokenFile, "token-file", "", "")
 	fs.StringVar(&o.store, "store", defaultStore, "")
 	fs.StringVar(&o.workflows, "workflows", "", "")
+	fs.Var(o.workflowVars, "workflow-var", "")
 	fs.BoolVar(&o.asJSON, "json", false, "")
 	fs.IntVar(&o.version, "version", 0, "")
 	fs.StringVar(&o.format, "format", "", "")
@@ -346,7 +355,7 @@ func wfOpen(ctx context.Context, o *wfOptions) (wfBackend, error) {
 	}
 	reg := workflow.NewRegistry()
 	if o.workflows != "" {
-		if _, err := loadWorkflows(o.workflows, reg); err != nil {
+		if _, err := loadWorkflows(o.workflows, o.workflowVars, reg); err != nil {
 			_ = s.Close()
 			return nil, err
 		}

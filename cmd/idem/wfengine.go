@@ -29,11 +29,12 @@ func workflowJournal(s idem.Store) workflow.Journal {
 	return nil
 }
 
-// loadWorkflows registers in reg every document of dir (declare.LoadDir);
+// loadWorkflows registers in reg every document of dir (declare.LoadDir),
+// with vars (--workflow-var) over the documents' own;
 // it returns the definitions registered. The error lists every bad
 // document with its line and column.
-func loadWorkflows(dir string, reg *workflow.Registry) ([]*workflow.Definition, error) {
-	defs, err := loadWorkflowDir(dir)
+func loadWorkflows(dir string, vars map[string]string, reg *workflow.Registry) ([]*workflow.Definition, error) {
+	defs, err := loadWorkflowDir(dir, vars)
 	if err != nil {
 		return nil, fmt.Errorf("--workflows %s:\n%s", dir, indent(err.Error()))
 	}
@@ -76,7 +77,7 @@ func serveWorkflows(o *serveOptions, store idem.Store) (*servedWorkflows, error)
 	var defs []*workflow.Definition
 	if o.workflows != "" {
 		var err error
-		if defs, err = loadWorkflows(o.workflows, reg); err != nil {
+		if defs, err = loadWorkflows(o.workflows, o.workflowVars, reg); err != nil {
 			return nil, err
 		}
 	}
@@ -85,7 +86,7 @@ func serveWorkflows(o *serveOptions, store idem.Store) (*servedWorkflows, error)
 		host, _ := os.Hostname()
 		id = fmt.Sprintf("%s-%d", host, os.Getpid())
 	}
-	eng, err := workflow.NewEngine(journal, reg, &workflow.EngineConfig{ID: id, Workers: o.workflowWorkers})
+	eng, err := workflow.NewEngine(journal, reg, &workflow.EngineConfig{ID: id, Workers: o.workflowWorkers, Lease: o.workflowLease})
 	if err != nil {
 		return nil, err
 	}
@@ -98,7 +99,7 @@ func serveWorkflows(o *serveOptions, store idem.Store) (*servedWorkflows, error)
 		what = fmt.Sprintf("%d types from %s (%s)", len(names), o.workflows, strings.Join(names, ", "))
 	}
 	return &servedWorkflows{engine: eng, registry: reg, done: make(chan struct{}),
-		describe: fmt.Sprintf("workflow engine %s, %d workers: %s", id, o.workflowWorkers, what)}, nil
+		describe: fmt.Sprintf("workflow engine %s, %d workers, lease %s: %s", id, o.workflowWorkers, o.workflowLease, what)}, nil
 }
 
 // start runs the engine until stop.

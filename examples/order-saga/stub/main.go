@@ -5,11 +5,13 @@
 // request applies anything. It counts what it applied, per order, so a
 // test can check that every charge and every refund happened once.
 //
-//	stub -addr 127.0.0.1:9100 -decline 7 -unavailable 0.1
+//	stub -addr 127.0.0.1:9100 -decline 7 -unavailable 0.1 -latency 20ms
 //
 // A charge of an order whose number is a multiple of -decline is declined
 // (402); a share -unavailable of first requests fail with 503 and a
-// Retry-After of one second, before anything is applied. With
+// Retry-After of one second, before anything is applied. -latency D
+// holds every answer D after the request applied, as a slow service
+// would. With
 // -payments-dedup=false the payments routes ignore Idempotency-Key and
 // apply every request, as a payment service without idempotency would:
 // put idem proxy in front of them.
@@ -32,10 +34,12 @@ import (
 	"fmt"
 	"hash/fnv"
 	"log"
+	"net"
 	"net/http"
 	"strconv"
 	"strings"
 	"sync"
+	"time"
 )
 
 type answer struct {
@@ -47,6 +51,7 @@ type stub struct {
 	decline     int
 	unavailable float64
 	payDedup    bool
+	latency     time.Duration
 
 	mu       sync.Mutex
 	answers  map[string]answer         // by Idempotency-Key
@@ -57,14 +62,20 @@ type stub struct {
 }
 
 func main() {
-	addr := flag.String("addr", "127.0.0.1:9100", "address to listen on")
+	addr := flag.String("addr", "127.0.0.1:9100", "address to listen on; port 0 picks a free port (logged)")
 	decline := flag.Int("decline", 7, "decline the charge of every order whose number is a multiple of this (0: none)")
 	unavailable := flag.Float64("unavailable", 0, "share of first requests answered 503 with Retry-After: 1")
+	latency := flag.Duration("latency", 0, "how long each request that applies something takes, as a slow service would (keeps requests in flight)")
 	payDedup := flag.Bool("payments-dedup", true, "honour Idempotency-Key on /payments too; false plays a payment service that does not, for idem proxy to front")
 	flag.Parse()
-	s := &stub{decline: *decline, unavailable: *unavailable, payDedup: *payDedup, answers: map[string]answer{}, failed: map[string]bool{}, applied: map[string]map[string]int{}}
-	log.Printf("stub listening on %s", *addr)
-	log.Fatal(http.ListenAndServe(*addr, s))
+	s := &stub{decline: *decline, unavailable: *unavailable, payDedup: *payDedup, latency: *latency, answers: map[string]answer{}, failed: map[string]bool{}, applied: map[string]map[string]int{}}
+	ln, err := net.Listen("tcp", *addr)
+	if err != nil {
+		log.Fatal(err)
+	}
+	// The address listened on, also when -addr asked for port 0.
+	log.Printf("stub listening on %s", ln.Addr())
+	log.Fatal(http.Serve(ln, s))
 }
 
 func (s *stub) ServeHTTP(w http.ResponseWriter, r *http.Request) {
@@ -110,6 +121,13 @@ func (s *stub) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	a := s.apply(r, in.Order, in.Amount)
 	s.answers[key] = a
+	if s.latency > 0 {
+		// Applied, not yet answered: a client that gives up (or dies)
+		// now does not know that it was.
+		s.mu.Unlock()
+		time.Sleep(s.latency)
+		s.mu.Lock()
+	}
 	write(w, a)
 }
 
