@@ -122,14 +122,22 @@ func spawn(t *testing.T, dir string, args ...string) (*proc, error) {
 	cmd.Dir = dir
 	p := &proc{cmd: cmd, lines: make(chan string, 100), stderr: &syncBuffer{}, exited: make(chan struct{})}
 	cmd.Stderr = p.stderr
-	out, err := cmd.StdoutPipe()
+	// A pipe of our own, not StdoutPipe: Wait closes StdoutPipe's reading
+	// end once the process exits, which could lose its last lines (the
+	// clean stop line) before the scanner read them.
+	out, w, err := os.Pipe()
 	if err != nil {
 		return nil, err
 	}
-	if err := cmd.Start(); err != nil {
+	cmd.Stdout = w
+	err = cmd.Start()
+	w.Close()
+	if err != nil {
+		out.Close()
 		return nil, err
 	}
 	go func() {
+		defer out.Close()
 		sc := bufio.NewScanner(out)
 		for sc.Scan() {
 			p.lines <- sc.Text()
