@@ -511,7 +511,11 @@ func (e *Engine) work(ctx context.Context, in *Instance, def *Definition, now ti
 		}
 		in.CancelRequested = false
 		in.Status, in.EndStatus, in.Attempt, in.NotBefore, in.TimeoutAt = Unwinding, Cancelled, 0, time.Time{}, time.Time{}
-		entry(Entry{Kind: EntryUnwinding, Reason: "cancelled: " + in.CancelReason})
+		reason := "cancelled"
+		if in.CancelReason != "" {
+			reason += ": " + in.CancelReason
+		}
+		entry(Entry{Kind: EntryUnwinding, Reason: reason})
 		rejectInbox(in, e.clock.Now(), "instance is unwinding", entries)
 		return nil
 	case in.Status == Unwinding:
