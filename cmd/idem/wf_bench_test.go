@@ -73,10 +73,13 @@ transitions:
       no_compensation: true
 `
 
-// The workflow types: the document's, and the same defined in Go.
+// The workflow types: the document's; the same document parsed with
+// declare's default HTTP client (Options.Client nil), as idem serve
+// parses documents; and the same workflow defined in Go.
 const (
-	wfDeclType = "decl3"
-	wfGoType   = "go3"
+	wfDeclType        = "decl3"
+	wfDeclDefaultType = "decl3default"
+	wfGoType          = "go3"
 )
 
 // wfStub is the downstream service of the actions: it answers every
@@ -221,6 +224,17 @@ func newWFServed(tb testing.TB, name string, store idem.Store, record bool) *wfS
 	if err := reg.Register(wfGoDefinition(actions, stub.URL)); err != nil {
 		tb.Fatal(err)
 	}
+	// idem serve reads documents with declare.Parse(data, name, nil): its
+	// actions' client is declare's default, whose transport keeps 2 idle
+	// connections per host.
+	dflt, err := declare.Parse([]byte(strings.Replace(wfBenchDocument, "name: "+wfDeclType, "name: "+wfDeclDefaultType, 1)), "default.yaml",
+		&declare.Options{Vars: map[string]string{"stub": stub.URL}})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	if err := reg.Register(dflt); err != nil {
+		tb.Fatal(err)
+	}
 	eng, err := workflow.NewEngine(journal, reg, &workflow.EngineConfig{ID: "wfbench-" + name, Workers: wfBenchStarters})
 	if err != nil {
 		tb.Fatal(err)
@@ -316,6 +330,9 @@ func (w *wfServed) sides() []wfSide {
 		{"go", "Go-defined, started through the API", func(ctx context.Context, id string) error { return w.startAPI(ctx, wfGoType, id) }},
 		{"decl", "declarative, started through the API", func(ctx context.Context, id string) error { return w.startAPI(ctx, wfDeclType, id) }},
 		{"go-inproc", "Go-defined, engine.Start in process", func(ctx context.Context, id string) error { return w.startInProcess(ctx, wfGoType, id) }},
+		{"decl-default", "declarative with declare's default client, through the API", func(ctx context.Context, id string) error {
+			return w.startAPI(ctx, wfDeclDefaultType, id)
+		}},
 	}
 }
 
@@ -484,9 +501,11 @@ func TestWorkflowBenchOnce(t *testing.T) {
 // default 1s), instances/s at 16 concurrent starters of the declarative
 // workflow started through the API (pg-decl, pebble-decl), of the same
 // defined in Go (pg-go, pebble-go: the baseline of each store's ratios),
-// and of the Go one started by engine.Start in process (pg-go-inproc,
-// pebble-go-inproc). Each instance is three steps: steps/s is three times
-// instances/s. It ignores b.N: run it with -benchtime 1x.
+// of the Go one started by engine.Start in process (pg-go-inproc,
+// pebble-go-inproc), and of the declarative one with declare's default
+// HTTP client, as idem serve parses documents (pg-decl-default,
+// pebble-decl-default). Each instance is three steps: steps/s is three
+// times instances/s. It ignores b.N: run it with -benchtime 1x.
 func BenchmarkWorkflowServe(b *testing.B) {
 	rounds := wfEnvInt(b, "IDEM_BENCH_ROUNDS", 3)
 	turn := wfEnvDuration(b, "IDEM_BENCH_TURN", time.Second)
@@ -525,6 +544,7 @@ func TestWorkflowFigures(t *testing.T) {
 	}
 	rounds := wfEnvInt(t, "IDEM_BENCH_ROUNDS", 5)
 	turn := wfEnvDuration(t, "IDEM_BENCH_TURN", 2*time.Second)
+	load0 := wfLoad()
 	stacks := wfStacks(t, false)
 	type tally struct {
 		rounds []bench.Round
@@ -585,12 +605,25 @@ func TestWorkflowFigures(t *testing.T) {
 			float64(f.p50)/float64(time.Millisecond), float64(f.p99)/float64(time.Millisecond))
 	}
 	tw.Flush()
+	for _, s := range stacks[0].sides() {
+		fmt.Fprintf(&out, "%s: %s\n", s.name, s.what)
+	}
 	for _, f := range figs {
 		if f.ratios != nil {
 			fmt.Fprintf(&out, "%s-%s ratio by round: %.2f\n", f.store, f.side, f.ratios)
 		}
 	}
-	t.Logf("%d starters, %d rounds of %s turns, medians:\n%s", wfBenchStarters, rounds, turn, out.String())
+	t.Logf("%d starters, %d rounds of %s turns, load average before %s, after %s; medians:\n%s",
+		wfBenchStarters, rounds, turn, load0, wfLoad(), out.String())
+}
+
+// wfLoad is the machine's load averages (1, 5 and 15 minutes), or "?".
+func wfLoad() string {
+	b, err := os.ReadFile("/proc/loadavg")
+	if f := strings.Fields(string(b)); err == nil && len(f) >= 3 {
+		return strings.Join(f[:3], " ")
+	}
+	return "?"
 }
 
 // wfMedian is the middle of xs (the upper middle of an even count).
