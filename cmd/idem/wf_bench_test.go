@@ -528,6 +528,7 @@ type wfFigure struct {
 	ratio             float64   // over the store's Go-defined side through the API in the same round; 0 for it
 	ratios            []float64 // each round's ratio
 	cpu               float64   // process CPU per instance, µs
+	cpuRatio          float64   // median of each round's cpu over the Go-defined side's; 0 for it
 	p50, p99          time.Duration
 }
 
@@ -536,8 +537,9 @@ type wfFigure struct {
 // IDEM_BENCH_ROUNDS rounds (default 5) in which every side of both
 // stores runs one turn of IDEM_BENCH_TURN (default 2s), the sides of a
 // store in an order that rotates from round to round; each side's median
-// rate, and the median of each round's ratio to the store's Go-defined
-// side through the API. It skips otherwise.
+// rate and process CPU per instance, and the medians of each round's
+// ratios (rate, CPU) to the store's Go-defined side through the API. It
+// skips otherwise.
 func TestWorkflowFigures(t *testing.T) {
 	if os.Getenv("IDEM_BENCH_FIGURES") != "1" {
 		t.Skip("set IDEM_BENCH_FIGURES=1 to measure")
@@ -574,14 +576,18 @@ func TestWorkflowFigures(t *testing.T) {
 	for i, w := range stacks {
 		for j, s := range w.sides() {
 			f := wfFigure{store: w.name, side: s.name, what: s.what}
-			var rates, cpus []float64
+			var rates, cpus, cpuRatios []float64
 			var lat []time.Duration
 			for r, res := range tallies[i][j].rounds {
 				rates = append(rates, res.Rate())
 				cpus = append(cpus, float64(res.CPU)/float64(time.Microsecond))
 				lat = append(lat, res.Lat...)
 				if j > 0 {
-					f.ratios = append(f.ratios, res.Rate()/tallies[i][0].rounds[r].Rate())
+					base := tallies[i][0].rounds[r]
+					f.ratios = append(f.ratios, res.Rate()/base.Rate())
+					if res.CPU > 0 && base.CPU > 0 {
+						cpuRatios = append(cpuRatios, float64(res.CPU)/float64(base.CPU))
+					}
 				}
 			}
 			slices.Sort(lat)
@@ -589,19 +595,25 @@ func TestWorkflowFigures(t *testing.T) {
 			if j > 0 {
 				f.ratio = wfMedian(f.ratios)
 			}
+			if len(cpuRatios) > 0 {
+				f.cpuRatio = wfMedian(cpuRatios)
+			}
 			f.p50, f.p99 = lat[(len(lat)-1)/2], lat[(len(lat)-1)*99/100]
 			figs = append(figs, f)
 		}
 	}
 	var out strings.Builder
 	tw := tabwriter.NewWriter(&out, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "store\tside\tinstances/s\tsteps/s\tvs go\tcpu µs/inst\tp50 ms\tp99 ms\t")
+	fmt.Fprintln(tw, "store\tside\tinstances/s\tsteps/s\tvs go\tcpu µs/inst\tcpu vs go\tp50 ms\tp99 ms\t")
 	for _, f := range figs {
-		ratio := "1"
+		ratio, cpuRatio := "1", "1"
 		if f.ratio > 0 {
 			ratio = fmt.Sprintf("%.2fx", f.ratio)
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%.0f\t%.0f\t%s\t%.0f\t%.2f\t%.2f\t\n", f.store, f.side, f.rate, wfBenchSteps*f.rate, ratio, f.cpu,
+		if f.cpuRatio > 0 {
+			cpuRatio = fmt.Sprintf("%.2fx", f.cpuRatio)
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%.0f\t%.0f\t%s\t%.0f\t%s\t%.2f\t%.2f\t\n", f.store, f.side, f.rate, wfBenchSteps*f.rate, ratio, f.cpu, cpuRatio,
 			float64(f.p50)/float64(time.Millisecond), float64(f.p99)/float64(time.Millisecond))
 	}
 	tw.Flush()
