@@ -12,6 +12,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	neturl "net/url"
@@ -84,10 +85,12 @@ const (
 
 // wfStub is the downstream service of the actions: it answers every
 // request 201 with {"id":"r<N>"} at once, honouring nothing, and counts
-// the requests; with record set it also keeps each one.
+// the requests and the connections it accepted; with record set it also
+// keeps each request.
 type wfStub struct {
 	*httptest.Server
 	calls  atomic.Int64
+	conns  atomic.Int64
 	record bool
 
 	mu   sync.Mutex
@@ -101,7 +104,7 @@ type wfStubRequest struct {
 
 func newWFStub(tb testing.TB, record bool) *wfStub {
 	s := &wfStub{record: record}
-	s.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	s.Server = httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		body, _ := io.ReadAll(r.Body)
 		n := s.calls.Add(1)
 		if s.record {
@@ -114,6 +117,12 @@ func newWFStub(tb testing.TB, record bool) *wfStub {
 		w.WriteHeader(http.StatusCreated)
 		_, _ = io.WriteString(w, `{"id":"r`+strconv.FormatInt(n, 10)+`"}`)
 	}))
+	s.Config.ConnState = func(_ net.Conn, state http.ConnState) {
+		if state == http.StateNew {
+			s.conns.Add(1)
+		}
+	}
+	s.Start()
 	tb.Cleanup(s.Close)
 	return s
 }
@@ -529,6 +538,7 @@ type wfFigure struct {
 	ratios            []float64 // each round's ratio
 	cpu               float64   // process CPU per instance, µs
 	cpuRatio          float64   // median of each round's cpu over the Go-defined side's; 0 for it
+	conns             float64   // connections the stub accepted per instance
 	p50, p99          time.Duration
 }
 
@@ -550,6 +560,7 @@ func TestWorkflowFigures(t *testing.T) {
 	stacks := wfStacks(t, false)
 	type tally struct {
 		rounds []bench.Round
+		conns  []float64 // connections the stub accepted per instance, by round
 	}
 	tallies := make([][]tally, len(stacks))
 	for i, w := range stacks {
@@ -561,7 +572,9 @@ func TestWorkflowFigures(t *testing.T) {
 			sides := w.sides()
 			for k := range sides {
 				j := (k + r) % len(sides)
+				conns := w.stub.conns.Load()
 				res, err := w.benchSide(sides[j], turn).Run()
+				conns = w.stub.conns.Load() - conns
 				if err != nil {
 					t.Fatal(err)
 				}
@@ -569,6 +582,7 @@ func TestWorkflowFigures(t *testing.T) {
 					t.Fatalf("%s-%s: no instance finished in a turn of %s", w.name, sides[j].name, turn)
 				}
 				tallies[i][j].rounds = append(tallies[i][j].rounds, res)
+				tallies[i][j].conns = append(tallies[i][j].conns, float64(conns)/float64(res.Ops))
 			}
 		}
 	}
@@ -591,7 +605,7 @@ func TestWorkflowFigures(t *testing.T) {
 				}
 			}
 			slices.Sort(lat)
-			f.rate, f.cpu = wfMedian(rates), wfMedian(cpus)
+			f.rate, f.cpu, f.conns = wfMedian(rates), wfMedian(cpus), wfMedian(tallies[i][j].conns)
 			if j > 0 {
 				f.ratio = wfMedian(f.ratios)
 			}
@@ -604,7 +618,7 @@ func TestWorkflowFigures(t *testing.T) {
 	}
 	var out strings.Builder
 	tw := tabwriter.NewWriter(&out, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "store\tside\tinstances/s\tsteps/s\tvs go\tcpu µs/inst\tcpu vs go\tp50 ms\tp99 ms\t")
+	fmt.Fprintln(tw, "store\tside\tinstances/s\tsteps/s\tvs go\tcpu µs/inst\tcpu vs go\tstub conns/inst\tp50 ms\tp99 ms\t")
 	for _, f := range figs {
 		ratio, cpuRatio := "1", "1"
 		if f.ratio > 0 {
@@ -613,7 +627,7 @@ func TestWorkflowFigures(t *testing.T) {
 		if f.cpuRatio > 0 {
 			cpuRatio = fmt.Sprintf("%.2fx", f.cpuRatio)
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%.0f\t%.0f\t%s\t%.0f\t%s\t%.2f\t%.2f\t\n", f.store, f.side, f.rate, wfBenchSteps*f.rate, ratio, f.cpu, cpuRatio,
+		fmt.Fprintf(tw, "%s\t%s\t%.0f\t%.0f\t%s\t%.0f\t%s\t%.3f\t%.2f\t%.2f\t\n", f.store, f.side, f.rate, wfBenchSteps*f.rate, ratio, f.cpu, cpuRatio, f.conns,
 			float64(f.p50)/float64(time.Millisecond), float64(f.p99)/float64(time.Millisecond))
 	}
 	tw.Flush()
