@@ -449,9 +449,10 @@ func wfStacks(tb testing.TB, record bool) []*wfServed {
 }
 
 // TestWorkflowBenchOnce checks what the benchmark measures, on each
-// store: one declarative and one Go-defined instance, started through
-// the API, succeed after three requests to the stub each, and the two
-// send the same requests: POST /a1, /a2, /a3 with the body
+// store: one instance of each workflow type (the document with the
+// benchmark's client and with declare's default one, and the Go-defined
+// workflow), started through the API, succeeds after three requests to
+// the stub, and all send the same requests: POST /a1, /a2, /a3 with the body
 // {"order":"<id>"}, Content-Type application/json, the fencing token, and
 // the Idempotency-Key of each the step key the instance's history
 // records for that action.
@@ -462,8 +463,9 @@ func TestWorkflowBenchOnce(t *testing.T) {
 			t.Parallel()
 			w := newWFServed(t, st.name, st.open(t), true)
 			ctx := context.Background()
-			var got [2][]wfStubRequest
-			for i, typ := range []string{wfDeclType, wfGoType} {
+			types := []string{wfDeclType, wfGoType, wfDeclDefaultType}
+			got := make([][]wfStubRequest, len(types))
+			for i, typ := range types {
 				id := wfID("once-" + w.name + "-" + typ)
 				if err := w.startAPI(ctx, typ, id); err != nil {
 					t.Fatal(err)
@@ -498,8 +500,10 @@ func TestWorkflowBenchOnce(t *testing.T) {
 					got[i] = append(got[i], r)
 				}
 			}
-			if !slices.Equal(got[0], got[1]) {
-				t.Errorf("the declarative workflow sent\n%+v\nthe Go-defined one\n%+v", got[0], got[1])
+			for i := 1; i < len(types); i++ {
+				if !slices.Equal(got[0], got[i]) {
+					t.Errorf("%s sent\n%+v\n%s sent\n%+v", types[0], got[0], types[i], got[i])
+				}
 			}
 		})
 	}
