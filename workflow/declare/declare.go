@@ -22,10 +22,23 @@ import (
 // vars.NAME naming no variable).
 var ErrSyntax = errors.New("declare: syntax error")
 
+// DefaultClient sends the requests of documents parsed without
+// Options.Client: a 30 s timeout, and up to 64 idle connections kept per
+// host (net/http's default keeps 2), since an engine's workers call the
+// same few services at once; with 2, most requests would open a new
+// connection.
+var DefaultClient = &http.Client{Timeout: 30 * time.Second, Transport: defaultTransport()}
+
+func defaultTransport() http.RoundTripper {
+	t := http.DefaultTransport.(*http.Transport).Clone()
+	t.MaxIdleConns = 256
+	t.MaxIdleConnsPerHost = 64
+	return t
+}
+
 // Options are what Parse needs beyond the document.
 type Options struct {
-	// Client sends the actions' requests. Nil: a client with a 30 s
-	// Timeout.
+	// Client sends the actions' requests. Nil: DefaultClient.
 	Client *http.Client
 	// Vars are the values of {{vars.NAME}} in URLs, headers and bodies,
 	// such as base URLs and tokens. They override the document's vars of
@@ -113,7 +126,7 @@ func parse(data []byte, name string, opts *Options) (*workflow.Definition, *docu
 	}
 	c := &compiler{doc: doc, file: name, client: opts.Client, vars: map[string]string{}, actions: map[string]bool{}, errs: errs}
 	if c.client == nil {
-		c.client = &http.Client{Timeout: 30 * time.Second}
+		c.client = DefaultClient
 	}
 	for k, v := range doc.vars {
 		c.vars[k] = v
