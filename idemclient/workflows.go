@@ -290,7 +290,8 @@ func (c *Client) GetWorkflow(ctx context.Context, id string) (*idemapi.Workflow,
 // WaitWorkflow returns instance id, with its history, once it is
 // finished or parked, or ctx's error when ctx ends first. It long-polls
 // GET /v1/workflows/{id}?wait=…, 20 s at a time (less when ctx's deadline
-// is nearer), so no request outlives the client's timeout.
+// is nearer: the server answers 200 ms before it), so no request outlives
+// the client's timeout.
 func (c *Client) WaitWorkflow(ctx context.Context, id string) (*idemapi.Workflow, error) {
 	const op = "wait workflow"
 	if err := checkWorkflowID(op, id); err != nil {
@@ -299,9 +300,16 @@ func (c *Client) WaitWorkflow(ctx context.Context, id string) (*idemapi.Workflow
 	for {
 		wait := 20 * time.Second
 		if d, ok := ctx.Deadline(); ok {
-			wait = min(wait, max(time.Until(d), time.Second))
+			// The server answers a little before ctx ends, so that the
+			// last answer is read rather than cut off.
+			left := time.Until(d) - 200*time.Millisecond
+			if left <= 0 {
+				<-ctx.Done()
+				return nil, ctx.Err()
+			}
+			wait = min(wait, left)
 		}
-		path := workflowPath(id, "") + "?wait=" + url.QueryEscape(wait.Round(time.Second).String())
+		path := workflowPath(id, "") + "?wait=" + url.QueryEscape(wait.Round(time.Millisecond).String())
 		body, err := c.call(ctx, op, http.MethodGet, path, nil, http.StatusOK)
 		if err != nil {
 			return nil, err
