@@ -23,6 +23,7 @@ import (
 	"fmt"
 	"strconv"
 	"sync"
+	"time"
 
 	"github.com/idemkit/idem"
 	"github.com/idemkit/idem/messaging"
@@ -43,6 +44,13 @@ type Options struct {
 	// message. Without it the ack is fire-and-forget, and a lost ack
 	// gives a redelivery, which the ledger answers as a duplicate.
 	DoubleAck bool
+	// MaxNakDelay, if positive, caps the delay of a Retry's
+	// NakWithDelay. A Retry of a key in flight elsewhere carries the time
+	// left on that owner's lease (up to the whole lease, 30 s by default)
+	// so that a twin delivered at the same moment waits for the owner's
+	// outcome; a cap makes it come back sooner and ask again (each ask is
+	// a delivery and one ledger read).
+	MaxNakDelay time.Duration
 	// Around, if set, wraps each Handle: it gets the delivery and must
 	// call handle (at most once) and return its Decision, or return a
 	// Decision of its own. Use it to put an ordering guard in front
@@ -156,7 +164,11 @@ func HandleMsg(ctx context.Context, msg jetstream.Msg, c *messaging.Consumer, op
 	} else {
 		d = c.Handle(ctx, m)
 	}
-	sErr := Settle(ctx, msg, d, o.DoubleAck)
+	sd := d
+	if o.MaxNakDelay > 0 && sd.Delay > o.MaxNakDelay {
+		sd.Delay = o.MaxNakDelay
+	}
+	sErr := Settle(ctx, msg, sd, o.DoubleAck)
 	if sErr != nil {
 		sErr = fmt.Errorf("natsjs: settling %q (%s): %w", m.ID, d.Action, sErr)
 		if o.OnError != nil {

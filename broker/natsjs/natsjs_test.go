@@ -79,8 +79,8 @@ type settled struct {
 }
 
 // run starts Consume in the background with OnDecision feeding the
-// returned channel; the test's cleanup stops it and checks it returned
-// ctx's error.
+// returned channel; the test's cleanup stops it, checks it returned
+// ctx's error and closes the channel.
 func run(t *testing.T, cons jetstream.Consumer, c *messaging.Consumer, o Options) <-chan settled {
 	t.Helper()
 	ch := make(chan settled, 1024)
@@ -93,6 +93,7 @@ func run(t *testing.T, cons jetstream.Consumer, c *messaging.Consumer, o Options
 		if err := <-done; !errors.Is(err, context.Canceled) {
 			t.Errorf("Consume returned %v, want context.Canceled", err)
 		}
+		close(ch) // Consume returned: no OnDecision runs any more
 	})
 	return ch
 }
@@ -341,7 +342,9 @@ func TestConcurrentConsumers(t *testing.T) {
 	cons := pullConsumer(t, js, stream, 30*time.Second)
 	chs := []<-chan settled{}
 	for range 3 {
-		chs = append(chs, run(t, cons, c, Options{Workers: 4}))
+		// A twin that finds its key in flight is nak'ed with the owner's
+		// remaining lease (30 s) as delay; the cap brings it back sooner.
+		chs = append(chs, run(t, cons, c, Options{Workers: 4, MaxNakDelay: 50 * time.Millisecond}))
 	}
 	merged := make(chan settled, 1024)
 	for _, ch := range chs {
@@ -355,6 +358,9 @@ func TestConcurrentConsumers(t *testing.T) {
 	for acked[messaging.Ack]+acked[messaging.AckDuplicate] < 2*orders {
 		s := next(t, merged)
 		acked[s.d.Action]++
+		if s.d.Action == messaging.Retry && s.d.Delay <= 50*time.Millisecond {
+			t.Errorf("%q: retry after %v; a key in flight should give the owner's remaining lease (then capped)", s.m.ID, s.d.Delay)
+		}
 	}
 	if acked[messaging.Ack] != orders || acked[messaging.AckDuplicate] != orders {
 		t.Errorf("decisions %v, want %d ack and %d ack-duplicate", acked, orders, orders)

@@ -1,0 +1,469 @@
+package natsjs
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/idemkit/idem"
+	"github.com/idemkit/idem/internal/servicetest"
+	"github.com/idemkit/idem/messaging"
+	"github.com/idemkit/idem/store/pgstore"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// The environment of a consumer process of TestConsumerSIGKILL.
+const (
+	crashSchemaEnv = "IDEM_NATSJS_CRASH_SCHEMA" // set: this process is a consumer
+	crashStreamEnv = "IDEM_NATSJS_CRASH_STREAM"
+	crashPGEnv     = "IDEM_NATSJS_CRASH_PG"
+	crashNATSEnv   = "IDEM_NATSJS_CRASH_NATS"
+	crashIDEnv     = "IDEM_NATSJS_CRASH_ID"
+)
+
+const (
+	crashMessages = 300
+	crashKills    = 5
+	crashLease    = time.Second     // the ledger's: a killed owner's keys free up after it
+	crashAckWait  = 2 * time.Second // JetStream redelivers what a killed consumer held after it
+	crashScope    = "orders"
+)
+
+// txSlot carries a delivery's business transaction from the handler to
+// the ledger's Complete, so the effect and the record commit together.
+type txSlot struct{ tx pgx.Tx }
+
+type slotKey struct{}
+
+// txStore is the pgstore ledger with one change: a Complete made while
+// the delivery's context holds an open business transaction runs in it
+// (CompleteTx) and commits it; a Release rolls it back first. So the
+// handler's INSERT commits iff the key's outcome does: exactly once.
+type txStore struct{ *pgstore.Store }
+
+func (s txStore) Complete(ctx context.Context, p *idem.CompleteParams) (*idem.Record, error) {
+	slot, _ := ctx.Value(slotKey{}).(*txSlot)
+	if slot == nil || slot.tx == nil {
+		return s.Store.Complete(ctx, p)
+	}
+	tx := slot.tx
+	slot.tx = nil
+	rec, err := s.Store.CompleteTx(ctx, tx, p)
+	if err != nil {
+		_ = tx.Rollback(ctx)
+		return nil, err
+	}
+	if err := tx.Commit(ctx); err != nil {
+		return nil, err
+	}
+	return rec, nil
+}
+
+func (s txStore) Release(ctx context.Context, p *idem.ReleaseParams) error {
+	if slot, _ := ctx.Value(slotKey{}).(*txSlot); slot != nil && slot.tx != nil {
+		_ = slot.tx.Rollback(ctx)
+		slot.tx = nil
+	}
+	return s.Store.Release(ctx, p)
+}
+
+// inTx is the Options.Around of the consumers: each delivery gets a slot;
+// a transaction its handling left open (the lease was lost) rolls back.
+func inTx(ctx context.Context, m *messaging.Message, handle func(context.Context, *messaging.Message) messaging.Decision) messaging.Decision {
+	slot := &txSlot{}
+	d := handle(context.WithValue(ctx, slotKey{}, slot), m)
+	if slot.tx != nil {
+		_ = slot.tx.Rollback(ctx)
+	}
+	return d
+}
+
+// crashChild runs in a consumer process: Consume over the stream's durable
+// "work" consumer with a messaging.Consumer on a pgstore ledger, until it
+// is killed (or its stdin, the parent's pipe, closes). The handler prints
+// "run ID DELIVERY PROC", begins a transaction, inserts (ID, PROC) into
+// effects (no unique constraint) and holds the transaction for 5 to 25 ms
+// of pg_sleep; it commits with the key's outcome. Each settled delivery
+// prints "settled ID ACTION PROC".
+func crashChild(schema string) int {
+	fail := func(err error) int { fmt.Fprintln(os.Stderr, "consumer:", err); return 2 }
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	proc := os.Getenv(crashIDEnv)
+	cfg, err := pgxpool.ParseConfig(os.Getenv(crashPGEnv))
+	if err != nil {
+		return fail(err)
+	}
+	cfg.MaxConns = 12
+	pool, err := pgxpool.NewWithConfig(ctx, cfg)
+	if err != nil {
+		return fail(err)
+	}
+	s, err := pgstore.New(pool, &pgstore.Config{Schema: schema})
+	if err != nil {
+		return fail(err)
+	}
+	ledger, err := idem.New(txStore{s}, &idem.Config{Lease: crashLease})
+	if err != nil {
+		return fail(err)
+	}
+	effects := pgx.Identifier{schema, "effects"}.Sanitize()
+	var out sync.Mutex
+	say := func(format string, args ...any) {
+		out.Lock()
+		defer out.Unlock()
+		fmt.Fprintf(os.Stdout, format+"\n", args...)
+	}
+	c, err := messaging.NewConsumer(ledger, func(ctx context.Context, m *messaging.Message) error {
+		slot, _ := ctx.Value(slotKey{}).(*txSlot)
+		if slot == nil {
+			return messaging.Permanent(fmt.Errorf("no transaction slot"))
+		}
+		say("run %s %d %s", m.ID, m.Delivery, proc)
+		tx, err := pool.Begin(ctx)
+		if err != nil {
+			return err
+		}
+		if _, err := tx.Exec(ctx, `INSERT INTO `+effects+` (msg_id, proc) VALUES ($1, $2)`, m.ID, proc); err != nil {
+			_ = tx.Rollback(ctx)
+			return err
+		}
+		if _, err := tx.Exec(ctx, `SELECT pg_sleep($1)`, 0.005+0.02*rand.Float64()); err != nil {
+			_ = tx.Rollback(ctx)
+			return err
+		}
+		slot.tx = tx // committed by the ledger's Complete
+		return nil
+	}, &messaging.Config{Scope: crashScope, MaxAttempts: 50, Backoff: func(int) time.Duration { return 100 * time.Millisecond }})
+	if err != nil {
+		return fail(err)
+	}
+	nc, err := nats.Connect(os.Getenv(crashNATSEnv))
+	if err != nil {
+		return fail(err)
+	}
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return fail(err)
+	}
+	cons, err := js.Consumer(ctx, os.Getenv(crashStreamEnv), "work")
+	if err != nil {
+		return fail(err)
+	}
+	go func() {
+		_, _ = io.Copy(io.Discard, os.Stdin) // the parent is gone when it ends
+		cancel()
+	}()
+	err = Consume(ctx, cons, c, &Options{Workers: 4, Around: inTx,
+		PullOptions: []jetstream.PullMessagesOpt{jetstream.PullMaxMessages(16)},
+		OnDecision: func(m *messaging.Message, d messaging.Decision, err error) {
+			say("settled %s %s %s", m.ID, d.Action, proc)
+		},
+		OnError: func(err error) { fmt.Fprintln(os.Stderr, "consumer:", err) }})
+	fmt.Fprintln(os.Stderr, "consumer: stopped without being killed:", err)
+	return 3
+}
+
+// lines collects the whole lines the consumer processes print.
+type lines struct {
+	mu  sync.Mutex
+	all []string
+}
+
+type lineWriter struct {
+	l    *lines
+	part []byte
+}
+
+func (w *lineWriter) Write(p []byte) (int, error) {
+	w.part = append(w.part, p...)
+	for {
+		i := bytes.IndexByte(w.part, '\n')
+		if i < 0 {
+			return len(p), nil
+		}
+		w.l.mu.Lock()
+		w.l.all = append(w.l.all, string(w.part[:i]))
+		w.l.mu.Unlock()
+		w.part = w.part[i+1:]
+	}
+}
+
+type crashProc struct {
+	id    string
+	cmd   *exec.Cmd
+	stdin io.Closer
+	err   bytes.Buffer
+}
+
+// TestConsumerSIGKILL publishes 300 messages, each stored twice in the
+// stream (the second publish of an id comes after the stream's 100 ms
+// duplicate window), to a consumer process (a re-execution of this test
+// binary) whose handler inserts a row per message into a PostgreSQL table
+// without a unique constraint, in a transaction that commits with the
+// ledger's record of the key. The test SIGKILLs the process five times,
+// every 300 to 600 ms, starting a fresh one each time, and waits until
+// every delivery is settled. Every message must have exactly one row: its
+// effect applied once, none lost, whatever the duplicates, the
+// redeliveries of what a killed process held, and the transactions the
+// kills cut.
+func TestConsumerSIGKILL(t *testing.T) {
+	if testing.Short() {
+		t.Skip("-short: the crash test starts consumer processes")
+	}
+	t.Parallel()
+	ctx := context.Background()
+	pgURL := servicetest.Postgres.Need(t)
+	natsURL := servicetest.NATS.Need(t)
+	pool, err := pgxpool.New(ctx, pgURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(pool.Close) // after the schema's drop
+	schema := fmt.Sprintf("idem_natsjs_%d", time.Now().UnixNano()%1e9)
+	t.Cleanup(func() {
+		if _, err := pool.Exec(context.Background(), `DROP SCHEMA IF EXISTS `+pgx.Identifier{schema}.Sanitize()+` CASCADE`); err != nil {
+			t.Errorf("drop schema %s: %v", schema, err)
+		}
+	})
+	s, err := pgstore.New(pool, &pgstore.Config{Schema: schema, Migrate: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	effects := pgx.Identifier{schema, "effects"}.Sanitize()
+	if _, err := pool.Exec(ctx, `CREATE TABLE `+effects+` (msg_id text NOT NULL, proc text NOT NULL)`); err != nil {
+		t.Fatal(err)
+	}
+	_, js := connect(t)
+	stream := newStream(t, js, 100*time.Millisecond)
+	cons, err := js.CreateOrUpdateConsumer(ctx, stream, jetstream.ConsumerConfig{
+		Durable: "work", AckPolicy: jetstream.AckExplicitPolicy, MaxDeliver: -1, AckWait: crashAckWait})
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	seed := time.Now().UnixNano()
+	t.Logf("seed %d", seed)
+	rng := rand.New(rand.NewPCG(uint64(seed), 16))
+	var out lines
+	started := 0
+	start := func() *crashProc {
+		started++
+		p := &crashProc{id: "c" + strconv.Itoa(started)}
+		p.cmd = exec.Command(os.Args[0], "-test.run=^$")
+		p.cmd.Env = append(os.Environ(), crashSchemaEnv+"="+schema, crashStreamEnv+"="+stream,
+			crashPGEnv+"="+pgURL, crashNATSEnv+"="+natsURL, crashIDEnv+"="+p.id)
+		p.cmd.Stdout = &lineWriter{l: &out}
+		p.cmd.Stderr = &p.err
+		stdin, err := p.cmd.StdinPipe()
+		if err != nil {
+			t.Fatal(err)
+		}
+		p.stdin = stdin
+		if err := p.cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	kill := func(p *crashProc) {
+		_ = p.cmd.Process.Kill() // SIGKILL on Unix
+		_ = p.stdin.Close()
+		_ = p.cmd.Wait()
+	}
+	proc := start()
+	defer func() { kill(proc) }()
+	began := time.Now()
+
+	// The publisher: the first copy of message i, and the second copy of
+	// message i-50, every 4 ms, so copies keep arriving while the kills
+	// go on; a second copy the stream still took for a duplicate (inside
+	// its window) is published again later.
+	pubDone := make(chan error, 1)
+	go func() {
+		pub := NewPublisher(js)
+		id := func(i int) string { return fmt.Sprintf("m-%03d", i) }
+		publish := func(i int) (bool, error) {
+			ack, err := pub.Publish(ctx, stream+".orders", id(i), []byte("order "+id(i)), nil)
+			return err == nil && ack.Duplicate, err
+		}
+		var again []int
+		for i := range crashMessages + 50 {
+			if i < crashMessages {
+				if _, err := publish(i); err != nil {
+					pubDone <- err
+					return
+				}
+			}
+			if j := i - 50; j >= 0 {
+				dup, err := publish(j)
+				if err != nil {
+					pubDone <- err
+					return
+				}
+				if dup {
+					again = append(again, j)
+				}
+			}
+			<-time.After(4 * time.Millisecond) // pacing, not synchronisation
+		}
+		for len(again) > 0 {
+			<-time.After(150 * time.Millisecond) // past the duplicate window
+			var still []int
+			for _, j := range again {
+				dup, err := publish(j)
+				if err != nil {
+					pubDone <- err
+					return
+				}
+				if dup {
+					still = append(still, j)
+				}
+			}
+			again = still
+		}
+		pubDone <- nil
+	}()
+
+	killed := map[string]bool{}
+	for k := range crashKills {
+		<-time.After(time.Duration(300+rng.IntN(300)) * time.Millisecond) // the chaos schedule
+		kill(proc)
+		killed[proc.id] = true
+		t.Logf("kill %d at %v: %s", k+1, time.Since(began).Round(time.Millisecond), proc.id)
+		proc = start()
+	}
+	if err := <-pubDone; err != nil {
+		t.Fatalf("publishing: %v", err)
+	}
+	killsDone := time.Since(began)
+	if si, err := js.Stream(ctx, stream); err != nil {
+		t.Fatal(err)
+	} else if n := si.CachedInfo().State.Msgs; n != 2*crashMessages {
+		t.Fatalf("the stream holds %d messages, want %d (each published twice, beyond the duplicate window)", n, 2*crashMessages)
+	}
+
+	// Wait until every delivery is settled and every message has a row.
+	deadline := time.Now().Add(40 * time.Second)
+	for {
+		var ids int
+		if err := pool.QueryRow(ctx, `SELECT count(DISTINCT msg_id) FROM `+effects).Scan(&ids); err != nil {
+			t.Fatal(err)
+		}
+		ci, err := cons.Info(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if ids == crashMessages && ci.NumAckPending == 0 && ci.NumPending == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Logf("consumer %s stderr: %s", proc.id, proc.err.String())
+			t.Fatalf("after 40 s: %d of %d messages have a row; %d deliveries ack-pending, %d not delivered", ids, crashMessages, ci.NumAckPending, ci.NumPending)
+		}
+		<-time.After(100 * time.Millisecond)
+	}
+	total := time.Since(began)
+	ci, err := cons.Info(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kill(proc)
+
+	// Every message's effect, applied once.
+	rows := map[string]int{}
+	rs, err := pool.Query(ctx, `SELECT msg_id, count(*) FROM `+effects+` GROUP BY msg_id`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for rs.Next() {
+		var id string
+		var n int
+		if err := rs.Scan(&id, &n); err != nil {
+			t.Fatal(err)
+		}
+		rows[id] = n
+	}
+	if err := rs.Err(); err != nil {
+		t.Fatal(err)
+	}
+	ledger, err := idem.New(s, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range crashMessages {
+		id := fmt.Sprintf("m-%03d", i)
+		if rows[id] != 1 {
+			t.Errorf("%s: %d rows, want exactly 1", id, rows[id])
+		}
+		rec, err := ledger.Get(ctx, crashScope, id)
+		if err != nil || rec.State != idem.StateCompleted || rec.Outcome == nil || rec.Outcome.Meta["messaging"] != "handled" {
+			t.Errorf("%s: ledger record %+v (%v), want completed as handled", id, rec, err)
+		}
+	}
+	if len(rows) != crashMessages {
+		t.Errorf("%d distinct ids in effects, want %d", len(rows), crashMessages)
+	}
+
+	// What the processes printed: attempts and settlements.
+	out.mu.Lock()
+	all := out.all
+	out.mu.Unlock()
+	runs, cut, redelivered := 0, 0, 0
+	actions := map[string]int{}
+	for _, l := range all {
+		f := strings.Fields(l)
+		switch {
+		case len(f) == 4 && f[0] == "run":
+			runs++
+			if f[2] != "1" {
+				redelivered++
+			}
+			if killed[f[3]] {
+				cut++ // may also have committed just before the kill
+			}
+		case len(f) == 4 && f[0] == "settled":
+			actions[f[2]]++
+		default:
+			t.Fatalf("a consumer printed %q", l)
+		}
+	}
+	committedByKilled := 0
+	if err := pool.QueryRow(ctx, `SELECT count(*) FROM `+effects+` WHERE proc = ANY($1)`, keys(killed)).Scan(&committedByKilled); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("%d messages x 2 copies, %d SIGKILLs (%d processes) in %v; all settled after %v",
+		crashMessages, len(killed), started, killsDone.Round(time.Millisecond), total.Round(time.Millisecond))
+	t.Logf("%d handler runs (%d of redeliveries), %d of them in killed processes, which committed %d: %d runs were cut by a kill and rolled back",
+		runs, redelivered, cut, committedByKilled, cut-committedByKilled)
+	t.Logf("settled (as printed; a kill can eat a line): %v; JetStream consumer: %d deliveries in all for %d stream messages",
+		actions, ci.Delivered.Consumer, 2*crashMessages)
+	if actions["ack"] > crashMessages || actions["dead-letter"] > 0 {
+		t.Errorf("settled %v: want at most %d acks (the handler's effect commits once per message) and no dead letter", actions, crashMessages)
+	}
+	if cut-committedByKilled == 0 {
+		t.Error("no handler run was cut by a kill: the test proved nothing")
+	}
+	if redelivered == 0 {
+		t.Error("no message was redelivered to a handler")
+	}
+}
+
+func keys(m map[string]bool) []string {
+	out := make([]string, 0, len(m))
+	for k := range m {
+		out = append(out, k)
+	}
+	return out
+}
