@@ -35,7 +35,7 @@ const (
 
 const (
 	crashMessages = 300
-	crashKills    = 5
+	crashKills    = 12
 	crashLease    = time.Second     // the ledger's: a killed owner's keys free up after it
 	crashAckWait  = 2 * time.Second // JetStream redelivers what a killed consumer held after it
 	crashScope    = "orders"
@@ -94,7 +94,7 @@ func inTx(ctx context.Context, m *messaging.Message, handle func(context.Context
 // "work" consumer with a messaging.Consumer on a pgstore ledger, until it
 // is killed (or its stdin, the parent's pipe, closes). The handler prints
 // "run ID DELIVERY PROC", begins a transaction, inserts (ID, PROC) into
-// effects (no unique constraint) and holds the transaction for 5 to 25 ms
+// effects (no unique constraint) and holds the transaction for 2 to 10 ms
 // of pg_sleep; it commits with the key's outcome. Each settled delivery
 // prints "settled ID ACTION PROC".
 func crashChild(schema string) int {
@@ -140,7 +140,7 @@ func crashChild(schema string) int {
 			_ = tx.Rollback(ctx)
 			return err
 		}
-		if _, err := tx.Exec(ctx, `SELECT pg_sleep($1)`, 0.005+0.02*rand.Float64()); err != nil {
+		if _, err := tx.Exec(ctx, `SELECT pg_sleep($1)`, 0.002+0.008*rand.Float64()); err != nil {
 			_ = tx.Rollback(ctx)
 			return err
 		}
@@ -166,7 +166,7 @@ func crashChild(schema string) int {
 		_, _ = io.Copy(io.Discard, os.Stdin) // the parent is gone when it ends
 		cancel()
 	}()
-	err = Consume(ctx, cons, c, &Options{Workers: 4, Around: inTx,
+	err = Consume(ctx, cons, c, &Options{Workers: 2, Around: inTx,
 		PullOptions: []jetstream.PullMessagesOpt{jetstream.PullMaxMessages(16)},
 		OnDecision: func(m *messaging.Message, d messaging.Decision, err error) {
 			say("settled %s %s %s", m.ID, d.Action, proc)
@@ -213,8 +213,8 @@ type crashProc struct {
 // duplicate window), to a consumer process (a re-execution of this test
 // binary) whose handler inserts a row per message into a PostgreSQL table
 // without a unique constraint, in a transaction that commits with the
-// ledger's record of the key. The test SIGKILLs the process five times,
-// every 300 to 600 ms, starting a fresh one each time, and waits until
+// ledger's record of the key. The test SIGKILLs the process twelve times,
+// every 100 to 250 ms, starting a fresh one each time, and waits until
 // every delivery is settled. Every message must have exactly one row: its
 // effect applied once, none lost, whatever the duplicates, the
 // redeliveries of what a killed process held, and the transactions the
@@ -286,59 +286,48 @@ func TestConsumerSIGKILL(t *testing.T) {
 	defer func() { kill(proc) }()
 	began := time.Now()
 
-	// The publisher: the first copy of message i, and the second copy of
-	// message i-50, every 4 ms, so copies keep arriving while the kills
-	// go on; a second copy the stream still took for a duplicate (inside
-	// its window) is published again later.
+	// The publisher: every message once, then (past the stream's 100 ms
+	// duplicate window) every message again; a second copy the stream
+	// still took for a duplicate is published again later.
 	pubDone := make(chan error, 1)
 	go func() {
 		pub := NewPublisher(js)
-		id := func(i int) string { return fmt.Sprintf("m-%03d", i) }
-		publish := func(i int) (bool, error) {
-			ack, err := pub.Publish(ctx, stream+".orders", id(i), []byte("order "+id(i)), nil)
-			return err == nil && ack.Duplicate, err
-		}
-		var again []int
-		for i := range crashMessages + 50 {
-			if i < crashMessages {
-				if _, err := publish(i); err != nil {
-					pubDone <- err
-					return
-				}
-			}
-			if j := i - 50; j >= 0 {
-				dup, err := publish(j)
+		publish := func(todo []int) ([]int, error) {
+			var dups []int
+			for _, i := range todo {
+				id := fmt.Sprintf("m-%03d", i)
+				ack, err := pub.Publish(ctx, stream+".orders", id, []byte("order "+id), nil)
 				if err != nil {
-					pubDone <- err
-					return
+					return nil, err
 				}
-				if dup {
-					again = append(again, j)
+				if ack.Duplicate {
+					dups = append(dups, i)
 				}
 			}
-			<-time.After(4 * time.Millisecond) // pacing, not synchronisation
+			return dups, nil
 		}
-		for len(again) > 0 {
+		all := make([]int, crashMessages)
+		for i := range all {
+			all[i] = i
+		}
+		if _, err := publish(all); err != nil {
+			pubDone <- err
+			return
+		}
+		for again := all; len(again) > 0; {
 			<-time.After(150 * time.Millisecond) // past the duplicate window
-			var still []int
-			for _, j := range again {
-				dup, err := publish(j)
-				if err != nil {
-					pubDone <- err
-					return
-				}
-				if dup {
-					still = append(still, j)
-				}
+			var err error
+			if again, err = publish(again); err != nil {
+				pubDone <- err
+				return
 			}
-			again = still
 		}
 		pubDone <- nil
 	}()
 
 	killed := map[string]bool{}
 	for k := range crashKills {
-		<-time.After(time.Duration(300+rng.IntN(300)) * time.Millisecond) // the chaos schedule
+		<-time.After(time.Duration(100+rng.IntN(150)) * time.Millisecond) // the chaos schedule
 		kill(proc)
 		killed[proc.id] = true
 		t.Logf("kill %d at %v: %s", k+1, time.Since(began).Round(time.Millisecond), proc.id)
