@@ -204,6 +204,10 @@ func (in *Inbox) Handle(ctx context.Context, m *messaging.Message, h InboxHandle
 		Lease: in.cfg.Lease, Window: in.cfg.Window, Retention: in.cfg.Retention})
 	if err != nil {
 		rollback()
+		if errors.Is(err, idem.ErrInvalid) {
+			// A key PostgreSQL cannot hold (a NUL byte): never handled.
+			return in.deadLetter(hctx, m, key, nil, fmt.Errorf("inbox: message %q: %w", m.ID, err), false)
+		}
 		return retry(1, fmt.Errorf("inbox: %w", err))
 	}
 	switch res.Decision {
