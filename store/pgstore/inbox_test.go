@@ -208,7 +208,9 @@ func TestInboxRetriesThenDeadLetters(t *testing.T) {
 	// A hook that fails keeps the message: Retry, and the next delivery
 	// fails (or succeeds) again.
 	failing := *cfg
-	failing.DeadLetter = func(context.Context, *messaging.Message, []messaging.Attempt, error) error { return errors.New("dlq down") }
+	failing.DeadLetter = func(context.Context, *messaging.Message, []messaging.Attempt, error) error {
+		return errors.New("dlq down")
+	}
 	d = f.s.Inbox(&failing).Handle(ctx, &messaging.Message{ID: "order-11"}, f.insert(messaging.Permanent(errors.New("bad"))))
 	if d.Action != messaging.Retry || !strings.Contains(d.Err.Error(), "dlq down") {
 		t.Errorf("a failing dead-letter hook: %+v, want retry", d)
