@@ -9,8 +9,10 @@ import (
 	"os"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
+	"unicode/utf8"
 
 	"github.com/idemkit/idem"
 	"github.com/jackc/pgx/v5"
@@ -43,8 +45,9 @@ type OutboxMessage struct {
 	Payload []byte
 	Headers map[string]string
 
-	// Seq is the message's place in its entity's order, from 1; Enqueue
-	// sets it (0 when the ID was in the outbox already).
+	// Seq is the message's place in its entity's order; Enqueue sets it
+	// (0 when the ID was in the outbox already). Seqs of an entity start
+	// at 1 and increase; an Enqueue of an ID already there leaves a gap.
 	Seq int64
 	// Attempt is the publish attempt, from 1; set by the relay.
 	Attempt int
@@ -69,13 +72,15 @@ RETURNING seq`
 // Enqueue writes m to the outbox inside the caller's transaction tx: the
 // message exists if and only if tx commits, and the relay publishes it
 // after the commit. It returns an error wrapping idem.ErrInvalid for a
-// message without a subject, or without an ID when Step (or the key in
-// ctx) is missing; a message whose ID is in the outbox already (the same
+// message without a subject, without an ID when Step (or the key in ctx)
+// is missing, or with a NUL byte or invalid UTF-8 in its id, entity,
+// subject or headers; a message whose ID is in the outbox already (the same
 // step enqueued again) is not written again, and one with that ID but
 // another subject or payload returns an error wrapping
 // idem.ErrFingerprintMismatch. Both leave tx usable.
 //
-// Enqueue locks m's entity in tx until tx ends: concurrent transactions
+// Enqueue is one statement (two when the ID is in the outbox already). It
+// locks m's entity in tx until tx ends: concurrent transactions
 // enqueueing for one entity take turns, which is what orders them.
 func (s *Store) Enqueue(ctx context.Context, tx pgx.Tx, m *OutboxMessage) error {
 	if m == nil || tx == nil {
@@ -100,6 +105,18 @@ func (s *Store) Enqueue(ctx context.Context, tx pgx.Tx, m *OutboxMessage) error 
 	case m.Subject == "":
 		return fmt.Errorf("%w: outbox: message %q has no subject", idem.ErrInvalid, m.ID)
 	}
+	// What PostgreSQL text cannot hold is refused here: a refused
+	// statement would abort the caller's transaction.
+	for _, v := range []string{m.ID, m.Entity, m.Subject} {
+		if !storable(v) {
+			return fmt.Errorf("%w: outbox: message %q: a NUL byte or invalid UTF-8 in its id, entity or subject", idem.ErrInvalid, m.ID)
+		}
+	}
+	for k, v := range m.Headers {
+		if !storable(k) || !storable(v) {
+			return fmt.Errorf("%w: outbox: message %q: a NUL byte or invalid UTF-8 in header %q", idem.ErrInvalid, m.ID, k)
+		}
+	}
 	entity := m.Entity
 	if entity == "" {
 		entity = m.ID
@@ -112,21 +129,15 @@ func (s *Store) Enqueue(ctx context.Context, tx pgx.Tx, m *OutboxMessage) error 
 	if len(m.Headers) > 0 {
 		headers, _ = json.Marshal(m.Headers) // map[string]string always marshals
 	}
-	// A savepoint, so a refused insert (a NUL byte) leaves tx usable.
-	sp, err := tx.Begin(ctx)
-	if err != nil {
-		return wrapTxErr("outbox: enqueue", err)
-	}
 	var seq int64
-	err = sp.QueryRow(ctx, msgSQL(s, enqueueSQL), entity, m.Subject, m.ID, payload, headers).Scan(&seq)
+	err := tx.QueryRow(ctx, msgSQL(s, enqueueSQL), entity, m.Subject, m.ID, payload, headers).Scan(&seq)
 	if errors.Is(err, pgx.ErrNoRows) {
 		// The id is in the outbox: the same message, or another under
 		// its id?
 		var subject string
 		var stored []byte
-		err = sp.QueryRow(ctx, msgSQL(s, `SELECT subject, payload FROM {s}.outbox WHERE message_id = $1`), m.ID).Scan(&subject, &stored)
+		err = tx.QueryRow(ctx, msgSQL(s, `SELECT subject, payload FROM {s}.outbox WHERE message_id = $1`), m.ID).Scan(&subject, &stored)
 		if err == nil && (subject != m.Subject || !bytes.Equal(stored, payload)) {
-			_ = sp.Rollback(ctx)
 			return fmt.Errorf("outbox: message %q: %w: the id is in the outbox with another subject or payload", m.ID, idem.ErrFingerprintMismatch)
 		}
 		if errors.Is(err, pgx.ErrNoRows) {
@@ -135,10 +146,6 @@ func (s *Store) Enqueue(ctx context.Context, tx pgx.Tx, m *OutboxMessage) error 
 		seq = 0
 	}
 	if err != nil {
-		_ = sp.Rollback(ctx)
-		return wrapTxErr("outbox: enqueue", err)
-	}
-	if err := sp.Commit(ctx); err != nil {
 		return wrapTxErr("outbox: enqueue", err)
 	}
 	if m.Entity == "" {
@@ -505,4 +512,10 @@ func (r *Relay) prune(ctx context.Context, _ time.Time) {
 	if _, err := r.s.pool.Exec(ctx, msgSQL(r.s, pruneSQL), micros(r.cfg.Retention)); err != nil && ctx.Err() == nil {
 		r.report(wrapErr("outbox relay: prune", err))
 	}
+}
+
+// storable says whether PostgreSQL text (and jsonb) can hold v: valid
+// UTF-8 without a NUL.
+func storable(v string) bool {
+	return utf8.ValidString(v) && strings.IndexByte(v, 0) < 0
 }

@@ -124,8 +124,10 @@ func TestOutboxEnqueueInTx(t *testing.T) {
 	if err := s.Enqueue(ctx, nil, &OutboxMessage{ID: "a", Subject: "s"}); !errors.Is(err, idem.ErrInvalid) {
 		t.Errorf("nil tx: %v, want ErrInvalid", err)
 	}
-	if err := s.Enqueue(ctx, tx, &OutboxMessage{ID: "nul\x00", Subject: "s"}); !errors.Is(err, idem.ErrInvalid) {
-		t.Errorf("a NUL in the id: %v, want ErrInvalid", err)
+	for _, m := range []*OutboxMessage{{ID: "nul\x00", Subject: "s"}, {ID: "a", Subject: "s\xff"}, {ID: "a", Subject: "s", Headers: map[string]string{"h": "\x00"}}} {
+		if err := s.Enqueue(ctx, tx, m); !errors.Is(err, idem.ErrInvalid) {
+			t.Errorf("%+v: %v, want ErrInvalid", *m, err)
+		}
 	}
 	// No entity: ordered with no other.
 	if err := s.Enqueue(ctx, tx, &OutboxMessage{ID: "solo", Subject: "s"}); err != nil {
