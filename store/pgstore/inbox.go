@@ -115,7 +115,7 @@ func (s *Store) Inbox(cfg *InboxConfig) *Inbox {
 		c.MaxAttempts = 5
 	}
 	if c.Backoff == nil {
-		c.Backoff = DefaultBackoff
+		c.Backoff = defaultBackoff
 	}
 	if c.Window <= 0 {
 		c.Window = idem.DefaultWindow
@@ -129,9 +129,9 @@ func (s *Store) Inbox(cfg *InboxConfig) *Inbox {
 	return &Inbox{s: s, cfg: c}
 }
 
-// DefaultBackoff is the delay after the attempt-th failure: 1 s, doubling,
-// capped at 1 min.
-func DefaultBackoff(attempt int) time.Duration {
+// defaultBackoff is the delay after the attempt-th failure: 1 s, doubling,
+// capped at 1 min (messaging.DefaultBackoff).
+func defaultBackoff(attempt int) time.Duration {
 	if attempt < 1 {
 		attempt = 1
 	}
@@ -213,7 +213,13 @@ func (in *Inbox) Handle(ctx context.Context, m *messaging.Message, h InboxHandle
 	switch res.Decision {
 	case idem.Replay:
 		rollback()
-		return messaging.Decision{Action: messaging.AckDuplicate, Key: key}
+		d := messaging.Decision{Action: messaging.AckDuplicate, Key: key}
+		if out := res.Record.Outcome; out != nil {
+			if msg, failed := out.Meta[failedMeta]; failed {
+				d.Err = &idem.OutcomeError{Message: msg} // dead-lettered before
+			}
+		}
+		return d
 	case idem.InFlight:
 		// A claim outside a transaction (a ledger sharing the scope).
 		rollback()

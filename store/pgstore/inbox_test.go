@@ -194,8 +194,9 @@ func TestInboxRetriesThenDeadLetters(t *testing.T) {
 		t.Errorf("ledger Do of a dead-lettered key: %v, want its failed outcome", err)
 	}
 	runs := f.runs.Load()
-	if d := f.s.Inbox(cfg).Handle(ctx, m, f.insert(nil)); d.Action != messaging.AckDuplicate || f.runs.Load() != runs {
-		t.Errorf("delivery after the dead letter: %+v (handler runs %d -> %d), want ack-duplicate without a run", d, runs, f.runs.Load())
+	if d := f.s.Inbox(cfg).Handle(ctx, m, f.insert(nil)); d.Action != messaging.AckDuplicate || f.runs.Load() != runs ||
+		!errors.As(d.Err, &oe) || oe.Message != "attempt 3 failed" {
+		t.Errorf("delivery after the dead letter: %+v (handler runs %d -> %d), want ack-duplicate with the recorded failure, without a run", d, runs, f.runs.Load())
 	}
 
 	// A Permanent error dead-letters at once.

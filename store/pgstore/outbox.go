@@ -254,7 +254,7 @@ func (s *Store) Relay(pub Publisher, cfg *RelayConfig) *Relay {
 		c.PollInterval = time.Second
 	}
 	if c.Backoff == nil {
-		c.Backoff = DefaultBackoff
+		c.Backoff = defaultBackoff
 	}
 	if c.Retention == 0 {
 		c.Retention = 24 * time.Hour
