@@ -2,6 +2,7 @@ package idemapi
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -13,6 +14,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"time"
 	"unicode/utf8"
 
 	"github.com/idemkit/idem"
@@ -540,17 +542,46 @@ func (s *Server) instance(r *http.Request, req *request) (*workflow.Instance, *p
 	return in, nil
 }
 
-// workflowGet serves GET /v1/workflows/{id}.
+// MaxWorkflowWait bounds the wait query parameter of GET
+// /v1/workflows/{id}.
+const MaxWorkflowWait = time.Minute
+
+// workflowGet serves GET /v1/workflows/{id}, with ?wait=DURATION a long
+// poll: it answers once the instance is finished or parked, or when the
+// wait is over, whichever comes first.
 func (s *Server) workflowGet(w http.ResponseWriter, r *http.Request, req *request) *problem {
 	if p := s.needEngine(req); p != nil {
 		return p
 	}
-	if _, p := wfQuery(r); p != nil {
+	q, p := wfQuery(r, "wait")
+	if p != nil {
 		return p
+	}
+	var wait time.Duration
+	if v := q.Get("wait"); v != "" {
+		d, err := time.ParseDuration(v)
+		if err != nil || d < 0 || d > MaxWorkflowWait {
+			return newProblem(http.StatusBadRequest, ProblemInvalidRequest, fmt.Sprintf("wait must be a duration between 0s and %s, such as 30s", MaxWorkflowWait))
+		}
+		wait = d
 	}
 	in, p := s.instance(r, req)
 	if p != nil {
 		return p
+	}
+	if wait > 0 && !in.Status.Finished() && in.Status != workflow.Parked {
+		ctx, cancel := context.WithTimeout(r.Context(), wait)
+		_, err := s.wf.Wait(ctx, in.ID)
+		cancel()
+		if err != nil && !errors.Is(err, context.DeadlineExceeded) && r.Context().Err() == nil {
+			return wfProblem(err)
+		}
+		if err := r.Context().Err(); err != nil {
+			return nil // the client went away
+		}
+		if in, err = s.wf.Get(r.Context(), in.ID); err != nil {
+			return wfProblem(err)
+		}
 	}
 	return writeJSON(w, http.StatusOK, EncodeWorkflow(in, true))
 }

@@ -9,10 +9,12 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
+	"time"
 	"unicode/utf8"
 
 	"github.com/idemkit/idem"
 	"github.com/idemkit/idem/idemapi"
+	"github.com/idemkit/idem/workflow"
 )
 
 // The workflow routes of docs/api.md ("Workflows"). The token must be
@@ -283,6 +285,47 @@ func (c *Client) GetWorkflow(ctx context.Context, id string) (*idemapi.Workflow,
 		return nil, err
 	}
 	return decodeWorkflow(op, body, id)
+}
+
+// WaitWorkflow returns instance id, with its history, once it is
+// finished or parked, or ctx's error when ctx ends first. It long-polls
+// GET /v1/workflows/{id}?wait=…, 20 s at a time (less when ctx's deadline
+// is nearer: the server answers 200 ms before it), so no request outlives
+// the client's timeout.
+func (c *Client) WaitWorkflow(ctx context.Context, id string) (*idemapi.Workflow, error) {
+	const op = "wait workflow"
+	if err := checkWorkflowID(op, id); err != nil {
+		return nil, err
+	}
+	for {
+		wait := 20 * time.Second
+		if d, ok := ctx.Deadline(); ok {
+			// The server answers a little before ctx ends, so that the
+			// last answer is read rather than cut off.
+			left := time.Until(d) - 200*time.Millisecond
+			if left <= 0 {
+				<-ctx.Done()
+				return nil, ctx.Err()
+			}
+			wait = min(wait, left)
+		}
+		path := workflowPath(id, "") + "?wait=" + url.QueryEscape(wait.Round(time.Millisecond).String())
+		body, err := c.call(ctx, op, http.MethodGet, path, nil, http.StatusOK)
+		if err != nil {
+			return nil, err
+		}
+		in, err := decodeWorkflow(op, body, id)
+		if err != nil {
+			return nil, err
+		}
+		switch in.Status {
+		case string(workflow.Succeeded), string(workflow.Failed), string(workflow.Cancelled), string(workflow.Parked):
+			return in, nil
+		}
+		if err := ctx.Err(); err != nil {
+			return nil, err
+		}
+	}
 }
 
 // ListWorkflows returns a page of instances (without history) by id,

@@ -10,6 +10,7 @@ import (
 	"strings"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/idemkit/idem"
 	"github.com/idemkit/idem/idemapi"
@@ -25,6 +26,7 @@ type wfServer struct {
 	eng       *workflow.Engine
 	reg       *workflow.Registry
 	all, mine *idemclient.Client
+	url       string
 	failPay   atomic.Bool
 }
 
@@ -91,6 +93,7 @@ func newWFServer(t *testing.T) *wfServer {
 	}
 	srv := httptest.NewServer(h)
 	t.Cleanup(srv.Close)
+	s.url = srv.URL
 	for tok, dst := range map[string]**idemclient.Client{"tok-all": &s.all, "tok-order": &s.mine} {
 		c, err := idemclient.New(srv.URL, tok, nil)
 		if err != nil {
@@ -293,5 +296,54 @@ func TestWorkflowWithoutEngine(t *testing.T) {
 	var pe *idemclient.ProblemError
 	if _, err := c.GetWorkflow(context.Background(), "x"); !errors.As(err, &pe) || pe.Status != http.StatusNotImplemented {
 		t.Errorf("get without an engine: %v", err)
+	}
+}
+
+// TestWaitWorkflow: WaitWorkflow long-polls until the instance ends, and
+// returns ctx's error when ctx ends first; the server refuses a wait out
+// of bounds.
+func TestWaitWorkflow(t *testing.T) {
+	s := newWFServer(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go func() { _ = s.eng.Run(ctx) }()
+	if _, _, err := s.all.StartWorkflow(ctx, &idemapi.StartWorkflowRequest{Type: "order", ID: "w1"}); err != nil {
+		t.Fatal(err)
+	}
+	short, stop := context.WithTimeout(ctx, 1500*time.Millisecond)
+	defer stop()
+	if _, err := s.all.WaitWorkflow(short, "w1"); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("wait on a waiting instance with a short context: %v", err)
+	}
+	done := make(chan *idemapi.Workflow)
+	go func() {
+		w, err := s.all.WaitWorkflow(ctx, "w1")
+		if err != nil {
+			t.Error(err)
+		}
+		done <- w
+	}()
+	if _, err := s.all.SignalWorkflow(ctx, "w1", "e1", "pay", nil); err != nil {
+		t.Fatal(err)
+	}
+	w := <-done
+	if w == nil || w.Status != "succeeded" || w.State != "done" || len(w.History) == 0 {
+		t.Fatalf("waited: %+v", w)
+	}
+	if _, err := s.all.WaitWorkflow(ctx, "nope"); !errors.Is(err, idem.ErrNotFound) {
+		t.Fatalf("wait unknown: %v", err)
+	}
+	c := &http.Client{}
+	for _, q := range []string{"wait=2m", "wait=-1s", "wait=soon"} {
+		req, _ := http.NewRequest(http.MethodGet, s.url+"/v1/workflows/w1?"+q, nil)
+		req.Header.Set("Authorization", "Bearer tok-all")
+		resp, err := c.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusBadRequest {
+			t.Fatalf("%s: status %d", q, resp.StatusCode)
+		}
 	}
 }

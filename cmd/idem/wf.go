@@ -57,6 +57,9 @@ Subcommands:
   resume ID STATE     restart instance ID from STATE (a parked one, or one
                       failed or cancelled before any compensation ran)
   show ID             one instance: every field
+  wait ID             wait until instance ID is finished or parked (at most
+                      --timeout), then print it as show does; exit 1 if the
+                      timeout passed first
   history ID          its history, oldest first: a table of SEQ, AT, RUN,
                       KIND, STATE, EVENT, ACTION, STATUS and DETAIL (the
                       step key, error or reason)
@@ -108,6 +111,7 @@ Flags (before or after the arguments; "--" ends them):
   --status S          ls: running, unwinding, parked, succeeded, failed or
                       cancelled
   --limit N           ls: print at most N instances (default 100; 0: all)
+  --timeout D         wait: how long to wait, a Go duration (default 1m)
   --after ID          ls: start after instance ID (a previous ls said
                       "more")
 
@@ -136,6 +140,7 @@ type wfOptions struct {
 	eventID, payload, payloadFile, reason      string
 	typ, state, status, after                  string
 	limit                                      int
+	timeout                                    time.Duration
 	workflowVars                               workflowVars
 	onCommandLine                              map[string]bool
 }
@@ -147,7 +152,7 @@ var wfEnvFlags = []string{"server", "token", "token-file", "store", "workflows",
 var wfArgs = map[string][]string{
 	"types": nil, "graph": {"TYPE"}, "register": {"FILE..."}, "start": {"TYPE", "ID"},
 	"signal": {"ID", "EVENT"}, "cancel": {"ID"}, "retry": {"ID"}, "resume": {"ID", "STATE"},
-	"show": {"ID"}, "history": {"ID"}, "ls": nil,
+	"show": {"ID"}, "wait": {"ID"}, "history": {"ID"}, "ls": nil,
 }
 
 func runWF(args []string, stdout, stderr io.Writer) int {
@@ -207,6 +212,8 @@ func runWFWith(args []string, stdout, stderr io.Writer, stdin io.Reader, lookup 
 		return usageErr("--version must be positive, got %d", o.version)
 	case o.limit < 0:
 		return usageErr("--limit must not be negative, got %d", o.limit)
+	case o.timeout <= 0:
+		return usageErr("--timeout must be positive, got %s", o.timeout)
 	}
 	if _, ok := idemapi.ParseReusePolicy(o.reuse); !ok {
 		return usageErr("--reuse %q: want reject_duplicate, allow_if_failed or allow_always", o.reuse)
@@ -262,6 +269,7 @@ func parseWFFlags(sub string, args []string, stdout, stderr io.Writer, lookup fu
 	fs.StringVar(&o.status, "status", "", "")
 	fs.StringVar(&o.after, "after", "", "")
 	fs.IntVar(&o.limit, "limit", 100, "")
+	fs.DurationVar(&o.timeout, "timeout", time.Minute, "")
 	var positional []string
 	for {
 		err := fs.Parse(args)
@@ -313,6 +321,7 @@ type wfBackend interface {
 	retry(ctx context.Context, id string) (*idemapi.Workflow, error)
 	resume(ctx context.Context, id, state, reason string) (*idemapi.Workflow, error)
 	get(ctx context.Context, id string) (*idemapi.Workflow, error)
+	wait(ctx context.Context, id string) (*idemapi.Workflow, error)
 	list(ctx context.Context, p *idemclient.WorkflowListParams) (*idemapi.WorkflowListResponse, error)
 	close() error
 }
@@ -397,6 +406,9 @@ func (r remoteWF) resume(ctx context.Context, id, state, reason string) (*idemap
 }
 func (r remoteWF) get(ctx context.Context, id string) (*idemapi.Workflow, error) {
 	return r.c.GetWorkflow(ctx, id)
+}
+func (r remoteWF) wait(ctx context.Context, id string) (*idemapi.Workflow, error) {
+	return r.c.WaitWorkflow(ctx, id)
 }
 func (r remoteWF) list(ctx context.Context, p *idemclient.WorkflowListParams) (*idemapi.WorkflowListResponse, error) {
 	return r.c.ListWorkflows(ctx, p)
@@ -503,6 +515,15 @@ func (l *localWF) get(ctx context.Context, id string) (*idemapi.Workflow, error)
 		return nil, err
 	}
 	return idemapi.EncodeWorkflow(in, true), nil
+}
+
+// wait reads the instance from the journal every second until it ends:
+// a serve of the same store advances it.
+func (l *localWF) wait(ctx context.Context, id string) (*idemapi.Workflow, error) {
+	if _, err := l.eng.Wait(ctx, id); err != nil {
+		return nil, err
+	}
+	return l.get(ctx, id)
 }
 
 func (l *localWF) list(ctx context.Context, p *idemclient.WorkflowListParams) (*idemapi.WorkflowListResponse, error) {
@@ -693,6 +714,22 @@ func runWFSub(ctx context.Context, be wfBackend, sub string, pos []string, o *wf
 
 	case "show":
 		w, err := be.get(ctx, pos[0])
+		if err != nil {
+			return err
+		}
+		if o.asJSON {
+			w.History = nil
+			return enc.Encode(w)
+		}
+		return showWF(stdout, w)
+
+	case "wait":
+		wctx, cancel := context.WithTimeout(ctx, o.timeout)
+		defer cancel()
+		w, err := be.wait(wctx, pos[0])
+		if errors.Is(err, context.DeadlineExceeded) && ctx.Err() == nil {
+			return fmt.Errorf("instance %s did not end within %s", printable(pos[0]), o.timeout)
+		}
 		if err != nil {
 			return err
 		}

@@ -374,3 +374,33 @@ func TestWFStoreDirect(t *testing.T) {
 		t.Errorf("ls of no store: exit %d, %q", code, errOut)
 	}
 }
+
+// TestWFWait: idem wf wait prints an instance once it has ended (through
+// the long poll of GET /v1/workflows/{id}?wait=), and fails with exit 1
+// when --timeout passes first.
+func TestWFWait(t *testing.T) {
+	t.Parallel()
+	s := startWFCLIServer(t)
+	env := map[string]string{"IDEM_SERVER": s.url, "IDEM_TOKEN": wfOrderToken}
+	if _, errOut, code := wfCLI(t, env, "start", "order", "w9"); code != 0 {
+		t.Fatalf("start: %d %q", code, errOut)
+	}
+	_, errOut, code := wfCLI(t, env, "wait", "w9", "--timeout", "1s")
+	if code != 1 || !strings.Contains(errOut, "did not end within 1s") {
+		t.Fatalf("wait on a running instance: exit %d, stderr %q", code, errOut)
+	}
+	if _, errOut, code := wfCLI(t, env, "wait", "w9", "--timeout", "0s"); code != 2 || !strings.Contains(errOut, "--timeout must be positive") {
+		t.Fatalf("--timeout 0s: exit %d, stderr %q", code, errOut)
+	}
+	if _, errOut, code := wfCLI(t, env, "signal", "w9", "pay", "--event-id", "p"); code != 0 {
+		t.Fatalf("signal: %d %q", code, errOut)
+	}
+	s.step(t)
+	out, errOut, code := wfCLI(t, env, "wait", "w9", "--json")
+	if code != 0 {
+		t.Fatalf("wait: exit %d, stderr %q", code, errOut)
+	}
+	if w := jsonObject(t, out); w["status"] != "succeeded" || w["state"] != "paid" {
+		t.Fatalf("wait --json: %v", w)
+	}
+}
