@@ -3,8 +3,6 @@ package pgstore
 import (
 	"bytes"
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -13,7 +11,7 @@ import (
 	"time"
 
 	"github.com/idemkit/idem"
-	"github.com/idemkit/idem/store/pgstore/internal/messaging"
+	"github.com/idemkit/idem/messaging"
 	"github.com/jackc/pgx/v5"
 )
 
@@ -106,16 +104,13 @@ func (s *Store) Inbox(cfg *InboxConfig) *Inbox {
 		c.Key = func(m *messaging.Message) string { return m.ID }
 	}
 	if c.Fingerprint == nil {
-		c.Fingerprint = func(m *messaging.Message) string {
-			sum := sha256.Sum256(m.Payload)
-			return hex.EncodeToString(sum[:])
-		}
+		c.Fingerprint = messaging.PayloadFingerprint
 	}
 	if c.MaxAttempts <= 0 {
 		c.MaxAttempts = 5
 	}
 	if c.Backoff == nil {
-		c.Backoff = defaultBackoff
+		c.Backoff = messaging.DefaultBackoff
 	}
 	if c.Window <= 0 {
 		c.Window = idem.DefaultWindow
@@ -127,18 +122,6 @@ func (s *Store) Inbox(cfg *InboxConfig) *Inbox {
 		c.Lease = idem.DefaultLease
 	}
 	return &Inbox{s: s, cfg: c}
-}
-
-// defaultBackoff is the delay after the attempt-th failure: 1 s, doubling,
-// capped at 1 min (messaging.DefaultBackoff).
-func defaultBackoff(attempt int) time.Duration {
-	if attempt < 1 {
-		attempt = 1
-	}
-	if attempt > 7 {
-		return time.Minute
-	}
-	return min(time.Second<<(attempt-1), time.Minute)
 }
 
 // Handle handles one delivery of m at most once per key, in one

@@ -12,7 +12,7 @@ import (
 
 	"github.com/idemkit/idem"
 	"github.com/idemkit/idem/internal/wait"
-	"github.com/idemkit/idem/store/pgstore/internal/messaging"
+	"github.com/idemkit/idem/messaging"
 	"github.com/jackc/pgx/v5"
 )
 

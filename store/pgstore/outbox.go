@@ -15,6 +15,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/idemkit/idem"
+	"github.com/idemkit/idem/messaging"
 	"github.com/jackc/pgx/v5"
 )
 
@@ -254,7 +255,7 @@ func (s *Store) Relay(pub Publisher, cfg *RelayConfig) *Relay {
 		c.PollInterval = time.Second
 	}
 	if c.Backoff == nil {
-		c.Backoff = defaultBackoff
+		c.Backoff = messaging.DefaultBackoff
 	}
 	if c.Retention == 0 {
 		c.Retention = 24 * time.Hour
