@@ -378,17 +378,20 @@ type fence struct {
 const holds = `EXISTS (SELECT 1 FROM {s}.records l WHERE l.scope = '` + RelayScope + `' AND l.key = $1 AND l.token = $2 AND l.state = 'pending')`
 
 // dueSQL reads the due unsent rows: not waiting out a backoff, and not
-// behind a row of their entity that is. By id, which within an entity is
+// behind a row of their entity that is (blocked: the lowest such seq per
+// entity, from the few rows in backoff). By id, which within an entity is
 // seq order.
-const dueSQL = `SELECT o.id, o.entity, o.seq, o.subject, o.message_id, o.payload, o.headers, o.attempts
-FROM {s}.outbox o
-WHERE o.sent_at IS NULL AND (o.next_attempt_at IS NULL OR o.next_attempt_at <= $1)
-	AND NOT EXISTS (SELECT 1 FROM {s}.outbox b WHERE b.entity = o.entity AND b.sent_at IS NULL AND b.seq < o.seq
-		AND b.next_attempt_at > $1)
+const dueSQL = `WITH blocked AS (
+	SELECT entity, min(seq) AS seq FROM {s}.outbox
+	WHERE sent_at IS NULL AND next_attempt_at IS NOT NULL AND next_attempt_at > $1 GROUP BY entity
+)
+SELECT o.id, o.entity, o.seq, o.subject, o.message_id, o.payload, o.headers, o.attempts
+FROM {s}.outbox o LEFT JOIN blocked bl ON bl.entity = o.entity
+WHERE o.sent_at IS NULL AND (o.next_attempt_at IS NULL OR o.next_attempt_at <= $1) AND (bl.seq IS NULL OR o.seq < bl.seq)
 ORDER BY o.id LIMIT $2`
 
 // nextDueSQL is when the earliest row waiting out a backoff is due.
-const nextDueSQL = `SELECT min(next_attempt_at) FROM {s}.outbox WHERE sent_at IS NULL AND next_attempt_at > $1`
+const nextDueSQL = `SELECT min(next_attempt_at) FROM {s}.outbox WHERE sent_at IS NULL AND next_attempt_at IS NOT NULL AND next_attempt_at > $1`
 
 const markSentSQL = `UPDATE {s}.outbox SET sent_at = ` + stmtNow + `, attempts = attempts + 1, last_error = NULL
 WHERE id = ANY($3) AND sent_at IS NULL AND ` + holds

@@ -27,8 +27,9 @@ CREATE TABLE {{schema}}.outbox (
     UNIQUE (entity, seq)
 );
 
--- The relay's reads: the unsent rows, per entity in seq order.
-CREATE INDEX outbox_unsent ON {{schema}}.outbox (entity, seq) WHERE sent_at IS NULL;
-CREATE INDEX outbox_unsent_id ON {{schema}}.outbox (id) WHERE sent_at IS NULL;
+-- The relay's reads: the unsent rows in id order, and those waiting out a
+-- backoff (which hold back the later rows of their entity).
+CREATE INDEX outbox_unsent ON {{schema}}.outbox (id) WHERE sent_at IS NULL;
+CREATE INDEX outbox_backoff ON {{schema}}.outbox (next_attempt_at) WHERE sent_at IS NULL AND next_attempt_at IS NOT NULL;
 -- The relay's pruning of rows sent longer ago than RelayConfig.Retention.
 CREATE INDEX outbox_sent ON {{schema}}.outbox (sent_at) WHERE sent_at IS NOT NULL;
