@@ -344,11 +344,15 @@ func (r *Relay) active(ctx context.Context, claim *idem.Claim) error {
 		now := r.cfg.Clock.Now()
 		if r.cfg.Retention > 0 && now.Sub(lastPrune) >= r.cfg.PollInterval {
 			lastPrune = now
-			r.prune(lctx, now)
+			r.prune(lctx)
 		}
 		n, next, err := r.round(lctx, fence, now)
 		if err != nil && lctx.Err() == nil {
 			r.report(err)
+		}
+		if errors.Is(err, errFenced) {
+			lost(err) // seen at the top
+			continue
 		}
 		if n > 0 && err == nil {
 			continue // more may be due
@@ -367,6 +371,9 @@ func (r *Relay) report(err error) {
 		r.cfg.OnError(err)
 	}
 }
+
+// errFenced: a mark found the relay's lease another's.
+var errFenced = fmt.Errorf("%w: outbox relay: the relay lease is another's", idem.ErrLeaseLost)
 
 // fence is the relay's lease: rows are marked only while it holds.
 type fence struct {
@@ -468,8 +475,14 @@ func (r *Relay) round(ctx context.Context, f fence, now time.Time) (n int, next 
 	wg.Wait()
 	if len(sent) > 0 {
 		slices.Sort(sent)
-		if _, err := r.s.pool.Exec(context.WithoutCancel(ctx), msgSQL(r.s, markSentSQL), f.key, f.token, sent); err != nil {
+		tag, err := r.s.pool.Exec(context.WithoutCancel(ctx), msgSQL(r.s, markSentSQL), f.key, f.token, sent)
+		switch {
+		case err != nil:
 			errs = append(errs, wrapErr("outbox relay: mark sent", err))
+		case tag.RowsAffected() < int64(len(sent)):
+			// Only the lease's holder marks rows, so another relay holds
+			// it now: stop.
+			errs = append(errs, fmt.Errorf("%w: marked %d of %d rows sent", errFenced, tag.RowsAffected(), len(sent)))
 		}
 	}
 	var nextDue *time.Time
@@ -512,7 +525,7 @@ func (r *Relay) publishEntity(ctx context.Context, f fence, rows []outboxRow, no
 }
 
 // prune deletes up to 1000 rows sent longer than Retention ago.
-func (r *Relay) prune(ctx context.Context, _ time.Time) {
+func (r *Relay) prune(ctx context.Context) {
 	if _, err := r.s.pool.Exec(ctx, msgSQL(r.s, pruneSQL), micros(r.cfg.Retention)); err != nil && ctx.Err() == nil {
 		r.report(wrapErr("outbox relay: prune", err))
 	}

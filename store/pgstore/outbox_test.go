@@ -385,3 +385,59 @@ func TestRelayBadConfig(t *testing.T) {
 		t.Errorf("Run without a Publisher: %v, want ErrInvalid", err)
 	}
 }
+
+// A relay whose lease was taken over while it published marks nothing,
+// stops, waits for the lease, and publishes the row again (same id) once
+// it has the lease back.
+func TestRelayFencedMark(t *testing.T) {
+	t.Parallel()
+	s := newStore(t)
+	ctx := context.Background()
+	enqueue(t, s, true, &OutboxMessage{ID: "m1", Entity: "e", Subject: "s"})
+	rec := newRecorder("A")
+	rec.calls = make(chan *OutboxMessage, 16) // never blocks a publish
+	gate := make(chan struct{})
+	rec.fail = func(m *OutboxMessage) error { <-gate; return nil }
+	lost := make(chan error, 8)
+	runRelay(t, s.Relay(rec, &RelayConfig{Name: "A", PollInterval: 10 * time.Millisecond, Lease: 2 * time.Second,
+		OnError: func(err error) {
+			if errors.Is(err, idem.ErrLeaseLost) {
+				select {
+				case lost <- err:
+				default:
+				}
+			}
+		}}))
+	first := <-rec.calls // A is publishing m1
+	// Meanwhile the lease goes to another (as after a long pause of A).
+	held, err := s.Get(ctx, &idem.KeyParams{Scope: RelayScope, Key: "outbox"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Delete(ctx, &idem.KeyParams{Scope: RelayScope, Key: "outbox"}); err != nil {
+		t.Fatal(err)
+	}
+	thief, err := s.Begin(ctx, &idem.BeginParams{Scope: RelayScope, Key: "outbox", Fingerprint: "relay", Lease: time.Minute, Window: time.Hour})
+	if err != nil || thief.Decision != idem.Acquired || thief.Record.Token <= held.Token {
+		t.Fatalf("taking the lease: %+v %v", thief, err)
+	}
+	close(gate)
+	if err := <-lost; err == nil {
+		t.Fatal("no lease loss reported")
+	}
+	if rows := outboxRows(t, s); rows[0].sent || rows[0].attempts != 0 {
+		t.Fatalf("m1 after a fenced mark: %+v, want unsent", rows[0])
+	}
+	// The thief gives the lease back: A takes it and publishes m1 again.
+	if err := s.Release(ctx, &idem.ReleaseParams{Scope: RelayScope, Key: "outbox", Token: thief.Record.Token}); err != nil {
+		t.Fatal(err)
+	}
+	again := <-rec.calls
+	if again.ID != first.ID || again.Seq != first.Seq {
+		t.Errorf("published again as %q seq %d, want %q seq %d", again.ID, again.Seq, first.ID, first.Seq)
+	}
+	wait.For(t, "m1 to be marked sent", func() bool { return outboxRows(t, s)[0].sent })
+	if n := len(rec.calls); n != 0 {
+		t.Errorf("%d more publishes after m1 was sent, want none", n)
+	}
+}
