@@ -1,6 +1,7 @@
 // Package natsjs connects NATS JetStream (github.com/nats-io/nats.go/jetstream)
-// to idem's broker-neutral messaging.Consumer: every delivery is handed to
-// the consumer, whose Decision becomes the JetStream acknowledgement.
+// to idem's broker-neutral messaging.Consumer (or any Handler: a
+// messaging.Guard in front of one, a pgstore.Inbox): every delivery is
+// handed to it, and its Decision becomes the JetStream acknowledgement.
 //
 //	Decision                          JetStream
 //	Ack, AckDuplicate, AckSuperseded  Ack (or DoubleAck with Options.DoubleAck)
@@ -30,6 +31,38 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 )
+
+// Handler decides what becomes of a delivery. *messaging.Consumer is one;
+// HandlerFunc makes one of a function, for a messaging.Guard in front of a
+// consumer or a pgstore.Inbox, whose handler writes in the inbox's
+// transaction:
+//
+//	natsjs.HandlerFunc(func(ctx context.Context, m *messaging.Message) messaging.Decision {
+//		return inbox.Handle(ctx, m, apply)
+//	})
+type Handler interface {
+	Handle(ctx context.Context, m *messaging.Message) messaging.Decision
+}
+
+// HandlerFunc is a function as a Handler.
+type HandlerFunc func(ctx context.Context, m *messaging.Message) messaging.Decision
+
+// Handle calls f(ctx, m).
+func (f HandlerFunc) Handle(ctx context.Context, m *messaging.Message) messaging.Decision { return f(ctx, m) }
+
+// isNil reports whether h is nil, or a nil *messaging.Consumer or
+// HandlerFunc in the interface.
+func isNil(h Handler) bool {
+	switch v := h.(type) {
+	case nil:
+		return true
+	case *messaging.Consumer:
+		return v == nil
+	case HandlerFunc:
+		return v == nil
+	}
+	return false
+}
 
 // Options configures Consume and ConsumePush. A nil *Options means every
 // default.
@@ -142,10 +175,13 @@ func Settle(ctx context.Context, msg jetstream.Msg, d messaging.Decision, double
 // ErrNoMetadata. It returns the decision and the settling error. Consume
 // and ConsumePush call it for every delivery; call it yourself from a
 // loop of your own (Fetch, Next).
-func HandleMsg(ctx context.Context, msg jetstream.Msg, c *messaging.Consumer, opts *Options) (messaging.Decision, error) {
+func HandleMsg(ctx context.Context, msg jetstream.Msg, c Handler, opts *Options) (messaging.Decision, error) {
 	var o Options
 	if opts != nil {
 		o = *opts
+	}
+	if isNil(c) {
+		return messaging.Decision{}, fmt.Errorf("%w: natsjs: HandleMsg needs a Handler", idem.ErrInvalid)
 	}
 	m, err := ToMessage(msg)
 	if err != nil {
@@ -194,9 +230,9 @@ func HandleMsg(ctx context.Context, msg jetstream.Msg, c *messaging.Consumer, op
 // MaxDeliver unlimited (-1) or well above Config.MaxAttempts (each Retry
 // is a delivery, including those of a key in flight elsewhere) and an
 // AckWait longer than a handler runs.
-func Consume(ctx context.Context, cons jetstream.Consumer, c *messaging.Consumer, opts *Options) error {
-	if cons == nil || c == nil {
-		return fmt.Errorf("%w: natsjs: Consume needs a JetStream consumer and a messaging.Consumer", idem.ErrInvalid)
+func Consume(ctx context.Context, cons jetstream.Consumer, c Handler, opts *Options) error {
+	if cons == nil || isNil(c) {
+		return fmt.Errorf("%w: natsjs: Consume needs a JetStream consumer and a Handler", idem.ErrInvalid)
 	}
 	var o Options
 	if opts != nil {
@@ -269,9 +305,9 @@ func isTransient(err error) bool {
 // group) fits fan-out to a few subscribers. The same configuration advice
 // as Consume's holds: explicit acks, MaxDeliver unlimited or well above
 // Config.MaxAttempts, AckWait longer than a handler runs.
-func ConsumePush(ctx context.Context, cons jetstream.PushConsumer, c *messaging.Consumer, opts *Options) error {
-	if cons == nil || c == nil {
-		return fmt.Errorf("%w: natsjs: ConsumePush needs a JetStream push consumer and a messaging.Consumer", idem.ErrInvalid)
+func ConsumePush(ctx context.Context, cons jetstream.PushConsumer, c Handler, opts *Options) error {
+	if cons == nil || isNil(c) {
+		return fmt.Errorf("%w: natsjs: ConsumePush needs a JetStream push consumer and a Handler", idem.ErrInvalid)
 	}
 	var o Options
 	if opts != nil {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -434,6 +435,12 @@ func TestBadInput(t *testing.T) {
 	if err := Consume(context.Background(), nil, nil, nil); !errors.Is(err, idem.ErrInvalid) {
 		t.Errorf("Consume(nil...): %v, want ErrInvalid", err)
 	}
+	if err := Consume(context.Background(), nil, (*messaging.Consumer)(nil), nil); !errors.Is(err, idem.ErrInvalid) {
+		t.Errorf("Consume(typed nil consumer): %v, want ErrInvalid", err)
+	}
+	if _, err := HandleMsg(context.Background(), nil, HandlerFunc(nil), nil); !errors.Is(err, idem.ErrInvalid) {
+		t.Errorf("HandleMsg(nil HandlerFunc): %v, want ErrInvalid", err)
+	}
 	if err := ConsumePush(context.Background(), nil, nil, nil); !errors.Is(err, idem.ErrInvalid) {
 		t.Errorf("ConsumePush(nil...): %v, want ErrInvalid", err)
 	}
@@ -446,5 +453,83 @@ func TestBadInput(t *testing.T) {
 	}
 	if err := Settle(context.Background(), nil, messaging.Decision{Action: messaging.Action(99)}, false); !errors.Is(err, idem.ErrInvalid) {
 		t.Errorf("Settle of an unknown action: %v, want ErrInvalid", err)
+	}
+}
+
+// A Guard in front of the consumer, through HandlerFunc: versions 1 and 3
+// of an entity, then a stale copy of version 1. Version 1 is applied;
+// version 3 is held back (nak'ed) until 2 arrives; the stale copy is
+// acked as superseded without running the handler.
+func TestGuardThroughHandlerFunc(t *testing.T) {
+	t.Parallel()
+	_, js := connect(t)
+	stream := newStream(t, js, 0)
+	ctx := context.Background()
+	l := ledger(t)
+	var mu sync.Mutex
+	var applied []string
+	c, err := messaging.NewConsumer(l, func(_ context.Context, m *messaging.Message) error {
+		mu.Lock()
+		applied = append(applied, m.ID)
+		mu.Unlock()
+		return nil
+	}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	g, err := messaging.NewGuard(l, &messaging.GuardConfig{
+		Versioned: func(m *messaging.Message) (string, int64, bool) {
+			v, err := strconv.ParseInt(m.Headers["Version"], 10, 64)
+			return m.Headers["Entity"], v, err == nil
+		},
+		MaxGap: time.Minute, GapRetry: 50 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := HandlerFunc(func(ctx context.Context, m *messaging.Message) messaging.Decision { return g.Handle(ctx, m, c.Handle) })
+	pub := NewPublisher(js)
+	send := func(id, version string) {
+		t.Helper()
+		if _, err := pub.Publish(ctx, stream+".acct", id, []byte(id), map[string]string{"Entity": "acct-1", "Version": version}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cons := pullConsumer(t, js, stream, 30*time.Second)
+	ch := make(chan settled, 64)
+	runCtx, cancel := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() {
+		done <- Consume(runCtx, cons, h, &Options{OnDecision: func(m *messaging.Message, d messaging.Decision, err error) {
+			ch <- settled{m: m, d: d, err: err}
+		}})
+	}()
+	defer func() {
+		cancel()
+		if err := <-done; !errors.Is(err, context.Canceled) {
+			t.Errorf("Consume returned %v, want context.Canceled", err)
+		}
+	}()
+	send("v1", "1")
+	if s := next(t, ch); s.m.ID != "v1" || s.d.Action != messaging.Ack {
+		t.Fatalf("%q: %s, want v1 ack", s.m.ID, s.d.Action)
+	}
+	send("v3", "3")
+	if s := next(t, ch); s.m.ID != "v3" || s.d.Action != messaging.Retry || !errors.Is(s.d.Err, messaging.ErrGap) {
+		t.Fatalf("%q: %s (%v), want v3 held back (retry, ErrGap)", s.m.ID, s.d.Action, s.d.Err)
+	}
+	send("v1-stale", "1")
+	send("v2", "2")
+	got := map[string]messaging.Action{}
+	for got["v3"] != messaging.Ack || got["v2"] == 0 || got["v1-stale"] == 0 {
+		s := next(t, ch)
+		got[s.m.ID] = s.d.Action
+	}
+	if got["v1-stale"] != messaging.AckSuperseded || got["v2"] != messaging.Ack {
+		t.Errorf("decisions %v, want v1-stale ack-superseded, v2 and v3 ack", got)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if strings.Join(applied, ",") != "v1,v2,v3" {
+		t.Errorf("applied %v, want v1,v2,v3 in order", applied)
 	}
 }
