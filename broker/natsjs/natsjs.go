@@ -48,7 +48,9 @@ type Handler interface {
 type HandlerFunc func(ctx context.Context, m *messaging.Message) messaging.Decision
 
 // Handle calls f(ctx, m).
-func (f HandlerFunc) Handle(ctx context.Context, m *messaging.Message) messaging.Decision { return f(ctx, m) }
+func (f HandlerFunc) Handle(ctx context.Context, m *messaging.Message) messaging.Decision {
+	return f(ctx, m)
+}
 
 // isNil reports whether h is nil, or a nil *messaging.Consumer or
 // HandlerFunc in the interface.
