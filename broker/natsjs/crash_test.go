@@ -434,7 +434,7 @@ func TestConsumerSIGKILL(t *testing.T) {
 	}
 	t.Logf("%d messages x 2 copies, %d SIGKILLs (%d processes) in %v; all settled after %v",
 		crashMessages, len(killed), started, killsDone.Round(time.Millisecond), total.Round(time.Millisecond))
-	t.Logf("%d handler runs (%d of redeliveries), %d of them in killed processes, which committed %d: %d runs were cut by a kill and rolled back",
+	t.Logf("%d handler runs (%d of them of a redelivery), %d of them in killed processes, which committed %d: %d runs were cut by a kill and rolled back",
 		runs, redelivered, cut, committedByKilled, cut-committedByKilled)
 	t.Logf("settled (as printed; a kill can eat a line): %v; JetStream consumer: %d deliveries in all for %d stream messages",
 		actions, ci.Delivered.Consumer, 2*crashMessages)
@@ -444,8 +444,11 @@ func TestConsumerSIGKILL(t *testing.T) {
 	if cut-committedByKilled == 0 {
 		t.Error("no handler run was cut by a kill: the test proved nothing")
 	}
-	if redelivered == 0 {
-		t.Error("no message was redelivered to a handler")
+	// A cut run's message may come back through its twin copy (delivery
+	// 1) rather than its own redelivery, so count JetStream's deliveries:
+	// every one past the 600 stored is a redelivery.
+	if ci.Delivered.Consumer <= 2*crashMessages {
+		t.Errorf("JetStream delivered %d times for %d stored messages: nothing was redelivered", ci.Delivered.Consumer, 2*crashMessages)
 	}
 }
 
