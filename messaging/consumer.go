@@ -38,8 +38,9 @@ type Config struct {
 	// the payload.
 	Fingerprint func(m *Message) string
 	// MaxAttempts bounds the attempts at a message; the failure of the
-	// last one dead-letters it. An attempt whose consumer crashed counts.
-	// Default 5.
+	// last one dead-letters it. An attempt whose consumer crashed counts,
+	// and so does one whose handler failed because ctx was cancelled (a
+	// shutdown). Default 5.
 	MaxAttempts int
 	// Backoff is the Retry delay after the attempt-th failed attempt.
 	// Default: 1 s, doubling, capped at 1 min.

@@ -464,3 +464,31 @@ func TestConcurrentDuplicates(t *testing.T) {
 		}
 	}
 }
+
+func TestPanickingHandlerReleasesTheKey(t *testing.T) {
+	l, _ := newLedger(t)
+	ctx := context.Background()
+	runs := 0
+	c := newConsumer(t, l, func(ctx context.Context, m *messaging.Message) error {
+		runs++
+		if runs == 1 {
+			panic("handler bug")
+		}
+		return nil
+	}, nil)
+	func() {
+		defer func() {
+			if r := recover(); r != "handler bug" {
+				t.Fatalf("recovered %v, want the handler's panic", r)
+			}
+		}()
+		c.Handle(ctx, msg("m1", "x"))
+	}()
+	rec, err := l.Get(ctx, "messages", "m1")
+	if err != nil || rec.State != idem.StateReleased {
+		t.Fatalf("after the panic the key is %+v (%v), want released", rec, err)
+	}
+	if d := c.Handle(ctx, msg("m1", "x")); d.Action != messaging.Ack || runs != 2 {
+		t.Fatalf("redelivery: %+v after %d runs, want Ack on the second", d, runs)
+	}
+}

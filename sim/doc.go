@@ -1,7 +1,8 @@
 // Package sim is idem's deterministic simulator: it runs the real ledger,
-// Ledger.Do, the idemhttp middleware and the workflow engine in a seeded
-// world of clients, servers, a network and a store that all misbehave, and
-// checks after every run that idem's guarantees held.
+// Ledger.Do, the idemhttp middleware, the messaging consumer and the
+// workflow engine in a seeded world of clients, servers, a network and a
+// store that all misbehave, and checks after every run that idem's
+// guarantees held.
 //
 // # The world
 //
@@ -53,11 +54,16 @@
 //
 // Scenarios lists the built-in worlds: payments (clients retrying charges
 // through the HTTP middleware), messages (at-least-once delivery to
-// consumers using Do), pauses (owners that pause past their lease and
-// wake up to finish) and workflows (below). Mutants lists deliberately
-// broken ledgers, and workflow engines broken through internal hooks
-// (commit-before-action, compensate-twice, keep-token, forget-step-key); the tests
-// prove each is caught. `idem sim` runs both from the command line.
+// competing consumers that each run a messaging.Consumer, whose Decision
+// the simulated adapter turns into an ack or a redelivery), pauses (owners
+// that pause past their lease and wake up to finish) and workflows
+// (below). Mutants lists deliberately broken ledgers; workflow engines
+// broken through internal hooks (commit-before-action, compensate-twice,
+// keep-token, forget-step-key); and message consumers broken the same way
+// (record-before-handler: the key is recorded as handled before the
+// handler runs, as Watermill's deduplicator does; ack-before-commit: the
+// adapter acks before the outcome is recorded). The tests prove each is
+// caught. `idem sim` runs both from the command line.
 //
 // # Workflows
 //

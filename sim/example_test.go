@@ -30,5 +30,5 @@ func ExampleRunSeeds() {
 	fmt.Println(sum.OK(), sum.Seeds, sum.Failed.Seed)
 	// Output:
 	// true
-	// false 1 1
+	// false 2 2
 }

@@ -7,17 +7,21 @@ import (
 	"time"
 
 	"github.com/idemkit/idem"
+	"github.com/idemkit/idem/internal/msghook"
+	"github.com/idemkit/idem/messaging"
 )
 
-// messages: a broker delivers orders at least once to competing consumers
-// that process each with Ledger.Do and ack afterwards. Deliveries and acks
-// are lost, duplicated and reordered; consumers crash and restart; work
-// sometimes fails retryably (released, redelivered) or for good (the
-// failure is the stored outcome); a producer bug reuses a message id for
-// another order (a fingerprint mismatch, dead-lettered).
+// messages: a broker delivers orders at least once to competing consumers,
+// each a messaging.Consumer whose Decision the adapter turns into an ack
+// (Ack, AckDuplicate, DeadLetter) or no ack (Retry: redelivered after the
+// ack timeout). Deliveries and acks are lost, duplicated and reordered;
+// consumers crash and restart; handlers sometimes fail retryably (the key
+// is released and the message redelivered, up to MaxAttempts) or for good
+// (Permanent: dead-lettered); a producer bug reuses a message id for
+// another order (a fingerprint mismatch, dead-lettered, never applied).
 var messages = &Scenario{
 	Name: "messages",
-	Doc:  "at-least-once delivery to competing consumers that use Ledger.Do; crashes, lost and duplicated deliveries and acks",
+	Doc:  "at-least-once delivery to competing consumers that use messaging.Consumer; crashes, lost and duplicated deliveries and acks",
 	Faults: Faults{
 		Crash: 0.004, RestartAfter: time.Second,
 		Drop: 0.05, Duplicate: 0.15, MinDelay: time.Millisecond, MaxDelay: 40 * time.Millisecond,
@@ -27,40 +31,33 @@ var messages = &Scenario{
 }
 
 const (
-	messageCount  = 6
-	consumerCount = 3
-	messageLease  = time.Second
-	ackTimeout    = 2 * time.Second
-	maxDeliveries = 40
-	messagesScope = "orders"
+	messageCount       = 6
+	consumerCount      = 3
+	messageLease       = time.Second
+	ackTimeout         = 2 * time.Second
+	maxDeliveries      = 40
+	messagesScope      = "orders"
+	messageMaxAttempts = 3
 )
 
 type message struct {
 	id, payload string
 	acked       bool
 	deliveries  int
-	outcomes    []string // every outcome a consumer got from Do for it
-	dead        bool
+	// owned: a delivery was answered as the key's own (Ack, AckDuplicate,
+	// or a DeadLetter that is not a mismatch); acks and dead: how.
+	owned, handledAck, deadLettered, mismatched bool
+	// letters are the attempts the dead-letter hook got for it.
+	letters [][]messaging.Attempt
 }
+
+// deliveryCtx carries the message a consumer is handling, for the
+// ack-before-commit mutant's early ack.
+type deliveryCtx struct{}
 
 var errTransient = errors.New("sim: transient failure")
 
 func setupMessages(w *World, store *Store) func() {
-	var consumers []*Process
-	ledgers := make([]*idem.Ledger, consumerCount)
-	for c := range consumerCount {
-		p := w.NewProcess(fmt.Sprintf("consumer%d", c), func(*Process) {
-			// A restart starts over with nothing but the durable store.
-			l, err := idem.New(store, &idem.Config{Clock: w.Clock(), Lease: messageLease})
-			if err != nil {
-				panic(err)
-			}
-			ledgers[c] = l
-		}).Crashable()
-		p.Start()
-		consumers = append(consumers, p)
-	}
-
 	var msgs []*message
 	for i := range messageCount {
 		msgs = append(msgs, &message{id: fmt.Sprintf("m%d", i), payload: fmt.Sprintf("order-%d", i)})
@@ -71,34 +68,8 @@ func setupMessages(w *World, store *Store) func() {
 		m := msgs[w.Rand().IntN(len(msgs))]
 		dups = append(dups, &message{id: m.id, payload: m.payload + "-other"})
 	}
-
-	handle := func(c int, m *message) {
-		ctx := context.Background()
-		res, err := ledgers[c].Do(ctx, messagesScope, m.id, m.payload, func(ctx context.Context, claim *idem.Claim) (idem.Outcome, error) {
-			if err := w.Sleep(w.Between(0, 1500*time.Millisecond)); err != nil {
-				return idem.Outcome{}, err
-			}
-			switch x := w.Rand().IntN(20); {
-			case x == 0:
-				return idem.Outcome{}, idem.Retryable(errTransient)
-			case x == 1:
-				return idem.Outcome{}, fmt.Errorf("order %s rejected %08x", m.payload, w.Rand().Uint32())
-			}
-			out := fmt.Sprintf("applied %s as %08x", m.payload, w.Rand().Uint32())
-			w.Stage(m.id, out)
-			return idem.Outcome{Data: []byte(out)}, nil
-		})
-		var failed *idem.OutcomeError
-		switch {
-		case err == nil:
-			m.outcomes = append(m.outcomes, string(res.Outcome.Data))
-		case errors.As(err, &failed):
-			m.outcomes = append(m.outcomes, "failed: "+failed.Message)
-		case errors.Is(err, idem.ErrFingerprintMismatch):
-			m.dead = true // dead-lettered: acked, never processed
-		default:
-			return // no ack: redelivered after the ack timeout
-		}
+	byDelivery := func(ctx context.Context) *message { m, _ := ctx.Value(deliveryCtx{}).(*message); return m }
+	ack := func(m *message) {
 		w.Send("ack "+m.id, func() {
 			if !m.acked {
 				w.Log("acked", m.id, "")
@@ -106,25 +77,102 @@ func setupMessages(w *World, store *Store) func() {
 			m.acked = true
 		})
 	}
+
+	handler := func(ctx context.Context, msg *messaging.Message) error {
+		if err := w.Sleep(w.Between(0, 1500*time.Millisecond)); err != nil {
+			return err
+		}
+		switch x := w.Rand().IntN(20); {
+		case x == 0:
+			return errTransient
+		case x == 1:
+			return messaging.Permanent(fmt.Errorf("order %s rejected %08x", msg.Payload, w.Rand().Uint32()))
+		}
+		w.Stage(msg.ID, fmt.Sprintf("applied %s as %08x", msg.Payload, w.Rand().Uint32()))
+		return nil
+	}
+	deadLetter := func(ctx context.Context, msg *messaging.Message, attempts []messaging.Attempt, err error) error {
+		if m := byDelivery(ctx); m != nil && !errors.Is(err, idem.ErrFingerprintMismatch) {
+			m.letters = append(m.letters, attempts)
+		}
+		return nil
+	}
+
+	var procs []*Process
+	consumers := make([]*messaging.Consumer, consumerCount)
+	for c := range consumerCount {
+		p := w.NewProcess(fmt.Sprintf("consumer%d", c), func(*Process) {
+			// A restart starts over with nothing but the durable store.
+			l, err := idem.New(store, &idem.Config{Clock: w.Clock(), Lease: messageLease})
+			if err != nil {
+				panic(err)
+			}
+			con, err := messaging.NewConsumer(l, handler, &messaging.Config{Scope: messagesScope,
+				MaxAttempts: messageMaxAttempts, DeadLetter: deadLetter})
+			if err != nil {
+				panic(err)
+			}
+			if w.consumerMutant != nil {
+				h := w.consumerMutant(func(ctx context.Context, key string) {
+					if m := byDelivery(ctx); m != nil {
+						ack(m)
+					}
+				})
+				msghook.Install(con, &h)
+			}
+			consumers[c] = con
+		}).Crashable()
+		p.Start()
+		procs = append(procs, p)
+	}
+
+	handle := func(c int, m *message) {
+		m.deliveries++
+		ctx := context.WithValue(context.Background(), deliveryCtx{}, m)
+		d := consumers[c].Handle(ctx, &messaging.Message{ID: m.id, Subject: messagesScope, Payload: []byte(m.payload), Delivery: m.deliveries})
+		w.Log("decision", m.id, d.Action.String())
+		switch d.Action {
+		case messaging.Ack, messaging.AckDuplicate:
+			m.owned = true
+			m.handledAck = m.handledAck || d.Action == messaging.Ack
+			if d.Action == messaging.AckDuplicate && d.Err != nil {
+				m.deadLettered = true // a duplicate of a dead letter
+			}
+		case messaging.DeadLetter:
+			if errors.Is(d.Err, idem.ErrFingerprintMismatch) {
+				m.mismatched = true // acked, never processed
+			} else {
+				m.owned, m.deadLettered = true, true
+			}
+		default:
+			return // Retry: no ack, redelivered after the ack timeout
+		}
+		ack(m)
+	}
 	for _, m := range append(msgs, dups...) {
 		w.After(w.Between(0, 500*time.Millisecond), func() {
-			w.DeliverAtLeastOnce(m.id, consumers, ackTimeout, maxDeliveries,
+			w.DeliverAtLeastOnce(m.id, procs, ackTimeout, maxDeliveries,
 				func() bool { return m.acked }, func(c int) { handle(c, m) })
 		})
 	}
 
 	return func() {
-		// Of two orders under one id, the first to arrive is the original;
-		// the other must only ever see a mismatch.
+		// Of two orders under one id, the one that took the key is its
+		// owner; the other must only ever see a mismatch.
 		for _, d := range dups {
 			for i, m := range msgs {
-				if m.id != d.id || len(d.outcomes) == 0 {
+				if m.id != d.id {
 					continue
 				}
-				if len(m.outcomes) > 0 {
-					w.Violate("no-mismatch-replay", d.id, fmt.Sprintf("two orders under one id both got outcomes: %q and %q", m.outcomes[0], d.outcomes[0]))
+				if m.owned && d.owned {
+					w.Violate("no-mismatch-replay", d.id, "two orders under one id were both taken as the key's own")
 				}
-				msgs[i] = d
+				if !d.acked || !m.acked {
+					w.Violate("ends-known", d.id, "of two orders under one id, one was never acknowledged")
+				}
+				if d.owned {
+					msgs[i] = d
+				}
 			}
 		}
 		var keys []string
@@ -140,19 +188,30 @@ func setupMessages(w *World, store *Store) func() {
 				w.Violate("no-lost-outcome", m.id, "acknowledged, but no outcome is stored")
 				continue
 			}
-			// A failure is stored as an outcome without data.
-			want, effects := string(stored.Data), 1
-			if len(stored.Data) == 0 && len(m.outcomes) > 0 {
-				want, effects = m.outcomes[0], 0
+			_, failed := stored.Meta["idem.error"]
+			effects := 1
+			if failed {
+				effects = 0
 			}
-			for _, got := range m.outcomes {
-				if got != want {
-					w.Violate("same-outcome", m.id, fmt.Sprintf("a consumer got %q, the stored outcome is %q", got, want))
-					break
+			switch {
+			case failed && m.handledAck:
+				w.Violate("same-outcome", m.id, "a delivery was acked as handled, the stored outcome is a failure")
+			case !failed && m.deadLettered:
+				w.Violate("same-outcome", m.id, "a delivery was dead-lettered, the stored outcome is a success")
+			case failed && len(m.letters) == 0:
+				w.Violate("same-outcome", m.id, "completed as failed, but the dead-letter hook never got it")
+			}
+			for _, attempts := range m.letters {
+				if len(attempts) == 0 {
+					w.Violate("same-outcome", m.id, "the dead-letter hook got no attempts")
 				}
 			}
 			if n := len(w.Effects(m.id)); n != effects {
-				w.Violate("at-least-once", m.id, fmt.Sprintf("%d effects applied for a processed message, want %d", n, effects))
+				inv := "at-least-once"
+				if n > effects {
+					inv = "at-most-once"
+				}
+				w.Violate(inv, m.id, fmt.Sprintf("%d effects applied for an acknowledged message, want %d", n, effects))
 			}
 		}
 		store.Free(messageLease, keys...)

@@ -7,33 +7,39 @@ import (
 	"slices"
 
 	"github.com/idemkit/idem"
+	"github.com/idemkit/idem/internal/msghook"
 	"github.com/idemkit/idem/internal/wfhook"
 )
 
-// A Mutant is a deliberately broken ledger store, or workflow engine: the
-// simulator must catch every one of them. Each wraps a correct store and
-// breaks one rule, or (the workflow mutants, Wrap nil) breaks one rule of
-// the engines of the workflows scenario through internal hooks.
+// A Mutant is a deliberately broken ledger store, workflow engine or
+// message consumer: the simulator must catch every one of them. Each wraps
+// a correct store and breaks one rule, or (the workflow and consumer
+// mutants, Wrap nil) breaks one rule of the workflow engines of the
+// workflows scenario, or of the messaging.Consumer of the messages
+// scenario, through internal hooks.
 type Mutant struct {
 	Name string
 	Doc  string
 	Wrap func(w *World, inner idem.Store) idem.Store
 	// engine breaks the workflow engine; nil for a ledger mutant.
 	engine func(w *World) wfhook.Hooks
+	// consumer breaks the messaging consumer; nil for the others. ack
+	// acks the delivery whose handling ctx belongs to.
+	consumer func(ack func(ctx context.Context, key string)) msghook.Hooks
 }
 
 // Mutants lists the broken ledgers the simulator is proven against.
 var Mutants = []Mutant{
 	{"check-then-set", "Begin reads the record, then writes it in a second step: two callers both see the key free",
-		func(w *World, inner idem.Store) idem.Store { return &checkThenSet{Store: inner, w: w} }, nil},
+		func(w *World, inner idem.Store) idem.Store { return &checkThenSet{Store: inner, w: w} }, nil, nil},
 	{"record-before-run", "Begin stores an outcome as soon as it acquires, before the work ran",
-		func(w *World, inner idem.Store) idem.Store { return &recordBeforeRun{Store: inner} }, nil},
+		func(w *World, inner idem.Store) idem.Store { return &recordBeforeRun{Store: inner} }, nil, nil},
 	{"ignore-token", "Complete, Release, Extend and Checkpoint ignore the fencing token",
-		func(w *World, inner idem.Store) idem.Store { return &ignoreToken{Store: inner} }, nil},
+		func(w *World, inner idem.Store) idem.Store { return &ignoreToken{Store: inner} }, nil, nil},
 	{"replay-mismatch", "a key reused with another fingerprint replays the stored outcome",
-		func(w *World, inner idem.Store) idem.Store { return &replayMismatch{Store: inner} }, nil},
+		func(w *World, inner idem.Store) idem.Store { return &replayMismatch{Store: inner} }, nil, nil},
 	{"release-completed", "Complete releases the key instead of keeping the outcome",
-		func(w *World, inner idem.Store) idem.Store { return &releaseCompleted{Store: inner, w: w} }, nil},
+		func(w *World, inner idem.Store) idem.Store { return &releaseCompleted{Store: inner, w: w} }, nil, nil},
 	{Name: "commit-before-action", Doc: "the workflow engine commits a transition before its action runs",
 		engine: func(*World) wfhook.Hooks { return wfhook.Hooks{CommitBeforeAction: true} }},
 	{Name: "compensate-twice", Doc: "the workflow engine runs a compensation again after a crash, under a new key",
@@ -44,6 +50,10 @@ var Mutants = []Mutant{
 		engine: func(w *World) wfhook.Hooks {
 			return wfhook.Hooks{StepKey: func(key string) string { return fmt.Sprintf("%s#%08x", key, w.Rand().Uint32()) }}
 		}},
+	{Name: "record-before-handler", Doc: "the message consumer records a key as handled before its handler runs, as Watermill's deduplicator does",
+		consumer: func(func(context.Context, string)) msghook.Hooks { return msghook.Hooks{RecordBeforeHandler: true} }},
+	{Name: "ack-before-commit", Doc: "the broker adapter acks a message before its outcome is recorded",
+		consumer: func(ack func(context.Context, string)) msghook.Hooks { return msghook.Hooks{BeforeCommit: ack} }},
 }
 
 // MutantNamed returns the mutant called name.

@@ -104,6 +104,7 @@ func Run(sc *Scenario, seed uint64, mutant *Mutant) *Report {
 			inner = mutant.Wrap(w, inner)
 		}
 		w.engineMutant = mutant.engine
+		w.consumerMutant = mutant.consumer
 		rep.Mutant = mutant.Name
 	}
 	store := w.NewStore(inner, sc.Failpoints)

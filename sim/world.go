@@ -9,6 +9,7 @@ import (
 	"runtime"
 	"time"
 
+	"github.com/idemkit/idem/internal/msghook"
 	"github.com/idemkit/idem/internal/wfhook"
 )
 
@@ -50,6 +51,9 @@ type World struct {
 	violations  []Violation
 	// engineMutant breaks the workflow engines of the workflows scenario.
 	engineMutant func(w *World) wfhook.Hooks
+	// consumerMutant breaks the messaging consumers of the messages
+	// scenario; ack acks the delivery that ctx carries.
+	consumerMutant func(ack func(ctx context.Context, key string)) msghook.Hooks
 }
 
 // Faults says how often the world breaks things. Probabilities are per

@@ -20,7 +20,8 @@ func TestSimList(t *testing.T) {
 	// Scripts read the first two fields; a description follows each.
 	want := []string{"scenario payments", "scenario messages", "scenario pauses", "scenario workflows", "mutant check-then-set",
 		"mutant record-before-run", "mutant ignore-token", "mutant replay-mismatch", "mutant release-completed",
-		"mutant commit-before-action", "mutant compensate-twice", "mutant keep-token", "mutant forget-step-key"}
+		"mutant commit-before-action", "mutant compensate-twice", "mutant keep-token", "mutant forget-step-key",
+		"mutant record-before-handler", "mutant ack-before-commit"}
 	lines := strings.Split(strings.TrimSuffix(out, "\n"), "\n")
 	if len(lines) != len(want) {
 		t.Fatalf("--list printed %d lines, want %d:\n%s", len(lines), len(want), out)
@@ -31,7 +32,7 @@ func TestSimList(t *testing.T) {
 			t.Errorf("line %d %q: want %q, then a description", i+1, line, want[i])
 		}
 	}
-	if !strings.Contains(out, "mutant ignore-token          Complete, Release, Extend and Checkpoint ignore the fencing token\n") {
+	if !strings.Contains(out, "mutant ignore-token           Complete, Release, Extend and Checkpoint ignore the fencing token\n") {
 		t.Errorf("the descriptions are not aligned after the names:\n%s", out)
 	}
 }
