@@ -489,3 +489,76 @@ func TestDeliveryCount(t *testing.T) {
 		t.Errorf("message %+v, want headers %v (the table left out), subject rk, no id", m, want)
 	}
 }
+
+// A delivery held for a long Retry delay goes back onto the queue as soon
+// as Consume's ctx ends, and Consume returns ctx's error.
+func TestStopDuringRetryWaitRequeues(t *testing.T) {
+	t.Parallel()
+	conn := dial(t)
+	q := freshQueue(t, conn, nil)
+	failed := make(chan struct{}, 1)
+	c, err := messaging.NewConsumer(ledger(t, 0), func(ctx context.Context, m *messaging.Message) error {
+		failed <- struct{}{}
+		return errors.New("not yet")
+	}, &messaging.Config{Backoff: func(int) time.Duration { return time.Hour }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	publish(t, conn, q, &messaging.Message{ID: "slow", Payload: []byte("x")})
+	cons := startConsumer(t, conn, q, c, &Options{MaxRetryDelay: time.Hour})
+	select {
+	case <-failed:
+	case <-time.After(20 * time.Second):
+		t.Fatal("the handler did not run within 20 s")
+	}
+	stopped := time.Now()
+	if err := cons.stop(); !errors.Is(err, context.Canceled) {
+		t.Fatalf("Consume returned %v, want context.Canceled", err)
+	}
+	s := cons.next(t)
+	if s.d.Action != messaging.Retry || s.d.Delay != time.Hour {
+		t.Errorf("decision %+v, want retry after 1h", s.d)
+	}
+	if d := time.Since(stopped); d > 10*time.Second {
+		t.Errorf("Consume took %v to stop during a 1h retry wait", d)
+	}
+	// The nack requeued it: another consumer gets it at once. (It may
+	// have come back to the stopping consumer before its cancel, which
+	// nacked it again: a delivery count of 2 or 3.)
+	d, ok, err := channel(t, conn).Get(q, true)
+	if n := DeliveryCount(&d); err != nil || !ok || d.MessageId != "slow" || n < 2 || n > 3 {
+		t.Errorf("get after the stop: ok=%v err=%v id=%q delivery %d; want slow, delivery 2 or 3", ok, err, d.MessageId, n)
+	}
+}
+
+// Deleting the queue under a running Consume ends it with ErrClosed.
+func TestQueueDeletedEndsConsume(t *testing.T) {
+	t.Parallel()
+	conn := dial(t)
+	q := freshQueue(t, conn, &QueueOptions{Classic: true})
+	c, err := messaging.NewConsumer(ledger(t, 0), func(ctx context.Context, m *messaging.Message) error { return nil }, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ch := channel(t, conn)
+	done := make(chan error, 1)
+	go func() { done <- Consume(context.Background(), ch, q, c, nil) }()
+	publish(t, conn, q, &messaging.Message{ID: "one", Payload: []byte("x")})
+	// Wait until the consumer is registered (the message consumed), then delete.
+	for deadline := time.Now().Add(20 * time.Second); depth(t, conn, q) > 0; <-time.After(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the message was not consumed within 20 s")
+		}
+	}
+	if _, err := channel(t, conn).QueueDelete(q, false, false, false); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-done:
+		if !errors.Is(err, ErrClosed) {
+			t.Errorf("Consume returned %v, want ErrClosed", err)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("Consume did not return within 20 s of the queue's deletion")
+	}
+}
