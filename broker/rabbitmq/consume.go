@@ -4,8 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/idemkit/idem"
@@ -27,8 +29,8 @@ type Options struct {
 	// Workers is how many deliveries are handled at the same time, each
 	// in its own goroutine. Default 1.
 	Workers int
-	// ConsumerTag names the consumer on the broker. Default: one the
-	// client library generates.
+	// ConsumerTag names the consumer on the broker; it must be unique on
+	// the channel. Default: "idem-PID-N", N counting Consume calls.
 	ConsumerTag string
 	// IDHeader is the header read as the message id when the AMQP
 	// message-id property is empty. Default "Idempotency-Key". A message
@@ -48,6 +50,8 @@ type Options struct {
 	Clock idem.Clock
 }
 
+var tagSeq atomic.Int64
+
 // DefaultMaxRetryDelay is the default Options.MaxRetryDelay.
 const DefaultMaxRetryDelay = 10 * time.Second
 
@@ -62,8 +66,8 @@ func (o *Options) withDefaults() (Options, error) {
 	switch {
 	case c.Workers < 0:
 		return c, fmt.Errorf("%w: rabbitmq: Options.Workers must be positive (or 0 for 1), got %d", idem.ErrInvalid, c.Workers)
-	case c.Prefetch < 0:
-		return c, fmt.Errorf("%w: rabbitmq: Options.Prefetch must be positive (or 0 for 2*Workers), got %d", idem.ErrInvalid, c.Prefetch)
+	case c.Prefetch < 0 || c.Prefetch > 65535:
+		return c, fmt.Errorf("%w: rabbitmq: Options.Prefetch must be 1 to 65535 (or 0 for 2*Workers), got %d", idem.ErrInvalid, c.Prefetch)
 	case c.MaxRetryDelay < 0:
 		return c, fmt.Errorf("%w: rabbitmq: Options.MaxRetryDelay must be positive (or 0 for %s), got %s", idem.ErrInvalid, DefaultMaxRetryDelay, c.MaxRetryDelay)
 	}
@@ -71,7 +75,7 @@ func (o *Options) withDefaults() (Options, error) {
 		c.Workers = 1
 	}
 	if c.Prefetch == 0 {
-		c.Prefetch = 2 * c.Workers
+		c.Prefetch = min(2*c.Workers, 65535)
 	}
 	if c.MaxRetryDelay == 0 {
 		c.MaxRetryDelay = DefaultMaxRetryDelay
@@ -130,9 +134,9 @@ func ConsumeFunc(ctx context.Context, ch *amqp.Channel, queue string, handle Han
 	}
 	tag := o.ConsumerTag
 	if tag == "" {
-		tag = "idem-" + strconv.FormatInt(time.Now().UnixNano(), 36)
+		tag = "idem-" + strconv.Itoa(os.Getpid()) + "-" + strconv.FormatInt(tagSeq.Add(1), 10)
 	}
-	deliveries, err := ch.ConsumeWithContext(ctx, queue, tag, false, false, false, false, nil)
+	deliveries, err := ch.Consume(queue, tag, false, false, false, false, nil)
 	if err != nil {
 		return fmt.Errorf("rabbitmq: consume %q: %w", queue, err)
 	}

@@ -456,6 +456,7 @@ func TestBadInput(t *testing.T) {
 		"nil handle":       ConsumeFunc(ctx, nil, "q", nil, nil),
 		"negative workers": Consume(ctx, nil, "q", c, &Options{Workers: -1}),
 		"negative delay":   Consume(ctx, nil, "q", c, &Options{MaxRetryDelay: -time.Second}),
+		"huge prefetch":    Consume(ctx, nil, "q", c, &Options{Prefetch: 1 << 16}),
 		"nil publisher ch": func() error { _, err := NewPublisher(nil); return err }(),
 		"publish no id":    (&Publisher{}).Publish(ctx, "", &messaging.Message{Payload: []byte("x")}),
 		"publish nil":      (&Publisher{}).Publish(ctx, "", nil),
