@@ -187,6 +187,9 @@ func TestAckOnSuccess(t *testing.T) {
 		if !ok || d.MessageId != m.ID {
 			return messaging.Permanent(errors.New("no delivery in the handler's context"))
 		}
+		if d.DeliveryMode != amqp.Persistent {
+			return messaging.Permanent(fmt.Errorf("delivery mode %d, want persistent", d.DeliveryMode))
+		}
 		mu.Lock()
 		got = append(got, m)
 		mu.Unlock()
