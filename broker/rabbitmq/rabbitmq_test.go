@@ -566,3 +566,54 @@ func TestQueueDeletedEndsConsume(t *testing.T) {
 		t.Fatal("Consume did not return within 20 s of the queue's deletion")
 	}
 }
+
+// A quorum queue's x-delivery-limit counts every Retry nack: past it the
+// broker dead-letters the message itself, before the consumer's
+// MaxAttempts is reached (see QueueOptions.DeliveryLimit).
+func TestDeliveryLimitDeadLetters(t *testing.T) {
+	t.Parallel()
+	conn := dial(t)
+	q := freshQueue(t, conn, &QueueOptions{DeadLetterQueue: "dead", DeliveryLimit: 2})
+	var runs atomic.Int64
+	c, err := messaging.NewConsumer(ledger(t, 0), func(ctx context.Context, m *messaging.Message) error {
+		runs.Add(1)
+		return errors.New("always failing")
+	}, &messaging.Config{MaxAttempts: 10, Backoff: func(int) time.Duration { return time.Millisecond }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	publish(t, conn, q, &messaging.Message{ID: "doomed", Payload: []byte("x")})
+	cons := startConsumer(t, conn, q, c, nil)
+	var deliveries []int
+	for len(deliveries) < 3 {
+		s := cons.next(t)
+		if s.d.Action != messaging.Retry {
+			t.Fatalf("decision %s, want retry", s.d.Action)
+		}
+		deliveries = append(deliveries, s.m.Delivery)
+	}
+	// The third nack passes the limit of 2 returns: the broker moves it.
+	ch := channel(t, conn)
+	for deadline := time.Now().Add(20 * time.Second); ; <-time.After(10 * time.Millisecond) {
+		d, ok, err := ch.Get(q+".dead", true)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if ok {
+			if d.MessageId != "doomed" {
+				t.Errorf("dead-letter queue holds %q, want doomed", d.MessageId)
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the message did not reach the dead-letter queue within 20 s")
+		}
+	}
+	_ = cons.stop()
+	if fmt.Sprint(deliveries) != "[1 2 3]" || runs.Load() != 3 {
+		t.Errorf("deliveries %v, %d handler runs; want [1 2 3] and 3 runs", deliveries, runs.Load())
+	}
+	if n := depth(t, conn, q); n != 0 {
+		t.Errorf("%d messages left in the queue, want 0", n)
+	}
+}
