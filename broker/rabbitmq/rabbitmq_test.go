@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -612,6 +613,79 @@ func TestDeliveryLimitDeadLetters(t *testing.T) {
 	_ = cons.stop()
 	if fmt.Sprint(deliveries) != "[1 2 3]" || runs.Load() != 3 {
 		t.Errorf("deliveries %v, %d handler runs; want [1 2 3] and 3 runs", deliveries, runs.Load())
+	}
+	if n := depth(t, conn, q); n != 0 {
+		t.Errorf("%d messages left in the queue, want 0", n)
+	}
+}
+
+// ConsumeFunc drives a Guard in front of a Consumer: versions published
+// out of order (3, 1, 2, then a stale 1 under a new id) are applied in
+// order, the stale one acked as superseded.
+func TestConsumeFuncGuard(t *testing.T) {
+	t.Parallel()
+	conn := dial(t)
+	q := freshQueue(t, conn, nil)
+	l := ledger(t, 0)
+	var mu sync.Mutex
+	var applied []string
+	c, err := messaging.NewConsumer(l, func(ctx context.Context, m *messaging.Message) error {
+		mu.Lock()
+		defer mu.Unlock()
+		applied = append(applied, m.Headers["version"])
+		return nil
+	}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	g, err := messaging.NewGuard(l, &messaging.GuardConfig{GapRetry: 20 * time.Millisecond,
+		Versioned: func(m *messaging.Message) (string, int64, bool) {
+			v, err := strconv.ParseInt(m.Headers["version"], 10, 64)
+			return m.Headers["entity"], v, err == nil
+		}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var msgs []*messaging.Message
+	for _, v := range []string{"3", "1", "2", "1"} {
+		msgs = append(msgs, &messaging.Message{ID: fmt.Sprintf("acct-v%s-%d", v, len(msgs)), Payload: []byte("balance v" + v),
+			Headers: map[string]string{"entity": "acct", "version": v}})
+	}
+	publish(t, conn, q, msgs...)
+	settledc := make(chan settled, 64)
+	ch := channel(t, conn)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	done := make(chan error, 1)
+	go func() {
+		done <- ConsumeFunc(ctx, ch, q, func(ctx context.Context, m *messaging.Message) messaging.Decision {
+			return g.Handle(ctx, m, c.Handle)
+		}, &Options{OnDecision: func(m *messaging.Message, d messaging.Decision, err error) { settledc <- settled{m, d, err} }})
+	}()
+	acts := map[string]messaging.Action{}
+	for len(acts) < 4 || acts["acct-v3-0"] == messaging.Retry {
+		select {
+		case s := <-settledc:
+			if s.err != nil {
+				t.Fatal(s.err)
+			}
+			acts[s.m.ID] = s.d.Action
+		case <-time.After(20 * time.Second):
+			t.Fatalf("after 20 s: %v", acts)
+		}
+	}
+	cancel()
+	if err := <-done; !errors.Is(err, context.Canceled) {
+		t.Fatalf("ConsumeFunc: %v", err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if fmt.Sprint(applied) != "[1 2 3]" {
+		t.Errorf("applied versions %v, want [1 2 3]", applied)
+	}
+	want := map[string]messaging.Action{"acct-v3-0": messaging.Ack, "acct-v1-1": messaging.Ack, "acct-v2-2": messaging.Ack, "acct-v1-3": messaging.AckSuperseded}
+	if fmt.Sprint(acts) != fmt.Sprint(want) {
+		t.Errorf("final decisions %v, want %v", acts, want)
 	}
 	if n := depth(t, conn, q); n != 0 {
 		t.Errorf("%d messages left in the queue, want 0", n)
