@@ -18,8 +18,9 @@ import (
 const simUsage = `Usage: idem sim --scenario NAME [--seeds N] [--seed S] [--mutant NAME] [--json] [--trace]
        idem sim --list
 
-Runs idem's deterministic simulator: the real ledger, Ledger.Do and the
-HTTP middleware in seeded worlds where processes crash and restart, owners
+Runs idem's deterministic simulator: the real ledger, Ledger.Do, the HTTP
+middleware, the message consumer (package messaging) and the workflow
+engine in seeded worlds where processes crash and restart, owners
 pause past their leases, the network drops, duplicates and reorders
 messages, and the store fails before and after committing. After every
 run it checks that effects were applied at most once per key and at least
@@ -32,8 +33,9 @@ Flags:
   --scenario NAME  the world to run (see --list), or "all"
   --seeds N        how many seeds to run, from --seed (default 1000)
   --seed S         the first seed (default 1)
-  --mutant NAME    run a deliberately broken ledger instead of idem's: the
-                   simulator should catch it (and exit 1)
+  --mutant NAME    run a deliberately broken ledger, message consumer or
+                   workflow engine instead of idem's: the simulator should
+                   catch it (and exit 1)
   --json           print one JSON object per scenario
   --trace          on a failure, print the failing run's whole trace
   --list           print the scenarios and mutants, one per line: the kind

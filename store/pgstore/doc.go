@@ -18,7 +18,8 @@
 // records, one row per (scope, key) with the primary key (scope, key); the
 // sequence tokens, from which every fencing token comes, so tokens of a key
 // increase also across Delete and Sweep; wf_instances and wf_history, the
-// workflow journal (see below); and migrations, the versions applied.
+// workflow journal (see below); outbox and outbox_entities, the outbox (see
+// Messaging); and migrations, the versions applied.
 //
 // A Begin's INSERT draws its token before it may wait for a concurrent
 // writer of the key; a takeover draws a fresh one while holding the row.
@@ -91,6 +92,21 @@
 // (pool_max_conns) expect units to wait for one. The crash test
 // (TestWorkflowWorkersSIGKILL, see docs/workflows.md) SIGKILLs engine
 // processes mid-step and finds every InTx row written exactly once.
+//
+// # Messaging: inbox and outbox
+//
+// Store.Inbox is a transactional inbox: Inbox.Handle claims a consumed
+// message's key with BeginTx in a transaction, runs the handler with that
+// pgx.Tx, and completes the key in it, so the handler's writes and the
+// dedup record commit together, and a redelivery after a crash between
+// the commit and the broker's ack is acked as a duplicate. Store.Enqueue
+// writes a message to the outbox inside the caller's transaction (schema
+// version 3, migration 0003_messaging: tables outbox and
+// outbox_entities), with an id derived from the key of the work that sends
+// it (idem.KeyFrom); Store.Relay publishes the outbox through a
+// Publisher, one relay active at a time by a lease in scope
+// "outbox-relay", in order per entity, retrying failed rows with backoff.
+// docs/messaging-postgres.md has the details and the crash test.
 //
 // # One round trip per operation
 //

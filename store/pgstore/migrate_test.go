@@ -47,8 +47,8 @@ func TestMigrateIdempotent(t *testing.T) {
 	if rows.Err() != nil {
 		t.Fatal(rows.Err())
 	}
-	if strings.Join(got, ",") != "0001_records,0002_workflow" || LatestVersion() != 2 {
-		t.Errorf("migrations table after 3 Migrates: %v (latest %d), want [0001_records 0002_workflow] once each", got, LatestVersion())
+	if strings.Join(got, ",") != "0001_records,0002_workflow,0003_messaging" || LatestVersion() != 3 {
+		t.Errorf("migrations table after 3 Migrates: %v (latest %d), want [0001_records 0002_workflow 0003_messaging] once each", got, LatestVersion())
 	}
 }
 
