@@ -42,9 +42,11 @@ type Options struct {
 	// no per-message delay on nack: the wait happens in the worker that
 	// handled it (see docs/broker-rabbitmq.md).
 	MaxRetryDelay time.Duration
-	// OnDecision, if set, is called after each delivery was settled
-	// (acked or nacked), with the message and the decision; err is the
-	// ack's or nack's error. For logs and metrics: it must not block.
+	// OnDecision, if set, is called after each handled delivery was
+	// settled (acked or nacked), with the message and the decision; err is
+	// the ack's or nack's error. Deliveries nacked unhandled because ctx
+	// ended are not reported. It is called from the workers, concurrently
+	// when Workers > 1. For logs and metrics: it must not block.
 	OnDecision func(m *messaging.Message, d messaging.Decision, err error)
 	// Clock times the Retry waits. Default idem.SystemClock.
 	Clock idem.Clock
