@@ -302,8 +302,10 @@ func TestMiddlewareDeadLetter(t *testing.T) {
 
 type publisherFunc func(topic string, msgs ...*message.Message) error
 
-func (f publisherFunc) Publish(topic string, msgs ...*message.Message) error { return f(topic, msgs...) }
-func (publisherFunc) Close() error                                           { return nil }
+func (f publisherFunc) Publish(topic string, msgs ...*message.Message) error {
+	return f(topic, msgs...)
+}
+func (publisherFunc) Close() error { return nil }
 
 // Watermill's Retry middleware outside the idem middleware retries in
 // process: each retry is a new attempt of the consumer; the router acks
