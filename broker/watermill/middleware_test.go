@@ -3,6 +3,7 @@ package watermill_test
 import (
 	"context"
 	"errors"
+	"runtime"
 	"sync"
 	"testing"
 	"time"
@@ -356,5 +357,46 @@ func TestMiddlewareInvalidConfig(t *testing.T) {
 	_, err := idemwatermill.Middleware(newLedger(t), &idemwatermill.Config{Config: messaging.Config{MaxAttempts: -1}})
 	if !errors.Is(err, idem.ErrInvalid) {
 		t.Fatalf("MaxAttempts -1: err = %v, want idem.ErrInvalid", err)
+	}
+}
+
+// WaitRetryDelay holds a Retry's error back for Decision.Delay, by the
+// ledger's clock, so that a subscriber that redelivers at once does not
+// spin.
+func TestMiddlewareWaitRetryDelay(t *testing.T) {
+	clock := idem.NewManualClock(epoch)
+	ledger, err := idem.New(memstore.New(&memstore.Config{Clock: clock}), &idem.Config{Clock: clock})
+	if err != nil {
+		t.Fatal(err)
+	}
+	mw := newMiddleware(t, ledger, &idemwatermill.Config{WaitRetryDelay: true})
+	h := mw(func(*message.Message) ([]*message.Message, error) { return nil, errors.New("boom") })
+	done := make(chan error, 1)
+	go func() {
+		_, err := h(message.NewMessage("m1", []byte("x")))
+		done <- err
+	}()
+	// Move the clock on in steps while something waits on it, until the
+	// call returns: it must not return before a second has passed.
+
+wait:
+	for {
+		select {
+		case err = <-done:
+			break wait
+		default:
+		}
+		if clock.Waiters() > 0 {
+			clock.Advance(100 * time.Millisecond)
+		} else {
+			runtime.Gosched()
+		}
+	}
+	if waited := clock.Now().Sub(epoch); waited < time.Second {
+		t.Fatalf("returned after %s on the clock, want the 1s delay", waited)
+	}
+	var de *idemwatermill.DecisionError
+	if !errors.As(err, &de) || de.Decision.Action != messaging.Retry || de.Decision.Delay != time.Second {
+		t.Fatalf("err = %v, want the Retry after 1s", err)
 	}
 }
