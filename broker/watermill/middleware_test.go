@@ -400,3 +400,38 @@ wait:
 		t.Fatalf("err = %v, want the Retry after 1s", err)
 	}
 }
+
+// Config.Key reads a business key from the metadata: a producer's resend
+// under a new UUID is a duplicate.
+func TestMiddlewareBusinessKey(t *testing.T) {
+	ledger := newLedger(t)
+	log := &handlerLog{}
+	mw := newMiddleware(t, ledger, &idemwatermill.Config{Config: messaging.Config{
+		Key: func(m *messaging.Message) string { return "order:" + m.Headers["order_id"] },
+	}})
+	r := newRig(t, log.handler, mw)
+	for _, uuid := range []string{"u1", "u2"} { // one order, two UUIDs
+		m := message.NewMessage(uuid, []byte("order-7"))
+		m.Metadata.Set("order_id", "7")
+		if err := r.pubSub.Publish("in", m); err != nil {
+			t.Fatal(err)
+		}
+	}
+	calls, _, keys := log.snapshot()
+	if !equal(calls, []string{"u1:order-7"}) || !equal(keys, []string{"order:7"}) {
+		t.Fatalf("calls %q keys %q, want u1 once under order:7", calls, keys)
+	}
+}
+
+func TestFromWatermill(t *testing.T) {
+	msg := message.NewMessage("u1", []byte("body"))
+	msg.Metadata.Set("a", "1")
+	m := idemwatermill.FromWatermill(msg)
+	if m.ID != "u1" || string(m.Payload) != "body" || m.Headers["a"] != "1" || len(m.Headers) != 1 || m.Delivery != 0 || m.Subject != "" {
+		t.Fatalf("FromWatermill = %+v", m)
+	}
+	m.Headers["a"] = "2" // a copy: the Watermill message is untouched
+	if msg.Metadata.Get("a") != "1" {
+		t.Fatal("FromWatermill shares the metadata map")
+	}
+}
