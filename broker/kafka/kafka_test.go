@@ -584,3 +584,136 @@ func TestTwoMembersSeveralPartitions(t *testing.T) {
 	}
 	t.Logf("member 1 handled %d, member 2 %d; committed %v", len(handledBy[0]), len(handledBy[1]), c)
 }
+
+// A retry holds back its own partition only: the other partition's
+// records are handled while it waits.
+func TestRetryHoldsOnlyItsPartition(t *testing.T) {
+	addrs := newCluster(t, 2, "orders")
+	prod, err := kgo.NewClient(kgo.SeedBrokers(addrs...), kgo.RecordPartitioner(kgo.ManualPartitioner()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer prod.Close()
+	for _, p := range []struct {
+		id        string
+		partition int32
+	}{{"a01", 0}, {"a02", 0}, {"b01", 1}, {"b02", 1}, {"b03", 1}} {
+		r := NewRecord("orders", p.id, []byte(p.id), nil)
+		r.Partition = p.partition
+		if err := prod.ProduceSync(context.Background(), r).FirstErr(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	rec := newRecorder()
+	rec.fail = func(id string, run int) error {
+		if id == "a01" && rec.runs["b03"] == 0 {
+			return errors.New("waiting for b03")
+		}
+		return nil
+	}
+	c, err := messaging.NewConsumer(newLedger(t), rec.handler, &messaging.Config{
+		MaxAttempts: 1000,
+		Backoff:     func(int) time.Duration { return 5 * time.Millisecond },
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cl := groupClient(t, addrs, "g", "orders")
+	defer cl.Close()
+	stop := start(cl, c, &Options{OnDecision: rec.onDecision})
+	rec.await(t, 5)
+	stop()
+	rec.mu.Lock()
+	ran := append([]string(nil), rec.ran...)
+	rec.mu.Unlock()
+	pos := map[string]int{}
+	for i, id := range ran {
+		pos[id] = i
+	}
+	if len(ran) != 5 || pos["b03"] > pos["a01"] || pos["a01"] > pos["a02"] || pos["b01"] > pos["b02"] || pos["b02"] > pos["b03"] {
+		t.Fatalf("handled in order %v: want b01 b02 b03 before a01, a01 before a02", ran)
+	}
+	if c := committed(t, addrs, "g", "orders", 2); c[0] != 2 || c[1] != 3 {
+		t.Fatalf("committed %v, want [2 3]", c)
+	}
+}
+
+// A second member joins while the first is consuming: the first member's
+// handler holds its batch until the rebalance is blocked on it
+// (BlockRebalanceOnPoll), so the partitions move mid-stream, after that
+// batch's commit. Every message is handled once and committed.
+func TestMemberJoinsMidStream(t *testing.T) {
+	const n, partitions = 90, 4
+	addrs := newCluster(t, partitions, "orders")
+	publish(t, producer(t, addrs), "orders", ids("m", n)...)
+	ledger := newLedger(t)
+	rec := newRecorder()
+	joinNow, blocked := make(chan struct{}), make(chan struct{})
+	var joinOnce, blockOnce sync.Once
+	byMember := [2]map[string]bool{{}, {}}
+	newMember := func(i int) *messaging.Consumer {
+		c, err := messaging.NewConsumer(ledger, func(ctx context.Context, m *messaging.Message) error {
+			rec.mu.Lock()
+			byMember[i][m.ID] = true
+			tenth := len(rec.ran) == 9
+			rec.mu.Unlock()
+			if i == 0 && tenth {
+				joinOnce.Do(func() { close(joinNow) })
+				select {
+				case <-blocked:
+				case <-time.After(waitTimeout):
+					t.Error("the rebalance never waited for the first member")
+				}
+			}
+			return rec.handler(ctx, m)
+		}, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return c
+	}
+	cl1 := groupClient(t, addrs, "g", "orders", kgo.HeartbeatInterval(50*time.Millisecond),
+		kgo.OnPartitionsCallbackBlocked(func(context.Context, *kgo.Client) { blockOnce.Do(func() { close(blocked) }) }))
+	defer cl1.Close()
+	stop1 := start(cl1, newMember(0), &Options{MaxPollRecords: 3, OnDecision: rec.onDecision})
+	select {
+	case <-joinNow:
+	case <-time.After(waitTimeout):
+		t.Fatal("first member handled nothing")
+	}
+	cl2 := groupClient(t, addrs, "g", "orders", kgo.HeartbeatInterval(50*time.Millisecond))
+	defer cl2.Close()
+	stop2 := start(cl2, newMember(1), &Options{MaxPollRecords: 3, OnDecision: rec.onDecision})
+	es := rec.await(t, n)
+	for _, stop := range []func() error{stop1, stop2} {
+		if err := stop(); !errors.Is(err, context.Canceled) {
+			t.Fatalf("Consume returned %v", err)
+		}
+	}
+	var dups int
+	for _, e := range es {
+		if e.action == messaging.AckDuplicate {
+			dups++
+		}
+	}
+	runs := rec.snapshotRuns()
+	for _, id := range ids("m", n) {
+		if runs[id] != 1 {
+			t.Fatalf("%s: handler ran %d times", id, runs[id])
+		}
+	}
+	c := committed(t, addrs, "g", "orders", partitions)
+	var sum int64
+	for _, o := range c {
+		sum += o
+	}
+	if sum != n {
+		t.Fatalf("committed %v (sum %d), want %d", c, sum, n)
+	}
+	rec.mu.Lock()
+	defer rec.mu.Unlock()
+	if len(byMember[1]) == 0 || len(byMember[0])+len(byMember[1]) != n {
+		t.Fatalf("member 1 handled %d, member 2 %d: want the second to take partitions over", len(byMember[0]), len(byMember[1]))
+	}
+	t.Logf("member 1 handled %d, member 2 %d, %d duplicates; committed %v", len(byMember[0]), len(byMember[1]), dups, c)
+}
