@@ -717,3 +717,30 @@ func TestMemberJoinsMidStream(t *testing.T) {
 	}
 	t.Logf("member 1 handled %d, member 2 %d, %d duplicates; committed %v", len(byMember[0]), len(byMember[1]), dups, c)
 }
+
+// Closing the client under Consume ends it with ErrClientClosed.
+func TestClientClosed(t *testing.T) {
+	addrs := newCluster(t, 1, "orders")
+	publish(t, producer(t, addrs), "orders", "m01")
+	rec := newRecorder()
+	c, err := messaging.NewConsumer(newLedger(t), rec.handler, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cl := groupClient(t, addrs, "g", "orders")
+	done := make(chan error, 1)
+	go func() { done <- Consume(context.Background(), cl, c, &Options{OnDecision: rec.onDecision}) }()
+	rec.await(t, 1)
+	cl.Close()
+	select {
+	case err := <-done:
+		if !errors.Is(err, ErrClientClosed) {
+			t.Fatalf("Consume returned %v, want ErrClientClosed", err)
+		}
+	case <-time.After(waitTimeout):
+		t.Fatal("Consume did not return after Close")
+	}
+	if c := committed(t, addrs, "g", "orders", 1); c[0] != 1 {
+		t.Fatalf("committed %v, want [1]", c)
+	}
+}
