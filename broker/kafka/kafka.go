@@ -123,8 +123,10 @@ func Message(r *kgo.Record) *messaging.Message {
 }
 
 // Consume polls cl and hands every record to c until ctx is done (it then
-// returns ctx's error), the client is closed (ErrClientClosed) or a
-// commit-independent failure stops it. cl must be a consumer-group client
+// returns ctx's error, after committing the batch in hand) or the client
+// is closed (ErrClientClosed). Fetch and commit errors do not stop it: they
+// go to Options.OnError. Bad arguments are errors wrapping idem.ErrInvalid.
+// cl must be a consumer-group client
 // with kgo.DisableAutoCommit, and should have kgo.BlockRebalanceOnPoll so
 // that no partition is revoked between a batch's handling and its commit
 // (Consume calls AllowRebalance after every commit). Without
@@ -250,6 +252,9 @@ func (s *session) batch(ctx context.Context, fetches kgo.Fetches) []*kgo.Record 
 		key := tp{p.Topic, p.Partition}
 		var last *kgo.Record
 		for _, r := range p.Records {
+			if ctx.Err() != nil {
+				break // shutting down: left for the next owner, not an attempt
+			}
 			if _, ok := s.paused[key]; ok {
 				break // paused by a Retry in this batch
 			}
