@@ -8,11 +8,13 @@ import (
 	"testing"
 	"time"
 
+	"github.com/idemkit/idem/broker/rabbitmq"
 	"github.com/idemkit/idem/internal/servicetest"
 	"github.com/idemkit/idem/store/pgstore"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	amqp "github.com/rabbitmq/amqp091-go"
 )
 
 // idem relay publishes rows enqueued in PostgreSQL transactions to NATS:
@@ -122,23 +124,8 @@ func TestRelayNATS(t *testing.T) {
 		}
 	}
 
-	// Every row marked sent, then nothing more in the stream.
-	var unsent int
-	tick := time.NewTicker(50 * time.Millisecond)
-	defer tick.Stop()
-	for {
-		if err := pool.QueryRow(ctx, `SELECT count(*) FROM `+schema+`.outbox WHERE sent_at IS NULL`).Scan(&unsent); err != nil {
-			t.Fatal(err)
-		}
-		if unsent == 0 {
-			break
-		}
-		select {
-		case <-tick.C:
-		case <-time.After(30 * time.Second):
-			t.Fatalf("%d rows still unsent; stderr:\n%s", unsent, p.stderr)
-		}
-	}
+	// Every row marked sent.
+	waitAllSent(t, pool, schema, p)
 	if code := p.stop(t, syscall.SIGTERM); code != 0 {
 		t.Fatalf("idem relay exited %d after SIGTERM; stderr:\n%s", code, p.stderr)
 	}
@@ -158,5 +145,107 @@ func TestRelayNATS(t *testing.T) {
 	}
 	if n := strings.Count(p.stderr.String(), "msg=published"); n != total || !strings.Contains(p.stderr.String(), "msg=published id=e1/0 ") {
 		t.Errorf("%d debug lines of a publish, want %d, e1/0 among them (published again); stderr:\n%s", n, total, p.stderr)
+	}
+}
+
+// idem relay to RabbitMQ: rows go through the default exchange to the
+// queue their subject names, with their id as message-id and their
+// headers, in seq order per entity, persistent.
+func TestRelayRabbitMQ(t *testing.T) {
+	amqpURL := servicetest.RabbitMQ.Need(t)
+	schema := fmt.Sprintf("idem_relayq_%d", time.Now().UnixNano()%1e9)
+	storeURL := pgSchemaURL(t, schema)
+	ctx := context.Background()
+	pool, err := pgxpool.New(ctx, servicetest.Postgres.Need(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pool.Close()
+	store, err := pgstore.New(pool, &pgstore.Config{Schema: schema, Migrate: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	conn, err := amqp.Dial(amqpURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	ch, err := conn.Channel()
+	if err != nil {
+		t.Fatal(err)
+	}
+	queue := fmt.Sprintf("idem-relay-%d", time.Now().UnixNano())
+	if err := rabbitmq.DeclareQueue(ch, queue, nil); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _, _ = ch.QueueDelete(queue, false, false, false); ch.Close() })
+
+	const total = 6
+	tx, err := pool.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range total {
+		if err := store.Enqueue(ctx, tx, &pgstore.OutboxMessage{ID: fmt.Sprintf("q/%d", i), Entity: "acct-1", Subject: queue,
+			Payload: []byte(fmt.Sprint(i)), Headers: map[string]string{"Account": "1"}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := tx.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+
+	p, err := spawn(t, t.TempDir(), "relay", "--store", storeURL, "--to", amqpURL+"?exchange=", "--interval", "50ms")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if line := p.next(t); !strings.HasPrefix(line, "idem relay: relaying the outbox of ") {
+		t.Fatalf("first line %q; stderr:\n%s", line, p.stderr)
+	}
+	deliveries, err := ch.Consume(queue, "", true, false, false, false, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range total {
+		select {
+		case d := <-deliveries:
+			if want := fmt.Sprintf("q/%d", i); d.MessageId != want || string(d.Body) != fmt.Sprint(i) ||
+				d.Headers["Account"] != "1" || d.DeliveryMode != amqp.Persistent {
+				t.Errorf("delivery %d: id %q body %q headers %v mode %d; want %s in order, persistent", i, d.MessageId, d.Body, d.Headers, d.DeliveryMode, want)
+			}
+		case <-time.After(30 * time.Second):
+			t.Fatalf("only %d of %d messages after 30s; stderr:\n%s", i, total, p.stderr)
+		}
+	}
+	waitAllSent(t, pool, schema, p)
+	if code := p.stop(t, syscall.SIGTERM); code != 0 {
+		t.Fatalf("idem relay exited %d after SIGTERM; stderr:\n%s", code, p.stderr)
+	}
+	select {
+	case d := <-deliveries:
+		t.Errorf("an extra delivery %q", d.MessageId)
+	default:
+	}
+}
+
+// waitAllSent waits until every outbox row of schema is marked sent.
+func waitAllSent(t *testing.T, pool *pgxpool.Pool, schema string, p *proc) {
+	t.Helper()
+	tick := time.NewTicker(50 * time.Millisecond)
+	defer tick.Stop()
+	deadline := time.After(30 * time.Second)
+	for {
+		var unsent int
+		if err := pool.QueryRow(context.Background(), `SELECT count(*) FROM `+schema+`.outbox WHERE sent_at IS NULL`).Scan(&unsent); err != nil {
+			t.Fatal(err)
+		}
+		if unsent == 0 {
+			return
+		}
+		select {
+		case <-tick.C:
+		case <-deadline:
+			t.Fatalf("%d rows still unsent after 30s; stderr:\n%s", unsent, p.stderr)
+		}
 	}
 }
