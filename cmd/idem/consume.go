@@ -35,6 +35,10 @@ const defaultConsumeStore = "file:./idem-consume-data"
 // consumeHeaderPrefix prefixes every message header forwarded to --to.
 const consumeHeaderPrefix = "X-Idem-Header-"
 
+// inFlightRecheck bounds the redelivery delay of a message whose id is
+// being handled elsewhere.
+const inFlightRecheck = time.Second
+
 // maxHonouredRetryAfter bounds the Retry-After a --to answer may ask for.
 const maxHonouredRetryAfter = 10 * time.Minute
 
@@ -45,7 +49,8 @@ HTTP service, so that any HTTP service becomes a safe at-least-once
 consumer. Each message is POSTed once to success per message id: its id is
 the dedup key in the ledger (--store) and goes to the service as the
 Idempotency-Key header; a redelivery of a message already answered 2xx is
-acked without a request. The delivery is acked only after the service
+acked without a request, and a copy of a message being handled (here or by
+another consumer on the same store and scope) comes back after 1 s. The delivery is acked only after the service
 answered 2xx and the ledger recorded it.
 
   2xx                      success: recorded, then acked
@@ -461,12 +466,20 @@ func runConsumer(ctx context.Context, o *consumeOptions, stdout, stderr io.Write
 		return err
 	}
 	// handle runs one delivery to its end even when ctx ends (a graceful
-	// stop finishes what it has in hand) and honours Retry-After.
+	// stop finishes what it has in hand), honours Retry-After and
+	// rechecks a message in flight elsewhere after inFlightRecheck.
 	handle := func(ctx context.Context, m *messaging.Message) messaging.Decision {
 		var retryAfter time.Duration
 		d := consumer.Handle(context.WithValue(context.WithoutCancel(ctx), retryAfterKey{}, &retryAfter), m)
-		if d.Action == messaging.Retry && retryAfter > 0 {
+		var inFlight *idem.InFlightError
+		switch {
+		case d.Action != messaging.Retry:
+		case retryAfter > 0:
 			d.Delay = retryAfter
+		case errors.As(d.Err, &inFlight):
+			// A twin of a message in hand here or at another consumer: ask
+			// again soon rather than wait out the owner's whole lease.
+			d.Delay = min(d.Delay, inFlightRecheck)
 		}
 		return d
 	}
