@@ -49,9 +49,10 @@ HTTP service, so that any HTTP service becomes a safe at-least-once
 consumer. Each message is POSTed once to success per message id: its id is
 the dedup key in the ledger (--store) and goes to the service as the
 Idempotency-Key header; a redelivery of a message already answered 2xx is
-acked without a request, and a copy of a message being handled (here or by
-another consumer on the same store and scope) comes back after 1 s. The delivery is acked only after the service
-answered 2xx and the ledger recorded it.
+acked without a request, and a copy of a message being handled (here or
+by another consumer on the same store and scope) comes back after 1 s.
+The delivery is acked only after the service answered 2xx and the ledger
+recorded it.
 
   2xx                      success: recorded, then acked
   4xx but 408 and 429      permanent: dead-lettered at once (logged without
