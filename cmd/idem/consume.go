@@ -522,6 +522,15 @@ func runConsumer(ctx context.Context, o *consumeOptions, stdout, stderr io.Write
 		go sweepPeriodically(sweepCtx, store, o.sweep, logger, sweepDone)
 	}
 
+	consuming, noted := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(noted)
+		select {
+		case <-ctx.Done():
+			fmt.Fprintln(stdout, "idem consume: stopping: finishing the deliveries in hand")
+		case <-consuming:
+		}
+	}()
 	var consumeErr error
 	switch o.from.kind {
 	case "nats":
@@ -529,6 +538,8 @@ func runConsumer(ctx context.Context, o *consumeOptions, stdout, stderr io.Write
 	case "amqp":
 		consumeErr = consumeAMQP(ctx, o, handle, onDecision, stdout)
 	}
+	close(consuming)
+	<-noted // the stopping line comes before the stopped line
 	if errors.Is(consumeErr, context.Canceled) && ctx.Err() != nil {
 		fmt.Fprintln(stdout, "idem consume: stopped; the deliveries in hand are settled")
 		return nil

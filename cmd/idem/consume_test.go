@@ -428,3 +428,79 @@ func TestConsumeRelayUsage(t *testing.T) {
 		t.Errorf("relay on mem:: exit %d, stderr %q; want 1 asking for postgres://", code, errOut)
 	}
 }
+
+// SIGTERM while a request is in flight: the request finishes, its
+// delivery is recorded and acked, then idem consume exits 0.
+func TestConsumeStopFinishesInFlight(t *testing.T) {
+	raw := servicetest.NATS.Need(t)
+	nc, err := nats.Connect(raw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	stream := fmt.Sprintf("IDEMCONSUMESTOP_%d", time.Now().UnixNano())
+	if _, err := js.CreateStream(ctx, jetstream.StreamConfig{Name: stream, Subjects: []string{stream + ".>"}, Storage: jetstream.MemoryStorage}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = js.DeleteStream(context.Background(), stream) })
+	if _, err := js.Publish(ctx, stream+".x", []byte("slow"), jetstream.WithMsgID("slow-1")); err != nil {
+		t.Fatal(err)
+	}
+
+	entered, release := make(chan struct{}), make(chan struct{})
+	var mu sync.Mutex
+	answered := 0
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		close(entered)
+		<-release
+		mu.Lock()
+		answered++
+		mu.Unlock()
+		w.WriteHeader(http.StatusNoContent)
+	}))
+	defer srv.Close()
+	defer func() {
+		select {
+		case <-release:
+		default:
+			close(release)
+		}
+	}()
+
+	c := startConsume(t, "--from", raw+"?stream="+stream+"&consumer=stop", "--to", srv.URL, "--store", "mem:")
+	select {
+	case <-entered:
+	case <-time.After(30 * time.Second):
+		t.Fatalf("no request in 30s; stderr:\n%s", c.stderr)
+	}
+	if err := c.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	if line := c.next(t); !strings.Contains(line, "stopping: finishing the deliveries in hand") {
+		t.Fatalf("after SIGTERM: %q, want the stopping line", line)
+	}
+	close(release)
+	select {
+	case <-c.exited:
+	case <-time.After(30 * time.Second):
+		t.Fatalf("idem consume still running 30s after SIGTERM; stderr:\n%s", c.stderr)
+	}
+	if code := c.cmd.ProcessState.ExitCode(); code != 0 {
+		t.Fatalf("exit %d, want 0; stderr:\n%s", code, c.stderr)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	cons, err := js.Consumer(ctx, stream, "stop")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info := cons.CachedInfo(); answered != 1 || info.NumAckPending != 0 || info.NumPending != 0 || info.AckFloor.Stream != 1 {
+		t.Errorf("%d answers; consumer %d unacked, %d pending, ack floor %d; want 1 answer and the message acked",
+			answered, info.NumAckPending, info.NumPending, info.AckFloor.Stream)
+	}
+}
