@@ -504,3 +504,64 @@ func TestConsumeStopFinishesInFlight(t *testing.T) {
 			answered, info.NumAckPending, info.NumPending, info.AckFloor.Stream)
 	}
 }
+
+// The broker closes the consumer (its queue is deleted): idem consume
+// exits 1 saying so.
+func TestConsumeBrokerClosedExits1(t *testing.T) {
+	raw := servicetest.RabbitMQ.Need(t)
+	conn, err := amqp.Dial(raw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	ch, err := conn.Channel()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ch.Close()
+	queue := fmt.Sprintf("idem-consume-closed-%d", time.Now().UnixNano())
+	if err := rabbitmq.DeclareQueue(ch, queue, nil); err != nil {
+		t.Fatal(err)
+	}
+	u, err := url.Parse(raw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	u.RawQuery = "queue=" + url.QueryEscape(queue)
+	c := startConsume(t, "--from", u.String(), "--to", "http://127.0.0.1:1/", "--store", "mem:")
+	// It prints its start line just before it registers with the broker:
+	// wait until the queue has its consumer.
+	tick := time.NewTicker(20 * time.Millisecond)
+	defer tick.Stop()
+	deadline := time.After(30 * time.Second)
+	for {
+		q, err := ch.QueueDeclarePassive(queue, true, false, false, false, amqp.Table{amqp.QueueTypeArg: amqp.QueueTypeQuorum})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if q.Consumers == 1 {
+			break
+		}
+		select {
+		case <-tick.C:
+		case <-deadline:
+			t.Fatalf("no consumer on %s after 30s; stderr:\n%s", queue, c.stderr)
+		}
+	}
+	if _, err := ch.QueueDelete(queue, false, false, false); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-c.exited:
+	case <-time.After(30 * time.Second):
+		t.Fatalf("idem consume still running 30s after its queue was deleted; stderr:\n%s", c.stderr)
+	}
+	if code := c.cmd.ProcessState.ExitCode(); code != 1 || !strings.Contains(c.stderr.String(), "consumer closed by the broker") {
+		t.Errorf("exit %d, stderr:\n%s\nwant 1 and the broker's close", code, c.stderr)
+	}
+	// A queue that does not exist: exit 1 at start.
+	_, errOut, code := runIdem(t, t.TempDir(), "consume", "--from", u.String(), "--to", "http://127.0.0.1:1/", "--store", "mem:")
+	if code != 1 || !strings.Contains(errOut, "NOT_FOUND") {
+		t.Errorf("missing queue: exit %d, stderr %q; want 1 and NOT_FOUND", code, errOut)
+	}
+}
