@@ -5,11 +5,15 @@ go 1.26.0
 require (
 	github.com/getkin/kin-openapi v0.153.0
 	github.com/idemkit/idem v0.0.0
+	github.com/idemkit/idem/broker/natsjs v0.0.0
+	github.com/idemkit/idem/broker/rabbitmq v0.0.0
 	github.com/idemkit/idem/store/pebblestore v0.0.0
 	github.com/idemkit/idem/store/pgstore v0.0.0
 	github.com/idemkit/idem/store/redisstore v0.0.0
 	github.com/idemkit/idem/workflow/declare v0.0.0
 	github.com/jackc/pgx/v5 v5.12.0
+	github.com/nats-io/nats.go v1.56.0
+	github.com/rabbitmq/amqp091-go v1.17.0
 	github.com/redis/go-redis/v9 v9.23.0
 )
 
@@ -37,11 +41,13 @@ require (
 	github.com/jackc/pgpassfile v1.0.0 // indirect
 	github.com/jackc/pgservicefile v0.0.0-20240606120523-5a60cdf6a761 // indirect
 	github.com/jackc/puddle/v2 v2.2.3 // indirect
-	github.com/klauspost/compress v1.17.11 // indirect
+	github.com/klauspost/compress v1.20.0 // indirect
 	github.com/kr/pretty v0.3.1 // indirect
 	github.com/kr/text v0.2.0 // indirect
 	github.com/matttproud/golang_protobuf_extensions v1.0.4 // indirect
 	github.com/minio/minlz v1.0.1-0.20250507153514-87eb42fe8882 // indirect
+	github.com/nats-io/nkeys v0.4.16 // indirect
+	github.com/nats-io/nuid v1.0.1 // indirect
 	github.com/pkg/errors v0.9.1 // indirect
 	github.com/prometheus/client_golang v1.16.0 // indirect
 	github.com/prometheus/client_model v0.3.0 // indirect
@@ -51,16 +57,19 @@ require (
 	github.com/santhosh-tekuri/jsonschema/v6 v6.0.3 // indirect
 	go.uber.org/atomic v1.12.0 // indirect
 	go.yaml.in/yaml/v4 v4.0.0 // indirect
+	golang.org/x/crypto v0.57.0 // indirect
 	golang.org/x/exp v0.0.0-20230626212559-97b1e661b5df // indirect
-	golang.org/x/sync v0.22.0 // indirect
+	golang.org/x/sync v0.23.0 // indirect
 	golang.org/x/sys v0.48.0 // indirect
-	golang.org/x/text v0.41.0 // indirect
+	golang.org/x/text v0.42.0 // indirect
 	google.golang.org/protobuf v1.33.0 // indirect
 	pgregory.net/rapid v1.3.0 // indirect
 )
 
 replace (
 	github.com/idemkit/idem => ../..
+	github.com/idemkit/idem/broker/natsjs => ../../broker/natsjs
+	github.com/idemkit/idem/broker/rabbitmq => ../../broker/rabbitmq
 	github.com/idemkit/idem/store/pebblestore => ../../store/pebblestore
 	github.com/idemkit/idem/store/pgstore => ../../store/pgstore
 	github.com/idemkit/idem/store/redisstore => ../../store/redisstore

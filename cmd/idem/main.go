@@ -2,6 +2,8 @@
 //
 //	idem serve    the ledger over HTTP/JSON (embedded store by default)
 //	idem proxy    the Idempotency-Key middleware in front of any HTTP service
+//	idem consume  a NATS JetStream or RabbitMQ queue into any HTTP service, once per message
+//	idem relay    publish a PostgreSQL outbox to NATS JetStream or RabbitMQ
 //	idem keys     list, show and delete records
 //	idem wf       start, signal, inspect and operate workflows
 //	idem migrate  bring a PostgreSQL store's schema up to date
@@ -26,6 +28,9 @@ Commands:
   serve     run the ledger over HTTP/JSON (embedded store in ./idem-data by default)
   proxy     put the Idempotency-Key middleware in front of any HTTP service
             (embedded store in ./idem-proxy-data by default)
+  consume   consume a NATS JetStream or RabbitMQ queue into an HTTP service,
+            once to success per message id (./idem-consume-data by default)
+  relay     publish a PostgreSQL store's outbox to NATS JetStream or RabbitMQ
   keys      list, show and delete records (ls | show | delete)
   wf        start, signal, inspect and operate workflows (types | graph |
             register | start | signal | cancel | retry | resume | show |
@@ -55,6 +60,10 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return runServe(args[1:], stdout, stderr)
 	case "proxy":
 		return runProxy(args[1:], stdout, stderr)
+	case "consume":
+		return runConsume(args[1:], stdout, stderr)
+	case "relay":
+		return runRelay(args[1:], stdout, stderr)
 	case "keys":
 		return runKeys(args[1:], stdout, stderr)
 	case "wf":
