@@ -92,7 +92,8 @@ type QueueOptions struct {
 	// DeliveryLimit is a quorum queue's x-delivery-limit: after that many
 	// returns of a message (each Retry's nack counts) the broker drops it,
 	// or dead-letters it to DeadLetterQueue. 0: the broker's default (20
-	// since RabbitMQ 4.0, none before); -1: no limit. Set it above
+	// since RabbitMQ 4.0, none before). Do not pass -1 for "no limit":
+	// RabbitMQ 3.10 dead-letters at the first requeue then. Set it above
 	// messaging.Config.MaxAttempts plus the redeliveries of duplicates in
 	// flight elsewhere.
 	DeliveryLimit int
