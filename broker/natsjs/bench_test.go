@@ -136,7 +136,9 @@ func loadavg() string {
 // and on PostgreSQL, by turns in one process, with each store's own
 // Begin+Complete cycle rate at the same concurrency; then what a
 // duplicate costs on PostgreSQL (a replay of the stream through the same
-// ledger), and what JetStream's own Nats-Msg-Id dedup costs at publish.
+// ledger: Begin and Complete calls per duplicate, and a check that the
+// replay rewrote no record and drew no token), and what JetStream's own
+// Nats-Msg-Id dedup costs at publish.
 // It runs only with IDEM_BENCH_FIGURES=1 (IDEM_BENCH_ROUNDS, default 5;
 // IDEM_BENCH_MSGS messages per drain, default 5000); docs/performance.md
 // quotes it.
@@ -248,6 +250,19 @@ func TestConsumerFigures(t *testing.T) {
 	// A duplicate on PostgreSQL: drain a stream once (every message
 	// handled), then replay it with a second durable consumer through the
 	// same ledger: every delivery is a duplicate.
+	// snapshot is the last token drawn and a digest of every record's
+	// row version (xmin): a duplicate that wrote a row or drew a token
+	// changes it.
+	snapshot := func() string {
+		var out string
+		err := pool.QueryRow(ctx, fmt.Sprintf(`SELECT (SELECT last_value FROM %[1]s.tokens)::text || '/' ||
+			(SELECT md5(string_agg(key || ':' || xmin::text, ',' ORDER BY key)) FROM %[1]s.records)`,
+			pgx.Identifier{schema}.Sanitize())).Scan(&out)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return out
+	}
 	for _, workers := range []int{1, 16} {
 		var firsts, dups []float64
 		var beginsPer, completesPer float64
@@ -257,7 +272,11 @@ func TestConsumerFigures(t *testing.T) {
 			el := drain(t, js, stream, "first", pgCons, workers, n, messaging.Ack)
 			firsts = append(firsts, float64(n)/el.Seconds())
 			b0, c0 := pg.begins.Load(), pg.completes.Load()
+			before := snapshot()
 			el = drain(t, js, stream, "replay", pgCons, workers, n, messaging.AckDuplicate)
+			if after := snapshot(); after != before {
+				t.Errorf("the replay wrote to the ledger: %q, then %q", before, after)
+			}
 			dups = append(dups, float64(n)/el.Seconds())
 			beginsPer = float64(pg.begins.Load()-b0) / float64(n)
 			completesPer = float64(pg.completes.Load()-c0) / float64(n)
@@ -266,7 +285,7 @@ func TestConsumerFigures(t *testing.T) {
 		if completesPer != 0 {
 			t.Errorf("a duplicate made %.2f Completes, want 0", completesPer)
 		}
-		t.Logf("workers=%2d pgstore first delivery %8.0f msgs/s, duplicate %8.0f msgs/s (%.2f×); per duplicate %.2f Begin, %.2f Complete",
+		t.Logf("workers=%2d pgstore first delivery %8.0f msgs/s, duplicate %8.0f msgs/s (%.2f×); per duplicate %.2f Begin, %.2f Complete, no row written, no token drawn",
 			workers, median(firsts), median(dups), median(dups)/median(firsts), beginsPer, completesPer)
 	}
 
