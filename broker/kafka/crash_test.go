@@ -1,0 +1,445 @@
+package kafka
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/idemkit/idem"
+	"github.com/idemkit/idem/internal/servicetest"
+	"github.com/idemkit/idem/messaging"
+	"github.com/idemkit/idem/store/pgstore"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/twmb/franz-go/pkg/kadm"
+	"github.com/twmb/franz-go/pkg/kfake"
+	"github.com/twmb/franz-go/pkg/kgo"
+)
+
+// The environment of a consumer process of TestConsumerSIGKILL.
+const (
+	crashSchemaEnv = "IDEM_KAFKA_CRASH_SCHEMA" // set: this process is a consumer
+	crashPGEnv     = "IDEM_KAFKA_CRASH_PG"
+	crashAddrsEnv  = "IDEM_KAFKA_CRASH_ADDRS"
+	crashIDEnv     = "IDEM_KAFKA_CRASH_ID"
+)
+
+const (
+	crashMessages = 300
+	crashKills    = 8
+	crashLease    = time.Second // the ledger's: a killed owner's keys free up after it
+	crashScope    = "orders"
+	crashTopic    = "orders"
+	crashGroup    = "work"
+	// crashInstance is the group.instance.id of every consumer process:
+	// static membership lets a new process take the killed one's place at
+	// once, instead of waiting for its session to time out.
+	crashInstance = "crash-consumer"
+)
+
+func TestMain(m *testing.M) {
+	if schema := os.Getenv(crashSchemaEnv); schema != "" {
+		// Re-executed by TestConsumerSIGKILL: consume until killed.
+		os.Exit(crashChild(schema))
+	}
+	os.Exit(m.Run())
+}
+
+// txSlot carries a delivery's business transaction from the handler to
+// the ledger's Complete, so the effect and the record commit together.
+// Consume handles one record at a time, so one slot in Consume's context
+// serves every delivery in turn.
+type txSlot struct{ tx pgx.Tx }
+
+type slotKey struct{}
+
+// txStore is the pgstore ledger with one change: a Complete made while
+// the context's slot holds an open business transaction runs in it
+// (CompleteTx) and commits it; a Release rolls it back first. So the
+// handler's INSERT commits iff the key's outcome does: exactly once.
+type txStore struct{ *pgstore.Store }
+
+func (s txStore) Complete(ctx context.Context, p *idem.CompleteParams) (*idem.Record, error) {
+	slot, _ := ctx.Value(slotKey{}).(*txSlot)
+	if slot == nil || slot.tx == nil {
+		return s.Store.Complete(ctx, p)
+	}
+	tx := slot.tx
+	slot.tx = nil
+	rec, err := s.Store.CompleteTx(ctx, tx, p)
+	if err != nil {
+		_ = tx.Rollback(ctx)
+		return nil, err
+	}
+	if err := tx.Commit(ctx); err != nil {
+		return nil, err
+	}
+	return rec, nil
+}
+
+func (s txStore) Release(ctx context.Context, p *idem.ReleaseParams) error {
+	if slot, _ := ctx.Value(slotKey{}).(*txSlot); slot != nil && slot.tx != nil {
+		_ = slot.tx.Rollback(ctx)
+		slot.tx = nil
+	}
+	return s.Store.Release(ctx, p)
+}
+
+// crashChild runs in a consumer process: Consume over the parent's kfake
+// cluster as the static member crashInstance of group "work", with a
+// messaging.Consumer on a pgstore ledger, until it is killed (or its
+// stdin, the parent's pipe, closes). The handler prints "run ID PROC",
+// begins a transaction, inserts (ID, PROC) into effects (no unique
+// constraint) and holds the transaction for 2 to 10 ms of pg_sleep; it
+// commits with the key's outcome. Each decision prints "settled ID ACTION
+// PROC".
+func crashChild(schema string) int {
+	fail := func(err error) int { fmt.Fprintln(os.Stderr, "consumer:", err); return 2 }
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	proc := os.Getenv(crashIDEnv)
+	pool, err := pgxpool.New(ctx, os.Getenv(crashPGEnv))
+	if err != nil {
+		return fail(err)
+	}
+	s, err := pgstore.New(pool, &pgstore.Config{Schema: schema})
+	if err != nil {
+		return fail(err)
+	}
+	ledger, err := idem.New(txStore{s}, &idem.Config{Lease: crashLease})
+	if err != nil {
+		return fail(err)
+	}
+	effects := pgx.Identifier{schema, "effects"}.Sanitize()
+	say := func(format string, args ...any) { fmt.Fprintf(os.Stdout, format+"\n", args...) }
+	c, err := messaging.NewConsumer(ledger, func(ctx context.Context, m *messaging.Message) error {
+		slot, _ := ctx.Value(slotKey{}).(*txSlot)
+		if slot == nil {
+			return messaging.Permanent(fmt.Errorf("no transaction slot"))
+		}
+		say("run %s %s", m.ID, proc)
+		tx, err := pool.Begin(ctx)
+		if err != nil {
+			return err
+		}
+		if _, err := tx.Exec(ctx, `INSERT INTO `+effects+` (msg_id, proc) VALUES ($1, $2)`, m.ID, proc); err != nil {
+			_ = tx.Rollback(ctx)
+			return err
+		}
+		if _, err := tx.Exec(ctx, `SELECT pg_sleep($1)`, 0.002+0.008*rand.Float64()); err != nil {
+			_ = tx.Rollback(ctx)
+			return err
+		}
+		slot.tx = tx // committed by the ledger's Complete
+		return nil
+	}, &messaging.Config{Scope: crashScope, MaxAttempts: 50, Backoff: func(int) time.Duration { return 100 * time.Millisecond }})
+	if err != nil {
+		return fail(err)
+	}
+	cl, err := kgo.NewClient(
+		kgo.SeedBrokers(strings.Split(os.Getenv(crashAddrsEnv), ",")...),
+		kgo.ConsumerGroup(crashGroup),
+		kgo.ConsumeTopics(crashTopic),
+		kgo.InstanceID(crashInstance),
+		kgo.SessionTimeout(6*time.Second), // kfake's minimum
+		kgo.DisableAutoCommit(),
+		kgo.BlockRebalanceOnPoll(),
+		kgo.FetchMaxWait(100*time.Millisecond),
+	)
+	if err != nil {
+		return fail(err)
+	}
+	go func() {
+		_, _ = io.Copy(io.Discard, os.Stdin) // the parent is gone when it ends
+		cancel()
+	}()
+	slot := &txSlot{}
+	err = Consume(context.WithValue(ctx, slotKey{}, slot), cl, c, &Options{
+		MaxPollRecords: 16,
+		MaxRetryDelay:  crashLease,
+		OnDecision: func(r *kgo.Record, m *messaging.Message, d messaging.Decision) {
+			if slot.tx != nil { // the handling left it open (the lease was lost)
+				_ = slot.tx.Rollback(ctx)
+				slot.tx = nil
+			}
+			say("settled %s %s %s", m.ID, d.Action, proc)
+		},
+		OnError: func(err error) { fmt.Fprintln(os.Stderr, "consumer:", err) }})
+	fmt.Fprintln(os.Stderr, "consumer: stopped without being killed:", err)
+	return 3
+}
+
+// lines collects the whole lines the consumer processes print, and
+// signals each "run" line of the current process on runs.
+type lines struct {
+	mu   sync.Mutex
+	all  []string
+	runs chan string // the PROC of each run line, never blocks
+}
+
+type lineWriter struct {
+	l    *lines
+	part []byte
+}
+
+func (w *lineWriter) Write(p []byte) (int, error) {
+	w.part = append(w.part, p...)
+	for {
+		i := bytes.IndexByte(w.part, '\n')
+		if i < 0 {
+			return len(p), nil
+		}
+		l := string(w.part[:i])
+		w.l.mu.Lock()
+		w.l.all = append(w.l.all, l)
+		w.l.mu.Unlock()
+		if f := strings.Fields(l); len(f) == 3 && f[0] == "run" {
+			select {
+			case w.l.runs <- f[2]:
+			default:
+			}
+		}
+		w.part = w.part[i+1:]
+	}
+}
+
+type crashProc struct {
+	id    string
+	cmd   *exec.Cmd
+	stdin io.Closer
+	err   bytes.Buffer
+}
+
+// TestConsumerSIGKILL is the real-process crash test: the kfake cluster
+// runs in this process and listens on TCP, the consumer is a re-execution
+// of this test binary. 300 messages are each produced twice (same
+// idem-message-id) to one partition; the consumer's handler inserts a row
+// per message into a PostgreSQL table without a unique constraint, in a
+// transaction that commits with the ledger's record of the key. The test
+// SIGKILLs the process eight times, each 20 to 150 ms after it began
+// handling, starting a fresh one each time, and waits until the group has
+// committed every offset. Every message must have exactly one row: its
+// effect applied once, none lost, whatever the duplicates, the
+// uncommitted batches a killed process left and the transactions the
+// kills cut.
+func TestConsumerSIGKILL(t *testing.T) {
+	if testing.Short() {
+		t.Skip("-short: the crash test starts consumer processes")
+	}
+	ctx := context.Background()
+	pgURL := servicetest.Postgres.Need(t)
+	pool, err := pgxpool.New(ctx, pgURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(pool.Close) // after the schema's drop
+	schema := fmt.Sprintf("idem_kafka_%d", time.Now().UnixNano()%1e9)
+	t.Cleanup(func() {
+		if _, err := pool.Exec(context.Background(), `DROP SCHEMA IF EXISTS `+pgx.Identifier{schema}.Sanitize()+` CASCADE`); err != nil {
+			t.Errorf("drop schema %s: %v", schema, err)
+		}
+	})
+	s, err := pgstore.New(pool, &pgstore.Config{Schema: schema, Migrate: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	effects := pgx.Identifier{schema, "effects"}.Sanitize()
+	if _, err := pool.Exec(ctx, `CREATE TABLE `+effects+` (msg_id text NOT NULL, proc text NOT NULL)`); err != nil {
+		t.Fatal(err)
+	}
+	cluster, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.SeedTopics(1, crashTopic))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(cluster.Close)
+	addrs := cluster.ListenAddrs()
+	prod := producer(t, addrs)
+	for range 2 { // every message twice, same id
+		for i := range crashMessages {
+			id := fmt.Sprintf("m-%03d", i)
+			if err := Publish(ctx, prod, crashTopic, id, []byte("order "+id), nil); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	adm := kadm.NewClient(prod)
+	committedAt := func() int64 {
+		resps, err := adm.FetchOffsets(ctx, crashGroup)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if o, ok := resps.Lookup(crashTopic, 0); ok {
+			if o.Err != nil {
+				t.Fatal(o.Err)
+			}
+			return o.At
+		}
+		return -1
+	}
+
+	seed := time.Now().UnixNano()
+	t.Logf("seed %d", seed)
+	rng := rand.New(rand.NewPCG(uint64(seed), 16))
+	out := lines{runs: make(chan string, 1024)}
+	started := 0
+	start := func() *crashProc {
+		started++
+		p := &crashProc{id: "c" + strconv.Itoa(started)}
+		p.cmd = exec.Command(os.Args[0], "-test.run=^$")
+		p.cmd.Env = append(os.Environ(), crashSchemaEnv+"="+schema, crashPGEnv+"="+pgURL,
+			crashAddrsEnv+"="+strings.Join(addrs, ","), crashIDEnv+"="+p.id)
+		p.cmd.Stdout = &lineWriter{l: &out}
+		p.cmd.Stderr = &p.err
+		stdin, err := p.cmd.StdinPipe()
+		if err != nil {
+			t.Fatal(err)
+		}
+		p.stdin = stdin
+		if err := p.cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	kill := func(p *crashProc) {
+		_ = p.cmd.Process.Kill() // SIGKILL on Unix
+		_ = p.stdin.Close()
+		_ = p.cmd.Wait()
+	}
+	proc := start()
+	defer func() { kill(proc) }()
+	began := time.Now()
+
+	// The chaos schedule: each process is killed 20 to 150 ms after its
+	// handler first ran, mid-batch (a batch is up to 16 records of 2 to
+	// 10 ms each).
+	killed := map[string]bool{}
+	for k := range crashKills {
+		waitRun := time.After(20 * time.Second)
+	wait:
+		for {
+			select {
+			case id := <-out.runs:
+				if id == proc.id {
+					break wait
+				}
+			case <-waitRun:
+				t.Logf("consumer %s stderr: %s", proc.id, proc.err.String())
+				t.Fatalf("consumer %s ran no handler in 20 s", proc.id)
+			}
+		}
+		<-time.After(time.Duration(20+rng.IntN(130)) * time.Millisecond)
+		kill(proc)
+		killed[proc.id] = true
+		t.Logf("kill %d at %v: %s", k+1, time.Since(began).Round(time.Millisecond), proc.id)
+		proc = start()
+	}
+	killsDone := time.Since(began)
+
+	// Wait until every message has a row and every offset is committed.
+	deadline := time.Now().Add(40 * time.Second)
+	for {
+		var ids int
+		if err := pool.QueryRow(ctx, `SELECT count(DISTINCT msg_id) FROM `+effects).Scan(&ids); err != nil {
+			t.Fatal(err)
+		}
+		at := committedAt()
+		if ids == crashMessages && at == 2*crashMessages {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Logf("consumer %s stderr: %s", proc.id, proc.err.String())
+			t.Fatalf("after 40 s: %d of %d messages have a row; committed offset %d of %d", ids, crashMessages, at, 2*crashMessages)
+		}
+		<-time.After(100 * time.Millisecond)
+	}
+	total := time.Since(began)
+	kill(proc)
+
+	// Every message's effect, applied once.
+	rows := map[string]int{}
+	rs, err := pool.Query(ctx, `SELECT msg_id, count(*) FROM `+effects+` GROUP BY msg_id`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for rs.Next() {
+		var id string
+		var n int
+		if err := rs.Scan(&id, &n); err != nil {
+			t.Fatal(err)
+		}
+		rows[id] = n
+	}
+	if err := rs.Err(); err != nil {
+		t.Fatal(err)
+	}
+	ledger, err := idem.New(s, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range crashMessages {
+		id := fmt.Sprintf("m-%03d", i)
+		if rows[id] != 1 {
+			t.Errorf("%s: %d rows, want exactly 1", id, rows[id])
+		}
+		rec, err := ledger.Get(ctx, crashScope, id)
+		if err != nil || rec.State != idem.StateCompleted || rec.Outcome == nil || rec.Outcome.Meta["messaging"] != "handled" {
+			t.Errorf("%s: ledger record %+v (%v), want completed as handled", id, rec, err)
+		}
+	}
+	if len(rows) != crashMessages {
+		t.Errorf("%d distinct ids in effects, want %d", len(rows), crashMessages)
+	}
+
+	// What the processes printed: attempts and settlements.
+	out.mu.Lock()
+	all := out.all
+	out.mu.Unlock()
+	runs, cut := 0, 0
+	actions := map[string]int{}
+	for _, l := range all {
+		f := strings.Fields(l)
+		switch {
+		case len(f) == 3 && f[0] == "run":
+			runs++
+			if killed[f[2]] {
+				cut++ // may also have committed just before the kill
+			}
+		case len(f) == 4 && f[0] == "settled":
+			actions[f[2]]++
+		default:
+			t.Fatalf("a consumer printed %q", l)
+		}
+	}
+	committedByKilled := 0
+	if err := pool.QueryRow(ctx, `SELECT count(*) FROM `+effects+` WHERE proc = ANY($1)`, keys(killed)).Scan(&committedByKilled); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("%d messages x 2 copies, %d SIGKILLs (%d processes) in %v; all committed after %v",
+		crashMessages, len(killed), started, killsDone.Round(time.Millisecond), total.Round(time.Millisecond))
+	t.Logf("%d handler runs, %d of them in killed processes, which committed %d: %d runs were cut by a kill and rolled back",
+		runs, cut, committedByKilled, cut-committedByKilled)
+	t.Logf("settled (as printed; a kill can eat a line): %v", actions)
+	if actions["ack"] > crashMessages || actions["dead-letter"] > 0 {
+		t.Errorf("settled %v: want at most %d acks (the handler's effect commits once per message) and no dead letter", actions, crashMessages)
+	}
+	if cut-committedByKilled == 0 {
+		t.Error("no handler run was cut by a kill: the test proved nothing")
+	}
+}
+
+func keys(m map[string]bool) []string {
+	out := make([]string, 0, len(m))
+	for k := range m {
+		out = append(out, k)
+	}
+	return out
+}
