@@ -11,6 +11,7 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -171,7 +172,7 @@ func parseBrokerURL(flagName, raw string, params ...string) (*brokerURL, error) 
 		return nil, fmt.Errorf("--%s %q: the query does not parse: %w", flagName, u.Redacted(), idem.ErrInvalid)
 	}
 	for name := range q {
-		if !slicesContains(params, name) {
+		if !slices.Contains(params, name) {
 			return nil, fmt.Errorf("--%s %q: unknown parameter %q (want %s): %w", flagName, u.Redacted(), name, strings.Join(params, ", "), idem.ErrInvalid)
 		}
 	}
@@ -180,15 +181,6 @@ func parseBrokerURL(flagName, raw string, params ...string) (*brokerURL, error) 
 	b.dial = u.String()
 	b.shown = u.Redacted()
 	return b, nil
-}
-
-func slicesContains(s []string, v string) bool {
-	for _, x := range s {
-		if x == v {
-			return true
-		}
-	}
-	return false
 }
 
 func runConsume(args []string, stdout, stderr io.Writer) int {
