@@ -13,6 +13,15 @@
 // version) in version order: stale versions are acked as superseded, and a
 // message after a gap is held back until the gap fills or a bound passes.
 //
+// On the producing side, a Relay publishes an outbox: messages a producer
+// wrote in its own transaction (so they exist if and only if its change
+// committed), each entity's in order, each until the broker has it, with
+// the message id as the broker's dedup id. One relay at a time is active,
+// the holder of a lease on the ledger; the table is behind the Outbox
+// interface, whose marks check that lease (a Fence) in the same atomic
+// step. pgstore implements it over PostgreSQL (Store.Relay); another
+// database needs only the four methods.
+//
 // The adapters (modules under broker/) turn a Decision into the broker's
 // ack, nack-with-delay or term. Without one, a consumer loop reads:
 //

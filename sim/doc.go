@@ -55,15 +55,47 @@
 // Scenarios lists the built-in worlds: payments (clients retrying charges
 // through the HTTP middleware), messages (at-least-once delivery to
 // competing consumers that each run a messaging.Consumer, whose Decision
-// the simulated adapter turns into an ack or a redelivery), pauses (owners
-// that pause past their lease and wake up to finish) and workflows
-// (below). Mutants lists deliberately broken ledgers; workflow engines
-// broken through internal hooks (commit-before-action, compensate-twice,
-// keep-token, forget-step-key); and message consumers broken the same way
-// (record-before-handler: the key is recorded as handled before the
-// handler runs, as Watermill's deduplicator does; ack-before-commit: the
-// adapter acks before the outcome is recorded). The tests prove each is
-// caught. `idem sim` runs both from the command line.
+// the simulated adapter turns into an ack or a redelivery, and the outbox
+// relay below), pauses (owners that pause past their lease and wake up to
+// finish) and workflows (below). Mutants lists deliberately broken
+// ledgers; workflow engines broken through internal hooks
+// (commit-before-action, compensate-twice, keep-token, forget-step-key);
+// message consumers broken the same way (record-before-handler: the key is
+// recorded as handled before the handler runs, as Watermill's deduplicator
+// does; ack-before-commit: the adapter acks before the outcome is
+// recorded); and outbox relays (mark-before-publish: a row is marked sent
+// before it is published; new-id-per-attempt: every publish of a row goes
+// out under a fresh message id, so the broker's dedup cannot work;
+// publish-past-failure: an entity's later rows go out after one failed).
+// The tests prove each is caught. `idem sim` runs both from the command
+// line.
+//
+// # The outbox
+//
+// In the messages scenario every order a consumer applies enqueues two
+// outbox rows for its customer (two customers, so each entity has several
+// rows), in the step that commits the order's outcome, as pgstore.Enqueue
+// in the caller's transaction would: a consumer that crashes first
+// enqueues nothing. Two relay processes, each a real messaging.Relay over
+// an in-memory messaging.Outbox, compete for the relay lease; they crash
+// (also right after a publish, before its mark) and pause past their lease,
+// so that the other takes over and the stale one's marks are fenced: the
+// Outbox checks the Fence against the ledger's record of the lease, as
+// pgstore's SQL does. The broker fails a publish before it has the message
+// (failpoint broker/unavailable) or loses the ack after
+// (broker/ack-lost), drops a publish of a message id it had within its
+// dedup window, and redelivers to the downstream, which drops redeliveries
+// of a message id and applies each message's row. The checks:
+//   - outbox-delivered: every row enqueued was delivered downstream and
+//     marked sent, once the relays settled;
+//   - at-most-once: the downstream applied each row once, whatever ids it
+//     came under;
+//   - entity-order: the first deliveries of an entity's rows come in seq
+//     order (checked at each delivery);
+//   - sent-was-published: no row is marked sent before the broker had it
+//     (checked at each mark);
+//   - relay-fenced: a mark gets through only with the token that holds
+//     the relay lease, by the store's record of what committed.
 //
 // # Workflows
 //

@@ -30,5 +30,5 @@ func ExampleRunSeeds() {
 	fmt.Println(sum.OK(), sum.Seeds, sum.Failed.Seed)
 	// Output:
 	// true
-	// false 2 2
+	// false 1 1
 }

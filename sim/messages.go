@@ -19,11 +19,13 @@ import (
 // is released and the message redelivered, up to MaxAttempts) or for good
 // (Permanent: dead-lettered); a producer bug reuses a message id for
 // another order (a fingerprint mismatch, dead-lettered, never applied).
+// Each order applied enqueues two outbox rows, which two competing
+// messaging.Relay processes publish to a faulty broker (outbox.go).
 var messages = &Scenario{
 	Name: "messages",
-	Doc:  "at-least-once delivery to competing consumers that use messaging.Consumer; crashes, lost and duplicated deliveries and acks",
+	Doc:  "at-least-once delivery to competing consumers that use messaging.Consumer, and an outbox that competing messaging.Relays publish; crashes, pauses, lost and duplicated deliveries and acks",
 	Faults: Faults{
-		Crash: 0.004, RestartAfter: time.Second,
+		Crash: 0.004, RestartAfter: time.Second, Pause: 0.002, PauseFor: 3 * relayLease,
 		Drop: 0.05, Duplicate: 0.15, MinDelay: time.Millisecond, MaxDelay: 40 * time.Millisecond,
 	},
 	Failpoints: Failpoints{BeforeCommit: 0.02, AfterCommit: 0.02, Latency: 3 * time.Millisecond},
@@ -59,8 +61,10 @@ var errTransient = errors.New("sim: transient failure")
 
 func setupMessages(w *World, store *Store) func() {
 	var msgs []*message
+	customer := map[string]string{}
 	for i := range messageCount {
 		msgs = append(msgs, &message{id: fmt.Sprintf("m%d", i), payload: fmt.Sprintf("order-%d", i)})
+		customer[msgs[i].id] = fmt.Sprintf("c%d", i%2)
 	}
 	var dups []*message
 	if w.Chance(0.3) {
@@ -68,6 +72,19 @@ func setupMessages(w *World, store *Store) func() {
 		m := msgs[w.Rand().IntN(len(msgs))]
 		dups = append(dups, &message{id: m.id, payload: m.payload + "-other"})
 	}
+	outbox, checkOutbox := setupOutbox(w, store, func() bool {
+		for _, m := range msgs {
+			if !m.acked {
+				return false
+			}
+		}
+		for _, m := range dups {
+			if !m.acked {
+				return false
+			}
+		}
+		return true
+	})
 	byDelivery := func(ctx context.Context) *message { m, _ := ctx.Value(deliveryCtx{}).(*message); return m }
 	ack := func(m *message) {
 		w.Send("ack "+m.id, func() {
@@ -75,6 +92,7 @@ func setupMessages(w *World, store *Store) func() {
 				w.Log("acked", m.id, "")
 			}
 			m.acked = true
+			outbox.maybeStop()
 		})
 	}
 
@@ -89,6 +107,7 @@ func setupMessages(w *World, store *Store) func() {
 			return messaging.Permanent(fmt.Errorf("order %s rejected %08x", msg.Payload, w.Rand().Uint32()))
 		}
 		w.Stage(msg.ID, fmt.Sprintf("applied %s as %08x", msg.Payload, w.Rand().Uint32()))
+		outbox.enqueue(customer[msg.ID], msg.ID+"/reserve", msg.ID+"/ship")
 		return nil
 	}
 	deadLetter := func(ctx context.Context, msg *messaging.Message, attempts []messaging.Attempt, err error) error {
@@ -215,5 +234,6 @@ func setupMessages(w *World, store *Store) func() {
 			}
 		}
 		store.Free(messageLease, keys...)
+		checkOutbox()
 	}
 }

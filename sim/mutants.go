@@ -11,12 +11,12 @@ import (
 	"github.com/idemkit/idem/internal/wfhook"
 )
 
-// A Mutant is a deliberately broken ledger store, workflow engine or
-// message consumer: the simulator must catch every one of them. Each wraps
-// a correct store and breaks one rule, or (the workflow and consumer
-// mutants, Wrap nil) breaks one rule of the workflow engines of the
-// workflows scenario, or of the messaging.Consumer of the messages
-// scenario, through internal hooks.
+// A Mutant is a deliberately broken ledger store, workflow engine, message
+// consumer or outbox relay: the simulator must catch every one of them.
+// Each wraps a correct store and breaks one rule, or (the workflow,
+// consumer and relay mutants, Wrap nil) breaks one rule of the workflow
+// engines of the workflows scenario, or of the messaging.Consumer or
+// messaging.Relay of the messages scenario, through internal hooks.
 type Mutant struct {
 	Name string
 	Doc  string
@@ -26,20 +26,22 @@ type Mutant struct {
 	// consumer breaks the messaging consumer; nil for the others. ack
 	// acks the delivery whose handling ctx belongs to.
 	consumer func(ack func(ctx context.Context, key string)) msghook.Hooks
+	// relay breaks the outbox relays; nil for the others.
+	relay func(w *World) msghook.RelayHooks
 }
 
 // Mutants lists the broken ledgers the simulator is proven against.
 var Mutants = []Mutant{
 	{"check-then-set", "Begin reads the record, then writes it in a second step: two callers both see the key free",
-		func(w *World, inner idem.Store) idem.Store { return &checkThenSet{Store: inner, w: w} }, nil, nil},
+		func(w *World, inner idem.Store) idem.Store { return &checkThenSet{Store: inner, w: w} }, nil, nil, nil},
 	{"record-before-run", "Begin stores an outcome as soon as it acquires, before the work ran",
-		func(w *World, inner idem.Store) idem.Store { return &recordBeforeRun{Store: inner} }, nil, nil},
+		func(w *World, inner idem.Store) idem.Store { return &recordBeforeRun{Store: inner} }, nil, nil, nil},
 	{"ignore-token", "Complete, Release, Extend and Checkpoint ignore the fencing token",
-		func(w *World, inner idem.Store) idem.Store { return &ignoreToken{Store: inner} }, nil, nil},
+		func(w *World, inner idem.Store) idem.Store { return &ignoreToken{Store: inner} }, nil, nil, nil},
 	{"replay-mismatch", "a key reused with another fingerprint replays the stored outcome",
-		func(w *World, inner idem.Store) idem.Store { return &replayMismatch{Store: inner} }, nil, nil},
+		func(w *World, inner idem.Store) idem.Store { return &replayMismatch{Store: inner} }, nil, nil, nil},
 	{"release-completed", "Complete releases the key instead of keeping the outcome",
-		func(w *World, inner idem.Store) idem.Store { return &releaseCompleted{Store: inner, w: w} }, nil, nil},
+		func(w *World, inner idem.Store) idem.Store { return &releaseCompleted{Store: inner, w: w} }, nil, nil, nil},
 	{Name: "commit-before-action", Doc: "the workflow engine commits a transition before its action runs",
 		engine: func(*World) wfhook.Hooks { return wfhook.Hooks{CommitBeforeAction: true} }},
 	{Name: "compensate-twice", Doc: "the workflow engine runs a compensation again after a crash, under a new key",
@@ -54,6 +56,14 @@ var Mutants = []Mutant{
 		consumer: func(func(context.Context, string)) msghook.Hooks { return msghook.Hooks{RecordBeforeHandler: true} }},
 	{Name: "ack-before-commit", Doc: "the broker adapter acks a message before its outcome is recorded",
 		consumer: func(ack func(context.Context, string)) msghook.Hooks { return msghook.Hooks{BeforeCommit: ack} }},
+	{Name: "mark-before-publish", Doc: "the outbox relay marks a row sent before it publishes it",
+		relay: func(*World) msghook.RelayHooks { return msghook.RelayHooks{MarkBeforePublish: true} }},
+	{Name: "new-id-per-attempt", Doc: "the outbox relay publishes every attempt of a row under a fresh message id",
+		relay: func(w *World) msghook.RelayHooks {
+			return msghook.RelayHooks{MessageID: func(id string) string { return fmt.Sprintf("%s#%08x", id, w.Rand().Uint32()) }}
+		}},
+	{Name: "publish-past-failure", Doc: "the outbox relay goes on with an entity's later rows after one failed to publish",
+		relay: func(*World) msghook.RelayHooks { return msghook.RelayHooks{PublishPastFailure: true} }},
 }
 
 // MutantNamed returns the mutant called name.

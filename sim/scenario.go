@@ -105,6 +105,7 @@ func Run(sc *Scenario, seed uint64, mutant *Mutant) *Report {
 		}
 		w.engineMutant = mutant.engine
 		w.consumerMutant = mutant.consumer
+		w.relayMutant = mutant.relay
 		rep.Mutant = mutant.Name
 	}
 	store := w.NewStore(inner, sc.Failpoints)

@@ -272,8 +272,11 @@ func sameCheckpoint(a, b *idem.Checkpoint) bool {
 // ---- effects ----
 
 // effect is a change a task made to the durable world, applied only when
-// the task's Complete commits.
-type effect struct{ key, value string }
+// the task's Complete commits: an effect on key, or a write fn.
+type effect struct {
+	key, value string
+	fn         func()
+}
 
 // Stage records a side effect of the running task on key. It takes effect
 // when the task's next Complete commits, in the same step, as a business
@@ -284,7 +287,16 @@ func (w *World) Stage(key, value string) {
 	if w.cur == nil {
 		panic("sim: Stage outside a task")
 	}
-	w.cur.staged = append(w.cur.staged, effect{key, value})
+	w.cur.staged = append(w.cur.staged, effect{key: key, value: value})
+}
+
+// OnCommit stages fn, a write to the durable world (an outbox row), to run
+// when the running task's next Complete commits, as Stage's effects do.
+func (w *World) OnCommit(fn func()) {
+	if w.cur == nil {
+		panic("sim: OnCommit outside a task")
+	}
+	w.cur.staged = append(w.cur.staged, effect{fn: fn})
 }
 
 func (w *World) commitStaged() {
@@ -293,6 +305,10 @@ func (w *World) commitStaged() {
 		return
 	}
 	for _, e := range t.staged {
+		if e.fn != nil {
+			e.fn()
+			continue
+		}
 		w.apply(e.key, e.value)
 	}
 	t.staged = t.staged[:0]

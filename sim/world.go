@@ -54,6 +54,8 @@ type World struct {
 	// consumerMutant breaks the messaging consumers of the messages
 	// scenario; ack acks the delivery that ctx carries.
 	consumerMutant func(ack func(ctx context.Context, key string)) msghook.Hooks
+	// relayMutant breaks the outbox relays of the messages scenario.
+	relayMutant func(w *World) msghook.RelayHooks
 }
 
 // Faults says how often the world breaks things. Probabilities are per

@@ -19,23 +19,24 @@ const simUsage = `Usage: idem sim --scenario NAME [--seeds N] [--seed S] [--muta
        idem sim --list
 
 Runs idem's deterministic simulator: the real ledger, Ledger.Do, the HTTP
-middleware, the message consumer (package messaging) and the workflow
-engine in seeded worlds where processes crash and restart, owners
-pause past their leases, the network drops, duplicates and reorders
-messages, and the store fails before and after committing. After every
-run it checks that effects were applied at most once per key and at least
-once per acknowledged request, that every duplicate got the original
-outcome, that no acknowledged outcome was lost, that every key ended
-completed or free, and that fencing tokens only grew. One seed reproduces
-one run exactly.
+middleware, the message consumer and outbox relay (package messaging) and
+the workflow engine in seeded worlds where processes crash and restart,
+owners pause past their leases, the network drops, duplicates and
+reorders messages, and the store fails before and after committing. After
+every run it checks that effects were applied at most once per key and at
+least once per acknowledged request, that every duplicate got the
+original outcome, that no acknowledged outcome was lost, that every key
+ended completed or free, that fencing tokens only grew, and that every
+outbox row reached the downstream once, in its entity's order. One seed
+reproduces one run exactly.
 
 Flags:
   --scenario NAME  the world to run (see --list), or "all"
   --seeds N        how many seeds to run, from --seed (default 1000)
   --seed S         the first seed (default 1)
-  --mutant NAME    run a deliberately broken ledger, message consumer or
-                   workflow engine instead of idem's: the simulator should
-                   catch it (and exit 1)
+  --mutant NAME    run a deliberately broken ledger, message consumer,
+                   outbox relay or workflow engine instead of idem's: the
+                   simulator should catch it (and exit 1)
   --json           print one JSON object per scenario
   --trace          on a failure, print the failing run's whole trace
   --list           print the scenarios and mutants, one per line: the kind

@@ -21,7 +21,8 @@ func TestSimList(t *testing.T) {
 	want := []string{"scenario payments", "scenario messages", "scenario pauses", "scenario workflows", "mutant check-then-set",
 		"mutant record-before-run", "mutant ignore-token", "mutant replay-mismatch", "mutant release-completed",
 		"mutant commit-before-action", "mutant compensate-twice", "mutant keep-token", "mutant forget-step-key",
-		"mutant record-before-handler", "mutant ack-before-commit"}
+		"mutant record-before-handler", "mutant ack-before-commit", "mutant mark-before-publish",
+		"mutant new-id-per-attempt", "mutant publish-past-failure"}
 	lines := strings.Split(strings.TrimSuffix(out, "\n"), "\n")
 	if len(lines) != len(want) {
 		t.Fatalf("--list printed %d lines, want %d:\n%s", len(lines), len(want), out)
