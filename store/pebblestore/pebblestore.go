@@ -67,8 +67,9 @@ type Config struct {
 	// keys).
 	CacheSize int64
 
-	fs         vfs.FS // tests count syncs through it
+	fs         vfs.FS // tests count syncs and cut the power through it
 	tokenBlock int64  // tests cross blocks with fewer tokens; zero means tokenBlock
+	noSync     bool   // the power-cut test's mutant: commit without syncing
 }
 
 // Store is the embedded, durable idem.Store, idem.Lister and idem.Sizer.
@@ -95,6 +96,10 @@ type Store struct {
 	token      int64 // the last token handed out
 	tokenMark  int64 // the persisted high-water mark: no token above it was handed out
 	tokenBlock int64 // how many tokens one mark reserves
+
+	// commit is how every write is committed: pebble.Sync (only the
+	// power-cut test's mutant uses pebble.NoSync).
+	commit *pebble.WriteOptions
 
 	size atomic.Int64
 
@@ -154,6 +159,10 @@ func Open(dir string, cfg *Config) (*Store, error) {
 		stop:        make(chan struct{}),
 		sweeperDone: make(chan struct{}),
 		tokenBlock:  tokenBlock,
+		commit:      pebble.Sync,
+	}
+	if c.noSync {
+		s.commit = pebble.NoSync
 	}
 	if c.tokenBlock > 0 {
 		s.tokenBlock = c.tokenBlock
@@ -309,7 +318,7 @@ func (s *Store) nextToken(after int64) (int64, error) {
 	t := max(s.token, after) + 1
 	if t > s.tokenMark {
 		mark := t + s.tokenBlock - 1
-		if err := s.db.Set([]byte(keyTokenMark), binary.BigEndian.AppendUint64(nil, uint64(mark)), pebble.Sync); err != nil {
+		if err := s.db.Set([]byte(keyTokenMark), binary.BigEndian.AppendUint64(nil, uint64(mark)), s.commit); err != nil {
 			return 0, fmt.Errorf("pebblestore: reserve tokens: %w", err)
 		}
 		s.tokenMark = mark
@@ -380,7 +389,7 @@ func (s *Store) put(st *stripe, rkey []byte, cur *idem.Record, curAt time.Time, 
 			return err
 		}
 	}
-	if err := b.Commit(pebble.Sync); err != nil {
+	if err := b.Commit(s.commit); err != nil {
 		return err
 	}
 	st.remember(ref, utc(next), nextAt.UTC(), len(v))
@@ -578,7 +587,7 @@ func (s *Store) Delete(ctx context.Context, p *idem.KeyParams) error {
 	if err := b.Delete(indexKey(curAt, ref), nil); err != nil {
 		return fmt.Errorf("pebblestore: delete: %w", err)
 	}
-	if err := b.Commit(pebble.Sync); err != nil {
+	if err := b.Commit(s.commit); err != nil {
 		return fmt.Errorf("pebblestore: delete: %w", err)
 	}
 	s.size.Add(-1)
@@ -704,7 +713,7 @@ func (s *Store) sweepChunk(entries [][]byte, now time.Time) (int, error) {
 	if b.Empty() {
 		return 0, nil
 	}
-	if err := b.Commit(pebble.Sync); err != nil {
+	if err := b.Commit(s.commit); err != nil {
 		return 0, err
 	}
 	s.size.Add(-int64(deleted))
