@@ -9,7 +9,6 @@ import (
 	"hash/maphash"
 	"io/fs"
 	"log/slog"
-	"os"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -139,10 +138,14 @@ func Open(dir string, cfg *Config) (*Store, error) {
 	if dir == "" {
 		return nil, fmt.Errorf("%w: pebblestore: the directory is empty; name one, like ./idem-data", idem.ErrInvalid)
 	}
-	if err := os.MkdirAll(dir, 0o755); err != nil {
+	fsys := vfs.Default
+	if c.fs != nil {
+		fsys = c.fs
+	}
+	if err := createDir(fsys, dir); err != nil {
 		return nil, fmt.Errorf("pebblestore: open %s: %w", dir, err)
 	}
-	lock, err := pebble.LockDirectory(dir, vfs.Default)
+	lock, err := pebble.LockDirectory(dir, fsys)
 	if err != nil {
 		var pe *fs.PathError
 		if errors.As(err, &pe) { // the lock file could not be created
@@ -169,9 +172,7 @@ func Open(dir string, cfg *Config) (*Store, error) {
 	}
 	opts := pebbleOptions(c.Logger, c.CacheSize)
 	opts.Lock = lock
-	if c.fs != nil {
-		opts.FS = c.fs
-	}
+	opts.FS = fsys
 	s.db, err = pebble.Open(dir, opts)
 	if err != nil {
 		_ = lock.Close()
@@ -190,6 +191,50 @@ func Open(dir string, cfg *Config) (*Store, error) {
 		close(s.sweeperDone)
 	}
 	return s, nil
+}
+
+// createDir creates dir and its missing parents, and syncs the parent of
+// each directory it creates. Pebble syncs the parent of the directory it
+// opens, but a directory above that one, new too, would otherwise hold its
+// new entry in the page cache only: a power cut could take the whole store
+// away after its writes were acknowledged.
+func createDir(fsys vfs.FS, dir string) error {
+	var created []string // from dir up, the directories that do not exist
+	for d := dir; ; {
+		_, err := fsys.Stat(d)
+		if err == nil {
+			break
+		}
+		if !errors.Is(err, fs.ErrNotExist) {
+			return err
+		}
+		created = append(created, d)
+		parent := fsys.PathDir(d)
+		if parent == d {
+			break
+		}
+		d = parent
+	}
+	if len(created) == 0 {
+		return nil
+	}
+	if err := fsys.MkdirAll(dir, 0o755); err != nil {
+		return err
+	}
+	for _, d := range created {
+		parent, err := fsys.OpenDir(fsys.PathDir(d))
+		if err != nil {
+			return err
+		}
+		err = parent.Sync()
+		if cerr := parent.Close(); err == nil {
+			err = cerr
+		}
+		if err != nil {
+			return fmt.Errorf("sync the directory of %s: %w", d, err)
+		}
+	}
+	return nil
 }
 
 // pebbleOptions are the Pebble settings of every store (and of the raw
