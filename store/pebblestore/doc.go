@@ -16,7 +16,9 @@
 // committed with pebble.Sync: when the method returns nil, the change is in
 // the fsynced write-ahead log and survives a crash of the process or of the
 // machine. Reads that change nothing (a Begin that replays or finds the key
-// in flight, Get, List) write nothing.
+// in flight, Get, List) write nothing. Open creates the directory and its
+// missing parents, and syncs the parent of each directory it creates, so a
+// fresh store cannot lose its directory entry to a power cut.
 //
 // TestPowerCut checks it: the store runs on Pebble's crashable in-memory
 // filesystem with concurrent operations of every kind (and the workflow
