@@ -16,7 +16,17 @@
 // committed with pebble.Sync: when the method returns nil, the change is in
 // the fsynced write-ahead log and survives a crash of the process or of the
 // machine. Reads that change nothing (a Begin that replays or finds the key
-// in flight, Get, List) write nothing.
+// in flight, Get, List) write nothing. Open creates the directory and its
+// missing parents, and syncs the parent of each directory it creates, so a
+// fresh store cannot lose its directory entry to a power cut.
+//
+// TestPowerCut checks it: the store runs on Pebble's crashable in-memory
+// filesystem with concurrent operations of every kind (and the workflow
+// journal's), the power is cut at a random moment 1000 times (only what
+// was synced stays), and after each cut the store must open without repair
+// with every acknowledged operation there and tokens above every one handed
+// out before; a store that commits without syncing fails it.
+// docs/store-pebble.md describes the test.
 //
 // # Group commit
 //

@@ -177,7 +177,7 @@ func history(r pebble.Reader, id string) ([]workflow.Entry, error) {
 // commit writes b, synced, and closes it.
 func (j *Journal) commit(b *pebble.Batch) error {
 	defer b.Close()
-	return b.Commit(pebble.Sync)
+	return b.Commit(j.s.commit)
 }
 
 // Create implements workflow.Journal.

@@ -9,7 +9,6 @@ import (
 	"hash/maphash"
 	"io/fs"
 	"log/slog"
-	"os"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -67,8 +66,9 @@ type Config struct {
 	// keys).
 	CacheSize int64
 
-	fs         vfs.FS // tests count syncs through it
+	fs         vfs.FS // tests count syncs and cut the power through it
 	tokenBlock int64  // tests cross blocks with fewer tokens; zero means tokenBlock
+	noSync     bool   // the power-cut test's mutant: commit without syncing
 }
 
 // Store is the embedded, durable idem.Store, idem.Lister and idem.Sizer.
@@ -95,6 +95,10 @@ type Store struct {
 	token      int64 // the last token handed out
 	tokenMark  int64 // the persisted high-water mark: no token above it was handed out
 	tokenBlock int64 // how many tokens one mark reserves
+
+	// commit is how every write is committed: pebble.Sync (only the
+	// power-cut test's mutant uses pebble.NoSync).
+	commit *pebble.WriteOptions
 
 	size atomic.Int64
 
@@ -134,10 +138,14 @@ func Open(dir string, cfg *Config) (*Store, error) {
 	if dir == "" {
 		return nil, fmt.Errorf("%w: pebblestore: the directory is empty; name one, like ./idem-data", idem.ErrInvalid)
 	}
-	if err := os.MkdirAll(dir, 0o755); err != nil {
+	fsys := vfs.Default
+	if c.fs != nil {
+		fsys = c.fs
+	}
+	if err := createDir(fsys, dir); err != nil {
 		return nil, fmt.Errorf("pebblestore: open %s: %w", dir, err)
 	}
-	lock, err := pebble.LockDirectory(dir, vfs.Default)
+	lock, err := pebble.LockDirectory(dir, fsys)
 	if err != nil {
 		var pe *fs.PathError
 		if errors.As(err, &pe) { // the lock file could not be created
@@ -154,15 +162,17 @@ func Open(dir string, cfg *Config) (*Store, error) {
 		stop:        make(chan struct{}),
 		sweeperDone: make(chan struct{}),
 		tokenBlock:  tokenBlock,
+		commit:      pebble.Sync,
+	}
+	if c.noSync {
+		s.commit = pebble.NoSync
 	}
 	if c.tokenBlock > 0 {
 		s.tokenBlock = c.tokenBlock
 	}
 	opts := pebbleOptions(c.Logger, c.CacheSize)
 	opts.Lock = lock
-	if c.fs != nil {
-		opts.FS = c.fs
-	}
+	opts.FS = fsys
 	s.db, err = pebble.Open(dir, opts)
 	if err != nil {
 		_ = lock.Close()
@@ -181,6 +191,50 @@ func Open(dir string, cfg *Config) (*Store, error) {
 		close(s.sweeperDone)
 	}
 	return s, nil
+}
+
+// createDir creates dir and its missing parents, and syncs the parent of
+// each directory it creates. Pebble syncs the parent of the directory it
+// opens, but a directory above that one, new too, would otherwise hold its
+// new entry in the page cache only: a power cut could take the whole store
+// away after its writes were acknowledged.
+func createDir(fsys vfs.FS, dir string) error {
+	var created []string // from dir up, the directories that do not exist
+	for d := dir; ; {
+		_, err := fsys.Stat(d)
+		if err == nil {
+			break
+		}
+		if !errors.Is(err, fs.ErrNotExist) {
+			return err
+		}
+		created = append(created, d)
+		parent := fsys.PathDir(d)
+		if parent == d {
+			break
+		}
+		d = parent
+	}
+	if len(created) == 0 {
+		return nil
+	}
+	if err := fsys.MkdirAll(dir, 0o755); err != nil {
+		return err
+	}
+	for _, d := range created {
+		parent, err := fsys.OpenDir(fsys.PathDir(d))
+		if err != nil {
+			return err
+		}
+		err = parent.Sync()
+		if cerr := parent.Close(); err == nil {
+			err = cerr
+		}
+		if err != nil {
+			return fmt.Errorf("sync the directory of %s: %w", d, err)
+		}
+	}
+	return nil
 }
 
 // pebbleOptions are the Pebble settings of every store (and of the raw
@@ -309,7 +363,7 @@ func (s *Store) nextToken(after int64) (int64, error) {
 	t := max(s.token, after) + 1
 	if t > s.tokenMark {
 		mark := t + s.tokenBlock - 1
-		if err := s.db.Set([]byte(keyTokenMark), binary.BigEndian.AppendUint64(nil, uint64(mark)), pebble.Sync); err != nil {
+		if err := s.db.Set([]byte(keyTokenMark), binary.BigEndian.AppendUint64(nil, uint64(mark)), s.commit); err != nil {
 			return 0, fmt.Errorf("pebblestore: reserve tokens: %w", err)
 		}
 		s.tokenMark = mark
@@ -380,7 +434,7 @@ func (s *Store) put(st *stripe, rkey []byte, cur *idem.Record, curAt time.Time, 
 			return err
 		}
 	}
-	if err := b.Commit(pebble.Sync); err != nil {
+	if err := b.Commit(s.commit); err != nil {
 		return err
 	}
 	st.remember(ref, utc(next), nextAt.UTC(), len(v))
@@ -578,7 +632,7 @@ func (s *Store) Delete(ctx context.Context, p *idem.KeyParams) error {
 	if err := b.Delete(indexKey(curAt, ref), nil); err != nil {
 		return fmt.Errorf("pebblestore: delete: %w", err)
 	}
-	if err := b.Commit(pebble.Sync); err != nil {
+	if err := b.Commit(s.commit); err != nil {
 		return fmt.Errorf("pebblestore: delete: %w", err)
 	}
 	s.size.Add(-1)
@@ -704,7 +758,7 @@ func (s *Store) sweepChunk(entries [][]byte, now time.Time) (int, error) {
 	if b.Empty() {
 		return 0, nil
 	}
-	if err := b.Commit(pebble.Sync); err != nil {
+	if err := b.Commit(s.commit); err != nil {
 		return 0, err
 	}
 	s.size.Add(-int64(deleted))
