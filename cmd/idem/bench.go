@@ -13,6 +13,8 @@ import (
 	"math"
 	mrand "math/rand/v2"
 	"net"
+	"net/http"
+	"net/http/httputil"
 	"net/url"
 	"os"
 	"os/signal"
@@ -55,7 +57,7 @@ const benchCommonHelp = `  --mode MODE            cycle: every operation on a ne
 `
 
 const benchUsage = `Usage: idem bench (--store URL | --server URL --token T)... [flags]
-       idem bench proxy --target URL [--target URL] [--baseline URL] [flags]
+       idem bench proxy --target URL [--target URL] [--baseline URL | --reverse-proxy URL] [flags]
 
 A load generator for your own deployment, as pgbench and redis-benchmark
 are for theirs. It drives idem's ledger directly in this process (--store),
@@ -109,7 +111,7 @@ Examples:
   idem bench --store mem: --server http://127.0.0.1:7070 --token T -c 16 --json
 `
 
-const benchProxyUsage = `Usage: idem bench proxy --target URL [--target URL] [--baseline URL] [flags]
+const benchProxyUsage = `Usage: idem bench proxy --target URL [--target URL] [--baseline URL | --reverse-proxy URL] [flags]
 
 Drives idem proxy, or any HTTP endpoint, with requests that carry an
 Idempotency-Key: a new key per request (cycle), a key already sent
@@ -124,6 +126,12 @@ new key, true for a replay); answers without the header are not checked.
 Targets (repeat a flag or separate URLs with commas):
   --target URL           the endpoint, like http://127.0.0.1:7071/orders
                          (http:// only; the path and query are sent)
+  --reverse-proxy URL    a baseline this process serves on a loopback port:
+                         a plain httputil.ReverseProxy to URL (the upstream,
+                         like http://127.0.0.1:8080/orders; the path is
+                         requested) with idem proxy's connection pool,
+                         measured like --baseline (instead of it): what idem
+                         proxy costs over a reverse proxy in Go
   --baseline URL         measured first and sent the same requests without
                          an Idempotency-Key, like the bare upstream or a
                          plain reverse proxy in front of it: every target is
@@ -148,9 +156,18 @@ Example:
 
 // benchTarget is one target of a bench run as given on the command line.
 type benchTarget struct {
-	Kind string `json:"kind"` // store, server, http or baseline
+	Kind string `json:"kind"` // store, server, http, baseline or reverse-proxy
 	URL  string `json:"url"`  // printable: without a password
 	raw  string
+}
+
+// label names the target in the report: its URL, and for a
+// --reverse-proxy "reverse-proxy:" and the upstream's URL.
+func (t benchTarget) label() string {
+	if t.Kind == "reverse-proxy" {
+		return "reverse-proxy:" + t.URL
+	}
+	return t.URL
 }
 
 // targetFlag appends each URL of a flag (comma-separated) as a target of
@@ -248,6 +265,7 @@ func parseBenchFlags(args []string, stdout, stderr io.Writer) (*benchOptions, in
 	if o.proxy {
 		fs.Var(targetFlag{"http", &o.targets}, "target", "")
 		fs.Var(targetFlag{"baseline", &baselines}, "baseline", "")
+		fs.Var(targetFlag{"reverse-proxy", &baselines}, "reverse-proxy", "")
 		fs.StringVar(&o.method, "method", "POST", "")
 		fs.Var(&headers, "header", "")
 		fs.StringVar(&o.body, "body", `{"amount":100,"currency":"eur"}`, "")
@@ -312,7 +330,7 @@ func (o *benchOptions) check(bodySize, baselines int) string {
 	case o.proxy && len(o.targets) == baselines:
 		return "no target: give --target URL, like --target http://127.0.0.1:7071/orders"
 	case o.proxy && baselines > 1:
-		return "at most one --baseline"
+		return "at most one --baseline or --reverse-proxy"
 	case !o.proxy && len(o.targets) == 0:
 		return "no target: give --store URL (like --store mem:) or --server URL --token T"
 	case o.mode != "cycle" && o.mode != "replay" && o.mode != "mix":
@@ -348,9 +366,9 @@ func (o *benchOptions) check(bodySize, baselines int) string {
 			if o.token == "" {
 				return "--server needs --token (or $IDEM_TOKEN): a token of the server's tokens file bound to --scope"
 			}
-		case "http", "baseline":
+		case "http", "baseline", "reverse-proxy":
 			u, err := url.Parse(t.raw)
-			flagName := map[string]string{"http": "--target", "baseline": "--baseline"}[t.Kind]
+			flagName := "--" + t.Kind
 			switch {
 			case err != nil || u.Host == "":
 				return fmt.Sprintf("%s %q: want a URL like http://127.0.0.1:7071/orders", flagName, t.URL)
@@ -442,7 +460,7 @@ type benchDriver interface {
 	level(n int) error
 	fresh(caller int) error
 	replay(caller, k int) error
-	close()
+	closeAll()
 }
 
 // runBenchTargets opens the targets, runs every level by rounds and
@@ -454,7 +472,7 @@ func runBenchTargets(ctx context.Context, o *benchOptions, p *benchProgress) (*b
 	drivers := make([]benchDriver, 0, len(o.targets))
 	defer func() {
 		for _, d := range drivers {
-			d.close()
+			d.closeAll()
 		}
 	}()
 	for _, t := range o.targets {
@@ -479,13 +497,13 @@ func runBenchTargets(ctx context.Context, o *benchOptions, p *benchProgress) (*b
 	for _, n := range o.clients {
 		for i, d := range drivers {
 			if err := d.level(n); err != nil {
-				return nil, fmt.Errorf("%s: %w", o.targets[i].URL, err)
+				return nil, fmt.Errorf("%s: %w", o.targets[i].label(), err)
 			}
 		}
 		if o.mode != "cycle" && n == o.clients[0] {
 			for i, d := range drivers {
 				if err := completeKeys(ctx, d, o.keys, n); err != nil {
-					return nil, fmt.Errorf("%s: completing the keys to replay: %w", o.targets[i].URL, err)
+					return nil, fmt.Errorf("%s: completing the keys to replay: %w", o.targets[i].label(), err)
 				}
 			}
 		}
@@ -493,7 +511,7 @@ func runBenchTargets(ctx context.Context, o *benchOptions, p *benchProgress) (*b
 		warm := make([]int, len(drivers))
 		for i, d := range drivers {
 			op := benchOp(o, o.targets[i].Kind, d)
-			sides[i] = bench.Side{Name: o.targets[i].URL, Run: func() (bench.Round, error) {
+			sides[i] = bench.Side{Name: o.targets[i].label(), Run: func() (bench.Round, error) {
 				if o.warmup > 0 {
 					w, _ := bench.Load{Callers: n, More: until(ctx, o.warmup), Op: op, Kind: kind}.Drive()
 					warm[i] += w.Ops + w.ErrorCount()
@@ -536,7 +554,7 @@ func until(ctx context.Context, d time.Duration) func() bool {
 // benchOp is the operation of a target in the mode.
 func benchOp(o *benchOptions, kind string, d benchDriver) func(int) error {
 	switch {
-	case kind == "baseline" || o.mode == "cycle":
+	case kind == "baseline" || kind == "reverse-proxy" || o.mode == "cycle":
 		return d.fresh
 	case o.mode == "replay":
 		return func(c int) error { return d.replay(c, mrand.IntN(o.keys)) }
@@ -571,7 +589,7 @@ func completeKeys(ctx context.Context, d benchDriver, keys, clients int) error {
 func summarize(clients int, targets []benchTarget, runs [][]bench.Round, warm []int) benchLevel {
 	lvl := benchLevel{Clients: clients}
 	for i, rs := range runs {
-		res := benchResult{Target: targets[i].URL, Kind: targets[i].Kind, Errors: map[string]int{}, WarmupOps: warm[i]}
+		res := benchResult{Target: targets[i].label(), Kind: targets[i].Kind, Errors: map[string]int{}, WarmupOps: warm[i]}
 		var lat []time.Duration
 		var cpus []float64
 		for _, r := range rs {
@@ -731,8 +749,27 @@ func openBenchDriver(ctx context.Context, o *benchOptions, t benchTarget, runID 
 	d := &httpDriver{host: host, keys: o.keys, baseline: t.Kind == "baseline",
 		req:    loadgen.Request{Method: o.method, Target: target, Header: o.headers, Body: []byte(o.body)},
 		prefix: runID, timeout: o.timeout}
-	flagName := map[string]string{"http": "--target", "baseline": "--baseline"}[t.Kind]
+	flagName := "--" + t.Kind
+	if t.Kind == "http" {
+		flagName = "--target"
+	}
+	if t.Kind == "reverse-proxy" {
+		// The upstream must answer before a proxy to it is measured.
+		c, err := net.DialTimeout("tcp", host, 10*time.Second)
+		if err != nil {
+			return nil, fmt.Errorf("%s %s: %w", flagName, t.URL, err)
+		}
+		c.Close()
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return nil, err
+		}
+		d.rp = &http.Server{Handler: plainProxy(&url.URL{Scheme: "http", Host: u.Host}), ReadHeaderTimeout: 10 * time.Second}
+		go func() { _ = d.rp.Serve(ln) }()
+		d.host, d.baseline = ln.Addr().String(), true
+	}
 	if err := d.level(1); err != nil {
+		d.close()
 		return nil, fmt.Errorf("%s %s: %w", flagName, t.URL, err)
 	}
 	return d, nil
@@ -750,7 +787,7 @@ type ledgerDriver struct {
 
 func (d *ledgerDriver) level(int) error { return nil }
 
-func (d *ledgerDriver) close() { _ = d.store.Close() }
+func (d *ledgerDriver) closeAll() { _ = d.store.Close() }
 
 func (d *ledgerDriver) fresh(int) error {
 	return d.cycle(d.prefix + "n" + strconv.FormatInt(d.next.Add(1), 10))
@@ -797,6 +834,7 @@ type httpDriver struct {
 	timeout  time.Duration
 	conns    *loadgen.Conns
 	next     atomic.Int64
+	rp       *http.Server // --reverse-proxy's, served here
 }
 
 func (d *httpDriver) level(n int) error {
@@ -813,6 +851,14 @@ func (d *httpDriver) close() {
 	if d.conns != nil {
 		d.conns.Close()
 		d.conns = nil
+	}
+}
+
+// closeAll also stops a --reverse-proxy.
+func (d *httpDriver) closeAll() {
+	d.close()
+	if d.rp != nil {
+		_ = d.rp.Close()
 	}
 }
 
@@ -868,7 +914,7 @@ func (p *benchProgress) turn(n, i int) {
 	}
 	p.done.Store(0)
 	p.turnT0.Store(time.Now().UnixNano())
-	p.turnInfo.Store(fmt.Sprintf("%d clients, target %s", n, p.o.targets[i].URL))
+	p.turnInfo.Store(fmt.Sprintf("%d clients, target %s", n, p.o.targets[i].label()))
 	if p.tty && p.stop == nil {
 		p.stop, p.stopped = make(chan struct{}), make(chan struct{})
 		go p.ticker()
@@ -903,7 +949,7 @@ func (p *benchProgress) turnDone(n, round, side int, r bench.Round) {
 		return
 	}
 	fmt.Fprintf(p.w, "idem bench: %d clients, round %d/%d, target %s, %.0f %s, %d errors, elapsed %s, remaining %s\n",
-		n, round+1, p.o.rounds, p.o.targets[side].URL, r.Rate(), p.unit, r.ErrorCount(),
+		n, round+1, p.o.rounds, p.o.targets[side].label(), r.Rate(), p.unit, r.ErrorCount(),
 		time.Since(p.start).Round(time.Second), max(p.total-time.Since(p.start), 0).Round(time.Second))
 }
 
@@ -914,4 +960,27 @@ func (p *benchProgress) finish() {
 		<-p.stopped
 		p.stop = nil
 	}
+}
+
+// plainProxy is the yardstick: a plain httputil.ReverseProxy to upstream,
+// with no error handler and no buffer pool, and the same connection pool
+// as idem proxy's (the default keeps 2 idle connections per host and
+// would measure connection setup instead).
+func plainProxy(upstream *url.URL) http.Handler {
+	return &httputil.ReverseProxy{
+		Rewrite: func(r *httputil.ProxyRequest) {
+			r.SetURL(upstream)
+			r.SetXForwarded()
+		},
+		Transport: upstreamTransport(),
+	}
+}
+
+// upstreamTransport is the connection pool of idemhttp.Proxy's default
+// Transport, for the yardstick.
+func upstreamTransport() *http.Transport {
+	t := http.DefaultTransport.(*http.Transport).Clone()
+	t.MaxIdleConns = 1024
+	t.MaxIdleConnsPerHost = 256
+	return t
 }

@@ -93,7 +93,7 @@ func TestBenchHelp(t *testing.T) {
 		}
 		flags := []string{"--mode", "--dup-rate", "--keys", "-c, --clients", "--duration", "--warmup", "--rounds", "--json", "--quiet"}
 		if args[1] == "proxy" {
-			flags = append(flags, "--target", "--baseline", "--method", "--header", "--body ", "--body-size", "--timeout")
+			flags = append(flags, "--target", "--baseline", "--reverse-proxy", "--method", "--header", "--body ", "--body-size", "--timeout")
 		} else {
 			flags = append(flags, "--store", "--server", "--token", "--payload", "--scope")
 		}
@@ -133,6 +133,8 @@ func TestBenchBadFlags(t *testing.T) {
 		{[]string{"bench", "proxy", "--target", "https://a/"}, "only http://"},
 		{[]string{"bench", "proxy", "--target", "a:1"}, "want a URL"},
 		{[]string{"bench", "proxy", "--target", "http://a/", "--baseline", "http://b/", "--baseline", "http://c/"}, "at most one --baseline"},
+		{[]string{"bench", "proxy", "--target", "http://a/", "--baseline", "http://b/", "--reverse-proxy", "http://c/"}, "at most one --baseline"},
+		{[]string{"bench", "proxy", "--target", "http://a/", "--reverse-proxy", "https://c/"}, "--reverse-proxy \"https://c/\": only http://"},
 		{[]string{"bench", "proxy", "--target", "http://a/", "--header", "no colon"}, "--header"},
 		{[]string{"bench", "proxy", "--target", "http://a/", "--method", "GE T"}, "--method"},
 		{[]string{"bench", "proxy", "--target", "http://a/", "--body-size", "-3"}, "--body-size"},
@@ -312,5 +314,39 @@ func TestBenchTable(t *testing.T) {
 	}
 	if n := strings.Count(stderr, "idem bench: 2 clients, round "); n != 4 {
 		t.Errorf("%d progress lines, want 4 (2 rounds of 2 targets):\n%s", n, stderr)
+	}
+}
+
+// TestBenchReverseProxyBaseline: --reverse-proxy serves a plain reverse
+// proxy to the upstream as the baseline: the upstream answers exactly the
+// baseline's requests and the idem proxy's first executions.
+func TestBenchReverseProxyBaseline(t *testing.T) {
+	t.Parallel()
+	var requests atomic.Int64
+	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		requests.Add(1)
+		loadgen.Handler(w, r)
+	}))
+	defer up.Close()
+	upURL, _ := url.Parse(up.URL)
+	st := memstore.New(nil)
+	defer st.Close()
+	o := &proxyOptions{upstream: upURL, methods: []string{http.MethodPost}, maxBody: 1 << 20,
+		lease: idem.DefaultLease, window: idem.DefaultWindow}
+	ledger, err := idem.New(st, &idem.Config{Lease: o.lease, Window: o.window})
+	if err != nil {
+		t.Fatal(err)
+	}
+	proxy := httptest.NewServer(newProxyHandler(ledger, o, slog.New(slog.DiscardHandler), idemapi.NewMetrics([]string{proxyRoute})))
+	defer proxy.Close()
+	rep := runBenchJSON(t, "proxy", "--reverse-proxy", up.URL+"/orders", "--target", proxy.URL+"/orders",
+		"-c", "2", "--duration", "200ms", "--warmup", "0", "--rounds", "1")
+	base, r := rep.Levels[0].Results[0], rep.Levels[0].Results[1]
+	if base.Kind != "reverse-proxy" || base.Target != "reverse-proxy:"+up.URL+"/orders" || r.Ratio == nil ||
+		len(base.Errors)+len(r.Errors) != 0 || base.Ops == 0 || r.Ops == 0 {
+		t.Fatalf("results %+v %+v", base, r)
+	}
+	if got := requests.Load(); got != int64(base.Ops+r.Ops) {
+		t.Errorf("the upstream answered %d requests, want %d + %d", got, base.Ops, r.Ops)
 	}
 }
