@@ -494,13 +494,13 @@ func runBenchTargets(ctx context.Context, o *benchOptions, p *benchProgress) (*b
 		rep.DupRate = o.dupRate
 	}
 	kind := benchErrorKind
-	for _, n := range o.clients {
+	for li, n := range o.clients {
 		for i, d := range drivers {
 			if err := d.level(n); err != nil {
 				return nil, fmt.Errorf("%s: %w", o.targets[i].label(), err)
 			}
 		}
-		if o.mode != "cycle" && n == o.clients[0] {
+		if o.mode != "cycle" && li == 0 {
 			for i, d := range drivers {
 				if err := completeKeys(ctx, d, o.keys, n); err != nil {
 					return nil, fmt.Errorf("%s: completing the keys to replay: %w", o.targets[i].label(), err)
@@ -513,10 +513,11 @@ func runBenchTargets(ctx context.Context, o *benchOptions, p *benchProgress) (*b
 			op := benchOp(o, o.targets[i].Kind, d)
 			sides[i] = bench.Side{Name: o.targets[i].label(), Run: func() (bench.Round, error) {
 				if o.warmup > 0 {
-					w, _ := bench.Load{Callers: n, More: until(ctx, o.warmup), Op: op, Kind: kind}.Drive()
+					p.turn(n, i, true)
+					w, _ := bench.Load{Callers: n, More: until(ctx, o.warmup), Op: op, Kind: kind, Done: &p.done}.Drive()
 					warm[i] += w.Ops + w.ErrorCount()
 				}
-				p.turn(n, i)
+				p.turn(n, i, false)
 				r, err := bench.Load{Callers: n, More: until(ctx, o.duration), Op: op, Kind: kind, Done: &p.done}.Drive()
 				if err == nil {
 					err = ctx.Err()
@@ -907,14 +908,19 @@ func newBenchProgress(stderr io.Writer, o *benchOptions) *benchProgress {
 	return p
 }
 
-// turn says a measured turn of target i at n clients starts.
-func (p *benchProgress) turn(n, i int) {
+// turn says a turn of target i at n clients starts: its warm-up, or
+// the measured part.
+func (p *benchProgress) turn(n, i int, warmup bool) {
 	if p.off {
 		return
 	}
 	p.done.Store(0)
 	p.turnT0.Store(time.Now().UnixNano())
-	p.turnInfo.Store(fmt.Sprintf("%d clients, target %s", n, p.o.targets[i].label()))
+	info := fmt.Sprintf("%d clients, target %s", n, p.o.targets[i].label())
+	if warmup {
+		info += ", warming up"
+	}
+	p.turnInfo.Store(info)
 	if p.tty && p.stop == nil {
 		p.stop, p.stopped = make(chan struct{}), make(chan struct{})
 		go p.ticker()
@@ -937,7 +943,7 @@ func (p *benchProgress) ticker() {
 				rate = float64(p.done.Load()) / el
 			}
 			elapsed := time.Since(p.start)
-			fmt.Fprintf(p.w, "\r\033[K%s: %.0f %s, elapsed %s, remaining %s", p.turnInfo.Load(), rate, p.unit,
+			fmt.Fprintf(p.w, "\r\033[K%s, %.0f %s, elapsed %s, remaining %s", p.turnInfo.Load(), rate, p.unit,
 				elapsed.Round(time.Second), max(p.total-elapsed, 0).Round(time.Second))
 		}
 	}

@@ -7,10 +7,12 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/url"
+	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/idemkit/idem"
 	"github.com/idemkit/idem/idemapi"
@@ -348,5 +350,29 @@ func TestBenchReverseProxyBaseline(t *testing.T) {
 	}
 	if got := requests.Load(); got != int64(base.Ops+r.Ops) {
 		t.Errorf("the upstream answered %d requests, want %d + %d", got, base.Ops, r.Ops)
+	}
+}
+
+// TestBenchProgressTerminal: on a terminal the progress is one line,
+// rewritten in place with the rate, elapsed and remaining time, and
+// cleared at the end.
+func TestBenchProgressTerminal(t *testing.T) {
+	t.Parallel()
+	o := &benchOptions{mode: "cycle", clients: []int{4}, rounds: 2, duration: time.Hour,
+		targets: []benchTarget{{Kind: "store", URL: "mem:"}}}
+	var w syncBuffer
+	p := newBenchProgress(&w, o)
+	p.tty = true
+	p.turn(4, 0, false)
+	p.done.Store(1000)
+	deadline := time.Now().Add(30 * time.Second)
+	for !strings.Contains(w.String(), "remaining") && time.Now().Before(deadline) {
+		runtime.Gosched()
+	}
+	p.finish()
+	out := w.String()
+	if !strings.HasPrefix(out, "\r\033[K4 clients, target mem:, ") || !strings.Contains(out, " cycles/s, elapsed ") ||
+		!strings.Contains(out, "remaining 1h59m") && !strings.Contains(out, "remaining 2h0m0s") || !strings.HasSuffix(out, "\r\033[K") || strings.Contains(out, "\n") {
+		t.Errorf("progress %q", out)
 	}
 }
