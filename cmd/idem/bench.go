@@ -27,6 +27,7 @@ import (
 	"time"
 
 	"github.com/idemkit/idem"
+	"github.com/idemkit/idem/idemapi"
 	"github.com/idemkit/idem/idemclient"
 	"github.com/idemkit/idem/internal/bench"
 	"github.com/idemkit/idem/internal/loadgen"
@@ -69,8 +70,10 @@ quantiles, errors by kind and this process's CPU time per operation.
 An operation is a cycle (begin on a new key, then complete it with
 --payload bytes; unit cycles/s), a replay (begin on a completed key,
 which must answer replay; unit replays/s) or, in mix mode, either (ops/s).
-Keys start with a random prefix of the run, so runs never meet, and live
-in --scope; they expire with the default window (24h) of the store.
+Keys start with a random prefix of the run, so runs never meet; they are
+written in --scope and expire after --window. Measure a store you can
+fill: a scratch schema (?schema=) or Redis prefix (?prefix=), or a scope
+of its own on a deployment.
 
 Two or more targets are measured by turns in one sitting: each round runs
 every target once for --duration, and the second and later targets are
@@ -93,6 +96,7 @@ given is the baseline of the ratios):
 Flags:
   --payload BYTES        size of the outcome each cycle completes (default 256)
   --scope S              the scope of the keys (default "bench")
+  --window DURATION      how long the records written are kept (default 1h)
 ` + benchCommonHelp + `
 Output: a table per concurrency level with, per target, the median ops/s
 over the rounds, p50, p99 and p99.9 latency in µs over all rounds' operations,
@@ -210,7 +214,7 @@ type benchOptions struct {
 	json, quiet     bool
 	method, body    string
 	headers         []string
-	timeout         time.Duration
+	timeout, window time.Duration
 }
 
 func runBench(args []string, stdout, stderr io.Writer) int {
@@ -277,6 +281,7 @@ func parseBenchFlags(args []string, stdout, stderr io.Writer) (*benchOptions, in
 		fs.StringVar(&o.token, "token", os.Getenv("IDEM_TOKEN"), "")
 		fs.IntVar(&o.payload, "payload", 256, "")
 		fs.StringVar(&o.scope, "scope", "bench", "")
+		fs.DurationVar(&o.window, "window", time.Hour, "")
 	}
 	fs.StringVar(&o.mode, "mode", "cycle", "")
 	fs.Float64Var(&o.dupRate, "dup-rate", 0.3, "")
@@ -345,6 +350,8 @@ func (o *benchOptions) check(bodySize, baselines int) string {
 		return fmt.Sprintf("--warmup must not be negative, got %s", o.warmup)
 	case o.rounds < 1:
 		return fmt.Sprintf("--rounds must be at least 1, got %d", o.rounds)
+	case !o.proxy && (o.window <= 0 || o.window > idemapi.MaxDuration):
+		return fmt.Sprintf("--window must be positive and at most a century, got %s", o.window)
 	case o.payload < 0:
 		return fmt.Sprintf("--payload must not be negative, got %d", o.payload)
 	case bodySize < 0:
@@ -731,7 +738,7 @@ func openBenchDriver(ctx context.Context, o *benchOptions, t benchTarget, runID 
 		if err != nil {
 			return nil, fmt.Errorf("--%s %s: %w", t.Kind, t.URL, err)
 		}
-		d := &ledgerDriver{store: store, scope: o.scope, prefix: runID, outcome: idem.Outcome{Data: make([]byte, o.payload)}}
+		d := &ledgerDriver{store: store, scope: o.scope, window: o.window, prefix: runID, outcome: idem.Outcome{Data: make([]byte, o.payload)}}
 		_, _ = rand.Read(d.outcome.Data)
 		// A first call: a server that cannot be reached or refuses the
 		// token is an error now, not a run of failures.
@@ -781,6 +788,7 @@ func openBenchDriver(ctx context.Context, o *benchOptions, t benchTarget, runID 
 type ledgerDriver struct {
 	store   idem.Store
 	scope   string
+	window  time.Duration
 	prefix  string
 	outcome idem.Outcome
 	next    atomic.Int64
@@ -797,7 +805,7 @@ func (d *ledgerDriver) fresh(int) error {
 func (d *ledgerDriver) cycle(key string) error {
 	ctx := context.Background()
 	res, err := d.store.Begin(ctx, &idem.BeginParams{Scope: d.scope, Key: key, Fingerprint: "bench",
-		Lease: idem.DefaultLease, Window: idem.DefaultWindow})
+		Lease: idem.DefaultLease, Window: d.window})
 	if err != nil {
 		return err
 	}
@@ -814,7 +822,7 @@ func (d *ledgerDriver) replay(_, k int) error {
 		return d.cycle(d.prefix + "r" + strconv.Itoa(-1-k))
 	}
 	res, err := d.store.Begin(context.Background(), &idem.BeginParams{Scope: d.scope, Key: d.prefix + "r" + strconv.Itoa(k),
-		Fingerprint: "bench", Lease: idem.DefaultLease, Window: idem.DefaultWindow})
+		Fingerprint: "bench", Lease: idem.DefaultLease, Window: d.window})
 	if err != nil {
 		return err
 	}

@@ -97,7 +97,7 @@ func TestBenchHelp(t *testing.T) {
 		if args[1] == "proxy" {
 			flags = append(flags, "--target", "--baseline", "--reverse-proxy", "--method", "--header", "--body ", "--body-size", "--timeout")
 		} else {
-			flags = append(flags, "--store", "--server", "--token", "--payload", "--scope")
+			flags = append(flags, "--store", "--server", "--token", "--payload", "--scope", "--window")
 		}
 		for _, f := range flags {
 			if !strings.Contains(stdout, "\n  "+f) {
@@ -128,6 +128,7 @@ func TestBenchBadFlags(t *testing.T) {
 		{[]string{"bench", "--store", "mem:", "--rounds", "0"}, "--rounds"},
 		{[]string{"bench", "--store", "mem:", "--keys", "0"}, "--keys"},
 		{[]string{"bench", "--store", "mem:", "--payload", "-1"}, "--payload"},
+		{[]string{"bench", "--store", "mem:", "--window", "0s"}, "--window"},
 		{[]string{"bench", "--server", "http://127.0.0.1:1", "--token", ""}, "--token"},
 		{[]string{"bench", "--store", ""}, "empty URL"},
 		{[]string{"bench", "--store", "mem:", "extra"}, `unexpected argument "extra"`},
