@@ -184,14 +184,33 @@ type targetFlag struct {
 func (f targetFlag) String() string { return "" }
 
 func (f targetFlag) Set(v string) error {
-	for u := range strings.SplitSeq(v, ",") {
-		u = strings.TrimSpace(u)
+	for _, u := range splitURLs(v) {
 		if u == "" {
 			return errors.New("empty URL")
 		}
 		*f.list = append(*f.list, benchTarget{Kind: f.kind, URL: redactURL(u), raw: u})
 	}
 	return nil
+}
+
+// splitURLs splits a flag's value at each comma that a URL scheme this
+// binary knows follows (mem:, file:, postgres:, redis:, http:, ...), so
+// that a comma inside a URL (the hosts of postgres://h1,h2/db) stays.
+func splitURLs(v string) []string {
+	schemes := append(idem.StoreSchemes(), "http", "https")
+	var out []string
+	start := 0
+	for i := 0; i < len(v); i++ {
+		if v[i] != ',' {
+			continue
+		}
+		next := strings.ToLower(strings.TrimSpace(v[i+1:]))
+		if slices.ContainsFunc(schemes, func(s string) bool { return strings.HasPrefix(next, s+":") }) || next == "" {
+			out = append(out, strings.TrimSpace(v[start:i]))
+			start = i + 1
+		}
+	}
+	return append(out, strings.TrimSpace(v[start:]))
 }
 
 // listFlag is a repeatable string flag.

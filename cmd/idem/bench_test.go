@@ -8,6 +8,7 @@ import (
 	"net/http/httptest"
 	"net/url"
 	"runtime"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -375,5 +376,23 @@ func TestBenchProgressTerminal(t *testing.T) {
 	if !strings.HasPrefix(out, "\r\033[K4 clients, target mem:, ") || !strings.Contains(out, " cycles/s, elapsed ") ||
 		!strings.Contains(out, "remaining 1h59m") && !strings.Contains(out, "remaining 2h0m0s") || !strings.HasSuffix(out, "\r\033[K") || strings.Contains(out, "\n") {
 		t.Errorf("progress %q", out)
+	}
+}
+
+// TestSplitURLs: a flag's URLs split at commas before a scheme, not at a
+// comma inside a URL.
+func TestSplitURLs(t *testing.T) {
+	t.Parallel()
+	for in, want := range map[string][]string{
+		"mem:":                                   {"mem:"},
+		"mem:,file:/tmp/x":                       {"mem:", "file:/tmp/x"},
+		"mem:, HTTP://a:1,https://b/":            {"mem:", "HTTP://a:1", "https://b/"},
+		"postgres://u@h1,h2:5432/db,redis://r/0": {"postgres://u@h1,h2:5432/db", "redis://r/0"},
+		"mem:,":                                  {"mem:", ""},
+		"http://a/x,y":                           {"http://a/x,y"},
+	} {
+		if got := splitURLs(in); !slices.Equal(got, want) {
+			t.Errorf("splitURLs(%q) = %q, want %q", in, got, want)
+		}
 	}
 }
