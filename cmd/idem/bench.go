@@ -126,6 +126,8 @@ machine of few cores); a connection that fails is dialled again. An
 answer is successful when its status is 2xx and, when it carries
 Idempotent-Replayed, that header says what the mode expects (false for a
 new key, true for a replay); answers without the header are not checked.
+The keys are quoted strings like "bench-5f0c9a1b2e3d-1042": a random
+prefix of the run and a number, so runs never meet.
 
 Targets (repeat a flag or separate URLs with commas):
   --target URL           the endpoint, like http://127.0.0.1:7071/orders
@@ -144,8 +146,9 @@ Targets (repeat a flag or separate URLs with commas):
 
 Flags:
   --method M             the request method (default POST)
-  --header 'NAME: VALUE' an extra request header; repeatable (default
-                         Content-Type: application/json)
+  --header 'NAME: VALUE' an extra request header; repeatable. Without a
+                         Content-Type among them, Content-Type:
+                         application/json is sent
   --body TEXT            the request body (default {"amount":100,"currency":"eur"})
   --body-size BYTES      instead of --body, a JSON document of this many bytes
   --timeout DURATION     longest exchange of one request; a slower one
