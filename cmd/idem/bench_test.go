@@ -396,3 +396,25 @@ func TestSplitURLs(t *testing.T) {
 		}
 	}
 }
+
+// TestBenchNothingSucceeds: an endpoint that answers only 503: the report
+// is printed with the errors, and the exit status says the level failed.
+func TestBenchNothingSucceeds(t *testing.T) {
+	t.Parallel()
+	var requests atomic.Int64
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		requests.Add(1)
+		w.WriteHeader(http.StatusServiceUnavailable)
+	}))
+	defer srv.Close()
+	stdout, stderr, code := runCLI(t, "bench", "proxy", "--target", srv.URL, "-c", "2", "--duration", "100ms", "--warmup", "0", "--rounds", "1", "--json", "--quiet")
+	var rep benchReport
+	if err := json.Unmarshal([]byte(stdout), &rep); err != nil {
+		t.Fatalf("no report: %v: %q", err, stdout)
+	}
+	r := rep.Levels[0].Results[0]
+	if code != 1 || !strings.Contains(stderr, "at 2 clients: no operation succeeded") || r.Ops != 0 ||
+		int64(r.Errors["http_503"]) != requests.Load() || requests.Load() == 0 {
+		t.Errorf("exit %d, stderr %q, ops %d, errors %v, %d requests", code, stderr, r.Ops, r.Errors, requests.Load())
+	}
+}
