@@ -543,11 +543,11 @@ func runBenchTargets(ctx context.Context, o *benchOptions, p *benchProgress) (*b
 			sides[i] = bench.Side{Name: o.targets[i].label(), Run: func() (bench.Round, error) {
 				if o.warmup > 0 {
 					p.turn(n, i, true)
-					w, _ := bench.Load{Callers: n, More: until(ctx, o.warmup), Op: op, Kind: kind, Done: &p.done}.Drive()
+					w, _ := bench.Load{Callers: n, More: bench.For(ctx, o.warmup), Op: op, Kind: kind, Done: &p.done}.Drive()
 					warm[i] += w.Ops + w.ErrorCount()
 				}
 				p.turn(n, i, false)
-				r, err := bench.Load{Callers: n, More: until(ctx, o.duration), Op: op, Kind: kind, Done: &p.done}.Drive()
+				r, err := bench.Load{Callers: n, More: bench.For(ctx, o.duration), Op: op, Kind: kind, Done: &p.done}.Drive()
 				if err == nil {
 					err = ctx.Err()
 				}
@@ -566,19 +566,6 @@ func runBenchTargets(ctx context.Context, o *benchOptions, p *benchProgress) (*b
 		rep.Levels = append(rep.Levels, summarize(n, o.targets, runs, warm))
 	}
 	return rep, nil
-}
-
-// until is a More of bench.Load: true for d from its first call, and
-// while ctx lasts.
-func until(ctx context.Context, d time.Duration) func() bool {
-	var deadline atomic.Int64
-	return func() bool {
-		now := time.Now().UnixNano()
-		if deadline.Load() == 0 {
-			deadline.CompareAndSwap(0, now+int64(d))
-		}
-		return now < deadline.Load() && ctx.Err() == nil
-	}
 }
 
 // benchOp is the operation of a target in the mode.

@@ -241,9 +241,23 @@ func (s Side) prefix() string {
 // turn in each round.
 func Timed(name string, callers int, turn time.Duration, op func() error) Side {
 	return Side{Name: name, Run: func() (Round, error) {
-		deadline := time.Now().Add(turn)
-		return Drive(callers, func() bool { return time.Now().Before(deadline) }, op)
+		return Drive(callers, For(context.Background(), turn), op)
 	}}
+}
+
+// For is a More of Load (and the more of Drive): true for d from its
+// first call, which is after the run's clock started, so that a run
+// lasts at least d; false from then on, or once ctx is done.
+func For(ctx context.Context, d time.Duration) func() bool {
+	base := time.Now()
+	var deadline atomic.Int64 // since base, on the monotonic clock; 0 before the first call
+	return func() bool {
+		now := int64(time.Since(base)) + 1
+		if deadline.Load() == 0 {
+			deadline.CompareAndSwap(0, now+int64(d))
+		}
+		return now < deadline.Load() && ctx.Err() == nil
+	}
 }
 
 // Paired measures sides by turns: rounds rounds, each running every side

@@ -1,6 +1,7 @@
 package bench
 
 import (
+	"context"
 	"errors"
 	"slices"
 	"strings"
@@ -114,8 +115,9 @@ func TestTimed(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	// The turn's deadline is set just before Drive starts its clock.
-	if r.Elapsed < 19*time.Millisecond || r.Elapsed > 2*time.Second || r.Ops < 2 {
+	// The turn's deadline is set at the first call of more, after Drive
+	// started its clock.
+	if r.Elapsed < 20*time.Millisecond || r.Elapsed > 2*time.Second || r.Ops < 2 {
 		t.Fatalf("elapsed %v, %d ops", r.Elapsed, r.Ops)
 	}
 }
@@ -186,5 +188,27 @@ func TestRounds(t *testing.T) {
 	}
 	if Median([]float64{3, 1, 2}) != 2 || Median([]float64{4, 1, 3, 2}) != 3 || Median(nil) != 0 {
 		t.Error("Median")
+	}
+}
+
+// TestFor: the deadline counts from the first call, and a done context
+// ends it at once.
+func TestFor(t *testing.T) {
+	t.Parallel()
+	more := For(context.Background(), time.Hour)
+	if !more() || !more() {
+		t.Error("For(1h) false at once")
+	}
+	if For(context.Background(), 0)() {
+		t.Error("For(0) true")
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	more = For(ctx, time.Hour)
+	if !more() {
+		t.Error("false before the cancel")
+	}
+	cancel()
+	if more() {
+		t.Error("true after the cancel")
 	}
 }
