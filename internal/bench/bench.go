@@ -3,7 +3,9 @@
 // (CycleOp, Cycles), and Paired, which measures a candidate against its
 // baseline by turns in one process. The HTTP load of the middleware and
 // proxy benchmarks comes from internal/loadgen, whose Closed is a Side of
-// Paired like Timed.
+// Paired like Timed. `idem bench` (cmd/idem) runs the same machinery outside
+// testing: Load (errors counted by kind, a live count of operations), For
+// (a timed turn) and Rounds (sides by turns).
 //
 // # Measuring against a baseline
 //
