@@ -538,15 +538,18 @@ func runBenchTargets(ctx context.Context, o *benchOptions, p *benchProgress) (*b
 		}
 		sides := make([]bench.Side, len(drivers))
 		warm := make([]int, len(drivers))
+		turns := 0 // of this level so far: Rounds runs one side at a time
 		for i, d := range drivers {
 			op := benchOp(o, o.targets[i].Kind, d)
 			sides[i] = bench.Side{Name: o.targets[i].label(), Run: func() (bench.Round, error) {
+				round := turns / len(drivers)
+				turns++
 				if o.warmup > 0 {
-					p.turn(n, i, true)
+					p.turn(n, round, i, true)
 					w, _ := bench.Load{Callers: n, More: bench.For(ctx, o.warmup), Op: op, Kind: kind, Done: &p.done}.Drive()
 					warm[i] += w.Ops + w.ErrorCount()
 				}
-				p.turn(n, i, false)
+				p.turn(n, round, i, false)
 				r, err := bench.Load{Callers: n, More: bench.For(ctx, o.duration), Op: op, Kind: kind, Done: &p.done}.Drive()
 				if err == nil {
 					err = ctx.Err()
@@ -925,15 +928,15 @@ func newBenchProgress(stderr io.Writer, o *benchOptions) *benchProgress {
 	return p
 }
 
-// turn says a turn of target i at n clients starts: its warm-up, or
-// the measured part.
-func (p *benchProgress) turn(n, i int, warmup bool) {
+// turn says a turn of target i at n clients in round (from 0) starts:
+// its warm-up, or the measured part.
+func (p *benchProgress) turn(n, round, i int, warmup bool) {
 	if p.off {
 		return
 	}
 	p.done.Store(0)
 	p.turnT0.Store(time.Now().UnixNano())
-	info := fmt.Sprintf("%d clients, target %s", n, p.o.targets[i].label())
+	info := fmt.Sprintf("%d clients, round %d/%d, target %s", n, round+1, p.o.rounds, p.o.targets[i].label())
 	if warmup {
 		info += ", warming up"
 	}

@@ -365,7 +365,7 @@ func TestBenchProgressTerminal(t *testing.T) {
 	var w syncBuffer
 	p := newBenchProgress(&w, o)
 	p.tty = true
-	p.turn(4, 0, false)
+	p.turn(4, 1, 0, false)
 	p.done.Store(1000)
 	deadline := time.Now().Add(30 * time.Second)
 	for !strings.Contains(w.String(), "remaining") && time.Now().Before(deadline) {
@@ -373,7 +373,7 @@ func TestBenchProgressTerminal(t *testing.T) {
 	}
 	p.finish()
 	out := w.String()
-	if !strings.HasPrefix(out, "\r\033[K4 clients, target mem:, ") || !strings.Contains(out, " cycles/s, elapsed ") ||
+	if !strings.HasPrefix(out, "\r\033[K4 clients, round 2/2, target mem:, ") || !strings.Contains(out, " cycles/s, elapsed ") ||
 		!strings.Contains(out, "remaining 1h59m") && !strings.Contains(out, "remaining 2h0m0s") || !strings.HasSuffix(out, "\r\033[K") || strings.Contains(out, "\n") {
 		t.Errorf("progress %q", out)
 	}
