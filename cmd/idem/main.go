@@ -7,6 +7,7 @@
 //	idem keys     list, show and delete records
 //	idem wf       start, signal, inspect and operate workflows
 //	idem migrate  bring a PostgreSQL store's schema up to date
+//	idem bench    load a store, an idem serve or an HTTP endpoint: ops/s, latency
 //	idem sim      run the deterministic simulator: scenarios, mutants, seeds
 //	idem version  print the module version, VCS revision and Go version
 //
@@ -36,6 +37,9 @@ Commands:
             register | start | signal | cancel | retry | resume | show |
             history | ls)
   migrate   bring a PostgreSQL store's schema up to date
+  bench     measure a store, an idem serve or an idem proxy under load
+            (ops/s, latency quantiles, errors, CPU; targets compared by
+            turns)
   sim       check idem's guarantees in seeded simulated worlds (crashes,
             pauses, a lossy network, failing stores)
   version   print the module version, the VCS revision it was built from
@@ -70,6 +74,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return runWF(args[1:], stdout, stderr)
 	case "migrate":
 		return runMigrate(args[1:], stdout, stderr)
+	case "bench":
+		return runBench(args[1:], stdout, stderr)
 	case "sim":
 		return runSim(args[1:], stdout, stderr)
 	case "version", "--version":

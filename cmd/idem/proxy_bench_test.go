@@ -5,7 +5,6 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"net/http/httputil"
 	"net/url"
 	"path/filepath"
 	"testing"
@@ -73,29 +72,6 @@ func BenchmarkProxyPaired(b *testing.B) {
 			loadgen.Closed("bare", upstreamAddr, loadgen.Bare, 10000),
 			loadgen.Closed("replay", proxy, loadgen.Replay, 10000))
 	})
-}
-
-// plainProxy is the yardstick: a plain httputil.ReverseProxy to upstream,
-// with no error handler and no buffer pool, and the same connection pool
-// as idem proxy's (the default keeps 2 idle connections per host and
-// would measure connection setup instead).
-func plainProxy(upstream *url.URL) http.Handler {
-	return &httputil.ReverseProxy{
-		Rewrite: func(r *httputil.ProxyRequest) {
-			r.SetURL(upstream)
-			r.SetXForwarded()
-		},
-		Transport: upstreamTransport(),
-	}
-}
-
-// upstreamTransport is the connection pool of idemhttp.Proxy's default
-// Transport, for the yardstick.
-func upstreamTransport() *http.Transport {
-	t := http.DefaultTransport.(*http.Transport).Clone()
-	t.MaxIdleConns = 1024
-	t.MaxIdleConnsPerHost = 256
-	return t
 }
 
 // serveProxy serves idem proxy's handler to upstream on the store raw

@@ -3,7 +3,9 @@
 // (CycleOp, Cycles), and Paired, which measures a candidate against its
 // baseline by turns in one process. The HTTP load of the middleware and
 // proxy benchmarks comes from internal/loadgen, whose Closed is a Side of
-// Paired like Timed.
+// Paired like Timed. `idem bench` (cmd/idem) runs the same machinery outside
+// testing: Load (errors counted by kind, a live count of operations), For
+// (a timed turn) and Rounds (sides by turns).
 //
 // # Measuring against a baseline
 //
@@ -42,6 +44,18 @@ type Round struct {
 	Elapsed time.Duration   // wall time of the run
 	CPU     time.Duration   // the process's CPU time per operation; 0 if unknown
 	Lat     []time.Duration // each operation's latency, sorted
+	// Errors counts the failed operations by kind (Load.Kind); nil when
+	// none failed.
+	Errors map[string]int
+}
+
+// ErrorCount is the number of failed operations.
+func (r *Round) ErrorCount() int {
+	n := 0
+	for _, c := range r.Errors {
+		n += c
+	}
+	return n
 }
 
 // Rate is operations per second.
@@ -81,18 +95,56 @@ func (r *Round) Report(b *testing.B, prefix, unit string) {
 // returns true, and measures the run. The first error op returns ends the
 // run and is returned.
 func Drive(callers int, more func() bool, op func() error) (Round, error) {
-	lats := make([][]time.Duration, callers)
-	errs := make(chan error, callers)
+	return Load{Callers: callers, More: more, Op: func(int) error { return op() }}.Drive()
+}
+
+// Load is a closed-loop run for Drive with more choices: the caller's
+// index passed to each operation, errors counted by kind instead of ending
+// the run, and a live count of finished operations.
+type Load struct {
+	// Callers is the number of goroutines.
+	Callers int
+	// More is called before every operation, from every goroutine; the
+	// goroutine stops when it returns false.
+	More func() bool
+	// Op is one operation, given the index of its goroutine (0 to
+	// Callers-1), so that a caller can keep a connection of its own.
+	Op func(caller int) error
+	// Kind, when set, names an error of Op (like "http_409"): the error
+	// is counted in Round.Errors under that name and the run goes on.
+	// Without it the first error ends the run and Drive returns it.
+	Kind func(error) string
+	// Done, when set, is incremented after every operation, failed or
+	// not: a progress display reads it while the run goes on.
+	Done *atomic.Int64
+}
+
+// Drive runs the load and measures it. Only successful operations are
+// timed and counted in Ops; with Kind, the failed ones are in Errors.
+func (l Load) Drive() (Round, error) {
+	lats := make([][]time.Duration, l.Callers)
+	kinds := make([]map[string]int, l.Callers)
+	errs := make(chan error, l.Callers)
 	cpu := cputime.Start()
 	start := time.Now()
-	for i := range callers {
+	for i := range l.Callers {
 		go func() {
 			var err error
 			var lat []time.Duration
-			for err == nil && more() {
+			for err == nil && l.More() {
 				t := time.Now()
-				if err = op(); err == nil {
+				err = l.Op(i)
+				if err == nil {
 					lat = append(lat, time.Since(t))
+				} else if l.Kind != nil {
+					if kinds[i] == nil {
+						kinds[i] = map[string]int{}
+					}
+					kinds[i][l.Kind(err)]++
+					err = nil
+				}
+				if l.Done != nil {
+					l.Done.Add(1)
 				}
 			}
 			lats[i] = lat
@@ -100,14 +152,22 @@ func Drive(callers int, more func() bool, op func() error) (Round, error) {
 		}()
 	}
 	var err error
-	for range callers {
+	for range l.Callers {
 		if e := <-errs; e != nil && err == nil {
 			err = e
 		}
 	}
 	r := Round{Elapsed: time.Since(start), Lat: slices.Concat(lats...)}
 	r.Ops = len(r.Lat)
-	r.CPU, _ = cpu.PerOp(r.Ops)
+	for _, k := range kinds {
+		for name, n := range k {
+			if r.Errors == nil {
+				r.Errors = map[string]int{}
+			}
+			r.Errors[name] += n
+		}
+	}
+	r.CPU, _ = cpu.PerOp(r.Ops + r.ErrorCount())
 	slices.Sort(r.Lat)
 	return r, err
 }
@@ -183,9 +243,23 @@ func (s Side) prefix() string {
 // turn in each round.
 func Timed(name string, callers int, turn time.Duration, op func() error) Side {
 	return Side{Name: name, Run: func() (Round, error) {
-		deadline := time.Now().Add(turn)
-		return Drive(callers, func() bool { return time.Now().Before(deadline) }, op)
+		return Drive(callers, For(context.Background(), turn), op)
 	}}
+}
+
+// For is a More of Load (and the more of Drive): true for d from its
+// first call, which is after the run's clock started, so that a run
+// lasts at least d; false from then on, or once ctx is done.
+func For(ctx context.Context, d time.Duration) func() bool {
+	base := time.Now()
+	var deadline atomic.Int64 // since base, on the monotonic clock; 0 before the first call
+	return func() bool {
+		now := int64(time.Since(base)) + 1
+		if deadline.Load() == 0 {
+			deadline.CompareAndSwap(0, now+int64(d))
+		}
+		return now < deadline.Load() && ctx.Err() == nil
+	}
 }
 
 // Paired measures sides by turns: rounds rounds, each running every side
@@ -209,27 +283,23 @@ func Paired(b *testing.B, unit string, rounds int, sides ...Side) {
 	}
 	tallies := make([]tally, len(sides))
 	b.ResetTimer()
-	for r := range rounds {
-		for i := range sides {
-			j := (i + r) % len(sides)
-			res, err := sides[j].Run()
-			if err != nil {
-				b.Fatalf("%s: %v", sides[j].Name, err)
-			}
-			t := &tallies[j]
-			t.rates = append(t.rates, res.Rate())
-			t.cpus = append(t.cpus, micros(res.CPU))
-			t.lat = append(t.lat, res.Lat...)
-		}
-	}
+	err := Rounds(rounds, sides, func(_, j int, res Round) {
+		t := &tallies[j]
+		t.rates = append(t.rates, res.Rate())
+		t.cpus = append(t.cpus, micros(res.CPU))
+		t.lat = append(t.lat, res.Lat...)
+	})
 	b.StopTimer()
+	if err != nil {
+		b.Fatal(err)
+	}
 	base := &tallies[0] // sorted by the first turn of the loop
 	for j, s := range sides {
 		t := &tallies[j]
 		slices.Sort(t.lat)
 		p := s.prefix()
-		b.ReportMetric(median(t.rates), p+unit)
-		if c := median(t.cpus); c > 0 {
+		b.ReportMetric(Median(t.rates), p+unit)
+		if c := Median(t.cpus); c > 0 {
 			b.ReportMetric(c, p+"cpu-µs/op")
 		}
 		if len(t.lat) > 0 {
@@ -243,15 +313,41 @@ func Paired(b *testing.B, unit string, rounds int, sides ...Side) {
 		for r := range rounds {
 			ratios[r] = t.rates[r] / base.rates[r]
 		}
-		b.ReportMetric(median(ratios), p+"ratio")
+		b.ReportMetric(Median(ratios), p+"ratio")
 		if len(t.lat) > 0 && len(base.lat) > 0 {
 			b.ReportMetric(float64(quantile(t.lat, 0.99))/float64(quantile(base.lat, 0.99)), p+"p99-ratio")
 		}
 	}
 }
 
-// median is the middle of xs (the upper middle of an even count).
-func median(xs []float64) float64 {
+// Rounds runs sides by turns, as Paired does: rounds rounds, each running
+// every side once, in an order that rotates from round to round (round r
+// starts with side r mod len(sides)). It calls done after each turn with
+// the round, the side's index and what the turn measured. The first error
+// of a side ends the run and is returned, naming the side.
+func Rounds(rounds int, sides []Side, done func(round, side int, r Round)) error {
+	for r := range rounds {
+		for i := range sides {
+			j := (i + r) % len(sides)
+			res, err := sides[j].Run()
+			if err != nil {
+				if sides[j].Name == "" {
+					return err
+				}
+				return fmt.Errorf("%s: %w", sides[j].Name, err)
+			}
+			done(r, j, res)
+		}
+	}
+	return nil
+}
+
+// Median is the middle of xs (the upper middle of an even count; 0 for
+// none).
+func Median(xs []float64) float64 {
+	if len(xs) == 0 {
+		return 0
+	}
 	xs = slices.Clone(xs)
 	slices.Sort(xs)
 	return xs[len(xs)/2]

@@ -1,8 +1,10 @@
 package bench
 
 import (
+	"context"
 	"errors"
 	"slices"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -113,8 +115,100 @@ func TestTimed(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	// The turn's deadline is set just before Drive starts its clock.
-	if r.Elapsed < 19*time.Millisecond || r.Elapsed > 2*time.Second || r.Ops < 2 {
+	// The turn's deadline is set at the first call of more, after Drive
+	// started its clock.
+	if r.Elapsed < 20*time.Millisecond || r.Elapsed > 2*time.Second || r.Ops < 2 {
 		t.Fatalf("elapsed %v, %d ops", r.Elapsed, r.Ops)
+	}
+}
+
+// TestLoadKinds: with Kind, failed operations are counted by kind and the
+// run goes on; Done counts every operation; each goroutine has its index.
+func TestLoadKinds(t *testing.T) {
+	t.Parallel()
+	var left, done atomic.Int64
+	left.Store(300)
+	var seen [3]atomic.Int64
+	r, err := Load{Callers: 3, More: func() bool { return left.Add(-1) >= 0 }, Done: &done,
+		Op: func(c int) error {
+			switch n := seen[c].Add(1); {
+			case n%10 == 0:
+				return errors.New("ten")
+			case n%10 == 5:
+				return errors.New("five")
+			}
+			return nil
+		},
+		Kind: func(err error) string { return err.Error() },
+	}.Drive()
+	if err != nil {
+		t.Fatal(err)
+	}
+	total := seen[0].Load() + seen[1].Load() + seen[2].Load()
+	fails := 0
+	for i := range seen {
+		fails += int(seen[i].Load()/10) + int((seen[i].Load()+5)/10)
+	}
+	if total != 300 || done.Load() != 300 || r.Ops+r.ErrorCount() != 300 || r.ErrorCount() != fails || len(r.Lat) != r.Ops {
+		t.Fatalf("ran %d, done %d, ops %d, errors %v (want %d)", total, done.Load(), r.Ops, r.Errors, fails)
+	}
+	if len(r.Errors) != 2 || r.Errors["ten"] == 0 || r.Errors["five"] == 0 {
+		t.Errorf("errors %v, want kinds ten and five", r.Errors)
+	}
+}
+
+// TestRounds: every round runs each side once, starting with the next
+// side each round; an error names its side and ends the run.
+func TestRounds(t *testing.T) {
+	t.Parallel()
+	var order []string
+	side := func(name string) Side {
+		return Side{Name: name, Run: func() (Round, error) {
+			order = append(order, name)
+			return Round{Ops: len(order)}, nil
+		}}
+	}
+	var got []int
+	err := Rounds(3, []Side{side("a"), side("b"), side("c")}, func(round, s int, r Round) {
+		got = append(got, round*10+s)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := "abcbcacab"; strings.Join(order, "") != want {
+		t.Errorf("order %v, want %s", order, want)
+	}
+	if want := []int{0, 1, 2, 11, 12, 10, 22, 20, 21}; !slices.Equal(got, want) {
+		t.Errorf("done calls %v, want %v", got, want)
+	}
+	boom := errors.New("boom")
+	err = Rounds(2, []Side{side("a"), {Name: "bad", Run: func() (Round, error) { return Round{}, boom }}}, func(int, int, Round) {})
+	if !errors.Is(err, boom) || !strings.Contains(err.Error(), "bad: boom") {
+		t.Errorf("err %v, want bad: boom", err)
+	}
+	if Median([]float64{3, 1, 2}) != 2 || Median([]float64{4, 1, 3, 2}) != 3 || Median(nil) != 0 {
+		t.Error("Median")
+	}
+}
+
+// TestFor: the deadline counts from the first call, and a done context
+// ends it at once.
+func TestFor(t *testing.T) {
+	t.Parallel()
+	more := For(context.Background(), time.Hour)
+	if !more() || !more() {
+		t.Error("For(1h) false at once")
+	}
+	if For(context.Background(), 0)() {
+		t.Error("For(0) true")
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	more = For(ctx, time.Hour)
+	if !more() {
+		t.Error("false before the cancel")
+	}
+	cancel()
+	if more() {
+		t.Error("true after the cancel")
 	}
 }

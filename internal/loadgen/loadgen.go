@@ -2,7 +2,8 @@
 // clients and reports throughput, latency and CPU per request, for the
 // middleware and proxy benchmarks: Run and RunAddr in a closed loop,
 // Latency and LatencyAddr at a fixed arrival rate, and Closed as a side of
-// a paired comparison (internal/bench.Paired).
+// a paired comparison (internal/bench.Paired). Conns is the same client
+// with a request of the caller's choosing, for `idem bench proxy`.
 package loadgen
 
 import (
