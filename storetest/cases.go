@@ -303,6 +303,11 @@ func testExtendAndCheckpoint(t *testing.T, e *env) {
 func testWindow(t *testing.T, e *env) {
 	scope := e.scope("window")
 	window, retention := 2*e.unit, 10*e.unit
+	if e.manual == nil {
+		// On the real clock, room for a loaded machine's pauses between
+		// a Complete and the checks that must come within its window.
+		window, retention = 3*window, 3*retention
+	}
 	params := func(key, fp string) *idem.BeginParams {
 		return &idem.BeginParams{Scope: scope, Key: key, Fingerprint: fp, Lease: 100 * e.unit, Window: window, Retention: retention}
 	}
@@ -347,25 +352,29 @@ func testWindow(t *testing.T, e *env) {
 func testSweep(t *testing.T, e *env) {
 	scope := e.scope("sweep")
 	tiny := time.Nanosecond
+	// window is the records' window: on the real clock long enough that
+	// the first Sweep surely comes before it ends, on a loaded machine too.
+	window := e.unit
 	if e.manual == nil {
 		tiny = time.Millisecond // what a store that counts in milliseconds can hold
+		window = 5 * e.unit
 	}
 	// Pending with a live lease and a tiny window: never swept.
 	live := e.acquire(&idem.BeginParams{Scope: scope, Key: "live", Fingerprint: "fp", Lease: 1000 * e.unit, Window: tiny})
 	var tokens []int64
 	for i := range 5 {
-		rec := e.acquire(&idem.BeginParams{Scope: scope, Key: fmt.Sprintf("done-%d", i), Fingerprint: "fp", Lease: 100 * e.unit, Window: e.unit})
+		rec := e.acquire(&idem.BeginParams{Scope: scope, Key: fmt.Sprintf("done-%d", i), Fingerprint: "fp", Lease: 100 * e.unit, Window: window})
 		e.complete(scope, rec.Key, rec.Token, idem.Outcome{Data: []byte("x")})
 		tokens = append(tokens, rec.Token)
 	}
-	rel := e.acquire(&idem.BeginParams{Scope: scope, Key: "released", Fingerprint: "fp", Lease: 100 * e.unit, Window: e.unit})
+	rel := e.acquire(&idem.BeginParams{Scope: scope, Key: "released", Fingerprint: "fp", Lease: 100 * e.unit, Window: window})
 	if err := e.store.Release(e.ctx, &idem.ReleaseParams{Scope: scope, Key: rel.Key, Token: rel.Token}); err != nil {
 		t.Fatalf("Release: %v", err)
 	}
 	if n := e.sweep(0); n != 0 {
 		t.Errorf("Sweep before anything is due removed %d, want 0", n)
 	}
-	e.pass(2 * e.unit)
+	e.pass(2 * window)
 	total := 0
 	for i, want := range []int{2, 2, 2, 0} {
 		n := e.sweep(2)

@@ -546,7 +546,12 @@ func consumeNATS(ctx context.Context, o *consumeOptions, handle func(context.Con
 	if err != nil {
 		return fmt.Errorf("--from %s: %w", o.from.shown, err)
 	}
-	defer nc.Close()
+	defer func() {
+		// Acks are sent without waiting for the server: a round trip
+		// before closing makes sure the last ones reached it.
+		_ = nc.FlushTimeout(5 * time.Second)
+		nc.Close()
+	}()
 	js, err := jetstream.New(nc)
 	if err != nil {
 		return fmt.Errorf("--from %s: %w", o.from.shown, err)

@@ -495,11 +495,21 @@ func TestConsumeStopFinishesInFlight(t *testing.T) {
 	}
 	mu.Lock()
 	defer mu.Unlock()
-	cons, err := js.Consumer(ctx, stream, "stop")
-	if err != nil {
-		t.Fatal(err)
+	// The server applies an ack after it read it: ask until it shows (or
+	// a deadline passes).
+	var info *jetstream.ConsumerInfo
+	for deadline := time.Now().Add(10 * time.Second); ; {
+		cons, err := js.Consumer(ctx, stream, "stop")
+		if err != nil {
+			t.Fatal(err)
+		}
+		info = cons.CachedInfo()
+		if info.NumAckPending == 0 && info.AckFloor.Stream == 1 || time.Now().After(deadline) {
+			break
+		}
+		<-time.After(20 * time.Millisecond)
 	}
-	if info := cons.CachedInfo(); answered != 1 || info.NumAckPending != 0 || info.NumPending != 0 || info.AckFloor.Stream != 1 {
+	if answered != 1 || info.NumAckPending != 0 || info.NumPending != 0 || info.AckFloor.Stream != 1 {
 		t.Errorf("%d answers; consumer %d unacked, %d pending, ack floor %d; want 1 answer and the message acked",
 			answered, info.NumAckPending, info.NumPending, info.AckFloor.Stream)
 	}
