@@ -1,17 +1,15 @@
 package pgstore
 
 import (
-	"bytes"
 	"context"
 	"fmt"
-	"io"
 	"math/rand/v2"
 	"os"
-	"os/exec"
 	"testing"
 	"time"
 
 	"github.com/idemkit/idem"
+	"github.com/idemkit/idem/internal/crashtest"
 	"github.com/idemkit/idem/internal/servicetest"
 	"github.com/jackc/pgx/v5/pgxpool"
 )
@@ -43,12 +41,8 @@ func TestRelayChild(t *testing.T) {
 	if schema == "" {
 		t.Skip("a relay process of TestRelaySIGKILL; runs only re-executed by it")
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	ctx, cancel := crashtest.ChildContext(2 * time.Minute)
 	defer cancel()
-	go func() {
-		_, _ = io.Copy(io.Discard, os.Stdin) // the parent is gone when it ends
-		cancel()
-	}()
 	cfg, err := pgxpool.ParseConfig(os.Getenv(relayChildURLEnv))
 	if err != nil {
 		t.Fatal(err)
@@ -77,14 +71,6 @@ func TestRelayChild(t *testing.T) {
 		OnError: func(err error) { fmt.Fprintln(os.Stderr, "relay:", err) }})
 	_ = r.Run(ctx)
 	fmt.Fprintln(os.Stderr, "relay: stopped without being killed:", ctx.Err())
-}
-
-// relayProc is a running relay process.
-type relayProc struct {
-	id    string
-	cmd   *exec.Cmd
-	stdin io.Closer
-	out   bytes.Buffer // stdout and stderr
 }
 
 // TestRelaySIGKILL runs the relay in two processes (re-executions of this
@@ -120,38 +106,12 @@ func TestRelaySIGKILL(t *testing.T) {
 	t.Logf("seed %d", seed)
 	rng := rand.New(rand.NewPCG(uint64(seed), 16))
 
-	started := 0
-	start := func() *relayProc {
-		started++
-		p := &relayProc{id: fmt.Sprintf("relay-%d", started)}
-		p.cmd = exec.Command(os.Args[0], "-test.run=^TestRelayChild$")
-		p.cmd.Env = append(os.Environ(), relayChildSchemaEnv+"="+schema, relayChildURLEnv+"="+url, relayChildIDEnv+"="+p.id)
-		p.cmd.Stdout = &p.out
-		p.cmd.Stderr = &p.out
-		stdin, err := p.cmd.StdinPipe()
-		if err != nil {
-			t.Fatal(err)
-		}
-		p.stdin = stdin
-		if err := p.cmd.Start(); err != nil {
-			t.Fatal(err)
-		}
-		return p
-	}
-	kill := func(p *relayProc) {
-		_ = p.cmd.Process.Kill() // SIGKILL on Unix
-		_ = p.stdin.Close()
-		_ = p.cmd.Wait()
-	}
-	procs := make([]*relayProc, relayCrashProcs)
+	r := &crashtest.Runner{T: t, Prefix: "relay-", NameEnv: relayChildIDEnv, Args: []string{"-test.run=^TestRelayChild$"},
+		Env: []string{relayChildSchemaEnv + "=" + schema, relayChildURLEnv + "=" + url}}
+	procs := make([]*crashtest.Proc, relayCrashProcs)
 	for i := range procs {
-		procs[i] = start()
+		procs[i] = r.Start()
 	}
-	t.Cleanup(func() {
-		for _, p := range procs {
-			kill(p)
-		}
-	})
 	count := func(sql string) int {
 		t.Helper()
 		var n int
@@ -196,44 +156,30 @@ func TestRelaySIGKILL(t *testing.T) {
 		before := count(`SELECT count(*) FROM ` + downstream)
 		enqueueRound()
 		// Wait for the active relay to be publishing this round, then kill it.
-		deadline := time.Now().Add(20 * time.Second)
-		for count(`SELECT count(*) FROM `+downstream) <= before+rng.IntN(5) {
-			if time.Now().After(deadline) {
-				for _, p := range procs {
-					t.Logf("%s output:\n%s", p.id, p.out.String())
-				}
-				t.Fatalf("round %d: nothing published within 20 s", k+1)
-			}
-			<-time.After(2 * time.Millisecond)
-		}
+		grown := before + rng.IntN(5)
+		crashtest.Until(t, 20*time.Second, fmt.Sprintf("round %d to be publishing", k+1),
+			func() bool { return count(`SELECT count(*) FROM `+downstream) > grown }, r.Log)
 		holder := owner()
 		victim := rng.IntN(len(procs))
 		for i, p := range procs {
-			if p.id == holder {
+			if p.Name == holder {
 				victim = i
 			}
 		}
-		kill(procs[victim])
+		r.Kill(procs[victim])
 		unsent := count(`SELECT count(*) FROM ` + s.q.schema + `.outbox WHERE sent_at IS NULL`)
 		if unsent > 0 {
 			midRound++
 		}
-		t.Logf("kill %d at %v: %s (lease holder %q), %d rows unsent", k+1, time.Since(began).Round(time.Millisecond), procs[victim].id, holder, unsent)
-		procs[victim] = start()
+		t.Logf("kill %d at %v: %s (lease holder %q), %d rows unsent", k+1, time.Since(began).Round(time.Millisecond), procs[victim].Name, holder, unsent)
+		procs[victim] = r.Start()
 	}
 	killsDone := time.Since(began)
 
 	// Let the relays finish.
-	deadline := time.Now().Add(60 * time.Second)
-	for count(`SELECT count(*) FROM `+s.q.schema+`.outbox WHERE sent_at IS NULL`) > 0 {
-		if time.Now().After(deadline) {
-			for _, p := range procs {
-				t.Logf("%s output:\n%s", p.id, p.out.String())
-			}
-			t.Fatalf("rows still unsent 60 s after the last kill")
-		}
-		<-time.After(20 * time.Millisecond)
-	}
+	crashtest.Until(t, 60*time.Second, "every row to be sent", func() bool {
+		return count(`SELECT count(*) FROM `+s.q.schema+`.outbox WHERE sent_at IS NULL`) == 0
+	}, r.Log)
 	total := time.Since(began)
 
 	// Downstream: each committed message once, in seq order per entity.
@@ -290,7 +236,7 @@ func TestRelaySIGKILL(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Logf("%d messages (%d rolled back) over %d entities, %d relay processes, %d SIGKILLs (%d mid-round, %d processes started) in %v; all sent after %v",
-		len(committed), len(rolledBack), relayCrashEntities, relayCrashProcs, relayCrashKills, midRound, started,
+		len(committed), len(rolledBack), relayCrashEntities, relayCrashProcs, relayCrashKills, midRound, r.Started(),
 		killsDone.Round(time.Millisecond), total.Round(time.Millisecond))
 	t.Logf("%d messages published again after a kill (%d duplicate publishes in all), each absorbed by the downstream's unique id; the lease went through %d attempts",
 		republished, dups, lease.Attempts)
