@@ -14,6 +14,7 @@ import (
 	"github.com/idemkit/idem/internal/servicetest"
 	"github.com/idemkit/idem/messaging"
 	"github.com/idemkit/idem/store/pgstore"
+	"github.com/idemkit/idem/store/pgstore/outboxtest"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/twmb/franz-go/pkg/kadm"
@@ -46,6 +47,10 @@ func TestMain(m *testing.M) {
 	if schema := os.Getenv(crashSchemaEnv); schema != "" {
 		// Re-executed by TestConsumerSIGKILL: consume until killed.
 		os.Exit(crashChild(schema))
+	}
+	if outboxtest.IsChild() {
+		// Re-executed by TestRelaySIGKILL: relay until killed.
+		os.Exit(outboxtest.Child(relayPublisher))
 	}
 	os.Exit(m.Run())
 }
