@@ -11,10 +11,9 @@ import (
 
 	"github.com/idemkit/idem"
 	"github.com/idemkit/idem/internal/crashtest"
-	"github.com/idemkit/idem/internal/servicetest"
 	"github.com/idemkit/idem/messaging"
 	"github.com/idemkit/idem/store/pgstore"
-	"github.com/idemkit/idem/store/pgstore/outboxtest"
+	"github.com/idemkit/idem/store/pgstore/pgcrashtest"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/twmb/franz-go/pkg/kadm"
@@ -48,51 +47,11 @@ func TestMain(m *testing.M) {
 		// Re-executed by TestConsumerSIGKILL: consume until killed.
 		os.Exit(crashChild(schema))
 	}
-	if outboxtest.IsChild() {
+	if pgcrashtest.IsRelayChild() {
 		// Re-executed by TestRelaySIGKILL: relay until killed.
-		os.Exit(outboxtest.Child(relayPublisher))
+		os.Exit(pgcrashtest.RelayChild(relayPublisher))
 	}
 	os.Exit(m.Run())
-}
-
-// txSlot carries a delivery's business transaction from the handler to
-// the ledger's Complete, so the effect and the record commit together.
-// Consume handles one record at a time, so one slot in Consume's context
-// serves every delivery in turn.
-type txSlot struct{ tx pgx.Tx }
-
-type slotKey struct{}
-
-// txStore is the pgstore ledger with one change: a Complete made while
-// the context's slot holds an open business transaction runs in it
-// (CompleteTx) and commits it; a Release rolls it back first. So the
-// handler's INSERT commits iff the key's outcome does: exactly once.
-type txStore struct{ *pgstore.Store }
-
-func (s txStore) Complete(ctx context.Context, p *idem.CompleteParams) (*idem.Record, error) {
-	slot, _ := ctx.Value(slotKey{}).(*txSlot)
-	if slot == nil || slot.tx == nil {
-		return s.Store.Complete(ctx, p)
-	}
-	tx := slot.tx
-	slot.tx = nil
-	rec, err := s.Store.CompleteTx(ctx, tx, p)
-	if err != nil {
-		_ = tx.Rollback(ctx)
-		return nil, err
-	}
-	if err := tx.Commit(ctx); err != nil {
-		return nil, err
-	}
-	return rec, nil
-}
-
-func (s txStore) Release(ctx context.Context, p *idem.ReleaseParams) error {
-	if slot, _ := ctx.Value(slotKey{}).(*txSlot); slot != nil && slot.tx != nil {
-		_ = slot.tx.Rollback(ctx)
-		slot.tx = nil
-	}
-	return s.Store.Release(ctx, p)
 }
 
 // crashChild runs in a consumer process: Consume over the parent's kfake
@@ -116,14 +75,14 @@ func crashChild(schema string) int {
 	if err != nil {
 		return fail(err)
 	}
-	ledger, err := idem.New(txStore{s}, &idem.Config{Lease: crashLease})
+	ledger, err := idem.New(pgcrashtest.TxStore{Store: s}, &idem.Config{Lease: crashLease})
 	if err != nil {
 		return fail(err)
 	}
 	effects := pgx.Identifier{schema, "effects"}.Sanitize()
 	say := crashtest.Say()
 	c, err := messaging.NewConsumer(ledger, func(ctx context.Context, m *messaging.Message) error {
-		slot, _ := ctx.Value(slotKey{}).(*txSlot)
+		slot := pgcrashtest.TxSlotFrom(ctx)
 		if slot == nil {
 			return messaging.Permanent(fmt.Errorf("no transaction slot"))
 		}
@@ -140,7 +99,7 @@ func crashChild(schema string) int {
 			_ = tx.Rollback(ctx)
 			return err
 		}
-		slot.tx = tx // committed by the ledger's Complete
+		slot.Tx = tx // committed by the ledger's Complete
 		return nil
 	}, &messaging.Config{Scope: crashScope, MaxAttempts: 50, Backoff: func(int) time.Duration { return 100 * time.Millisecond }})
 	if err != nil {
@@ -159,15 +118,12 @@ func crashChild(schema string) int {
 	if err != nil {
 		return fail(err)
 	}
-	slot := &txSlot{}
-	err = Consume(context.WithValue(ctx, slotKey{}, slot), cl, c, &Options{
+	slot := &pgcrashtest.TxSlot{} // Consume handles one record at a time: one slot serves each in turn
+	err = Consume(pgcrashtest.WithTxSlot(ctx, slot), cl, c, &Options{
 		MaxPollRecords: 16,
 		MaxRetryDelay:  crashLease,
 		OnDecision: func(r *kgo.Record, m *messaging.Message, d messaging.Decision) {
-			if slot.tx != nil { // the handling left it open (the lease was lost)
-				_ = slot.tx.Rollback(ctx)
-				slot.tx = nil
-			}
+			slot.RollbackOpen(ctx) // the handling left it open (the lease was lost)
 			say("settled %s %s %s", m.ID, d.Action, proc)
 		},
 		OnError: func(err error) { fmt.Fprintln(os.Stderr, "consumer:", err) }})
@@ -192,18 +148,7 @@ func TestConsumerSIGKILL(t *testing.T) {
 		t.Skip("-short: the crash test starts consumer processes")
 	}
 	ctx := context.Background()
-	pgURL := servicetest.Postgres.Need(t)
-	pool, err := pgxpool.New(ctx, pgURL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(pool.Close) // after the schema's drop
-	schema := fmt.Sprintf("idem_kafka_%d", time.Now().UnixNano()%1e9)
-	t.Cleanup(func() {
-		if _, err := pool.Exec(context.Background(), `DROP SCHEMA IF EXISTS `+pgx.Identifier{schema}.Sanitize()+` CASCADE`); err != nil {
-			t.Errorf("drop schema %s: %v", schema, err)
-		}
-	})
+	pool, pgURL, schema := pgcrashtest.Schema(t, "idem_kafka")
 	s, err := pgstore.New(pool, &pgstore.Config{Schema: schema, Migrate: true})
 	if err != nil {
 		t.Fatal(err)

@@ -8,7 +8,7 @@ import (
 
 	"github.com/idemkit/idem/messaging"
 	"github.com/idemkit/idem/store/pgstore"
-	"github.com/idemkit/idem/store/pgstore/outboxtest"
+	"github.com/idemkit/idem/store/pgstore/pgcrashtest"
 	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kfake"
 	"github.com/twmb/franz-go/pkg/kgo"
@@ -19,7 +19,7 @@ import (
 // over its own client of the brokers addrs (comma-separated). Kafka's
 // idempotent producer dedups only within one producer session, so a
 // republish by the next process is a new record: dup is always false.
-func relayPublisher(ctx context.Context, addrs string) (outboxtest.PublishFunc, func(), error) {
+func relayPublisher(ctx context.Context, addrs string) (pgcrashtest.PublishFunc, func(), error) {
 	cl, err := kgo.NewClient(kgo.SeedBrokers(strings.Split(addrs, ",")...))
 	if err != nil {
 		return nil, nil, err
@@ -31,7 +31,7 @@ func relayPublisher(ctx context.Context, addrs string) (outboxtest.PublishFunc, 
 
 // TestRelaySIGKILL is the outbox relay killed mid-publish against a kfake
 // cluster that runs in the test process and listens on TCP
-// (outboxtest.Run): two relay processes produce the outbox to a
+// (pgcrashtest.RunRelay): two relay processes produce the outbox to a
 // one-partition topic, each row with its outbox ID as idem-message-id;
 // eight times the one publishing is SIGKILLed and a fresh one started.
 // The topic keeps every copy a republish produces, so the consumer in the
@@ -72,10 +72,10 @@ func TestRelaySIGKILL(t *testing.T) {
 		}
 		return end.Offset - at
 	}
-	res := outboxtest.Run(t, &outboxtest.Config{
+	res := pgcrashtest.RunRelay(t, &pgcrashtest.RelayTest{
 		Broker:  strings.Join(addrs, ","),
 		Subject: topic,
-		Consume: func(ctx context.Context, d *outboxtest.Downstream) error {
+		Consume: func(ctx context.Context, d *pgcrashtest.Downstream) error {
 			cl, err := kgo.NewClient(kgo.SeedBrokers(addrs...), kgo.ConsumerGroup(group), kgo.ConsumeTopics(topic),
 				kgo.DisableAutoCommit(), kgo.BlockRebalanceOnPoll(), kgo.FetchMaxWait(100*time.Millisecond))
 			if err != nil {

@@ -14,6 +14,7 @@ import (
 	"github.com/idemkit/idem/internal/servicetest"
 	"github.com/idemkit/idem/messaging"
 	"github.com/idemkit/idem/store/pgstore"
+	"github.com/idemkit/idem/store/pgstore/pgcrashtest"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/nats-io/nats.go"
@@ -37,52 +38,12 @@ const (
 	crashScope    = "orders"
 )
 
-// txSlot carries a delivery's business transaction from the handler to
-// the ledger's Complete, so the effect and the record commit together.
-type txSlot struct{ tx pgx.Tx }
-
-type slotKey struct{}
-
-// txStore is the pgstore ledger with one change: a Complete made while
-// the delivery's context holds an open business transaction runs in it
-// (CompleteTx) and commits it; a Release rolls it back first. So the
-// handler's INSERT commits iff the key's outcome does: exactly once.
-type txStore struct{ *pgstore.Store }
-
-func (s txStore) Complete(ctx context.Context, p *idem.CompleteParams) (*idem.Record, error) {
-	slot, _ := ctx.Value(slotKey{}).(*txSlot)
-	if slot == nil || slot.tx == nil {
-		return s.Store.Complete(ctx, p)
-	}
-	tx := slot.tx
-	slot.tx = nil
-	rec, err := s.Store.CompleteTx(ctx, tx, p)
-	if err != nil {
-		_ = tx.Rollback(ctx)
-		return nil, err
-	}
-	if err := tx.Commit(ctx); err != nil {
-		return nil, err
-	}
-	return rec, nil
-}
-
-func (s txStore) Release(ctx context.Context, p *idem.ReleaseParams) error {
-	if slot, _ := ctx.Value(slotKey{}).(*txSlot); slot != nil && slot.tx != nil {
-		_ = slot.tx.Rollback(ctx)
-		slot.tx = nil
-	}
-	return s.Store.Release(ctx, p)
-}
-
 // inTx is the Options.Around of the consumers: each delivery gets a slot;
 // a transaction its handling left open (the lease was lost) rolls back.
 func inTx(ctx context.Context, m *messaging.Message, handle func(context.Context, *messaging.Message) messaging.Decision) messaging.Decision {
-	slot := &txSlot{}
-	d := handle(context.WithValue(ctx, slotKey{}, slot), m)
-	if slot.tx != nil {
-		_ = slot.tx.Rollback(ctx)
-	}
+	slot := &pgcrashtest.TxSlot{}
+	d := handle(pgcrashtest.WithTxSlot(ctx, slot), m)
+	slot.RollbackOpen(ctx)
 	return d
 }
 
@@ -111,14 +72,14 @@ func crashChild(schema string) int {
 	if err != nil {
 		return fail(err)
 	}
-	ledger, err := idem.New(txStore{s}, &idem.Config{Lease: crashLease})
+	ledger, err := idem.New(pgcrashtest.TxStore{Store: s}, &idem.Config{Lease: crashLease})
 	if err != nil {
 		return fail(err)
 	}
 	effects := pgx.Identifier{schema, "effects"}.Sanitize()
 	say := crashtest.Say()
 	c, err := messaging.NewConsumer(ledger, func(ctx context.Context, m *messaging.Message) error {
-		slot, _ := ctx.Value(slotKey{}).(*txSlot)
+		slot := pgcrashtest.TxSlotFrom(ctx)
 		if slot == nil {
 			return messaging.Permanent(fmt.Errorf("no transaction slot"))
 		}
@@ -135,7 +96,7 @@ func crashChild(schema string) int {
 			_ = tx.Rollback(ctx)
 			return err
 		}
-		slot.tx = tx // committed by the ledger's Complete
+		slot.Tx = tx // committed by the ledger's Complete
 		return nil
 	}, &messaging.Config{Scope: crashScope, MaxAttempts: 50, Backoff: func(int) time.Duration { return 100 * time.Millisecond }})
 	if err != nil {
@@ -180,19 +141,8 @@ func TestConsumerSIGKILL(t *testing.T) {
 	}
 	t.Parallel()
 	ctx := context.Background()
-	pgURL := servicetest.Postgres.Need(t)
+	pool, pgURL, schema := pgcrashtest.Schema(t, "idem_natsjs")
 	natsURL := servicetest.NATS.Need(t)
-	pool, err := pgxpool.New(ctx, pgURL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(pool.Close) // after the schema's drop
-	schema := fmt.Sprintf("idem_natsjs_%d", time.Now().UnixNano()%1e9)
-	t.Cleanup(func() {
-		if _, err := pool.Exec(context.Background(), `DROP SCHEMA IF EXISTS `+pgx.Identifier{schema}.Sanitize()+` CASCADE`); err != nil {
-			t.Errorf("drop schema %s: %v", schema, err)
-		}
-	})
 	s, err := pgstore.New(pool, &pgstore.Config{Schema: schema, Migrate: true})
 	if err != nil {
 		t.Fatal(err)

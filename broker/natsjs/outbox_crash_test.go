@@ -8,7 +8,7 @@ import (
 	"github.com/idemkit/idem/internal/servicetest"
 	"github.com/idemkit/idem/messaging"
 	"github.com/idemkit/idem/store/pgstore"
-	"github.com/idemkit/idem/store/pgstore/outboxtest"
+	"github.com/idemkit/idem/store/pgstore/pgcrashtest"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 )
@@ -16,7 +16,7 @@ import (
 // relayPublisher is the publisher of a relay process of TestRelaySIGKILL:
 // the glue of docs/broker-nats.md, the outbox ID as Nats-Msg-Id, over its
 // own connection to url. It reports the PubAck's Duplicate.
-func relayPublisher(ctx context.Context, url string) (outboxtest.PublishFunc, func(), error) {
+func relayPublisher(ctx context.Context, url string) (pgcrashtest.PublishFunc, func(), error) {
 	nc, err := nats.Connect(url)
 	if err != nil {
 		return nil, nil, err
@@ -37,7 +37,7 @@ func relayPublisher(ctx context.Context, url string) (outboxtest.PublishFunc, fu
 }
 
 // TestRelaySIGKILL is the outbox relay killed mid-publish against
-// JetStream (outboxtest.Run): two relay processes publish the outbox to a
+// JetStream (pgcrashtest.RunRelay): two relay processes publish the outbox to a
 // stream with a two-minute duplicate window, each row with its outbox ID
 // as Nats-Msg-Id; eight times the one publishing is SIGKILLed and a fresh
 // one started. The consumer in the test applies each delivery to the
@@ -55,11 +55,11 @@ func TestRelaySIGKILL(t *testing.T) {
 	_, js := connect(t)
 	stream := newStream(t, js, 2*time.Minute)
 	cons := pullConsumer(t, js, stream, 30*time.Second)
-	res := outboxtest.Run(t, &outboxtest.Config{
+	res := pgcrashtest.RunRelay(t, &pgcrashtest.RelayTest{
 		Broker:      servicetest.NATS.Need(t),
 		Subject:     stream + ".outbox",
 		BrokerDedup: true,
-		Consume: func(ctx context.Context, d *outboxtest.Downstream) error {
+		Consume: func(ctx context.Context, d *pgcrashtest.Downstream) error {
 			apply := HandlerFunc(func(ctx context.Context, m *messaging.Message) messaging.Decision {
 				if err := d.Apply(ctx, m); err != nil {
 					return messaging.Decision{Action: messaging.Retry, Delay: 100 * time.Millisecond, Err: err}

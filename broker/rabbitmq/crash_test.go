@@ -19,6 +19,7 @@ import (
 	"github.com/idemkit/idem/internal/servicetest"
 	"github.com/idemkit/idem/messaging"
 	"github.com/idemkit/idem/store/pgstore"
+	"github.com/idemkit/idem/store/pgstore/pgcrashtest"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 	amqp "github.com/rabbitmq/amqp091-go"
@@ -174,22 +175,10 @@ func TestCrashExactlyOnce(t *testing.T) {
 
 func testCrash(t *testing.T, mode string) {
 	ctx := context.Background()
-	pgURL := servicetest.Postgres.Need(t)
 	amqpURL := servicetest.RabbitMQ.Need(t)
 	began := time.Now()
-
-	pool, err := pgxpool.New(ctx, pgURL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(pool.Close) // after the schema's drop
-	schema := fmt.Sprintf("idem_rmq_%d_%d", time.Now().UnixNano()%1e9, queueSeq.Add(1))
+	pool, pgURL, schema := pgcrashtest.Schema(t, "idem_rmq")
 	sch := pgx.Identifier{schema}.Sanitize()
-	t.Cleanup(func() {
-		if _, err := pool.Exec(context.Background(), `DROP SCHEMA IF EXISTS `+sch+` CASCADE`); err != nil {
-			t.Errorf("drop schema %s: %v", schema, err)
-		}
-	})
 	if _, err := pgstore.New(pool, &pgstore.Config{Schema: schema, Migrate: true}); err != nil {
 		t.Fatal(err)
 	}

@@ -5,7 +5,7 @@ import (
 	"testing"
 
 	"github.com/idemkit/idem/internal/leakcheck"
-	"github.com/idemkit/idem/store/pgstore/outboxtest"
+	"github.com/idemkit/idem/store/pgstore/pgcrashtest"
 )
 
 func TestMain(m *testing.M) {
@@ -13,9 +13,9 @@ func TestMain(m *testing.M) {
 		// Re-executed by TestCrashExactlyOnce: consume until killed.
 		os.Exit(crashWorker(queue))
 	}
-	if outboxtest.IsChild() {
+	if pgcrashtest.IsRelayChild() {
 		// Re-executed by TestRelaySIGKILL: relay until killed.
-		os.Exit(outboxtest.Child(relayPublisher))
+		os.Exit(pgcrashtest.RelayChild(relayPublisher))
 	}
 	leakcheck.Main(m)
 }

@@ -9,7 +9,7 @@ import (
 	"github.com/idemkit/idem/internal/servicetest"
 	"github.com/idemkit/idem/messaging"
 	"github.com/idemkit/idem/store/pgstore"
-	"github.com/idemkit/idem/store/pgstore/outboxtest"
+	"github.com/idemkit/idem/store/pgstore/pgcrashtest"
 	amqp "github.com/rabbitmq/amqp091-go"
 )
 
@@ -17,7 +17,7 @@ import (
 // the glue of docs/broker-rabbitmq.md, confirm mode, the outbox ID as
 // message-id, to the queue m.Subject through the default exchange, over
 // its own connection to url. RabbitMQ has no dedup: dup is always false.
-func relayPublisher(ctx context.Context, url string) (outboxtest.PublishFunc, func(), error) {
+func relayPublisher(ctx context.Context, url string) (pgcrashtest.PublishFunc, func(), error) {
 	conn, err := amqp.Dial(url)
 	if err != nil {
 		return nil, nil, err
@@ -38,7 +38,7 @@ func relayPublisher(ctx context.Context, url string) (outboxtest.PublishFunc, fu
 }
 
 // TestRelaySIGKILL is the outbox relay killed mid-publish against
-// RabbitMQ (outboxtest.Run): two relay processes publish the outbox to a
+// RabbitMQ (pgcrashtest.RunRelay): two relay processes publish the outbox to a
 // quorum queue with publisher confirms, each row with its outbox ID as
 // message-id; eight times the one publishing is SIGKILLed and a fresh one
 // started. RabbitMQ keeps every copy a republish sends, so the consumer
@@ -66,10 +66,10 @@ func TestRelaySIGKILL(t *testing.T) {
 		}
 		return st.Messages, st.Consumers
 	}
-	res := outboxtest.Run(t, &outboxtest.Config{
+	res := pgcrashtest.RunRelay(t, &pgcrashtest.RelayTest{
 		Broker:  servicetest.RabbitMQ.Need(t),
 		Subject: q,
-		Consume: func(ctx context.Context, d *outboxtest.Downstream) error {
+		Consume: func(ctx context.Context, d *pgcrashtest.Downstream) error {
 			ch, err := conn.Channel()
 			if err != nil {
 				return err

@@ -20,8 +20,8 @@ import (
 	"github.com/idemkit/idem/internal/crashtest"
 	"github.com/idemkit/idem/internal/servicetest"
 	"github.com/idemkit/idem/messaging"
+	"github.com/idemkit/idem/store/pgstore/pgcrashtest"
 	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	amqp "github.com/rabbitmq/amqp091-go"
@@ -208,21 +208,9 @@ func consumeCrashRabbitMQ(t *testing.T) *consumeCrashBroker {
 
 func runConsumeSIGKILL(t *testing.T, b *consumeCrashBroker) {
 	ctx := context.Background()
-	pgURL := servicetest.Postgres.Need(t)
-
 	// The service's tables, in a schema of their own.
-	pool, err := pgxpool.New(ctx, pgURL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(pool.Close) // after the schema's drop
-	svc := fmt.Sprintf("idem_consume_svc_%d", time.Now().UnixNano()%1e9)
+	pool, _, svc := pgcrashtest.Schema(t, "idem_consume_svc")
 	sch := pgx.Identifier{svc}.Sanitize()
-	t.Cleanup(func() {
-		if _, err := pool.Exec(context.Background(), `DROP SCHEMA `+sch+` CASCADE`); err != nil {
-			t.Errorf("drop schema %s: %v", svc, err)
-		}
-	})
 	if _, err := pool.Exec(ctx, `CREATE SCHEMA `+sch+`;
 		CREATE TABLE `+sch+`.requests (seq bigserial PRIMARY KEY, key text NOT NULL, proc text NOT NULL);
 		CREATE TABLE `+sch+`.effects (key text PRIMARY KEY, proc text NOT NULL)`); err != nil {

@@ -1,21 +1,4 @@
-// Package outboxtest is the outbox relay SIGKILL test that the broker
-// adapters' tests share: the relay (pgstore.(*Store).Relay) runs in child
-// processes (the test binary re-executed) publishing to a real broker,
-// the test SIGKILLs them mid-publish and starts fresh ones, and a
-// consumer in the test process applies what the broker delivers to a
-// PostgreSQL count table. It is test support, with no use in production.
-//
-// The broker's test package wires it up in three places:
-//
-//	func TestMain(m *testing.M) {
-//		if outboxtest.IsChild() {
-//			os.Exit(outboxtest.Child(openPublisher)) // the relay process
-//		}
-//		os.Exit(m.Run())
-//	}
-//
-//	res := outboxtest.Run(t, &outboxtest.Config{Broker: ..., Subject: ..., Consume: ..., Drained: ...})
-package outboxtest
+package pgcrashtest
 
 import (
 	"context"
@@ -32,7 +15,6 @@ import (
 
 	"github.com/idemkit/idem"
 	"github.com/idemkit/idem/internal/crashtest"
-	"github.com/idemkit/idem/internal/servicetest"
 	"github.com/idemkit/idem/messaging"
 	"github.com/idemkit/idem/store/pgstore"
 	"github.com/jackc/pgx/v5"
@@ -41,10 +23,10 @@ import (
 
 // The environment of a relay process.
 const (
-	schemaEnv = "IDEM_OUTBOXTEST_SCHEMA" // set: this process is a relay
-	pgEnv     = "IDEM_OUTBOXTEST_PG"
-	nameEnv   = "IDEM_OUTBOXTEST_NAME" // its RelayConfig.Name
-	brokerEnv = "IDEM_OUTBOXTEST_BROKER"
+	schemaEnv = "IDEM_PGCRASHTEST_RELAY_SCHEMA" // set: this process is a relay
+	pgEnv     = "IDEM_PGCRASHTEST_RELAY_PG"
+	nameEnv   = "IDEM_PGCRASHTEST_RELAY_NAME" // its RelayConfig.Name
+	brokerEnv = "IDEM_PGCRASHTEST_RELAY_BROKER"
 )
 
 // The headers the relay processes add to every message they publish, so
@@ -70,17 +52,17 @@ const (
 // cannot tell).
 type PublishFunc func(ctx context.Context, m *pgstore.OutboxMessage) (dup bool, err error)
 
-// IsChild reports whether this process is a relay process started by Run.
-func IsChild() bool { return os.Getenv(schemaEnv) != "" }
+// IsRelayChild reports whether this process is a relay process started by RunRelay.
+func IsRelayChild() bool { return os.Getenv(schemaEnv) != "" }
 
-// Child is the relay process's main; it returns the exit code. open
-// makes the publisher from Config.Broker (and a func to close it). The
+// RelayChild is the relay process's main; it returns the exit code. open
+// makes the publisher from RelayTest.Broker (and a func to close it). The
 // relay publishes the schema's outbox through it, adding EntityHeader and
 // SeqHeader; after each publish it prints "pub ID PROC DUP" and holds the
 // publish 5 to 25 ms more (a slow broker round trip), so that a kill lands
 // between a publish and the relay's mark of the row as sent. It runs
 // until it is killed or its stdin (the parent's pipe) closes.
-func Child(open func(ctx context.Context, broker string) (PublishFunc, func(), error)) int {
+func RelayChild(open func(ctx context.Context, broker string) (PublishFunc, func(), error)) int {
 	fail := func(err error) int { fmt.Fprintln(os.Stderr, "relay:", err); return 2 }
 	ctx, cancel := crashtest.ChildContext(childLimit)
 	defer cancel()
@@ -174,7 +156,7 @@ func (d *Downstream) Consumer() *messaging.Consumer {
 }
 
 // Settled counts a decision of the consumer (call it from the adapter's
-// OnDecision); Result.Settled reports the counts by action.
+// OnDecision); RelayResult.Settled reports the counts by action.
 func (d *Downstream) Settled(dec messaging.Decision) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
@@ -191,9 +173,9 @@ func (d *Downstream) settledTotal() int {
 	return n
 }
 
-// Config describes the broker side of Run.
-type Config struct {
-	// Broker is handed to Child's open in every relay process (a URL, a
+// RelayTest describes the broker side of RunRelay.
+type RelayTest struct {
+	// Broker is handed to RelayChild's open in every relay process (a URL, a
 	// stream or queue name...).
 	Broker string
 	// Subject is every message's OutboxMessage.Subject.
@@ -208,7 +190,7 @@ type Config struct {
 	Drained func() bool
 	// Leftover, if set, is called once the consumer stopped: it returns
 	// how many deliveries the broker holds again that the stopped
-	// consumer had received and not settled (prefetched), and Run
+	// consumer had received and not settled (prefetched), and RunRelay
 	// consumes again until that many more are settled, before it checks
 	// the counts. For a broker whose Drained cannot see them.
 	Leftover func() int
@@ -218,8 +200,8 @@ type Config struct {
 	BrokerDedup bool
 }
 
-// Result is what Run counted.
-type Result struct {
+// RelayResult is what RunRelay counted.
+type RelayResult struct {
 	// Messages is the number of messages committed to the outbox;
 	// RolledBack, of messages enqueued in transactions rolled back.
 	Messages, RolledBack int
@@ -242,8 +224,8 @@ type Result struct {
 	Elapsed time.Duration
 }
 
-// Run runs the test: a fresh PostgreSQL schema with the outbox and the
-// count table, the consumer (Config.Consume) in this process, two relay
+// RunRelay runs the relay crash test: a fresh PostgreSQL schema with the outbox and the
+// count table, the consumer (RelayTest.Consume) in this process, two relay
 // processes. Eight times it enqueues 30 transactions of 1 to 3 messages
 // for 20 entities (every sixth rolled back), waits until a relay prints a
 // publish of that round, and SIGKILLs that relay 0 to 15 ms later,
@@ -253,22 +235,11 @@ type Result struct {
 // rolled back applied, each entity's first applications in seq order,
 // at least one message published again after a kill (with BrokerDedup,
 // each such publish reported a duplicate by the broker).
-func Run(t *testing.T, cfg *Config) *Result {
+func RunRelay(t *testing.T, cfg *RelayTest) *RelayResult {
 	t.Helper()
 	ctx := context.Background()
-	pgURL := servicetest.Postgres.Need(t)
-	pool, err := pgxpool.New(ctx, pgURL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(pool.Close) // after the schema's drop
-	schema := fmt.Sprintf("idem_outboxtest_%d", time.Now().UnixNano()%1e9)
+	pool, pgURL, schema := Schema(t, "idem_relaycrash")
 	sch := pgx.Identifier{schema}.Sanitize()
-	t.Cleanup(func() {
-		if _, err := pool.Exec(context.Background(), `DROP SCHEMA IF EXISTS `+sch+` CASCADE`); err != nil {
-			t.Errorf("drop schema %s: %v", schema, err)
-		}
-	})
 	s, err := pgstore.New(pool, &pgstore.Config{Schema: schema, Migrate: true})
 	if err != nil {
 		t.Fatal(err)
@@ -317,7 +288,7 @@ func Run(t *testing.T, cfg *Config) *Result {
 		procs[i] = r.Start()
 	}
 
-	res := &Result{}
+	res := &RelayResult{}
 	committed := map[string]string{} // message id -> entity
 	rolledBack := map[string]bool{}
 	tx := 0
