@@ -194,6 +194,10 @@ type RelayTest struct {
 	// consumes again until that many more are settled, before it checks
 	// the counts. For a broker whose Drained cannot see them.
 	Leftover func() int
+	// ChildTest, when set, names the test function that calls
+	// RelayChild in the relay processes (for a package whose TestMain
+	// cannot: pgstore's own external tests); empty means TestMain does.
+	ChildTest string
 	// BrokerDedup says the broker drops a republished copy (a JetStream
 	// duplicate window): every publish of an id after its first printed
 	// one must be reported a duplicate by the broker.
@@ -233,8 +237,9 @@ type RelayResult struct {
 // is sent, every committed message applied and the broker drained, and
 // checks: every committed message applied exactly once (count 1), none
 // rolled back applied, each entity's first applications in seq order,
-// at least one message published again after a kill (with BrokerDedup,
-// each such publish reported a duplicate by the broker).
+// every outbox row sent with seqs 1..n per entity, at least one message
+// published again after a kill (with BrokerDedup, each such publish
+// reported a duplicate by the broker).
 func RunRelay(t *testing.T, cfg *RelayTest) *RelayResult {
 	t.Helper()
 	ctx := context.Background()
@@ -281,7 +286,11 @@ func RunRelay(t *testing.T, cfg *RelayTest) *RelayResult {
 	t.Logf("seed %d", seed)
 	rng := rand.New(rand.NewPCG(uint64(seed), 17))
 	out := crashtest.Lines{Notify: make(chan string, 4096)}
-	r := &crashtest.Runner{T: t, Prefix: "relay-", NameEnv: nameEnv, Out: &out,
+	var args []string
+	if cfg.ChildTest != "" {
+		args = []string{"-test.run=^" + cfg.ChildTest + "$"}
+	}
+	r := &crashtest.Runner{T: t, Prefix: "relay-", NameEnv: nameEnv, Out: &out, Args: args,
 		Env: []string{schemaEnv + "=" + schema, pgEnv + "=" + pgURL, brokerEnv + "=" + cfg.Broker}}
 	procs := make([]*crashtest.Proc, relays)
 	for i := range procs {
@@ -425,6 +434,9 @@ func RunRelay(t *testing.T, cfg *RelayTest) *RelayResult {
 	}
 	if n := count(`SELECT count(*) FROM ` + sch + `.outbox WHERE sent_at IS NOT NULL`); n != len(committed) {
 		t.Errorf("%d outbox rows sent, want %d", n, len(committed))
+	}
+	if n := count(`SELECT count(*) FROM (SELECT entity FROM ` + sch + `.outbox GROUP BY entity HAVING max(seq) <> count(*)) g`); n != 0 {
+		t.Errorf("%d entities have gaps in their outbox seqs", n)
 	}
 
 	// What the relays printed: every publish, in order.
