@@ -274,7 +274,7 @@ func runConsumeSIGKILL(t *testing.T, b *consumeCrashBroker) {
 		defer mu.Unlock()
 		n := r.Started() + 1
 		r.Args = []string{"consume", "--from", from, "--to", srv.URL + "/handle/s" + strconv.Itoa(n), "--store", store,
-			"--migrate", "--lease", "1s", "--workers", "4", "--timeout", "5s"}
+			"--migrate", "--lease", "1s", "--workers", "4", "--timeout", "5s", "--admin", "127.0.0.1:0"}
 		cur = r.Start()
 		if cur.Name != "s"+strconv.Itoa(n) {
 			t.Fatalf("started %s, want s%d", cur.Name, n)
@@ -334,8 +334,8 @@ func runConsumeSIGKILL(t *testing.T, b *consumeCrashBroker) {
 	}
 	crashtest.Until(t, 60*time.Second, "every effect applied and the broker drained", applied, r.Log)
 	total := time.Since(began)
-	// Stop the sidecar gently; while what it had prefetched goes back to
-	// the broker, a fresh (never killed) one consumes it.
+	// Stop the sidecar gently; what it had prefetched goes back to the
+	// broker, and a fresh (never killed) one settles it.
 	for round := 0; ; round++ {
 		mu.Lock()
 		last := cur
@@ -356,7 +356,17 @@ func runConsumeSIGKILL(t *testing.T, b *consumeCrashBroker) {
 		t.Logf("%d deliveries back in the broker after the stop of %s: consuming them", n, last.Name)
 		start()
 		crashtest.Until(t, 30*time.Second, "the sidecar to start", started(r.Started()), r.Log)
-		crashtest.Until(t, 60*time.Second, "the broker to be drained", applied, r.Log)
+		admin := ""
+		for _, l := range out.All() { // the latest sidecar's admin line
+			if a, ok := strings.CutPrefix(l, "idem consume: admin on http://"); ok {
+				admin, _, _ = strings.Cut(a, " ")
+			}
+		}
+		fresh := &consumeProc{admin: admin}
+		crashtest.Until(t, 60*time.Second, fmt.Sprintf("the fresh sidecar to settle %d deliveries", n), func() bool {
+			d := fresh.decisions(t)
+			return d["ack"]+d["ack-duplicate"]+d["dead-letter"] >= n && applied()
+		}, r.Log)
 	}
 
 	// Every effect applied once, for exactly the published ids.
