@@ -16,7 +16,6 @@ import (
 	"github.com/idemkit/idem/store/pgstore"
 	"github.com/idemkit/idem/store/pgstore/pgcrashtest"
 	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 )
@@ -59,12 +58,7 @@ func crashChild(schema string) int {
 	ctx, cancel := crashtest.ChildContext(2 * time.Minute)
 	defer cancel()
 	proc := os.Getenv(crashIDEnv)
-	cfg, err := pgxpool.ParseConfig(os.Getenv(crashPGEnv))
-	if err != nil {
-		return fail(err)
-	}
-	cfg.MaxConns = 12
-	pool, err := pgxpool.NewWithConfig(ctx, cfg)
+	pool, err := pgcrashtest.Pool(ctx, os.Getenv(crashPGEnv), 12)
 	if err != nil {
 		return fail(err)
 	}

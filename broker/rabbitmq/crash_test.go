@@ -112,12 +112,7 @@ func crashWorker(queue string) int {
 	fail := func(err error) int { fmt.Fprintln(os.Stderr, "worker:", err); return 2 }
 	ctx, cancel := crashtest.ChildContext(2 * time.Minute)
 	defer cancel()
-	cfg, err := pgxpool.ParseConfig(os.Getenv(crashPGEnv))
-	if err != nil {
-		return fail(err)
-	}
-	cfg.MaxConns = 8
-	pool, err := pgxpool.NewWithConfig(ctx, cfg)
+	pool, err := pgcrashtest.Pool(ctx, os.Getenv(crashPGEnv), 8)
 	if err != nil {
 		return fail(err)
 	}

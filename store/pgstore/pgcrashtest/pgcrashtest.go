@@ -114,3 +114,14 @@ func (s TxStore) Release(ctx context.Context, p *idem.ReleaseParams) error {
 	TxSlotFrom(ctx).RollbackOpen(ctx)
 	return s.Store.Release(ctx, p)
 }
+
+// Pool opens a pool of at most maxConns connections on url, for a child
+// process (which has no testing.T to fail).
+func Pool(ctx context.Context, url string, maxConns int32) (*pgxpool.Pool, error) {
+	cfg, err := pgxpool.ParseConfig(url)
+	if err != nil {
+		return nil, err
+	}
+	cfg.MaxConns = maxConns
+	return pgxpool.NewWithConfig(ctx, cfg)
+}

@@ -67,12 +67,7 @@ func RelayChild(open func(ctx context.Context, broker string) (PublishFunc, func
 	ctx, cancel := crashtest.ChildContext(childLimit)
 	defer cancel()
 	name := os.Getenv(nameEnv)
-	cfg, err := pgxpool.ParseConfig(os.Getenv(pgEnv))
-	if err != nil {
-		return fail(err)
-	}
-	cfg.MaxConns = 8
-	pool, err := pgxpool.NewWithConfig(ctx, cfg)
+	pool, err := Pool(ctx, os.Getenv(pgEnv), 8)
 	if err != nil {
 		return fail(err)
 	}
