@@ -1,23 +1,19 @@
 package kafka
 
 import (
-	"bytes"
 	"context"
 	"fmt"
-	"io"
 	"math/rand/v2"
 	"os"
-	"os/exec"
-	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/idemkit/idem"
-	"github.com/idemkit/idem/internal/servicetest"
+	"github.com/idemkit/idem/internal/crashtest"
 	"github.com/idemkit/idem/messaging"
 	"github.com/idemkit/idem/store/pgstore"
+	"github.com/idemkit/idem/store/pgstore/pgcrashtest"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/twmb/franz-go/pkg/kadm"
@@ -51,47 +47,11 @@ func TestMain(m *testing.M) {
 		// Re-executed by TestConsumerSIGKILL: consume until killed.
 		os.Exit(crashChild(schema))
 	}
+	if pgcrashtest.IsRelayChild() {
+		// Re-executed by TestRelaySIGKILL: relay until killed.
+		os.Exit(pgcrashtest.RelayChild(relayPublisher))
+	}
 	os.Exit(m.Run())
-}
-
-// txSlot carries a delivery's business transaction from the handler to
-// the ledger's Complete, so the effect and the record commit together.
-// Consume handles one record at a time, so one slot in Consume's context
-// serves every delivery in turn.
-type txSlot struct{ tx pgx.Tx }
-
-type slotKey struct{}
-
-// txStore is the pgstore ledger with one change: a Complete made while
-// the context's slot holds an open business transaction runs in it
-// (CompleteTx) and commits it; a Release rolls it back first. So the
-// handler's INSERT commits iff the key's outcome does: exactly once.
-type txStore struct{ *pgstore.Store }
-
-func (s txStore) Complete(ctx context.Context, p *idem.CompleteParams) (*idem.Record, error) {
-	slot, _ := ctx.Value(slotKey{}).(*txSlot)
-	if slot == nil || slot.tx == nil {
-		return s.Store.Complete(ctx, p)
-	}
-	tx := slot.tx
-	slot.tx = nil
-	rec, err := s.Store.CompleteTx(ctx, tx, p)
-	if err != nil {
-		_ = tx.Rollback(ctx)
-		return nil, err
-	}
-	if err := tx.Commit(ctx); err != nil {
-		return nil, err
-	}
-	return rec, nil
-}
-
-func (s txStore) Release(ctx context.Context, p *idem.ReleaseParams) error {
-	if slot, _ := ctx.Value(slotKey{}).(*txSlot); slot != nil && slot.tx != nil {
-		_ = slot.tx.Rollback(ctx)
-		slot.tx = nil
-	}
-	return s.Store.Release(ctx, p)
 }
 
 // crashChild runs in a consumer process: Consume over the parent's kfake
@@ -104,7 +64,7 @@ func (s txStore) Release(ctx context.Context, p *idem.ReleaseParams) error {
 // PROC".
 func crashChild(schema string) int {
 	fail := func(err error) int { fmt.Fprintln(os.Stderr, "consumer:", err); return 2 }
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	ctx, cancel := crashtest.ChildContext(2 * time.Minute)
 	defer cancel()
 	proc := os.Getenv(crashIDEnv)
 	pool, err := pgxpool.New(ctx, os.Getenv(crashPGEnv))
@@ -115,14 +75,14 @@ func crashChild(schema string) int {
 	if err != nil {
 		return fail(err)
 	}
-	ledger, err := idem.New(txStore{s}, &idem.Config{Lease: crashLease})
+	ledger, err := idem.New(pgcrashtest.TxStore{Store: s}, &idem.Config{Lease: crashLease})
 	if err != nil {
 		return fail(err)
 	}
 	effects := pgx.Identifier{schema, "effects"}.Sanitize()
-	say := func(format string, args ...any) { fmt.Fprintf(os.Stdout, format+"\n", args...) }
+	say := crashtest.Say()
 	c, err := messaging.NewConsumer(ledger, func(ctx context.Context, m *messaging.Message) error {
-		slot, _ := ctx.Value(slotKey{}).(*txSlot)
+		slot := pgcrashtest.TxSlotFrom(ctx)
 		if slot == nil {
 			return messaging.Permanent(fmt.Errorf("no transaction slot"))
 		}
@@ -139,7 +99,7 @@ func crashChild(schema string) int {
 			_ = tx.Rollback(ctx)
 			return err
 		}
-		slot.tx = tx // committed by the ledger's Complete
+		slot.Tx = tx // committed by the ledger's Complete
 		return nil
 	}, &messaging.Config{Scope: crashScope, MaxAttempts: 50, Backoff: func(int) time.Duration { return 100 * time.Millisecond }})
 	if err != nil {
@@ -158,65 +118,17 @@ func crashChild(schema string) int {
 	if err != nil {
 		return fail(err)
 	}
-	go func() {
-		_, _ = io.Copy(io.Discard, os.Stdin) // the parent is gone when it ends
-		cancel()
-	}()
-	slot := &txSlot{}
-	err = Consume(context.WithValue(ctx, slotKey{}, slot), cl, c, &Options{
+	slot := &pgcrashtest.TxSlot{} // Consume handles one record at a time: one slot serves each in turn
+	err = Consume(pgcrashtest.WithTxSlot(ctx, slot), cl, c, &Options{
 		MaxPollRecords: 16,
 		MaxRetryDelay:  crashLease,
 		OnDecision: func(r *kgo.Record, m *messaging.Message, d messaging.Decision) {
-			if slot.tx != nil { // the handling left it open (the lease was lost)
-				_ = slot.tx.Rollback(ctx)
-				slot.tx = nil
-			}
+			slot.RollbackOpen(ctx) // the handling left it open (the lease was lost)
 			say("settled %s %s %s", m.ID, d.Action, proc)
 		},
 		OnError: func(err error) { fmt.Fprintln(os.Stderr, "consumer:", err) }})
 	fmt.Fprintln(os.Stderr, "consumer: stopped without being killed:", err)
 	return 3
-}
-
-// lines collects the whole lines the consumer processes print, and
-// signals each "run" line of the current process on runs.
-type lines struct {
-	mu   sync.Mutex
-	all  []string
-	runs chan string // the PROC of each run line, never blocks
-}
-
-type lineWriter struct {
-	l    *lines
-	part []byte
-}
-
-func (w *lineWriter) Write(p []byte) (int, error) {
-	w.part = append(w.part, p...)
-	for {
-		i := bytes.IndexByte(w.part, '\n')
-		if i < 0 {
-			return len(p), nil
-		}
-		l := string(w.part[:i])
-		w.l.mu.Lock()
-		w.l.all = append(w.l.all, l)
-		w.l.mu.Unlock()
-		if f := strings.Fields(l); len(f) == 3 && f[0] == "run" {
-			select {
-			case w.l.runs <- f[2]:
-			default:
-			}
-		}
-		w.part = w.part[i+1:]
-	}
-}
-
-type crashProc struct {
-	id    string
-	cmd   *exec.Cmd
-	stdin io.Closer
-	err   bytes.Buffer
 }
 
 // TestConsumerSIGKILL is the real-process crash test: the kfake cluster
@@ -236,18 +148,7 @@ func TestConsumerSIGKILL(t *testing.T) {
 		t.Skip("-short: the crash test starts consumer processes")
 	}
 	ctx := context.Background()
-	pgURL := servicetest.Postgres.Need(t)
-	pool, err := pgxpool.New(ctx, pgURL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(pool.Close) // after the schema's drop
-	schema := fmt.Sprintf("idem_kafka_%d", time.Now().UnixNano()%1e9)
-	t.Cleanup(func() {
-		if _, err := pool.Exec(context.Background(), `DROP SCHEMA IF EXISTS `+pgx.Identifier{schema}.Sanitize()+` CASCADE`); err != nil {
-			t.Errorf("drop schema %s: %v", schema, err)
-		}
-	})
+	pool, pgURL, schema := pgcrashtest.Schema(t, "idem_kafka")
 	s, err := pgstore.New(pool, &pgstore.Config{Schema: schema, Migrate: true})
 	if err != nil {
 		t.Fatal(err)
@@ -289,80 +190,51 @@ func TestConsumerSIGKILL(t *testing.T) {
 	seed := time.Now().UnixNano()
 	t.Logf("seed %d", seed)
 	rng := rand.New(rand.NewPCG(uint64(seed), 16))
-	out := lines{runs: make(chan string, 1024)}
-	started := 0
-	start := func() *crashProc {
-		started++
-		p := &crashProc{id: "c" + strconv.Itoa(started)}
-		p.cmd = exec.Command(os.Args[0], "-test.run=^$")
-		p.cmd.Env = append(os.Environ(), crashSchemaEnv+"="+schema, crashPGEnv+"="+pgURL,
-			crashAddrsEnv+"="+strings.Join(addrs, ","), crashIDEnv+"="+p.id)
-		p.cmd.Stdout = &lineWriter{l: &out}
-		p.cmd.Stderr = &p.err
-		stdin, err := p.cmd.StdinPipe()
-		if err != nil {
-			t.Fatal(err)
-		}
-		p.stdin = stdin
-		if err := p.cmd.Start(); err != nil {
-			t.Fatal(err)
-		}
-		return p
-	}
-	kill := func(p *crashProc) {
-		_ = p.cmd.Process.Kill() // SIGKILL on Unix
-		_ = p.stdin.Close()
-		_ = p.cmd.Wait()
-	}
-	proc := start()
-	defer func() { kill(proc) }()
+	out := crashtest.Lines{Notify: make(chan string, 1024)}
+	r := &crashtest.Runner{T: t, Prefix: "c", NameEnv: crashIDEnv, Out: &out,
+		Env: []string{crashSchemaEnv + "=" + schema, crashPGEnv + "=" + pgURL, crashAddrsEnv + "=" + strings.Join(addrs, ",")}}
+	proc := r.Start()
 	began := time.Now()
 
 	// The chaos schedule: each process is killed 20 to 150 ms after its
 	// handler first ran, mid-batch (a batch is up to 16 records of 2 to
 	// 10 ms each).
-	killed := map[string]bool{}
 	for k := range crashKills {
 		waitRun := time.After(20 * time.Second)
 	wait:
 		for {
 			select {
-			case id := <-out.runs:
-				if id == proc.id {
+			case l := <-out.Notify:
+				if f := strings.Fields(l); len(f) == 3 && f[0] == "run" && f[2] == proc.Name {
 					break wait
 				}
 			case <-waitRun:
-				t.Logf("consumer %s stderr: %s", proc.id, proc.err.String())
-				t.Fatalf("consumer %s ran no handler in 20 s", proc.id)
+				r.Log()
+				t.Fatalf("consumer %s ran no handler in 20 s", proc.Name)
 			}
 		}
 		<-time.After(time.Duration(20+rng.IntN(130)) * time.Millisecond)
-		kill(proc)
-		killed[proc.id] = true
-		t.Logf("kill %d at %v: %s", k+1, time.Since(began).Round(time.Millisecond), proc.id)
-		proc = start()
+		t.Logf("kill %d at %v: %s", k+1, time.Since(began).Round(time.Millisecond), proc.Name)
+		proc = r.Restart(proc)
 	}
+	killed := r.Killed()
 	killsDone := time.Since(began)
 
 	// Wait until every message has a row and every offset is committed.
-	deadline := time.Now().Add(40 * time.Second)
-	for {
-		var ids int
+	var ids int
+	var at int64
+	crashtest.Until(t, 40*time.Second, "every message to have a row and every offset to be committed", func() bool {
 		if err := pool.QueryRow(ctx, `SELECT count(DISTINCT msg_id) FROM `+effects).Scan(&ids); err != nil {
 			t.Fatal(err)
 		}
-		at := committedAt()
-		if ids == crashMessages && at == 2*crashMessages {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Logf("consumer %s stderr: %s", proc.id, proc.err.String())
-			t.Fatalf("after 40 s: %d of %d messages have a row; committed offset %d of %d", ids, crashMessages, at, 2*crashMessages)
-		}
-		<-time.After(100 * time.Millisecond)
-	}
+		at = committedAt()
+		return ids == crashMessages && at == 2*crashMessages
+	}, func() {
+		r.Log()
+		t.Logf("%d of %d messages have a row; committed offset %d of %d", ids, crashMessages, at, 2*crashMessages)
+	})
 	total := time.Since(began)
-	kill(proc)
+	proc.Kill()
 
 	// Every message's effect, applied once.
 	rows := map[string]int{}
@@ -400,9 +272,7 @@ func TestConsumerSIGKILL(t *testing.T) {
 	}
 
 	// What the processes printed: attempts and settlements.
-	out.mu.Lock()
-	all := out.all
-	out.mu.Unlock()
+	all := out.All()
 	runs, cut := 0, 0
 	actions := map[string]int{}
 	for _, l := range all {
@@ -420,11 +290,11 @@ func TestConsumerSIGKILL(t *testing.T) {
 		}
 	}
 	committedByKilled := 0
-	if err := pool.QueryRow(ctx, `SELECT count(*) FROM `+effects+` WHERE proc = ANY($1)`, keys(killed)).Scan(&committedByKilled); err != nil {
+	if err := pool.QueryRow(ctx, `SELECT count(*) FROM `+effects+` WHERE proc = ANY($1)`, r.KilledNames()).Scan(&committedByKilled); err != nil {
 		t.Fatal(err)
 	}
 	t.Logf("%d messages x 2 copies, %d SIGKILLs (%d processes) in %v; all committed after %v",
-		crashMessages, len(killed), started, killsDone.Round(time.Millisecond), total.Round(time.Millisecond))
+		crashMessages, len(killed), r.Started(), killsDone.Round(time.Millisecond), total.Round(time.Millisecond))
 	t.Logf("%d handler runs, %d of them in killed processes, which committed %d: %d runs were cut by a kill and rolled back",
 		runs, cut, committedByKilled, cut-committedByKilled)
 	t.Logf("settled (as printed; a kill can eat a line): %v", actions)
@@ -434,12 +304,4 @@ func TestConsumerSIGKILL(t *testing.T) {
 	if cut-committedByKilled == 0 {
 		t.Error("no handler run was cut by a kill: the test proved nothing")
 	}
-}
-
-func keys(m map[string]bool) []string {
-	out := make([]string, 0, len(m))
-	for k := range m {
-		out = append(out, k)
-	}
-	return out
 }

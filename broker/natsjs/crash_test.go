@@ -1,25 +1,21 @@
 package natsjs
 
 import (
-	"bytes"
 	"context"
 	"fmt"
-	"io"
 	"math/rand/v2"
 	"os"
-	"os/exec"
-	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/idemkit/idem"
+	"github.com/idemkit/idem/internal/crashtest"
 	"github.com/idemkit/idem/internal/servicetest"
 	"github.com/idemkit/idem/messaging"
 	"github.com/idemkit/idem/store/pgstore"
+	"github.com/idemkit/idem/store/pgstore/pgcrashtest"
 	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 )
@@ -41,52 +37,12 @@ const (
 	crashScope    = "orders"
 )
 
-// txSlot carries a delivery's business transaction from the handler to
-// the ledger's Complete, so the effect and the record commit together.
-type txSlot struct{ tx pgx.Tx }
-
-type slotKey struct{}
-
-// txStore is the pgstore ledger with one change: a Complete made while
-// the delivery's context holds an open business transaction runs in it
-// (CompleteTx) and commits it; a Release rolls it back first. So the
-// handler's INSERT commits iff the key's outcome does: exactly once.
-type txStore struct{ *pgstore.Store }
-
-func (s txStore) Complete(ctx context.Context, p *idem.CompleteParams) (*idem.Record, error) {
-	slot, _ := ctx.Value(slotKey{}).(*txSlot)
-	if slot == nil || slot.tx == nil {
-		return s.Store.Complete(ctx, p)
-	}
-	tx := slot.tx
-	slot.tx = nil
-	rec, err := s.Store.CompleteTx(ctx, tx, p)
-	if err != nil {
-		_ = tx.Rollback(ctx)
-		return nil, err
-	}
-	if err := tx.Commit(ctx); err != nil {
-		return nil, err
-	}
-	return rec, nil
-}
-
-func (s txStore) Release(ctx context.Context, p *idem.ReleaseParams) error {
-	if slot, _ := ctx.Value(slotKey{}).(*txSlot); slot != nil && slot.tx != nil {
-		_ = slot.tx.Rollback(ctx)
-		slot.tx = nil
-	}
-	return s.Store.Release(ctx, p)
-}
-
 // inTx is the Options.Around of the consumers: each delivery gets a slot;
 // a transaction its handling left open (the lease was lost) rolls back.
 func inTx(ctx context.Context, m *messaging.Message, handle func(context.Context, *messaging.Message) messaging.Decision) messaging.Decision {
-	slot := &txSlot{}
-	d := handle(context.WithValue(ctx, slotKey{}, slot), m)
-	if slot.tx != nil {
-		_ = slot.tx.Rollback(ctx)
-	}
+	slot := &pgcrashtest.TxSlot{}
+	d := handle(pgcrashtest.WithTxSlot(ctx, slot), m)
+	slot.RollbackOpen(ctx)
 	return d
 }
 
@@ -99,15 +55,10 @@ func inTx(ctx context.Context, m *messaging.Message, handle func(context.Context
 // prints "settled ID ACTION PROC".
 func crashChild(schema string) int {
 	fail := func(err error) int { fmt.Fprintln(os.Stderr, "consumer:", err); return 2 }
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	ctx, cancel := crashtest.ChildContext(2 * time.Minute)
 	defer cancel()
 	proc := os.Getenv(crashIDEnv)
-	cfg, err := pgxpool.ParseConfig(os.Getenv(crashPGEnv))
-	if err != nil {
-		return fail(err)
-	}
-	cfg.MaxConns = 12
-	pool, err := pgxpool.NewWithConfig(ctx, cfg)
+	pool, err := pgcrashtest.Pool(ctx, os.Getenv(crashPGEnv), 12)
 	if err != nil {
 		return fail(err)
 	}
@@ -115,19 +66,14 @@ func crashChild(schema string) int {
 	if err != nil {
 		return fail(err)
 	}
-	ledger, err := idem.New(txStore{s}, &idem.Config{Lease: crashLease})
+	ledger, err := idem.New(pgcrashtest.TxStore{Store: s}, &idem.Config{Lease: crashLease})
 	if err != nil {
 		return fail(err)
 	}
 	effects := pgx.Identifier{schema, "effects"}.Sanitize()
-	var out sync.Mutex
-	say := func(format string, args ...any) {
-		out.Lock()
-		defer out.Unlock()
-		fmt.Fprintf(os.Stdout, format+"\n", args...)
-	}
+	say := crashtest.Say()
 	c, err := messaging.NewConsumer(ledger, func(ctx context.Context, m *messaging.Message) error {
-		slot, _ := ctx.Value(slotKey{}).(*txSlot)
+		slot := pgcrashtest.TxSlotFrom(ctx)
 		if slot == nil {
 			return messaging.Permanent(fmt.Errorf("no transaction slot"))
 		}
@@ -144,7 +90,7 @@ func crashChild(schema string) int {
 			_ = tx.Rollback(ctx)
 			return err
 		}
-		slot.tx = tx // committed by the ledger's Complete
+		slot.Tx = tx // committed by the ledger's Complete
 		return nil
 	}, &messaging.Config{Scope: crashScope, MaxAttempts: 50, Backoff: func(int) time.Duration { return 100 * time.Millisecond }})
 	if err != nil {
@@ -162,10 +108,6 @@ func crashChild(schema string) int {
 	if err != nil {
 		return fail(err)
 	}
-	go func() {
-		_, _ = io.Copy(io.Discard, os.Stdin) // the parent is gone when it ends
-		cancel()
-	}()
 	err = Consume(ctx, cons, c, &Options{Workers: 2, Around: inTx,
 		PullOptions: []jetstream.PullMessagesOpt{jetstream.PullMaxMessages(16)},
 		OnDecision: func(m *messaging.Message, d messaging.Decision, err error) {
@@ -174,38 +116,6 @@ func crashChild(schema string) int {
 		OnError: func(err error) { fmt.Fprintln(os.Stderr, "consumer:", err) }})
 	fmt.Fprintln(os.Stderr, "consumer: stopped without being killed:", err)
 	return 3
-}
-
-// lines collects the whole lines the consumer processes print.
-type lines struct {
-	mu  sync.Mutex
-	all []string
-}
-
-type lineWriter struct {
-	l    *lines
-	part []byte
-}
-
-func (w *lineWriter) Write(p []byte) (int, error) {
-	w.part = append(w.part, p...)
-	for {
-		i := bytes.IndexByte(w.part, '\n')
-		if i < 0 {
-			return len(p), nil
-		}
-		w.l.mu.Lock()
-		w.l.all = append(w.l.all, string(w.part[:i]))
-		w.l.mu.Unlock()
-		w.part = w.part[i+1:]
-	}
-}
-
-type crashProc struct {
-	id    string
-	cmd   *exec.Cmd
-	stdin io.Closer
-	err   bytes.Buffer
 }
 
 // TestConsumerSIGKILL publishes 300 messages, each stored twice in the
@@ -225,19 +135,8 @@ func TestConsumerSIGKILL(t *testing.T) {
 	}
 	t.Parallel()
 	ctx := context.Background()
-	pgURL := servicetest.Postgres.Need(t)
+	pool, pgURL, schema := pgcrashtest.Schema(t, "idem_natsjs")
 	natsURL := servicetest.NATS.Need(t)
-	pool, err := pgxpool.New(ctx, pgURL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(pool.Close) // after the schema's drop
-	schema := fmt.Sprintf("idem_natsjs_%d", time.Now().UnixNano()%1e9)
-	t.Cleanup(func() {
-		if _, err := pool.Exec(context.Background(), `DROP SCHEMA IF EXISTS `+pgx.Identifier{schema}.Sanitize()+` CASCADE`); err != nil {
-			t.Errorf("drop schema %s: %v", schema, err)
-		}
-	})
 	s, err := pgstore.New(pool, &pgstore.Config{Schema: schema, Migrate: true})
 	if err != nil {
 		t.Fatal(err)
@@ -257,33 +156,10 @@ func TestConsumerSIGKILL(t *testing.T) {
 	seed := time.Now().UnixNano()
 	t.Logf("seed %d", seed)
 	rng := rand.New(rand.NewPCG(uint64(seed), 16))
-	var out lines
-	started := 0
-	start := func() *crashProc {
-		started++
-		p := &crashProc{id: "c" + strconv.Itoa(started)}
-		p.cmd = exec.Command(os.Args[0], "-test.run=^$")
-		p.cmd.Env = append(os.Environ(), crashSchemaEnv+"="+schema, crashStreamEnv+"="+stream,
-			crashPGEnv+"="+pgURL, crashNATSEnv+"="+natsURL, crashIDEnv+"="+p.id)
-		p.cmd.Stdout = &lineWriter{l: &out}
-		p.cmd.Stderr = &p.err
-		stdin, err := p.cmd.StdinPipe()
-		if err != nil {
-			t.Fatal(err)
-		}
-		p.stdin = stdin
-		if err := p.cmd.Start(); err != nil {
-			t.Fatal(err)
-		}
-		return p
-	}
-	kill := func(p *crashProc) {
-		_ = p.cmd.Process.Kill() // SIGKILL on Unix
-		_ = p.stdin.Close()
-		_ = p.cmd.Wait()
-	}
-	proc := start()
-	defer func() { kill(proc) }()
+	var out crashtest.Lines
+	r := &crashtest.Runner{T: t, Prefix: "c", NameEnv: crashIDEnv, Out: &out,
+		Env: []string{crashSchemaEnv + "=" + schema, crashStreamEnv + "=" + stream, crashPGEnv + "=" + pgURL, crashNATSEnv + "=" + natsURL}}
+	proc := r.Start()
 	began := time.Now()
 
 	// The publisher: every message once, then (past the stream's 100 ms
@@ -325,14 +201,12 @@ func TestConsumerSIGKILL(t *testing.T) {
 		pubDone <- nil
 	}()
 
-	killed := map[string]bool{}
 	for k := range crashKills {
 		<-time.After(time.Duration(100+rng.IntN(150)) * time.Millisecond) // the chaos schedule
-		kill(proc)
-		killed[proc.id] = true
-		t.Logf("kill %d at %v: %s", k+1, time.Since(began).Round(time.Millisecond), proc.id)
-		proc = start()
+		t.Logf("kill %d at %v: %s", k+1, time.Since(began).Round(time.Millisecond), proc.Name)
+		proc = r.Restart(proc)
 	}
+	killed := r.Killed()
 	if err := <-pubDone; err != nil {
 		t.Fatalf("publishing: %v", err)
 	}
@@ -344,31 +218,26 @@ func TestConsumerSIGKILL(t *testing.T) {
 	}
 
 	// Wait until every delivery is settled and every message has a row.
-	deadline := time.Now().Add(40 * time.Second)
-	for {
-		var ids int
+	var ids int
+	var ci *jetstream.ConsumerInfo
+	crashtest.Until(t, 40*time.Second, "every message to have a row and every delivery to be settled", func() bool {
 		if err := pool.QueryRow(ctx, `SELECT count(DISTINCT msg_id) FROM `+effects).Scan(&ids); err != nil {
 			t.Fatal(err)
 		}
-		ci, err := cons.Info(ctx)
-		if err != nil {
+		if ci, err = cons.Info(ctx); err != nil {
 			t.Fatal(err)
 		}
-		if ids == crashMessages && ci.NumAckPending == 0 && ci.NumPending == 0 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Logf("consumer %s stderr: %s", proc.id, proc.err.String())
-			t.Fatalf("after 40 s: %d of %d messages have a row; %d deliveries ack-pending, %d not delivered", ids, crashMessages, ci.NumAckPending, ci.NumPending)
-		}
-		<-time.After(100 * time.Millisecond)
-	}
+		return ids == crashMessages && ci.NumAckPending == 0 && ci.NumPending == 0
+	}, func() {
+		r.Log()
+		t.Logf("%d of %d messages have a row; %d deliveries ack-pending, %d not delivered", ids, crashMessages, ci.NumAckPending, ci.NumPending)
+	})
 	total := time.Since(began)
-	ci, err := cons.Info(ctx)
+	ci, err = cons.Info(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
-	kill(proc)
+	proc.Kill()
 
 	// Every message's effect, applied once.
 	rows := map[string]int{}
@@ -406,9 +275,7 @@ func TestConsumerSIGKILL(t *testing.T) {
 	}
 
 	// What the processes printed: attempts and settlements.
-	out.mu.Lock()
-	all := out.all
-	out.mu.Unlock()
+	all := out.All()
 	runs, cut, redelivered := 0, 0, 0
 	actions := map[string]int{}
 	for _, l := range all {
@@ -429,11 +296,11 @@ func TestConsumerSIGKILL(t *testing.T) {
 		}
 	}
 	committedByKilled := 0
-	if err := pool.QueryRow(ctx, `SELECT count(*) FROM `+effects+` WHERE proc = ANY($1)`, keys(killed)).Scan(&committedByKilled); err != nil {
+	if err := pool.QueryRow(ctx, `SELECT count(*) FROM `+effects+` WHERE proc = ANY($1)`, r.KilledNames()).Scan(&committedByKilled); err != nil {
 		t.Fatal(err)
 	}
 	t.Logf("%d messages x 2 copies, %d SIGKILLs (%d processes) in %v; all settled after %v",
-		crashMessages, len(killed), started, killsDone.Round(time.Millisecond), total.Round(time.Millisecond))
+		crashMessages, len(killed), r.Started(), killsDone.Round(time.Millisecond), total.Round(time.Millisecond))
 	t.Logf("%d handler runs (%d of them of a redelivery), %d of them in killed processes, which committed %d: %d runs were cut by a kill and rolled back",
 		runs, redelivered, cut, committedByKilled, cut-committedByKilled)
 	t.Logf("settled (as printed; a kill can eat a line): %v; JetStream consumer: %d deliveries in all for %d stream messages",
@@ -450,12 +317,4 @@ func TestConsumerSIGKILL(t *testing.T) {
 	if ci.Delivered.Consumer <= 2*crashMessages {
 		t.Errorf("JetStream delivered %d times for %d stored messages: nothing was redelivered", ci.Delivered.Consumer, 2*crashMessages)
 	}
-}
-
-func keys(m map[string]bool) []string {
-	out := make([]string, 0, len(m))
-	for k := range m {
-		out = append(out, k)
-	}
-	return out
 }

@@ -5,12 +5,17 @@ import (
 	"testing"
 
 	"github.com/idemkit/idem/internal/leakcheck"
+	"github.com/idemkit/idem/store/pgstore/pgcrashtest"
 )
 
 func TestMain(m *testing.M) {
 	if schema := os.Getenv(crashSchemaEnv); schema != "" {
 		// Re-executed by TestConsumerSIGKILL: consume until killed.
 		os.Exit(crashChild(schema))
+	}
+	if pgcrashtest.IsRelayChild() {
+		// Re-executed by TestRelaySIGKILL: relay until killed.
+		os.Exit(pgcrashtest.RelayChild(relayPublisher))
 	}
 	leakcheck.Main(m)
 }

@@ -5,22 +5,21 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"maps"
 	"math/rand/v2"
 	"os"
-	"os/exec"
 	"sort"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/idemkit/idem"
+	"github.com/idemkit/idem/internal/crashtest"
 	"github.com/idemkit/idem/internal/servicetest"
 	"github.com/idemkit/idem/messaging"
 	"github.com/idemkit/idem/store/pgstore"
+	"github.com/idemkit/idem/store/pgstore/pgcrashtest"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 	amqp "github.com/rabbitmq/amqp091-go"
@@ -111,24 +110,14 @@ func crashOptions(printf func(format string, args ...any)) *Options {
 // pipe) closes.
 func crashWorker(queue string) int {
 	fail := func(err error) int { fmt.Fprintln(os.Stderr, "worker:", err); return 2 }
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	ctx, cancel := crashtest.ChildContext(2 * time.Minute)
 	defer cancel()
-	cfg, err := pgxpool.ParseConfig(os.Getenv(crashPGEnv))
-	if err != nil {
-		return fail(err)
-	}
-	cfg.MaxConns = 8
-	pool, err := pgxpool.NewWithConfig(ctx, cfg)
+	pool, err := pgcrashtest.Pool(ctx, os.Getenv(crashPGEnv), 8)
 	if err != nil {
 		return fail(err)
 	}
 	defer pool.Close()
-	var out sync.Mutex
-	printf := func(format string, args ...any) {
-		out.Lock()
-		defer out.Unlock()
-		fmt.Fprintf(os.Stdout, format, args...)
-	}
+	printf := crashtest.Say()
 	handle, closeLedger, err := crashHandle(pool, os.Getenv(crashSchemaEnv), os.Getenv(crashProcEnv), os.Getenv(crashModeEnv), printf)
 	if err != nil {
 		return fail(err)
@@ -143,61 +132,10 @@ func crashWorker(queue string) int {
 	if err != nil {
 		return fail(err)
 	}
-	go func() {
-		_, _ = io.Copy(io.Discard, os.Stdin) // the parent closed it, or is gone
-		cancel()
-	}()
 	if err := ConsumeFunc(ctx, ch, queue, handle, crashOptions(printf)); !errors.Is(err, context.Canceled) {
 		return fail(err)
 	}
 	return 0
-}
-
-// crashLines collects the lines the consuming processes print.
-type crashLines struct {
-	mu    sync.Mutex
-	lines []string
-}
-
-func (c *crashLines) writer() io.Writer { return &lineWriter{c: c} }
-
-// printf adds a line (or more) of the test process's own.
-func (c *crashLines) printf(format string, args ...any) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.lines = append(c.lines, strings.Split(strings.TrimSuffix(fmt.Sprintf(format, args...), "\n"), "\n")...)
-}
-
-func (c *crashLines) all() []string {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return append([]string(nil), c.lines...)
-}
-
-type lineWriter struct {
-	c    *crashLines
-	part []byte
-}
-
-func (w *lineWriter) Write(p []byte) (int, error) {
-	w.part = append(w.part, p...)
-	for {
-		i := bytes.IndexByte(w.part, '\n')
-		if i < 0 {
-			return len(p), nil
-		}
-		w.c.mu.Lock()
-		w.c.lines = append(w.c.lines, string(w.part[:i]))
-		w.c.mu.Unlock()
-		w.part = w.part[i+1:]
-	}
-}
-
-type crashProc struct {
-	name  string
-	cmd   *exec.Cmd
-	stdin io.Closer
-	err   bytes.Buffer
 }
 
 // TestCrashExactlyOnce publishes 300 messages, each twice (every 10th
@@ -232,22 +170,10 @@ func TestCrashExactlyOnce(t *testing.T) {
 
 func testCrash(t *testing.T, mode string) {
 	ctx := context.Background()
-	pgURL := servicetest.Postgres.Need(t)
 	amqpURL := servicetest.RabbitMQ.Need(t)
 	began := time.Now()
-
-	pool, err := pgxpool.New(ctx, pgURL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(pool.Close) // after the schema's drop
-	schema := fmt.Sprintf("idem_rmq_%d_%d", time.Now().UnixNano()%1e9, queueSeq.Add(1))
+	pool, pgURL, schema := pgcrashtest.Schema(t, "idem_rmq")
 	sch := pgx.Identifier{schema}.Sanitize()
-	t.Cleanup(func() {
-		if _, err := pool.Exec(context.Background(), `DROP SCHEMA IF EXISTS `+sch+` CASCADE`); err != nil {
-			t.Errorf("drop schema %s: %v", schema, err)
-		}
-	})
 	if _, err := pgstore.New(pool, &pgstore.Config{Schema: schema, Migrate: true}); err != nil {
 		t.Fatal(err)
 	}
@@ -263,33 +189,11 @@ func testCrash(t *testing.T, mode string) {
 	seed := time.Now().UnixNano()
 	t.Logf("seed %d", seed)
 	rng := rand.New(rand.NewPCG(uint64(seed), 16))
-	var lines crashLines
-	started := 0
-	start := func() *crashProc {
-		started++
-		p := &crashProc{name: "p" + strconv.Itoa(started)}
-		p.cmd = exec.Command(os.Args[0], "-test.run=^$")
-		p.cmd.Env = append(os.Environ(), crashQueueEnv+"="+q, crashSchemaEnv+"="+schema, crashPGEnv+"="+pgURL,
-			crashAMQPEnv+"="+amqpURL, crashProcEnv+"="+p.name, crashModeEnv+"="+mode)
-		p.cmd.Stdout = lines.writer()
-		p.cmd.Stderr = &p.err
-		stdin, err := p.cmd.StdinPipe()
-		if err != nil {
-			t.Fatal(err)
-		}
-		p.stdin = stdin
-		if err := p.cmd.Start(); err != nil {
-			t.Fatal(err)
-		}
-		return p
-	}
-	kill := func(p *crashProc) {
-		_ = p.cmd.Process.Kill() // SIGKILL
-		_ = p.stdin.Close()
-		_ = p.cmd.Wait()
-	}
-	proc := start()
-	t.Cleanup(func() { kill(proc) })
+	var lines crashtest.Lines
+	r := &crashtest.Runner{T: t, NameEnv: crashProcEnv, Out: &lines,
+		Env: []string{crashQueueEnv + "=" + q, crashSchemaEnv + "=" + schema, crashPGEnv + "=" + pgURL,
+			crashAMQPEnv + "=" + amqpURL, crashModeEnv + "=" + mode}}
+	proc := r.Start()
 
 	// Publish every message, then every message again, while the
 	// consumer runs.
@@ -343,21 +247,15 @@ func testCrash(t *testing.T, mode string) {
 	}
 
 	// The chaos: a SIGKILL each time another ~60 messages were applied.
-	killed := map[string]bool{}
 	deadline := time.Now().Add(50 * time.Second)
 	for k := range crashKills {
 		threshold := 20 + k*60 + rng.IntN(30)
-		for handled() < threshold {
-			if time.Now().After(deadline) {
-				t.Fatalf("only %d messages applied before kill %d; worker stderr: %s", handled(), k+1, proc.err.String())
-			}
-			<-time.After(5 * time.Millisecond)
-		}
-		kill(proc)
-		killed[proc.name] = true
-		t.Logf("kill %d at %v: %s, %d messages applied", k+1, time.Since(began).Round(time.Millisecond), proc.name, handled())
-		proc = start()
+		crashtest.Until(t, time.Until(deadline), fmt.Sprintf("%d messages applied before kill %d", threshold, k+1),
+			func() bool { return handled() >= threshold }, r.Log)
+		t.Logf("kill %d at %v: %s, %d messages applied", k+1, time.Since(began).Round(time.Millisecond), proc.Name, handled())
+		proc = r.Restart(proc)
 	}
+	killed := r.Killed()
 	if err := <-published; err != nil {
 		t.Fatalf("publish: %v", err)
 	}
@@ -367,35 +265,34 @@ func testCrash(t *testing.T, mode string) {
 	// retries waiting for a killed process's lease): stop it gently,
 	// and once the broker has taken back what it held, consume the rest
 	// in this process until each is acked.
-	for handled() < crashMessages || func() bool { r, _ := queueState(q); return r > 0 }() {
-		if time.Now().After(deadline) {
-			r, c := queueState(q)
-			t.Fatalf("after 50 s: %d of %d messages applied, %d ready, %d consumers; worker stderr: %s", handled(), crashMessages, r, c, proc.err.String())
-		}
-		<-time.After(20 * time.Millisecond)
-	}
-	_ = proc.stdin.Close()
-	if err := proc.cmd.Wait(); err != nil {
-		t.Fatalf("worker %s: %v: %s", proc.name, err, proc.err.String())
+	crashtest.Until(t, time.Until(deadline), "every message applied and none ready", func() bool {
+		r, _ := queueState(q)
+		return handled() >= crashMessages && r == 0
+	}, func() {
+		r.Log()
+		rd, c := queueState(q)
+		t.Logf("%d of %d messages applied, %d ready, %d consumers", handled(), crashMessages, rd, c)
+	})
+	if err := proc.Stop(); err != nil {
+		t.Fatalf("worker %s: %v: %s", proc.Name, err, proc.Stderr.String())
 	}
 	stopped := maps.Clone(killed)
-	stopped[proc.name] = true
-	ready, consumers := queueState(q)
-	for ; consumers > 0; ready, consumers = queueState(q) { // the broker sees the connection go
-		if time.Now().After(deadline) {
-			t.Fatalf("the stopped consumer is still on %s after 50 s", q)
-		}
-		<-time.After(10 * time.Millisecond)
-	}
+	stopped[proc.Name] = true
+	var ready int
+	crashtest.Until(t, time.Until(deadline), "the broker to see the stopped consumer go", func() bool { // its connection closes
+		var consumers int
+		ready, consumers = queueState(q)
+		return consumers == 0
+	})
 	t.Logf("%d deliveries were still unacked at the gentle stop: consuming them in the test process", ready)
 	if ready > 0 {
-		handle, closeLedger, err := crashHandle(pool, schema, "parent", mode, lines.printf)
+		handle, closeLedger, err := crashHandle(pool, schema, "parent", mode, lines.Printf)
 		if err != nil {
 			t.Fatal(err)
 		}
 		defer closeLedger()
 		acked := make(chan struct{}, 2*crashMessages)
-		o := crashOptions(lines.printf)
+		o := crashOptions(lines.Printf)
 		print := o.OnDecision
 		o.OnDecision = func(m *messaging.Message, d messaging.Decision, err error) {
 			print(m, d, err)
@@ -504,7 +401,7 @@ func testCrash(t *testing.T, mode string) {
 			committed[[2]string{id, p}] = true
 		}
 	}
-	for _, l := range lines.all() {
+	for _, l := range lines.All() {
 		f := strings.Fields(l)
 		switch {
 		case len(f) == 3 && f[0] == "run":
@@ -544,7 +441,7 @@ func testCrash(t *testing.T, mode string) {
 	if interrupted == 0 {
 		t.Error("no kill landed inside a handler's transaction: the test proved nothing")
 	}
-	t.Logf("%d messages x2 through %d processes (%d SIGKILLs) in %v", crashMessages, started, len(killed), total.Round(time.Millisecond))
+	t.Logf("%d messages x2 through %d processes (%d SIGKILLs) in %v", crashMessages, r.Started(), len(killed), total.Round(time.Millisecond))
 	t.Logf("decisions printed: %v; %d deliveries with a delivery count > 1", acts, redelivered)
 	t.Logf("%s: applied once: %d; applied more than once (a stop between the effect's commit and the record's): %d %v", mode, once, twice, rerun)
 	t.Logf("%d handler transactions rolled back by a kill (or the gentle stop)", interrupted)

@@ -23,6 +23,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/idemkit/idem/internal/crashtest"
 )
 
 // spawnEnv starts `idem args...` in dir with env added to the test's
@@ -33,7 +35,7 @@ func spawnEnv(t *testing.T, dir string, env []string, until string, args ...stri
 	cmd := exec.Command(idemBin, args...)
 	cmd.Dir = dir
 	cmd.Env = append(os.Environ(), env...)
-	p := &proc{cmd: cmd, lines: make(chan string, 100), stderr: &syncBuffer{}, exited: make(chan struct{})}
+	p := &proc{cmd: cmd, lines: make(chan string, 100), stderr: &crashtest.Buffer{}, exited: make(chan struct{})}
 	cmd.Stderr = p.stderr
 	out, err := cmd.StdoutPipe()
 	if err != nil {

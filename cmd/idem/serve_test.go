@@ -21,6 +21,7 @@ import (
 	"time"
 
 	"github.com/idemkit/idem"
+	"github.com/idemkit/idem/internal/crashtest"
 )
 
 // idemBin is the idem binary, built once by TestMain.
@@ -57,26 +58,9 @@ type proc struct {
 	addr   string // host:port it listens on
 	token  string // the generated token, if any
 	lines  chan string
-	stderr *syncBuffer
+	stderr *crashtest.Buffer
 	exited chan struct{}
 	err    error // of Wait, once exited is closed
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
 
 // startServe starts `idem serve args...` in dir and waits until it says
@@ -120,7 +104,7 @@ func spawn(t *testing.T, dir string, args ...string) (*proc, error) {
 	t.Helper()
 	cmd := exec.Command(idemBin, args...)
 	cmd.Dir = dir
-	p := &proc{cmd: cmd, lines: make(chan string, 100), stderr: &syncBuffer{}, exited: make(chan struct{})}
+	p := &proc{cmd: cmd, lines: make(chan string, 100), stderr: &crashtest.Buffer{}, exited: make(chan struct{})}
 	cmd.Stderr = p.stderr
 	// A pipe of our own, not StdoutPipe: Wait closes StdoutPipe's reading
 	// end once the process exits, which could lose its last lines (the

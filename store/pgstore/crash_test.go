@@ -1,19 +1,16 @@
 package pgstore
 
 import (
-	"bytes"
 	"context"
 	"fmt"
-	"io"
 	"math/rand/v2"
 	"os"
-	"os/exec"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
+	"github.com/idemkit/idem/internal/crashtest"
 	"github.com/idemkit/idem/internal/servicetest"
 	"github.com/idemkit/idem/workflow"
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -81,14 +78,9 @@ func wfWorker(schema string) int {
 		return 2
 	}
 	effects := s.q.schema + ".effects"
-	var out sync.Mutex
+	say := crashtest.Say()
 	reg, err := wfCrashRegistry(func(ctx context.Context, action string, st *workflow.Step) error {
-		out.Lock()
-		_, err := fmt.Fprintf(os.Stdout, "run %s %s %d %s\n", st.InstanceID, action, st.Token, id)
-		out.Unlock()
-		if err != nil {
-			return err
-		}
+		say("run %s %s %d %s", st.InstanceID, action, st.Token, id)
 		tx := StepTx(ctx)
 		if _, err := tx.Exec(ctx, `INSERT INTO `+effects+` (id, action, engine, token) VALUES ($1, $2, $3, $4)`,
 			st.InstanceID, action, id, st.Token); err != nil {
@@ -107,52 +99,11 @@ func wfWorker(schema string) int {
 		fmt.Fprintln(os.Stderr, "worker:", err)
 		return 2
 	}
-	ctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+	ctx, cancel := crashtest.ChildContext(2 * time.Minute)
 	defer cancel()
-	go func() {
-		_, _ = io.Copy(io.Discard, os.Stdin) // the parent is gone when it ends
-		cancel()
-	}()
 	_ = e.Run(ctx)
 	fmt.Fprintln(os.Stderr, "worker: stopped without being killed:", ctx.Err())
 	return 3
-}
-
-// wfProc is a running worker process.
-type wfProc struct {
-	id    string
-	cmd   *exec.Cmd
-	stdin io.Closer
-	// err holds its stderr.
-	err bytes.Buffer
-}
-
-// attempts collects the "run" lines of every worker: what actions began.
-type attempts struct {
-	mu    sync.Mutex
-	lines []string
-}
-
-// writer returns a worker's stdout: it adds each whole line written.
-func (a *attempts) writer() io.Writer { return &lineWriter{a: a} }
-
-type lineWriter struct {
-	a    *attempts
-	part []byte
-}
-
-func (w *lineWriter) Write(p []byte) (int, error) {
-	w.part = append(w.part, p...)
-	for {
-		i := bytes.IndexByte(w.part, '\n')
-		if i < 0 {
-			return len(p), nil
-		}
-		w.a.mu.Lock()
-		w.a.lines = append(w.a.lines, string(w.part[:i]))
-		w.a.mu.Unlock()
-		w.part = w.part[i+1:]
-	}
 }
 
 // TestWorkflowWorkersSIGKILL runs the chain workflow (three InTx actions,
@@ -206,39 +157,13 @@ func TestWorkflowWorkersSIGKILL(t *testing.T) {
 	seed := time.Now().UnixNano()
 	t.Logf("seed %d", seed)
 	rng := rand.New(rand.NewPCG(uint64(seed), 11))
-	var runs attempts
-	started := 0
-	start := func(slot int) *wfProc {
-		started++
-		p := &wfProc{id: fmt.Sprintf("w%d-%d", slot, started)}
-		p.cmd = exec.Command(os.Args[0], "-test.run=^$")
-		p.cmd.Env = append(os.Environ(), wfWorkerSchemaEnv+"="+schema, wfWorkerURLEnv+"="+url, wfWorkerIDEnv+"="+p.id)
-		p.cmd.Stdout = runs.writer()
-		p.cmd.Stderr = &p.err
-		stdin, err := p.cmd.StdinPipe()
-		if err != nil {
-			t.Fatal(err)
-		}
-		p.stdin = stdin
-		if err := p.cmd.Start(); err != nil {
-			t.Fatal(err)
-		}
-		return p
-	}
-	kill := func(p *wfProc) {
-		_ = p.cmd.Process.Kill() // SIGKILL on Unix
-		_ = p.stdin.Close()
-		_ = p.cmd.Wait()
-	}
-	procs := make([]*wfProc, wfCrashWorkers)
+	var runs crashtest.Lines
+	r := &crashtest.Runner{T: t, Prefix: "w", NameEnv: wfWorkerIDEnv, Out: &runs,
+		Env: []string{wfWorkerSchemaEnv + "=" + schema, wfWorkerURLEnv + "=" + url}}
+	procs := make([]*crashtest.Proc, wfCrashWorkers)
 	for i := range procs {
-		procs[i] = start(i)
+		procs[i] = r.Start()
 	}
-	t.Cleanup(func() {
-		for _, p := range procs {
-			kill(p)
-		}
-	})
 	began := time.Now()
 
 	// owners counts the unfinished instances each engine owns.
@@ -264,14 +189,13 @@ func TestWorkflowWorkersSIGKILL(t *testing.T) {
 		}
 		return m
 	}
-	killed := map[string]bool{}
 	orphaned := 0 // unfinished instances the killed workers owned
 	for k := range wfCrashKills {
 		<-time.After(time.Duration(300+rng.IntN(400)) * time.Millisecond) // the chaos schedule
 		own := owners()
 		var busy []int
 		for i, p := range procs {
-			if own[p.id] > 0 {
+			if own[p.Name] > 0 {
 				busy = append(busy, i)
 			}
 		}
@@ -280,37 +204,27 @@ func TestWorkflowWorkersSIGKILL(t *testing.T) {
 			victim = busy[rng.IntN(len(busy))]
 		}
 		p := procs[victim]
-		kill(p)
-		killed[p.id] = true
-		n := owners()[p.id]
+		r.Kill(p)
+		n := owners()[p.Name]
 		orphaned += n
-		t.Logf("kill %d at %v: %s, owning %d unfinished instances", k+1, time.Since(began).Round(time.Millisecond), p.id, n)
-		procs[victim] = start(victim)
+		t.Logf("kill %d at %v: %s, owning %d unfinished instances", k+1, time.Since(began).Round(time.Millisecond), p.Name, n)
+		procs[victim] = r.Start()
 	}
+	killed := r.Killed()
 	killsDone := time.Since(began)
 
 	// Let the workers finish: poll the journal until every instance has.
-	deadline := time.Now().Add(60 * time.Second)
-	for {
-		var finished int
+	var finished int
+	crashtest.Until(t, 60*time.Second, "every instance to finish", func() bool {
 		if err := pool.QueryRow(ctx, `SELECT count(*) FROM `+s.q.schema+`.wf_instances
 			WHERE status IN ('succeeded', 'failed', 'cancelled')`).Scan(&finished); err != nil {
 			t.Fatal(err)
 		}
-		if finished == wfCrashInstances {
-			break
-		}
-		if time.Now().After(deadline) {
-			for _, p := range procs {
-				t.Logf("worker %s stderr: %s", p.id, p.err.String())
-			}
-			t.Fatalf("%d of %d instances finished within 60 s of the last kill", finished, wfCrashInstances)
-		}
-		<-time.After(100 * time.Millisecond)
-	}
+		return finished == wfCrashInstances
+	}, r.Log, func() { t.Logf("%d of %d instances finished", finished, wfCrashInstances) })
 	total := time.Since(began)
 	for _, p := range procs {
-		kill(p)
+		p.Kill()
 	}
 
 	// Every committed row, by instance and action.
@@ -380,9 +294,7 @@ func TestWorkflowWorkersSIGKILL(t *testing.T) {
 
 	// Attempts that began and left no row: rolled back by a kill (the
 	// process died in the transaction) or by a lost lease.
-	runs.mu.Lock()
-	lines := runs.lines
-	runs.mu.Unlock()
+	lines := runs.All()
 	interrupted, doomed := 0, 0
 	for _, l := range lines {
 		f := strings.Fields(l)
@@ -402,7 +314,7 @@ func TestWorkflowWorkersSIGKILL(t *testing.T) {
 		}
 	}
 	t.Logf("%d instances, %d worker processes, %d SIGKILLs (%d processes started) in %v; all finished after %v",
-		wfCrashInstances, wfCrashWorkers, len(killed), started, killsDone.Round(time.Millisecond), total.Round(time.Millisecond))
+		wfCrashInstances, wfCrashWorkers, len(killed), r.Started(), killsDone.Round(time.Millisecond), total.Round(time.Millisecond))
 	t.Logf("%d action attempts began for %d committed steps: %d in processes later killed and %d in live ones left no row",
 		len(lines), nrows, interrupted, doomed)
 	t.Logf("takeovers: %d instances have a token above 1 (%d takeovers in all); the killed workers owned %d unfinished instances when they died",
