@@ -530,7 +530,14 @@ func TestStopDuringRetryWaitRequeues(t *testing.T) {
 	// The nack requeued it: another consumer gets it at once. (It may
 	// have come back to the stopping consumer before its cancel, which
 	// nacked it again: a delivery count of 2 or 3.)
-	d, ok, err := channel(t, conn).Get(q, true)
+	// A quorum queue applies the requeue through its log: ask until the
+	// message is there (or a deadline passes).
+	ch := channel(t, conn)
+	d, ok, err := ch.Get(q, true)
+	for deadline := time.Now().Add(10 * time.Second); err == nil && !ok && time.Now().Before(deadline); {
+		<-time.After(20 * time.Millisecond)
+		d, ok, err = ch.Get(q, true)
+	}
 	if n := DeliveryCount(&d); err != nil || !ok || d.MessageId != "slow" || n < 2 || n > 3 {
 		t.Errorf("get after the stop: ok=%v err=%v id=%q delivery %d; want slow, delivery 2 or 3", ok, err, d.MessageId, n)
 	}
