@@ -17,6 +17,7 @@ import (
 
 	"github.com/idemkit/idem"
 	"github.com/idemkit/idem/idemapi"
+	"github.com/idemkit/idem/internal/crashtest"
 	"github.com/idemkit/idem/internal/loadgen"
 	"github.com/idemkit/idem/memstore"
 )
@@ -362,7 +363,7 @@ func TestBenchProgressTerminal(t *testing.T) {
 	t.Parallel()
 	o := &benchOptions{mode: "cycle", clients: []int{4}, rounds: 2, duration: time.Hour,
 		targets: []benchTarget{{Kind: "store", URL: "mem:"}}}
-	var w syncBuffer
+	var w crashtest.Buffer
 	p := newBenchProgress(&w, o)
 	p.tty = true
 	p.turn(4, 1, 0, false)
