@@ -85,3 +85,47 @@ func runCycles(b *testing.B, clients int, cycle func(key string) error) {
 	var next atomic.Int64
 	bench.ParallelN(b, clients, func() error { return cycle(fmt.Sprintf("k%d", next.Add(1))) })
 }
+
+// BenchmarkServePaired measures idem serve on the embedded store against
+// the same server on memstore, by turns (bench.Paired, 7 rounds of 1 s a
+// side), at 1, 16 and 64 clients over loopback HTTP/JSON.
+func BenchmarkServePaired(b *testing.B) {
+	payload := make([]byte, 100)
+	serveOn := func(store idem.Store) func() error {
+		h, err := idemapi.NewServer(store, &idemapi.Config{Tokens: map[string][]string{"bench-token": {"bench"}}})
+		if err != nil {
+			b.Fatal(err)
+		}
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			b.Fatal(err)
+		}
+		srv := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}
+		go func() { _ = srv.Serve(ln) }()
+		b.Cleanup(func() { _ = srv.Close() })
+		c := newUncheckedClient(ln.Addr().String(), "bench-token")
+		b.Cleanup(c.http.CloseIdleConnections)
+		var next atomic.Int64
+		prefix := fmt.Sprintf("p%d-", time.Now().UnixNano())
+		return func() error {
+			status, err := c.cycle("bench", fmt.Sprintf("%s%d", prefix, next.Add(1)), payload)
+			if err == nil && status != http.StatusOK {
+				err = fmt.Errorf("cycle: status %d", status)
+			}
+			return err
+		}
+	}
+	mem, err := idem.OpenStore(context.Background(), "mem:", nil)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { _ = mem.Close() })
+	memOp, fileOp := serveOn(mem), serveOn(openBenchStore(b))
+	for _, clients := range []int{1, 16, 64} {
+		b.Run(fmt.Sprintf("clients=%d", clients), func(b *testing.B) {
+			bench.Paired(b, "cycles/s", 7,
+				bench.Timed("mem", clients, time.Second, memOp),
+				bench.Timed("file", clients, time.Second, fileOp))
+		})
+	}
+}

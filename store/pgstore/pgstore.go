@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -72,12 +73,25 @@ type querier interface {
 	Exec(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error)
 }
 
+// DefaultMaxConns is the size of the pool Open makes when its URL sets no
+// pool_max_conns. pgx's own default (the number of CPUs, at least 4) is
+// sized for a process's own queries: in front of many concurrent callers
+// (idem serve, idem proxy) four connections made a Begin wait for one
+// while the database idled. Sixteen is what the figures in
+// docs/performance.md ran on; with more callers than connections,
+// Completes are batched (see the package documentation).
+const DefaultMaxConns = 16
+
 // Open connects to the database at url (postgres://user@host:port/db?...)
-// with a pool of its own, which Close closes.
+// with a pool of its own, which Close closes. The pool has
+// DefaultMaxConns connections unless url sets pool_max_conns.
 func Open(ctx context.Context, url string, cfg *Config) (*Store, error) {
 	pcfg, err := pgxpool.ParseConfig(url)
 	if err != nil {
 		return nil, fmt.Errorf("%w: pgstore: the store URL does not parse (want postgres://user@host:5432/db): %v", idem.ErrInvalid, err)
+	}
+	if !strings.Contains(url, "pool_max_conns") {
+		pcfg.MaxConns = DefaultMaxConns
 	}
 	pool, err := pgxpool.NewWithConfig(ctx, pcfg)
 	if err != nil {

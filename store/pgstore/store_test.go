@@ -31,6 +31,24 @@ func TestOpenBadURL(t *testing.T) {
 	}
 }
 
+// A URL's pool_max_conns sizes the pool Open makes.
+func TestOpenPoolSize(t *testing.T) {
+	t.Parallel()
+	url := servicetest.Postgres.Need(t)
+	sep := "?"
+	if strings.Contains(url, "?") {
+		sep = "&"
+	}
+	s, err := Open(context.Background(), url+sep+"pool_max_conns=3", &Config{Schema: freshSchema(t, sharedPool(t)), Migrate: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if got := s.Pool().Config().MaxConns; got != 3 {
+		t.Errorf("pool_max_conns=3: the pool has %d connections", got)
+	}
+}
+
 func TestOpenOwnsItsPool(t *testing.T) {
 	t.Parallel()
 	url := servicetest.Postgres.Need(t)
@@ -43,6 +61,9 @@ func TestOpenOwnsItsPool(t *testing.T) {
 	}
 	if _, err := s.Begin(ctx, &idem.BeginParams{Scope: "s", Key: "k", Fingerprint: "f", Lease: time.Minute, Window: time.Hour}); err != nil {
 		t.Fatal(err)
+	}
+	if got := s.Pool().Config().MaxConns; got != DefaultMaxConns {
+		t.Errorf("pool of a URL without pool_max_conns: %d connections, want %d", got, DefaultMaxConns)
 	}
 	if err := s.Close(); err != nil {
 		t.Fatal(err)
