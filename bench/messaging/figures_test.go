@@ -48,6 +48,7 @@ type settles struct {
 	n, want    int64
 	action     messaging.Action
 	seen, bad  atomic.Int64
+	first      atomic.Value // string: the first bad delivery
 	done       chan struct{}
 	onDecision func(m *messaging.Message, d messaging.Decision, err error)
 }
@@ -56,7 +57,9 @@ func newSettles(n int, want messaging.Action) *settles {
 	s := &settles{n: int64(n), action: want, done: make(chan struct{})}
 	s.onDecision = func(m *messaging.Message, d messaging.Decision, err error) {
 		if d.Action != s.action || err != nil {
-			s.bad.Add(1)
+			if s.bad.Add(1) == 1 {
+				s.first.Store(fmt.Sprintf("%s: %s (%v), settle error %v", m.ID, d.Action, d.Err, err))
+			}
 		}
 		if s.seen.Add(1) == s.n {
 			close(s.done)
@@ -81,7 +84,7 @@ func (s *settles) wait(t testing.TB, what string, ended <-chan error) {
 func (s *settles) check(t testing.TB, what string) {
 	t.Helper()
 	if b := s.bad.Load(); b != 0 {
-		t.Fatalf("%s: %d of %d deliveries were not %s or failed to settle", what, b, s.n, s.action)
+		t.Fatalf("%s: %d of %d deliveries were not %s or failed to settle; the first: %v", what, b, s.n, s.action, s.first.Load())
 	}
 }
 
