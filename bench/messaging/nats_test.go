@@ -52,7 +52,7 @@ func publishN(t testing.TB, js jetstream.JetStream, stream, ids string, n int) t
 		msg := nats.NewMsg(stream + ".m")
 		msg.Data = payload
 		msg.Header.Set(natsjs.MsgIDHeader, idOf(ids, i))
-		if _, err := js.PublishMsgAsync(msg); err != nil {
+		if _, err := js.PublishMsgAsync(msg, jetstream.WithStallWait(time.Minute)); err != nil {
 			t.Fatal(err)
 		}
 	}
