@@ -29,7 +29,10 @@ package bench
 import (
 	"context"
 	"fmt"
+	"os"
 	"slices"
+	"strconv"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -351,4 +354,59 @@ func Median(xs []float64) float64 {
 	xs = slices.Clone(xs)
 	slices.Sort(xs)
 	return xs[len(xs)/2]
+}
+
+// Rotated runs sides by turns, as Paired does, outside a testing.B: rounds
+// rounds, each calling run once for every side index 0..sides-1, in an
+// order that rotates from round to round (round r starts with side r mod
+// sides). run returns what the side measured in that turn (a rate). The
+// result holds, per side, its value in each round, in round order. The
+// first error run returns ends the rounds and is returned.
+func Rotated(rounds, sides int, run func(side int) (float64, error)) ([][]float64, error) {
+	got := make([][]float64, sides)
+	ss := make([]Side, sides)
+	for k := range ss {
+		got[k] = make([]float64, 0, rounds)
+		ss[k].Run = func() (Round, error) { // once a round, in round order
+			v, err := run(k)
+			if err == nil {
+				got[k] = append(got[k], v)
+			}
+			return Round{}, err
+		}
+	}
+	err := Rounds(rounds, ss, func(int, int, Round) {})
+	for k := range got {
+		got[k] = got[k][:rounds] // the rounds an error cut short hold 0
+	}
+	return got, err
+}
+
+// Ratios is xs over base, element by element: the ratios of two sides'
+// values in the same rounds.
+func Ratios(xs, base []float64) []float64 {
+	out := make([]float64, len(xs))
+	for i := range xs {
+		out[i] = xs[i] / base[i]
+	}
+	return out
+}
+
+// LoadAvg is the machine's /proc/loadavg line ("?" where there is none),
+// for a figures test to log before and after it measured.
+func LoadAvg() string {
+	b, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return "?"
+	}
+	return strings.TrimSpace(string(b))
+}
+
+// EnvInt is the positive integer in the environment variable name, or def
+// when it is unset or not a positive integer: a figures test's knob.
+func EnvInt(name string, def int) int {
+	if v, err := strconv.Atoi(os.Getenv(name)); err == nil && v > 0 {
+		return v
+	}
+	return def
 }

@@ -212,3 +212,48 @@ func TestFor(t *testing.T) {
 		t.Error("true after the cancel")
 	}
 }
+
+// TestRotated checks the turn order rotates from round to round and each
+// side's values land in round order.
+func TestRotated(t *testing.T) {
+	var order []int
+	calls := map[int]float64{}
+	got, err := Rotated(3, 3, func(k int) (float64, error) {
+		order = append(order, k)
+		calls[k]++
+		return float64(10*k) + calls[k], nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := []int{0, 1, 2, 1, 2, 0, 2, 0, 1}; !slices.Equal(order, want) {
+		t.Errorf("order %v, want %v", order, want)
+	}
+	want := [][]float64{{1, 2, 3}, {11, 12, 13}, {21, 22, 23}}
+	for k := range want {
+		if !slices.Equal(got[k], want[k]) {
+			t.Errorf("side %d: %v, want %v", k, got[k], want[k])
+		}
+	}
+	if r := Ratios(got[1], got[0]); !slices.Equal(r, []float64{11, 6, 13.0 / 3}) {
+		t.Errorf("ratios %v", r)
+	}
+	if m := Median([]float64{3, 1, 2}); m != 2 {
+		t.Errorf("median %v, want 2", m)
+	}
+	if m := Median(nil); m != 0 {
+		t.Errorf("median of none %v, want 0", m)
+	}
+	boom := errors.New("boom")
+	if _, err := Rotated(2, 2, func(k int) (float64, error) { return 0, boom }); !errors.Is(err, boom) {
+		t.Errorf("error %v, want boom", err)
+	}
+	t.Setenv("IDEM_TEST_ENVINT", "7")
+	if v := EnvInt("IDEM_TEST_ENVINT", 3); v != 7 {
+		t.Errorf("EnvInt %d, want 7", v)
+	}
+	t.Setenv("IDEM_TEST_ENVINT", "-1")
+	if v := EnvInt("IDEM_TEST_ENVINT", 3); v != 3 {
+		t.Errorf("EnvInt of -1: %d, want the default 3", v)
+	}
+}
