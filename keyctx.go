@@ -1,8 +1,10 @@
 package idem
 
-import "context"
+import (
+	"context"
 
-type keyCtx struct{}
+	"github.com/idemkit/idem/internal/ctxkey"
+)
 
 // WithKey returns a context that carries an idempotency key for the work
 // done with it. Code that sends requests on behalf of that work reads it
@@ -11,12 +13,12 @@ type keyCtx struct{}
 // step key here, so a request made inside an action carries the step key
 // without the action passing it by hand.
 func WithKey(ctx context.Context, key string) context.Context {
-	return context.WithValue(ctx, keyCtx{}, key)
+	return context.WithValue(ctx, ctxkey.Key{}, key)
 }
 
 // KeyFrom returns the key WithKey put in ctx, and whether there is one (an
 // empty key counts as none).
 func KeyFrom(ctx context.Context) (string, bool) {
-	k, _ := ctx.Value(keyCtx{}).(string)
+	k, _ := ctx.Value(ctxkey.Key{}).(string)
 	return k, k != ""
 }

@@ -60,6 +60,13 @@ type Config struct {
 	// may take it over; the consumer extends it while the handler runs.
 	// Default: the ledger's.
 	Lease time.Duration
+	// MaxResult bounds the result a handler attaches to its outcome
+	// (SetResult), in bytes: a larger one fails the attempt with an error
+	// wrapping idem.ErrInvalid, marked Permanent (the message is
+	// dead-lettered). Default DefaultMaxResult (1 MiB). The result is
+	// stored in the ledger record, and a store may refuse less (idemapi,
+	// behind idemclient, takes 4 MiB by default).
+	MaxResult int
 }
 
 // Consumer runs a Handler at most once per dedup key. It is safe for
@@ -128,11 +135,16 @@ func NewConsumer(ledger *idem.Ledger, h Handler, cfg *Config) (*Consumer, error)
 	if c.Backoff == nil {
 		c.Backoff = DefaultBackoff
 	}
+	if c.MaxResult == 0 {
+		c.MaxResult = DefaultMaxResult
+	}
 	switch {
 	case c.MaxAttempts < 0:
 		return nil, invalidf("messaging: Config.MaxAttempts must be positive (or 0 for %d), got %d", defaultMaxAttempts, c.MaxAttempts)
 	case c.Lease < 0:
 		return nil, invalidf("messaging: Config.Lease must be positive (or 0 for the ledger's), got %s", c.Lease)
+	case c.MaxResult < 0:
+		return nil, invalidf("messaging: Config.MaxResult must be positive (or 0 for %d), got %d", DefaultMaxResult, c.MaxResult)
 	}
 	attemptScope := c.Scope + "/attempts"
 	if err := idem.ValidateKey(attemptScope, "k"); err != nil {
@@ -161,13 +173,15 @@ func (c *Consumer) backoff(attempt int) time.Duration { return max(c.cfg.Backoff
 // adapter must do with the delivery:
 //   - the key is in flight at another consumer: Retry, with the time left
 //     on its lease as Delay (the message is redelivered, never dropped);
-//   - the key completed: AckDuplicate, the handler does not run;
+//   - the key completed: AckDuplicate, the handler does not run; Result is
+//     the result the first run set (SetResult);
 //   - the key was used with another payload: the OnMismatch (or
 //     DeadLetter) hook runs and the answer is DeadLetter; m is never
 //     applied;
 //   - acquired: the handler runs with the key in its context
 //     (idem.WithKey: idemhttp.Transport sends it as Idempotency-Key) and
-//     the lease kept alive; on success the outcome is recorded, then Ack;
+//     the lease kept alive; on success the outcome is recorded, with the
+//     result the handler set (SetResult), then Ack with that Result;
 //     on an error the attempt is recorded (durably, in Scope+"/attempts")
 //     and the key released: Retry with Backoff(attempt) as Delay;
 //   - the last attempt failed, or the error is Permanent: the DeadLetter
@@ -201,6 +215,8 @@ func (c *Consumer) Handle(ctx context.Context, m *Message) Decision {
 		if out := claim.Outcome(); out != nil {
 			if msg, failed := out.Meta[outcomeError]; failed {
 				d.Err = &idem.OutcomeError{Message: msg}
+			} else if len(out.Data) > 0 {
+				d.Result = out.Data
 			}
 		}
 		return d
@@ -225,21 +241,24 @@ func (c *Consumer) Handle(ctx context.Context, m *Message) Decision {
 		}
 	}
 
-	hErr, lost := c.run(ctx, claim, m, key)
+	result, hErr, lost := c.run(ctx, claim, m, key)
 	if lost != nil {
 		// Another consumer took the key over: it decides.
 		return Decision{Action: Retry, Delay: c.backoff(n), Key: key, Err: errors.Join(hErr, lost)}
+	}
+	if hErr == nil && len(result) > c.cfg.MaxResult {
+		hErr = Permanent(invalidf("messaging: the result of key %q is %d bytes, over Config.MaxResult %d", key, len(result), c.cfg.MaxResult))
 	}
 	if hErr == nil {
 		if c.hooks != nil && c.hooks.BeforeCommit != nil {
 			c.hooks.BeforeCommit(ctx, key)
 		}
-		if err := claim.Complete(finish, handled()); err != nil {
+		if err := claim.Complete(finish, handledWith(result)); err != nil {
 			// The handler ran; the record did not commit (or its answer
 			// was lost). No ack: the redelivery replays or runs again.
 			return Decision{Action: Retry, Delay: c.backoff(n), Key: key, Err: err}
 		}
-		return Decision{Action: Ack, Key: key}
+		return Decision{Action: Ack, Key: key, Result: result}
 	}
 	last := n >= c.cfg.MaxAttempts || IsPermanent(hErr)
 	recErr := c.recordAttempt(finish, key, n, hErr, last)
@@ -252,10 +271,12 @@ func (c *Consumer) Handle(ctx context.Context, m *Message) Decision {
 	return Decision{Action: Retry, Delay: c.backoff(n), Key: key, Err: errors.Join(hErr, recErr)}
 }
 
-// run calls the handler with the key in its context and the lease kept
-// alive; lost is the lease loss that cancelled it, if any.
-func (c *Consumer) run(ctx context.Context, claim *idem.Claim, m *Message, key string) (hErr, lost error) {
-	workCtx, cancel := context.WithCancelCause(idem.WithKey(ctx, key))
+// run calls the handler with the key and a result slot in its context and
+// the lease kept alive; result is what the handler set (SetResult), lost
+// the lease loss that cancelled it, if any.
+func (c *Consumer) run(ctx context.Context, claim *idem.Claim, m *Message, key string) (result []byte, hErr, lost error) {
+	rc := &runCtx{Context: ctx, key: key}
+	workCtx, cancel := context.WithCancelCause(rc)
 	defer cancel(nil)
 	stop := claim.KeepAlive(ctx, c.cfg.Lease, func(err error) { cancel(err) })
 	defer func() {
@@ -266,14 +287,18 @@ func (c *Consumer) run(ctx context.Context, claim *idem.Claim, m *Message, key s
 		}
 	}()
 	hErr = c.h(workCtx, m)
+	result = rc.take()
 	if cause := context.Cause(workCtx); errors.Is(cause, idem.ErrLeaseLost) {
-		return hErr, cause
+		return result, hErr, cause
 	}
-	return hErr, nil
+	return result, hErr, nil
 }
 
-func handled() idem.Outcome {
-	return idem.Outcome{Meta: map[string]string{outcomeKind: "handled"}}
+func handled() idem.Outcome { return handledWith(nil) }
+
+// handledWith is the outcome of a successful run: its result as Data.
+func handledWith(result []byte) idem.Outcome {
+	return idem.Outcome{Data: result, Meta: map[string]string{outcomeKind: "handled"}}
 }
 
 // attemptKey is the key of attempt n's record; a key too long for the

@@ -371,6 +371,7 @@ func TestBadInput(t *testing.T) {
 		{nil, h, nil}, {l, nil, nil},
 		{l, h, &messaging.Config{MaxAttempts: -1}},
 		{l, h, &messaging.Config{Lease: -time.Second}},
+		{l, h, &messaging.Config{MaxResult: -1}},
 		{l, h, &messaging.Config{Scope: strings.Repeat("s", 250)}},
 	} {
 		if _, err := messaging.NewConsumer(bad.l, bad.h, bad.cfg); !errors.Is(err, idem.ErrInvalid) {

@@ -35,3 +35,30 @@ func Example() {
 	// delivery 1: ack
 	// delivery 2: ack-duplicate
 }
+
+// A handler attaches a reply to its outcome: the duplicate gets the same
+// reply without running the handler, so the adapter can send it again.
+func ExampleSetResult() {
+	ledger, err := idem.New(memstore.New(nil), nil)
+	if err != nil {
+		panic(err)
+	}
+	defer ledger.Close()
+	consumer, err := messaging.NewConsumer(ledger, func(ctx context.Context, m *messaging.Message) error {
+		fmt.Printf("charging %s\n", m.Payload)
+		messaging.SetResult(ctx, []byte("charge ch_1 for "+string(m.Payload)))
+		return nil
+	}, &messaging.Config{Scope: "orders"})
+	if err != nil {
+		panic(err)
+	}
+	ctx := context.Background()
+	for delivery := 1; delivery <= 2; delivery++ {
+		d := consumer.Handle(ctx, &messaging.Message{ID: "msg-7", Payload: []byte("order 7"), Delivery: delivery})
+		fmt.Printf("delivery %d: %s, result %q\n", delivery, d.Action, d.Result)
+	}
+	// Output:
+	// charging order 7
+	// delivery 1: ack, result "charge ch_1 for order 7"
+	// delivery 2: ack-duplicate, result "charge ch_1 for order 7"
+}

@@ -8,6 +8,10 @@
 // Retry after a delay, or DeadLetter. The outcome is recorded only after
 // the handler succeeded, and the adapter acks only after it was recorded,
 // so a crash at any point leads to a redelivery, never to a lost message.
+// A handler may attach a result to its outcome (SetResult): the Decision of
+// every duplicate carries it (Decision.Result), so an adapter that must act
+// after the handler (publish what it produced) can do it again on the
+// redelivery when its first try failed.
 //
 // A Guard in front of a Consumer applies messages that carry (entity,
 // version) in version order: stale versions are acked as superseded, and a
@@ -107,11 +111,19 @@ type Decision struct {
 	// store's error, or for an AckDuplicate of a dead-lettered key an
 	// *idem.OutcomeError with the recorded failure.
 	Err error
+	// Result is the result the handler attached to the outcome with
+	// SetResult: for Ack what it set now, for AckDuplicate what the run that
+	// completed the key recorded. Nil when it set none (or an empty one),
+	// and for the other actions.
+	Result []byte
 }
 
 // Handler handles one message. An error means it did not take effect and
 // may run again: the key is released and the message redelivered, up to
-// Config.MaxAttempts times; wrap it with Permanent to give up at once.
+// Config.MaxAttempts times; wrap it with Permanent to give up at once. To
+// give every duplicate the outcome of the run that took effect (produced
+// messages, a reply), attach it with SetResult(ctx, data) before returning
+// nil: it is Decision.Result of this delivery and of every duplicate.
 type Handler func(ctx context.Context, m *Message) error
 
 // ErrAttemptsExhausted is what the dead-letter hook gets when a message

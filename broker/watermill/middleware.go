@@ -7,7 +7,9 @@
 //     messaging.Consumer: a message is recorded as handled only after its
 //     handler succeeded, so a handler that fails is run again on the
 //     redelivery, and a duplicate of a handled message is acked without
-//     running the handler. This is the fix.
+//     running the handler. This is the fix. The handler's produced
+//     messages are recorded with its outcome, and a duplicate returns them
+//     again with the same UUIDs, so a failed publish of them loses nothing.
 //   - KeyRepository, an implementation of Watermill's
 //     middleware.ExpiringKeyRepository for users who keep Watermill's
 //     Deduplicator and only swap its in-memory repository for a durable,
@@ -125,14 +127,15 @@ func FromWatermill(msg *message.Message) *messaging.Message {
 type call struct {
 	msg      *message.Message
 	h        message.HandlerFunc
-	produced []*message.Message
+	produced []*message.Message // of a successful run
 }
 
 type callKey struct{}
 
 // run is the messaging.Handler of every consumer: it calls the Watermill
 // handler of the delivery in ctx, with the consumer's context (the dedup
-// key, and cancelled if the lease is lost) as the message's context.
+// key, and cancelled if the lease is lost) as the message's context, and
+// records its produced messages as the result of the run.
 func run(ctx context.Context, _ *messaging.Message) error {
 	c, ok := ctx.Value(callKey{}).(*call)
 	if !ok {
@@ -146,6 +149,9 @@ func run(ctx context.Context, _ *messaging.Message) error {
 		return err
 	}
 	c.produced = produced
+	if len(produced) > 0 {
+		messaging.SetResult(ctx, encodeProduced(produced))
+	}
 	return nil
 }
 
@@ -161,10 +167,12 @@ type idemMiddleware struct {
 //
 //   - first delivery (Ack): the handler runs with the dedup key in its
 //     context (idem.KeyFrom(msg.Context())); it succeeded, its outcome
-//     is recorded, and its produced messages are returned for the router to
-//     publish; the router acks;
+//     is recorded with its produced messages, which are returned for the
+//     router to publish; the router acks;
 //   - a duplicate of a handled message (AckDuplicate): the handler does
-//     not run; no messages and a nil error: the router acks;
+//     not run; the produced messages its successful run recorded are
+//     returned again (same UUIDs, metadata and payloads) and a nil error:
+//     the router publishes them again and acks;
 //   - the handler failed, the key is in flight at another consumer, or the
 //     store did not answer (Retry): the failed attempt is recorded and a
 //     *DecisionError returned, so the router nacks and the message is
@@ -175,10 +183,17 @@ type idemMiddleware struct {
 //     or with cfg.DeadLetterError an error wrapping ErrDeadLettered.
 //
 // The router publishes produced messages after the middleware returned,
-// hence after the outcome was recorded: if publishing fails the router
-// nacks and the redelivery is a duplicate, so those messages are not
-// published again. Publish from the handler itself (or through an outbox)
-// when they must not be lost.
+// hence after the outcome was recorded. If that publish fails (or the
+// process dies first) the router nacks (or never acks), the redelivery is
+// a duplicate, and the middleware returns the recorded messages again: the
+// router publishes them with the same UUIDs, so no produced message is
+// lost, and one may be published twice: dedup them downstream by UUID
+// (this middleware does, by default). The produced messages are the
+// handler run's result (messaging.SetResult), bounded by
+// cfg.MaxResult (1 MiB by default) once encoded: over it the message is
+// dead-lettered. A recorded result that does not decode (written by a
+// newer encoding) is returned as an error wrapping idem.ErrInvalid: the
+// router nacks.
 //
 // Add it to one handler (handler.AddMiddleware) or to the router
 // (router.AddMiddleware); each handler keeps its own keys. An invalid cfg
@@ -228,7 +243,13 @@ func (m *idemMiddleware) wrap(h message.HandlerFunc) message.HandlerFunc {
 		switch d.Action {
 		case messaging.Ack:
 			return c.produced, nil
-		case messaging.AckDuplicate, messaging.AckSuperseded:
+		case messaging.AckDuplicate:
+			produced, err := decodeProduced(d.Result)
+			if err != nil {
+				return nil, fmt.Errorf("idem watermill: produced messages of key %q: %w", d.Key, err)
+			}
+			return produced, nil
+		case messaging.AckSuperseded:
 			return nil, nil
 		case messaging.DeadLetter:
 			if m.cfg.DeadLetterError {

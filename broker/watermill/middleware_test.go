@@ -29,6 +29,7 @@ type rig struct {
 	pubSub *gochannel.GoChannel
 	mu     sync.Mutex
 	out    []string // payloads published to "out", in order
+	outIDs []string // their UUIDs
 	poison []string // payloads published to "poison"
 }
 
@@ -46,6 +47,9 @@ func newRig(t *testing.T, h message.HandlerFunc, mws ...message.HandlerMiddlewar
 		router.AddConsumerHandler("collect-"+topic, topic, r.pubSub, func(m *message.Message) error {
 			r.mu.Lock()
 			*into = append(*into, string(m.Payload))
+			if topic == "out" {
+				r.outIDs = append(r.outIDs, m.UUID)
+			}
 			r.mu.Unlock()
 			return nil
 		})
@@ -160,14 +164,23 @@ func TestMiddlewareDuplicateHandledOnce(t *testing.T) {
 	if want := []string{"m1", "m2"}; !equal(applied, want) || !equal(keys, want) {
 		t.Fatalf("applied %q with keys %q, want %q", applied, keys, want)
 	}
+	// The duplicate returns the produced messages the first run recorded:
+	// the router publishes them again, under the same UUID.
 	out, _ := r.published()
-	if want := []string{"produced:order-1", "produced:order-2"}; !equal(out, want) {
-		t.Fatalf("produced messages = %q, want %q (none for the duplicate)", out, want)
+	if want := []string{"produced:order-1", "produced:order-1", "produced:order-2"}; !equal(out, want) {
+		t.Fatalf("produced messages = %q, want %q (the duplicate's again)", out, want)
 	}
-	// The key is recorded in Scope + "/" + handler name, as handled.
+	r.mu.Lock()
+	ids := append([]string(nil), r.outIDs...)
+	r.mu.Unlock()
+	if want := []string{"p-m1", "p-m1", "p-m2"}; !equal(ids, want) {
+		t.Fatalf("produced UUIDs = %q, want %q", ids, want)
+	}
+	// The key is recorded in Scope + "/" + handler name, as handled, with
+	// the produced messages as its data.
 	rec, err := ledger.Get(context.Background(), "messages/orders", "m1")
-	if err != nil || rec.State != idem.StateCompleted || rec.Outcome == nil || rec.Outcome.Meta["messaging"] != "handled" {
-		t.Fatalf("record of m1 = %+v, %v; want completed as handled", rec, err)
+	if err != nil || rec.State != idem.StateCompleted || rec.Outcome == nil || rec.Outcome.Meta["messaging"] != "handled" || len(rec.Outcome.Data) == 0 {
+		t.Fatalf("record of m1 = %+v, %v; want completed as handled, with data", rec, err)
 	}
 }
 
