@@ -298,8 +298,14 @@ func handled() idem.Outcome { return handledWith(nil) }
 
 // handledWith is the outcome of a successful run: its result as Data.
 func handledWith(result []byte) idem.Outcome {
-	return idem.Outcome{Data: result, Meta: map[string]string{outcomeKind: "handled"}}
+	return idem.Outcome{Data: result, Meta: handledMeta}
 }
+
+// handledMeta is the metadata of every handled outcome, shared: stores
+// and the ledger only read an outcome they are given (and what they read
+// back is a map of its own), so one map serves every message instead of
+// one allocated per message.
+var handledMeta = map[string]string{outcomeKind: "handled"}
 
 // attemptKey is the key of attempt n's record; a key too long for the
 // suffix is replaced by its digest.
