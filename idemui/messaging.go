@@ -183,6 +183,8 @@ func (h *Handler) rates(w http.ResponseWriter, r *http.Request, s *session) {
 		dup := series{Name: "duplicate rate"}
 		kinds := []series{{Name: "acquired"}, {Name: "replayed"}, {Name: "in flight"}, {Name: "mismatch"}, {Name: "lease lost"}, {Name: "takeover"}}
 		mean, worst := series{Name: "mean"}, series{Name: "max"}
+		cur := h.cfg.Rates.Current()
+		d.Totals = total(append(samples, cur))
 		for i := range samples {
 			sm := &samples[i]
 			times[i] = sm.At
@@ -192,10 +194,6 @@ func (h *Handler) rates(w http.ResponseWriter, r *http.Request, s *session) {
 			}
 			mean.Values = append(mean.Values, sm.MeanTTI().Seconds())
 			worst.Values = append(worst.Values, sm.TTIMax.Seconds())
-			t := &d.Totals
-			t.Begins, t.Acquired, t.Replayed, t.InFlight, t.Mismatch = t.Begins+sm.Begins, t.Acquired+sm.Acquired, t.Replayed+sm.Replayed, t.InFlight+sm.InFlight, t.Mismatch+sm.Mismatch
-			t.Takeovers, t.Completed, t.LeaseLost, t.Errors, t.TTISum = t.Takeovers+sm.Takeovers, t.Completed+sm.Completed, t.LeaseLost+sm.LeaseLost, t.Errors+sm.Errors, t.TTISum+sm.TTISum
-			t.TTIMax = max(t.TTIMax, sm.TTIMax)
 		}
 		if len(samples) > 0 {
 			d.Last = &samples[len(samples)-1]
@@ -207,6 +205,17 @@ func (h *Handler) rates(w http.ResponseWriter, r *http.Request, s *session) {
 		}
 	}
 	h.render(w, r, http.StatusOK, "rates", &page{Title: "Rates", Data: d}, s)
+}
+
+// total adds samples up (At is left zero).
+func total(samples []Sample) Sample {
+	var t Sample
+	for _, s := range samples {
+		t.Begins, t.Acquired, t.Replayed, t.InFlight, t.Mismatch = t.Begins+s.Begins, t.Acquired+s.Acquired, t.Replayed+s.Replayed, t.InFlight+s.InFlight, t.Mismatch+s.Mismatch
+		t.Takeovers, t.Completed, t.LeaseLost, t.Errors, t.TTISum = t.Takeovers+s.Takeovers, t.Completed+s.Completed, t.LeaseLost+s.LeaseLost, t.Errors+s.Errors, t.TTISum+s.TTISum
+		t.TTIMax = max(t.TTIMax, s.TTIMax)
+	}
+	return t
 }
 
 // ratesJSON serves the samples as JSON, for scripts.

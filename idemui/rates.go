@@ -226,6 +226,14 @@ func (r *Rates) Samples() []Sample {
 	return append(out, r.ring[:r.next]...)
 }
 
+// Current returns the sample in progress: what happened since the last
+// closed sample, At zero.
+func (r *Rates) Current() Sample {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.cur
+}
+
 // Scopes returns the Begin totals of every scope seen since the process
 // started (up to 1024 scopes), sorted by scope.
 func (r *Rates) Scopes() []ScopeTotals {

@@ -459,7 +459,9 @@ func TestRatesRing(t *testing.T) {
 		r.Observe(ctx, &idem.Event{Op: idem.OpComplete, Scope: "a", Err: idem.ErrLeaseLost})
 		waitFor(t, func() bool { return clock.Waiters() == 1 })
 		clock.Advance(time.Second)
-		waitFor(t, func() bool { return len(r.Samples()) == min(i, 3) && r.Samples()[min(i, 3)-1].At.Equal(uitest.Start.Add(time.Duration(i)*time.Second)) })
+		waitFor(t, func() bool {
+			return len(r.Samples()) == min(i, 3) && r.Samples()[min(i, 3)-1].At.Equal(uitest.Start.Add(time.Duration(i)*time.Second))
+		})
 	}
 	got := r.Samples()
 	for j, s := range got { // samples 3, 4 and 5
