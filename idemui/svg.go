@@ -59,7 +59,7 @@ func lineChart(title, unit string, times []time.Time, ss []series) string {
 			pts = append(pts, strconv.FormatFloat(x(i), 'f', 1, 64)+","+strconv.FormatFloat(top+ph-ph*v/maxV, 'f', 1, 64))
 		}
 		fmt.Fprintf(&b, `<polyline class="data s%d" data-series="%s" points="%s"/>`, si, esc(s.Name), strings.Join(pts, " "))
-		lx := left + float64(si)*130
+		lx := left + float64(si)*95
 		fmt.Fprintf(&b, `<rect class="key s%d" x="%g" y="%g" width="10" height="10"/><text class="legend" x="%g" y="%g">%s</text>`,
 			si, lx, h-14, lx+14, h-5, esc(s.Name))
 	}
@@ -72,7 +72,14 @@ func formatValue(v float64, unit string) string {
 	case "%":
 		return strconv.FormatFloat(v*100, 'f', 1, 64) + " %"
 	case "s":
-		return time.Duration(v * float64(time.Second)).Round(time.Millisecond).String()
+		d := time.Duration(v * float64(time.Second))
+		switch {
+		case d >= time.Second:
+			return d.Round(10 * time.Millisecond).String()
+		case d >= time.Millisecond:
+			return d.Round(10 * time.Microsecond).String()
+		}
+		return d.Round(time.Microsecond).String()
 	}
 	return strconv.FormatFloat(v, 'f', -1, 64)
 }
@@ -113,7 +120,7 @@ func pathOf(in *workflow.Instance) path {
 // "visited", the one it is in "current", and the transitions it took
 // "taken". Names are only ever text, escaped.
 func diagram(def *workflow.Definition, in *workflow.Instance) string {
-	const nodeW, nodeH, colW, rowH, pad = 150.0, 40.0, 230.0, 84.0, 30.0
+	const nodeW, nodeH, colW, rowH, pad = 150.0, 40.0, 280.0, 84.0, 30.0
 	// Layers: breadth first from the initial state.
 	layer := map[string]int{}
 	order := []string{}
@@ -207,7 +214,7 @@ func diagram(def *workflow.Definition, in *workflow.Instance) string {
 				cx, cy = mx+dy/n*bend, my-dx/n*bend
 			}
 			d = fmt.Sprintf("M%.1f,%.1f Q%.1f,%.1f %.1f,%.1f", x1, y1, cx, cy, x2, y2)
-			lx, ly = (mx+cx)/2, (my+cy)/2-4
+			lx, ly = (mx+cx)/2, (my+cy)/2-6
 		}
 		fmt.Fprintf(&b, `<g class="%s" data-from="%s" data-to="%s" data-event="%s"><path d="%s" marker-end="url(#%s)"/><text x="%.1f" y="%.1f" text-anchor="middle">%s</text></g>`,
 			class, esc(t.From), esc(t.To), esc(t.Event), d, marker, lx, ly, esc(label))

@@ -1,6 +1,8 @@
 package main
 
 import (
+	"context"
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/cookiejar"
@@ -9,6 +11,12 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/idemkit/idem/internal/servicetest"
+	"github.com/idemkit/idem/store/pgstore"
 )
 
 // browser is a form-posting client with a cookie jar, as a browser is.
@@ -116,5 +124,50 @@ func TestProxyDashboard(t *testing.T) {
 	p2 := startProxy(t, dir, "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0", "--upstream", up.url(), "--store", "mem:", "--log-level", "error")
 	if code, _ := newBrowser(t, p2.admin).get("/ui/signin"); code != http.StatusNotFound {
 		t.Fatalf("without --ui-tokens: %d", code)
+	}
+}
+
+// On a postgres:// store the Messaging page counts the outbox's unsent
+// rows, for a token bound to * only.
+func TestServeDashboardOutbox(t *testing.T) {
+	schema := fmt.Sprintf("idem_ui_%d", time.Now().UnixNano()%1e9)
+	storeURL := pgSchemaURL(t, schema)
+	ctx := context.Background()
+	pool, err := pgxpool.New(ctx, servicetest.Postgres.Need(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pool.Close()
+	store, err := pgstore.New(pool, &pgstore.Config{Schema: schema, Migrate: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tx, err := pool.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 3 {
+		if err := store.Enqueue(ctx, tx, &pgstore.OutboxMessage{ID: fmt.Sprintf("m%d", i), Entity: "acct-1", Subject: "ledger.entries", Payload: []byte("x")}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := tx.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+
+	dir := t.TempDir()
+	p := startServe(t, dir, "--listen", "127.0.0.1:0", "--store", storeURL, "--tokens", writeTokens(t, dir), "--log-level", "error")
+	ops := newBrowser(t, p.addr)
+	if code := ops.signIn("ops-0123456789"); code != http.StatusSeeOther {
+		t.Fatalf("sign-in: %d", code)
+	}
+	code, body := ops.get("/ui/messaging")
+	if code != http.StatusOK || !strings.Contains(body, `<p id="outbox-backlog">3 unsent rows.</p>`) || !strings.Contains(body, "<code>m2</code>") {
+		t.Fatalf("messaging: %d %s", code, body)
+	}
+	billing := newBrowser(t, p.addr)
+	billing.signIn("billing-0123456789")
+	if _, body := billing.get("/ui/messaging"); strings.Contains(body, "outbox-backlog") || !strings.Contains(body, "only a token bound to") {
+		t.Fatalf("billing token sees the outbox: %s", body)
 	}
 }
