@@ -495,7 +495,8 @@ func TestWorkflowsPage(t *testing.T) {
 	if code != http.StatusOK {
 		t.Fatalf("workflows: %d", code)
 	}
-	mustContain(t, body, `href="/ui/workflows?type=order&amp;status=running">1</a>`, `href="/ui/workflows?type=order&amp;status=succeeded">1</a>`, "order-7", "order-8")
+	mustContain(t, body, `href="/ui/workflows?type=order&amp;status=running">1</a>`, `href="/ui/workflows?type=order&amp;status=succeeded">1</a>`, "order-7", "order-8",
+		`<td class="by-state"><a href="/ui/workflows?type=order&amp;state=reserved">reserved: 1</a> </td>`)
 	_, body = c.get("/ui/workflows?status=running")
 	mustContain(t, body, "order-7")
 	mustNotContain(t, body, "order-8</code>")

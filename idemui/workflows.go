@@ -2,8 +2,10 @@ package idemui
 
 import (
 	"errors"
+	"maps"
 	"net/http"
 	"net/url"
+	"slices"
 
 	"github.com/idemkit/idem"
 	"github.com/idemkit/idem/workflow"
@@ -23,7 +25,14 @@ type typeCounts struct {
 	Name     string
 	Versions []int
 	Counts   []int // by statuses
+	States   []stateCount
 	Capped   bool
+}
+
+// stateCount is how many unfinished instances are in a state.
+type stateCount struct {
+	State string
+	N     int
 }
 
 type workflowsData struct {
@@ -64,6 +73,7 @@ func (h *Handler) workflows(w http.ResponseWriter, r *http.Request, s *session) 
 			continue
 		}
 		tc := typeCounts{Name: ti.Name, Versions: ti.Versions, Counts: make([]int, len(statuses))}
+		byState := map[string]int{}
 		after, n := "", 0
 		for {
 			res, err := h.cfg.Workflows.List(ctx, &workflow.ListParams{Type: ti.Name, After: after, Limit: 500})
@@ -72,6 +82,9 @@ func (h *Handler) workflows(w http.ResponseWriter, r *http.Request, s *session) 
 				return
 			}
 			for _, in := range res.Instances {
+				if !in.Status.Finished() {
+					byState[in.State]++
+				}
 				for i, st := range statuses {
 					if in.Status == st {
 						tc.Counts[i]++
@@ -87,6 +100,9 @@ func (h *Handler) workflows(w http.ResponseWriter, r *http.Request, s *session) 
 				break
 			}
 			after = res.Next
+		}
+		for _, st := range slices.Sorted(maps.Keys(byState)) {
+			tc.States = append(tc.States, stateCount{st, byState[st]})
 		}
 		d.Types = append(d.Types, tc)
 	}
