@@ -12,6 +12,7 @@ import (
 	"net/url"
 	"regexp"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -636,5 +637,84 @@ func TestNewRefusesBadConfig(t *testing.T) {
 		if _, err := idemui.New(cfg); !errors.Is(err, idem.ErrInvalid) {
 			t.Errorf("%s: %v, want ErrInvalid", name, err)
 		}
+	}
+}
+
+func TestWorkflowRetryAndResume(t *testing.T) {
+	f := uitest.New(t, nil)
+	srv := serve(t, f)
+	ctx := context.Background()
+	var down atomic.Bool
+	down.Store(true)
+	pay := func(context.Context, *workflow.Step) ([]byte, error) {
+		if down.Load() {
+			return nil, workflow.Permanent(errors.New("bank down"))
+		}
+		return []byte("paid"), nil
+	}
+	if err := f.Types.Register(&workflow.Definition{
+		Name: "payout", Version: 1, Initial: "new",
+		States: []workflow.State{{Name: "new"}, {Name: "paid", Terminal: workflow.Success}},
+		Transitions: []workflow.Transition{{From: "new", Event: "send", To: "paid",
+			Action: &workflow.Action{Name: "pay", Run: pay, NoCompensation: true, OnExhausted: workflow.Park}}},
+	}); err != nil {
+		t.Fatal(err)
+	}
+	for _, id := range []string{"payout-1", "payout-2"} {
+		if _, err := f.Engine.Start(ctx, "payout", 0, id, []byte(`{}`), nil); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := f.Engine.Signal(ctx, id, id+"-send", "send", nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	f.Settle(t)
+	status := func(id string) workflow.Status {
+		in, err := f.Engine.Get(ctx, id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return in.Status
+	}
+	if status("payout-1") != workflow.Parked || status("payout-2") != workflow.Parked {
+		t.Fatalf("not parked: %s %s", status("payout-1"), status("payout-2"))
+	}
+
+	// The billing token is bound to wf:order only.
+	billing := signIn(t, srv, uitest.BillingToken)
+	if resp, _ := billing.post("/ui/workflows/retry", url.Values{"id": {"payout-1"}, "csrf": {billing.csrf}}); resp.StatusCode != http.StatusNotFound {
+		t.Fatalf("billing token retries payout: %d", resp.StatusCode)
+	}
+	if status("payout-1") != workflow.Parked {
+		t.Fatal("a refused retry changed the instance")
+	}
+
+	ops := signIn(t, srv, uitest.OpsToken)
+	_, body := ops.get("/ui/workflows/instance?id=payout-1")
+	mustContain(t, body, `id="retry"`, `id="resume"`, "bank down", `id="wf-status">parked`)
+	down.Store(false)
+	resp, _ := ops.post("/ui/workflows/retry", url.Values{"id": {"payout-1"}, "csrf": {ops.csrf}})
+	if resp.StatusCode != http.StatusSeeOther {
+		t.Fatalf("retry: %d", resp.StatusCode)
+	}
+	resp, _ = ops.post("/ui/workflows/resume", url.Values{"id": {"payout-2"}, "state": {"new"}, "csrf": {ops.csrf}})
+	if resp.StatusCode != http.StatusSeeOther {
+		t.Fatalf("resume: %d", resp.StatusCode)
+	}
+	if status("payout-1") != workflow.Running || status("payout-2") != workflow.Running {
+		t.Fatalf("after retry and resume: %s %s", status("payout-1"), status("payout-2"))
+	}
+	f.Settle(t)
+	if status("payout-1") != workflow.Succeeded {
+		t.Fatalf("payout-1 after the engine ran: %s", status("payout-1"))
+	}
+	// Resumed in "new", payout-2 waits for a new send there.
+	if in, _ := f.Engine.Get(ctx, "payout-2"); in.Status != workflow.Running || in.State != "new" {
+		t.Fatalf("payout-2 after the engine ran: %s in %s", in.Status, in.State)
+	}
+	// A resume into a terminal state is the engine's ErrInvalid: 400.
+	resp, _ = ops.post("/ui/workflows/resume", url.Values{"id": {"payout-1"}, "state": {"paid"}, "csrf": {ops.csrf}})
+	if resp.StatusCode != http.StatusBadRequest {
+		t.Fatalf("resume into a terminal state: %d", resp.StatusCode)
 	}
 }
