@@ -48,8 +48,10 @@ Flags:
   --ui-tokens FILE       serve the dashboard at /ui on --admin (docs/ui.md):
                          who may sign in, one "TOKEN SCOPE[,SCOPE...]" per
                          line as in idem serve's --tokens. The proxy's scopes
-                         are its keys' principals with method and route (like
-                         "7:billing POST /orders"): bind operators to *.
+                         are each request's principal (a digest of its
+                         Authorization, or --scope-header's value) with method
+                         and route, like "7:billing POST /orders": bind
+                         operators to *.
                          Without it the admin listener has no /ui
   --ui                   with --ui-tokens, serve the dashboard (default true;
                          --ui=false turns it off)
