@@ -718,3 +718,30 @@ func TestWorkflowRetryAndResume(t *testing.T) {
 		t.Fatalf("resume into a terminal state: %d", resp.StatusCode)
 	}
 }
+
+// A dashboard over a store alone: no rates, no engine, pages say so.
+func TestDashboardWithStoreOnly(t *testing.T) {
+	f := uitest.New(t, nil)
+	ui, err := idemui.New(&idemui.Config{Store: f.Store, Tokens: f.Tokens})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(ui)
+	t.Cleanup(srv.Close)
+	c := signIn(t, srv, uitest.OpsToken)
+	for path, want := range map[string]string{
+		"/ui/rates":                         "This server keeps no rates.",
+		"/ui/workflows":                     "This server runs no workflow engine",
+		"/ui/messaging":                     "keeps no outbox",
+		"/ui/keys?scope=shop":               "<code>cart-1</code>",
+		"/ui/workflows/instance?id=order-7": "This server runs no workflow engine.",
+	} {
+		code, body := c.get(path)
+		if !strings.Contains(body, want) {
+			t.Errorf("%s (%d) lacks %q", path, code, want)
+		}
+	}
+	if code, body := c.get("/ui/rates.json"); code != http.StatusOK || strings.TrimSpace(body) != `{"samples":[]}` {
+		t.Errorf("rates.json: %d %s", code, body)
+	}
+}

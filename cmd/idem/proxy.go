@@ -196,6 +196,8 @@ func parseProxyFlags(args []string, stdout, stderr io.Writer) (*proxyOptions, in
 		switch {
 		case o.scopeHeader != "" && !validHeaderName(o.scopeHeader):
 			bad = fmt.Sprintf("--scope-header %q is not a header name", o.scopeHeader)
+		case o.uiTokens != "" && o.admin == "":
+			bad = "--ui-tokens serves the dashboard on --admin, which is off (\"\"): give --admin ADDR"
 		case o.maxBody <= 0:
 			bad = fmt.Sprintf("--max-body must be positive, got %d", o.maxBody)
 		case o.lease <= 0 || o.lease > idemapi.MaxDuration:

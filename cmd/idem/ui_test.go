@@ -120,6 +120,11 @@ func TestProxyDashboard(t *testing.T) {
 		t.Fatalf("metrics beside the dashboard: %d", code)
 	}
 
+	// --ui-tokens without an admin listener is refused.
+	if _, stderr, code := runIdem(t, dir, "proxy", "--upstream", up.url(), "--admin", "", "--ui-tokens", uiTokens); code != 2 || !strings.Contains(stderr, "give --admin ADDR") {
+		t.Fatalf("--ui-tokens without --admin: exit %d, %s", code, stderr)
+	}
+
 	// Without --ui-tokens the admin listener has no dashboard.
 	p2 := startProxy(t, dir, "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0", "--upstream", up.url(), "--store", "mem:", "--log-level", "error")
 	if code, _ := newBrowser(t, p2.admin).get("/ui/signin"); code != http.StatusNotFound {
