@@ -3,8 +3,6 @@ package idemapi
 import (
 	"bytes"
 	"context"
-	"crypto/sha256"
-	"crypto/subtle"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -112,7 +110,7 @@ type Config struct {
 // Server is the http.Handler of the idem API (docs/api.md).
 type Server struct {
 	store   idem.Store
-	tokens  []tokenEntry
+	tokens  *TokenSet
 	maxBody int64
 	maxOut  int64
 	lease   time.Duration
@@ -127,12 +125,6 @@ type Server struct {
 	parseWF  func(data []byte, name string) (*workflow.Definition, error)
 	maxDoc   int64
 	maxInput int64
-}
-
-type tokenEntry struct {
-	digest [sha256.Size]byte
-	scopes map[string]bool
-	all    bool
 }
 
 // NewServer returns the handler of the API over store. The caller keeps owning
@@ -196,22 +188,11 @@ func NewServer(store idem.Store, cfg *Config) (*Server, error) {
 		}
 		s.digests = l
 	}
-	for token, scopes := range cfg.Tokens {
-		if err := checkToken(token); err != nil || token == "" {
-			return nil, fmt.Errorf("%w: idemapi: a token in Config.Tokens is unusable: must be printable ASCII without spaces", idem.ErrInvalid)
-		}
-		e := tokenEntry{digest: sha256.Sum256([]byte(token)), scopes: map[string]bool{}}
-		for _, sc := range scopes {
-			if sc == AllScopes {
-				e.all = true
-			}
-			e.scopes[sc] = true
-		}
-		if len(scopes) == 0 {
-			return nil, fmt.Errorf("%w: idemapi: a token in Config.Tokens has no scopes", idem.ErrInvalid)
-		}
-		s.tokens = append(s.tokens, e)
+	tokens, err := NewTokenSet(cfg.Tokens)
+	if err != nil {
+		return nil, err
 	}
+	s.tokens = tokens
 	return s, nil
 }
 
@@ -228,7 +209,7 @@ func (s *Server) storedKey(key string) string {
 type request struct {
 	route string
 	scope string
-	token *tokenEntry
+	token *Grant
 	err   error // cause of a 5xx
 }
 
@@ -377,28 +358,20 @@ func (s *Server) finish(ctx context.Context, req *request, status int, d time.Du
 	s.log.LogAttrs(ctx, level, "request", attrs...)
 }
 
-// authenticate returns the entry of the request's bearer token, nil if it
-// has none or an unknown one. Digests are compared in constant time, and
-// every entry is compared, so timing says nothing about the token.
-func (s *Server) authenticate(r *http.Request) *tokenEntry {
+// authenticate returns the grant of the request's bearer token, nil if
+// it has none or an unknown one (TokenSet.Lookup).
+func (s *Server) authenticate(r *http.Request) *Grant {
 	scheme, token, ok := strings.Cut(r.Header.Get("Authorization"), " ")
 	if !ok || !strings.EqualFold(scheme, "Bearer") || token == "" {
 		return nil
 	}
-	digest := sha256.Sum256([]byte(token))
-	var found *tokenEntry
-	for i := range s.tokens {
-		if subtle.ConstantTimeCompare(digest[:], s.tokens[i].digest[:]) == 1 {
-			found = &s.tokens[i]
-		}
-	}
-	return found
+	return s.tokens.Lookup(token)
 }
 
 // authorize checks that the request's token is bound to scope.
 func authorize(req *request, scope string) *problem {
 	req.scope = scope
-	if req.token.all || req.token.scopes[scope] {
+	if req.token.Allows(scope) {
 		return nil
 	}
 	return newProblem(http.StatusForbidden, ProblemForbidden, "the token is not bound to this scope")
@@ -680,7 +653,7 @@ func (s *Server) sweep(w http.ResponseWriter, r *http.Request, req *request) *pr
 	if p := invalid(params.Validate()); p != nil {
 		return p
 	}
-	if !req.token.all {
+	if !req.token.All() {
 		return newProblem(http.StatusForbidden, ProblemForbidden, "sweep spans every scope: it needs a token bound to "+AllScopes)
 	}
 	res, err := s.store.Sweep(r.Context(), params)

@@ -2,8 +2,12 @@ package idemapi
 
 import (
 	"bufio"
+	"crypto/sha256"
+	"crypto/subtle"
 	"fmt"
 	"io"
+	"maps"
+	"slices"
 	"strings"
 	"unicode/utf8"
 
@@ -85,4 +89,89 @@ func checkScope(s string) error {
 		return fmt.Errorf("scope is not valid UTF-8")
 	}
 	return nil
+}
+
+// Grant is what one token may use: the scopes it is bound to. The API
+// server and the dashboard (idemui) decide with it alike.
+type Grant struct {
+	scopes map[string]bool
+	all    bool
+}
+
+// Allows reports whether the token may use ledger scope scope: it is
+// bound to it or to AllScopes.
+func (g *Grant) Allows(scope string) bool { return g.all || g.scopes[scope] }
+
+// All reports whether the token is bound to AllScopes, which operations
+// spanning every scope (sweep) need.
+func (g *Grant) All() bool { return g.all }
+
+// AllowsWorkflow reports whether the token may use workflow type typ: it
+// is bound to WorkflowScope(typ) or to AllScopes.
+func (g *Grant) AllowsWorkflow(typ string) bool { return g.all || g.scopes[WorkflowScope(typ)] }
+
+// AnyWorkflow reports whether the token may use some workflow type.
+func (g *Grant) AnyWorkflow() bool {
+	if g.all {
+		return true
+	}
+	for sc := range g.scopes {
+		if strings.HasPrefix(sc, WorkflowScopePrefix) {
+			return true
+		}
+	}
+	return false
+}
+
+// Scopes returns the scopes the token is bound to, sorted ("*" among
+// them for AllScopes).
+func (g *Grant) Scopes() []string { return slices.Sorted(maps.Keys(g.scopes)) }
+
+// TokenSet holds bearer tokens and their grants, as Config.Tokens gives
+// them; it keeps only SHA-256 digests of the tokens.
+type TokenSet struct {
+	entries []tokenEntry
+}
+
+type tokenEntry struct {
+	digest [sha256.Size]byte
+	grant  Grant
+}
+
+// NewTokenSet checks tokens (printable ASCII without spaces, each bound to
+// at least one scope) and returns their set. Errors wrap idem.ErrInvalid
+// and never show a token.
+func NewTokenSet(tokens map[string][]string) (*TokenSet, error) {
+	ts := &TokenSet{}
+	for token, scopes := range tokens {
+		if err := checkToken(token); err != nil || token == "" {
+			return nil, fmt.Errorf("%w: idemapi: a token in Config.Tokens is unusable: must be printable ASCII without spaces", idem.ErrInvalid)
+		}
+		if len(scopes) == 0 {
+			return nil, fmt.Errorf("%w: idemapi: a token in Config.Tokens has no scopes", idem.ErrInvalid)
+		}
+		e := tokenEntry{digest: sha256.Sum256([]byte(token)), grant: Grant{scopes: map[string]bool{}}}
+		for _, sc := range scopes {
+			if sc == AllScopes {
+				e.grant.all = true
+			}
+			e.grant.scopes[sc] = true
+		}
+		ts.entries = append(ts.entries, e)
+	}
+	return ts, nil
+}
+
+// Lookup returns the grant of token, nil for an unknown token. Digests
+// are compared in constant time, and every entry is compared, so timing
+// says nothing about the token.
+func (ts *TokenSet) Lookup(token string) *Grant {
+	digest := sha256.Sum256([]byte(token))
+	var found *Grant
+	for i := range ts.entries {
+		if subtle.ConstantTimeCompare(digest[:], ts.entries[i].digest[:]) == 1 {
+			found = &ts.entries[i].grant
+		}
+	}
+	return found
 }

@@ -105,31 +105,13 @@ func wfSegment(r *http.Request, prefix string) (string, *problem) {
 	return v, nil
 }
 
-// mayWorkflow reports whether the token may use workflow type typ.
-func (t *tokenEntry) mayWorkflow(typ string) bool {
-	return t.all || t.scopes[WorkflowScope(typ)]
-}
-
-// anyWorkflow reports whether the token may use some workflow type.
-func (t *tokenEntry) anyWorkflow() bool {
-	if t.all {
-		return true
-	}
-	for sc := range t.scopes {
-		if strings.HasPrefix(sc, WorkflowScopePrefix) {
-			return true
-		}
-	}
-	return false
-}
-
 var errNoWorkflowScope = newProblem(http.StatusForbidden, ProblemForbidden,
 	`the token is bound to no workflow type: bind it to "wf:TYPE" or "*"`)
 
 // authorizeWorkflow checks that the request's token may use type typ.
 func authorizeWorkflow(req *request, typ string) *problem {
 	req.scope = WorkflowScope(typ)
-	if req.token.mayWorkflow(typ) {
+	if req.token.AllowsWorkflow(typ) {
 		return nil
 	}
 	return newProblem(http.StatusForbidden, ProblemForbidden, `the token is not bound to this workflow type (scope "wf:TYPE") nor to "*"`)
@@ -141,7 +123,7 @@ func (s *Server) needEngine(req *request) *problem {
 	if s.wf == nil {
 		return newProblem(http.StatusNotImplemented, ProblemNotImplemented, "the server runs no workflow engine (its store keeps no workflow journal)")
 	}
-	if !req.token.anyWorkflow() {
+	if !req.token.AnyWorkflow() {
 		return errNoWorkflowScope
 	}
 	return nil
@@ -303,7 +285,7 @@ func (s *Server) workflowTypes(w http.ResponseWriter, r *http.Request, req *requ
 	}
 	out := WorkflowTypesResponse{Types: []*WorkflowType{}}
 	for _, ti := range s.wfTypes.Types() {
-		if !req.token.mayWorkflow(ti.Name) {
+		if !req.token.AllowsWorkflow(ti.Name) {
 			continue
 		}
 		for i, v := range ti.Versions {
@@ -468,7 +450,7 @@ func (s *Server) workflows(w http.ResponseWriter, r *http.Request, req *request)
 	}
 	out := WorkflowListResponse{Workflows: make([]*Workflow, 0, len(res.Instances)), Next: res.Next}
 	for _, in := range res.Instances {
-		if req.token.mayWorkflow(in.Type) {
+		if req.token.AllowsWorkflow(in.Type) {
 			out.Workflows = append(out.Workflows, EncodeWorkflow(in, false))
 		}
 	}

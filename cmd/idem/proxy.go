@@ -42,8 +42,22 @@ Flags:
                          (required)
   --listen ADDR          where clients connect; port 0 picks a free port
                          (default 127.0.0.1:7071)
-  --admin ADDR           where GET /metrics (Prometheus) and GET /healthz
+  --admin ADDR           where GET /metrics (Prometheus), GET /healthz (and /ui
+                         with --ui-tokens)
                          answer; "" for none (default 127.0.0.1:7072)
+  --ui-tokens FILE       serve the dashboard at /ui on --admin (docs/ui.md):
+                         who may sign in, one "TOKEN SCOPE[,SCOPE...]" per
+                         line as in idem serve's --tokens. The proxy's scopes
+                         are each request's principal (a digest of its
+                         Authorization, or --scope-header's value) with method
+                         and route, like "7:billing POST /orders": bind
+                         operators to *.
+                         Without it the admin listener has no /ui
+  --ui                   with --ui-tokens, serve the dashboard (default true;
+                         --ui=false turns it off)
+  --ui-secure-cookie     mark the dashboard's session cookie Secure although
+                         --admin is plain HTTP (behind a proxy that
+                         terminates TLS)
   --store URL            where the ledger lives (default ` + defaultProxyStore + `,
                          apart from idem serve's ./idem-data):
                             ` + storeURLHelp + `
@@ -110,6 +124,8 @@ Example:
 
 type proxyOptions struct {
 	listen, admin, store, scopeHeader, logLevel, keySecretFile string
+	uiTokens                                                   string
+	ui                                                         uiOptions
 	upstream                                                   *url.URL
 	methods                                                    []string
 	requireKey                                                 bool
@@ -152,6 +168,8 @@ func parseProxyFlags(args []string, stdout, stderr io.Writer) (*proxyOptions, in
 	fs.DurationVar(&o.drain, "drain", 10*time.Second, "")
 	fs.DurationVar(&o.sweep, "sweep-interval", time.Minute, "")
 	fs.StringVar(&o.logLevel, "log-level", "info", "")
+	fs.StringVar(&o.uiTokens, "ui-tokens", "", "")
+	o.ui.register(fs)
 	o.tls.register(fs)
 	err := parseWithEnv(fs, args)
 	switch {
@@ -178,6 +196,8 @@ func parseProxyFlags(args []string, stdout, stderr io.Writer) (*proxyOptions, in
 		switch {
 		case o.scopeHeader != "" && !validHeaderName(o.scopeHeader):
 			bad = fmt.Sprintf("--scope-header %q is not a header name", o.scopeHeader)
+		case o.uiTokens != "" && o.admin == "":
+			bad = "--ui-tokens serves the dashboard on --admin, which is off (\"\"): give --admin ADDR"
 		case o.maxBody <= 0:
 			bad = fmt.Sprintf("--max-body must be positive, got %d", o.maxBody)
 		case o.lease <= 0 || o.lease > idemapi.MaxDuration:
@@ -284,8 +304,27 @@ func runProxyServer(ctx context.Context, o *proxyOptions, stdout, stderr io.Writ
 		return nil
 	}
 	metrics := idemapi.NewMetrics([]string{proxyRoute})
+	var observer idem.Observer = metrics
+	var dash *dashboard
+	if o.ui.on && o.uiTokens != "" && o.admin != "" {
+		tokens, err := readUITokens(o.uiTokens)
+		if err == nil && len(tokens) == 0 {
+			err = errors.New("it holds no tokens: add lines like `TOKEN SCOPE[,SCOPE...]`")
+		}
+		if err != nil {
+			return errors.Join(fmt.Errorf("--ui-tokens %s: %w", o.uiTokens, err), closeStore())
+		}
+		rates := newRates(&o.ui)
+		observer = idem.ObserverFunc(func(ctx context.Context, ev *idem.Event) {
+			metrics.Observe(ctx, ev)
+			rates.Observe(ctx, ev)
+		})
+		if dash, err = newDashboard(&o.ui, rates, store, tokens, secret, nil, nil, logger); err != nil {
+			return errors.Join(err, closeStore())
+		}
+	}
 	ledger, err := idem.New(store, &idem.Config{Lease: o.lease, Window: o.window, KeySecret: secret,
-		MaxWait: max(o.wait, 30*time.Second), Observer: metrics})
+		MaxWait: max(o.wait, 30*time.Second), Observer: observer})
 	if err != nil {
 		return errors.Join(err, closeStore())
 	}
@@ -305,6 +344,9 @@ func runProxyServer(ctx context.Context, o *proxyOptions, stdout, stderr io.Writ
 	fmt.Fprintf(stdout, "idem proxy: listening on %s://%s, upstream %s\n", o.tls.scheme(), ln.Addr(), o.upstream.Redacted())
 	if adminLn != nil {
 		fmt.Fprintf(stdout, "idem proxy: admin on http://%s (/metrics, /healthz)\n", adminLn.Addr())
+		if dash != nil {
+			fmt.Fprintf(stdout, "idem proxy: dashboard on http://%s/ui/ (sign in with a token of --ui-tokens)\n", adminLn.Addr())
+		}
 	}
 	keys := "keys stored as sent"
 	if secret != nil {
@@ -316,9 +358,12 @@ func runProxyServer(ctx context.Context, o *proxyOptions, stdout, stderr io.Writ
 	srv := &http.Server{Handler: handler, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute, ErrorLog: errorLog}
 	servers := []listening{{srv, ln}}
 	if adminLn != nil {
-		admin := &http.Server{Handler: adminHandler(store, metrics), ReadHeaderTimeout: 10 * time.Second, ErrorLog: errorLog}
+		admin := &http.Server{Handler: dash.mount(adminHandler(store, metrics)), ReadHeaderTimeout: 10 * time.Second, ErrorLog: errorLog}
 		servers = append(servers, listening{admin, adminLn})
 	}
+	ratesCtx, stopRates := context.WithCancel(ctx)
+	ratesDone := dash.run(ratesCtx)
+	defer func() { stopRates(); <-ratesDone }()
 	return runServers(ctx, "proxy", stdout, logger, store, o.sweep, o.drain, closeStore, servers...)
 }
 

@@ -100,6 +100,7 @@ Flags:
                          (repeatable; a later NAME wins). Vars are not part
                          of a type's fingerprint. IDEM_WORKFLOW_VAR holds one
                          NAME=VALUE; give more on the command line
+` + uiHelp + `
 ` + tlsHelp + `
 ` + envHelp + `
 Example:
@@ -123,6 +124,7 @@ type serveOptions struct {
 	workflowWorkers                 int
 	workflowLease                   time.Duration
 	workflowVars                    workflowVars
+	ui                              uiOptions
 }
 
 func runServe(args []string, stdout, stderr io.Writer) int {
@@ -157,6 +159,7 @@ func parseServeFlags(args []string, stdout, stderr io.Writer) (*serveOptions, in
 	fs.IntVar(&o.workflowWorkers, "workflow-workers", 16, "")
 	fs.DurationVar(&o.workflowLease, "workflow-lease", 30*time.Second, "")
 	fs.Var(o.workflowVars, "workflow-var", "")
+	o.ui.register(fs)
 	o.tls.register(fs)
 	err := parseWithEnv(fs, args)
 	switch {
@@ -252,7 +255,20 @@ func serve(ctx context.Context, o *serveOptions, stdout, stderr io.Writer) error
 			}
 		}(closeStore)
 	}
+	rates := newRates(&o.ui)
+	if rates != nil {
+		apiCfg.Observer = rates
+	}
 	handler, err := idemapi.NewServer(store, apiCfg)
+	if err != nil {
+		return errors.Join(err, closeStore())
+	}
+	var engine *workflow.Engine
+	var types *workflow.Registry
+	if wf != nil {
+		engine, types = wf.engine, wf.registry
+	}
+	dash, err := newDashboard(&o.ui, rates, store, tokens, keySecret, engine, types, logger)
 	if err != nil {
 		return errors.Join(err, closeStore())
 	}
@@ -269,6 +285,9 @@ func serve(ctx context.Context, o *serveOptions, stdout, stderr io.Writer) error
 	if tokenLine != "" {
 		fmt.Fprintf(stdout, "idem serve: %s\n", tokenLine)
 	}
+	if dash != nil {
+		fmt.Fprintf(stdout, "idem serve: dashboard on %s://%s/ui/ (sign in with a token)\n", o.tls.scheme(), ln.Addr())
+	}
 	if wf != nil {
 		fmt.Fprintf(stdout, "idem serve: %s\n", wf.describe)
 		wf.start()
@@ -277,12 +296,15 @@ func serve(ctx context.Context, o *serveOptions, stdout, stderr io.Writer) error
 	}
 
 	srv := &http.Server{
-		Handler:           handler,
+		Handler:           dash.mount(handler),
 		ReadHeaderTimeout: 10 * time.Second,
 		ReadTimeout:       time.Minute,
 		IdleTimeout:       2 * time.Minute,
 		ErrorLog:          slog.NewLogLogger(logger.Handler(), slog.LevelWarn),
 	}
+	ratesCtx, stopRates := context.WithCancel(ctx)
+	ratesDone := dash.run(ratesCtx)
+	defer func() { stopRates(); <-ratesDone }()
 	return runServers(ctx, "serve", stdout, logger, store, o.sweep, o.drain, closeStore, listening{srv, ln})
 }
 

@@ -1,0 +1,15 @@
+module github.com/idemkit/idem/idemui/browser
+
+go 1.26.0
+
+require (
+	github.com/chromedp/chromedp v0.23.1
+	github.com/idemkit/idem v0.0.0
+)
+
+require (
+	github.com/chromedp/cdproto v0.160.1 // indirect
+	github.com/go-json-experiment/json v0.0.0-20260213210345-44df1a37e875 // indirect
+)
+
+replace github.com/idemkit/idem => ../../
