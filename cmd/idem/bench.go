@@ -70,8 +70,9 @@ quantiles, errors by kind and this process's CPU time per operation.
 An operation is a cycle (begin on a new key, then complete it with
 --payload bytes; unit cycles/s), a replay (begin on a completed key,
 which must answer replay; unit replays/s) or, in mix mode, either (ops/s).
-Keys start with a random prefix of the run, so runs never meet; they are
-written in --scope and expire after --window. Measure a store you can
+Keys start with a random prefix of the run and the target, so neither
+runs nor two targets on one ledger (a --server and the --store behind it)
+meet; they are written in --scope and expire after --window. Measure a store you can
 fill: a scratch schema (?schema=) or Redis prefix (?prefix=), or a scope
 of its own on a deployment.
 
@@ -126,8 +127,9 @@ machine of few cores); a connection that fails is dialled again. An
 answer is successful when its status is 2xx and, when it carries
 Idempotent-Replayed, that header says what the mode expects (false for a
 new key, true for a replay); answers without the header are not checked.
-The keys are quoted strings like "bench-5f0c9a1b2e3d-1042": a random
-prefix of the run and a number, so runs never meet.
+The keys are quoted strings like "bench-5f0c9a1b2e3d-t0-1042": a random
+prefix of the run, the target's place among the targets and a number, so
+neither runs nor targets meet.
 
 Targets (repeat a flag or separate URLs with commas):
   --target URL           the endpoint, like http://127.0.0.1:7071/orders
@@ -504,8 +506,11 @@ func runBenchTargets(ctx context.Context, o *benchOptions, p *benchProgress) (*b
 			d.closeAll()
 		}
 	}()
-	for _, t := range o.targets {
-		d, err := openBenchDriver(ctx, o, t, runID)
+	for i, t := range o.targets {
+		// Each target its own keys: two targets may share one ledger
+		// (a --server and the --store behind it), and the second would
+		// meet the first one's keys as replays.
+		d, err := openBenchDriver(ctx, o, t, runID+"t"+strconv.Itoa(i)+"-")
 		if err != nil {
 			return nil, err
 		}

@@ -193,6 +193,23 @@ func TestBenchServeAndStore(t *testing.T) {
 	}
 }
 
+// TestBenchTargetsShareALedger: two targets on one ledger (here the same
+// server twice, as a --server and the --store behind it would be) never
+// meet each other's keys: every cycle of both is a fresh key.
+func TestBenchTargetsShareALedger(t *testing.T) {
+	t.Parallel()
+	api := newCountingAPI(t, "tok-bench", "load")
+	rep := runBenchJSON(t, "--server", api.srv.URL, "--server", api.srv.URL, "--token", "tok-bench", "--scope", "load",
+		"-c", "4", "--duration", "200ms", "--warmup", "50ms", "--rounds", "2")
+	for _, l := range rep.Levels {
+		for _, r := range l.Results {
+			if r.Ops == 0 || len(r.Errors) != 0 {
+				t.Errorf("%d clients, %s: %d cycles, errors %v; want cycles and no error", l.Clients, r.Target, r.Ops, r.Errors)
+			}
+		}
+	}
+}
+
 // TestBenchServeReplay: replay mode completes --keys keys once, then only
 // begins them, every one answered replay.
 func TestBenchServeReplay(t *testing.T) {

@@ -73,6 +73,21 @@ func (s *Store) complete(ctx context.Context, o *completeOp) error {
 	return s.completer.Do(ctx, o)
 }
 
+// completeOne runs o alone, with complete's statement, on db.
+func (s *Store) completeOne(ctx context.Context, db querier, o *completeOp) {
+	o.found, o.err = queryRow(ctx, db, s.q.complete, []any{o.scope, o.key, o.token, o.data, o.meta}, o.read)
+}
+
+// read reads the record o's Complete stored from c's next columns
+// (completedRow): the columns o does not know.
+func (o *completeOp) read(c *columnReader) {
+	r := &o.r
+	r.scope, r.key, r.token, r.state = o.scope, o.key, o.token, "completed"
+	r.fingerprint, r.attempts, r.leaseUntil, r.created = c.text(), c.int4(), c.time(), c.time()
+	r.completed, r.expires, r.retain = c.timeOrNil(), c.timeOrNil(), c.time()
+	r.window, r.retention = c.int8(), c.int8()
+}
+
 // runCompletes runs a batch of Completes: alone with complete's statement,
 // or together, in the order of their keys so that two batches lock rows in
 // the same order. When the server refuses the batch's statement (refused:
@@ -80,8 +95,7 @@ func (s *Store) complete(ctx context.Context, o *completeOp) error {
 // alone, so that one that cannot be stored fails no other.
 func (s *Store) runCompletes(ctx context.Context, ops []*completeOp) {
 	if len(ops) == 1 {
-		o := ops[0]
-		o.found, o.err = queryRow(ctx, s.pool, s.q.complete, []any{o.scope, o.key, o.token, o.data, o.meta}, o.r.read)
+		s.completeOne(ctx, s.pool, ops[0])
 		return
 	}
 	ops = slices.Clone(ops)
@@ -130,7 +144,7 @@ func (s *Store) completeBatch(ctx context.Context, ops []*completeOp, args ...an
 			return c.err
 		}
 		o := ops[i-1]
-		if o.r.read(&c); c.err != nil {
+		if o.read(&c); c.err != nil {
 			return c.err
 		}
 		o.found = true

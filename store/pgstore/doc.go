@@ -108,23 +108,29 @@
 // "outbox-relay", in order per entity, retrying failed rows with backoff.
 // docs/messaging-postgres.md has the details and the crash test.
 //
-// # One round trip per operation
+// # Round trips per operation
 //
-// Begin is one statement: it reads the key, inserts a pending row only
-// when the key is free (absent, released, past its window, or a lease run
-// out), and with ON CONFLICT … DO UPDATE … WHERE takes over a row only
-// when the rules still allow on the row's latest version. A replay, an
-// in-flight answer and a mismatch write nothing: no row lock, no
-// transaction id, no WAL, no commit to flush. Under READ COMMITTED the
-// statement's own read cannot see a row a concurrent Begin committed after
-// the statement started; in that rare race Begin reads the row again (a
-// second round trip). Complete, Release, Extend and Checkpoint are each
-// one conditional UPDATE on the token. When the token is not the owner's,
-// the update changes nothing and the store reads the row (a second round
-// trip, on that failure path only) to tell idem.ErrLeaseLost from
-// idem.ErrCompleted. The fresh key's path is kept as lean as the bare
-// statements it stands beside: an index probe and the insert, then the
-// update; no CTE is materialized.
+// Begin is one statement for a fresh key, a replay, an in-flight answer
+// and a mismatch: it reads the key and inserts a pending row only when the
+// key has no row, with ON CONFLICT DO NOTHING, and otherwise returns the
+// row for the store to decide from. A replay, an in-flight answer and a
+// mismatch write nothing: no row lock, no transaction id, no WAL, no
+// commit to flush. A key whose row may be taken over (released, deleted,
+// past its window, or a lease run out) takes a second statement, which
+// with ON CONFLICT … DO UPDATE … WHERE takes over the row only when the
+// rules still allow on the row's latest version. Under READ COMMITTED a
+// statement's own read cannot see a row a concurrent Begin committed
+// after the statement started; in that rare race Begin reads the row
+// again (another round trip). Complete, Release, Extend and Checkpoint are
+// each one conditional UPDATE on the token. When the token is not the
+// owner's, the update changes nothing and the store reads the row (a
+// second round trip, on that failure path only) to tell
+// idem.ErrLeaseLost from idem.ErrCompleted. The fresh key's path is kept
+// as lean as the bare statements it stands beside: an index probe and the
+// insert, returning the token, then the update, returning the columns the
+// caller lacks. The server builds every clause of a statement each time
+// it runs it, so the takeover's clauses stay out of the fresh key's
+// statement (docs/performance.md has the server CPU per statement).
 //
 // Completes on the pool are batched under load: when more Begins and
 // Completes are on the pool than it has connections, and Completes are on

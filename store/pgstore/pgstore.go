@@ -203,16 +203,31 @@ func (s *Store) BeginTx(ctx context.Context, tx pgx.Tx, p *idem.BeginParams) (*i
 		s.onPool.Add(1)
 		defer s.onPool.Add(-1)
 	}
-	// Almost always one round. Another only when a concurrent writer
-	// changed the key between this statement's snapshot and its insert,
-	// and a third when it changed again before the re-read.
+	// Almost always one round: beginFreshSQL acquires a key without a row
+	// or answers from the row. Another, with beginSQL, when the row may be
+	// taken over, or when a concurrent writer changed the key between the
+	// statement's snapshot and its insert; a third when it changed again
+	// before the re-read.
 	args := []any{p.Scope, p.Key, p.Fingerprint, micros(p.Lease), micros(p.Window), micros(p.Retention)}
-	for range 8 {
+	for round := range 8 {
 		var r row
 		var written bool
 		var now time.Time
-		found, err := queryRow(ctx, db, s.q.begin, args, func(c *columnReader) {
-			written, now = c.bool(), c.time()
+		fresh, sql := round == 0, s.q.begin
+		if fresh {
+			sql = s.q.beginFresh
+		}
+		found, err := queryRow(ctx, db, sql, args, func(c *columnReader) {
+			if !fresh {
+				written, now = c.bool(), c.time()
+				r.read(c)
+				return
+			}
+			token, ok := c.int8OrNil()
+			if now = c.time(); ok {
+				written, r = true, freshRow(p, token, now)
+				return
+			}
 			r.read(c)
 		})
 		if err != nil {
@@ -224,6 +239,9 @@ func (s *Store) BeginTx(ctx context.Context, tx pgx.Tx, p *idem.BeginParams) (*i
 		if found {
 			if res := decide(r.record(), p.Fingerprint, now); res != nil {
 				return res, nil
+			}
+			if fresh {
+				continue // a row to take over: beginSQL
 			}
 		}
 		// The insert met a row this statement's snapshot could not see
@@ -289,26 +307,23 @@ func (s *Store) CompleteTx(ctx context.Context, tx pgx.Tx, p *idem.CompleteParam
 			return nil, fmt.Errorf("%w: outcome meta: %v", idem.ErrInvalid, err)
 		}
 	}
-	var rec *idem.Record
+	o := &completeOp{scope: p.Scope, key: p.Key, token: p.Token, data: data, meta: meta}
+	var err error
 	if tx != nil {
-		var err error
-		if rec, err = s.ownerUpdate(ctx, tx, "complete", s.q.complete, p.Scope, p.Key, p.Token, data, meta); err != nil {
-			return nil, err
-		}
+		s.completeOne(ctx, tx, o)
 	} else {
-		o := &completeOp{scope: p.Scope, key: p.Key, token: p.Token, data: data, meta: meta}
-		err := s.complete(ctx, o)
-		if err == nil {
-			err = o.err
-		}
-		if err != nil {
-			return nil, wrapErr("complete", err)
-		}
-		if !o.found {
-			return nil, s.notOwner(ctx, s.pool, "complete", p.Scope, p.Key, p.Token)
-		}
-		rec = o.r.record()
+		err = s.complete(ctx, o)
 	}
+	if err == nil {
+		err = o.err
+	}
+	if err != nil {
+		return nil, wrapErr("complete", err)
+	}
+	if !o.found {
+		return nil, s.notOwner(ctx, s.db(tx), "complete", p.Scope, p.Key, p.Token)
+	}
+	rec := o.r.record()
 	rec.Outcome = &idem.Outcome{Data: append([]byte{}, data...)}
 	if p.Outcome.Meta != nil {
 		rec.Outcome.Meta = make(map[string]string, len(p.Outcome.Meta))

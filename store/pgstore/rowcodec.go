@@ -114,6 +114,14 @@ func (c *columnReader) int8() int64 {
 	return 0
 }
 
+// int8OrNil reads a bigint column that may be NULL; ok is false for NULL.
+func (c *columnReader) int8OrNil() (v int64, ok bool) {
+	if b := c.next(8, true); b != nil {
+		return int64(binary.BigEndian.Uint64(b)), true
+	}
+	return 0, false
+}
+
 func (c *columnReader) int4() int32 {
 	if v := c.next(4, false); v != nil {
 		return int32(binary.BigEndian.Uint32(v))

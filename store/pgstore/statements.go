@@ -11,8 +11,8 @@ import (
 // statements are the store's SQL with its schema filled in. Each is one
 // round trip.
 type statements struct {
-	schema                                                                               string // quoted
-	begin, get, getNow, complete, release, extend, checkpoint, delete, sweep, list, size string
+	schema                                                                                           string // quoted
+	begin, beginFresh, get, getNow, complete, release, extend, checkpoint, delete, sweep, list, size string
 	// completeBatch is complete for several owners at once (see batch.go).
 	completeBatch string
 }
@@ -34,26 +34,46 @@ const us = ` * interval '1 microsecond'`
 // by it, never by the application's clock.
 const stmtNow = `statement_timestamp()`
 
-// beginSQL decides a Begin in one statement.
+// beginFreshSQL is a Begin's first statement, the lean one: it inserts a
+// fresh pending row when the key has no row at all in the statement's
+// snapshot, and otherwise returns the row as the snapshot holds it.
 //
-//   - ins inserts a fresh pending row unless the key is held in the
-//     statement's snapshot (a pending row with another fingerprint or a
-//     live lease, or a completed row within its window). So a replay, an
-//     in-flight answer and a mismatch write nothing: no row lock, no
-//     transaction id, no sequence value, no WAL.
-//   - When the key has a row after all (released, expired, a lease run out,
-//     or one committed by a concurrent Begin after the snapshot), ON
-//     CONFLICT sees its latest version and takes it over only when the
-//     rules allow, judged again on that version.
-//   - The second SELECT returns the row as the snapshot holds it when ins
-//     wrote nothing; Go decides from it (and drops the outcome of a
-//     mismatch, which comes along: the whole row is cheaper to send than
-//     its columns picked one by one). When ins met a row the snapshot
-//     could not see, what comes back is stale or nothing, and Go reads the
-//     row again with a fresh snapshot (the rare second round trip).
+//   - A fresh key costs an index probe and the insert, as the bare
+//     INSERT … ON CONFLICT DO NOTHING does, and only the token and the
+//     statement's time come back: Go knows the rest of the row it wrote
+//     (freshRow).
+//   - A replay, an in-flight answer and a mismatch write nothing: no row
+//     lock, no transaction id, no sequence value, no WAL. Go decides from
+//     the row (the whole row is cheaper to send than its columns picked
+//     one by one).
+//   - A row that may be taken over (released, deleted, its window or its
+//     lease run out) comes back too, and Go runs beginSQL, which takes it
+//     over when the rules allow on the row's latest version (a second
+//     round trip, on that path only).
+//   - When the insert meets a row a concurrent Begin committed after the
+//     snapshot, nothing comes back, and Go reads the row with a fresh
+//     snapshot (getNow).
 //
-// The fresh key, the path that matters for throughput, costs one index
-// probe and the insert: no CTE is materialized.
+// It has no DO UPDATE: the executor builds every clause of a statement
+// each time it runs it, taken or not, and the takeover's projection and
+// its RETURNING of the whole row cost a fresh key's Begin about 15 % of its
+// server CPU (docs/performance.md).
+const beginFreshSQL = `WITH ins AS (
+	INSERT INTO {s}.records AS r (scope, key, fingerprint, state, token, attempts, lease_until, created,
+		retain_until, window_us, retention_us, takeover)
+	SELECT $1, $2, $3, 'pending', nextval('{s}.tokens'), 1, ` + stmtNow + ` + $4::bigint` + us + `, ` + stmtNow + `,
+		` + stmtNow + ` + ($4::bigint + $5::bigint)` + us + `, $5::bigint, $6::bigint, false
+	WHERE NOT EXISTS (SELECT 1 FROM {s}.records c WHERE c.scope = $1 AND c.key = $2)
+	ON CONFLICT (scope, key) DO NOTHING
+	RETURNING r.token
+)
+SELECT token, ` + stmtNow + `, NULL::{s}.records FROM ins
+UNION ALL
+SELECT NULL, ` + stmtNow + `, c FROM {s}.records c WHERE c.scope = $1 AND c.key = $2 AND NOT EXISTS (SELECT 1 FROM ins)`
+
+// beginSQL decides a Begin in one statement, taking over a row when the
+// rules allow; Begin runs it after beginFreshSQL met a row it may take
+// over, or a concurrent writer.
 const beginSQL = `WITH ins AS (
 	INSERT INTO {s}.records AS r (scope, key, fingerprint, state, token, attempts, lease_until, created,
 		retain_until, window_us, retention_us, takeover)
@@ -87,19 +107,27 @@ UNION ALL
 SELECT false, ` + stmtNow + `, c FROM {s}.records c WHERE c.scope = $1 AND c.key = $2 AND NOT EXISTS (SELECT 1 FROM ins)`
 
 // ownedSQL is a conditional update on the owner's token: set applies only
-// to the pending row holding $3, and the row comes back without its
-// outcome (Complete's caller has it). No row back means the token does
-// not own the key; the caller reads the row to say why (the rare path).
-func ownedSQL(set string) string {
+// to the pending row holding $3, and ret comes back (ownedRow, or
+// completedRow for Complete). No row back means the token does not own the
+// key; the caller reads the row to say why (the rare path).
+func ownedSQL(set, ret string) string {
 	return `UPDATE {s}.records r SET ` + set + `
 WHERE r.scope = $1 AND r.key = $2 AND r.token = $3 AND r.state = 'pending'
-RETURNING ` + ownedRow
+RETURNING ` + ret
 }
 
-// ownedRow is the record an owner's update returns, without its outcome.
+// ownedRow is the record an owner's update returns, without its outcome:
+// the whole row as one composite column (row.read).
 const ownedRow = `ROW(r.scope, r.key, r.fingerprint, r.state, r.token, r.attempts, r.lease_until, r.checkpoint_point,
 	r.checkpoint_data, NULL::bytea, NULL::json, r.created, r.completed, r.expires, r.retain_until,
 	r.window_us, r.retention_us, r.takeover)`
+
+// completedRow is what Complete's update returns: the columns of the
+// record Complete's caller does not have, as plain columns (readCompleted).
+// Building the whole row as a composite and sending it cost more server CPU
+// than the columns a Complete needs.
+const completedRow = `r.fingerprint, r.attempts, r.lease_until, r.created, r.completed, r.expires, r.retain_until,
+	r.window_us, r.retention_us`
 
 // completeSet is what Complete sets, given the outcome's data and
 // metadata.
@@ -117,22 +145,23 @@ func completeSet(data, meta string) string {
 var completeBatchSQL = `UPDATE {s}.records r SET ` + completeSet("b.data", "b.meta") + `
 FROM unnest($1::text[], $2::text[], $3::bigint[], $4::bytea[], $5::json[]) WITH ORDINALITY AS b(scope, key, token, data, meta, i)
 WHERE r.scope = b.scope COLLATE "C" AND r.key = b.key COLLATE "C" AND r.token = b.token AND r.state = 'pending'
-RETURNING b.i, ` + ownedRow
+RETURNING b.i, ` + completedRow
 
 func newStatements(schema string) statements {
 	q := statements{
-		schema: schema,
-		begin:  beginSQL,
+		schema:     schema,
+		begin:      beginSQL,
+		beginFresh: beginFreshSQL,
 		// get reads a record; getNow also the statement's time, after it.
 		get:           `SELECT r` + getFrom,
 		getNow:        `SELECT r, ` + stmtNow + getFrom,
-		complete:      ownedSQL(completeSet("$4", "$5")),
+		complete:      ownedSQL(completeSet("$4", "$5"), completedRow),
 		completeBatch: completeBatchSQL,
-		release: ownedSQL(`state = 'released', fingerprint = '', lease_until = ` + stmtNow + `, expires = ` + stmtNow + `,
-		retain_until = ` + stmtNow + ` + r.window_us` + us + `, checkpoint_point = NULL, checkpoint_data = NULL, takeover = false`),
-		extend: ownedSQL(`lease_until = ` + stmtNow + ` + $4::bigint` + us + `,
-		retain_until = ` + stmtNow + ` + ($4::bigint + r.window_us)` + us),
-		checkpoint: ownedSQL(`checkpoint_point = $4, checkpoint_data = $5`),
+		release: ownedSQL(`state = 'released', fingerprint = '', lease_until = `+stmtNow+`, expires = `+stmtNow+`,
+		retain_until = `+stmtNow+` + r.window_us`+us+`, checkpoint_point = NULL, checkpoint_data = NULL, takeover = false`, ownedRow),
+		extend: ownedSQL(`lease_until = `+stmtNow+` + $4::bigint`+us+`,
+		retain_until = `+stmtNow+` + ($4::bigint + r.window_us)`+us, ownedRow),
+		checkpoint: ownedSQL(`checkpoint_point = $4, checkpoint_data = $5`, ownedRow),
 		// Delete leaves a tombstone that Sweep removes after
 		// tombstoneGrace, so a Begin of the key that drew its token
 		// before the delete and waited meanwhile conflicts with it and
@@ -157,10 +186,23 @@ SELECT count(*), count(*) FILTER (WHERE state <> 'deleted') FROM del`,
 WHERE r.scope = $1 AND r.key > $2 AND ($3 = '' OR r.state = $3) AND r.state <> 'deleted' ORDER BY r.key LIMIT $4`,
 		size: `SELECT count(*) FROM {s}.records WHERE state <> 'deleted'`,
 	}
-	for _, p := range []*string{&q.begin, &q.get, &q.getNow, &q.complete, &q.completeBatch, &q.release, &q.extend, &q.checkpoint, &q.delete, &q.sweep, &q.list, &q.size} {
+	for _, p := range []*string{&q.begin, &q.beginFresh, &q.get, &q.getNow, &q.complete, &q.completeBatch, &q.release, &q.extend, &q.checkpoint, &q.delete, &q.sweep, &q.list, &q.size} {
 		*p = strings.ReplaceAll(*p, "{s}", schema)
 	}
 	return q
+}
+
+// freshRow is the row beginFreshSQL inserted for p with token at now, as
+// the statement computed it: the times are now plus whole microseconds.
+func freshRow(p *idem.BeginParams, token int64, now time.Time) row {
+	lease, window := micros(p.Lease), micros(p.Window)
+	return row{
+		scope: p.Scope, key: p.Key, fingerprint: p.Fingerprint, state: string(idem.StatePending),
+		token: token, attempts: 1, created: now,
+		leaseUntil: now.Add(time.Duration(lease) * time.Microsecond),
+		retain:     now.Add(time.Duration(lease+window) * time.Microsecond),
+		window:     window, retention: micros(p.Retention),
+	}
 }
 
 // row is a record as the statements return it.

@@ -230,3 +230,56 @@ func TestCallerClosedPool(t *testing.T) {
 	_, err = s.Get(ctx, &idem.KeyParams{Scope: "s", Key: "k"})
 	wantErr(t, "Get on a pool the caller closed", err, idem.ErrClosed)
 }
+
+// TestAnswersAreTheStoredRecord: the record a fresh key's Begin returns
+// (filled in by the store from the token and the statement's time), the
+// one a takeover returns and the one Complete returns (its columns) are
+// the record as stored, field by field.
+func TestAnswersAreTheStoredRecord(t *testing.T) {
+	t.Parallel()
+	s := newStore(t)
+	ctx := context.Background()
+	p := &idem.BeginParams{Scope: "s", Key: "k", Fingerprint: "f", Lease: 30*time.Second + 1500*time.Nanosecond,
+		Window: time.Hour, Retention: 2 * time.Hour}
+	same := func(what string, got *idem.Record) {
+		t.Helper()
+		stored, err := s.Get(ctx, &idem.KeyParams{Scope: "s", Key: "k"})
+		if err != nil {
+			t.Fatalf("%s: get: %v", what, err)
+		}
+		// The outcome Complete returns is the caller's; Get reads it back.
+		got, stored = clone(got), clone(stored)
+		got.Outcome, stored.Outcome = nil, nil
+		if fmt.Sprintf("%+v", got) != fmt.Sprintf("%+v", stored) {
+			t.Errorf("%s returned\n%+v\nstored\n%+v", what, got, stored)
+		}
+	}
+	res, err := s.Begin(ctx, p)
+	if err != nil || res.Decision != idem.Acquired || res.Takeover {
+		t.Fatalf("begin: %+v, %v; want acquired", res, err)
+	}
+	same("fresh begin", res.Record)
+	if err := s.Release(ctx, &idem.ReleaseParams{Scope: "s", Key: "k", Token: res.Record.Token}); err != nil {
+		t.Fatal(err)
+	}
+	again, err := s.Begin(ctx, p)
+	if err != nil || again.Decision != idem.Acquired || again.Record.Token <= res.Record.Token {
+		t.Fatalf("begin after release: %+v, %v; want acquired with a token above %d", again, err, res.Record.Token)
+	}
+	same("begin after release", again.Record)
+	done, err := s.Complete(ctx, &idem.CompleteParams{Scope: "s", Key: "k", Token: again.Record.Token,
+		Outcome: idem.Outcome{Data: []byte("x"), Meta: map[string]string{"a": "b"}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	same("complete", done)
+	if done.State != idem.StateCompleted || !done.Expires.Equal(done.Completed.Add(p.Window)) ||
+		!done.RetainUntil.Equal(done.Completed.Add(p.Retention)) {
+		t.Errorf("complete: %+v", done)
+	}
+}
+
+func clone(r *idem.Record) *idem.Record {
+	c := *r
+	return &c
+}
