@@ -75,7 +75,7 @@ Examples:
 type keysOptions struct {
 	store, server, token, scope, state, cursor string
 	keySecretFile                              string
-	asJSON                                     bool
+	asJSON, quiet                              bool
 	limit                                      int
 	storeSet, tokenSet                         bool
 }
@@ -148,7 +148,8 @@ func runKeys(args []string, stdout, stderr io.Writer) int {
 	defer stop()
 	switch sub {
 	case "ls":
-		err = keysList(ctx, store, o, stdout, stderr)
+		bar := newPageProgress(stderr, dataProgressModeFor(stdout, stderr, o.quiet), "idem keys ls: ", "records")
+		err = keysList(ctx, store, o, stdout, stderr, bar)
 	case "show":
 		err = keysShow(ctx, store, o, stored, stdout)
 	case "delete":
@@ -177,6 +178,7 @@ func parseKeysFlags(sub string, args []string, stdout, stderr io.Writer) (*keysO
 	fs.StringVar(&o.token, "token", os.Getenv("IDEM_TOKEN"), "")
 	fs.StringVar(&o.scope, "scope", "default", "")
 	fs.BoolVar(&o.asJSON, "json", false, "")
+	fs.BoolVar(&o.quiet, "quiet", false, "")
 	fs.StringVar(&o.state, "state", "", "")
 	fs.IntVar(&o.limit, "limit", 100, "")
 	fs.StringVar(&o.cursor, "cursor", "", "")
@@ -249,7 +251,8 @@ func explain(err error, o *keysOptions, key string) string {
 	return err.Error()
 }
 
-func keysList(ctx context.Context, store idem.Store, o *keysOptions, stdout, stderr io.Writer) error {
+// keysList writes the records of ls to stdout, counting the pages in bar.
+func keysList(ctx context.Context, store idem.Store, o *keysOptions, stdout, stderr io.Writer, bar *pageProgress) error {
 	lister, ok := store.(idem.Lister)
 	if !ok {
 		return fmt.Errorf("this store cannot list records: %w", idem.ErrNotImplemented)
@@ -260,6 +263,8 @@ func keysList(ctx context.Context, store idem.Store, o *keysOptions, stdout, std
 		fmt.Fprintln(tw, "KEY\tSTATE\tATTEMPTS\tTOKEN\tCREATED\tEXPIRES")
 	}
 	enc := json.NewEncoder(stdout)
+	bar.start(progressPeriod)
+	defer bar.stop()
 	printed, cursor := 0, o.cursor
 	for {
 		page := idem.MaxListSize
@@ -280,6 +285,7 @@ func keysList(ctx context.Context, store idem.Store, o *keysOptions, stdout, std
 			}
 		}
 		printed += len(res.Records)
+		bar.page(len(res.Records))
 		cursor = res.NextCursor
 		if cursor == "" || (o.limit > 0 && printed >= o.limit) {
 			break
@@ -290,6 +296,7 @@ func keysList(ctx context.Context, store idem.Store, o *keysOptions, stdout, std
 			return err
 		}
 	}
+	bar.stop()
 	if cursor != "" {
 		fmt.Fprintf(stderr, "idem keys ls: more records; pass --limit 0 for all, or --cursor %s for the next ones\n", cursor)
 	}

@@ -5,6 +5,7 @@ import (
 	"io"
 	"os"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -177,4 +178,33 @@ func (p *progress) stop() {
 		fmt.Fprint(p.w, "\r\x1b[K")
 		p.drawn = false
 	}
+}
+
+// pageProgress is the progress of a listing fetched page by page (idem
+// keys ls, idem wf ls): "fetched P pages, N WHAT".
+type pageProgress struct {
+	*progress
+	what         string
+	pages, items atomic.Int64
+}
+
+// newPageProgress returns the progress of a listing in mode (of
+// dataProgressModeFor: the listing writes its data to stdout as it
+// goes); what names the items ("records"). start begins it.
+func newPageProgress(w io.Writer, mode progressMode, prefix, what string) *pageProgress {
+	p := &pageProgress{what: what}
+	p.progress = newProgress(w, mode, prefix, p.status)
+	return p
+}
+
+func (p *pageProgress) status() string {
+	pages := p.pages.Load()
+	return fmt.Sprintf("fetched %d %s, %d %s", pages, plural(int(pages), "page"), p.items.Load(), p.what)
+}
+
+// page counts a page of n items.
+func (p *pageProgress) page(n int) {
+	p.pages.Add(1)
+	p.items.Add(int64(n))
+	p.advanced()
 }

@@ -134,7 +134,7 @@ Examples:
 
 type wfOptions struct {
 	server, token, tokenFile, store, workflows string
-	asJSON                                     bool
+	asJSON, quiet                              bool
 	version                                    int
 	format, input, inputFile, reuse            string
 	eventID, payload, payloadFile, reason      string
@@ -255,6 +255,7 @@ func parseWFFlags(sub string, args []string, stdout, stderr io.Writer, lookup fu
 	fs.StringVar(&o.workflows, "workflows", "", "")
 	fs.Var(o.workflowVars, "workflow-var", "")
 	fs.BoolVar(&o.asJSON, "json", false, "")
+	fs.BoolVar(&o.quiet, "quiet", false, "")
 	fs.IntVar(&o.version, "version", 0, "")
 	fs.StringVar(&o.format, "format", "", "")
 	fs.StringVar(&o.input, "input", "", "")
@@ -771,6 +772,9 @@ func lsWF(ctx context.Context, be wfBackend, o *wfOptions, stdout, stderr io.Wri
 		tw = tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
 		fmt.Fprintln(tw, "ID\tTYPE\tVERSION\tRUN\tSTATE\tSTATUS\tUPDATED")
 	}
+	bar := newPageProgress(stderr, dataProgressModeFor(stdout, stderr, o.quiet), "idem wf ls: ", "instances")
+	bar.start(progressPeriod)
+	defer bar.stop()
 	printed, after := 0, o.after
 	for {
 		page := idem.MaxListSize
@@ -791,6 +795,7 @@ func lsWF(ctx context.Context, be wfBackend, o *wfOptions, stdout, stderr io.Wri
 			}
 		}
 		printed += len(res.Workflows)
+		bar.page(len(res.Workflows))
 		after = res.Next
 		if after == "" || (o.limit > 0 && printed >= o.limit) {
 			break
@@ -801,6 +806,7 @@ func lsWF(ctx context.Context, be wfBackend, o *wfOptions, stdout, stderr io.Wri
 			return err
 		}
 	}
+	bar.stop()
 	if after != "" {
 		fmt.Fprintf(stderr, "idem wf ls: more instances; pass --limit 0 for all, or --after %s for the next ones\n", printable(after))
 	}
