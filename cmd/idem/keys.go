@@ -50,7 +50,9 @@ Flags (before or after the subcommand's KEY):
                   ls writes one record object per line (JSON Lines, an
                   empty output for no records), show writes one object.
                   The objects are the records of the API (docs/api.md),
-                  outcome data included as base64.
+                  outcome data included as base64. delete writes
+                  {"scope","key","deleted":true}
+  --quiet         ls only: no progress on standard error
   --state STATE   ls only: pending, completed or released (default all)
   --limit N       ls only: print at most N records (default 100; 0 for all)
   --cursor C      ls only: continue after a previous ls that said "more"
@@ -61,6 +63,12 @@ Flags (before or after the subcommand's KEY):
                   FILE (read as those commands read it); ls prints the
                   digests, as the store holds them. Not with --server: the
                   server digests keys itself
+
+ls fetches the records a page (1000) at a time and shows on standard
+error how far it is: "fetched P pages, N records", redrawn in place when
+standard error is a terminal and standard output is not (when both are,
+the records themselves show it); otherwise a plain line "idem keys ls:
+..." at most every 10 seconds. Standard output holds the records alone.
 
 Exit codes: 0 done, 1 failure (a missing key is a failure), 2 usage.
 
@@ -154,7 +162,10 @@ func runKeys(args []string, stdout, stderr io.Writer) int {
 		err = keysShow(ctx, store, o, stored, stdout)
 	case "delete":
 		err = store.Delete(ctx, &idem.KeyParams{Scope: o.scope, Key: stored})
-		if err == nil {
+		switch {
+		case err == nil && o.asJSON:
+			err = json.NewEncoder(stdout).Encode(keysDeleted{Scope: o.scope, Key: key, Deleted: true})
+		case err == nil:
 			fmt.Fprintf(stdout, "deleted %s from scope %s\n", printable(key), printable(o.scope))
 		}
 	}
@@ -164,6 +175,13 @@ func runKeys(args []string, stdout, stderr io.Writer) int {
 		return 1
 	}
 	return 0
+}
+
+// keysDeleted is what idem keys delete --json prints.
+type keysDeleted struct {
+	Scope   string `json:"scope"`
+	Key     string `json:"key"` // as given on the command line
+	Deleted bool   `json:"deleted"`
 }
 
 // parseKeysFlags parses flags placed before and after the positional
