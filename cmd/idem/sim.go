@@ -40,7 +40,9 @@ Flags:
   --json           print one JSON object per scenario, one per line:
                    {"scenario","mutant" (with --mutant),"first_seed",
                    "seeds" (how many ran),"ok" (every invariant held),
-                   "interrupted" (only when true),"seeds_per_second",
+                   "caught" (with --mutant: the simulator caught it, the
+                   opposite of ok),"interrupted" (only when true),
+                   "seeds_per_second",
                    "failure" (when one broke: {"seed","violations":
                    [{"invariant","key","detail"}],"story":[...],
                    "reproduce"})}
@@ -48,6 +50,7 @@ Flags:
   --quiet          no progress on standard error
   --list           print the scenarios and mutants, one per line: the kind
                    ("scenario" or "mutant"), the name, then what it does
+                   (with --json: {"kind","name","doc"} per line)
 
 Progress goes to standard error, never to standard output: on a terminal
 one line shows the seeds done, the rate and the time left, redrawn in
@@ -106,6 +109,8 @@ func simCommand(ctx context.Context, args []string, stdout, stderr io.Writer) in
 		return usageErr("%v", err)
 	case fs.NArg() > 0:
 		return usageErr("unexpected argument %q", fs.Arg(0))
+	case *list && *asJSON:
+		return writeSimListJSON(stdout, stderr)
 	case *list:
 		writeSimList(stdout)
 		return 0
@@ -188,6 +193,31 @@ func writeSimList(w io.Writer) {
 	}
 }
 
+// simListEntry is a line of idem sim --list --json.
+type simListEntry struct {
+	Kind string `json:"kind"` // scenario or mutant
+	Name string `json:"name"`
+	Doc  string `json:"doc"`
+}
+
+// writeSimListJSON prints the scenarios, then the mutants, one JSON
+// object per line.
+func writeSimListJSON(stdout, stderr io.Writer) int {
+	enc := json.NewEncoder(stdout)
+	var err error
+	for _, sc := range sim.Scenarios {
+		err = errors.Join(err, enc.Encode(simListEntry{"scenario", sc.Name, sc.Doc}))
+	}
+	for _, m := range sim.Mutants {
+		err = errors.Join(err, enc.Encode(simListEntry{"mutant", m.Name, m.Doc}))
+	}
+	if err != nil {
+		fmt.Fprintf(stderr, "idem sim: %v\n", err)
+		return 1
+	}
+	return 0
+}
+
 // seedProgress counts the seeds done of one scenario and says how far
 // the run is: "LABEL: DONE/TOTAL seeds (P%), R seeds/s, ETA D".
 type seedProgress struct {
@@ -254,6 +284,7 @@ type simJSON struct {
 	FirstSeed      uint64          `json:"first_seed"`
 	Seeds          int             `json:"seeds"`
 	OK             bool            `json:"ok"`
+	Caught         *bool           `json:"caught,omitempty"` // with a mutant: an invariant broke
 	Interrupted    bool            `json:"interrupted,omitempty"`
 	SeedsPerSecond float64         `json:"seeds_per_second"`
 	Failure        *simFailureJSON `json:"failure,omitempty"`
@@ -269,6 +300,10 @@ type simFailureJSON struct {
 func writeSimJSON(w io.Writer, sum *sim.Summary) {
 	out := simJSON{Scenario: sum.Scenario, Mutant: sum.Mutant, FirstSeed: sum.First, Seeds: sum.Seeds,
 		OK: sum.OK(), Interrupted: sum.Interrupted, SeedsPerSecond: sum.SeedsPerSecond()}
+	if sum.Mutant != "" {
+		caught := !sum.OK()
+		out.Caught = &caught
+	}
 	if r := sum.Failed; r != nil {
 		f := &simFailureJSON{Seed: r.Seed, Violations: r.Violations}
 		for _, s := range r.Story(24) {

@@ -9,6 +9,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/idemkit/idem/sim"
 )
 
 func TestSimList(t *testing.T) {
@@ -207,6 +209,7 @@ func TestSimJSON(t *testing.T) {
 		Scenario, Mutant string
 		Seeds            int
 		OK               bool
+		Caught           *bool
 		Failure          struct {
 			Seed       uint64
 			Violations []struct{ Invariant, Key, Detail string }
@@ -217,7 +220,7 @@ func TestSimJSON(t *testing.T) {
 	if err := json.Unmarshal([]byte(out), &got); err != nil {
 		t.Fatalf("%v: %s", err, out)
 	}
-	if got.Scenario != "messages" || got.Mutant != "release-completed" || got.OK || got.Seeds < 1 ||
+	if got.Scenario != "messages" || got.Mutant != "release-completed" || got.OK || got.Caught == nil || !*got.Caught || got.Seeds < 1 ||
 		len(got.Failure.Violations) == 0 || len(got.Failure.Story) == 0 ||
 		!strings.HasPrefix(got.Failure.Reproduce, "idem sim --scenario messages --seed ") {
 		t.Fatalf("JSON report: %+v", got)
@@ -254,5 +257,45 @@ func TestSimUsageErrors(t *testing.T) {
 	}
 	if code != 0 {
 		t.Fatalf("--help: exit %d\n%s", code, out)
+	}
+}
+
+// TestSimJSONPasses: a run of idem's own code, in JSON: every field of the
+// schema against the simulator's own summary of the same seeds.
+func TestSimJSONPasses(t *testing.T) {
+	t.Parallel()
+	out, errOut, code := runCLI(t, "sim", "--scenario", "all", "--seeds", "30", "--seed", "7", "--json", "--quiet")
+	if code != 0 || errOut != "" {
+		t.Fatalf("exit %d, stderr %q", code, errOut)
+	}
+	lines := strings.Split(strings.TrimSuffix(out, "\n"), "\n")
+	if len(lines) != len(sim.Scenarios) {
+		t.Fatalf("%d lines for %d scenarios:\n%s", len(lines), len(sim.Scenarios), out)
+	}
+	for i, line := range lines {
+		var m map[string]any
+		if err := json.Unmarshal([]byte(line), &m); err != nil {
+			t.Fatal(err)
+		}
+		sum := sim.RunSeedsContext(context.Background(), sim.Scenarios[i], 7, 30, nil, nil)
+		if m["scenario"] != sim.Scenarios[i].Name || m["first_seed"] != 7.0 || m["seeds"] != float64(sum.Seeds) || m["ok"] != sum.OK() ||
+			m["seeds_per_second"] == nil || m["mutant"] != nil || m["caught"] != nil || m["failure"] != nil || m["interrupted"] != nil {
+			t.Errorf("line %d: %v (the simulator: %d seeds, ok %v)", i, m, sum.Seeds, sum.OK())
+		}
+	}
+
+	// --list --json: the same names as --list, with their descriptions.
+	out, _, code = runCLI(t, "sim", "--list", "--json")
+	var entries []simListEntry
+	for _, line := range strings.Split(strings.TrimSuffix(out, "\n"), "\n") {
+		var e simListEntry
+		if err := json.Unmarshal([]byte(line), &e); err != nil {
+			t.Fatalf("%v: %q", err, line)
+		}
+		entries = append(entries, e)
+	}
+	if code != 0 || len(entries) != len(sim.Scenarios)+len(sim.Mutants) || entries[0] != (simListEntry{"scenario", sim.Scenarios[0].Name, sim.Scenarios[0].Doc}) ||
+		entries[len(entries)-1] != (simListEntry{"mutant", sim.Mutants[len(sim.Mutants)-1].Name, sim.Mutants[len(sim.Mutants)-1].Doc}) {
+		t.Fatalf("--list --json: exit %d, %+v", code, entries)
 	}
 }
