@@ -111,6 +111,11 @@ Flags (before or after the arguments; "--" ends them):
   --status S          ls: running, unwinding, parked, succeeded, failed or
                       cancelled
   --limit N           ls: print at most N instances (default 100; 0: all)
+  --quiet             ls: no progress on standard error (ls fetches pages
+                      of 1000 and says "fetched P pages, N instances"
+                      there: redrawn in place when stderr is a terminal
+                      and stdout is not, else a plain line "idem wf ls:
+                      ..." at most every 10 seconds)
   --timeout D         wait: how long to wait, a Go duration (default 1m)
   --after ID          ls: start after instance ID (a previous ls said
                       "more")
