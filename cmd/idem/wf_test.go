@@ -357,6 +357,10 @@ func TestWFStoreDirect(t *testing.T) {
 	if rows := tableRows(must("ls")); len(rows) != 2 || rows[1][0] != "s1" || rows[1][5] != "running" {
 		t.Errorf("ls --store: %q", rows)
 	}
+	// ls --json --quiet: the instances alone on stdout, nothing on stderr.
+	if out, errOut, code := wfCLI(t, env, "ls", "--json", "--quiet"); code != 0 || errOut != "" || jsonObject(t, out)["id"] != "s1" {
+		t.Errorf("ls --json --quiet: exit %d, %q, stderr %q", code, out, errOut)
+	}
 	if out := must("cancel", "s1", "--reason", "test"); !strings.Contains(out, "cancel requested") {
 		t.Errorf("cancel --store: %q", out)
 	}
