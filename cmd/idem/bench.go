@@ -54,7 +54,9 @@ const benchCommonHelp = `  --mode MODE            cycle: every operation on a ne
                          load; figures are medians over the rounds (default 3)
   --json                 print one JSON document on stdout instead of the
                          table (docs/performance.md describes its fields)
-  --quiet                no progress on stderr
+  --quiet                no progress on stderr (otherwise the running turn
+                         is redrawn in place there on a terminal, and a
+                         line per finished turn is written off one)
 `
 
 const benchUsage = `Usage: idem bench (--store URL | --server URL --token T)... [flags]
