@@ -156,7 +156,7 @@ func runKeys(args []string, stdout, stderr io.Writer) int {
 	defer stop()
 	switch sub {
 	case "ls":
-		bar := newPageProgress(stderr, dataProgressModeFor(stdout, stderr, o.quiet), "idem keys ls: ", "records")
+		bar := newPageProgress(stderr, dataProgressModeFor(stdout, stderr, o.quiet), "idem keys ls: ", "record")
 		err = keysList(ctx, store, o, stdout, stderr, bar)
 	case "show":
 		err = keysShow(ctx, store, o, stored, stdout)

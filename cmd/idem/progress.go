@@ -190,7 +190,7 @@ type pageProgress struct {
 
 // newPageProgress returns the progress of a listing in mode (of
 // dataProgressModeFor: the listing writes its data to stdout as it
-// goes); what names the items ("records"). start begins it.
+// goes); what names an item ("record"). start begins it.
 func newPageProgress(w io.Writer, mode progressMode, prefix, what string) *pageProgress {
 	p := &pageProgress{what: what}
 	p.progress = newProgress(w, mode, prefix, p.status)
@@ -198,8 +198,8 @@ func newPageProgress(w io.Writer, mode progressMode, prefix, what string) *pageP
 }
 
 func (p *pageProgress) status() string {
-	pages := p.pages.Load()
-	return fmt.Sprintf("fetched %d %s, %d %s", pages, plural(int(pages), "page"), p.items.Load(), p.what)
+	pages, items := p.pages.Load(), p.items.Load()
+	return fmt.Sprintf("fetched %d %s, %d %s", pages, plural(int(pages), "page"), items, plural(int(items), p.what))
 }
 
 // page counts a page of n items.

@@ -35,7 +35,7 @@ func TestKeysListProgressLines(t *testing.T) {
 	t.Parallel()
 	store := bulkLedger(t, 2500)
 	var stdout, stderr bytes.Buffer
-	bar := newPageProgress(&stderr, progressLines, "idem keys ls: ", "records")
+	bar := newPageProgress(&stderr, progressLines, "idem keys ls: ", "record")
 	bar.every = 0
 	o := &keysOptions{scope: "bulk", asJSON: true}
 	if err := keysList(context.Background(), store, o, &stdout, &stderr, bar); err != nil {
@@ -60,7 +60,7 @@ func TestKeysListProgressTerminal(t *testing.T) {
 	t.Parallel()
 	store := bulkLedger(t, 2100)
 	var stdout, stderr, plain bytes.Buffer
-	bar := newPageProgress(&stderr, progressTerminal, "idem keys ls: ", "records")
+	bar := newPageProgress(&stderr, progressTerminal, "idem keys ls: ", "record")
 	o := &keysOptions{scope: "bulk", state: "pending"}
 	if err := keysList(context.Background(), store, o, &stdout, &stderr, bar); err != nil {
 		t.Fatal(err)
@@ -76,7 +76,7 @@ func TestKeysListProgressTerminal(t *testing.T) {
 		}
 	}
 	// Without progress (--quiet) the table is byte for byte the same.
-	if err := keysList(context.Background(), store, o, &plain, &plain, newPageProgress(&plain, progressOff, "", "records")); err != nil {
+	if err := keysList(context.Background(), store, o, &plain, &plain, newPageProgress(&plain, progressOff, "", "record")); err != nil {
 		t.Fatal(err)
 	}
 	if plain.String() != stdout.String() || strings.Count(stdout.String(), "\n") != 2101 {
@@ -98,5 +98,33 @@ func TestDataProgressMode(t *testing.T) {
 	out, errOut, code := runCLI(t, "keys", "ls", "--store", "mem:", "--scope", "s", "--quiet", "--json")
 	if code != 0 || out != "" || errOut != "" {
 		t.Errorf("keys ls --quiet: exit %d, %q, %q", code, out, errOut)
+	}
+}
+
+// TestProgressEvent: an event (a migration about to run) is a line at
+// once off a terminal, whatever the rate limit, and a redraw on one; the
+// terminal line is erased once at the end.
+func TestProgressEvent(t *testing.T) {
+	t.Parallel()
+	step := "applying 0001_records (v1 of v3)"
+	status := func() string { return step }
+	var log, term bytes.Buffer
+	lines := newProgress(&log, progressLines, "idem migrate: ", status)
+	tty := newProgress(&term, progressTerminal, "idem migrate: ", status)
+	for _, p := range []*progress{lines, tty} {
+		p.event()
+	}
+	step = "applying 0002_workflow (v2 of v3)"
+	for _, p := range []*progress{lines, tty} {
+		p.event()
+		p.advanced() // within progressEvery of the last line: nothing
+		p.stop()
+		p.stop()
+	}
+	if want := "idem migrate: applying 0001_records (v1 of v3)\nidem migrate: applying 0002_workflow (v2 of v3)\n"; log.String() != want {
+		t.Errorf("plain lines %q, want %q", log.String(), want)
+	}
+	if want := "\r\x1b[Kapplying 0001_records (v1 of v3)\r\x1b[Kapplying 0002_workflow (v2 of v3)\r\x1b[K"; term.String() != want {
+		t.Errorf("terminal %q, want %q", term.String(), want)
 	}
 }

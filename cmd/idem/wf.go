@@ -766,18 +766,19 @@ func runWFSub(ctx context.Context, be wfBackend, sub string, pos []string, o *wf
 		return tw.Flush()
 
 	case "ls":
-		return lsWF(ctx, be, o, stdout, stderr, enc)
+		bar := newPageProgress(stderr, dataProgressModeFor(stdout, stderr, o.quiet), "idem wf ls: ", "instance")
+		return lsWF(ctx, be, o, stdout, stderr, enc, bar)
 	}
 	return fmt.Errorf("unknown subcommand %q", sub)
 }
 
-func lsWF(ctx context.Context, be wfBackend, o *wfOptions, stdout, stderr io.Writer, enc *json.Encoder) error {
+// lsWF writes the instances of ls to stdout, counting the pages in bar.
+func lsWF(ctx context.Context, be wfBackend, o *wfOptions, stdout, stderr io.Writer, enc *json.Encoder, bar *pageProgress) error {
 	var tw *tabwriter.Writer
 	if !o.asJSON {
 		tw = tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
 		fmt.Fprintln(tw, "ID\tTYPE\tVERSION\tRUN\tSTATE\tSTATUS\tUPDATED")
 	}
-	bar := newPageProgress(stderr, dataProgressModeFor(stdout, stderr, o.quiet), "idem wf ls: ", "instances")
 	bar.start(progressPeriod)
 	defer bar.stop()
 	printed, after := 0, o.after
