@@ -54,7 +54,9 @@ const benchCommonHelp = `  --mode MODE            cycle: every operation on a ne
                          load; figures are medians over the rounds (default 3)
   --json                 print one JSON document on stdout instead of the
                          table (docs/performance.md describes its fields)
-  --quiet                no progress on stderr
+  --quiet                no progress on stderr (otherwise the running turn
+                         is redrawn in place there on a terminal, and a
+                         line per finished turn is written off one)
 `
 
 const benchUsage = `Usage: idem bench (--store URL | --server URL --token T)... [flags]
@@ -907,36 +909,47 @@ func (d *httpDriver) replay(c, k int) error {
 }
 
 // benchProgress shows on stderr how far a run is: one updating line on a
-// terminal, a line per finished turn otherwise.
+// terminal, a line per finished turn otherwise (the shared progress of
+// progress.go).
 type benchProgress struct {
-	w        io.Writer
-	tty, off bool
+	*progress
 	o        *benchOptions
 	unit     string
 	total    time.Duration // planned time of the whole run
-	start    time.Time
+	begun    time.Time
 	done     atomic.Int64 // operations of the current turn
-	stop     chan struct{}
-	stopped  chan struct{}
 	turnInfo atomic.Value // string: what runs now
 	turnT0   atomic.Int64
+	last     atomic.Value // string: the line of the last finished turn
 }
 
 func newBenchProgress(stderr io.Writer, o *benchOptions) *benchProgress {
-	p := &benchProgress{w: stderr, o: o, unit: o.unit(), off: o.quiet, start: time.Now()}
-	if f, ok := stderr.(*os.File); ok {
-		if st, err := f.Stat(); err == nil && st.Mode()&os.ModeCharDevice != 0 {
-			p.tty = true
-		}
-	}
+	p := &benchProgress{o: o, unit: o.unit(), begun: time.Now()}
+	p.progress = newProgress(stderr, progressModeFor(stderr, o.quiet), "idem bench: ", p.status)
 	p.total = time.Duration(len(o.clients)*o.rounds*len(o.targets)) * (o.duration + o.warmup)
 	return p
+}
+
+// status is the terminal line: the running turn; as plain lines, the
+// last finished turn.
+func (p *benchProgress) status() string {
+	elapsed := time.Since(p.begun)
+	if p.mode == progressLines {
+		return fmt.Sprintf("%s, elapsed %s, remaining %s", p.last.Load(), elapsed.Round(time.Second), max(p.total-elapsed, 0).Round(time.Second))
+	}
+	el := time.Since(time.Unix(0, p.turnT0.Load())).Seconds()
+	rate := 0.0
+	if el > 0 {
+		rate = float64(p.done.Load()) / el
+	}
+	return fmt.Sprintf("%s, %.0f %s, elapsed %s, remaining %s", p.turnInfo.Load(), rate, p.unit,
+		elapsed.Round(time.Second), max(p.total-elapsed, 0).Round(time.Second))
 }
 
 // turn says a turn of target i at n clients in round (from 0) starts:
 // its warm-up, or the measured part.
 func (p *benchProgress) turn(n, round, i int, warmup bool) {
-	if p.off {
+	if p.mode == progressOff {
 		return
 	}
 	p.done.Store(0)
@@ -946,52 +959,21 @@ func (p *benchProgress) turn(n, round, i int, warmup bool) {
 		info += ", warming up"
 	}
 	p.turnInfo.Store(info)
-	if p.tty && p.stop == nil {
-		p.stop, p.stopped = make(chan struct{}), make(chan struct{})
-		go p.ticker()
-	}
-}
-
-func (p *benchProgress) ticker() {
-	defer close(p.stopped)
-	t := time.NewTicker(250 * time.Millisecond)
-	defer t.Stop()
-	for {
-		select {
-		case <-p.stop:
-			fmt.Fprint(p.w, "\r\033[K")
-			return
-		case <-t.C:
-			el := time.Since(time.Unix(0, p.turnT0.Load())).Seconds()
-			rate := 0.0
-			if el > 0 {
-				rate = float64(p.done.Load()) / el
-			}
-			elapsed := time.Since(p.start)
-			fmt.Fprintf(p.w, "\r\033[K%s, %.0f %s, elapsed %s, remaining %s", p.turnInfo.Load(), rate, p.unit,
-				elapsed.Round(time.Second), max(p.total-elapsed, 0).Round(time.Second))
-		}
-	}
+	p.start(progressPeriod)
 }
 
 // turnDone reports a finished turn (a line when stderr is no terminal).
 func (p *benchProgress) turnDone(n, round, side int, r bench.Round) {
-	if p.off || p.tty {
+	if p.mode != progressLines {
 		return
 	}
-	fmt.Fprintf(p.w, "idem bench: %d clients, round %d/%d, target %s, %.0f %s, %d errors, elapsed %s, remaining %s\n",
-		n, round+1, p.o.rounds, p.o.targets[side].label(), r.Rate(), p.unit, r.ErrorCount(),
-		time.Since(p.start).Round(time.Second), max(p.total-time.Since(p.start), 0).Round(time.Second))
+	p.last.Store(fmt.Sprintf("%d clients, round %d/%d, target %s, %.0f %s, %d errors",
+		n, round+1, p.o.rounds, p.o.targets[side].label(), r.Rate(), p.unit, r.ErrorCount()))
+	p.event()
 }
 
 // finish clears the terminal line at the end of a level.
-func (p *benchProgress) finish() {
-	if p.stop != nil {
-		close(p.stop)
-		<-p.stopped
-		p.stop = nil
-	}
-}
+func (p *benchProgress) finish() { p.stop() }
 
 // plainProxy is the yardstick: a plain httputil.ReverseProxy to upstream,
 // with no error handler and no buffer pool, and the same connection pool

@@ -382,7 +382,7 @@ func TestBenchProgressTerminal(t *testing.T) {
 		targets: []benchTarget{{Kind: "store", URL: "mem:"}}}
 	var w crashtest.Buffer
 	p := newBenchProgress(&w, o)
-	p.tty = true
+	p.mode = progressTerminal
 	p.turn(4, 1, 0, false)
 	p.done.Store(1000)
 	deadline := time.Now().Add(30 * time.Second)

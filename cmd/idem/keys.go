@@ -50,7 +50,9 @@ Flags (before or after the subcommand's KEY):
                   ls writes one record object per line (JSON Lines, an
                   empty output for no records), show writes one object.
                   The objects are the records of the API (docs/api.md),
-                  outcome data included as base64.
+                  outcome data included as base64. delete writes
+                  {"scope","key","deleted":true}
+  --quiet         ls only: no progress on standard error
   --state STATE   ls only: pending, completed or released (default all)
   --limit N       ls only: print at most N records (default 100; 0 for all)
   --cursor C      ls only: continue after a previous ls that said "more"
@@ -61,6 +63,12 @@ Flags (before or after the subcommand's KEY):
                   FILE (read as those commands read it); ls prints the
                   digests, as the store holds them. Not with --server: the
                   server digests keys itself
+
+ls fetches the records a page (1000) at a time and shows on standard
+error how far it is: "fetched P pages, N records", redrawn in place when
+standard error is a terminal and standard output is not (when both are,
+the records themselves show it); otherwise a plain line "idem keys ls:
+..." at most every 10 seconds. Standard output holds the records alone.
 
 Exit codes: 0 done, 1 failure (a missing key is a failure), 2 usage.
 
@@ -75,7 +83,7 @@ Examples:
 type keysOptions struct {
 	store, server, token, scope, state, cursor string
 	keySecretFile                              string
-	asJSON                                     bool
+	asJSON, quiet                              bool
 	limit                                      int
 	storeSet, tokenSet                         bool
 }
@@ -148,12 +156,16 @@ func runKeys(args []string, stdout, stderr io.Writer) int {
 	defer stop()
 	switch sub {
 	case "ls":
-		err = keysList(ctx, store, o, stdout, stderr)
+		bar := newPageProgress(stderr, dataProgressModeFor(stdout, stderr, o.quiet), "idem keys ls: ", "record")
+		err = keysList(ctx, store, o, stdout, stderr, bar)
 	case "show":
 		err = keysShow(ctx, store, o, stored, stdout)
 	case "delete":
 		err = store.Delete(ctx, &idem.KeyParams{Scope: o.scope, Key: stored})
-		if err == nil {
+		switch {
+		case err == nil && o.asJSON:
+			err = json.NewEncoder(stdout).Encode(keysDeleted{Scope: o.scope, Key: key, Deleted: true})
+		case err == nil:
 			fmt.Fprintf(stdout, "deleted %s from scope %s\n", printable(key), printable(o.scope))
 		}
 	}
@@ -163,6 +175,13 @@ func runKeys(args []string, stdout, stderr io.Writer) int {
 		return 1
 	}
 	return 0
+}
+
+// keysDeleted is what idem keys delete --json prints.
+type keysDeleted struct {
+	Scope   string `json:"scope"`
+	Key     string `json:"key"` // as given on the command line
+	Deleted bool   `json:"deleted"`
 }
 
 // parseKeysFlags parses flags placed before and after the positional
@@ -177,6 +196,7 @@ func parseKeysFlags(sub string, args []string, stdout, stderr io.Writer) (*keysO
 	fs.StringVar(&o.token, "token", os.Getenv("IDEM_TOKEN"), "")
 	fs.StringVar(&o.scope, "scope", "default", "")
 	fs.BoolVar(&o.asJSON, "json", false, "")
+	fs.BoolVar(&o.quiet, "quiet", false, "")
 	fs.StringVar(&o.state, "state", "", "")
 	fs.IntVar(&o.limit, "limit", 100, "")
 	fs.StringVar(&o.cursor, "cursor", "", "")
@@ -249,7 +269,8 @@ func explain(err error, o *keysOptions, key string) string {
 	return err.Error()
 }
 
-func keysList(ctx context.Context, store idem.Store, o *keysOptions, stdout, stderr io.Writer) error {
+// keysList writes the records of ls to stdout, counting the pages in bar.
+func keysList(ctx context.Context, store idem.Store, o *keysOptions, stdout, stderr io.Writer, bar *pageProgress) error {
 	lister, ok := store.(idem.Lister)
 	if !ok {
 		return fmt.Errorf("this store cannot list records: %w", idem.ErrNotImplemented)
@@ -260,6 +281,8 @@ func keysList(ctx context.Context, store idem.Store, o *keysOptions, stdout, std
 		fmt.Fprintln(tw, "KEY\tSTATE\tATTEMPTS\tTOKEN\tCREATED\tEXPIRES")
 	}
 	enc := json.NewEncoder(stdout)
+	bar.start(progressPeriod)
+	defer bar.stop()
 	printed, cursor := 0, o.cursor
 	for {
 		page := idem.MaxListSize
@@ -280,6 +303,7 @@ func keysList(ctx context.Context, store idem.Store, o *keysOptions, stdout, std
 			}
 		}
 		printed += len(res.Records)
+		bar.page(len(res.Records))
 		cursor = res.NextCursor
 		if cursor == "" || (o.limit > 0 && printed >= o.limit) {
 			break
@@ -290,6 +314,7 @@ func keysList(ctx context.Context, store idem.Store, o *keysOptions, stdout, std
 			return err
 		}
 	}
+	bar.stop()
 	if cursor != "" {
 		fmt.Fprintf(stderr, "idem keys ls: more records; pass --limit 0 for all, or --cursor %s for the next ones\n", cursor)
 	}

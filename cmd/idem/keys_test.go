@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -228,7 +229,7 @@ func TestKeysShowStoredResponse(t *testing.T) {
 
 func TestKeysShowAndDelete(t *testing.T) {
 	t.Parallel()
-	store, _ := fileLedger(t)
+	store, dir := fileLedger(t)
 
 	out, errOut, code := runCLI(t, "keys", "show", "order-1", "--store", store, "--scope", "billing")
 	if code != 0 || errOut != "" {
@@ -270,6 +271,24 @@ func TestKeysShowAndDelete(t *testing.T) {
 	// A key that starts with a dash, after --.
 	if _, errOut, code := runCLI(t, "keys", "show", "--store", store, "--scope", "billing", "--", "-dash"); code != 1 || !strings.Contains(errOut, "no record for key -dash") {
 		t.Errorf("show -- -dash: exit %d, stderr %q", code, errOut)
+	}
+
+	// delete --json: one object, and the record is gone from the store.
+	out, errOut, code = runCLI(t, "keys", "delete", "order-2", "--store", store, "--scope", "billing", "--json")
+	var del keysDeleted
+	if err := json.Unmarshal([]byte(out), &del); err != nil || code != 0 || errOut != "" || del != (keysDeleted{Scope: "billing", Key: "order-2", Deleted: true}) {
+		t.Fatalf("delete --json: exit %d, %v, %q, %q", code, err, out, errOut)
+	}
+	s, err := pebblestore.Open(dir, &pebblestore.Config{SweepInterval: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if _, err := s.Get(context.Background(), &idem.KeyParams{Scope: "billing", Key: "order-2"}); !errors.Is(err, idem.ErrNotFound) {
+		t.Errorf("after delete --json, Get(order-2) = %v, want ErrNotFound", err)
+	}
+	if _, err := s.Get(context.Background(), &idem.KeyParams{Scope: "billing", Key: "order-1"}); err != nil {
+		t.Errorf("order-1 after deleting order-2: %v", err)
 	}
 }
 

@@ -18,7 +18,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"runtime/debug"
 )
 
 const usage = `idem makes distributed work safe to repeat.
@@ -46,7 +45,11 @@ Commands:
             (with "dirty" when the tree had uncommitted changes) and the
             Go version
 
-Run "idem <command> --help" for the flags of a command.
+Run "idem <command> --help" for the flags of a command. Every command
+whose output is data (keys, wf, migrate, bench, sim, version) prints JSON
+with --json; the long ones (keys ls, wf ls, migrate, bench, sim) show
+their progress on standard error, never on standard output: a line
+redrawn in place on a terminal, plain lines otherwise, none with --quiet.
 `
 
 func main() {
@@ -79,8 +82,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	case "sim":
 		return runSim(args[1:], stdout, stderr)
 	case "version", "--version":
-		fmt.Fprintln(stdout, versionLine(debug.ReadBuildInfo()))
-		return 0
+		return runVersion(args[1:], stdout, stderr)
 	case "help", "-h", "--help":
 		fmt.Fprint(stdout, usage)
 		return 0

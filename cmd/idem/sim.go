@@ -37,14 +37,25 @@ Flags:
   --mutant NAME    run a deliberately broken ledger, message consumer,
                    outbox relay or workflow engine instead of idem's: the
                    simulator should catch it (and exit 1)
-  --json           print one JSON object per scenario
+  --json           print one JSON object per scenario, one per line:
+                   {"scenario","mutant" (with --mutant),"first_seed",
+                   "seeds" (how many ran),"ok" (every invariant held),
+                   "caught" (with --mutant: the simulator caught it, the
+                   opposite of ok),"interrupted" (only when true),
+                   "seeds_per_second",
+                   "failure" (when one broke: {"seed","violations":
+                   [{"invariant","key","detail"}],"story":[...],
+                   "reproduce"})}
   --trace          on a failure, print the failing run's whole trace
+  --quiet          no progress on standard error
   --list           print the scenarios and mutants, one per line: the kind
                    ("scenario" or "mutant"), the name, then what it does
+                   (with --json: {"kind","name","doc"} per line)
 
-When standard error is a terminal, a line there shows the seeds done, the
-rate and the time left, redrawn in place; otherwise nothing is written to
-it. Ctrl-C (SIGINT) stops the run: the seeds already running finish and
+Progress goes to standard error, never to standard output: on a terminal
+one line shows the seeds done, the rate and the time left, redrawn in
+place and erased at the end; otherwise a plain line "idem sim: ..." with
+the same figures is written at most every 10 seconds. Ctrl-C (SIGINT) stops the run: the seeds already running finish and
 the summary of the seeds that ran is printed ("interrupted after N seeds").
 
 Exit status: 0 every invariant held, 1 one broke (printed with the seed
@@ -84,6 +95,7 @@ func simCommand(ctx context.Context, args []string, stdout, stderr io.Writer) in
 	asJSON := fs.Bool("json", false, "")
 	trace := fs.Bool("trace", false, "")
 	list := fs.Bool("list", false, "")
+	quiet := fs.Bool("quiet", false, "")
 	err := fs.Parse(args)
 	usageErr := func(format string, a ...any) int {
 		fmt.Fprintf(stderr, "idem sim: "+format+"\n\n%s", append(a, simUsage)...)
@@ -97,6 +109,8 @@ func simCommand(ctx context.Context, args []string, stdout, stderr io.Writer) in
 		return usageErr("%v", err)
 	case fs.NArg() > 0:
 		return usageErr("unexpected argument %q", fs.Arg(0))
+	case *list && *asJSON:
+		return writeSimListJSON(stdout, stderr)
 	case *list:
 		writeSimList(stdout)
 		return 0
@@ -124,15 +138,19 @@ func simCommand(ctx context.Context, args []string, stdout, stderr io.Writer) in
 		mutant = &m
 	}
 
-	tty := isTerminal(stderr)
+	mode := progressModeFor(stderr, *quiet)
 	code := 0
 	for _, sc := range scenarios {
 		opts := &sim.SeedOptions{}
 		var bar *progress
-		if tty {
-			bar = newProgress(stderr, time.Now, "scenario "+sc.Name, *seeds)
-			opts.Progress = bar.set
-			bar.start(250 * time.Millisecond)
+		if mode != progressOff {
+			count := newSeedProgress(time.Now, "scenario "+sc.Name, *seeds)
+			bar = newProgress(stderr, mode, "idem sim: ", count.line)
+			opts.Progress = func(done int) {
+				count.set(done)
+				bar.advanced()
+			}
+			bar.start(progressPeriod)
 		}
 		sum := sim.RunSeedsContext(ctx, sc, *seed, *seeds, mutant, opts)
 		if bar != nil {
@@ -175,85 +193,67 @@ func writeSimList(w io.Writer) {
 	}
 }
 
-// isTerminal reports whether w is a terminal (a character device), where
-// a progress line redrawn in place is welcome; pipes and files get none.
-func isTerminal(w io.Writer) bool {
-	f, ok := w.(*os.File)
-	if !ok {
-		return false
-	}
-	fi, err := f.Stat()
-	return err == nil && fi.Mode()&os.ModeCharDevice != 0
+// simListEntry is a line of idem sim --list --json.
+type simListEntry struct {
+	Kind string `json:"kind"` // scenario or mutant
+	Name string `json:"name"`
+	Doc  string `json:"doc"`
 }
 
-// progress draws "LABEL: DONE/TOTAL seeds (P%), R seeds/s, ETA D" on one
-// terminal line, redrawn in place (carriage return, erase to the end of
-// the line) and erased when the run ends, so the summary starts clean.
-type progress struct {
-	w     io.Writer
+// writeSimListJSON prints the scenarios, then the mutants, one JSON
+// object per line.
+func writeSimListJSON(stdout, stderr io.Writer) int {
+	enc := json.NewEncoder(stdout)
+	var err error
+	for _, sc := range sim.Scenarios {
+		err = errors.Join(err, enc.Encode(simListEntry{"scenario", sc.Name, sc.Doc}))
+	}
+	for _, m := range sim.Mutants {
+		err = errors.Join(err, enc.Encode(simListEntry{"mutant", m.Name, m.Doc}))
+	}
+	if err != nil {
+		fmt.Fprintf(stderr, "idem sim: %v\n", err)
+		return 1
+	}
+	return 0
+}
+
+// seedProgress counts the seeds done of one scenario and says how far
+// the run is: "LABEL: DONE/TOTAL seeds (P%), R seeds/s, ETA D".
+type seedProgress struct {
 	now   func() time.Time
 	label string
 	total int
 	begun time.Time
 	done  atomic.Int64
-	quit  chan struct{}
-	ended chan struct{}
 }
 
-func newProgress(w io.Writer, now func() time.Time, label string, total int) *progress {
-	return &progress{w: w, now: now, label: label, total: total, begun: now()}
+func newSeedProgress(now func() time.Time, label string, total int) *seedProgress {
+	return &seedProgress{now: now, label: label, total: total, begun: now()}
 }
 
 // set records how many seeds are done; the seeds' goroutines call it in
 // any order, so it keeps the highest count.
-func (p *progress) set(done int) {
+func (c *seedProgress) set(done int) {
 	for {
-		old := p.done.Load()
-		if int64(done) <= old || p.done.CompareAndSwap(old, int64(done)) {
+		old := c.done.Load()
+		if int64(done) <= old || c.done.CompareAndSwap(old, int64(done)) {
 			return
 		}
 	}
 }
 
 // line is the progress text at the current time.
-func (p *progress) line() string {
-	done := int(p.done.Load())
-	elapsed := p.now().Sub(p.begun)
-	s := fmt.Sprintf("%s: %d/%d seeds (%d%%)", p.label, done, p.total, done*100/max(p.total, 1))
+func (c *seedProgress) line() string {
+	done := int(c.done.Load())
+	elapsed := c.now().Sub(c.begun)
+	s := fmt.Sprintf("%s: %d/%d seeds (%d%%)", c.label, done, c.total, done*100/max(c.total, 1))
 	if done == 0 || elapsed <= 0 {
 		return s + ", ETA unknown"
 	}
 	rate := float64(done) / elapsed.Seconds()
-	eta := time.Duration(float64(p.total-done) / rate * float64(time.Second))
+	eta := time.Duration(float64(c.total-done) / rate * float64(time.Second))
 	return fmt.Sprintf("%s, %.0f seeds/s, ETA %s", s, rate, eta.Round(time.Second))
-}
-
-func (p *progress) draw() { fmt.Fprintf(p.w, "\r%s\x1b[K", p.line()) }
-
-// start redraws the line every period until stop.
-func (p *progress) start(period time.Duration) {
-	p.quit, p.ended = make(chan struct{}), make(chan struct{})
-	p.draw()
-	go func() {
-		defer close(p.ended)
-		tick := time.NewTicker(period)
-		defer tick.Stop()
-		for {
-			select {
-			case <-p.quit:
-				return
-			case <-tick.C:
-				p.draw()
-			}
-		}
-	}()
-}
-
-// stop ends the redrawing and erases the line.
-func (p *progress) stop() {
-	close(p.quit)
-	<-p.ended
-	fmt.Fprint(p.w, "\r\x1b[K")
 }
 
 func writeSimText(w io.Writer, sum *sim.Summary, trace bool) {
@@ -284,6 +284,7 @@ type simJSON struct {
 	FirstSeed      uint64          `json:"first_seed"`
 	Seeds          int             `json:"seeds"`
 	OK             bool            `json:"ok"`
+	Caught         *bool           `json:"caught,omitempty"` // with a mutant: an invariant broke
 	Interrupted    bool            `json:"interrupted,omitempty"`
 	SeedsPerSecond float64         `json:"seeds_per_second"`
 	Failure        *simFailureJSON `json:"failure,omitempty"`
@@ -299,6 +300,10 @@ type simFailureJSON struct {
 func writeSimJSON(w io.Writer, sum *sim.Summary) {
 	out := simJSON{Scenario: sum.Scenario, Mutant: sum.Mutant, FirstSeed: sum.First, Seeds: sum.Seeds,
 		OK: sum.OK(), Interrupted: sum.Interrupted, SeedsPerSecond: sum.SeedsPerSecond()}
+	if sum.Mutant != "" {
+		caught := !sum.OK()
+		out.Caught = &caught
+	}
 	if r := sum.Failed; r != nil {
 		f := &simFailureJSON{Seed: r.Seed, Violations: r.Violations}
 		for _, s := range r.Story(24) {

@@ -9,6 +9,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/idemkit/idem/sim"
 )
 
 func TestSimList(t *testing.T) {
@@ -44,18 +46,22 @@ func TestSimProgress(t *testing.T) {
 	t.Parallel()
 	var term bytes.Buffer
 	now := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
-	p := newProgress(&term, func() time.Time { return now }, "scenario pauses", 1000)
+	clock := func() time.Time { return now }
+	count := newSeedProgress(clock, "scenario pauses", 1000)
+	p := newProgress(&term, progressTerminal, "idem sim: ", count.line)
+	p.now = clock
 	p.draw()
-	p.set(250)
-	p.set(100) // a slower goroutine reporting late does not move it back
+	count.set(250)
+	count.set(100) // a slower goroutine reporting late does not move it back
+	p.advanced()   // no plain lines on a terminal
 	now = now.Add(2 * time.Second)
 	p.draw()
-	p.set(1000)
+	count.set(1000)
 	now = now.Add(6 * time.Second)
 	p.draw()
-	want := "\rscenario pauses: 0/1000 seeds (0%), ETA unknown\x1b[K" +
-		"\rscenario pauses: 250/1000 seeds (25%), 125 seeds/s, ETA 6s\x1b[K" +
-		"\rscenario pauses: 1000/1000 seeds (100%), 125 seeds/s, ETA 0s\x1b[K"
+	want := "\r\x1b[Kscenario pauses: 0/1000 seeds (0%), ETA unknown" +
+		"\r\x1b[Kscenario pauses: 250/1000 seeds (25%), 125 seeds/s, ETA 6s" +
+		"\r\x1b[Kscenario pauses: 1000/1000 seeds (100%), 125 seeds/s, ETA 0s"
 	if term.String() != want {
 		t.Fatalf("the terminal got\n%q\nwant\n%q", term.String(), want)
 	}
@@ -65,14 +71,57 @@ func TestSimProgress(t *testing.T) {
 	term.Reset()
 	p.start(time.Hour)
 	p.stop()
-	if want := "\rscenario pauses: 1000/1000 seeds (100%), 125 seeds/s, ETA 0s\x1b[K\r\x1b[K"; term.String() != want {
+	p.stop() // erases once
+	if want := "\r\x1b[Kscenario pauses: 1000/1000 seeds (100%), 125 seeds/s, ETA 0s\r\x1b[K"; term.String() != want {
 		t.Fatalf("start/stop wrote %q, want %q", term.String(), want)
 	}
 }
 
-// TestSimNoProgressOffATerminal: buffers, pipes and regular files are not
-// terminals, so a run writes nothing to stderr.
-func TestSimNoProgressOffATerminal(t *testing.T) {
+// TestSimProgressLines: off a terminal the progress is plain lines, at
+// most one per progressEvery of the injected clock, and never a
+// carriage return or an escape sequence.
+func TestSimProgressLines(t *testing.T) {
+	t.Parallel()
+	var log bytes.Buffer
+	now := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
+	clock := func() time.Time { return now }
+	count := newSeedProgress(clock, "scenario payments", 400)
+	p := newProgress(&log, progressLines, "idem sim: ", count.line)
+	p.now = clock
+	p.start(time.Hour) // no goroutine: plain lines come with the seeds
+	for i := 1; i <= 400; i++ {
+		now = now.Add(100 * time.Millisecond)
+		count.set(i)
+		p.advanced()
+	}
+	p.draw() // nothing: not a terminal
+	p.stop()
+	want := "idem sim: scenario payments: 100/400 seeds (25%), 10 seeds/s, ETA 30s\n" +
+		"idem sim: scenario payments: 200/400 seeds (50%), 10 seeds/s, ETA 20s\n" +
+		"idem sim: scenario payments: 300/400 seeds (75%), 10 seeds/s, ETA 10s\n" +
+		"idem sim: scenario payments: 400/400 seeds (100%), 10 seeds/s, ETA 0s\n"
+	if log.String() != want {
+		t.Fatalf("the log got\n%q\nwant\n%q", log.String(), want)
+	}
+
+	// --quiet: nothing at all.
+	log.Reset()
+	q := newProgress(&log, progressModeFor(&log, true), "idem sim: ", count.line)
+	q.now = clock
+	q.start(time.Hour)
+	now = now.Add(time.Hour)
+	q.advanced()
+	q.event()
+	q.stop()
+	if log.Len() != 0 {
+		t.Fatalf("--quiet wrote %q", log.String())
+	}
+}
+
+// TestSimProgressOffATerminal: buffers, pipes and regular files are not
+// terminals, so a run writes plain progress lines to stderr (none with
+// --quiet) and its summary, unchanged, to stdout.
+func TestSimProgressOffATerminal(t *testing.T) {
 	t.Parallel()
 	f, err := os.Create(filepath.Join(t.TempDir(), "stderr"))
 	if err != nil {
@@ -82,12 +131,24 @@ func TestSimNoProgressOffATerminal(t *testing.T) {
 	if isTerminal(f) || isTerminal(&bytes.Buffer{}) {
 		t.Fatal("a regular file or a buffer taken for a terminal")
 	}
+	if progressModeFor(f, false) != progressLines || progressModeFor(f, true) != progressOff {
+		t.Fatal("a regular file gets no plain lines, or --quiet does not stop them")
+	}
 	var out bytes.Buffer
 	if code := run([]string{"sim", "--scenario", "messages", "--seeds", "20"}, &out, f); code != 0 {
 		t.Fatalf("exit %d: %s", code, out.String())
 	}
-	if fi, err := f.Stat(); err != nil || fi.Size() != 0 {
-		t.Fatalf("stderr got %d bytes (%v), want none", fi.Size(), err)
+	if !strings.HasPrefix(out.String(), "scenario messages: every invariant held over 20 seeds from 1 (") {
+		t.Fatalf("stdout %q", out.String())
+	}
+	logged, err := os.ReadFile(f.Name())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.SplitAfter(string(logged), "\n") {
+		if line != "" && (!strings.HasPrefix(line, "idem sim: scenario messages: ") || strings.ContainsAny(line, "\r\x1b")) {
+			t.Errorf("stderr line %q", line)
+		}
 	}
 	if dev, err := os.Open(os.DevNull); err == nil {
 		defer dev.Close()
@@ -148,6 +209,7 @@ func TestSimJSON(t *testing.T) {
 		Scenario, Mutant string
 		Seeds            int
 		OK               bool
+		Caught           *bool
 		Failure          struct {
 			Seed       uint64
 			Violations []struct{ Invariant, Key, Detail string }
@@ -158,7 +220,7 @@ func TestSimJSON(t *testing.T) {
 	if err := json.Unmarshal([]byte(out), &got); err != nil {
 		t.Fatalf("%v: %s", err, out)
 	}
-	if got.Scenario != "messages" || got.Mutant != "release-completed" || got.OK || got.Seeds < 1 ||
+	if got.Scenario != "messages" || got.Mutant != "release-completed" || got.OK || got.Caught == nil || !*got.Caught || got.Seeds < 1 ||
 		len(got.Failure.Violations) == 0 || len(got.Failure.Story) == 0 ||
 		!strings.HasPrefix(got.Failure.Reproduce, "idem sim --scenario messages --seed ") {
 		t.Fatalf("JSON report: %+v", got)
@@ -195,5 +257,45 @@ func TestSimUsageErrors(t *testing.T) {
 	}
 	if code != 0 {
 		t.Fatalf("--help: exit %d\n%s", code, out)
+	}
+}
+
+// TestSimJSONPasses: a run of idem's own code, in JSON: every field of the
+// schema against the simulator's own summary of the same seeds.
+func TestSimJSONPasses(t *testing.T) {
+	t.Parallel()
+	out, errOut, code := runCLI(t, "sim", "--scenario", "all", "--seeds", "30", "--seed", "7", "--json", "--quiet")
+	if code != 0 || errOut != "" {
+		t.Fatalf("exit %d, stderr %q", code, errOut)
+	}
+	lines := strings.Split(strings.TrimSuffix(out, "\n"), "\n")
+	if len(lines) != len(sim.Scenarios) {
+		t.Fatalf("%d lines for %d scenarios:\n%s", len(lines), len(sim.Scenarios), out)
+	}
+	for i, line := range lines {
+		var m map[string]any
+		if err := json.Unmarshal([]byte(line), &m); err != nil {
+			t.Fatal(err)
+		}
+		sum := sim.RunSeedsContext(context.Background(), sim.Scenarios[i], 7, 30, nil, nil)
+		if m["scenario"] != sim.Scenarios[i].Name || m["first_seed"] != 7.0 || m["seeds"] != float64(sum.Seeds) || m["ok"] != sum.OK() ||
+			m["seeds_per_second"] == nil || m["mutant"] != nil || m["caught"] != nil || m["failure"] != nil || m["interrupted"] != nil {
+			t.Errorf("line %d: %v (the simulator: %d seeds, ok %v)", i, m, sum.Seeds, sum.OK())
+		}
+	}
+
+	// --list --json: the same names as --list, with their descriptions.
+	out, _, code = runCLI(t, "sim", "--list", "--json")
+	var entries []simListEntry
+	for _, line := range strings.Split(strings.TrimSuffix(out, "\n"), "\n") {
+		var e simListEntry
+		if err := json.Unmarshal([]byte(line), &e); err != nil {
+			t.Fatalf("%v: %q", err, line)
+		}
+		entries = append(entries, e)
+	}
+	if code != 0 || len(entries) != len(sim.Scenarios)+len(sim.Mutants) || entries[0] != (simListEntry{"scenario", sim.Scenarios[0].Name, sim.Scenarios[0].Doc}) ||
+		entries[len(entries)-1] != (simListEntry{"mutant", sim.Mutants[len(sim.Mutants)-1].Name, sim.Mutants[len(sim.Mutants)-1].Doc}) {
+		t.Fatalf("--list --json: exit %d, %+v", code, entries)
 	}
 }

@@ -1,6 +1,8 @@
 package main
 
 import (
+	"cmp"
+	"encoding/json"
 	"os/exec"
 	"runtime/debug"
 	"strings"
@@ -28,6 +30,11 @@ func TestVersionLine(t *testing.T) {
 		info := &debug.BuildInfo{GoVersion: "go1.26.8", Main: debug.Module{Path: "github.com/idemkit/idem/cmd/idem", Version: tc.version}, Settings: tc.settings}
 		if got := versionLine(info, true); got != tc.want {
 			t.Errorf("%s: versionLine =\n%q, want\n%q", tc.name, got, tc.want)
+		}
+		v := readVersion(info, true)
+		if v.Go != "go1.26.8" || v.Dirty != (tc.name == "dirty") || (v.Revision == rev) != (tc.name != "no vcs") ||
+			(v.Time != "") != (tc.name == "release") || v.Version != cmp.Or(tc.version, "(devel)") {
+			t.Errorf("%s: readVersion = %+v", tc.name, v)
 		}
 	}
 	if got := versionLine(nil, false); got != "idem (devel), no build information recorded" {
@@ -72,5 +79,19 @@ func TestVersion(t *testing.T) {
 		if head, err := exec.Command("git", "rev-parse", "HEAD").Output(); err == nil && strings.TrimSpace(string(head)) != rev {
 			t.Errorf("the binary records revision %s, git says HEAD is %s", rev, head)
 		}
+	}
+
+	// --json holds the same record, field by field.
+	out, errOut, code := runIdem(t, ".", "version", "--json")
+	var v versionInfo
+	if err := json.Unmarshal([]byte(out), &v); err != nil || code != 0 || errOut != "" {
+		t.Fatalf("version --json: exit %d, %v, %q, %q", code, err, out, errOut)
+	}
+	if v.Revision != recorded["vcs.revision"] || v.Time != recorded["vcs.time"] || v.Dirty != (recorded["vcs.modified"] == "true") ||
+		!strings.HasPrefix(v.Go, "go1.") || v.Version == "" || !strings.HasPrefix(string(meta), idemBin+": "+v.Go+"\n") {
+		t.Errorf("version --json = %+v, the binary records %v (%.80q)", v, recorded, meta)
+	}
+	if _, _, code := runIdem(t, ".", "version", "--bogus"); code != 2 {
+		t.Errorf("version --bogus: exit %d, want 2", code)
 	}
 }

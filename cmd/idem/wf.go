@@ -111,6 +111,11 @@ Flags (before or after the arguments; "--" ends them):
   --status S          ls: running, unwinding, parked, succeeded, failed or
                       cancelled
   --limit N           ls: print at most N instances (default 100; 0: all)
+  --quiet             ls: no progress on standard error (ls fetches pages
+                      of 1000 and says "fetched P pages, N instances"
+                      there: redrawn in place when stderr is a terminal
+                      and stdout is not, else a plain line "idem wf ls:
+                      ..." at most every 10 seconds)
   --timeout D         wait: how long to wait, a Go duration (default 1m)
   --after ID          ls: start after instance ID (a previous ls said
                       "more")
@@ -134,7 +139,7 @@ Examples:
 
 type wfOptions struct {
 	server, token, tokenFile, store, workflows string
-	asJSON                                     bool
+	asJSON, quiet                              bool
 	version                                    int
 	format, input, inputFile, reuse            string
 	eventID, payload, payloadFile, reason      string
@@ -255,6 +260,7 @@ func parseWFFlags(sub string, args []string, stdout, stderr io.Writer, lookup fu
 	fs.StringVar(&o.workflows, "workflows", "", "")
 	fs.Var(o.workflowVars, "workflow-var", "")
 	fs.BoolVar(&o.asJSON, "json", false, "")
+	fs.BoolVar(&o.quiet, "quiet", false, "")
 	fs.IntVar(&o.version, "version", 0, "")
 	fs.StringVar(&o.format, "format", "", "")
 	fs.StringVar(&o.input, "input", "", "")
@@ -760,17 +766,21 @@ func runWFSub(ctx context.Context, be wfBackend, sub string, pos []string, o *wf
 		return tw.Flush()
 
 	case "ls":
-		return lsWF(ctx, be, o, stdout, stderr, enc)
+		bar := newPageProgress(stderr, dataProgressModeFor(stdout, stderr, o.quiet), "idem wf ls: ", "instance")
+		return lsWF(ctx, be, o, stdout, stderr, enc, bar)
 	}
 	return fmt.Errorf("unknown subcommand %q", sub)
 }
 
-func lsWF(ctx context.Context, be wfBackend, o *wfOptions, stdout, stderr io.Writer, enc *json.Encoder) error {
+// lsWF writes the instances of ls to stdout, counting the pages in bar.
+func lsWF(ctx context.Context, be wfBackend, o *wfOptions, stdout, stderr io.Writer, enc *json.Encoder, bar *pageProgress) error {
 	var tw *tabwriter.Writer
 	if !o.asJSON {
 		tw = tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
 		fmt.Fprintln(tw, "ID\tTYPE\tVERSION\tRUN\tSTATE\tSTATUS\tUPDATED")
 	}
+	bar.start(progressPeriod)
+	defer bar.stop()
 	printed, after := 0, o.after
 	for {
 		page := idem.MaxListSize
@@ -791,6 +801,7 @@ func lsWF(ctx context.Context, be wfBackend, o *wfOptions, stdout, stderr io.Wri
 			}
 		}
 		printed += len(res.Workflows)
+		bar.page(len(res.Workflows))
 		after = res.Next
 		if after == "" || (o.limit > 0 && printed >= o.limit) {
 			break
@@ -801,6 +812,7 @@ func lsWF(ctx context.Context, be wfBackend, o *wfOptions, stdout, stderr io.Wri
 			return err
 		}
 	}
+	bar.stop()
 	if after != "" {
 		fmt.Fprintf(stderr, "idem wf ls: more instances; pass --limit 0 for all, or --after %s for the next ones\n", printable(after))
 	}

@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
+	"io"
 	"net/http/httptest"
 	"os"
 	"path/filepath"
@@ -356,6 +358,27 @@ func TestWFStoreDirect(t *testing.T) {
 	}
 	if rows := tableRows(must("ls")); len(rows) != 2 || rows[1][0] != "s1" || rows[1][5] != "running" {
 		t.Errorf("ls --store: %q", rows)
+	}
+	// ls --json --quiet: the instances alone on stdout, nothing on stderr.
+	if out, errOut, code := wfCLI(t, env, "ls", "--json", "--quiet"); code != 0 || errOut != "" || jsonObject(t, out)["id"] != "s1" {
+		t.Errorf("ls --json --quiet: exit %d, %q, stderr %q", code, out, errOut)
+	}
+	// Its progress as plain lines (here one per page: no rate limit),
+	// on stderr only.
+	o, _, code := parseWFFlags("ls", []string{"--store", storeURL, "--json"}, io.Discard, io.Discard, func(string) (string, bool) { return "", false })
+	if code >= 0 {
+		t.Fatalf("parse: %d", code)
+	}
+	be, err := wfOpen(context.Background(), o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var lsOut, lsErr bytes.Buffer
+	bar := newPageProgress(&lsErr, progressLines, "idem wf ls: ", "instance")
+	bar.every = 0
+	err = lsWF(context.Background(), be, o, &lsOut, &lsErr, json.NewEncoder(&lsOut), bar)
+	if err = errors.Join(err, be.close()); err != nil || lsErr.String() != "idem wf ls: fetched 1 page, 1 instance\n" || jsonObject(t, lsOut.String())["id"] != "s1" {
+		t.Errorf("ls with plain progress: %v, stdout %q, stderr %q", err, lsOut.String(), lsErr.String())
 	}
 	if out := must("cancel", "s1", "--reason", "test"); !strings.Contains(out, "cancel requested") {
 		t.Errorf("cancel --store: %q", out)

@@ -34,7 +34,9 @@
 // Migrate (what `idem migrate --store URL` runs) applies the missing ones
 // in one transaction under an advisory lock, so any number of processes
 // may start at once; with Config.Migrate the store runs it at start,
-// without it the store refuses a schema not at its version. Keys are text
+// without it the store refuses a schema not at its version
+// (Config.OnMigration sees each migration as it runs, and
+// Store.Migration lists those applied). Keys are text
 // COLLATE "C" (List pages in byte order); text cannot hold a NUL byte, so
 // such a key is rejected with idem.ErrInvalid.
 //

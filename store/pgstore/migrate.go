@@ -105,6 +105,16 @@ type MigrateResult struct {
 	// From is the schema's version before (0 for a new schema), To its
 	// version after: LatestVersion.
 	From, To int
+	// Migrations are the migrations applied, in order (none when the
+	// schema was at LatestVersion).
+	Migrations []AppliedMigration
+}
+
+// AppliedMigration names one embedded migration: its version and the
+// name of its file without .sql, like 2 and "0002_workflow".
+type AppliedMigration struct {
+	Version int
+	Name    string
 }
 
 // Applied is the number of migrations Migrate applied; 0 when the schema
@@ -117,6 +127,13 @@ func (r *MigrateResult) Applied() int { return r.To - r.From }
 // schema.migrations. It fails without changing anything when the schema
 // is at a version newer than this build knows.
 func Migrate(ctx context.Context, pool *pgxpool.Pool, schema string) (*MigrateResult, error) {
+	return migrate(ctx, pool, schema, nil)
+}
+
+// migrate is Migrate calling each, when not nil, as each migration is
+// about to run (inside the transaction: it is applied only when Migrate
+// returns without an error).
+func migrate(ctx context.Context, pool *pgxpool.Pool, schema string, each func(AppliedMigration)) (*MigrateResult, error) {
 	if err := validSchema(schema); err != nil {
 		return nil, err
 	}
@@ -152,7 +169,13 @@ func Migrate(ctx context.Context, pool *pgxpool.Pool, schema string) (*MigrateRe
 	if latest := ms[len(ms)-1].version; current > latest {
 		return nil, fmt.Errorf("pgstore: schema %q is at version %d, newer than this build's %d: upgrade idem", schema, current, latest)
 	}
+	res := &MigrateResult{From: current, To: ms[len(ms)-1].version}
 	for _, m := range ms[current:] {
+		a := AppliedMigration{Version: m.version, Name: m.name}
+		if each != nil {
+			each(a)
+		}
+		res.Migrations = append(res.Migrations, a)
 		if _, err := tx.Exec(ctx, strings.ReplaceAll(m.sql, "{{schema}}", q)); err != nil {
 			return nil, wrapErr(fmt.Sprintf("migrate %s: %s", schema, m.name), err)
 		}
@@ -163,7 +186,7 @@ func Migrate(ctx context.Context, pool *pgxpool.Pool, schema string) (*MigrateRe
 	if err := tx.Commit(ctx); err != nil {
 		return nil, wrapErr("migrate "+schema, err)
 	}
-	return &MigrateResult{From: current, To: ms[len(ms)-1].version}, nil
+	return res, nil
 }
 
 // schemaVersion reads the version schema is at; 0 when it was never

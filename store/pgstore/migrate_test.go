@@ -3,6 +3,7 @@ package pgstore
 import (
 	"context"
 	"errors"
+	"reflect"
 	"strings"
 	"sync"
 	"testing"
@@ -26,8 +27,9 @@ func TestMigrateIdempotent(t *testing.T) {
 		want := MigrateResult{From: LatestVersion(), To: LatestVersion()} // nothing applied again
 		if i == 0 {
 			want.From = 0
+			want.Migrations = []AppliedMigration{{1, "0001_records"}, {2, "0002_workflow"}, {3, "0003_messaging"}}
 		}
-		if *res != want {
+		if !reflect.DeepEqual(*res, want) {
 			t.Errorf("Migrate %d = %+v, want %+v", i+1, *res, want)
 		}
 	}
@@ -237,5 +239,33 @@ func TestMigrateURL(t *testing.T) {
 	}
 	if _, err := MigrateURL(ctx, "postgres://h:port/x", schema); !errors.Is(err, idem.ErrInvalid) {
 		t.Errorf("MigrateURL of a bad URL: %v, want ErrInvalid", err)
+	}
+}
+
+// TestNewOnMigration: Config.OnMigration sees each migration the schema
+// lacks, in order, and Migration reports the same ones; a second New on
+// the migrated schema calls it for none.
+func TestNewOnMigration(t *testing.T) {
+	t.Parallel()
+	pool := sharedPool(t)
+	schema := freshSchema(t, pool)
+	var seen []AppliedMigration
+	s, err := New(pool, &Config{Schema: schema, Migrate: true, OnMigration: func(m AppliedMigration) { seen = append(seen, m) }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	want := []AppliedMigration{{1, "0001_records"}, {2, "0002_workflow"}, {3, "0003_messaging"}}
+	if !reflect.DeepEqual(seen, want) || !reflect.DeepEqual(s.Migration().Migrations, want) || s.Migration().Applied() != 3 {
+		t.Fatalf("OnMigration saw %v, Migration %+v; want %v", seen, s.Migration(), want)
+	}
+	seen = nil
+	again, err := New(pool, &Config{Schema: schema, Migrate: true, OnMigration: func(m AppliedMigration) { seen = append(seen, m) }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { again.Close() })
+	if len(seen) != 0 || len(again.Migration().Migrations) != 0 || again.Migration().From != 3 {
+		t.Fatalf("second New: saw %v, Migration %+v", seen, again.Migration())
 	}
 }

@@ -33,6 +33,11 @@ type Config struct {
 	// `idem migrate` does). Without it the store refuses to start on a
 	// schema that is not at this build's version.
 	Migrate bool
+	// OnMigration, with Migrate, is called as each migration the schema
+	// lacks is about to run, in order, for a progress display. All of
+	// them are applied in one transaction: none is applied when Open or
+	// New fails.
+	OnMigration func(AppliedMigration)
 }
 
 // Store is an idem.Store on PostgreSQL. Leases are judged by the
@@ -131,7 +136,7 @@ func New(pool *pgxpool.Pool, cfg *Config) (*Store, error) {
 	var migrated *MigrateResult
 	if c.Migrate {
 		var err error
-		if migrated, err = Migrate(ctx, pool, c.Schema); err != nil {
+		if migrated, err = migrate(ctx, pool, c.Schema, c.OnMigration); err != nil {
 			return nil, err
 		}
 	} else {
