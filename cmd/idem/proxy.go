@@ -42,8 +42,10 @@ Flags:
                          (required)
   --listen ADDR          where clients connect; port 0 picks a free port
                          (default 127.0.0.1:7071)
-  --admin ADDR           where GET /metrics (Prometheus) and GET /healthz
-                         answer; "" for none (default 127.0.0.1:7072)
+  --admin ADDR           where GET /metrics (Prometheus), GET /healthz
+                         (liveness: 200 while the process answers) and GET
+                         /readyz (readiness: 503 while the store fails its
+                         probe) answer; "" for none (default 127.0.0.1:7072)
   --store URL            where the ledger lives (default ` + defaultProxyStore + `,
                          apart from idem serve's ./idem-data):
                             ` + storeURLHelp + `
@@ -98,6 +100,7 @@ Flags:
                          large Redis ledger every 10m or so (see serve)
   --log-level LEVEL      debug, info, warn or error (default info); logs
                          never hold keys or bodies
+` + readyHelp + `
 ` + tlsHelp + `                         (on --listen; --admin stays plain HTTP)
 
 ` + envHelp + `
@@ -116,6 +119,7 @@ type proxyOptions struct {
 	maxBody, maxResponse                                       int64
 	lease, window, wait, drain, sweep, upstreamTimeout         time.Duration
 	tls                                                        tlsFiles
+	ready                                                      readyFlags
 }
 
 func runProxy(args []string, stdout, stderr io.Writer) int {
@@ -152,6 +156,7 @@ func parseProxyFlags(args []string, stdout, stderr io.Writer) (*proxyOptions, in
 	fs.DurationVar(&o.drain, "drain", 10*time.Second, "")
 	fs.DurationVar(&o.sweep, "sweep-interval", time.Minute, "")
 	fs.StringVar(&o.logLevel, "log-level", "info", "")
+	o.ready.register(fs)
 	o.tls.register(fs)
 	err := parseWithEnv(fs, args)
 	switch {
@@ -194,6 +199,8 @@ func parseProxyFlags(args []string, stdout, stderr io.Writer) (*proxyOptions, in
 			bad = fmt.Sprintf("--drain must be positive, got %s", o.drain)
 		case o.sweep <= 0:
 			bad = fmt.Sprintf("--sweep-interval must be positive, got %s", o.sweep)
+		case o.ready.check() != nil:
+			bad = o.ready.check().Error()
 		case o.tls.check() != nil:
 			bad = o.tls.check().Error()
 		}
@@ -304,7 +311,7 @@ func runProxyServer(ctx context.Context, o *proxyOptions, stdout, stderr io.Writ
 
 	fmt.Fprintf(stdout, "idem proxy: listening on %s://%s, upstream %s\n", o.tls.scheme(), ln.Addr(), o.upstream.Redacted())
 	if adminLn != nil {
-		fmt.Fprintf(stdout, "idem proxy: admin on http://%s (/metrics, /healthz)\n", adminLn.Addr())
+		fmt.Fprintf(stdout, "idem proxy: admin on http://%s (/metrics, /healthz, /readyz)\n", adminLn.Addr())
 	}
 	keys := "keys stored as sent"
 	if secret != nil {
@@ -316,7 +323,8 @@ func runProxyServer(ctx context.Context, o *proxyOptions, stdout, stderr io.Writ
 	srv := &http.Server{Handler: handler, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute, ErrorLog: errorLog}
 	servers := []listening{{srv, ln}}
 	if adminLn != nil {
-		admin := &http.Server{Handler: adminHandler(store, metrics), ReadHeaderTimeout: 10 * time.Second, ErrorLog: errorLog}
+		ready := idemapi.NewReadiness(store, o.ready.config(logger))
+		admin := &http.Server{Handler: adminHandler(store, metrics, ready), ReadHeaderTimeout: 10 * time.Second, ErrorLog: errorLog}
 		servers = append(servers, listening{admin, adminLn})
 	}
 	return runServers(ctx, "proxy", stdout, logger, store, o.sweep, o.drain, closeStore, servers...)
@@ -354,9 +362,11 @@ func newProxyHandler(ledger *idem.Ledger, o *proxyOptions, logger *slog.Logger, 
 	return h
 }
 
-// adminHandler answers GET /metrics and GET /healthz.
-func adminHandler(store idem.Store, metrics *idemapi.Metrics) http.Handler {
+// adminHandler answers GET /metrics, GET /healthz (liveness) and GET
+// /readyz (readiness: ready's check of the store).
+func adminHandler(store idem.Store, metrics *idemapi.Metrics, ready *idemapi.Readiness) http.Handler {
 	mux := http.NewServeMux()
+	mux.Handle("/readyz", ready)
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 		_, _ = io.WriteString(w, "ok\n")

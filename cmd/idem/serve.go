@@ -72,6 +72,7 @@ Flags:
   --log-level LEVEL      debug (every request), info (client errors), warn
                          or error (default info); logs never hold keys,
                          tokens or bodies
+` + readyHelp + `
   --workflows DIR        register every declarative workflow document of
                          DIR (*.json, *.yaml, *.yml; docs/workflows.md) at
                          start; serve refuses to start when one is bad and
@@ -123,6 +124,7 @@ type serveOptions struct {
 	workflowWorkers                 int
 	workflowLease                   time.Duration
 	workflowVars                    workflowVars
+	ready                           readyFlags
 }
 
 func runServe(args []string, stdout, stderr io.Writer) int {
@@ -157,6 +159,7 @@ func parseServeFlags(args []string, stdout, stderr io.Writer) (*serveOptions, in
 	fs.IntVar(&o.workflowWorkers, "workflow-workers", 16, "")
 	fs.DurationVar(&o.workflowLease, "workflow-lease", 30*time.Second, "")
 	fs.Var(o.workflowVars, "workflow-var", "")
+	o.ready.register(fs)
 	o.tls.register(fs)
 	err := parseWithEnv(fs, args)
 	switch {
@@ -186,6 +189,8 @@ func parseServeFlags(args []string, stdout, stderr io.Writer) (*serveOptions, in
 		bad = fmt.Sprintf("--workflow-lease must be positive and at most a century, got %s", o.workflowLease)
 	case o.workflowWorkers <= 0:
 		bad = fmt.Sprintf("--workflow-workers must be positive, got %d", o.workflowWorkers)
+	case o.ready.check() != nil:
+		bad = o.ready.check().Error()
 	case o.tls.check() != nil:
 		bad = o.tls.check().Error()
 	}
@@ -237,6 +242,7 @@ func serve(ctx context.Context, o *serveOptions, stdout, stderr io.Writer) error
 	}
 	apiCfg := &idemapi.Config{
 		Tokens: tokens, MaxBody: o.maxBody, DefaultLease: o.lease, DefaultWindow: o.window, Logger: logger, KeySecret: keySecret,
+		Readiness: o.ready.config(logger),
 	}
 	if wf != nil {
 		apiCfg.Workflows, apiCfg.WorkflowTypes, apiCfg.ParseWorkflow = wf.engine, wf.registry,
