@@ -233,15 +233,12 @@ func (c *Cluster) Rejoin() error {
 	}
 	// The copy carries the promoted node's settings, ALTER SYSTEM's
 	// included: as a standby it must again have none of its own.
-	cmd := c.command("sh", "-c", `cat >> "$1"`, "sh", filepath.Join(old.Dir, "postgresql.auto.conf"))
-	cmd.Stdin = strings.NewReader("synchronous_standby_names = ''\n")
-	if out, err := cmd.CombinedOutput(); err != nil {
-		return fmt.Errorf("pgcluster: %v: %s", err, out)
+	if err := c.appendFile(filepath.Join(old.Dir, "postgresql.auto.conf"), "synchronous_standby_names = ''\n"); err != nil {
+		return err
 	}
 	old.killed = false
-	if out, err := c.exec("pg_ctl", "start", "-w", "-t", "60", "-D", old.Dir, "-l", filepath.Join(c.root, old.Name+".log"),
-		"-o", fmt.Sprintf("-p %d", old.Port)); err != nil {
-		return fmt.Errorf("pgcluster: start the rebuilt standby: %v: %s", err, out)
+	if err := c.start(old); err != nil {
+		return err
 	}
 	c.Primary, c.Standby = promoted, old
 	if c.Sync {
@@ -323,19 +320,39 @@ func (c *Cluster) waitStreaming() {
 
 func (c *Cluster) startNode(n *Node) {
 	c.t.Helper()
-	c.run("pg_ctl", "start", "-w", "-t", "60", "-D", n.Dir, "-l", filepath.Join(c.root, n.Name+".log"),
+	if err := c.start(n); err != nil {
+		c.t.Fatalf("%v\n%s", err, c.logs())
+	}
+}
+
+// start starts node n's server on its port and waits until it accepts
+// connections; its log is ROOT/NAME.log.
+func (c *Cluster) start(n *Node) error {
+	out, err := c.exec("pg_ctl", "start", "-w", "-t", "60", "-D", n.Dir, "-l", filepath.Join(c.root, n.Name+".log"),
 		"-o", fmt.Sprintf("-p %d", n.Port))
+	if err != nil {
+		return fmt.Errorf("pgcluster: start %s: %v: %s", n.Name, err, out)
+	}
+	return nil
 }
 
 // appendConf adds lines to a node's postgresql.conf.
 func (c *Cluster) appendConf(n *Node, lines string) {
 	c.t.Helper()
-	// The directory is the postgres user's: write through it.
-	cmd := c.command("sh", "-c", `cat >> "$1"`, "sh", filepath.Join(n.Dir, "postgresql.conf"))
-	cmd.Stdin = strings.NewReader(lines)
-	if out, err := cmd.CombinedOutput(); err != nil {
-		c.t.Fatalf("pgcluster: append to %s's postgresql.conf: %v\n%s", n.Name, err, out)
+	if err := c.appendFile(filepath.Join(n.Dir, "postgresql.conf"), lines); err != nil {
+		c.t.Fatal(err)
 	}
+}
+
+// appendFile appends text to a file of a data directory, as the user the
+// directory belongs to.
+func (c *Cluster) appendFile(path, text string) error {
+	cmd := c.command("sh", "-c", `cat >> "$1"`, "sh", path)
+	cmd.Stdin = strings.NewReader(text)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("pgcluster: append to %s: %v: %s", path, err, out)
+	}
+	return nil
 }
 
 // run runs a PostgreSQL binary and fails the test when it fails.
