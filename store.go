@@ -225,6 +225,16 @@ type Lister interface {
 	List(ctx context.Context, p *ListParams) (*ListResult, error)
 }
 
+// Pinger is the optional capability to check cheaply that a store can
+// serve: Ping returns nil when the store is reachable and would accept
+// writes, an error (wrapping ErrUnavailable when the store is unreachable)
+// otherwise. It changes nothing. Readiness checks (idem serve's /readyz) use
+// it; a store without it is probed with a Get of a key that is never
+// written.
+type Pinger interface {
+	Ping(ctx context.Context) error
+}
+
 // Sizer is the optional capability to tell how many records a store holds,
 // for the ledger-size metric. The count is exact on an idle store; under
 // concurrent writes it may lag them.

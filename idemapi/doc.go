@@ -21,12 +21,22 @@
 // drained; nothing in the server sweeps expired records (idem serve runs
 // a sweeper beside it).
 //
+// # Liveness and readiness
+//
+// GET /healthz answers 200 while the process answers: liveness, for a
+// supervisor that restarts a hung process. GET /readyz answers 200 only
+// while the store passes a cheap probe (Readiness: idem.Pinger, or a Get
+// of a key never written, under a 2 s timeout, its result kept 1 s) and 503
+// application/problem+json (unavailable) otherwise: readiness, for a load
+// balancer that should stop sending work to a server that cannot record
+// it. Neither needs a token.
+//
 // # Requests
 //
-// Every request but GET /healthz carries a bearer token bound to one or
-// more scopes (Config.Tokens; the scope "*" stands for every scope;
-// ParseTokens reads the tokens file format of idem serve). Bodies are
-// strict JSON, checked before they are decoded: Content-Type
+// Every request but GET /healthz and GET /readyz carries a bearer token
+// bound to one or more scopes (Config.Tokens; the scope "*" stands for
+// every scope; ParseTokens reads the tokens file format of idem serve).
+// Bodies are strict JSON, checked before they are decoded: Content-Type
 // application/json, exactly one object, field names matched exactly (case
 // included), no field twice, no unknown field, valid UTF-8 throughout (no
 // lone surrogate escapes either), base64 that decodes. A refusal is a 400

@@ -79,6 +79,10 @@ type Config struct {
 	// duration): successes at debug level, client errors at info, server
 	// errors at error. Default: nothing is logged.
 	Logger *slog.Logger
+	// Readiness configures GET /readyz (Readiness): the store probe's
+	// timeout and how long its result is kept. Nil means the defaults,
+	// with Logger for its messages.
+	Readiness *ReadinessConfig
 	// Observer, when set, receives an idem.Event for every ledger
 	// operation, besides the server's own metrics.
 	Observer idem.Observer
@@ -118,6 +122,7 @@ type Server struct {
 	log     *slog.Logger
 	obs     idem.Observer
 	metrics *Metrics
+	ready   *Readiness
 	digests *idem.Ledger // with Config.KeySecret: its StoredKey digests keys
 
 	wf       *workflow.Engine
@@ -155,6 +160,14 @@ func NewServer(store idem.Store, cfg *Config) (*Server, error) {
 	if s.log == nil {
 		s.log = slog.New(slog.DiscardHandler)
 	}
+	rcfg := ReadinessConfig{Logger: s.log}
+	if cfg.Readiness != nil {
+		rcfg = *cfg.Readiness
+		if rcfg.Logger == nil {
+			rcfg.Logger = s.log
+		}
+	}
+	s.ready = NewReadiness(store, &rcfg)
 	if err := s.configureWorkflows(cfg); err != nil {
 		return nil, err
 	}
@@ -242,6 +255,7 @@ type route struct {
 
 var routes = map[string]*route{
 	"/healthz":        {name: "healthz", methods: []string{http.MethodGet, http.MethodHead}, handle: (*Server).healthz, public: true},
+	"/readyz":         {name: "readyz", methods: []string{http.MethodGet, http.MethodHead}, handle: (*Server).readyz, public: true},
 	"/metrics":        {name: "metrics", methods: []string{http.MethodGet}, handle: (*Server).serveMetrics},
 	"/v1/begin":       {name: "begin", methods: []string{http.MethodPost}, handle: (*Server).begin},
 	"/v1/complete":    {name: "complete", methods: []string{http.MethodPost}, handle: (*Server).complete},
@@ -456,6 +470,12 @@ func (s *Server) healthz(w http.ResponseWriter, _ *http.Request, _ *request) *pr
 	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 	_, _ = io.WriteString(w, "ok\n")
 	return nil
+}
+
+// readyz is readiness, apart from healthz's liveness: 503 while the store
+// fails its probe (Readiness).
+func (s *Server) readyz(w http.ResponseWriter, r *http.Request, _ *request) *problem {
+	return s.ready.serve(w, r)
 }
 
 func (s *Server) serveMetrics(w http.ResponseWriter, r *http.Request, _ *request) *problem {

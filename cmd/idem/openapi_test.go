@@ -301,6 +301,8 @@ func TestOpenAPIEveryRouteAndStatus(t *testing.T) {
 		"metrics":     {method: "GET", path: "/metrics"},
 		"healthz":     {method: "GET", path: "/healthz"},
 		"healthzHead": {method: "HEAD", path: "/healthz"},
+		"readyz":      {method: "GET", path: "/readyz"},
+		"readyzHead":  {method: "HEAD", path: "/readyz"},
 	}
 	n := 0
 	fresh := func() string { n++; return fmt.Sprintf("key-%d", n) }
@@ -363,6 +365,16 @@ func TestOpenAPIEveryRouteAndStatus(t *testing.T) {
 				good.expect(t, 200, "", o.method, keyPath(o, key), apiBillingToken, bodyOf(o, key, tok))
 			}
 			if strings.HasPrefix(name, "healthz") {
+				return
+			}
+			if strings.HasPrefix(name, "readyz") {
+				// 503: the store is closed (no token needed either way;
+				// HEAD has no body to read the problem from).
+				problem := idemapi.ProblemUnavailable
+				if o.method == http.MethodHead {
+					problem = ""
+				}
+				down.expect(t, 503, problem, o.method, o.path, "", nil)
 				return
 			}
 

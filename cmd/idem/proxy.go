@@ -42,9 +42,11 @@ Flags:
                          (required)
   --listen ADDR          where clients connect; port 0 picks a free port
                          (default 127.0.0.1:7071)
-  --admin ADDR           where GET /metrics (Prometheus), GET /healthz (and /ui
-                         with --ui-tokens)
-                         answer; "" for none (default 127.0.0.1:7072)
+  --admin ADDR           where GET /metrics (Prometheus), GET /healthz
+                         (liveness: 200 while the process answers), GET
+                         /readyz (readiness: 503 while the store fails its
+                         probe) and, with --ui-tokens, /ui answer; "" for
+                         none (default 127.0.0.1:7072)
   --ui-tokens FILE       serve the dashboard at /ui on --admin (docs/ui.md):
                          who may sign in, one "TOKEN SCOPE[,SCOPE...]" per
                          line as in idem serve's --tokens. The proxy's scopes
@@ -112,6 +114,7 @@ Flags:
                          large Redis ledger every 10m or so (see serve)
   --log-level LEVEL      debug, info, warn or error (default info); logs
                          never hold keys or bodies
+` + readyHelp + `
 ` + tlsHelp + `                         (on --listen; --admin stays plain HTTP)
 
 ` + envHelp + `
@@ -132,6 +135,7 @@ type proxyOptions struct {
 	maxBody, maxResponse                                       int64
 	lease, window, wait, drain, sweep, upstreamTimeout         time.Duration
 	tls                                                        tlsFiles
+	ready                                                      readyFlags
 }
 
 func runProxy(args []string, stdout, stderr io.Writer) int {
@@ -170,6 +174,7 @@ func parseProxyFlags(args []string, stdout, stderr io.Writer) (*proxyOptions, in
 	fs.StringVar(&o.logLevel, "log-level", "info", "")
 	fs.StringVar(&o.uiTokens, "ui-tokens", "", "")
 	o.ui.register(fs)
+	o.ready.register(fs)
 	o.tls.register(fs)
 	err := parseWithEnv(fs, args)
 	switch {
@@ -214,6 +219,8 @@ func parseProxyFlags(args []string, stdout, stderr io.Writer) (*proxyOptions, in
 			bad = fmt.Sprintf("--drain must be positive, got %s", o.drain)
 		case o.sweep <= 0:
 			bad = fmt.Sprintf("--sweep-interval must be positive, got %s", o.sweep)
+		case o.ready.check() != nil:
+			bad = o.ready.check().Error()
 		case o.tls.check() != nil:
 			bad = o.tls.check().Error()
 		}
@@ -343,7 +350,7 @@ func runProxyServer(ctx context.Context, o *proxyOptions, stdout, stderr io.Writ
 
 	fmt.Fprintf(stdout, "idem proxy: listening on %s://%s, upstream %s\n", o.tls.scheme(), ln.Addr(), o.upstream.Redacted())
 	if adminLn != nil {
-		fmt.Fprintf(stdout, "idem proxy: admin on http://%s (/metrics, /healthz)\n", adminLn.Addr())
+		fmt.Fprintf(stdout, "idem proxy: admin on http://%s (/metrics, /healthz, /readyz)\n", adminLn.Addr())
 		if dash != nil {
 			fmt.Fprintf(stdout, "idem proxy: dashboard on http://%s/ui/ (sign in with a token of --ui-tokens)\n", adminLn.Addr())
 		}
@@ -358,7 +365,8 @@ func runProxyServer(ctx context.Context, o *proxyOptions, stdout, stderr io.Writ
 	srv := &http.Server{Handler: handler, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute, ErrorLog: errorLog}
 	servers := []listening{{srv, ln}}
 	if adminLn != nil {
-		admin := &http.Server{Handler: dash.mount(adminHandler(store, metrics)), ReadHeaderTimeout: 10 * time.Second, ErrorLog: errorLog}
+		ready := idemapi.NewReadiness(store, o.ready.config(logger))
+		admin := &http.Server{Handler: dash.mount(adminHandler(store, metrics, ready)), ReadHeaderTimeout: 10 * time.Second, ErrorLog: errorLog}
 		servers = append(servers, listening{admin, adminLn})
 	}
 	ratesCtx, stopRates := context.WithCancel(ctx)
@@ -399,9 +407,11 @@ func newProxyHandler(ledger *idem.Ledger, o *proxyOptions, logger *slog.Logger, 
 	return h
 }
 
-// adminHandler answers GET /metrics and GET /healthz.
-func adminHandler(store idem.Store, metrics *idemapi.Metrics) http.Handler {
+// adminHandler answers GET /metrics, GET /healthz (liveness) and GET
+// /readyz (readiness: ready's check of the store).
+func adminHandler(store idem.Store, metrics *idemapi.Metrics, ready *idemapi.Readiness) http.Handler {
 	mux := http.NewServeMux()
+	mux.Handle("/readyz", ready)
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 		_, _ = io.WriteString(w, "ok\n")

@@ -72,6 +72,7 @@ Flags:
   --log-level LEVEL      debug (every request), info (client errors), warn
                          or error (default info); logs never hold keys,
                          tokens or bodies
+` + readyHelp + `
   --workflows DIR        register every declarative workflow document of
                          DIR (*.json, *.yaml, *.yml; docs/workflows.md) at
                          start; serve refuses to start when one is bad and
@@ -125,6 +126,7 @@ type serveOptions struct {
 	workflowLease                   time.Duration
 	workflowVars                    workflowVars
 	ui                              uiOptions
+	ready                           readyFlags
 }
 
 func runServe(args []string, stdout, stderr io.Writer) int {
@@ -160,6 +162,7 @@ func parseServeFlags(args []string, stdout, stderr io.Writer) (*serveOptions, in
 	fs.DurationVar(&o.workflowLease, "workflow-lease", 30*time.Second, "")
 	fs.Var(o.workflowVars, "workflow-var", "")
 	o.ui.register(fs)
+	o.ready.register(fs)
 	o.tls.register(fs)
 	err := parseWithEnv(fs, args)
 	switch {
@@ -189,6 +192,8 @@ func parseServeFlags(args []string, stdout, stderr io.Writer) (*serveOptions, in
 		bad = fmt.Sprintf("--workflow-lease must be positive and at most a century, got %s", o.workflowLease)
 	case o.workflowWorkers <= 0:
 		bad = fmt.Sprintf("--workflow-workers must be positive, got %d", o.workflowWorkers)
+	case o.ready.check() != nil:
+		bad = o.ready.check().Error()
 	case o.tls.check() != nil:
 		bad = o.tls.check().Error()
 	}
@@ -240,6 +245,7 @@ func serve(ctx context.Context, o *serveOptions, stdout, stderr io.Writer) error
 	}
 	apiCfg := &idemapi.Config{
 		Tokens: tokens, MaxBody: o.maxBody, DefaultLease: o.lease, DefaultWindow: o.window, Logger: logger, KeySecret: keySecret,
+		Readiness: o.ready.config(logger),
 	}
 	if wf != nil {
 		apiCfg.Workflows, apiCfg.WorkflowTypes, apiCfg.ParseWorkflow = wf.engine, wf.registry,

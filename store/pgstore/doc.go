@@ -176,8 +176,13 @@
 // is: with synchronous_commit = on (the default) it survives a crash or a
 // restart of PostgreSQL. With synchronous_commit = off the last few hundred
 // milliseconds of completions may be lost in a crash, and their keys run
-// again; with replicas, synchronous_commit = remote_apply (and
-// synchronous_standby_names) keeps them through a failover. When the
+// again. With a standby, synchronous_standby_names naming it and
+// synchronous_commit = on (or remote_apply) keep every acknowledged
+// operation through a failover, tokens included; with an asynchronous
+// standby the last acknowledged ones may be lost (the failover tests
+// measure both: docs/deploy.md). Open a multi-host URL with
+// target_session_attrs=read-write (postgres://u@db1,db2/app?...) so the pool
+// follows the primary; Ping tells whether the pool reaches one. When the
 // database goes away, operations fail with an error wrapping
 // ErrUnavailable ("pgstore: database unavailable: …"); one in flight may or
 // may not have committed, which the next Begin of the key tells.

@@ -66,6 +66,7 @@ var (
 	_ idem.Store  = (*Store)(nil)
 	_ idem.Lister = (*Store)(nil)
 	_ idem.Sizer  = (*Store)(nil)
+	_ idem.Pinger = (*Store)(nil)
 
 	_ idem.Describer = (*Store)(nil)
 )
@@ -516,6 +517,28 @@ func (s *Store) List(ctx context.Context, p *idem.ListParams) (*idem.ListResult,
 		return nil, wrapErr("list", err)
 	}
 	return res, nil
+}
+
+// Ping checks that the database answers on a connection of the pool and
+// accepts writes there: one round trip, `SELECT pg_is_in_recovery()`. A
+// standby (in recovery, read-only) fails it; so does an unreachable
+// database, with an error wrapping ErrUnavailable. With a multi-host URL
+// and target_session_attrs=read-write the pool connects only to a primary,
+// and after a failover Ping fails until the promoted standby accepts
+// writes. It does not write: a primary whose synchronous standby is gone
+// passes it while every commit waits (see docs/deploy.md).
+func (s *Store) Ping(ctx context.Context) error {
+	if err := s.check(); err != nil {
+		return err
+	}
+	var standby bool
+	if err := s.pool.QueryRow(ctx, `SELECT pg_is_in_recovery()`).Scan(&standby); err != nil {
+		return wrapErr("ping", err)
+	}
+	if standby {
+		return fmt.Errorf("%w: ping: the server is a standby in recovery (read-only): point the URL at the primary, or list every node with target_session_attrs=read-write", ErrUnavailable)
+	}
+	return nil
 }
 
 // Size implements idem.Sizer with an exact count, a scan of the primary
