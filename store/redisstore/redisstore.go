@@ -64,6 +64,9 @@ type Store struct {
 	// benchmarks that compare).
 	noBatch bool
 	wait    bool
+	// cluster is the client when it is a cluster client and the store
+	// waits: each write and its wait go to the master of the write's slot.
+	cluster *redis.ClusterClient
 	cfg     Config
 	closed  atomic.Bool
 }
@@ -76,10 +79,11 @@ var (
 	_ idem.Describer = (*Store)(nil)
 )
 
-// New returns a Store on client, which the caller keeps and closes. Writes
-// are acknowledged as Redis acknowledges them unless cfg asks for WAIT or
-// WAITAOF (not on a *redis.ClusterClient, whose pipelines may send the wait
-// to another node than the write).
+// New returns a Store on client, which the caller keeps and closes: a
+// *redis.Client, a Sentinel failover client or a *redis.ClusterClient.
+// Writes are acknowledged as Redis acknowledges them unless cfg asks for
+// WAIT or WAITAOF; on a cluster client the wait goes, with the write, to
+// the master that serves the write's slot (not on a *redis.Ring).
 func New(client redis.UniversalClient, cfg *Config) (*Store, error) {
 	if client == nil {
 		return nil, fmt.Errorf("%w: redisstore.New: client is nil", idem.ErrInvalid)
@@ -109,13 +113,20 @@ func New(client redis.UniversalClient, cfg *Config) (*Store, error) {
 	if s.wait && c.WaitTimeout == 0 {
 		c.WaitTimeout = DefaultWaitTimeout
 	}
-	if rc, ok := client.(*redis.Client); ok && s.wait {
-		if rt := rc.Options().ReadTimeout; rt > 0 && c.WaitTimeout >= rt {
+	if s.wait {
+		var rt time.Duration
+		switch cl := client.(type) {
+		case *redis.Client:
+			rt = cl.Options().ReadTimeout
+		case *redis.ClusterClient:
+			rt = cl.Options().ReadTimeout
+			s.cluster = cl
+		case *redis.Ring:
+			return nil, fmt.Errorf("%w: redisstore: WaitReplicas, WaitAOF and WaitTimeout need the wait on the write's own connection, which a *redis.Ring does not promise; use a client per primary, a cluster client, or drop the wait", idem.ErrInvalid)
+		}
+		if rt > 0 && c.WaitTimeout >= rt {
 			return nil, fmt.Errorf("%w: redisstore: Config.WaitTimeout %s is not below the client's ReadTimeout %s: the client would give up on WAIT first; lower the one or raise the other", idem.ErrInvalid, c.WaitTimeout, rt)
 		}
-	}
-	if _, isCluster := client.(*redis.ClusterClient); isCluster && s.wait {
-		return nil, fmt.Errorf("%w: redisstore: WaitReplicas, WaitAOF and WaitTimeout need the wait on the write's own connection, which a cluster client does not promise; use a client per primary or drop the wait", idem.ErrInvalid)
 	}
 	return s, nil
 }
@@ -198,24 +209,56 @@ func (s *Store) run(ctx context.Context, script *redis.Script, keys []string, ar
 		reply, err = script.Run(ctx, s.client, keys, args...).Result()
 		return reply, nil, err
 	}
+	var client interface {
+		redis.Scripter
+		Pipeline() redis.Pipeliner
+	} = s.client
+	if s.cluster != nil {
+		// A cluster client would split the pipeline by node and send WAIT,
+		// which names no key, to every master: the script and its wait go
+		// to the master of the script's slot, on one of its connections.
+		node, err := s.cluster.MasterForKey(ctx, keys[0])
+		if err != nil {
+			return nil, nil, err
+		}
+		client = node
+	}
 	for attempt := 0; ; attempt++ {
-		pipe := s.client.Pipeline()
+		pipe := client.Pipeline()
 		evalCmd := script.EvalSha(ctx, pipe, keys, args...)
 		waitCmd := s.queueWait(ctx, pipe)
 		_, _ = pipe.Exec(ctx)
 		reply, err = evalCmd.Result()
 		if err != nil && redis.HasErrorPrefix(err, "NOSCRIPT") && attempt == 0 {
 			// The script did not run: load it and send both again.
-			if err := script.Load(ctx, s.client).Err(); err != nil {
+			if err := script.Load(ctx, client).Err(); err != nil {
 				return nil, nil, err
 			}
 			continue
 		}
 		if err != nil {
+			if s.cluster != nil {
+				s.clusterErr(err)
+			}
 			return nil, nil, err
 		}
 		return reply, s.waitResult(waitCmd), nil
 	}
+}
+
+// clusterErr reacts to the error of a write sent to the master the cluster
+// client named: when the node refused the slot (MOVED, ASK, CLUSTERDOWN,
+// TRYAGAIN: the script did not run) or did not answer, the slots may have
+// moved (a failover, a resharding), so the client reloads its map of the
+// cluster for the next call. The error goes to the caller, who may try
+// again.
+func (s *Store) clusterErr(err error) {
+	var rerr redis.Error
+	if errors.As(err, &rerr) && !redis.HasErrorPrefix(err, "MOVED") && !redis.HasErrorPrefix(err, "ASK") &&
+		!redis.HasErrorPrefix(err, "CLUSTERDOWN") && !redis.HasErrorPrefix(err, "TRYAGAIN") {
+		return // an answer of the script
+	}
+	s.cluster.ReloadState(context.Background())
 }
 
 // queueWait adds WAIT or WAITAOF to a pipeline, after the write it is to
