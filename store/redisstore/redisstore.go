@@ -64,8 +64,9 @@ type Store struct {
 	// benchmarks that compare).
 	noBatch bool
 	wait    bool
-	// cluster is the client when it is a cluster client and the store
-	// waits: each write and its wait go to the master of the write's slot.
+	// cluster is the client when it is a cluster client: with a wait, each
+	// write and its wait go to the master of the write's slot, and a failed
+	// call makes it reload its map of the slots (see redisErr).
 	cluster *redis.ClusterClient
 	cfg     Config
 	closed  atomic.Bool
@@ -109,6 +110,7 @@ func New(client redis.UniversalClient, cfg *Config) (*Store, error) {
 	for i := range s.batch {
 		s.batch[i] = batch.Batcher[*pendingOp]{Run: run, MaxBatch: maxBatch, MaxInFlight: maxInFlight}
 	}
+	s.cluster, _ = client.(*redis.ClusterClient)
 	s.wait = c.WaitReplicas > 0 || c.WaitAOF || c.WaitTimeout > 0
 	if s.wait && c.WaitTimeout == 0 {
 		c.WaitTimeout = DefaultWaitTimeout
@@ -120,7 +122,6 @@ func New(client redis.UniversalClient, cfg *Config) (*Store, error) {
 			rt = cl.Options().ReadTimeout
 		case *redis.ClusterClient:
 			rt = cl.Options().ReadTimeout
-			s.cluster = cl
 		case *redis.Ring:
 			return nil, fmt.Errorf("%w: redisstore: WaitReplicas, WaitAOF and WaitTimeout need the wait on the write's own connection, which a *redis.Ring does not promise; use a client per primary, a cluster client, or drop the wait", idem.ErrInvalid)
 		}
@@ -186,6 +187,7 @@ func (s *Store) check() error {
 
 // redisErr wraps an error of the client with what the store was doing.
 func (s *Store) redisErr(op string, err error) error {
+	s.reloadSlots(err)
 	switch {
 	case errors.Is(err, redis.ErrClosed) || s.closed.Load():
 		return fmt.Errorf("redisstore: %s: %w", op, idem.ErrClosed)
@@ -237,26 +239,29 @@ func (s *Store) run(ctx context.Context, script *redis.Script, keys []string, ar
 			continue
 		}
 		if err != nil {
-			if s.cluster != nil {
-				s.clusterErr(err)
-			}
 			return nil, nil, err
 		}
 		return reply, s.waitResult(waitCmd), nil
 	}
 }
 
-// clusterErr reacts to the error of a write sent to the master the cluster
-// client named: when the node refused the slot (MOVED, ASK, CLUSTERDOWN,
-// TRYAGAIN: the script did not run) or did not answer, the slots may have
-// moved (a failover, a resharding), so the client reloads its map of the
-// cluster for the next call. The error goes to the caller, who may try
-// again.
-func (s *Store) clusterErr(err error) {
+// reloadSlots reacts, on a cluster client, to an error that is not a
+// script's or a command's answer: the node did not answer (a killed
+// master: go-redis follows MOVED by itself but, on a refused connection,
+// keeps its map of the slots until ClusterOptions.ClusterStateReloadInterval,
+// a minute by default), or it refused the slot (MOVED, ASK, CLUSTERDOWN,
+// TRYAGAIN: a wait's write sent by the store to the master it named). The
+// slots may have moved (a failover, a resharding), so the client reloads
+// its map in the background, at most every 200ms, for the next calls. The
+// error still goes to the caller, who may try again.
+func (s *Store) reloadSlots(err error) {
+	if s.cluster == nil || errors.Is(err, context.Canceled) {
+		return
+	}
 	var rerr redis.Error
 	if errors.As(err, &rerr) && !redis.HasErrorPrefix(err, "MOVED") && !redis.HasErrorPrefix(err, "ASK") &&
 		!redis.HasErrorPrefix(err, "CLUSTERDOWN") && !redis.HasErrorPrefix(err, "TRYAGAIN") {
-		return // an answer of the script
+		return // an answer
 	}
 	s.cluster.ReloadState(context.Background())
 }

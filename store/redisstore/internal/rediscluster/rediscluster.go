@@ -98,7 +98,7 @@ func Start(t testing.TB, opts *Options) *Cluster {
 	}
 	c.Poll("every node answering PING", func(ctx context.Context) error {
 		for _, n := range c.Nodes {
-			if err := n.do(ctx, "PING"); err != nil {
+			if err := n.Do(ctx, "PING"); err != nil {
 				return err
 			}
 		}
@@ -219,8 +219,8 @@ func (c *Cluster) Client() *redis.ClusterClient {
 	return cc
 }
 
-// client opens a plain client on one node, for one command.
-func (n *Node) do(ctx context.Context, args ...any) error {
+// Do sends one command to the node on a connection of its own.
+func (n *Node) Do(ctx context.Context, args ...any) error {
 	cl := redis.NewClient(&redis.Options{Addr: n.Addr, MaxRetries: -1, DialTimeout: time.Second})
 	defer cl.Close()
 	return cl.Do(ctx, args...).Err()
