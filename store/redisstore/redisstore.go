@@ -37,7 +37,10 @@ type Config struct {
 
 	// WaitReplicas, when positive, makes every write wait (WAIT) until that
 	// many replicas acknowledged it, for at most WaitTimeout; when fewer do,
-	// the method returns an error wrapping ErrNotDurable.
+	// the method returns an error wrapping ErrNotDurable. On a cluster
+	// client they are the replicas of the master of the write's slot; set
+	// it to the replicas each master has, so any replica a failover
+	// promotes holds every acknowledged write.
 	WaitReplicas int
 
 	// WaitAOF makes every write wait (WAITAOF 1 WaitReplicas) until the
