@@ -189,16 +189,22 @@ func (s *Store) check() error {
 }
 
 // redisErr wraps an error of the client with what the store was doing.
+// A node that refused the slot (MOVED, ASK, CLUSTERDOWN, TRYAGAIN: the
+// command did not run, the cluster is moving slots or failing over) counts
+// as unavailable, like a connection that failed: the caller may try again.
 func (s *Store) redisErr(op string, err error) error {
-	s.reloadSlots(err)
 	switch {
 	case errors.Is(err, redis.ErrClosed) || s.closed.Load():
 		return fmt.Errorf("redisstore: %s: %w", op, idem.ErrClosed)
-	case errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded):
+	case errors.Is(err, context.Canceled):
+		return fmt.Errorf("redisstore: %s: %w", op, err)
+	}
+	s.reloadSlots(err)
+	if errors.Is(err, context.DeadlineExceeded) {
 		return fmt.Errorf("redisstore: %s: %w", op, err)
 	}
 	var redisErr redis.Error
-	if errors.As(err, &redisErr) {
+	if errors.As(err, &redisErr) && !slotRefused(err) {
 		return fmt.Errorf("redisstore: %s: redis: %w", op, err)
 	}
 	// Not an answer from Redis: the connection failed.
@@ -258,15 +264,25 @@ func (s *Store) run(ctx context.Context, script *redis.Script, keys []string, ar
 // its map in the background, at most every 200ms, for the next calls. The
 // error still goes to the caller, who may try again.
 func (s *Store) reloadSlots(err error) {
-	if s.cluster == nil || errors.Is(err, context.Canceled) {
+	if s.cluster == nil {
 		return
 	}
 	var rerr redis.Error
-	if errors.As(err, &rerr) && !redis.HasErrorPrefix(err, "MOVED") && !redis.HasErrorPrefix(err, "ASK") &&
-		!redis.HasErrorPrefix(err, "CLUSTERDOWN") && !redis.HasErrorPrefix(err, "TRYAGAIN") {
+	if errors.As(err, &rerr) && !slotRefused(err) {
 		return // an answer
 	}
 	s.cluster.ReloadState(context.Background())
+}
+
+// slotRefused reports whether err is a cluster node's refusal of a slot it
+// does not serve now: the command did not run.
+func slotRefused(err error) bool {
+	for _, p := range []string{"MOVED", "ASK", "CLUSTERDOWN", "TRYAGAIN"} {
+		if redis.HasErrorPrefix(err, p) {
+			return true
+		}
+	}
+	return false
 }
 
 // queueWait adds WAIT or WAITAOF to a pipeline, after the write it is to

@@ -342,7 +342,7 @@ func TestWait(t *testing.T) {
 		if _, err := New(cluster, &Config{WaitReplicas: 1, WaitTimeout: 2 * time.Second}); !errors.Is(err, idem.ErrInvalid) {
 			t.Errorf("New(cluster, WaitTimeout above ReadTimeout): %v, want an error wrapping idem.ErrInvalid", err)
 		}
-		if _, err := New(cluster, &Config{WaitReplicas: 1}); err != nil {
+		if _, err := New(cluster, &Config{WaitReplicas: 1, WaitTimeout: 500 * time.Millisecond}); err != nil {
 			t.Errorf("New(cluster, WaitReplicas 1): %v", err)
 		}
 		if _, err := New(nil, nil); !errors.Is(err, idem.ErrInvalid) {

@@ -219,9 +219,15 @@ func (c *Cluster) Client() *redis.ClusterClient {
 	return cc
 }
 
+// client is a plain client on the node alone, without retries, for a
+// command or two: the caller closes it.
+func (n *Node) client() *redis.Client {
+	return redis.NewClient(&redis.Options{Addr: n.Addr, MaxRetries: -1, DialTimeout: time.Second})
+}
+
 // Do sends one command to the node on a connection of its own.
 func (n *Node) Do(ctx context.Context, args ...any) error {
-	cl := redis.NewClient(&redis.Options{Addr: n.Addr, MaxRetries: -1, DialTimeout: time.Second})
+	cl := n.client()
 	defer cl.Close()
 	return cl.Do(ctx, args...).Err()
 }
@@ -229,7 +235,7 @@ func (n *Node) Do(ctx context.Context, args ...any) error {
 // Info returns the fields of a section of INFO (or CLUSTER INFO, with
 // section "cluster info") of the node.
 func (n *Node) Info(ctx context.Context, section string) (map[string]string, error) {
-	cl := redis.NewClient(&redis.Options{Addr: n.Addr, MaxRetries: -1, DialTimeout: time.Second})
+	cl := n.client()
 	defer cl.Close()
 	var text string
 	var err error
@@ -280,7 +286,7 @@ func (c *Cluster) Shards(ctx context.Context) ([]Shard, error) {
 		if !n.Running() {
 			continue
 		}
-		cl := redis.NewClient(&redis.Options{Addr: n.Addr, MaxRetries: -1, DialTimeout: time.Second})
+		cl := n.client()
 		text, err := cl.ClusterNodes(ctx).Result()
 		cl.Close()
 		if err != nil {
@@ -406,7 +412,7 @@ func (c *Cluster) WaitHealthy() {
 // ownSlots reports whether the node's own line of CLUSTER NODES lists
 // slots.
 func (n *Node) ownSlots(ctx context.Context) (bool, error) {
-	cl := redis.NewClient(&redis.Options{Addr: n.Addr, MaxRetries: -1, DialTimeout: time.Second})
+	cl := n.client()
 	defer cl.Close()
 	text, err := cl.ClusterNodes(ctx).Result()
 	if err != nil {
