@@ -7,6 +7,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -25,10 +26,13 @@ import (
 // lost, duplicate owners, tokens handed out again, and the time from each
 // kill until operations on the killed master's slots run again.
 //
+// Each setting runs twice: a plain kill, and a kill of a master whose
+// replica lags (paused with SIGSTOP and cut off with CLIENT KILL TYPE
+// replica while the master acknowledges 20 more operations on its slots).
 // With WaitReplicas 1 nothing acknowledged may be lost: the test fails on
 // any loss. Without it the test only measures what was lost (replication is
 // asynchronous; a loss needs a write the master acknowledged and did not
-// send before it died).
+// send before it died). docs/store-redis.md has the figures.
 func TestClusterFailover(t *testing.T) {
 	if testing.Short() {
 		t.Skip("kills Redis Cluster masters; takes about a minute")
@@ -79,7 +83,7 @@ func (f *failoverFigures) acked() int64 { return f.begins.Load() + f.completes.L
 func (f *failoverFigures) String() string {
 	kill := "SIGKILL"
 	if f.cut {
-		kill = "replica link cut, then SIGKILL"
+		kill = "replica paused and cut off, then SIGKILL"
 	}
 	s := fmt.Sprintf("WaitReplicas=%d, %s: operations acknowledged %d (%d Begin, %d Complete); not acknowledged: %d wait fell short, %d errors; failovers %d; "+
 		"acknowledged operations lost %d (%d Begin, %d Complete, of %d checked); duplicate owners %d; tokens not above an acknowledged one %d",
@@ -286,12 +290,16 @@ func runFailovers(t *testing.T, waitReplicas, kills int, cut bool) *failoverFigu
 		if len(victim.Replicas) != 1 {
 			t.Fatalf("master %s has %d replicas, want 1", victim.Master.Addr, len(victim.Replicas))
 		}
+		replica := victim.Replicas[0]
 		if cut {
-			// The master drops its replica's connection, and goes on
-			// acknowledging writes, until the replica connects again (within
-			// a second); the kill comes once 20 operations on its slots have
-			// run meanwhile: a replica that lags (a slow link, a network
-			// blip), made on loopback.
+			// A replica that lags (a slow link, a network blip), made on
+			// loopback: the replica is paused (SIGSTOP) and the master drops
+			// its connection, so the master goes on acknowledging writes
+			// that reach no replica; the kill comes once 20 operations on
+			// its slots have run meanwhile, and the replica resumes.
+			if err := replica.Signal(syscall.SIGSTOP); err != nil {
+				t.Fatal(err)
+			}
 			cw := &killWatch{shard: victim, at: time.Now(), errors: map[string]int{}}
 			l.watch.Store(cw)
 			if err := victim.Master.Do(ctx, "CLIENT", "KILL", "TYPE", "replica"); err != nil {
@@ -307,11 +315,16 @@ func runFailovers(t *testing.T, waitReplicas, kills int, cut bool) *failoverFigu
 		w := &killWatch{shard: victim, at: time.Now(), errors: map[string]int{}}
 		l.watch.Store(w)
 		victim.Master.Kill()
+		if cut {
+			if err := replica.Signal(syscall.SIGCONT); err != nil {
+				t.Fatal(err)
+			}
+		}
 		var r recovery
 		c.Poll("the replica of the killed master to take over", func(ctx context.Context) error {
-			role, err := victim.Replicas[0].Role(ctx)
+			role, err := replica.Role(ctx)
 			if err == nil && role != "master" {
-				err = fmt.Errorf("%s is %s", victim.Replicas[0].Addr, role)
+				err = fmt.Errorf("%s is %s", replica.Addr, role)
 			}
 			return err
 		})

@@ -189,6 +189,17 @@ func (n *Node) Kill() {
 	_ = cmd.Wait()
 }
 
+// Signal sends sig to the node's process: SIGSTOP and SIGCONT pause and
+// resume it (a node that does not answer, without dying).
+func (n *Node) Signal(sig os.Signal) error {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.cmd == nil {
+		return fmt.Errorf("node %s is not running", n.Addr)
+	}
+	return n.cmd.Process.Signal(sig)
+}
+
 // Running reports whether the node's process was started and not killed.
 func (n *Node) Running() bool {
 	n.mu.Lock()
