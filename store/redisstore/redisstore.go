@@ -37,7 +37,10 @@ type Config struct {
 
 	// WaitReplicas, when positive, makes every write wait (WAIT) until that
 	// many replicas acknowledged it, for at most WaitTimeout; when fewer do,
-	// the method returns an error wrapping ErrNotDurable.
+	// the method returns an error wrapping ErrNotDurable. On a cluster
+	// client they are the replicas of the master of the write's slot; set
+	// it to the replicas each master has, so any replica a failover
+	// promotes holds every acknowledged write.
 	WaitReplicas int
 
 	// WaitAOF makes every write wait (WAITAOF 1 WaitReplicas) until the
@@ -64,6 +67,10 @@ type Store struct {
 	// benchmarks that compare).
 	noBatch bool
 	wait    bool
+	// cluster is the client when it is a cluster client: with a wait, each
+	// write and its wait go to the master of the write's slot, and a failed
+	// call makes it reload its map of the slots (see redisErr).
+	cluster *redis.ClusterClient
 	cfg     Config
 	closed  atomic.Bool
 }
@@ -76,10 +83,11 @@ var (
 	_ idem.Describer = (*Store)(nil)
 )
 
-// New returns a Store on client, which the caller keeps and closes. Writes
-// are acknowledged as Redis acknowledges them unless cfg asks for WAIT or
-// WAITAOF (not on a *redis.ClusterClient, whose pipelines may send the wait
-// to another node than the write).
+// New returns a Store on client, which the caller keeps and closes: a
+// *redis.Client, a Sentinel failover client or a *redis.ClusterClient.
+// Writes are acknowledged as Redis acknowledges them unless cfg asks for
+// WAIT or WAITAOF; on a cluster client the wait goes, with the write, to
+// the master that serves the write's slot (not on a *redis.Ring).
 func New(client redis.UniversalClient, cfg *Config) (*Store, error) {
 	if client == nil {
 		return nil, fmt.Errorf("%w: redisstore.New: client is nil", idem.ErrInvalid)
@@ -105,17 +113,24 @@ func New(client redis.UniversalClient, cfg *Config) (*Store, error) {
 	for i := range s.batch {
 		s.batch[i] = batch.Batcher[*pendingOp]{Run: run, MaxBatch: maxBatch, MaxInFlight: maxInFlight}
 	}
+	s.cluster, _ = client.(*redis.ClusterClient)
 	s.wait = c.WaitReplicas > 0 || c.WaitAOF || c.WaitTimeout > 0
 	if s.wait && c.WaitTimeout == 0 {
 		c.WaitTimeout = DefaultWaitTimeout
 	}
-	if rc, ok := client.(*redis.Client); ok && s.wait {
-		if rt := rc.Options().ReadTimeout; rt > 0 && c.WaitTimeout >= rt {
+	if s.wait {
+		var rt time.Duration
+		switch cl := client.(type) {
+		case *redis.Client:
+			rt = cl.Options().ReadTimeout
+		case *redis.ClusterClient:
+			rt = cl.Options().ReadTimeout
+		case *redis.Ring:
+			return nil, fmt.Errorf("%w: redisstore: WaitReplicas, WaitAOF and WaitTimeout need the wait on the write's own connection, which a *redis.Ring does not promise; use a client per primary, a cluster client, or drop the wait", idem.ErrInvalid)
+		}
+		if rt > 0 && c.WaitTimeout >= rt {
 			return nil, fmt.Errorf("%w: redisstore: Config.WaitTimeout %s is not below the client's ReadTimeout %s: the client would give up on WAIT first; lower the one or raise the other", idem.ErrInvalid, c.WaitTimeout, rt)
 		}
-	}
-	if _, isCluster := client.(*redis.ClusterClient); isCluster && s.wait {
-		return nil, fmt.Errorf("%w: redisstore: WaitReplicas, WaitAOF and WaitTimeout need the wait on the write's own connection, which a cluster client does not promise; use a client per primary or drop the wait", idem.ErrInvalid)
 	}
 	return s, nil
 }
@@ -174,15 +189,22 @@ func (s *Store) check() error {
 }
 
 // redisErr wraps an error of the client with what the store was doing.
+// A node that refused the slot (MOVED, ASK, CLUSTERDOWN, TRYAGAIN: the
+// command did not run, the cluster is moving slots or failing over) counts
+// as unavailable, like a connection that failed: the caller may try again.
 func (s *Store) redisErr(op string, err error) error {
 	switch {
 	case errors.Is(err, redis.ErrClosed) || s.closed.Load():
 		return fmt.Errorf("redisstore: %s: %w", op, idem.ErrClosed)
-	case errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded):
+	case errors.Is(err, context.Canceled):
+		return fmt.Errorf("redisstore: %s: %w", op, err)
+	}
+	s.reloadSlots(err)
+	if errors.Is(err, context.DeadlineExceeded) {
 		return fmt.Errorf("redisstore: %s: %w", op, err)
 	}
 	var redisErr redis.Error
-	if errors.As(err, &redisErr) {
+	if errors.As(err, &redisErr) && !slotRefused(err) {
 		return fmt.Errorf("redisstore: %s: redis: %w", op, err)
 	}
 	// Not an answer from Redis: the connection failed.
@@ -198,15 +220,29 @@ func (s *Store) run(ctx context.Context, script *redis.Script, keys []string, ar
 		reply, err = script.Run(ctx, s.client, keys, args...).Result()
 		return reply, nil, err
 	}
+	var client interface {
+		redis.Scripter
+		Pipeline() redis.Pipeliner
+	} = s.client
+	if s.cluster != nil {
+		// A cluster client would split the pipeline by node and send WAIT,
+		// which names no key, to every master: the script and its wait go
+		// to the master of the script's slot, on one of its connections.
+		node, err := s.cluster.MasterForKey(ctx, keys[0])
+		if err != nil {
+			return nil, nil, err
+		}
+		client = node
+	}
 	for attempt := 0; ; attempt++ {
-		pipe := s.client.Pipeline()
+		pipe := client.Pipeline()
 		evalCmd := script.EvalSha(ctx, pipe, keys, args...)
 		waitCmd := s.queueWait(ctx, pipe)
 		_, _ = pipe.Exec(ctx)
 		reply, err = evalCmd.Result()
 		if err != nil && redis.HasErrorPrefix(err, "NOSCRIPT") && attempt == 0 {
 			// The script did not run: load it and send both again.
-			if err := script.Load(ctx, s.client).Err(); err != nil {
+			if err := script.Load(ctx, client).Err(); err != nil {
 				return nil, nil, err
 			}
 			continue
@@ -216,6 +252,37 @@ func (s *Store) run(ctx context.Context, script *redis.Script, keys []string, ar
 		}
 		return reply, s.waitResult(waitCmd), nil
 	}
+}
+
+// reloadSlots reacts, on a cluster client, to an error that is not a
+// script's or a command's answer: the node did not answer (a killed
+// master: go-redis follows MOVED by itself but, on a refused connection,
+// keeps its map of the slots until ClusterOptions.ClusterStateReloadInterval,
+// a minute by default), or it refused the slot (MOVED, ASK, CLUSTERDOWN,
+// TRYAGAIN: a wait's write sent by the store to the master it named). The
+// slots may have moved (a failover, a resharding), so the client reloads
+// its map in the background, at most every 200ms, for the next calls. The
+// error still goes to the caller, who may try again.
+func (s *Store) reloadSlots(err error) {
+	if s.cluster == nil {
+		return
+	}
+	var rerr redis.Error
+	if errors.As(err, &rerr) && !slotRefused(err) {
+		return // an answer
+	}
+	s.cluster.ReloadState(context.Background())
+}
+
+// slotRefused reports whether err is a cluster node's refusal of a slot it
+// does not serve now: the command did not run.
+func slotRefused(err error) bool {
+	for _, p := range []string{"MOVED", "ASK", "CLUSTERDOWN", "TRYAGAIN"} {
+		if redis.HasErrorPrefix(err, p) {
+			return true
+		}
+	}
+	return false
 }
 
 // queueWait adds WAIT or WAITAOF to a pipeline, after the write it is to

@@ -332,10 +332,18 @@ func TestWait(t *testing.T) {
 				t.Errorf("New(%+v): %v, want an error wrapping idem.ErrInvalid", cfg, err)
 			}
 		}
-		cluster := redis.NewClusterClient(&redis.ClusterOptions{Addrs: []string{"127.0.0.1:1"}})
+		ring := redis.NewRing(&redis.RingOptions{Addrs: map[string]string{"a": "127.0.0.1:1"}})
+		defer ring.Close()
+		if _, err := New(ring, &Config{WaitReplicas: 1}); !errors.Is(err, idem.ErrInvalid) {
+			t.Errorf("New(ring, WaitReplicas 1): %v, want an error wrapping idem.ErrInvalid", err)
+		}
+		cluster := redis.NewClusterClient(&redis.ClusterOptions{Addrs: []string{"127.0.0.1:1"}, ReadTimeout: time.Second})
 		defer cluster.Close()
-		if _, err := New(cluster, &Config{WaitReplicas: 1}); !errors.Is(err, idem.ErrInvalid) {
-			t.Errorf("New(cluster, WaitReplicas 1): %v, want an error wrapping idem.ErrInvalid", err)
+		if _, err := New(cluster, &Config{WaitReplicas: 1, WaitTimeout: 2 * time.Second}); !errors.Is(err, idem.ErrInvalid) {
+			t.Errorf("New(cluster, WaitTimeout above ReadTimeout): %v, want an error wrapping idem.ErrInvalid", err)
+		}
+		if _, err := New(cluster, &Config{WaitReplicas: 1, WaitTimeout: 500 * time.Millisecond}); err != nil {
+			t.Errorf("New(cluster, WaitReplicas 1): %v", err)
 		}
 		if _, err := New(nil, nil); !errors.Is(err, idem.ErrInvalid) {
 			t.Errorf("New(nil): %v, want an error wrapping idem.ErrInvalid", err)
