@@ -153,7 +153,7 @@ func (p *Proxy) init() {
 	}
 	transport := p.Transport
 	if transport == nil {
-		transport = upstreamTransport()
+		transport = UpstreamTransport()
 	}
 	u.proxy = &httputil.ReverseProxy{
 		Rewrite:      rewrite,
@@ -169,10 +169,12 @@ func (p *Proxy) init() {
 	p.handler = h
 }
 
-// upstreamTransport keeps an idle upstream connection for every client
-// connection of a busy proxy, instead of opening and closing one per
-// request (http.DefaultTransport keeps 2 per host).
-func upstreamTransport() *http.Transport {
+// UpstreamTransport returns a new transport as Proxy.Transport's default,
+// for a caller that wraps it (a tracing transport): it keeps an idle
+// upstream connection for every client connection of a busy proxy,
+// instead of opening and closing one per request (http.DefaultTransport
+// keeps 2 per host).
+func UpstreamTransport() *http.Transport {
 	t := http.DefaultTransport.(*http.Transport).Clone()
 	t.MaxIdleConns = 1024
 	t.MaxIdleConnsPerHost = 256
