@@ -231,12 +231,23 @@ func serve(ctx context.Context, o *serveOptions, stdout, stderr io.Writer) error
 		return errors.Join(err, closeStore())
 	}
 
-	wf, err := serveWorkflows(o, store)
+	tel, telLine, err := startTelemetry(ctx, "idem-serve", store, &closeStore)
+	if err != nil {
+		return errors.Join(err, closeStore())
+	}
+	var wfObs workflow.Observer
+	if tel != nil {
+		wfObs = tel.Workflow()
+	}
+	wf, err := serveWorkflows(o, store, wfObs)
 	if err != nil {
 		return errors.Join(err, closeStore())
 	}
 	apiCfg := &idemapi.Config{
 		Tokens: tokens, MaxBody: o.maxBody, DefaultLease: o.lease, DefaultWindow: o.window, Logger: logger, KeySecret: keySecret,
+	}
+	if tel != nil {
+		apiCfg.Observer = tel
 	}
 	if wf != nil {
 		apiCfg.Workflows, apiCfg.WorkflowTypes, apiCfg.ParseWorkflow = wf.engine, wf.registry,
@@ -276,8 +287,13 @@ func serve(ctx context.Context, o *serveOptions, stdout, stderr io.Writer) error
 		fmt.Fprintf(stdout, "idem serve: workflows off: the store keeps no workflow journal (use mem:, file: or postgres://)\n")
 	}
 
+	var h http.Handler = handler
+	if tel != nil {
+		h = tel.Handler("", handler)
+		fmt.Fprintf(stdout, "idem serve: %s\n", telLine)
+	}
 	srv := &http.Server{
-		Handler:           handler,
+		Handler:           h,
 		ReadHeaderTimeout: 10 * time.Second,
 		ReadTimeout:       time.Minute,
 		IdleTimeout:       2 * time.Minute,
