@@ -238,7 +238,7 @@ func (u *upstream) failed(w http.ResponseWriter, r *http.Request, err error) {
 	if timedOut && !errors.Is(err, ErrUpstreamTimeout) {
 		err = fmt.Errorf("%w: %w", ErrUpstreamTimeout, err)
 	}
-	u.logger.Warn("idemhttp: upstream round trip failed", "method", r.Method, "timeout", timedOut, "err", err)
+	u.logger.Warn("idemhttp: upstream round trip failed", "method", r.Method, "timeout", timedOut, "error", err)
 	if u.errorHandler != nil {
 		u.errorHandler(w, r, err)
 		return
