@@ -1,7 +1,9 @@
 package idemotel
 
 import (
+	"context"
 	"net/http"
+	"slices"
 	"time"
 
 	"go.opentelemetry.io/otel/attribute"
@@ -30,16 +32,29 @@ const (
 // middleware's Begin and Complete) become its children, and it records
 // idem.http.server.request.duration.
 func (t *Telemetry) Handler(route string, next http.Handler) http.Handler {
-	name := route
+	// Span names of the standard methods, made once when the route is
+	// fixed.
+	names := map[string]string{}
+	if route != "" {
+		for _, m := range standardMethods {
+			names[m] = m + " " + route
+		}
+	}
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		start := time.Now()
-		ctx := t.prop.Extract(r.Context(), propagation.HeaderCarrier(r.Header))
-		rt := name
+		ctx := r.Context()
+		if len(r.Header["Traceparent"]) > 0 {
+			ctx = t.prop.Extract(ctx, propagation.HeaderCarrier(r.Header))
+		}
+		rt := route
 		if rt == "" {
 			rt = firstSegment(r.URL.Path)
 		}
-		ctx, span := t.tracer.Start(ctx, r.Method+" "+rt, trace.WithSpanKind(trace.SpanKindServer),
-			trace.WithTimestamp(start))
+		name, ok := names[r.Method]
+		if !ok {
+			name = r.Method + " " + rt
+		}
+		ctx, span := t.tracer.Start(ctx, name, serverSpan...)
 		rec := &statusWriter{ResponseWriter: w}
 		next.ServeHTTP(rec, r.WithContext(ctx))
 		status := rec.status
@@ -47,8 +62,8 @@ func (t *Telemetry) Handler(route string, next http.Handler) http.Handler {
 			status = http.StatusOK
 		}
 		replayed := w.Header().Get(headerReplayed) == "true"
-		end := time.Now()
-		if span.IsRecording() {
+		recording := span.IsRecording()
+		if recording {
 			attrs := []attribute.KeyValue{
 				attribute.String("http.request.method", r.Method),
 				attribute.String("http.route", rt),
@@ -63,12 +78,47 @@ func (t *Telemetry) Handler(route string, next http.Handler) http.Handler {
 				span.SetStatus(codes.Error, http.StatusText(status))
 			}
 		}
-		span.End(trace.WithTimestamp(end))
-		t.httpDuration.Record(ctx, end.Sub(start).Seconds(), metric.WithAttributes(
-			attribute.String("http.request.method", r.Method),
-			attribute.Int("http.response.status_code", status),
-			AttrReplayed.Bool(replayed)))
+		span.End()
+		mctx := context.Background() // exemplars only for sampled spans, as the SDK keeps
+		if recording {
+			mctx = ctx
+		}
+		t.httpDuration.Record(mctx, time.Since(start).Seconds(), t.httpSet(r.Method, status, replayed)...)
 	})
+}
+
+// serverSpan are the options of Handler's spans, made once.
+var serverSpan = []trace.SpanStartOption{trace.WithSpanKind(trace.SpanKindServer)}
+
+var standardMethods = []string{http.MethodGet, http.MethodPost, http.MethodPut, http.MethodPatch, http.MethodDelete,
+	http.MethodHead, http.MethodOptions, http.MethodConnect, http.MethodTrace}
+
+// httpKey identifies the attribute set of an idem.http.server.request.duration
+// point. Its values are bounded: methods outside the standard ones are
+// "_OTHER", statuses outside 100-599 are 0.
+type httpKey struct {
+	method   string
+	status   int
+	replayed bool
+}
+
+// httpSet returns the (cached) attribute set of a request's point, so
+// that recording builds no set.
+func (t *Telemetry) httpSet(method string, status int, replayed bool) []metric.RecordOption {
+	if !slices.Contains(standardMethods, method) {
+		method = "_OTHER"
+	}
+	if status < 100 || status > 599 {
+		status = 0
+	}
+	k := httpKey{method, status, replayed}
+	if o, ok := t.httpSets.Load(k); ok {
+		return o.([]metric.RecordOption)
+	}
+	o := []metric.RecordOption{set(attribute.String("http.request.method", method),
+		attribute.Int("http.response.status_code", status), AttrReplayed.Bool(replayed))}
+	t.httpSets.Store(k, o)
+	return o
 }
 
 // firstSegment is "/orders" of "/orders/42": a route name of bounded

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"go.opentelemetry.io/otel"
@@ -50,6 +51,12 @@ type Config struct {
 	// between Start and the end of the instance (see Observer.Started).
 	// Default 10000; past it an instance gets no span of its own.
 	MaxOpenInstances int
+	// OperationDurations records idem.ledger.operation.duration, the
+	// duration of each ledger operation's store call. Off by default: it
+	// is two histogram records per request, a third of what idemotel
+	// costs a request that is not sampled (the spans carry the same
+	// durations).
+	OperationDurations bool
 }
 
 // Telemetry turns idem's hooks into OpenTelemetry spans and metrics: it is
@@ -63,14 +70,16 @@ type Telemetry struct {
 	meter  metric.Meter
 	prop   propagation.TextMapPropagator
 
-	ops         metric.Int64Counter
-	outcomes    metric.Int64Counter
-	opDuration  metric.Float64Histogram
+	// The ledger's counters are atomics that observable counters read at
+	// collection: counting an operation costs an atomic add.
+	ops         [len(opNames) * len(outcomeNames)]atomic.Int64
+	outcomes    [len(kindNames)]atomic.Int64
+	takeovers   atomic.Int64
+	expirations atomic.Int64
+	retries     atomic.Int64
+	retryOK     atomic.Int64
+	opDuration  metric.Float64Histogram // nil unless Config.OperationDurations
 	tti         metric.Float64Histogram
-	takeovers   metric.Int64Counter
-	expirations metric.Int64Counter
-	retries     metric.Int64Counter
-	retryOK     metric.Int64Counter
 
 	httpDuration metric.Float64Histogram
 
@@ -89,6 +98,8 @@ type Telemetry struct {
 	maxOpen   int
 	mu        sync.Mutex
 	instances map[string]trace.Span // open instance spans by id and run
+
+	httpSets sync.Map // httpKey -> []metric.RecordOption
 }
 
 // Bucket bounds in seconds: time to idempotence spans milliseconds to a
@@ -130,14 +141,43 @@ func New(cfg *Config) (*Telemetry, error) {
 		errs = append(errs, err)
 		return h
 	}
-	t.ops = counter("idem.ledger.operations", "{operation}", "Ledger operations by operation and outcome.")
-	t.outcomes = counter("idem.ledger.outcomes", "{outcome}", "What keys came to: acquired, replayed, in_flight, mismatch, lease_lost, takeover.")
-	t.opDuration = histogram("idem.ledger.operation.duration", "Duration of the store call of a ledger operation.", durationBuckets)
+	observable := func(name, unit, desc string) metric.Int64ObservableCounter {
+		c, err := m.Int64ObservableCounter(name, metric.WithUnit(unit), metric.WithDescription(desc))
+		errs = append(errs, err)
+		return c
+	}
+	ops := observable("idem.ledger.operations", "{operation}", "Ledger operations by operation and outcome.")
+	outcomes := observable("idem.ledger.outcomes", "{outcome}", "What keys came to: acquired, replayed, in_flight, mismatch, lease_lost, takeover.")
+	takeovers := observable("idem.lease.takeovers", "{takeover}", "Begins that took over an expired lease.")
+	expirations := observable("idem.ledger.expirations", "{record}", "Expired records removed by sweeps.")
+	retries := observable("idem.retry.attempts", "{attempt}", "Retries that ran: acquired Begins of a key's second or later attempt.")
+	retryOK := observable("idem.retry.successes", "{attempt}", "Retries that stored an outcome: Completes of a second or later attempt.")
+	if c.OperationDurations {
+		t.opDuration = histogram("idem.ledger.operation.duration", "Duration of the store call of a ledger operation.", durationBuckets)
+	}
 	t.tti = histogram("idem.time_to_idempotence", "Time from a key's first attempt to its stored outcome.", ttiBuckets)
-	t.takeovers = counter("idem.lease.takeovers", "{takeover}", "Begins that took over an expired lease.")
-	t.expirations = counter("idem.ledger.expirations", "{record}", "Expired records removed by sweeps.")
-	t.retries = counter("idem.retry.attempts", "{attempt}", "Retries that ran: acquired Begins of a key's second or later attempt.")
-	t.retryOK = counter("idem.retry.successes", "{attempt}", "Retries that stored an outcome: Completes of a second or later attempt.")
+	_, err := m.RegisterCallback(func(_ context.Context, o metric.Observer) error {
+		for i := range t.ops {
+			if n := t.ops[i].Load(); n > 0 {
+				o.ObserveInt64(ops, n, opSets[i])
+			}
+		}
+		for i := range t.outcomes {
+			if n := t.outcomes[i].Load(); n > 0 {
+				o.ObserveInt64(outcomes, n, kindSets[i])
+			}
+		}
+		for _, c := range []struct {
+			inst metric.Int64ObservableCounter
+			n    *atomic.Int64
+		}{{takeovers, &t.takeovers}, {expirations, &t.expirations}, {retries, &t.retries}, {retryOK, &t.retryOK}} {
+			if n := c.n.Load(); n > 0 {
+				o.ObserveInt64(c.inst, n)
+			}
+		}
+		return nil
+	}, ops, outcomes, takeovers, expirations, retries, retryOK)
+	errs = append(errs, err)
 	t.httpDuration = histogram("idem.http.server.request.duration", "Duration of HTTP requests through Handler.", durationBuckets)
 	t.consumed = counter("idem.messages.consumed", "{message}", "Deliveries a Consumer handled, by decision.")
 	t.redeliveries = counter("idem.messages.redeliveries", "{message}", "Deliveries the broker counted as second or later.")
@@ -182,42 +222,50 @@ var successOutcome = map[idem.Op]string{
 	idem.OpSweep:      outcomeSwept,
 }
 
-// Pre-built attribute sets, so that recording allocates none.
+// The operations and outcomes of the ledger's counters, and their
+// attribute sets, made once.
 var (
-	opSets      = map[[2]string]metric.MeasurementOption{}
-	outcomeSets = map[string]metric.MeasurementOption{}
-	opOnlySets  = map[idem.Op]metric.MeasurementOption{}
-)
-
-func init() {
-	ops := []idem.Op{idem.OpBegin, idem.OpComplete, idem.OpRelease, idem.OpExtend, idem.OpCheckpoint, idem.OpSweep}
-	outs := []string{string(idem.Acquired), string(idem.Replay), string(idem.InFlight), string(idem.Mismatch),
+	opNames = [...]idem.Op{idem.OpBegin, idem.OpComplete, idem.OpRelease, idem.OpExtend, idem.OpCheckpoint, idem.OpSweep}
+	// outcomeNames are idem.ledger.operations' outcomes.
+	outcomeNames = [...]string{string(idem.Acquired), string(idem.Replay), string(idem.InFlight), string(idem.Mismatch),
 		outcomeCompleted, outcomeReleased, outcomeExtended, outcomeCheckpointed, outcomeSwept,
 		outcomeLeaseLost, outcomeAlreadyCompleted, outcomeError}
-	for _, op := range ops {
-		opOnlySets[op] = metric.WithAttributeSet(attribute.NewSet(AttrOperation.String(string(op))))
-		for _, o := range outs {
-			opSets[[2]string{string(op), o}] = metric.WithAttributeSet(attribute.NewSet(AttrOperation.String(string(op)), AttrOutcome.String(o)))
-		}
-	}
-	for _, o := range []string{"acquired", "replayed", "in_flight", "mismatch", "lease_lost", "takeover"} {
-		outcomeSets[o] = metric.WithAttributeSet(attribute.NewSet(AttrOutcome.String(o)))
-	}
+	// kindNames are idem.ledger.outcomes' outcomes.
+	kindNames = [...]string{"acquired", "replayed", "in_flight", "mismatch", "lease_lost", "takeover"}
+
+	opSets         [len(opNames) * len(outcomeNames)]metric.ObserveOption
+	kindSets       [len(kindNames)]metric.ObserveOption
+	opDurSets      = map[idem.Op][]metric.RecordOption{}
+	opIndex        = map[idem.Op]int{}
+	outIndex       = map[string]int{}
+	kindOfDecision = map[idem.Decision]int{idem.Acquired: 0, idem.Replay: 1, idem.InFlight: 2, idem.Mismatch: 3}
+)
+
+// Indexes in kindNames of the outcomes that are not decisions.
+const (
+	kindLeaseLost = 4
+	kindTakeover  = 5
+)
+
+// set returns attrs as a measurement option.
+func set(attrs ...attribute.KeyValue) metric.MeasurementOption {
+	return metric.WithAttributeSet(attribute.NewSet(attrs...))
 }
 
-// kind maps a Begin decision to its name in idem.ledger.outcomes.
-func kind(d idem.Decision) string {
-	switch d {
-	case idem.Acquired:
-		return "acquired"
-	case idem.Replay:
-		return "replayed"
-	case idem.InFlight:
-		return "in_flight"
-	case idem.Mismatch:
-		return "mismatch"
+func init() {
+	for i, op := range opNames {
+		opIndex[op] = i
+		opDurSets[op] = []metric.RecordOption{set(AttrOperation.String(string(op)))}
+		for j, o := range outcomeNames {
+			opSets[i*len(outcomeNames)+j] = set(AttrOperation.String(string(op)), AttrOutcome.String(o))
+		}
 	}
-	return ""
+	for j, o := range outcomeNames {
+		outIndex[o] = j
+	}
+	for i, k := range kindNames {
+		kindSets[i] = set(AttrOutcome.String(k))
+	}
 }
 
 // operationOutcome is what became of ev, as idem.ledger.operations counts
@@ -245,45 +293,54 @@ func operationOutcome(ev *idem.Event) string {
 // A Begin's decision is also set on ctx's span (idem.outcome), so an HTTP
 // request's or a message's span tells what the ledger answered.
 func (t *Telemetry) Observe(ctx context.Context, ev *idem.Event) {
-	outcome := operationOutcome(ev)
-	if o, ok := opSets[[2]string{string(ev.Op), outcome}]; ok {
-		t.ops.Add(ctx, 1, o)
+	parent := trace.SpanFromContext(ctx)
+	recording := parent.IsRecording()
+	// The metrics get ctx, for exemplars, only when its span is sampled
+	// (the SDK keeps exemplars of sampled spans only): reading a span
+	// from some contexts allocates.
+	mctx := context.Background()
+	if recording {
+		mctx = ctx
 	}
-	if o, ok := opOnlySets[ev.Op]; ok {
-		t.opDuration.Record(ctx, ev.Duration.Seconds(), o)
+	outcome := operationOutcome(ev)
+	if i, ok := opIndex[ev.Op]; ok {
+		t.ops[i*len(outcomeNames)+outIndex[outcome]].Add(1)
+		if t.opDuration != nil {
+			t.opDuration.Record(mctx, ev.Duration.Seconds(), opDurSets[ev.Op]...)
+		}
 	}
 	if ev.Op == idem.OpBegin {
-		if k := kind(idem.Decision(outcome)); k != "" {
-			t.outcomes.Add(ctx, 1, outcomeSets[k])
+		if k, ok := kindOfDecision[idem.Decision(outcome)]; ok {
+			t.outcomes[k].Add(1)
 		}
 		if ev.Err == nil && ev.Decision == idem.Acquired && ev.Attempt > 1 {
-			t.retries.Add(ctx, 1)
+			t.retries.Add(1)
 		}
 	}
 	if outcome == outcomeLeaseLost {
-		t.outcomes.Add(ctx, 1, outcomeSets["lease_lost"])
+		t.outcomes[kindLeaseLost].Add(1)
 	}
 	if ev.Takeover {
-		t.takeovers.Add(ctx, 1)
-		t.outcomes.Add(ctx, 1, outcomeSets["takeover"])
+		t.takeovers.Add(1)
+		t.outcomes[kindTakeover].Add(1)
 	}
 	if ev.Op == idem.OpComplete && ev.Err == nil {
-		t.tti.Record(ctx, ev.TimeToIdempotence.Seconds())
+		t.tti.Record(mctx, ev.TimeToIdempotence.Seconds())
 		if ev.Attempt > 1 {
-			t.retryOK.Add(ctx, 1)
+			t.retryOK.Add(1)
 		}
 	}
 	if ev.Op == idem.OpSweep && ev.Deleted > 0 {
-		t.expirations.Add(ctx, int64(ev.Deleted))
+		t.expirations.Add(int64(ev.Deleted))
 	}
 
-	parent := trace.SpanFromContext(ctx)
-	if ev.Op == idem.OpBegin && parent.IsRecording() {
+	if ev.Op == idem.OpBegin && recording {
 		parent.SetAttributes(AttrOutcome.String(outcome))
 	}
-	if !parent.SpanContext().IsValid() && ev.Op != idem.OpSweep {
-		// A ledger operation of no traced work (a background heartbeat
-		// of an untraced caller) makes no trace of its own.
+	if !recording && ev.Op != idem.OpSweep {
+		// A ledger operation of work nobody records (an untraced caller,
+		// a request the sampler left out) makes no span: the span would
+		// not be recorded either, and skipping it costs nothing.
 		return
 	}
 	end := time.Now()

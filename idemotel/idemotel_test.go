@@ -43,7 +43,7 @@ func newRig(t *testing.T) *rig {
 		_ = tp.Shutdown(context.Background())
 		_ = mp.Shutdown(context.Background())
 	})
-	tel, err := idemotel.New(&idemotel.Config{TracerProvider: tp, MeterProvider: mp})
+	tel, err := idemotel.New(&idemotel.Config{TracerProvider: tp, MeterProvider: mp, OperationDurations: true})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -43,7 +43,8 @@ func EnvEnabled() bool {
 // be http/protobuf, the default; grpc is refused. OTEL_EXPORTER_OTLP_HEADERS,
 // _TIMEOUT, _COMPRESSION and _CERTIFICATE are read by the exporters;
 // OTEL_SERVICE_NAME (default service, a name of the caller's) and
-// OTEL_RESOURCE_ATTRIBUTES name the resource.
+// OTEL_RESOURCE_ATTRIBUTES name the resource. The Telemetry records
+// idem.ledger.operation.duration (Config.OperationDurations).
 func FromEnv(ctx context.Context, service string) (*Telemetry, func(context.Context) error, error) {
 	if !EnvEnabled() {
 		return nil, nil, nil
@@ -71,7 +72,7 @@ func FromEnv(ctx context.Context, service string) (*Telemetry, func(context.Cont
 		}
 		return errors.Join(errs...)
 	}
-	cfg := &Config{}
+	cfg := &Config{OperationDurations: true}
 	if base || os.Getenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") != "" {
 		exp, err := otlptracehttp.New(ctx)
 		if err != nil {
