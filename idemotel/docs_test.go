@@ -89,7 +89,9 @@ func exercise(t *testing.T, r *rig) {
 		Transitions: []workflow.Transition{
 			{From: "a", Event: "go", To: "b", Action: &workflow.Action{Name: "one", Run: ok, Compensate: ok}},
 			{From: "b", Event: "go", To: "c", Action: &workflow.Action{Name: "two", NoCompensation: true,
-				Run: func(context.Context, *workflow.Step) ([]byte, error) { return nil, workflow.Permanent(errors.New("no")) }}},
+				Run: func(context.Context, *workflow.Step) ([]byte, error) {
+					return nil, workflow.Permanent(errors.New("no"))
+				}}},
 		}}); err != nil {
 		t.Fatal(err)
 	}
