@@ -447,3 +447,57 @@ func TestMetrics(t *testing.T) {
 		t.Errorf("ledger records %v, want 5", got)
 	}
 }
+
+// A message published through Publisher carries the publish span's
+// traceparent: the consumer's span is its child, with the same key digest.
+func TestPublishThenConsumeTrace(t *testing.T) {
+	r := newRig(t)
+	ctx := context.Background()
+	var sent *messaging.OutboxMessage
+	pub := r.tel.Publisher(messaging.PublisherFunc(func(_ context.Context, m *messaging.OutboxMessage) error {
+		sent = m
+		return nil
+	}))
+	orig := &messaging.OutboxMessage{ID: "wf-1/2/email", Subject: "mail", Payload: []byte("secret-payload"), Headers: map[string]string{"A": "b"}}
+	if err := pub.Publish(ctx, orig); err != nil {
+		t.Fatal(err)
+	}
+	if sent == nil || sent.Headers["traceparent"] == "" || sent.Headers["A"] != "b" {
+		t.Fatalf("published headers %v", sent.Headers)
+	}
+	if _, ok := orig.Headers["traceparent"]; ok {
+		t.Fatal("the caller's headers were changed")
+	}
+	ledger, err := idem.New(memstore.New(nil), &idem.Config{Observer: r.tel})
+	if err != nil {
+		t.Fatal(err)
+	}
+	consumer, err := messaging.NewConsumer(ledger, func(context.Context, *messaging.Message) error { return nil },
+		&messaging.Config{Observe: r.tel.ObserveMessage})
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := consumer.Handle(ctx, &messaging.Message{ID: sent.ID, Subject: sent.Subject, Payload: sent.Payload, Headers: sent.Headers, Delivery: 1})
+	if d.Action != messaging.Ack {
+		t.Fatalf("decision %+v", d)
+	}
+	spans := r.spans.Ended()
+	want := `publish mail
+  process mail
+    idem.begin
+    idem.complete
+`
+	if got := tree(t, spans); got != want {
+		t.Fatalf("trace tree:\n%s\nwant:\n%s", got, want)
+	}
+	p, c := find(t, spans, "publish mail"), find(t, spans, "process mail")
+	for _, s := range []sdktrace.ReadOnlySpan{p, c} {
+		if v, _ := attr(s, idemotel.AttrKeyDigest); v.AsString() != idem.KeyDigest(sent.ID) {
+			t.Errorf("%s: key digest %q", s.Name(), v.AsString())
+		}
+	}
+	if p.SpanKind() != trace.SpanKindProducer || c.SpanKind() != trace.SpanKindConsumer {
+		t.Errorf("kinds %v %v", p.SpanKind(), c.SpanKind())
+	}
+	noRawKeys(t, spans, sent.ID, "secret-payload")
+}
