@@ -24,29 +24,35 @@ const ScopeName = "github.com/idemkit/idem/idemotel"
 // holds a raw key, a payload or a body: keys are recorded as
 // idem.KeyDigest.
 const (
-	AttrOperation   = attribute.Key("idem.operation")      // ledger operation: begin, complete, release, extend, checkpoint, sweep
-	AttrOutcome     = attribute.Key("idem.outcome")        // what became of an operation (see the metrics' documentation)
-	AttrKeyDigest   = attribute.Key("idem.key.digest")     // idem.KeyDigest of the key
-	AttrAttempt     = attribute.Key("idem.attempt")        // the owner's attempt number
-	AttrTakeover    = attribute.Key("idem.takeover")       // a Begin took over an expired lease
-	AttrReplayed    = attribute.Key("idem.replayed")       // a request or message was answered from the stored outcome
-	AttrAction      = attribute.Key("idem.message.action") // a consumer's Decision: ack, ack-duplicate, ack-superseded, retry, dead-letter
-	AttrDelivery    = attribute.Key("idem.message.delivery")
-	AttrWfType      = attribute.Key("idem.workflow.type")
-	AttrWfStatus    = attribute.Key("idem.workflow.status")
-	AttrWfAction    = attribute.Key("idem.workflow.action")
-	AttrWfComp      = attribute.Key("idem.workflow.compensation")
+	AttrOperation   = attribute.Key("idem.operation")                // ledger operation: begin, complete, release, extend, checkpoint, sweep
+	AttrOutcome     = attribute.Key("idem.outcome")                  // what became of an operation (see the metrics' documentation)
+	AttrKeyDigest   = attribute.Key("idem.key.digest")               // idem.KeyDigest of the key
+	AttrAttempt     = attribute.Key("idem.attempt")                  // the owner's attempt number
+	AttrTakeover    = attribute.Key("idem.takeover")                 // a Begin took over an expired lease
+	AttrReplayed    = attribute.Key("idem.replayed")                 // a request or message was answered from the stored outcome
+	AttrAction      = attribute.Key("idem.message.action")           // a consumer's Decision: ack, ack-duplicate, ack-superseded, retry, dead-letter
+	AttrDelivery    = attribute.Key("idem.message.delivery")         // the broker's delivery count
+	AttrWfType      = attribute.Key("idem.workflow.type")            // the workflow definition's name
+	AttrWfStatus    = attribute.Key("idem.workflow.status")          // a finished instance's status: succeeded, failed, cancelled
+	AttrWfAction    = attribute.Key("idem.workflow.action")          // the action's name
+	AttrWfComp      = attribute.Key("idem.workflow.compensation")    // the action's compensation ran
 	AttrWfID        = attribute.Key("idem.workflow.instance.digest") // idem.KeyDigest of the instance id
-	AttrWfRun       = attribute.Key("idem.workflow.run")
-	AttrStepOutcome = attribute.Key("idem.workflow.step.outcome") // ok, kept, failed
+	AttrWfRun       = attribute.Key("idem.workflow.run")             // the run of the instance id, from 1
+	AttrStepOutcome = attribute.Key("idem.workflow.step.outcome")    // ok, kept, failed
 )
 
 // Config configures Telemetry. Nil or zero fields mean the global
 // providers of package otel and the W3C trace-context propagator.
 type Config struct {
+	// TracerProvider makes the spans. Default otel.GetTracerProvider().
 	TracerProvider trace.TracerProvider
-	MeterProvider  metric.MeterProvider
-	Propagator     propagation.TextMapPropagator
+	// MeterProvider makes the instruments. Default
+	// otel.GetMeterProvider().
+	MeterProvider metric.MeterProvider
+	// Propagator reads and writes trace context in HTTP and message
+	// headers. Default propagation.TraceContext{} (W3C traceparent and
+	// tracestate).
+	Propagator propagation.TextMapPropagator
 	// MaxOpenInstances bounds the workflow instance spans held open
 	// between Start and the end of the instance (see Observer.Started).
 	// Default 10000; past it an instance gets no span of its own.
