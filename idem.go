@@ -205,6 +205,7 @@ type Claim struct {
 	l        *Ledger
 	scope    string
 	key      string // as stored
+	raw      string // as the caller gave it, for Events' KeyDigest
 	rec      *Record
 	replayed bool
 	begin    BeginParams // Begin's params share the claim's allocation
@@ -267,7 +268,7 @@ func (c *Claim) Complete(ctx context.Context, out Outcome) error {
 		c.mu.Unlock()
 	}
 	if c.l.cfg.Observer != nil {
-		ev := Event{Op: OpComplete, Scope: c.scope, Err: err}
+		ev := Event{Op: OpComplete, Scope: c.scope, Attempt: c.rec.Attempts, Err: err, key: c.raw}
 		if err == nil {
 			ev.TimeToIdempotence = rec.Completed.Sub(rec.Created)
 		}
@@ -283,7 +284,7 @@ func (c *Claim) Complete(ctx context.Context, out Outcome) error {
 func (c *Claim) Release(ctx context.Context) error {
 	start := c.l.start()
 	err := c.l.store.Release(ctx, &ReleaseParams{Scope: c.scope, Key: c.key, Token: c.rec.Token})
-	c.l.observe(ctx, start, Event{Op: OpRelease, Scope: c.scope, Err: err})
+	c.l.observe(ctx, start, Event{Op: OpRelease, Scope: c.scope, Err: err, key: c.raw})
 	if err != nil {
 		return fmt.Errorf("release: %w", err)
 	}
@@ -294,7 +295,7 @@ func (c *Claim) Release(ctx context.Context) error {
 func (c *Claim) Extend(ctx context.Context, d time.Duration) error {
 	start := c.l.start()
 	rec, err := c.l.store.Extend(ctx, &ExtendParams{Scope: c.scope, Key: c.key, Token: c.rec.Token, Lease: d})
-	c.l.observe(ctx, start, Event{Op: OpExtend, Scope: c.scope, Err: err})
+	c.l.observe(ctx, start, Event{Op: OpExtend, Scope: c.scope, Err: err, key: c.raw})
 	if err != nil {
 		return fmt.Errorf("extend: %w", err)
 	}
@@ -310,7 +311,7 @@ func (c *Claim) Extend(ctx context.Context, d time.Duration) error {
 func (c *Claim) SetCheckpoint(ctx context.Context, point string, data []byte) error {
 	start := c.l.start()
 	err := c.l.store.Checkpoint(ctx, &CheckpointParams{Scope: c.scope, Key: c.key, Token: c.rec.Token, Point: point, Data: data})
-	c.l.observe(ctx, start, Event{Op: OpCheckpoint, Scope: c.scope, Err: err})
+	c.l.observe(ctx, start, Event{Op: OpCheckpoint, Scope: c.scope, Err: err, key: c.raw})
 	if err != nil {
 		return fmt.Errorf("checkpoint: %w", err)
 	}
@@ -333,7 +334,7 @@ func (l *Ledger) begin(ctx context.Context, scope, key, fingerprint string, o ca
 	if err := ValidateKey(scope, key); err != nil {
 		return nil, err
 	}
-	c := &Claim{l: l, scope: scope}
+	c := &Claim{l: l, scope: scope, raw: key}
 	p := &c.begin
 	*p = BeginParams{Scope: scope, Key: l.StoredKey(key), Fingerprint: fingerprint,
 		Lease: o.lease, Window: o.window, Retention: o.retention}
@@ -346,7 +347,7 @@ func (l *Ledger) begin(ctx context.Context, scope, key, fingerprint string, o ca
 		start := l.start()
 		res, err := l.store.Begin(ctx, p)
 		if l.cfg.Observer != nil {
-			ev := Event{Op: OpBegin, Scope: scope, Err: err}
+			ev := Event{Op: OpBegin, Scope: scope, Err: err, key: key}
 			if err == nil {
 				ev.Decision, ev.Takeover = res.Decision, res.Takeover
 				if res.Decision == Acquired {

@@ -2,6 +2,8 @@ package idem
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"time"
 )
 
@@ -26,7 +28,8 @@ type Event struct {
 	Decision Decision
 	// Takeover is true when Begin took over an expired lease.
 	Takeover bool
-	// Attempt is the owner's attempt number for acquired Begins.
+	// Attempt is the owner's attempt number for acquired Begins and for
+	// Completes (greater than 1: a retry's).
 	Attempt int
 	// Duration is how long the store call took.
 	Duration time.Duration
@@ -37,6 +40,32 @@ type Event struct {
 	Deleted int
 	// Err is the call's error, if any (ErrLeaseLost, ErrCompleted, ...).
 	Err error
+	// key is the caller's key ("" for OpSweep). It is unexported so that
+	// an Observer sees only its digest (KeyDigest).
+	key string
+}
+
+// KeyDigest returns the digest of the operation's key (see KeyDigest), ""
+// for an operation on no key (OpSweep). It is computed on each call.
+func (e *Event) KeyDigest() string {
+	if e.key == "" {
+		return ""
+	}
+	return KeyDigest(e.key)
+}
+
+// KeyDigest returns "sha256:" and the first 16 hex digits of the SHA-256
+// of key: what traces and logs carry instead of a key, which may be a
+// secret. The same key always has the same digest, so the spans and log
+// lines of one key (an HTTP request's, its workflow step's, the message it
+// sends) can be found together. A key of little entropy (an order number)
+// can be guessed from its digest by trying candidates.
+func KeyDigest(key string) string {
+	sum := sha256.Sum256([]byte(key))
+	var out [len("sha256:") + 16]byte
+	copy(out[:], "sha256:")
+	hex.Encode(out[len("sha256:"):], sum[:8])
+	return string(out[:])
 }
 
 // Observer receives an Event after every ledger operation. Implementations

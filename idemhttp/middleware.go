@@ -400,7 +400,7 @@ func (m *middleware) beginFailed(w http.ResponseWriter, r *http.Request, route s
 		// The client went away while waiting; nobody reads this answer.
 		writeProblem(w, problemUnavailable, "the request was cancelled")
 	default:
-		m.logger.Warn("idemhttp: ledger failed", "method", r.Method, "err", err)
+		m.logger.Warn("idemhttp: ledger failed", "method", r.Method, "error", err)
 		writeProblem(w, problemUnavailable, "the idempotency ledger is unavailable; retry with the same key")
 	}
 }
@@ -409,7 +409,7 @@ func (m *middleware) replay(w http.ResponseWriter, r *http.Request, claim *idem.
 	out := claim.Outcome()
 	head, err := parseStoredHead(out.Data)
 	if err != nil {
-		m.logger.Warn("idemhttp: the stored response cannot be replayed", "method", r.Method, "err", err)
+		m.logger.Warn("idemhttp: the stored response cannot be replayed", "method", r.Method, "error", err)
 		writeProblem(w, problemUnavailable, "the stored response cannot be read by this server")
 		return
 	}
@@ -507,7 +507,7 @@ func (m *middleware) execute(w http.ResponseWriter, r *http.Request, route strin
 		rw.discard()
 		if p := recover(); p != nil {
 			if err := claim.Release(finish); err != nil {
-				m.logger.Warn("idemhttp: releasing after a panic failed", "method", r.Method, "err", err)
+				m.logger.Warn("idemhttp: releasing after a panic failed", "method", r.Method, "error", err)
 			}
 			panic(p)
 		}
@@ -536,7 +536,7 @@ func (m *middleware) finish(ctx context.Context, r *http.Request, claim *idem.Cl
 	}
 	release := func(reason string) {
 		if err := claim.Release(ctx); err != nil {
-			m.logger.Warn("idemhttp: releasing the key failed", "reason", reason, "method", r.Method, "status", status, "err", err)
+			m.logger.Warn("idemhttp: releasing the key failed", "reason", reason, "method", r.Method, "status", status, "error", err)
 			return
 		}
 		m.logger.Info("idemhttp: key released", "reason", reason, "method", r.Method, "status", status)
@@ -552,7 +552,7 @@ func (m *middleware) finish(ctx context.Context, r *http.Request, claim *idem.Cl
 		// Not stored: a retry runs again whether or not the release
 		// reached the store (if not, once the lease ends).
 		if err := claim.Release(ctx); err != nil {
-			m.logger.Warn("idemhttp: releasing the key failed", "method", r.Method, "status", status, "err", err)
+			m.logger.Warn("idemhttp: releasing the key failed", "method", r.Method, "status", status, "error", err)
 		}
 		rw.send(status)
 		return
@@ -564,7 +564,7 @@ func (m *middleware) finish(ctx context.Context, r *http.Request, claim *idem.Cl
 		rw.send(status)
 		return
 	}
-	m.logger.Warn("idemhttp: storing the response failed", "method", r.Method, "status", status, "streamed", rw.passing, "err", err)
+	m.logger.Warn("idemhttp: storing the response failed", "method", r.Method, "status", status, "streamed", rw.passing, "error", err)
 	if rw.passing {
 		return // streamed: the client has it already
 	}

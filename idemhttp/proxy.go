@@ -153,7 +153,7 @@ func (p *Proxy) init() {
 	}
 	transport := p.Transport
 	if transport == nil {
-		transport = upstreamTransport()
+		transport = UpstreamTransport()
 	}
 	u.proxy = &httputil.ReverseProxy{
 		Rewrite:      rewrite,
@@ -169,10 +169,12 @@ func (p *Proxy) init() {
 	p.handler = h
 }
 
-// upstreamTransport keeps an idle upstream connection for every client
-// connection of a busy proxy, instead of opening and closing one per
-// request (http.DefaultTransport keeps 2 per host).
-func upstreamTransport() *http.Transport {
+// UpstreamTransport returns a new transport as Proxy.Transport's default,
+// for a caller that wraps it (a tracing transport): it keeps an idle
+// upstream connection for every client connection of a busy proxy,
+// instead of opening and closing one per request (http.DefaultTransport
+// keeps 2 per host).
+func UpstreamTransport() *http.Transport {
 	t := http.DefaultTransport.(*http.Transport).Clone()
 	t.MaxIdleConns = 1024
 	t.MaxIdleConnsPerHost = 256
@@ -236,7 +238,7 @@ func (u *upstream) failed(w http.ResponseWriter, r *http.Request, err error) {
 	if timedOut && !errors.Is(err, ErrUpstreamTimeout) {
 		err = fmt.Errorf("%w: %w", ErrUpstreamTimeout, err)
 	}
-	u.logger.Warn("idemhttp: upstream round trip failed", "method", r.Method, "timeout", timedOut, "err", err)
+	u.logger.Warn("idemhttp: upstream round trip failed", "method", r.Method, "timeout", timedOut, "error", err)
 	if u.errorHandler != nil {
 		u.errorHandler(w, r, err)
 		return

@@ -67,6 +67,12 @@ type Config struct {
 	// stored in the ledger record, and a store may refuse less (idemapi,
 	// behind idemclient, takes 4 MiB by default).
 	MaxResult int
+	// Observe, if set, is called when Handle starts on a message: Handle
+	// goes on with the context it returns (so the ledger's Observer and
+	// the handler see it) and calls done with its Decision before
+	// returning. It is for metrics and tracing (module idemotel); it must
+	// be fast and safe for concurrent use, and must not keep m.
+	Observe func(ctx context.Context, m *Message) (_ context.Context, done func(*Decision))
 }
 
 // Consumer runs a Handler at most once per dedup key. It is safe for
@@ -193,6 +199,16 @@ func (c *Consumer) backoff(attempt int) time.Duration { return max(c.cfg.Backoff
 // never panics on a message; a handler that panics has its key released
 // and the panic goes on.
 func (c *Consumer) Handle(ctx context.Context, m *Message) Decision {
+	if c.cfg.Observe == nil || m == nil {
+		return c.handle(ctx, m)
+	}
+	ctx, done := c.cfg.Observe(ctx, m)
+	d := c.handle(ctx, m)
+	done(&d)
+	return d
+}
+
+func (c *Consumer) handle(ctx context.Context, m *Message) Decision {
 	if m == nil {
 		return Decision{Action: DeadLetter, Err: invalidf("messaging: nil message")}
 	}

@@ -157,6 +157,11 @@ type RelayConfig struct {
 	// OnError, when set, is called with every error of a round (a
 	// failed publish, a database error); the relay goes on regardless.
 	OnError func(err error)
+	// OnRound, when set, is called after every round of the active relay
+	// with the number of due rows it read (at most Batch: a full batch
+	// means more may be due): the outbox's backlog, for metrics (module
+	// idemotel's idem.outbox.due).
+	OnRound func(ctx context.Context, due int)
 }
 
 // Relay publishes an Outbox's rows with a Publisher. Make one with
@@ -306,6 +311,9 @@ func (r *Relay) active(ctx context.Context, claim *idem.Claim) error {
 		n, next, fenced, err := r.round(lctx, f, now)
 		if err != nil && lctx.Err() == nil {
 			r.report(err)
+		}
+		if r.cfg.OnRound != nil {
+			r.cfg.OnRound(lctx, n)
 		}
 		if fenced {
 			lost(errFenced) // seen at the top

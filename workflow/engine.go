@@ -60,6 +60,41 @@ type EngineConfig struct {
 	// Rand draws the jitter of retry backoffs, in [0, 1). Default
 	// math/rand/v2's Float64.
 	Rand func() float64
+	// Observer, if set, sees the engine's work for metrics and tracing
+	// (module idemotel). Nil: nothing is called.
+	Observer Observer
+}
+
+// Observer sees an engine's work: the instances it starts and advances,
+// and the steps (actions and compensations) it runs. The engine calls it
+// from the goroutines that do the work, so it must be fast and safe for
+// concurrent use, and must not change the instances it is handed.
+type Observer interface {
+	// Started is called when Start created an instance (or started a
+	// finished id again), with Start's context, before any engine can
+	// advance it.
+	Started(ctx context.Context, in *Instance)
+	// Advance is called when the engine starts advancing in (it owns it
+	// now): the instance's units run with the context it returns, and
+	// done is called when the advance stops, with the instance as it is
+	// then (in.Status.Finished() tells whether it ended) and the error
+	// that stopped it, if any.
+	Advance(ctx context.Context, in *Instance) (_ context.Context, done func(in *Instance, err error))
+	// Step is called before an action or compensation runs under its
+	// step key: the step function runs with the context it returns, and
+	// done is called with the step's error (nil on success; one the
+	// engine retries, parks or unwinds on) and kept, true when the
+	// function did not run because an earlier run of the unit kept its
+	// result.
+	Step(ctx context.Context, in *Instance, s StepInfo) (_ context.Context, done func(kept bool, err error))
+}
+
+// StepInfo describes a step for an Observer.
+type StepInfo struct {
+	Key          string // the step key (ActionKey or CompensationKey)
+	Action       string // the action's name
+	Compensation bool   // the action's compensation runs, not the action
+	Attempt      int    // from 1
 }
 
 // Engine runs workflow instances: it starts them, delivers their events,
@@ -305,6 +340,9 @@ func (e *Engine) Start(ctx context.Context, typ string, version int, id string, 
 	cr, err := e.journal.Create(ctx, &CreateParams{Instance: in, Entries: entries})
 	switch {
 	case err == nil && cr.Created:
+		if e.cfg.Observer != nil {
+			e.cfg.Observer.Started(ctx, cr.Instance)
+		}
 		e.created(cr.Instance, run)
 		return cr.Instance, nil
 	case err == nil && (!cr.Instance.Status.Finished() || o.ReusePolicy == RejectDuplicate):
@@ -345,6 +383,9 @@ func (e *Engine) Start(ctx context.Context, typ string, version int, id string, 
 			return e.Start(ctx, typ, version, id, input, &StartOptions{})
 		}
 		return nil, err
+	}
+	if e.cfg.Observer != nil {
+		e.cfg.Observer.Started(ctx, cr.Instance)
 	}
 	e.created(cr.Instance, run)
 	return cr.Instance, nil

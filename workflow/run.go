@@ -254,7 +254,7 @@ var errCrash = errors.New("workflow: simulated crash")
 
 // advance does the due work of in, which this engine owns, until none is
 // due or the instance is lost.
-func (e *Engine) advance(ctx context.Context, in *Instance) (int, error) {
+func (e *Engine) advance(ctx context.Context, in *Instance) (n int, err error) {
 	e.mu.Lock()
 	if e.busy[in.ID] {
 		e.mu.Unlock()
@@ -268,6 +268,11 @@ func (e *Engine) advance(ctx context.Context, in *Instance) (int, error) {
 		delete(e.ended, in.ID)
 		e.mu.Unlock()
 	}()
+	if o := e.cfg.Observer; o != nil {
+		var done func(*Instance, error)
+		ctx, done = o.Advance(ctx, in)
+		defer func() { done(in, err) }()
+	}
 	wctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
 	stop := e.keepAlive(ctx, in.ID, in.Token, func() { cancel(errLost) })
@@ -275,7 +280,6 @@ func (e *Engine) advance(ctx context.Context, in *Instance) (int, error) {
 	// Results of actions that ran, by step key, for a unit done again
 	// after a conflicting write (an event came in): they do not run again.
 	results := map[string][]byte{}
-	n := 0
 	for in.Owner == e.cfg.ID {
 		did, err := e.unit(wctx, in, results)
 		n += did
@@ -635,6 +639,18 @@ func (e *Engine) runStep(ctx context.Context, in *Instance, key string, input []
 	return result, false, nil
 }
 
+// observedStep is runStep, shown to the Observer if there is one.
+func (e *Engine) observedStep(ctx context.Context, in *Instance, key, action string, compensation bool, input []byte, fn StepFunc, tx bool, results map[string][]byte) ([]byte, bool, error) {
+	o := e.cfg.Observer
+	if o == nil {
+		return e.runStep(ctx, in, key, input, fn, tx, results)
+	}
+	ctx, done := o.Step(ctx, in, StepInfo{Key: key, Action: action, Compensation: compensation, Attempt: in.Attempt + 1})
+	result, kept, err := e.runStep(ctx, in, key, input, fn, tx, results)
+	done(kept, err)
+	return result, kept, err
+}
+
 // callStep calls fn, turning a panic into an error.
 func callStep(ctx context.Context, fn StepFunc, s *Step) (out []byte, err error) {
 	defer func() {
@@ -674,7 +690,7 @@ func (e *Engine) runPending(ctx context.Context, in *Instance, def *Definition, 
 			return nil
 		}
 	}
-	result, kept, err := e.runStep(ctx, in, key, p.Input, a.Run, a.InTx, results)
+	result, kept, err := e.observedStep(ctx, in, key, p.Action, false, p.Input, a.Run, a.InTx, results)
 	if err != nil && (infra(err) || ctx.Err() != nil) {
 		return err
 	}
@@ -747,7 +763,7 @@ func (e *Engine) compensateNext(ctx context.Context, in *Instance, def *Definiti
 	a := actionNamed(def, d.Action)
 	key := CompensationKey(in.ID, d.Step, d.Action)
 	start := e.clock.Now()
-	_, kept, err := e.runStep(ctx, in, key, d.Input, a.Compensate, a.InTx, results)
+	_, kept, err := e.observedStep(ctx, in, key, d.Action, true, d.Input, a.Compensate, a.InTx, results)
 	if err == nil && e.hooks != nil && e.hooks.CompensateAgain {
 		// The mutant: it runs the compensation a second time, under a
 		// new key.

@@ -303,7 +303,7 @@ func TestBenchProxyReplayAgainstBaseline(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	proxy := httptest.NewServer(newProxyHandler(ledger, o, slog.New(slog.DiscardHandler), idemapi.NewMetrics([]string{proxyRoute})))
+	proxy := httptest.NewServer(newProxyHandler(ledger, o, slog.New(slog.DiscardHandler), idemapi.NewMetrics([]string{proxyRoute}), nil))
 	defer proxy.Close()
 	rep := runBenchJSON(t, "proxy", "--baseline", up.URL+"/orders", "--target", proxy.URL+"/orders",
 		"--mode", "replay", "--keys", "10", "-c", "2", "--duration", "200ms", "--warmup", "0", "--rounds", "2")
@@ -359,7 +359,7 @@ func TestBenchReverseProxyBaseline(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	proxy := httptest.NewServer(newProxyHandler(ledger, o, slog.New(slog.DiscardHandler), idemapi.NewMetrics([]string{proxyRoute})))
+	proxy := httptest.NewServer(newProxyHandler(ledger, o, slog.New(slog.DiscardHandler), idemapi.NewMetrics([]string{proxyRoute}), nil))
 	defer proxy.Close()
 	rep := runBenchJSON(t, "proxy", "--reverse-proxy", up.URL+"/orders", "--target", proxy.URL+"/orders",
 		"-c", "2", "--duration", "200ms", "--warmup", "0", "--rounds", "1")

@@ -17,6 +17,7 @@ import (
 	"github.com/idemkit/idem"
 	"github.com/idemkit/idem/idemapi"
 	"github.com/idemkit/idem/idemhttp"
+	"github.com/idemkit/idem/idemotel"
 )
 
 // defaultProxyStore is where idem proxy keeps its ledger without --store:
@@ -311,7 +312,7 @@ func runProxyServer(ctx context.Context, o *proxyOptions, stdout, stderr io.Writ
 		return nil
 	}
 	metrics := idemapi.NewMetrics([]string{proxyRoute})
-	var observer idem.Observer = metrics
+	obs := observers{metrics}
 	var dash *dashboard
 	if o.ui.on && o.uiTokens != "" && o.admin != "" {
 		tokens, err := readUITokens(o.uiTokens)
@@ -322,20 +323,24 @@ func runProxyServer(ctx context.Context, o *proxyOptions, stdout, stderr io.Writ
 			return errors.Join(fmt.Errorf("--ui-tokens %s: %w", o.uiTokens, err), closeStore())
 		}
 		rates := newRates(&o.ui)
-		observer = idem.ObserverFunc(func(ctx context.Context, ev *idem.Event) {
-			metrics.Observe(ctx, ev)
-			rates.Observe(ctx, ev)
-		})
+		obs = append(obs, rates)
 		if dash, err = newDashboard(&o.ui, rates, store, tokens, secret, nil, nil, logger); err != nil {
 			return errors.Join(err, closeStore())
 		}
 	}
-	ledger, err := idem.New(store, &idem.Config{Lease: o.lease, Window: o.window, KeySecret: secret,
-		MaxWait: max(o.wait, 30*time.Second), Observer: observer})
+	tel, telLine, err := startTelemetry(ctx, "idem-proxy", store, &closeStore)
 	if err != nil {
 		return errors.Join(err, closeStore())
 	}
-	handler := newProxyHandler(ledger, o, logger, metrics)
+	if tel != nil {
+		obs = append(obs, tel)
+	}
+	ledger, err := idem.New(store, &idem.Config{Lease: o.lease, Window: o.window, KeySecret: secret,
+		MaxWait: max(o.wait, 30*time.Second), Observer: obs})
+	if err != nil {
+		return errors.Join(err, closeStore())
+	}
+	handler := newProxyHandler(ledger, o, logger, metrics, tel)
 
 	ln, err := o.tls.listen(o.listen)
 	if err != nil {
@@ -360,6 +365,9 @@ func runProxyServer(ctx context.Context, o *proxyOptions, stdout, stderr io.Writ
 		keys = "keys stored as HMAC-SHA256 digests (--key-secret-file)"
 	}
 	fmt.Fprintf(stdout, "idem proxy: store %s, data in %s, %s\n", redactURL(o.store), describeStore(store, o.store), keys)
+	if telLine != "" {
+		fmt.Fprintf(stdout, "idem proxy: %s\n", telLine)
+	}
 
 	errorLog := slog.NewLogLogger(logger.Handler(), slog.LevelWarn)
 	srv := &http.Server{Handler: handler, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute, ErrorLog: errorLog}
@@ -375,9 +383,10 @@ func runProxyServer(ctx context.Context, o *proxyOptions, stdout, stderr io.Writ
 	return runServers(ctx, "proxy", stdout, logger, store, o.sweep, o.drain, closeStore, servers...)
 }
 
-// newProxyHandler is the handler chain of idem proxy: metrics, then
+// newProxyHandler is the handler chain of idem proxy: telemetry (if tel
+// is set: a span per request, traceparent sent upstream), metrics, then
 // idemhttp.Proxy.
-func newProxyHandler(ledger *idem.Ledger, o *proxyOptions, logger *slog.Logger, metrics *idemapi.Metrics) http.Handler {
+func newProxyHandler(ledger *idem.Ledger, o *proxyOptions, logger *slog.Logger, metrics *idemapi.Metrics, tel *idemotel.Telemetry) http.Handler {
 	wait, timeout := o.wait, o.upstreamTimeout
 	if wait == 0 {
 		wait = -1 // the flag's 0 is the library's "none"
@@ -385,7 +394,7 @@ func newProxyHandler(ledger *idem.Ledger, o *proxyOptions, logger *slog.Logger, 
 	if timeout == 0 {
 		timeout = -1
 	}
-	var h http.Handler = &idemhttp.Proxy{
+	p := &idemhttp.Proxy{
 		Ledger:   ledger,
 		Upstream: o.upstream,
 		Config: &idemhttp.Config{
@@ -401,8 +410,15 @@ func newProxyHandler(ledger *idem.Ledger, o *proxyOptions, logger *slog.Logger, 
 		ScopeHeader:     o.scopeHeader,
 		UpstreamTimeout: timeout,
 	}
+	if tel != nil {
+		p.Transport = tel.Transport(idemhttp.UpstreamTransport())
+	}
+	var h http.Handler = p
 	if metrics != nil {
 		h = countRequests(metrics, h)
+	}
+	if tel != nil {
+		h = tel.Handler(proxyRoute, h)
 	}
 	return h
 }
@@ -429,6 +445,15 @@ func adminHandler(store idem.Store, metrics *idemapi.Metrics, ready *idemapi.Rea
 		_ = metrics.Write(w, size)
 	})
 	return mux
+}
+
+// observers hands every Event to each of its Observers.
+type observers []idem.Observer
+
+func (os observers) Observe(ctx context.Context, ev *idem.Event) {
+	for _, o := range os {
+		o.Observe(ctx, ev)
+	}
 }
 
 // countRequests records every proxied request's status and duration.

@@ -90,7 +90,7 @@ func serveProxy(b *testing.B, raw string, upstream *url.URL, logger *slog.Logger
 	if err != nil {
 		b.Fatal(err)
 	}
-	return serveBench(b, newProxyHandler(ledger, o, logger, metrics))
+	return serveBench(b, newProxyHandler(ledger, o, logger, metrics, nil))
 }
 
 // serveBench serves h on a loopback port until the benchmark ends.

@@ -239,13 +239,25 @@ func serve(ctx context.Context, o *serveOptions, stdout, stderr io.Writer) error
 		return errors.Join(err, closeStore())
 	}
 
-	wf, err := serveWorkflows(o, store)
+	tel, telLine, err := startTelemetry(ctx, "idem-serve", store, &closeStore)
+	if err != nil {
+		return errors.Join(err, closeStore())
+	}
+	var wfObs workflow.Observer
+	if tel != nil {
+		wfObs = tel.Workflow()
+	}
+	wf, err := serveWorkflows(o, store, wfObs)
 	if err != nil {
 		return errors.Join(err, closeStore())
 	}
 	apiCfg := &idemapi.Config{
 		Tokens: tokens, MaxBody: o.maxBody, DefaultLease: o.lease, DefaultWindow: o.window, Logger: logger, KeySecret: keySecret,
 		Readiness: o.ready.config(logger),
+	}
+	var obs observers
+	if tel != nil {
+		obs = append(obs, tel)
 	}
 	if wf != nil {
 		apiCfg.Workflows, apiCfg.WorkflowTypes, apiCfg.ParseWorkflow = wf.engine, wf.registry,
@@ -263,7 +275,10 @@ func serve(ctx context.Context, o *serveOptions, stdout, stderr io.Writer) error
 	}
 	rates := newRates(&o.ui)
 	if rates != nil {
-		apiCfg.Observer = rates
+		obs = append(obs, rates)
+	}
+	if len(obs) > 0 {
+		apiCfg.Observer = obs
 	}
 	handler, err := idemapi.NewServer(store, apiCfg)
 	if err != nil {
@@ -301,8 +316,13 @@ func serve(ctx context.Context, o *serveOptions, stdout, stderr io.Writer) error
 		fmt.Fprintf(stdout, "idem serve: workflows off: the store keeps no workflow journal (use mem:, file: or postgres://)\n")
 	}
 
+	var h http.Handler = handler
+	if tel != nil {
+		h = tel.Handler("", handler)
+		fmt.Fprintf(stdout, "idem serve: %s\n", telLine)
+	}
 	srv := &http.Server{
-		Handler:           dash.mount(handler),
+		Handler:           dash.mount(h),
 		ReadHeaderTimeout: 10 * time.Second,
 		ReadTimeout:       time.Minute,
 		IdleTimeout:       2 * time.Minute,

@@ -65,7 +65,8 @@ type servedWorkflows struct {
 
 // serveWorkflows builds the engine of serve over the store's journal, nil
 // when the store keeps none; --workflows with such a store is an error.
-func serveWorkflows(o *serveOptions, store idem.Store) (*servedWorkflows, error) {
+// obs (may be nil) sees the engine's work.
+func serveWorkflows(o *serveOptions, store idem.Store, obs workflow.Observer) (*servedWorkflows, error) {
 	journal := workflowJournal(store)
 	if journal == nil {
 		if o.workflows != "" {
@@ -86,7 +87,7 @@ func serveWorkflows(o *serveOptions, store idem.Store) (*servedWorkflows, error)
 		host, _ := os.Hostname()
 		id = fmt.Sprintf("%s-%d", host, os.Getpid())
 	}
-	eng, err := workflow.NewEngine(journal, reg, &workflow.EngineConfig{ID: id, Workers: o.workflowWorkers, Lease: o.workflowLease})
+	eng, err := workflow.NewEngine(journal, reg, &workflow.EngineConfig{ID: id, Workers: o.workflowWorkers, Lease: o.workflowLease, Observer: obs})
 	if err != nil {
 		return nil, err
 	}

@@ -304,7 +304,7 @@ func (s *Store) sweeper(ctx context.Context, interval time.Duration) {
 		}
 		if _, err := s.Sweep(ctx, &idem.SweepParams{}); err != nil && ctx.Err() == nil {
 			if s.logger != nil {
-				s.logger.Error("pebblestore: background sweep failed", "dir", s.dir, "err", err)
+				s.logger.Error("pebblestore: background sweep failed", "dir", s.dir, "error", err)
 			}
 		}
 	}
