@@ -54,6 +54,8 @@ type Node struct {
 	Dir  string // the data directory
 
 	killed bool
+	// killedPID is the postmaster KillPrimary killed.
+	killedPID int
 }
 
 // Cluster is a primary and a standby streaming from it.
@@ -173,7 +175,35 @@ func (c *Cluster) KillPrimary() error {
 		_ = syscall.Kill(child, syscall.SIGKILL)
 	}
 	c.Primary.killed = true
+	c.Primary.killedPID = pid
 	return errors.Join(err, syscall.Kill(pid, syscall.SIGKILL))
+}
+
+// clearKilled waits until the killed postmaster of n is dead (gone, or a
+// zombie nobody reaps: in a container the process that inherits it may
+// never wait for it), then removes the lock file of its socket, which a
+// new postmaster on the port would otherwise take for a live one's.
+func (c *Cluster) clearKilled(n *Node) error {
+	for deadline := time.Now().Add(30 * time.Second); ; {
+		stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", n.killedPID))
+		if err != nil {
+			break // gone
+		}
+		if i := bytes.LastIndexByte(stat, ')'); i >= 0 {
+			if f := strings.Fields(string(stat[i+1:])); len(f) > 0 && (f[0] == "Z" || f[0] == "X") {
+				break // dead, not reaped
+			}
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("pgcluster: the killed postmaster %d of %s is still running", n.killedPID, n.Name)
+		}
+		<-time.After(10 * time.Millisecond)
+	}
+	lock := filepath.Join(c.root, fmt.Sprintf(".s.PGSQL.%d.lock", n.Port))
+	if err := c.command("rm", "-f", lock, strings.TrimSuffix(lock, ".lock")).Run(); err != nil {
+		return fmt.Errorf("pgcluster: remove %s: %w", lock, err)
+	}
+	return nil
 }
 
 // childrenOf lists the processes whose parent is pid, from /proc.
@@ -223,6 +253,9 @@ func (c *Cluster) Rejoin() error {
 	old, promoted := c.Primary, c.Standby
 	if !old.killed {
 		return errors.New("pgcluster: Rejoin before KillPrimary")
+	}
+	if err := c.clearKilled(old); err != nil {
+		return err
 	}
 	if out, err := c.command("rm", "-rf", old.Dir).CombinedOutput(); err != nil {
 		return fmt.Errorf("pgcluster: empty %s: %v: %s", old.Dir, err, out)
