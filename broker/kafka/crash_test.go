@@ -237,39 +237,11 @@ func TestConsumerSIGKILL(t *testing.T) {
 	proc.Kill()
 
 	// Every message's effect, applied once.
-	rows := map[string]int{}
-	rs, err := pool.Query(ctx, `SELECT msg_id, count(*) FROM `+effects+` GROUP BY msg_id`)
-	if err != nil {
-		t.Fatal(err)
+	msgIDs := make([]string, crashMessages)
+	for i := range msgIDs {
+		msgIDs[i] = fmt.Sprintf("m-%03d", i)
 	}
-	for rs.Next() {
-		var id string
-		var n int
-		if err := rs.Scan(&id, &n); err != nil {
-			t.Fatal(err)
-		}
-		rows[id] = n
-	}
-	if err := rs.Err(); err != nil {
-		t.Fatal(err)
-	}
-	ledger, err := idem.New(s, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for i := range crashMessages {
-		id := fmt.Sprintf("m-%03d", i)
-		if rows[id] != 1 {
-			t.Errorf("%s: %d rows, want exactly 1", id, rows[id])
-		}
-		rec, err := ledger.Get(ctx, crashScope, id)
-		if err != nil || rec.State != idem.StateCompleted || rec.Outcome == nil || rec.Outcome.Meta["messaging"] != "handled" {
-			t.Errorf("%s: ledger record %+v (%v), want completed as handled", id, rec, err)
-		}
-	}
-	if len(rows) != crashMessages {
-		t.Errorf("%d distinct ids in effects, want %d", len(rows), crashMessages)
-	}
+	pgcrashtest.CheckAppliedOnce(t, pool, effects, s, crashScope, msgIDs)
 
 	// What the processes printed: attempts and settlements.
 	all := out.All()

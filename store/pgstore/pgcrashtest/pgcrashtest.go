@@ -125,3 +125,44 @@ func Pool(ctx context.Context, url string, maxConns int32) (*pgxpool.Pool, error
 	cfg.MaxConns = maxConns
 	return pgxpool.NewWithConfig(ctx, cfg)
 }
+
+// CheckAppliedOnce checks a consumer crash test's outcome: the effects
+// table (columns msg_id, one row per application) holds exactly one row
+// for each of ids and none for any other id, and the ledger over s has
+// each id's key in scope completed by messaging.Consumer ("handled").
+func CheckAppliedOnce(t testing.TB, pool *pgxpool.Pool, effects string, s idem.Store, scope string, ids []string) {
+	t.Helper()
+	ctx := context.Background()
+	rows := map[string]int{}
+	rs, err := pool.Query(ctx, `SELECT msg_id, count(*) FROM `+effects+` GROUP BY msg_id`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for rs.Next() {
+		var id string
+		var n int
+		if err := rs.Scan(&id, &n); err != nil {
+			t.Fatal(err)
+		}
+		rows[id] = n
+	}
+	if err := rs.Err(); err != nil {
+		t.Fatal(err)
+	}
+	ledger, err := idem.New(s, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, id := range ids {
+		if rows[id] != 1 {
+			t.Errorf("%s: %d rows, want exactly 1", id, rows[id])
+		}
+		rec, err := ledger.Get(ctx, scope, id)
+		if err != nil || rec.State != idem.StateCompleted || rec.Outcome == nil || rec.Outcome.Meta["messaging"] != "handled" {
+			t.Errorf("%s: ledger record %+v (%v), want completed as handled", id, rec, err)
+		}
+	}
+	if len(rows) != len(ids) {
+		t.Errorf("%d distinct ids in effects, want %d", len(rows), len(ids))
+	}
+}
