@@ -184,13 +184,7 @@ func parseBrokerURL(flagName, raw string, params ...string) (*brokerURL, error) 
 }
 
 func runConsume(args []string, stdout, stderr io.Writer) int {
-	opts, code := parseConsumeFlags(args, stdout, stderr)
-	if code >= 0 {
-		return code
-	}
-	return untilSignalled("consume", stderr, func(ctx context.Context) error {
-		return runConsumer(ctx, opts, stdout, stderr)
-	})
+	return runLongLived("consume", args, stdout, stderr, parseConsumeFlags, runConsumer)
 }
 
 // parseConsumeFlags returns the options, or an exit code >= 0 when consume

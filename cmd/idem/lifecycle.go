@@ -17,12 +17,20 @@ import (
 	"github.com/idemkit/idem/store/pebblestore"
 )
 
-// untilSignalled runs a long-lived command with a context that SIGTERM and
-// SIGINT cancel, and turns its error into exit code 1.
-func untilSignalled(cmd string, stderr io.Writer, run func(ctx context.Context) error) int {
+// runLongLived is the life of a long-lived command (serve, proxy,
+// consume, relay): parse its flags (an exit code >= 0 from parse ends it
+// there: help, usage error), then run it with a context that SIGTERM and
+// SIGINT cancel, turning its error into exit code 1.
+func runLongLived[O any](cmd string, args []string, stdout, stderr io.Writer,
+	parse func(args []string, stdout, stderr io.Writer) (O, int),
+	run func(ctx context.Context, o O, stdout, stderr io.Writer) error) int {
+	o, code := parse(args, stdout, stderr)
+	if code >= 0 {
+		return code
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	if err := run(ctx); err != nil {
+	if err := run(ctx, o, stdout, stderr); err != nil {
 		fmt.Fprintf(stderr, "idem %s: %v\n", cmd, err)
 		return 1
 	}

@@ -140,13 +140,7 @@ type proxyOptions struct {
 }
 
 func runProxy(args []string, stdout, stderr io.Writer) int {
-	opts, code := parseProxyFlags(args, stdout, stderr)
-	if code >= 0 {
-		return code
-	}
-	return untilSignalled("proxy", stderr, func(ctx context.Context) error {
-		return runProxyServer(ctx, opts, stdout, stderr)
-	})
+	return runLongLived("proxy", args, stdout, stderr, parseProxyFlags, runProxyServer)
 }
 
 // parseProxyFlags returns the options, or an exit code >= 0 when proxy

@@ -89,13 +89,7 @@ type relayOptions struct {
 }
 
 func runRelay(args []string, stdout, stderr io.Writer) int {
-	opts, code := parseRelayFlags(args, stdout, stderr)
-	if code >= 0 {
-		return code
-	}
-	return untilSignalled("relay", stderr, func(ctx context.Context) error {
-		return runRelayLoop(ctx, opts, stdout, stderr)
-	})
+	return runLongLived("relay", args, stdout, stderr, parseRelayFlags, runRelayLoop)
 }
 
 // parseRelayFlags returns the options, or an exit code >= 0 when relay

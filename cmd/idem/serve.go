@@ -130,13 +130,7 @@ type serveOptions struct {
 }
 
 func runServe(args []string, stdout, stderr io.Writer) int {
-	opts, code := parseServeFlags(args, stdout, stderr)
-	if code >= 0 {
-		return code
-	}
-	return untilSignalled("serve", stderr, func(ctx context.Context) error {
-		return serve(ctx, opts, stdout, stderr)
-	})
+	return runLongLived("serve", args, stdout, stderr, parseServeFlags, serve)
 }
 
 // parseServeFlags returns the options, or an exit code >= 0 when serve
