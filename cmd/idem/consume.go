@@ -207,17 +207,8 @@ func parseConsumeFlags(args []string, stdout, stderr io.Writer) (*consumeOptions
 	fs.StringVar(&o.admin, "admin", "", "")
 	fs.DurationVar(&o.sweep, "sweep-interval", time.Minute, "")
 	fs.StringVar(&o.logLevel, "log-level", "info", "")
-	err := parseWithEnv(fs, args)
-	switch {
-	case errors.Is(err, flag.ErrHelp):
-		_, _ = io.WriteString(stdout, consumeUsage)
-		return nil, 0
-	case err != nil:
-		fmt.Fprintf(stderr, "idem consume: %v\n\n%s", err, consumeUsage)
-		return nil, 2
-	case fs.NArg() > 0:
-		fmt.Fprintf(stderr, "idem consume: unexpected argument %q\n\n%s", fs.Arg(0), consumeUsage)
-		return nil, 2
+	if code := parseCommandFlags(fs, args, consumeUsage, stdout, stderr); code >= 0 {
+		return nil, code
 	}
 	bad := func() error {
 		var err error

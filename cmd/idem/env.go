@@ -1,8 +1,10 @@
 package main
 
 import (
+	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"os"
 	"strings"
 )
@@ -56,4 +58,24 @@ func applyEnv(fs *flag.FlagSet, onCommandLine map[string]bool, lookup func(strin
 		}
 	})
 	return err
+}
+
+// parseCommandFlags parses a long-lived command's flags (parseWithEnv)
+// and answers what ends the command there: 0 after printing usage for
+// --help, 2 after a usage error (a bad flag or a positional argument),
+// -1 to go on. fs's name ("idem serve") prefixes the errors.
+func parseCommandFlags(fs *flag.FlagSet, args []string, usage string, stdout, stderr io.Writer) int {
+	err := parseWithEnv(fs, args)
+	switch {
+	case errors.Is(err, flag.ErrHelp):
+		_, _ = io.WriteString(stdout, usage)
+		return 0
+	case err != nil:
+		fmt.Fprintf(stderr, "%s: %v\n\n%s", fs.Name(), err, usage)
+		return 2
+	case fs.NArg() > 0:
+		fmt.Fprintf(stderr, "%s: unexpected argument %q\n\n%s", fs.Name(), fs.Arg(0), usage)
+		return 2
+	}
+	return -1
 }

@@ -171,19 +171,11 @@ func parseProxyFlags(args []string, stdout, stderr io.Writer) (*proxyOptions, in
 	o.ui.register(fs)
 	o.ready.register(fs)
 	o.tls.register(fs)
-	err := parseWithEnv(fs, args)
-	switch {
-	case errors.Is(err, flag.ErrHelp):
-		_, _ = io.WriteString(stdout, proxyUsage)
-		return nil, 0
-	case err != nil:
-		fmt.Fprintf(stderr, "idem proxy: %v\n\n%s", err, proxyUsage)
-		return nil, 2
-	case fs.NArg() > 0:
-		fmt.Fprintf(stderr, "idem proxy: unexpected argument %q\n\n%s", fs.Arg(0), proxyUsage)
-		return nil, 2
+	if code := parseCommandFlags(fs, args, proxyUsage, stdout, stderr); code >= 0 {
+		return nil, code
 	}
 	var bad string
+	var err error
 	o.upstream, err = parseUpstream(upstream)
 	if err != nil {
 		bad = err.Error()

@@ -110,17 +110,8 @@ func parseRelayFlags(args []string, stdout, stderr io.Writer) (*relayOptions, in
 	fs.StringVar(&o.key, "key", "outbox", "")
 	fs.StringVar(&o.name, "name", "", "")
 	fs.StringVar(&o.logLevel, "log-level", "info", "")
-	err := parseWithEnv(fs, args)
-	switch {
-	case errors.Is(err, flag.ErrHelp):
-		_, _ = io.WriteString(stdout, relayUsage)
-		return nil, 0
-	case err != nil:
-		fmt.Fprintf(stderr, "idem relay: %v\n\n%s", err, relayUsage)
-		return nil, 2
-	case fs.NArg() > 0:
-		fmt.Fprintf(stderr, "idem relay: unexpected argument %q\n\n%s", fs.Arg(0), relayUsage)
-		return nil, 2
+	if code := parseCommandFlags(fs, args, relayUsage, stdout, stderr); code >= 0 {
+		return nil, code
 	}
 	bad := func() error {
 		var err error

@@ -158,17 +158,8 @@ func parseServeFlags(args []string, stdout, stderr io.Writer) (*serveOptions, in
 	o.ui.register(fs)
 	o.ready.register(fs)
 	o.tls.register(fs)
-	err := parseWithEnv(fs, args)
-	switch {
-	case errors.Is(err, flag.ErrHelp):
-		_, _ = io.WriteString(stdout, serveUsage)
-		return nil, 0
-	case err != nil:
-		fmt.Fprintf(stderr, "idem serve: %v\n\n%s", err, serveUsage)
-		return nil, 2
-	case fs.NArg() > 0:
-		fmt.Fprintf(stderr, "idem serve: unexpected argument %q\n\n%s", fs.Arg(0), serveUsage)
-		return nil, 2
+	if code := parseCommandFlags(fs, args, serveUsage, stdout, stderr); code >= 0 {
+		return nil, code
 	}
 	var bad string
 	switch {
