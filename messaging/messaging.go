@@ -46,6 +46,7 @@ import (
 	"time"
 
 	"github.com/idemkit/idem"
+	"github.com/idemkit/idem/internal/permanent"
 )
 
 // Message is one delivery of a broker message, as an adapter hands it over.
@@ -135,25 +136,14 @@ var ErrAttemptsExhausted = errors.New("messaging: attempts exhausted")
 // behind a gap.
 var ErrGap = errors.New("messaging: version gap")
 
-type permanentError struct{ err error }
-
-func (e permanentError) Error() string { return e.err.Error() }
-func (e permanentError) Unwrap() error { return e.err }
-
 // Permanent marks a handler error that must not be retried: the message is
-// dead-lettered at once. Permanent(nil) is nil.
-func Permanent(err error) error {
-	if err == nil {
-		return nil
-	}
-	return permanentError{err}
-}
+// dead-lettered at once. Permanent(nil) is nil. It is the same mark as
+// workflow.Permanent: an error marked by either is permanent to both.
+func Permanent(err error) error { return permanent.Mark(err) }
 
-// IsPermanent reports whether err was marked with Permanent.
-func IsPermanent(err error) bool {
-	var p permanentError
-	return errors.As(err, &p)
-}
+// IsPermanent reports whether err was marked with Permanent (or
+// workflow.Permanent).
+func IsPermanent(err error) bool { return permanent.Is(err) }
 
 func invalidf(format string, args ...any) error {
 	return fmt.Errorf("%w: "+format, append([]any{idem.ErrInvalid}, args...)...)

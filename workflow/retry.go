@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"math"
 	"time"
+
+	"github.com/idemkit/idem/internal/permanent"
 )
 
 // Defaults of a RetryPolicy, used for its zero fields and for an action
@@ -161,27 +163,15 @@ func (p *RetryPolicy) validate() []string {
 	return probs
 }
 
-type permanentError struct{ err error }
-
-func (e permanentError) Error() string { return e.err.Error() }
-func (e permanentError) Unwrap() error { return e.err }
-
 // Permanent marks err as not worth retrying (a declined card, a validation
 // failure): the action fails at once, whatever attempts remain. The marked
 // error keeps err's message and still matches it with errors.Is and As.
-func Permanent(err error) error {
-	if err == nil {
-		return nil
-	}
-	return permanentError{err}
-}
+// It is the same mark as messaging.Permanent.
+func Permanent(err error) error { return permanent.Mark(err) }
 
 // IsPermanent reports whether err, or an error it wraps, was marked with
-// Permanent.
-func IsPermanent(err error) bool {
-	var p permanentError
-	return errors.As(err, &p)
-}
+// Permanent (or messaging.Permanent).
+func IsPermanent(err error) bool { return permanent.Is(err) }
 
 type retryAfterError struct {
 	err   error
