@@ -247,11 +247,8 @@ func parseConsumeFlags(args []string, stdout, stderr io.Writer) (*consumeOptions
 		case o.sweep <= 0:
 			return fmt.Errorf("--sweep-interval must be positive, got %s", o.sweep)
 		}
-		var level slog.Level
-		if level.UnmarshalText([]byte(o.logLevel)) != nil {
-			return fmt.Errorf("--log-level %q: want debug, info, warn or error", o.logLevel)
-		}
-		return nil
+		_, err = parseLogLevel(o.logLevel)
+		return err
 	}()
 	if bad != nil {
 		fmt.Fprintf(stderr, "idem consume: %v\n", bad)
@@ -413,9 +410,10 @@ func headerValueOK(v string) bool {
 
 // runConsumer runs until ctx ends or the broker closes the consumer.
 func runConsumer(ctx context.Context, o *consumeOptions, stdout, stderr io.Writer) error {
-	var level slog.Level
-	_ = level.UnmarshalText([]byte(o.logLevel))
-	logger := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
+	logger, err := newLogger(stderr, o.logLevel)
+	if err != nil {
+		return err
+	}
 
 	store, err := openStore(ctx, o.store, &idem.OpenConfig{Migrate: o.migrate})
 	if err != nil {

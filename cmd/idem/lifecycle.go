@@ -93,3 +93,22 @@ func runServers(ctx context.Context, cmd string, stdout io.Writer, logger *slog.
 	}
 	return serveErr
 }
+
+// parseLogLevel reads a --log-level value.
+func parseLogLevel(s string) (slog.Level, error) {
+	var level slog.Level
+	if level.UnmarshalText([]byte(s)) != nil {
+		return 0, fmt.Errorf("--log-level %q: want debug, info, warn or error", s)
+	}
+	return level, nil
+}
+
+// newLogger is a long-lived command's text logger on stderr, at the
+// --log-level level.
+func newLogger(stderr io.Writer, level string) (*slog.Logger, error) {
+	l, err := parseLogLevel(level)
+	if err != nil {
+		return nil, err
+	}
+	return slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: l})), nil
+}

@@ -274,11 +274,10 @@ const proxyRoute = "proxy"
 
 // runProxyServer runs until ctx ends, then drains and closes the store.
 func runProxyServer(ctx context.Context, o *proxyOptions, stdout, stderr io.Writer) error {
-	var level slog.Level
-	if err := level.UnmarshalText([]byte(o.logLevel)); err != nil {
-		return fmt.Errorf("--log-level %q: want debug, info, warn or error", o.logLevel)
+	logger, err := newLogger(stderr, o.logLevel)
+	if err != nil {
+		return err
 	}
-	logger := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
 
 	var secret []byte
 	if o.keySecretFile != "" {

@@ -6,7 +6,6 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"log/slog"
 	"time"
 
 	"github.com/idemkit/idem"
@@ -138,11 +137,8 @@ func parseRelayFlags(args []string, stdout, stderr io.Writer) (*relayOptions, in
 		case idem.ValidateKey(pgstore.RelayScope, o.key) != nil:
 			return fmt.Errorf("--key %q is not a valid key", o.key)
 		}
-		var level slog.Level
-		if level.UnmarshalText([]byte(o.logLevel)) != nil {
-			return fmt.Errorf("--log-level %q: want debug, info, warn or error", o.logLevel)
-		}
-		return nil
+		_, err = parseLogLevel(o.logLevel)
+		return err
 	}()
 	if bad != nil {
 		fmt.Fprintf(stderr, "idem relay: %v\n", bad)
@@ -153,9 +149,10 @@ func parseRelayFlags(args []string, stdout, stderr io.Writer) (*relayOptions, in
 
 // runRelayLoop runs the relay until ctx ends.
 func runRelayLoop(ctx context.Context, o *relayOptions, stdout, stderr io.Writer) error {
-	var level slog.Level
-	_ = level.UnmarshalText([]byte(o.logLevel))
-	logger := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
+	logger, err := newLogger(stderr, o.logLevel)
+	if err != nil {
+		return err
+	}
 
 	st, err := openStore(ctx, o.store, &idem.OpenConfig{Migrate: o.migrate})
 	if err != nil {

@@ -191,11 +191,10 @@ func parseServeFlags(args []string, stdout, stderr io.Writer) (*serveOptions, in
 
 // serve runs until ctx ends, then drains and closes the store.
 func serve(ctx context.Context, o *serveOptions, stdout, stderr io.Writer) error {
-	var level slog.Level
-	if err := level.UnmarshalText([]byte(o.logLevel)); err != nil {
-		return fmt.Errorf("--log-level %q: want debug, info, warn or error", o.logLevel)
+	logger, err := newLogger(stderr, o.logLevel)
+	if err != nil {
+		return err
 	}
-	logger := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
 
 	if o.tokens == "" { // refused before anything is opened or created
 		if err := loopbackOnly(o.listen); err != nil {
