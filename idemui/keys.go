@@ -121,7 +121,10 @@ type recordData struct {
 
 // target reads the record a request names: scope, and the raw key (key,
 // digested when the store keeps digests) or the key as stored (stored).
-func (h *Handler) target(v url.Values) (scope, stored, key string, err error) {
+// When they do not name a record, or name one in a scope the session's
+// token is not bound to, it answers the request (400, 403) and ok is
+// false.
+func (h *Handler) target(w http.ResponseWriter, r *http.Request, s *session, v url.Values) (scope, stored, key string, ok bool) {
 	scope, key, stored = v.Get("scope"), v.Get("key"), v.Get("stored")
 	if stored == "" {
 		stored = key
@@ -133,20 +136,23 @@ func (h *Handler) target(v url.Values) (scope, stored, key string, err error) {
 	if key != "" {
 		p.Key = key
 	}
-	return scope, stored, key, p.Validate()
+	if err := p.Validate(); err != nil {
+		h.fail(w, r, s, http.StatusBadRequest, "Name a scope and a key: "+errText(err))
+		return "", "", "", false
+	}
+	if !s.grant.Allows(scope) {
+		h.fail(w, r, s, http.StatusForbidden, "This token is not bound to scope "+scope+".")
+		return "", "", "", false
+	}
+	return scope, stored, key, true
 }
 
 // record serves a record's page. Bodies (the outcome's data and the
 // checkpoint's) are shown only with bodies=1.
 func (h *Handler) record(w http.ResponseWriter, r *http.Request, s *session) {
 	q := r.URL.Query()
-	scope, stored, key, err := h.target(q)
-	if err != nil {
-		h.fail(w, r, s, http.StatusBadRequest, "Name a scope and a key: "+errText(err))
-		return
-	}
-	if !s.grant.Allows(scope) {
-		h.fail(w, r, s, http.StatusForbidden, "This token is not bound to scope "+scope+".")
+	scope, stored, key, ok := h.target(w, r, s, q)
+	if !ok {
 		return
 	}
 	rec, err := h.cfg.Store.Get(r.Context(), &idem.KeyParams{Scope: scope, Key: stored})
@@ -198,13 +204,8 @@ type deleteData struct {
 
 // confirmDelete asks before deleting a record.
 func (h *Handler) confirmDelete(w http.ResponseWriter, r *http.Request, s *session) {
-	scope, stored, key, err := h.target(r.URL.Query())
-	if err != nil {
-		h.fail(w, r, s, http.StatusBadRequest, "Name a scope and a key: "+errText(err))
-		return
-	}
-	if !s.grant.Allows(scope) {
-		h.fail(w, r, s, http.StatusForbidden, "This token is not bound to scope "+scope+".")
+	scope, stored, key, ok := h.target(w, r, s, r.URL.Query())
+	if !ok {
 		return
 	}
 	h.render(w, r, http.StatusOK, "delete", &page{Title: "Delete a record", Nav: "keys", Data: &deleteData{Scope: scope, Stored: stored, Key: key}}, s)
@@ -212,20 +213,15 @@ func (h *Handler) confirmDelete(w http.ResponseWriter, r *http.Request, s *sessi
 
 // deleteKey deletes a record, once confirmed (confirm=yes).
 func (h *Handler) deleteKey(w http.ResponseWriter, r *http.Request, s *session) {
-	scope, stored, _, err := h.target(r.PostForm)
-	if err != nil {
-		h.fail(w, r, s, http.StatusBadRequest, "Name a scope and a key: "+errText(err))
-		return
-	}
-	if !s.grant.Allows(scope) {
-		h.fail(w, r, s, http.StatusForbidden, "This token is not bound to scope "+scope+".")
+	scope, stored, _, ok := h.target(w, r, s, r.PostForm)
+	if !ok {
 		return
 	}
 	if r.PostForm.Get("confirm") != "yes" {
 		h.fail(w, r, s, http.StatusBadRequest, "Deleting needs the confirmation box ticked.")
 		return
 	}
-	err = h.cfg.Store.Delete(r.Context(), &idem.KeyParams{Scope: scope, Key: stored})
+	err := h.cfg.Store.Delete(r.Context(), &idem.KeyParams{Scope: scope, Key: stored})
 	if err != nil && !errors.Is(err, idem.ErrNotFound) {
 		h.fail(w, r, s, http.StatusServiceUnavailable, "The store did not answer: the record may not be deleted.")
 		return
