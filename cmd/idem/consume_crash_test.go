@@ -22,7 +22,6 @@ import (
 	"github.com/idemkit/idem/messaging"
 	"github.com/idemkit/idem/store/pgstore/pgcrashtest"
 	"github.com/jackc/pgx/v5"
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	amqp "github.com/rabbitmq/amqp091-go"
 )
@@ -85,22 +84,7 @@ func consumeCrashIDs() []string {
 // makes the durable consumer "crash".
 func consumeCrashNATS(t *testing.T) *consumeCrashBroker {
 	ctx := context.Background()
-	raw := servicetest.NATS.Need(t)
-	nc, err := nats.Connect(raw)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
-	stream := fmt.Sprintf("IDEMCONSUMECRASH_%d", time.Now().UnixNano())
-	if _, err := js.CreateStream(ctx, jetstream.StreamConfig{Name: stream, Subjects: []string{stream + ".>"},
-		Storage: jetstream.MemoryStorage, Duplicates: 100 * time.Millisecond}); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = js.DeleteStream(context.Background(), stream) })
+	raw, js, stream := natsStream(t, "IDEMCONSUMECRASH", 100*time.Millisecond)
 	cons, err := js.CreateOrUpdateConsumer(ctx, stream, jetstream.ConsumerConfig{Durable: "crash",
 		AckPolicy: jetstream.AckExplicitPolicy, MaxDeliver: -1, AckWait: 2 * time.Second})
 	if err != nil {

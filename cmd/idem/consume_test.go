@@ -223,23 +223,8 @@ func checkDeadLetterLog(t *testing.T, stderr string) {
 // both), reaches the service with one 2xx per key; flaky first answers are
 // retried, the 400 is dead-lettered and not retried; SIGTERM exits 0.
 func TestConsumeNATS(t *testing.T) {
-	raw := servicetest.NATS.Need(t)
-	nc, err := nats.Connect(raw)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
+	raw, js, stream := natsStream(t, "IDEMCONSUME", 100*time.Millisecond)
 	ctx := context.Background()
-	stream := fmt.Sprintf("IDEMCONSUME_%d", time.Now().UnixNano())
-	if _, err := js.CreateStream(ctx, jetstream.StreamConfig{Name: stream, Subjects: []string{stream + ".>"},
-		Storage: jetstream.MemoryStorage, Duplicates: 100 * time.Millisecond}); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = js.DeleteStream(context.Background(), stream) })
 
 	keys, flaky := consumeKeys(20)
 	publish := func(id, body string, again bool) {
@@ -432,22 +417,8 @@ func TestConsumeRelayUsage(t *testing.T) {
 // SIGTERM while a request is in flight: the request finishes, its
 // delivery is recorded and acked, then idem consume exits 0.
 func TestConsumeStopFinishesInFlight(t *testing.T) {
-	raw := servicetest.NATS.Need(t)
-	nc, err := nats.Connect(raw)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
+	raw, js, stream := natsStream(t, "IDEMCONSUMESTOP", 0)
 	ctx := context.Background()
-	stream := fmt.Sprintf("IDEMCONSUMESTOP_%d", time.Now().UnixNano())
-	if _, err := js.CreateStream(ctx, jetstream.StreamConfig{Name: stream, Subjects: []string{stream + ".>"}, Storage: jetstream.MemoryStorage}); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = js.DeleteStream(context.Background(), stream) })
 	if _, err := js.Publish(ctx, stream+".x", []byte("slow"), jetstream.WithMsgID("slow-1")); err != nil {
 		t.Fatal(err)
 	}
@@ -574,4 +545,27 @@ func TestConsumeBrokerClosedExits1(t *testing.T) {
 	if code != 1 || !strings.Contains(errOut, "NOT_FOUND") {
 		t.Errorf("missing queue: exit %d, stderr %q; want 1 and NOT_FOUND", code, errOut)
 	}
+}
+
+// natsStream connects to the NATS server of the tests and makes a memory
+// stream named prefix_N taking prefix_N.> (with duplicate window dup when
+// positive), deleted at the end of the test.
+func natsStream(t *testing.T, prefix string, dup time.Duration) (raw string, js jetstream.JetStream, stream string) {
+	t.Helper()
+	raw = servicetest.NATS.Need(t)
+	nc, err := nats.Connect(raw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	if js, err = jetstream.New(nc); err != nil {
+		t.Fatal(err)
+	}
+	stream = fmt.Sprintf("%s_%d", prefix, time.Now().UnixNano())
+	if _, err := js.CreateStream(context.Background(), jetstream.StreamConfig{Name: stream, Subjects: []string{stream + ".>"},
+		Storage: jetstream.MemoryStorage, Duplicates: dup}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = js.DeleteStream(context.Background(), stream) })
+	return raw, js, stream
 }
