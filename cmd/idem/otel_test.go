@@ -1,11 +1,15 @@
 package main
 
 import (
+	"bytes"
+	"cmp"
 	"compress/gzip"
 	"encoding/hex"
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -18,6 +22,8 @@ import (
 	metricspb "go.opentelemetry.io/proto/otlp/metrics/v1"
 	tracepb "go.opentelemetry.io/proto/otlp/trace/v1"
 	"google.golang.org/protobuf/proto"
+
+	"github.com/idemkit/idem"
 )
 
 // otlpReceiver is an OTLP/HTTP endpoint (protobuf) that keeps what it is
@@ -158,6 +164,34 @@ func (r *otlpReceiver) value(name, with string) int64 {
 }
 
 // spanNames counts the spans by name.
+// tree renders the spans of one trace as an indented tree, children in
+// start order, each line the span's name, kind and sorted attributes.
+func (r *otlpReceiver) tree(traceID []byte) string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	children := map[string][]*tracepb.Span{}
+	for _, s := range r.spans {
+		if bytes.Equal(s.TraceId, traceID) {
+			p := hex.EncodeToString(s.ParentSpanId)
+			children[p] = append(children[p], s)
+		}
+	}
+	var b strings.Builder
+	var walk func(parent string, depth int)
+	walk = func(parent string, depth int) {
+		kids := children[parent]
+		slices.SortFunc(kids, func(x, y *tracepb.Span) int { return cmp.Compare(x.StartTimeUnixNano, y.StartTimeUnixNano) })
+		for _, s := range kids {
+			attrs := strings.FieldsFunc(renderAttrs(s.Attributes), func(r rune) bool { return r == ',' })
+			slices.Sort(attrs)
+			fmt.Fprintf(&b, "%s%s [%s] %s\n", strings.Repeat("  ", depth), s.Name, s.Kind, strings.Join(attrs, " "))
+			walk(hex.EncodeToString(s.SpanId), depth+1)
+		}
+	}
+	walk("", 0)
+	return b.String()
+}
+
 func (r *otlpReceiver) spanNames() map[string]int {
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -258,6 +292,19 @@ func TestProxyExportsOTLP(t *testing.T) {
 		t.Errorf("upstream traceparents %q, want the first request's trace", parents)
 	}
 	mu.Unlock()
+	if server != nil {
+		// The first request's trace: the server span, and below it the
+		// ledger's Begin, the upstream call and the ledger's Complete.
+		const want = `POST proxy [SPAN_KIND_SERVER] http.request.method=POST http.response.status_code=201 http.route=proxy idem.key.digest=DIGEST idem.outcome=acquired idem.replayed=false
+  idem.begin [SPAN_KIND_INTERNAL] idem.attempt=1 idem.key.digest=DIGEST idem.operation=begin idem.outcome=acquired
+  POST [SPAN_KIND_CLIENT] http.request.method=POST http.response.status_code=201 idem.key.digest=DIGEST idem.replayed=false server.address=127.0.0.1
+  idem.complete [SPAN_KIND_INTERNAL] idem.attempt=1 idem.key.digest=DIGEST idem.operation=complete idem.outcome=completed
+`
+		got := strings.ReplaceAll(recv.tree(server.TraceId), idem.KeyDigest(key), "DIGEST")
+		if got != want {
+			t.Errorf("the first request's trace:\n%s\nwant:\n%s", got, want)
+		}
+	}
 	for _, c := range []struct {
 		name, with string
 		want       int64
