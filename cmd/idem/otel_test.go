@@ -280,13 +280,24 @@ func TestProxyExportsOTLP(t *testing.T) {
 		t.Errorf("services %v, want OTEL_SERVICE_NAME's", recv.services)
 	}
 	recv.mu.Lock()
-	var server *tracepb.Span
+	var server, replay *tracepb.Span
 	for _, s := range recv.spans {
 		if s.Name == "POST proxy" && strings.Contains(renderAttrs(s.Attributes), "idem.replayed=false") {
 			server = s
 		}
+		if s.Name == "POST proxy" && strings.Contains(renderAttrs(s.Attributes), "idem.replayed=true") {
+			replay = s
+		}
 	}
 	recv.mu.Unlock()
+	if replay != nil {
+		const want = `POST proxy [SPAN_KIND_SERVER] http.request.method=POST http.response.status_code=201 http.route=proxy idem.key.digest=DIGEST idem.outcome=replay idem.replayed=true
+  idem.begin [SPAN_KIND_INTERNAL] idem.key.digest=DIGEST idem.operation=begin idem.outcome=replay
+`
+		if got := strings.ReplaceAll(recv.tree(replay.TraceId), idem.KeyDigest(key), "DIGEST"); got != want {
+			t.Errorf("the replay's trace:\n%s\nwant:\n%s", got, want)
+		}
+	}
 	mu.Lock()
 	if server == nil || len(parents) != 1 || !strings.Contains(parents[0], "-"+hex.EncodeToString(server.TraceId)+"-") {
 		t.Errorf("upstream traceparents %q, want the first request's trace", parents)
