@@ -32,7 +32,7 @@ var allMetrics = []string{
 	"idem.lease.takeovers", "idem.ledger.expirations", "idem.retry.attempts", "idem.retry.successes",
 	"idem.ledger.records", "idem.http.server.request.duration",
 	"idem.messages.consumed", "idem.messages.redeliveries", "idem.messages.dead_letters", "idem.messages.duration",
-	"idem.outbox.due", "idem.outbox.publishes",
+	"idem.outbox.due", "idem.outbox.lag", "idem.outbox.publishes",
 	"idem.workflow.instances.started", "idem.workflow.instances.finished", "idem.workflow.step.duration",
 	"idem.workflow.compensations",
 }
@@ -80,7 +80,8 @@ func exercise(t *testing.T, r *rig) {
 	if err := pub.Publish(ctx, &messaging.OutboxMessage{ID: "o", Subject: "q"}); err != nil {
 		t.Fatal(err)
 	}
-	r.tel.OutboxRound(ctx, 1)
+	now := time.Now()
+	r.tel.OutboxRound(ctx, messaging.RelayRound{Due: 1, Oldest: now.Add(-time.Minute), Now: now})
 
 	var types workflow.Registry
 	ok := func(context.Context, *workflow.Step) ([]byte, error) { return nil, nil }
@@ -158,6 +159,11 @@ func prometheusNames(t *testing.T, reader *sdkmetric.ManualReader) (names, label
 					names[base] = true
 				}
 			case metricdata.Gauge[int64]:
+				for _, p := range d.DataPoints {
+					addLabels(p.Attributes)
+				}
+				names[base] = true
+			case metricdata.Gauge[float64]:
 				for _, p := range d.DataPoints {
 					addLabels(p.Attributes)
 				}

@@ -94,6 +94,7 @@ type Telemetry struct {
 	deadLetters  metric.Int64Counter
 	msgDuration  metric.Float64Histogram
 	outboxDue    metric.Int64Gauge
+	outboxLag    metric.Float64Gauge
 	publishes    metric.Int64Counter
 
 	wfStarted     metric.Int64Counter
@@ -193,6 +194,10 @@ func New(cfg *Config) (*Telemetry, error) {
 		metric.WithDescription("Due outbox rows the relay's last round read (at most its batch): the outbox backlog."))
 	errs = append(errs, err)
 	t.outboxDue = due
+	lag, err := m.Float64Gauge("idem.outbox.lag", metric.WithUnit("s"),
+		metric.WithDescription("How long the oldest unsent outbox row has waited, at the relay's last round (0: none)."))
+	errs = append(errs, err)
+	t.outboxLag = lag
 	t.publishes = counter("idem.outbox.publishes", "{message}", "Outbox publishes by outcome (ok, error).")
 	t.wfStarted = counter("idem.workflow.instances.started", "{instance}", "Workflow instances started, by type.")
 	t.wfFinished = counter("idem.workflow.instances.finished", "{instance}", "Workflow instances finished, by type and status.")

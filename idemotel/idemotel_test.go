@@ -71,6 +71,10 @@ func (r *rig) collect(t *testing.T) map[string]map[string]float64 {
 				for _, p := range d.DataPoints {
 					pts[render(p.Attributes)] = float64(p.Value)
 				}
+			case metricdata.Gauge[float64]:
+				for _, p := range d.DataPoints {
+					pts[render(p.Attributes)] = p.Value
+				}
 			case metricdata.Histogram[float64]:
 				for _, p := range d.DataPoints {
 					pts[render(p.Attributes)] += float64(p.Count)
@@ -406,7 +410,8 @@ func TestMetrics(t *testing.T) {
 		{ID: "m1", Subject: "orders", Delivery: 2}, {ID: "bad", Subject: "orders", Delivery: 1}} {
 		consumer.Handle(ctx, m)
 	}
-	r.tel.OutboxRound(ctx, 7)
+	at := time.Date(2026, 12, 5, 3, 0, 0, 0, time.UTC)
+	r.tel.OutboxRound(ctx, messaging.RelayRound{Due: 7, Oldest: at.Add(-90 * time.Second), Now: at})
 
 	m := r.collect(t)
 	checks := []struct {
@@ -433,6 +438,7 @@ func TestMetrics(t *testing.T) {
 		{"idem.messages.redeliveries", nil, 1},
 		{"idem.messages.dead_letters", nil, 1},
 		{"idem.outbox.due", nil, 7},
+		{"idem.outbox.lag", nil, 90},
 	}
 	for _, c := range checks {
 		if got := sum(m, c.name, c.with...); got != c.want {

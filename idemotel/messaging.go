@@ -91,7 +91,10 @@ func (t *Telemetry) Publisher(p messaging.Publisher) messaging.Publisher {
 }
 
 // OutboxRound is a messaging.RelayConfig.OnRound: it sets idem.outbox.due
-// to the due rows of the round.
-func (t *Telemetry) OutboxRound(ctx context.Context, due int) {
-	t.outboxDue.Record(ctx, int64(due))
+// to the due rows of the round and idem.outbox.lag to how long the oldest
+// unsent row has waited (0 when none is, or when the outbox cannot tell:
+// see messaging.UnsentAger).
+func (t *Telemetry) OutboxRound(ctx context.Context, round messaging.RelayRound) {
+	t.outboxDue.Record(ctx, int64(round.Due))
+	t.outboxLag.Record(ctx, round.Lag().Seconds())
 }

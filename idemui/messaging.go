@@ -55,6 +55,9 @@ type outboxData struct {
 	Count  int
 	Capped bool
 	Err    string
+	// Oldest is when the oldest unsent row was written (RFC 3339, UTC)
+	// and Age how long ago, when the outbox tells (messaging.UnsentAger).
+	Oldest, Age string
 }
 
 type messagingData struct {
@@ -134,6 +137,14 @@ func (h *Handler) messagingPage(w http.ResponseWriter, r *http.Request, s *sessi
 			o.Count = outboxLimit
 		}
 		o.Rows = rows[:min(len(rows), deadShown)]
+		if a, ok := h.cfg.Outbox.(messaging.UnsentAger); ok && err == nil {
+			if at, err := a.OldestUnsent(r.Context()); err != nil {
+				o.Err = "The outbox's oldest row could not be read."
+			} else if !at.IsZero() {
+				o.Oldest = at.UTC().Format(time.RFC3339)
+				o.Age = max(h.clock.Now().Sub(at), 0).Round(time.Second).String()
+			}
+		}
 		d.Outbox = o
 	}
 	h.render(w, r, http.StatusOK, "messaging", &page{Title: "Messaging", Data: d}, s)

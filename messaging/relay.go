@@ -158,10 +158,46 @@ type RelayConfig struct {
 	// failed publish, a database error); the relay goes on regardless.
 	OnError func(err error)
 	// OnRound, when set, is called after every round of the active relay
-	// with the number of due rows it read (at most Batch: a full batch
-	// means more may be due): the outbox's backlog, for metrics (module
-	// idemotel's idem.outbox.due).
-	OnRound func(ctx context.Context, due int)
+	// with what the round saw: the due rows it read and, when the Outbox
+	// is an UnsentAger, when the oldest unsent row was written. For
+	// metrics: module idemotel's OutboxRound makes idem.outbox.due and
+	// idem.outbox.lag of it.
+	OnRound func(ctx context.Context, round RelayRound)
+}
+
+// RelayRound is what one round of the active relay saw.
+type RelayRound struct {
+	// Due is the number of due rows the round read: at most
+	// RelayConfig.Batch, and a full batch means more may be due. Rows
+	// waiting out a backoff (and the rows of their entity behind them)
+	// are not due.
+	Due int
+	// Oldest is when the oldest unsent row was written, due or waiting
+	// out a backoff, by the Outbox's clock (pgstore: the database's);
+	// zero when no row is unsent, or the Outbox is no UnsentAger, or
+	// asking it failed (the error goes to OnError).
+	Oldest time.Time
+	// Now is the round's time on RelayConfig.Clock.
+	Now time.Time
+}
+
+// Lag is how long the oldest unsent row has waited at the round: Now
+// minus Oldest, 0 when Oldest is zero (or in the future, by a skew of the
+// two clocks).
+func (r RelayRound) Lag() time.Duration {
+	if r.Oldest.IsZero() || r.Oldest.After(r.Now) {
+		return 0
+	}
+	return r.Now.Sub(r.Oldest)
+}
+
+// UnsentAger is an optional capability of an Outbox: OldestUnsent returns
+// when the oldest unsent row was written (the zero time when none is),
+// the outbox's lag for metrics and alerts. A row that keeps failing
+// stays the oldest, so the lag grows while it does. pgstore's outbox has
+// it.
+type UnsentAger interface {
+	OldestUnsent(ctx context.Context) (time.Time, error)
 }
 
 // Relay publishes an Outbox's rows with a Publisher. Make one with
@@ -313,7 +349,7 @@ func (r *Relay) active(ctx context.Context, claim *idem.Claim) error {
 			r.report(err)
 		}
 		if r.cfg.OnRound != nil {
-			r.cfg.OnRound(lctx, n)
+			r.cfg.OnRound(lctx, r.roundInfo(lctx, n, now))
 		}
 		if fenced {
 			lost(errFenced) // seen at the top
@@ -343,6 +379,22 @@ var errFenced = fmt.Errorf("%w: outbox relay: the relay lease is another's", ide
 // round publishes one batch of due rows and marks them; n is how many it
 // read, next when the earliest held-back row is due (zero: none), fenced
 // whether the Outbox refused a mark because another relay holds the lease.
+// roundInfo is OnRound's view of a round that read due rows at now.
+func (r *Relay) roundInfo(ctx context.Context, due int, now time.Time) RelayRound {
+	info := RelayRound{Due: due, Now: now}
+	if a, ok := r.outbox.(UnsentAger); ok {
+		oldest, err := a.OldestUnsent(ctx)
+		if err != nil {
+			if ctx.Err() == nil {
+				r.report(fmt.Errorf("outbox relay: oldest unsent row: %w", err))
+			}
+		} else {
+			info.Oldest = oldest
+		}
+	}
+	return info
+}
+
 func (r *Relay) round(ctx context.Context, f Fence, now time.Time) (n int, next time.Time, fenced bool, err error) {
 	due, next, err := r.outbox.Due(ctx, now, r.cfg.Batch)
 	if err != nil {

@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/idemkit/idem/internal/servicetest"
@@ -159,6 +160,10 @@ func TestServeDashboardOutbox(t *testing.T) {
 	if err := tx.Commit(ctx); err != nil {
 		t.Fatal(err)
 	}
+	// The first row was written long ago: the page says when.
+	if _, err := pool.Exec(ctx, `UPDATE `+pgx.Identifier{schema}.Sanitize()+`.outbox SET created = '2026-01-02T03:04:05Z' WHERE message_id = 'm0'`); err != nil {
+		t.Fatal(err)
+	}
 
 	dir := t.TempDir()
 	p := startServe(t, dir, "--listen", "127.0.0.1:0", "--store", storeURL, "--tokens", writeTokens(t, dir), "--log-level", "error")
@@ -169,6 +174,9 @@ func TestServeDashboardOutbox(t *testing.T) {
 	code, body := ops.get("/ui/messaging")
 	if code != http.StatusOK || !strings.Contains(body, `<p id="outbox-backlog">3 unsent rows.</p>`) || !strings.Contains(body, "<code>m2</code>") {
 		t.Fatalf("messaging: %d %s", code, body)
+	}
+	if !strings.Contains(body, `<p id="outbox-oldest">The oldest was written at 2026-01-02T03:04:05Z (`) {
+		t.Fatalf("messaging page without the oldest row's time: %s", body)
 	}
 	billing := newBrowser(t, p.addr)
 	billing.signIn("billing-0123456789")

@@ -221,6 +221,26 @@ func (o outboxTable) Due(ctx context.Context, now time.Time, limit int) ([]messa
 	return due, next, nil
 }
 
+// oldestUnsentSQL reads the created time of the first unsent row by id
+// (the outbox_unsent index): ids are drawn as rows are written, so that row
+// is the oldest, up to rows written at the same moment.
+const oldestUnsentSQL = `SELECT created FROM {s}.outbox WHERE sent_at IS NULL ORDER BY id LIMIT 1`
+
+// OldestUnsent implements messaging.UnsentAger: when the oldest unsent
+// row was written (its created column, the database's clock), the zero
+// time when every row is sent.
+func (o outboxTable) OldestUnsent(ctx context.Context) (time.Time, error) {
+	var created time.Time
+	err := o.s.pool.QueryRow(ctx, msgSQL(o.s, oldestUnsentSQL)).Scan(&created)
+	switch {
+	case errors.Is(err, pgx.ErrNoRows):
+		return time.Time{}, nil
+	case err != nil:
+		return time.Time{}, wrapErr("outbox relay: oldest unsent row", err)
+	}
+	return created, nil
+}
+
 // errFenced: a mark found the relay's lease another's.
 var errFenced = fmt.Errorf("%w: outbox relay: the relay lease is another's", idem.ErrLeaseLost)
 

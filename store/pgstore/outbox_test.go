@@ -11,6 +11,7 @@ import (
 
 	"github.com/idemkit/idem"
 	"github.com/idemkit/idem/internal/wait"
+	"github.com/idemkit/idem/messaging"
 )
 
 // storedRow is an outbox row as the tests read it.
@@ -439,5 +440,76 @@ func TestRelayFencedMark(t *testing.T) {
 	wait.For(t, "m1 to be marked sent", func() bool { return outboxRows(t, s)[0].sent })
 	if n := len(rec.calls); n != 0 {
 		t.Errorf("%d more publishes after m1 was sent, want none", n)
+	}
+}
+
+// The outbox tells when its oldest unsent row was written: the created
+// time of the first unsent row, failing or not, and zero once all are
+// sent.
+func TestOutboxOldestUnsent(t *testing.T) {
+	t.Parallel()
+	s := newStore(t)
+	ctx := context.Background()
+	aged, ok := s.Outbox().(messaging.UnsentAger)
+	if !ok {
+		t.Fatal("pgstore's outbox is no messaging.UnsentAger")
+	}
+	oldest := func() time.Time {
+		t.Helper()
+		at, err := aged.OldestUnsent(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return at
+	}
+	if at := oldest(); !at.IsZero() {
+		t.Fatalf("empty outbox: oldest %v, want zero", at)
+	}
+	enqueue(t, s, true, &OutboxMessage{ID: "m1", Entity: "e1", Subject: "s"})
+	enqueue(t, s, true, &OutboxMessage{ID: "m2", Entity: "e2", Subject: "s"})
+	created := map[string]time.Time{}
+	rows, err := s.Pool().Query(ctx, `SELECT message_id, id, created FROM `+s.q.schema+`.outbox`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ids := map[string]int64{}
+	for rows.Next() {
+		var m string
+		var id int64
+		var at time.Time
+		if err := rows.Scan(&m, &id, &at); err != nil {
+			t.Fatal(err)
+		}
+		created[m], ids[m] = at, id
+	}
+	if err := rows.Err(); err != nil {
+		t.Fatal(err)
+	}
+	if at := oldest(); !at.Equal(created["m1"]) {
+		t.Fatalf("oldest %v, want m1's created %v", at, created["m1"])
+	}
+	// m1 failing keeps it the oldest; sent, m2 is.
+	holder, err := s.Begin(ctx, &idem.BeginParams{Scope: RelayScope, Key: "outbox", Fingerprint: "relay", Lease: time.Minute, Window: time.Hour})
+	if err != nil || holder.Decision != idem.Acquired {
+		t.Fatalf("relay lease: %+v %v", holder, err)
+	}
+	f := messaging.Fence{Key: "outbox", Token: holder.Record.Token}
+	if err := s.Outbox().MarkFailed(ctx, f, ids["m1"], "broker down", time.Now().Add(time.Hour)); err != nil {
+		t.Fatal(err)
+	}
+	if at := oldest(); !at.Equal(created["m1"]) {
+		t.Fatalf("after m1 failed: oldest %v, want m1's created %v", at, created["m1"])
+	}
+	if err := s.Outbox().MarkSent(ctx, f, []int64{ids["m1"]}); err != nil {
+		t.Fatal(err)
+	}
+	if at := oldest(); !at.Equal(created["m2"]) {
+		t.Fatalf("after m1 was sent: oldest %v, want m2's created %v", at, created["m2"])
+	}
+	if err := s.Outbox().MarkSent(ctx, f, []int64{ids["m2"]}); err != nil {
+		t.Fatal(err)
+	}
+	if at := oldest(); !at.IsZero() {
+		t.Fatalf("all sent: oldest %v, want zero", at)
 	}
 }
