@@ -11,8 +11,10 @@ import (
 	"html/template"
 	"io/fs"
 	"log/slog"
+	"net"
 	"net/http"
 	"net/url"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -103,7 +105,24 @@ type Handler struct {
 	protect  *http.CrossOriginProtection
 	mu       sync.Mutex
 	sessions map[string]*session
+	failed   map[string]*failedSignins // by client address; guarded by mu
 }
+
+// failedSignins counts an address's refused sign-ins since a time.
+type failedSignins struct {
+	n     int
+	since time.Time
+}
+
+// The sign-in limit: after MaxFailedSignins refused tokens from one
+// address within SigninWindow, its sign-ins (right or wrong) are refused
+// with 429 until the window has passed. At most maxTrackedAddrs addresses
+// are counted at a time.
+const (
+	MaxFailedSignins = 10
+	SigninWindow     = time.Minute
+	maxTrackedAddrs  = 10000
+)
 
 // session is one sign-in.
 type session struct {
@@ -130,7 +149,7 @@ func New(cfg *Config) (*Handler, error) {
 	if err != nil {
 		return nil, err
 	}
-	h := &Handler{cfg: *cfg, tokens: tokens, clock: cfg.Clock, log: cfg.Logger, sessions: map[string]*session{}}
+	h := &Handler{cfg: *cfg, tokens: tokens, clock: cfg.Clock, log: cfg.Logger, sessions: map[string]*session{}, failed: map[string]*failedSignins{}}
 	if h.cfg.Prefix == "" {
 		h.cfg.Prefix = DefaultPrefix
 	}
@@ -330,15 +349,26 @@ func (h *Handler) signin(w http.ResponseWriter, r *http.Request) {
 	r.Body = http.MaxBytesReader(w, r.Body, 16<<10)
 	_ = r.ParseForm()
 	next := h.safeNext(r.PostForm.Get("next"))
+	addr := clientAddr(r)
+	now := h.clock.Now()
+	if wait := h.signinBlocked(addr, now); wait > 0 {
+		secs := int((wait + time.Second - 1) / time.Second)
+		h.log.Warn("idemui: sign-in limited", "addr", addr)
+		w.Header().Set("Retry-After", strconv.Itoa(secs))
+		h.render(w, r, http.StatusTooManyRequests, "signin", &page{Title: "Sign in", Data: signinData{Next: next,
+			Error: fmt.Sprintf("Too many refused sign-ins from your address: try again in %d s.", secs)}}, nil)
+		return
+	}
 	grant := h.tokens.Lookup(strings.TrimSpace(r.PostForm.Get("token")))
 	if grant == nil {
-		h.log.Info("idemui: sign-in refused")
+		h.signinFailed(addr, now)
+		h.log.Info("idemui: sign-in refused", "addr", addr)
 		h.render(w, r, http.StatusUnauthorized, "signin", &page{Title: "Sign in", Data: signinData{Next: next, Error: "That token is not valid."}}, nil)
 		return
 	}
 	id, csrf := randomToken(), randomToken()
-	now := h.clock.Now()
 	h.mu.Lock()
+	delete(h.failed, addr)
 	for k, s := range h.sessions {
 		if !now.Before(s.expires) {
 			delete(h.sessions, k)
@@ -362,6 +392,56 @@ func (h *Handler) signin(w http.ResponseWriter, r *http.Request) {
 		next = h.cfg.Prefix + "/keys"
 	}
 	http.Redirect(w, r, next, http.StatusSeeOther)
+}
+
+// clientAddr is the host of the request's remote address (behind a
+// reverse proxy, the proxy's: its clients then share one limit).
+func clientAddr(r *http.Request) string {
+	host, _, err := net.SplitHostPort(r.RemoteAddr)
+	if err != nil {
+		return r.RemoteAddr
+	}
+	return host
+}
+
+// signinBlocked returns how long addr must wait before it may sign in
+// again (0: it may now).
+func (h *Handler) signinBlocked(addr string, now time.Time) time.Duration {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	f := h.failed[addr]
+	if f == nil {
+		return 0
+	}
+	if end := f.since.Add(SigninWindow); !now.Before(end) {
+		delete(h.failed, addr)
+		return 0
+	} else if f.n >= MaxFailedSignins {
+		return end.Sub(now)
+	}
+	return 0
+}
+
+// signinFailed counts a refused sign-in from addr.
+func (h *Handler) signinFailed(addr string, now time.Time) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	f := h.failed[addr]
+	if f == nil {
+		if len(h.failed) >= maxTrackedAddrs {
+			for a, g := range h.failed {
+				if !now.Before(g.since.Add(SigninWindow)) {
+					delete(h.failed, a)
+				}
+			}
+			if len(h.failed) >= maxTrackedAddrs {
+				return // too many addresses at once: this one goes uncounted
+			}
+		}
+		f = &failedSignins{since: now}
+		h.failed[addr] = f
+	}
+	f.n++
 }
 
 func (h *Handler) signout(w http.ResponseWriter, r *http.Request, _ *session) {

@@ -745,3 +745,46 @@ func TestDashboardWithStoreOnly(t *testing.T) {
 		t.Errorf("rates.json: %d %s", code, body)
 	}
 }
+
+// Ten refused sign-ins from one address within a minute block its
+// sign-ins, right token included, with 429 and Retry-After until the
+// minute has passed; another address is not blocked, and a sign-in that
+// gets through clears the count.
+func TestSignInLimit(t *testing.T) {
+	f := uitest.New(t, nil)
+	signin := func(addr, token string) *http.Response {
+		t.Helper()
+		req := httptest.NewRequest(http.MethodPost, "/ui/signin", strings.NewReader(url.Values{"token": {token}}.Encode()))
+		req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+		req.RemoteAddr = addr + ":40000"
+		rec := httptest.NewRecorder()
+		f.Handler.ServeHTTP(rec, req)
+		return rec.Result()
+	}
+	for i := range idemui.MaxFailedSignins {
+		if resp := signin("192.0.2.7", "wrong"); resp.StatusCode != http.StatusUnauthorized {
+			t.Fatalf("refused sign-in %d: %d, want 401", i+1, resp.StatusCode)
+		}
+	}
+	f.Clock.Advance(20 * time.Second)
+	resp := signin("192.0.2.7", uitest.OpsToken)
+	if resp.StatusCode != http.StatusTooManyRequests || resp.Header.Get("Retry-After") != "40" {
+		t.Fatalf("after %d refusals: %d, Retry-After %q; want 429, 40", idemui.MaxFailedSignins, resp.StatusCode, resp.Header.Get("Retry-After"))
+	}
+	body, _ := io.ReadAll(resp.Body)
+	mustContain(t, string(body), "Too many refused sign-ins from your address: try again in 40 s.")
+	if resp := signin("192.0.2.8", uitest.OpsToken); resp.StatusCode != http.StatusSeeOther {
+		t.Fatalf("another address: %d, want 303", resp.StatusCode)
+	}
+	f.Clock.Advance(40 * time.Second)
+	if resp := signin("192.0.2.7", uitest.OpsToken); resp.StatusCode != http.StatusSeeOther {
+		t.Fatalf("after the window: %d, want 303", resp.StatusCode)
+	}
+	// The success cleared the count: nine more refusals do not block.
+	for range idemui.MaxFailedSignins - 1 {
+		signin("192.0.2.7", "wrong")
+	}
+	if resp := signin("192.0.2.7", uitest.OpsToken); resp.StatusCode != http.StatusSeeOther {
+		t.Fatalf("after a success and %d refusals: %d, want 303", idemui.MaxFailedSignins-1, resp.StatusCode)
+	}
+}
