@@ -32,7 +32,7 @@
 // Store is the driver contract (see store.go); memstore is the reference
 // model, store/pebblestore the embedded durable default, and every store
 // passes the conformance suite in storetest. Optional capabilities (Lister,
-// Sizer, Describer) are found by type assertion.
+// Sizer, StateSizer, Describer) are found by type assertion.
 //
 // # Opening a store by URL
 //

@@ -241,3 +241,16 @@ type Pinger interface {
 type Sizer interface {
 	Size(ctx context.Context) (int64, error)
 }
+
+// StateSizer is the optional capability to tell how many records a store
+// holds in each state, for the ledger-size metric by state. SizeByState
+// counts records by their stored state: a pending record whose lease ran
+// out is still pending, and a completed record whose window is over is
+// still completed until Sweep or a new Begin changes it. The map has every
+// State constant as a key, with 0 for a state no record is in, and its
+// values add up to what Sizer's Size would return. As with Sizer, the
+// counts are exact on an idle store; under concurrent writes they may lag
+// them.
+type StateSizer interface {
+	SizeByState(ctx context.Context) (map[State]int64, error)
+}

@@ -63,8 +63,9 @@
 //
 // GET /metrics writes the Prometheus text format by hand (no client
 // library): operations by op and outcome, the time-to-idempotence
-// histogram (first attempt to stored outcome), the ledger size when the
-// store is an idem.Sizer, and request durations by route. The operation
+// histogram (first attempt to stored outcome), the ledger size (by state
+// when the store is an idem.StateSizer, the total when it is an
+// idem.Sizer), and request durations by route. The operation
 // series are fed by idem.Events: Metrics is an idem.Observer, so the same
 // series can count a Ledger's operations in other handlers (idem proxy's).
 //

@@ -183,9 +183,41 @@ func (m *Metrics) request(route string, status int, d time.Duration) {
 	}
 }
 
+// ledgerSize is what idem_ledger_records reports: the records by state
+// when byState is set, else total, or nothing when total is negative.
+type ledgerSize struct {
+	total   int64
+	byState map[idem.State]int64
+}
+
+// sizeStates are the states of idem_ledger_records' lines, in their order.
+var sizeStates = []idem.State{idem.StatePending, idem.StateCompleted, idem.StateReleased}
+
+// sizeTimeout bounds how long /metrics waits for the store's count.
+const sizeTimeout = 5 * time.Second
+
+// readSize reads the ledger size of store: by state from an
+// idem.StateSizer, the total from an idem.Sizer, nothing from a store
+// that is neither or that fails or takes longer than sizeTimeout.
+func readSize(ctx context.Context, store idem.Store) ledgerSize {
+	ctx, cancel := context.WithTimeout(ctx, sizeTimeout)
+	defer cancel()
+	if ss, ok := store.(idem.StateSizer); ok {
+		if by, err := ss.SizeByState(ctx); err == nil {
+			return ledgerSize{byState: by}
+		}
+		return ledgerSize{total: -1}
+	}
+	if sizer, ok := store.(idem.Sizer); ok {
+		if n, err := sizer.Size(ctx); err == nil {
+			return ledgerSize{total: n}
+		}
+	}
+	return ledgerSize{total: -1}
+}
+
 // write writes every series in the Prometheus text format (version 0.0.4).
-// size is the ledger size, or negative when the store cannot tell.
-func (m *Metrics) write(out io.Writer, size int64) error {
+func (m *Metrics) write(out io.Writer, size ledgerSize) error {
 	w := bufio.NewWriter(out)
 
 	fmt.Fprintln(w, "# HELP idem_operations_total Ledger operations by op and outcome.")
@@ -209,10 +241,16 @@ func (m *Metrics) write(out io.Writer, size int64) error {
 	fmt.Fprintln(w, "# TYPE idem_time_to_idempotence_seconds histogram")
 	m.tti.write(w, "idem_time_to_idempotence_seconds", "")
 
-	if size >= 0 {
+	if size.byState != nil || size.total >= 0 {
 		fmt.Fprintln(w, "# HELP idem_ledger_records Records held by the store (may be approximate).")
 		fmt.Fprintln(w, "# TYPE idem_ledger_records gauge")
-		fmt.Fprintf(w, "idem_ledger_records %d\n", size)
+		if size.byState != nil {
+			for _, st := range sizeStates {
+				fmt.Fprintf(w, "idem_ledger_records{state=%s} %d\n", labelValue(string(st)), size.byState[st])
+			}
+		} else {
+			fmt.Fprintf(w, "idem_ledger_records %d\n", size.total)
+		}
 	}
 
 	names := m.names
@@ -243,4 +281,14 @@ func (m *Metrics) Request(route string, status int, d time.Duration) { m.request
 
 // Write writes every series; size is the ledger size, or negative when the
 // store cannot tell.
-func (m *Metrics) Write(w io.Writer, size int64) error { return m.write(w, size) }
+func (m *Metrics) Write(w io.Writer, size int64) error { return m.write(w, ledgerSize{total: size}) }
+
+// WriteStore writes every series with the ledger size read from store, as
+// GET /metrics does: idem_ledger_records has a line per state (label
+// state: pending, completed, released) when store is an idem.StateSizer,
+// one line without labels when it is an idem.Sizer only, and none when it
+// is neither or its count fails or takes longer than 5 seconds. Either
+// way sum(idem_ledger_records) is the total.
+func (m *Metrics) WriteStore(ctx context.Context, w io.Writer, store idem.Store) error {
+	return m.write(w, readSize(ctx, store))
+}

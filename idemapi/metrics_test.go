@@ -1,13 +1,18 @@
 package idemapi_test
 
 import (
+	"context"
 	"fmt"
+	"net/http/httptest"
 	"regexp"
+	"slices"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/idemkit/idem"
 	"github.com/idemkit/idem/idemapi"
+	"github.com/idemkit/idem/memstore"
 )
 
 var sampleLine = regexp.MustCompile(`^[a-zA-Z_:][a-zA-Z0-9_:]*(\{([a-zA-Z_][a-zA-Z0-9_]*="(\\.|[^"\\])*",?)*\})? (-?[0-9.]+(e[+-][0-9]+)?|[+-]Inf|NaN)$`)
@@ -57,7 +62,9 @@ func TestMetricsCountAKnownSequence(t *testing.T) {
 		`idem_time_to_idempotence_seconds_sum 2`,
 		`idem_time_to_idempotence_seconds_count 1`,
 		"# TYPE idem_ledger_records gauge",
-		`idem_ledger_records 2`,
+		`idem_ledger_records{state="pending"} 0`, // memstore counts by state
+		`idem_ledger_records{state="completed"} 1`,
+		`idem_ledger_records{state="released"} 1`,
 		`idem_http_requests_total{route="begin",code="200"} 4`,
 		`idem_http_requests_total{route="begin",code="400"} 1`,
 		`idem_http_requests_total{route="begin",code="422"} 1`,
@@ -95,5 +102,101 @@ func TestMetricsTakeover(t *testing.T) {
 	r := b.call(t, "GET", "/metrics", tokAB, "")
 	if !strings.Contains(string(r.body), "idem_lease_takeovers_total 1\n") {
 		t.Fatalf("metrics:\n%s", r.body)
+	}
+}
+
+// sizerOnly hides every capability of a store but idem.Sizer.
+type sizerOnly struct {
+	idem.Store
+	sizer idem.Sizer
+}
+
+func (s sizerOnly) Size(ctx context.Context) (int64, error) { return s.sizer.Size(ctx) }
+
+// bare hides every capability of a store.
+type bare struct{ idem.Store }
+
+// failing is an idem.StateSizer whose count fails.
+type failing struct{ idem.Store }
+
+func (failing) SizeByState(context.Context) (map[idem.State]int64, error) {
+	return nil, idem.ErrUnavailable
+}
+
+// idem_ledger_records has a line per state for a store that counts by
+// state, one line without labels for a store that counts only its total,
+// and no line for a store that cannot count or whose count fails.
+func TestMetricsLedgerSizeByState(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	store := memstore.New(nil)
+	t.Cleanup(func() { _ = store.Close() })
+	begin := func(key string) int64 {
+		res, err := store.Begin(ctx, &idem.BeginParams{Scope: "s", Key: key, Fingerprint: "f", Lease: time.Hour, Window: time.Hour})
+		if err != nil || res.Decision != idem.Acquired {
+			t.Fatalf("Begin %s: %+v %v", key, res, err)
+		}
+		return res.Record.Token
+	}
+	for _, k := range []string{"p1", "p2", "p3"} { // 3 pending
+		begin(k)
+	}
+	for _, k := range []string{"c1", "c2"} { // 2 completed
+		if _, err := store.Complete(ctx, &idem.CompleteParams{Scope: "s", Key: k, Token: begin(k)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := store.Release(ctx, &idem.ReleaseParams{Scope: "s", Key: "r1", Token: begin("r1")}); err != nil { // 1 released
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		name  string
+		store idem.Store
+		want  []string // the idem_ledger_records lines, in order
+	}{
+		{"StateSizer", store, []string{`idem_ledger_records{state="pending"} 3`,
+			`idem_ledger_records{state="completed"} 2`, `idem_ledger_records{state="released"} 1`}},
+		{"Sizer", sizerOnly{store, store}, []string{`idem_ledger_records 6`}},
+		{"neither", bare{store}, nil},
+		{"failing", failing{store}, nil},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			t.Parallel()
+			for _, via := range []string{"server", "WriteStore"} {
+				var text string
+				if via == "server" {
+					srv, err := idemapi.NewServer(c.store, &idemapi.Config{Tokens: map[string][]string{tokA: {"a"}}})
+					if err != nil {
+						t.Fatal(err)
+					}
+					req := httptest.NewRequest("GET", "/metrics", nil)
+					req.Header.Set("Authorization", "Bearer "+tokA)
+					rec := httptest.NewRecorder()
+					srv.ServeHTTP(rec, req)
+					if rec.Code != 200 {
+						t.Fatalf("%s: GET /metrics: %d %s", via, rec.Code, rec.Body)
+					}
+					text = rec.Body.String()
+				} else {
+					var b strings.Builder
+					if err := idemapi.NewMetrics(nil).WriteStore(ctx, &b, c.store); err != nil {
+						t.Fatal(err)
+					}
+					text = b.String()
+				}
+				var got []string
+				for _, line := range strings.Split(text, "\n") {
+					if strings.HasPrefix(line, "idem_ledger_records") {
+						got = append(got, line)
+					}
+				}
+				if !slices.Equal(got, c.want) {
+					t.Errorf("%s: idem_ledger_records lines %q, want %q", via, got, c.want)
+				}
+				if typed := strings.Contains(text, "# TYPE idem_ledger_records gauge\n"); typed != (c.want != nil) {
+					t.Errorf("%s: TYPE line present %t, want %t", via, typed, c.want != nil)
+				}
+			}
+		})
 	}
 }

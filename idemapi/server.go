@@ -479,15 +479,7 @@ func (s *Server) readyz(w http.ResponseWriter, r *http.Request, _ *request) *pro
 }
 
 func (s *Server) serveMetrics(w http.ResponseWriter, r *http.Request, _ *request) *problem {
-	size := int64(-1)
-	if sizer, ok := s.store.(idem.Sizer); ok {
-		ctx, cancel := context.WithTimeout(r.Context(), 5*time.Second)
-		n, err := sizer.Size(ctx)
-		cancel()
-		if err == nil {
-			size = n
-		}
-	}
+	size := readSize(r.Context(), s.store)
 	w.Header().Set("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
 	_ = s.metrics.write(w, size)
 	return nil

@@ -353,7 +353,8 @@ func TestAttributesDocumented(t *testing.T) {
 	for _, k := range []string{string(idemotel.AttrOperation), string(idemotel.AttrOutcome), string(idemotel.AttrKeyDigest),
 		string(idemotel.AttrAttempt), string(idemotel.AttrTakeover), string(idemotel.AttrReplayed), string(idemotel.AttrAction),
 		string(idemotel.AttrDelivery), string(idemotel.AttrWfType), string(idemotel.AttrWfStatus), string(idemotel.AttrWfAction),
-		string(idemotel.AttrWfComp), string(idemotel.AttrWfID), string(idemotel.AttrWfRun), string(idemotel.AttrStepOutcome)} {
+		string(idemotel.AttrWfComp), string(idemotel.AttrWfID), string(idemotel.AttrWfRun), string(idemotel.AttrStepOutcome),
+		string(idemotel.AttrRecordState)} {
 		if !strings.Contains(string(doc), "`"+k+"`") {
 			t.Errorf("docs/observability.md does not document attribute %s", k)
 		}

@@ -39,6 +39,7 @@ const (
 	AttrWfID        = attribute.Key("idem.workflow.instance.digest") // idem.KeyDigest of the instance id
 	AttrWfRun       = attribute.Key("idem.workflow.run")             // the run of the instance id, from 1
 	AttrStepOutcome = attribute.Key("idem.workflow.step.outcome")    // ok, kept, failed
+	AttrRecordState = attribute.Key("idem.record.state")             // a ledger record's state: pending, completed, released
 )
 
 // Config configures Telemetry. Nil or zero fields mean the global

@@ -452,6 +452,12 @@ func TestMetrics(t *testing.T) {
 	if got := sum(m, "idem.ledger.records"); got != 5 {
 		t.Errorf("ledger records %v, want 5", got)
 	}
+	// memstore counts by state: every one of them is completed.
+	for state, want := range map[string]float64{"pending": 0, "completed": 5, "released": 0} {
+		if got, ok := m["idem.ledger.records"]["idem.record.state="+state]; !ok || got != want {
+			t.Errorf("ledger records %s %v (reported %t), want %v", state, got, ok, want)
+		}
+	}
 }
 
 // A message published through Publisher carries the publish span's

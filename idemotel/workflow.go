@@ -122,23 +122,43 @@ func (o wfObserver) Step(ctx context.Context, in *workflow.Instance, s workflow.
 }
 
 // ObserveLedgerSize registers the observable gauge idem.ledger.records:
-// the records store holds, read with its idem.Sizer capability (a store
-// without one reports nothing) each time metrics are collected. The
-// stores count records of every state together.
+// the records store holds, read each time metrics are collected. A store
+// with the idem.StateSizer capability reports one point per state, with
+// the attribute idem.record.state (pending, completed, released), so the
+// points add up to the total; a store with idem.Sizer only reports one
+// point without attributes; a store with neither reports nothing.
 func (t *Telemetry) ObserveLedgerSize(store idem.Store) error {
-	sizer, ok := store.(idem.Sizer)
-	if !ok {
-		return nil
-	}
-	_, err := t.meter.Int64ObservableGauge("idem.ledger.records", metric.WithUnit("{record}"),
-		metric.WithDescription("Records held by the store (may be approximate)."),
-		metric.WithInt64Callback(func(ctx context.Context, o metric.Int64Observer) error {
+	var observe func(ctx context.Context, o metric.Int64Observer) error
+	if ss, ok := store.(idem.StateSizer); ok {
+		states := []idem.State{idem.StatePending, idem.StateCompleted, idem.StateReleased}
+		attrs := make([]metric.ObserveOption, len(states))
+		for i, st := range states {
+			attrs[i] = metric.WithAttributes(AttrRecordState.String(string(st)))
+		}
+		observe = func(ctx context.Context, o metric.Int64Observer) error {
+			n, err := ss.SizeByState(ctx)
+			if err != nil {
+				return nil // nothing to report: the next collection tries again
+			}
+			for i, st := range states {
+				o.Observe(n[st], attrs[i])
+			}
+			return nil
+		}
+	} else if sizer, ok := store.(idem.Sizer); ok {
+		observe = func(ctx context.Context, o metric.Int64Observer) error {
 			n, err := sizer.Size(ctx)
 			if err != nil {
 				return nil // nothing to report: the next collection tries again
 			}
 			o.Observe(n)
 			return nil
-		}))
+		}
+	} else {
+		return nil
+	}
+	_, err := t.meter.Int64ObservableGauge("idem.ledger.records", metric.WithUnit("{record}"),
+		metric.WithDescription("Records held by the store (may be approximate)."),
+		metric.WithInt64Callback(observe))
 	return err
 }

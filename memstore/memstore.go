@@ -253,7 +253,8 @@ var (
 	_ idem.Lister = (*Store)(nil)
 	_ idem.Sizer  = (*Store)(nil)
 
-	_ idem.Describer = (*Store)(nil)
+	_ idem.StateSizer = (*Store)(nil)
+	_ idem.Describer  = (*Store)(nil)
 )
 
 // New returns an empty Store.
@@ -648,6 +649,24 @@ func (s *Store) Size(ctx context.Context) (int64, error) {
 		}
 	}
 	return n, nil
+}
+
+// SizeByState implements idem.StateSizer. It reads the state byte of
+// every entry, one shard at a time under its lock.
+func (s *Store) SizeByState(ctx context.Context) (map[idem.State]int64, error) {
+	var n [len(states)]int64
+	err := s.each(ctx, func(_ *shard, _ uint64, e entry) bool {
+		n[e.s[atState]]++
+		return true
+	})
+	if err != nil {
+		return nil, err
+	}
+	m := make(map[idem.State]int64, len(states))
+	for i, st := range states {
+		m[st] = n[i]
+	}
+	return m, nil
 }
 
 // Close implements idem.Store. Later calls fail with idem.ErrClosed; it

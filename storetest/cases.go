@@ -579,6 +579,108 @@ func testLookupAndList(t *testing.T, e *env) {
 	}
 }
 
+// testSizeByState checks idem.StateSizer, for stores that have it, after
+// Begins, Completes, Releases, Deletes, a Begin of a released key and a
+// Sweep: the counts are the numbers of records in each state, the same as
+// List reports state by state, and add up to Size.
+func testSizeByState(t *testing.T, e *env) {
+	ss, ok := e.store.(idem.StateSizer)
+	if !ok {
+		t.Skip("the store is no idem.StateSizer")
+	}
+	scopes := []string{e.scope("sizes"), e.scope("sizes-other")}
+	e.wantSizes("an empty store", ss, scopes, 0, 0, 0)
+
+	window := e.unit // of the records Sweep removes, as in testSweep
+	if e.manual == nil {
+		window = 5 * e.unit
+	}
+	long := &idem.BeginParams{Fingerprint: "fp", Lease: 1000 * e.unit, Window: 1000 * e.unit}
+	begin := func(scope, key string, p *idem.BeginParams) *idem.Record {
+		q := *p
+		q.Scope, q.Key = scope, key
+		return e.acquire(&q)
+	}
+	release := func(scope string, rec *idem.Record) {
+		if err := e.store.Release(e.ctx, &idem.ReleaseParams{Scope: scope, Key: rec.Key, Token: rec.Token}); err != nil {
+			t.Fatalf("Release(%s): %v", rec.Key, err)
+		}
+	}
+	del := func(scope, key string) {
+		if err := e.store.Delete(e.ctx, &idem.KeyParams{Scope: scope, Key: key}); err != nil {
+			t.Fatalf("Delete(%s): %v", key, err)
+		}
+	}
+	a, b := scopes[0], scopes[1]
+	for i := range 4 {
+		begin(a, fmt.Sprintf("pending-%d", i), long)
+	}
+	for i := range 3 {
+		rec := begin(a, fmt.Sprintf("completed-%d", i), long)
+		e.complete(a, rec.Key, rec.Token, idem.Outcome{Data: []byte("x")})
+	}
+	short := &idem.BeginParams{Fingerprint: "fp", Lease: 1000 * e.unit, Window: window}
+	for i := range 2 {
+		rec := begin(a, fmt.Sprintf("swept-%d", i), short)
+		e.complete(a, rec.Key, rec.Token, idem.Outcome{Data: []byte("x")})
+	}
+	for i := range 3 {
+		release(a, begin(a, fmt.Sprintf("released-%d", i), long))
+	}
+	begin(b, "pending", long)
+	rec := begin(b, "completed", long)
+	e.complete(b, rec.Key, rec.Token, idem.Outcome{Data: []byte("x")})
+	release(b, begin(b, "released", long))
+	e.wantSizes("after Begins, Completes and Releases", ss, scopes, 5, 6, 4)
+
+	del(a, "pending-3")
+	del(a, "completed-2")
+	del(a, "released-2")
+	begin(a, "released-1", long) // released to pending
+	e.wantSizes("after Deletes and a Begin of a released key", ss, scopes, 5, 5, 2)
+
+	e.pass(2 * window)
+	if n := e.sweep(0); n != 2 {
+		t.Errorf("Sweep removed %d records, want 2 (swept-0, swept-1)", n)
+	}
+	e.wantSizes("after Sweep", ss, scopes, 5, 3, 2)
+}
+
+// wantSizes checks SizeByState against the expected counts, against List
+// state by state over scopes (the only scopes with records) when the store
+// is an idem.Lister, and against Size when it is an idem.Sizer.
+func (e *env) wantSizes(when string, ss idem.StateSizer, scopes []string, pending, completed, released int64) {
+	t := e.t
+	t.Helper()
+	got, err := ss.SizeByState(e.ctx)
+	if err != nil {
+		t.Fatalf("SizeByState %s: %v", when, err)
+	}
+	want := map[idem.State]int64{idem.StatePending: pending, idem.StateCompleted: completed, idem.StateReleased: released}
+	if len(got) != len(want) || got[idem.StatePending] != pending || got[idem.StateCompleted] != completed || got[idem.StateReleased] != released {
+		t.Errorf("SizeByState %s: %v, want %v", when, got, want)
+	}
+	if l, ok := e.store.(idem.Lister); ok {
+		listed := map[idem.State]int64{}
+		for st := range want {
+			for _, scope := range scopes {
+				listed[st] += int64(len(listKeys(t, e, l, &idem.ListParams{Scope: scope, State: st, Limit: idem.MaxListSize})))
+			}
+		}
+		for st, n := range listed {
+			if got[st] != n {
+				t.Errorf("SizeByState %s: %s %d, List has %d", when, st, got[st], n)
+			}
+		}
+	}
+	if sz, ok := e.store.(idem.Sizer); ok {
+		n, err := sz.Size(e.ctx)
+		if err != nil || n != pending+completed+released {
+			t.Errorf("Size %s: %d, %v; want %d, the sum of SizeByState's", when, n, err, pending+completed+released)
+		}
+	}
+}
+
 // listKeys pages through a List and checks each page against its limit.
 func listKeys(t *testing.T, e *env, l idem.Lister, p *idem.ListParams) []string {
 	t.Helper()

@@ -45,6 +45,7 @@
 //     (-rapid.checks, default 100; -rapid.steps); a failure prints a seed to
 //     reproduce it.
 //
-// Optional capabilities (idem.Lister, idem.Sizer) are checked when the
-// store has them. The suite checks behaviour only; it measures nothing.
+// Optional capabilities (idem.Lister, idem.Sizer, idem.StateSizer) are
+// checked when the store has them: SizeByState after a mix of Begins,
+// Completes, Releases, Deletes and a Sweep, against List state by state. The suite checks behaviour only; it measures nothing.
 package storetest

@@ -92,6 +92,7 @@ func Run(t *testing.T, newStore NewStore, opts *Options) {
 		{"LargeOutcome", testLargeOutcome},
 		{"Scopes", testScopes},
 		{"LookupAndList", testLookupAndList},
+		{"SizeByState", testSizeByState},
 		{"InvalidParams", testInvalidParams},
 		{"Linearizability", testLinearizability},
 		{"StateMachine", testStateMachine},

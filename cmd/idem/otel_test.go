@@ -268,6 +268,9 @@ func TestProxyExportsOTLP(t *testing.T) {
 	if a.status != http.StatusOK || !strings.Contains(a.body, "idem_operations_total{op=\"begin\",outcome=\"replay\"} 1") {
 		t.Fatalf("/metrics: %d\n%s", a.status, a.body)
 	}
+	if !strings.Contains(a.body, "\nidem_ledger_records{state=\"completed\"} 1\nidem_ledger_records{state=\"released\"} 0\n") {
+		t.Errorf("/metrics lacks the ledger size by state:\n%s", a.body)
+	}
 	if code := p.stop(t, syscall.SIGTERM); code != 0 {
 		t.Fatalf("exit %d; stderr:\n%s", code, p.stderr)
 	}
@@ -324,7 +327,9 @@ func TestProxyExportsOTLP(t *testing.T) {
 		{"idem.ledger.outcomes", "idem.outcome=replayed", 1},
 		{"idem.ledger.operations", "idem.outcome=completed", 1},
 		{"idem.time_to_idempotence", "", 1},
-		{"idem.ledger.records", "", 1},
+		{"idem.ledger.records", "idem.record.state=completed", 1}, // mem: counts by state
+		{"idem.ledger.records", "idem.record.state=pending", 0},
+		{"idem.ledger.records", "idem.record.state=released", 0},
 	} {
 		if got := recv.value(c.name, c.with); got != c.want {
 			t.Errorf("%s %s = %d, want %d", c.name, c.with, got, c.want)

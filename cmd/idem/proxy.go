@@ -418,16 +418,8 @@ func adminHandler(store idem.Store, metrics *idemapi.Metrics, ready *idemapi.Rea
 		_, _ = io.WriteString(w, "ok\n")
 	})
 	mux.HandleFunc("GET /metrics", func(w http.ResponseWriter, r *http.Request) {
-		size := int64(-1)
-		if sizer, ok := store.(idem.Sizer); ok {
-			ctx, cancel := context.WithTimeout(r.Context(), 5*time.Second)
-			if n, err := sizer.Size(ctx); err == nil {
-				size = n
-			}
-			cancel()
-		}
 		w.Header().Set("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
-		_ = metrics.Write(w, size)
+		_ = metrics.WriteStore(r.Context(), w, store)
 	})
 	return mux
 }

@@ -71,7 +71,8 @@ type Config struct {
 	noSync     bool   // the power-cut test's mutant: commit without syncing
 }
 
-// Store is the embedded, durable idem.Store, idem.Lister and idem.Sizer.
+// Store is the embedded, durable idem.Store, idem.Lister, idem.Sizer and
+// idem.StateSizer.
 // It is safe for concurrent use; only one Store (in one process) may have a
 // directory open at a time.
 type Store struct {
@@ -100,7 +101,8 @@ type Store struct {
 	// power-cut test's mutant uses pebble.NoSync).
 	commit *pebble.WriteOptions
 
-	size atomic.Int64
+	size    atomic.Int64
+	byState [len(codeStates)]atomic.Int64 // records by state code, kept as size is
 
 	sweepMu      sync.Mutex
 	sweepVisited atomic.Int64 // index entries Sweep looked at, for tests
@@ -119,7 +121,8 @@ var (
 	_ idem.Lister = (*Store)(nil)
 	_ idem.Sizer  = (*Store)(nil)
 
-	_ idem.Describer = (*Store)(nil)
+	_ idem.StateSizer = (*Store)(nil)
+	_ idem.Describer  = (*Store)(nil)
 )
 
 // Open opens (creating if needed) the store in dir. It fails with an error
@@ -272,13 +275,26 @@ func (s *Store) load() error {
 		return err
 	}
 	var n int64
+	var byState [len(codeStates)]int64
 	for it.First(); it.Valid(); it.Next() {
 		n++
+		v, err := it.ValueAndErr()
+		if err != nil {
+			it.Close()
+			return err
+		}
+		// A corrupt record counts in no state: Open does not check records.
+		if code, err := decodeState(v); err == nil {
+			byState[code]++
+		}
 	}
 	if err := it.Close(); err != nil {
 		return err
 	}
 	s.size.Store(n)
+	for code, n := range byState {
+		s.byState[code].Store(n)
+	}
 	return nil
 }
 
@@ -436,6 +452,12 @@ func (s *Store) put(st *stripe, rkey []byte, cur *idem.Record, curAt time.Time, 
 	}
 	if err := b.Commit(s.commit); err != nil {
 		return err
+	}
+	if cur == nil || cur.State != next.State {
+		if cur != nil {
+			s.byState[stateCode(cur.State)].Add(-1)
+		}
+		s.byState[stateCode(next.State)].Add(1)
 	}
 	st.remember(ref, utc(next), nextAt.UTC(), len(v))
 	return nil
@@ -636,6 +658,7 @@ func (s *Store) Delete(ctx context.Context, p *idem.KeyParams) error {
 		return fmt.Errorf("pebblestore: delete: %w", err)
 	}
 	s.size.Add(-1)
+	s.byState[stateCode(cur.State)].Add(-1)
 	return nil
 }
 
@@ -708,6 +731,7 @@ func (s *Store) sweepChunk(entries [][]byte, now time.Time) (int, error) {
 	b := s.db.NewBatch()
 	defer b.Close()
 	deleted := 0
+	var byState [len(codeStates)]int64 // the deleted records by state code
 	for _, k := range entries {
 		s.sweepVisited.Add(1)
 		at, ref, err := parseIndexKey(k)
@@ -738,6 +762,7 @@ func (s *Store) sweepChunk(entries [][]byte, now time.Time) (int, error) {
 				return 0, err
 			}
 			deleted++
+			byState[stateCode(rec.State)]++
 		default: // due later (or a pending record whose lease is live)
 			next := rec.RetainUntil
 			if !next.After(now) { // only a live lease keeps it: look again when it ends
@@ -762,6 +787,11 @@ func (s *Store) sweepChunk(entries [][]byte, now time.Time) (int, error) {
 		return 0, err
 	}
 	s.size.Add(-int64(deleted))
+	for code, n := range byState {
+		if n > 0 {
+			s.byState[code].Add(-n)
+		}
+	}
 	return deleted, nil
 }
 
@@ -824,6 +854,25 @@ func (s *Store) Size(ctx context.Context) (int64, error) {
 	}
 	defer s.closeMu.RUnlock()
 	return s.size.Load(), nil
+}
+
+// SizeByState implements idem.StateSizer. The counts are kept in memory
+// like Size's: Open reads the state of every record once (the first two
+// bytes of its value), and every write that adds, removes or changes the
+// state of one adjusts them. A record whose state cannot be decoded (a
+// corrupt one, which no operation can change) is counted by Size only.
+func (s *Store) SizeByState(ctx context.Context) (map[idem.State]int64, error) {
+	if err := s.enter(ctx); err != nil {
+		return nil, err
+	}
+	defer s.closeMu.RUnlock()
+	m := make(map[idem.State]int64, len(codeStates)-1)
+	for code, st := range codeStates {
+		if st != "" {
+			m[st] = s.byState[code].Load()
+		}
+	}
+	return m, nil
 }
 
 // pebbleLogger passes Pebble's messages to a slog.Logger, or drops them.

@@ -246,6 +246,31 @@ func (h *powercut) run(n int) error {
 	if size, err = s.Size(ctx); err != nil || int64(swept.Deleted) != records || size != 0 {
 		return fmt.Errorf("after cut %d: a sweep after everything expired removed %d of %d records, Size %d (%v)", h.cuts, swept.Deleted, records, size, err)
 	}
+	if by, err := s.SizeByState(ctx); err != nil || len(by) != 3 || by[idem.StatePending]+by[idem.StateCompleted]+by[idem.StateReleased] != 0 {
+		return fmt.Errorf("after cut %d: SizeByState after the sweep: %v, %v; want 0 in each state", h.cuts, by, err)
+	}
+	return nil
+}
+
+// checkSizeByState compares the reopened store's SizeByState, which Open
+// counted, with the models' records by state (check made the models what
+// the store holds).
+func (h *powercut) checkSizeByState(s *Store) error {
+	want := map[idem.State]int64{idem.StatePending: 0, idem.StateCompleted: 0, idem.StateReleased: 0}
+	for _, w := range h.workers {
+		for _, rec := range w.keys {
+			if rec != nil {
+				want[rec.State]++
+			}
+		}
+	}
+	got, err := s.SizeByState(context.Background())
+	if err != nil {
+		return fmt.Errorf("SizeByState: %w", err)
+	}
+	if !maps.Equal(got, want) {
+		return fmt.Errorf("SizeByState %v; the records by state: %v", got, want)
+	}
 	return nil
 }
 
@@ -330,6 +355,9 @@ func (h *powercut) check(s *Store) error {
 	}
 	if len(records) != 0 {
 		return fmt.Errorf("%d records no worker wrote, like %s", len(records), pcShow(slices.Collect(maps.Values(records))[0]))
+	}
+	if err := h.checkSizeByState(s); err != nil {
+		return err
 	}
 	// The next Begin draws a token above every one acknowledged before.
 	probe, err := s.Begin(ctx, &idem.BeginParams{Scope: powercutProbe, Key: "k", Fingerprint: "f", Lease: time.Minute, Window: time.Hour})

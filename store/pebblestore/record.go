@@ -23,6 +23,38 @@ const (
 	stateCodeReleased  = 3
 )
 
+// codeStates are the states by code: codeStates[stateCodePending] is
+// idem.StatePending; index 0 is no state.
+var codeStates = [...]idem.State{stateCodePending: idem.StatePending, stateCodeCompleted: idem.StateCompleted, stateCodeReleased: idem.StateReleased}
+
+// stateCode returns the code of st (0 for no state).
+func stateCode(st idem.State) byte {
+	switch st {
+	case idem.StatePending:
+		return stateCodePending
+	case idem.StateCompleted:
+		return stateCodeCompleted
+	case idem.StateReleased:
+		return stateCodeReleased
+	}
+	return 0
+}
+
+// decodeState returns the state code of an encoded record, reading its
+// first two bytes only, with the same checks as decodeRecord.
+func decodeState(b []byte) (byte, error) {
+	if len(b) < 2 {
+		return 0, fmt.Errorf("%w: %d bytes", errCorrupt, len(b))
+	}
+	if b[0] != recordVersion {
+		return 0, fmt.Errorf("%w: unknown version %d", errCorrupt, b[0])
+	}
+	if b[1] == 0 || int(b[1]) >= len(codeStates) {
+		return 0, fmt.Errorf("%w: unknown state %d", errCorrupt, b[1])
+	}
+	return b[1], nil
+}
+
 const (
 	flagCheckpoint = 1 << iota
 	flagOutcome
@@ -47,15 +79,7 @@ const (
 //	checkpoint: point, data            (when flagCheckpoint)
 //	outcome: data, n(uvarint), n x (k, v) sorted by k   (when flagOutcome)
 func encodeRecord(dst []byte, r *idem.Record, indexAt time.Time) []byte {
-	var state byte
-	switch r.State {
-	case idem.StatePending:
-		state = stateCodePending
-	case idem.StateCompleted:
-		state = stateCodeCompleted
-	case idem.StateReleased:
-		state = stateCodeReleased
-	}
+	state := stateCode(r.State)
 	times := [...]time.Time{r.LeaseUntil, r.Created, r.Completed, r.Expires, r.RetainUntil, indexAt}
 	var flags uint64
 	if r.Checkpoint != nil {
@@ -195,23 +219,11 @@ func (d *decoder) time(what string) time.Time {
 // its index entry. Times come back in UTC without a monotonic reading.
 // Corrupt input gives an error wrapping errCorrupt, never a panic.
 func decodeRecord(b []byte) (*idem.Record, time.Time, error) {
-	if len(b) < 2 {
-		return nil, time.Time{}, fmt.Errorf("%w: %d bytes", errCorrupt, len(b))
+	code, err := decodeState(b)
+	if err != nil {
+		return nil, time.Time{}, err
 	}
-	if b[0] != recordVersion {
-		return nil, time.Time{}, fmt.Errorf("%w: unknown version %d", errCorrupt, b[0])
-	}
-	r := &idem.Record{}
-	switch b[1] {
-	case stateCodePending:
-		r.State = idem.StatePending
-	case stateCodeCompleted:
-		r.State = idem.StateCompleted
-	case stateCodeReleased:
-		r.State = idem.StateReleased
-	default:
-		return nil, time.Time{}, fmt.Errorf("%w: unknown state %d", errCorrupt, b[1])
-	}
+	r := &idem.Record{State: codeStates[code]}
 	d := &decoder{b: b[2:]}
 	flags := d.uvarint("flags")
 	if flags&^flagsKnown != 0 {

@@ -13,6 +13,8 @@ import (
 type statements struct {
 	schema                                                                                           string // quoted
 	begin, beginFresh, get, getNow, complete, release, extend, checkpoint, delete, sweep, list, size string
+	// sizeByState counts the records of each state present, one row each.
+	sizeByState string
 	// completeBatch is complete for several owners at once (see batch.go).
 	completeBatch string
 }
@@ -184,9 +186,10 @@ del AS (DELETE FROM {s}.records r USING doomed d WHERE r.scope = d.scope AND r.k
 SELECT count(*), count(*) FILTER (WHERE state <> 'deleted') FROM del`,
 		list: `SELECT r FROM {s}.records r
 WHERE r.scope = $1 AND r.key > $2 AND ($3 = '' OR r.state = $3) AND r.state <> 'deleted' ORDER BY r.key LIMIT $4`,
-		size: `SELECT count(*) FROM {s}.records WHERE state <> 'deleted'`,
+		size:        `SELECT count(*) FROM {s}.records WHERE state <> 'deleted'`,
+		sizeByState: `SELECT state, count(*) FROM {s}.records WHERE state <> 'deleted' GROUP BY state`,
 	}
-	for _, p := range []*string{&q.begin, &q.beginFresh, &q.get, &q.getNow, &q.complete, &q.completeBatch, &q.release, &q.extend, &q.checkpoint, &q.delete, &q.sweep, &q.list, &q.size} {
+	for _, p := range []*string{&q.begin, &q.beginFresh, &q.get, &q.getNow, &q.complete, &q.completeBatch, &q.release, &q.extend, &q.checkpoint, &q.delete, &q.sweep, &q.list, &q.size, &q.sizeByState} {
 		*p = strings.ReplaceAll(*p, "{s}", schema)
 	}
 	return q

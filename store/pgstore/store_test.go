@@ -187,6 +187,9 @@ func TestDeleteTombstone(t *testing.T) {
 	if n, err := s.Size(ctx); err != nil || n != 0 {
 		t.Errorf("Size after Delete: %d %v, want 0", n, err)
 	}
+	if by, err := s.SizeByState(ctx); err != nil || len(by) != 3 || by[idem.StatePending] != 0 || by[idem.StateCompleted] != 0 || by[idem.StateReleased] != 0 {
+		t.Errorf("SizeByState after Delete: %v %v, want 0 in each of the 3 states (the tombstone is no record)", by, err)
+	}
 	if l, err := s.List(ctx, &idem.ListParams{Scope: "s"}); err != nil || len(l.Records) != 0 {
 		t.Errorf("List after Delete: %+v %v, want nothing", l, err)
 	}

@@ -148,6 +148,10 @@
 // whose lease ended more than its window ago is gone, so the next Begin
 // starts at attempt 1 without the checkpoint.
 //
+// The store is no idem.StateSizer: a record's state is in its value only,
+// and Redis expires records without telling anyone, so a count kept by
+// state would drift and counting by state would mean reading every record.
+//
 // # Durability
 //
 // Redis acknowledges a write when it is in memory. What a crash can lose

@@ -58,6 +58,8 @@ type Config struct {
 
 // Store is an idem.Store, idem.Lister and idem.Sizer on Redis. It is safe
 // for concurrent use. See the package doc for the layout and durability.
+// It is no idem.StateSizer: counting by state would mean reading every
+// record (see the package doc).
 type Store struct {
 	client redis.UniversalClient
 	owned  bool                              // Close closes the client
