@@ -19,6 +19,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/idemkit/idem"
+	"github.com/idemkit/idem/internal/httpstatus"
 	"github.com/idemkit/idem/workflow"
 )
 
@@ -226,26 +227,6 @@ type request struct {
 	err   error // cause of a 5xx
 }
 
-// statusWriter remembers the status written.
-type statusWriter struct {
-	http.ResponseWriter
-	status int
-}
-
-func (w *statusWriter) WriteHeader(code int) {
-	if w.status == 0 {
-		w.status = code
-	}
-	w.ResponseWriter.WriteHeader(code)
-}
-
-func (w *statusWriter) Write(b []byte) (int, error) {
-	if w.status == 0 {
-		w.status = http.StatusOK
-	}
-	return w.ResponseWriter.Write(b)
-}
-
 type route struct {
 	name    string
 	methods []string
@@ -299,7 +280,7 @@ func lookupRoute(r *http.Request) *route {
 // ServeHTTP implements http.Handler.
 func (s *Server) ServeHTTP(rw http.ResponseWriter, r *http.Request) {
 	start := time.Now()
-	w := &statusWriter{ResponseWriter: rw}
+	w := httpstatus.New(rw)
 	rt := lookupRoute(r)
 	req := &request{route: rt.name}
 	defer func() {
@@ -308,11 +289,11 @@ func (s *Server) ServeHTTP(rw http.ResponseWriter, r *http.Request) {
 				panic(v)
 			}
 			req.err = fmt.Errorf("panic: %v", v)
-			if w.status == 0 {
+			if w.Status() == 0 {
 				writeProblem(w, newProblem(http.StatusInternalServerError, ProblemInternal, "the server failed; this is a bug"))
 			}
 		}
-		s.finish(r.Context(), req, w.status, time.Since(start))
+		s.finish(r.Context(), req, w.Status(), time.Since(start))
 	}()
 	if p := s.dispatch(w, r, rt, req); p != nil {
 		if p.err != nil {

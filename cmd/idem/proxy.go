@@ -18,6 +18,7 @@ import (
 	"github.com/idemkit/idem/idemapi"
 	"github.com/idemkit/idem/idemhttp"
 	"github.com/idemkit/idem/idemotel"
+	"github.com/idemkit/idem/internal/httpstatus"
 )
 
 // defaultProxyStore is where idem proxy keeps its ledger without --store:
@@ -445,41 +446,12 @@ func (os observers) Observe(ctx context.Context, ev *idem.Event) {
 func countRequests(metrics *idemapi.Metrics, next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		start := time.Now()
-		sw := &statusWriter{ResponseWriter: w}
+		sw := httpstatus.New(w)
 		next.ServeHTTP(sw, r)
-		if sw.status == 0 {
-			sw.status = http.StatusOK
+		status := sw.Status()
+		if status == 0 {
+			status = http.StatusOK
 		}
-		metrics.Request(proxyRoute, sw.status, time.Since(start))
+		metrics.Request(proxyRoute, status, time.Since(start))
 	})
 }
-
-// statusWriter remembers the status; Flush and Unwrap keep streaming and
-// http.ResponseController working through it.
-type statusWriter struct {
-	http.ResponseWriter
-	status int
-}
-
-func (s *statusWriter) WriteHeader(code int) {
-	if s.status == 0 && code >= 200 {
-		s.status = code
-	}
-	s.ResponseWriter.WriteHeader(code)
-}
-
-func (s *statusWriter) Write(p []byte) (int, error) {
-	if s.status == 0 {
-		s.status = http.StatusOK
-	}
-	return s.ResponseWriter.Write(p)
-}
-
-func (s *statusWriter) Flush() {
-	if s.status == 0 {
-		s.status = http.StatusOK
-	}
-	_ = http.NewResponseController(s.ResponseWriter).Flush()
-}
-
-func (s *statusWriter) Unwrap() http.ResponseWriter { return s.ResponseWriter }
