@@ -60,6 +60,28 @@ func applyEnv(fs *flag.FlagSet, onCommandLine map[string]bool, lookup func(strin
 	return err
 }
 
+// parseInterspersed parses the flags of args into fs, placed before and
+// after the positional arguments it returns ("show KEY --json" and "show
+// --json KEY" both work; "--" ends the flags, for arguments that start
+// with "-").
+func parseInterspersed(fs *flag.FlagSet, args []string) ([]string, error) {
+	var positional []string
+	for {
+		if err := fs.Parse(args); err != nil {
+			return nil, err
+		}
+		rest := fs.Args()
+		if len(rest) == 0 {
+			return positional, nil
+		}
+		if consumed := len(args) - len(rest); consumed > 0 && args[consumed-1] == "--" {
+			return append(positional, rest...), nil
+		}
+		positional = append(positional, rest[0])
+		args = rest[1:]
+	}
+}
+
 // parseCommandFlags parses a long-lived command's flags (parseWithEnv)
 // and answers what ends the command there: 0 after printing usage for
 // --help, 2 after a usage error (a bad flag or a positional argument),

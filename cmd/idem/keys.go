@@ -185,8 +185,7 @@ type keysDeleted struct {
 }
 
 // parseKeysFlags parses flags placed before and after the positional
-// arguments ("show KEY --json" and "show --json KEY" both work; "--" ends
-// the flags, for keys that start with "-").
+// arguments (parseInterspersed).
 func parseKeysFlags(sub string, args []string, stdout, stderr io.Writer) (*keysOptions, []string, int) {
 	fs := flag.NewFlagSet("idem keys "+sub, flag.ContinueOnError)
 	fs.SetOutput(io.Discard)
@@ -201,27 +200,14 @@ func parseKeysFlags(sub string, args []string, stdout, stderr io.Writer) (*keysO
 	fs.IntVar(&o.limit, "limit", 100, "")
 	fs.StringVar(&o.cursor, "cursor", "", "")
 	fs.StringVar(&o.keySecretFile, "key-secret-file", "", "")
-	var positional []string
-	for {
-		err := fs.Parse(args)
-		switch {
-		case errors.Is(err, flag.ErrHelp):
-			fmt.Fprint(stdout, keysUsage)
-			return nil, nil, 0
-		case err != nil:
-			fmt.Fprintf(stderr, "idem keys %s: %v\n\nRun \"idem keys --help\" for the flags.\n", sub, err)
-			return nil, nil, 2
-		}
-		rest := fs.Args()
-		if len(rest) == 0 {
-			break
-		}
-		if consumed := len(args) - len(rest); consumed > 0 && args[consumed-1] == "--" {
-			positional = append(positional, rest...)
-			break
-		}
-		positional = append(positional, rest[0])
-		args = rest[1:]
+	positional, err := parseInterspersed(fs, args)
+	switch {
+	case errors.Is(err, flag.ErrHelp):
+		fmt.Fprint(stdout, keysUsage)
+		return nil, nil, 0
+	case err != nil:
+		fmt.Fprintf(stderr, "idem keys %s: %v\n\nRun \"idem keys --help\" for the flags.\n", sub, err)
+		return nil, nil, 2
 	}
 	fs.Visit(func(f *flag.Flag) {
 		switch f.Name {

@@ -276,27 +276,14 @@ func parseWFFlags(sub string, args []string, stdout, stderr io.Writer, lookup fu
 	fs.StringVar(&o.after, "after", "", "")
 	fs.IntVar(&o.limit, "limit", 100, "")
 	fs.DurationVar(&o.timeout, "timeout", time.Minute, "")
-	var positional []string
-	for {
-		err := fs.Parse(args)
-		switch {
-		case errors.Is(err, flag.ErrHelp):
-			fmt.Fprint(stdout, wfUsage)
-			return nil, nil, 0
-		case err != nil:
-			fmt.Fprintf(stderr, "idem wf %s: %v\n\nRun \"idem wf --help\" for the flags.\n", sub, err)
-			return nil, nil, 2
-		}
-		rest := fs.Args()
-		if len(rest) == 0 {
-			break
-		}
-		if consumed := len(args) - len(rest); consumed > 0 && args[consumed-1] == "--" {
-			positional = append(positional, rest...)
-			break
-		}
-		positional = append(positional, rest[0])
-		args = rest[1:]
+	positional, err := parseInterspersed(fs, args)
+	switch {
+	case errors.Is(err, flag.ErrHelp):
+		fmt.Fprint(stdout, wfUsage)
+		return nil, nil, 0
+	case err != nil:
+		fmt.Fprintf(stderr, "idem wf %s: %v\n\nRun \"idem wf --help\" for the flags.\n", sub, err)
+		return nil, nil, 2
 	}
 	fs.Visit(func(f *flag.Flag) { o.onCommandLine[f.Name] = true })
 	// Only where to work comes from the environment; what to do never
