@@ -269,31 +269,24 @@ func keysList(ctx context.Context, store idem.Store, o *keysOptions, stdout, std
 	enc := json.NewEncoder(stdout)
 	bar.start(progressPeriod)
 	defer bar.stop()
-	printed, cursor := 0, o.cursor
-	for {
-		page := idem.MaxListSize
-		if o.limit > 0 {
-			page = min(page, o.limit-printed)
-		}
-		res, err := lister.List(ctx, &idem.ListParams{Scope: o.scope, State: idem.State(o.state), Limit: page, Cursor: cursor})
+	cursor, err := bar.listPages(o.limit, o.cursor, func(size int, cursor string) (int, string, error) {
+		res, err := lister.List(ctx, &idem.ListParams{Scope: o.scope, State: idem.State(o.state), Limit: size, Cursor: cursor})
 		if err != nil {
-			return err
+			return 0, "", err
 		}
 		for _, r := range res.Records {
 			if o.asJSON {
 				if err := enc.Encode(idemapi.EncodeRecord(r)); err != nil {
-					return err
+					return 0, "", err
 				}
 			} else {
 				fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%s\t%s\n", printable(r.Key), r.State, r.Attempts, r.Token, tableTime(r.Created), tableTime(r.Expires))
 			}
 		}
-		printed += len(res.Records)
-		bar.page(len(res.Records))
-		cursor = res.NextCursor
-		if cursor == "" || (o.limit > 0 && printed >= o.limit) {
-			break
-		}
+		return len(res.Records), res.NextCursor, nil
+	})
+	if err != nil {
+		return err
 	}
 	if tw != nil {
 		if err := tw.Flush(); err != nil {
