@@ -185,7 +185,7 @@ type keysDeleted struct {
 }
 
 // parseKeysFlags parses flags placed before and after the positional
-// arguments (parseInterspersed).
+// arguments (parseSubcommandFlags).
 func parseKeysFlags(sub string, args []string, stdout, stderr io.Writer) (*keysOptions, []string, int) {
 	fs := flag.NewFlagSet("idem keys "+sub, flag.ContinueOnError)
 	fs.SetOutput(io.Discard)
@@ -200,14 +200,9 @@ func parseKeysFlags(sub string, args []string, stdout, stderr io.Writer) (*keysO
 	fs.IntVar(&o.limit, "limit", 100, "")
 	fs.StringVar(&o.cursor, "cursor", "", "")
 	fs.StringVar(&o.keySecretFile, "key-secret-file", "", "")
-	positional, err := parseInterspersed(fs, args)
-	switch {
-	case errors.Is(err, flag.ErrHelp):
-		fmt.Fprint(stdout, keysUsage)
-		return nil, nil, 0
-	case err != nil:
-		fmt.Fprintf(stderr, "idem keys %s: %v\n\nRun \"idem keys --help\" for the flags.\n", sub, err)
-		return nil, nil, 2
+	positional, code := parseSubcommandFlags(fs, args, keysUsage, stdout, stderr)
+	if code >= 0 {
+		return nil, nil, code
 	}
 	fs.Visit(func(f *flag.Flag) {
 		switch f.Name {

@@ -276,14 +276,9 @@ func parseWFFlags(sub string, args []string, stdout, stderr io.Writer, lookup fu
 	fs.StringVar(&o.after, "after", "", "")
 	fs.IntVar(&o.limit, "limit", 100, "")
 	fs.DurationVar(&o.timeout, "timeout", time.Minute, "")
-	positional, err := parseInterspersed(fs, args)
-	switch {
-	case errors.Is(err, flag.ErrHelp):
-		fmt.Fprint(stdout, wfUsage)
-		return nil, nil, 0
-	case err != nil:
-		fmt.Fprintf(stderr, "idem wf %s: %v\n\nRun \"idem wf --help\" for the flags.\n", sub, err)
-		return nil, nil, 2
+	positional, code := parseSubcommandFlags(fs, args, wfUsage, stdout, stderr)
+	if code >= 0 {
+		return nil, nil, code
 	}
 	fs.Visit(func(f *flag.Flag) { o.onCommandLine[f.Name] = true })
 	// Only where to work comes from the environment; what to do never
