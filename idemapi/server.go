@@ -19,6 +19,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/idemkit/idem"
+	"github.com/idemkit/idem/internal/httpstatus"
 	"github.com/idemkit/idem/workflow"
 )
 
@@ -226,26 +227,6 @@ type request struct {
 	err   error // cause of a 5xx
 }
 
-// statusWriter remembers the status written.
-type statusWriter struct {
-	http.ResponseWriter
-	status int
-}
-
-func (w *statusWriter) WriteHeader(code int) {
-	if w.status == 0 {
-		w.status = code
-	}
-	w.ResponseWriter.WriteHeader(code)
-}
-
-func (w *statusWriter) Write(b []byte) (int, error) {
-	if w.status == 0 {
-		w.status = http.StatusOK
-	}
-	return w.ResponseWriter.Write(b)
-}
-
 type route struct {
 	name    string
 	methods []string
@@ -299,7 +280,7 @@ func lookupRoute(r *http.Request) *route {
 // ServeHTTP implements http.Handler.
 func (s *Server) ServeHTTP(rw http.ResponseWriter, r *http.Request) {
 	start := time.Now()
-	w := &statusWriter{ResponseWriter: rw}
+	w := httpstatus.New(rw)
 	rt := lookupRoute(r)
 	req := &request{route: rt.name}
 	defer func() {
@@ -308,11 +289,11 @@ func (s *Server) ServeHTTP(rw http.ResponseWriter, r *http.Request) {
 				panic(v)
 			}
 			req.err = fmt.Errorf("panic: %v", v)
-			if w.status == 0 {
+			if w.Status() == 0 {
 				writeProblem(w, newProblem(http.StatusInternalServerError, ProblemInternal, "the server failed; this is a bug"))
 			}
 		}
-		s.finish(r.Context(), req, w.status, time.Since(start))
+		s.finish(r.Context(), req, w.Status(), time.Since(start))
 	}()
 	if p := s.dispatch(w, r, rt, req); p != nil {
 		if p.err != nil {
@@ -380,6 +361,20 @@ func (s *Server) authenticate(r *http.Request) *Grant {
 		return nil
 	}
 	return s.tokens.Lookup(token)
+}
+
+// admitKey admits an operation on one key: its params are valid (invalid
+// of their Validate error) and the token is bound to scope; then key
+// becomes the key as the store holds it (storedKey).
+func (s *Server) admitKey(req *request, validateErr error, scope string, key *string) *problem {
+	if p := invalid(validateErr); p != nil {
+		return p
+	}
+	if p := authorize(req, scope); p != nil {
+		return p
+	}
+	*key = s.storedKey(*key)
+	return nil
 }
 
 // authorize checks that the request's token is bound to scope.
@@ -503,13 +498,9 @@ func (s *Server) begin(w http.ResponseWriter, r *http.Request, req *request) *pr
 		return p
 	}
 	params := &idem.BeginParams{Scope: in.Scope, Key: in.Key, Fingerprint: in.Fingerprint, Lease: lease, Window: window, Retention: retention}
-	if p := invalid(params.Validate()); p != nil {
+	if p := s.admitKey(req, params.Validate(), in.Scope, &params.Key); p != nil {
 		return p
 	}
-	if p := authorize(req, in.Scope); p != nil {
-		return p
-	}
-	params.Key = s.storedKey(params.Key)
 	start := time.Now()
 	res, err := s.store.Begin(r.Context(), params)
 	ev := &idem.Event{Op: idem.OpBegin, Scope: in.Scope, Duration: time.Since(start), Err: err}
@@ -564,13 +555,9 @@ func (s *Server) complete(w http.ResponseWriter, r *http.Request, req *request) 
 		return newProblem(http.StatusRequestEntityTooLarge, ProblemBodyTooLarge, fmt.Sprintf("outcome.data is %d bytes, over the limit of %d bytes", n, s.maxOut))
 	}
 	params := &idem.CompleteParams{Scope: in.Scope, Key: in.Key, Token: in.Token, Outcome: in.Outcome}
-	if p := invalid(params.Validate()); p != nil {
+	if p := s.admitKey(req, params.Validate(), in.Scope, &params.Key); p != nil {
 		return p
 	}
-	if p := authorize(req, in.Scope); p != nil {
-		return p
-	}
-	params.Key = s.storedKey(params.Key)
 	start := time.Now()
 	rec, err := s.store.Complete(r.Context(), params)
 	ev := &idem.Event{Op: idem.OpComplete, Scope: in.Scope, Duration: time.Since(start), Err: err}
@@ -592,13 +579,9 @@ func (s *Server) release(w http.ResponseWriter, r *http.Request, req *request) *
 		return p
 	}
 	params := &idem.ReleaseParams{Scope: in.Scope, Key: in.Key, Token: in.Token}
-	if p := invalid(params.Validate()); p != nil {
+	if p := s.admitKey(req, params.Validate(), in.Scope, &params.Key); p != nil {
 		return p
 	}
-	if p := authorize(req, in.Scope); p != nil {
-		return p
-	}
-	params.Key = s.storedKey(params.Key)
 	start := time.Now()
 	err := s.store.Release(r.Context(), params)
 	s.observe(r.Context(), &idem.Event{Op: idem.OpRelease, Scope: in.Scope, Duration: time.Since(start), Err: err})
@@ -618,13 +601,9 @@ func (s *Server) extend(w http.ResponseWriter, r *http.Request, req *request) *p
 		return p
 	}
 	params := &idem.ExtendParams{Scope: in.Scope, Key: in.Key, Token: in.Token, Lease: lease}
-	if p := invalid(params.Validate()); p != nil {
+	if p := s.admitKey(req, params.Validate(), in.Scope, &params.Key); p != nil {
 		return p
 	}
-	if p := authorize(req, in.Scope); p != nil {
-		return p
-	}
-	params.Key = s.storedKey(params.Key)
 	start := time.Now()
 	rec, err := s.store.Extend(r.Context(), params)
 	s.observe(r.Context(), &idem.Event{Op: idem.OpExtend, Scope: in.Scope, Duration: time.Since(start), Err: err})
@@ -640,13 +619,9 @@ func (s *Server) checkpoint(w http.ResponseWriter, r *http.Request, req *request
 		return p
 	}
 	params := &idem.CheckpointParams{Scope: in.Scope, Key: in.Key, Token: in.Token, Point: in.Point, Data: in.Data}
-	if p := invalid(params.Validate()); p != nil {
+	if p := s.admitKey(req, params.Validate(), in.Scope, &params.Key); p != nil {
 		return p
 	}
-	if p := authorize(req, in.Scope); p != nil {
-		return p
-	}
-	params.Key = s.storedKey(params.Key)
 	start := time.Now()
 	err := s.store.Checkpoint(r.Context(), params)
 	s.observe(r.Context(), &idem.Event{Op: idem.OpCheckpoint, Scope: in.Scope, Duration: time.Since(start), Err: err})
@@ -686,13 +661,9 @@ func (s *Server) keyRecord(w http.ResponseWriter, r *http.Request, req *request)
 		return p
 	}
 	params := &idem.KeyParams{Scope: q.Get("scope"), Key: key}
-	if p := invalid(params.Validate()); p != nil {
+	if p := s.admitKey(req, params.Validate(), params.Scope, &params.Key); p != nil {
 		return p
 	}
-	if p := authorize(req, params.Scope); p != nil {
-		return p
-	}
-	params.Key = s.storedKey(key)
 	if r.Method == http.MethodDelete {
 		if err := s.store.Delete(r.Context(), params); err != nil {
 			return problemFor(err)

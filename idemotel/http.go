@@ -13,6 +13,7 @@ import (
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/idemkit/idem"
+	"github.com/idemkit/idem/internal/httpstatus"
 )
 
 // Header names read by Handler and Transport (as package idemhttp's).
@@ -55,9 +56,9 @@ func (t *Telemetry) Handler(route string, next http.Handler) http.Handler {
 			name = r.Method + " " + rt
 		}
 		ctx, span := t.tracer.Start(ctx, name, serverSpan...)
-		rec := &statusWriter{ResponseWriter: w}
+		rec := httpstatus.New(w)
 		next.ServeHTTP(rec, r.WithContext(ctx))
-		status := rec.status
+		status := rec.Status()
 		if status == 0 {
 			status = http.StatusOK
 		}
@@ -131,40 +132,6 @@ func firstSegment(path string) string {
 	}
 	return path
 }
-
-// statusWriter remembers the status a handler wrote. Unwrap lets
-// http.ResponseController reach the writer's Flush and deadlines.
-type statusWriter struct {
-	http.ResponseWriter
-	status int
-}
-
-func (w *statusWriter) WriteHeader(code int) {
-	if w.status == 0 && code >= 200 {
-		w.status = code
-	}
-	w.ResponseWriter.WriteHeader(code)
-}
-
-func (w *statusWriter) Write(b []byte) (int, error) {
-	if w.status == 0 {
-		w.status = http.StatusOK
-	}
-	return w.ResponseWriter.Write(b)
-}
-
-// Flush flushes the underlying writer, if it can.
-func (w *statusWriter) Flush() {
-	if w.status == 0 {
-		w.status = http.StatusOK
-	}
-	if f, ok := w.ResponseWriter.(http.Flusher); ok {
-		f.Flush()
-	}
-}
-
-// Unwrap returns the underlying writer.
-func (w *statusWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
 
 // Transport wraps base (nil: http.DefaultTransport) with a client span per
 // request, a child of the request context's span, and sends the W3C

@@ -60,6 +60,37 @@ func applyEnv(fs *flag.FlagSet, onCommandLine map[string]bool, lookup func(strin
 	return err
 }
 
+// parseSubcommandFlags parses the flags of a subcommand (fs's name: "idem
+// keys ls") placed before and after the positional arguments it returns
+// ("show KEY --json" and "show --json KEY" both work; "--" ends the flags,
+// for arguments that start with "-"). It answers what ends the command
+// there: 0 after printing usage for --help, 2 after a bad flag, -1 to go
+// on.
+func parseSubcommandFlags(fs *flag.FlagSet, args []string, usage string, stdout, stderr io.Writer) ([]string, int) {
+	var positional []string
+	for {
+		err := fs.Parse(args)
+		switch {
+		case errors.Is(err, flag.ErrHelp):
+			fmt.Fprint(stdout, usage)
+			return nil, 0
+		case err != nil:
+			command := fs.Name()[:max(strings.LastIndexByte(fs.Name(), ' '), 0)] // "idem keys"
+			fmt.Fprintf(stderr, "%s: %v\n\nRun \"%s --help\" for the flags.\n", fs.Name(), err, command)
+			return nil, 2
+		}
+		rest := fs.Args()
+		if len(rest) == 0 {
+			return positional, -1
+		}
+		if consumed := len(args) - len(rest); consumed > 0 && args[consumed-1] == "--" {
+			return append(positional, rest...), -1
+		}
+		positional = append(positional, rest[0])
+		args = rest[1:]
+	}
+}
+
 // parseCommandFlags parses a long-lived command's flags (parseWithEnv)
 // and answers what ends the command there: 0 after printing usage for
 // --help, 2 after a usage error (a bad flag or a positional argument),

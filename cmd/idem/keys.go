@@ -185,8 +185,7 @@ type keysDeleted struct {
 }
 
 // parseKeysFlags parses flags placed before and after the positional
-// arguments ("show KEY --json" and "show --json KEY" both work; "--" ends
-// the flags, for keys that start with "-").
+// arguments (parseSubcommandFlags).
 func parseKeysFlags(sub string, args []string, stdout, stderr io.Writer) (*keysOptions, []string, int) {
 	fs := flag.NewFlagSet("idem keys "+sub, flag.ContinueOnError)
 	fs.SetOutput(io.Discard)
@@ -201,27 +200,9 @@ func parseKeysFlags(sub string, args []string, stdout, stderr io.Writer) (*keysO
 	fs.IntVar(&o.limit, "limit", 100, "")
 	fs.StringVar(&o.cursor, "cursor", "", "")
 	fs.StringVar(&o.keySecretFile, "key-secret-file", "", "")
-	var positional []string
-	for {
-		err := fs.Parse(args)
-		switch {
-		case errors.Is(err, flag.ErrHelp):
-			fmt.Fprint(stdout, keysUsage)
-			return nil, nil, 0
-		case err != nil:
-			fmt.Fprintf(stderr, "idem keys %s: %v\n\nRun \"idem keys --help\" for the flags.\n", sub, err)
-			return nil, nil, 2
-		}
-		rest := fs.Args()
-		if len(rest) == 0 {
-			break
-		}
-		if consumed := len(args) - len(rest); consumed > 0 && args[consumed-1] == "--" {
-			positional = append(positional, rest...)
-			break
-		}
-		positional = append(positional, rest[0])
-		args = rest[1:]
+	positional, code := parseSubcommandFlags(fs, args, keysUsage, stdout, stderr)
+	if code >= 0 {
+		return nil, nil, code
 	}
 	fs.Visit(func(f *flag.Flag) {
 		switch f.Name {
@@ -283,31 +264,24 @@ func keysList(ctx context.Context, store idem.Store, o *keysOptions, stdout, std
 	enc := json.NewEncoder(stdout)
 	bar.start(progressPeriod)
 	defer bar.stop()
-	printed, cursor := 0, o.cursor
-	for {
-		page := idem.MaxListSize
-		if o.limit > 0 {
-			page = min(page, o.limit-printed)
-		}
-		res, err := lister.List(ctx, &idem.ListParams{Scope: o.scope, State: idem.State(o.state), Limit: page, Cursor: cursor})
+	cursor, err := bar.listPages(o.limit, o.cursor, func(size int, cursor string) (int, string, error) {
+		res, err := lister.List(ctx, &idem.ListParams{Scope: o.scope, State: idem.State(o.state), Limit: size, Cursor: cursor})
 		if err != nil {
-			return err
+			return 0, "", err
 		}
 		for _, r := range res.Records {
 			if o.asJSON {
 				if err := enc.Encode(idemapi.EncodeRecord(r)); err != nil {
-					return err
+					return 0, "", err
 				}
 			} else {
 				fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%s\t%s\n", printable(r.Key), r.State, r.Attempts, r.Token, tableTime(r.Created), tableTime(r.Expires))
 			}
 		}
-		printed += len(res.Records)
-		bar.page(len(res.Records))
-		cursor = res.NextCursor
-		if cursor == "" || (o.limit > 0 && printed >= o.limit) {
-			break
-		}
+		return len(res.Records), res.NextCursor, nil
+	})
+	if err != nil {
+		return err
 	}
 	if tw != nil {
 		if err := tw.Flush(); err != nil {

@@ -6,11 +6,13 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"flag"
 	"io"
 	"net/http"
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -386,5 +388,53 @@ func TestKeysThroughServer(t *testing.T) {
 	_, errOut, code = runCLI(t, "keys", "ls", "--server", base, "--token", "wrong-token", "--scope", "billing")
 	if code != 1 || !strings.Contains(errOut, "the server refused the token") {
 		t.Errorf("ls with an unknown token: exit %d, %q", code, errOut)
+	}
+}
+
+// TestParseSubcommandFlags: flags parse before, between and after the
+// positional arguments, "--" makes the rest positional, and --help and a
+// bad flag end the command with usage or a message.
+func TestParseSubcommandFlags(t *testing.T) {
+	newFlags := func() (*flag.FlagSet, *bool) {
+		fs := flag.NewFlagSet("idem keys show", flag.ContinueOnError)
+		fs.SetOutput(io.Discard)
+		return fs, fs.Bool("json", false, "")
+	}
+	for _, tc := range []struct {
+		args []string
+		json bool
+		pos  []string
+	}{
+		{nil, false, nil},
+		{[]string{"k1"}, false, []string{"k1"}},
+		{[]string{"--json", "k1"}, true, []string{"k1"}},
+		{[]string{"k1", "--json", "k2"}, true, []string{"k1", "k2"}},
+		{[]string{"k1", "--", "--json", "-k"}, false, []string{"k1", "--json", "-k"}},
+		{[]string{"--json", "--", "-k"}, true, []string{"-k"}},
+	} {
+		fs, asJSON := newFlags()
+		var stdout, stderr bytes.Buffer
+		pos, code := parseSubcommandFlags(fs, tc.args, "USAGE\n", &stdout, &stderr)
+		if code != -1 || stdout.Len()+stderr.Len() != 0 {
+			t.Fatalf("%q: code %d, stdout %q, stderr %q; want -1 and no output", tc.args, code, &stdout, &stderr)
+		}
+		if *asJSON != tc.json || !slices.Equal(pos, tc.pos) {
+			t.Errorf("%q: json %v, positional %q; want %v, %q", tc.args, *asJSON, pos, tc.json, tc.pos)
+		}
+	}
+	for _, tc := range []struct {
+		args           []string
+		code           int
+		stdout, stderr string
+	}{
+		{[]string{"k1", "--help"}, 0, "USAGE\n", ""},
+		{[]string{"k1", "--nope"}, 2, "", "idem keys show: flag provided but not defined: -nope\n\nRun \"idem keys --help\" for the flags.\n"},
+	} {
+		fs, _ := newFlags()
+		var stdout, stderr bytes.Buffer
+		pos, code := parseSubcommandFlags(fs, tc.args, "USAGE\n", &stdout, &stderr)
+		if pos != nil || code != tc.code || stdout.String() != tc.stdout || stderr.String() != tc.stderr {
+			t.Errorf("%q: positional %q, code %d, stdout %q, stderr %q; want none, %d, %q, %q", tc.args, pos, code, &stdout, &stderr, tc.code, tc.stdout, tc.stderr)
+		}
 	}
 }

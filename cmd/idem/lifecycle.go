@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/idemkit/idem"
+	"github.com/idemkit/idem/idemapi"
 	"github.com/idemkit/idem/store/pebblestore"
 )
 
@@ -35,6 +36,51 @@ func runLongLived[O any](cmd string, args []string, stdout, stderr io.Writer,
 		return 1
 	}
 	return 0
+}
+
+// badServerFlags is what is wrong with the flags serve and proxy share,
+// "" if nothing; each command checks its own flags first.
+func badServerFlags(maxBody int64, lease, window, drain, sweep time.Duration, ready *readyFlags, tls *tlsFiles) string {
+	switch {
+	case maxBody <= 0:
+		return fmt.Sprintf("--max-body must be positive, got %d", maxBody)
+	case lease <= 0 || lease > idemapi.MaxDuration:
+		return fmt.Sprintf("--lease must be positive and at most a century, got %s", lease)
+	case window <= 0 || window > idemapi.MaxDuration:
+		return fmt.Sprintf("--window must be positive and at most a century, got %s", window)
+	case drain <= 0:
+		return fmt.Sprintf("--drain must be positive, got %s", drain)
+	case sweep <= 0:
+		return fmt.Sprintf("--sweep-interval must be positive, got %s", sweep)
+	}
+	if err := ready.check(); err != nil {
+		return err.Error()
+	}
+	if err := tls.check(); err != nil {
+		return err.Error()
+	}
+	return ""
+}
+
+// openServerStore reads the key secret of --key-secret-file, if given,
+// then opens the store of --store, for serve and proxy. closeStore closes
+// the store, saying so in its error.
+func openServerStore(ctx context.Context, storeURL, keySecretFile string, cfg *idem.OpenConfig) (store idem.Store, keySecret []byte, closeStore func() error, err error) {
+	if keySecretFile != "" {
+		if keySecret, err = readKeySecret(keySecretFile); err != nil {
+			return nil, nil, nil, err
+		}
+	}
+	if store, err = openStore(ctx, storeURL, cfg); err != nil {
+		return nil, nil, nil, fmt.Errorf("--store %s: %w", redactURL(storeURL), err)
+	}
+	closeStore = func() error {
+		if err := store.Close(); err != nil {
+			return fmt.Errorf("closing the store: %w", err)
+		}
+		return nil
+	}
+	return store, keySecret, closeStore, nil
 }
 
 // listening is a server and the listener it serves.

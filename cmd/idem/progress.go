@@ -7,6 +7,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/idemkit/idem"
 )
 
 // progressMode is how a long command shows on standard error how far it
@@ -207,4 +209,29 @@ func (p *pageProgress) page(n int) {
 	p.pages.Add(1)
 	p.items.Add(int64(n))
 	p.advanced()
+}
+
+// listPages calls list for pages of at most idem.MaxListSize items from
+// cursor on, until the listing ends or limit items came (0: no limit),
+// counting each page. list writes at most size items after cursor and
+// returns how many it wrote and the cursor of the next page, "" at the
+// end. listPages returns the cursor where it stopped, "" at the end.
+func (p *pageProgress) listPages(limit int, cursor string, list func(size int, cursor string) (int, string, error)) (string, error) {
+	listed := 0
+	for {
+		size := idem.MaxListSize
+		if limit > 0 {
+			size = min(size, limit-listed)
+		}
+		n, next, err := list(size, cursor)
+		if err != nil {
+			return "", err
+		}
+		listed += n
+		p.page(n)
+		cursor = next
+		if cursor == "" || (limit > 0 && listed >= limit) {
+			return cursor, nil
+		}
+	}
 }

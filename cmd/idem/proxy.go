@@ -18,6 +18,7 @@ import (
 	"github.com/idemkit/idem/idemapi"
 	"github.com/idemkit/idem/idemhttp"
 	"github.com/idemkit/idem/idemotel"
+	"github.com/idemkit/idem/internal/httpstatus"
 )
 
 // defaultProxyStore is where idem proxy keeps its ledger without --store:
@@ -190,26 +191,14 @@ func parseProxyFlags(args []string, stdout, stderr io.Writer) (*proxyOptions, in
 			bad = fmt.Sprintf("--scope-header %q is not a header name", o.scopeHeader)
 		case o.uiTokens != "" && o.admin == "":
 			bad = "--ui-tokens serves the dashboard on --admin, which is off (\"\"): give --admin ADDR"
-		case o.maxBody <= 0:
-			bad = fmt.Sprintf("--max-body must be positive, got %d", o.maxBody)
-		case o.lease <= 0 || o.lease > idemapi.MaxDuration:
-			bad = fmt.Sprintf("--lease must be positive and at most a century, got %s", o.lease)
-		case o.window <= 0 || o.window > idemapi.MaxDuration:
-			bad = fmt.Sprintf("--window must be positive and at most a century, got %s", o.window)
 		case o.maxResponse <= 0:
 			bad = fmt.Sprintf("--max-response must be positive, got %d", o.maxResponse)
 		case o.wait < 0 || o.wait > idemapi.MaxDuration:
 			bad = fmt.Sprintf("--wait must not be negative, got %s", o.wait)
 		case o.upstreamTimeout < 0:
 			bad = fmt.Sprintf("--upstream-timeout must not be negative (0 for none), got %s", o.upstreamTimeout)
-		case o.drain <= 0:
-			bad = fmt.Sprintf("--drain must be positive, got %s", o.drain)
-		case o.sweep <= 0:
-			bad = fmt.Sprintf("--sweep-interval must be positive, got %s", o.sweep)
-		case o.ready.check() != nil:
-			bad = o.ready.check().Error()
-		case o.tls.check() != nil:
-			bad = o.tls.check().Error()
+		default:
+			bad = badServerFlags(o.maxBody, o.lease, o.window, o.drain, o.sweep, &o.ready, &o.tls)
 		}
 	}
 	if bad != "" {
@@ -279,22 +268,9 @@ func runProxyServer(ctx context.Context, o *proxyOptions, stdout, stderr io.Writ
 		return err
 	}
 
-	var secret []byte
-	if o.keySecretFile != "" {
-		var err error
-		if secret, err = readKeySecret(o.keySecretFile); err != nil {
-			return err
-		}
-	}
-	store, err := openStore(ctx, o.store, nil)
+	store, secret, closeStore, err := openServerStore(ctx, o.store, o.keySecretFile, nil)
 	if err != nil {
-		return fmt.Errorf("--store %s: %w", redactURL(o.store), err)
-	}
-	closeStore := func() error {
-		if err := store.Close(); err != nil {
-			return fmt.Errorf("closing the store: %w", err)
-		}
-		return nil
+		return err
 	}
 	metrics := idemapi.NewMetrics([]string{proxyRoute})
 	obs := observers{metrics}
@@ -437,41 +413,12 @@ func (os observers) Observe(ctx context.Context, ev *idem.Event) {
 func countRequests(metrics *idemapi.Metrics, next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		start := time.Now()
-		sw := &statusWriter{ResponseWriter: w}
+		sw := httpstatus.New(w)
 		next.ServeHTTP(sw, r)
-		if sw.status == 0 {
-			sw.status = http.StatusOK
+		status := sw.Status()
+		if status == 0 {
+			status = http.StatusOK
 		}
-		metrics.Request(proxyRoute, sw.status, time.Since(start))
+		metrics.Request(proxyRoute, status, time.Since(start))
 	})
 }
-
-// statusWriter remembers the status; Flush and Unwrap keep streaming and
-// http.ResponseController working through it.
-type statusWriter struct {
-	http.ResponseWriter
-	status int
-}
-
-func (s *statusWriter) WriteHeader(code int) {
-	if s.status == 0 && code >= 200 {
-		s.status = code
-	}
-	s.ResponseWriter.WriteHeader(code)
-}
-
-func (s *statusWriter) Write(p []byte) (int, error) {
-	if s.status == 0 {
-		s.status = http.StatusOK
-	}
-	return s.ResponseWriter.Write(p)
-}
-
-func (s *statusWriter) Flush() {
-	if s.status == 0 {
-		s.status = http.StatusOK
-	}
-	_ = http.NewResponseController(s.ResponseWriter).Flush()
-}
-
-func (s *statusWriter) Unwrap() http.ResponseWriter { return s.ResponseWriter }

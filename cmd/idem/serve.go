@@ -163,24 +163,12 @@ func parseServeFlags(args []string, stdout, stderr io.Writer) (*serveOptions, in
 	}
 	var bad string
 	switch {
-	case o.maxBody <= 0:
-		bad = fmt.Sprintf("--max-body must be positive, got %d", o.maxBody)
-	case o.lease <= 0 || o.lease > idemapi.MaxDuration:
-		bad = fmt.Sprintf("--lease must be positive and at most a century, got %s", o.lease)
-	case o.window <= 0 || o.window > idemapi.MaxDuration:
-		bad = fmt.Sprintf("--window must be positive and at most a century, got %s", o.window)
-	case o.drain <= 0:
-		bad = fmt.Sprintf("--drain must be positive, got %s", o.drain)
-	case o.sweep <= 0:
-		bad = fmt.Sprintf("--sweep-interval must be positive, got %s", o.sweep)
 	case o.workflowLease <= 0 || o.workflowLease > idemapi.MaxDuration:
 		bad = fmt.Sprintf("--workflow-lease must be positive and at most a century, got %s", o.workflowLease)
 	case o.workflowWorkers <= 0:
 		bad = fmt.Sprintf("--workflow-workers must be positive, got %d", o.workflowWorkers)
-	case o.ready.check() != nil:
-		bad = o.ready.check().Error()
-	case o.tls.check() != nil:
-		bad = o.tls.check().Error()
+	default:
+		bad = badServerFlags(o.maxBody, o.lease, o.window, o.drain, o.sweep, &o.ready, &o.tls)
 	}
 	if bad != "" {
 		fmt.Fprintf(stderr, "idem serve: %s\n", bad)
@@ -201,22 +189,9 @@ func serve(ctx context.Context, o *serveOptions, stdout, stderr io.Writer) error
 			return err
 		}
 	}
-	var keySecret []byte
-	if o.keySecretFile != "" {
-		var err error
-		if keySecret, err = readKeySecret(o.keySecretFile); err != nil {
-			return err
-		}
-	}
-	store, err := openStore(ctx, o.store, &idem.OpenConfig{Migrate: o.migrate})
+	store, keySecret, closeStore, err := openServerStore(ctx, o.store, o.keySecretFile, &idem.OpenConfig{Migrate: o.migrate})
 	if err != nil {
-		return fmt.Errorf("--store %s: %w", redactURL(o.store), err)
-	}
-	closeStore := func() error {
-		if err := store.Close(); err != nil {
-			return fmt.Errorf("closing the store: %w", err)
-		}
-		return nil
+		return err
 	}
 	tokens, tokenLine, err := serveTokens(o, dataDir(store))
 	if err != nil {

@@ -276,27 +276,9 @@ func parseWFFlags(sub string, args []string, stdout, stderr io.Writer, lookup fu
 	fs.StringVar(&o.after, "after", "", "")
 	fs.IntVar(&o.limit, "limit", 100, "")
 	fs.DurationVar(&o.timeout, "timeout", time.Minute, "")
-	var positional []string
-	for {
-		err := fs.Parse(args)
-		switch {
-		case errors.Is(err, flag.ErrHelp):
-			fmt.Fprint(stdout, wfUsage)
-			return nil, nil, 0
-		case err != nil:
-			fmt.Fprintf(stderr, "idem wf %s: %v\n\nRun \"idem wf --help\" for the flags.\n", sub, err)
-			return nil, nil, 2
-		}
-		rest := fs.Args()
-		if len(rest) == 0 {
-			break
-		}
-		if consumed := len(args) - len(rest); consumed > 0 && args[consumed-1] == "--" {
-			positional = append(positional, rest...)
-			break
-		}
-		positional = append(positional, rest[0])
-		args = rest[1:]
+	positional, code := parseSubcommandFlags(fs, args, wfUsage, stdout, stderr)
+	if code >= 0 {
+		return nil, nil, code
 	}
 	fs.Visit(func(f *flag.Flag) { o.onCommandLine[f.Name] = true })
 	// Only where to work comes from the environment; what to do never
@@ -781,31 +763,24 @@ func lsWF(ctx context.Context, be wfBackend, o *wfOptions, stdout, stderr io.Wri
 	}
 	bar.start(progressPeriod)
 	defer bar.stop()
-	printed, after := 0, o.after
-	for {
-		page := idem.MaxListSize
-		if o.limit > 0 {
-			page = min(page, o.limit-printed)
-		}
-		res, err := be.list(ctx, &idemclient.WorkflowListParams{Type: o.typ, State: o.state, Status: o.status, After: after, Limit: page})
+	after, err := bar.listPages(o.limit, o.after, func(size int, after string) (int, string, error) {
+		res, err := be.list(ctx, &idemclient.WorkflowListParams{Type: o.typ, State: o.state, Status: o.status, After: after, Limit: size})
 		if err != nil {
-			return err
+			return 0, "", err
 		}
 		for _, w := range res.Workflows {
 			if o.asJSON {
 				if err := enc.Encode(w); err != nil {
-					return err
+					return 0, "", err
 				}
 			} else {
 				fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%s\t%s\t%s\n", printable(w.ID), printable(w.Type), w.Version, w.Run, printable(w.State), w.Status, wireTime(w.Updated))
 			}
 		}
-		printed += len(res.Workflows)
-		bar.page(len(res.Workflows))
-		after = res.Next
-		if after == "" || (o.limit > 0 && printed >= o.limit) {
-			break
-		}
+		return len(res.Workflows), res.Next, nil
+	})
+	if err != nil {
+		return err
 	}
 	if tw != nil {
 		if err := tw.Flush(); err != nil {
