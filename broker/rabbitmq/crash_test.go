@@ -182,8 +182,7 @@ func testCrash(t *testing.T, mode string) {
 		t.Fatal(err)
 	}
 
-	conn := dial(t)
-	q := freshQueue(t, conn, &QueueOptions{DeadLetterQueue: "dead", DeliveryLimit: 1000})
+	conn, q := dialQueue(t, &QueueOptions{DeadLetterQueue: "dead", DeliveryLimit: 1000})
 	dlq := q + ".dead"
 
 	rng := crashtest.Rand(t, 16)
