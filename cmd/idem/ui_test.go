@@ -1,7 +1,6 @@
 package main
 
 import (
-	"context"
 	"fmt"
 	"io"
 	"net/http"
@@ -11,11 +10,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
-	"time"
 
-	"github.com/jackc/pgx/v5/pgxpool"
-
-	"github.com/idemkit/idem/internal/servicetest"
 	"github.com/idemkit/idem/store/pgstore"
 )
 
@@ -135,30 +130,12 @@ func TestProxyDashboard(t *testing.T) {
 // On a postgres:// store the Messaging page counts the outbox's unsent
 // rows, for a token bound to * only.
 func TestServeDashboardOutbox(t *testing.T) {
-	schema := fmt.Sprintf("idem_ui_%d", time.Now().UnixNano()%1e9)
-	storeURL := pgSchemaURL(t, schema)
-	ctx := context.Background()
-	pool, err := pgxpool.New(ctx, servicetest.Postgres.Need(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer pool.Close()
-	store, err := pgstore.New(pool, &pgstore.Config{Schema: schema, Migrate: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	tx, err := pool.Begin(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
+	storeURL, _, pool, store := outboxStore(t, "idem_ui")
+	var msgs []*pgstore.OutboxMessage
 	for i := range 3 {
-		if err := store.Enqueue(ctx, tx, &pgstore.OutboxMessage{ID: fmt.Sprintf("m%d", i), Entity: "acct-1", Subject: "ledger.entries", Payload: []byte("x")}); err != nil {
-			t.Fatal(err)
-		}
+		msgs = append(msgs, &pgstore.OutboxMessage{ID: fmt.Sprintf("m%d", i), Entity: "acct-1", Subject: "ledger.entries", Payload: []byte("x")})
 	}
-	if err := tx.Commit(ctx); err != nil {
-		t.Fatal(err)
-	}
+	enqueue(t, pool, store, msgs...)
 
 	dir := t.TempDir()
 	p := startServe(t, dir, "--listen", "127.0.0.1:0", "--store", storeURL, "--tokens", writeTokens(t, dir), "--log-level", "error")
