@@ -3,37 +3,26 @@ package kafka
 import (
 	"context"
 	"fmt"
-	"math/rand/v2"
 	"os"
 	"strings"
 	"testing"
 	"time"
 
-	"github.com/idemkit/idem"
 	"github.com/idemkit/idem/internal/crashtest"
 	"github.com/idemkit/idem/messaging"
-	"github.com/idemkit/idem/store/pgstore"
 	"github.com/idemkit/idem/store/pgstore/pgcrashtest"
-	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kfake"
 	"github.com/twmb/franz-go/pkg/kgo"
 )
 
-// The environment of a consumer process of TestConsumerSIGKILL.
-const (
-	crashSchemaEnv = "IDEM_KAFKA_CRASH_SCHEMA" // set: this process is a consumer
-	crashPGEnv     = "IDEM_KAFKA_CRASH_PG"
-	crashAddrsEnv  = "IDEM_KAFKA_CRASH_ADDRS"
-	crashIDEnv     = "IDEM_KAFKA_CRASH_ID"
-)
+// The broker's part of the environment of a consumer process of
+// TestConsumerSIGKILL.
+const crashAddrsEnv = "IDEM_KAFKA_CRASH_ADDRS"
 
 const (
 	crashMessages = 300
 	crashKills    = 8
-	crashLease    = time.Second // the ledger's: a killed owner's keys free up after it
-	crashScope    = "orders"
 	crashTopic    = "orders"
 	crashGroup    = "work"
 	// crashInstance is the group.instance.id of every consumer process:
@@ -43,9 +32,9 @@ const (
 )
 
 func TestMain(m *testing.M) {
-	if schema := os.Getenv(crashSchemaEnv); schema != "" {
+	if pgcrashtest.IsConsumerChild() {
 		// Re-executed by TestConsumerSIGKILL: consume until killed.
-		os.Exit(crashChild(schema))
+		os.Exit(crashChild())
 	}
 	if pgcrashtest.IsRelayChild() {
 		// Re-executed by TestRelaySIGKILL: relay until killed.
@@ -55,53 +44,15 @@ func TestMain(m *testing.M) {
 }
 
 // crashChild runs in a consumer process: Consume over the parent's kfake
-// cluster as the static member crashInstance of group "work", with a
-// messaging.Consumer on a pgstore ledger, until it is killed (or its
-// stdin, the parent's pipe, closes). The handler prints "run ID PROC",
-// begins a transaction, inserts (ID, PROC) into effects (no unique
-// constraint) and holds the transaction for 2 to 10 ms of pg_sleep; it
-// commits with the key's outcome. Each decision prints "settled ID ACTION
-// PROC".
-func crashChild(schema string) int {
+// cluster as the static member crashInstance of group "work", feeding the
+// pgcrashtest.ConsumerProcess (its handler prints "run ID 0 PROC": Kafka
+// does not count deliveries), until it is killed (or its stdin, the
+// parent's pipe, closes). Each decision prints "settled ID ACTION PROC".
+func crashChild() int {
 	fail := func(err error) int { fmt.Fprintln(os.Stderr, "consumer:", err); return 2 }
 	ctx, cancel := crashtest.ChildContext(2 * time.Minute)
 	defer cancel()
-	proc := os.Getenv(crashIDEnv)
-	pool, err := pgxpool.New(ctx, os.Getenv(crashPGEnv))
-	if err != nil {
-		return fail(err)
-	}
-	s, err := pgstore.New(pool, &pgstore.Config{Schema: schema})
-	if err != nil {
-		return fail(err)
-	}
-	ledger, err := idem.New(pgcrashtest.TxStore{Store: s}, &idem.Config{Lease: crashLease})
-	if err != nil {
-		return fail(err)
-	}
-	effects := pgx.Identifier{schema, "effects"}.Sanitize()
-	say := crashtest.Say()
-	c, err := messaging.NewConsumer(ledger, func(ctx context.Context, m *messaging.Message) error {
-		slot := pgcrashtest.TxSlotFrom(ctx)
-		if slot == nil {
-			return messaging.Permanent(fmt.Errorf("no transaction slot"))
-		}
-		say("run %s %s", m.ID, proc)
-		tx, err := pool.Begin(ctx)
-		if err != nil {
-			return err
-		}
-		if _, err := tx.Exec(ctx, `INSERT INTO `+effects+` (msg_id, proc) VALUES ($1, $2)`, m.ID, proc); err != nil {
-			_ = tx.Rollback(ctx)
-			return err
-		}
-		if _, err := tx.Exec(ctx, `SELECT pg_sleep($1)`, 0.002+0.008*rand.Float64()); err != nil {
-			_ = tx.Rollback(ctx)
-			return err
-		}
-		slot.Tx = tx // committed by the ledger's Complete
-		return nil
-	}, &messaging.Config{Scope: crashScope, MaxAttempts: 50, Backoff: func(int) time.Duration { return 100 * time.Millisecond }})
+	p, err := pgcrashtest.NewConsumerProcess(ctx, 0)
 	if err != nil {
 		return fail(err)
 	}
@@ -119,16 +70,15 @@ func crashChild(schema string) int {
 		return fail(err)
 	}
 	slot := &pgcrashtest.TxSlot{} // Consume handles one record at a time: one slot serves each in turn
-	err = Consume(pgcrashtest.WithTxSlot(ctx, slot), cl, c, &Options{
+	err = Consume(pgcrashtest.WithTxSlot(ctx, slot), cl, p.Consumer, &Options{
 		MaxPollRecords: 16,
-		MaxRetryDelay:  crashLease,
+		MaxRetryDelay:  pgcrashtest.ConsumerLease,
 		OnDecision: func(r *kgo.Record, m *messaging.Message, d messaging.Decision) {
 			slot.RollbackOpen(ctx) // the handling left it open (the lease was lost)
-			say("settled %s %s %s", m.ID, d.Action, proc)
+			p.Say("settled %s %s %s", m.ID, d.Action, p.Name)
 		},
-		OnError: func(err error) { fmt.Fprintln(os.Stderr, "consumer:", err) }})
-	fmt.Fprintln(os.Stderr, "consumer: stopped without being killed:", err)
-	return 3
+		OnError: p.OnError})
+	return p.Stopped(err)
 }
 
 // TestConsumerSIGKILL is the real-process crash test: the kfake cluster
@@ -144,19 +94,8 @@ func crashChild(schema string) int {
 // uncommitted batches a killed process left and the transactions the
 // kills cut.
 func TestConsumerSIGKILL(t *testing.T) {
-	if testing.Short() {
-		t.Skip("-short: the crash test starts consumer processes")
-	}
 	ctx := context.Background()
-	pool, pgURL, schema := pgcrashtest.Schema(t, "idem_kafka")
-	s, err := pgstore.New(pool, &pgstore.Config{Schema: schema, Migrate: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	effects := pgx.Identifier{schema, "effects"}.Sanitize()
-	if _, err := pool.Exec(ctx, `CREATE TABLE `+effects+` (msg_id text NOT NULL, proc text NOT NULL)`); err != nil {
-		t.Fatal(err)
-	}
+	ct := pgcrashtest.NewConsumerTest(t, "idem_kafka", crashMessages)
 	cluster, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.SeedTopics(1, crashTopic))
 	if err != nil {
 		t.Fatal(err)
@@ -166,7 +105,7 @@ func TestConsumerSIGKILL(t *testing.T) {
 	prod := producer(t, addrs)
 	for range 2 { // every message twice, same id
 		for i := range crashMessages {
-			id := fmt.Sprintf("m-%03d", i)
+			id := pgcrashtest.MessageID(i)
 			if err := Publish(ctx, prod, crashTopic, id, []byte("order "+id), nil); err != nil {
 				t.Fatal(err)
 			}
@@ -187,13 +126,10 @@ func TestConsumerSIGKILL(t *testing.T) {
 		return -1
 	}
 
-	seed := time.Now().UnixNano()
-	t.Logf("seed %d", seed)
-	rng := rand.New(rand.NewPCG(uint64(seed), 16))
-	out := crashtest.Lines{Notify: make(chan string, 1024)}
-	r := &crashtest.Runner{T: t, Prefix: "c", NameEnv: crashIDEnv, Out: &out,
-		Env: []string{crashSchemaEnv + "=" + schema, crashPGEnv + "=" + pgURL, crashAddrsEnv + "=" + strings.Join(addrs, ",")}}
-	proc := r.Start()
+	rng := crashtest.Rand(t, 16)
+	ct.Out.Notify = make(chan string, 1024)
+	r := ct.Runner
+	proc := ct.Start(crashAddrsEnv + "=" + strings.Join(addrs, ","))
 	began := time.Now()
 
 	// The chaos schedule: each process is killed 20 to 150 ms after its
@@ -204,8 +140,8 @@ func TestConsumerSIGKILL(t *testing.T) {
 	wait:
 		for {
 			select {
-			case l := <-out.Notify:
-				if f := strings.Fields(l); len(f) == 3 && f[0] == "run" && f[2] == proc.Name {
+			case l := <-ct.Out.Notify:
+				if f := strings.Fields(l); len(f) == 4 && f[0] == "run" && f[3] == proc.Name {
 					break wait
 				}
 			case <-waitRun:
@@ -217,16 +153,13 @@ func TestConsumerSIGKILL(t *testing.T) {
 		t.Logf("kill %d at %v: %s", k+1, time.Since(began).Round(time.Millisecond), proc.Name)
 		proc = r.Restart(proc)
 	}
-	killed := r.Killed()
 	killsDone := time.Since(began)
 
 	// Wait until every message has a row and every offset is committed.
 	var ids int
 	var at int64
 	crashtest.Until(t, 40*time.Second, "every message to have a row and every offset to be committed", func() bool {
-		if err := pool.QueryRow(ctx, `SELECT count(DISTINCT msg_id) FROM `+effects).Scan(&ids); err != nil {
-			t.Fatal(err)
-		}
+		ids = ct.Applied()
 		at = committedAt()
 		return ids == crashMessages && at == 2*crashMessages
 	}, func() {
@@ -236,44 +169,7 @@ func TestConsumerSIGKILL(t *testing.T) {
 	total := time.Since(began)
 	proc.Kill()
 
-	// Every message's effect, applied once.
-	msgIDs := make([]string, crashMessages)
-	for i := range msgIDs {
-		msgIDs[i] = fmt.Sprintf("m-%03d", i)
-	}
-	pgcrashtest.CheckAppliedOnce(t, pool, effects, s, crashScope, msgIDs)
-
-	// What the processes printed: attempts and settlements.
-	all := out.All()
-	runs, cut := 0, 0
-	actions := map[string]int{}
-	for _, l := range all {
-		f := strings.Fields(l)
-		switch {
-		case len(f) == 3 && f[0] == "run":
-			runs++
-			if killed[f[2]] {
-				cut++ // may also have committed just before the kill
-			}
-		case len(f) == 4 && f[0] == "settled":
-			actions[f[2]]++
-		default:
-			t.Fatalf("a consumer printed %q", l)
-		}
-	}
-	committedByKilled := 0
-	if err := pool.QueryRow(ctx, `SELECT count(*) FROM `+effects+` WHERE proc = ANY($1)`, r.KilledNames()).Scan(&committedByKilled); err != nil {
-		t.Fatal(err)
-	}
 	t.Logf("%d messages x 2 copies, %d SIGKILLs (%d processes) in %v; all committed after %v",
-		crashMessages, len(killed), r.Started(), killsDone.Round(time.Millisecond), total.Round(time.Millisecond))
-	t.Logf("%d handler runs, %d of them in killed processes, which committed %d: %d runs were cut by a kill and rolled back",
-		runs, cut, committedByKilled, cut-committedByKilled)
-	t.Logf("settled (as printed; a kill can eat a line): %v", actions)
-	if actions["ack"] > crashMessages || actions["dead-letter"] > 0 {
-		t.Errorf("settled %v: want at most %d acks (the handler's effect commits once per message) and no dead letter", actions, crashMessages)
-	}
-	if cut-committedByKilled == 0 {
-		t.Error("no handler run was cut by a kill: the test proved nothing")
-	}
+		crashMessages, len(r.Killed()), r.Started(), killsDone.Round(time.Millisecond), total.Round(time.Millisecond))
+	ct.Check()
 }

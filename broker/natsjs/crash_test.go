@@ -3,38 +3,29 @@ package natsjs
 import (
 	"context"
 	"fmt"
-	"math/rand/v2"
 	"os"
-	"strings"
 	"testing"
 	"time"
 
-	"github.com/idemkit/idem"
 	"github.com/idemkit/idem/internal/crashtest"
 	"github.com/idemkit/idem/internal/servicetest"
 	"github.com/idemkit/idem/messaging"
-	"github.com/idemkit/idem/store/pgstore"
 	"github.com/idemkit/idem/store/pgstore/pgcrashtest"
-	"github.com/jackc/pgx/v5"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 )
 
-// The environment of a consumer process of TestConsumerSIGKILL.
+// The broker's part of the environment of a consumer process of
+// TestConsumerSIGKILL.
 const (
-	crashSchemaEnv = "IDEM_NATSJS_CRASH_SCHEMA" // set: this process is a consumer
 	crashStreamEnv = "IDEM_NATSJS_CRASH_STREAM"
-	crashPGEnv     = "IDEM_NATSJS_CRASH_PG"
 	crashNATSEnv   = "IDEM_NATSJS_CRASH_NATS"
-	crashIDEnv     = "IDEM_NATSJS_CRASH_ID"
 )
 
 const (
 	crashMessages = 300
 	crashKills    = 12
-	crashLease    = time.Second     // the ledger's: a killed owner's keys free up after it
 	crashAckWait  = 2 * time.Second // JetStream redelivers what a killed consumer held after it
-	crashScope    = "orders"
 )
 
 // inTx is the Options.Around of the consumers: each delivery gets a slot;
@@ -47,52 +38,15 @@ func inTx(ctx context.Context, m *messaging.Message, handle func(context.Context
 }
 
 // crashChild runs in a consumer process: Consume over the stream's durable
-// "work" consumer with a messaging.Consumer on a pgstore ledger, until it
-// is killed (or its stdin, the parent's pipe, closes). The handler prints
-// "run ID DELIVERY PROC", begins a transaction, inserts (ID, PROC) into
-// effects (no unique constraint) and holds the transaction for 2 to 10 ms
-// of pg_sleep; it commits with the key's outcome. Each settled delivery
-// prints "settled ID ACTION PROC".
-func crashChild(schema string) int {
+// "work" consumer, feeding the pgcrashtest.ConsumerProcess (its handler
+// prints "run ID DELIVERY PROC"), until it is killed (or its stdin, the
+// parent's pipe, closes). Each settled delivery prints "settled ID ACTION
+// PROC".
+func crashChild() int {
 	fail := func(err error) int { fmt.Fprintln(os.Stderr, "consumer:", err); return 2 }
 	ctx, cancel := crashtest.ChildContext(2 * time.Minute)
 	defer cancel()
-	proc := os.Getenv(crashIDEnv)
-	pool, err := pgcrashtest.Pool(ctx, os.Getenv(crashPGEnv), 12)
-	if err != nil {
-		return fail(err)
-	}
-	s, err := pgstore.New(pool, &pgstore.Config{Schema: schema})
-	if err != nil {
-		return fail(err)
-	}
-	ledger, err := idem.New(pgcrashtest.TxStore{Store: s}, &idem.Config{Lease: crashLease})
-	if err != nil {
-		return fail(err)
-	}
-	effects := pgx.Identifier{schema, "effects"}.Sanitize()
-	say := crashtest.Say()
-	c, err := messaging.NewConsumer(ledger, func(ctx context.Context, m *messaging.Message) error {
-		slot := pgcrashtest.TxSlotFrom(ctx)
-		if slot == nil {
-			return messaging.Permanent(fmt.Errorf("no transaction slot"))
-		}
-		say("run %s %d %s", m.ID, m.Delivery, proc)
-		tx, err := pool.Begin(ctx)
-		if err != nil {
-			return err
-		}
-		if _, err := tx.Exec(ctx, `INSERT INTO `+effects+` (msg_id, proc) VALUES ($1, $2)`, m.ID, proc); err != nil {
-			_ = tx.Rollback(ctx)
-			return err
-		}
-		if _, err := tx.Exec(ctx, `SELECT pg_sleep($1)`, 0.002+0.008*rand.Float64()); err != nil {
-			_ = tx.Rollback(ctx)
-			return err
-		}
-		slot.Tx = tx // committed by the ledger's Complete
-		return nil
-	}, &messaging.Config{Scope: crashScope, MaxAttempts: 50, Backoff: func(int) time.Duration { return 100 * time.Millisecond }})
+	p, err := pgcrashtest.NewConsumerProcess(ctx, 12)
 	if err != nil {
 		return fail(err)
 	}
@@ -108,14 +62,13 @@ func crashChild(schema string) int {
 	if err != nil {
 		return fail(err)
 	}
-	err = Consume(ctx, cons, c, &Options{Workers: 2, Around: inTx,
+	err = Consume(ctx, cons, p.Consumer, &Options{Workers: 2, Around: inTx,
 		PullOptions: []jetstream.PullMessagesOpt{jetstream.PullMaxMessages(16)},
 		OnDecision: func(m *messaging.Message, d messaging.Decision, err error) {
-			say("settled %s %s %s", m.ID, d.Action, proc)
+			p.Say("settled %s %s %s", m.ID, d.Action, p.Name)
 		},
-		OnError: func(err error) { fmt.Fprintln(os.Stderr, "consumer:", err) }})
-	fmt.Fprintln(os.Stderr, "consumer: stopped without being killed:", err)
-	return 3
+		OnError: p.OnError})
+	return p.Stopped(err)
 }
 
 // TestConsumerSIGKILL publishes 300 messages, each stored twice in the
@@ -130,21 +83,10 @@ func crashChild(schema string) int {
 // redeliveries of what a killed process held, and the transactions the
 // kills cut.
 func TestConsumerSIGKILL(t *testing.T) {
-	if testing.Short() {
-		t.Skip("-short: the crash test starts consumer processes")
-	}
 	t.Parallel()
 	ctx := context.Background()
-	pool, pgURL, schema := pgcrashtest.Schema(t, "idem_natsjs")
+	ct := pgcrashtest.NewConsumerTest(t, "idem_natsjs", crashMessages)
 	natsURL := servicetest.NATS.Need(t)
-	s, err := pgstore.New(pool, &pgstore.Config{Schema: schema, Migrate: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	effects := pgx.Identifier{schema, "effects"}.Sanitize()
-	if _, err := pool.Exec(ctx, `CREATE TABLE `+effects+` (msg_id text NOT NULL, proc text NOT NULL)`); err != nil {
-		t.Fatal(err)
-	}
 	_, js := connect(t)
 	stream := newStream(t, js, 100*time.Millisecond)
 	cons, err := js.CreateOrUpdateConsumer(ctx, stream, jetstream.ConsumerConfig{
@@ -153,13 +95,9 @@ func TestConsumerSIGKILL(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	seed := time.Now().UnixNano()
-	t.Logf("seed %d", seed)
-	rng := rand.New(rand.NewPCG(uint64(seed), 16))
-	var out crashtest.Lines
-	r := &crashtest.Runner{T: t, Prefix: "c", NameEnv: crashIDEnv, Out: &out,
-		Env: []string{crashSchemaEnv + "=" + schema, crashStreamEnv + "=" + stream, crashPGEnv + "=" + pgURL, crashNATSEnv + "=" + natsURL}}
-	proc := r.Start()
+	rng := crashtest.Rand(t, 16)
+	r := ct.Runner
+	proc := ct.Start(crashStreamEnv+"="+stream, crashNATSEnv+"="+natsURL)
 	began := time.Now()
 
 	// The publisher: every message once, then (past the stream's 100 ms
@@ -171,7 +109,7 @@ func TestConsumerSIGKILL(t *testing.T) {
 		publish := func(todo []int) ([]int, error) {
 			var dups []int
 			for _, i := range todo {
-				id := fmt.Sprintf("m-%03d", i)
+				id := pgcrashtest.MessageID(i)
 				ack, err := pub.Publish(ctx, stream+".orders", id, []byte("order "+id), nil)
 				if err != nil {
 					return nil, err
@@ -221,9 +159,8 @@ func TestConsumerSIGKILL(t *testing.T) {
 	var ids int
 	var ci *jetstream.ConsumerInfo
 	crashtest.Until(t, 40*time.Second, "every message to have a row and every delivery to be settled", func() bool {
-		if err := pool.QueryRow(ctx, `SELECT count(DISTINCT msg_id) FROM `+effects).Scan(&ids); err != nil {
-			t.Fatal(err)
-		}
+		ids = ct.Applied()
+		var err error
 		if ci, err = cons.Info(ctx); err != nil {
 			t.Fatal(err)
 		}
@@ -239,50 +176,10 @@ func TestConsumerSIGKILL(t *testing.T) {
 	}
 	proc.Kill()
 
-	// Every message's effect, applied once.
-	msgIDs := make([]string, crashMessages)
-	for i := range msgIDs {
-		msgIDs[i] = fmt.Sprintf("m-%03d", i)
-	}
-	pgcrashtest.CheckAppliedOnce(t, pool, effects, s, crashScope, msgIDs)
-
-	// What the processes printed: attempts and settlements.
-	all := out.All()
-	runs, cut, redelivered := 0, 0, 0
-	actions := map[string]int{}
-	for _, l := range all {
-		f := strings.Fields(l)
-		switch {
-		case len(f) == 4 && f[0] == "run":
-			runs++
-			if f[2] != "1" {
-				redelivered++
-			}
-			if killed[f[3]] {
-				cut++ // may also have committed just before the kill
-			}
-		case len(f) == 4 && f[0] == "settled":
-			actions[f[2]]++
-		default:
-			t.Fatalf("a consumer printed %q", l)
-		}
-	}
-	committedByKilled := 0
-	if err := pool.QueryRow(ctx, `SELECT count(*) FROM `+effects+` WHERE proc = ANY($1)`, r.KilledNames()).Scan(&committedByKilled); err != nil {
-		t.Fatal(err)
-	}
 	t.Logf("%d messages x 2 copies, %d SIGKILLs (%d processes) in %v; all settled after %v",
 		crashMessages, len(killed), r.Started(), killsDone.Round(time.Millisecond), total.Round(time.Millisecond))
-	t.Logf("%d handler runs (%d of them of a redelivery), %d of them in killed processes, which committed %d: %d runs were cut by a kill and rolled back",
-		runs, redelivered, cut, committedByKilled, cut-committedByKilled)
-	t.Logf("settled (as printed; a kill can eat a line): %v; JetStream consumer: %d deliveries in all for %d stream messages",
-		actions, ci.Delivered.Consumer, 2*crashMessages)
-	if actions["ack"] > crashMessages || actions["dead-letter"] > 0 {
-		t.Errorf("settled %v: want at most %d acks (the handler's effect commits once per message) and no dead letter", actions, crashMessages)
-	}
-	if cut-committedByKilled == 0 {
-		t.Error("no handler run was cut by a kill: the test proved nothing")
-	}
+	ct.Check()
+	t.Logf("JetStream consumer: %d deliveries in all for %d stream messages", ci.Delivered.Consumer, 2*crashMessages)
 	// A cut run's message may come back through its twin copy (delivery
 	// 1) rather than its own redelivery, so count JetStream's deliveries:
 	// every one past the 600 stored is a redelivery.

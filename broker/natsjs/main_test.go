@@ -9,9 +9,9 @@ import (
 )
 
 func TestMain(m *testing.M) {
-	if schema := os.Getenv(crashSchemaEnv); schema != "" {
+	if pgcrashtest.IsConsumerChild() {
 		// Re-executed by TestConsumerSIGKILL: consume until killed.
-		os.Exit(crashChild(schema))
+		os.Exit(crashChild())
 	}
 	if pgcrashtest.IsRelayChild() {
 		// Re-executed by TestRelaySIGKILL: relay until killed.

@@ -182,13 +182,10 @@ func testCrash(t *testing.T, mode string) {
 		t.Fatal(err)
 	}
 
-	conn := dial(t)
-	q := freshQueue(t, conn, &QueueOptions{DeadLetterQueue: "dead", DeliveryLimit: 1000})
+	conn, q := dialQueue(t, &QueueOptions{DeadLetterQueue: "dead", DeliveryLimit: 1000})
 	dlq := q + ".dead"
 
-	seed := time.Now().UnixNano()
-	t.Logf("seed %d", seed)
-	rng := rand.New(rand.NewPCG(uint64(seed), 16))
+	rng := crashtest.Rand(t, 16)
 	var lines crashtest.Lines
 	r := &crashtest.Runner{T: t, NameEnv: crashProcEnv, Out: &lines,
 		Env: []string{crashQueueEnv + "=" + q, crashSchemaEnv + "=" + schema, crashPGEnv + "=" + pgURL,

@@ -52,8 +52,7 @@ func TestRelaySIGKILL(t *testing.T) {
 		t.Skip("-short: the crash test starts relay processes")
 	}
 	t.Parallel()
-	conn := dial(t)
-	q := freshQueue(t, conn, nil)
+	conn, q := dialQueue(t, nil)
 	queueState := func() (ready, consumers int) {
 		ch, err := conn.Channel()
 		if err != nil {

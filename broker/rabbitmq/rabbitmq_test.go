@@ -90,6 +90,17 @@ func ledger(t testing.TB, lease time.Duration) *idem.Ledger {
 	return l
 }
 
+// nopConsumer returns a messaging.Consumer, over a ledger of its own,
+// whose handler does nothing.
+func nopConsumer(t testing.TB) *messaging.Consumer {
+	t.Helper()
+	c, err := messaging.NewConsumer(ledger(t, 0), func(context.Context, *messaging.Message) error { return nil }, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
 func publish(t testing.TB, conn *amqp.Connection, queue string, msgs ...*messaging.Message) {
 	t.Helper()
 	p, err := NewPublisher(channel(t, conn))
@@ -107,6 +118,26 @@ func publish(t testing.TB, conn *amqp.Connection, queue string, msgs ...*messagi
 }
 
 // depth is the number of ready messages in queue.
+// dialQueue dials the test broker (the test skips without one) and
+// declares a fresh queue with opts on the connection.
+func dialQueue(t testing.TB, opts *QueueOptions) (*amqp.Connection, string) {
+	t.Helper()
+	conn := dial(t)
+	return conn, freshQueue(t, conn, opts)
+}
+
+// wantEmpty fails the test unless queue holds no message; why, if not
+// empty, says why it should be empty.
+func wantEmpty(t testing.TB, conn *amqp.Connection, queue, why string) {
+	t.Helper()
+	if n := depth(t, conn, queue); n != 0 {
+		if why != "" {
+			why = " (" + why + ")"
+		}
+		t.Errorf("%d messages left in %s, want 0%s", n, queue, why)
+	}
+}
+
 func depth(t testing.TB, conn *amqp.Connection, queue string) int {
 	t.Helper()
 	ch := channel(t, conn)
@@ -179,8 +210,7 @@ func (c *consumer) next(t testing.TB) settled {
 
 func TestAckOnSuccess(t *testing.T) {
 	t.Parallel()
-	conn := dial(t)
-	q := freshQueue(t, conn, nil)
+	conn, q := dialQueue(t, nil)
 	var got []*messaging.Message
 	var mu sync.Mutex
 	c, err := messaging.NewConsumer(ledger(t, 0), func(ctx context.Context, m *messaging.Message) error {
@@ -217,15 +247,12 @@ func TestAckOnSuccess(t *testing.T) {
 	if m.ID != "m-1" || string(m.Payload) != "one" || m.Subject != q || m.Delivery != 1 || m.Headers["tenant"] != "acme" {
 		t.Errorf("handler got %+v, want ID m-1, payload one, subject %s, delivery 1, header tenant=acme", m, q)
 	}
-	if n := depth(t, conn, q); n != 0 {
-		t.Errorf("%d messages left in the queue after the ack, want 0", n)
-	}
+	wantEmpty(t, conn, q, "after the ack")
 }
 
 func TestDuplicateHandledOnce(t *testing.T) {
 	t.Parallel()
-	conn := dial(t)
-	q := freshQueue(t, conn, nil)
+	conn, q := dialQueue(t, nil)
 	var runs atomic.Int64
 	c, err := messaging.NewConsumer(ledger(t, 0), func(ctx context.Context, m *messaging.Message) error {
 		runs.Add(1)
@@ -244,15 +271,12 @@ func TestDuplicateHandledOnce(t *testing.T) {
 	if n := runs.Load(); n != 1 {
 		t.Errorf("handler ran %d times, want 1", n)
 	}
-	if n := depth(t, conn, q); n != 0 {
-		t.Errorf("%d messages left in the queue, want 0 (the duplicate is acked)", n)
-	}
+	wantEmpty(t, conn, q, "the duplicate is acked")
 }
 
 func TestRetryRedelivers(t *testing.T) {
 	t.Parallel()
-	conn := dial(t)
-	q := freshQueue(t, conn, nil)
+	conn, q := dialQueue(t, nil)
 	var deliveries []int
 	var mu sync.Mutex
 	c, err := messaging.NewConsumer(ledger(t, 0), func(ctx context.Context, m *messaging.Message) error {
@@ -290,15 +314,12 @@ func TestRetryRedelivers(t *testing.T) {
 	if fmt.Sprint(deliveries) != "[1 2 3]" {
 		t.Errorf("the handler saw deliveries %v, want [1 2 3]", deliveries)
 	}
-	if n := depth(t, conn, q); n != 0 {
-		t.Errorf("%d messages left in the queue, want 0", n)
-	}
+	wantEmpty(t, conn, q, "")
 }
 
 func TestDeadLetter(t *testing.T) {
 	t.Parallel()
-	conn := dial(t)
-	q := freshQueue(t, conn, &QueueOptions{DeadLetterQueue: "dead"})
+	conn, q := dialQueue(t, &QueueOptions{DeadLetterQueue: "dead"})
 	dlq := q + ".dead"
 	var hooked []string
 	var mu sync.Mutex
@@ -333,9 +354,7 @@ func TestDeadLetter(t *testing.T) {
 		t.Errorf("dead-letter hook got %q, want bad with 1 attempt, then the message without id", hooked)
 	}
 	mu.Unlock()
-	if n := depth(t, conn, q); n != 0 {
-		t.Errorf("%d messages left in %s, want 0", n, q)
-	}
+	wantEmpty(t, conn, q, "")
 	// Both landed in the dead-letter queue, bodies intact.
 	ch := channel(t, conn)
 	var bodies []string
@@ -353,12 +372,8 @@ func TestDeadLetter(t *testing.T) {
 
 func TestIDHeader(t *testing.T) {
 	t.Parallel()
-	conn := dial(t)
-	q := freshQueue(t, conn, &QueueOptions{Classic: true})
-	c, err := messaging.NewConsumer(ledger(t, 0), func(ctx context.Context, m *messaging.Message) error { return nil }, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	conn, q := dialQueue(t, &QueueOptions{Classic: true})
+	c := nopConsumer(t)
 	ch := channel(t, conn)
 	for range 2 {
 		if err := ch.PublishWithContext(context.Background(), "", q, false, false,
@@ -380,8 +395,7 @@ func TestIDHeader(t *testing.T) {
 func TestSeveralConsumers(t *testing.T) {
 	t.Parallel()
 	const n = 100
-	conn := dial(t)
-	q := freshQueue(t, conn, nil)
+	conn, q := dialQueue(t, nil)
 	l := ledger(t, 2*time.Second)
 	var mu sync.Mutex
 	runs := map[string]int{}
@@ -449,10 +463,7 @@ func TestSeveralConsumers(t *testing.T) {
 
 func TestBadInput(t *testing.T) {
 	t.Parallel()
-	c, err := messaging.NewConsumer(ledger(t, 0), func(context.Context, *messaging.Message) error { return nil }, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	c := nopConsumer(t)
 	ctx := context.Background()
 	for name, err := range map[string]error{
 		"nil channel":      Consume(ctx, nil, "q", c, nil),
@@ -499,8 +510,7 @@ func TestDeliveryCount(t *testing.T) {
 // as Consume's ctx ends, and Consume returns ctx's error.
 func TestStopDuringRetryWaitRequeues(t *testing.T) {
 	t.Parallel()
-	conn := dial(t)
-	q := freshQueue(t, conn, nil)
+	conn, q := dialQueue(t, nil)
 	failed := make(chan struct{}, 1)
 	c, err := messaging.NewConsumer(ledger(t, 0), func(ctx context.Context, m *messaging.Message) error {
 		failed <- struct{}{}
@@ -546,12 +556,8 @@ func TestStopDuringRetryWaitRequeues(t *testing.T) {
 // Deleting the queue under a running Consume ends it with ErrClosed.
 func TestQueueDeletedEndsConsume(t *testing.T) {
 	t.Parallel()
-	conn := dial(t)
-	q := freshQueue(t, conn, &QueueOptions{Classic: true})
-	c, err := messaging.NewConsumer(ledger(t, 0), func(ctx context.Context, m *messaging.Message) error { return nil }, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	conn, q := dialQueue(t, &QueueOptions{Classic: true})
+	c := nopConsumer(t)
 	ch := channel(t, conn)
 	done := make(chan error, 1)
 	go func() { done <- Consume(context.Background(), ch, q, c, nil) }()
@@ -580,8 +586,7 @@ func TestQueueDeletedEndsConsume(t *testing.T) {
 // MaxAttempts is reached (see QueueOptions.DeliveryLimit).
 func TestDeliveryLimitDeadLetters(t *testing.T) {
 	t.Parallel()
-	conn := dial(t)
-	q := freshQueue(t, conn, &QueueOptions{DeadLetterQueue: "dead", DeliveryLimit: 2})
+	conn, q := dialQueue(t, &QueueOptions{DeadLetterQueue: "dead", DeliveryLimit: 2})
 	var runs atomic.Int64
 	c, err := messaging.NewConsumer(ledger(t, 0), func(ctx context.Context, m *messaging.Message) error {
 		runs.Add(1)
@@ -621,9 +626,7 @@ func TestDeliveryLimitDeadLetters(t *testing.T) {
 	if fmt.Sprint(deliveries) != "[1 2 3]" || runs.Load() != 3 {
 		t.Errorf("deliveries %v, %d handler runs; want [1 2 3] and 3 runs", deliveries, runs.Load())
 	}
-	if n := depth(t, conn, q); n != 0 {
-		t.Errorf("%d messages left in the queue, want 0", n)
-	}
+	wantEmpty(t, conn, q, "")
 }
 
 // ConsumeFunc drives a Guard in front of a Consumer: versions published
@@ -631,8 +634,7 @@ func TestDeliveryLimitDeadLetters(t *testing.T) {
 // order, the stale one acked as superseded.
 func TestConsumeFuncGuard(t *testing.T) {
 	t.Parallel()
-	conn := dial(t)
-	q := freshQueue(t, conn, nil)
+	conn, q := dialQueue(t, nil)
 	l := ledger(t, 0)
 	var mu sync.Mutex
 	var applied []string
@@ -694,17 +696,14 @@ func TestConsumeFuncGuard(t *testing.T) {
 	if fmt.Sprint(acts) != fmt.Sprint(want) {
 		t.Errorf("final decisions %v, want %v", acts, want)
 	}
-	if n := depth(t, conn, q); n != 0 {
-		t.Errorf("%d messages left in the queue, want 0", n)
-	}
+	wantEmpty(t, conn, q, "")
 }
 
 // Publish is safe for concurrent use: 8 goroutines publish 25 messages
 // each on one Publisher; all 200 are confirmed and in the queue.
 func TestPublishConcurrent(t *testing.T) {
 	t.Parallel()
-	conn := dial(t)
-	q := freshQueue(t, conn, nil)
+	conn, q := dialQueue(t, nil)
 	p, err := NewPublisher(channel(t, conn))
 	if err != nil {
 		t.Fatal(err)

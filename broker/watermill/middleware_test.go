@@ -33,14 +33,52 @@ type rig struct {
 	poison []string // payloads published to "poison"
 }
 
-func newRig(t *testing.T, h message.HandlerFunc, mws ...message.HandlerMiddleware) *rig {
+// newRouter returns the in-memory gochannel pub/sub, its Publish blocking
+// until the subscriber acked (BlockPublishUntilSubscriberAck), and a
+// router to add handlers on it to; runRouter runs the router.
+func newRouter(t *testing.T) (*gochannel.GoChannel, *message.Router) {
 	t.Helper()
 	logger := wm.NopLogger{}
-	r := &rig{pubSub: gochannel.NewGoChannel(gochannel.Config{BlockPublishUntilSubscriberAck: true}, logger)}
+	pubSub := gochannel.NewGoChannel(gochannel.Config{BlockPublishUntilSubscriberAck: true}, logger)
 	router, err := message.NewRouter(message.RouterConfig{}, logger)
 	if err != nil {
 		t.Fatal(err)
 	}
+	return pubSub, router
+}
+
+// runRouter runs router until t ends, when it stops it, checks that Run
+// returned no error, and closes pubSub.
+func runRouter(t *testing.T, router *message.Router, pubSub *gochannel.GoChannel) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- router.Run(ctx) }()
+	<-router.Running()
+	t.Cleanup(func() {
+		cancel()
+		_ = router.Close()
+		if err := <-done; err != nil {
+			t.Errorf("router.Run: %v", err)
+		}
+		_ = pubSub.Close()
+	})
+}
+
+// publishIn sends a message with the given UUID and payload to "in" and
+// returns once the router acked it.
+func publishIn(t *testing.T, pubSub *gochannel.GoChannel, uuid, payload string) {
+	t.Helper()
+	if err := pubSub.Publish("in", message.NewMessage(uuid, []byte(payload))); err != nil {
+		t.Fatalf("publish %s: %v", uuid, err)
+	}
+}
+
+func newRig(t *testing.T, h message.HandlerFunc, mws ...message.HandlerMiddleware) *rig {
+	t.Helper()
+	r := &rig{}
+	var router *message.Router
+	r.pubSub, router = newRouter(t)
 	handler := router.AddHandler("orders", "in", r.pubSub, "out", r.pubSub, h)
 	handler.AddMiddleware(mws...)
 	collect := func(topic string, into *[]string) {
@@ -56,18 +94,7 @@ func newRig(t *testing.T, h message.HandlerFunc, mws ...message.HandlerMiddlewar
 	}
 	collect("out", &r.out)
 	collect("poison", &r.poison)
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- router.Run(ctx) }()
-	<-router.Running()
-	t.Cleanup(func() {
-		cancel()
-		_ = router.Close()
-		if err := <-done; err != nil {
-			t.Errorf("router.Run: %v", err)
-		}
-		_ = r.pubSub.Close()
-	})
+	runRouter(t, router, r.pubSub)
 	return r
 }
 
@@ -75,9 +102,7 @@ func newRig(t *testing.T, h message.HandlerFunc, mws ...message.HandlerMiddlewar
 // returns once the router acked it.
 func (r *rig) publish(t *testing.T, uuid, payload string) {
 	t.Helper()
-	if err := r.pubSub.Publish("in", message.NewMessage(uuid, []byte(payload))); err != nil {
-		t.Fatalf("publish %s: %v", uuid, err)
-	}
+	publishIn(t, r.pubSub, uuid, payload)
 }
 
 func (r *rig) published() (out, poison []string) {
@@ -136,7 +161,8 @@ func newMiddleware(t *testing.T, ledger *idem.Ledger, cfg *idemwatermill.Config)
 	return mw
 }
 
-func equal(a, b []string) bool {
+// equal reports whether a and b hold the same elements in the same order.
+func equal[T comparable](a, b []T) bool {
 	if len(a) != len(b) {
 		return false
 	}

@@ -7,7 +7,6 @@ import (
 	"sync"
 	"testing"
 
-	wm "github.com/ThreeDotsLabs/watermill"
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/ThreeDotsLabs/watermill/pubsub/gochannel"
 
@@ -66,12 +65,10 @@ type chain struct {
 
 func newChain(t *testing.T, pub func(*gochannel.GoChannel) message.Publisher) *chain {
 	t.Helper()
-	logger := wm.NopLogger{}
-	c := &chain{pubSub: gochannel.NewGoChannel(gochannel.Config{BlockPublishUntilSubscriberAck: true}, logger), ledger: newLedger(t)}
-	router, err := message.NewRouter(message.RouterConfig{}, logger)
-	if err != nil {
-		t.Fatal(err)
-	}
+	c := &chain{}
+	var router *message.Router
+	c.pubSub, router = newRouter(t)
+	c.ledger = newLedger(t)
 	mw := newMiddleware(t, c.ledger, nil)
 	orders := router.AddHandler("orders", "in", c.pubSub, "out", pub(c.pubSub), func(msg *message.Message) ([]*message.Message, error) {
 		c.mu.Lock()
@@ -96,18 +93,7 @@ func newChain(t *testing.T, pub func(*gochannel.GoChannel) message.Publisher) *c
 	}
 	router.AddConsumerHandler("ship", "out", c.pubSub, see(&c.shipped)).AddMiddleware(mw)
 	router.AddConsumerHandler("tap", "out", c.pubSub, see(&c.tapped))
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- router.Run(ctx) }()
-	<-router.Running()
-	t.Cleanup(func() {
-		cancel()
-		_ = router.Close()
-		if err := <-done; err != nil {
-			t.Errorf("router.Run: %v", err)
-		}
-		_ = c.pubSub.Close()
-	})
+	runRouter(t, router, c.pubSub)
 	return c
 }
 
@@ -116,9 +102,7 @@ func newChain(t *testing.T, pub func(*gochannel.GoChannel) message.Publisher) *c
 // and "tap") included.
 func (c *chain) publish(t *testing.T, uuid, payload string) {
 	t.Helper()
-	if err := c.pubSub.Publish("in", message.NewMessage(uuid, []byte(payload))); err != nil {
-		t.Fatalf("publish %s: %v", uuid, err)
-	}
+	publishIn(t, c.pubSub, uuid, payload)
 }
 
 func (c *chain) snapshot() (calls int, shipped, tapped []delivery) {
@@ -133,18 +117,6 @@ func produced(uuid, payload string) []delivery {
 		{uuid + "-0", "\xff\x00" + payload, payload},
 		{uuid + "-1", "\xff\x01" + payload, payload},
 	}
-}
-
-func equalDeliveries(a, b []delivery) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := range a {
-		if a[i] != b[i] {
-			return false
-		}
-	}
-	return true
 }
 
 // The router's publish of the produced messages fails after the outcome
@@ -174,14 +146,14 @@ func TestProducedMessagesSurviveAFailedPublish(t *testing.T) {
 			if calls != 1 {
 				t.Fatalf("orders handler ran %d times, want 1 (the redelivery is a duplicate)", calls)
 			}
-			if !equalDeliveries(shipped, want) {
+			if !equal(shipped, want) {
 				t.Fatalf("shipped = %q, want %q: each produced message once, same UUID, payload and metadata", shipped, want)
 			}
 			var wantTapped []delivery
 			for range tc.taps {
 				wantTapped = append(wantTapped, want...)
 			}
-			if !equalDeliveries(tapped, wantTapped) {
+			if !equal(tapped, wantTapped) {
 				t.Fatalf("deliveries on out = %q, want %q", tapped, wantTapped)
 			}
 			flaky.mu.Lock()
@@ -206,10 +178,10 @@ func TestDuplicateRepublishesProducedMessages(t *testing.T) {
 	if calls != 2 {
 		t.Fatalf("orders handler ran %d times, want 2", calls)
 	}
-	if want := append(append([]delivery(nil), m1...), m2...); !equalDeliveries(shipped, want) {
+	if want := append(append([]delivery(nil), m1...), m2...); !equal(shipped, want) {
 		t.Fatalf("shipped = %q, want %q", shipped, want)
 	}
-	if want := append(append(append([]delivery(nil), m1...), m1...), m2...); !equalDeliveries(tapped, want) {
+	if want := append(append(append([]delivery(nil), m1...), m1...), m2...); !equal(tapped, want) {
 		t.Fatalf("deliveries on out = %q, want %q", tapped, want)
 	}
 }

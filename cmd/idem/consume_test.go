@@ -296,25 +296,7 @@ func TestConsumeNATS(t *testing.T) {
 // idem consume over RabbitMQ: the same, on a quorum queue with a
 // dead-letter queue, which ends up holding the 400 message only.
 func TestConsumeRabbitMQ(t *testing.T) {
-	raw := servicetest.RabbitMQ.Need(t)
-	conn, err := amqp.Dial(raw)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	ch, err := conn.Channel()
-	if err != nil {
-		t.Fatal(err)
-	}
-	queue := fmt.Sprintf("idem-consume-%d", time.Now().UnixNano())
-	if err := rabbitmq.DeclareQueue(ch, queue, &rabbitmq.QueueOptions{DeadLetterQueue: queue + ".dead"}); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		_, _ = ch.QueueDelete(queue, false, false, false)
-		_, _ = ch.QueueDelete(queue+".dead", false, false, false)
-		ch.Close()
-	})
+	raw, conn, ch, queue := rabbitQueue(t, "idem-consume", true)
 	pubCh, err := conn.Channel()
 	if err != nil {
 		t.Fatal(err)
@@ -489,21 +471,7 @@ func TestConsumeStopFinishesInFlight(t *testing.T) {
 // The broker closes the consumer (its queue is deleted): idem consume
 // exits 1 saying so.
 func TestConsumeBrokerClosedExits1(t *testing.T) {
-	raw := servicetest.RabbitMQ.Need(t)
-	conn, err := amqp.Dial(raw)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	ch, err := conn.Channel()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ch.Close()
-	queue := fmt.Sprintf("idem-consume-closed-%d", time.Now().UnixNano())
-	if err := rabbitmq.DeclareQueue(ch, queue, nil); err != nil {
-		t.Fatal(err)
-	}
+	raw, _, ch, queue := rabbitQueue(t, "idem-consume-closed", false)
 	u, err := url.Parse(raw)
 	if err != nil {
 		t.Fatal(err)

@@ -24,19 +24,8 @@ import (
 // is marked sent; SIGTERM exits 0.
 func TestRelayNATS(t *testing.T) {
 	natsURL := servicetest.NATS.Need(t)
-	schema := fmt.Sprintf("idem_relay_%d", time.Now().UnixNano()%1e9)
-	storeURL := pgSchemaURL(t, schema)
+	storeURL, schema, pool, store := outboxStore(t, "idem_relay")
 	ctx := context.Background()
-
-	pool, err := pgxpool.New(ctx, servicetest.Postgres.Need(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer pool.Close()
-	store, err := pgstore.New(pool, &pgstore.Config{Schema: schema, Migrate: true})
-	if err != nil {
-		t.Fatal(err)
-	}
 
 	nc, err := nats.Connect(natsURL)
 	if err != nil {
@@ -58,20 +47,13 @@ func TestRelayNATS(t *testing.T) {
 	// transactions.
 	const entities, perEntity = 3, 5
 	for seq := range perEntity {
-		tx, err := pool.Begin(ctx)
-		if err != nil {
-			t.Fatal(err)
-		}
+		var msgs []*pgstore.OutboxMessage
 		for e := range entities {
 			id := fmt.Sprintf("e%d/%d", e, seq)
-			if err := store.Enqueue(ctx, tx, &pgstore.OutboxMessage{ID: id, Entity: fmt.Sprintf("e%d", e),
-				Subject: fmt.Sprintf("%s.e%d", stream, e), Payload: []byte(id), Headers: map[string]string{"Entity": fmt.Sprint(e)}}); err != nil {
-				t.Fatal(err)
-			}
+			msgs = append(msgs, &pgstore.OutboxMessage{ID: id, Entity: fmt.Sprintf("e%d", e),
+				Subject: fmt.Sprintf("%s.e%d", stream, e), Payload: []byte(id), Headers: map[string]string{"Entity": fmt.Sprint(e)}})
 		}
-		if err := tx.Commit(ctx); err != nil {
-			t.Fatal(err)
-		}
+		enqueue(t, pool, store, msgs...)
 	}
 	// e1/0 reached the stream already, unmarked.
 	early := nats.NewMsg(stream + ".e1")
@@ -152,48 +134,16 @@ func TestRelayNATS(t *testing.T) {
 // queue their subject names, with their id as message-id and their
 // headers, in seq order per entity, persistent.
 func TestRelayRabbitMQ(t *testing.T) {
-	amqpURL := servicetest.RabbitMQ.Need(t)
-	schema := fmt.Sprintf("idem_relayq_%d", time.Now().UnixNano()%1e9)
-	storeURL := pgSchemaURL(t, schema)
-	ctx := context.Background()
-	pool, err := pgxpool.New(ctx, servicetest.Postgres.Need(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer pool.Close()
-	store, err := pgstore.New(pool, &pgstore.Config{Schema: schema, Migrate: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	conn, err := amqp.Dial(amqpURL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	ch, err := conn.Channel()
-	if err != nil {
-		t.Fatal(err)
-	}
-	queue := fmt.Sprintf("idem-relay-%d", time.Now().UnixNano())
-	if err := rabbitmq.DeclareQueue(ch, queue, nil); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _, _ = ch.QueueDelete(queue, false, false, false); ch.Close() })
+	amqpURL, _, ch, queue := rabbitQueue(t, "idem-relay", false)
+	storeURL, schema, pool, store := outboxStore(t, "idem_relayq")
 
 	const total = 6
-	tx, err := pool.Begin(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
+	var msgs []*pgstore.OutboxMessage
 	for i := range total {
-		if err := store.Enqueue(ctx, tx, &pgstore.OutboxMessage{ID: fmt.Sprintf("q/%d", i), Entity: "acct-1", Subject: queue,
-			Payload: []byte(fmt.Sprint(i)), Headers: map[string]string{"Account": "1"}}); err != nil {
-			t.Fatal(err)
-		}
+		msgs = append(msgs, &pgstore.OutboxMessage{ID: fmt.Sprintf("q/%d", i), Entity: "acct-1", Subject: queue,
+			Payload: []byte(fmt.Sprint(i)), Headers: map[string]string{"Account": "1"}})
 	}
-	if err := tx.Commit(ctx); err != nil {
-		t.Fatal(err)
-	}
+	enqueue(t, pool, store, msgs...)
 
 	p, err := spawn(t, t.TempDir(), "relay", "--store", storeURL, "--to", amqpURL+"?exchange=", "--interval", "50ms")
 	if err != nil {
@@ -226,6 +176,78 @@ func TestRelayRabbitMQ(t *testing.T) {
 		t.Errorf("an extra delivery %q", d.MessageId)
 	default:
 	}
+}
+
+// outboxStore makes a fresh schema on the test PostgreSQL (the test skips
+// without it), PREFIX and a number, dropped when t ends, with the store
+// migrated into it. It returns the schema's store URL for idem, the
+// schema, a pool (closed when t ends) and the pgstore over it.
+func outboxStore(t *testing.T, prefix string) (storeURL, schema string, pool *pgxpool.Pool, store *pgstore.Store) {
+	t.Helper()
+	schema = fmt.Sprintf("%s_%d", prefix, time.Now().UnixNano()%1e9)
+	storeURL = pgSchemaURL(t, schema)
+	pool, err := pgxpool.New(context.Background(), servicetest.Postgres.Need(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(pool.Close)
+	store, err = pgstore.New(pool, &pgstore.Config{Schema: schema, Migrate: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return storeURL, schema, pool, store
+}
+
+// enqueue commits msgs to store's outbox in one transaction.
+func enqueue(t *testing.T, pool *pgxpool.Pool, store *pgstore.Store, msgs ...*pgstore.OutboxMessage) {
+	t.Helper()
+	ctx := context.Background()
+	tx, err := pool.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, m := range msgs {
+		if err := store.Enqueue(ctx, tx, m); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := tx.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// rabbitQueue dials the test RabbitMQ (the test skips without it), opens
+// a channel and declares a fresh quorum queue, PREFIX and a number (with
+// dead, and a dead-letter queue, its name and ".dead"). When t ends it
+// deletes them and closes the connection. It returns the broker's URL.
+func rabbitQueue(t *testing.T, prefix string, dead bool) (raw string, conn *amqp.Connection, ch *amqp.Channel, queue string) {
+	t.Helper()
+	raw = servicetest.RabbitMQ.Need(t)
+	conn, err := amqp.Dial(raw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = conn.Close() })
+	ch, err = conn.Channel()
+	if err != nil {
+		t.Fatal(err)
+	}
+	queue = fmt.Sprintf("%s-%d", prefix, time.Now().UnixNano())
+	var opts *rabbitmq.QueueOptions
+	if dead {
+		opts = &rabbitmq.QueueOptions{DeadLetterQueue: queue + ".dead"}
+	}
+	if err := rabbitmq.DeclareQueue(ch, queue, opts); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_, _ = ch.QueueDelete(queue, false, false, false)
+		if dead {
+			_, _ = ch.QueueDelete(queue+".dead", false, false, false)
+		}
+		_ = ch.Close()
+	})
+	return raw, conn, ch, queue
 }
 
 // waitAllSent waits until every outbox row of schema is marked sent.

@@ -11,12 +11,9 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgxpool"
 
-	"github.com/idemkit/idem/internal/servicetest"
 	"github.com/idemkit/idem/store/pgstore"
 )
 
@@ -136,32 +133,14 @@ func TestProxyDashboard(t *testing.T) {
 // On a postgres:// store the Messaging page counts the outbox's unsent
 // rows, for a token bound to * only.
 func TestServeDashboardOutbox(t *testing.T) {
-	schema := fmt.Sprintf("idem_ui_%d", time.Now().UnixNano()%1e9)
-	storeURL := pgSchemaURL(t, schema)
-	ctx := context.Background()
-	pool, err := pgxpool.New(ctx, servicetest.Postgres.Need(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer pool.Close()
-	store, err := pgstore.New(pool, &pgstore.Config{Schema: schema, Migrate: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	tx, err := pool.Begin(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
+	storeURL, schema, pool, store := outboxStore(t, "idem_ui")
+	var msgs []*pgstore.OutboxMessage
 	for i := range 3 {
-		if err := store.Enqueue(ctx, tx, &pgstore.OutboxMessage{ID: fmt.Sprintf("m%d", i), Entity: "acct-1", Subject: "ledger.entries", Payload: []byte("x")}); err != nil {
-			t.Fatal(err)
-		}
+		msgs = append(msgs, &pgstore.OutboxMessage{ID: fmt.Sprintf("m%d", i), Entity: "acct-1", Subject: "ledger.entries", Payload: []byte("x")})
 	}
-	if err := tx.Commit(ctx); err != nil {
-		t.Fatal(err)
-	}
+	enqueue(t, pool, store, msgs...)
 	// The first row was written long ago: the page says when.
-	if _, err := pool.Exec(ctx, `UPDATE `+pgx.Identifier{schema}.Sanitize()+`.outbox SET created = '2026-01-02T03:04:05Z' WHERE message_id = 'm0'`); err != nil {
+	if _, err := pool.Exec(context.Background(), `UPDATE `+pgx.Identifier{schema}.Sanitize()+`.outbox SET created = '2026-01-02T03:04:05Z' WHERE message_id = 'm0'`); err != nil {
 		t.Fatal(err)
 	}
 

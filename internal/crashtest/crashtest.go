@@ -22,6 +22,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"os"
 	"os/exec"
 	"strconv"
@@ -307,6 +308,15 @@ func Until(t testing.TB, timeout time.Duration, what string, cond func() bool, o
 		}
 		<-time.After(5 * time.Millisecond)
 	}
+}
+
+// Rand returns a random source for a test's chaos schedule, seeded from
+// the clock on the given stream; it logs the seed.
+func Rand(t testing.TB, stream uint64) *rand.Rand {
+	t.Helper()
+	seed := time.Now().UnixNano()
+	t.Logf("seed %d", seed)
+	return rand.New(rand.NewPCG(uint64(seed), stream))
 }
 
 // ChildContext is the context of a child: it ends when the parent closes

@@ -2,12 +2,10 @@ package pgstore
 
 import (
 	"context"
-	"slices"
-	"sync"
 	"testing"
-	"time"
 
 	"github.com/idemkit/idem"
+	"github.com/idemkit/idem/internal/restarttest"
 	"github.com/idemkit/idem/internal/servicetest"
 	"github.com/idemkit/idem/workflow"
 	"github.com/idemkit/idem/workflow/journaltest"
@@ -18,154 +16,20 @@ func TestJournalConformance(t *testing.T) {
 	journaltest.Run(t, func(t *testing.T) workflow.Journal { return newStore(t).Journal() })
 }
 
-// orderWorld is the order saga of the workflow tests on a pebblestore
-// journal, with actions that count their calls.
-type orderWorld struct {
-	mu    sync.Mutex
-	calls []string
-}
-
-func (w *orderWorld) fn(kind, name string) workflow.StepFunc {
-	return func(ctx context.Context, s *workflow.Step) ([]byte, error) {
-		w.mu.Lock()
-		w.calls = append(w.calls, kind+" "+name+" "+s.Key)
-		w.mu.Unlock()
-		return []byte(name + " done"), nil
-	}
-}
-
-func (w *orderWorld) registry(t *testing.T) *workflow.Registry {
-	act := func(n, comp string) *workflow.Action {
-		return &workflow.Action{Name: n, Run: w.fn("run", n), Compensate: w.fn("comp", comp),
-			Retry: &workflow.RetryPolicy{MaxAttempts: 3, InitialBackoff: time.Second}}
-	}
-	reg := workflow.NewRegistry()
-	err := reg.Register(&workflow.Definition{
-		Name: "order", Version: 1, Initial: "pending",
-		States: []workflow.State{
-			{Name: "pending"},
-			{Name: "reserved", Timeout: 15 * time.Minute, TimeoutEvent: "payment_timeout"},
-			{Name: "charged"},
-			{Name: "shipped", Terminal: workflow.Success},
-			{Name: "cancelled", Terminal: workflow.Failure},
-		},
-		Transitions: []workflow.Transition{
-			{From: "pending", Event: "place", To: "reserved", Action: act("reserve_stock", "release")},
-			{From: "reserved", Event: "pay", To: "charged", Action: act("charge_card", "refund")},
-			{From: "reserved", Event: "payment_timeout", To: "cancelled"},
-			{From: "reserved", Event: "cancel", To: "cancelled"},
-			{From: "charged", Event: "dispatch", To: "shipped", Action: act("ship_parcel", "recall")},
-			{From: "charged", Event: "cancel", To: "cancelled"},
-		},
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return reg
-}
-
 // TestJournalEngineRestart runs the order saga across restarts of the
-// process: each phase makes a store on its own pool over one schema,
-// builds an engine over its journal, does some work and closes the
-// pool, leaving work queued for the next.
+// process (restarttest.Run): each phase makes a store on its own pool
+// over one schema, builds an engine over its journal, does some work and
+// closes the pool, leaving work queued for the next.
 func TestJournalEngineRestart(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
 	url := servicetest.Postgres.Need(t)
 	schema := freshSchema(t, sharedPool(t))
-	clk := idem.NewManualClock(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC))
-	w := &orderWorld{}
-	reg := w.registry(t)
-	phase := func(f func(e *workflow.Engine)) {
-		t.Helper()
+	restarttest.Run(t, func(t *testing.T, _ idem.Clock) (workflow.Journal, func() error) {
 		s, err := Open(ctx, url, &Config{Schema: schema, Migrate: true})
 		if err != nil {
 			t.Fatal(err)
 		}
-		e, err := workflow.NewEngine(s.Journal(), reg, &workflow.EngineConfig{Clock: clk, Lease: 30 * time.Second, Rand: func() float64 { return 0 }})
-		if err != nil {
-			t.Fatal(err)
-		}
-		f(e)
-		if err := s.Close(); err != nil {
-			t.Fatal(err)
-		}
-	}
-	drain := func(e *workflow.Engine) {
-		t.Helper()
-		for range 100 {
-			n, err := e.Step(ctx)
-			if err != nil {
-				t.Fatalf("Step: %v", err)
-			}
-			if n == 0 {
-				return
-			}
-		}
-		t.Fatal("Step never ran out of work")
-	}
-	signal := func(e *workflow.Engine, id, eventID, event string) {
-		t.Helper()
-		if dup, err := e.Signal(ctx, id, eventID, event, nil); err != nil || dup {
-			t.Fatalf("Signal(%s, %s) = %v, %v", id, event, dup, err)
-		}
-	}
-
-	// o1 runs to the end; o2 is left in reserved, to time out (a failure
-	// end reached by a transition: nothing is compensated); o3 is
-	// cancelled, and unwound by the next process.
-	phase(func(e *workflow.Engine) {
-		for _, id := range []string{"o1", "o2", "o3"} {
-			if _, err := e.Start(ctx, "order", 0, id, []byte("2 books"), nil); err != nil {
-				t.Fatal(err)
-			}
-			signal(e, id, id+"-place", "place")
-		}
-		drain(e)
-		signal(e, "o1", "o1-pay", "pay") // queued, not run: the process stops
+		return s.Journal(), s.Close
 	})
-	phase(func(e *workflow.Engine) {
-		// A duplicate of an event delivered before the restart.
-		if dup, err := e.Signal(ctx, "o1", "o1-place", "place", nil); err != nil || !dup {
-			t.Fatalf("duplicate place after restart: %v, %v; want a duplicate", dup, err)
-		}
-		drain(e) // charge_card, from the inbox that survived
-		signal(e, "o1", "o1-dispatch", "dispatch")
-		if err := e.Cancel(ctx, "o3", "customer changed their mind"); err != nil {
-			t.Fatal(err)
-		}
-	})
-	clk.Advance(16 * time.Minute) // past o2's timeout, while no process runs
-	phase(func(e *workflow.Engine) {
-		drain(e)
-		for id, want := range map[string]workflow.Status{"o1": workflow.Succeeded, "o2": workflow.Failed, "o3": workflow.Cancelled} {
-			in, err := e.Get(ctx, id)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if in.Status != want {
-				t.Errorf("%s ended %s in %s; want %s", id, in.Status, in.State, want)
-			}
-			for k, h := range in.History {
-				if h.Seq != int64(k+1) {
-					t.Fatalf("%s history entry %d has Seq %d", id, k, h.Seq)
-				}
-			}
-		}
-	})
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	got := slices.Clone(w.calls)
-	slices.Sort(got)
-	want := []string{
-		"comp release o3/1/compensate/reserve_stock",
-		"run charge_card o1/2/charge_card",
-		"run reserve_stock o1/1/reserve_stock",
-		"run reserve_stock o2/1/reserve_stock",
-		"run reserve_stock o3/1/reserve_stock",
-		"run ship_parcel o1/3/ship_parcel",
-	}
-	if !slices.Equal(got, want) {
-		t.Fatalf("calls:\n%v\nwant\n%v", got, want)
-	}
 }

@@ -15,17 +15,41 @@
 //	}
 //
 //	res := pgcrashtest.RunRelay(t, &pgcrashtest.RelayTest{Broker: ..., Subject: ..., Consume: ..., Drained: ...})
+//
+// The consumer SIGKILL test of a broker adapter runs the adapter's Consume
+// in processes that the test SIGKILLs again and again, feeding a
+// messaging.Consumer whose handler writes a row per run into an effects
+// table, in the transaction that commits with the key's outcome
+// (ConsumerProcess). The PostgreSQL side is here; the broker's test
+// publishes, schedules the kills and waits for its broker to settle:
+//
+//	func TestMain(m *testing.M) {
+//		if pgcrashtest.IsConsumerChild() {
+//			os.Exit(crashChild()) // NewConsumerProcess, then the adapter's Consume
+//		}
+//		...
+//	}
+//
+//	ct := pgcrashtest.NewConsumerTest(t, "idem_broker", messages)
+//	proc := ct.Start(brokerEnv...) // publish; proc = ct.Runner.Restart(proc); wait on ct.Applied()
+//	ct.Check()
 package pgcrashtest
 
 import (
 	"context"
 	"fmt"
+	"math/rand/v2"
+	"os"
+	"strconv"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/idemkit/idem"
+	"github.com/idemkit/idem/internal/crashtest"
 	"github.com/idemkit/idem/internal/servicetest"
+	"github.com/idemkit/idem/messaging"
 	"github.com/idemkit/idem/store/pgstore"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -165,4 +189,235 @@ func CheckAppliedOnce(t testing.TB, pool *pgxpool.Pool, effects string, s idem.S
 	if len(rows) != len(ids) {
 		t.Errorf("%d distinct ids in effects, want %d", len(rows), len(ids))
 	}
+}
+
+// The PostgreSQL part of the environment of a consumer process of a
+// ConsumerTest (the broker adds its own).
+const (
+	consumerSchemaEnv = "IDEM_PGCRASHTEST_CONSUMER_SCHEMA" // set: this process is a consumer
+	consumerPGEnv     = "IDEM_PGCRASHTEST_CONSUMER_PG"
+	consumerNameEnv   = "IDEM_PGCRASHTEST_CONSUMER_NAME" // its Runner name, in effects.proc
+)
+
+const (
+	// ConsumerScope is the scope of the consumer processes' keys.
+	ConsumerScope = "orders"
+	// ConsumerLease is the lease of the consumer processes' ledger: a
+	// killed owner's keys free up after it.
+	ConsumerLease = time.Second
+)
+
+// IsConsumerChild reports whether this process is a consumer process
+// started by ConsumerTest.Start (or a Restart of its Runner).
+func IsConsumerChild() bool { return os.Getenv(consumerSchemaEnv) != "" }
+
+// MessageID is the id of the test's message i: "m-" and i in three digits.
+func MessageID(i int) string { return fmt.Sprintf("m-%03d", i) }
+
+// ConsumerProcess is the PostgreSQL side of a consumer process.
+type ConsumerProcess struct {
+	// Name is the process's name (its Runner name).
+	Name string
+	// Consumer is the messaging.Consumer to feed: scope ConsumerScope,
+	// up to 50 attempts 100 ms apart, over a TxStore ledger (lease
+	// ConsumerLease) in the test's schema. Its handler needs a TxSlot in
+	// the delivery's context (WithTxSlot; a missing one is a permanent
+	// error): it prints "run ID DELIVERY NAME", begins a transaction,
+	// inserts (ID, NAME) into effects and holds the transaction for 2 to
+	// 10 ms of pg_sleep, and leaves it in the slot for the ledger's
+	// Complete to commit. A transaction a handling leaves in the slot
+	// (its lease was lost) is the caller's to roll back
+	// (TxSlot.RollbackOpen).
+	Consumer *messaging.Consumer
+	// Say prints a whole line on the process's stdout, which the test
+	// collects: the adapter's OnDecision prints "settled ID ACTION NAME".
+	Say func(format string, args ...any)
+}
+
+// NewConsumerProcess sets up a consumer process from its environment, over
+// a pool of at most maxConns connections (0: pgx's default).
+func NewConsumerProcess(ctx context.Context, maxConns int32) (*ConsumerProcess, error) {
+	schema := os.Getenv(consumerSchemaEnv)
+	var pool *pgxpool.Pool
+	var err error
+	if maxConns > 0 {
+		pool, err = Pool(ctx, os.Getenv(consumerPGEnv), maxConns)
+	} else {
+		pool, err = pgxpool.New(ctx, os.Getenv(consumerPGEnv))
+	}
+	if err != nil {
+		return nil, err
+	}
+	s, err := pgstore.New(pool, &pgstore.Config{Schema: schema})
+	if err != nil {
+		return nil, err
+	}
+	ledger, err := idem.New(TxStore{Store: s}, &idem.Config{Lease: ConsumerLease})
+	if err != nil {
+		return nil, err
+	}
+	p := &ConsumerProcess{Name: os.Getenv(consumerNameEnv), Say: crashtest.Say()}
+	effects := pgx.Identifier{schema, "effects"}.Sanitize()
+	p.Consumer, err = messaging.NewConsumer(ledger, func(ctx context.Context, m *messaging.Message) error {
+		slot := TxSlotFrom(ctx)
+		if slot == nil {
+			return messaging.Permanent(fmt.Errorf("no transaction slot"))
+		}
+		p.Say("run %s %d %s", m.ID, m.Delivery, p.Name)
+		tx, err := pool.Begin(ctx)
+		if err != nil {
+			return err
+		}
+		if _, err := tx.Exec(ctx, `INSERT INTO `+effects+` (msg_id, proc) VALUES ($1, $2)`, m.ID, p.Name); err != nil {
+			_ = tx.Rollback(ctx)
+			return err
+		}
+		if _, err := tx.Exec(ctx, `SELECT pg_sleep($1)`, 0.002+0.008*rand.Float64()); err != nil {
+			_ = tx.Rollback(ctx)
+			return err
+		}
+		slot.Tx = tx // committed by the ledger's Complete
+		return nil
+	}, &messaging.Config{Scope: ConsumerScope, MaxAttempts: 50, Backoff: func(int) time.Duration { return 100 * time.Millisecond }})
+	if err != nil {
+		return nil, err
+	}
+	return p, nil
+}
+
+// OnError prints a consumer's error on stderr, for the adapter's
+// Options.OnError.
+func (p *ConsumerProcess) OnError(err error) { fmt.Fprintln(os.Stderr, "consumer:", err) }
+
+// Stopped reports on stderr that the adapter's Consume returned err
+// although the process was not killed, and returns the exit code 3.
+func (p *ConsumerProcess) Stopped(err error) int {
+	fmt.Fprintln(os.Stderr, "consumer: stopped without being killed:", err)
+	return 3
+}
+
+// ConsumerTest is the test side of a consumer SIGKILL test: a fresh
+// schema with the ledger and the effects table (msg_id, proc; no unique
+// constraint), and the Runner of the consumer processes.
+type ConsumerTest struct {
+	Pool  *pgxpool.Pool
+	Store *pgstore.Store
+	// Effects is the effects table's name, sanitized.
+	Effects string
+	// Out collects what the processes print; set Out.Notify before Start
+	// to see the lines as they come.
+	Out crashtest.Lines
+	// Runner starts the consumer processes, c1, c2...: Start the first
+	// with ConsumerTest.Start, then Restart.
+	Runner *crashtest.Runner
+
+	t        testing.TB
+	url      string
+	schema   string
+	messages int
+}
+
+// NewConsumerTest makes the schema (named after prefix) for a test of
+// messages messages, MessageID(0) to MessageID(messages-1). It skips the
+// test with -short.
+func NewConsumerTest(t testing.TB, prefix string, messages int) *ConsumerTest {
+	t.Helper()
+	if testing.Short() {
+		t.Skip("-short: the crash test starts consumer processes")
+	}
+	pool, url, schema := Schema(t, prefix)
+	s, err := pgstore.New(pool, &pgstore.Config{Schema: schema, Migrate: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	effects := pgx.Identifier{schema, "effects"}.Sanitize()
+	if _, err := pool.Exec(context.Background(), `CREATE TABLE `+effects+` (msg_id text NOT NULL, proc text NOT NULL)`); err != nil {
+		t.Fatal(err)
+	}
+	ct := &ConsumerTest{Pool: pool, Store: s, Effects: effects, t: t, url: url, schema: schema, messages: messages}
+	ct.Runner = &crashtest.Runner{T: t, Prefix: "c", NameEnv: consumerNameEnv, Out: &ct.Out}
+	return ct
+}
+
+// Start starts the first consumer process; env is the broker's part of
+// the environment of every consumer process.
+func (ct *ConsumerTest) Start(env ...string) *crashtest.Proc {
+	ct.t.Helper()
+	ct.Runner.Env = append([]string{consumerSchemaEnv + "=" + ct.schema, consumerPGEnv + "=" + ct.url}, env...)
+	return ct.Runner.Start()
+}
+
+// Applied returns how many distinct messages have a row in effects.
+func (ct *ConsumerTest) Applied() int {
+	ct.t.Helper()
+	var n int
+	if err := ct.Pool.QueryRow(context.Background(), `SELECT count(DISTINCT msg_id) FROM `+ct.Effects).Scan(&n); err != nil {
+		ct.t.Fatal(err)
+	}
+	return n
+}
+
+// ConsumerResult is what ConsumerTest.Check counted in the processes'
+// lines.
+type ConsumerResult struct {
+	// Runs is the number of handler runs printed, Redelivered of those
+	// on a delivery count above 1, Cut of those in killed processes.
+	Runs, Redelivered, Cut int
+	// CommittedByKilled is the number of effects rows the killed
+	// processes committed.
+	CommittedByKilled int
+	// Actions counts the settled lines by action.
+	Actions map[string]int
+}
+
+// Check checks the outcome, once the last consumer process is gone: every
+// message's effect applied once (CheckAppliedOnce), every line printed a
+// run or a settlement, at most one ack per message and no dead letter, and
+// at least one run cut by a kill and rolled back. It logs the counts.
+func (ct *ConsumerTest) Check() *ConsumerResult {
+	t := ct.t
+	t.Helper()
+	ids := make([]string, ct.messages)
+	for i := range ids {
+		ids[i] = MessageID(i)
+	}
+	CheckAppliedOnce(t, ct.Pool, ct.Effects, ct.Store, ConsumerScope, ids)
+
+	killed := ct.Runner.Killed()
+	res := &ConsumerResult{Actions: map[string]int{}}
+	for _, l := range ct.Out.All() {
+		f := strings.Fields(l)
+		switch {
+		case len(f) == 4 && f[0] == "run":
+			res.Runs++
+			d, err := strconv.Atoi(f[2])
+			if err != nil {
+				t.Fatalf("a consumer printed %q", l)
+			}
+			if d > 1 {
+				res.Redelivered++
+			}
+			if killed[f[3]] {
+				res.Cut++ // may also have committed just before the kill
+			}
+		case len(f) == 4 && f[0] == "settled":
+			res.Actions[f[2]]++
+		default:
+			t.Fatalf("a consumer printed %q", l)
+		}
+	}
+	if err := ct.Pool.QueryRow(context.Background(), `SELECT count(*) FROM `+ct.Effects+` WHERE proc = ANY($1)`,
+		ct.Runner.KilledNames()).Scan(&res.CommittedByKilled); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("%d handler runs (%d of them of a redelivery), %d of them in killed processes, which committed %d: %d runs were cut by a kill and rolled back",
+		res.Runs, res.Redelivered, res.Cut, res.CommittedByKilled, res.Cut-res.CommittedByKilled)
+	t.Logf("settled (as printed; a kill can eat a line): %v", res.Actions)
+	if res.Actions["ack"] > ct.messages || res.Actions["dead-letter"] > 0 {
+		t.Errorf("settled %v: want at most %d acks (the handler's effect commits once per message) and no dead letter", res.Actions, ct.messages)
+	}
+	if res.Cut-res.CommittedByKilled == 0 {
+		t.Error("no handler run was cut by a kill: the test proved nothing")
+	}
+	return res
 }

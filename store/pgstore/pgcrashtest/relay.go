@@ -277,9 +277,7 @@ func RunRelay(t *testing.T, cfg *RelayTest) *RelayResult {
 	}
 	stopConsumer := consume()
 
-	seed := time.Now().UnixNano()
-	t.Logf("seed %d", seed)
-	rng := rand.New(rand.NewPCG(uint64(seed), 17))
+	rng := crashtest.Rand(t, 17)
 	out := crashtest.Lines{Notify: make(chan string, 4096)}
 	var args []string
 	if cfg.ChildTest != "" {
