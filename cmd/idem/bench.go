@@ -95,6 +95,15 @@ given is the baseline of the ratios):
                          the client's)
   --token T              the bearer token for every --server (default
                          $IDEM_TOKEN); it must be bound to --scope
+  --client net/http|raw  how --server targets are driven (default
+                         net/http): net/http is idemclient, what a Go
+                         program sees; raw writes each request on one
+                         HTTP/1.1 keep-alive connection per client and
+                         reads only the status, decision and token, a
+                         client light enough to leave the CPU to the
+                         server when both share a machine: use it to
+                         measure the server's capacity. Exchanges longer
+                         than 10s count as timeouts
 
 Flags:
   --payload BYTES        size of the outcome each cycle completes (default 256)
@@ -241,6 +250,7 @@ type benchOptions struct {
 	method, body    string
 	headers         []string
 	timeout, window time.Duration
+	client          string // for --server: "net/http" (idemclient) or "raw"
 }
 
 func runBench(args []string, stdout, stderr io.Writer) int {
@@ -308,6 +318,8 @@ func parseBenchFlags(args []string, stdout, stderr io.Writer) (*benchOptions, in
 		fs.IntVar(&o.payload, "payload", 256, "")
 		fs.StringVar(&o.scope, "scope", "bench", "")
 		fs.DurationVar(&o.window, "window", time.Hour, "")
+		fs.StringVar(&o.client, "client", "net/http", "")
+		o.timeout = 10 * time.Second
 	}
 	fs.StringVar(&o.mode, "mode", "cycle", "")
 	fs.Float64Var(&o.dupRate, "dup-rate", 0.3, "")
@@ -384,6 +396,8 @@ func (o *benchOptions) check(bodySize, baselines int) string {
 		return fmt.Sprintf("--body-size must not be negative, got %d", bodySize)
 	case o.timeout < 0:
 		return fmt.Sprintf("--timeout must not be negative (0 for none), got %s", o.timeout)
+	case !o.proxy && o.client != "net/http" && o.client != "raw":
+		return fmt.Sprintf("--client must be net/http or raw, got %q", o.client)
 	case o.proxy && !validHeaderName(o.method):
 		return fmt.Sprintf("--method %q is not a method", o.method)
 	}
@@ -764,6 +778,17 @@ func openBenchDriver(ctx context.Context, o *benchOptions, t benchTarget, runID 
 		if _, err := store.Get(ctx, &idem.KeyParams{Scope: o.scope, Key: runID + "probe"}); err != nil && !errors.Is(err, idem.ErrNotFound) {
 			_ = store.Close()
 			return nil, fmt.Errorf("--%s %s: %w", t.Kind, t.URL, err)
+		}
+		if t.Kind == "server" && o.client == "raw" {
+			_ = store.Close()
+			raw, err := newRawAPIDriver(o, t.raw, runID)
+			if err == nil {
+				err = raw.level(1)
+			}
+			if err != nil {
+				return nil, fmt.Errorf("--%s %s: %w", t.Kind, t.URL, err)
+			}
+			return raw, nil
 		}
 		return d, nil
 	}

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
 	"io"
 	"log/slog"
@@ -63,6 +64,7 @@ func errorCount(r benchResult) int {
 // and complete requests it answers.
 type countingAPI struct {
 	srv               *httptest.Server
+	store             *memstore.Store
 	begins, completes atomic.Int64
 }
 
@@ -74,7 +76,7 @@ func newCountingAPI(t *testing.T, token, scope string) *countingAPI {
 	if err != nil {
 		t.Fatal(err)
 	}
-	a := &countingAPI{}
+	a := &countingAPI{store: store}
 	a.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		switch r.URL.Path {
 		case "/v1/begin":
@@ -99,7 +101,7 @@ func TestBenchHelp(t *testing.T) {
 		if args[1] == "proxy" {
 			flags = append(flags, "--target", "--baseline", "--reverse-proxy", "--method", "--header", "--body ", "--body-size", "--timeout")
 		} else {
-			flags = append(flags, "--store", "--server", "--token", "--payload", "--scope", "--window")
+			flags = append(flags, "--store", "--server", "--token", "--client", "--payload", "--scope", "--window")
 		}
 		for _, f := range flags {
 			if !strings.Contains(stdout, "\n  "+f) {
@@ -132,6 +134,7 @@ func TestBenchBadFlags(t *testing.T) {
 		{[]string{"bench", "--store", "mem:", "--payload", "-1"}, "--payload"},
 		{[]string{"bench", "--store", "mem:", "--window", "0s"}, "--window"},
 		{[]string{"bench", "--server", "http://127.0.0.1:1", "--token", ""}, "--token"},
+		{[]string{"bench", "--server", "http://127.0.0.1:1", "--token", "t", "--client", "curl"}, `--client must be net/http or raw, got "curl"`},
 		{[]string{"bench", "--store", ""}, "empty URL"},
 		{[]string{"bench", "--store", "mem:", "extra"}, `unexpected argument "extra"`},
 		{[]string{"bench", "--store", "mem:", "--target", "http://a/"}, "flag provided but not defined: -target"},
@@ -435,4 +438,85 @@ func TestBenchNothingSucceeds(t *testing.T) {
 		int64(r.Errors["http_503"]) != requests.Load() || requests.Load() == 0 {
 		t.Errorf("exit %d, stderr %q, ops %d, errors %v, %d requests", code, stderr, r.Ops, r.Errors, requests.Load())
 	}
+}
+
+// TestBenchServeRawClient: --client raw drives the same API as idemclient:
+// every cycle the report counts is one begin and one complete the server
+// answered, each completing an outcome of --payload bytes; replay mode
+// begins completed keys only; a refused token fails before any load.
+func TestBenchServeRawClient(t *testing.T) {
+	t.Parallel()
+	api := newCountingAPI(t, "tok-bench", "load")
+	rep := runBenchJSON(t, "--server", api.srv.URL, "--token", "tok-bench", "--scope", "load", "--client", "raw",
+		"-c", "1,4", "--duration", "200ms", "--warmup", "50ms", "--rounds", "2", "--payload", "100")
+	for _, l := range rep.Levels {
+		if r := l.Results[0]; r.Ops == 0 || len(r.Errors) != 0 || r.P50 <= 0 {
+			t.Errorf("%d clients: %+v", l.Clients, r)
+		}
+	}
+	sent := total(rep, 0, func(r benchResult) int { return r.Ops + errorCount(r) + r.WarmupOps })
+	if b, c := api.begins.Load(), api.completes.Load(); b != int64(sent) || c != int64(sent) {
+		t.Errorf("the server answered %d begins and %d completes; the report counts %d cycles", b, c, sent)
+	}
+	page, err := api.store.List(context.Background(), &idem.ListParams{Scope: "load", Limit: 1000})
+	if err != nil || len(page.Records) == 0 {
+		t.Fatalf("List: %v, %d records", err, len(page.Records))
+	}
+	for _, r := range page.Records {
+		if r.State != idem.StateCompleted || r.Outcome == nil || len(r.Outcome.Data) != 100 || r.Fingerprint != "bench" {
+			t.Fatalf("stored %+v, want completed with 100 bytes", r)
+		}
+	}
+
+	replays := newCountingAPI(t, "tok-bench", "bench")
+	rep = runBenchJSON(t, "--server", replays.srv.URL, "--token", "tok-bench", "--client", "raw", "--mode", "replay", "--keys", "20",
+		"-c", "3", "--duration", "200ms", "--warmup", "0", "--rounds", "1")
+	r := rep.Levels[0].Results[0]
+	if r.Ops == 0 || len(r.Errors) != 0 {
+		t.Fatalf("replay: %+v", r)
+	}
+	if b, c := replays.begins.Load(), replays.completes.Load(); c != 20 || b != int64(20+r.Ops) {
+		t.Errorf("replay: the server answered %d begins and %d completes, want %d and 20", b, c, 20+r.Ops)
+	}
+
+	_, stderr, code := runCLI(t, "bench", "--server", api.srv.URL, "--token", "wrong", "--client", "raw", "-c", "1", "--duration", "50ms")
+	if code != 1 || !strings.Contains(stderr, "401") {
+		t.Errorf("wrong token: exit %d, stderr %q", code, stderr)
+	}
+}
+
+func TestParseBeginAnswer(t *testing.T) {
+	t.Parallel()
+	for _, c := range []struct {
+		in       string
+		decision idem.Decision
+		token    int64
+		err      bool
+	}{
+		{`{"decision":"acquired","token":7,"attempt":1}`, idem.Acquired, 7, false},
+		{`{"token":123456789012,"decision":"acquired"}`, idem.Acquired, 123456789012, false},
+		{`{"decision":"replay","outcome":{"data":"eA=="}}`, idem.Replay, 0, false},
+		{`{"decision":"in_flight","retry_after_ms":5}`, idem.InFlight, 0, false},
+		{`{"decision":"acquired"}`, "", 0, true},
+		{`{"decision":"acquired","token":-1}`, "", 0, true},
+		{`{"decision":"acquired","token":"x"}`, "", 0, true},
+		{`{"decision":"acq`, "", 0, true},
+		{`{}`, "", 0, true},
+	} {
+		d, token, err := parseBeginAnswer([]byte(c.in))
+		if d != c.decision || token != c.token || (err != nil) != c.err {
+			t.Errorf("parseBeginAnswer(%s) = %q %d %v", c.in, d, token, err)
+		}
+	}
+}
+
+func FuzzParseBeginAnswer(f *testing.F) {
+	f.Add([]byte(`{"decision":"acquired","token":7}`))
+	f.Add([]byte(`{"decision":"replay"}`))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		d, token, err := parseBeginAnswer(b)
+		if err == nil && d == idem.Acquired && token <= 0 {
+			t.Fatalf("acquired with token %d", token)
+		}
+	})
 }

@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"io"
 	"strconv"
 )
 
@@ -18,6 +19,21 @@ import (
 // A body is framed by Content-Length or chunked; anything else is an
 // error.
 func readResponse(r *bufio.Reader) (status int, replayed string, err error) {
+	return readResponseBody(r, nil)
+}
+
+// ReadResponse reads one HTTP/1.1 response from r, as readResponse does,
+// and appends its body to body[:0], which it returns: for a client that
+// needs the answer (the ledger API's decision and token).
+func ReadResponse(r *bufio.Reader, body []byte) (status int, _ []byte, err error) {
+	body = body[:0]
+	status, _, err = readResponseBody(r, &body)
+	return status, body, err
+}
+
+// readResponseBody is readResponse, appending the body to *keep when keep
+// is not nil.
+func readResponseBody(r *bufio.Reader, keep *[]byte) (status int, replayed string, err error) {
 	line, err := r.ReadSlice('\n')
 	if err != nil {
 		return 0, "", err
@@ -64,7 +80,9 @@ func readResponse(r *bufio.Reader) (status int, replayed string, err error) {
 	}
 	switch {
 	case chunked:
-		err = skipChunks(r)
+		err = skipChunks(r, keep)
+	case length >= 0 && keep != nil:
+		err = readN(r, keep, length)
 	case length >= 0:
 		_, err = r.Discard(length)
 	default:
@@ -73,8 +91,23 @@ func readResponse(r *bufio.Reader) (status int, replayed string, err error) {
 	return status, replayed, err
 }
 
-// skipChunks skips a chunked body and its trailer.
-func skipChunks(r *bufio.Reader) error {
+// maxKept bounds the body ReadResponse keeps.
+const maxKept = 16 << 20
+
+// readN appends the next n bytes of r to *keep.
+func readN(r *bufio.Reader, keep *[]byte, n int) error {
+	if len(*keep)+n > maxKept {
+		return fmt.Errorf("loadgen: a body of over %d bytes", maxKept)
+	}
+	start := len(*keep)
+	*keep = append(*keep, make([]byte, n)...)
+	_, err := io.ReadFull(r, (*keep)[start:])
+	return err
+}
+
+// skipChunks skips a chunked body and its trailer, appending the chunks to
+// *keep when keep is not nil.
+func skipChunks(r *bufio.Reader, keep *[]byte) error {
 	for {
 		line, err := r.ReadSlice('\n')
 		if err != nil {
@@ -95,6 +128,12 @@ func skipChunks(r *bufio.Reader) error {
 					return nil
 				}
 			}
+		}
+		if keep != nil {
+			if err := readN(r, keep, int(n)); err != nil {
+				return err
+			}
+			n = 0
 		}
 		if _, err := r.Discard(int(n) + 2); err != nil { // the chunk and its CRLF
 			return err

@@ -114,5 +114,29 @@ func FuzzReadResponse(f *testing.F) {
 	f.Add([]byte("HTTP/1.1 201 Created\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n"))
 	f.Fuzz(func(t *testing.T, in []byte) {
 		_, _, _ = readResponse(bufio.NewReader(bytes.NewReader(in)))
+		_, _, _ = ReadResponse(bufio.NewReader(bytes.NewReader(in)), nil)
 	})
+}
+
+// ReadResponse keeps the body, framed either way, and reads the next
+// response after it.
+func TestReadResponseKeepsBody(t *testing.T) {
+	in := "HTTP/1.1 200 OK\r\nContent-Length: 25\r\n\r\n{\"decision\":\"acquired\"}xx" +
+		"HTTP/1.1 409 Conflict\r\nTransfer-Encoding: chunked\r\n\r\n4\r\n{\"a\"\r\n3\r\n:1}\r\n0\r\nX-T: y\r\n\r\n" +
+		"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\n\r\n"
+	r := bufio.NewReader(strings.NewReader(in))
+	buf := []byte("old")
+	for _, want := range []struct {
+		status int
+		body   string
+	}{{200, `{"decision":"acquired"}xx`}, {409, `{"a":1}`}, {204, ""}} {
+		status, body, err := ReadResponse(r, buf)
+		if err != nil || status != want.status || string(body) != want.body {
+			t.Fatalf("ReadResponse = %d %q %v, want %d %q", status, body, err, want.status, want.body)
+		}
+		buf = body
+	}
+	if _, _, err := ReadResponse(bufio.NewReader(strings.NewReader("HTTP/1.1 200 OK\r\nContent-Length: 99999999\r\n\r\n")), nil); err == nil {
+		t.Error("a body over the bound: no error")
+	}
 }
