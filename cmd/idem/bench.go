@@ -459,6 +459,7 @@ type benchReport struct {
 	Duration  string        `json:"duration"`
 	Warmup    string        `json:"warmup"`
 	Rounds    int           `json:"rounds"`
+	Client    string        `json:"client,omitempty"` // how --server targets were driven
 	Targets   []benchTarget `json:"targets"`
 	Levels    []benchLevel  `json:"levels"`
 	StartedAt time.Time     `json:"started_at"`
@@ -534,6 +535,9 @@ func runBenchTargets(ctx context.Context, o *benchOptions, p *benchProgress) (*b
 	}
 	rep := &benchReport{Mode: o.mode, Unit: o.unit(), Duration: o.duration.String(), Warmup: o.warmup.String(),
 		Rounds: o.rounds, Targets: o.targets, Payload: o.payload, StartedAt: time.Now().UTC()}
+	if slices.ContainsFunc(o.targets, func(t benchTarget) bool { return t.Kind == "server" }) {
+		rep.Client = o.client
+	}
 	if o.proxy {
 		rep.Payload = len(o.body)
 	}

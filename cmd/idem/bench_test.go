@@ -163,7 +163,7 @@ func TestBenchServeAndStore(t *testing.T) {
 	api := newCountingAPI(t, "tok-bench", "load")
 	rep := runBenchJSON(t, "--server", api.srv.URL, "--token", "tok-bench", "--scope", "load", "--store", "mem:",
 		"-c", "1,4", "--duration", "200ms", "--warmup", "50ms", "--rounds", "2", "--payload", "100")
-	if rep.Mode != "cycle" || rep.Unit != "cycles/s" || rep.Rounds != 2 || rep.Payload != 100 || rep.Duration != "200ms" {
+	if rep.Mode != "cycle" || rep.Unit != "cycles/s" || rep.Rounds != 2 || rep.Payload != 100 || rep.Duration != "200ms" || rep.Client != "net/http" {
 		t.Errorf("report head %+v", rep)
 	}
 	if len(rep.Targets) != 2 || rep.Targets[0].Kind != "server" || rep.Targets[1] != (benchTarget{Kind: "store", URL: "mem:"}) {
@@ -449,6 +449,9 @@ func TestBenchServeRawClient(t *testing.T) {
 	api := newCountingAPI(t, "tok-bench", "load")
 	rep := runBenchJSON(t, "--server", api.srv.URL, "--token", "tok-bench", "--scope", "load", "--client", "raw",
 		"-c", "1,4", "--duration", "200ms", "--warmup", "50ms", "--rounds", "2", "--payload", "100")
+	if rep.Client != "raw" {
+		t.Errorf("report's client %q, want raw", rep.Client)
+	}
 	for _, l := range rep.Levels {
 		if r := l.Results[0]; r.Ops == 0 || len(r.Errors) != 0 || r.P50 <= 0 {
 			t.Errorf("%d clients: %+v", l.Clients, r)
