@@ -285,29 +285,37 @@ func TestBenchProxyErrorsByKind(t *testing.T) {
 	}
 }
 
-// TestBenchProxyReplayAgainstBaseline: idem proxy on memstore in replay
-// mode against the bare upstream as the baseline: the upstream runs each
-// key once (the replays never reach it) plus the baseline's requests,
-// which carry no key; the proxy's row has its ratio.
-func TestBenchProxyReplayAgainstBaseline(t *testing.T) {
-	t.Parallel()
-	var requests atomic.Int64
-	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+// countedProxy starts an upstream that counts the requests it answers
+// (loadgen.Handler's) and an idem proxy on memstore in front of it.
+func countedProxy(t *testing.T) (up, proxy *httptest.Server, requests *atomic.Int64) {
+	t.Helper()
+	requests = new(atomic.Int64)
+	up = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		requests.Add(1)
 		loadgen.Handler(w, r)
 	}))
-	defer up.Close()
+	t.Cleanup(up.Close)
 	upURL, _ := url.Parse(up.URL)
 	st := memstore.New(nil)
-	defer st.Close()
+	t.Cleanup(func() { _ = st.Close() })
 	o := &proxyOptions{upstream: upURL, methods: []string{http.MethodPost}, maxBody: 1 << 20,
 		lease: idem.DefaultLease, window: idem.DefaultWindow}
 	ledger, err := idem.New(st, &idem.Config{Lease: o.lease, Window: o.window})
 	if err != nil {
 		t.Fatal(err)
 	}
-	proxy := httptest.NewServer(newProxyHandler(ledger, o, slog.New(slog.DiscardHandler), idemapi.NewMetrics([]string{proxyRoute}), nil))
-	defer proxy.Close()
+	proxy = httptest.NewServer(newProxyHandler(ledger, o, slog.New(slog.DiscardHandler), idemapi.NewMetrics([]string{proxyRoute}), nil))
+	t.Cleanup(proxy.Close)
+	return up, proxy, requests
+}
+
+// TestBenchProxyReplayAgainstBaseline: idem proxy on memstore in replay
+// mode against the bare upstream as the baseline: the upstream runs each
+// key once (the replays never reach it) plus the baseline's requests,
+// which carry no key; the proxy's row has its ratio.
+func TestBenchProxyReplayAgainstBaseline(t *testing.T) {
+	t.Parallel()
+	up, proxy, requests := countedProxy(t)
 	rep := runBenchJSON(t, "proxy", "--baseline", up.URL+"/orders", "--target", proxy.URL+"/orders",
 		"--mode", "replay", "--keys", "10", "-c", "2", "--duration", "200ms", "--warmup", "0", "--rounds", "2")
 	base, r := rep.Levels[0].Results[0], rep.Levels[0].Results[1]
@@ -347,23 +355,7 @@ func TestBenchTable(t *testing.T) {
 // baseline's requests and the idem proxy's first executions.
 func TestBenchReverseProxyBaseline(t *testing.T) {
 	t.Parallel()
-	var requests atomic.Int64
-	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		requests.Add(1)
-		loadgen.Handler(w, r)
-	}))
-	defer up.Close()
-	upURL, _ := url.Parse(up.URL)
-	st := memstore.New(nil)
-	defer st.Close()
-	o := &proxyOptions{upstream: upURL, methods: []string{http.MethodPost}, maxBody: 1 << 20,
-		lease: idem.DefaultLease, window: idem.DefaultWindow}
-	ledger, err := idem.New(st, &idem.Config{Lease: o.lease, Window: o.window})
-	if err != nil {
-		t.Fatal(err)
-	}
-	proxy := httptest.NewServer(newProxyHandler(ledger, o, slog.New(slog.DiscardHandler), idemapi.NewMetrics([]string{proxyRoute}), nil))
-	defer proxy.Close()
+	up, proxy, requests := countedProxy(t)
 	rep := runBenchJSON(t, "proxy", "--reverse-proxy", up.URL+"/orders", "--target", proxy.URL+"/orders",
 		"-c", "2", "--duration", "200ms", "--warmup", "0", "--rounds", "1")
 	base, r := rep.Levels[0].Results[0], rep.Levels[0].Results[1]
