@@ -318,22 +318,7 @@ func testCrash(t *testing.T, mode string) {
 	total := time.Since(began)
 
 	// Every message applied, none dead-lettered.
-	counts := map[string]int{}
-	rows, err := pool.Query(ctx, `SELECT msg_id, n FROM `+sch+`.counts`)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for rows.Next() {
-		var id string
-		var n int
-		if err := rows.Scan(&id, &n); err != nil {
-			t.Fatal(err)
-		}
-		counts[id] = n
-	}
-	if err := rows.Err(); err != nil {
-		t.Fatal(err)
-	}
+	counts := pgcrashtest.Counts(t, pool, `SELECT msg_id, n FROM `+sch+`.counts`)
 	for i := range crashMessages {
 		if id := fmt.Sprintf("m-%03d", i); counts[id] < 1 {
 			t.Errorf("%s was never applied: lost", id)
@@ -350,7 +335,7 @@ func testCrash(t *testing.T, mode string) {
 	// process that was killed (a kill between the handler's commit and
 	// the ledger's record); duplicates and redeliveries never run again.
 	runs := map[string][]string{}
-	rows, err = pool.Query(ctx, `SELECT msg_id, proc FROM `+sch+`.runs ORDER BY seq`)
+	rows, err := pool.Query(ctx, `SELECT msg_id, proc FROM `+sch+`.runs ORDER BY seq`)
 	if err != nil {
 		t.Fatal(err)
 	}

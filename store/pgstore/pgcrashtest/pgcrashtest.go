@@ -150,6 +150,30 @@ func Pool(ctx context.Context, url string, maxConns int32) (*pgxpool.Pool, error
 	return pgxpool.NewWithConfig(ctx, cfg)
 }
 
+// Counts runs query, whose rows are (text, integer), and returns them as a
+// map.
+func Counts(t testing.TB, pool *pgxpool.Pool, query string) map[string]int {
+	t.Helper()
+	rs, err := pool.Query(context.Background(), query)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rs.Close()
+	m := map[string]int{}
+	for rs.Next() {
+		var k string
+		var n int
+		if err := rs.Scan(&k, &n); err != nil {
+			t.Fatal(err)
+		}
+		m[k] = n
+	}
+	if err := rs.Err(); err != nil {
+		t.Fatal(err)
+	}
+	return m
+}
+
 // CheckAppliedOnce checks a consumer crash test's outcome: the effects
 // table (columns msg_id, one row per application) holds exactly one row
 // for each of ids and none for any other id, and the ledger over s has
@@ -157,22 +181,7 @@ func Pool(ctx context.Context, url string, maxConns int32) (*pgxpool.Pool, error
 func CheckAppliedOnce(t testing.TB, pool *pgxpool.Pool, effects string, s idem.Store, scope string, ids []string) {
 	t.Helper()
 	ctx := context.Background()
-	rows := map[string]int{}
-	rs, err := pool.Query(ctx, `SELECT msg_id, count(*) FROM `+effects+` GROUP BY msg_id`)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for rs.Next() {
-		var id string
-		var n int
-		if err := rs.Scan(&id, &n); err != nil {
-			t.Fatal(err)
-		}
-		rows[id] = n
-	}
-	if err := rs.Err(); err != nil {
-		t.Fatal(err)
-	}
+	rows := Counts(t, pool, `SELECT msg_id, count(*) FROM `+effects+` GROUP BY msg_id`)
 	ledger, err := idem.New(s, nil)
 	if err != nil {
 		t.Fatal(err)
