@@ -18,7 +18,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net"
 	"os"
 	"os/exec"
 	"os/user"
@@ -103,7 +102,7 @@ func Start(t testing.TB, cfg *Config) *Cluster {
 			t.Fatal(err)
 		}
 	}
-	ports := freePorts(t, 2)
+	ports := servicetest.FreePorts(t, 2, 0)
 	c.Primary = &Node{Name: "node1", Port: ports[0], Dir: filepath.Join(c.root, "node1")}
 	c.Standby = &Node{Name: "node2", Port: ports[1], Dir: filepath.Join(c.root, "node2")}
 
@@ -485,23 +484,4 @@ func findBin() (string, error) {
 		return filepath.Dir(p), nil
 	}
 	return "", errors.New("no PostgreSQL server binaries (initdb, pg_ctl, pg_basebackup, postgres) in /usr/lib/postgresql/*/bin or PATH")
-}
-
-// freePorts returns n loopback ports that were free a moment ago.
-func freePorts(t testing.TB, n int) []int {
-	t.Helper()
-	var ports []int
-	var lns []net.Listener
-	for range n {
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		lns = append(lns, ln)
-		ports = append(ports, ln.Addr().(*net.TCPAddr).Port)
-	}
-	for _, ln := range lns {
-		ln.Close()
-	}
-	return ports
 }

@@ -13,8 +13,6 @@ import (
 	"bufio"
 	"context"
 	"fmt"
-	"math/rand/v2"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -52,9 +50,11 @@ type Node struct {
 	Port int
 	Dir  string // its working directory (nodes.conf, logs, AOF)
 
-	c   *Cluster
-	mu  sync.Mutex
-	cmd *exec.Cmd
+	c    *Cluster
+	mu   sync.Mutex
+	cmd  *exec.Cmd
+	done chan struct{} // closed when cmd has ended
+	err  error         // cmd.Wait's answer, once done is closed
 }
 
 // Cluster is a running Redis Cluster of six nodes.
@@ -84,8 +84,8 @@ func Start(t testing.TB, opts *Options) *Cluster {
 	if c.opts.NodeTimeout <= 0 {
 		c.opts.NodeTimeout = time.Second
 	}
-	root := t.TempDir() // removed after the processes are killed (cleanups run last in, first out)
-	for i, port := range freePorts(t, 6) {
+	root := t.TempDir()                                       // removed after the processes are killed (cleanups run last in, first out)
+	for i, port := range servicetest.FreePorts(t, 6, 10000) { // the bus port is port+10000
 		n := &Node{Addr: "127.0.0.1:" + strconv.Itoa(port), Port: port, Dir: filepath.Join(root, fmt.Sprintf("node%d", i)), c: c}
 		if err := os.Mkdir(n.Dir, 0o755); err != nil {
 			t.Fatal(err)
@@ -98,8 +98,11 @@ func Start(t testing.TB, opts *Options) *Cluster {
 	}
 	c.Poll("every node answering PING", func(ctx context.Context) error {
 		for _, n := range c.Nodes {
+			if err := n.exited(); err != nil {
+				t.Fatalf("Redis Cluster: %v", err)
+			}
 			if err := n.Do(ctx, "PING"); err != nil {
-				return err
+				return fmt.Errorf("%w\n%s", err, n.logTail())
 			}
 		}
 		return nil
@@ -114,37 +117,6 @@ func Start(t testing.TB, opts *Options) *Cluster {
 	}
 	c.WaitHealthy()
 	return c
-}
-
-// freePorts finds n ports on loopback that are free, each with its cluster
-// bus port (port + 10000) free too.
-func freePorts(t testing.TB, n int) []int {
-	t.Helper()
-	var ports []int
-	var held []net.Listener
-	defer func() {
-		for _, l := range held {
-			l.Close()
-		}
-	}()
-	for tries := 0; len(ports) < n; tries++ {
-		if tries > 1000 {
-			t.Fatalf("found %d free port pairs of %d", len(ports), n)
-		}
-		p := 20000 + rand.IntN(25000)
-		a, err := net.Listen("tcp", "127.0.0.1:"+strconv.Itoa(p))
-		if err != nil {
-			continue
-		}
-		b, err := net.Listen("tcp", "127.0.0.1:"+strconv.Itoa(p+10000))
-		if err != nil {
-			a.Close()
-			continue
-		}
-		held = append(held, a, b)
-		ports = append(ports, p)
-	}
-	return ports
 }
 
 // Start starts the node's redis-server (again, after Kill: it rejoins
@@ -171,22 +143,63 @@ func (n *Node) Start() {
 	if err := cmd.Start(); err != nil {
 		t.Fatalf("start redis-server on %s: %v", n.Addr, err)
 	}
+	done := make(chan struct{})
 	n.mu.Lock()
-	n.cmd = cmd
+	n.cmd, n.done = cmd, done
 	n.mu.Unlock()
+	go func() {
+		err := cmd.Wait()
+		n.mu.Lock()
+		n.err = err
+		n.mu.Unlock()
+		close(done)
+	}()
+}
+
+// exited returns an error with the end of the node's log if its process
+// was started and has ended without Kill.
+func (n *Node) exited() error {
+	n.mu.Lock()
+	done := n.done
+	n.mu.Unlock()
+	if done == nil {
+		return nil
+	}
+	select {
+	case <-done:
+		n.mu.Lock()
+		err := n.err
+		n.mu.Unlock()
+		return fmt.Errorf("redis-server on %s ended: %v\n%s", n.Addr, err, n.logTail())
+	default:
+		return nil
+	}
+}
+
+// logTail returns the last lines of the node's redis.log, for messages.
+func (n *Node) logTail() string {
+	b, err := os.ReadFile(filepath.Join(n.Dir, "redis.log"))
+	if err != nil {
+		return fmt.Sprintf("(no log: %v)", err)
+	}
+	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
+	if len(lines) > 8 {
+		lines = lines[len(lines)-8:]
+	}
+	return n.Addr + " redis.log:\n  " + strings.Join(lines, "\n  ")
 }
 
 // Kill sends SIGKILL to the node's process and waits for it to end.
 func (n *Node) Kill() {
 	n.mu.Lock()
-	cmd := n.cmd
-	n.cmd = nil
+	cmd, done := n.cmd, n.done
+	n.cmd, n.done = nil, nil
 	n.mu.Unlock()
 	if cmd == nil {
 		return
 	}
 	_ = cmd.Process.Signal(syscall.SIGKILL)
-	_ = cmd.Wait()
+	<-done
 }
 
 // Signal sends sig to the node's process: SIGSTOP and SIGCONT pause and
