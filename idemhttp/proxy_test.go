@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
@@ -17,6 +16,7 @@ import (
 
 	"github.com/idemkit/idem"
 	"github.com/idemkit/idem/idemhttp"
+	"github.com/idemkit/idem/internal/servicetest"
 )
 
 // proxyBundle is a Proxy served on a loopback port in front of an
@@ -306,12 +306,9 @@ func TestProxyMaxResponse(t *testing.T) {
 // Idempotency-Key-Expires and releases the key.
 func TestProxyBadGateway(t *testing.T) {
 	t.Parallel()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	down := &url.URL{Scheme: "http", Host: ln.Addr().String()}
-	_ = ln.Close()
+	// Nothing listens there: below the ephemeral range, no other test's
+	// listener on port 0 can take it.
+	down := &url.URL{Scheme: "http", Host: "127.0.0.1:" + strconv.Itoa(servicetest.FreePorts(t, 1, 0)[0])}
 	pb := setupProxy(t, false, &idemhttp.Proxy{Upstream: down}, func(http.ResponseWriter, *http.Request) {})
 	res, _ := pb.send(t, "k", `{}`)
 	if res.Header.Get(idemhttp.HeaderExpires) != "" || res.Header.Get(idemhttp.HeaderReplayed) != "false" {

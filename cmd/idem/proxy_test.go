@@ -13,6 +13,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -21,6 +22,7 @@ import (
 	"time"
 
 	"github.com/idemkit/idem"
+	"github.com/idemkit/idem/internal/servicetest"
 )
 
 // proxyProc is a running `idem proxy`.
@@ -437,12 +439,9 @@ func TestProxyKilledInFlight(t *testing.T) {
 // retry once the upstream is back runs.
 func TestProxyUpstreamDown(t *testing.T) {
 	t.Parallel()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := ln.Addr().String()
-	_ = ln.Close() // nothing listens here until the upstream comes back
+	// Nothing listens here until the upstream comes back. Below the
+	// ephemeral range, no other test's listener on port 0 can take it.
+	addr := "127.0.0.1:" + strconv.Itoa(servicetest.FreePorts(t, 1, 0)[0])
 
 	dir := t.TempDir()
 	p := startProxy(t, dir, "--listen", "127.0.0.1:0", "--admin", "", "--upstream", "http://"+addr, "--store", "mem:")
@@ -451,7 +450,7 @@ func TestProxyUpstreamDown(t *testing.T) {
 	wantProblem(t, mustSend(t, c, http.MethodPost, url, `{}`, "Idempotency-Key", "k"), http.StatusBadGateway, "#bad-gateway")
 
 	up := &upstream{entered: make(chan struct{}, 1)}
-	ln, err = net.Listen("tcp", addr)
+	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		t.Skipf("the upstream's port %s was taken meanwhile: %v", addr, err)
 	}
