@@ -31,7 +31,13 @@ import (
 // with a stored outcome acquired again, tokens of a key strictly increasing.
 const (
 	crashWorkers = 16
-	crashKills   = 40
+	// crashKills is the least number of kills; the test goes on killing
+	// past it until the clients have done enough work to judge
+	// (crashEnoughAcks completed keys, a release and a replay), for at most
+	// crashMaxRun: a slow or busy machine does less work between kills.
+	crashKills      = 40
+	crashEnoughAcks = 200
+	crashMaxRun     = 4 * time.Minute
 	// crashMaxDelay bounds the random time a server lives before it is
 	// killed; with every worker always in a request, every kill lands on
 	// requests in flight.
@@ -164,11 +170,12 @@ func runCrash(t *testing.T, seed uint64, dir, store string) {
 
 	rng := rand.New(rand.NewPCG(seed, 0))
 	var atKill []int64
-	for k := 1; k <= crashKills; k++ {
+	for last := false; !last; {
 		<-time.After(time.Duration(rng.Int64N(int64(crashMaxDelay))))
+		last = len(atKill)+1 >= crashKills && (r.enoughWork() || time.Since(start) > crashMaxRun)
 		atKill = append(atKill, r.inFlight.Load())
 		r.kill()
-		if k == crashKills {
+		if last {
 			close(r.stop)
 			wg.Wait()
 		}
@@ -176,6 +183,7 @@ func runCrash(t *testing.T, seed uint64, dir, store string) {
 		r.checkRecent(c, rng)
 		r.publish(c)
 	}
+	kills := len(atKill)
 	acks, open := r.checkAll()
 
 	slices.Sort(atKill)
@@ -190,7 +198,7 @@ func runCrash(t *testing.T, seed uint64, dir, store string) {
 		"(begin %d, complete %d, release %d, get %d), %d requests cut by a kill and %d refused by a dead server, all retried, "+
 		"%d acquisitions (%d takeovers), %d releases, %d completed keys checked (%d whose 200 was lost in a kill), %d other keys checked, "+
 		"%d duplicate begins replayed, %d losses, in %s",
-		crashKills, atKill[0], atKill[len(atKill)/2], ops,
+		kills, atKill[0], atKill[len(atKill)/2], ops,
 		r.ops[opBegin].Load(), r.ops[opComplete].Load(), r.ops[opRelease].Load(), r.ops[opGet].Load(), r.cut.Load(), r.refused.Load(),
 		r.acquired.Load(), r.takeover.Load(), r.released.Load(), acks, r.ackLost.Load(), open,
 		r.replays.Load(), losses, time.Since(start).Round(time.Millisecond))
@@ -200,7 +208,7 @@ func runCrash(t *testing.T, seed uint64, dir, store string) {
 	if n := r.wrong.Load(); n > 0 {
 		t.Errorf("%d answers the protocol does not allow", n)
 	}
-	if acks < 200 || r.released.Load() == 0 || r.replays.Load() == 0 {
+	if acks < crashEnoughAcks || r.released.Load() == 0 || r.replays.Load() == 0 {
 		t.Errorf("too little work to judge: %d completed keys, %d releases, %d duplicate begins", acks, r.released.Load(), r.replays.Load())
 	}
 	for _, p := range r.procs {
@@ -208,6 +216,15 @@ func runCrash(t *testing.T, seed uint64, dir, store string) {
 			t.Errorf("a server logged errors:\n%s", s)
 		}
 	}
+}
+
+// enoughWork reports whether the clients have done enough to judge the
+// run: crashEnoughAcks completed keys, a release and a replay.
+func (r *crashRun) enoughWork() bool {
+	r.recMu.Lock()
+	acks := len(r.order)
+	r.recMu.Unlock()
+	return acks >= crashEnoughAcks && r.released.Load() > 0 && r.replays.Load() > 0
 }
 
 // restart starts a server on the store and waits until /healthz answers.
