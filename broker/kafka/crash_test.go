@@ -127,7 +127,6 @@ func TestConsumerSIGKILL(t *testing.T) {
 	}
 
 	rng := crashtest.Rand(t, 16)
-	ct.Out.Notify = make(chan string, 1024)
 	r := ct.Runner
 	proc := ct.Start(crashAddrsEnv + "=" + strings.Join(addrs, ","))
 	began := time.Now()
@@ -136,19 +135,7 @@ func TestConsumerSIGKILL(t *testing.T) {
 	// handler first ran, mid-batch (a batch is up to 16 records of 2 to
 	// 10 ms each).
 	for k := range crashKills {
-		waitRun := time.After(20 * time.Second)
-	wait:
-		for {
-			select {
-			case l := <-ct.Out.Notify:
-				if f := strings.Fields(l); len(f) == 4 && f[0] == "run" && f[3] == proc.Name {
-					break wait
-				}
-			case <-waitRun:
-				r.Log()
-				t.Fatalf("consumer %s ran no handler in 20 s", proc.Name)
-			}
-		}
+		ct.AwaitRun(proc, 20*time.Second)
 		<-time.After(time.Duration(20+rng.IntN(130)) * time.Millisecond)
 		t.Logf("kill %d at %v: %s", k+1, time.Since(began).Round(time.Millisecond), proc.Name)
 		proc = r.Restart(proc)

@@ -77,11 +77,11 @@ func crashChild() int {
 // binary) whose handler inserts a row per message into a PostgreSQL table
 // without a unique constraint, in a transaction that commits with the
 // ledger's record of the key. The test SIGKILLs the process twelve times,
-// every 100 to 250 ms, starting a fresh one each time, and waits until
-// every delivery is settled. Every message must have exactly one row: its
-// effect applied once, none lost, whatever the duplicates, the
-// redeliveries of what a killed process held, and the transactions the
-// kills cut.
+// each 20 to 150 ms after its handler first ran, starting a fresh one each
+// time, and waits until every delivery is settled. Every message must have
+// exactly one row: its effect applied once, none lost, whatever the
+// duplicates, the redeliveries of what a killed process held, and the
+// transactions the kills cut.
 func TestConsumerSIGKILL(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
@@ -139,8 +139,11 @@ func TestConsumerSIGKILL(t *testing.T) {
 		pubDone <- nil
 	}()
 
+	// The chaos schedule: each process is killed 20 to 150 ms after its
+	// handler first ran (or at once when every message already has a row).
 	for k := range crashKills {
-		<-time.After(time.Duration(100+rng.IntN(150)) * time.Millisecond) // the chaos schedule
+		ct.AwaitRun(proc, 20*time.Second)
+		<-time.After(time.Duration(20+rng.IntN(130)) * time.Millisecond)
 		t.Logf("kill %d at %v: %s", k+1, time.Since(began).Round(time.Millisecond), proc.Name)
 		proc = r.Restart(proc)
 	}

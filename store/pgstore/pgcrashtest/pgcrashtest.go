@@ -40,6 +40,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -364,6 +365,24 @@ func (ct *ConsumerTest) Applied() int {
 		ct.t.Fatal(err)
 	}
 	return n
+}
+
+// AwaitRun waits, for at most timeout, until the consumer process proc has
+// run its handler (it printed a "run" line), so that a kill after it can
+// cut a run: on a busy machine a kill on a fixed schedule can land on a
+// process still connecting. It returns false, without waiting longer, when
+// every message has a row before proc ran one (nothing is left for it).
+func (ct *ConsumerTest) AwaitRun(proc *crashtest.Proc, timeout time.Duration) bool {
+	ct.t.Helper()
+	ran := false
+	crashtest.Until(ct.t, timeout, proc.Name+"'s handler to run", func() bool {
+		ran = slices.ContainsFunc(ct.Out.All(), func(l string) bool {
+			f := strings.Fields(l)
+			return len(f) == 4 && f[0] == "run" && f[3] == proc.Name
+		})
+		return ran || ct.Applied() == ct.messages
+	}, ct.Runner.Log)
+	return ran
 }
 
 // ConsumerResult is what ConsumerTest.Check counted in the processes'
