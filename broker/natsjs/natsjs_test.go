@@ -182,7 +182,9 @@ func TestAckOnSuccess(t *testing.T) {
 func TestDuplicateBeyondDedupWindow(t *testing.T) {
 	t.Parallel()
 	_, js := connect(t)
-	stream := newStream(t, js, 100*time.Millisecond)
+	// Long enough that the immediate republish falls inside it on a
+	// loaded machine too.
+	stream := newStream(t, js, 500*time.Millisecond)
 	ctx := context.Background()
 	pub := NewPublisher(js)
 	if _, err := pub.Publish(ctx, stream+".x", "m-1", []byte("body"), nil); err != nil {
