@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bufio"
 	"bytes"
 	"crypto/rand"
 	"encoding/base64"
@@ -40,8 +39,7 @@ type rawAPIDriver struct {
 
 // rawConn is one client's connection and buffers.
 type rawConn struct {
-	conn net.Conn
-	r    *bufio.Reader
+	loadgen.Conn
 	req  []byte
 	body []byte
 }
@@ -66,8 +64,8 @@ func newRawAPIDriver(o *benchOptions, rawURL, runID string) (*rawAPIDriver, erro
 func (d *rawAPIDriver) level(n int) error {
 	d.closeAll()
 	for range n {
-		c := &rawConn{}
-		if err := d.dial(c); err != nil {
+		c := &rawConn{Conn: loadgen.Conn{Host: d.host, Timeout: d.timeout}}
+		if err := c.Dial(); err != nil {
 			d.closeAll()
 			return err
 		}
@@ -76,20 +74,9 @@ func (d *rawAPIDriver) level(n int) error {
 	return nil
 }
 
-func (d *rawAPIDriver) dial(c *rawConn) error {
-	conn, err := net.DialTimeout("tcp", d.host, 10*time.Second)
-	if err != nil {
-		return err
-	}
-	c.conn, c.r = conn, bufio.NewReaderSize(conn, 16<<10)
-	return nil
-}
-
 func (d *rawAPIDriver) closeAll() {
 	for _, c := range d.conns {
-		if c.conn != nil {
-			c.conn.Close()
-		}
+		c.Close()
 	}
 	d.conns = nil
 }
@@ -143,25 +130,12 @@ func (d *rawAPIDriver) begin(c *rawConn, key string) (idem.Decision, int64, erro
 // loadgen.StatusError; a failed exchange closes c, dialled again next
 // time.
 func (d *rawAPIDriver) exchange(c *rawConn, path string, body []byte) ([]byte, error) {
-	if c.conn == nil {
-		if err := d.dial(c); err != nil {
-			return nil, err
-		}
-	}
 	c.req = append(append(append(c.req[:0], "POST "...), path...), d.head...)
 	c.req = strconv.AppendInt(append(c.req, "Content-Length: "...), int64(len(body)), 10)
 	c.req = append(append(c.req, "\r\n\r\n"...), body...)
-	if d.timeout > 0 {
-		_ = c.conn.SetDeadline(time.Now().Add(d.timeout))
-	}
-	var status int
-	var err error
-	if _, err = c.conn.Write(c.req); err == nil {
-		status, c.body, err = loadgen.ReadResponse(c.r, c.body)
-	}
+	c.body = c.body[:0]
+	status, _, err := c.Exchange(c.req, &c.body)
 	if err != nil {
-		c.conn.Close()
-		c.conn = nil
 		return nil, err
 	}
 	if status != 200 {

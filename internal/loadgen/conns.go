@@ -61,8 +61,8 @@ func DialConns(host string, n int, req Request, keyPrefix string, timeout time.D
 	c := &Conns{host: host, head: []byte(head), tail: []byte(tail),
 		keyHead: []byte(head + "Idempotency-Key: \"" + keyPrefix), timeout: timeout}
 	for range n {
-		cl := &client{}
-		if err := c.redial(cl); err != nil {
+		cl := &client{Conn: Conn{Host: host, Timeout: timeout}}
+		if err := cl.Dial(); err != nil {
 			c.Close()
 			return nil, err
 		}
@@ -71,25 +71,10 @@ func DialConns(host string, n int, req Request, keyPrefix string, timeout time.D
 	return c, nil
 }
 
-func (c *Conns) redial(cl *client) error {
-	if cl.conn != nil {
-		cl.conn.Close()
-	}
-	conn, err := net.DialTimeout("tcp", c.host, 10*time.Second)
-	if err != nil {
-		cl.conn = nil
-		return err
-	}
-	cl.conn, cl.r = conn, bufio.NewReaderSize(conn, 16<<10)
-	return nil
-}
-
 // Close closes every connection.
 func (c *Conns) Close() {
 	for _, cl := range c.clients {
-		if cl.conn != nil {
-			cl.conn.Close()
-		}
+		cl.Close()
 	}
 }
 
@@ -102,24 +87,14 @@ func (c *Conns) Close() {
 // on i dials again.
 func (c *Conns) Send(i int, key int64, replayed string) error {
 	cl := c.clients[i]
-	if cl.conn == nil {
-		if err := c.redial(cl); err != nil {
-			return err
-		}
-	}
 	if key < 0 {
 		cl.buf = append(append(cl.buf[:0], c.head...), c.tail...)
 	} else {
 		cl.buf = append(strconv.AppendInt(append(cl.buf[:0], c.keyHead...), key, 10), "\"\r\n"...)
 		cl.buf = append(cl.buf, c.tail...)
 	}
-	if c.timeout > 0 {
-		_ = cl.conn.SetDeadline(time.Now().Add(c.timeout))
-	}
-	status, got, err := c.exchange(cl)
+	status, got, err := cl.Exchange(cl.buf, nil)
 	if err != nil {
-		cl.conn.Close()
-		cl.conn = nil
 		return err
 	}
 	switch {
@@ -131,9 +106,55 @@ func (c *Conns) Send(i int, key int64, replayed string) error {
 	return nil
 }
 
-func (c *Conns) exchange(cl *client) (int, string, error) {
-	if _, err := cl.conn.Write(cl.buf); err != nil {
-		return 0, "", err
+// Conn is one keep-alive HTTP/1.1 connection to Host, for one caller at
+// a time. Exchange writes a prebuilt request and reads the answer without
+// allocating (see readResponse); a failed exchange closes the connection
+// and the next one dials again.
+type Conn struct {
+	Host    string        // host:port
+	Timeout time.Duration // for each exchange; 0 for none
+
+	conn net.Conn
+	r    *bufio.Reader
+}
+
+// Dial opens the connection, closing the one open before.
+func (c *Conn) Dial() error {
+	c.Close()
+	conn, err := net.DialTimeout("tcp", c.Host, 10*time.Second)
+	if err != nil {
+		return err
 	}
-	return readResponse(cl.r)
+	c.conn, c.r = conn, bufio.NewReaderSize(conn, 16<<10)
+	return nil
+}
+
+// Close closes the connection, if open.
+func (c *Conn) Close() {
+	if c.conn != nil {
+		c.conn.Close()
+		c.conn = nil
+	}
+}
+
+// Exchange writes req, dialling first when the connection is closed, and
+// reads the answer: its status and Idempotent-Replayed header ("" when
+// absent), appending its body to *keep when keep is not nil. A failed
+// exchange closes the connection.
+func (c *Conn) Exchange(req []byte, keep *[]byte) (status int, replayed string, err error) {
+	if c.conn == nil {
+		if err := c.Dial(); err != nil {
+			return 0, "", err
+		}
+	}
+	if c.Timeout > 0 {
+		_ = c.conn.SetDeadline(time.Now().Add(c.Timeout))
+	}
+	if _, err = c.conn.Write(req); err == nil {
+		status, replayed, err = readResponseBody(c.r, keep)
+	}
+	if err != nil {
+		c.Close()
+	}
+	return status, replayed, err
 }

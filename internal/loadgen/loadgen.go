@@ -7,11 +7,9 @@
 package loadgen
 
 import (
-	"bufio"
 	"fmt"
 	"io"
 	"math"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -187,10 +185,9 @@ type load struct {
 }
 
 type client struct {
-	conn net.Conn
-	r    *bufio.Reader
-	lat  []time.Duration
-	buf  []byte // the request being sent, when it is built per request
+	Conn
+	lat []time.Duration
+	buf []byte // the request being sent, when it is built per request
 }
 
 // newLoad returns a load with its requests to host built, its keys
@@ -206,12 +203,12 @@ func newLoad(host string, mode Mode, prefix string) *load {
 func dial(host string, mode Mode) (*load, error) {
 	l := newLoad(host, mode, fmt.Sprintf("bench-%d-", run.Add(1)))
 	for range Clients {
-		c, err := net.Dial("tcp", host)
-		if err != nil {
+		c := &client{Conn: Conn{Host: host}}
+		if err := c.Dial(); err != nil {
 			l.close()
 			return nil, err
 		}
-		l.clients = append(l.clients, &client{conn: c, r: bufio.NewReader(c)})
+		l.clients = append(l.clients, c)
 	}
 	if mode == Replay {
 		if err := l.send(l.clients[0], l.replay, "false"); err != nil {
@@ -224,7 +221,7 @@ func dial(host string, mode Mode) (*load, error) {
 
 func (l *load) close() {
 	for _, c := range l.clients {
-		c.conn.Close()
+		c.Close()
 	}
 }
 
@@ -242,10 +239,7 @@ func (l *load) request(c *client, n int64) (req []byte, replayed string) {
 }
 
 func (l *load) send(c *client, req []byte, replayed string) error {
-	if _, err := c.conn.Write(req); err != nil {
-		return err
-	}
-	status, got, err := readResponse(c.r)
+	status, got, err := c.Exchange(req, nil)
 	if err != nil {
 		return err
 	}
