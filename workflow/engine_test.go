@@ -14,6 +14,7 @@ import (
 
 	"github.com/idemkit/idem"
 	"github.com/idemkit/idem/idemhttp"
+	"github.com/idemkit/idem/internal/restarttest"
 	"github.com/idemkit/idem/internal/wait"
 	"github.com/idemkit/idem/workflow"
 )
@@ -67,30 +68,14 @@ func (w *world) fn(kind, name string) workflow.StepFunc {
 }
 
 func (w *world) orderDef(name string, onExhausted workflow.Exhausted) *workflow.Definition {
-	act := func(n, comp string) *workflow.Action {
-		return &workflow.Action{Name: n, Run: w.fn("run", n), Compensate: w.fn("comp", comp),
+	return restarttest.OrderSaga(name, func(n, comp string) *workflow.Action {
+		a := &workflow.Action{Name: n, Run: w.fn("run", n), Compensate: w.fn("comp", comp),
 			Retry: &workflow.RetryPolicy{MaxAttempts: 3, InitialBackoff: time.Second}}
-	}
-	ship := act("ship_parcel", "recall")
-	ship.OnExhausted = onExhausted
-	return &workflow.Definition{
-		Name: name, Version: 1, Initial: "pending",
-		States: []workflow.State{
-			{Name: "pending"},
-			{Name: "reserved", Timeout: 15 * time.Minute, TimeoutEvent: "payment_timeout"},
-			{Name: "charged"},
-			{Name: "shipped", Terminal: workflow.Success},
-			{Name: "cancelled", Terminal: workflow.Failure},
-		},
-		Transitions: []workflow.Transition{
-			{From: "pending", Event: "place", To: "reserved", Action: act("reserve_stock", "release")},
-			{From: "reserved", Event: "pay", To: "charged", Action: act("charge_card", "refund")},
-			{From: "reserved", Event: "payment_timeout", To: "cancelled"},
-			{From: "reserved", Event: "cancel", To: "cancelled"},
-			{From: "charged", Event: "dispatch", To: "shipped", Action: ship},
-			{From: "charged", Event: "cancel", To: "cancelled"},
-		},
-	}
+		if n == "ship_parcel" {
+			a.OnExhausted = onExhausted
+		}
+		return a
+	})
 }
 
 func newWorld(t *testing.T) *world {

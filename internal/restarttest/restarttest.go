@@ -49,8 +49,20 @@ func (w *world) registry(t *testing.T) *workflow.Registry {
 			Retry: &workflow.RetryPolicy{MaxAttempts: 3, InitialBackoff: time.Second}}
 	}
 	reg := workflow.NewRegistry()
-	err := reg.Register(&workflow.Definition{
-		Name: "order", Version: 1, Initial: "pending",
+	err := reg.Register(OrderSaga("order", act))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return reg
+}
+
+// OrderSaga is the order saga of the workflow tests, named name: place
+// reserves stock, pay charges the card and dispatch ships the parcel, each
+// action (with its compensation) made by act; a reservation unpaid for 15
+// minutes times out, and cancel from reserved or charged unwinds.
+func OrderSaga(name string, act func(name, compensate string) *workflow.Action) *workflow.Definition {
+	return &workflow.Definition{
+		Name: name, Version: 1, Initial: "pending",
 		States: []workflow.State{
 			{Name: "pending"},
 			{Name: "reserved", Timeout: 15 * time.Minute, TimeoutEvent: "payment_timeout"},
@@ -66,11 +78,7 @@ func (w *world) registry(t *testing.T) *workflow.Registry {
 			{From: "charged", Event: "dispatch", To: "shipped", Action: act("ship_parcel", "recall")},
 			{From: "charged", Event: "cancel", To: "cancelled"},
 		},
-	})
-	if err != nil {
-		t.Fatal(err)
 	}
-	return reg
 }
 
 // Run runs the order saga over three processes, each a journal from open:
