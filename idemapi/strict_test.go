@@ -2,6 +2,7 @@ package idemapi
 
 import (
 	"bytes"
+	"encoding/base64"
 	"encoding/json"
 	"reflect"
 	"testing"
@@ -169,5 +170,41 @@ func BenchmarkCheckStrict(b *testing.B) {
 		if err := checkStrict(body, sh); err != nil {
 			b.Fatal(err)
 		}
+	}
+}
+
+// BenchmarkDecodeBody is what decode spends on a body once read: the
+// strict check, then encoding/json, for the bodies of a cycle (a begin,
+// and a complete of a 256-byte outcome as idem bench sends them).
+func BenchmarkDecodeBody(b *testing.B) {
+	outcome := base64.StdEncoding.EncodeToString(bytes.Repeat([]byte{'a'}, 256))
+	bodies := []struct {
+		name string
+		body []byte
+		into func() any
+	}{
+		{"begin", []byte(`{"scope":"bench","key":"bench-5f0c9a1b2e3d-t0-1042","fingerprint":"","lease_ms":30000,"window_ms":3600000}`),
+			func() any { return new(BeginRequest) }},
+		{"complete", []byte(`{"scope":"bench","key":"bench-5f0c9a1b2e3d-t0-1042","token":123456,"outcome":{"data":"` + outcome + `"}}`),
+			func() any { return new(CompleteRequest) }},
+	}
+	for _, c := range bodies {
+		sh := shapeFor(reflect.TypeOf(c.into()))
+		b.Run(c.name+"/strict", func(b *testing.B) {
+			b.ReportAllocs()
+			for b.Loop() {
+				if err := checkStrict(c.body, sh); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+		b.Run(c.name+"/json", func(b *testing.B) {
+			b.ReportAllocs()
+			for b.Loop() {
+				if err := json.Unmarshal(c.body, c.into()); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
 	}
 }
