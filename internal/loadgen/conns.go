@@ -151,7 +151,7 @@ func (c *Conn) Exchange(req []byte, keep *[]byte) (status int, replayed string, 
 		_ = c.conn.SetDeadline(time.Now().Add(c.Timeout))
 	}
 	if _, err = c.conn.Write(req); err == nil {
-		status, replayed, err = readResponseBody(c.r, keep)
+		status, replayed, err = readResponse(c.r, keep)
 	}
 	if err != nil {
 		c.Close()

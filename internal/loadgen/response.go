@@ -10,7 +10,9 @@ import (
 )
 
 // readResponse reads one HTTP/1.1 response from r and returns its status
-// and its Idempotent-Replayed header ("" when absent), skipping its body.
+// and its Idempotent-Replayed header ("" when absent), appending its body
+// to *keep when keep is not nil (a client that needs the answer, like the
+// ledger API's decision and token) and skipping it otherwise.
 // It reads only what the load generator checks, without allocating: a
 // client that parsed and kept every header (http.ReadResponse allocates
 // for each) would spend on a response's headers CPU the server then lacks
@@ -18,22 +20,7 @@ import (
 // headers.
 // A body is framed by Content-Length or chunked; anything else is an
 // error.
-func readResponse(r *bufio.Reader) (status int, replayed string, err error) {
-	return readResponseBody(r, nil)
-}
-
-// ReadResponse reads one HTTP/1.1 response from r, as readResponse does,
-// and appends its body to body[:0], which it returns: for a client that
-// needs the answer (the ledger API's decision and token).
-func ReadResponse(r *bufio.Reader, body []byte) (status int, _ []byte, err error) {
-	body = body[:0]
-	status, _, err = readResponseBody(r, &body)
-	return status, body, err
-}
-
-// readResponseBody is readResponse, appending the body to *keep when keep
-// is not nil.
-func readResponseBody(r *bufio.Reader, keep *[]byte) (status int, replayed string, err error) {
+func readResponse(r *bufio.Reader, keep *[]byte) (status int, replayed string, err error) {
 	line, err := r.ReadSlice('\n')
 	if err != nil {
 		return 0, "", err
@@ -91,7 +78,7 @@ func readResponseBody(r *bufio.Reader, keep *[]byte) (status int, replayed strin
 	return status, replayed, err
 }
 
-// maxKept bounds the body ReadResponse keeps.
+// maxKept bounds the body readResponse keeps.
 const maxKept = 16 << 20
 
 // readN appends the next n bytes of r to *keep.

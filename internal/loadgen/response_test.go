@@ -66,7 +66,7 @@ func TestReadResponse(t *testing.T) {
 			two := append(append([]byte{}, raw...), raw...)
 			r := bufio.NewReader(bytes.NewReader(two))
 			for i := range 2 {
-				status, replayed, err := readResponse(r)
+				status, replayed, err := readResponse(r, nil)
 				if err != nil || status != http.StatusCreated || replayed != want {
 					t.Fatalf("response %d: %d, %q, %v; want 201, %q", i, status, replayed, err, want)
 				}
@@ -79,7 +79,7 @@ func TestReadResponse(t *testing.T) {
 			if a := testing.AllocsPerRun(100, func() {
 				rd.Reset(raw)
 				br.Reset(rd)
-				if _, _, err := readResponse(br); err != nil {
+				if _, _, err := readResponse(br, nil); err != nil {
 					t.Fatal(err)
 				}
 			}); a != 0 {
@@ -102,7 +102,7 @@ func TestReadResponseRefuses(t *testing.T) {
 		"HTTP/1.1 201 Created\r\nContent-Length: 10\r\n\r\nshort",
 		"HTTP/1.1 201 Created\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
 	} {
-		if _, _, err := readResponse(bufio.NewReader(strings.NewReader(in))); err == nil {
+		if _, _, err := readResponse(bufio.NewReader(strings.NewReader(in)), nil); err == nil {
 			t.Errorf("readResponse(%q): no error", in)
 		}
 	}
@@ -113,12 +113,13 @@ func FuzzReadResponse(f *testing.F) {
 	f.Add([]byte("HTTP/1.1 201 Created\r\nContent-Length: 2\r\nIdempotent-Replayed: true\r\n\r\n{}"))
 	f.Add([]byte("HTTP/1.1 201 Created\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n"))
 	f.Fuzz(func(t *testing.T, in []byte) {
-		_, _, _ = readResponse(bufio.NewReader(bytes.NewReader(in)))
-		_, _, _ = ReadResponse(bufio.NewReader(bytes.NewReader(in)), nil)
+		_, _, _ = readResponse(bufio.NewReader(bytes.NewReader(in)), nil)
+		var body []byte
+		_, _, _ = readResponse(bufio.NewReader(bytes.NewReader(in)), &body)
 	})
 }
 
-// ReadResponse keeps the body, framed either way, and reads the next
+// readResponse keeps the body, framed either way, and reads the next
 // response after it.
 func TestReadResponseKeepsBody(t *testing.T) {
 	in := "HTTP/1.1 200 OK\r\nContent-Length: 25\r\n\r\n{\"decision\":\"acquired\"}xx" +
@@ -130,13 +131,15 @@ func TestReadResponseKeepsBody(t *testing.T) {
 		status int
 		body   string
 	}{{200, `{"decision":"acquired"}xx`}, {409, `{"a":1}`}, {204, ""}} {
-		status, body, err := ReadResponse(r, buf)
+		body := buf[:0]
+		status, _, err := readResponse(r, &body)
 		if err != nil || status != want.status || string(body) != want.body {
-			t.Fatalf("ReadResponse = %d %q %v, want %d %q", status, body, err, want.status, want.body)
+			t.Fatalf("readResponse = %d %q %v, want %d %q", status, body, err, want.status, want.body)
 		}
 		buf = body
 	}
-	if _, _, err := ReadResponse(bufio.NewReader(strings.NewReader("HTTP/1.1 200 OK\r\nContent-Length: 99999999\r\n\r\n")), nil); err == nil {
+	var body []byte
+	if _, _, err := readResponse(bufio.NewReader(strings.NewReader("HTTP/1.1 200 OK\r\nContent-Length: 99999999\r\n\r\n")), &body); err == nil {
 		t.Error("a body over the bound: no error")
 	}
 }
